@@ -1,0 +1,356 @@
+"""Regenerate the tables of ``docs/protocol.md`` from the code of ``protocol/``.
+
+The prose of the document is written by hand; the parts between ``<!-- begin NAME -->`` and
+``<!-- end NAME -->`` markers are generated here from the message classes, the session table
+and the error codes, so that they cannot drift from the code. A test runs :func:`check`.
+
+Usage::
+
+    python docs/gen_protocol_md.py          # rewrite docs/protocol.md in place
+    python docs/gen_protocol_md.py --check  # exit 1 if the file is out of date
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import protocol  # noqa: E402
+from protocol import ALLOWED, MESSAGE_TYPES, ErrorCode  # noqa: E402
+
+DOC = ROOT / "docs" / "protocol.md"
+
+# ---------------------------------------------------------------------------------------
+# What each field means. Keys are (class name, field name); ("*", name) is the fallback for
+# fields that mean the same everywhere. Every field must be described (generate() checks).
+
+FIELD_DOCS: dict[tuple[str, str], str] = {
+    ("*", "mid"): "Message id, unique per sender and connection (a counter from 1 is enough).",
+    ("*", "cid"): "Correlation id: the `mid` of the message this one answers.",
+    ("*", "payload"): "The data: any CBOR value (see *Payloads*).",
+    ("*", "headers"): "Metadata, text to text. `key` routes jobs in sticky groups.",
+    ("*", "job_id"): "The job's id, chosen by the submitter; the same id means the same job.",
+    ("*", "reason"): "Why, in words (for logs).",
+    # Hello
+    ("Hello", "role"): "Who the sender is: `client`, `worker`, `leader` or `observer`.",
+    ("Hello", "name"): "A name for logs and statistics (`square-3`, `cli`).",
+    ("Hello", "versions"): "Protocol versions the sender speaks; the receiver picks one.",
+    ("Hello", "patterns"): "Worker: the subject patterns it serves.",
+    ("Hello", "credit"): "Worker: its initial window (see *Credit window*); 0 = send no jobs yet.",
+    ("Hello", "group"): "Worker: the worker group it belongs to (routing inside a group).",
+    ("Hello", "token"): "Authentication token, when the leader requires one.",
+    ("Hello", "meta"): "Free-form facts: process id, host, library version.",
+    # Welcome
+    ("Welcome", "cid"): "The Hello's `mid`.",
+    ("Welcome", "version"): "The protocol version chosen; both sides speak it from now on.",
+    ("Welcome", "node"): "The answering node's name.",
+    ("Welcome", "session"): "An id of this session, for logs.",
+    ("Welcome", "heartbeat"): "Heartbeat interval in seconds (see *Heartbeats*); null or 0 = none.",
+    ("Welcome", "max_frame"): "Largest frame body, in bytes, the leader accepts; null = 16 MiB.",
+    # Ping / Pong / Bye / Error
+    ("Pong", "cid"): "The Ping's `mid`.",
+    ("Bye", "reason"): "Why the sender ends the session.",
+    ("Error", "cid"): "The `mid` of the message that caused the error, when there is one.",
+    ("Error", "code"): "An error code (see *Error codes*); clients switch on it.",
+    ("Error", "message"): "What went wrong, in words.",
+    ("Error", "job_id"): "The job concerned, when there is one.",
+    ("Error", "retry_after"): "For `busy`: seconds after which a retry may succeed.",
+    # Jobs
+    ("Submit", "subject"): "Where the job goes: a subject (no wildcards).",
+    ("Submit", "qos"): "0: at most once, no redelivery. 1: at least once, redelivered until done.",
+    ("Submit", "timeout"): "Seconds after which the client no longer wants the result.",
+    ("Submit", "max_attempts"): "Overrides the leader's redelivery limit for this job.",
+    ("Assign", "subject"): "The subject the job was submitted to.",
+    ("Assign", "attempt"): "1 for the first delivery, then 2, 3, ... on redelivery.",
+    ("Assign", "qos"): "The job's QoS, as submitted.",
+    (
+        "Assign",
+        "ack_timeout",
+    ): "Seconds the worker has to send Result, Nack or Progress before the job is redelivered.",
+    ("Ack", "cid"): "The `mid` of the message acknowledged.",
+    ("Ack", "job_id"): "The job concerned, when the acknowledged message was about a job.",
+    ("Nack", "cid"): "The Assign's `mid`.",
+    ("Nack", "job_id"): "The job given back.",
+    ("Nack", "delay"): "Redeliver after this many seconds; null = the leader's backoff.",
+    ("Progress", "fraction"): "How far the job is, from 0 to 1, when known.",
+    ("Progress", "note"): "A word on what the job is doing.",
+    (
+        "Result",
+        "cid",
+    ): "Worker to leader: the Assign's `mid`. Leader to client: the Submit's `mid`.",
+    ("Result", "ok"): "True: `payload` is the job's return value. False: the job failed.",
+    ("Result", "payload"): "The job's return value (when `ok`).",
+    ("Result", "error_type"): "When not `ok`: the kind of failure (an exception class name).",
+    ("Result", "error_message"): "When not `ok`: the failure in words.",
+    ("Result", "attempts"): "How many deliveries the job took.",
+    ("Credit", "credit"): "The new window: the most unacknowledged jobs the worker may hold.",
+    ("Cancel", "job_id"): "The job to cancel.",
+    # Pub/sub
+    ("Publish", "subject"): "Where the message goes: a subject (no wildcards).",
+    (
+        "Publish",
+        "qos",
+    ): "0: fire and forget. 1: the leader answers Ack once it has taken the message.",
+    ("Publish", "retain"): "Keep it as the subject's last message, replayed to later subscribers.",
+    ("Subscribe", "sid"): "Subscription id, chosen by the subscriber, unique on its connection.",
+    ("Subscribe", "pattern"): "What to receive: a pattern (wildcards allowed).",
+    (
+        "Subscribe",
+        "queue",
+    ): "Queue group: subscribers of one group share the messages (each goes to one).",
+    ("Unsubscribe", "sid"): "The subscription to end.",
+    ("Deliver", "sid"): "The subscription this delivery is for.",
+    ("Deliver", "subject"): "The subject it was published to.",
+    ("Deliver", "qos"): "1: the subscriber answers Ack (`cid` = this `mid`).",
+    ("Deliver", "retained"): "True when this is a retained message replayed on subscribe.",
+    # Cache and transfers
+    ("CachePut", "cache_id"): "The cache entry set; storing it again is a no-op (idempotent).",
+    ("CachePut", "target"): "Which workers: every worker with a pattern matching this pattern.",
+    ("CachePut", "entries"): "`[name, bytes]` pairs to store.",
+    ("CachePut", "sha256"): "Optional hex SHA-256 digests by entry name, checked by the receiver.",
+    ("CacheAck", "cid"): "The CachePut's `mid`.",
+    ("CacheAck", "cache_id"): "The CachePut's `cache_id`.",
+    ("CacheAck", "worker"): "The answering worker's name.",
+    ("CacheAck", "statuses"): "Per entry name: `OK`, `SKIPPED` (already there) or `FAILED`.",
+    ("CacheAck", "error"): "What failed, when something did.",
+    ("Chunk", "transfer_id"): "The transfer this piece belongs to.",
+    ("Chunk", "index"): "Position of this piece, from 0.",
+    ("Chunk", "data"): "The piece's bytes.",
+    ("Chunk", "last"): "True on the last piece.",
+    ("Chunk", "total_size"): "Size of the whole, in bytes (on the last piece at least).",
+    ("Chunk", "sha256"): "Hex SHA-256 of the whole (on the last piece).",
+}
+
+#: Wire type of a field, by the names of its validators.
+_TYPES: dict[tuple[str, ...], str] = {
+    ("_uint",): "uint",
+    ("_pos_int",): "uint ≥ 1",
+    ("_opt_uint",): "uint / null",
+    ("_opt_pos_int",): "uint ≥ 1 / null",
+    ("_str",): "text",
+    ("_non_empty_str",): "text, not empty",
+    ("_opt_str",): "text / null",
+    ("_bool",): "bool",
+    ("_opt_seconds",): "seconds / null",
+    ("_opt_fraction",): "number 0..1 / null",
+    ("_qos",): "0 or 1",
+    ("_headers",): "map text→text",
+    ("_str_map",): "map text→text",
+    ("_any_map",): "map text→any",
+    ("_subject",): "subject",
+    ("_pattern",): "pattern",
+    ("_patterns",): "array of pattern",
+    ("_int_tuple",): "array of int",
+    ("_role",): "text (role)",
+    ("_entries",): "array of [text, bytes]",
+    ("bytes",): "bytes",
+    (): "any",
+}
+
+_ERROR_DOCS = {
+    ErrorCode.PROTOCOL_ERROR: "The peer broke the protocol (no more specific code applies).",
+    ErrorCode.FRAME_TOO_LARGE: "A frame announced, or inflated to, more than the limit.",
+    ErrorCode.BAD_FRAME: "Unknown flags, bad zlib data, or a body that is not exactly one acceptable CBOR item.",
+    ErrorCode.UNKNOWN_KIND: "The tag `t` names no message kind.",
+    ErrorCode.BAD_FIELD: "Not a map, a field missing, of the wrong type or out of range.",
+    ErrorCode.BAD_SUBJECT: "A subject or pattern breaks the subject rules.",
+    ErrorCode.PROTOCOL_VIOLATION: "A message not allowed in this state or for this role (see *Session*).",
+    ErrorCode.UNSUPPORTED_VERSION: "No protocol version in common (answer to Hello).",
+    ErrorCode.BUSY: "A queue or mailbox is full; `retry_after` says when to try again.",
+    ErrorCode.NOT_PERMITTED: "The sender may not do this (subject permissions).",
+    ErrorCode.AUTH_FAILED: "Authentication failed (answer to Hello).",
+    ErrorCode.NO_ROUTE: "No worker or subscriber serves the subject.",
+    ErrorCode.DEAD_LETTER: "The job exhausted its attempts; `message` holds its last error.",
+    ErrorCode.TIMEOUT: "A deadline passed: the job's `timeout` before a worker took it; or no Hello in time (then the leader closes).",
+    ErrorCode.CANCELLED: "The job was cancelled.",
+    ErrorCode.SLOW_CONSUMER: "The peer reads too slowly; its connection is dropped.",
+    ErrorCode.SHUTTING_DOWN: "The node is shutting down and takes no new work.",
+    ErrorCode.HEARTBEAT_TIMEOUT: "The peer was silent past its heartbeat deadline.",
+    ErrorCode.INTERNAL: "A failure inside the node; the request may be retried.",
+}
+
+
+def _validator_names(field: attrs.Attribute) -> tuple[str, ...]:
+    validator = field.validator
+    if validator is None:
+        return ()
+    names = []
+    for v in getattr(validator, "_validators", (validator,)):
+        names.append(v.__name__.lstrip("_") if v.__name__ == "_bytes" else v.__name__)
+    return tuple(names)
+
+
+def _cbor(value: Any) -> str:
+    """A default value written the way CBOR diagnostic notation would."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_cbor(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{}" if not value else repr(value)
+    if isinstance(value, str):
+        return '""' if not value else f'"{value}"'
+    if isinstance(value, bytes):
+        return "h''" if not value else f"h'{value.hex()}'"
+    return repr(value)
+
+
+def field_rows(cls: type) -> list[tuple[str, str, str, str, str]]:
+    """(name, key, type, default, meaning) for every field of ``cls``."""
+    rows = []
+    for field in attrs.fields(cls):
+        default = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        shown_default = "required" if default is attrs.NOTHING else _cbor(default)
+        names = _validator_names(field)
+        try:
+            wire_type = _TYPES[names]
+        except KeyError:
+            raise SystemExit(
+                f"{cls.__name__}.{field.name}: no wire type for validators {names}"
+            ) from None
+        meaning = FIELD_DOCS.get((cls.__name__, field.name)) or FIELD_DOCS.get(("*", field.name))
+        if meaning is None:
+            raise SystemExit(f"{cls.__name__}.{field.name}: add its meaning to FIELD_DOCS")
+        rows.append((field.name, field.metadata["key"], wire_type, shown_default, meaning))
+    return rows
+
+
+def _summary(cls: type) -> str:
+    doc = (cls.__doc__ or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+
+
+def _sorted_kinds() -> list[type]:
+    return [MESSAGE_TYPES[tag] for tag in sorted(MESSAGE_TYPES)]
+
+
+def section_tags() -> str:
+    lines = ["| Tag | Message | Summary |", "|---:|---|---|"]
+    for cls in _sorted_kinds():
+        lines.append(
+            f"| {cls.KIND} | [{cls.__name__}](#{cls.__name__.lower()}) | {_summary(cls)} |"
+        )
+    return "\n".join(lines)
+
+
+def section_messages() -> str:
+    out = []
+    for cls in _sorted_kinds():
+        out.append(f"### {cls.__name__}\n")
+        out.append(f"Tag **{cls.KIND}**. {_summary(cls)}\n")
+        out.append("| Field | Key | Type | Default | Meaning |")
+        out.append("|---|---|---|---|---|")
+        for name, key, wire_type, default, meaning in field_rows(cls):
+            out.append(f"| {name} | `{key}` | {wire_type} | {default} | {meaning} |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def section_roles() -> str:
+    kinds = [k for k in _sorted_kinds() if k not in (protocol.Hello, protocol.Welcome)]
+    roles = sorted(ALLOWED)
+    lines = ["| Message | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+    for cls in kinds:
+        marks = []
+        for role in roles:
+            if cls in ALLOWED[role]:
+                marks.append("yes")
+            elif role == "worker" and cls in protocol._session.WORKER_SUBMIT:
+                marks.append("if allowed¹")
+            else:
+                marks.append("")
+        lines.append(f"| {cls.__name__} | " + " | ".join(marks) + " |")
+    return "\n".join(lines)
+
+
+def section_errors() -> str:
+    codes = [v for k, v in vars(ErrorCode).items() if k.isupper() and isinstance(v, str)]
+    missing = set(codes) - set(_ERROR_DOCS)
+    if missing:
+        raise SystemExit(f"describe these error codes in _ERROR_DOCS: {sorted(missing)}")
+    by_code = {}
+    for name in dir(protocol):
+        obj = getattr(protocol, name)
+        if isinstance(obj, type) and issubclass(obj, protocol.ProtocolError):
+            by_code[obj.code] = name
+    lines = ["| Code | Closes | Raised as | Meaning |", "|---|---|---|---|"]
+    for code in codes:
+        closes = "yes" if ErrorCode.closes_connection(code) else "no"
+        raised = f"`{by_code[code]}`" if code in by_code else ""
+        lines.append(f"| `{code}` | {closes} | {raised} | {_ERROR_DOCS[code]} |")
+    return "\n".join(lines)
+
+
+def section_example() -> str:
+    message = protocol.Submit(mid=7, job_id="job-1", subject="math.square", payload={"n": 7})
+    frame = protocol.encode(message)
+    hex_bytes = frame.hex()
+    lines = [
+        "```",
+        repr(message),
+        "",
+        f"wire map: {protocol.to_wire(message)!r}",
+        "",
+        f"frame ({len(frame)} bytes): header {hex_bytes[:10]} | body {hex_bytes[10:]}",
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+SECTIONS = {
+    "tags": section_tags,
+    "messages": section_messages,
+    "roles": section_roles,
+    "errors": section_errors,
+    "example": section_example,
+}
+
+
+def generate(text: str) -> str:
+    """Return ``text`` with every generated section replaced by its current content."""
+    for name, make in SECTIONS.items():
+        pattern = re.compile(
+            rf"(<!-- begin {name} -->\n)(?:.*?\n)?(<!-- end {name} -->)", flags=re.DOTALL
+        )
+        if not pattern.search(text):
+            raise SystemExit(f"docs/protocol.md has no '<!-- begin {name} -->' section")
+        body = make()
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
+    return text
+
+
+def check() -> bool:
+    """Whether docs/protocol.md is up to date with the code."""
+    text = DOC.read_text(encoding="utf-8")
+    return generate(text) == text
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        if check():
+            return 0
+        print(
+            "docs/protocol.md is out of date: run python docs/gen_protocol_md.py", file=sys.stderr
+        )
+        return 1
+    text = DOC.read_text(encoding="utf-8")
+    DOC.write_text(generate(text), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

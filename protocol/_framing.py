@@ -1,0 +1,153 @@
+"""Length-prefixed frames and an incremental decoder.
+
+A frame is a 5-byte header then the body::
+
+    +----------------------+---------+------------------------------+
+    | length: uint32, BE   | flags   | body: `length` bytes          |
+    +----------------------+---------+------------------------------+
+
+``length`` counts the body only. ``flags`` bit 0 set means the body is zlib-compressed
+CBOR; every other bit must be 0. The body is one CBOR map (see :mod:`protocol._codec`).
+A header announcing more than the decoder's ``max_frame_size`` is rejected before any of
+the body is buffered, and a compressed body may not inflate beyond that size either.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from ._codec import decode_body, encode_body
+from ._errors import FrameTooLarge, MalformedFrame, ProtocolError
+from ._messages import Message
+
+#: Largest frame body accepted by default: 16 MiB.
+DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+#: Bytes of the frame header (length + flags).
+HEADER_SIZE = 5
+#: Flag bit: the body is compressed with zlib.
+FLAG_COMPRESSED = 0x01
+_KNOWN_FLAGS = FLAG_COMPRESSED
+
+_HEADER = struct.Struct(">IB")
+_pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
+
+
+def encode(message: Message, *, compress_threshold: int | None = None) -> bytes:
+    """Encode ``message`` as one whole frame.
+
+    Args:
+      message: any protocol message.
+      compress_threshold: when given, a body of at least this many bytes is compressed
+        with zlib (and sent compressed only if that makes it smaller).
+
+    Returns:
+      The frame's bytes, header included.
+    """
+    body = encode_body(message)
+    flags = 0
+    if compress_threshold is not None and len(body) >= compress_threshold:
+        packed = zlib.compress(body, 6)
+        if len(packed) < len(body):
+            body, flags = packed, FLAG_COMPRESSED
+    return _pack_header(len(body), flags) + body
+
+
+def decode(frame: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Message:
+    """Decode exactly one whole frame (header included) into its message.
+
+    Raises:
+      ProtocolError: the bytes are not exactly one valid frame.
+    """
+    decoder = FrameDecoder(max_frame_size=max_frame_size)
+    messages = decoder.feed(frame)
+    if len(messages) != 1 or decoder.buffered:
+        raise MalformedFrame(
+            f"expected exactly one whole frame, got {len(messages)} and {decoder.buffered} bytes left over"
+        )
+    return messages[0]
+
+
+class FrameDecoder:
+    """Turns a byte stream cut at any points into messages.
+
+    Feed it bytes as they arrive; it returns every message completed by them, in order,
+    and keeps the remainder of an incomplete frame for the next call. It buffers at most
+    one frame (plus its header), never more than ``max_frame_size + 5`` bytes of it.
+
+    Error handling: on bad input ``feed`` raises :class:`protocol.ProtocolError` (or a
+    subclass) whose ``messages`` attribute holds the complete messages that preceded the
+    bad frame in that call; process them before closing. After an error the decoder is
+    spent: every later ``feed`` raises an error of the same class again (with no messages).
+    """
+
+    __slots__ = ("max_frame_size", "_buffer", "_error")
+
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < 1:
+            raise ValueError("max_frame_size must be positive")
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._error: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """Add received bytes; return the messages they complete (maybe none)."""
+        if self._error is not None:
+            # A fresh copy: the first raise carried the messages preceding the bad frame,
+            # which must not be handed out (and processed) twice.
+            error = self._error
+            raise type(error)(f"decoder failed earlier: {error.message}")
+        buffer = self._buffer
+        buffer += data
+        messages: list[Message] = []
+        pos = 0
+        available = len(buffer)
+        max_size = self.max_frame_size
+        try:
+            while available - pos >= HEADER_SIZE:
+                length, flags = _unpack_header(buffer, pos)
+                if length > max_size:
+                    raise FrameTooLarge(
+                        f"frame of {length} bytes exceeds the limit of {max_size} bytes"
+                    )
+                if flags & ~_KNOWN_FLAGS:
+                    raise MalformedFrame(f"unknown frame flags 0x{flags:02x}")
+                end = pos + HEADER_SIZE + length
+                if end > available:
+                    break
+                body = bytes(buffer[pos + HEADER_SIZE : end])
+                pos = end
+                if flags & FLAG_COMPRESSED:
+                    body = self._inflate(body)
+                messages.append(decode_body(body))
+        except ProtocolError as exc:
+            exc.messages = messages
+            self._error = exc
+            buffer.clear()
+            raise
+        if pos:
+            del buffer[:pos]
+        return messages
+
+    def _inflate(self, body: bytes) -> bytes:
+        inflater = zlib.decompressobj()
+        try:
+            data = inflater.decompress(body, self.max_frame_size)
+        except zlib.error as exc:
+            raise MalformedFrame(f"compressed frame body does not inflate: {exc}") from None
+        if not inflater.eof:
+            # Output stopped at the limit with input (or output zlib holds back) left over.
+            if inflater.unconsumed_tail or len(data) >= self.max_frame_size:
+                raise FrameTooLarge(
+                    f"compressed frame inflates beyond the limit of {self.max_frame_size} bytes"
+                )
+            raise MalformedFrame("compressed frame body is truncated")
+        if inflater.unused_data:
+            raise MalformedFrame("compressed frame body has trailing data after the zlib stream")
+        return data

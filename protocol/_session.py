@@ -1,0 +1,180 @@
+"""The session state machine: which message may come in which state, and heartbeats.
+
+One table (:data:`ALLOWED`) says which kinds each role may send once the session is open;
+Hello and Welcome open it. Time enters only as arguments (``now``), so heartbeat and
+liveness rules are tested with no event loop::
+
+    session = Session(side="server")
+    session.receive(hello, now=0.0)          # raises StateViolation if not allowed
+    ...
+    deadline = session.next_deadline()       # when to call handle_timer
+    action = session.handle_timer(now)       # None, SEND_PING or DEAD
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from ._errors import ErrorCode, StateViolation
+from ._messages import (
+    Ack,
+    Assign,
+    Bye,
+    CacheAck,
+    CachePut,
+    Cancel,
+    Chunk,
+    Credit,
+    Deliver,
+    Error,
+    Hello,
+    Message,
+    Nack,
+    Ping,
+    Pong,
+    Progress,
+    Publish,
+    Result,
+    Submit,
+    Subscribe,
+    Unsubscribe,
+    Welcome,
+)
+
+
+class State(enum.Enum):
+    """States of a session, seen from one side."""
+
+    AWAITING_HELLO = "awaiting_hello"  #: server side, before the peer's Hello
+    AWAITING_WELCOME = "awaiting_welcome"  #: client side, Hello sent, before Welcome
+    OPEN = "open"
+    CLOSED = "closed"  #: Bye, Error before Welcome or with a closing code, or closed locally
+
+
+class TimerAction(enum.Enum):
+    """What :meth:`Session.handle_timer` asks the I/O layer to do."""
+
+    SEND_PING = "send_ping"
+    DEAD = "dead"  #: the peer has been silent too long: close the connection
+
+
+_ALWAYS: frozenset[type[Message]] = frozenset({Ping, Pong, Error, Bye})
+
+#: What each peer role may send once the session is open.
+ALLOWED: dict[str, frozenset[type[Message]]] = {
+    "client": _ALWAYS
+    | {Submit, Cancel, Publish, Subscribe, Unsubscribe, Ack, CachePut, Chunk},
+    "worker": _ALWAYS
+    | {Result, Nack, Progress, Credit, Ack, Publish, Subscribe, Unsubscribe, CacheAck, Chunk},
+    "observer": _ALWAYS | {Subscribe, Unsubscribe},
+    "leader": _ALWAYS
+    | {Assign, Result, Deliver, Progress, Cancel, Ack, CachePut, CacheAck, Chunk},
+}
+#: Kinds a worker may send only when the session was opened with ``worker_may_submit``.
+WORKER_SUBMIT: frozenset[type[Message]] = frozenset({Submit, Cancel})
+
+
+# on_setattr=NO_OP: the validator of ``side`` runs once at construction; per-message
+# attribute updates (last_received) must not pay for attrs' setattr hooks.
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
+class Session:
+    """Checks a peer's messages against the protocol's states, and keeps heartbeat time.
+
+    Args:
+      side: ``"server"`` (expects Hello first) or ``"client"`` (sent Hello, expects Welcome).
+      heartbeat: seconds between pings when the line is idle; None disables heartbeats.
+      dead_after: missed heartbeat intervals after which the peer is declared dead.
+      worker_may_submit: a worker peer may also Submit and Cancel jobs.
+    """
+
+    side: str = attrs.field(validator=attrs.validators.in_(("server", "client")))
+    heartbeat: float | None = None
+    dead_after: int = 3
+    worker_may_submit: bool = False
+    state: State = attrs.field(init=False)
+    peer_role: str | None = attrs.field(init=False, default=None)
+    last_received: float = attrs.field(init=False, default=0.0)
+    last_sent: float = attrs.field(init=False, default=0.0)
+    _allowed: frozenset[type[Message]] = attrs.field(init=False, default=frozenset())
+
+    def __attrs_post_init__(self) -> None:
+        self.state = State.AWAITING_HELLO if self.side == "server" else State.AWAITING_WELCOME
+        if self.side == "client":
+            self.peer_role = "leader"
+
+    def start(self, now: float) -> None:
+        """Start the heartbeat clock (call when the connection opens)."""
+        self.last_received = self.last_sent = now
+
+    def receive(self, message: Message, now: float) -> None:
+        """Account for a received message; raise if the protocol does not allow it here.
+
+        Raises:
+          StateViolation: the message is not allowed in this state or for this role.
+        """
+        self.last_received = now
+        state = self.state
+        if state is State.OPEN:
+            if type(message) not in self._allowed:
+                raise StateViolation(
+                    f"a {self.peer_role} may not send {type(message).__name__}"
+                )
+            if type(message) is Bye or (
+                type(message) is Error and ErrorCode.closes_connection(message.code)
+            ):
+                self.state = State.CLOSED
+            return
+        if state is State.AWAITING_HELLO:
+            if type(message) is not Hello:
+                raise StateViolation(
+                    f"the first message must be Hello, got {type(message).__name__}"
+                )
+            self._open(message.role)
+            return
+        if state is State.AWAITING_WELCOME:
+            if type(message) is Welcome:
+                self._open("leader")
+                return
+            if type(message) is Error:
+                self.state = State.CLOSED
+                return
+            raise StateViolation(f"expected Welcome, got {type(message).__name__}")
+        raise StateViolation(f"session is closed; got {type(message).__name__}")
+
+    def _open(self, role: str) -> None:
+        self.peer_role = role
+        allowed = ALLOWED[role]
+        if role == "worker" and self.worker_may_submit:
+            allowed = allowed | WORKER_SUBMIT
+        self._allowed = allowed
+        self.state = State.OPEN
+
+    def sent(self, now: float) -> None:
+        """Account for a message sent (sending also proves we are alive)."""
+        self.last_sent = now
+
+    def close(self) -> None:
+        """Mark the session closed locally."""
+        self.state = State.CLOSED
+
+    def next_deadline(self) -> float:
+        """The time at which :meth:`handle_timer` next has something to do (inf if never)."""
+        if self.heartbeat is None or self.state is State.CLOSED:
+            return float("inf")
+        ping_at = max(self.last_sent, self.last_received) + self.heartbeat
+        dead_at = self.last_received + self.heartbeat * self.dead_after
+        return min(ping_at, dead_at)
+
+    def handle_timer(self, now: float) -> TimerAction | None:
+        """Decide what the passing of time requires: nothing, a ping, or giving up."""
+        if self.heartbeat is None or self.state is State.CLOSED:
+            return None
+        if now >= self.last_received + self.heartbeat * self.dead_after:
+            self.state = State.CLOSED
+            return TimerAction.DEAD
+        if now >= max(self.last_sent, self.last_received) + self.heartbeat:
+            self.last_sent = now
+            return TimerAction.SEND_PING
+        return None

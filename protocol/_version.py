@@ -1,0 +1,31 @@
+"""Protocol versions and their negotiation in Hello / Welcome."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ._errors import UnsupportedVersion
+
+#: The protocol version this package writes.
+PROTOCOL_VERSION = 1
+#: Every version this package can speak, newest first.
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+
+
+def negotiate_version(offered: Iterable[int], supported: Iterable[int] = SUPPORTED_VERSIONS) -> int:
+    """Pick the newest version both sides speak.
+
+    Args:
+      offered: the versions listed in the peer's Hello.
+      supported: the versions this side speaks.
+
+    Raises:
+      UnsupportedVersion: no version is common to both.
+    """
+    offered_set = set(offered)
+    common = [v for v in supported if v in offered_set]
+    if not common:
+        raise UnsupportedVersion(
+            f"no common protocol version: peer offers {sorted(offered_set)}, we speak {sorted(supported)}"
+        )
+    return max(common)
