@@ -1,0 +1,161 @@
+"""The reader task of a connection: bytes in, checked messages out to the application.
+
+It reads a chunk (up to 64 KiB, or one WebSocket message), decodes every frame it
+completes, checks each message with the session, answers Ping at once, and hands the rest
+to :meth:`Connection.receive_some` as one batch. Bad input or a protocol violation: the
+messages before it are delivered, the peer is sent an Error and the connection closes.
+When the application does not keep up, the reader stops (the inbox is bounded).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+import protocol
+from protocol import Bye, Error, ErrorCode, Ping, Pong, State
+
+from ._transport_errors import ConnectionClosed
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+
+_LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+async def run_reader(conn: Connection) -> None:
+    """The reader task: deliver messages until closing, then drain until the peer closes."""
+    try:
+        rest = await _read_messages(conn)
+        if rest is not None:
+            await _read_while_closing(conn, rest)
+    except (*_LOST, ConnectionClosed, protocol.ProtocolError):
+        pass
+    finally:
+        conn._reader_done.set()
+
+
+async def _read_messages(conn: Connection) -> bytes | bytearray | None:
+    """Read and deliver until closed.
+
+    Returns None when the wire has ended, else what arrived once closing had begun
+    (maybe nothing), for :func:`_read_while_closing`.
+    """
+    wire = conn._wire
+    decoder = conn._decoder
+    session = conn.session
+    receive = session.receive
+    whole_frames = wire.whole_frames
+    last_error: Error | None = None  # the last message received, when it was an Error
+    while not conn.closed:
+        try:
+            data = await wire.receive()
+        except _LOST as exc:
+            conn._request_close(f"connection to {conn.peer} lost: {exc!r}", flush=False)
+            return None
+        except ConnectionClosed as exc:
+            conn._request_close(exc.reason, code=exc.code, clean=exc.clean, flush=False)
+            return None
+        except protocol.ProtocolError as exc:
+            conn._fail(exc)
+            return b""
+        if conn.closed:
+            return data
+        if data is None:
+            code = None
+            if decoder.buffered:
+                why = f"{conn.peer} closed the connection in the middle of a frame"
+            elif last_error is not None:
+                # An Error then the end: the peer closed because of it.
+                why = (
+                    f"{conn.peer} closed the connection after error"
+                    f" {last_error.code}: {last_error.message}"
+                )
+                code = last_error.code
+            else:
+                why = f"{conn.peer} closed the connection without Bye"
+            conn._request_close(why, code=code, flush=False)
+            return None
+        failure: protocol.ProtocolError | None = None
+        try:
+            messages = decoder.feed(data)
+            if whole_frames and (len(messages) != 1 or decoder.buffered):
+                raise protocol.MalformedFrame(
+                    "each WebSocket message must hold exactly one whole frame"
+                )
+        except protocol.ProtocolError as exc:
+            messages = exc.messages
+            failure = exc
+        now = trio.current_time()
+        out = []
+        bye = None
+        for message in messages:
+            try:
+                receive(message, now)
+            except protocol.StateViolation as exc:
+                failure = exc
+                break
+            kind = type(message)
+            if kind is Ping:
+                if conn._has_room(16):  # a peer that pings without reading gets no Pong
+                    conn._send_control(Pong(mid=conn.next_mid(), cid=message.mid))
+            elif kind is Bye:
+                bye = message
+            elif kind is not Pong:
+                out.append(message)
+        if out:
+            last_error = out[-1] if type(out[-1]) is Error else None
+            conn._inbox += out
+            conn._inbox_bytes += len(data)
+            if conn._receive_lot:
+                conn._receive_lot.unpark_all()
+        if failure is not None:
+            conn._fail(failure)
+            return b""
+        if session.state is State.CLOSED:
+            _peer_ended(conn, bye or (out[-1] if out else None), last_error)
+            return b""
+        while conn._inbox_bytes >= conn.max_inbox and not conn.closed:
+            conn._reader_stalled = True
+            try:
+                await conn._inbox_lot.park()
+            finally:
+                conn._reader_stalled = False
+    return b""
+
+
+def _peer_ended(conn: Connection, last: protocol.Message | None, error: Error | None) -> None:
+    """The peer sent Bye or a closing Error: the session is over.
+
+    A Bye right after an Error (how :meth:`Connection.aclose` closes for a code that does
+    not end sessions by itself, such as ``busy``) closes for that Error: not clean, its code.
+    """
+    if type(last) is Error:
+        conn._request_close(
+            f"{conn.peer} sent error {last.code}: {last.message}", code=last.code
+        )
+    elif type(last) is Bye and error is not None:
+        conn._request_close(
+            f"{conn.peer} closed the session after error {error.code}: {error.message}",
+            code=error.code,
+        )
+    elif type(last) is Bye:
+        conn._request_close(f"{conn.peer} said Bye: {last.reason}", clean=True)
+    else:
+        conn._request_close(f"{conn.peer} ended the session")
+
+
+async def _read_while_closing(conn: Connection, data: bytes | bytearray | None) -> None:
+    """Drop what still arrives until the peer closes its side or says it closes too."""
+    decoder = conn._decoder
+    while data is not None:
+        try:
+            messages = decoder.feed(data)
+        except protocol.ProtocolError:
+            messages = []  # the decoder is spent after bad input: just drain
+        for message in messages:
+            kind = type(message)
+            if kind is Bye or (kind is Error and ErrorCode.closes_connection(message.code)):
+                return  # both sides are closing: nobody needs to wait for the other
+        data = await conn._wire.receive()
