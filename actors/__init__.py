@@ -1,0 +1,32 @@
+"""trio-actors: what users touch — workers, clients, the leader and worker groups.
+
+Write a worker by subclassing :class:`Worker`; submit jobs with :class:`Client`; run a
+cluster with ``python -m actors.cluster``.
+"""
+
+from ._broker import DLQ_PREFIX as DLQ_PREFIX
+from ._broker import Broker as Broker
+from ._broker import BrokerConfig as BrokerConfig
+from ._client import Client as Client
+from ._client import Message as Message
+from ._client import Subscription as Subscription
+from ._client_errors import Busy as Busy
+from ._client_errors import ClientError as ClientError
+from ._client_errors import ConnectionLost as ConnectionLost
+from ._client_errors import DeadLettered as DeadLettered
+from ._client_errors import JobFailed as JobFailed
+from ._client_errors import RemoteError as RemoteError
+from ._client_errors import SubmitTimeout as SubmitTimeout
+from ._config import ClusterConfig as ClusterConfig
+from ._config import GroupConfig as GroupConfig
+from ._config import LeaderConfig as LeaderConfig
+from ._config import load_config as load_config
+from ._group import InstanceInfo as InstanceInfo
+from ._group import WorkerGroup as WorkerGroup
+from ._job import Job as Job
+from ._jobs import JobState as JobState
+from ._leader import Leader as Leader
+from ._loader import ConfigError as ConfigError
+from ._worker import Worker as Worker
+from ._worker import WorkerRunner as WorkerRunner
+from ._worker import run_worker as run_worker

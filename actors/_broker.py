@@ -1,0 +1,688 @@
+"""The leader's brain, sans-I/O: queues, credit, routing, acks, redelivery, dedup.
+
+The broker never awaits and never reads a clock: every method takes ``now``, and messages
+leave through each link's ``send`` callable. The :class:`~actors.Leader` feeds it what
+connections receive and calls :meth:`Broker.handle_timer` at :meth:`Broker.next_deadline`.
+So every delivery rule (credit, ack deadlines, backoff, dead letters, dedup) is tested
+without an event loop, at exact times.
+
+Per job the work is O(1) in the number of jobs: a dict lookup for dedup, a deque per
+subject, a dict per worker for what it holds (in assignment order, so with one ack timeout
+the first entry has the earliest deadline), and a heap only for jobs waiting out a backoff.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import zlib
+from collections import deque
+from typing import Any
+
+import attrs
+
+from protocol import (
+    Ack,
+    Assign,
+    Cancel,
+    Deliver,
+    Error,
+    ErrorCode,
+    Nack,
+    Progress,
+    Publish,
+    Result,
+    SubjectIndex,
+    Submit,
+    Subscribe,
+    Unsubscribe,
+    subject_matches,
+)
+from runtime import Backoff, DedupCache
+
+from ._jobs import FINAL_STATES, JobRecord, JobState, Journal, StoredResult
+from ._links import STICKY_HEADER, ClientLink, SubjectQueue, Subscription, WorkerLink
+
+#: Prefix of dead-letter subjects: a job of subject ``s`` that runs out of attempts is
+#: published on ``$dlq.s``.
+DLQ_PREFIX = "$dlq."
+
+
+@attrs.define(eq=False)
+class BrokerConfig:
+    """Delivery settings of a leader.
+
+    Args:
+      ack_timeout: seconds a worker has to answer a job (Progress extends it).
+      max_attempts: deliveries of a QoS 1 job before it is dead-lettered.
+      retry_backoff: delay before redelivery, by attempt number.
+      max_queued: jobs waiting (queued or in backoff) before submits are answered ``busy``.
+      dedup_window: seconds a finished job's result is kept for resubmissions.
+      dedup_capacity: results kept at most (the oldest go first).
+      max_retained: subjects whose last published message is retained, at most.
+      max_dead_letters: dead-lettered jobs kept for inspection.
+    """
+
+    ack_timeout: float = 30.0
+    max_attempts: int = 5
+    retry_backoff: Backoff = attrs.field(
+        factory=lambda: Backoff(base=0.5, factor=2.0, cap=30.0, jitter=0.1)
+    )
+    max_queued: int = 100_000
+    dedup_window: float = 600.0
+    dedup_capacity: int = 100_000
+    max_retained: int = 10_000
+    max_dead_letters: int = 1_000
+
+
+class Broker:
+    """Queues jobs per subject and hands them to workers against their credit.
+
+    Args:
+      config: delivery settings.
+      rng: the random source of backoff jitter (seed it in tests).
+      journal: called on every job state transition (for persistence).
+    """
+
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+        journal: Journal | None = None,
+    ) -> None:
+        self.config = config or BrokerConfig()
+        self.rng = rng or random.Random()
+        self.journal = journal
+        self.jobs: dict[str, JobRecord] = {}
+        self.finished = DedupCache(
+            capacity=self.config.dedup_capacity, ttl=self.config.dedup_window
+        )
+        self.queues: dict[str, SubjectQueue] = {}
+        self.workers: dict[WorkerLink, None] = {}
+        self.worker_index = SubjectIndex()
+        self.sub_index = SubjectIndex()
+        self.retained: dict[str, tuple[Any, dict[str, str]]] = {}
+        self.dead_letters: deque[dict[str, Any]] = deque(maxlen=self.config.max_dead_letters)
+        self.waiting_count = 0  # queued + retry_wait
+        self._retry_heap: list[tuple[float, int, JobRecord]] = []
+        self._seq = itertools.count()
+        self._queue_rr: dict[str, int] = {}
+        self._done_window_start = 0.0
+        self._done_in_window = 0
+        self._done_rate = 0.0
+
+    # ------------------------------------------------------------------ workers
+
+    def worker_joined(self, worker: WorkerLink, now: float) -> None:
+        """A worker said Hello: index its patterns and give it work."""
+        self.workers[worker] = None
+        for pattern in worker.patterns:
+            self.worker_index.add(pattern, worker)
+        if worker.mode == "broadcast":
+            return
+        for queue in self.queues.values():
+            if self._serves(worker, queue.subject):
+                queue.candidates.append(worker)
+                worker.queues.append(queue)
+        self._feed(worker, now)
+
+    def worker_left(self, worker: WorkerLink, now: float) -> None:
+        """A worker went away: whatever it held is redelivered (each counts as an attempt)."""
+        if worker not in self.workers:
+            return
+        del self.workers[worker]
+        for pattern in worker.patterns:
+            self.worker_index.remove(pattern, worker)
+        for queue in worker.queues:
+            queue.candidates.remove(worker)
+        worker.queues.clear()
+        held = list(worker.inflight.values())
+        worker.inflight.clear()
+        worker.deadlines.clear()
+        for job in held:
+            if job.state is JobState.ASSIGNED and job.worker is worker:
+                self._failed_attempt(job, ("WorkerLost", f"worker {worker.name} went away"), now)
+        backlog = list(worker.backlog)
+        worker.backlog.clear()
+        for job in reversed(backlog):
+            if job.state is JobState.QUEUED:
+                self.waiting_count -= 1  # counted again by _enqueue
+                self._enqueue(job, now, front=True)
+
+    def set_window(self, worker: WorkerLink, credit: int, now: float) -> None:
+        """A worker changed its credit window (0 = send nothing more)."""
+        worker.window = credit
+        self._feed(worker, now)
+
+    def _serves(self, worker: WorkerLink, subject: str) -> bool:
+        return worker in self.worker_index.match(subject)
+
+    # ------------------------------------------------------------------ clients
+
+    def client_left(self, client: ClientLink) -> None:
+        """A client went away: forget its waits (the jobs go on) and subscriptions."""
+        for job_id in client.waiting:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                job.waiters = [w for w in job.waiters if w[0] is not client]
+        client.waiting.clear()
+        for sub in client.subscriptions.values():
+            self.sub_index.remove(sub.pattern, sub)
+        client.subscriptions.clear()
+
+    # ------------------------------------------------------------------ jobs in
+
+    def submit(self, client: ClientLink, msg: Submit, now: float) -> None:
+        """A client submitted a job: dedup it, queue it, maybe assign it at once."""
+        job_id = msg.job_id
+        job = self.jobs.get(job_id)
+        if job is not None:  # in flight already: merge the waits
+            job.waiters.append((client, msg.mid))
+            client.waiting[job_id] = None
+            return
+        stored = self.finished.get(job_id, now)
+        if stored is not None:
+            self._reply(client, msg.mid, job_id, stored)
+            return
+        if self.waiting_count >= self.config.max_queued:
+            client.send(
+                Error(
+                    mid=client.next_mid(),
+                    cid=msg.mid,
+                    code=ErrorCode.BUSY,
+                    message=f"leader queue is full ({self.config.max_queued} jobs waiting)",
+                    job_id=job_id,
+                    retry_after=self._retry_after(),
+                )
+            )
+            return
+        job = JobRecord(
+            job_id=job_id,
+            subject=msg.subject,
+            payload=msg.payload,
+            headers=msg.headers,
+            qos=msg.qos,
+            max_attempts=msg.max_attempts or self.config.max_attempts,
+            submitted_at=now,
+            expires_at=None if msg.timeout is None else now + msg.timeout,
+        )
+        job.waiters.append((client, msg.mid))
+        client.waiting[job_id] = None
+        self.jobs[job_id] = job
+        if self.journal is not None:
+            self.journal(job, JobState.QUEUED, JobState.QUEUED)
+        queue = self._queue(msg.subject)
+        queue.submitted += 1
+        self.waiting_count += 1
+        queue.pending.append(job)
+        self._dispatch(queue, now)
+
+    def cancel(self, client: ClientLink, msg: Cancel, now: float) -> None:
+        """A client cancels a job: a waiting job ends at once, a running one is cancelled
+        on its worker (whose answer then finishes it)."""
+        job = self.jobs.get(msg.job_id)
+        if job is None or job.state in FINAL_STATES:
+            return
+        if job.state is JobState.ASSIGNED:
+            if job.worker is not None:
+                job.worker.send(Cancel(mid=job.worker.next_mid(), job_id=job.job_id, reason=msg.reason))
+            return
+        self._leave_waiting(job)
+        self._finish(
+            job,
+            JobState.EXPIRED,
+            StoredResult(False, None, "Cancelled", msg.reason or "cancelled by client", job.attempt),
+            now,
+        )
+
+    # ------------------------------------------------------------------ routing
+
+    def _queue(self, subject: str) -> SubjectQueue:
+        queue = self.queues.get(subject)
+        if queue is None:
+            queue = SubjectQueue(subject)
+            for worker in self.worker_index.match(subject):
+                if worker.mode != "broadcast" and worker not in queue.candidates:
+                    queue.candidates.append(worker)
+                    worker.queues.append(queue)
+            self.queues[subject] = queue
+        return queue
+
+    def _pick(self, queue: SubjectQueue, job: JobRecord) -> WorkerLink | None:
+        candidates = queue.candidates
+        n = len(candidates)
+        if n == 0:
+            return None
+        policy = candidates[0].policy
+        if policy == "sticky":
+            key = job.headers.get(STICKY_HEADER)
+            if key is not None:
+                return candidates[zlib.crc32(key.encode()) % n]
+        elif policy == "least_loaded":
+            # The lowest share of its window in use, among workers with a free slot.
+            best = None
+            best_load = 2.0
+            for worker in candidates:
+                held = len(worker.inflight)
+                if held < worker.window:
+                    load = held / worker.window
+                    if load < best_load:
+                        best, best_load = worker, load
+            return best
+        start = queue.rr
+        for i in range(n):
+            worker = candidates[(start + i) % n]
+            if len(worker.inflight) < worker.window:
+                queue.rr = (start + i + 1) % n
+                return worker
+        return None
+
+    def _dispatch(self, queue: SubjectQueue, now: float) -> None:
+        pending = queue.pending
+        while pending:
+            job = pending[0]
+            if job.expires_at is not None and job.expires_at <= now:
+                pending.popleft()
+                self.waiting_count -= 1
+                queue.expired += 1
+                self._finish(job, JobState.EXPIRED, None, now)
+                continue
+            worker = self._pick(queue, job)
+            if worker is None:
+                return
+            pending.popleft()
+            if len(worker.inflight) >= worker.window:  # sticky target is busy: wait for it
+                worker.backlog.append(job)
+                continue
+            self.waiting_count -= 1
+            self._assign(job, worker, now)
+
+    def _feed(self, worker: WorkerLink, now: float) -> None:
+        """Give a worker with free credit the jobs waiting for it."""
+        backlog = worker.backlog
+        while backlog and len(worker.inflight) < worker.window:
+            job = backlog.popleft()
+            if job.state is JobState.QUEUED:
+                self.waiting_count -= 1
+                self._assign(job, worker, now)
+        for queue in worker.queues:
+            if len(worker.inflight) >= worker.window:
+                return
+            if queue.pending:
+                self._dispatch(queue, now)
+
+    def _assign(self, job: JobRecord, worker: WorkerLink, now: float) -> None:
+        job.move(JobState.ASSIGNED, self.journal)
+        job.attempt += 1
+        job.worker = worker
+        job.assigned_at = now
+        deadline = now + self.config.ack_timeout
+        job.ack_deadline = deadline
+        worker.inflight[job.job_id] = job
+        worker.deadlines[job.job_id] = deadline
+        worker.assigned_total += 1
+        worker.send(
+            Assign(
+                mid=worker.next_mid(),
+                job_id=job.job_id,
+                subject=job.subject,
+                payload=job.payload,
+                headers=job.headers,
+                attempt=job.attempt,
+                qos=job.qos,
+                ack_timeout=self.config.ack_timeout,
+            )
+        )
+
+    def _enqueue(self, job: JobRecord, now: float, *, front: bool = False) -> None:
+        queue = self._queue(job.subject)
+        self.waiting_count += 1
+        if front:
+            queue.pending.appendleft(job)
+        else:
+            queue.pending.append(job)
+        self._dispatch(queue, now)
+
+    def _remove_pending(self, job: JobRecord) -> None:
+        queue = self.queues.get(job.subject)
+        if queue is not None and job in queue.pending:
+            queue.pending.remove(job)
+
+    # ------------------------------------------------------------------ answers from workers
+
+    def _release(self, worker: WorkerLink, job_id: str) -> JobRecord | None:
+        job = worker.inflight.pop(job_id, None)
+        if job is not None:
+            worker.deadlines.pop(job_id, None)
+        return job
+
+    def result(self, worker: WorkerLink, msg: Result, now: float) -> None:
+        """A worker finished a job (or failed it). The first answer wins; a late one from
+        a worker whose attempt already timed out still frees its slot."""
+        job = self._release(worker, msg.job_id)
+        if job is not None and job.state not in FINAL_STATES:
+            worker.done_total += 1
+            if msg.ok or job.qos == 0:
+                if job.state is not JobState.ASSIGNED:
+                    self._leave_waiting(job)
+                if job.worker is not None and job.worker is not worker:
+                    self._release_other(job)
+                queue = self._queue(job.subject)
+                if msg.ok:
+                    queue.done += 1
+                else:
+                    queue.failed += 1
+                latency = now - job.submitted_at
+                queue.latency_total += latency
+                if latency > queue.latency_max:
+                    queue.latency_max = latency
+                self._finish(
+                    job,
+                    JobState.DONE,
+                    StoredResult(msg.ok, msg.payload, msg.error_type, msg.error_message, job.attempt),
+                    now,
+                )
+            elif job.state is JobState.ASSIGNED and job.worker is worker:
+                self._failed_attempt(job, (msg.error_type or "Error", msg.error_message or ""), now)
+        self._feed(worker, now)
+
+    def nack(self, worker: WorkerLink, msg: Nack, now: float) -> None:
+        """A worker gave a job back: redeliver after its delay (or the backoff)."""
+        job = self._release(worker, msg.job_id)
+        if job is not None and job.state is JobState.ASSIGNED and job.worker is worker:
+            self._failed_attempt(job, ("Nack", msg.reason), now, delay=msg.delay)
+        self._feed(worker, now)
+
+    def progress(self, worker: WorkerLink, msg: Progress, now: float) -> None:
+        """A worker reported progress: extend the ack deadline, tell the waiting clients."""
+        job = worker.inflight.get(msg.job_id)
+        if job is None:
+            return
+        # Move to the end: its deadline is now the latest, which keeps the order.
+        del worker.inflight[msg.job_id]
+        worker.deadlines.pop(msg.job_id, None)
+        worker.inflight[msg.job_id] = job
+        deadline = now + self.config.ack_timeout
+        worker.deadlines[msg.job_id] = deadline
+        if job.worker is worker:
+            job.ack_deadline = deadline
+        for client, _cid in job.waiters:
+            client.send(
+                Progress(mid=client.next_mid(), job_id=job.job_id, fraction=msg.fraction, note=msg.note)
+            )
+
+    def ack(self, worker: WorkerLink, msg: Ack, now: float) -> None:
+        """An Ack of a job counts like Progress: the worker has it and is alive."""
+        if msg.job_id is not None and msg.job_id in worker.inflight:
+            self.progress(worker, Progress(mid=msg.mid, job_id=msg.job_id), now)
+
+    def _release_other(self, job: JobRecord) -> None:
+        """Another worker's attempt is moot now: ask it to stop (its slot frees when it answers)."""
+        other = job.worker
+        if other is not None and job.job_id in other.inflight:
+            other.send(Cancel(mid=other.next_mid(), job_id=job.job_id, reason="finished elsewhere"))
+
+    # ------------------------------------------------------------------ failure and retry
+
+    def _failed_attempt(
+        self, job: JobRecord, error: tuple[str, str], now: float, *, delay: float | None = None
+    ) -> None:
+        job.last_error = error
+        queue = self._queue(job.subject)
+        if job.qos == 0:
+            queue.failed += 1
+            self._finish(job, JobState.DONE, StoredResult(False, None, error[0], error[1], job.attempt), now)
+            return
+        if job.attempt >= job.max_attempts:
+            self._dead_letter(job, now)
+            return
+        if delay is None:
+            delay = self.config.retry_backoff.delay(job.attempt, self.rng)
+        queue.redelivered += 1
+        job.move(JobState.RETRY_WAIT, self.journal)
+        job.worker = None
+        job.retry_at = now + delay
+        self.waiting_count += 1
+        heapq.heappush(self._retry_heap, (job.retry_at, next(self._seq), job))
+
+    def _leave_waiting(self, job: JobRecord) -> None:
+        """A queued or retry-waiting job is taken out of waiting (the heap entry or sticky
+        backlog entry it leaves behind is skipped later by its state)."""
+        if job.state is JobState.QUEUED:
+            self._remove_pending(job)
+        self.waiting_count -= 1
+
+    def _dead_letter(self, job: JobRecord, now: float) -> None:
+        queue = self._queue(job.subject)
+        queue.dead += 1
+        error_type, error_message = job.last_error or ("Error", "")
+        record = {
+            "job_id": job.job_id,
+            "subject": job.subject,
+            "payload": job.payload,
+            "headers": job.headers,
+            "attempts": job.attempt,
+            "error_type": error_type,
+            "error_message": error_message,
+        }
+        self.dead_letters.append(record)
+        self._finish(
+            job,
+            JobState.DEAD,
+            StoredResult(
+                False,
+                None,
+                error_type,
+                f"dead-lettered after {job.attempt} attempts: {error_message}",
+                job.attempt,
+            ),
+            now,
+        )
+        self._route_publish(DLQ_PREFIX + job.subject, record, {}, now)
+
+    def _finish(self, job: JobRecord, state: JobState, stored: StoredResult | None, now: float) -> None:
+        job.move(state, self.journal)
+        job.worker = None
+        self.jobs.pop(job.job_id, None)
+        if stored is not None:
+            self.finished.add(job.job_id, now, stored)
+            self._count_done(now)
+        for client, cid in job.waiters:
+            client.waiting.pop(job.job_id, None)
+            if stored is None:
+                client.send(
+                    Error(
+                        mid=client.next_mid(),
+                        cid=cid,
+                        code=ErrorCode.TIMEOUT,
+                        message=f"job {job.job_id} expired before a worker took it",
+                        job_id=job.job_id,
+                    )
+                )
+            else:
+                self._reply(client, cid, job.job_id, stored)
+        job.waiters = []
+
+    @staticmethod
+    def _reply(client: ClientLink, cid: int, job_id: str, stored: StoredResult) -> None:
+        client.send(
+            Result(
+                mid=client.next_mid(),
+                cid=cid,
+                job_id=job_id,
+                ok=stored.ok,
+                payload=stored.payload,
+                error_type=stored.error_type,
+                error_message=stored.error_message,
+                attempts=stored.attempts,
+            )
+        )
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float:
+        """When :meth:`handle_timer` next has something to do (``inf`` if nothing)."""
+        deadline = float("inf")
+        if self._retry_heap:
+            deadline = self._retry_heap[0][0]
+        for worker in self.workers:
+            deadlines = worker.deadlines
+            if deadlines:
+                first = next(iter(deadlines.values()))
+                if first < deadline:
+                    deadline = first
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        """Redeliver what missed its ack deadline; requeue what waited out its backoff."""
+        for worker in list(self.workers):
+            deadlines = worker.deadlines
+            while deadlines:
+                job_id, deadline = next(iter(deadlines.items()))
+                if deadline > now:
+                    break
+                job = worker.inflight[job_id]
+                if job.state is JobState.ASSIGNED and job.worker is worker:
+                    # The worker keeps the slot (it may still be running the job) but the
+                    # deadline is dropped; the job goes out again after its backoff.
+                    del deadlines[job_id]
+                    self._failed_attempt(
+                        job,
+                        ("AckTimeout", f"no answer from {worker.name} within {self.config.ack_timeout} s"),
+                        now,
+                    )
+                    worker.send(Cancel(mid=worker.next_mid(), job_id=job_id, reason="ack timeout"))
+                else:
+                    del deadlines[job_id]
+        heap = self._retry_heap
+        while heap and heap[0][0] <= now:
+            _, _, job = heapq.heappop(heap)
+            if job.state is not JobState.RETRY_WAIT:
+                continue
+            self.waiting_count -= 1
+            if job.expires_at is not None and job.expires_at <= now:
+                self._queue(job.subject).expired += 1
+                self._finish(job, JobState.EXPIRED, None, now)
+                continue
+            job.move(JobState.QUEUED, self.journal)
+            self._enqueue(job, now)
+
+    def _count_done(self, now: float) -> None:
+        if now - self._done_window_start >= 1.0:
+            elapsed = now - self._done_window_start
+            self._done_rate = self._done_in_window / elapsed if elapsed > 0 else 0.0
+            self._done_window_start = now
+            self._done_in_window = 0
+        self._done_in_window += 1
+
+    def _retry_after(self) -> float:
+        rate = max(self._done_rate, 1.0)
+        return min(30.0, max(0.1, round(self.waiting_count / rate / 2, 3)))
+
+    # ------------------------------------------------------------------ publish / subscribe
+
+    def publish(self, client: ClientLink | WorkerLink, msg: Publish, now: float) -> None:
+        """Broadcast a message: every plain subscription, one member per queue group,
+        every broadcast-mode worker, one worker of each round-robin group."""
+        if msg.retain:
+            retained = self.retained
+            retained.pop(msg.subject, None)
+            if len(retained) >= self.config.max_retained:
+                del retained[next(iter(retained))]
+            retained[msg.subject] = (msg.payload, msg.headers)
+        self._route_publish(msg.subject, msg.payload, msg.headers, now)
+        if msg.qos == 1:
+            client.send(Ack(mid=client.next_mid(), cid=msg.mid))
+
+    def _route_publish(self, subject: str, payload: Any, headers: dict[str, str], now: float) -> None:
+        groups: dict[str, list[Any]] = {}
+        for sub in self.sub_index.match(subject):
+            if sub.queue is None:
+                self._deliver(sub.link, sub.sid, subject, payload, headers)
+            else:
+                groups.setdefault("q:" + sub.queue, []).append(sub)
+        for worker in dict.fromkeys(self.worker_index.match(subject)):  # once per worker
+            if worker.mode == "broadcast":
+                self._deliver(worker, 0, subject, payload, headers)
+            else:
+                groups.setdefault("g:" + worker.group, []).append(worker)
+        for name, members in groups.items():
+            i = self._queue_rr.get(name, 0) % len(members)
+            self._queue_rr[name] = i + 1
+            chosen = members[i]
+            if isinstance(chosen, Subscription):
+                self._deliver(chosen.link, chosen.sid, subject, payload, headers)
+            else:
+                self._deliver(chosen, 0, subject, payload, headers)
+
+    @staticmethod
+    def _deliver(link: Any, sid: int, subject: str, payload: Any, headers: dict[str, str], retained: bool = False) -> None:
+        link.send(
+            Deliver(
+                mid=link.next_mid(), sid=sid, subject=subject, payload=payload, headers=headers, retained=retained
+            )
+        )
+
+    def subscribe(self, client: ClientLink, msg: Subscribe, now: float) -> None:
+        """Add a subscription and replay the retained messages it matches."""
+        old = client.subscriptions.pop(msg.sid, None)
+        if old is not None:
+            self.sub_index.remove(old.pattern, old)
+        sub = Subscription(client, msg.sid, msg.pattern, msg.queue)
+        client.subscriptions[msg.sid] = sub
+        self.sub_index.add(msg.pattern, sub)
+        if self.retained:
+            for subject, (payload, headers) in list(self.retained.items()):
+                if subject_matches(msg.pattern, subject):
+                    self._deliver(client, msg.sid, subject, payload, headers, retained=True)
+
+    def unsubscribe(self, client: ClientLink, msg: Unsubscribe) -> None:
+        """End a subscription (unknown sids are ignored)."""
+        sub = client.subscriptions.pop(msg.sid, None)
+        if sub is not None:
+            self.sub_index.remove(sub.pattern, sub)
+
+    # ------------------------------------------------------------------ statistics
+
+    def stats(self) -> dict[str, Any]:
+        """Counters per subject and per group, and totals."""
+        subjects = {}
+        for subject, q in self.queues.items():
+            finished = q.done + q.failed
+            subjects[subject] = {
+                "queued": len(q.pending),
+                "submitted": q.submitted,
+                "done": q.done,
+                "failed": q.failed,
+                "redelivered": q.redelivered,
+                "dead": q.dead,
+                "expired": q.expired,
+                "workers": len(q.candidates),
+                "latency_avg": q.latency_total / finished if finished else None,
+                "latency_max": q.latency_max,
+            }
+        groups: dict[str, dict[str, Any]] = {}
+        for worker in self.workers:
+            g = groups.setdefault(
+                worker.group or worker.name,
+                {"workers": 0, "in_flight": 0, "window": 0, "assigned": 0, "done": 0,
+                 "policy": worker.policy, "mode": worker.mode},
+            )
+            g["workers"] += 1
+            g["in_flight"] += len(worker.inflight)
+            g["window"] += worker.window
+            g["assigned"] += worker.assigned_total
+            g["done"] += worker.done_total
+        return {
+            "jobs_active": len(self.jobs),
+            "waiting": self.waiting_count,
+            "in_flight": sum(len(w.inflight) for w in self.workers),
+            "workers": len(self.workers),
+            "results_stored": len(self.finished),
+            "dead_letters": len(self.dead_letters),
+            "retained": len(self.retained),
+            "subjects": subjects,
+            "groups": groups,
+        }

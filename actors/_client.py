@@ -1,0 +1,503 @@
+"""The Client: submit jobs, map over many, publish and subscribe, over one connection.
+
+Every call shares one connection and is pipelined: ``submit`` queues a Submit frame and
+waits for the Result that carries its ``cid``. The client reconnects with backoff when
+the connection drops and then resends every QoS 1 submit still waiting, under the same
+job id: the leader merges it with the running job or answers from its stored results,
+so each call gets its result exactly once. Subscriptions are renewed too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import ssl
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from protocol import (
+    Ack,
+    Cancel,
+    Deliver,
+    Error,
+    ErrorCode,
+    Hello,
+    Progress,
+    Publish,
+    Result,
+    Submit,
+    Subscribe,
+    Unsubscribe,
+)
+from runtime import Backoff, Connection, ConnectionClosed, run_reconnecting
+
+from ._client_errors import (
+    Busy,
+    ConnectionLost,
+    DeadLettered,
+    JobFailed,
+    RemoteError,
+    SubmitTimeout,
+)
+
+
+@attrs.define(eq=False)
+class _Call:
+    """One outstanding submit (or qos 1 publish)."""
+
+    message: Any  # Submit or Publish as last sent (its mid changes on each transmission)
+    fields: dict[str, Any]  # the message's fields but ``mid``
+    event: trio.Event | None = None
+    channel: trio.MemorySendChannel | None = None
+    on_progress: Callable[[float | None, str | None], None] | None = None
+    outcome: Any = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+@attrs.frozen
+class Message:
+    """A published message received by a subscription."""
+
+    subject: str
+    payload: Any
+    headers: dict[str, str]
+    retained: bool = False
+
+
+class Subscription:
+    """An active subscription: iterate it for messages (``async for msg in sub``).
+
+    Messages wait in a bounded buffer (``max_pending``); when it is full, new ones are
+    dropped (pub/sub is at most once) and counted in :attr:`dropped`.
+    """
+
+    def __init__(self, client: Client, sid: int, pattern: str, queue: str | None, max_pending: int) -> None:
+        self.client = client
+        self.sid = sid
+        self.pattern = pattern
+        self.queue = queue
+        self.dropped = 0
+        self._send, self._receive = trio.open_memory_channel[Message](max_pending)
+
+    def _push(self, message: Message) -> None:
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            self.dropped += 1
+
+    async def receive(self) -> Message:
+        """The next message."""
+        return await self._receive.receive()
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+class Client:
+    """A connection to a leader for submitting jobs and publishing messages.
+
+    Build it with :meth:`connect`::
+
+        async with Client.connect("tcp://127.0.0.1:7700") as client:
+            result = await client.submit("math.square", {"n": 7})
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "client",
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+        reconnect_backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.url = url
+        self.name = name
+        self.ssl_context = ssl_context
+        self.token = token
+        self.backoff = reconnect_backoff or Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2)
+        self.rng = rng
+        self.connects = 0
+        self._conn: Connection | None = None
+        self._connected = trio.Event()
+        self._mids = itertools.count(1)
+        self._calls: dict[int, _Call] = {}  # by the mid of the frame on the current connection
+        self._progress: dict[str, _Call] = {}
+        self._subs: dict[int, Subscription] = {}
+        self._sids = itertools.count(1)
+        # Job ids: a random prefix per client and a counter (cheaper than a uuid per job).
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._job_numbers = itertools.count(1)
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        url: str,
+        *,
+        name: str = "client",
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+        connect_timeout: float = 10.0,
+        reconnect_backoff: Backoff | None = None,
+    ) -> AsyncIterator[Client]:
+        """Connect to the leader at ``url``; reconnect whenever the connection drops.
+
+        Raises:
+          ConnectionLost: no connection could be made within ``connect_timeout``.
+        """
+        client = cls(url, name=name, ssl_context=ssl_context, token=token, reconnect_backoff=reconnect_backoff)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._run)
+            with trio.move_on_after(connect_timeout):
+                await client._connected.wait()
+            if not client._connected.is_set():
+                nursery.cancel_scope.cancel()
+                raise ConnectionLost(f"could not connect to {url} within {connect_timeout} s")
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ connection
+
+    async def _run(self) -> None:
+        await run_reconnecting(
+            self.url,
+            self._session,
+            hello_factory=lambda: Hello(mid=next(self._mids), role="client", name=self.name, token=self.token),
+            backoff=self.backoff,
+            rng=self.rng,
+            ssl_context=self.ssl_context,
+        )
+
+    async def _session(self, conn: Connection) -> None:
+        self.connects += 1
+        calls = list(self._calls.values())
+        self._calls = {}
+        for call in calls:  # resend what is still waiting, under the same job ids
+            self._transmit(conn, call)
+        for sub in self._subs.values():
+            conn.send_nowait(Subscribe(mid=next(self._mids), sid=sub.sid, pattern=sub.pattern, queue=sub.queue))
+        self._conn = conn
+        self._connected.set()
+        try:
+            while True:
+                for msg in await conn.receive_some():
+                    self._dispatch(msg)
+        finally:
+            self._conn = None
+            self._connected = trio.Event()
+            for mid, call in list(self._calls.items()):
+                if call.message.qos == 0:  # at most once: never sent again
+                    del self._calls[mid]
+                    self._settle(call, error=ConnectionLost(f"connection to {self.url} lost"))
+
+    def _transmit(self, conn: Connection, call: _Call) -> None:
+        mid = next(self._mids)
+        call.message = message = type(call.message)(mid=mid, **call.fields)
+        self._calls[mid] = call
+        conn.send_nowait(message)
+
+    def _dispatch(self, msg: Any) -> None:
+        kind = type(msg)
+        if kind is Result:
+            call = self._calls.pop(msg.cid, None)
+            if call is None:
+                return
+            self._progress.pop(msg.job_id, None)
+            if msg.ok:
+                self._settle(call, outcome=msg.payload)
+            else:
+                error_cls = DeadLettered if call.message.qos == 1 else JobFailed
+                self._settle(
+                    call,
+                    error=error_cls(msg.job_id, msg.error_type or "Error", msg.error_message or "", msg.attempts),
+                )
+        elif kind is Deliver:
+            sub = self._subs.get(msg.sid)
+            if sub is not None:
+                sub._push(Message(msg.subject, msg.payload, msg.headers, msg.retained))
+        elif kind is Progress:
+            call = self._progress.get(msg.job_id)
+            if call is not None and call.on_progress is not None:
+                call.on_progress(msg.fraction, msg.note)
+        elif kind is Ack:
+            call = self._calls.pop(msg.cid, None) if msg.cid is not None else None
+            if call is not None:
+                self._settle(call, outcome=None)
+        elif kind is Error:
+            call = self._calls.pop(msg.cid, None) if msg.cid is not None else None
+            if call is None:
+                return
+            if msg.code == ErrorCode.BUSY:
+                error: BaseException = Busy(msg.message, msg.retry_after)
+            elif msg.code == ErrorCode.TIMEOUT:
+                error = SubmitTimeout(msg.message)
+            else:
+                error = RemoteError(msg.code, msg.message)
+            self._settle(call, error=error)
+
+    @staticmethod
+    def _settle(call: _Call, *, outcome: Any = None, error: BaseException | None = None) -> None:
+        if call.done:
+            return
+        call.done = True
+        call.outcome = outcome
+        call.error = error
+        if call.event is not None:
+            call.event.set()
+        if call.channel is not None:
+            call.channel.send_nowait(call)
+
+    def _start(self, call: _Call) -> None:
+        conn = self._conn
+        if conn is None:  # sent when the connection is back
+            self._calls[-next(self._mids)] = call
+            return
+        try:
+            self._transmit(conn, call)
+        except ConnectionClosed:
+            pass  # _session's clean-up or the next session takes it from self._calls
+
+    # ------------------------------------------------------------------ jobs
+
+    def _submit_call(
+        self,
+        subject: str,
+        payload: Any,
+        *,
+        qos: int,
+        timeout: float | None,
+        job_id: str | None,
+        headers: dict[str, str] | None,
+        max_attempts: int | None,
+    ) -> _Call:
+        fields = {
+            "job_id": job_id or f"{self._id_prefix}-{next(self._job_numbers)}",
+            "subject": subject,
+            "payload": payload,
+            "headers": headers or {},
+            "qos": qos,
+            "timeout": timeout,
+            "max_attempts": max_attempts,
+        }
+        return _Call(Submit(mid=0, **fields), fields)  # validates the arguments now
+
+    async def submit(
+        self,
+        subject: str,
+        payload: Any = None,
+        *,
+        qos: int = 1,
+        timeout: float | None = None,
+        job_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        max_attempts: int | None = None,
+        on_progress: Callable[[float | None, str | None], None] | None = None,
+    ) -> Any:
+        """Submit a job and wait for its result.
+
+        Args:
+          subject: where to send it (no wildcards).
+          payload: any CBOR value.
+          qos: 1 (default) at least once, redelivered until it succeeds or runs out of
+            attempts; 0 at most once.
+          timeout: seconds to wait for the result (also the job's deadline at the leader:
+            if no worker took it by then, it is dropped).
+          job_id: the job's id (default: a random per-client prefix and a counter). Submitting an id again returns
+            the stored result of the finished job, or joins the running one.
+          headers: str to str metadata (``key`` routes sticky groups).
+          max_attempts: deliveries before the job is dead-lettered.
+          on_progress: called with ``(fraction, note)`` when the worker reports progress.
+
+        Returns:
+          The job's result.
+
+        Raises:
+          JobFailed: the job failed (``DeadLettered`` for QoS 1 after its last attempt).
+          Busy: the leader's queue is full; ``retry_after`` says when to try again.
+          SubmitTimeout: no result within ``timeout``.
+          ConnectionLost: a QoS 0 job's connection dropped.
+          ValueError, TypeError: bad subject, headers or qos.
+        """
+        call = self._submit_call(
+            subject, payload, qos=qos, timeout=timeout, job_id=job_id, headers=headers, max_attempts=max_attempts
+        )
+        call.event = trio.Event()
+        call.on_progress = on_progress
+        if on_progress is not None:
+            self._progress[call.message.job_id] = call
+        self._start(call)
+        try:
+            if timeout is None:
+                await call.event.wait()
+            else:
+                with trio.fail_after(timeout):
+                    await call.event.wait()
+        except trio.TooSlowError:
+            raise SubmitTimeout(f"no result for job {call.message.job_id} within {timeout} s") from None
+        finally:
+            if not call.done:
+                self._forget(call)
+        if call.error is not None:
+            raise call.error
+        return call.outcome
+
+    def _forget(self, call: _Call) -> None:
+        call.done = True
+        for mid, other in list(self._calls.items()):
+            if other is call:
+                del self._calls[mid]
+        self._progress.pop(call.message.job_id, None)
+
+    async def request(self, subject: str, payload: Any = None, *, timeout: float = 5.0, headers: dict[str, str] | None = None) -> Any:
+        """Request/reply: a QoS 0 job (at most once, no redelivery) with a timeout."""
+        return await self.submit(subject, payload, qos=0, timeout=timeout, headers=headers)
+
+    async def cancel(self, job_id: str, reason: str = "") -> None:
+        """Ask the leader to cancel a job (a running one is cancelled on its worker)."""
+        await self._send(Cancel(mid=next(self._mids), job_id=job_id, reason=reason))
+
+    async def map(
+        self,
+        subject: str,
+        payloads: Iterable[Any] | AsyncIterable[Any],
+        *,
+        limit: int = 64,
+        qos: int = 1,
+        headers: dict[str, str] | None = None,
+        max_attempts: int | None = None,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[Any]:
+        """Submit a job per payload, at most ``limit`` at once; yield results as they complete.
+
+        A ``Busy`` answer is retried after its ``retry_after``. A failed job raises its
+        :class:`JobFailed` from the iteration, or with ``return_exceptions=True`` is
+        yielded as the exception object instead.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        send, receive = trio.open_memory_channel[_Call](limit)
+        if isinstance(payloads, AsyncIterable):
+            source: AsyncIterator[Any] = payloads.__aiter__()
+        else:
+            source = _aiter(payloads)
+        outstanding = 0
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and outstanding < limit:
+                    try:
+                        payload = await source.__anext__()
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    call = self._submit_call(
+                        subject, payload, qos=qos, timeout=None, job_id=None, headers=headers, max_attempts=max_attempts
+                    )
+                    call.channel = send
+                    self._start(call)
+                    outstanding += 1
+                if outstanding == 0:
+                    return
+                call = await receive.receive()
+                outstanding -= 1
+                if isinstance(call.error, Busy):
+                    await trio.sleep(call.error.retry_after or 0.1)
+                    call.done = False
+                    call.error = None
+                    self._start(call)
+                    outstanding += 1
+                    continue
+                if call.error is not None:
+                    if not return_exceptions:
+                        raise call.error
+                    yield call.error
+                else:
+                    yield call.outcome
+        finally:
+            # Results of abandoned calls are not wanted any more.
+            for mid, call in list(self._calls.items()):
+                if call.channel is send:
+                    del self._calls[mid]
+
+    # ------------------------------------------------------------------ pub/sub
+
+    async def _send(self, message: Any) -> None:
+        while True:
+            conn = self._conn
+            if conn is None:
+                await self._connected.wait()
+                continue
+            try:
+                await conn.send(message)
+                return
+            except ConnectionClosed:
+                await trio.lowlevel.checkpoint()
+
+    async def publish(
+        self,
+        subject: str,
+        payload: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        retain: bool = False,
+        qos: int = 0,
+    ) -> None:
+        """Publish to every subscriber of ``subject``.
+
+        With ``retain=True`` the leader keeps it as the subject's last message for later
+        subscribers. ``qos=1`` waits until the leader has accepted it (and sends it again
+        after a reconnect until then); delivery to subscribers is at most once.
+        """
+        fields = {"subject": subject, "payload": payload, "headers": headers or {}, "retain": retain, "qos": qos}
+        if qos == 0:
+            await self._send(Publish(mid=next(self._mids), **fields))
+            return
+        call = _Call(Publish(mid=0, **fields), fields, event=trio.Event())
+        self._start(call)
+        await call.event.wait()
+        if call.error is not None:
+            raise call.error
+
+    @asynccontextmanager
+    async def subscribe(self, pattern: str, *, queue: str | None = None, max_pending: int = 1000) -> AsyncIterator[Subscription]:
+        """Subscribe to ``pattern`` for the duration of the ``async with`` block.
+
+        With ``queue``, subscriptions sharing the queue name split the messages (each
+        goes to one of them). Retained messages matching the pattern arrive first.
+        """
+        sid = next(self._sids)
+        sub = Subscription(self, sid, pattern, queue, max_pending)
+        message = Subscribe(mid=next(self._mids), sid=sid, pattern=pattern, queue=queue)
+        self._subs[sid] = sub
+        try:
+            await self._send(message)
+            yield sub
+        finally:
+            del self._subs[sid]
+            conn = self._conn
+            if conn is not None:
+                try:
+                    conn.send_nowait(Unsubscribe(mid=next(self._mids), sid=sid))
+                except ConnectionClosed:
+                    pass
+
+
+async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item

@@ -1,0 +1,545 @@
+"""Cluster configuration: a leader and its worker groups, from a TOML file or the command line.
+
+The TOML shape (every key but ``[[groups]]`` name/worker is optional)::
+
+    [leader]
+    listen = ["tcp://127.0.0.1:7700", "ws://127.0.0.1:7701"]
+    ack_timeout = 30.0        # also: name, max_attempts, max_queued, dedup_window,
+                              #       heartbeat, max_connections
+    [leader.retry]            # redelivery backoff: base, factor, cap, jitter
+    base = 0.5
+
+    [[groups]]
+    name = "square"
+    worker = "examples.square:Square"   # or command = [...] (process workers: not yet)
+    instances = 4
+    mode = "round_robin"                # or "broadcast"
+    policy = "round_robin"              # round_robin | least_loaded | sticky
+    subjects = ["math.square"]          # overrides the class's subjects
+    concurrency = 8                     # overrides the class's concurrency
+    in_process = false                  # run the instances inside the cluster process
+
+Every mistake raises :class:`ConfigError` with a message that names the file, the table and
+the key (``cluster.toml: [[groups]] #1 'square': key 'instances': expected an integer >= 0,
+got -1``). Worker classes are imported while the file is read, so a name that does not
+import is reported at load time, before anything starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from protocol import is_valid_pattern
+from runtime import parse_url
+
+from ._links import MODES as _LINK_MODES
+from ._links import POLICIES as _LINK_POLICIES
+from ._loader import ConfigError, load_worker_class
+
+if TYPE_CHECKING:
+    import runtime
+
+#: Delivery modes of a group and routing policies inside it, in the order messages list them.
+MODES = tuple(sorted(_LINK_MODES, key=lambda mode: (mode != "round_robin", mode)))
+POLICIES = tuple(sorted(_LINK_POLICIES, key=lambda policy: (policy != "round_robin", policy)))
+#: URL schemes a leader can listen on from a configuration (TLS needs certificates, which
+#: the configuration cannot name yet).
+LISTEN_SCHEMES = ("tcp", "ws")
+#: URL schemes a client or worker can connect to (see :func:`runtime.parse_url`).
+CONNECT_SCHEMES = ("tcp", "tls", "ws", "wss")
+#: Where the leader listens when nothing says otherwise.
+DEFAULT_LISTEN = "tcp://127.0.0.1:7700"
+
+
+@attrs.frozen
+class RetryConfig:
+    """Backoff between redeliveries of an unacknowledged job (``[leader.retry]``).
+
+    The n-th retry waits about ``min(cap, base * factor ** n)``, spread by ``jitter``
+    (a fraction of the delay).
+    """
+
+    base: float = 0.5
+    factor: float = 2.0
+    cap: float = 30.0
+    jitter: float = 0.1
+
+    def backoff(self) -> runtime.Backoff:
+        """The :class:`runtime.Backoff` policy these settings describe."""
+        from runtime import Backoff
+
+        return Backoff(base=self.base, factor=self.factor, cap=self.cap, jitter=self.jitter)
+
+
+@attrs.frozen
+class LeaderConfig:
+    """Settings of the leader (``[leader]``); see :class:`actors.Leader` for their meaning."""
+
+    name: str = "leader"
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    ack_timeout: float = 30.0
+    max_attempts: int = 5
+    max_queued: int = 100_000
+    dedup_window: float = 600.0
+    heartbeat: float = 5.0
+    max_connections: int = 1024
+    retry: RetryConfig | None = None
+
+    def leader_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`actors.Leader` built from these settings."""
+        kwargs = attrs.asdict(self, recurse=False)
+        retry = kwargs.pop("retry")
+        kwargs["retry_backoff"] = retry.backoff() if retry is not None else None
+        return kwargs
+
+
+@attrs.frozen
+class GroupConfig:
+    """One worker group (``[[groups]]``): ``instances`` copies of a worker class."""
+
+    name: str
+    worker: str | None = None
+    command: tuple[str, ...] | None = None
+    instances: int = 1
+    mode: str = "round_robin"
+    policy: str = "round_robin"
+    subjects: tuple[str, ...] | None = None
+    concurrency: int | None = None
+    in_process: bool = False
+
+
+@attrs.frozen
+class ClusterConfig:
+    """A whole cluster: one leader and its groups.
+
+    Attributes:
+      source: where the configuration came from (a file name or ``"command line"``), for
+        messages.
+    """
+
+    leader: LeaderConfig = LeaderConfig()
+    groups: tuple[GroupConfig, ...] = ()
+    source: str = "command line"
+
+
+# --------------------------------------------------------------------------- TOML files
+
+
+_LEADER_KEYS = {
+    "name": "str",
+    "listen": "listen",
+    "ack_timeout": "positive",
+    "max_attempts": "count",
+    "max_queued": "count",
+    "dedup_window": "positive",
+    "heartbeat": "positive",
+    "max_connections": "count",
+    "retry": "table",
+}
+_RETRY_KEYS = ("base", "factor", "cap", "jitter")
+_GROUP_KEYS = (
+    "name",
+    "worker",
+    "command",
+    "instances",
+    "mode",
+    "policy",
+    "subjects",
+    "concurrency",
+    "in_process",
+)
+
+
+def load_config(path: str, *, import_workers: bool = True) -> ClusterConfig:
+    """Read and check a cluster configuration file.
+
+    Args:
+      path: the TOML file.
+      import_workers: import every group's worker class to check that it loads and is a
+        :class:`~actors.Worker` subclass (turn off only to check the shape of a file).
+
+    Returns:
+      The checked configuration.
+
+    Raises:
+      ConfigError: the file cannot be read, is not valid TOML, or any table or key is
+        wrong; the message names the file, the table and the key.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_mapping(data, source=path, import_workers=import_workers)
+
+
+def config_from_mapping(
+    data: Mapping[str, Any], *, source: str = "<config>", import_workers: bool = True
+) -> ClusterConfig:
+    """Check an already parsed configuration (the dict ``tomllib`` returns).
+
+    Raises:
+      ConfigError: as :func:`load_config`, naming ``source`` as the file.
+    """
+    _check_keys(data, ("leader", "groups"), where=f"{source}: top level")
+    leader_data = data.get("leader", {})
+    if not isinstance(leader_data, Mapping):
+        raise ConfigError(f"{source}: 'leader' must be a table ([leader])")
+    leader = _leader_from_mapping(leader_data, source=source)
+    groups_data = data.get("groups", [])
+    if not isinstance(groups_data, list):
+        raise ConfigError(f"{source}: 'groups' must be an array of tables ([[groups]])")
+    groups = []
+    for number, group_data in enumerate(groups_data, start=1):
+        where = f"{source}: [[groups]] #{number}"
+        if not isinstance(group_data, Mapping):
+            raise ConfigError(f"{where}: must be a table")
+        groups.append(_group_from_mapping(group_data, where=where, import_workers=import_workers))
+    _check_unique_names(groups, source=source)
+    return ClusterConfig(leader=leader, groups=tuple(groups), source=source)
+
+
+def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderConfig:
+    where = f"{source}: [leader]"
+    _check_keys(data, _LEADER_KEYS, where=where)
+    values: dict[str, Any] = {}
+    for key, kind in _LEADER_KEYS.items():
+        if key not in data:
+            continue
+        value = data[key]
+        at = f"{where} key {key!r}"
+        if kind == "str":
+            values[key] = _check_name(value, at=at)
+        elif kind == "listen":
+            values[key] = check_listen(value, at=at)
+        elif kind == "positive":
+            values[key] = _check_number(value, at=at, minimum=0.0, exclusive=True)
+        elif kind == "count":
+            values[key] = _check_int(value, at=at, minimum=1)
+        else:  # the [leader.retry] table
+            values[key] = _retry_from_mapping(value, where=f"{source}: [leader.retry]")
+    return LeaderConfig(**values)
+
+
+def _retry_from_mapping(data: Any, *, where: str) -> RetryConfig:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    _check_keys(data, _RETRY_KEYS, where=where)
+    values: dict[str, float] = {}
+    for key in _RETRY_KEYS:
+        if key in data:
+            at = f"{where} key {key!r}"
+            if key == "jitter":
+                values[key] = _check_number(data[key], at=at, minimum=0.0, maximum=1.0)
+            elif key == "factor":
+                values[key] = _check_number(data[key], at=at, minimum=1.0)
+            else:
+                values[key] = _check_number(data[key], at=at, minimum=0.0)
+    retry = RetryConfig(**values)
+    if retry.cap < retry.base:
+        raise ConfigError(f"{where} key 'cap': must be >= base ({retry.base}), got {retry.cap}")
+    return retry
+
+
+def _group_from_mapping(
+    data: Mapping[str, Any], *, where: str, import_workers: bool
+) -> GroupConfig:
+    if "name" not in data:
+        _check_keys(data, _GROUP_KEYS, where=where)
+        raise ConfigError(f"{where}: missing key 'name'")
+    name = _check_name(data["name"], at=f"{where} key 'name'")
+    where = f"{where} {name!r}"
+    _check_keys(data, _GROUP_KEYS, where=where)
+    has_worker, has_command = "worker" in data, "command" in data
+    if has_worker == has_command:
+        raise ConfigError(
+            f"{where}: exactly one of 'worker' (\"module:Class\") or 'command' is needed"
+        )
+    values: dict[str, Any] = {"name": name}
+    if has_command:
+        command = _check_str_list(data["command"], at=f"{where} key 'command'")
+        if not command:
+            raise ConfigError(f"{where} key 'command': must not be empty")
+        # Process workers (external commands over stdio) arrive with a later issue.
+        raise ConfigError(
+            f"{where} key 'command': command workers are not supported yet; "
+            "use worker = \"module:Class\""
+        )
+    worker = data["worker"]
+    if not isinstance(worker, str):
+        raise ConfigError(
+            f"{where} key 'worker': expected a string \"module:Class\", got {_show(worker)}"
+        )
+    values["worker"] = worker
+    if "instances" in data:
+        values["instances"] = _check_int(data["instances"], at=f"{where} key 'instances'", minimum=0)
+    for key, choices in (("mode", MODES), ("policy", POLICIES)):
+        if key in data:
+            values[key] = _check_choice(data[key], choices, at=f"{where} key {key!r}")
+    if "subjects" in data:
+        values["subjects"] = check_subjects(data["subjects"], at=f"{where} key 'subjects'")
+    if "concurrency" in data:
+        values["concurrency"] = _check_int(
+            data["concurrency"], at=f"{where} key 'concurrency'", minimum=1
+        )
+    if "in_process" in data:
+        if not isinstance(data["in_process"], bool):
+            raise ConfigError(
+                f"{where} key 'in_process': expected true or false, got {_show(data['in_process'])}"
+            )
+        values["in_process"] = data["in_process"]
+    group = GroupConfig(**values)
+    if import_workers:
+        check_worker(group, at=f"{where} key 'worker'")
+    return group
+
+
+def check_worker(group: GroupConfig, *, at: str) -> None:
+    """Import ``group.worker`` and check that the group ends up with subjects.
+
+    Raises:
+      ConfigError: the class does not load, is not a Worker subclass, or neither the class
+        nor the group names any subject.
+    """
+    assert group.worker is not None
+    try:
+        cls = load_worker_class(group.worker)
+    except ConfigError as exc:
+        raise ConfigError(f"{at}: {exc.message}") from None
+    if group.subjects is None and not list(getattr(cls, "subjects", None) or ()):
+        raise ConfigError(
+            f"{at}: {group.worker!r} declares no subjects; set 'subjects' in the group "
+            "or the class attribute"
+        )
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_worker_option(option: str) -> GroupConfig:
+    """Parse one ``--worker`` value: ``[name=]module:Class[=N]``.
+
+    The group is named ``name`` when given, else the class name in lower case; ``N`` is the
+    number of instances (1 when omitted).
+
+    Raises:
+      ConfigError: the value does not have that shape.
+    """
+    at = f"--worker {option!r}"
+    parts = option.split("=")
+    name: str | None = None
+    count = "1"
+    if len(parts) == 1:
+        spec = parts[0]
+    elif len(parts) == 2:
+        if ":" in parts[0]:
+            spec, count = parts
+        else:
+            name, spec = parts
+    elif len(parts) == 3:
+        name, spec, count = parts
+    else:
+        raise ConfigError(f"{at}: expected [name=]module:Class[=N]")
+    if ":" not in spec:
+        raise ConfigError(f"{at}: expected [name=]module:Class[=N], got no 'module:Class'")
+    try:
+        instances = int(count)
+    except ValueError:
+        raise ConfigError(f"{at}: instances must be an integer >= 0, got {count!r}") from None
+    if instances < 0:
+        raise ConfigError(f"{at}: instances must be an integer >= 0, got {instances}")
+    if name is None:
+        name = spec.rpartition(":")[2].rpartition(".")[2].lower()
+    name = _check_name(name, at=f"{at} group name")
+    return GroupConfig(name=name, worker=spec, instances=instances)
+
+
+def config_from_args(
+    *,
+    listen: Sequence[str] | None = None,
+    workers: Sequence[str] = (),
+    in_process: bool = False,
+    config_path: str | None = None,
+    import_workers: bool = True,
+) -> ClusterConfig:
+    """Build the cluster configuration from the ``python -m actors.cluster`` options.
+
+    With ``config_path`` the file is read first; ``listen`` then replaces its listen
+    addresses, each ``--worker`` adds a group, and ``in_process`` runs every group in
+    process.
+
+    Raises:
+      ConfigError: any option or the file is wrong.
+    """
+    config = load_config(config_path, import_workers=import_workers) if config_path else None
+    leader = config.leader if config is not None else LeaderConfig()
+    if listen:
+        leader = attrs.evolve(leader, listen=check_listen(list(listen), at="--listen"))
+    groups = list(config.groups) if config is not None else []
+    for option in workers:
+        group = parse_worker_option(option)
+        if import_workers:
+            check_worker(group, at=f"--worker {option!r}")
+        groups.append(group)
+    if in_process:
+        groups = [attrs.evolve(group, in_process=True) for group in groups]
+    source = config.source if config is not None else "command line"
+    _check_unique_names(groups, source=source)
+    return ClusterConfig(leader=leader, groups=tuple(groups), source=source)
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def check_listen(value: Any, *, at: str) -> tuple[str, ...]:
+    """Check a list of listen URLs (``tcp://host:port``, ``ws://host:port[/path]``).
+
+    Port 0 asks the system for a free port.
+
+    Raises:
+      ConfigError: not a non-empty list of strings, a scheme other than tcp or ws, no host,
+        or a missing or out-of-range port.
+    """
+    urls = _check_str_list(value, at=at)
+    if not urls:
+        raise ConfigError(f"{at}: at least one listen address is needed")
+    for url in urls:
+        problem = _url_problem(url, LISTEN_SCHEMES)
+        if problem is not None:
+            raise ConfigError(f"{at}: {problem}")
+    return tuple(urls)
+
+
+def check_url(url: Any, *, at: str) -> str:
+    """Check a URL to connect to: ``tcp://``, ``tls://``, ``ws://`` or ``wss://`` host:port.
+
+    Raises:
+      ConfigError: naming what is wrong with it.
+    """
+    if not isinstance(url, str):
+        raise ConfigError(f"{at}: expected a URL string, got {_show(url)}")
+    problem = _url_problem(url, CONNECT_SCHEMES)
+    if problem is not None:
+        raise ConfigError(f"{at}: {problem}")
+    return url
+
+
+def _url_problem(url: str, schemes: Sequence[str]) -> str | None:
+    try:
+        parsed = parse_url(url)
+    except ValueError as exc:
+        return str(exc)
+    if parsed.scheme not in schemes:
+        return f"{url!r}: scheme '{parsed.scheme}' needs certificates, which cannot be configured yet"
+    return None
+
+
+def check_subjects(value: Any, *, at: str) -> tuple[str, ...]:
+    """Check a non-empty list of subscription patterns (:func:`protocol.is_valid_pattern`).
+
+    Raises:
+      ConfigError: naming the first bad pattern.
+    """
+    patterns = _check_str_list(value, at=at)
+    if not patterns:
+        raise ConfigError(f"{at}: at least one subject pattern is needed")
+    for pattern in patterns:
+        if not is_valid_pattern(pattern):
+            raise ConfigError(
+                f"{at}: invalid subject pattern {pattern!r} (tokens separated by '.', "
+                "'*' for one token, '>' only as the last token, no spaces)"
+            )
+    return tuple(patterns)
+
+
+def _check_keys(data: Mapping[str, Any], allowed: Iterable[str], *, where: str) -> None:
+    allowed = list(allowed)
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}"
+            )
+
+
+def _check_name(value: Any, *, at: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{at}: expected a string, got {_show(value)}")
+    if not value or not all(ch.isalnum() or ch in "_-" for ch in value):
+        raise ConfigError(
+            f"{at}: {value!r} is not a valid name (letters, digits, '_' and '-' only)"
+        )
+    return value
+
+
+def _check_int(value: Any, *, at: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{at}: expected an integer >= {minimum}, got {_show(value)}")
+    if value < minimum:
+        raise ConfigError(f"{at}: expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def _check_number(
+    value: Any,
+    *,
+    at: str,
+    minimum: float,
+    exclusive: bool = False,
+    maximum: float | None = None,
+) -> float:
+    bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
+    if maximum is not None:
+        bound += f" and <= {maximum:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{at}: expected a number {bound}, got {_show(value)}")
+    number = float(value)
+    too_low = number <= minimum if exclusive else number < minimum
+    if not math.isfinite(number) or too_low or (maximum is not None and number > maximum):
+        raise ConfigError(f"{at}: expected a number {bound}, got {value}")
+    return number
+
+
+def _check_choice(value: Any, choices: Sequence[str], *, at: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{at}: expected one of {', '.join(choices)}; got {_show(value)}")
+    return value
+
+
+def _check_str_list(value: Any, *, at: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{at}: expected a list of strings, got {_show(value)}")
+    return list(value)
+
+
+def _check_unique_names(groups: Iterable[GroupConfig], *, source: str) -> None:
+    seen: set[str] = set()
+    for group in groups:
+        if group.name in seen:
+            raise ConfigError(f"{source}: two groups are named {group.name!r}")
+        seen.add(group.name)
+
+
+def _show(value: Any) -> str:
+    """A value with its TOML-ish type, for 'expected X, got Y' messages."""
+    kind = {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{kind} {text}"

@@ -1,0 +1,51 @@
+"""What a worker's ``handle`` receives: the job and a way to report progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+
+@attrs.define(eq=False)
+class Job:
+    """One job, as a worker sees it.
+
+    Attributes:
+      id: the job id (stable across redeliveries; use it for idempotent side effects).
+      subject: the subject it was submitted (or published) on.
+      payload: the submitted value.
+      headers: str to str metadata.
+      attempt: 1 on first delivery, 2, 3, ... on redelivery.
+      qos: 0 (at most once) or 1 (at least once).
+      published: True for a published message (pub/sub): its return value goes nowhere.
+    """
+
+    id: str
+    subject: str
+    payload: Any
+    headers: dict[str, str]
+    attempt: int = 1
+    qos: int = 1
+    published: bool = False
+    _report: Callable[[str, float | None, str | None], None] | None = attrs.field(
+        default=None, repr=False, alias="report"
+    )
+
+    async def progress(self, fraction: float | None = None, note: str | None = None) -> None:
+        """Report progress (``fraction`` between 0 and 1, and/or a note).
+
+        This also tells the leader the worker is alive, extending the job's ack deadline,
+        so a long job should call it more often than the leader's ack timeout. The
+        waiting clients receive it too.
+
+        Raises:
+          ValueError: ``fraction`` is outside 0..1.
+        """
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"progress fraction must be between 0 and 1, got {fraction!r}")
+        if self._report is not None and not self.published:
+            self._report(self.id, fraction, note)
+        await trio.lowlevel.checkpoint()

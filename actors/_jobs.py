@@ -1,0 +1,102 @@
+"""The leader's job records and their states, as an explicit transition table.
+
+A job moves ``queued -> assigned -> done``; a missed ack deadline, a Nack, a failure or a
+worker that goes away sends it to ``retry_wait`` (then back to ``queued``) until its
+attempts run out and it is ``dead``. A queued job whose client deadline passed is
+``expired``. Every change goes through :meth:`JobRecord.move`, which checks the table and
+calls the journal hook, so that the durability issue can write each transition to disk.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._links import ClientLink, WorkerLink
+
+
+class JobState(enum.Enum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"  #: waiting in its subject's queue (or a sticky worker's backlog)
+    ASSIGNED = "assigned"  #: sent to a worker, waiting for its Result
+    RETRY_WAIT = "retry_wait"  #: waiting out a backoff delay before it is queued again
+    DONE = "done"  #: finished (successfully, or failed at QoS 0); the result is stored
+    DEAD = "dead"  #: out of attempts; published to the dead-letter subject
+    EXPIRED = "expired"  #: its deadline passed before any worker took it
+
+
+#: Allowed transitions. A late Result (from a worker whose ack deadline passed) may finish
+#: a job that waits for its retry, or is queued again for it.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.ASSIGNED, JobState.DONE, JobState.EXPIRED}),
+    JobState.ASSIGNED: frozenset({JobState.DONE, JobState.RETRY_WAIT, JobState.DEAD}),
+    JobState.RETRY_WAIT: frozenset(
+        {JobState.QUEUED, JobState.DONE, JobState.DEAD, JobState.EXPIRED}
+    ),
+    JobState.DONE: frozenset(),
+    JobState.DEAD: frozenset(),
+    JobState.EXPIRED: frozenset(),
+}
+
+FINAL_STATES = frozenset({JobState.DONE, JobState.DEAD, JobState.EXPIRED})
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: code tried to move a job along a transition the table does not allow."""
+
+
+Journal = Callable[["JobRecord", JobState, JobState], None]
+
+
+@attrs.define(eq=False, slots=True)
+class JobRecord:
+    """A job the leader has accepted and not yet finished.
+
+    Attributes:
+      waiters: ``(client link, cid)`` of every Submit waiting for this job's result; a
+        duplicate submission while the job runs joins this list instead of running again.
+      holders: workers holding this job unacknowledged (usually one; after an ack timeout
+        the slow worker keeps its slot until it answers, while another attempt runs).
+    """
+
+    job_id: str
+    subject: str
+    payload: Any
+    headers: dict[str, str]
+    qos: int
+    max_attempts: int
+    submitted_at: float
+    expires_at: float | None = None
+    state: JobState = JobState.QUEUED
+    attempt: int = 0
+    waiters: list[tuple[ClientLink, int]] = attrs.field(factory=list)
+    worker: WorkerLink | None = None
+    assigned_at: float = 0.0
+    ack_deadline: float = 0.0
+    retry_at: float = 0.0
+    last_error: tuple[str, str] | None = None
+
+    def move(self, new: JobState, journal: Journal | None = None) -> None:
+        """Change state along an allowed transition, telling the journal."""
+        old = self.state
+        if new not in TRANSITIONS[old]:
+            raise IllegalTransition(f"job {self.job_id}: {old.value} -> {new.value} is not allowed")
+        self.state = new
+        if journal is not None:
+            journal(self, old, new)
+
+
+@attrs.frozen
+class StoredResult:
+    """A finished job's outcome, kept for the dedup window to answer resubmissions."""
+
+    ok: bool
+    payload: Any
+    error_type: str | None
+    error_message: str | None
+    attempts: int

@@ -1,0 +1,293 @@
+"""The Leader: listeners, one task per connection, and a timer, around the Broker.
+
+The leader is one trio process. Each connection's task reads a batch of messages
+(:meth:`~runtime.Connection.receive_some`), hands each to the :class:`Broker`, whose
+answers are queued on the connections' outgoing buffers without awaiting; the
+connections' writer tasks then flush them in few ``send_all`` calls. A timer task sleeps
+until the broker's next deadline (ack timeouts, backoff) and is re-armed after each batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import ssl
+import uuid
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import trio
+
+from protocol import (
+    Ack,
+    Cancel,
+    Credit,
+    Error,
+    ErrorCode,
+    Hello,
+    Nack,
+    Progress,
+    Publish,
+    Result,
+    Submit,
+    Subscribe,
+    Unsubscribe,
+    UnsupportedVersion,
+    Welcome,
+    negotiate_version,
+)
+from runtime import Backoff, Connection, ConnectionClosed, SendBufferFull, serve
+
+from ._broker import Broker, BrokerConfig
+from ._links import MODES, POLICIES, ClientLink, WorkerLink
+
+#: Messages of one received batch handled before the leader yields, so that the writers
+#: start sending what is queued (the next process in the pipeline starts working sooner).
+FLUSH_EVERY = 16
+
+
+class Leader:
+    """The broker and scheduler: accepts clients and workers, routes and tracks jobs.
+
+    Args:
+      name: the node's name (sent in Welcome, shown in stats).
+      listen: URLs to listen on (``tcp://``, ``tls://``, ``ws://``, ``wss://``); port 0
+        picks a free port (see :attr:`urls` once running).
+      ssl_context: server context for ``tls://`` and ``wss://`` listeners.
+      ack_timeout: seconds a worker has to answer a job before it is redelivered.
+      max_attempts: deliveries of a QoS 1 job before it goes to ``$dlq.<subject>``.
+      retry_backoff: redelivery delays (default 0.5 s doubling to 30 s, 10 % jitter).
+      max_queued: waiting jobs at which submits are answered ``busy``.
+      dedup_window: seconds a finished job's result answers resubmissions of its id.
+      heartbeat: seconds between heartbeats on idle connections.
+      max_connections: per listener; more are answered ``busy`` and closed.
+      token: when set, every Hello must carry it.
+      rng: the random source for backoff jitter.
+
+    Resource handling: everything runs inside :meth:`run`; cancelling it closes every
+    listener and connection. Jobs held by a closed connection's worker are redelivered.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "leader",
+        listen: Sequence[str] = ("tcp://127.0.0.1:7700",),
+        ssl_context: ssl.SSLContext | None = None,
+        ack_timeout: float = 30.0,
+        max_attempts: int = 5,
+        retry_backoff: Backoff | None = None,
+        max_queued: int = 100_000,
+        dedup_window: float = 600.0,
+        heartbeat: float | None = 5.0,
+        max_connections: int = 1024,
+        token: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.listen = list(listen)
+        self.ssl_context = ssl_context
+        self.heartbeat = heartbeat
+        self.max_connections = max_connections
+        self.token = token
+        config = BrokerConfig(
+            ack_timeout=ack_timeout,
+            max_attempts=max_attempts,
+            max_queued=max_queued,
+            dedup_window=dedup_window,
+        )
+        if retry_backoff is not None:
+            config.retry_backoff = retry_backoff
+        self.broker = Broker(config, rng=rng)
+        self.urls: list[str] = []
+        self._timer_scope: trio.CancelScope | None = None
+        self._session_ids = itertools.count(1)
+        self._instance = uuid.uuid4().hex[:8]
+        self._doomed: dict[Connection, str] = {}
+        self.connections = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve every listen URL until cancelled; ``task_status.started(bound_urls)``."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._timer_loop)
+            urls = []
+            for url in self.listen:
+                bound = await nursery.start(
+                    partial(
+                        serve,
+                        url,
+                        self._handle_connection,
+                        ssl_context=self.ssl_context,
+                        heartbeat=self.heartbeat,
+                        max_connections=self.max_connections,
+                    )
+                )
+                urls.append(bound)
+            self.urls = urls
+            task_status.started(urls)
+
+    def stats(self) -> dict[str, Any]:
+        """The broker's statistics plus connection counts."""
+        stats = self.broker.stats()
+        stats["node"] = self.name
+        stats["connections"] = self.connections
+        stats["listen"] = list(self.urls)
+        return stats
+
+    # ------------------------------------------------------------------ timer
+
+    async def _timer_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            with trio.CancelScope(deadline=self.broker.next_deadline()) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self.broker.handle_timer(trio.current_time())
+            self._close_doomed()
+
+    def _rearm(self) -> None:
+        scope = self._timer_scope
+        if scope is not None:
+            scope.deadline = self.broker.next_deadline()
+
+    # ------------------------------------------------------------------ connections
+
+    def _sender(self, conn: Connection):
+        send_nowait = conn.send_nowait
+        doomed = self._doomed
+
+        def send(message: Any) -> None:
+            try:
+                send_nowait(message)
+            except SendBufferFull:
+                # A slow peer: close it after this batch. What it missed is safe: a
+                # worker's jobs are redelivered, a client resubmits and gets the stored result.
+                doomed[conn] = f"outgoing buffer over {conn.max_outgoing} bytes"
+            except ConnectionClosed:
+                pass
+
+        return send
+
+    def _close_doomed(self) -> None:
+        for conn, reason in list(self._doomed.items()):
+            del self._doomed[conn]
+            conn.close_soon(Error(mid=conn.next_mid(), code=ErrorCode.SLOW_CONSUMER, message=f"slow consumer: {reason}"))
+
+    async def _handle_connection(self, conn: Connection) -> None:
+        self.connections += 1
+        try:
+            batch = await conn.receive_some()
+            hello = batch[0]
+            assert isinstance(hello, Hello)  # the connection's Session guarantees it
+            if not self._accept(conn, hello):
+                return
+            if hello.role == "worker":
+                await self._serve_worker(conn, hello, batch[1:])
+            else:
+                await self._serve_client(conn, hello, batch[1:])
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections -= 1
+            self._doomed.pop(conn, None)
+
+    def _accept(self, conn: Connection, hello: Hello) -> bool:
+        def refuse(code: str, message: str) -> bool:
+            conn.close_soon(Error(mid=conn.next_mid(), cid=hello.mid, code=code, message=message))
+            return False
+
+        try:
+            version = negotiate_version(hello.versions)
+        except UnsupportedVersion as exc:
+            return refuse(exc.code, exc.message)
+        if self.token is not None and hello.token != self.token:
+            return refuse(ErrorCode.AUTH_FAILED, "missing or wrong token")
+        if hello.role == "worker":
+            policy = hello.meta.get("policy", "round_robin")
+            mode = hello.meta.get("mode", "round_robin")
+            if policy not in POLICIES or mode not in MODES:
+                return refuse(ErrorCode.BAD_FIELD, f"unknown policy {policy!r} or mode {mode!r}")
+        conn.send_nowait(
+            Welcome(
+                mid=conn.next_mid(),
+                cid=hello.mid,
+                version=version,
+                node=self.name,
+                session=f"{self._instance}-{next(self._session_ids)}",
+                heartbeat=self.heartbeat,
+            )
+        )
+        return True
+
+    async def _serve_worker(self, conn: Connection, hello: Hello, batch: list[Any]) -> None:
+        broker = self.broker
+        link = WorkerLink(
+            hello.name or conn.peer,
+            self._sender(conn),
+            patterns=hello.patterns,
+            window=hello.credit,
+            group=hello.group or hello.name or conn.peer,
+            policy=hello.meta.get("policy", "round_robin"),
+            mode=hello.meta.get("mode", "round_robin"),
+            next_mid=conn.next_mid,
+        )
+        broker.worker_joined(link, trio.current_time())
+        handlers = {
+            Result: broker.result,
+            Nack: broker.nack,
+            Progress: broker.progress,
+            Ack: broker.ack,
+            Publish: broker.publish,
+            Credit: lambda w, m, now: broker.set_window(w, m.credit, now),
+        }
+        try:
+            while True:
+                now = trio.current_time()
+                for msg in batch:
+                    handler = handlers.get(type(msg))
+                    if handler is not None:
+                        handler(link, msg, now)
+                    elif type(msg) is not Error:
+                        link.send(
+                            Error(
+                                mid=link.next_mid(),
+                                cid=msg.mid,
+                                code=ErrorCode.NOT_PERMITTED,
+                                message=f"workers may not send {type(msg).__name__} here",
+                            )
+                        )
+                self._rearm()
+                if self._doomed:
+                    self._close_doomed()
+                batch = await conn.receive_some()
+        finally:
+            broker.worker_left(link, trio.current_time())
+            self._rearm()
+
+    async def _serve_client(self, conn: Connection, hello: Hello, batch: list[Any]) -> None:
+        broker = self.broker
+        link = ClientLink(hello.name or conn.peer, self._sender(conn), next_mid=conn.next_mid)
+        handlers = {
+            Submit: broker.submit,
+            Cancel: broker.cancel,
+            Publish: broker.publish,
+            Subscribe: broker.subscribe,
+            Unsubscribe: lambda c, m, now: broker.unsubscribe(c, m),
+        }
+        try:
+            while True:
+                now = trio.current_time()
+                for i, msg in enumerate(batch, 1):
+                    handler = handlers.get(type(msg))
+                    if handler is not None:
+                        handler(link, msg, now)
+                    if i % FLUSH_EVERY == 0:
+                        await trio.lowlevel.checkpoint()  # let writers start on what is queued
+                        now = trio.current_time()  # other tasks ran: time must not go back
+                self._rearm()
+                if self._doomed:
+                    self._close_doomed()
+                batch = await conn.receive_some()
+        finally:
+            broker.client_left(link)

@@ -1,0 +1,105 @@
+"""The broker's view of connected peers: workers, clients, subscriptions and queues.
+
+A link holds a ``send`` callable (the connection's ``send_nowait`` in the leader, a list's
+``append`` in tests), so the broker itself does no I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._jobs import JobRecord
+
+#: Routing policies inside a worker group.
+POLICIES = frozenset({"round_robin", "least_loaded", "sticky"})
+#: Group modes: ``round_robin`` takes jobs (one worker each); ``broadcast`` receives every
+#: published message (each member gets a copy) and takes no jobs.
+MODES = frozenset({"round_robin", "broadcast"})
+#: The header whose value routes a job in a ``sticky`` group.
+STICKY_HEADER = "key"
+
+
+@attrs.define(eq=False)
+class Link:
+    """A connected peer."""
+
+    name: str
+    send: Callable[[Any], None]
+    #: Returns the next message id for this peer's connection.
+    next_mid: Callable[[], int] = attrs.field(
+        kw_only=True, factory=lambda: itertools.count(1).__next__
+    )
+
+
+@attrs.define(eq=False)
+class WorkerLink(Link):
+    """A worker: its patterns, credit window and the jobs it holds unacknowledged."""
+
+    patterns: tuple[str, ...] = ()
+    window: int = 0
+    group: str = ""
+    policy: str = "round_robin"
+    mode: str = "round_robin"
+    #: job id -> record, in assignment order (so the first one has the earliest deadline).
+    inflight: dict[str, JobRecord] = attrs.field(factory=dict)
+    #: ack deadline by job id, parallel to ``inflight``.
+    deadlines: dict[str, float] = attrs.field(factory=dict)
+    #: sticky jobs routed to this worker that wait for a free slot.
+    backlog: deque[JobRecord] = attrs.field(factory=deque)
+    queues: list[SubjectQueue] = attrs.field(factory=list)
+    assigned_total: int = 0
+    done_total: int = 0
+
+    @property
+    def free(self) -> int:
+        """Jobs this worker may still be sent."""
+        return self.window - len(self.inflight)
+
+
+@attrs.define(eq=False)
+class ClientLink(Link):
+    """A client (or an observer): the submits waiting on it and its subscriptions."""
+
+    #: sid -> subscription
+    subscriptions: dict[int, Subscription] = attrs.field(factory=dict)
+    #: job ids this client waits on (for clean-up when it goes away)
+    waiting: dict[str, None] = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """A client's subscription to a pattern (optionally in a queue group)."""
+
+    link: ClientLink
+    sid: int
+    pattern: str
+    queue: str | None = None
+
+
+@attrs.define(eq=False)
+class SubjectQueue:
+    """The pending jobs of one subject and the workers that can take them."""
+
+    subject: str
+    pending: deque[JobRecord] = attrs.field(factory=deque)
+    candidates: list[WorkerLink] = attrs.field(factory=list)
+    rr: int = 0
+    # statistics
+    submitted: int = 0
+    done: int = 0
+    failed: int = 0
+    redelivered: int = 0
+    dead: int = 0
+    expired: int = 0
+    latency_total: float = 0.0
+    latency_max: float = 0.0
+
+    @property
+    def policy(self) -> str:
+        return self.candidates[0].policy if self.candidates else "round_robin"

@@ -1,0 +1,392 @@
+"""Workers: the class users subclass, and the loop that connects one to a leader.
+
+A worker connects (and reconnects, with backoff) to the leader, says Hello with its
+patterns and its credit (``concurrency``), and runs each Assign in its own task. A finished
+job's result is kept in a dedup cache, so a redelivery of a job it already finished (after
+a reconnect, say) is answered from the cache instead of running again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import ssl
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import trio
+
+from protocol import (
+    Assign,
+    Bye,
+    Cancel,
+    Credit,
+    Deliver,
+    Hello,
+    Nack,
+    Progress,
+    Result,
+    encode_body,
+    is_valid_pattern,
+)
+from runtime import (
+    Backoff,
+    Connection,
+    ConnectionClosed,
+    DedupCache,
+    SendBufferFull,
+    run_reconnecting,
+)
+
+from ._job import Job
+from ._links import MODES, POLICIES
+
+#: Published messages waiting for a free slot on a worker, at most; more are dropped
+#: (pub/sub is at most once) and counted in ``WorkerRunner.dropped``.
+MAX_PENDING_DELIVERIES = 1000
+
+
+class Worker:
+    """Base class of user workers.
+
+    Subclass it, set ``subjects`` (patterns; ``*`` and ``>`` wildcards allowed) and
+    ``concurrency`` (how many jobs run at once: the credit granted to the leader), and
+    implement :meth:`handle`. The return value is the job's result (any CBOR value); an
+    exception is a failure, retried by the leader up to its attempt limit.
+
+    Example::
+
+        class Square(Worker):
+            subjects = ["math.square"]
+            concurrency = 4
+
+            async def handle(self, job):
+                return {"square": job.payload["n"] ** 2}
+    """
+
+    subjects: ClassVar[Sequence[str]] = ()
+    concurrency: ClassVar[int] = 1
+
+    async def setup(self) -> None:
+        """Called once before the worker first connects (open resources here)."""
+
+    async def teardown(self) -> None:
+        """Called once when the worker stops (close resources here)."""
+
+    async def handle(self, job: Job) -> Any:
+        """Run one job and return its result."""
+        raise NotImplementedError(f"{type(self).__name__} must implement handle(job)")
+
+
+class WorkerRunner:
+    """Connects one :class:`Worker` to a leader and runs its jobs.
+
+    Users normally call :func:`run_worker`; the runner is exposed for tests and for
+    embedding (its counters show what happened).
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        url: str,
+        *,
+        name: str | None = None,
+        group: str | None = None,
+        policy: str = "round_robin",
+        mode: str = "round_robin",
+        subjects: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+        reconnect_backoff: Backoff | None = None,
+        dedup_capacity: int = 10_000,
+        dedup_ttl: float = 600.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.worker = worker
+        self.url = url
+        self.subjects = tuple(subjects if subjects is not None else worker.subjects)
+        for pattern in self.subjects:
+            if not is_valid_pattern(pattern):
+                raise ValueError(f"{type(worker).__name__}: invalid subject pattern {pattern!r}")
+        if not self.subjects:
+            raise ValueError(f"{type(worker).__name__} serves no subjects: set `subjects`")
+        self.concurrency = concurrency if concurrency is not None else worker.concurrency
+        if type(self.concurrency) is not int or self.concurrency < 1:
+            raise ValueError(f"concurrency must be a positive int, got {self.concurrency!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {sorted(MODES)}")
+        self.name = name or f"{type(worker).__name__.lower()}-{os.getpid()}"
+        self.group = group
+        self.policy = policy
+        self.mode = mode
+        self.ssl_context = ssl_context
+        self.token = token
+        self.backoff = reconnect_backoff or Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2)
+        self.rng = rng
+        self.finished = DedupCache(capacity=dedup_capacity, ttl=dedup_ttl)
+        self.running: dict[str, trio.CancelScope] = {}
+        self.deliveries = 0
+        self.dropped = 0
+        self.completed = 0
+        self.failed = 0
+        self.duplicates = 0
+        self.connects = 0
+        self.max_running = 0
+        self.credit_violations = 0
+        self._conn: Connection | None = None
+        self._mid = 0
+        self._nursery: trio.Nursery | None = None
+        self._draining = False
+        self._idle: trio.Event | None = None  # set when draining and the last job ended
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(
+        self,
+        *,
+        stop: trio.Event | None = None,
+        drain_grace: float = 30.0,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled, or until ``stop`` is set and the worker has drained.
+
+        Draining: the worker sets its credit to 0 (the leader sends nothing more), lets
+        the running jobs finish within ``drain_grace`` seconds and sends their results,
+        says Bye and returns. Cancelling instead stops at once; the leader redelivers
+        whatever was running.
+        """
+        await self.worker.setup()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                started = False
+
+                async def session(conn: Connection) -> None:
+                    nonlocal started
+                    self._conn = conn
+                    self.connects += 1
+                    if not started:
+                        started = True
+                        task_status.started()
+                    try:
+                        await self._session(conn, stop, drain_grace)
+                    finally:
+                        self._conn = None
+
+                await run_reconnecting(
+                    self.url,
+                    session,
+                    hello_factory=self._hello,
+                    backoff=self.backoff,
+                    rng=self.rng,
+                    ssl_context=self.ssl_context,
+                )
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.worker.teardown()
+
+    def _hello(self) -> Hello:
+        return Hello(
+            mid=self._next_mid(),
+            role="worker",
+            name=self.name,
+            patterns=self.subjects,
+            credit=0 if self._draining else self.concurrency,
+            group=self.group,
+            token=self.token,
+            meta={"policy": self.policy, "mode": self.mode, "pid": os.getpid()},
+        )
+
+    def _next_mid(self) -> int:
+        self._mid += 1
+        return self._mid
+
+    async def _session(self, conn: Connection, stop: trio.Event | None, drain_grace: float) -> None:
+        async with trio.open_nursery() as nursery:
+            if stop is not None:
+                nursery.start_soon(self._drain_on, stop, conn, drain_grace, nursery.cancel_scope)
+            while True:
+                try:
+                    batch = await conn.receive_some()
+                except ConnectionClosed:
+                    if self._draining:
+                        return
+                    raise
+                for msg in batch:
+                    kind = type(msg)
+                    if kind is Assign:
+                        self._on_assign(msg)
+                    elif kind is Cancel:
+                        scope = self.running.get(msg.job_id)
+                        if scope is not None:
+                            scope.cancel()
+                    elif kind is Deliver:
+                        self._on_deliver(msg)
+                    elif kind is Bye:
+                        raise ConnectionClosed("leader said bye: " + msg.reason)
+
+    async def _drain_on(
+        self, stop: trio.Event, conn: Connection, grace: float, session_scope: trio.CancelScope
+    ) -> None:
+        await stop.wait()
+        self._draining = True
+        self._send(Credit(mid=self._next_mid(), credit=0))
+        if self.running:
+            self._idle = trio.Event()
+            with trio.move_on_after(grace):
+                await self._idle.wait()
+        for scope in list(self.running.values()):
+            scope.cancel()  # past the grace period: the leader redelivers these
+        with trio.move_on_after(1.0):
+            await conn.send(Bye(mid=self._next_mid(), reason="worker draining"))
+        await conn.aclose()
+        session_scope.cancel()
+
+    # ------------------------------------------------------------------ jobs
+
+    def _send(self, message: Any) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            conn.send_nowait(message)
+        except (ConnectionClosed, SendBufferFull):
+            return False
+        return True
+
+    def _on_assign(self, msg: Assign) -> None:
+        job_id = msg.job_id
+        if job_id in self.running:
+            # Redelivered while still running here (e.g. across a reconnect): the running
+            # task answers for both.
+            self.duplicates += 1
+            return
+        stored = self.finished.get(job_id, trio.current_time())
+        if stored is not None:
+            self.duplicates += 1
+            ok, payload, error_type, error_message = stored
+            self._send(
+                Result(
+                    mid=self._next_mid(), cid=msg.mid, job_id=job_id, ok=ok, payload=payload,
+                    error_type=error_type, error_message=error_message, attempts=msg.attempt,
+                )
+            )
+            return
+        if len(self.running) >= self.concurrency:
+            self.credit_violations += 1
+            self._send(Nack(mid=self._next_mid(), cid=msg.mid, job_id=job_id, delay=0.0, reason="no free slot"))
+            return
+        scope = trio.CancelScope()
+        self.running[job_id] = scope
+        if len(self.running) > self.max_running:
+            self.max_running = len(self.running)
+        job = Job(
+            job_id, msg.subject, msg.payload, msg.headers, attempt=msg.attempt, qos=msg.qos,
+            report=self._report_progress,
+        )
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_job, job, msg.mid, scope)
+
+    async def _run_job(self, job: Job, cid: int, scope: trio.CancelScope) -> None:
+        outcome: tuple[bool, Any, str | None, str | None] | None = None
+        try:
+            with scope:
+                try:
+                    value = await self.worker.handle(job)
+                except Exception as exc:  # the user's code failed: report it, the leader retries
+                    outcome = (False, None, type(exc).__name__, str(exc))
+                else:
+                    outcome = (True, value, None, None)
+        finally:
+            del self.running[job.id]
+            if self._idle is not None and not self.running:
+                self._idle.set()
+        if outcome is None:  # cancelled by the leader (ack timeout, finished elsewhere)
+            self._send(Nack(mid=self._next_mid(), job_id=job.id, reason="cancelled"))
+            return
+        ok, payload, error_type, error_message = outcome
+        result = Result(
+            mid=self._next_mid(), cid=cid, job_id=job.id, ok=ok, payload=payload,
+            error_type=error_type, error_message=error_message, attempts=job.attempt,
+        )
+        try:
+            if not _plain(payload):
+                encode_body(result)  # a trial run: the return value must be CBOR-encodable
+        except ValueError as exc:
+            ok, payload = False, None
+            error_type, error_message = "ResultNotSerializable", str(exc)
+            result = Result(
+                mid=result.mid, cid=cid, job_id=job.id, ok=False,
+                error_type=error_type, error_message=error_message, attempts=job.attempt,
+            )
+        if ok:
+            self.completed += 1
+            # Only successes are remembered: a failure must run again when redelivered.
+            self.finished.add(job.id, trio.current_time(), (ok, payload, error_type, error_message))
+        else:
+            self.failed += 1
+        self._send(result)
+
+    def _report_progress(self, job_id: str, fraction: float | None, note: str | None) -> None:
+        self._send(Progress(mid=self._next_mid(), job_id=job_id, fraction=fraction, note=note))
+
+    def _on_deliver(self, msg: Deliver) -> None:
+        if len(self.running) >= self.concurrency + MAX_PENDING_DELIVERIES:
+            self.dropped += 1
+            return
+        self.deliveries += 1
+        job = Job(f"deliver-{msg.mid}", msg.subject, msg.payload, msg.headers, qos=0, published=True)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_delivery, job)
+
+    async def _run_delivery(self, job: Job) -> None:
+        try:
+            await self.worker.handle(job)
+        except Exception:  # at most once: a failing subscriber does not stop the worker
+            self.failed += 1
+
+
+def _plain(value: Any) -> bool:
+    """True for values that certainly encode to CBOR (skips the trial encoding)."""
+    kind = type(value)
+    if kind in (int, float, str, bytes, bool) or value is None:
+        return True
+    if kind is dict:
+        return all(type(k) is str and type(v) in (int, float, str, bytes, bool) for k, v in value.items())
+    return False
+
+
+async def run_worker(
+    worker: Worker,
+    url: str,
+    *,
+    name: str | None = None,
+    group: str | None = None,
+    policy: str = "round_robin",
+    mode: str = "round_robin",
+    subjects: Sequence[str] | None = None,
+    concurrency: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
+    stop: trio.Event | None = None,
+    drain_grace: float = 30.0,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Connect ``worker`` to the leader at ``url`` and serve jobs.
+
+    Reconnects with backoff whenever the leader goes away. ``task_status.started()`` is
+    called after the first Welcome. Returns after ``stop`` is set and the worker drained
+    (see :meth:`WorkerRunner.run`); runs until cancelled otherwise.
+
+    Raises:
+      ValueError: bad subjects, concurrency, policy or mode.
+    """
+    runner = WorkerRunner(
+        worker, url, name=name, group=group, policy=policy, mode=mode, subjects=subjects,
+        concurrency=concurrency, ssl_context=ssl_context, token=token,
+    )
+    await runner.run(stop=stop, drain_grace=drain_grace, task_status=task_status)

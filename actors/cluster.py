@@ -1,0 +1,202 @@
+"""Run a local cluster: ``python -m actors.cluster``, a leader and its worker groups.
+
+::
+
+    python -m actors.cluster --worker examples.square:Square=4
+    python -m actors.cluster --listen tcp://127.0.0.1:7700 --listen ws://127.0.0.1:7701 \\
+        --worker square=examples.square:Square=4 --worker examples.square:Cube
+    python -m actors.cluster --config cluster.toml [--in-process]
+
+``--worker`` takes ``[name=]module:Class[=N]``: N instances (default 1) of the class, in a
+group named ``name`` (default: the class name in lower case). ``--listen`` may be repeated;
+port 0 picks a free port. With ``--config`` the file is read first, then ``--listen``
+replaces its listen addresses and each ``--worker`` adds a group. ``--in-process`` runs
+every group's instances inside this process instead of one process each.
+
+The leader starts first; the groups connect to its first listen address. The program prints
+``leader listening on URL`` for every address, a line per group, then ``cluster ready``.
+Ctrl-C or SIGTERM shuts it down gracefully: the workers drain (finish the jobs they hold and
+send their results) while the leader still runs, then the leader stops; exit status 0. A
+second Ctrl-C kills the workers and exits at once (status 1). A bad configuration exits 2
+with a message on stderr; a leader that cannot listen exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TextIO
+
+import trio
+
+from ._config import ClusterConfig, config_from_args
+from ._group import WorkerGroup
+from ._loader import ConfigError
+
+PROG = "python -m actors.cluster"
+
+logger = logging.getLogger("actors.cluster")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m actors.cluster``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run a leader and worker groups until Ctrl-C / SIGTERM.",
+    )
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="URL",
+        help="where the leader listens (repeatable; tcp:// or ws://; port 0 picks a free "
+        "port; default tcp://127.0.0.1:7700)",
+    )
+    parser.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        metavar="[NAME=]MODULE:CLASS[=N]",
+        help="a group of N instances of a Worker subclass (repeatable)",
+    )
+    parser.add_argument("--config", metavar="FILE", help="a cluster.toml file")
+    parser.add_argument(
+        "--in-process", action="store_true", help="run every group's workers in this process"
+    )
+    parser.add_argument(
+        "--drain-grace",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds workers get to finish their jobs when stopping (default 30)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m actors.cluster``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        if args.drain_grace < 0:
+            raise ConfigError(f"--drain-grace: expected a number >= 0, got {args.drain_grace}")
+        config = config_from_args(
+            listen=args.listen,
+            workers=args.worker,
+            in_process=args.in_process,
+            config_path=args.config,
+        )
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc.message}", file=sys.stderr)
+        return 2
+    status = 1
+    try:
+        status = trio.run(run_cluster, config, args.drain_grace)
+    except* OSError as group:  # e.g. the listen address is in use
+        print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
+    return status
+
+
+def _first(error: BaseException) -> BaseException:
+    """The first leaf of a (possibly nested) exception group."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+async def run_cluster(
+    config: ClusterConfig,
+    drain_grace: float = 30.0,
+    *,
+    out: TextIO | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run the leader and the groups of ``config`` until SIGINT or SIGTERM.
+
+    Args:
+      config: the checked configuration.
+      drain_grace: seconds each worker gets to finish its jobs when the cluster stops.
+      out: where the listen and group lines go (default ``sys.stdout``), flushed at once.
+
+    Returns:
+      The exit status: 0 after a graceful stop.
+
+    ``task_status.started()`` gets the leader's bound URLs once every group has started.
+    """
+    from ._leader import Leader
+
+    def say(line: str) -> None:
+        print(line, file=out or sys.stdout, flush=True)
+
+    leader = Leader(**config.leader.leader_kwargs())
+    groups: list[WorkerGroup] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as leader_nursery:
+            urls: list[str] = await leader_nursery.start(leader.run)
+            for url in urls:
+                say(f"leader listening on {url}")
+            groups = [
+                WorkerGroup(
+                    group.name,
+                    group.worker,  # type: ignore[arg-type]  # command groups are refused at load
+                    group.instances,
+                    urls[0],
+                    mode=group.mode,
+                    policy=group.policy,
+                    subjects=group.subjects,
+                    concurrency=group.concurrency,
+                    in_process=group.in_process,
+                    drain_grace=drain_grace,
+                )
+                for group in config.groups
+            ]
+            groups_scope = trio.CancelScope()
+            leader_nursery.start_soon(_watch_signals, signals, groups_scope, groups, say)
+            with groups_scope:
+                async with trio.open_nursery() as group_nursery:
+                    for group in groups:
+                        await group_nursery.start(group.run)
+                        say(group.describe())
+                    instances = sum(group.desired for group in groups)
+                    say(
+                        f"cluster ready: {len(groups)} group{'s' if len(groups) != 1 else ''}, "
+                        f"{instances} worker{'s' if instances != 1 else ''} (Ctrl-C to stop)"
+                    )
+                    task_status.started(urls)
+                    if not groups:
+                        await trio.sleep_forever()  # a bare leader: serve until signalled
+            # The groups have drained while the leader still ran, so results got through.
+            leader_nursery.cancel_scope.cancel()
+    say("cluster stopped")
+    return 0
+
+
+async def _watch_signals(
+    signals: AsyncIterator[int],
+    groups_scope: trio.CancelScope,
+    groups: list[WorkerGroup],
+    say: Callable[[str], None],
+) -> None:
+    """First SIGINT/SIGTERM: stop the groups (they drain). Second SIGINT: kill and exit."""
+    async for signum in signals:
+        if not groups_scope.cancel_called:
+            name = signal.Signals(signum).name
+            say(f"{name}: stopping; workers are draining (Ctrl-C again to kill them)")
+            groups_scope.cancel()
+        elif signum == signal.SIGINT:
+            say("second Ctrl-C: killing the workers")
+            for group in groups:
+                for pid in group.pids():
+                    if pid != os.getpid():
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+            os._exit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

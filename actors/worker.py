@@ -1,0 +1,185 @@
+"""Run one worker in this process: ``python -m actors.worker [options] module:Class``.
+
+This is what each instance of a :class:`~actors.WorkerGroup` runs, and what a user runs to
+attach a worker to a leader by hand::
+
+    python -m actors.worker --url tcp://127.0.0.1:7700 examples.square:Square
+
+The worker connects (and reconnects, with backoff) to the leader and serves jobs. SIGTERM or
+SIGINT (Ctrl-C) makes it drain: it takes no more work, finishes the jobs in hand within the
+drain grace, and exits 0. A second Ctrl-C exits at once (status 1); a second SIGTERM changes
+nothing. Bad arguments, or a class that does not load, exit 2 with a message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import trio
+
+from ._config import check_subjects, check_url
+from ._loader import ConfigError, load_worker_class
+
+#: Where a worker connects when ``--url`` is not given.
+DEFAULT_URL = "tcp://127.0.0.1:7700"
+#: Seconds between checks that the parent process (a cluster) is still alive.
+PARENT_POLL_INTERVAL = 1.0
+#: Seconds past the drain grace after which a draining worker is cancelled outright.
+DRAIN_MARGIN = 2.0
+
+logger = logging.getLogger("actors.worker")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m actors.worker``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m actors.worker",
+        description="Connect one worker to a leader and serve jobs until SIGTERM / Ctrl-C.",
+    )
+    parser.add_argument("worker", metavar="module:Class", help="the Worker subclass to run")
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"the leader (default {DEFAULT_URL})")
+    parser.add_argument("--name", help="this worker's name (default: chosen by the leader)")
+    parser.add_argument("--group", help="the group it belongs to (default: its own)")
+    parser.add_argument("--policy", default="round_robin", help="routing policy in the group")
+    parser.add_argument("--mode", default="round_robin", help="round_robin or broadcast")
+    parser.add_argument(
+        "--subjects", help="comma-separated patterns, overriding the class's subjects"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, help="jobs at once, overriding the class's concurrency"
+    )
+    parser.add_argument(
+        "--drain-grace",
+        type=float,
+        default=30.0,
+        help="seconds to finish in-flight jobs after SIGTERM (default 30)",
+    )
+    # Set by WorkerGroup: exit (draining) when the cluster that started us goes away.
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Any]:
+    """Parse and check the arguments, load the worker class and build the worker.
+
+    Returns:
+      The parsed arguments and the worker instance.
+
+    Raises:
+      SystemExit: with status 2 and a message on stderr, on any bad argument.
+    """
+    from ._links import MODES, POLICIES
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_url(args.url, at="--url")
+        if args.mode not in MODES:
+            raise ConfigError(f"--mode: expected one of {', '.join(sorted(MODES))}; got {args.mode!r}")
+        if args.policy not in POLICIES:
+            raise ConfigError(
+                f"--policy: expected one of {', '.join(sorted(POLICIES))}; got {args.policy!r}"
+            )
+        if args.subjects is not None:
+            args.subjects = list(check_subjects(args.subjects.split(","), at="--subjects"))
+        if args.concurrency is not None and args.concurrency < 1:
+            raise ConfigError(f"--concurrency: expected an integer >= 1, got {args.concurrency}")
+        if args.drain_grace < 0:
+            raise ConfigError(f"--drain-grace: expected a number >= 0, got {args.drain_grace}")
+        cls = load_worker_class(args.worker)
+        if args.subjects is None and not list(getattr(cls, "subjects", None) or ()):
+            raise ConfigError(f"{args.worker!r} declares no subjects; pass --subjects")
+        worker = cls()
+    except ConfigError as exc:
+        parser.error(exc.message)
+    return args, worker
+
+
+async def serve(args: argparse.Namespace, worker: Any) -> int:
+    """Run the worker until a signal (or the parent's exit), then drain.
+
+    Draining sets :func:`run_worker`'s ``stop`` event; if the worker is not connected yet,
+    or the drain overruns ``drain_grace`` by :data:`DRAIN_MARGIN`, it is cancelled instead
+    (the leader redelivers whatever was running).
+
+    Returns:
+      The exit status: 0 after a drain.
+    """
+    from ._worker import run_worker
+
+    label = args.name or args.worker
+    stop = trio.Event()
+    work_scope = trio.CancelScope()
+    connected = False
+
+    def request_stop(reason: str, *, force_if_repeated: bool = False) -> None:
+        if stop.is_set():
+            if force_if_repeated:
+                logger.warning("%s: %s again, exiting without draining", label, reason)
+                sys.stderr.flush()
+                os._exit(1)
+            return  # a supervisor may well send SIGTERM twice; the drain goes on
+        logger.info("%s: %s, draining", label, reason)
+        stop.set()
+        if connected:
+            work_scope.deadline = trio.current_time() + args.drain_grace + DRAIN_MARGIN
+        else:
+            work_scope.cancel()
+
+    async def stop_on_signals(signals: Any) -> None:
+        async for signum in signals:
+            # A second Ctrl-C means "now"; a second SIGTERM changes nothing.
+            request_stop(signal.Signals(signum).name, force_if_repeated=signum == signal.SIGINT)
+
+    async def stop_with_parent(parent_pid: int) -> None:
+        # Polling: no event tells a process that its parent died (portably).
+        while os.getppid() == parent_pid:  # noqa: ASYNC110
+            await trio.sleep(PARENT_POLL_INTERVAL)
+        request_stop(f"parent {parent_pid} went away")
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_signals, signals)
+            if args.parent_pid is not None:
+                nursery.start_soon(stop_with_parent, args.parent_pid)
+            with work_scope:
+                async with trio.open_nursery() as worker_nursery:
+                    await worker_nursery.start(
+                        partial(
+                            run_worker,
+                            worker,
+                            args.url,
+                            name=args.name,
+                            group=args.group,
+                            policy=args.policy,
+                            mode=args.mode,
+                            subjects=args.subjects,
+                            concurrency=args.concurrency,
+                            stop=stop,
+                            drain_grace=args.drain_grace,
+                        )
+                    )
+                    connected = True
+                    logger.info("%s: connected to %s", label, args.url)
+            if work_scope.cancelled_caught and connected:
+                logger.warning("%s: drain overran its grace period, stopped", label)
+            nursery.cancel_scope.cancel()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m actors.worker``; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args, worker = parse_args(argv)
+    return trio.run(serve, args, worker)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Tiny worker classes for tests that run workers in other processes (``tests.workers:Echo``).
+
+They live in an importable module, not in a test file, because a worker process started by
+a WorkerGroup or ``python -m actors.worker`` imports its class by name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import trio
+
+from actors._job import Job
+from actors._worker import Worker
+
+
+class Echo(Worker):
+    """Returns the payload, with the pid of the process that ran it."""
+
+    subjects = ["test.echo"]
+    concurrency = 4
+
+    async def handle(self, job: Job) -> Any:
+        return {"payload": job.payload, "pid": os.getpid()}
+
+
+class Sleepy(Worker):
+    """Sleeps ``payload["seconds"]`` (default 0.2), then answers; for drain tests."""
+
+    subjects = ["test.sleepy"]
+    concurrency = 2
+
+    async def handle(self, job: Job) -> Any:
+        seconds = job.payload.get("seconds", 0.2) if isinstance(job.payload, dict) else 0.2
+        await trio.sleep(seconds)
+        return {"slept": seconds, "pid": os.getpid()}
+
+
+class Flaky(Worker):
+    """Fails with ``ValueError`` whenever the payload says ``{"fail": true}``."""
+
+    subjects = ["test.flaky"]
+    concurrency = 4
+
+    async def handle(self, job: Job) -> Any:
+        if isinstance(job.payload, dict) and job.payload.get("fail"):
+            raise ValueError(f"asked to fail (attempt {job.attempt})")
+        return {"ok": True}
+
+
+class NoSubjects(Worker):
+    """Declares no subjects: a configuration must give them."""
+
+    async def handle(self, job: Job) -> Any:
+        return None
+
+
+class NotAWorker:
+    """An ordinary class, to check that the loader refuses it."""
+
+
+def not_a_class() -> None:
+    """An ordinary function, to check that the loader refuses it."""
+
+
+INSTANCE = Echo()
