@@ -130,7 +130,12 @@ class Client:
         self.token = token
         self.backoff = reconnect_backoff or Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2)
         self.rng = rng
+        #: Connections made so far (more than 1 after a reconnect).
         self.connects = 0
+        #: Result frames received, and those that answered no waiting call (a result for
+        #: a call already settled or abandoned: counted, never delivered twice).
+        self.results_received = 0
+        self.stray_results = 0
         self._conn: Connection | None = None
         self._connected = trio.Event()
         self._mids = itertools.count(1)
@@ -215,8 +220,10 @@ class Client:
     def _dispatch(self, msg: Any) -> None:
         kind = type(msg)
         if kind is Result:
+            self.results_received += 1
             call = self._calls.pop(msg.cid, None)
             if call is None:
+                self.stray_results += 1
                 return
             self._progress.pop(msg.job_id, None)
             if msg.ok:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import ipaddress
 import itertools
 import json
@@ -545,7 +546,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def nats_reachable(url: str, timeout: float = 1.0) -> str | None:
-    """``None`` when a NATS server answers at ``url``, else why not."""
+    """``None`` when nats-py is installed and a NATS server answers at ``url``, else why not."""
+    if importlib.util.find_spec("nats") is None:
+        return 'nats-py is not installed (pip install -e ".[bench]")'
     parts = urlsplit(url)
     try:
         with socket.create_connection(

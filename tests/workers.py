@@ -65,3 +65,29 @@ def not_a_class() -> None:
 
 
 INSTANCE = Echo()
+
+
+class Recorder(Worker):
+    """Logs ``start``/``done`` lines to ``payload["log"]`` around a sleep; for kill tests.
+
+    Each line is one small ``O_APPEND`` write, so lines from several processes never mix.
+    """
+
+    subjects = ["test.record"]
+    concurrency = 4
+
+    async def handle(self, job: Job) -> Any:
+        log = job.payload["log"]
+        pid = os.getpid()
+        _append(log, f"start {job.id} {pid} {job.attempt}\n")
+        await trio.sleep(job.payload.get("seconds", 0.05))
+        _append(log, f"done {job.id} {pid} {job.attempt}\n")
+        return {"n": job.payload["n"], "pid": pid}
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)

@@ -1,0 +1,182 @@
+"""The Leader's retry, backoff and dead-letter timing, in virtual time.
+
+A real :class:`actors.Leader` (its connection handling and timer task) serves peers over
+in-memory streams under ``autojump_clock``; the peers speak frames by hand, so every
+Assign, Cancel and Result is seen with the exact virtual time it was sent at.
+
+Leader settings in every test: ack timeout 10 s, 3 attempts, backoff 1 s doubling, no
+jitter. So a job nobody answers goes out at 0, 11 (10 + 1) and 23 (21 + 2) and is
+dead-lettered at 33.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+import trio.testing
+
+from actors import DLQ_PREFIX, Leader
+from protocol import (
+    Assign,
+    Cancel,
+    Deliver,
+    Hello,
+    Nack,
+    Progress,
+    Result,
+    Session,
+    Submit,
+    Subscribe,
+    Welcome,
+)
+from runtime import Backoff
+from runtime._connection import Connection
+from runtime._transports import running
+from runtime._wire import StreamWire
+from tests.test_heartbeat import RawPeer
+
+
+class Clock:
+    """Virtual seconds since the test began (the clock may not start at 0)."""
+
+    def __init__(self) -> None:
+        self.start = trio.current_time()
+
+    def __call__(self) -> float:
+        return trio.current_time() - self.start
+
+
+@asynccontextmanager
+async def leader_over_memory(**kw) -> AsyncIterator[tuple[Leader, object]]:
+    kw = {
+        "ack_timeout": 10.0,
+        "max_attempts": 3,
+        "retry_backoff": Backoff(base=1.0, factor=2.0, cap=30.0, jitter=0.0),
+        "heartbeat": None,
+        **kw,
+    }
+    leader = Leader(listen=[], **kw)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(leader._timer_loop)
+
+        async def connect(hello: Hello) -> RawPeer:
+            local, remote = trio.testing.memory_stream_pair()
+            conn = Connection(StreamWire(local), Session(side="server", heartbeat=None), "memory://peer", "tcp")
+
+            async def serve() -> None:
+                async with running(conn):
+                    await leader._handle_connection(conn)
+
+            nursery.start_soon(serve)
+            peer = RawPeer(remote)
+            await peer.send(hello)
+            assert type(await peer.receive()) is Welcome
+            return peer
+
+        yield leader, connect
+        nursery.cancel_scope.cancel()
+
+
+async def worker(connect, credit: int = 3) -> RawPeer:
+    return await connect(Hello(mid=0, role="worker", name="w", patterns=["jobs.>"], credit=credit))
+
+
+async def client(connect) -> RawPeer:
+    return await connect(Hello(mid=0, role="client", name="c"))
+
+
+async def test_unanswered_job_is_redelivered_with_backoff_then_dead_lettered(autojump_clock):
+    async with leader_over_memory() as (leader, connect):
+        w = await worker(connect)
+        c = await client(connect)
+        watcher = await client(connect)
+        await watcher.send(Subscribe(mid=1, sid=7, pattern=DLQ_PREFIX + ">"))
+        await trio.sleep(0.5)  # the subscription is in before the clock starts
+        now = Clock()
+        await c.send(Submit(mid=1, job_id="j", subject="jobs.a", payload=1))
+
+        seen = []
+        for _ in range(5):  # 3 Assigns and 2 Cancels (after the first two deadlines)
+            msg = await w.receive()
+            seen.append((type(msg).__name__, getattr(msg, "attempt", None), now()))
+        assert seen == [
+            ("Assign", 1, 0.0),
+            ("Cancel", None, 10.0),  # ack timeout: the worker is told to stop
+            ("Assign", 2, 11.0),  # after the 1 s backoff
+            ("Cancel", None, 21.0),
+            ("Assign", 3, 23.0),  # after the 2 s backoff
+        ]
+        result = await c.receive()
+        assert now() == 33.0  # the third deadline: out of attempts
+        assert type(result) is Result and result.cid == 1 and not result.ok
+        assert result.attempts == 3 and result.error_type is not None
+        dead = await watcher.receive()
+        assert type(dead) is Deliver and dead.subject == f"{DLQ_PREFIX}jobs.a" and now() == 33.0
+        stats = leader.stats()["subjects"]["jobs.a"]
+        assert stats["dead"] == 1 and stats["redelivered"] == 2
+
+
+async def test_nack_delay_and_backoff_are_exact(autojump_clock):
+    async with leader_over_memory() as (leader, connect):
+        w = await worker(connect)
+        c = await client(connect)
+        now = Clock()
+        await c.send(Submit(mid=1, job_id="j", subject="jobs.b", payload=2))
+        first = await w.receive()
+        assert type(first) is Assign and first.attempt == 1 and now() == 0.0
+        await w.send(Nack(mid=1, cid=first.mid, job_id="j", delay=4.0, reason="later"))
+        second = await w.receive()
+        assert type(second) is Assign and second.attempt == 2 and now() == 4.0  # the Nack's delay
+        await w.send(Nack(mid=2, cid=second.mid, job_id="j", reason="no delay given"))
+        third = await w.receive()
+        assert type(third) is Assign and third.attempt == 3 and now() == 6.0  # backoff(2) = 2 s
+        await w.send(Result(mid=3, cid=third.mid, job_id="j", payload="finally", attempts=3))
+        result = await c.receive()
+        assert type(result) is Result and result.ok and result.payload == "finally" and now() == 6.0
+
+
+async def test_progress_extends_the_ack_deadline(autojump_clock):
+    async with leader_over_memory() as (leader, connect):
+        w = await worker(connect)
+        c = await client(connect)
+        now = Clock()
+        await c.send(Submit(mid=1, job_id="j", subject="jobs.c", payload=3))
+        job = await w.receive()
+        assert type(job) is Assign
+        await trio.sleep(8)
+        await w.send(Progress(mid=1, job_id="j", fraction=0.5))  # deadline now 18
+        await trio.sleep(9)  # t = 17: past the first deadline, before the new one
+        progress = await c.receive()  # forwarded to the client as it came
+        assert type(progress) is Progress and progress.fraction == 0.5
+        await w.send(Result(mid=2, cid=job.mid, job_id="j", payload="done"))
+        result = await c.receive()
+        assert type(result) is Result and result.ok and now() == 17.0
+        with trio.move_on_after(30):
+            extra = await w.receive()
+            raise AssertionError(f"no Cancel or redelivery expected, got {extra!r}")
+        assert leader.stats()["subjects"]["jobs.c"]["redelivered"] == 0
+
+
+async def test_late_result_after_redelivery_is_delivered_once(autojump_clock):
+    """The first result wins; the slow worker's late one does not reach the client again."""
+    async with leader_over_memory() as (leader, connect):
+        slow = await worker(connect, credit=1)
+        c = await client(connect)
+        now = Clock()
+        await c.send(Submit(mid=1, job_id="j", subject="jobs.d", payload=4))
+        first = await slow.receive()
+        assert type(first) is Assign and now() == 0.0
+        fast = await worker(connect, credit=1)
+        cancel = await slow.receive()
+        assert type(cancel) is Cancel and now() == 10.0
+        second = await fast.receive()
+        assert type(second) is Assign and second.attempt == 2 and now() == 11.0
+        await fast.send(Result(mid=1, cid=second.mid, job_id="j", payload="fast"))
+        result = await c.receive()
+        assert result.payload == "fast" and now() == 11.0
+        await slow.send(Result(mid=1, cid=first.mid, job_id="j", payload="slow"))
+        with trio.move_on_after(60):
+            extra = await c.receive()
+            raise AssertionError(f"the client got a second answer: {extra!r}")
