@@ -52,6 +52,7 @@ class _Call:
 
     message: Any  # Submit or Publish as last sent (its mid changes on each transmission)
     fields: dict[str, Any]  # the message's fields but ``mid``
+    sent: bool = False  # ``message`` went out once: a resend needs a new mid
     event: trio.Event | None = None
     channel: trio.MemorySendChannel | None = None
     on_progress: Callable[[float | None, str | None], None] | None = None
@@ -212,9 +213,11 @@ class Client:
                     self._settle(call, error=ConnectionLost(f"connection to {self.url} lost"))
 
     def _transmit(self, conn: Connection, call: _Call) -> None:
-        mid = next(self._mids)
-        call.message = message = type(call.message)(mid=mid, **call.fields)
-        self._calls[mid] = call
+        if call.sent:  # a resend (reconnect, busy): a fresh mid on this connection
+            call.message = type(call.message)(mid=next(self._mids), **call.fields)
+        call.sent = True
+        message = call.message
+        self._calls[message.mid] = call
         conn.send_nowait(message)
 
     def _dispatch(self, msg: Any) -> None:
@@ -302,7 +305,7 @@ class Client:
             "timeout": timeout,
             "max_attempts": max_attempts,
         }
-        return _Call(Submit(mid=0, **fields), fields)  # validates the arguments now
+        return _Call(Submit(mid=next(self._mids), **fields), fields)  # validates the arguments now
 
     async def submit(
         self,
@@ -475,7 +478,7 @@ class Client:
         if qos == 0:
             await self._send(Publish(mid=next(self._mids), **fields))
             return
-        call = _Call(Publish(mid=0, **fields), fields, event=trio.Event())
+        call = _Call(Publish(mid=next(self._mids), **fields), fields, event=trio.Event())
         self._start(call)
         await call.event.wait()
         if call.error is not None:

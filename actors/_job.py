@@ -33,6 +33,15 @@ class Job:
     _report: Callable[[str, float | None, str | None], None] | None = attrs.field(
         default=None, repr=False, alias="report"
     )
+    # Set by the worker while a slot runs the job: cancelling it cancels the job.
+    _scope: trio.CancelScope | None = attrs.field(default=None, init=False, repr=False)
+    _cancelled: bool = attrs.field(default=False, init=False, repr=False)
+
+    def _cancel(self) -> None:
+        """Cancel the job: at once if it runs, before it starts if it is queued."""
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def progress(self, fraction: float | None = None, note: str | None = None) -> None:
         """Report progress (``fraction`` between 0 and 1, and/or a note).

@@ -1,13 +1,19 @@
 """Workers: the class users subclass, and the loop that connects one to a leader.
 
 A worker connects (and reconnects, with backoff) to the leader, says Hello with its
-patterns and its credit (``concurrency``), and runs each Assign in its own task. A finished
-job's result is kept in a dedup cache, so a redelivery of a job it already finished (after
-a reconnect, say) is answered from the cache instead of running again.
+patterns and its credit (``concurrency``), and runs the jobs it is assigned on a pool of
+at most ``concurrency`` slot tasks (started as needed, then reused: no task is spawned per
+job). A finished job's result is kept in a dedup cache, so a redelivery of a job it
+already finished (after a reconnect, say) is answered from the cache instead of running
+again.
+
+Cancelling one job (the leader's Cancel) cancels the scope of the slot running it; the
+slot reports the job cancelled and goes on with a new scope.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import ssl
@@ -127,7 +133,12 @@ class WorkerRunner:
         self.backoff = reconnect_backoff or Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2)
         self.rng = rng
         self.finished = DedupCache(capacity=dedup_capacity, ttl=dedup_ttl)
-        self.running: dict[str, trio.CancelScope] = {}
+        #: Jobs taken and not finished (queued for a slot or running), by job id.
+        self.running: dict[str, Job] = {}
+        self._queue: collections.deque[tuple[Job, int]] = collections.deque()
+        self._slot_lot = trio.lowlevel.ParkingLot()
+        self._slots = 0  # slot tasks started
+        self._idle_slots = 0
         self.deliveries = 0
         self.dropped = 0
         self.completed = 0
@@ -221,9 +232,9 @@ class WorkerRunner:
                     if kind is Assign:
                         self._on_assign(msg)
                     elif kind is Cancel:
-                        scope = self.running.get(msg.job_id)
-                        if scope is not None:
-                            scope.cancel()
+                        job = self.running.get(msg.job_id)
+                        if job is not None:
+                            job._cancel()
                     elif kind is Deliver:
                         self._on_deliver(msg)
                     elif kind is Bye:
@@ -239,8 +250,8 @@ class WorkerRunner:
             self._idle = trio.Event()
             with trio.move_on_after(grace):
                 await self._idle.wait()
-        for scope in list(self.running.values()):
-            scope.cancel()  # past the grace period: the leader redelivers these
+        for job in list(self.running.values()):
+            job._cancel()  # past the grace period: the leader redelivers these
         with trio.move_on_after(1.0):
             await conn.send(Bye(mid=self._next_mid(), reason="worker draining"))
         await conn.aclose()
@@ -280,31 +291,57 @@ class WorkerRunner:
             self.credit_violations += 1
             self._send(Nack(mid=self._next_mid(), cid=msg.mid, job_id=job_id, delay=0.0, reason="no free slot"))
             return
-        scope = trio.CancelScope()
-        self.running[job_id] = scope
-        if len(self.running) > self.max_running:
-            self.max_running = len(self.running)
         job = Job(
             job_id, msg.subject, msg.payload, msg.headers, attempt=msg.attempt, qos=msg.qos,
             report=self._report_progress,
         )
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_job, job, msg.mid, scope)
+        self.running[job_id] = job
+        if len(self.running) > self.max_running:
+            self.max_running = len(self.running)
+        self._queue.append((job, msg.mid))
+        if self._idle_slots:
+            self._slot_lot.unpark()
+        elif self._slots < self.concurrency:
+            self._slots += 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._slot)
 
-    async def _run_job(self, job: Job, cid: int, scope: trio.CancelScope) -> None:
-        outcome: tuple[bool, Any, str | None, str | None] | None = None
-        try:
-            with scope:
+    async def _slot(self) -> None:
+        """Run queued jobs, one at a time, until cancelled with the worker."""
+        queue = self._queue
+        handle = self.worker.handle
+        while True:
+            while not queue:
+                self._idle_slots += 1
                 try:
-                    value = await self.worker.handle(job)
-                except Exception as exc:  # the user's code failed: report it, the leader retries
-                    outcome = (False, None, type(exc).__name__, str(exc))
-                else:
-                    outcome = (True, value, None, None)
-        finally:
-            del self.running[job.id]
-            if self._idle is not None and not self.running:
-                self._idle.set()
+                    await self._slot_lot.park()
+                finally:
+                    self._idle_slots -= 1
+            # One scope for a run of jobs; cancelling a job ends it, the next gets a new one.
+            with trio.CancelScope() as scope:
+                while queue:
+                    job, cid = queue.popleft()
+                    if job._cancelled:  # cancelled while queued
+                        self._finish(job, cid, None)
+                        continue
+                    job._scope = scope
+                    outcome: tuple[bool, Any, str | None, str | None] | None = None
+                    try:
+                        value = await handle(job)
+                    except Exception as exc:  # the user's code failed: report it, the leader retries
+                        outcome = (False, None, type(exc).__name__, str(exc))
+                    else:
+                        outcome = (True, value, None, None)
+                    finally:
+                        job._scope = None
+                        self._finish(job, cid, outcome)
+                    if scope.cancel_called:  # cancelled as it returned: not the next job's scope
+                        break
+
+    def _finish(self, job: Job, cid: int, outcome: tuple[bool, Any, str | None, str | None] | None) -> None:
+        del self.running[job.id]
+        if self._idle is not None and not self.running:
+            self._idle.set()
         if outcome is None:  # cancelled by the leader (ack timeout, finished elsewhere)
             self._send(Nack(mid=self._next_mid(), job_id=job.id, reason="cancelled"))
             return

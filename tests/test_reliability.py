@@ -46,17 +46,13 @@ def unfinished_on(pid: int, path: Path) -> set[str]:
     return {job for job, pids in started.items() if pid in pids and pid not in done.get(job, ())}
 
 
-async def kill_mid_job(pid: int, path: Path, *, after_done: int) -> set[str]:
-    """SIGKILL ``pid`` once ``after_done`` jobs finished and it holds an unfinished job.
-
-    Returns the jobs it held (started there, never finished there).
-    """
+async def kill_mid_job(pid: int, path: Path, *, after_done: int) -> None:
+    """SIGKILL ``pid`` once ``after_done`` jobs finished and it holds unfinished jobs."""
     while True:
         _, done = read_log(path)
-        held = unfinished_on(pid, path)
-        if len(done) >= after_done and held:
+        if len(done) >= after_done and len(unfinished_on(pid, path)) >= 2:
             os.kill(pid, signal.SIGKILL)
-            return held
+            return
         await trio.sleep(0.005)
 
 
@@ -91,17 +87,21 @@ async def test_sigkilled_workers_lose_no_accepted_job(tmp_path: Path, scheme: st
 
                 async def submit(i: int) -> None:
                     job_id = f"job-{i}"
-                    payload = {"n": i, "log": str(log), "seconds": 0.05}
+                    payload = {"n": i, "log": str(log), "seconds": 0.1}
                     results[job_id].append(await client.submit("test.record", payload, job_id=job_id))
 
                 held: dict[int, set[str]] = {}
                 async with trio.open_nursery() as jobs:
                     for i in range(JOBS):
                         jobs.start_soon(submit, i)
-                    held[originals[0]] = await kill_mid_job(originals[0], log, after_done=20)
+                    await kill_mid_job(originals[0], log, after_done=20)
                     await group.wait_until(lambda g: len(g.pids()) == 2 and originals[0] not in g.pids())
+                    # Dead and reaped: its part of the log is final.
+                    held[originals[0]] = unfinished_on(originals[0], log)
                     await workers_connected(leader, 2)  # the replacement is in
-                    held[originals[1]] = await kill_mid_job(originals[1], log, after_done=80)
+                    await kill_mid_job(originals[1], log, after_done=80)
+                    await group.wait_until(lambda g: originals[1] not in g.pids())
+                    held[originals[1]] = unfinished_on(originals[1], log)
 
                 # Every accepted job answered its submit call once, with its own result.
                 assert sorted(results) == sorted(f"job-{i}" for i in range(JOBS))
