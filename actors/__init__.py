@@ -4,7 +4,6 @@ Write a worker by subclassing :class:`Worker`; submit jobs with :class:`Client`;
 cluster with ``python -m actors.cluster``.
 """
 
-from ._broker import DLQ_PREFIX as DLQ_PREFIX
 from ._broker import Broker as Broker
 from ._broker import BrokerConfig as BrokerConfig
 from ._client import Client as Client
@@ -27,6 +26,7 @@ from ._job import Job as Job
 from ._jobs import JobState as JobState
 from ._leader import Leader as Leader
 from ._loader import ConfigError as ConfigError
+from ._redelivery import DLQ_PREFIX as DLQ_PREFIX
 from ._worker import Worker as Worker
 from ._worker import WorkerRunner as WorkerRunner
 from ._worker import run_worker as run_worker

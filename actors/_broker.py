@@ -13,7 +13,6 @@ the first entry has the earliest deadline), and a heap only for jobs waiting out
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import random
 import zlib
@@ -26,27 +25,20 @@ from protocol import (
     Ack,
     Assign,
     Cancel,
-    Deliver,
     Error,
     ErrorCode,
     Nack,
     Progress,
-    Publish,
     Result,
     SubjectIndex,
     Submit,
-    Subscribe,
-    Unsubscribe,
-    subject_matches,
 )
 from runtime import Backoff, DedupCache
 
 from ._jobs import FINAL_STATES, JobRecord, JobState, Journal, StoredResult
-from ._links import STICKY_HEADER, ClientLink, SubjectQueue, Subscription, WorkerLink
-
-#: Prefix of dead-letter subjects: a job of subject ``s`` that runs out of attempts is
-#: published on ``$dlq.s``.
-DLQ_PREFIX = "$dlq."
+from ._links import STICKY_HEADER, ClientLink, SubjectQueue, WorkerLink
+from ._pubsub import PubSub
+from ._redelivery import Redelivery
 
 
 @attrs.define(eq=False)
@@ -76,8 +68,11 @@ class BrokerConfig:
     max_dead_letters: int = 1_000
 
 
-class Broker:
+class Broker(Redelivery, PubSub):
     """Queues jobs per subject and hands them to workers against their credit.
+
+    Retry and timers come from :class:`~actors._redelivery.Redelivery`, publish/subscribe
+    from :class:`~actors._pubsub.PubSub`.
 
     Args:
       config: delivery settings.
@@ -424,28 +419,7 @@ class Broker:
         if other is not None and job.job_id in other.inflight:
             other.send(Cancel(mid=other.next_mid(), job_id=job.job_id, reason="finished elsewhere"))
 
-    # ------------------------------------------------------------------ failure and retry
-
-    def _failed_attempt(
-        self, job: JobRecord, error: tuple[str, str], now: float, *, delay: float | None = None
-    ) -> None:
-        job.last_error = error
-        queue = self._queue(job.subject)
-        if job.qos == 0:
-            queue.failed += 1
-            self._finish(job, JobState.DONE, StoredResult(False, None, error[0], error[1], job.attempt), now)
-            return
-        if job.attempt >= job.max_attempts:
-            self._dead_letter(job, now)
-            return
-        if delay is None:
-            delay = self.config.retry_backoff.delay(job.attempt, self.rng)
-        queue.redelivered += 1
-        job.move(JobState.RETRY_WAIT, self.journal)
-        job.worker = None
-        job.retry_at = now + delay
-        self.waiting_count += 1
-        heapq.heappush(self._retry_heap, (job.retry_at, next(self._seq), job))
+    # ------------------------------------------------------------------ finishing
 
     def _leave_waiting(self, job: JobRecord) -> None:
         """A queued or retry-waiting job is taken out of waiting (the heap entry or sticky
@@ -453,34 +427,6 @@ class Broker:
         if job.state is JobState.QUEUED:
             self._remove_pending(job)
         self.waiting_count -= 1
-
-    def _dead_letter(self, job: JobRecord, now: float) -> None:
-        queue = self._queue(job.subject)
-        queue.dead += 1
-        error_type, error_message = job.last_error or ("Error", "")
-        record = {
-            "job_id": job.job_id,
-            "subject": job.subject,
-            "payload": job.payload,
-            "headers": job.headers,
-            "attempts": job.attempt,
-            "error_type": error_type,
-            "error_message": error_message,
-        }
-        self.dead_letters.append(record)
-        self._finish(
-            job,
-            JobState.DEAD,
-            StoredResult(
-                False,
-                None,
-                error_type,
-                f"dead-lettered after {job.attempt} attempts: {error_message}",
-                job.attempt,
-            ),
-            now,
-        )
-        self._route_publish(DLQ_PREFIX + job.subject, record, {}, now)
 
     def _finish(self, job: JobRecord, state: JobState, stored: StoredResult | None, now: float) -> None:
         job.move(state, self.journal)
@@ -519,130 +465,6 @@ class Broker:
                 attempts=stored.attempts,
             )
         )
-
-    # ------------------------------------------------------------------ time
-
-    def next_deadline(self) -> float:
-        """When :meth:`handle_timer` next has something to do (``inf`` if nothing)."""
-        deadline = float("inf")
-        if self._retry_heap:
-            deadline = self._retry_heap[0][0]
-        for worker in self.workers:
-            deadlines = worker.deadlines
-            if deadlines:
-                first = next(iter(deadlines.values()))
-                if first < deadline:
-                    deadline = first
-        return deadline
-
-    def handle_timer(self, now: float) -> None:
-        """Redeliver what missed its ack deadline; requeue what waited out its backoff."""
-        for worker in list(self.workers):
-            deadlines = worker.deadlines
-            while deadlines:
-                job_id, deadline = next(iter(deadlines.items()))
-                if deadline > now:
-                    break
-                job = worker.inflight[job_id]
-                if job.state is JobState.ASSIGNED and job.worker is worker:
-                    # The worker keeps the slot (it may still be running the job) but the
-                    # deadline is dropped; the job goes out again after its backoff.
-                    del deadlines[job_id]
-                    self._failed_attempt(
-                        job,
-                        ("AckTimeout", f"no answer from {worker.name} within {self.config.ack_timeout} s"),
-                        now,
-                    )
-                    worker.send(Cancel(mid=worker.next_mid(), job_id=job_id, reason="ack timeout"))
-                else:
-                    del deadlines[job_id]
-        heap = self._retry_heap
-        while heap and heap[0][0] <= now:
-            _, _, job = heapq.heappop(heap)
-            if job.state is not JobState.RETRY_WAIT:
-                continue
-            self.waiting_count -= 1
-            if job.expires_at is not None and job.expires_at <= now:
-                self._queue(job.subject).expired += 1
-                self._finish(job, JobState.EXPIRED, None, now)
-                continue
-            job.move(JobState.QUEUED, self.journal)
-            self._enqueue(job, now)
-
-    def _count_done(self, now: float) -> None:
-        if now - self._done_window_start >= 1.0:
-            elapsed = now - self._done_window_start
-            self._done_rate = self._done_in_window / elapsed if elapsed > 0 else 0.0
-            self._done_window_start = now
-            self._done_in_window = 0
-        self._done_in_window += 1
-
-    def _retry_after(self) -> float:
-        rate = max(self._done_rate, 1.0)
-        return min(30.0, max(0.1, round(self.waiting_count / rate / 2, 3)))
-
-    # ------------------------------------------------------------------ publish / subscribe
-
-    def publish(self, client: ClientLink | WorkerLink, msg: Publish, now: float) -> None:
-        """Broadcast a message: every plain subscription, one member per queue group,
-        every broadcast-mode worker, one worker of each round-robin group."""
-        if msg.retain:
-            retained = self.retained
-            retained.pop(msg.subject, None)
-            if len(retained) >= self.config.max_retained:
-                del retained[next(iter(retained))]
-            retained[msg.subject] = (msg.payload, msg.headers)
-        self._route_publish(msg.subject, msg.payload, msg.headers, now)
-        if msg.qos == 1:
-            client.send(Ack(mid=client.next_mid(), cid=msg.mid))
-
-    def _route_publish(self, subject: str, payload: Any, headers: dict[str, str], now: float) -> None:
-        groups: dict[str, list[Any]] = {}
-        for sub in self.sub_index.match(subject):
-            if sub.queue is None:
-                self._deliver(sub.link, sub.sid, subject, payload, headers)
-            else:
-                groups.setdefault("q:" + sub.queue, []).append(sub)
-        for worker in dict.fromkeys(self.worker_index.match(subject)):  # once per worker
-            if worker.mode == "broadcast":
-                self._deliver(worker, 0, subject, payload, headers)
-            else:
-                groups.setdefault("g:" + worker.group, []).append(worker)
-        for name, members in groups.items():
-            i = self._queue_rr.get(name, 0) % len(members)
-            self._queue_rr[name] = i + 1
-            chosen = members[i]
-            if isinstance(chosen, Subscription):
-                self._deliver(chosen.link, chosen.sid, subject, payload, headers)
-            else:
-                self._deliver(chosen, 0, subject, payload, headers)
-
-    @staticmethod
-    def _deliver(link: Any, sid: int, subject: str, payload: Any, headers: dict[str, str], retained: bool = False) -> None:
-        link.send(
-            Deliver(
-                mid=link.next_mid(), sid=sid, subject=subject, payload=payload, headers=headers, retained=retained
-            )
-        )
-
-    def subscribe(self, client: ClientLink, msg: Subscribe, now: float) -> None:
-        """Add a subscription and replay the retained messages it matches."""
-        old = client.subscriptions.pop(msg.sid, None)
-        if old is not None:
-            self.sub_index.remove(old.pattern, old)
-        sub = Subscription(client, msg.sid, msg.pattern, msg.queue)
-        client.subscriptions[msg.sid] = sub
-        self.sub_index.add(msg.pattern, sub)
-        if self.retained:
-            for subject, (payload, headers) in list(self.retained.items()):
-                if subject_matches(msg.pattern, subject):
-                    self._deliver(client, msg.sid, subject, payload, headers, retained=True)
-
-    def unsubscribe(self, client: ClientLink, msg: Unsubscribe) -> None:
-        """End a subscription (unknown sids are ignored)."""
-        sub = client.subscriptions.pop(msg.sid, None)
-        if sub is not None:
-            self.sub_index.remove(sub.pattern, sub)
 
     # ------------------------------------------------------------------ statistics
 

@@ -422,9 +422,6 @@ class Connection:
                     if self.closed:
                         return
                     await self._writer_lot.park()
-                    # Woken by the first frame: let the tasks runnable now queue theirs
-                    # too, so that one send_all carries them all.
-                    await trio.lowlevel.checkpoint()
                     continue
                 self._pending = []
                 self._inflight_bytes = self._queued_bytes

@@ -27,6 +27,9 @@ def _positive(instance: object, attribute: attrs.Attribute[float], value: float)
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
+_INF = float("inf")
+
+
 # on_setattr=NO_OP: validators check the settings once; every operation updates
 # ``_last_now`` and must stay cheap (the leader calls this once per job).
 @attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
@@ -58,6 +61,9 @@ class DedupCache(Generic[K, V]):
         init=False, factory=collections.OrderedDict
     )
     _last_now: float = attrs.field(default=float("-inf"), init=False)
+    # No entry expires before this time (a lower bound: removing or refreshing the oldest
+    # entry leaves it early, and purge then finds the true one), so most calls return at once.
+    _next_expiry: float = attrs.field(default=float("inf"), init=False)
 
     def add(self, key: K, now: float, value: V | None = None) -> bool:
         """Add ``key`` (with an optional ``value``), or refresh it if present.
@@ -76,6 +82,8 @@ class DedupCache(Generic[K, V]):
             self._entries.popitem(last=False)
             self.evicted += 1
         self._entries[key] = (now, value)
+        if self._next_expiry == _INF:
+            self._next_expiry = now + self.ttl
         return fresh
 
     def seen(self, key: K, now: float) -> bool:
@@ -109,13 +117,19 @@ class DedupCache(Generic[K, V]):
         if now < self._last_now:
             raise ValueError(f"time went backwards: now={now!r} after {self._last_now!r}")
         self._last_now = now
+        if now < self._next_expiry:
+            return 0
+        entries = self._entries
+        ttl = self.ttl
         dropped = 0
-        while self._entries:
-            added_at = next(iter(self._entries.values()))[0]
-            if added_at + self.ttl > now:
-                break
-            self._entries.popitem(last=False)
+        while entries:
+            expires = next(iter(entries.values()))[0] + ttl
+            if expires > now:
+                self._next_expiry = expires
+                return dropped
+            entries.popitem(last=False)
             dropped += 1
+        self._next_expiry = _INF
         return dropped
 
     def __len__(self) -> int:

@@ -1,0 +1,146 @@
+"""Redelivery, sans-I/O: failed attempts, backoff, dead letters, ack deadlines.
+
+A mixin of :class:`~actors.Broker` (the state it reads is the broker's): a failed
+attempt waits out its backoff in a heap and is requeued by :meth:`handle_timer`; a QoS 1
+job out of attempts is dead-lettered on ``$dlq.<subject>``; each worker's ack deadlines
+sit in assignment order, so the earliest is always the first.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from protocol import Cancel
+
+from ._jobs import JobRecord, JobState, StoredResult
+
+#: Prefix of dead-letter subjects: a job of subject ``s`` that runs out of attempts is
+#: published on ``$dlq.s``.
+DLQ_PREFIX = "$dlq."
+
+
+class Redelivery:
+    """The retry and timer half of the broker (see :class:`~actors.Broker`)."""
+
+    config: Any
+    rng: Any
+    journal: Any
+    workers: dict[Any, None]
+    waiting_count: int
+    dead_letters: Any
+    _retry_heap: list[tuple[float, int, JobRecord]]
+    _seq: Any
+    _done_window_start: float
+    _done_in_window: int
+    _done_rate: float
+
+    def _failed_attempt(
+        self, job: JobRecord, error: tuple[str, str], now: float, *, delay: float | None = None
+    ) -> None:
+        job.last_error = error
+        queue = self._queue(job.subject)
+        if job.qos == 0:
+            queue.failed += 1
+            self._finish(job, JobState.DONE, StoredResult(False, None, error[0], error[1], job.attempt), now)
+            return
+        if job.attempt >= job.max_attempts:
+            self._dead_letter(job, now)
+            return
+        if delay is None:
+            delay = self.config.retry_backoff.delay(job.attempt, self.rng)
+        queue.redelivered += 1
+        job.move(JobState.RETRY_WAIT, self.journal)
+        job.worker = None
+        job.retry_at = now + delay
+        self.waiting_count += 1
+        heapq.heappush(self._retry_heap, (job.retry_at, next(self._seq), job))
+
+    def _dead_letter(self, job: JobRecord, now: float) -> None:
+        queue = self._queue(job.subject)
+        queue.dead += 1
+        error_type, error_message = job.last_error or ("Error", "")
+        record = {
+            "job_id": job.job_id,
+            "subject": job.subject,
+            "payload": job.payload,
+            "headers": job.headers,
+            "attempts": job.attempt,
+            "error_type": error_type,
+            "error_message": error_message,
+        }
+        self.dead_letters.append(record)
+        self._finish(
+            job,
+            JobState.DEAD,
+            StoredResult(
+                False,
+                None,
+                error_type,
+                f"dead-lettered after {job.attempt} attempts: {error_message}",
+                job.attempt,
+            ),
+            now,
+        )
+        self._route_publish(DLQ_PREFIX + job.subject, record, {}, now)
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float:
+        """When :meth:`handle_timer` next has something to do (``inf`` if nothing)."""
+        deadline = float("inf")
+        if self._retry_heap:
+            deadline = self._retry_heap[0][0]
+        for worker in self.workers:
+            deadlines = worker.deadlines
+            if deadlines:
+                first = next(iter(deadlines.values()))
+                if first < deadline:
+                    deadline = first
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        """Redeliver what missed its ack deadline; requeue what waited out its backoff."""
+        for worker in list(self.workers):
+            deadlines = worker.deadlines
+            while deadlines:
+                job_id, deadline = next(iter(deadlines.items()))
+                if deadline > now:
+                    break
+                job = worker.inflight[job_id]
+                if job.state is JobState.ASSIGNED and job.worker is worker:
+                    # The worker keeps the slot (it may still be running the job) but the
+                    # deadline is dropped; the job goes out again after its backoff.
+                    del deadlines[job_id]
+                    self._failed_attempt(
+                        job,
+                        ("AckTimeout", f"no answer from {worker.name} within {self.config.ack_timeout} s"),
+                        now,
+                    )
+                    worker.send(Cancel(mid=worker.next_mid(), job_id=job_id, reason="ack timeout"))
+                else:
+                    del deadlines[job_id]
+        heap = self._retry_heap
+        while heap and heap[0][0] <= now:
+            _, _, job = heapq.heappop(heap)
+            if job.state is not JobState.RETRY_WAIT:
+                continue
+            self.waiting_count -= 1
+            if job.expires_at is not None and job.expires_at <= now:
+                self._queue(job.subject).expired += 1
+                self._finish(job, JobState.EXPIRED, None, now)
+                continue
+            job.move(JobState.QUEUED, self.journal)
+            self._enqueue(job, now)
+
+    def _count_done(self, now: float) -> None:
+        if now - self._done_window_start >= 1.0:
+            elapsed = now - self._done_window_start
+            self._done_rate = self._done_in_window / elapsed if elapsed > 0 else 0.0
+            self._done_window_start = now
+            self._done_in_window = 0
+        self._done_in_window += 1
+
+    def _retry_after(self) -> float:
+        rate = max(self._done_rate, 1.0)
+        return min(30.0, max(0.1, round(self.waiting_count / rate / 2, 3)))
