@@ -35,7 +35,7 @@ from protocol import (
 )
 from runtime import Backoff, DedupCache
 
-from ._jobs import FINAL_STATES, JobRecord, JobState, Journal, StoredResult
+from ._jobs import JobRecord, JobState, Journal, StoredResult
 from ._links import STICKY_HEADER, ClientLink, SubjectQueue, WorkerLink
 from ._pubsub import PubSub
 from ._redelivery import Redelivery
@@ -218,7 +218,7 @@ class Broker(Redelivery, PubSub):
         """A client cancels a job: a waiting job ends at once, a running one is cancelled
         on its worker (whose answer then finishes it)."""
         job = self.jobs.get(msg.job_id)
-        if job is None or job.state in FINAL_STATES:
+        if job is None or job.state.final:
             return
         if job.state is JobState.ASSIGNED:
             if job.worker is not None:
@@ -357,7 +357,7 @@ class Broker(Redelivery, PubSub):
         """A worker finished a job (or failed it). The first answer wins; a late one from
         a worker whose attempt already timed out still frees its slot."""
         job = self._release(worker, msg.job_id)
-        if job is not None and job.state not in FINAL_STATES:
+        if job is not None and not job.state.final:
             worker.done_total += 1
             if msg.ok or job.qos == 0:
                 if job.state is not JobState.ASSIGNED:

@@ -45,6 +45,16 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 FINAL_STATES = frozenset({JobState.DONE, JobState.DEAD, JobState.EXPIRED})
 
+# The table again as bit masks on the members, for the per-job hot path: an Enum's hash
+# is a Python-level call, so set and dict lookups keyed by states cost more than ``&``.
+for _i, _state in enumerate(JobState):
+    _state._bit = 1 << _i  # type: ignore[attr-defined]
+for _state in JobState:
+    _state._allowed = sum(1 << list(JobState).index(s) for s in TRANSITIONS[_state])  # type: ignore[attr-defined]
+    #: True for the states a job never leaves (done, dead, expired).
+    _state.final = _state in FINAL_STATES  # type: ignore[attr-defined]
+del _i, _state
+
 
 class IllegalTransition(RuntimeError):
     """A bug: code tried to move a job along a transition the table does not allow."""
@@ -84,7 +94,7 @@ class JobRecord:
     def move(self, new: JobState, journal: Journal | None = None) -> None:
         """Change state along an allowed transition, telling the journal."""
         old = self.state
-        if new not in TRANSITIONS[old]:
+        if not old._allowed & new._bit:  # type: ignore[attr-defined]  # TRANSITIONS, as masks
             raise IllegalTransition(f"job {self.job_id}: {old.value} -> {new.value} is not allowed")
         self.state = new
         if journal is not None:
