@@ -9,6 +9,13 @@ Decoding refuses what could hurt the process: CBOR tags for shared references (c
 regular expressions and MIME messages, maps keyed by anything but str/bytes/numbers
 (hash-collision attacks), a key repeated in one map (two readers could take different
 values), nesting deeper than 64, and trailing bytes after the map.
+
+Speed: this is on the hot path of the job broker (every job is several encodes and
+decodes), so the per-class work runs in functions generated at import by
+:mod:`protocol._fastcodec`, and the cbor2 encoder and decoder objects are reused rather
+than built per message (each is taken from a small pool, so that threads or re-entrant
+calls never share one, and dropped after a failure). The generic, table-driven versions
+are kept below as ``_reference_*``: the tests check that the fast path agrees with them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import attrs
 import cbor2
 
 from ._errors import InvalidField, MalformedFrame, ProtocolError, UnknownMessage
+from ._fastcodec import FROM_WIRE, TO_WIRE
 from ._messages import MESSAGE_TYPES, Message
 
 _NOTHING = attrs.NOTHING
@@ -30,12 +38,166 @@ MAX_DEPTH = 64
 _REASON_LIMIT = 160
 
 
-def _refuse_tag(decoder: Any) -> None:
+def _refuse_tag(*_args: Any) -> None:
     raise ValueError("this CBOR tag is not accepted")
 
 
 # Tags 28/29: shared references (cyclic values); 35: regex; 36: MIME; 256/25: string refs.
 _SEMANTIC_REFUSED = {tag: _refuse_tag for tag in (25, 28, 29, 35, 36, 256)}
+_DECODER_OPTIONS: dict[str, Any] = {
+    "semantic_decoders": _SEMANTIC_REFUSED,
+    "strict_hashable_types": True,
+    "allow_duplicate_keys": False,
+    "max_depth": MAX_DEPTH,
+}
+
+_CBOREncodeError = cbor2.CBOREncodeError
+_CBORDecoder = cbor2.CBORDecoder
+_BytesIO = io.BytesIO
+
+
+# ---------------------------------------------------------------------------------------
+# Messages to and from wire maps
+
+
+def to_wire(message: Message) -> dict[str, Any]:
+    """Return the CBOR map (as a dict) that stands for ``message`` on the wire."""
+    build = TO_WIRE.get(type(message))
+    if build is None:
+        raise TypeError(f"not a protocol message: {message!r}")
+    return build(message)
+
+
+def from_wire(wire: Any) -> Message:
+    """Build the message that the decoded CBOR map ``wire`` stands for.
+
+    Raises:
+      UnknownMessage: the map's tag names no message kind.
+      InvalidField: a field is missing or has a wrong type or value.
+      InvalidSubject: a subject or pattern field breaks the subject rules.
+    """
+    if type(wire) is not dict:
+        raise InvalidField(f"a message must be a CBOR map, got {type(wire).__name__}")
+    tag = wire.get("t")
+    if type(tag) is not int:
+        raise InvalidField(f"message type tag 't' must be an int, got {type(tag).__name__}")
+    build = FROM_WIRE.get(tag)
+    if build is None:
+        raise _unknown_kind(tag)
+    return build(wire)
+
+
+def _unknown_kind(tag: int) -> UnknownMessage:
+    shown = tag if tag.bit_length() <= 64 else f"of {tag.bit_length()} bits"
+    return UnknownMessage(f"unknown message kind {shown}")
+
+
+# ---------------------------------------------------------------------------------------
+# Bodies
+
+#: Reusable encoders (their bound ``encode_to_bytes``). One is popped for each encode and
+#: pushed back after a success, so no two calls ever share one.
+_ENCODERS: list[Any] = []
+#: Reusable decoders: (reset the BytesIO with a body, decode one item, position after it).
+_READERS: list[tuple[Any, Any, Any]] = []
+#: Most objects kept in each pool (more exist only while that many calls overlap).
+_POOL_SIZE = 4
+#: Bodies above this size are decoded by a reader that is then dropped, so that a pooled
+#: reader never keeps a large body alive.
+POOLED_BODY_LIMIT = 64 * 1024
+
+
+def _new_encoder() -> Any:
+    return cbor2.CBOREncoder(_BytesIO()).encode_to_bytes
+
+
+def _new_reader() -> tuple[Any, Any, Any]:
+    fp = _BytesIO()
+    return fp.__init__, _CBORDecoder(fp, **_DECODER_OPTIONS).decode, fp.tell
+
+
+def encode_body(message: Message) -> bytes:
+    """Encode ``message`` as a CBOR body (no frame header)."""
+    build = TO_WIRE.get(type(message))
+    if build is None:
+        raise TypeError(f"not a protocol message: {message!r}")
+    wire = build(message)
+    try:
+        encode = _ENCODERS.pop()
+    except IndexError:
+        encode = _new_encoder()
+    try:
+        body = encode(wire)
+    except _CBOREncodeError as exc:
+        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from exc
+    if len(_ENCODERS) < _POOL_SIZE:
+        _ENCODERS.append(encode)
+    return body
+
+
+def _malformed(exc: Exception) -> MalformedFrame:
+    # cbor2's message may quote the input (a duplicated key): keep it short.
+    reason = str(exc)
+    if len(reason) > _REASON_LIMIT:
+        reason = reason[: _REASON_LIMIT - 3] + "..."
+    return MalformedFrame(f"frame body is not valid CBOR: {reason}")
+
+
+def decode_body(body: bytes) -> Message:
+    """Decode one CBOR body into a message.
+
+    Raises:
+      MalformedFrame: the bytes are not exactly one acceptable CBOR item.
+      UnknownMessage, InvalidField, InvalidSubject: the item is not a valid message.
+    """
+    reader = take_reader()
+    message = decode_with(reader, body)  # on failure the reader is dropped, not pooled
+    if len(body) <= POOLED_BODY_LIMIT:
+        give_back(reader)
+    return message
+
+
+def take_reader() -> tuple[Any, Any, Any]:
+    """A reusable decoder for :func:`decode_with`, from the pool or new."""
+    try:
+        return _READERS.pop()
+    except IndexError:
+        return _new_reader()
+
+
+def give_back(reader: tuple[Any, Any, Any]) -> None:
+    """Return a reader to the pool. Only after every :func:`decode_with` call made with it
+    succeeded (a failed one may leave unread bytes in it), and only if no body was larger
+    than ``POOLED_BODY_LIMIT`` (it keeps a reference to the last body)."""
+    if len(_READERS) < _POOL_SIZE:
+        _READERS.append(reader)
+
+
+def decode_with(reader: tuple[Any, Any, Any], body: bytes) -> Message:
+    """:func:`decode_body` with a reader from :func:`take_reader` (for a loop over frames)."""
+    reset, decode, tell = reader
+    reset(body)
+    try:
+        wire = decode()
+    except Exception as exc:  # noqa: BLE001 - any failure of untrusted bytes is malformed
+        raise _malformed(exc) from None
+    end = tell()
+    if end != len(body):
+        raise MalformedFrame(f"{len(body) - end} bytes of trailing data after the CBOR item")
+    # from_wire, inlined.
+    if type(wire) is not dict:
+        raise InvalidField(f"a message must be a CBOR map, got {type(wire).__name__}")
+    tag = wire.get("t")
+    if type(tag) is not int:
+        raise InvalidField(f"message type tag 't' must be an int, got {type(tag).__name__}")
+    build = FROM_WIRE.get(tag)
+    if build is None:
+        raise _unknown_kind(tag)
+    return build(wire)
+
+
+# ---------------------------------------------------------------------------------------
+# The generic reference implementation: slow, simple, and what the fast path must match.
 
 
 def _field_table(cls: type[Message]) -> tuple[tuple[str, str, Any, bool], ...]:
@@ -52,13 +214,9 @@ def _field_table(cls: type[Message]) -> tuple[tuple[str, str, Any, bool], ...]:
 _TABLES: dict[type[Message], tuple[tuple[str, str, Any, bool], ...]] = {
     cls: _field_table(cls) for cls in MESSAGE_TYPES.values()
 }
-_DECODE: dict[int, tuple[type[Message], tuple[tuple[str, str, Any, bool], ...]]] = {
-    tag: (cls, _TABLES[cls]) for tag, cls in MESSAGE_TYPES.items()
-}
 
 
-def to_wire(message: Message) -> dict[str, Any]:
-    """Return the CBOR map (as a dict) that stands for ``message`` on the wire."""
+def _reference_to_wire(message: Message) -> dict[str, Any]:
     try:
         table = _TABLES[type(message)]
     except KeyError:
@@ -71,33 +229,17 @@ def to_wire(message: Message) -> dict[str, Any]:
     return wire
 
 
-def encode_body(message: Message) -> bytes:
-    """Encode ``message`` as a CBOR body (no frame header)."""
-    try:
-        return cbor2.dumps(to_wire(message))
-    except cbor2.CBOREncodeError as exc:
-        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from exc
-
-
-def from_wire(wire: Any) -> Message:
-    """Build the message that the decoded CBOR map ``wire`` stands for.
-
-    Raises:
-      UnknownMessage: the map's tag names no message kind.
-      InvalidField: a field is missing or has a wrong type or value.
-    """
+def _reference_from_wire(wire: Any) -> Message:
     if type(wire) is not dict:
         raise InvalidField(f"a message must be a CBOR map, got {type(wire).__name__}")
     tag = wire.get("t")
     if type(tag) is not int:
         raise InvalidField(f"message type tag 't' must be an int, got {type(tag).__name__}")
-    try:
-        cls, table = _DECODE[tag]
-    except KeyError:
-        shown = tag if tag.bit_length() <= 64 else f"of {tag.bit_length()} bits"
-        raise UnknownMessage(f"unknown message kind {shown}") from None
+    cls = MESSAGE_TYPES.get(tag)
+    if cls is None:
+        raise _unknown_kind(tag)
     kwargs = {}
-    for name, key, _default, required in table:
+    for name, key, _default, required in _TABLES[cls]:
         if key in wire:
             kwargs[name] = wire[key]
         elif required:
@@ -110,28 +252,19 @@ def from_wire(wire: Any) -> Message:
         raise InvalidField(f"bad {cls.__name__}: {exc}") from None
 
 
-def decode_body(body: bytes) -> Message:
-    """Decode one CBOR body into a message.
-
-    Raises:
-      MalformedFrame: the bytes are not exactly one acceptable CBOR item.
-      UnknownMessage, InvalidField, InvalidSubject: the item is not a valid message.
-    """
-    fp = io.BytesIO(body)
+def _reference_encode_body(message: Message) -> bytes:
     try:
-        wire = cbor2.CBORDecoder(
-            fp,
-            semantic_decoders=_SEMANTIC_REFUSED,
-            strict_hashable_types=True,
-            allow_duplicate_keys=False,
-            max_depth=MAX_DEPTH,
-        ).decode()
-    except Exception as exc:  # noqa: BLE001 - any failure of untrusted bytes is malformed
-        # cbor2's message may quote the input (a duplicated key): keep it short.
-        reason = str(exc)
-        if len(reason) > _REASON_LIMIT:
-            reason = reason[: _REASON_LIMIT - 3] + "..."
-        raise MalformedFrame(f"frame body is not valid CBOR: {reason}") from None
+        return cbor2.dumps(_reference_to_wire(message))
+    except cbor2.CBOREncodeError as exc:
+        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from exc
+
+
+def _reference_decode_body(body: bytes) -> Message:
+    fp = _BytesIO(body)
+    try:
+        wire = _CBORDecoder(fp, **_DECODER_OPTIONS).decode()
+    except Exception as exc:  # noqa: BLE001
+        raise _malformed(exc) from None
     if fp.tell() != len(body):
         raise MalformedFrame(f"{len(body) - fp.tell()} bytes of trailing data after the CBOR item")
-    return from_wire(wire)
+    return _reference_from_wire(wire)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from ._codec import decode_body, encode_body
+from ._codec import POOLED_BODY_LIMIT, decode_with, encode_body, give_back, take_reader
 from ._errors import FrameTooLarge, MalformedFrame, ProtocolError
 from ._messages import Message
 
@@ -103,36 +103,62 @@ class FrameDecoder:
             # which must not be handed out (and processed) twice.
             error = self._error
             raise type(error)(f"decoder failed earlier: {error.message}")
+        # Work on one bytes object: the new data itself when nothing is buffered (no copy),
+        # else the buffered bytes and the new ones together. Each body is then one slice.
         buffer = self._buffer
-        buffer += data
-        messages: list[Message] = []
-        pos = 0
-        available = len(buffer)
         max_size = self.max_frame_size
+        if buffer:
+            buffer += data
+            if len(buffer) < HEADER_SIZE:
+                return []
+            length, flags = _unpack_header(buffer, 0)
+            if (
+                HEADER_SIZE + length > len(buffer)
+                and length <= max_size
+                and not flags & ~_KNOWN_FLAGS
+            ):
+                return []  # a large frame still arriving: no copy of what is buffered
+            data = bytes(buffer)
+            buffer.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
+        messages: list[Message] = []
+        append = messages.append
+        pos = 0
+        available = len(data)
+        reader = None  # one reusable CBOR decoder for every frame of this call
+        pooled = True
         try:
             while available - pos >= HEADER_SIZE:
-                length, flags = _unpack_header(buffer, pos)
+                length, flags = _unpack_header(data, pos)
                 if length > max_size:
                     raise FrameTooLarge(
                         f"frame of {length} bytes exceeds the limit of {max_size} bytes"
                     )
-                if flags & ~_KNOWN_FLAGS:
+                if flags and flags & ~_KNOWN_FLAGS:
                     raise MalformedFrame(f"unknown frame flags 0x{flags:02x}")
-                end = pos + HEADER_SIZE + length
+                start = pos + HEADER_SIZE
+                end = start + length
                 if end > available:
                     break
-                body = bytes(buffer[pos + HEADER_SIZE : end])
                 pos = end
-                if flags & FLAG_COMPRESSED:
-                    body = self._inflate(body)
-                messages.append(decode_body(body))
+                if reader is None:
+                    reader = take_reader()
+                if flags:
+                    body = self._inflate(data[start:end])
+                    pooled = pooled and len(body) <= POOLED_BODY_LIMIT
+                    append(decode_with(reader, body))
+                else:
+                    pooled = pooled and length <= POOLED_BODY_LIMIT
+                    append(decode_with(reader, data[start:end]))
         except ProtocolError as exc:
             exc.messages = messages
             self._error = exc
-            buffer.clear()
             raise
-        if pos:
-            del buffer[:pos]
+        if reader is not None and pooled:
+            give_back(reader)
+        if pos < available:
+            buffer += data[pos:] if pos else data
         return messages
 
     def _inflate(self, body: bytes) -> bytes:

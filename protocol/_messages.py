@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import attrs
 
@@ -242,6 +242,38 @@ class Message:
 
     KIND: ClassVar[int] = 0
     __slots__ = ()
+
+    @classmethod
+    def unchecked(cls, **fields: Any) -> Self:
+        """Build a message from values that are already valid, skipping validation.
+
+        Only for values that were validated already: the fields of a message that was
+        decoded or built with validation (a leader turning a decoded Submit into an
+        Assign, or forwarding a decoded Result). Nothing is checked, so a wrong value is
+        sent to peers as is; build anything else with the normal, validating constructor.
+
+        It takes the same keyword arguments and defaults as the class and applies the
+        same converters, so for valid input ``Submit.unchecked(**kw) == Submit(**kw)``.
+        Every message class has a generated, faster version with explicit keyword
+        parameters (see :mod:`protocol._fastcodec`); this generic one serves other
+        subclasses.
+        """
+        self = object.__new__(cls)
+        for field in attrs.fields(cls):  # type: ignore[arg-type]
+            if field.name in fields:
+                value = fields.pop(field.name)
+            elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+                value = field.default.factory()
+            elif field.default is attrs.NOTHING:
+                raise TypeError(f"{cls.__name__}.unchecked() missing argument {field.name!r}")
+            else:
+                value = field.default
+            if field.converter is not None:
+                value = field.converter(value)
+            object.__setattr__(self, field.name, value)
+        if fields:
+            raise TypeError(f"{cls.__name__}.unchecked() got unexpected {sorted(fields)}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,347 @@
+"""Per-class fast paths of the codec, generated once at import (the way attrs builds ``__init__``).
+
+For every message class this module writes and compiles three small functions from the
+class's attrs fields, so that the hot path runs straight-line code instead of a generic loop
+over a field table:
+
+- ``to_wire``: builds the wire map directly, leaving out each field equal to its default
+  (a field whose default is None is left out when it *is* None);
+- ``from_wire``: reads the wire keys, checks each value inline, and fills the slots of a new
+  instance without calling the validating ``__init__``;
+- ``unchecked``: a constructor that skips validation, installed on each class as
+  ``Submit.unchecked(...)`` (see :meth:`protocol.Message.unchecked`).
+
+The inline checks in ``from_wire`` are only a fast way to *accept*: each is a condition that
+implies the field's attrs validator passes. When one fails, the field's real validator (or
+converter) runs and raises, so a bad message gets exactly the exception and the message text
+the validating constructor would give, and the checks run in the same order as in attrs
+(every converter first, then every validator, in field order). A property test
+(``tests/test_protocol_fastpath.py``) holds the generated code to the generic reference
+implementation in :mod:`protocol._codec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ._errors import InvalidField, ProtocolError
+from ._messages import (
+    MESSAGE_TYPES,
+    ROLES,
+    Message,
+    _any_map,
+    _bool,
+    _bytes,
+    _headers,
+    _int,
+    _non_empty_str,
+    _opt_fraction,
+    _opt_pos_int,
+    _opt_seconds,
+    _opt_str,
+    _opt_uint,
+    _pos_int,
+    _qos,
+    _role,
+    _str,
+    _str_map,
+    _subject,
+    _uint,
+)
+
+_NOTHING = attrs.NOTHING
+
+#: For each validator, a condition on ``{v}`` that implies the validator accepts the value.
+#: It may be stricter than the validator (the validator then decides), never looser.
+_FAST_CHECKS: dict[Callable[..., None], str] = {
+    _int: "type({v}) is int",
+    _uint: "type({v}) is int and {v} >= 0",
+    _opt_uint: "{v} is None or (type({v}) is int and {v} >= 0)",
+    _pos_int: "type({v}) is int and {v} >= 1",
+    _opt_pos_int: "{v} is None or (type({v}) is int and {v} >= 1)",
+    _str: "type({v}) is str",
+    _non_empty_str: "type({v}) is str and {v}",
+    _opt_str: "{v} is None or type({v}) is str",
+    _bytes: "type({v}) is bytes",
+    _bool: "type({v}) is bool",
+    # A float in [0, inf) (NaN fails both comparisons), or an int a float holds exactly.
+    _opt_seconds: (
+        "{v} is None or (type({v}) is float and 0.0 <= {v} < _INF)"
+        " or (type({v}) is int and 0 <= {v} <= _EXACT)"
+    ),
+    _opt_fraction: "{v} is None or ((type({v}) is float or type({v}) is int) and 0.0 <= {v} <= 1.0)",
+    _qos: "type({v}) is int and 0 <= {v} <= 1",
+    _any_map: "type({v}) is dict",
+    _role: "type({v}) is str and {v} in _ROLES",
+    # Subjects already seen valid (a leader sees the same few over and over).
+    _subject: "type({v}) is str and {v} in _SUBJECTS_OK",
+}
+#: Validators of str-to-str maps: checked by an inline loop over the items.
+_STR_MAPS = (_headers, _str_map)
+
+#: Subjects known to be valid, so that a repeated subject skips the rule check. Cleared
+#: when full: it only ever holds strings that passed ``validate_subject``.
+_SUBJECTS_OK: set[str] = set()
+_SUBJECTS_LIMIT = 4096
+
+
+def _check_subject(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    """The subject validator, remembering each valid subject it sees."""
+    _subject(inst, attr, value)  # raises TypeError / InvalidSubject
+    if len(_SUBJECTS_OK) >= _SUBJECTS_LIMIT:
+        _SUBJECTS_OK.clear()
+    _SUBJECTS_OK.add(value)
+
+
+def _slow_validator(validator: Callable[..., None]) -> Callable[..., None]:
+    return _check_subject if validator is _subject else validator
+
+
+class _Field:
+    """What the generators need to know about one attrs field."""
+
+    def __init__(self, index: int, field: attrs.Attribute) -> None:
+        self.index = index
+        self.name = field.name
+        self.key = field.metadata["key"]
+        self.var = f"f{index}"
+        self.validator = field.validator
+        self.converter = field.converter
+        default = field.default
+        self.factory: Callable[[], Any] | None = None
+        self.required = default is _NOTHING
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            self.factory = default.factory
+            default = _NOTHING
+        self.default = default
+
+
+def _fields(cls: type[Message]) -> list[_Field]:
+    return [_Field(i, f) for i, f in enumerate(attrs.fields(cls))]
+
+
+def _compile(source: str, name: str, namespace: dict[str, Any], cls: type) -> Any:
+    filename = f"<protocol generated {cls.__name__}.{name}>"
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated code
+    func = namespace[name]
+    func.__qualname__ = f"{cls.__name__}.{name}"
+    return func
+
+
+def _slot(cls: type, name: str) -> Any:
+    """The member descriptor of slot ``name`` (frozen classes refuse ``setattr``)."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    raise TypeError(f"{cls.__name__} has no slot {name!r}")
+
+
+def _common_namespace(cls: type[Message], fields: list[_Field]) -> dict[str, Any]:
+    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_NOTHING": _NOTHING}
+    for f in fields:
+        ns[f"_set{f.index}"] = _slot(cls, f.name).__set__  # the slot's own setter
+        ns[f"_d{f.index}"] = f.default
+        ns[f"_fac{f.index}"] = f.factory
+        ns[f"_conv{f.index}"] = f.converter
+    return ns
+
+
+# ---------------------------------------------------------------------------------------
+# to_wire
+
+
+def build_to_wire(cls: type[Message]) -> Callable[[Message], dict[str, Any]]:
+    """``to_wire`` for ``cls``: the wire map, defaults left out, keys in field order."""
+    fields = _fields(cls)
+    ns = _common_namespace(cls, fields)
+    lines = ["def to_wire(m):"]
+    literal = [f"'t': {cls.KIND!r}"]
+    rest = fields
+    while rest and rest[0].required:  # the leading required fields go in the literal
+        literal.append(f"{rest[0].key!r}: m.{rest[0].name}")
+        rest = rest[1:]
+    lines.append(f"    w = {{{', '.join(literal)}}}")
+    for f in rest:
+        if f.required:
+            lines.append(f"    w[{f.key!r}] = m.{f.name}")
+            continue
+        lines.append(f"    v = m.{f.name}")
+        if f.factory is not None:
+            ns[f"_d{f.index}"] = f.factory()
+            test = f"v != _d{f.index}"
+        elif f.default is None:
+            test = "v is not None"
+        else:
+            test = f"v != _d{f.index}"
+        lines.append(f"    if {test}:")
+        lines.append(f"        w[{f.key!r}] = v")
+    lines.append("    return w")
+    return _compile("\n".join(lines) + "\n", "to_wire", ns, cls)
+
+
+# ---------------------------------------------------------------------------------------
+# from_wire
+
+
+def build_from_wire(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
+    """``from_wire`` for ``cls``: the message that a decoded wire map (tag already
+    checked) stands for, or a ProtocolError exactly as the validating path would raise."""
+    fields = _fields(cls)
+    ns = _common_namespace(cls, fields)
+    name = cls.__name__
+    attributes = {a.name: a for a in attrs.fields(cls)}
+    ns.update(
+        InvalidField=InvalidField,
+        ProtocolError=ProtocolError,
+        _INF=float("inf"),
+        _EXACT=2**53,
+        _ROLES=ROLES,
+        _SUBJECTS_OK=_SUBJECTS_OK,
+        _inst=object.__new__(cls),  # validators only read type(inst).__name__
+    )
+    lines = ["def from_wire(wire):"]
+    # 1. Fetch every field; a missing required one is an error before any check runs.
+    for f in fields:
+        if f.required:
+            missing = f"{name} is missing field {f.name!r} (key {f.key!r})"
+            lines += [
+                "    try:",
+                f"        {f.var} = wire[{f.key!r}]",
+                "    except KeyError:",
+                f"        raise InvalidField({missing!r}) from None",
+            ]
+        elif f.factory is not None or f.default is not None:
+            default = "_NOTHING" if f.factory is not None else f"_d{f.index}"
+            lines.append(f"    {f.var} = wire.get({f.key!r}, {default})")
+        else:
+            lines.append(f"    {f.var} = wire.get({f.key!r})")
+    body: list[str] = []
+    # 2. Converters, in field order (attrs converts every field before validating any).
+    for f in fields:
+        if f.converter is None:
+            continue
+        if f.factory is not None:
+            body.append(f"if {f.var} is not _NOTHING:")
+            body.append(f"    {f.var} = _conv{f.index}({f.var})")
+        else:
+            body.append(f"{f.var} = _conv{f.index}({f.var})")
+    # 3. Validators, in field order: the inline check, else the real validator.
+    for f in fields:
+        v = f.var
+        if f.factory is not None:
+            body.append(f"if {v} is _NOTHING:")
+            body.append(f"    {v} = {'{}' if f.factory is dict else f'_fac{f.index}()'}")
+            prefix = "el"
+        else:
+            prefix = ""
+        if f.validator is None:
+            continue
+        ns[f"_val{f.index}"] = _slow_validator(f.validator)
+        ns[f"_attr{f.index}"] = attributes[f.name]
+        slow = f"_val{f.index}(_inst, _attr{f.index}, {v})"
+        if f.validator in _STR_MAPS:
+            body += [
+                f"{prefix}if type({v}) is not dict:",
+                f"    {slow}",
+                "else:",
+                f"    for k_, v_ in {v}.items():",
+                "        if type(k_) is not str or type(v_) is not str:",
+                f"            {slow}",
+            ]
+        elif f.validator in _FAST_CHECKS:
+            body.append(f"{prefix}if not ({_FAST_CHECKS[f.validator].format(v=v)}):")
+            body.append(f"    {slow}")
+        elif prefix:
+            body += ["else:", f"    {slow}"]
+        else:
+            body.append(slow)
+    if body:
+        lines.append("    try:")
+        lines += [f"        {line}" for line in body]
+        lines += [
+            "    except ProtocolError:",
+            "        raise",
+            "    except (TypeError, ValueError) as exc:",
+            f"        raise InvalidField(f'bad {name}: {{exc}}') from None",
+        ]
+    # 4. A new instance, its slots filled directly.
+    lines.append("    self = _new(_cls)")
+    lines += [f"    _set{f.index}(self, {f.var})" for f in fields]
+    lines.append("    return self")
+    return _compile("\n".join(lines) + "\n", "from_wire", ns, cls)
+
+
+# ---------------------------------------------------------------------------------------
+# unchecked
+
+
+_UNCHECKED_DOC = """Build a {name} from values that are already valid, skipping validation.
+
+For trusted, already-validated values only (fields of a message that was itself decoded
+or built with validation), such as a leader turning a decoded Submit into an Assign. It
+takes the same keyword arguments and defaults as ``{name}(...)`` and applies the same
+converters, but checks nothing: a wrong value here is sent to peers as is. Use the
+normal constructor for anything else.
+
+Signature: ``{name}.unchecked({signature})``.
+"""
+
+
+def build_unchecked(cls: type[Message]) -> Callable[..., Message]:
+    """``unchecked`` for ``cls``: keyword arguments as in ``__init__``, no validation."""
+    fields = _fields(cls)
+    ns = _common_namespace(cls, fields)
+    params = []
+    for f in fields:
+        if f.required:
+            params.append(f.name)
+        elif f.factory is not None:
+            params.append(f"{f.name}=_NOTHING")
+        else:
+            params.append(f"{f.name}=_d{f.index}")
+    lines = [f"def unchecked(*, {', '.join(params)}):", "    self = _new(_cls)"]
+    for f in fields:
+        value = f.name
+        if f.factory is not None:
+            factory = "{}" if f.factory is dict else f"_fac{f.index}()"
+            lines.append(f"    if {f.name} is _NOTHING:")
+            lines.append(f"        {f.name} = {factory}")
+        if f.converter is not None:
+            value = f"_conv{f.index}({f.name})"
+        lines.append(f"    _set{f.index}(self, {value})")
+    lines.append("    return self")
+    func = _compile("\n".join(lines) + "\n", "unchecked", ns, cls)
+    shown = []
+    for f in fields:
+        if f.required:
+            shown.append(f.name)
+        elif f.factory is not None:
+            shown.append(f"{f.name}={f.factory.__name__}()")
+        else:
+            shown.append(f"{f.name}={f.default!r}")
+    func.__doc__ = _UNCHECKED_DOC.format(name=cls.__name__, signature="*, " + ", ".join(shown))
+    func.__module__ = cls.__module__
+    return func
+
+
+# ---------------------------------------------------------------------------------------
+# The tables
+
+#: ``to_wire`` by message class.
+TO_WIRE: dict[type, Callable[[Message], dict[str, Any]]] = {
+    cls: build_to_wire(cls) for cls in MESSAGE_TYPES.values()
+}
+#: ``from_wire`` by wire tag.
+FROM_WIRE: dict[int, Callable[[dict[str, Any]], Message]] = {
+    tag: build_from_wire(cls) for tag, cls in MESSAGE_TYPES.items()
+}
+#: ``unchecked`` by message class (also installed as ``cls.unchecked``).
+UNCHECKED: dict[type, Callable[..., Message]] = {
+    cls: build_unchecked(cls) for cls in MESSAGE_TYPES.values()
+}
+for _cls, _func in UNCHECKED.items():
+    _cls.unchecked = staticmethod(_func)  # type: ignore[method-assign]
+del _cls, _func
