@@ -16,10 +16,10 @@ from ._client_errors import DeadLettered as DeadLettered
 from ._client_errors import JobFailed as JobFailed
 from ._client_errors import RemoteError as RemoteError
 from ._client_errors import SubmitTimeout as SubmitTimeout
-from ._config import ClusterConfig as ClusterConfig
-from ._config import GroupConfig as GroupConfig
-from ._config import LeaderConfig as LeaderConfig
 from ._config import load_config as load_config
+from ._config_model import ClusterConfig as ClusterConfig
+from ._config_model import GroupConfig as GroupConfig
+from ._config_model import LeaderConfig as LeaderConfig
 from ._group import InstanceInfo as InstanceInfo
 from ._group import WorkerGroup as WorkerGroup
 from ._job import Job as Job

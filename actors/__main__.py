@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from protocol import PROTOCOL_VERSION, is_valid_subject
 
-from ._config import check_url
+from ._config_checks import check_url
 from ._loader import ConfigError
 
 #: Where ``submit`` connects when ``--url`` is not given.

@@ -27,105 +27,31 @@ import is reported at load time, before anything starts.
 
 from __future__ import annotations
 
-import difflib
-import math
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
-from protocol import is_valid_pattern
-from runtime import parse_url
-
+from ._config_checks import (
+    _check_choice,
+    _check_int,
+    _check_keys,
+    _check_name,
+    _check_number,
+    _check_str_list,
+    _show,
+    check_listen,
+    check_subjects,
+)
+from ._config_model import ClusterConfig, GroupConfig, LeaderConfig, RetryConfig
 from ._links import MODES as _LINK_MODES
 from ._links import POLICIES as _LINK_POLICIES
 from ._loader import ConfigError, load_worker_class
 
-if TYPE_CHECKING:
-    import runtime
-
 #: Delivery modes of a group and routing policies inside it, in the order messages list them.
 MODES = tuple(sorted(_LINK_MODES, key=lambda mode: (mode != "round_robin", mode)))
 POLICIES = tuple(sorted(_LINK_POLICIES, key=lambda policy: (policy != "round_robin", policy)))
-#: URL schemes a leader can listen on from a configuration (TLS needs certificates, which
-#: the configuration cannot name yet).
-LISTEN_SCHEMES = ("tcp", "ws")
-#: URL schemes a client or worker can connect to (see :func:`runtime.parse_url`).
-CONNECT_SCHEMES = ("tcp", "tls", "ws", "wss")
-#: Where the leader listens when nothing says otherwise.
-DEFAULT_LISTEN = "tcp://127.0.0.1:7700"
-
-
-@attrs.frozen
-class RetryConfig:
-    """Backoff between redeliveries of an unacknowledged job (``[leader.retry]``).
-
-    The n-th retry waits about ``min(cap, base * factor ** n)``, spread by ``jitter``
-    (a fraction of the delay).
-    """
-
-    base: float = 0.5
-    factor: float = 2.0
-    cap: float = 30.0
-    jitter: float = 0.1
-
-    def backoff(self) -> runtime.Backoff:
-        """The :class:`runtime.Backoff` policy these settings describe."""
-        from runtime import Backoff
-
-        return Backoff(base=self.base, factor=self.factor, cap=self.cap, jitter=self.jitter)
-
-
-@attrs.frozen
-class LeaderConfig:
-    """Settings of the leader (``[leader]``); see :class:`actors.Leader` for their meaning."""
-
-    name: str = "leader"
-    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
-    ack_timeout: float = 30.0
-    max_attempts: int = 5
-    max_queued: int = 100_000
-    dedup_window: float = 600.0
-    heartbeat: float = 5.0
-    max_connections: int = 1024
-    retry: RetryConfig | None = None
-
-    def leader_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`actors.Leader` built from these settings."""
-        kwargs = attrs.asdict(self, recurse=False)
-        retry = kwargs.pop("retry")
-        kwargs["retry_backoff"] = retry.backoff() if retry is not None else None
-        return kwargs
-
-
-@attrs.frozen
-class GroupConfig:
-    """One worker group (``[[groups]]``): ``instances`` copies of a worker class."""
-
-    name: str
-    worker: str | None = None
-    command: tuple[str, ...] | None = None
-    instances: int = 1
-    mode: str = "round_robin"
-    policy: str = "round_robin"
-    subjects: tuple[str, ...] | None = None
-    concurrency: int | None = None
-    in_process: bool = False
-
-
-@attrs.frozen
-class ClusterConfig:
-    """A whole cluster: one leader and its groups.
-
-    Attributes:
-      source: where the configuration came from (a file name or ``"command line"``), for
-        messages.
-    """
-
-    leader: LeaderConfig = LeaderConfig()
-    groups: tuple[GroupConfig, ...] = ()
-    source: str = "command line"
 
 
 # --------------------------------------------------------------------------- TOML files
@@ -399,147 +325,9 @@ def config_from_args(
 # --------------------------------------------------------------------------- value checks
 
 
-def check_listen(value: Any, *, at: str) -> tuple[str, ...]:
-    """Check a list of listen URLs (``tcp://host:port``, ``ws://host:port[/path]``).
-
-    Port 0 asks the system for a free port.
-
-    Raises:
-      ConfigError: not a non-empty list of strings, a scheme other than tcp or ws, no host,
-        or a missing or out-of-range port.
-    """
-    urls = _check_str_list(value, at=at)
-    if not urls:
-        raise ConfigError(f"{at}: at least one listen address is needed")
-    for url in urls:
-        problem = _url_problem(url, LISTEN_SCHEMES)
-        if problem is not None:
-            raise ConfigError(f"{at}: {problem}")
-    return tuple(urls)
-
-
-def check_url(url: Any, *, at: str) -> str:
-    """Check a URL to connect to: ``tcp://``, ``tls://``, ``ws://`` or ``wss://`` host:port.
-
-    Raises:
-      ConfigError: naming what is wrong with it.
-    """
-    if not isinstance(url, str):
-        raise ConfigError(f"{at}: expected a URL string, got {_show(url)}")
-    problem = _url_problem(url, CONNECT_SCHEMES)
-    if problem is not None:
-        raise ConfigError(f"{at}: {problem}")
-    return url
-
-
-def _url_problem(url: str, schemes: Sequence[str]) -> str | None:
-    try:
-        parsed = parse_url(url)
-    except ValueError as exc:
-        return str(exc)
-    if parsed.scheme not in schemes:
-        return f"{url!r}: scheme '{parsed.scheme}' needs certificates, which cannot be configured yet"
-    return None
-
-
-def check_subjects(value: Any, *, at: str) -> tuple[str, ...]:
-    """Check a non-empty list of subscription patterns (:func:`protocol.is_valid_pattern`).
-
-    Raises:
-      ConfigError: naming the first bad pattern.
-    """
-    patterns = _check_str_list(value, at=at)
-    if not patterns:
-        raise ConfigError(f"{at}: at least one subject pattern is needed")
-    for pattern in patterns:
-        if not is_valid_pattern(pattern):
-            raise ConfigError(
-                f"{at}: invalid subject pattern {pattern!r} (tokens separated by '.', "
-                "'*' for one token, '>' only as the last token, no spaces)"
-            )
-    return tuple(patterns)
-
-
-def _check_keys(data: Mapping[str, Any], allowed: Iterable[str], *, where: str) -> None:
-    allowed = list(allowed)
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"{where}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}"
-            )
-
-
-def _check_name(value: Any, *, at: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{at}: expected a string, got {_show(value)}")
-    if not value or not all(ch.isalnum() or ch in "_-" for ch in value):
-        raise ConfigError(
-            f"{at}: {value!r} is not a valid name (letters, digits, '_' and '-' only)"
-        )
-    return value
-
-
-def _check_int(value: Any, *, at: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{at}: expected an integer >= {minimum}, got {_show(value)}")
-    if value < minimum:
-        raise ConfigError(f"{at}: expected an integer >= {minimum}, got {value}")
-    return value
-
-
-def _check_number(
-    value: Any,
-    *,
-    at: str,
-    minimum: float,
-    exclusive: bool = False,
-    maximum: float | None = None,
-) -> float:
-    bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
-    if maximum is not None:
-        bound += f" and <= {maximum:g}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{at}: expected a number {bound}, got {_show(value)}")
-    number = float(value)
-    too_low = number <= minimum if exclusive else number < minimum
-    if not math.isfinite(number) or too_low or (maximum is not None and number > maximum):
-        raise ConfigError(f"{at}: expected a number {bound}, got {value}")
-    return number
-
-
-def _check_choice(value: Any, choices: Sequence[str], *, at: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{at}: expected one of {', '.join(choices)}; got {_show(value)}")
-    return value
-
-
-def _check_str_list(value: Any, *, at: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{at}: expected a list of strings, got {_show(value)}")
-    return list(value)
-
-
 def _check_unique_names(groups: Iterable[GroupConfig], *, source: str) -> None:
     seen: set[str] = set()
     for group in groups:
         if group.name in seen:
             raise ConfigError(f"{source}: two groups are named {group.name!r}")
         seen.add(group.name)
-
-
-def _show(value: Any) -> str:
-    """A value with its TOML-ish type, for 'expected X, got Y' messages."""
-    kind = {
-        bool: "boolean",
-        int: "integer",
-        float: "float",
-        str: "string",
-        list: "array",
-        dict: "table",
-    }.get(type(value), type(value).__name__)
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{kind} {text}"

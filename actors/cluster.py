@@ -33,7 +33,8 @@ from typing import TextIO
 
 import trio
 
-from ._config import ClusterConfig, config_from_args
+from ._config import config_from_args
+from ._config_model import ClusterConfig
 from ._group import WorkerGroup
 from ._loader import ConfigError
 

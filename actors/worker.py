@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from ._config import check_subjects, check_url
+from ._config_checks import check_subjects, check_url
 from ._loader import ConfigError, load_worker_class
 
 #: Where a worker connects when ``--url`` is not given.

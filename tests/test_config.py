@@ -6,16 +6,9 @@ import textwrap
 
 import pytest
 
-from actors._config import (
-    ClusterConfig,
-    GroupConfig,
-    LeaderConfig,
-    RetryConfig,
-    check_url,
-    config_from_args,
-    load_config,
-    parse_worker_option,
-)
+from actors._config import config_from_args, load_config, parse_worker_option
+from actors._config_checks import check_url
+from actors._config_model import ClusterConfig, GroupConfig, LeaderConfig, RetryConfig
 from actors._loader import ConfigError
 from runtime import Backoff
 

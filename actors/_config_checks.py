@@ -1,0 +1,161 @@
+"""Checks of single configuration values: URLs, subject patterns, names, numbers, choices.
+
+Each check takes the value and the place it was found (file, table and key, or option)
+and raises :class:`ConfigError` with a message that names that place and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from protocol import is_valid_pattern
+from runtime import parse_url
+
+from ._loader import ConfigError
+
+#: URL schemes a leader can listen on from a configuration (TLS needs certificates, which
+#: the configuration cannot name yet).
+LISTEN_SCHEMES = ("tcp", "ws")
+#: URL schemes a client or worker can connect to (see :func:`runtime.parse_url`).
+CONNECT_SCHEMES = ("tcp", "tls", "ws", "wss")
+
+
+def check_listen(value: Any, *, at: str) -> tuple[str, ...]:
+    """Check a list of listen URLs (``tcp://host:port``, ``ws://host:port[/path]``).
+
+    Port 0 asks the system for a free port.
+
+    Raises:
+      ConfigError: not a non-empty list of strings, a scheme other than tcp or ws, no host,
+        or a missing or out-of-range port.
+    """
+    urls = _check_str_list(value, at=at)
+    if not urls:
+        raise ConfigError(f"{at}: at least one listen address is needed")
+    for url in urls:
+        problem = _url_problem(url, LISTEN_SCHEMES)
+        if problem is not None:
+            raise ConfigError(f"{at}: {problem}")
+    return tuple(urls)
+
+
+def check_url(url: Any, *, at: str) -> str:
+    """Check a URL to connect to: ``tcp://``, ``tls://``, ``ws://`` or ``wss://`` host:port.
+
+    Raises:
+      ConfigError: naming what is wrong with it.
+    """
+    if not isinstance(url, str):
+        raise ConfigError(f"{at}: expected a URL string, got {_show(url)}")
+    problem = _url_problem(url, CONNECT_SCHEMES)
+    if problem is not None:
+        raise ConfigError(f"{at}: {problem}")
+    return url
+
+
+def _url_problem(url: str, schemes: Sequence[str]) -> str | None:
+    try:
+        parsed = parse_url(url)
+    except ValueError as exc:
+        return str(exc)
+    if parsed.scheme not in schemes:
+        return f"{url!r}: scheme '{parsed.scheme}' needs certificates, which cannot be configured yet"
+    return None
+
+
+def check_subjects(value: Any, *, at: str) -> tuple[str, ...]:
+    """Check a non-empty list of subscription patterns (:func:`protocol.is_valid_pattern`).
+
+    Raises:
+      ConfigError: naming the first bad pattern.
+    """
+    patterns = _check_str_list(value, at=at)
+    if not patterns:
+        raise ConfigError(f"{at}: at least one subject pattern is needed")
+    for pattern in patterns:
+        if not is_valid_pattern(pattern):
+            raise ConfigError(
+                f"{at}: invalid subject pattern {pattern!r} (tokens separated by '.', "
+                "'*' for one token, '>' only as the last token, no spaces)"
+            )
+    return tuple(patterns)
+
+
+def _check_keys(data: Mapping[str, Any], allowed: Iterable[str], *, where: str) -> None:
+    allowed = list(allowed)
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}"
+            )
+
+
+def _check_name(value: Any, *, at: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{at}: expected a string, got {_show(value)}")
+    if not value or not all(ch.isalnum() or ch in "_-" for ch in value):
+        raise ConfigError(
+            f"{at}: {value!r} is not a valid name (letters, digits, '_' and '-' only)"
+        )
+    return value
+
+
+def _check_int(value: Any, *, at: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{at}: expected an integer >= {minimum}, got {_show(value)}")
+    if value < minimum:
+        raise ConfigError(f"{at}: expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def _check_number(
+    value: Any,
+    *,
+    at: str,
+    minimum: float,
+    exclusive: bool = False,
+    maximum: float | None = None,
+) -> float:
+    bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
+    if maximum is not None:
+        bound += f" and <= {maximum:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{at}: expected a number {bound}, got {_show(value)}")
+    number = float(value)
+    too_low = number <= minimum if exclusive else number < minimum
+    if not math.isfinite(number) or too_low or (maximum is not None and number > maximum):
+        raise ConfigError(f"{at}: expected a number {bound}, got {value}")
+    return number
+
+
+def _check_choice(value: Any, choices: Sequence[str], *, at: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{at}: expected one of {', '.join(choices)}; got {_show(value)}")
+    return value
+
+
+def _check_str_list(value: Any, *, at: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{at}: expected a list of strings, got {_show(value)}")
+    return list(value)
+
+
+def _show(value: Any) -> str:
+    """A value with its TOML-ish type, for 'expected X, got Y' messages."""
+    kind = {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{kind} {text}"
