@@ -1,0 +1,129 @@
+"""How a worker spreads assigned jobs over its slot tasks, in virtual time.
+
+The runner's connection is replaced by a list that collects what it would send; Assign
+messages are fed to it as its session loop would. Slots are woken one at a time, in a
+chain: jobs that wait still run side by side (up to ``concurrency``), and a batch of jobs
+that never wait is run by one slot instead of waking one task per job.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from actors import Worker
+from actors._worker import WorkerRunner
+from protocol import Assign, Nack, Result
+
+
+class _Sink:
+    """Stands in for the worker's Connection: keeps what is sent, with the virtual time."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, object]] = []
+
+    def send_nowait(self, message: object) -> None:
+        self.sent.append((trio.current_time(), message))
+
+
+class Sleeper(Worker):
+    subjects = ["sleep"]
+    concurrency = 4
+    started: list[float]
+
+    async def handle(self, job):
+        self.started.append(trio.current_time())
+        await trio.sleep(job.payload)
+        return job.payload
+
+
+class Instant(Worker):
+    subjects = ["instant"]
+    concurrency = 8
+
+    async def handle(self, job):
+        return job.payload * 2
+
+
+def _assign(i: int, subject: str, payload: object) -> Assign:
+    return Assign(mid=i, job_id=f"j{i}", subject=subject, payload=payload)
+
+
+async def _runner_with(worker: Worker, nursery: trio.Nursery) -> tuple[WorkerRunner, _Sink]:
+    runner = WorkerRunner(worker, "tcp://127.0.0.1:1")
+    sink = _Sink()
+    runner._conn = sink  # type: ignore[assignment]
+    runner._nursery = nursery
+    return runner, sink
+
+
+async def test_waiting_jobs_run_side_by_side_up_to_concurrency(autojump_clock: trio.testing.MockClock) -> None:
+    worker = Sleeper()
+    worker.started = []
+    async with trio.open_nursery() as nursery:
+        runner, sink = await _runner_with(worker, nursery)
+        t0 = trio.current_time()
+        for i in range(4):  # concurrency 4: four jobs of 1 s take 1 s
+            runner._on_assign(_assign(i, "sleep", 1))
+        while len(sink.sent) < 4:
+            await trio.sleep(0.5)
+        t1 = trio.current_time() - t0
+        for i in range(4, 8):  # and four more, on the same slots
+            runner._on_assign(_assign(i, "sleep", 2))
+        while len(sink.sent) < 8:
+            await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert [t - t0 for t in worker.started] == [0, 0, 0, 0, t1, t1, t1, t1]
+    assert [t - t0 for t, _ in sink.sent] == [1, 1, 1, 1, t1 + 2, t1 + 2, t1 + 2, t1 + 2]
+    assert all(type(m) is Result and m.ok for _, m in sink.sent)
+    assert runner.max_running == 4
+    assert runner._slots == 4  # never more slot tasks than the concurrency
+
+
+async def test_a_batch_of_jobs_that_never_wait_runs_on_few_slots(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        runner, sink = await _runner_with(Instant(), nursery)
+        for i in range(8):
+            runner._on_assign(_assign(i, "instant", i))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    results = {m.job_id: m.payload for _, m in sink.sent}
+    assert results == {f"j{i}": 2 * i for i in range(8)}
+    # The first slot ran the whole batch; the one it woke found nothing left.
+    assert runner._slots == 2
+    assert runner.completed == 8
+
+
+async def test_credit_overrun_is_refused_not_queued(autojump_clock: trio.testing.MockClock) -> None:
+    worker = Sleeper()
+    worker.started = []
+    async with trio.open_nursery() as nursery:
+        runner, sink = await _runner_with(worker, nursery)
+        for i in range(5):
+            runner._on_assign(_assign(i, "sleep", 1))
+        nacks = [m for _, m in sink.sent if type(m) is Nack]
+        assert [m.job_id for m in nacks] == ["j4"]
+        assert runner.credit_violations == 1
+        while runner.completed < 4:
+            await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_jobs_arriving_while_slots_run_are_picked_up(autojump_clock: trio.testing.MockClock) -> None:
+    worker = Sleeper()
+    worker.started = []
+    async with trio.open_nursery() as nursery:
+        runner, sink = await _runner_with(worker, nursery)
+        t0 = trio.current_time()
+        runner._on_assign(_assign(0, "sleep", 3))
+        await trio.sleep(1)
+        runner._on_assign(_assign(1, "sleep", 1))
+        runner._on_assign(_assign(2, "sleep", 1))
+        await trio.sleep(0.5)
+        runner._on_assign(_assign(3, "sleep", 1))
+        while len(sink.sent) < 4:
+            await trio.sleep(0.25)
+        nursery.cancel_scope.cancel()
+    assert [t - t0 for t in worker.started] == [0, 1, 1, 1.5]
+    done = {m.job_id: t - t0 for t, m in sink.sent}
+    assert done == {"j0": 3, "j1": 2, "j2": 2, "j3": 2.5}
