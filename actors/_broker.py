@@ -41,6 +41,10 @@ from ._pubsub import PubSub
 from ._redelivery import Redelivery
 
 
+_assign_unchecked = Assign.unchecked
+_result_unchecked = Result.unchecked
+
+
 @attrs.define(eq=False)
 class BrokerConfig:
     """Delivery settings of a leader.
@@ -318,8 +322,9 @@ class Broker(Redelivery, PubSub):
         worker.inflight[job.job_id] = job
         worker.deadlines[job.job_id] = deadline
         worker.assigned_total += 1
+        # Every field comes from a validated Submit (or the config): no need to check again.
         worker.send(
-            Assign(
+            _assign_unchecked(
                 mid=worker.next_mid(),
                 job_id=job.job_id,
                 subject=job.subject,
@@ -454,7 +459,7 @@ class Broker(Redelivery, PubSub):
     @staticmethod
     def _reply(client: ClientLink, cid: int, job_id: str, stored: StoredResult) -> None:
         client.send(
-            Result(
+            _result_unchecked(  # the fields come from a validated Result (or the broker)
                 mid=client.next_mid(),
                 cid=cid,
                 job_id=job_id,

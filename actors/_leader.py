@@ -147,9 +147,14 @@ class Leader:
             self._close_doomed()
 
     def _rearm(self) -> None:
+        # Only ever brought forward: a timer that fires early finds nothing due and re-arms
+        # itself at the true next deadline. (Moving a scope's deadline is a heap operation
+        # in trio; deadlines move later after nearly every batch of results.)
         scope = self._timer_scope
         if scope is not None:
-            scope.deadline = self.broker.next_deadline()
+            deadline = self.broker.next_deadline()
+            if deadline < scope.deadline:
+                scope.deadline = deadline
 
     # ------------------------------------------------------------------ connections
 

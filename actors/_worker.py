@@ -47,6 +47,8 @@ from runtime import (
 from ._job import Job
 from ._links import MODES, POLICIES
 
+_result_unchecked = Result.unchecked
+
 #: Published messages waiting for a free slot on a worker, at most; more are dropped
 #: (pub/sub is at most once) and counted in ``WorkerRunner.dropped``.
 MAX_PENDING_DELIVERIES = 1000
@@ -364,7 +366,8 @@ class WorkerRunner:
             self._send(Nack(mid=self._next_mid(), job_id=job.id, reason="cancelled"))
             return
         ok, payload, error_type, error_message = outcome
-        result = Result(
+        # Every field is of a checked type (the job's from a validated Assign): no checks.
+        result = _result_unchecked(
             mid=self._next_mid(), cid=cid, job_id=job.id, ok=ok, payload=payload,
             error_type=error_type, error_message=error_message, attempts=job.attempt,
         )
