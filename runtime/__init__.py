@@ -10,6 +10,9 @@ from ._child import ChildState as ChildState
 from ._child import Restart as Restart
 from ._child import Strategy as Strategy
 from ._child import process_child as process_child
+from ._connection import DEFAULT_CLOSE_TIMEOUT as DEFAULT_CLOSE_TIMEOUT
+from ._connection import DEFAULT_MAX_OUTGOING as DEFAULT_MAX_OUTGOING
+from ._connection import DEFAULT_SEND_TIMEOUT as DEFAULT_SEND_TIMEOUT
 from ._connection import Connection as Connection
 from ._dedup import DedupCache as DedupCache
 from ._errors import ActorCrashed as ActorCrashed
@@ -22,6 +25,7 @@ from ._mailbox import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
 from ._mailbox import DEFAULT_MAILBOX_SIZE as DEFAULT_MAILBOX_SIZE
 from ._mailbox import ActorRef as ActorRef
 from ._mailbox import MailboxStatistics as MailboxStatistics
+from ._reconnect import FATAL_HANDSHAKE_CODES as FATAL_HANDSHAKE_CODES
 from ._reconnect import ReconnectEvent as ReconnectEvent
 from ._reconnect import run_reconnecting as run_reconnecting
 from ._supervisor import Supervisor as Supervisor
@@ -29,6 +33,7 @@ from ._transport_errors import ConnectionClosed as ConnectionClosed
 from ._transport_errors import HandshakeError as HandshakeError
 from ._transport_errors import MessageTooLarge as MessageTooLarge
 from ._transport_errors import SendBufferFull as SendBufferFull
+from ._transports import DEFAULT_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
 from ._transports import open_connection as open_connection
 from ._transports import serve as serve
 from ._url import Url as Url
