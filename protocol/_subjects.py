@@ -8,7 +8,8 @@ tokens and may only be the last token. ``a*b``, ``foo>`` and ``*x`` are ordinary
 Rules shared by both:
 
 - no empty token: not the empty string, no leading or trailing dot, no ``..``;
-- no whitespace (space, tab, CR, LF, FF, VT) and no NUL anywhere;
+- no whitespace (space, tab, CR, LF, FF) and no NUL anywhere, as in nats-server (which lets
+  the vertical tab through, like every other character);
 - every other Unicode character is allowed (the text must be encodable as UTF-8, so lone
   surrogates are refused); comparison is exact and case-sensitive.
 
@@ -31,7 +32,6 @@ _FORBIDDEN_NAMES = {
     "\n": "line feed",
     "\r": "carriage return",
     "\f": "form feed",
-    "\v": "vertical tab",
     "\0": "NUL",
 }
 _FORBIDDEN = tuple(_FORBIDDEN_NAMES)
