@@ -29,7 +29,9 @@ import attrs
 
 from ._errors import InvalidField, ProtocolError
 from ._messages import (
+    MAX_UINT,
     MESSAGE_TYPES,
+    MIN_INT,
     ROLES,
     Message,
     _any_map,
@@ -57,11 +59,11 @@ _NOTHING = attrs.NOTHING
 #: For each validator, a condition on ``{v}`` that implies the validator accepts the value.
 #: It may be stricter than the validator (the validator then decides), never looser.
 _FAST_CHECKS: dict[Callable[..., None], str] = {
-    _int: "type({v}) is int",
-    _uint: "type({v}) is int and {v} >= 0",
-    _opt_uint: "{v} is None or (type({v}) is int and {v} >= 0)",
-    _pos_int: "type({v}) is int and {v} >= 1",
-    _opt_pos_int: "{v} is None or (type({v}) is int and {v} >= 1)",
+    _int: "type({v}) is int and _MIN_INT <= {v} <= _MAX_UINT",
+    _uint: "type({v}) is int and 0 <= {v} <= _MAX_UINT",
+    _opt_uint: "{v} is None or (type({v}) is int and 0 <= {v} <= _MAX_UINT)",
+    _pos_int: "type({v}) is int and 1 <= {v} <= _MAX_UINT",
+    _opt_pos_int: "{v} is None or (type({v}) is int and 1 <= {v} <= _MAX_UINT)",
     _str: "type({v}) is str",
     _non_empty_str: "type({v}) is str and {v}",
     _opt_str: "{v} is None or type({v}) is str",
@@ -198,6 +200,8 @@ def build_from_wire(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
         ProtocolError=ProtocolError,
         _INF=float("inf"),
         _EXACT=2**53,
+        _MIN_INT=MIN_INT,
+        _MAX_UINT=MAX_UINT,
         _ROLES=ROLES,
         _SUBJECTS_OK=_SUBJECTS_OK,
         _inst=object.__new__(cls),  # validators only read type(inst).__name__

@@ -59,9 +59,24 @@ def _below(inst: Any, attr: attrs.Attribute, value: Any, low: int) -> ValueError
     return ValueError(f"{type(inst).__name__}.{attr.name} must be >= {low}, got {_show(value)}")
 
 
+#: Integer fields hold what CBOR's plain integers hold: -2**63 .. 2**64 - 1 (no bignums,
+#: which a peer could make millions of digits long).
+MIN_INT = -(2**63)
+MAX_UINT = 2**64 - 1
+
+
+def _too_big(inst: Any, attr: attrs.Attribute, value: int) -> ValueError:
+    return ValueError(
+        f"{type(inst).__name__}.{attr.name} must be between {MIN_INT} and {MAX_UINT},"
+        f" got an int of {value.bit_length()} bits"
+    )
+
+
 def _int(inst: Any, attr: attrs.Attribute, value: Any) -> None:
     if type(value) is not int:
         raise _not_int(inst, attr, value)
+    if not MIN_INT <= value <= MAX_UINT:
+        raise _too_big(inst, attr, value)
 
 
 def _uint(inst: Any, attr: attrs.Attribute, value: Any) -> None:
@@ -69,6 +84,8 @@ def _uint(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         raise _not_int(inst, attr, value)
     if value < 0:
         raise _below(inst, attr, value, 0)
+    if value > MAX_UINT:
+        raise _too_big(inst, attr, value)
 
 
 def _opt_uint(inst: Any, attr: attrs.Attribute, value: Any) -> None:
@@ -81,6 +98,8 @@ def _pos_int(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         raise _not_int(inst, attr, value)
     if value < 1:
         raise _below(inst, attr, value, 1)
+    if value > MAX_UINT:
+        raise _too_big(inst, attr, value)
 
 
 def _opt_pos_int(inst: Any, attr: attrs.Attribute, value: Any) -> None:

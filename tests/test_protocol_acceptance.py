@@ -9,6 +9,7 @@ as an Error message carrying its code.
 from __future__ import annotations
 
 import attrs
+import cbor2
 import pytest
 
 import protocol
@@ -149,3 +150,25 @@ def test_errors_for_received_bytes_go_back_as_error_messages(data: bytes) -> Non
     assert error.code in ErrorCode.CLOSING and error.message
     reply = protocol.Error(mid=1, code=error.code, message=error.message)
     assert protocol.decode(protocol.encode(reply)) == reply
+
+
+@pytest.mark.parametrize(
+    "value", [2**64, 10**5000, -(2**63) - 1, -(10**5000)], ids=["2^64", "1e5000", "-2^63-1", "-1e5000"]
+)
+def test_integer_fields_refuse_values_beyond_64_bits(value: int) -> None:
+    # A bignum mid would decode, and then repr() of the message would raise (Python's
+    # 4300-digit limit): integer fields hold what CBOR's plain integers hold.
+    body = cbor2.dumps({"t": protocol.Ping.KIND, "i": value})
+    with pytest.raises(protocol.InvalidField, match="Ping.mid"):
+        protocol.decode_body(body)
+    with pytest.raises((TypeError, ValueError)):
+        protocol.Ping(mid=value)
+    body = cbor2.dumps({"t": protocol.Hello.KIND, "i": 0, "role": "client", "v": [1, value]})
+    with pytest.raises(protocol.InvalidField, match="Hello.versions"):
+        protocol.decode_body(body)
+
+
+def test_integer_fields_accept_the_64_bit_extremes() -> None:
+    assert protocol.decode_body(cbor2.dumps({"t": protocol.Ping.KIND, "i": 2**64 - 1})).mid == 2**64 - 1
+    hello = {"t": protocol.Hello.KIND, "i": 0, "role": "client", "v": [1, -(2**63)]}
+    assert protocol.decode_body(cbor2.dumps(hello)).versions == (1, -(2**63))

@@ -168,9 +168,9 @@ def test_payload_containers_come_back_as_lists_and_dicts() -> None:
 
 def test_big_ints_and_special_floats_survive() -> None:
     payload = [2**64, -(2**64) - 1, 2**200, -0.0, math.inf, -math.inf, 1e-310]
-    got = decode(encode(Submit(mid=2**70, job_id="j", subject="a", payload=payload)))
-    assert got.payload == payload
-    assert got.mid == 2**70
+    got = decode(encode(Submit(mid=2**64 - 1, job_id="j", subject="a", payload=payload)))
+    assert got.payload == payload  # payloads may hold bignums; integer fields may not
+    assert got.mid == 2**64 - 1
     assert math.copysign(1, got.payload[3]) == -1
 
 
