@@ -1,5 +1,11 @@
 """The WebSocket wire: one binary WebSocket message per protocol frame (trio-websocket).
 
+Writes are batched as on a byte stream: the frames queued together become as many
+WebSocket messages, encoded by trio-websocket's wsproto connection and written with one
+``send_all`` under trio-websocket's own send lock (its public ``send_message`` writes one
+message per call). If a trio-websocket release lacks those internals, each frame goes
+through ``send_message`` instead: slower, the same bytes on the wire.
+
 trio-websocket's own reader task runs in the connection's nursery under a cancel scope of
 ours, so that a failed opening handshake (rejected, garbage instead of HTTP, dropped) wakes
 the side waiting for it at once instead of at its timeout, and so that closing the wire
@@ -14,6 +20,7 @@ from typing import Any
 
 import trio
 import trio_websocket
+from wsproto.events import BytesMessage
 
 import protocol
 
@@ -73,12 +80,29 @@ class WebSocketWire:
         self._ws = ws
         self._stream = stream
         self._guard = guard
+        self._batched = all(
+            hasattr(ws, name)
+            for name in ("_wsproto", "_stream_lock", "_stream", "_close_reason", "_abort_web_socket")
+        )
 
     async def send_frames(self, frames: list[bytes]) -> None:
-        send = self._ws.send_message
+        ws = self._ws
         try:
-            for frame in frames:
-                await send(frame)
+            if len(frames) == 1 or not self._batched:
+                for frame in frames:
+                    await ws.send_message(frame)
+                return
+            # What send_message does for each frame, with one send_all for all of them.
+            if ws._close_reason:
+                raise trio_websocket.ConnectionClosed(ws._close_reason)
+            encode = ws._wsproto.send
+            data = b"".join([encode(BytesMessage(data=frame)) for frame in frames])
+            async with ws._stream_lock:
+                try:
+                    await ws._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await ws._abort_web_socket()
+                    raise trio_websocket.ConnectionClosed(ws._close_reason) from None
         except trio_websocket.ConnectionClosed as exc:
             raise trio.BrokenResourceError(f"WebSocket closed: {exc.reason}") from None
 
