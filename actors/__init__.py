@@ -19,6 +19,7 @@ from ._client_errors import SubmitTimeout as SubmitTimeout
 from ._config import load_config as load_config
 from ._config_model import ClusterConfig as ClusterConfig
 from ._config_model import GroupConfig as GroupConfig
+from ._config_model import GroupRetryConfig as GroupRetryConfig
 from ._config_model import LeaderConfig as LeaderConfig
 from ._group import InstanceInfo as InstanceInfo
 from ._group import WorkerGroup as WorkerGroup
@@ -27,6 +28,7 @@ from ._jobs import JobState as JobState
 from ._leader import Leader as Leader
 from ._loader import ConfigError as ConfigError
 from ._redelivery import DLQ_PREFIX as DLQ_PREFIX
+from ._redelivery import GroupRetry as GroupRetry
 from ._worker import Worker as Worker
 from ._worker import WorkerRunner as WorkerRunner
 from ._worker import run_worker as run_worker

@@ -18,6 +18,10 @@ The TOML shape (every key but ``[[groups]]`` name/worker is optional)::
     subjects = ["math.square"]          # overrides the class's subjects
     concurrency = 8                     # overrides the class's concurrency
     in_process = false                  # run the instances inside the cluster process
+    [groups.retry]                      # this group's retry policy (else the leader's):
+    max_attempts = 3                    #   deliveries before $dlq.<subject>
+    base = 1.0                          #   backoff keys as in [leader.retry]; unset
+                                        #   ones are the leader's
 
 Every mistake raises :class:`ConfigError` with a message that names the file, the table and
 the key (``cluster.toml: [[groups]] #1 'square': key 'instances': expected an integer >= 0,
@@ -44,7 +48,7 @@ from ._config_checks import (
     check_listen,
     check_subjects,
 )
-from ._config_model import ClusterConfig, GroupConfig, LeaderConfig, RetryConfig
+from ._config_model import ClusterConfig, GroupConfig, GroupRetryConfig, LeaderConfig, RetryConfig
 from ._links import MODES as _LINK_MODES
 from ._links import POLICIES as _LINK_POLICIES
 from ._loader import ConfigError, load_worker_class
@@ -79,7 +83,9 @@ _GROUP_KEYS = (
     "subjects",
     "concurrency",
     "in_process",
+    "retry",
 )
+_GROUP_RETRY_KEYS = ("max_attempts", *_RETRY_KEYS)
 
 
 def load_config(path: str, *, import_workers: bool = True) -> ClusterConfig:
@@ -128,7 +134,11 @@ def config_from_mapping(
         where = f"{source}: [[groups]] #{number}"
         if not isinstance(group_data, Mapping):
             raise ConfigError(f"{where}: must be a table")
-        groups.append(_group_from_mapping(group_data, where=where, import_workers=import_workers))
+        groups.append(
+            _group_from_mapping(
+                group_data, where=where, import_workers=import_workers, leader_retry=leader.retry
+            )
+        )
     _check_unique_names(groups, source=source)
     return ClusterConfig(leader=leader, groups=tuple(groups), source=source)
 
@@ -159,6 +169,14 @@ def _retry_from_mapping(data: Any, *, where: str) -> RetryConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: must be a table")
     _check_keys(data, _RETRY_KEYS, where=where)
+    retry = RetryConfig(**_backoff_values(data, where=where))
+    if retry.cap < retry.base:
+        raise ConfigError(f"{where} key 'cap': must be >= base ({retry.base}), got {retry.cap}")
+    return retry
+
+
+def _backoff_values(data: Mapping[str, Any], *, where: str) -> dict[str, float]:
+    """The backoff keys (base, factor, cap, jitter) present in ``data``, each checked."""
     values: dict[str, float] = {}
     for key in _RETRY_KEYS:
         if key in data:
@@ -169,14 +187,33 @@ def _retry_from_mapping(data: Any, *, where: str) -> RetryConfig:
                 values[key] = _check_number(data[key], at=at, minimum=1.0)
             else:
                 values[key] = _check_number(data[key], at=at, minimum=0.0)
-    retry = RetryConfig(**values)
-    if retry.cap < retry.base:
-        raise ConfigError(f"{where} key 'cap': must be >= base ({retry.base}), got {retry.cap}")
+    return values
+
+
+def _group_retry_from_mapping(
+    data: Any, *, where: str, leader_retry: RetryConfig | None
+) -> GroupRetryConfig:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    _check_keys(data, _GROUP_RETRY_KEYS, where=where)
+    values: dict[str, Any] = {}
+    if "max_attempts" in data:
+        values["max_attempts"] = _check_int(data["max_attempts"], at=f"{where} key 'max_attempts'", minimum=1)
+    values.update(_backoff_values(data, where=where))
+    retry = GroupRetryConfig(**values)
+    try:
+        retry.policy(leader_retry)
+    except ValueError as exc:  # the group's base above the leader's cap, say
+        raise ConfigError(f"{where}: {exc} (keys not set here are [leader.retry]'s)") from None
     return retry
 
 
 def _group_from_mapping(
-    data: Mapping[str, Any], *, where: str, import_workers: bool
+    data: Mapping[str, Any],
+    *,
+    where: str,
+    import_workers: bool,
+    leader_retry: RetryConfig | None = None,
 ) -> GroupConfig:
     if "name" not in data:
         _check_keys(data, _GROUP_KEYS, where=where)
@@ -222,6 +259,15 @@ def _group_from_mapping(
                 f"{where} key 'in_process': expected true or false, got {_show(data['in_process'])}"
             )
         values["in_process"] = data["in_process"]
+    if "retry" in data:
+        if values.get("mode") == "broadcast":
+            raise ConfigError(
+                f"{where} key 'retry': a broadcast group takes no jobs, so it has nothing to "
+                "retry; remove [groups.retry] or the mode"
+            )
+        values["retry"] = _group_retry_from_mapping(
+            data["retry"], where=f"{where} [groups.retry]", leader_retry=leader_retry
+        )
     group = GroupConfig(**values)
     if import_workers:
         check_worker(group, at=f"{where} key 'worker'")

@@ -35,10 +35,16 @@ def check_listen(value: Any, *, at: str) -> tuple[str, ...]:
     urls = _check_str_list(value, at=at)
     if not urls:
         raise ConfigError(f"{at}: at least one listen address is needed")
+    seen: set[tuple[str, int]] = set()
     for url in urls:
         problem = _url_problem(url, LISTEN_SCHEMES)
         if problem is not None:
             raise ConfigError(f"{at}: {problem}")
+        parsed = parse_url(url)
+        if parsed.port != 0:  # port 0 twice is two free ports
+            if (parsed.host, parsed.port) in seen:
+                raise ConfigError(f"{at}: {parsed.host}:{parsed.port} is listed twice")
+            seen.add((parsed.host, parsed.port))
     return tuple(urls)
 
 

@@ -13,6 +13,8 @@ import attrs
 if TYPE_CHECKING:
     import runtime
 
+    from ._redelivery import GroupRetry
+
 #: Where the leader listens when nothing says otherwise.
 DEFAULT_LISTEN = "tcp://127.0.0.1:7700"
 
@@ -35,6 +37,46 @@ class RetryConfig:
         from runtime import Backoff
 
         return Backoff(base=self.base, factor=self.factor, cap=self.cap, jitter=self.jitter)
+
+
+@attrs.frozen
+class GroupRetryConfig:
+    """A group's own retry policy (``[groups.retry]``); unset keys fall back to the leader's.
+
+    ``max_attempts`` replaces the leader's ``max_attempts`` for jobs that fail on the
+    group's workers; ``base``, ``factor``, ``cap`` and ``jitter`` replace the matching keys
+    of ``[leader.retry]`` in the backoff before their redelivery.
+    """
+
+    max_attempts: int | None = None
+    base: float | None = None
+    factor: float | None = None
+    cap: float | None = None
+    jitter: float | None = None
+
+    def policy(self, leader_retry: RetryConfig | None) -> GroupRetry:
+        """The broker's :class:`~actors.GroupRetry`, on top of the leader's backoff settings."""
+        from ._redelivery import GroupRetry
+
+        backoff = None
+        overrides = {
+            key: value
+            for key in ("base", "factor", "cap", "jitter")
+            if (value := getattr(self, key)) is not None
+        }
+        if overrides:
+            backoff = attrs.evolve(leader_retry or RetryConfig(), **overrides).backoff()
+        return GroupRetry(max_attempts=self.max_attempts, backoff=backoff)
+
+    def describe(self) -> str:
+        """A short phrase for the CLI's group line."""
+        parts = [] if self.max_attempts is None else [f"max_attempts {self.max_attempts}"]
+        parts += [
+            f"{key} {getattr(self, key):g}"
+            for key in ("base", "factor", "cap", "jitter")
+            if getattr(self, key) is not None
+        ]
+        return "retry " + ", ".join(parts)
 
 
 @attrs.frozen
@@ -72,6 +114,7 @@ class GroupConfig:
     subjects: tuple[str, ...] | None = None
     concurrency: int | None = None
     in_process: bool = False
+    retry: GroupRetryConfig | None = None
 
 
 @attrs.frozen

@@ -9,15 +9,46 @@ sit in assignment order, so the earliest is always the first.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
+import attrs
+
 from protocol import Cancel
+from runtime import Backoff
 
 from ._jobs import JobRecord, JobState, StoredResult
 
 #: Prefix of dead-letter subjects: a job of subject ``s`` that runs out of attempts is
 #: published on ``$dlq.s``.
 DLQ_PREFIX = "$dlq."
+
+
+def _attempts(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"max_attempts must be None or an int >= 1, got {value!r}")
+
+
+@attrs.frozen
+class GroupRetry:
+    """The retry policy of one worker group (``[groups.retry]`` in a cluster file).
+
+    It applies to every failed attempt made on a worker of the group (an exception, a
+    Nack, a missed ack deadline, the worker going away), in place of the leader's:
+
+    Attributes:
+      max_attempts: deliveries before the job is dead-lettered, instead of the leader's
+        ``max_attempts``. A submit that names its own ``max_attempts`` (other than the
+        leader's default) keeps it. None: the leader's.
+      backoff: the delay before the next delivery, instead of the leader's
+        ``retry_backoff``. None: the leader's. (A Nack's own delay still wins.)
+    """
+
+    max_attempts: int | None = attrs.field(default=None, validator=_attempts)
+    backoff: Backoff | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(Backoff))
+    )
 
 
 class Redelivery:
@@ -34,6 +65,36 @@ class Redelivery:
     _done_window_start: float
     _done_in_window: int
     _done_rate: float
+    #: Retry policies by worker group name (see :meth:`set_group_retry`).
+    group_retry: Mapping[str, GroupRetry] = MappingProxyType({})
+
+    def set_group_retry(self, group: str, policy: GroupRetry | None) -> None:
+        """Give the workers of ``group`` their own retry policy (None: the leader's again).
+
+        The group is the name workers give in their Hello (``WorkerGroup`` instances and
+        ``python -m actors.worker --group`` use the group's name).
+        """
+        table = dict(self.group_retry)
+        if policy is None:
+            table.pop(group, None)
+        else:
+            table[group] = policy
+        self.group_retry = MappingProxyType(table)
+
+    def _retry_policy(self, job: JobRecord) -> tuple[int, Backoff]:
+        """The attempt limit and backoff for a failed attempt of ``job`` (on ``job.worker``)."""
+        limit = job.max_attempts
+        backoff = self.config.retry_backoff
+        worker = job.worker
+        if self.group_retry and worker is not None:
+            policy = self.group_retry.get(worker.group)
+            if policy is not None:
+                # The job's own limit came from its submit unless it is the leader's default.
+                if policy.max_attempts is not None and job.max_attempts == self.config.max_attempts:
+                    limit = policy.max_attempts
+                if policy.backoff is not None:
+                    backoff = policy.backoff
+        return limit, backoff
 
     def _failed_attempt(
         self, job: JobRecord, error: tuple[str, str], now: float, *, delay: float | None = None
@@ -44,11 +105,12 @@ class Redelivery:
             queue.failed += 1
             self._finish(job, JobState.DONE, StoredResult(False, None, error[0], error[1], job.attempt), now)
             return
-        if job.attempt >= job.max_attempts:
+        limit, backoff = self._retry_policy(job)
+        if job.attempt >= limit:
             self._dead_letter(job, now)
             return
         if delay is None:
-            delay = self.config.retry_backoff.delay(job.attempt, self.rng)
+            delay = backoff.delay(job.attempt, self.rng)
         queue.redelivered += 1
         job.move(JobState.RETRY_WAIT, self.journal)
         job.worker = None

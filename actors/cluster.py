@@ -96,9 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 1
     try:
         status = trio.run(run_cluster, config, args.drain_grace)
-    except* OSError as group:  # e.g. the listen address is in use
+    except* ListenError as group:  # e.g. the listen address is in use
+        print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
+    except* OSError as group:  # a worker process that cannot be started, say
         print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
     return status
+
+
+class ListenError(Exception):
+    """The leader could not listen on its addresses (in use, not local, ...)."""
 
 
 def _first(error: BaseException) -> BaseException:
@@ -133,10 +139,19 @@ async def run_cluster(
         print(line, file=out or sys.stdout, flush=True)
 
     leader = Leader(**config.leader.leader_kwargs())
+    for group_config in config.groups:
+        if group_config.retry is not None:
+            leader.broker.set_group_retry(
+                group_config.name, group_config.retry.policy(config.leader.retry)
+            )
     groups: list[WorkerGroup] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as leader_nursery:
-            urls: list[str] = await leader_nursery.start(leader.run)
+            try:
+                urls: list[str] = await leader_nursery.start(leader.run)
+            except* OSError as group:  # from inside the leader's nursery: a group
+                where = ", ".join(leader.listen)
+                raise ListenError(f"cannot listen on {where}: {_first(group)}") from None
             for url in urls:
                 say(f"leader listening on {url}")
             groups = [
@@ -158,9 +173,12 @@ async def run_cluster(
             leader_nursery.start_soon(_watch_signals, signals, groups_scope, groups, say)
             with groups_scope:
                 async with trio.open_nursery() as group_nursery:
-                    for group in groups:
+                    for group, group_config in zip(groups, config.groups, strict=True):
                         await group_nursery.start(group.run)
-                        say(group.describe())
+                        line = group.describe()
+                        if group_config.retry is not None:
+                            line = f"{line[:-1]}, {group_config.retry.describe()})"
+                        say(line)
                     instances = sum(group.desired for group in groups)
                     say(
                         f"cluster ready: {len(groups)} group{'s' if len(groups) != 1 else ''}, "

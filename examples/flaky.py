@@ -1,7 +1,8 @@
 """Retries and the dead-letter subject: a job that succeeds on its third try, one that never does.
 
 A worker that raises fails the attempt; the leader redelivers a QoS 1 job after an
-exponential backoff (``[leader.retry]`` in a cluster file) and counts its attempts. After
+exponential backoff (``[leader.retry]`` in a cluster file, or the group's own
+``[groups.retry]``) and counts its attempts. After
 ``max_attempts`` deliveries (the leader's ``max_attempts``, or per job with
 ``client.submit(..., max_attempts=N)``) the job is dead-lettered: the leader publishes a
 record of it (id, subject, payload, attempts, last error) on ``$dlq.<subject>`` and the

@@ -87,6 +87,10 @@ async def fire(client: Any, subject: str) -> None:
         (["--listen", "http://127.0.0.1:1"], ["--listen: unsupported transport URL 'http://127.0.0.1:1'"]),
         (["--config", "no/such/cluster.toml"], ["no/such/cluster.toml: cannot read the configuration"]),
         (["--drain-grace", "-1"], ["--drain-grace: expected a number >= 0"]),
+        (
+            ["--listen", "tcp://127.0.0.1:17851", "--listen", "ws://127.0.0.1:17851"],
+            ["--listen: 127.0.0.1:17851 is listed twice"],
+        ),
         (["--frobnicate"], ["unrecognized arguments: --frobnicate"]),
     ],
 )
@@ -109,7 +113,9 @@ async def test_cluster_reports_an_address_in_use():
         sock.listen()
         port = sock.getsockname()[1]
         result = await run("-m", "actors.cluster", "--listen", f"tcp://127.0.0.1:{port}")
-    assert_clean_error(result, 1, "python -m actors.cluster: error: ")
+    assert_clean_error(
+        result, 1, f"python -m actors.cluster: error: cannot listen on tcp://127.0.0.1:{port}: "
+    )
 
 
 async def start_cluster(*args: str) -> tuple[trio.Process, Lines, list[str]]:
@@ -164,6 +170,44 @@ async def test_cluster_from_a_config_file_stops_on_ctrl_c(tmp_path):
         finally:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_stopping_the_cluster_drains_the_jobs_in_flight(tmp_path, signum):
+    """The README's demo for real: worker processes, a shell client submitting slow jobs,
+    then SIGTERM / Ctrl-C mid-run: every job in hand finishes and reaches the shell, the
+    workers say they drain, and the cluster exits 0."""
+    log = tmp_path / "jobs.log"
+    payload = json.dumps({"n": 1, "log": str(log), "seconds": 1.5})
+    with trio.fail_after(40):
+        process, lines, urls = await start_cluster(
+            "--listen", "tcp://127.0.0.1:0", "--worker", "tests.workers:Recorder=2", "--drain-grace", "10",
+        )  # fmt: skip
+        submit = await trio.lowlevel.open_process(
+            python("-m", "actors", "submit", "test.record", payload, "--count", "4", "--no-progress",
+                   "--url", urls[0]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            while not log.exists() or log.read_text().count("start ") < 4:  # noqa: ASYNC110
+                await trio.sleep(0.02)  # the four jobs run (2 workers x concurrency 4)
+            process.send_signal(signum)
+            name = signal.Signals(signum).name
+            await lines.until(lambda line: line.startswith(f"{name}: stopping; workers are draining"))
+            await lines.until(lambda line: line == "cluster stopped")
+            assert await process.wait() == 0
+            assert submit.stdout is not None
+            out = b""
+            while chunk := await submit.stdout.receive_some(65536):
+                out += chunk
+            assert await submit.wait() == 0
+            results = [json.loads(line) for line in out.decode().splitlines()]
+            assert [r["n"] for r in results] == [1, 1, 1, 1]
+            assert log.read_text().count("done ") == 4  # each ran once, finished in the drain
+        finally:
+            for proc in (process, submit):
+                proc.kill()
+                await proc.wait()
 
 
 async def test_a_second_ctrl_c_kills_the_draining_workers():

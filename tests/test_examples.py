@@ -215,6 +215,7 @@ def test_cluster_toml_parses_with_every_example_group():
     assert (groups["audit"].worker, groups["audit"].mode) == ("examples.pubsub:Audit", "broadcast")
     assert groups["audit"].instances >= 2  # broadcast shows only with several instances
     assert groups["flaky"].worker == "examples.flaky:Flaky"
+    assert groups["flaky"].retry is not None and groups["flaky"].retry.base == 0.1  # [groups.retry]
     assert groups["poison"].worker == "examples.flaky:Poison"
 
 

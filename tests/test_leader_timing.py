@@ -11,6 +11,8 @@ dead-lettered at 33.
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -57,6 +59,8 @@ async def leader_over_memory(**kw) -> AsyncIterator[tuple[Leader, object]]:
         "heartbeat": None,
         **kw,
     }
+    if kw["max_attempts"] is None:  # the Leader's own default
+        del kw["max_attempts"]
     leader = Leader(listen=[], **kw)
     async with trio.open_nursery() as nursery:
         await nursery.start(leader._timer_loop)
@@ -180,3 +184,51 @@ async def test_late_result_after_redelivery_is_delivered_once(autojump_clock):
         with trio.move_on_after(60):
             extra = await c.receive()
             raise AssertionError(f"the client got a second answer: {extra!r}")
+
+
+async def test_by_default_a_job_is_dead_lettered_after_five_attempts(autojump_clock):
+    """The Leader's defaults: 5 attempts; the default backoff (0.5 s doubling, 10 % jitter)."""
+    async with leader_over_memory(max_attempts=None, retry_backoff=None, ack_timeout=1.0) as (leader, connect):
+        assert leader.broker.config.max_attempts == 5
+        w = await worker(connect)
+        c = await client(connect)
+        now = Clock()
+        await c.send(Submit(mid=1, job_id="j", subject="jobs.e", payload=5))
+        assigned = []
+        for _ in range(5):
+            msg = await w.receive()
+            assert type(msg) is Assign
+            assigned.append((msg.attempt, now()))
+            await w.send(Result(mid=msg.attempt, cid=msg.mid, job_id="j", ok=False, error_type="OSError", error_message=f"try {msg.attempt}"))
+        assert [a for a, _ in assigned] == [1, 2, 3, 4, 5]
+        gaps = [b - a for (_, a), (_, b) in itertools.pairwise(assigned)]
+        for gap, nominal in zip(gaps, [0.5, 1.0, 2.0, 4.0], strict=True):
+            assert nominal * 0.9 <= gap <= nominal * 1.1  # backoff with jitter
+        result = await c.receive()
+        assert type(result) is Result and not result.ok and result.attempts == 5
+        assert result.error_type == "OSError" and "try 5" in result.error_message
+
+
+async def test_redelivery_delays_are_jittered(autojump_clock):
+    """With jitter, the delays spread around the exponential values (seeded: repeatable)."""
+
+    backoff = Backoff(base=2.0, factor=2.0, cap=30.0, jitter=0.5)
+    gaps_by_seed = []
+    for seed in (1, 2):
+        async with leader_over_memory(max_attempts=4, retry_backoff=backoff, rng=random.Random(seed)) as (leader, connect):
+            w = await worker(connect)
+            c = await client(connect)
+            now = Clock()
+            await c.send(Submit(mid=1, job_id="j", subject="jobs.f", payload=6))
+            times = []
+            for _ in range(4):
+                msg = await w.receive()
+                times.append(now())
+                await w.send(Nack(mid=msg.attempt, cid=msg.mid, job_id="j", reason="again"))
+            gaps = [b - a for a, b in itertools.pairwise(times)]
+            for gap, nominal in zip(gaps, [2.0, 4.0, 8.0], strict=True):
+                assert nominal * 0.5 <= gap <= nominal * 1.5
+            gaps_by_seed.append(gaps)
+            assert type(await c.receive()) is Result  # dead-lettered after the 4th
+    assert gaps_by_seed[0] != gaps_by_seed[1]
+    assert any(g not in (2.0, 4.0, 8.0) for g in gaps_by_seed[0])

@@ -91,3 +91,16 @@ def _append(path: str, line: str) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+class Crasher(Worker):
+    """Kills its own process (``os._exit(3)``) on a job whose payload says ``{"crash": true}``,
+    as a poison job might; answers the others with its pid."""
+
+    subjects = ["test.crash"]
+    concurrency = 2
+
+    async def handle(self, job: Job) -> Any:
+        if isinstance(job.payload, dict) and job.payload.get("crash"):
+            os._exit(3)
+        return {"pid": os.getpid(), "attempt": job.attempt}
