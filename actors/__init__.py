@@ -13,6 +13,7 @@ from ._client_errors import Busy as Busy
 from ._client_errors import ClientError as ClientError
 from ._client_errors import ConnectionLost as ConnectionLost
 from ._client_errors import DeadLettered as DeadLettered
+from ._client_errors import JobCancelled as JobCancelled
 from ._client_errors import JobFailed as JobFailed
 from ._client_errors import RemoteError as RemoteError
 from ._client_errors import SubmitTimeout as SubmitTimeout

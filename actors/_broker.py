@@ -36,10 +36,13 @@ from protocol import (
 from runtime import Backoff, DedupCache
 
 from ._jobs import JobRecord, JobState, Journal, StoredResult
-from ._links import STICKY_HEADER, ClientLink, SubjectQueue, WorkerLink
+from ._links import STICKY_HEADER, ClientLink, GroupStats, SubjectQueue, WorkerLink
 from ._pubsub import PubSub
 from ._redelivery import Redelivery
 
+#: Groups whose statistics are kept at most; past it, those of a group with no worker
+#: connected are dropped, oldest first.
+MAX_GROUP_STATS = 10_000
 
 _assign_unchecked = Assign.unchecked
 _result_unchecked = Result.unchecked
@@ -104,6 +107,7 @@ class Broker(Redelivery, PubSub):
         self.sub_index = SubjectIndex()
         self.retained: dict[str, tuple[Any, dict[str, str]]] = {}
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=self.config.max_dead_letters)
+        self.group_stats: dict[str, GroupStats] = {}
         self.waiting_count = 0  # queued + retry_wait
         self._retry_heap: list[tuple[float, int, JobRecord]] = []
         self._seq = itertools.count()
@@ -117,6 +121,7 @@ class Broker(Redelivery, PubSub):
     def worker_joined(self, worker: WorkerLink, now: float) -> None:
         """A worker said Hello: index its patterns and give it work."""
         self.workers[worker] = None
+        worker.stats = self._group_stats(worker.group)
         for pattern in worker.patterns:
             self.worker_index.add(pattern, worker)
         if worker.mode == "broadcast":
@@ -126,6 +131,16 @@ class Broker(Redelivery, PubSub):
                 queue.candidates.append(worker)
                 worker.queues.append(queue)
         self._feed(worker, now)
+
+    def _group_stats(self, group: str) -> GroupStats:
+        stats = self.group_stats.get(group)
+        if stats is None:
+            if len(self.group_stats) >= MAX_GROUP_STATS:
+                live = {w.group for w in self.workers}
+                for name in [g for g in self.group_stats if g not in live][: len(self.group_stats) // 10 + 1]:
+                    del self.group_stats[name]
+            stats = self.group_stats[group] = GroupStats()
+        return stats
 
     def worker_left(self, worker: WorkerLink, now: float) -> None:
         """A worker went away: whatever it held is redelivered (each counts as an attempt)."""
@@ -206,6 +221,7 @@ class Broker(Redelivery, PubSub):
             max_attempts=msg.max_attempts or self.config.max_attempts,
             submitted_at=now,
             expires_at=None if msg.timeout is None else now + msg.timeout,
+            submitted_max_attempts=msg.max_attempts,
         )
         job.waiters.append((client, msg.mid))
         client.waiting[job_id] = None
@@ -226,12 +242,16 @@ class Broker(Redelivery, PubSub):
             return
         if job.state is JobState.ASSIGNED:
             if job.worker is not None:
+                # The worker's answer ends the job (see Redelivery._failed_attempt); a result
+                # that comes first still wins.
+                job.cancel_reason = msg.reason or "cancelled by client"
                 job.worker.send(Cancel(mid=job.worker.next_mid(), job_id=job.job_id, reason=msg.reason))
             return
         self._leave_waiting(job)
+        self._queue(job.subject).cancelled += 1
         self._finish(
             job,
-            JobState.EXPIRED,
+            JobState.CANCELLED,
             StoredResult(False, None, "Cancelled", msg.reason or "cancelled by client", job.attempt),
             now,
         )
@@ -370,14 +390,20 @@ class Broker(Redelivery, PubSub):
                 if job.worker is not None and job.worker is not worker:
                     self._release_other(job)
                 queue = self._queue(job.subject)
+                group = worker.stats
                 if msg.ok:
                     queue.done += 1
+                    group.done += 1
                 else:
                     queue.failed += 1
+                    group.failed += 1
                 latency = now - job.submitted_at
                 queue.latency_total += latency
                 if latency > queue.latency_max:
                     queue.latency_max = latency
+                group.latency_total += latency
+                if latency > group.latency_max:
+                    group.latency_max = latency
                 self._finish(
                     job,
                     JobState.DONE,
@@ -475,33 +501,48 @@ class Broker(Redelivery, PubSub):
 
     def stats(self) -> dict[str, Any]:
         """Counters per subject and per group, and totals."""
+        held: dict[str, int] = {}
+        for worker in self.workers:
+            for job in worker.inflight.values():
+                if job.worker is worker:
+                    held[job.subject] = held.get(job.subject, 0) + 1
         subjects = {}
         for subject, q in self.queues.items():
             finished = q.done + q.failed
             subjects[subject] = {
                 "queued": len(q.pending),
+                "in_flight": held.get(subject, 0),
                 "submitted": q.submitted,
                 "done": q.done,
                 "failed": q.failed,
                 "redelivered": q.redelivered,
                 "dead": q.dead,
                 "expired": q.expired,
+                "cancelled": q.cancelled,
                 "workers": len(q.candidates),
                 "latency_avg": q.latency_total / finished if finished else None,
                 "latency_max": q.latency_max,
             }
         groups: dict[str, dict[str, Any]] = {}
+        for name, gs in self.group_stats.items():
+            finished = gs.done + gs.failed
+            groups[name] = {
+                "workers": 0, "in_flight": 0, "window": 0, "assigned": 0, "answered": 0,
+                "policy": None, "mode": None,
+                "done": gs.done, "failed": gs.failed, "redelivered": gs.redelivered,
+                "dead": gs.dead,
+                "latency_avg": gs.latency_total / finished if finished else None,
+                "latency_max": gs.latency_max,
+            }
         for worker in self.workers:
-            g = groups.setdefault(
-                worker.group or worker.name,
-                {"workers": 0, "in_flight": 0, "window": 0, "assigned": 0, "done": 0,
-                 "policy": worker.policy, "mode": worker.mode},
-            )
+            g = groups[worker.group]
             g["workers"] += 1
             g["in_flight"] += len(worker.inflight)
             g["window"] += worker.window
             g["assigned"] += worker.assigned_total
-            g["done"] += worker.done_total
+            g["answered"] += worker.done_total
+            g["policy"] = worker.policy
+            g["mode"] = worker.mode
         return {
             "jobs_active": len(self.jobs),
             "waiting": self.waiting_count,

@@ -40,6 +40,7 @@ from ._client_errors import (
     Busy,
     ConnectionLost,
     DeadLettered,
+    JobCancelled,
     JobFailed,
     RemoteError,
     SubmitTimeout,
@@ -232,7 +233,10 @@ class Client:
             if msg.ok:
                 self._settle(call, outcome=msg.payload)
             else:
-                error_cls = DeadLettered if call.message.qos == 1 else JobFailed
+                if msg.error_type == "Cancelled":  # the leader's word for a cancelled job
+                    error_cls = JobCancelled
+                else:
+                    error_cls = DeadLettered if call.message.qos == 1 else JobFailed
                 self._settle(
                     call,
                     error=error_cls(msg.job_id, msg.error_type or "Error", msg.error_message or "", msg.attempts),

@@ -30,6 +30,11 @@ class DeadLettered(JobFailed):
     """A QoS 1 job used up its attempts; it now sits on ``$dlq.<subject>``."""
 
 
+class JobCancelled(JobFailed):
+    """The job was cancelled (:meth:`~actors.Client.cancel`) before it finished: a waiting
+    job at once, a running one once its worker stopped it. It is not retried."""
+
+
 class Busy(ClientError):
     """The leader's queue is full: try again after ``retry_after`` seconds."""
 

@@ -28,22 +28,28 @@ class JobState(enum.Enum):
     DONE = "done"  #: finished (successfully, or failed at QoS 0); the result is stored
     DEAD = "dead"  #: out of attempts; published to the dead-letter subject
     EXPIRED = "expired"  #: its deadline passed before any worker took it
+    CANCELLED = "cancelled"  #: a client cancelled it (a running one: once its worker stopped)
 
 
 #: Allowed transitions. A late Result (from a worker whose ack deadline passed) may finish
 #: a job that waits for its retry, or is queued again for it.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.ASSIGNED, JobState.DONE, JobState.EXPIRED}),
-    JobState.ASSIGNED: frozenset({JobState.DONE, JobState.RETRY_WAIT, JobState.DEAD}),
+    JobState.QUEUED: frozenset(
+        {JobState.ASSIGNED, JobState.DONE, JobState.EXPIRED, JobState.CANCELLED}
+    ),
+    JobState.ASSIGNED: frozenset(
+        {JobState.DONE, JobState.RETRY_WAIT, JobState.DEAD, JobState.CANCELLED}
+    ),
     JobState.RETRY_WAIT: frozenset(
-        {JobState.QUEUED, JobState.DONE, JobState.DEAD, JobState.EXPIRED}
+        {JobState.QUEUED, JobState.DONE, JobState.DEAD, JobState.EXPIRED, JobState.CANCELLED}
     ),
     JobState.DONE: frozenset(),
     JobState.DEAD: frozenset(),
     JobState.EXPIRED: frozenset(),
+    JobState.CANCELLED: frozenset(),
 }
 
-FINAL_STATES = frozenset({JobState.DONE, JobState.DEAD, JobState.EXPIRED})
+FINAL_STATES = frozenset({JobState.DONE, JobState.DEAD, JobState.EXPIRED, JobState.CANCELLED})
 
 # The table again as bit masks on the members, for the per-job hot path: an Enum's hash
 # is a Python-level call, so set and dict lookups keyed by states cost more than ``&``.
@@ -68,6 +74,7 @@ class JobRecord:
     """A job the leader has accepted and not yet finished.
 
     Attributes:
+      max_attempts: deliveries before dead-lettering (the submit's, else the leader's).
       waiters: ``(client link, cid)`` of every Submit waiting for this job's result; a
         duplicate submission while the job runs joins this list instead of running again.
       holders: workers holding this job unacknowledged (usually one; after an ack timeout
@@ -90,6 +97,11 @@ class JobRecord:
     ack_deadline: float = 0.0
     retry_at: float = 0.0
     last_error: tuple[str, str] | None = None
+    #: The submit's own attempt limit (None: it named none, so a group's policy may apply).
+    submitted_max_attempts: int | None = None
+    #: Set when a client cancelled the job while a worker ran it: the worker's answer
+    #: (its Nack, or an error) then ends the job as cancelled instead of retrying it.
+    cancel_reason: str | None = None
 
     def move(self, new: JobState, journal: Journal | None = None) -> None:
         """Change state along an allowed transition, telling the journal."""

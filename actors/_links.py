@@ -38,6 +38,24 @@ class Link:
 
 
 @attrs.define(eq=False)
+class GroupStats:
+    """Counters of one worker group, kept while its workers come and go.
+
+    ``done``/``failed`` count final answers from the group's workers (a failure at QoS 0,
+    or one that used up the attempts); ``redelivered`` the failed attempts that were retried
+    (an error, a Nack, a missed ack deadline, a worker lost); ``dead`` the jobs whose last
+    attempt failed there. Latency is from submit to result, of jobs finished there.
+    """
+
+    done: int = 0
+    failed: int = 0
+    redelivered: int = 0
+    dead: int = 0
+    latency_total: float = 0.0
+    latency_max: float = 0.0
+
+
+@attrs.define(eq=False)
 class WorkerLink(Link):
     """A worker: its patterns, credit window and the jobs it holds unacknowledged."""
 
@@ -55,6 +73,8 @@ class WorkerLink(Link):
     queues: list[SubjectQueue] = attrs.field(factory=list)
     assigned_total: int = 0
     done_total: int = 0
+    #: The counters of this worker's group (set by the broker when the worker joins).
+    stats: GroupStats = attrs.field(factory=GroupStats)
 
     @property
     def free(self) -> int:
@@ -97,6 +117,7 @@ class SubjectQueue:
     redelivered: int = 0
     dead: int = 0
     expired: int = 0
+    cancelled: int = 0
     latency_total: float = 0.0
     latency_max: float = 0.0
 

@@ -89,8 +89,8 @@ class Redelivery:
         if self.group_retry and worker is not None:
             policy = self.group_retry.get(worker.group)
             if policy is not None:
-                # The job's own limit came from its submit unless it is the leader's default.
-                if policy.max_attempts is not None and job.max_attempts == self.config.max_attempts:
+                # A limit named by the submit wins over the group's.
+                if policy.max_attempts is not None and job.submitted_max_attempts is None:
                     limit = policy.max_attempts
                 if policy.backoff is not None:
                     backoff = policy.backoff
@@ -101,17 +101,33 @@ class Redelivery:
     ) -> None:
         job.last_error = error
         queue = self._queue(job.subject)
+        if job.cancel_reason is not None:  # a client cancelled it: over, not retried
+            queue.cancelled += 1
+            self._finish(
+                job,
+                JobState.CANCELLED,
+                StoredResult(False, None, "Cancelled", job.cancel_reason, job.attempt),
+                now,
+            )
+            return
+        group = job.worker.stats if job.worker is not None else None
         if job.qos == 0:
             queue.failed += 1
+            if group is not None:
+                group.failed += 1
             self._finish(job, JobState.DONE, StoredResult(False, None, error[0], error[1], job.attempt), now)
             return
         limit, backoff = self._retry_policy(job)
         if job.attempt >= limit:
+            if group is not None:
+                group.dead += 1
             self._dead_letter(job, now)
             return
         if delay is None:
             delay = backoff.delay(job.attempt, self.rng)
         queue.redelivered += 1
+        if group is not None:
+            group.redelivered += 1
         job.move(JobState.RETRY_WAIT, self.journal)
         job.worker = None
         job.retry_at = now + delay

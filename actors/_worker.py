@@ -137,6 +137,9 @@ class WorkerRunner:
         self.finished = DedupCache(capacity=dedup_capacity, ttl=dedup_ttl)
         #: Jobs taken and not finished (queued for a slot or running), by job id.
         self.running: dict[str, Job] = {}
+        #: Jobs still running from an earlier connection, unknown to the leader of this one:
+        #: they take slots it cannot see, so the credit granted leaves them out.
+        self._orphans: set[str] = set()
         self._queue: collections.deque[tuple[Job, int]] = collections.deque()
         self._slot_lot = trio.lowlevel.ParkingLot()
         self._slots = 0  # slot tasks started
@@ -204,16 +207,28 @@ class WorkerRunner:
                 await self.worker.teardown()
 
     def _hello(self) -> Hello:
+        # Whatever runs now was taken on an earlier connection (each Hello starts one).
+        self._orphans = set(self.running)
         return Hello(
             mid=self._next_mid(),
             role="worker",
             name=self.name,
             patterns=self.subjects,
-            credit=0 if self._draining else self.concurrency,
+            credit=0 if self._draining else self._free_credit(),
             group=self.group,
             token=self.token,
             meta={"policy": self.policy, "mode": self.mode, "pid": os.getpid()},
         )
+
+    def _free_credit(self) -> int:
+        return max(0, self.concurrency - len(self._orphans))
+
+    def _orphan_settled(self, job_id: str) -> None:
+        """An orphan ended or was assigned again (the leader counts it now): its slot is
+        the leader's to fill again."""
+        self._orphans.discard(job_id)
+        if not self._draining:
+            self._send(Credit(mid=self._next_mid(), credit=self._free_credit()))
 
     def _next_mid(self) -> int:
         self._mid += 1
@@ -278,6 +293,8 @@ class WorkerRunner:
             # Redelivered while still running here (e.g. across a reconnect): the running
             # task answers for both.
             self.duplicates += 1
+            if job_id in self._orphans:
+                self._orphan_settled(job_id)
             return
         stored = self.finished.get(job_id, trio.current_time())
         if stored is not None:
@@ -360,6 +377,8 @@ class WorkerRunner:
 
     def _finish(self, job: Job, cid: int, outcome: tuple[bool, Any, str | None, str | None] | None) -> None:
         del self.running[job.id]
+        if self._orphans and job.id in self._orphans:
+            self._orphan_settled(job.id)
         if self._idle is not None and not self.running:
             self._idle.set()
         if outcome is None:  # cancelled by the leader (ack timeout, finished elsewhere)

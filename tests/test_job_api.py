@@ -19,6 +19,7 @@ from actors import (
     Client,
     DeadLettered,
     Job,
+    JobCancelled,
     JobFailed,
     Leader,
     SubmitTimeout,
@@ -214,8 +215,11 @@ async def test_statistics_per_subject_and_group(nursery):
         assert math.isfinite(ok["latency_max"])
         group = stats["groups"]["inspect"]
         assert (group["workers"], group["in_flight"], group["window"]) == (1, 0, 2)
-        # Per group, "done" counts every answer its workers gave (failed attempts too).
-        assert group["assigned"] == group["done"] == 3 + 2 + 2
+        # "answered" counts every answer its workers gave (failed attempts too).
+        assert group["assigned"] == group["answered"] == 3 + 2 + 2
+        assert (group["done"], group["failed"], group["redelivered"], group["dead"]) == (4, 0, 2, 1)
+        assert 0 < group["latency_avg"] <= group["latency_max"]
+        assert ok["in_flight"] == retry["in_flight"] == dead["in_flight"] == 0
         assert (stats["in_flight"], stats["waiting"], stats["dead_letters"]) == (0, 0, 1)
 
 
@@ -234,3 +238,27 @@ async def test_a_worker_group_in_process_serves_and_scales(nursery):
             await group.scale(1)
             assert leader.stats()["groups"]["insp"]["workers"] == 1
             assert (await client.submit("inspect.b", {}, timeout=5))["subject"] == "inspect.b"
+
+
+async def test_cancelling_a_running_job_stops_it_and_raises_job_cancelled(nursery):
+    with trio.fail_after(15):
+        leader, url = await start(nursery, Inspect())
+        async with Client.connect(url) as client:
+            errors: list[BaseException] = []
+
+            async def submit() -> None:
+                try:
+                    await client.submit("inspect.slow", {"sleep": 30}, job_id="long-one")
+                except JobCancelled as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(submit)
+                while leader.stats()["in_flight"] != 1:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                await client.cancel("long-one", reason="not needed")
+        [error] = errors
+        assert (error.error_type, error.message, error.attempts) == ("Cancelled", "not needed", 1)
+        stats = leader.stats()["subjects"]["inspect.slow"]
+        assert (stats["cancelled"], stats["redelivered"], stats["done"]) == (1, 0, 0)
+        assert leader.stats()["in_flight"] == 0

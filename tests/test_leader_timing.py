@@ -232,3 +232,45 @@ async def test_redelivery_delays_are_jittered(autojump_clock):
             assert type(await c.receive()) is Result  # dead-lettered after the 4th
     assert gaps_by_seed[0] != gaps_by_seed[1]
     assert any(g not in (2.0, 4.0, 8.0) for g in gaps_by_seed[0])
+
+
+async def test_a_client_cancel_of_a_running_job_ends_it_without_a_retry(autojump_clock):
+    async with leader_over_memory() as (leader, connect):
+        w = await worker(connect)
+        c = await client(connect)
+        now = Clock()
+        await c.send(Submit(mid=1, job_id="j", subject="jobs.e", payload=5))
+        job = await w.receive()
+        assert type(job) is Assign and job.attempt == 1
+        await trio.sleep(2)
+        await c.send(Cancel(mid=2, job_id="j", reason="changed my mind"))
+        cancel = await w.receive()
+        assert type(cancel) is Cancel and cancel.job_id == "j" and now() == 2.0
+        await trio.sleep(1)
+        await w.send(Nack(mid=1, job_id="j", reason="cancelled"))  # what a worker answers
+        result = await c.receive()
+        assert type(result) is Result and result.cid == 1 and not result.ok and now() == 3.0
+        assert (result.error_type, result.error_message) == ("Cancelled", "changed my mind")
+        with trio.move_on_after(60):
+            extra = await w.receive()
+            raise AssertionError(f"no redelivery expected, got {extra!r}")
+        stats = leader.stats()["subjects"]["jobs.e"]
+        assert (stats["cancelled"], stats["redelivered"], stats["dead"]) == (1, 0, 0)
+        # Resubmitting the id returns the stored outcome (the dedup window), not a new run.
+        await c.send(Submit(mid=3, job_id="j", subject="jobs.e", payload=5))
+        again = await c.receive()
+        assert type(again) is Result and again.cid == 3 and again.error_type == "Cancelled"
+
+
+async def test_a_result_that_beats_the_cancel_still_wins(autojump_clock):
+    async with leader_over_memory() as (leader, connect):
+        w = await worker(connect)
+        c = await client(connect)
+        await c.send(Submit(mid=1, job_id="j", subject="jobs.f", payload=6))
+        job = await w.receive()
+        await c.send(Cancel(mid=2, job_id="j"))
+        assert type(await w.receive()) is Cancel
+        await w.send(Result(mid=1, cid=job.mid, job_id="j", payload="made it"))
+        result = await c.receive()
+        assert type(result) is Result and result.ok and result.payload == "made it"
+        assert leader.stats()["subjects"]["jobs.f"]["cancelled"] == 0

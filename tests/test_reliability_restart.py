@@ -9,8 +9,8 @@
   restarts each killed instance and other jobs keep being served.
 
 In process (real sockets): a worker answers the redelivery of a job it finished while the
-leader was away from its dedup cache; and (xfail, a known gap in ``actors/_worker.py``) a
-worker reconnecting with jobs in hand must grant only its free slots.
+leader was away from its dedup cache; and a worker reconnecting with jobs in hand grants
+only its free slots (the rest as those jobs end).
 
 Real time and processes (end to end); every test is capped with ``fail_after``.
 """
@@ -154,13 +154,6 @@ class _Slow(Worker):
         return job.id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP in actors/_worker.py (hot-path file, not edited here): after a reconnect "
-    "WorkerRunner._hello grants the full concurrency while jobs of the previous session "
-    "still run, so the new leader's jobs are Nacked 'no free slot', each Nack costs an "
-    "attempt, and healthy jobs end dead-lettered",
-)
 async def test_a_worker_reconnecting_with_jobs_in_hand_grants_only_its_free_slots() -> None:
     """A worker still running jobs of the leader that went away must not claim its whole
     concurrency from the new one (which would send it jobs it can only Nack)."""

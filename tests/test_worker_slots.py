@@ -65,12 +65,12 @@ async def test_waiting_jobs_run_side_by_side_up_to_concurrency(autojump_clock: t
         t0 = trio.current_time()
         for i in range(4):  # concurrency 4: four jobs of 1 s take 1 s
             runner._on_assign(_assign(i, "sleep", 1))
-        while len(sink.sent) < 4:
+        while len(sink.sent) < 4:  # noqa: ASYNC110 - polling in virtual time
             await trio.sleep(0.5)
         t1 = trio.current_time() - t0
         for i in range(4, 8):  # and four more, on the same slots
             runner._on_assign(_assign(i, "sleep", 2))
-        while len(sink.sent) < 8:
+        while len(sink.sent) < 8:  # noqa: ASYNC110 - polling in virtual time
             await trio.sleep(0.5)
         nursery.cancel_scope.cancel()
     assert [t - t0 for t in worker.started] == [0, 0, 0, 0, t1, t1, t1, t1]
@@ -104,7 +104,7 @@ async def test_credit_overrun_is_refused_not_queued(autojump_clock: trio.testing
         nacks = [m for _, m in sink.sent if type(m) is Nack]
         assert [m.job_id for m in nacks] == ["j4"]
         assert runner.credit_violations == 1
-        while runner.completed < 4:
+        while runner.completed < 4:  # noqa: ASYNC110 - polling in virtual time
             await trio.sleep(0.5)
         nursery.cancel_scope.cancel()
 
@@ -121,7 +121,7 @@ async def test_jobs_arriving_while_slots_run_are_picked_up(autojump_clock: trio.
         runner._on_assign(_assign(2, "sleep", 1))
         await trio.sleep(0.5)
         runner._on_assign(_assign(3, "sleep", 1))
-        while len(sink.sent) < 4:
+        while len(sink.sent) < 4:  # noqa: ASYNC110 - polling in virtual time
             await trio.sleep(0.25)
         nursery.cancel_scope.cancel()
     assert [t - t0 for t in worker.started] == [0, 1, 1, 1.5]

@@ -24,8 +24,8 @@ async def _ws_pair(nursery: trio.Nursery) -> tuple[WebSocketWire, WebSocketWire,
 
     nursery.start_soon(accept)
     client = await client_wire(nursery, counting, parse_url("ws://127.0.0.1:1/"), max_frame_size=2**20)
-    while not server:
-        await trio.sleep(0)
+    while not server:  # noqa: ASYNC110
+        await trio.lowlevel.checkpoint()
     return client, server[0], counting
 
 
