@@ -7,8 +7,6 @@ cluster with ``python -m actors.cluster``.
 from ._broker import Broker as Broker
 from ._broker import BrokerConfig as BrokerConfig
 from ._client import Client as Client
-from ._client import Message as Message
-from ._client import Subscription as Subscription
 from ._client_errors import Busy as Busy
 from ._client_errors import ClientError as ClientError
 from ._client_errors import ConnectionLost as ConnectionLost
@@ -30,6 +28,8 @@ from ._leader import Leader as Leader
 from ._loader import ConfigError as ConfigError
 from ._redelivery import DLQ_PREFIX as DLQ_PREFIX
 from ._redelivery import GroupRetry as GroupRetry
+from ._subscription import Message as Message
+from ._subscription import Subscription as Subscription
 from ._worker import Worker as Worker
 from ._worker import WorkerRunner as WorkerRunner
 from ._worker import run_worker as run_worker

@@ -45,6 +45,7 @@ from ._client_errors import (
     RemoteError,
     SubmitTimeout,
 )
+from ._subscription import Message, Subscription
 
 
 @attrs.define(eq=False)
@@ -60,51 +61,6 @@ class _Call:
     outcome: Any = None
     error: BaseException | None = None
     done: bool = False
-
-
-@attrs.frozen
-class Message:
-    """A published message received by a subscription."""
-
-    subject: str
-    payload: Any
-    headers: dict[str, str]
-    retained: bool = False
-
-
-class Subscription:
-    """An active subscription: iterate it for messages (``async for msg in sub``).
-
-    Messages wait in a bounded buffer (``max_pending``); when it is full, new ones are
-    dropped (pub/sub is at most once) and counted in :attr:`dropped`.
-    """
-
-    def __init__(self, client: Client, sid: int, pattern: str, queue: str | None, max_pending: int) -> None:
-        self.client = client
-        self.sid = sid
-        self.pattern = pattern
-        self.queue = queue
-        self.dropped = 0
-        self._send, self._receive = trio.open_memory_channel[Message](max_pending)
-
-    def _push(self, message: Message) -> None:
-        try:
-            self._send.send_nowait(message)
-        except trio.WouldBlock:
-            self.dropped += 1
-
-    async def receive(self) -> Message:
-        """The next message."""
-        return await self._receive.receive()
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self
-
-    async def __anext__(self) -> Message:
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
 
 class Client:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
@@ -113,9 +113,12 @@ class JobRecord:
             journal(self, old, new)
 
 
-@attrs.frozen
-class StoredResult:
-    """A finished job's outcome, kept for the dedup window to answer resubmissions."""
+class StoredResult(NamedTuple):
+    """A finished job's outcome, kept for the dedup window to answer resubmissions.
+
+    A named tuple (immutable, and built once per job on the leader's hot path, where an
+    attrs frozen class costs a ``object.__setattr__`` per field).
+    """
 
     ok: bool
     payload: Any

@@ -18,6 +18,7 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import StateViolation as StateViolation
 from ._errors import UnknownMessage as UnknownMessage
 from ._errors import UnsupportedVersion as UnsupportedVersion
+from ._fields import ROLES as ROLES
 from ._framing import DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE
 from ._framing import FLAG_COMPRESSED as FLAG_COMPRESSED
 from ._framing import HEADER_SIZE as HEADER_SIZE
@@ -26,7 +27,6 @@ from ._framing import decode as decode
 from ._framing import encode as encode
 from ._index import SubjectIndex as SubjectIndex
 from ._messages import MESSAGE_TYPES as MESSAGE_TYPES
-from ._messages import ROLES as ROLES
 from ._messages import Ack as Ack
 from ._messages import Assign as Assign
 from ._messages import Bye as Bye

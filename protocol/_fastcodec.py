@@ -28,12 +28,10 @@ from typing import Any
 import attrs
 
 from ._errors import InvalidField, ProtocolError
-from ._messages import (
+from ._fields import (
     MAX_UINT,
-    MESSAGE_TYPES,
     MIN_INT,
     ROLES,
-    Message,
     _any_map,
     _bool,
     _bytes,
@@ -53,6 +51,7 @@ from ._messages import (
     _subject,
     _uint,
 )
+from ._messages import MESSAGE_TYPES, Message
 
 _NOTHING = attrs.NOTHING
 

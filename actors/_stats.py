@@ -1,0 +1,69 @@
+"""The leader's statistics: counters per subject and per worker group, and totals.
+
+Read on demand (O(subjects + workers + jobs in flight)); the broker only bumps counters on
+its hot path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+
+
+def broker_stats(self: Broker) -> dict[str, Any]:
+    """Counters per subject and per group, and totals, as :meth:`Broker.stats` returns them."""
+    held: dict[str, int] = {}
+    for worker in self.workers:
+        for job in worker.inflight.values():
+            if job.worker is worker:
+                held[job.subject] = held.get(job.subject, 0) + 1
+    subjects = {}
+    for subject, q in self.queues.items():
+        finished = q.done + q.failed
+        subjects[subject] = {
+            "queued": len(q.pending),
+            "in_flight": held.get(subject, 0),
+            "submitted": q.submitted,
+            "done": q.done,
+            "failed": q.failed,
+            "redelivered": q.redelivered,
+            "dead": q.dead,
+            "expired": q.expired,
+            "cancelled": q.cancelled,
+            "workers": len(q.candidates),
+            "latency_avg": q.latency_total / finished if finished else None,
+            "latency_max": q.latency_max,
+        }
+    groups: dict[str, dict[str, Any]] = {}
+    for name, gs in self.group_stats.items():
+        finished = gs.done + gs.failed
+        groups[name] = {
+            "workers": 0, "in_flight": 0, "window": 0, "assigned": 0, "answered": 0,
+            "policy": None, "mode": None,
+            "done": gs.done, "failed": gs.failed, "redelivered": gs.redelivered,
+            "dead": gs.dead,
+            "latency_avg": gs.latency_total / finished if finished else None,
+            "latency_max": gs.latency_max,
+        }
+    for worker in self.workers:
+        g = groups[worker.group]
+        g["workers"] += 1
+        g["in_flight"] += len(worker.inflight)
+        g["window"] += worker.window
+        g["assigned"] += worker.assigned_total
+        g["answered"] += worker.done_total
+        g["policy"] = worker.policy
+        g["mode"] = worker.mode
+    return {
+        "jobs_active": len(self.jobs),
+        "waiting": self.waiting_count,
+        "in_flight": sum(len(w.inflight) for w in self.workers),
+        "workers": len(self.workers),
+        "results_stored": len(self.finished),
+        "dead_letters": len(self.dead_letters),
+        "retained": len(self.retained),
+        "subjects": subjects,
+        "groups": groups,
+    }

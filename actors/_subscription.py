@@ -1,0 +1,57 @@
+"""What a subscription hands out: published messages, from a bounded buffer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+
+@attrs.frozen
+class Message:
+    """A published message received by a subscription."""
+
+    subject: str
+    payload: Any
+    headers: dict[str, str]
+    retained: bool = False
+
+
+class Subscription:
+    """An active subscription: iterate it for messages (``async for msg in sub``).
+
+    Messages wait in a bounded buffer (``max_pending``); when it is full, new ones are
+    dropped (pub/sub is at most once) and counted in :attr:`dropped`.
+    """
+
+    def __init__(self, client: Client, sid: int, pattern: str, queue: str | None, max_pending: int) -> None:
+        self.client = client
+        self.sid = sid
+        self.pattern = pattern
+        self.queue = queue
+        self.dropped = 0
+        self._send, self._receive = trio.open_memory_channel[Message](max_pending)
+
+    def _push(self, message: Message) -> None:
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            self.dropped += 1
+
+    async def receive(self) -> Message:
+        """The next message."""
+        return await self._receive.receive()
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
