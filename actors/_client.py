@@ -9,7 +9,9 @@ so each call gets its result exactly once. Subscriptions are renewed too.
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import math
 import random
 import ssl
 import uuid
@@ -366,39 +368,63 @@ class Client:
             source: AsyncIterator[Any] = payloads.__aiter__()
         else:
             source = _aiter(payloads)
-        outstanding = 0
+        outstanding = 0  # submitted, no answer yet
         exhausted = False
-        try:
-            while True:
-                while not exhausted and outstanding < limit:
-                    try:
-                        payload = await source.__anext__()
-                    except StopAsyncIteration:
-                        exhausted = True
-                        break
-                    call = self._submit_call(
-                        subject, payload, qos=qos, timeout=None, job_id=None, headers=headers, max_attempts=max_attempts
-                    )
-                    call.channel = send
-                    self._start(call)
-                    outstanding += 1
-                if outstanding == 0:
+        # Calls answered Busy, waiting out their retry_after: (when, tie-break, call).
+        delayed: list[tuple[float, int, _Call]] = []
+        order = itertools.count()
+
+        async def fill() -> None:
+            nonlocal outstanding, exhausted
+            while not exhausted and outstanding + len(delayed) < limit:
+                try:
+                    payload = await source.__anext__()
+                except StopAsyncIteration:
+                    exhausted = True
                     return
-                call = await receive.receive()
-                outstanding -= 1
-                if isinstance(call.error, Busy):
-                    await trio.sleep(call.error.retry_after or 0.1)
+                call = self._submit_call(
+                    subject, payload, qos=qos, timeout=None, job_id=None, headers=headers, max_attempts=max_attempts
+                )
+                call.channel = send
+                self._start(call)
+                outstanding += 1
+
+        try:
+            await fill()
+            while outstanding or delayed:
+                # Take every result that is in, with one wait (a channel receive is a
+                # schedule point per item), start their replacements, then hand them out.
+                ready: list[_Call] = []
+                with trio.move_on_at(delayed[0][0] if delayed else math.inf):
+                    ready.append(await receive.receive())
+                while True:
+                    try:
+                        ready.append(receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                outstanding -= len(ready)
+                now = trio.current_time()
+                while delayed and delayed[0][0] <= now:
+                    call = heapq.heappop(delayed)[2]
                     call.done = False
                     call.error = None
                     self._start(call)
                     outstanding += 1
-                    continue
-                if call.error is not None:
-                    if not return_exceptions:
-                        raise call.error
-                    yield call.error
-                else:
-                    yield call.outcome
+                finished = []
+                for call in ready:
+                    if isinstance(call.error, Busy):  # sent again after its retry_after
+                        retry_at = now + (call.error.retry_after or 0.1)
+                        heapq.heappush(delayed, (retry_at, next(order), call))
+                    else:
+                        finished.append(call)
+                await fill()
+                for call in finished:
+                    if call.error is not None:
+                        if not return_exceptions:
+                            raise call.error
+                        yield call.error
+                    else:
+                        yield call.outcome
         finally:
             # Results of abandoned calls are not wanted any more.
             for mid, call in list(self._calls.items()):

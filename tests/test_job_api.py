@@ -262,3 +262,30 @@ async def test_cancelling_a_running_job_stops_it_and_raises_job_cancelled(nurser
         stats = leader.stats()["subjects"]["inspect.slow"]
         assert (stats["cancelled"], stats["redelivered"], stats["done"]) == (1, 0, 0)
         assert leader.stats()["in_flight"] == 0
+
+
+async def test_map_retries_busy_answers_and_loses_nothing(nursery):
+    """With a queue limit below map's limit, some submits are answered Busy: map waits the
+    retry_after and sends them again; every payload's result comes back exactly once."""
+    with trio.fail_after(30):
+        leader, url = await start(nursery, Inspect(), max_queued=3)
+        async with Client.connect(url) as client:
+            got = [
+                r["payload"]["i"]
+                async for r in client.map("inspect.busy", ({"sleep": 0.01, "i": i} for i in range(40)), limit=12)
+            ]
+        assert sorted(got) == list(range(40))
+        assert leader.stats()["subjects"]["inspect.busy"]["done"] == 40
+        assert client.results_received == 40
+
+
+async def test_map_failure_raises_or_is_yielded(nursery):
+    with trio.fail_after(15):
+        leader, url = await start(nursery, Inspect(), max_attempts=1)
+        payloads = [{"i": 0}, {"fail_always": True}, {"i": 2}]
+        async with Client.connect(url) as client:
+            got = [r async for r in client.map("inspect.m", payloads, limit=1, return_exceptions=True)]
+            assert [type(g) for g in got] == [dict, DeadLettered, dict]
+            with pytest.raises(DeadLettered):
+                async for _ in client.map("inspect.m", payloads, limit=1):
+                    pass
