@@ -26,7 +26,7 @@ from ._connection import (
 )
 from ._transport_errors import ConnectionClosed, HandshakeError
 from ._url import Url, format_host, parse_url
-from ._wire import StreamWire, Wire
+from ._wire import SocketWire, StreamWire, Wire
 
 #: Default seconds a server gives a new connection for its TLS/WebSocket handshake and Hello.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -177,7 +177,10 @@ async def client_handshake(
       HandshakeError: the server answered with an Error.
       ConnectionClosed: the connection closed before the answer.
     """
-    conn.send_nowait(hello)
+    try:
+        conn.send_nowait(hello)
+    except ConnectionClosed:
+        pass  # the server spoke first and closed (busy...): its Error is read below
     answer = await conn.receive()
     if type(answer) is Error:
         raise HandshakeError(answer.code, answer.message, answer.retry_after)
@@ -215,6 +218,8 @@ async def _dial(
         peer = _peer_name(url.scheme, stream)
         if url.websocket:
             return await _ws.client_wire(nursery, stream, url, max_frame_size=max_frame_size), peer
+        if stream is tcp:
+            return SocketWire.take(tcp), peer
         return StreamWire(stream), peer
     except BaseException:
         await trio.aclose_forcefully(tcp)
@@ -326,6 +331,8 @@ async def _accept(
                 await stream.do_handshake()
             if url.websocket:
                 return await _ws.server_wire(nursery, stream, max_frame_size=max_frame_size)
+            if stream is tcp:
+                return SocketWire.take(tcp)
             return StreamWire(stream)
         except (trio.BrokenResourceError, ConnectionError):
             pass

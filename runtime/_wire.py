@@ -1,12 +1,15 @@
 """Wires: what a connection needs from a transport, and the byte-stream wire.
 
 A wire moves whole frames. :class:`StreamWire` writes a batch of frames with one
-``send_all`` and reads up to 64 KiB at a time; the WebSocket wire (:mod:`runtime._ws`)
-sends each frame as one binary message.
+``send_all`` and reads up to 64 KiB at a time (TLS, in-memory streams); :class:`SocketWire`
+does the same on a plain TCP socket with less overhead; the WebSocket wire
+(:mod:`runtime._ws`) sends each frame as one binary message.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Protocol
 
 import attrs
@@ -54,3 +57,97 @@ class StreamWire:
 
     async def aclose_forcefully(self) -> None:
         await trio.aclose_forcefully(self.stream)
+
+
+#: Reads in a row that found data waiting, after which the socket wire yields to the
+#: scheduler once (so that a peer that never pauses cannot starve other tasks).
+READS_BEFORE_YIELD = 8
+_BLOCKED = (BlockingIOError, InterruptedError)
+
+
+class SocketWire:
+    """A plain TCP socket carrying back-to-back frames, driven directly.
+
+    What :class:`StreamWire` over a ``trio.SocketStream`` does, with less work per read and
+    write: trio's socket methods add a schedule point to every call that succeeded at once
+    (and a few context managers); here a ``send``/``recv`` that succeeds returns at once,
+    and only one that would block waits, with :func:`trio.lowlevel.wait_writable` /
+    :func:`trio.lowlevel.wait_readable`. The connection's tasks still yield: the writer
+    parks when its queue is empty, the reader waits when no data is in, and yields once
+    after every ``READS_BEFORE_YIELD`` reads in a row that found data waiting.
+
+    The socket is taken over from a ``trio.SocketStream`` (see :meth:`take`), which then
+    must not be used any more.
+    """
+
+    whole_frames = False
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._reads_in_a_row = 0
+
+    @classmethod
+    def take(cls, stream: trio.SocketStream) -> SocketWire:
+        """Take the socket of ``stream`` (its options, e.g. TCP_NODELAY, stay as set)."""
+        trio_sock = stream.socket
+        family, kind, proto = trio_sock.family, trio_sock.type, trio_sock.proto
+        return cls(socket.socket(family, kind, proto, fileno=trio_sock.detach()))
+
+    async def send_frames(self, frames: list[bytes]) -> None:
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        sock = self._sock
+        try:
+            sent = sock.send(data)
+        except _BLOCKED:
+            sent = 0
+        except OSError as exc:
+            raise _broken(exc) from exc
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        while view:
+            await trio.lowlevel.wait_writable(sock)
+            try:
+                sent = sock.send(view)
+            except _BLOCKED:
+                continue
+            except OSError as exc:
+                raise _broken(exc) from exc
+            view = view[sent:]
+
+    async def receive(self) -> bytes | bytearray | None:
+        sock = self._sock
+        if self._reads_in_a_row >= READS_BEFORE_YIELD:
+            self._reads_in_a_row = 0
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                data = sock.recv(READ_SIZE)
+            except _BLOCKED:
+                self._reads_in_a_row = 0
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as exc:
+                raise _broken(exc) from exc
+            self._reads_in_a_row += 1
+            return data or None
+
+    async def aclose(self) -> None:
+        self._close()
+        await trio.lowlevel.checkpoint()
+
+    async def aclose_forcefully(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        sock = self._sock
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)  # wakes a task waiting on it
+            sock.close()
+
+
+def _broken(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+    if exc.errno == errno.EBADF:
+        return trio.ClosedResourceError("the socket was closed")
+    return trio.BrokenResourceError(f"socket error: {exc!r}")
