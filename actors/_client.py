@@ -55,7 +55,6 @@ class _Call:
     """One outstanding submit (or qos 1 publish)."""
 
     message: Any  # Submit or Publish as last sent (its mid changes on each transmission)
-    fields: dict[str, Any]  # the message's fields but ``mid``
     sent: bool = False  # ``message`` went out once: a resend needs a new mid
     event: trio.Event | None = None
     channel: trio.MemorySendChannel | None = None
@@ -173,7 +172,7 @@ class Client:
 
     def _transmit(self, conn: Connection, call: _Call) -> None:
         if call.sent:  # a resend (reconnect, busy): a fresh mid on this connection
-            call.message = type(call.message)(mid=next(self._mids), **call.fields)
+            call.message = attrs.evolve(call.message, mid=next(self._mids))
         call.sent = True
         message = call.message
         self._calls[message.mid] = call
@@ -258,16 +257,18 @@ class Client:
         headers: dict[str, str] | None,
         max_attempts: int | None,
     ) -> _Call:
-        fields = {
-            "job_id": job_id or f"{self._id_prefix}-{next(self._job_numbers)}",
-            "subject": subject,
-            "payload": payload,
-            "headers": headers or {},
-            "qos": qos,
-            "timeout": timeout,
-            "max_attempts": max_attempts,
-        }
-        return _Call(Submit(mid=next(self._mids), **fields), fields)  # validates the arguments now
+        return _Call(  # the constructor validates the arguments now
+            Submit(
+                mid=next(self._mids),
+                job_id=job_id or f"{self._id_prefix}-{next(self._job_numbers)}",
+                subject=subject,
+                payload=payload,
+                headers=headers or {},
+                qos=qos,
+                timeout=timeout,
+                max_attempts=max_attempts,
+            )
+        )
 
     async def submit(
         self,
@@ -464,7 +465,7 @@ class Client:
         if qos == 0:
             await self._send(Publish(mid=next(self._mids), **fields))
             return
-        call = _Call(Publish(mid=next(self._mids), **fields), fields, event=trio.Event())
+        call = _Call(Publish(mid=next(self._mids), **fields), event=trio.Event())
         self._start(call)
         await call.event.wait()
         if call.error is not None:

@@ -32,6 +32,7 @@ from ._fields import (
     MAX_UINT,
     MIN_INT,
     ROLES,
+    SUBJECTS_OK,
     _any_map,
     _bool,
     _bytes,
@@ -83,22 +84,8 @@ _FAST_CHECKS: dict[Callable[..., None], str] = {
 #: Validators of str-to-str maps: checked by an inline loop over the items.
 _STR_MAPS = (_headers, _str_map)
 
-#: Subjects known to be valid, so that a repeated subject skips the rule check. Cleared
-#: when full: it only ever holds strings that passed ``validate_subject``.
-_SUBJECTS_OK: set[str] = set()
-_SUBJECTS_LIMIT = 4096
-
-
-def _check_subject(inst: Any, attr: attrs.Attribute, value: Any) -> None:
-    """The subject validator, remembering each valid subject it sees."""
-    _subject(inst, attr, value)  # raises TypeError / InvalidSubject
-    if len(_SUBJECTS_OK) >= _SUBJECTS_LIMIT:
-        _SUBJECTS_OK.clear()
-    _SUBJECTS_OK.add(value)
-
-
 def _slow_validator(validator: Callable[..., None]) -> Callable[..., None]:
-    return _check_subject if validator is _subject else validator
+    return validator  # (the subject validator remembers valid subjects itself)
 
 
 class _Field:
@@ -202,7 +189,7 @@ def build_from_wire(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
         _MIN_INT=MIN_INT,
         _MAX_UINT=MAX_UINT,
         _ROLES=ROLES,
-        _SUBJECTS_OK=_SUBJECTS_OK,
+        _SUBJECTS_OK=SUBJECTS_OK,
         _inst=object.__new__(cls),  # validators only read type(inst).__name__
     )
     lines = ["def from_wire(wire):"]

@@ -167,10 +167,22 @@ def _headers(inst: Any, attr: attrs.Attribute, value: Any) -> None:
             raise TypeError(f"{type(inst).__name__}.{attr.name} must map str to str, got {_show(k)}: {_show(v)}")
 
 
+#: Subjects known to be valid, so that a repeated subject skips the rule check (a client
+#: submits, a leader routes, the same few subjects over and over). Cleared when full: it
+#: only ever holds strings that passed ``validate_subject``.
+SUBJECTS_OK: set[str] = set()
+SUBJECTS_OK_LIMIT = 4096
+
+
 def _subject(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    if type(value) is str and value in SUBJECTS_OK:
+        return
     if type(value) is not str:
         _str(inst, attr, value)
     validate_subject(value)
+    if len(SUBJECTS_OK) >= SUBJECTS_OK_LIMIT:
+        SUBJECTS_OK.clear()
+    SUBJECTS_OK.add(value)
 
 
 def _pattern(inst: Any, attr: attrs.Attribute, value: Any) -> None:

@@ -30,7 +30,7 @@ from protocol import (
     Result,
     Submit,
     _codec,
-    _fastcodec,
+    _fields,
     decode_body,
     encode,
     encode_body,
@@ -320,15 +320,22 @@ def test_only_valid_subjects_are_remembered() -> None:
     for bad in ("a..b", "a.*", "x y"):
         with pytest.raises(InvalidSubject):
             from_wire({"t": 3, "i": 1, "j": "j", "s": bad})
-        assert bad not in _fastcodec._SUBJECTS_OK
+        assert bad not in _fields.SUBJECTS_OK
     from_wire({"t": 3, "i": 1, "j": "j", "s": "fresh.subject"})
-    assert "fresh.subject" in _fastcodec._SUBJECTS_OK
+    assert "fresh.subject" in _fields.SUBJECTS_OK
+    # The validating constructor shares the cache, and refuses bad subjects all the same.
+    Submit(mid=1, job_id="j", subject="built.subject")
+    assert "built.subject" in _fields.SUBJECTS_OK
+    for bad in ("a..b", "a.*", "x y", ""):
+        with pytest.raises(InvalidSubject):
+            Submit(mid=1, job_id="j", subject=bad)
+        assert bad not in _fields.SUBJECTS_OK
 
 
 def test_the_subject_cache_is_bounded() -> None:
-    for i in range(_fastcodec._SUBJECTS_LIMIT + 10):
+    for i in range(_fields.SUBJECTS_OK_LIMIT + 10):
         assert from_wire({"t": 3, "i": 1, "j": "j", "s": f"s.{i}"}).subject == f"s.{i}"
-    assert len(_fastcodec._SUBJECTS_OK) <= _fastcodec._SUBJECTS_LIMIT
+    assert len(_fields.SUBJECTS_OK) <= _fields.SUBJECTS_OK_LIMIT
 
 
 # ---------------------------------------------------------------------------------------
