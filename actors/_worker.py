@@ -245,10 +245,11 @@ class WorkerRunner:
                     if self._draining:
                         return
                     raise
+                now = trio.current_time()  # one reading for the batch: nothing runs meanwhile
                 for msg in batch:
                     kind = type(msg)
                     if kind is Assign:
-                        self._on_assign(msg)
+                        self._on_assign(msg, now)
                     elif kind is Cancel:
                         job = self.running.get(msg.job_id)
                         if job is not None:
@@ -287,7 +288,7 @@ class WorkerRunner:
             return False
         return True
 
-    def _on_assign(self, msg: Assign) -> None:
+    def _on_assign(self, msg: Assign, now: float) -> None:
         job_id = msg.job_id
         if job_id in self.running:
             # Redelivered while still running here (e.g. across a reconnect): the running
@@ -296,7 +297,7 @@ class WorkerRunner:
             if job_id in self._orphans:
                 self._orphan_settled(job_id)
             return
-        stored = self.finished.get(job_id, trio.current_time())
+        stored = self.finished.get(job_id, now)
         if stored is not None:
             self.duplicates += 1
             ok, payload, error_type, error_message = stored

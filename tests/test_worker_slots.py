@@ -64,12 +64,12 @@ async def test_waiting_jobs_run_side_by_side_up_to_concurrency(autojump_clock: t
         runner, sink = await _runner_with(worker, nursery)
         t0 = trio.current_time()
         for i in range(4):  # concurrency 4: four jobs of 1 s take 1 s
-            runner._on_assign(_assign(i, "sleep", 1))
+            runner._on_assign(_assign(i, "sleep", 1), trio.current_time())
         while len(sink.sent) < 4:  # noqa: ASYNC110 - polling in virtual time
             await trio.sleep(0.5)
         t1 = trio.current_time() - t0
         for i in range(4, 8):  # and four more, on the same slots
-            runner._on_assign(_assign(i, "sleep", 2))
+            runner._on_assign(_assign(i, "sleep", 2), trio.current_time())
         while len(sink.sent) < 8:  # noqa: ASYNC110 - polling in virtual time
             await trio.sleep(0.5)
         nursery.cancel_scope.cancel()
@@ -84,7 +84,7 @@ async def test_a_batch_of_jobs_that_never_wait_runs_on_few_slots(autojump_clock:
     async with trio.open_nursery() as nursery:
         runner, sink = await _runner_with(Instant(), nursery)
         for i in range(8):
-            runner._on_assign(_assign(i, "instant", i))
+            runner._on_assign(_assign(i, "instant", i), trio.current_time())
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     results = {m.job_id: m.payload for _, m in sink.sent}
@@ -100,7 +100,7 @@ async def test_credit_overrun_is_refused_not_queued(autojump_clock: trio.testing
     async with trio.open_nursery() as nursery:
         runner, sink = await _runner_with(worker, nursery)
         for i in range(5):
-            runner._on_assign(_assign(i, "sleep", 1))
+            runner._on_assign(_assign(i, "sleep", 1), trio.current_time())
         nacks = [m for _, m in sink.sent if type(m) is Nack]
         assert [m.job_id for m in nacks] == ["j4"]
         assert runner.credit_violations == 1
@@ -115,12 +115,12 @@ async def test_jobs_arriving_while_slots_run_are_picked_up(autojump_clock: trio.
     async with trio.open_nursery() as nursery:
         runner, sink = await _runner_with(worker, nursery)
         t0 = trio.current_time()
-        runner._on_assign(_assign(0, "sleep", 3))
+        runner._on_assign(_assign(0, "sleep", 3), trio.current_time())
         await trio.sleep(1)
-        runner._on_assign(_assign(1, "sleep", 1))
-        runner._on_assign(_assign(2, "sleep", 1))
+        runner._on_assign(_assign(1, "sleep", 1), trio.current_time())
+        runner._on_assign(_assign(2, "sleep", 1), trio.current_time())
         await trio.sleep(0.5)
-        runner._on_assign(_assign(3, "sleep", 1))
+        runner._on_assign(_assign(3, "sleep", 1), trio.current_time())
         while len(sink.sent) < 4:  # noqa: ASYNC110 - polling in virtual time
             await trio.sleep(0.25)
         nursery.cancel_scope.cancel()
