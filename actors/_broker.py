@@ -111,6 +111,7 @@ class Broker(Redelivery, PubSub):
         self.group_stats: dict[str, GroupStats] = {}
         self.waiting_count = 0  # queued + retry_wait
         self._retry_heap: list[tuple[float, int, JobRecord]] = []
+        self._soonest = float("inf")  # earliest deadline made since take_soonest()
         self._seq = itertools.count()
         self._queue_rr: dict[str, int] = {}
         self._done_window_start = 0.0
@@ -342,6 +343,8 @@ class Broker(Redelivery, PubSub):
         job.ack_deadline = deadline
         worker.inflight[job.job_id] = job
         worker.deadlines[job.job_id] = deadline
+        if deadline < self._soonest:
+            self._soonest = deadline
         worker.assigned_total += 1
         # Every field comes from a validated Submit (or the config): no need to check again.
         worker.send(

@@ -140,6 +140,7 @@ class Leader:
     async def _timer_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
+            self.broker.take_soonest()  # next_deadline() covers those
             with trio.CancelScope(deadline=self.broker.next_deadline()) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
@@ -152,7 +153,7 @@ class Leader:
         # in trio; deadlines move later after nearly every batch of results.)
         scope = self._timer_scope
         if scope is not None:
-            deadline = self.broker.next_deadline()
+            deadline = self.broker.take_soonest()  # O(1), not O(workers), per batch
             if deadline < scope.deadline:
                 scope.deadline = deadline
 

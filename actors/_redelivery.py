@@ -65,6 +65,7 @@ class Redelivery:
     _done_window_start: float
     _done_in_window: int
     _done_rate: float
+    _soonest: float
     #: Retry policies by worker group name (see :meth:`set_group_retry`).
     group_retry: Mapping[str, GroupRetry] = MappingProxyType({})
 
@@ -133,6 +134,8 @@ class Redelivery:
         job.retry_at = now + delay
         self.waiting_count += 1
         heapq.heappush(self._retry_heap, (job.retry_at, next(self._seq), job))
+        if job.retry_at < self._soonest:
+            self._soonest = job.retry_at
 
     def _dead_letter(self, job: JobRecord, now: float) -> None:
         queue = self._queue(job.subject)
@@ -163,6 +166,17 @@ class Redelivery:
         self._route_publish(DLQ_PREFIX + job.subject, record, {}, now)
 
     # ------------------------------------------------------------------ time
+
+    def take_soonest(self) -> float:
+        """The earliest deadline (ack or retry) made since the last call (``inf`` if none).
+
+        O(1), for after every batch: a timer armed at :meth:`next_deadline` only ever has
+        to be brought forward to this (deadlines that move later, by Progress, never need
+        an earlier wake-up).
+        """
+        soonest = self._soonest
+        self._soonest = float("inf")
+        return soonest
 
     def next_deadline(self) -> float:
         """When :meth:`handle_timer` next has something to do (``inf`` if nothing)."""

@@ -413,3 +413,19 @@ def test_random_schedules_keep_credit_and_answer_every_submit_once(ops):
 def test_credit_message_type_is_what_sets_the_window():
     # Credit is a window, not an increment: documented in docs/protocol.md.
     assert Credit(mid=1, credit=3).credit == 3
+
+
+def test_take_soonest_reports_the_earliest_new_deadline_once() -> None:
+    """What the leader's timer is brought forward to after each batch, in O(1)."""
+    b = make_broker(ack_timeout=10.0)
+    assert b.take_soonest() == float("inf")
+    w = worker(b, "w", window=2)
+    c = client()
+    submit(b, c, "j1", now=1.0)
+    submit(b, c, "j2", now=3.0)
+    assert b.take_soonest() == 11.0  # j1's ack deadline, the earlier of the two
+    assert b.take_soonest() == float("inf")  # reported once
+    assert b.next_deadline() == 11.0  # the full scan agrees
+    b.nack(w, Nack(mid=1, job_id="j2", delay=0.5), 4.0)
+    assert b.take_soonest() == 4.5  # a retry wait counts too
+    assert b.next_deadline() == 4.5
