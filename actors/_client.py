@@ -49,6 +49,8 @@ from ._client_errors import (
 )
 from ._subscription import Message, Subscription
 
+_submit_checked = Submit.checked
+
 
 @attrs.define(eq=False)
 class _Call:
@@ -57,6 +59,7 @@ class _Call:
     message: Any  # Submit or Publish as last sent (its mid changes on each transmission)
     sent: bool = False  # ``message`` went out once: a resend needs a new mid
     event: trio.Event | None = None
+    task: trio.lowlevel.Task | None = None  # a submit() parked until the call settles
     channel: trio.MemorySendChannel | None = None
     on_progress: Callable[[float | None, str | None], None] | None = None
     outcome: Any = None
@@ -229,6 +232,10 @@ class Client:
         call.done = True
         call.outcome = outcome
         call.error = error
+        task = call.task
+        if task is not None:
+            call.task = None
+            trio.lowlevel.reschedule(task)
         if call.event is not None:
             call.event.set()
         if call.channel is not None:
@@ -258,7 +265,7 @@ class Client:
         max_attempts: int | None,
     ) -> _Call:
         return _Call(  # the constructor validates the arguments now
-            Submit(
+            _submit_checked(
                 mid=next(self._mids),
                 job_id=job_id or f"{self._id_prefix}-{next(self._job_numbers)}",
                 subject=subject,
@@ -310,17 +317,16 @@ class Client:
         call = self._submit_call(
             subject, payload, qos=qos, timeout=timeout, job_id=job_id, headers=headers, max_attempts=max_attempts
         )
-        call.event = trio.Event()
         call.on_progress = on_progress
         if on_progress is not None:
             self._progress[call.message.job_id] = call
         self._start(call)
         try:
             if timeout is None:
-                await call.event.wait()
+                await _until_settled(call)
             else:
                 with trio.fail_after(timeout):
-                    await call.event.wait()
+                    await _until_settled(call)
         except trio.TooSlowError:
             raise SubmitTimeout(f"no result for job {call.message.job_id} within {timeout} s") from None
         finally:
@@ -493,6 +499,21 @@ class Client:
                     conn.send_nowait(Unsubscribe(mid=next(self._mids), sid=sid))
                 except ConnectionClosed:
                     pass
+
+
+async def _until_settled(call: _Call) -> None:
+    """Wait until ``call`` settles: what ``trio.Event().wait()`` does, without building an
+    Event and its parking lot for every submit."""
+    if call.done:
+        await trio.lowlevel.checkpoint()
+        return
+    call.task = trio.lowlevel.current_task()
+
+    def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+        call.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:

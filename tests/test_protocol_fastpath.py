@@ -470,3 +470,60 @@ def test_a_bad_header_behind_buffered_bytes_is_still_refused_at_once() -> None:
     assert decoder.feed(b"\x00\x00\x00") == []
     with pytest.raises(MalformedFrame, match="unknown frame flags"):
         decoder.feed(b"\x09\x80")
+
+
+# ---------------------------------------------------------------------------------------
+# Message.checked: the validating constructor, faster
+
+
+def _built_by(func, kwargs: dict):
+    """What ``func(**kwargs)`` gives: ("ok", encoding) or ("error", class, text)."""
+    try:
+        message = func(**kwargs)
+    except (TypeError, ValueError) as exc:
+        # Python names the function in argument errors: "Submit.checked() missing ...".
+        text = str(exc).replace(".checked()", "()").replace(".__init__()", "()")
+        return ("error", type(exc), text)
+    return ("ok", type(message), _reference_encode_body(message))
+
+
+def _kwargs_of(wire: dict) -> tuple[type, dict] | None:
+    """The class and constructor arguments that a (possibly bad) wire map stands for."""
+    cls = MESSAGE_TYPES.get(wire.get("t")) if type(wire.get("t")) is int else None
+    if cls is None:
+        return None
+    by_key = {f.metadata["key"]: f.name for f in attrs.fields(cls)}
+    return cls, {by_key.get(k, k): v for k, v in wire.items() if k != "t"}
+
+
+@pytest.mark.parametrize("cls", KINDS, ids=lambda c: c.__name__)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_checked_builds_what_the_constructor_builds(cls: type, data: st.DataObject) -> None:
+    message = data.draw(sts.MESSAGE_STRATEGIES[cls])
+    full = fields_of(message)
+    assert cls.checked(**full) == cls(**full) == message
+    required = required_fields(message)
+    assert cls.checked(**required) == cls(**required)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bad_wires())
+def test_checked_raises_what_the_constructor_raises(wire: object) -> None:
+    found = _kwargs_of(wire) if type(wire) is dict else None
+    if found is None:
+        return
+    cls, kwargs = found
+    assert _built_by(cls.checked, kwargs) == _built_by(cls, kwargs)
+
+
+def test_checked_error_texts_and_fresh_defaults() -> None:
+    with pytest.raises(ValueError, match=r"^Submit.mid must be >= 0, got -1$"):
+        Submit.checked(mid=-1, job_id="j", subject="a")
+    with pytest.raises(InvalidSubject):
+        Submit.checked(mid=1, job_id="j", subject="a..b")
+    with pytest.raises(TypeError, match="Submit.headers"):
+        Submit.checked(mid=1, job_id="j", subject="a", headers={"k": 1})
+    a, b = Submit.checked(mid=1, job_id="j", subject="a"), Submit.checked(mid=1, job_id="j", subject="a")
+    assert a.headers == {} and a.headers is not b.headers
+    assert Hello.checked(mid=1, role="worker", versions=[1, 2]).versions == (1, 2)
