@@ -415,6 +415,7 @@ class Connection:
     async def _writer(self) -> None:
         wire = self._wire
         session = self.session
+        clock = trio.lowlevel.current_clock().current_time  # = trio.current_time, one call deep
         try:
             while True:
                 batch = self._pending
@@ -432,7 +433,7 @@ class Connection:
                     self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
                     return
                 self._inflight_bytes = 0
-                session.sent(trio.current_time())
+                session.sent(clock())
                 if self._space_lot:
                     self._space_lot.unpark_all()
         finally:

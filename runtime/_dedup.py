@@ -76,12 +76,16 @@ class DedupCache(Generic[K, V]):
         Raises:
           ValueError: if ``now`` is earlier than the ``now`` of a previous call.
         """
-        self.purge(now)
-        fresh = self._entries.pop(key, None) is None
-        if fresh and len(self._entries) >= self.capacity:
-            self._entries.popitem(last=False)
+        if self._last_now <= now < self._next_expiry:  # purge()'s common case, inline
+            self._last_now = now
+        else:
+            self.purge(now)
+        entries = self._entries
+        fresh = entries.pop(key, None) is None
+        if fresh and len(entries) >= self.capacity:
+            entries.popitem(last=False)
             self.evicted += 1
-        self._entries[key] = (now, value)
+        entries[key] = (now, value)
         if self._next_expiry == _INF:
             self._next_expiry = now + self.ttl
         return fresh
@@ -97,7 +101,10 @@ class DedupCache(Generic[K, V]):
         A key added without a value returns ``None``; use :meth:`seen` to tell a key
         stored with no value from an absent one.
         """
-        self.purge(now)
+        if self._last_now <= now < self._next_expiry:  # purge()'s common case, inline
+            self._last_now = now
+        else:
+            self.purge(now)
         entry = self._entries.get(key)
         return default if entry is None else entry[1]
 
