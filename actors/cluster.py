@@ -19,6 +19,10 @@ Ctrl-C or SIGTERM shuts it down gracefully: the workers drain (finish the jobs t
 send their results) while the leader still runs, then the leader stops; exit status 0. A
 second Ctrl-C kills the workers and exits at once (status 1). A bad configuration exits 2
 with a message on stderr; a leader that cannot listen exits 1.
+
+The leader's statistics (per subject and per group: done, failed, redelivered, dead, in
+flight, latency) are printed when the cluster stops, and with ``--stats S`` every S seconds
+while they change.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TextIO
+from functools import partial
+from typing import Any, TextIO
 
 import trio
 
@@ -37,6 +42,7 @@ from ._config import config_from_args
 from ._config_model import ClusterConfig
 from ._group import WorkerGroup
 from ._loader import ConfigError
+from ._stats_text import stats_lines
 
 PROG = "python -m actors.cluster"
 
@@ -68,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--in-process", action="store_true", help="run every group's workers in this process"
     )
     parser.add_argument(
+        "--stats",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="print the leader's statistics every S seconds when they changed (default: "
+        "only once, when the cluster stops)",
+    )
+    parser.add_argument(
         "--drain-grace",
         type=float,
         default=30.0,
@@ -84,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.drain_grace < 0:
             raise ConfigError(f"--drain-grace: expected a number >= 0, got {args.drain_grace}")
+        if not args.stats >= 0:
+            raise ConfigError(f"--stats: expected a number of seconds >= 0, got {args.stats}")
         config = config_from_args(
             listen=args.listen,
             workers=args.worker,
@@ -95,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     status = 1
     try:
-        status = trio.run(run_cluster, config, args.drain_grace)
+        status = trio.run(partial(run_cluster, config, args.drain_grace, stats_every=args.stats))
     except* ListenError as group:  # e.g. the listen address is in use
         print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
     except* OSError as group:  # a worker process that cannot be started, say
@@ -119,6 +135,7 @@ async def run_cluster(
     drain_grace: float = 30.0,
     *,
     out: TextIO | None = None,
+    stats_every: float = 0.0,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run the leader and the groups of ``config`` until SIGINT or SIGTERM.
@@ -127,6 +144,8 @@ async def run_cluster(
       config: the checked configuration.
       drain_grace: seconds each worker gets to finish its jobs when the cluster stops.
       out: where the listen and group lines go (default ``sys.stdout``), flushed at once.
+      stats_every: print the leader's statistics every this many seconds, when they
+        changed (0: only the final ones, printed when the cluster stops).
 
     Returns:
       The exit status: 0 after a graceful stop.
@@ -154,6 +173,8 @@ async def run_cluster(
                 raise ListenError(f"cannot listen on {where}: {_first(group)}") from None
             for url in urls:
                 say(f"leader listening on {url}")
+            if stats_every > 0:
+                leader_nursery.start_soon(_print_stats, leader, stats_every, say)
             groups = [
                 WorkerGroup(
                     group.name,
@@ -189,8 +210,22 @@ async def run_cluster(
                         await trio.sleep_forever()  # a bare leader: serve until signalled
             # The groups have drained while the leader still ran, so results got through.
             leader_nursery.cancel_scope.cancel()
+    for line in stats_lines(leader.stats()):
+        say(line)
     say("cluster stopped")
     return 0
+
+
+async def _print_stats(leader: Any, every: float, say: Callable[[str], None]) -> None:
+    """Print the leader's statistics every ``every`` seconds, when they changed."""
+    last: list[str] = []
+    while True:
+        await trio.sleep(every)
+        lines = stats_lines(leader.stats())
+        if lines != last:
+            for line in lines:
+                say(line)
+            last = lines
 
 
 async def _watch_signals(

@@ -408,3 +408,32 @@ async def test_submit_stops_at_a_bad_line(tmp_path, leader_url):
     result = await run("-m", "actors", "submit", "test.echo", "--file", str(path), "--url", leader_url, "--no-progress")
     assert_clean_error(result, 2, f"{path} line 3: invalid JSON")
     assert [json.loads(line)["payload"] for line in result.stdout.decode().splitlines()] == [{"n": 1}, {"n": 2}]
+
+
+async def test_cluster_prints_statistics_while_running_and_when_stopping():
+    with trio.fail_after(18):
+        process, lines, urls = await start_cluster(
+            "--listen", "tcp://127.0.0.1:0", "--worker", "e=tests.workers:Echo=1",
+            "--stats", "0.2", "--drain-grace", "1",
+        )  # fmt: skip
+        try:
+            for n in range(3):
+                result = await run("-m", "actors", "submit", "test.echo", f'{{"n": {n}}}', "--url", urls[0])
+                assert result.returncode == 0, result.stderr.decode()
+            line = await lines.until(lambda line: line.startswith("  subject test.echo: 3 submitted"))
+            assert "3 done, 0 failed, 0 redelivered, 0 dead" in line and "latency avg" in line
+            await lines.until(lambda line: line.startswith("  group e: 1 workers") and "3 done" in line)
+            process.send_signal(signal.SIGTERM)
+            await lines.until(lambda line: line == "cluster stopped")
+            final = lines.seen[-4:]
+            assert final[0].startswith("stats: 0 active, 0 waiting, 0 in flight")
+            assert final[1].startswith("  subject test.echo: 3 submitted, 3 done")
+            assert await process.wait() == 0
+        finally:
+            process.kill()
+            await process.wait()
+
+
+async def test_cluster_refuses_a_negative_stats_interval():
+    result = await run("-m", "actors.cluster", "--stats", "-1")
+    assert_clean_error(result, 2, "--stats: expected a number of seconds >= 0")
