@@ -221,16 +221,9 @@ def _check_lines(fields: list[_Field], ns: dict[str, Any], attributes: dict[str,
     return body
 
 
-def build_from_wire(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
-    """``from_wire`` for ``cls``: the message that a decoded wire map (tag already
-    checked) stands for, or a ProtocolError exactly as the validating path would raise."""
-    fields = _fields(cls)
-    ns = _common_namespace(cls, fields)
-    name = cls.__name__
-    attributes = {a.name: a for a in attrs.fields(cls)}
+def _check_namespace(cls: type[Message], ns: dict[str, Any]) -> None:
+    """Add what the inline checks of :func:`_check_lines` refer to."""
     ns.update(
-        InvalidField=InvalidField,
-        ProtocolError=ProtocolError,
         _INF=float("inf"),
         _EXACT=2**53,
         _MIN_INT=MIN_INT,
@@ -239,6 +232,31 @@ def build_from_wire(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
         _SUBJECTS_OK=SUBJECTS_OK,
         _inst=object.__new__(cls),  # validators only read type(inst).__name__
     )
+
+
+def _keyword_params(fields: list[_Field]) -> str:
+    """The keyword-only parameters of a constructor: required, factory (``_NOTHING``
+    stands for "not given"), or with its default."""
+    params = []
+    for f in fields:
+        if f.required:
+            params.append(f.name)
+        elif f.factory is not None:
+            params.append(f"{f.name}=_NOTHING")
+        else:
+            params.append(f"{f.name}=_d{f.index}")
+    return ", ".join(params)
+
+
+def build_from_wire(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
+    """``from_wire`` for ``cls``: the message that a decoded wire map (tag already
+    checked) stands for, or a ProtocolError exactly as the validating path would raise."""
+    fields = _fields(cls)
+    ns = _common_namespace(cls, fields)
+    name = cls.__name__
+    attributes = {a.name: a for a in attrs.fields(cls)}
+    ns.update(InvalidField=InvalidField, ProtocolError=ProtocolError)
+    _check_namespace(cls, ns)
     lines = ["def from_wire(wire):"]
     # 1. Fetch every field; a missing required one is an error before any check runs.
     for f in fields:
@@ -292,15 +310,7 @@ def build_unchecked(cls: type[Message]) -> Callable[..., Message]:
     """``unchecked`` for ``cls``: keyword arguments as in ``__init__``, no validation."""
     fields = _fields(cls)
     ns = _common_namespace(cls, fields)
-    params = []
-    for f in fields:
-        if f.required:
-            params.append(f.name)
-        elif f.factory is not None:
-            params.append(f"{f.name}=_NOTHING")
-        else:
-            params.append(f"{f.name}=_d{f.index}")
-    lines = [f"def unchecked(*, {', '.join(params)}):", "    self = _new(_cls)"]
+    lines = [f"def unchecked(*, {_keyword_params(fields)}):", "    self = _new(_cls)"]
     for f in fields:
         value = f.name
         if f.factory is not None:
@@ -335,24 +345,8 @@ def build_checked(cls: type[Message]) -> Callable[..., Message]:
     fields = _fields(cls)
     ns = _common_namespace(cls, fields)
     attributes = {a.name: a for a in attrs.fields(cls)}
-    ns.update(
-        _INF=float("inf"),
-        _EXACT=2**53,
-        _MIN_INT=MIN_INT,
-        _MAX_UINT=MAX_UINT,
-        _ROLES=ROLES,
-        _SUBJECTS_OK=SUBJECTS_OK,
-        _inst=object.__new__(cls),  # validators only read type(inst).__name__
-    )
-    params = []
-    for f in fields:
-        if f.required:
-            params.append(f.name)
-        elif f.factory is not None:
-            params.append(f"{f.name}=_NOTHING")
-        else:
-            params.append(f"{f.name}=_d{f.index}")
-    lines = [f"def checked(*, {', '.join(params)}):"]
+    _check_namespace(cls, ns)
+    lines = [f"def checked(*, {_keyword_params(fields)}):"]
     lines += [f"    {f.var} = {f.name}" for f in fields]
     lines += [f"    {line}" for line in _check_lines(fields, ns, attributes)]
     lines.append("    self = _new(_cls)")
