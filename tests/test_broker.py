@@ -429,3 +429,35 @@ def test_take_soonest_reports_the_earliest_new_deadline_once() -> None:
     b.nack(w, Nack(mid=1, job_id="j2", delay=0.5), 4.0)
     assert b.take_soonest() == 4.5  # a retry wait counts too
     assert b.next_deadline() == 4.5
+
+
+def test_least_loaded_in_a_large_group_stays_even_and_looks_at_few_workers():
+    """Beyond 16 workers, least_loaded takes the less loaded of two random workers with a
+    free slot: O(1) per job, and the load still ends up even."""
+    from actors._broker import EXACT_LEAST_LOADED, LEAST_LOADED_SAMPLES
+
+    b = make_broker()
+    workers = [worker(b, f"w{i}", 10, policy="least_loaded") for i in range(100)]
+    assert len(workers) > EXACT_LEAST_LOADED
+    c = client()
+    looked = []
+    real_randrange = b.rng.randrange
+
+    def counting_randrange(n):
+        looked[-1] += 1
+        return real_randrange(n)
+
+    b.rng.randrange = counting_randrange
+    for i in range(600):  # 60 % of the total credit
+        looked.append(0)
+        submit(b, c, f"j{i}")
+    held = sorted(len(w.inflight) for w in workers)
+    assert sum(held) == 600
+    assert held[0] >= 2 and held[-1] <= 9  # even: no worker idle, none full
+    assert 1 <= min(looked) and max(looked) <= LEAST_LOADED_SAMPLES  # sampled, not scanned
+    # Credit is never exceeded; once every slot is taken, jobs wait.
+    for i in range(600, 1100):
+        looked.append(0)
+        submit(b, c, f"j{i}")
+    assert all(len(w.inflight) == 10 for w in workers)
+    assert b.stats()["waiting"] == 100
