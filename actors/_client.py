@@ -15,7 +15,7 @@ import math
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -371,10 +371,14 @@ class Client:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         send, receive = trio.open_memory_channel[_Call](limit)
+        # A plain iterable is read directly (an async generator around it would be left
+        # unfinished, for the garbage collector, whenever map stops early).
+        source: AsyncIterator[Any] | None = None
+        items: Iterator[Any] | None = None
         if isinstance(payloads, AsyncIterable):
-            source: AsyncIterator[Any] = payloads.__aiter__()
+            source = payloads.__aiter__()
         else:
-            source = _aiter(payloads)
+            items = iter(payloads)
         outstanding = 0  # submitted, no answer yet
         exhausted = False
         # Calls answered Busy, waiting out their retry_after: (when, tie-break, call).
@@ -385,8 +389,8 @@ class Client:
             nonlocal outstanding, exhausted
             while not exhausted and outstanding + len(delayed) < limit:
                 try:
-                    payload = await source.__anext__()
-                except StopAsyncIteration:
+                    payload = next(items) if items is not None else await source.__anext__()  # type: ignore[union-attr]
+                except (StopIteration, StopAsyncIteration):
                     exhausted = True
                     return
                 call = self._submit_call(
@@ -515,7 +519,3 @@ async def _until_settled(call: _Call) -> None:
 
     await trio.lowlevel.wait_task_rescheduled(abort)
 
-
-async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:
-    for item in items:
-        yield item
