@@ -184,16 +184,7 @@ def decode_with(reader: tuple[Any, Any, Any], body: bytes) -> Message:
     end = tell()
     if end != len(body):
         raise MalformedFrame(f"{len(body) - end} bytes of trailing data after the CBOR item")
-    # from_wire, inlined.
-    if type(wire) is not dict:
-        raise InvalidField(f"a message must be a CBOR map, got {type(wire).__name__}")
-    tag = wire.get("t")
-    if type(tag) is not int:
-        raise InvalidField(f"message type tag 't' must be an int, got {type(tag).__name__}")
-    build = FROM_WIRE.get(tag)
-    if build is None:
-        raise _unknown_kind(tag)
-    return build(wire)
+    return from_wire(wire)
 
 
 # ---------------------------------------------------------------------------------------

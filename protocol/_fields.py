@@ -77,13 +77,18 @@ def _int(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         raise _too_big(inst, attr, value)
 
 
-def _uint(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _int_from(inst: Any, attr: attrs.Attribute, value: Any, low: int) -> None:
+    """``value`` is an int from ``low`` to ``MAX_UINT``."""
     if type(value) is not int:
         raise _not_int(inst, attr, value)
-    if value < 0:
-        raise _below(inst, attr, value, 0)
+    if value < low:
+        raise _below(inst, attr, value, low)
     if value > MAX_UINT:
         raise _too_big(inst, attr, value)
+
+
+def _uint(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    _int_from(inst, attr, value, 0)
 
 
 def _opt_uint(inst: Any, attr: attrs.Attribute, value: Any) -> None:
@@ -92,12 +97,7 @@ def _opt_uint(inst: Any, attr: attrs.Attribute, value: Any) -> None:
 
 
 def _pos_int(inst: Any, attr: attrs.Attribute, value: Any) -> None:
-    if type(value) is not int:
-        raise _not_int(inst, attr, value)
-    if value < 1:
-        raise _below(inst, attr, value, 1)
-    if value > MAX_UINT:
-        raise _too_big(inst, attr, value)
+    _int_from(inst, attr, value, 1)
 
 
 def _opt_pos_int(inst: Any, attr: attrs.Attribute, value: Any) -> None:

@@ -76,10 +76,7 @@ class DedupCache(Generic[K, V]):
         Raises:
           ValueError: if ``now`` is earlier than the ``now`` of a previous call.
         """
-        if self._last_now <= now < self._next_expiry:  # purge()'s common case, inline
-            self._last_now = now
-        else:
-            self.purge(now)
+        self.purge(now)
         entries = self._entries
         fresh = entries.pop(key, None) is None
         if fresh and len(entries) >= self.capacity:
@@ -101,10 +98,7 @@ class DedupCache(Generic[K, V]):
         A key added without a value returns ``None``; use :meth:`seen` to tell a key
         stored with no value from an absent one.
         """
-        if self._last_now <= now < self._next_expiry:  # purge()'s common case, inline
-            self._last_now = now
-        else:
-            self.purge(now)
+        self.purge(now)
         entry = self._entries.get(key)
         return default if entry is None else entry[1]
 

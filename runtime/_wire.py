@@ -95,26 +95,19 @@ class SocketWire:
         return cls(socket.socket(family, kind, proto, fileno=trio_sock.detach()))
 
     async def send_frames(self, frames: list[bytes]) -> None:
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
         sock = self._sock
-        try:
-            sent = sock.send(data)
-        except _BLOCKED:
-            sent = 0
-        except OSError as exc:
-            raise _broken(exc) from exc
-        if sent == len(data):
-            return
-        view = memoryview(data)[sent:]
-        while view:
-            await trio.lowlevel.wait_writable(sock)
+        view = memoryview(frames[0] if len(frames) == 1 else b"".join(frames))
+        while True:
             try:
                 sent = sock.send(view)
             except _BLOCKED:
-                continue
+                sent = 0
             except OSError as exc:
                 raise _broken(exc) from exc
             view = view[sent:]
+            if not view:
+                return  # sent at once: no wait, no schedule point
+            await trio.lowlevel.wait_writable(sock)
 
     async def receive(self) -> bytes | bytearray | None:
         sock = self._sock
