@@ -17,6 +17,7 @@ import itertools
 import random
 import zlib
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -53,6 +54,35 @@ MAX_GROUP_STATS = 10_000
 
 _assign_unchecked = Assign.unchecked
 _result_unchecked = Result.unchecked
+
+
+def _least_loaded(workers: Iterable[WorkerLink], enough: int | None = None) -> WorkerLink | None:
+    """The worker with the lowest share of its window in use, among ``workers`` with a
+    free slot; stop looking once ``enough`` such workers were seen (None: look at all)."""
+    best = None
+    best_load = 2.0
+    found = 0
+    for worker in workers:
+        held = len(worker.inflight)
+        if held < worker.window:
+            load = held / worker.window
+            if load < best_load:
+                best, best_load = worker, load
+            found += 1
+            if found == enough:
+                break
+    return best
+
+
+def _count_result(counters: SubjectQueue | GroupStats, ok: bool, latency: float) -> None:
+    """Count a finished job in a subject's or a group's statistics."""
+    if ok:
+        counters.done += 1
+    else:
+        counters.failed += 1
+    counters.latency_total += latency
+    if latency > counters.latency_max:
+        counters.latency_max = latency
 
 
 @attrs.define(eq=False)
@@ -256,13 +286,7 @@ class Broker(Redelivery, PubSub):
                 job.worker.send(Cancel(mid=job.worker.next_mid(), job_id=job.job_id, reason=msg.reason))
             return
         self._leave_waiting(job)
-        self._queue(job.subject).cancelled += 1
-        self._finish(
-            job,
-            JobState.CANCELLED,
-            StoredResult(False, None, "Cancelled", msg.reason or "cancelled by client", job.attempt),
-            now,
-        )
+        self._cancelled(job, msg.reason or "cancelled by client", now)
 
     # ------------------------------------------------------------------ routing
 
@@ -289,19 +313,14 @@ class Broker(Redelivery, PubSub):
                 return candidates[zlib.crc32(key.encode()) % n]
         elif policy == "least_loaded":
             if n > EXACT_LEAST_LOADED:
-                best = self._two_choices(candidates)
+                # The less loaded of two random workers with a free slot ("power of two
+                # choices": nearly as even as the exact minimum, in O(1) per job).
+                randrange = self.rng.randrange
+                draws = (candidates[randrange(n)] for _ in range(LEAST_LOADED_SAMPLES))
+                best = _least_loaded(draws, enough=2)
                 if best is not None:
                     return best
-            # The lowest share of its window in use, among workers with a free slot.
-            best = None
-            best_load = 2.0
-            for worker in candidates:
-                held = len(worker.inflight)
-                if held < worker.window:
-                    load = held / worker.window
-                    if load < best_load:
-                        best, best_load = worker, load
-            return best
+            return _least_loaded(candidates)
         start = queue.rr
         for i in range(n):
             worker = candidates[(start + i) % n]
@@ -309,27 +328,6 @@ class Broker(Redelivery, PubSub):
                 queue.rr = (start + i + 1) % n
                 return worker
         return None
-
-    def _two_choices(self, candidates: list[WorkerLink]) -> WorkerLink | None:
-        """The less loaded of two random workers with a free slot ("power of two choices":
-        nearly as even as the exact minimum, in O(1) per job). At most
-        ``LEAST_LOADED_SAMPLES`` draws; None if none of them had a free slot."""
-        randrange = self.rng.randrange
-        n = len(candidates)
-        best = None
-        best_load = 2.0
-        found = 0
-        for _ in range(LEAST_LOADED_SAMPLES):
-            worker = candidates[randrange(n)]
-            held = len(worker.inflight)
-            if held < worker.window:
-                load = held / worker.window
-                if load < best_load:
-                    best, best_load = worker, load
-                found += 1
-                if found == 2:
-                    break
-        return best
 
     def _dispatch(self, queue: SubjectQueue, now: float) -> None:
         pending = queue.pending
@@ -424,21 +422,9 @@ class Broker(Redelivery, PubSub):
                     self._leave_waiting(job)
                 if job.worker is not None and job.worker is not worker:
                     self._release_other(job)
-                queue = self._queue(job.subject)
-                group = worker.stats
-                if msg.ok:
-                    queue.done += 1
-                    group.done += 1
-                else:
-                    queue.failed += 1
-                    group.failed += 1
                 latency = now - job.submitted_at
-                queue.latency_total += latency
-                if latency > queue.latency_max:
-                    queue.latency_max = latency
-                group.latency_total += latency
-                if latency > group.latency_max:
-                    group.latency_max = latency
+                _count_result(self._queue(job.subject), msg.ok, latency)
+                _count_result(worker.stats, msg.ok, latency)
                 self._finish(
                     job,
                     JobState.DONE,

@@ -58,8 +58,7 @@ class _Call:
 
     message: Any  # Submit or Publish as last sent (its mid changes on each transmission)
     sent: bool = False  # ``message`` went out once: a resend needs a new mid
-    event: trio.Event | None = None
-    task: trio.lowlevel.Task | None = None  # a submit() parked until the call settles
+    task: trio.lowlevel.Task | None = None  # the caller parked until the call settles
     channel: trio.MemorySendChannel | None = None
     on_progress: Callable[[float | None, str | None], None] | None = None
     outcome: Any = None
@@ -236,8 +235,6 @@ class Client:
         if task is not None:
             call.task = None
             trio.lowlevel.reschedule(task)
-        if call.event is not None:
-            call.event.set()
         if call.channel is not None:
             call.channel.send_nowait(call)
 
@@ -475,9 +472,9 @@ class Client:
         if qos == 0:
             await self._send(Publish(mid=next(self._mids), **fields))
             return
-        call = _Call(Publish(mid=next(self._mids), **fields), event=trio.Event())
+        call = _Call(Publish(mid=next(self._mids), **fields))
         self._start(call)
-        await call.event.wait()
+        await _until_settled(call)
         if call.error is not None:
             raise call.error
 
@@ -507,7 +504,7 @@ class Client:
 
 async def _until_settled(call: _Call) -> None:
     """Wait until ``call`` settles: what ``trio.Event().wait()`` does, without building an
-    Event and its parking lot for every submit."""
+    Event and its parking lot for every call."""
     if call.done:
         await trio.lowlevel.checkpoint()
         return

@@ -101,16 +101,10 @@ class Redelivery:
         self, job: JobRecord, error: tuple[str, str], now: float, *, delay: float | None = None
     ) -> None:
         job.last_error = error
-        queue = self._queue(job.subject)
         if job.cancel_reason is not None:  # a client cancelled it: over, not retried
-            queue.cancelled += 1
-            self._finish(
-                job,
-                JobState.CANCELLED,
-                StoredResult(False, None, "Cancelled", job.cancel_reason, job.attempt),
-                now,
-            )
+            self._cancelled(job, job.cancel_reason, now)
             return
+        queue = self._queue(job.subject)
         group = job.worker.stats if job.worker is not None else None
         if job.qos == 0:
             queue.failed += 1
@@ -136,6 +130,11 @@ class Redelivery:
         heapq.heappush(self._retry_heap, (job.retry_at, next(self._seq), job))
         if job.retry_at < self._soonest:
             self._soonest = job.retry_at
+
+    def _cancelled(self, job: JobRecord, reason: str, now: float) -> None:
+        """End ``job`` as cancelled by a client: its waiters get a "Cancelled" failure."""
+        self._queue(job.subject).cancelled += 1
+        self._finish(job, JobState.CANCELLED, StoredResult(False, None, "Cancelled", reason, job.attempt), now)
 
     def _dead_letter(self, job: JobRecord, now: float) -> None:
         queue = self._queue(job.subject)
