@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from protocol import (
+    SUPPORTED_VERSIONS,
     Ack,
     Cancel,
     Deliver,
@@ -144,7 +145,13 @@ class Client:
         await run_reconnecting(
             self.url,
             self._session,
-            hello_factory=lambda: Hello(mid=next(self._mids), role="client", name=self.name, token=self.token),
+            hello_factory=lambda: Hello(
+                mid=next(self._mids),
+                role="client",
+                name=self.name,
+                versions=SUPPORTED_VERSIONS,
+                token=self.token,
+            ),
             backoff=self.backoff,
             rng=self.rng,
             ssl_context=self.ssl_context,

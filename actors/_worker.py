@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import trio
 
 from protocol import (
+    SUPPORTED_VERSIONS,
     Assign,
     Bye,
     Cancel,
@@ -216,6 +217,7 @@ class WorkerRunner:
             mid=self._next_mid(),
             role="worker",
             name=self.name,
+            versions=SUPPORTED_VERSIONS,
             patterns=self.subjects,
             credit=0 if self._draining else self._free_credit(),
             group=self.group,

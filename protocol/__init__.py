@@ -5,6 +5,11 @@ message objects into bytes, checks subjects and patterns, and indexes subscripti
 Time, where a rule needs it, enters as an argument. See ``docs/protocol.md``.
 """
 
+from ._bundle import BUNDLE_OVERHEAD as BUNDLE_OVERHEAD
+from ._bundle import BUNDLE_VERSION as BUNDLE_VERSION
+from ._bundle import bundle_frames as bundle_frames
+from ._bundle import encode_item as encode_item
+from ._bundle import to_array as to_array
 from ._codec import decode_body as decode_body
 from ._codec import encode_body as encode_body
 from ._codec import from_wire as from_wire

@@ -121,7 +121,16 @@ def encode_body(message: Message) -> bytes:
     build = TO_WIRE.get(type(message))
     if build is None:
         raise TypeError(f"not a protocol message: {message!r}")
-    wire = build(message)
+    return encode_wire(build(message), type(message).__name__)
+
+
+def encode_wire(wire: Any, name: str) -> bytes:
+    """Encode a wire value (a message's map or array) as CBOR; ``name`` is the message
+    kind, for the error.
+
+    Raises:
+      ValueError: a value (in the payload, say) has no CBOR encoding.
+    """
     try:
         encode = _ENCODERS.pop()
     except IndexError:
@@ -129,7 +138,7 @@ def encode_body(message: Message) -> bytes:
     try:
         body = encode(wire)
     except _CBOREncodeError as exc:
-        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from exc
+        raise ValueError(f"cannot encode {name}: {exc}") from exc
     if len(_ENCODERS) < _POOL_SIZE:
         _ENCODERS.append(encode)
     return body
@@ -175,6 +184,15 @@ def give_back(reader: tuple[Any, Any, Any]) -> None:
 
 def decode_with(reader: tuple[Any, Any, Any], body: bytes) -> Message:
     """:func:`decode_body` with a reader from :func:`take_reader` (for a loop over frames)."""
+    return from_wire(load_with(reader, body))
+
+
+def load_with(reader: tuple[Any, Any, Any], body: bytes) -> Any:
+    """The one CBOR item ``body`` holds, decoded with a reader from :func:`take_reader`.
+
+    Raises:
+      MalformedFrame: the bytes are not exactly one acceptable CBOR item.
+    """
     reset, decode, tell = reader
     reset(body)
     try:
@@ -184,7 +202,7 @@ def decode_with(reader: tuple[Any, Any, Any], body: bytes) -> Message:
     end = tell()
     if end != len(body):
         raise MalformedFrame(f"{len(body) - end} bytes of trailing data after the CBOR item")
-    return from_wire(wire)
+    return wire
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ A frame is a 5-byte header then the body::
     +----------------------+---------+------------------------------+
 
 ``length`` counts the body only. ``flags`` bit 0 set means the body is zlib-compressed
-CBOR; every other bit must be 0. The body is one CBOR map (see :mod:`protocol._codec`).
+CBOR; every other bit must be 0. The body is one CBOR map, one message (see
+:mod:`protocol._codec`), or a CBOR array of messages, a bundle (see :mod:`protocol._bundle`).
 A header announcing more than the decoder's ``max_frame_size`` is rejected before any of
 the body is buffered, and a compressed body may not inflate beyond that size either.
 """
@@ -17,7 +18,8 @@ from __future__ import annotations
 import struct
 import zlib
 
-from ._codec import POOLED_BODY_LIMIT, decode_with, encode_body, give_back, take_reader
+from ._bundle import decode_bundle
+from ._codec import POOLED_BODY_LIMIT, encode_body, from_wire, give_back, load_with, take_reader
 from ._errors import FrameTooLarge, MalformedFrame, ProtocolError
 from ._messages import Message
 
@@ -82,7 +84,7 @@ class FrameDecoder:
     spent: every later ``feed`` raises an error of the same class again (with no messages).
     """
 
-    __slots__ = ("max_frame_size", "_buffer", "_error")
+    __slots__ = ("max_frame_size", "frames", "_buffer", "_error")
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if max_frame_size < 1:
@@ -90,6 +92,8 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self._buffer = bytearray()
         self._error: ProtocolError | None = None
+        #: Whole frames the last ``feed`` completed (a bundle is one frame, many messages).
+        self.frames = 0
 
     @property
     def buffered(self) -> int:
@@ -107,6 +111,7 @@ class FrameDecoder:
         # else the buffered bytes and the new ones together. Each body is then one slice.
         buffer = self._buffer
         max_size = self.max_frame_size
+        self.frames = 0
         if buffer:
             buffer += data
             if len(buffer) < HEADER_SIZE:
@@ -128,6 +133,7 @@ class FrameDecoder:
         available = len(data)
         reader = None  # one reusable CBOR decoder for every frame of this call
         pooled = True
+        frames = 0
         try:
             while available - pos >= HEADER_SIZE:
                 length, flags = _unpack_header(data, pos)
@@ -144,17 +150,24 @@ class FrameDecoder:
                 pos = end
                 if reader is None:
                     reader = take_reader()
+                frames += 1
                 if flags:
                     body = self._inflate(data[start:end])
                     pooled = pooled and len(body) <= POOLED_BODY_LIMIT
-                    append(decode_with(reader, body))
+                    wire = load_with(reader, body)
                 else:
                     pooled = pooled and length <= POOLED_BODY_LIMIT
-                    append(decode_with(reader, data[start:end]))
+                    wire = load_with(reader, data[start:end])
+                if type(wire) is list:
+                    decode_bundle(wire, messages)
+                else:
+                    append(from_wire(wire))
         except ProtocolError as exc:
             exc.messages = messages
             self._error = exc
+            self.frames = frames
             raise
+        self.frames = frames
         if reader is not None and pooled:
             give_back(reader)
         if pos < available:

@@ -6,10 +6,11 @@ from collections.abc import Iterable
 
 from ._errors import UnsupportedVersion
 
-#: The protocol version this package writes.
-PROTOCOL_VERSION = 1
+#: The newest protocol version this package speaks. Version 2 adds bundles (many
+#: messages in one frame, see :mod:`protocol._bundle`); everything else is as in 1.
+PROTOCOL_VERSION = 2
 #: Every version this package can speak, newest first.
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+SUPPORTED_VERSIONS: tuple[int, ...] = (2, 1)
 
 
 def negotiate_version(offered: Iterable[int], supported: Iterable[int] = SUPPORTED_VERSIONS) -> int:

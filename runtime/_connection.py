@@ -50,6 +50,8 @@ DEFAULT_SEND_TIMEOUT = 10.0
 
 _HEADER_SIZE = protocol.HEADER_SIZE
 _encode = protocol.encode
+_encode_item = protocol.encode_item
+_BUNDLE_OVERHEAD = protocol.BUNDLE_OVERHEAD
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -93,6 +95,10 @@ class Connection:
     _decoder: protocol.FrameDecoder = attrs.field(init=False)
     # Outgoing: frames waiting for the writer, their bytes, and bytes being written.
     _pending: list[bytes] = attrs.field(init=False, factory=list)
+    # Once the session's version allows bundles: messages waiting for the writer, each
+    # encoded alone (so that a bad one fails its sender), bundled into frames when written.
+    _bundling: bool = attrs.field(init=False, default=False)
+    _items: list[bytes] = attrs.field(init=False, factory=list)
     _queued_bytes: int = attrs.field(init=False, default=0)
     _inflight_bytes: int = attrs.field(init=False, default=0)
     _writer_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
@@ -133,12 +139,13 @@ class Connection:
           SendBufferFull: the outgoing buffer would go over :attr:`max_outgoing` bytes.
           MessageTooLarge: the message encodes to a frame larger than the peer accepts.
         """
-        frame = self._frame(message)
+        bundling = self._bundling
+        frame = self._item(message) if bundling else self._frame(message)
         size = len(frame)
         used = self._queued_bytes + self._inflight_bytes
         if used + size > self.max_outgoing and used:
             raise SendBufferFull(self.max_outgoing)
-        self._pending.append(frame)
+        (self._items if bundling else self._pending).append(frame)
         self._queued_bytes += size
         if self._writer_lot:
             self._writer_lot.unpark_all()
@@ -149,14 +156,19 @@ class Connection:
         Raises:
           The same as :meth:`send_nowait`.
         """
-        frames = [self._frame(m) for m in messages]
+        bundling = self._bundling
+        encode = self._item if bundling else self._frame
+        frames = [encode(m) for m in messages]
         if not frames:
             return
         size = sum(map(len, frames))
         used = self._queued_bytes + self._inflight_bytes
         if used + size > self.max_outgoing and used:
             raise SendBufferFull(self.max_outgoing)
-        self._pending += frames
+        if bundling:
+            self._items += frames
+        else:
+            self._pending += frames
         self._queued_bytes += size
         if self._writer_lot:
             self._writer_lot.unpark_all()
@@ -170,7 +182,8 @@ class Connection:
           MessageTooLarge: the message encodes to a frame larger than the peer accepts.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        frame = self._frame(message)
+        bundling = self._bundling
+        frame = self._item(message) if bundling else self._frame(message)
         size = len(frame)
         waited = False
         if not self._has_room(size):
@@ -181,7 +194,11 @@ class Connection:
                     self._check_open()
             if waiting.cancelled_caught:
                 raise SendBufferFull(self.max_outgoing)
-        self._pending.append(frame)
+        if bundling != self._bundling:  # (the handshake ended while this one waited)
+            bundling = self._bundling
+            frame = self._item(message)
+            size = len(frame)
+        (self._items if bundling else self._pending).append(frame)
         self._queued_bytes += size
         if self._writer_lot:
             self._writer_lot.unpark_all()
@@ -197,9 +214,26 @@ class Connection:
         kind = type(message)
         if kind is Welcome:
             self._peer_open = True
+            # What follows the Welcome may be bundled, if the version it names allows.
+            self._bundling = message.version >= protocol.BUNDLE_VERSION
         elif kind is Bye:
             self._bye_sent = True
         return frame
+
+    def _item(self, message: protocol.Message) -> bytes:
+        if self.closed:
+            self._check_open()
+        item = _encode_item(message)
+        if len(item) + _BUNDLE_OVERHEAD > self._send_limit:
+            raise MessageTooLarge(len(item) + _BUNDLE_OVERHEAD, self._send_limit)
+        if type(message) is Bye:
+            self._bye_sent = True
+        return item
+
+    def _use_bundles(self, version: int) -> None:
+        """Client side: the Welcome received names ``version``; bundle from now on if it
+        allows (on the server side, sending the Welcome decides)."""
+        self._bundling = version >= protocol.BUNDLE_VERSION
 
     def _has_room(self, size: int) -> bool:
         used = self._queued_bytes + self._inflight_bytes
@@ -213,8 +247,8 @@ class Connection:
 
     def _send_control(self, message: protocol.Message) -> None:
         """Queue a Ping, Pong, Bye or Error past the bound (they are tiny and few)."""
-        frame = _encode(message)
-        self._pending.append(frame)
+        frame = _encode_item(message) if self._bundling else _encode(message)
+        (self._items if self._bundling else self._pending).append(frame)
         self._queued_bytes += len(frame)
         if self._writer_lot:
             self._writer_lot.unpark_all()
@@ -419,12 +453,17 @@ class Connection:
         try:
             while True:
                 batch = self._pending
-                if not batch:
+                items = self._items
+                if not batch and not items:
                     if self.closed:
                         return
                     await self._writer_lot.park()
                     continue
                 self._pending = []
+                if items:
+                    self._items = []
+                    bundles = protocol.bundle_frames(items, self._send_limit)
+                    batch = batch + bundles if batch else bundles
                 self._inflight_bytes = self._queued_bytes
                 self._queued_bytes = 0
                 try:

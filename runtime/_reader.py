@@ -81,7 +81,7 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
         failure: protocol.ProtocolError | None = None
         try:
             messages = decoder.feed(data)
-            if whole_frames and (len(messages) != 1 or decoder.buffered):
+            if whole_frames and (decoder.frames != 1 or decoder.buffered):
                 raise protocol.MalformedFrame(
                     "each WebSocket message must hold exactly one whole frame"
                 )

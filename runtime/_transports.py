@@ -187,6 +187,7 @@ async def client_handshake(
     assert type(answer) is Welcome  # the session allows nothing else here
     conn.welcome = answer
     conn._peer_open = True
+    conn._use_bundles(answer.version)
     if answer.max_frame is not None:
         conn._send_limit = min(conn._send_limit, answer.max_frame)
     interval = heartbeat if heartbeat is not None else answer.heartbeat

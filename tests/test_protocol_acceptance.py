@@ -87,8 +87,12 @@ def test_hello_roles_and_version_negotiation() -> None:
         Hello(mid=1, role=role)
     with pytest.raises(ValueError, match="role"):
         Hello(mid=1, role="admin")
-    hello = protocol.decode(protocol.encode(Hello(mid=1, role="client", versions=[1, 7])))
-    assert protocol.negotiate_version(hello.versions) == protocol.PROTOCOL_VERSION
+    hello = protocol.decode(protocol.encode(Hello(mid=1, role="client", versions=[1, 2, 7])))
+    assert protocol.negotiate_version(hello.versions) == protocol.PROTOCOL_VERSION == 2
+    # A peer that speaks only version 1 gets version 1 (and no bundles).
+    assert protocol.negotiate_version([1, 7]) == 1
+    # A Hello that names no versions offers version 1 (what senders before version 2 meant).
+    assert Hello(mid=1, role="client").versions == (1,)
     with pytest.raises(protocol.UnsupportedVersion):
         protocol.negotiate_version([99])
 

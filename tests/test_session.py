@@ -384,7 +384,10 @@ def test_heartbeat_driven_by_its_own_deadlines(
 def test_this_version_is_supported() -> None:
     assert PROTOCOL_VERSION in SUPPORTED_VERSIONS
     assert negotiate_version([PROTOCOL_VERSION]) == PROTOCOL_VERSION
-    assert Hello(mid=1, role="client").versions == (PROTOCOL_VERSION,)
+    # A Hello naming no versions means version 1 (what senders before version 2 meant);
+    # our clients and workers name every version they speak.
+    assert Hello(mid=1, role="client").versions == (1,)
+    assert negotiate_version(SUPPORTED_VERSIONS) == PROTOCOL_VERSION
 
 
 @pytest.mark.parametrize(
