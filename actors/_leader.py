@@ -42,9 +42,11 @@ from runtime import Backoff, Connection, ConnectionClosed, SendBufferFull, serve
 from ._broker import Broker, BrokerConfig
 from ._links import MODES, POLICIES, ClientLink, WorkerLink
 
-#: Messages of one received batch handled before the leader yields, so that the writers
-#: start sending what is queued (the next process in the pipeline starts working sooner).
+#: Messages of one received batch handled before what they queued is written out, so
+#: that the next process in the pipeline starts working sooner.
 FLUSH_EVERY = 16
+#: Messages of one received batch handled before the leader yields to other tasks.
+YIELD_EVERY = 256
 
 
 class Leader:
@@ -103,6 +105,10 @@ class Leader:
         self.urls: list[str] = []
         self._timer_scope: trio.CancelScope | None = None
         self._session_ids = itertools.count(1)
+        # While a batch is handled, messages are queued on their connections (``dirty``)
+        # and each connection is flushed once at the end: no writer task has to run.
+        self._batching = False
+        self._dirty: dict[Connection, None] = {}
         self._instance = uuid.uuid4().hex[:8]
         self._doomed: dict[Connection, str] = {}
         self.connections = 0
@@ -144,7 +150,11 @@ class Leader:
             with trio.CancelScope(deadline=self.broker.next_deadline()) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
-            self.broker.handle_timer(trio.current_time())
+            self._batching = True
+            try:
+                self.broker.handle_timer(trio.current_time())
+            finally:
+                self._flush()
             self._close_doomed()
 
     def _rearm(self) -> None:
@@ -161,11 +171,17 @@ class Leader:
 
     def _sender(self, conn: Connection):
         send_nowait = conn.send_nowait
+        queue_nowait = conn.queue_nowait
         doomed = self._doomed
+        dirty = self._dirty
 
         def send(message: Any) -> None:
             try:
-                send_nowait(message)
+                if self._batching:
+                    queue_nowait(message)
+                    dirty[conn] = None
+                else:
+                    send_nowait(message)
             except SendBufferFull:
                 # A slow peer: close it after this batch. What it missed is safe: a
                 # worker's jobs are redelivered, a client resubmits and gets the stored result.
@@ -174,6 +190,15 @@ class Leader:
                 pass
 
         return send
+
+    def _flush(self) -> None:
+        """Write out what the batch just handled queued, one flush per connection."""
+        self._batching = False
+        dirty = self._dirty
+        if dirty:
+            for conn in dirty:
+                conn.flush()
+            dirty.clear()
 
     def _close_doomed(self) -> None:
         for conn, reason in list(self._doomed.items()):
@@ -238,7 +263,11 @@ class Leader:
             mode=hello.meta.get("mode", "round_robin"),
             next_mid=conn.next_mid,
         )
-        broker.worker_joined(link, trio.current_time())
+        self._batching = True
+        try:
+            broker.worker_joined(link, trio.current_time())
+        finally:
+            self._flush()
         handlers = {
             Result: broker.result,
             Nack: broker.nack,
@@ -250,25 +279,33 @@ class Leader:
         try:
             while True:
                 now = trio.current_time()
-                for msg in batch:
-                    handler = handlers.get(type(msg))
-                    if handler is not None:
-                        handler(link, msg, now)
-                    elif type(msg) is not Error:
-                        link.send(
-                            Error(
-                                mid=link.next_mid(),
-                                cid=msg.mid,
-                                code=ErrorCode.NOT_PERMITTED,
-                                message=f"workers may not send {type(msg).__name__} here",
+                self._batching = True
+                try:
+                    for msg in batch:
+                        handler = handlers.get(type(msg))
+                        if handler is not None:
+                            handler(link, msg, now)
+                        elif type(msg) is not Error:
+                            link.send(
+                                Error(
+                                    mid=link.next_mid(),
+                                    cid=msg.mid,
+                                    code=ErrorCode.NOT_PERMITTED,
+                                    message=f"workers may not send {type(msg).__name__} here",
+                                )
                             )
-                        )
+                finally:
+                    self._flush()
                 self._rearm()
                 if self._doomed:
                     self._close_doomed()
                 batch = await conn.receive_some()
         finally:
-            broker.worker_left(link, trio.current_time())
+            self._batching = True
+            try:
+                broker.worker_left(link, trio.current_time())
+            finally:
+                self._flush()
             self._rearm()
 
     async def _serve_client(self, conn: Connection, hello: Hello, batch: list[Any]) -> None:
@@ -284,13 +321,20 @@ class Leader:
         try:
             while True:
                 now = trio.current_time()
-                for i, msg in enumerate(batch, 1):
-                    handler = handlers.get(type(msg))
-                    if handler is not None:
-                        handler(link, msg, now)
-                    if i % FLUSH_EVERY == 0:
-                        await trio.lowlevel.checkpoint()  # let writers start on what is queued
-                        now = trio.current_time()  # other tasks ran: time must not go back
+                self._batching = True
+                try:
+                    for i, msg in enumerate(batch, 1):
+                        handler = handlers.get(type(msg))
+                        if handler is not None:
+                            handler(link, msg, now)
+                        if i % FLUSH_EVERY == 0:
+                            self._flush()
+                            if i % YIELD_EVERY == 0:
+                                await trio.lowlevel.checkpoint()
+                                now = trio.current_time()  # other tasks ran: time must not go back
+                            self._batching = True
+                finally:
+                    self._flush()
                 self._rearm()
                 if self._doomed:
                     self._close_doomed()

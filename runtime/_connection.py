@@ -99,6 +99,8 @@ class Connection:
     # encoded alone (so that a bad one fails its sender), bundled into frames when written.
     _bundling: bool = attrs.field(init=False, default=False)
     _items: list[bytes] = attrs.field(init=False, factory=list)
+    # The wire's way to write without waiting, if it has one (see :meth:`flush`).
+    _try_send: Any = attrs.field(init=False, default=None)
     _queued_bytes: int = attrs.field(init=False, default=0)
     _inflight_bytes: int = attrs.field(init=False, default=0)
     _writer_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
@@ -128,6 +130,7 @@ class Connection:
     def __attrs_post_init__(self) -> None:
         self._decoder = protocol.FrameDecoder(max_frame_size=self.max_frame_size)
         self._send_limit = self.max_frame_size
+        self._try_send = getattr(self._wire, "try_send", None)
 
     # ------------------------------------------------------------------ sending
 
@@ -139,6 +142,18 @@ class Connection:
           SendBufferFull: the outgoing buffer would go over :attr:`max_outgoing` bytes.
           MessageTooLarge: the message encodes to a frame larger than the peer accepts.
         """
+        self.queue_nowait(message)
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    def queue_nowait(self, message: protocol.Message) -> None:
+        """Queue ``message`` as :meth:`send_nowait` does, but leave it queued until
+        :meth:`flush` (for a loop that sends many messages, to many connections, and then
+        flushes each once: the writer task need not run at all).
+
+        Raises:
+          The same as :meth:`send_nowait`.
+        """
         bundling = self._bundling
         frame = self._item(message) if bundling else self._frame(message)
         size = len(frame)
@@ -147,8 +162,43 @@ class Connection:
             raise SendBufferFull(self.max_outgoing)
         (self._items if bundling else self._pending).append(frame)
         self._queued_bytes += size
+
+    def flush(self) -> None:
+        """Write what is queued: at once, when the transport takes it all without waiting
+        (plain TCP); the writer task writes the rest. Never waits."""
+        if not (self._pending or self._items):
+            return
+        try_send = self._try_send
+        if try_send is not None and not self._inflight_bytes and not self.closed:
+            batch = self._take_batch()
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            try:
+                sent = try_send(data)
+            except _LOST as exc:
+                self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
+                return
+            self.session.sent(trio.current_time())
+            if sent == len(data):
+                self._queued_bytes = 0
+                if self._space_lot:
+                    self._space_lot.unpark_all()
+                return
+            rest = data[sent:]
+            self._pending.insert(0, rest)  # before anything queued since (nothing yet)
+            self._queued_bytes = len(rest)
         if self._writer_lot:
             self._writer_lot.unpark_all()
+
+    def _take_batch(self) -> list[bytes]:
+        """Everything queued, as frames (bundling the items), in order; the queue empties."""
+        batch = self._pending
+        items = self._items
+        self._pending = []
+        if items:
+            self._items = []
+            bundles = protocol.bundle_frames(items, self._send_limit)
+            batch = batch + bundles if batch else bundles
+        return batch
 
     def send_many_nowait(self, messages: Iterable[protocol.Message]) -> None:
         """Queue several messages at once: all of them or, on an error, none.
@@ -452,18 +502,12 @@ class Connection:
         clock = trio.lowlevel.current_clock().current_time  # = trio.current_time, one call deep
         try:
             while True:
-                batch = self._pending
-                items = self._items
-                if not batch and not items:
+                if not self._pending and not self._items:
                     if self.closed:
                         return
                     await self._writer_lot.park()
                     continue
-                self._pending = []
-                if items:
-                    self._items = []
-                    bundles = protocol.bundle_frames(items, self._send_limit)
-                    batch = batch + bundles if batch else bundles
+                batch = self._take_batch()
                 self._inflight_bytes = self._queued_bytes
                 self._queued_bytes = 0
                 try:

@@ -109,6 +109,16 @@ class SocketWire:
                 return  # sent at once: no wait, no schedule point
             await trio.lowlevel.wait_writable(sock)
 
+    def try_send(self, data: bytes) -> int:
+        """Send what the socket takes now, without waiting; return how many bytes that was
+        (0 when it would block). Never call it while a ``send_frames`` is under way."""
+        try:
+            return self._sock.send(data)
+        except _BLOCKED:
+            return 0
+        except OSError as exc:
+            raise _broken(exc) from exc
+
     async def receive(self) -> bytes | bytearray | None:
         sock = self._sock
         if self._reads_in_a_row >= READS_BEFORE_YIELD:

@@ -3,7 +3,8 @@
 The runner's connection is replaced by a list that collects what it would send; Assign
 messages are fed to it as its session loop would. Slots are woken one at a time, in a
 chain: jobs that wait still run side by side (up to ``concurrency``), and a batch of jobs
-that never wait is run by one slot instead of waking one task per job.
+that never wait is run by one slot instead of waking one task per job. Results are
+queued and flushed: once for a batch of jobs that never wait, and before any job waits.
 """
 
 from __future__ import annotations
@@ -17,13 +18,27 @@ from protocol import Assign, Nack, Result
 
 
 class _Sink:
-    """Stands in for the worker's Connection: keeps what is sent, with the virtual time."""
+    """Stands in for the worker's Connection: keeps what is sent (written out: sent at
+    once, or queued and then flushed), with the virtual time it went out."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[float, object]] = []
+        self.queued: list[object] = []
+        self.flushes = 0  # flushes that wrote something
 
     def send_nowait(self, message: object) -> None:
-        self.sent.append((trio.current_time(), message))
+        self.queued.append(message)
+        self.flush()
+
+    def queue_nowait(self, message: object) -> None:
+        self.queued.append(message)
+
+    def flush(self) -> None:
+        if self.queued:
+            self.flushes += 1
+            now = trio.current_time()
+            self.sent += [(now, m) for m in self.queued]
+            self.queued.clear()
 
 
 class Sleeper(Worker):
@@ -92,6 +107,66 @@ async def test_a_batch_of_jobs_that_never_wait_runs_on_few_slots(autojump_clock:
     # The first slot ran the whole batch; the one it woke found nothing left.
     assert runner._slots == 2
     assert runner.completed == 8
+    assert sink.flushes == 1  # eight results, one write
+
+
+class Mixed(Worker):
+    """Payload = seconds to wait (0: returns without waiting)."""
+
+    subjects = ["mixed"]
+    concurrency = 8
+
+    async def handle(self, job):
+        if job.payload:
+            await trio.sleep(job.payload)
+        return job.payload
+
+
+async def test_results_are_not_held_back_by_a_job_that_waits(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        runner, sink = await _runner_with(Mixed(), nursery)
+        t0 = trio.current_time()
+        # Two instant jobs, one of 5 s, one instant: one slot runs the first two, and
+        # flushes their results when the third is about to wait (not 5 s later).
+        for i, wait in enumerate([0, 0, 5, 0]):
+            runner._on_assign(_assign(i, "mixed", wait), trio.current_time())
+        while len(sink.sent) < 4:  # noqa: ASYNC110 - polling in virtual time
+            await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    done = {m.job_id: t - t0 for t, m in sink.sent}
+    assert done == {"j0": 0, "j1": 0, "j2": 5, "j3": 0}
+    assert [m.job_id for _, m in sink.sent][:2] == ["j0", "j1"]
+    assert sink.flushes == 3  # j0+j1 before j2 waits, j3 when its slot ran dry, j2 at 5 s
+
+
+class Failing(Worker):
+    subjects = ["fail"]
+    concurrency = 2
+
+    async def handle(self, job):
+        if job.payload:
+            await trio.sleep(job.payload)
+        raise ValueError(f"no {job.payload}")
+
+
+async def test_a_job_that_waits_then_fails_or_is_cancelled_is_reported(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        runner, sink = await _runner_with(Failing(), nursery)
+        runner._on_assign(_assign(0, "fail", 0), trio.current_time())
+        runner._on_assign(_assign(1, "fail", 2), trio.current_time())
+        await trio.sleep(1)
+        assert [(m.job_id, m.ok, m.error_message) for _, m in sink.sent] == [("j0", False, "no 0")]
+        await trio.sleep(2)
+        assert [(m.job_id, m.ok) for _, m in sink.sent] == [("j0", False), ("j1", False)]
+        assert sink.sent[1][1].error_message == "no 2"
+        # A job cancelled while it waits (the leader's Cancel) is given back with a Nack.
+        runner._on_assign(_assign(2, "fail", 10), trio.current_time())
+        await trio.sleep(1)
+        runner.running["j2"]._cancel()
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert type(sink.sent[-1][1]) is Nack and sink.sent[-1][1].job_id == "j2"
+    assert sink.sent[-1][0] == 4  # when cancelled (t = 4), not at the end of its 10 s
 
 
 async def test_credit_overrun_is_refused_not_queued(autojump_clock: trio.testing.MockClock) -> None:
