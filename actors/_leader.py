@@ -45,8 +45,6 @@ from ._links import MODES, POLICIES, ClientLink, WorkerLink
 #: Messages of one received batch handled before what they queued is written out, so
 #: that the next process in the pipeline starts working sooner.
 FLUSH_EVERY = 16
-#: Messages of one received batch handled before the leader yields to other tasks.
-YIELD_EVERY = 256
 
 
 class Leader:
@@ -200,6 +198,11 @@ class Leader:
                 conn.flush()
             dirty.clear()
 
+    def _end_batch(self) -> None:
+        self._rearm()
+        if self._doomed:
+            self._close_doomed()
+
     def _close_doomed(self) -> None:
         for conn, reason in list(self._doomed.items()):
             del self._doomed[conn]
@@ -276,30 +279,32 @@ class Leader:
             Publish: broker.publish,
             Credit: lambda w, m, now: broker.set_window(w, m.credit, now),
         }
-        try:
-            while True:
-                now = trio.current_time()
-                self._batching = True
-                try:
-                    for msg in batch:
-                        handler = handlers.get(type(msg))
-                        if handler is not None:
-                            handler(link, msg, now)
-                        elif type(msg) is not Error:
-                            link.send(
-                                Error(
-                                    mid=link.next_mid(),
-                                    cid=msg.mid,
-                                    code=ErrorCode.NOT_PERMITTED,
-                                    message=f"workers may not send {type(msg).__name__} here",
-                                )
+
+        def on_batch(batch: list[Any]) -> None:
+            now = trio.current_time()
+            self._batching = True
+            try:
+                for msg in batch:
+                    handler = handlers.get(type(msg))
+                    if handler is not None:
+                        handler(link, msg, now)
+                    elif type(msg) is not Error:
+                        link.send(
+                            Error(
+                                mid=link.next_mid(),
+                                cid=msg.mid,
+                                code=ErrorCode.NOT_PERMITTED,
+                                message=f"workers may not send {type(msg).__name__} here",
                             )
-                finally:
-                    self._flush()
-                self._rearm()
-                if self._doomed:
-                    self._close_doomed()
-                batch = await conn.receive_some()
+                        )
+            finally:
+                self._flush()
+            self._end_batch()
+
+        try:
+            if batch:
+                on_batch(batch)
+            await conn.dispatch_to(on_batch)  # the reader task runs on_batch from now on
         finally:
             self._batching = True
             try:
@@ -318,26 +323,25 @@ class Leader:
             Subscribe: broker.subscribe,
             Unsubscribe: lambda c, m, now: broker.unsubscribe(c, m),
         }
+
+        def on_batch(batch: list[Any]) -> None:
+            now = trio.current_time()
+            self._batching = True
+            try:
+                for i, msg in enumerate(batch, 1):
+                    handler = handlers.get(type(msg))
+                    if handler is not None:
+                        handler(link, msg, now)
+                    if i % FLUSH_EVERY == 0:
+                        self._flush()  # the workers can start on these
+                        self._batching = True
+            finally:
+                self._flush()
+            self._end_batch()
+
         try:
-            while True:
-                now = trio.current_time()
-                self._batching = True
-                try:
-                    for i, msg in enumerate(batch, 1):
-                        handler = handlers.get(type(msg))
-                        if handler is not None:
-                            handler(link, msg, now)
-                        if i % FLUSH_EVERY == 0:
-                            self._flush()
-                            if i % YIELD_EVERY == 0:
-                                await trio.lowlevel.checkpoint()
-                                now = trio.current_time()  # other tasks ran: time must not go back
-                            self._batching = True
-                finally:
-                    self._flush()
-                self._rearm()
-                if self._doomed:
-                    self._close_doomed()
-                batch = await conn.receive_some()
+            if batch:
+                on_batch(batch)
+            await conn.dispatch_to(on_batch)  # the reader task runs on_batch from now on
         finally:
             broker.client_left(link)

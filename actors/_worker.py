@@ -249,26 +249,25 @@ class WorkerRunner:
         async with trio.open_nursery() as nursery:
             if stop is not None:
                 nursery.start_soon(self._drain_on, stop, conn, drain_grace, nursery.cancel_scope)
-            while True:
-                try:
-                    batch = await conn.receive_some()
-                except ConnectionClosed:
-                    if self._draining:
-                        return
-                    raise
-                now = self._clock()  # one reading for the batch: nothing runs meanwhile
-                for msg in batch:
-                    kind = type(msg)
-                    if kind is Assign:
-                        self._on_assign(msg, now)
-                    elif kind is Cancel:
-                        job = self.running.get(msg.job_id)
-                        if job is not None:
-                            job._cancel()
-                    elif kind is Deliver:
-                        self._on_deliver(msg)
-                    elif kind is Bye:
-                        raise ConnectionClosed("leader said bye: " + msg.reason)
+            try:
+                await conn.dispatch_to(self._on_batch)  # the reader task runs it
+            except ConnectionClosed:
+                if self._draining:
+                    return
+                raise
+
+    def _on_batch(self, batch: list[Any]) -> None:
+        now = self._clock()  # one reading for the batch: nothing runs meanwhile
+        for msg in batch:
+            kind = type(msg)
+            if kind is Assign:
+                self._on_assign(msg, now)
+            elif kind is Cancel:
+                job = self.running.get(msg.job_id)
+                if job is not None:
+                    job._cancel()
+            elif kind is Deliver:
+                self._on_deliver(msg)
 
     async def _drain_on(
         self, stop: trio.Event, conn: Connection, grace: float, session_scope: trio.CancelScope
@@ -346,10 +345,10 @@ class WorkerRunner:
     def _wake_slot(self) -> None:
         """Get one more slot going for the queue: an idle one, or a new one.
 
-        One slot at a time is woken: it takes the next job and, if more are queued, wakes
-        the next slot before running its own (a chain). A batch of jobs that finish without
-        waiting so costs two task switches instead of one per job, and jobs that do wait
-        still each get a slot, one scheduling round later.
+        One slot at a time is woken: it takes the next job and, if more are queued when
+        that job is about to wait, wakes the next slot (a chain). A batch of jobs that
+        finish without waiting so costs one task switch instead of one per job, and jobs
+        that do wait still each get a slot, one scheduling round later.
         """
         if self._idle_slots:
             self._waking = True
@@ -381,24 +380,27 @@ class WorkerRunner:
                     if job._cancelled:  # cancelled while queued
                         self._finish(job, cid, None)
                         continue
-                    if queue and not self._waking:
-                        self._wake_slot()  # the next job may not wait for this one
                     job._scope = scope
                     outcome: tuple[bool, Any, str | None, str | None] | None = None
                     try:
                         coro = handle(job)
                         if type(coro) is _Coroutine:
-                            # One step here: a job that finishes without waiting needs no
-                            # flush; one that is about to wait gets the finished results
-                            # written first, then waits (still in this task).
+                            # One step here: a job that finishes without waiting needs
+                            # neither another slot nor a flush; one that is about to wait
+                            # gets the next job a slot and the finished results written
+                            # first, then waits (still in this task).
                             try:
                                 trap = coro.send(None)
                             except StopIteration as done:
                                 value = done.value
                             else:
+                                if queue and not self._waking:
+                                    self._wake_slot()
                                 self._flush()
                                 value = await _resume(coro, trap)
                         else:
+                            if queue and not self._waking:
+                                self._wake_slot()
                             value = await coro
                     except Exception as exc:  # the user's code failed: report it, the leader retries
                         outcome = (False, None, type(exc).__name__, str(exc))

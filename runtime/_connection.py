@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -112,6 +112,8 @@ class Connection:
     _receive_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     _inbox_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     _reader_stalled: bool = attrs.field(init=False, default=False)
+    # Set by :meth:`dispatch_to`: the reader hands each batch to it instead of the inbox.
+    _handler: Any = attrs.field(init=False, default=None)
     # Closing: why (reason, code, clean), whether to flush, and the lifecycle events.
     _close_info: tuple[str, str | None, bool] | None = attrs.field(init=False, default=None)
     _flush_on_close: bool = attrs.field(init=False, default=True)
@@ -336,6 +338,35 @@ class Connection:
         if self._inbox_lot:
             self._inbox_lot.unpark_all()
         return batch
+
+    async def dispatch_to(self, handler: Callable[[list[protocol.Message]], None]) -> NoReturn:
+        """Hand every batch of received messages to ``handler``, until the connection closes.
+
+        The reader task calls ``handler(batch)`` itself as soon as a batch is decoded (what
+        :meth:`receive_some` would return, in the same order, never empty), so no other task
+        has to wake up for it; messages that were already waiting go to it first, from this
+        task. ``handler`` must not block: it runs synchronously in the reader (an exception
+        from it ends the connection's tasks). Use either this or the ``receive`` methods.
+
+        Raises:
+          ConnectionClosed: always, in the end, as :meth:`receive_some` would.
+        """
+        self._handler = handler
+        try:
+            waiting = list(self._ready) + self._inbox if self._ready else self._inbox
+            if waiting:
+                self._ready.clear()
+                self._inbox = []
+                self._inbox_bytes = 0
+                if self._inbox_lot:
+                    self._inbox_lot.unpark_all()
+                handler(waiting)  # before anything the reader gets from now on
+            while self._close_info is None:
+                await self._receive_lot.park()
+            reason, code, clean = self._close_info
+            raise ConnectionClosed(reason, code=code, clean=clean)
+        finally:
+            self._handler = None
 
     async def receive(self) -> protocol.Message:
         """Return the next message, one at a time.

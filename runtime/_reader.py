@@ -107,10 +107,14 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
                 out.append(message)
         if out:
             last_error = out[-1] if type(out[-1]) is Error else None
-            conn._inbox += out
-            conn._inbox_bytes += len(data)
-            if conn._receive_lot:
-                conn._receive_lot.unpark_all()
+            handler = conn._handler
+            if handler is not None:
+                handler(out)  # (Connection.dispatch_to)
+            else:
+                conn._inbox += out
+                conn._inbox_bytes += len(data)
+                if conn._receive_lot:
+                    conn._receive_lot.unpark_all()
         if failure is not None:
             conn._fail(failure)
             return b""
