@@ -168,9 +168,7 @@ class Client:
         self._conn = conn
         self._connected.set()
         try:
-            while True:
-                for msg in await conn.receive_some():
-                    self._dispatch(msg)
+            await conn.dispatch_to(self._on_batch)  # the reader task runs it
         finally:
             self._conn = None
             self._connected = trio.Event()
@@ -186,6 +184,10 @@ class Client:
         message = call.message
         self._calls[message.mid] = call
         conn.send_nowait(message)
+
+    def _on_batch(self, batch: list[Any]) -> None:
+        for msg in batch:
+            self._dispatch(msg)
 
     def _dispatch(self, msg: Any) -> None:
         kind = type(msg)
