@@ -44,7 +44,7 @@ from ._links import MODES, POLICIES, ClientLink, WorkerLink
 
 #: Messages of one received batch handled before what they queued is written out, so
 #: that the next process in the pipeline starts working sooner.
-FLUSH_EVERY = 16
+FLUSH_EVERY = 32
 
 
 class Leader:

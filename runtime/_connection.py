@@ -45,6 +45,10 @@ DEFAULT_MAX_OUTGOING = 8 * 2**20
 DEFAULT_MAX_INBOX = 2**20
 #: Default time for closing: flush what is queued, let the peer close, close the transport.
 DEFAULT_CLOSE_TIMEOUT = 5.0
+#: Default number of messages queued by :meth:`Connection.send_nowait` after which they
+#: are written at once instead of when the writer task next runs (so that a peer starts
+#: on the first of a long run of messages while the rest are still being made).
+DEFAULT_FLUSH_EVERY = 32
 #: Default time :meth:`Connection.send` waits for room in the outgoing buffer.
 DEFAULT_SEND_TIMEOUT = 10.0
 
@@ -72,6 +76,8 @@ class Connection:
       welcome: on the client side, the server's Welcome.
       max_outgoing: bound of the outgoing buffer in bytes.
       send_timeout: seconds :meth:`send` waits for room before :class:`SendBufferFull`.
+      flush_every: messages queued by :meth:`send_nowait` that are written at once
+        (without waiting for the writer task), once the session bundles.
       close_timeout: seconds a graceful close may take before the transport is cut.
       next_mid: ``conn.next_mid()`` returns this connection's next message id (1, 2, ...);
         build every message sent on this connection with it (Hello conventionally uses 0).
@@ -86,6 +92,7 @@ class Connection:
     send_timeout: float = DEFAULT_SEND_TIMEOUT
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     max_inbox: int = DEFAULT_MAX_INBOX
+    flush_every: int = DEFAULT_FLUSH_EVERY
     hello_timeout: float | None = None
     welcome: Welcome | None = attrs.field(default=None, init=False)
     closed: bool = attrs.field(default=False, init=False)
@@ -145,7 +152,9 @@ class Connection:
           MessageTooLarge: the message encodes to a frame larger than the peer accepts.
         """
         self.queue_nowait(message)
-        if self._writer_lot:
+        if len(self._items) >= self.flush_every:
+            self.flush()
+        elif self._writer_lot:
             self._writer_lot.unpark_all()
 
     def queue_nowait(self, message: protocol.Message) -> None:
