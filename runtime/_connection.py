@@ -48,7 +48,7 @@ DEFAULT_CLOSE_TIMEOUT = 5.0
 #: Default number of messages queued by :meth:`Connection.send_nowait` after which they
 #: are written at once instead of when the writer task next runs (so that a peer starts
 #: on the first of a long run of messages while the rest are still being made).
-DEFAULT_FLUSH_EVERY = 32
+DEFAULT_FLUSH_EVERY = 16
 #: Default time :meth:`Connection.send` waits for room in the outgoing buffer.
 DEFAULT_SEND_TIMEOUT = 10.0
 
