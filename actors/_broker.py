@@ -322,7 +322,13 @@ class Broker(Redelivery, PubSub):
                     return best
             return _least_loaded(candidates)
         start = queue.rr
-        for i in range(n):
+        if start >= n:
+            start = 0
+        worker = candidates[start]
+        if len(worker.inflight) < worker.window:  # the usual case: the next one has room
+            queue.rr = start + 1
+            return worker
+        for i in range(1, n):
             worker = candidates[(start + i) % n]
             if len(worker.inflight) < worker.window:
                 queue.rr = (start + i + 1) % n
@@ -433,7 +439,8 @@ class Broker(Redelivery, PubSub):
                 )
             elif job.state is JobState.ASSIGNED and job.worker is worker:
                 self._failed_attempt(job, (msg.error_type or "Error", msg.error_message or ""), now)
-        self._feed(worker, now)
+        if self.waiting_count:  # (it counts every queued job, backlogs included)
+            self._feed(worker, now)
 
     def nack(self, worker: WorkerLink, msg: Nack, now: float) -> None:
         """A worker gave a job back: redeliver after its delay (or the backoff)."""
