@@ -52,8 +52,8 @@ LEAST_LOADED_SAMPLES = 8
 #: connected are dropped, oldest first.
 MAX_GROUP_STATS = 10_000
 
-_assign_unchecked = Assign.unchecked
-_result_unchecked = Result.unchecked
+_assign_item = Assign.item  # type: ignore[attr-defined]
+_result_item = Result.item  # type: ignore[attr-defined]
 
 
 def _least_loaded(workers: Iterable[WorkerLink], enough: int | None = None) -> WorkerLink | None:
@@ -382,8 +382,8 @@ class Broker(Redelivery, PubSub):
             self._soonest = deadline
         worker.assigned_total += 1
         # Every field comes from a validated Submit (or the config): no need to check again.
-        worker.send(
-            _assign_unchecked(
+        worker.send_item(
+            _assign_item(
                 mid=worker.next_mid(),
                 job_id=job.job_id,
                 subject=job.subject,
@@ -512,8 +512,8 @@ class Broker(Redelivery, PubSub):
 
     @staticmethod
     def _reply(client: ClientLink, cid: int, job_id: str, stored: StoredResult) -> None:
-        client.send(
-            _result_unchecked(  # the fields come from a validated Result (or the broker)
+        client.send_item(
+            _result_item(  # the fields come from a validated Result (or the broker)
                 mid=client.next_mid(),
                 cid=cid,
                 job_id=job_id,

@@ -167,9 +167,11 @@ class Leader:
 
     # ------------------------------------------------------------------ connections
 
-    def _sender(self, conn: Connection):
+    def _sender(self, conn: Connection) -> dict[str, Any]:
+        """The ``send`` and ``send_item`` of a link on ``conn`` (keyword arguments)."""
         send_nowait = conn.send_nowait
         queue_nowait = conn.queue_nowait
+        queue_item = conn.queue_item
         doomed = self._doomed
         dirty = self._dirty
 
@@ -187,7 +189,20 @@ class Leader:
             except ConnectionClosed:
                 pass
 
-        return send
+        def send_item(item: list[Any]) -> None:
+            try:
+                queue_item(item)
+            except SendBufferFull:
+                doomed[conn] = f"outgoing buffer over {conn.max_outgoing} bytes"
+                return
+            except ConnectionClosed:
+                return
+            if self._batching:
+                dirty[conn] = None
+            else:
+                conn.flush()
+
+        return {"send": send, "send_item": send_item}
 
     def _flush(self) -> None:
         """Write out what the batch just handled queued, one flush per connection."""
@@ -258,7 +273,7 @@ class Leader:
         broker = self.broker
         link = WorkerLink(
             hello.name or conn.peer,
-            self._sender(conn),
+            **self._sender(conn),
             patterns=hello.patterns,
             window=hello.credit,
             group=hello.group or hello.name or conn.peer,
@@ -315,7 +330,7 @@ class Leader:
 
     async def _serve_client(self, conn: Connection, hello: Hello, batch: list[Any]) -> None:
         broker = self.broker
-        link = ClientLink(hello.name or conn.peer, self._sender(conn), next_mid=conn.next_mid)
+        link = ClientLink(hello.name or conn.peer, **self._sender(conn), next_mid=conn.next_mid)
         handlers = {
             Submit: broker.submit,
             Cancel: broker.cancel,

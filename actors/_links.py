@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from protocol import message_of
+
 if TYPE_CHECKING:
     from ._jobs import JobRecord
 
@@ -35,6 +37,13 @@ class Link:
     next_mid: Callable[[], int] = attrs.field(
         kw_only=True, factory=lambda: itertools.count(1).__next__
     )
+    #: Sends a message given as its bundle item (``Result.item(...)``); by default it
+    #: builds the message and calls ``send``.
+    send_item: Callable[[list[Any]], None] = attrs.field(kw_only=True, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.send_item is None:
+            self.send_item = lambda item: self.send(message_of(item))
 
 
 @attrs.define(eq=False)

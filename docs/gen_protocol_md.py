@@ -55,6 +55,10 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
     ("Welcome", "session"): "An id of this session, for logs.",
     ("Welcome", "heartbeat"): "Heartbeat interval in seconds (see *Heartbeats*); null or 0 = none.",
     ("Welcome", "max_frame"): "Largest frame body, in bytes, the leader accepts; null = 16 MiB.",
+    ("Hello", "max_frame"): (
+        "Largest frame body, in bytes, the sender accepts (bundles sent to it stay within it);"
+        " null = 16 MiB."
+    ),
     # Ping / Pong / Bye / Error
     ("Pong", "cid"): "The Ping's `mid`.",
     ("Bye", "reason"): "Why the sender ends the session.",

@@ -8,7 +8,9 @@ Time, where a rule needs it, enters as an argument. See ``docs/protocol.md``.
 from ._bundle import BUNDLE_OVERHEAD as BUNDLE_OVERHEAD
 from ._bundle import BUNDLE_VERSION as BUNDLE_VERSION
 from ._bundle import bundle_frames as bundle_frames
+from ._bundle import encode_array as encode_array
 from ._bundle import encode_item as encode_item
+from ._bundle import message_of as message_of
 from ._bundle import to_array as to_array
 from ._codec import decode_body as decode_body
 from ._codec import encode_body as encode_body

@@ -118,6 +118,59 @@ def build_from_array(cls: type[Message]) -> Callable[[list[Any]], Message]:
     return _compile("\n".join(lines) + "\n", "from_array", ns, cls)
 
 
+_ITEM_DOC = """The bundle item ``{name}(...)`` would encode to, built without the message.
+
+``{name}.item(...)`` takes the arguments of ``{name}.unchecked(...)`` and returns what
+``to_array({name}.unchecked(...))`` would: the positional array, trailing defaults left
+out. It validates nothing (trusted, already-checked values only) and builds no object,
+for senders of many messages (a leader's Assign and Result, a worker's Result); send it
+with ``Connection.queue_item``.
+
+Signature: ``{name}.item({signature})``.
+"""
+
+
+def build_item(cls: type[Message]) -> Callable[..., list[Any]]:
+    """``item`` for ``cls``: keyword arguments as in ``unchecked``, the trimmed array out."""
+    fields = _fields(cls)
+    ns = _common_namespace(cls, fields)
+    params = []
+    for f in fields:
+        if f.required:
+            params.append(f.name)
+        elif f.factory is not None:
+            params.append(f"{f.name}=_NOTHING")
+        else:
+            params.append(f"{f.name}=_d{f.index}")
+    lines = [f"def item(*, {', '.join(params)}):"]
+    for f in fields:  # converters and factories, as the constructor applies them
+        if f.factory is not None:
+            lines.append(f"    if {f.name} is _NOTHING:")
+            lines.append(f"        {f.name} = {'{}' if f.factory is dict else f'_fac{f.index}()'}")
+        if f.converter is not None:
+            lines.append(f"    {f.name} = _conv{f.index}({f.name})")
+    names = [f.name for f in fields]
+    last_required = max((f.index for f in fields if f.required), default=-1)
+    for f in reversed(fields):
+        if f.index <= last_required:
+            break
+        if f.factory is not None:
+            ns[f"_e{f.index}"] = f.factory()
+            test = f"{f.name} != _e{f.index}"
+        elif f.default is None:
+            test = f"{f.name} is not None"
+        else:
+            test = f"{f.name} != _d{f.index}"
+        lines.append(f"    if {test}:")
+        lines.append(f"        return [{cls.KIND!r}, {', '.join(names[: f.index + 1])}]")
+    lines.append(f"    return [{cls.KIND!r}, {', '.join(names[: last_required + 1])}]")
+    func = _compile("\n".join(lines) + "\n", "item", ns, cls)
+    shown = [p.replace("=_NOTHING", "=...").split("=_d")[0] for p in params]
+    func.__doc__ = _ITEM_DOC.format(name=cls.__name__, signature="*, " + ", ".join(shown))
+    func.__module__ = cls.__module__
+    return func
+
+
 #: ``to_array`` by message class.
 TO_ARRAY: dict[type, Callable[[Message], list[Any]]] = {
     cls: build_to_array(cls) for cls in MESSAGE_TYPES.values()
@@ -126,6 +179,13 @@ TO_ARRAY: dict[type, Callable[[Message], list[Any]]] = {
 FROM_ARRAY: dict[int, Callable[[list[Any]], Message]] = {
     tag: build_from_array(cls) for tag, cls in MESSAGE_TYPES.items()
 }
+
+
+#: ``item`` by message class (also installed as ``cls.item``).
+ITEM: dict[type, Callable[..., list[Any]]] = {cls: build_item(cls) for cls in MESSAGE_TYPES.values()}
+for _cls, _func in ITEM.items():
+    _cls.item = staticmethod(_func)  # type: ignore[attr-defined]
+del _cls, _func
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,6 +210,29 @@ def encode_item(message: Message) -> bytes:
     if build is None:
         raise TypeError(f"not a protocol message: {message!r}")
     return encode_wire(build(message), type(message).__name__)
+
+
+def encode_array(item: list[Any]) -> bytes:
+    """Encode a bundle item (from ``cls.item(...)`` or :func:`to_array`) as CBOR.
+
+    Raises:
+      ValueError: a value (in the payload, say) has no CBOR encoding.
+    """
+    return encode_wire(item, _KIND_NAMES.get(item[0], "message"))
+
+
+def message_of(item: list[Any]) -> Message:
+    """The message a bundle item stands for, validated as a received one would be.
+
+    Raises:
+      InvalidField, UnknownMessage, InvalidSubject: the item is not a valid message.
+    """
+    out: list[Message] = []
+    decode_bundle([item], out)
+    return out[0]
+
+
+_KIND_NAMES = {tag: cls.__name__ for tag, cls in MESSAGE_TYPES.items()}
 
 
 def _array_head(count: int) -> bytes:

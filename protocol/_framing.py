@@ -57,16 +57,18 @@ def encode(message: Message, *, compress_threshold: int | None = None) -> bytes:
 
 
 def decode(frame: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Message:
-    """Decode exactly one whole frame (header included) into its message.
+    """Decode exactly one whole frame (header included) holding one message: a map, or
+    a bundle of one.
 
     Raises:
-      ProtocolError: the bytes are not exactly one valid frame.
+      ProtocolError: the bytes are not exactly one valid frame of one message.
     """
     decoder = FrameDecoder(max_frame_size=max_frame_size)
     messages = decoder.feed(frame)
-    if len(messages) != 1 or decoder.buffered:
+    if decoder.frames != 1 or len(messages) != 1 or decoder.buffered:
         raise MalformedFrame(
-            f"expected exactly one whole frame, got {len(messages)} and {decoder.buffered} bytes left over"
+            f"expected exactly one whole frame of one message, got {decoder.frames} frame(s)"
+            f" of {len(messages)} message(s) and {decoder.buffered} bytes left over"
         )
     return messages[0]
 

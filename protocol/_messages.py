@@ -111,6 +111,8 @@ class Hello(Message):
       group: for a worker, the worker group it belongs to (routing inside a group).
       token: an authentication token, when the leader asks for one.
       meta: free-form facts (process id, host, library version).
+      max_frame: the largest frame body, in bytes, the sender accepts (so that the
+        receiver never bundles more than that into one frame).
     """
 
     KIND: ClassVar[int] = 1
@@ -127,6 +129,7 @@ class Hello(Message):
     group: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("g"), kw_only=True)
     token: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("tok"), kw_only=True)
     meta: dict[str, Any] = attrs.field(factory=dict, validator=_any_map, metadata=_key("meta"), kw_only=True)
+    max_frame: int | None = attrs.field(default=None, validator=_opt_pos_int, metadata=_key("mf"), kw_only=True)
 
 
 @attrs.frozen

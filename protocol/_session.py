@@ -95,6 +95,9 @@ class Session:
     worker_may_submit: bool = False
     state: State = attrs.field(init=False)
     peer_role: str | None = attrs.field(init=False, default=None)
+    #: The largest frame body the peer accepts, as its Hello (server side) said; None
+    #: when it did not say.
+    peer_max_frame: int | None = attrs.field(init=False, default=None)
     last_received: float = attrs.field(init=False, default=0.0)
     last_sent: float = attrs.field(init=False, default=0.0)
     _allowed: frozenset[type[Message]] = attrs.field(init=False, default=frozenset())
@@ -132,6 +135,7 @@ class Session:
                     f"the first message must be Hello, got {type(message).__name__}"
                 )
             self._open(message.role)
+            self.peer_max_frame = message.max_frame
             return
         if state is State.AWAITING_WELCOME:
             if type(message) is Welcome:

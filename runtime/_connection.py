@@ -55,6 +55,9 @@ DEFAULT_SEND_TIMEOUT = 10.0
 _HEADER_SIZE = protocol.HEADER_SIZE
 _encode = protocol.encode
 _encode_item = protocol.encode_item
+_encode_array = protocol.encode_array
+_message_of = protocol.message_of
+_BYE_KIND = Bye.KIND
 _BUNDLE_OVERHEAD = protocol.BUNDLE_OVERHEAD
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -173,6 +176,36 @@ class Connection:
             raise SendBufferFull(self.max_outgoing)
         (self._items if bundling else self._pending).append(frame)
         self._queued_bytes += size
+        if type(message) is Bye:
+            self._bye_sent = True
+
+    def queue_item(self, item: list[Any]) -> None:
+        """Queue a message given as its bundle item (``Result.item(...)``, say) without
+        building the message: for a sender of many messages; then :meth:`flush`.
+
+        To a peer that does not take bundles (version 1), the item is turned into its
+        message and sent as one, validated as if it had been received.
+
+        Raises:
+          The same as :meth:`send_nowait`; ValueError (a value has no CBOR encoding) or a
+          ProtocolError (a bad item, version 1 peers only).
+        """
+        if not self._bundling:
+            self.queue_nowait(_message_of(item))
+            return
+        if self.closed:
+            self._check_open()
+        data = _encode_array(item)
+        size = len(data)
+        if size + _BUNDLE_OVERHEAD > self._send_limit:
+            raise MessageTooLarge(size + _BUNDLE_OVERHEAD, self._send_limit)
+        used = self._queued_bytes + self._inflight_bytes
+        if used + size > self.max_outgoing and used:
+            raise SendBufferFull(self.max_outgoing)
+        self._items.append(data)
+        self._queued_bytes += size
+        if item[0] == _BYE_KIND:
+            self._bye_sent = True
 
     def flush(self) -> None:
         """Write what is queued: at once, when the transport takes it all without waiting
@@ -217,6 +250,7 @@ class Connection:
         Raises:
           The same as :meth:`send_nowait`.
         """
+        messages = list(messages)
         bundling = self._bundling
         encode = self._item if bundling else self._frame
         frames = [encode(m) for m in messages]
@@ -231,6 +265,8 @@ class Connection:
         else:
             self._pending += frames
         self._queued_bytes += size
+        if any(type(m) is Bye for m in messages):
+            self._bye_sent = True
         if self._writer_lot:
             self._writer_lot.unpark_all()
 
@@ -245,6 +281,7 @@ class Connection:
         await trio.lowlevel.checkpoint_if_cancelled()
         bundling = self._bundling
         frame = self._item(message) if bundling else self._frame(message)
+        encoded_for = self._bundling  # (a Welcome just turned bundling on: it is a frame)
         size = len(frame)
         waited = False
         if not self._has_room(size):
@@ -255,12 +292,14 @@ class Connection:
                     self._check_open()
             if waiting.cancelled_caught:
                 raise SendBufferFull(self.max_outgoing)
-        if bundling != self._bundling:  # (the handshake ended while this one waited)
+        if encoded_for != self._bundling:  # (the handshake ended while this one waited)
             bundling = self._bundling
             frame = self._item(message)
             size = len(frame)
         (self._items if bundling else self._pending).append(frame)
         self._queued_bytes += size
+        if type(message) is Bye:
+            self._bye_sent = True
         if self._writer_lot:
             self._writer_lot.unpark_all()
         if not waited:  # a schedule point either way, as trio's own send() does
@@ -269,16 +308,20 @@ class Connection:
     def _frame(self, message: protocol.Message) -> bytes:
         if self.closed:
             self._check_open()
+        kind = type(message)
+        if kind is Welcome and message.max_frame is None:
+            message = attrs.evolve(message, max_frame=self.max_frame_size)  # (see _item)
         frame = _encode(message)
         if len(frame) - _HEADER_SIZE > self._send_limit:
             raise MessageTooLarge(len(frame) - _HEADER_SIZE, self._send_limit)
-        kind = type(message)
         if kind is Welcome:
             self._peer_open = True
-            # What follows the Welcome may be bundled, if the version it names allows.
+            # What follows the Welcome may be bundled, if the version it names allows,
+            # up to the frame size the client's Hello named.
             self._bundling = message.version >= protocol.BUNDLE_VERSION
-        elif kind is Bye:
-            self._bye_sent = True
+            peer_limit = self.session.peer_max_frame
+            if peer_limit is not None:
+                self._send_limit = min(self._send_limit, peer_limit)
         return frame
 
     def _item(self, message: protocol.Message) -> bytes:
@@ -287,8 +330,6 @@ class Connection:
         item = _encode_item(message)
         if len(item) + _BUNDLE_OVERHEAD > self._send_limit:
             raise MessageTooLarge(len(item) + _BUNDLE_OVERHEAD, self._send_limit)
-        if type(message) is Bye:
-            self._bye_sent = True
         return item
 
     def _use_bundles(self, version: int) -> None:

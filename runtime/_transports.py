@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import NoReturn
 
+import attrs
 import trio
 
 import protocol
@@ -177,6 +178,8 @@ async def client_handshake(
       HandshakeError: the server answered with an Error.
       ConnectionClosed: the connection closed before the answer.
     """
+    if hello.max_frame is None:  # tell the server how big a frame (a bundle) may be
+        hello = attrs.evolve(hello, max_frame=conn.max_frame_size)
     try:
         conn.send_nowait(hello)
     except ConnectionClosed:
