@@ -39,7 +39,7 @@ from protocol import (
     Nack,
     Progress,
     Result,
-    encode_body,
+    encode_array,
     is_valid_pattern,
 )
 from runtime import (
@@ -54,7 +54,7 @@ from runtime import (
 from ._job import Job
 from ._links import MODES, POLICIES
 
-_result_unchecked = Result.unchecked
+_result_item = Result.item  # type: ignore[attr-defined]
 
 #: Published messages waiting for a free slot on a worker, at most; more are dropped
 #: (pub/sub is at most once) and counted in ``WorkerRunner.dropped``.
@@ -422,19 +422,21 @@ class WorkerRunner:
             self._send(Nack(mid=self._next_mid(), job_id=job.id, reason="cancelled"), now=False)
             return
         ok, payload, error_type, error_message = outcome
-        # Every field is of a checked type (the job's from a validated Assign): no checks.
-        result = _result_unchecked(
-            mid=self._next_mid(), cid=cid, job_id=job.id, ok=ok, payload=payload,
+        mid = self._next_mid()
+        # Every field is of a checked type (the job's from a validated Assign): no checks,
+        # and no Result object either (its bundle item goes straight to the connection).
+        item = _result_item(
+            mid=mid, cid=cid, job_id=job.id, ok=ok, payload=payload,
             error_type=error_type, error_message=error_message, attempts=job.attempt,
         )
         try:
             if not _plain(payload):
-                encode_body(result)  # a trial run: the return value must be CBOR-encodable
+                encode_array(item)  # a trial run: the return value must be CBOR-encodable
         except ValueError as exc:
             ok, payload = False, None
             error_type, error_message = "ResultNotSerializable", str(exc)
-            result = Result(
-                mid=result.mid, cid=cid, job_id=job.id, ok=False,
+            item = Result.item(  # type: ignore[attr-defined]
+                mid=mid, cid=cid, job_id=job.id, ok=False,
                 error_type=error_type, error_message=error_message, attempts=job.attempt,
             )
         if ok:
@@ -443,7 +445,12 @@ class WorkerRunner:
             self.finished.add(job.id, self._clock(), (ok, payload, error_type, error_message))
         else:
             self.failed += 1
-        self._send(result, now=False)  # flushed by the slot (see the module's docstring)
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.queue_item(item)  # flushed by the slot (see the module's docstring)
+            except (ConnectionClosed, SendBufferFull):
+                pass
 
     def _report_progress(self, job_id: str, fraction: float | None, note: str | None) -> None:
         self._send(Progress(mid=self._next_mid(), job_id=job_id, fraction=fraction, note=note))

@@ -14,7 +14,7 @@ import trio.testing
 
 from actors import Worker
 from actors._worker import WorkerRunner
-from protocol import Assign, Nack, Result
+from protocol import Assign, Nack, Result, message_of
 
 
 class _Sink:
@@ -32,6 +32,9 @@ class _Sink:
 
     def queue_nowait(self, message: object) -> None:
         self.queued.append(message)
+
+    def queue_item(self, item: list) -> None:
+        self.queued.append(message_of(item))
 
     def flush(self) -> None:
         if self.queued:
@@ -202,3 +205,30 @@ async def test_jobs_arriving_while_slots_run_are_picked_up(autojump_clock: trio.
     assert [t - t0 for t in worker.started] == [0, 1, 1, 1.5]
     done = {m.job_id: t - t0 for t, m in sink.sent}
     assert done == {"j0": 3, "j1": 2, "j2": 2, "j3": 2.5}
+
+
+class Returns(Worker):
+    """Returns what the payload names: a value CBOR cannot encode, or a nested one."""
+
+    subjects = ["ret"]
+    concurrency = 2
+
+    async def handle(self, job):
+        return object() if job.payload == "object" else {"nested": [1, {"a": [2.5, None]}]}
+
+
+async def test_a_result_cbor_cannot_encode_is_reported_as_a_failure(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        runner, sink = await _runner_with(Returns(), nursery)
+        runner._on_assign(_assign(0, "ret", "object"), trio.current_time())
+        runner._on_assign(_assign(1, "ret", "nested"), trio.current_time())
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    bad, good = (m for _, m in sink.sent)
+    assert (bad.job_id, bad.ok, bad.error_type) == ("j0", False, "ResultNotSerializable")
+    assert "cannot encode Result" in bad.error_message and bad.payload is None
+    assert (good.job_id, good.ok, good.payload) == ("j1", True, {"nested": [1, {"a": [2.5, None]}]})
+    # Only the success is remembered for redeliveries; the failure must run again.
+    assert runner.finished.get("j1", trio.current_time()) is not None
+    assert runner.finished.get("j0", trio.current_time()) is None
+    assert (runner.completed, runner.failed) == (1, 1)
