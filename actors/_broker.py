@@ -74,6 +74,18 @@ def _least_loaded(workers: Iterable[WorkerLink], enough: int | None = None) -> W
     return best
 
 
+def _two_choices(candidates: list[WorkerLink], rng: random.Random) -> WorkerLink | None:
+    """The less loaded of two random workers with a free slot ("power of two choices":
+    nearly as even as the exact minimum, in O(1) per job); None if the draws found none.
+
+    (A function of its own: a generator inside ``Broker._pick`` would turn its locals
+    into closure cells and slow down every pick.)"""
+    randrange = rng.randrange
+    n = len(candidates)
+    draws = (candidates[randrange(n)] for _ in range(LEAST_LOADED_SAMPLES))
+    return _least_loaded(draws, enough=2)
+
+
 def _count_result(counters: SubjectQueue | GroupStats, ok: bool, latency: float) -> None:
     """Count a finished job in a subject's or a group's statistics."""
     if ok:
@@ -313,11 +325,7 @@ class Broker(Redelivery, PubSub):
                 return candidates[zlib.crc32(key.encode()) % n]
         elif policy == "least_loaded":
             if n > EXACT_LEAST_LOADED:
-                # The less loaded of two random workers with a free slot ("power of two
-                # choices": nearly as even as the exact minimum, in O(1) per job).
-                randrange = self.rng.randrange
-                draws = (candidates[randrange(n)] for _ in range(LEAST_LOADED_SAMPLES))
-                best = _least_loaded(draws, enough=2)
+                best = _two_choices(candidates, self.rng)
                 if best is not None:
                     return best
             return _least_loaded(candidates)
