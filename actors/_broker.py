@@ -280,6 +280,19 @@ class Broker(Redelivery, PubSub):
             self.journal(job, JobState.QUEUED, JobState.QUEUED)
         queue = self._queue(msg.subject)
         queue.submitted += 1
+        if not queue.pending and job.expires_at is None:
+            # Nothing queued ahead of it: straight to a worker with room, if there is one
+            # (what _dispatch would do, without the trip through the queue).
+            worker = self._pick(queue, job)
+            if worker is not None and len(worker.inflight) < worker.window:
+                self._assign(job, worker, now)
+                return
+            self.waiting_count += 1
+            if worker is not None:  # sticky target is busy: wait for it
+                worker.backlog.append(job)
+            else:
+                queue.pending.append(job)
+            return
         self.waiting_count += 1
         queue.pending.append(job)
         self._dispatch(queue, now)

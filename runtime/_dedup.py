@@ -76,7 +76,10 @@ class DedupCache(Generic[K, V]):
         Raises:
           ValueError: if ``now`` is earlier than the ``now`` of a previous call.
         """
-        self.purge(now)
+        if now >= self._next_expiry or now < self._last_now:
+            self.purge(now)
+        else:
+            self._last_now = now  # (purge's own fast path, without the call: once per job)
         entries = self._entries
         fresh = entries.pop(key, None) is None
         if fresh and len(entries) >= self.capacity:
@@ -98,7 +101,10 @@ class DedupCache(Generic[K, V]):
         A key added without a value returns ``None``; use :meth:`seen` to tell a key
         stored with no value from an absent one.
         """
-        self.purge(now)
+        if now >= self._next_expiry or now < self._last_now:
+            self.purge(now)
+        else:
+            self._last_now = now
         entry = self._entries.get(key)
         return default if entry is None else entry[1]
 
