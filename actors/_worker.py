@@ -409,7 +409,7 @@ class WorkerRunner:
                     finally:
                         job._scope = None
                         self._finish(job, cid, outcome)
-                    if scope.cancel_called:  # cancelled as it returned: not the next job's scope
+                    if job._cancelled:  # its scope may be cancelled: not the next job's scope
                         break
 
     def _finish(self, job: Job, cid: int, outcome: tuple[bool, Any, str | None, str | None] | None) -> None:
