@@ -46,6 +46,10 @@ from ._stats import broker_stats
 #: (a scan); beyond, the less loaded of two random ones with a free slot, so that routing
 #: stays O(1) per job in large groups.
 EXACT_LEAST_LOADED = 16
+#: In ``round_robin``, the most jobs in a row one worker takes before the next worker's
+#: turn (and at most a quarter of its credit window: a worker of concurrency 1 to 7 takes
+#: one job per turn).
+ROUND_ROBIN_TURN = 16
 #: Random draws the two-choice pick makes at most before it falls back to the scan.
 LEAST_LOADED_SAMPLES = 8
 #: Groups whose statistics are kept at most; past it, those of a group with no worker
@@ -346,9 +350,16 @@ class Broker(Redelivery, PubSub):
         if start >= n:
             start = 0
         worker = candidates[start]
-        if len(worker.inflight) < worker.window:  # the usual case: the next one has room
-            queue.rr = start + 1
+        held = len(worker.inflight)
+        if held < worker.window:  # the usual case: the worker whose turn it is has room
+            # Its turn lasts up to a quarter of its window (at most ROUND_ROBIN_TURN jobs),
+            # so that a burst of jobs wakes few workers, each with a batch.
+            queue.turn += 1
+            if queue.turn >= min(ROUND_ROBIN_TURN, worker.window >> 2) or held + 1 >= worker.window:
+                queue.turn = 0
+                queue.rr = start + 1
             return worker
+        queue.turn = 0
         for i in range(1, n):
             worker = candidates[(start + i) % n]
             if len(worker.inflight) < worker.window:

@@ -119,6 +119,9 @@ class SubjectQueue:
     pending: deque[JobRecord] = attrs.field(factory=deque)
     candidates: list[WorkerLink] = attrs.field(factory=list)
     rr: int = 0
+    #: Jobs the worker whose turn it is (``rr``) took in this turn.
+    turn: int = 0
+    run: int = 0
     # statistics
     submitted: int = 0
     done: int = 0

@@ -141,7 +141,9 @@ class Connection:
 
     def __attrs_post_init__(self) -> None:
         self._decoder = protocol.FrameDecoder(max_frame_size=self.max_frame_size)
-        self._send_limit = self.max_frame_size
+        # What the peer accepts, until its Hello or Welcome says: the protocol's default,
+        # or our own limit if lower (a peer set up like this side).
+        self._send_limit = min(self.max_frame_size, protocol.DEFAULT_MAX_FRAME_SIZE)
         self._try_send = getattr(self._wire, "try_send", None)
 
     # ------------------------------------------------------------------ sending
@@ -321,7 +323,7 @@ class Connection:
             self._bundling = message.version >= protocol.BUNDLE_VERSION
             peer_limit = self.session.peer_max_frame
             if peer_limit is not None:
-                self._send_limit = min(self._send_limit, peer_limit)
+                self._send_limit = peer_limit
         return frame
 
     def _item(self, message: protocol.Message) -> bytes:

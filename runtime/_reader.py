@@ -109,7 +109,12 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
             last_error = out[-1] if type(out[-1]) is Error else None
             handler = conn._handler
             if handler is not None:
-                handler(out)  # (Connection.dispatch_to)
+                try:
+                    handler(out)  # (Connection.dispatch_to)
+                except (*_LOST, ConnectionClosed, protocol.ProtocolError) as exc:
+                    # Not this connection's own end, which run_reader would take these
+                    # for: a failure of the application's handler, which ends its tasks.
+                    raise RuntimeError(f"dispatch_to handler failed: {exc!r}") from exc
             else:
                 conn._inbox += out
                 conn._inbox_bytes += len(data)

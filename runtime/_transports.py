@@ -192,7 +192,7 @@ async def client_handshake(
     conn._peer_open = True
     conn._use_bundles(answer.version)
     if answer.max_frame is not None:
-        conn._send_limit = min(conn._send_limit, answer.max_frame)
+        conn._send_limit = answer.max_frame
     interval = heartbeat if heartbeat is not None else answer.heartbeat
     if interval and math.isfinite(interval):
         conn._start_heartbeat(interval)

@@ -103,13 +103,56 @@ def test_credit_window_is_never_exceeded_and_freed_by_results():
 
 
 def test_round_robin_spreads_over_workers():
+    # Small windows (under 8): one job per turn, strict alternation.
     b = make_broker()
-    w1, w2 = worker(b, "w1", 10), worker(b, "w2", 10)
+    w1, w2 = worker(b, "w1", 4), worker(b, "w2", 4)
     c = client()
     for i in range(6):
         submit(b, c, f"j{i}")
     assert [a.job_id for a in assigns(w1)] == ["j0", "j2", "j4"]
     assert [a.job_id for a in assigns(w2)] == ["j1", "j3", "j5"]
+
+
+def test_round_robin_turns_are_a_quarter_of_the_window_at_most_16():
+    # A window of 10: turns of 2 jobs.
+    b = make_broker()
+    w1, w2 = worker(b, "w1", 10), worker(b, "w2", 10)
+    c = client()
+    for i in range(6):
+        submit(b, c, f"j{i}")
+    assert [a.job_id for a in assigns(w1)] == ["j0", "j1", "j4", "j5"]
+    assert [a.job_id for a in assigns(w2)] == ["j2", "j3"]
+    # Windows of 64 (and more): turns of ROUND_ROBIN_TURN = 16 jobs, so that a burst
+    # reaches each worker as a batch.
+    b = make_broker()
+    big = [worker(b, f"w{k}", 100) for k in range(3)]
+    for i in range(40):
+        submit(b, c, f"k{i}")
+    assert [a.job_id for a in assigns(big[0])] == [f"k{i}" for i in range(16)]
+    assert [a.job_id for a in assigns(big[1])] == [f"k{i}" for i in range(16, 32)]
+    assert [a.job_id for a in assigns(big[2])] == [f"k{i}" for i in range(32, 40)]
+    for i in range(40, 50):  # the third worker's turn goes on, then the first's again
+        submit(b, c, f"k{i}")
+    assert [a.job_id for a in assigns(big[2])][-8:] == [f"k{i}" for i in range(40, 48)]
+    assert [a.job_id for a in assigns(big[0])][16:] == ["k48", "k49"]
+
+
+def test_round_robin_a_worker_that_fills_up_passes_its_turn():
+    b = make_broker()
+    w1, w2 = worker(b, "w1", 12), worker(b, "w2", 12)  # turns of 3
+    c = client()
+    finish_later = []
+    for i in range(3):
+        submit(b, c, f"a{i}")  # w1's turn: a0-a2
+        finish_later.append(f"a{i}")
+    b.set_window(w1, 4, 0.0)  # w1 shrinks to 4: it has room for one more only
+    for i in range(4):
+        submit(b, c, f"b{i}")
+    # w2's turn (b0-b2), then w1's: one job fills it (b3), and its turn ends there.
+    assert [a.job_id for a in assigns(w2)] == ["b0", "b1", "b2"]
+    assert [a.job_id for a in assigns(w1)] == ["a0", "a1", "a2", "b3"]
+    submit(b, c, "c0")
+    assert [a.job_id for a in assigns(w2)] == ["b0", "b1", "b2", "c0"]
 
 
 def test_least_loaded_picks_most_free_credit():

@@ -10,6 +10,7 @@ message, version 1) or a CBOR array (a bundle, version 2).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import socket
 import struct
@@ -923,3 +924,58 @@ async def test_the_welcome_is_a_plain_frame(
             assert peer.per_frame == [1, 1]
             assert is_map(peer.bodies[0]) and is_array(peer.bodies[1])
             conn._abort("test over")
+
+
+# ---------------------------------------------------------------------------------------
+# A handler that raises is a failure of the application, whatever it raises.
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("bug"),
+        runtime.ConnectionClosed("not this connection's"),
+        protocol.InvalidField("not from this peer"),
+        trio.BrokenResourceError("some other stream"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_a_handler_that_raises_ends_the_connection_tasks(error: Exception) -> None:
+    # Even exceptions the reader would take for the connection's own end (closed, a
+    # protocol error, a broken stream) end the connection's tasks and come out of them,
+    # instead of quietly stopping the reader while the connection stays open.
+    a, b = trio.testing.memory_stream_pair()
+    conn = Connection(StreamWire(a), Session(side="server"), "memory://client", "tcp")
+    peer = RawPeer(StreamWire(b))
+
+    def handler(batch: list[Message]) -> None:
+        raise error
+
+    async def dispatch() -> None:
+        with contextlib.suppress(runtime.ConnectionClosed):  # (the connection's end)
+            await conn.dispatch_to(handler)
+
+    with trio.fail_after(5), pytest.raises(BaseExceptionGroup) as info:
+        async with running(conn):
+            await peer.send(Hello(mid=0, role="client", versions=V2))
+            hello = await conn.receive()
+            conn.send_nowait(Welcome(mid=conn.next_mid(), cid=hello.mid, version=2))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(dispatch)
+                await trio.testing.wait_all_tasks_blocked()
+                await peer.send(Publish(mid=1, subject="a.b"))
+                await trio.sleep_forever()
+    leaves = []
+    stack: list[BaseException] = [info.value]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack += exc.exceptions
+        else:
+            leaves.append(exc)
+    if type(error) is ValueError:
+        assert error in leaves
+    else:
+        (failure,) = [e for e in leaves if isinstance(e, RuntimeError)]
+        assert "dispatch_to handler failed" in str(failure) and failure.__cause__ is error
+    assert conn.closed
