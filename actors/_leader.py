@@ -295,15 +295,43 @@ class Leader:
             Credit: lambda w, m, now: broker.set_window(w, m.credit, now),
         }
 
+        try:
+            await self._dispatch(conn, link, handlers, batch, refuse_others=True)
+        finally:
+            self._batching = True
+            try:
+                broker.worker_left(link, trio.current_time())
+            finally:
+                self._flush()
+            self._rearm()
+
+    async def _dispatch(
+        self,
+        conn: Connection,
+        link: Any,
+        handlers: dict[type, Any],
+        batch: list[Any],
+        *,
+        flush_every: int = 0,
+        refuse_others: bool = False,
+    ) -> None:
+        """Hand each message the peer sends to its handler, a batch at a time, in the
+        connection's reader task (the first ``batch`` here), until the connection closes.
+
+        What a batch sends is queued and each connection flushed once at its end (and
+        after every ``flush_every`` messages, when given, so that workers start sooner).
+        A kind with no handler is ignored, or answered ``not_permitted`` (``refuse_others``).
+        """
+
         def on_batch(batch: list[Any]) -> None:
             now = trio.current_time()
             self._batching = True
             try:
-                for msg in batch:
+                for i, msg in enumerate(batch, 1):
                     handler = handlers.get(type(msg))
                     if handler is not None:
                         handler(link, msg, now)
-                    elif type(msg) is not Error:
+                    elif refuse_others and type(msg) is not Error:
                         link.send(
                             Error(
                                 mid=link.next_mid(),
@@ -312,21 +340,16 @@ class Leader:
                                 message=f"workers may not send {type(msg).__name__} here",
                             )
                         )
+                    if flush_every and i % flush_every == 0:
+                        self._flush()  # the workers can start on these
+                        self._batching = True
             finally:
                 self._flush()
             self._end_batch()
 
-        try:
-            if batch:
-                on_batch(batch)
-            await conn.dispatch_to(on_batch)  # the reader task runs on_batch from now on
-        finally:
-            self._batching = True
-            try:
-                broker.worker_left(link, trio.current_time())
-            finally:
-                self._flush()
-            self._rearm()
+        if batch:
+            on_batch(batch)
+        await conn.dispatch_to(on_batch)  # the reader task runs on_batch from now on
 
     async def _serve_client(self, conn: Connection, hello: Hello, batch: list[Any]) -> None:
         broker = self.broker
@@ -339,24 +362,7 @@ class Leader:
             Unsubscribe: lambda c, m, now: broker.unsubscribe(c, m),
         }
 
-        def on_batch(batch: list[Any]) -> None:
-            now = trio.current_time()
-            self._batching = True
-            try:
-                for i, msg in enumerate(batch, 1):
-                    handler = handlers.get(type(msg))
-                    if handler is not None:
-                        handler(link, msg, now)
-                    if i % FLUSH_EVERY == 0:
-                        self._flush()  # the workers can start on these
-                        self._batching = True
-            finally:
-                self._flush()
-            self._end_batch()
-
         try:
-            if batch:
-                on_batch(batch)
-            await conn.dispatch_to(on_batch)  # the reader task runs on_batch from now on
+            await self._dispatch(conn, link, handlers, batch, flush_every=FLUSH_EVERY)
         finally:
             broker.client_left(link)

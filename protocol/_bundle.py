@@ -28,7 +28,15 @@ import attrs
 
 from ._codec import _unknown_kind, encode_wire
 from ._errors import InvalidField, ProtocolError
-from ._fastcodec import _check_lines, _check_namespace, _common_namespace, _compile, _fields
+from ._fastcodec import (
+    _check_namespace,
+    _checked_new_lines,
+    _common_namespace,
+    _compile,
+    _fields,
+    _keyword_params,
+    _trimmed_returns,
+)
 from ._messages import MESSAGE_TYPES, Message
 
 #: The first protocol version whose peers may be sent bundles.
@@ -48,23 +56,7 @@ def build_to_array(cls: type[Message]) -> Callable[[Message], list[Any]]:
     """``to_array`` for ``cls``: ``[tag, fields...]`` without the trailing defaults."""
     fields = _fields(cls)
     ns = _common_namespace(cls, fields)
-    lines = ["def to_array(m):"]
-    names = [f"m.{f.name}" for f in fields]
-    # From the last field back: the first one not at its default ends the array.
-    last_required = max((f.index for f in fields if f.required), default=-1)
-    for f in reversed(fields):
-        if f.index <= last_required:
-            break
-        if f.factory is not None:
-            ns[f"_d{f.index}"] = f.factory()
-            test = f"m.{f.name} != _d{f.index}"
-        elif f.default is None:
-            test = f"m.{f.name} is not None"
-        else:
-            test = f"m.{f.name} != _d{f.index}"
-        lines.append(f"    if {test}:")
-        lines.append(f"        return [{cls.KIND!r}, {', '.join(names[: f.index + 1])}]")
-    lines.append(f"    return [{cls.KIND!r}, {', '.join(names[: last_required + 1])}]")
+    lines = ["def to_array(m):", *_trimmed_returns(cls, fields, ns, "m.{}")]
     return _compile("\n".join(lines) + "\n", "to_array", ns, cls)
 
 
@@ -102,19 +94,7 @@ def build_from_array(cls: type[Message]) -> Callable[[list[Any]], Message]:
             missing = f"{name} is missing field {f.name!r} (position {f.index + 1})"
             lines.append(f"    if {f.var} is _MISSING:")
             lines.append(f"        raise InvalidField({missing!r})")
-    body = _check_lines(fields, ns, attributes)
-    if body:
-        lines.append("    try:")
-        lines += [f"        {line}" for line in body]
-        lines += [
-            "    except ProtocolError:",
-            "        raise",
-            "    except (TypeError, ValueError) as exc:",
-            f"        raise InvalidField(f'bad {name}: {{exc}}') from None",
-        ]
-    lines.append("    self = _new(_cls)")
-    lines += [f"    _set{f.index}(self, {f.var})" for f in fields]
-    lines.append("    return self")
+    lines += _checked_new_lines(cls, fields, ns, attributes)
     return _compile("\n".join(lines) + "\n", "from_array", ns, cls)
 
 
@@ -134,38 +114,17 @@ def build_item(cls: type[Message]) -> Callable[..., list[Any]]:
     """``item`` for ``cls``: keyword arguments as in ``unchecked``, the trimmed array out."""
     fields = _fields(cls)
     ns = _common_namespace(cls, fields)
-    params = []
-    for f in fields:
-        if f.required:
-            params.append(f.name)
-        elif f.factory is not None:
-            params.append(f"{f.name}=_NOTHING")
-        else:
-            params.append(f"{f.name}=_d{f.index}")
-    lines = [f"def item(*, {', '.join(params)}):"]
+    params = _keyword_params(fields)
+    lines = [f"def item(*, {params}):"]
     for f in fields:  # converters and factories, as the constructor applies them
         if f.factory is not None:
             lines.append(f"    if {f.name} is _NOTHING:")
             lines.append(f"        {f.name} = {'{}' if f.factory is dict else f'_fac{f.index}()'}")
         if f.converter is not None:
             lines.append(f"    {f.name} = _conv{f.index}({f.name})")
-    names = [f.name for f in fields]
-    last_required = max((f.index for f in fields if f.required), default=-1)
-    for f in reversed(fields):
-        if f.index <= last_required:
-            break
-        if f.factory is not None:
-            ns[f"_e{f.index}"] = f.factory()
-            test = f"{f.name} != _e{f.index}"
-        elif f.default is None:
-            test = f"{f.name} is not None"
-        else:
-            test = f"{f.name} != _d{f.index}"
-        lines.append(f"    if {test}:")
-        lines.append(f"        return [{cls.KIND!r}, {', '.join(names[: f.index + 1])}]")
-    lines.append(f"    return [{cls.KIND!r}, {', '.join(names[: last_required + 1])}]")
+    lines += _trimmed_returns(cls, fields, ns, "{}")
     func = _compile("\n".join(lines) + "\n", "item", ns, cls)
-    shown = [p.replace("=_NOTHING", "=...").split("=_d")[0] for p in params]
+    shown = [p.replace("=_NOTHING", "=...").split("=_d")[0] for p in params.split(", ")]
     func.__doc__ = _ITEM_DOC.format(name=cls.__name__, signature="*, " + ", ".join(shown))
     func.__module__ = cls.__module__
     return func

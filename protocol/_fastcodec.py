@@ -273,6 +273,17 @@ def build_from_wire(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
             lines.append(f"    {f.var} = wire.get({f.key!r}, {default})")
         else:
             lines.append(f"    {f.var} = wire.get({f.key!r})")
+    lines += _checked_new_lines(cls, fields, ns, attributes)
+    return _compile("\n".join(lines) + "\n", "from_wire", ns, cls)
+
+
+def _checked_new_lines(
+    cls: type[Message], fields: list[_Field], ns: dict[str, Any], attributes: dict[str, Any]
+) -> list[str]:
+    """The end of a generated decoder: check the variables ``f0, f1, ...`` (a bad value
+    raises what the validating constructor would, as InvalidField), then return a new
+    instance with its slots filled directly. Shared by ``from_wire`` and ``from_array``."""
+    lines = []
     body = _check_lines(fields, ns, attributes)
     if body:
         lines.append("    try:")
@@ -281,13 +292,37 @@ def build_from_wire(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
             "    except ProtocolError:",
             "        raise",
             "    except (TypeError, ValueError) as exc:",
-            f"        raise InvalidField(f'bad {name}: {{exc}}') from None",
+            f"        raise InvalidField(f'bad {cls.__name__}: {{exc}}') from None",
         ]
-    # 4. A new instance, its slots filled directly.
     lines.append("    self = _new(_cls)")
     lines += [f"    _set{f.index}(self, {f.var})" for f in fields]
     lines.append("    return self")
-    return _compile("\n".join(lines) + "\n", "from_wire", ns, cls)
+    return lines
+
+
+def _trimmed_returns(cls: type[Message], fields: list[_Field], ns: dict[str, Any], value: str) -> list[str]:
+    """Statements returning ``[tag, field, ...]`` without the trailing fields equal to
+    their defaults; ``value`` formats a field's value from its name (``"m.{}"``: an
+    attribute of ``m``; ``"{}"``: a local). Shared by ``to_array`` and ``item``."""
+    names = [value.format(f.name) for f in fields]
+    last_required = max((f.index for f in fields if f.required), default=-1)
+    lines = []
+    # From the last field back: the first one not at its default ends the array.
+    for f in reversed(fields):
+        if f.index <= last_required:
+            break
+        v = names[f.index]
+        if f.factory is not None:
+            ns[f"_e{f.index}"] = f.factory()
+            test = f"{v} != _e{f.index}"
+        elif f.default is None:
+            test = f"{v} is not None"
+        else:
+            test = f"{v} != _d{f.index}"
+        lines.append(f"    if {test}:")
+        lines.append(f"        return [{cls.KIND!r}, {', '.join(names[: f.index + 1])}]")
+    lines.append(f"    return [{cls.KIND!r}, {', '.join(names[: last_required + 1])}]")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------
