@@ -28,8 +28,8 @@ from ._leader import Leader as Leader
 from ._loader import ConfigError as ConfigError
 from ._redelivery import DLQ_PREFIX as DLQ_PREFIX
 from ._redelivery import GroupRetry as GroupRetry
+from ._runner import WorkerRunner as WorkerRunner
 from ._subscription import Message as Message
 from ._subscription import Subscription as Subscription
 from ._worker import Worker as Worker
-from ._worker import WorkerRunner as WorkerRunner
 from ._worker import run_worker as run_worker

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import itertools
 import random
-import zlib
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -37,68 +35,20 @@ from protocol import (
 from runtime import Backoff, DedupCache
 
 from ._jobs import JobRecord, JobState, Journal, StoredResult
-from ._links import STICKY_HEADER, ClientLink, GroupStats, SubjectQueue, WorkerLink
+from ._links import ClientLink, GroupStats, SubjectQueue, WorkerLink
 from ._pubsub import PubSub
 from ._redelivery import Redelivery
-from ._stats import broker_stats
+from ._routing import EXACT_LEAST_LOADED as EXACT_LEAST_LOADED  # (re-exported: tests)
+from ._routing import LEAST_LOADED_SAMPLES as LEAST_LOADED_SAMPLES
+from ._routing import pick_worker
+from ._stats import broker_stats, count_result
 
-#: Up to this many workers for a subject, ``least_loaded`` picks the exact least loaded one
-#: (a scan); beyond, the less loaded of two random ones with a free slot, so that routing
-#: stays O(1) per job in large groups.
-EXACT_LEAST_LOADED = 16
-#: In ``round_robin``, the most jobs in a row one worker takes before the next worker's
-#: turn (and at most a quarter of its credit window: a worker of concurrency 1 to 7 takes
-#: one job per turn).
-ROUND_ROBIN_TURN = 16
-#: Random draws the two-choice pick makes at most before it falls back to the scan.
-LEAST_LOADED_SAMPLES = 8
 #: Groups whose statistics are kept at most; past it, those of a group with no worker
 #: connected are dropped, oldest first.
 MAX_GROUP_STATS = 10_000
 
 _assign_item = Assign.item  # type: ignore[attr-defined]
 _result_item = Result.item  # type: ignore[attr-defined]
-
-
-def _least_loaded(workers: Iterable[WorkerLink], enough: int | None = None) -> WorkerLink | None:
-    """The worker with the lowest share of its window in use, among ``workers`` with a
-    free slot; stop looking once ``enough`` such workers were seen (None: look at all)."""
-    best = None
-    best_load = 2.0
-    found = 0
-    for worker in workers:
-        held = len(worker.inflight)
-        if held < worker.window:
-            load = held / worker.window
-            if load < best_load:
-                best, best_load = worker, load
-            found += 1
-            if found == enough:
-                break
-    return best
-
-
-def _two_choices(candidates: list[WorkerLink], rng: random.Random) -> WorkerLink | None:
-    """The less loaded of two random workers with a free slot ("power of two choices":
-    nearly as even as the exact minimum, in O(1) per job); None if the draws found none.
-
-    (A function of its own: a generator inside ``Broker._pick`` would turn its locals
-    into closure cells and slow down every pick.)"""
-    randrange = rng.randrange
-    n = len(candidates)
-    draws = (candidates[randrange(n)] for _ in range(LEAST_LOADED_SAMPLES))
-    return _least_loaded(draws, enough=2)
-
-
-def _count_result(counters: SubjectQueue | GroupStats, ok: bool, latency: float) -> None:
-    """Count a finished job in a subject's or a group's statistics."""
-    if ok:
-        counters.done += 1
-    else:
-        counters.failed += 1
-    counters.latency_total += latency
-    if latency > counters.latency_max:
-        counters.latency_max = latency
 
 
 @attrs.define(eq=False)
@@ -132,7 +82,8 @@ class Broker(Redelivery, PubSub):
     """Queues jobs per subject and hands them to workers against their credit.
 
     Retry and timers come from :class:`~actors._redelivery.Redelivery`, publish/subscribe
-    from :class:`~actors._pubsub.PubSub`.
+    from :class:`~actors._pubsub.PubSub`, the choice of a worker for each job from
+    :func:`~actors._routing.pick_worker`.
 
     Args:
       config: delivery settings.
@@ -287,7 +238,7 @@ class Broker(Redelivery, PubSub):
         if not queue.pending and job.expires_at is None:
             # Nothing queued ahead of it: straight to a worker with room, if there is one
             # (what _dispatch would do, without the trip through the queue).
-            worker = self._pick(queue, job)
+            worker = pick_worker(queue, job, self.rng)
             if worker is not None and len(worker.inflight) < worker.window:
                 self._assign(job, worker, now)
                 return
@@ -330,43 +281,6 @@ class Broker(Redelivery, PubSub):
             self.queues[subject] = queue
         return queue
 
-    def _pick(self, queue: SubjectQueue, job: JobRecord) -> WorkerLink | None:
-        candidates = queue.candidates
-        n = len(candidates)
-        if n == 0:
-            return None
-        policy = candidates[0].policy
-        if policy == "sticky":
-            key = job.headers.get(STICKY_HEADER)
-            if key is not None:
-                return candidates[zlib.crc32(key.encode()) % n]
-        elif policy == "least_loaded":
-            if n > EXACT_LEAST_LOADED:
-                best = _two_choices(candidates, self.rng)
-                if best is not None:
-                    return best
-            return _least_loaded(candidates)
-        start = queue.rr
-        if start >= n:
-            start = 0
-        worker = candidates[start]
-        held = len(worker.inflight)
-        if held < worker.window:  # the usual case: the worker whose turn it is has room
-            # Its turn lasts up to a quarter of its window (at most ROUND_ROBIN_TURN jobs),
-            # so that a burst of jobs wakes few workers, each with a batch.
-            queue.turn += 1
-            if queue.turn >= min(ROUND_ROBIN_TURN, worker.window >> 2) or held + 1 >= worker.window:
-                queue.turn = 0
-                queue.rr = start + 1
-            return worker
-        queue.turn = 0
-        for i in range(1, n):
-            worker = candidates[(start + i) % n]
-            if len(worker.inflight) < worker.window:
-                queue.rr = (start + i + 1) % n
-                return worker
-        return None
-
     def _dispatch(self, queue: SubjectQueue, now: float) -> None:
         pending = queue.pending
         while pending:
@@ -377,7 +291,7 @@ class Broker(Redelivery, PubSub):
                 queue.expired += 1
                 self._finish(job, JobState.EXPIRED, None, now)
                 continue
-            worker = self._pick(queue, job)
+            worker = pick_worker(queue, job, self.rng)
             if worker is None:
                 return
             pending.popleft()
@@ -461,8 +375,8 @@ class Broker(Redelivery, PubSub):
                 if job.worker is not None and job.worker is not worker:
                     self._release_other(job)
                 latency = now - job.submitted_at
-                _count_result(self._queue(job.subject), msg.ok, latency)
-                _count_result(worker.stats, msg.ok, latency)
+                count_result(self._queue(job.subject), msg.ok, latency)
+                count_result(worker.stats, msg.ok, latency)
                 self._finish(
                     job,
                     JobState.DONE,

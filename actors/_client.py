@@ -31,14 +31,13 @@ from protocol import (
     ErrorCode,
     Hello,
     Progress,
-    Publish,
     Result,
     Submit,
     Subscribe,
-    Unsubscribe,
 )
 from runtime import Backoff, Connection, ConnectionClosed, run_reconnecting
 
+from ._call import Call, until_settled
 from ._client_errors import (
     Busy,
     ConnectionLost,
@@ -48,32 +47,21 @@ from ._client_errors import (
     RemoteError,
     SubmitTimeout,
 )
+from ._client_pubsub import ClientPubSub
 from ._subscription import Message, Subscription
 
 _submit_checked = Submit.checked
 
 
-@attrs.define(eq=False)
-class _Call:
-    """One outstanding submit (or qos 1 publish)."""
-
-    message: Any  # Submit or Publish as last sent (its mid changes on each transmission)
-    sent: bool = False  # ``message`` went out once: a resend needs a new mid
-    task: trio.lowlevel.Task | None = None  # the caller parked until the call settles
-    channel: trio.MemorySendChannel | None = None
-    on_progress: Callable[[float | None, str | None], None] | None = None
-    outcome: Any = None
-    error: BaseException | None = None
-    done: bool = False
-
-
-class Client:
+class Client(ClientPubSub):
     """A connection to a leader for submitting jobs and publishing messages.
 
     Build it with :meth:`connect`::
 
         async with Client.connect("tcp://127.0.0.1:7700") as client:
             result = await client.submit("math.square", {"n": 7})
+
+    Publish and subscribe come from :class:`~actors._client_pubsub.ClientPubSub`.
     """
 
     def __init__(
@@ -101,8 +89,8 @@ class Client:
         self._conn: Connection | None = None
         self._connected = trio.Event()
         self._mids = itertools.count(1)
-        self._calls: dict[int, _Call] = {}  # by the mid of the frame on the current connection
-        self._progress: dict[str, _Call] = {}
+        self._calls: dict[int, Call] = {}  # by the mid of the frame on the current connection
+        self._progress: dict[str, Call] = {}
         self._subs: dict[int, Subscription] = {}
         self._sids = itertools.count(1)
         # Job ids: a random prefix per client and a counter (cheaper than a uuid per job).
@@ -177,7 +165,7 @@ class Client:
                     del self._calls[mid]
                     self._settle(call, error=ConnectionLost(f"connection to {self.url} lost"))
 
-    def _transmit(self, conn: Connection, call: _Call) -> None:
+    def _transmit(self, conn: Connection, call: Call) -> None:
         if call.sent:  # a resend (reconnect, busy): a fresh mid on this connection
             call.message = attrs.evolve(call.message, mid=next(self._mids))
         call.sent = True
@@ -234,7 +222,7 @@ class Client:
             self._settle(call, error=error)
 
     @staticmethod
-    def _settle(call: _Call, *, outcome: Any = None, error: BaseException | None = None) -> None:
+    def _settle(call: Call, *, outcome: Any = None, error: BaseException | None = None) -> None:
         if call.done:
             return
         call.done = True
@@ -247,7 +235,7 @@ class Client:
         if call.channel is not None:
             call.channel.send_nowait(call)
 
-    def _start(self, call: _Call) -> None:
+    def _start(self, call: Call) -> None:
         conn = self._conn
         if conn is None:  # sent when the connection is back
             self._calls[-next(self._mids)] = call
@@ -269,8 +257,8 @@ class Client:
         job_id: str | None,
         headers: dict[str, str] | None,
         max_attempts: int | None,
-    ) -> _Call:
-        return _Call(  # the constructor validates the arguments now
+    ) -> Call:
+        return Call(  # the constructor validates the arguments now
             _submit_checked(
                 mid=next(self._mids),
                 job_id=job_id or f"{self._id_prefix}-{next(self._job_numbers)}",
@@ -329,10 +317,10 @@ class Client:
         self._start(call)
         try:
             if timeout is None:
-                await _until_settled(call)
+                await until_settled(call)
             else:
                 with trio.fail_after(timeout):
-                    await _until_settled(call)
+                    await until_settled(call)
         except trio.TooSlowError:
             raise SubmitTimeout(f"no result for job {call.message.job_id} within {timeout} s") from None
         finally:
@@ -342,7 +330,7 @@ class Client:
             raise call.error
         return call.outcome
 
-    def _forget(self, call: _Call) -> None:
+    def _forget(self, call: Call) -> None:
         call.done = True
         for mid, other in list(self._calls.items()):
             if other is call:
@@ -376,7 +364,7 @@ class Client:
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        send, receive = trio.open_memory_channel[_Call](limit)
+        send, receive = trio.open_memory_channel[Call](limit)
         # A plain iterable is read directly (an async generator around it would be left
         # unfinished, for the garbage collector, whenever map stops early).
         source: AsyncIterator[Any] | None = None
@@ -388,7 +376,7 @@ class Client:
         outstanding = 0  # submitted, no answer yet
         exhausted = False
         # Calls answered Busy, waiting out their retry_after: (when, tie-break, call).
-        delayed: list[tuple[float, int, _Call]] = []
+        delayed: list[tuple[float, int, Call]] = []
         order = itertools.count()
 
         async def fill() -> None:
@@ -411,7 +399,7 @@ class Client:
             while outstanding or delayed:
                 # Take every result that is in, with one wait (a channel receive is a
                 # schedule point per item), start their replacements, then hand them out.
-                ready: list[_Call] = []
+                ready: list[Call] = []
                 with trio.move_on_at(delayed[0][0] if delayed else math.inf):
                     ready.append(await receive.receive())
                 while True:
@@ -447,81 +435,3 @@ class Client:
             for mid, call in list(self._calls.items()):
                 if call.channel is send:
                     del self._calls[mid]
-
-    # ------------------------------------------------------------------ pub/sub
-
-    async def _send(self, message: Any) -> None:
-        while True:
-            conn = self._conn
-            if conn is None:
-                await self._connected.wait()
-                continue
-            try:
-                await conn.send(message)
-                return
-            except ConnectionClosed:
-                await trio.lowlevel.checkpoint()
-
-    async def publish(
-        self,
-        subject: str,
-        payload: Any = None,
-        *,
-        headers: dict[str, str] | None = None,
-        retain: bool = False,
-        qos: int = 0,
-    ) -> None:
-        """Publish to every subscriber of ``subject``.
-
-        With ``retain=True`` the leader keeps it as the subject's last message for later
-        subscribers. ``qos=1`` waits until the leader has accepted it (and sends it again
-        after a reconnect until then); delivery to subscribers is at most once.
-        """
-        fields = {"subject": subject, "payload": payload, "headers": headers or {}, "retain": retain, "qos": qos}
-        if qos == 0:
-            await self._send(Publish(mid=next(self._mids), **fields))
-            return
-        call = _Call(Publish(mid=next(self._mids), **fields))
-        self._start(call)
-        await _until_settled(call)
-        if call.error is not None:
-            raise call.error
-
-    @asynccontextmanager
-    async def subscribe(self, pattern: str, *, queue: str | None = None, max_pending: int = 1000) -> AsyncIterator[Subscription]:
-        """Subscribe to ``pattern`` for the duration of the ``async with`` block.
-
-        With ``queue``, subscriptions sharing the queue name split the messages (each
-        goes to one of them). Retained messages matching the pattern arrive first.
-        """
-        sid = next(self._sids)
-        sub = Subscription(self, sid, pattern, queue, max_pending)
-        message = Subscribe(mid=next(self._mids), sid=sid, pattern=pattern, queue=queue)
-        self._subs[sid] = sub
-        try:
-            await self._send(message)
-            yield sub
-        finally:
-            del self._subs[sid]
-            conn = self._conn
-            if conn is not None:
-                try:
-                    conn.send_nowait(Unsubscribe(mid=next(self._mids), sid=sid))
-                except ConnectionClosed:
-                    pass
-
-
-async def _until_settled(call: _Call) -> None:
-    """Wait until ``call`` settles: what ``trio.Event().wait()`` does, without building an
-    Event and its parking lot for every call."""
-    if call.done:
-        await trio.lowlevel.checkpoint()
-        return
-    call.task = trio.lowlevel.current_task()
-
-    def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-        call.task = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    await trio.lowlevel.wait_task_rescheduled(abort)
-

@@ -1,7 +1,7 @@
 """The leader's statistics: counters per subject and per worker group, and totals.
 
 Read on demand (O(subjects + workers + jobs in flight)); the broker only bumps counters on
-its hot path.
+its hot path (:func:`count_result` for each finished job).
 """
 
 from __future__ import annotations
@@ -10,6 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._broker import Broker
+    from ._links import GroupStats, SubjectQueue
+
+
+def count_result(counters: SubjectQueue | GroupStats, ok: bool, latency: float) -> None:
+    """Count a finished job in a subject's or a group's statistics."""
+    if ok:
+        counters.done += 1
+    else:
+        counters.failed += 1
+    counters.latency_total += latency
+    if latency > counters.latency_max:
+        counters.latency_max = latency
 
 
 def broker_stats(self: Broker) -> dict[str, Any]:

@@ -5,10 +5,11 @@ Run from the repository root::
     python bench/bench_protocol.py            # about 15 s
     python bench/bench_protocol.py --quick    # about 3 s
 
-It prints one table. "encode" builds whole frames with ``protocol.encode``; "decode" feeds
+It prints three tables. "encode" builds whole frames with ``protocol.encode``; "decode" feeds
 the frames to a ``FrameDecoder`` in batches of ``BATCH`` frames (one ``feed`` call per
 batch, as a reader task would with a 64 KiB receive buffer); "round trip" is both, per
-message. Lookups go through ``SubjectIndex.match`` against 10,000 registered patterns,
+message. The bundled table does the same with ``BATCH`` messages per frame, as version 2
+connections send them (``encode_item`` for each, ``bundle_frames`` for the lot). Lookups go through ``SubjectIndex.match`` against 10,000 registered patterns,
 with the answer cache on (a hot subject set, as under steady traffic) and off (every
 lookup walks the trie).
 
@@ -139,6 +140,25 @@ def bench_codec(message: protocol.Message, seconds: float) -> tuple[int, float, 
     return len(frame), rate(encode, seconds), rate(decode, seconds), rate(round_trip, seconds)
 
 
+def bench_bundled(message: protocol.Message, seconds: float) -> tuple[float, float, float]:
+    """Per message: item bytes in a bundle of ``BATCH``, items encoded per second (as a
+    bundling connection does: each alone, then one frame for all), decoded per second."""
+    items = [protocol.encode_item(message)] * BATCH
+    (frame,) = protocol.bundle_frames(items, protocol.DEFAULT_MAX_FRAME_SIZE)
+
+    def encode() -> int:
+        enc = protocol.encode_item
+        protocol.bundle_frames([enc(message) for _ in range(BATCH)], protocol.DEFAULT_MAX_FRAME_SIZE)
+        return BATCH
+
+    def decode() -> int:
+        out = FrameDecoder().feed(frame)
+        assert len(out) == BATCH
+        return BATCH
+
+    return len(items[0]), rate(encode, seconds), rate(decode, seconds)
+
+
 def per_call_us(funcs: list[Callable[[], object]], seconds: float) -> list[float]:
     """Microseconds per call of each of ``funcs``: the best of many short timeit runs, taken
     in turns (so that a burst of load elsewhere does not fall on one of them only)."""
@@ -241,10 +261,17 @@ def main() -> None:
         f"cbor2 {_cbor2_version()} (compiled extension: {_cbor2_is_c()})"
     )
     print()
+    print("one message per frame (protocol version 1, and any Hello/Welcome)")
     print(f"{'message':<10} {'frame B':>8} {'encode/s':>12} {'decode/s':>12} {'round trip/s':>14}")
     for name, message in typical_messages(all_hot=args.all_kinds).items():
         size, enc, dec, both = bench_codec(message, seconds)
         print(f"{name:<10} {size:>8} {enc:>12,.0f} {dec:>12,.0f} {both:>14,.0f}")
+    print()
+    print(f"bundled, {BATCH} messages per frame (version 2): per message")
+    print(f"{'message':<10} {'item B':>8} {'encode/s':>12} {'decode/s':>12}")
+    for name, message in typical_messages(all_hot=args.all_kinds).items():
+        size, enc, dec = bench_bundled(message, seconds)
+        print(f"{name:<10} {size:>8} {enc:>12,.0f} {dec:>12,.0f}")
     print()
     if args.micro:
         bench_micro(0.1 if args.quick else 0.3)

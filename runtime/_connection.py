@@ -7,9 +7,9 @@ factory that built it (:func:`runtime.open_connection`, :func:`runtime.serve`):
 - the **reader** (:mod:`runtime._reader`) reads up to 64 KiB at a time, decodes the frames,
   checks every message with the connection's :class:`protocol.Session`, answers Ping with
   Pong, and queues the rest as one batch for :meth:`Connection.receive_some`;
-- the **writer** (here) waits until frames are queued, takes *all* of them and writes them
-  with one ``send_all`` (on a WebSocket: one binary message per frame), so that many small
-  messages cost one system call;
+- the **writer** (:mod:`runtime._outgoing`) waits until frames are queued, takes *all* of
+  them and writes them with one ``send_all`` (on a WebSocket: one binary message per
+  frame), so that many small messages cost one system call;
 - the **heartbeat** (:mod:`runtime._heartbeat`) sleeps until the session's next deadline,
   pings an idle line and declares a silent peer dead.
 
@@ -19,13 +19,15 @@ flight is lost to a reset.
 
 Sending never awaits (:meth:`Connection.send_nowait` encodes, appends and wakes the writer);
 the outgoing buffer is bounded and a peer that does not read gets :class:`SendBufferFull`.
+The sending methods and the writer task are those of :class:`runtime._outgoing.Outgoing`,
+the class this one extends; the state they use is this class's.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import attrs
@@ -35,8 +37,9 @@ import protocol
 from protocol import Bye, Error, ErrorCode, State, Welcome
 
 from ._heartbeat import run_heartbeat, watch_for_hello
+from ._outgoing import Outgoing
 from ._reader import run_reader
-from ._transport_errors import ConnectionClosed, MessageTooLarge, SendBufferFull
+from ._transport_errors import ConnectionClosed
 from ._wire import Wire
 
 #: Default bound of the outgoing buffer, in bytes (queued plus being written).
@@ -52,18 +55,9 @@ DEFAULT_FLUSH_EVERY = 16
 #: Default time :meth:`Connection.send` waits for room in the outgoing buffer.
 DEFAULT_SEND_TIMEOUT = 10.0
 
-_HEADER_SIZE = protocol.HEADER_SIZE
-_encode = protocol.encode
-_encode_item = protocol.encode_item
-_encode_array = protocol.encode_array
-_message_of = protocol.message_of
-_BYE_KIND = Bye.KIND
-_BUNDLE_OVERHEAD = protocol.BUNDLE_OVERHEAD
-_LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
-
 
 @attrs.define(eq=False)
-class Connection:
+class Connection(Outgoing):
     """A protocol connection: send and receive messages, heartbeats, an orderly close.
 
     Built only by :func:`runtime.open_connection` and :func:`runtime.serve`. The first
@@ -145,217 +139,6 @@ class Connection:
         # or our own limit if lower (a peer set up like this side).
         self._send_limit = min(self.max_frame_size, protocol.DEFAULT_MAX_FRAME_SIZE)
         self._try_send = getattr(self._wire, "try_send", None)
-
-    # ------------------------------------------------------------------ sending
-
-    def send_nowait(self, message: protocol.Message) -> None:
-        """Queue ``message`` for the writer without waiting.
-
-        Raises:
-          ConnectionClosed: the connection is closing or closed.
-          SendBufferFull: the outgoing buffer would go over :attr:`max_outgoing` bytes.
-          MessageTooLarge: the message encodes to a frame larger than the peer accepts.
-        """
-        self.queue_nowait(message)
-        if len(self._items) >= self.flush_every:
-            self.flush()
-        elif self._writer_lot:
-            self._writer_lot.unpark_all()
-
-    def queue_nowait(self, message: protocol.Message) -> None:
-        """Queue ``message`` as :meth:`send_nowait` does, but leave it queued until
-        :meth:`flush` (for a loop that sends many messages, to many connections, and then
-        flushes each once: the writer task need not run at all).
-
-        Raises:
-          The same as :meth:`send_nowait`.
-        """
-        bundling = self._bundling
-        frame = self._item(message) if bundling else self._frame(message)
-        size = len(frame)
-        used = self._queued_bytes + self._inflight_bytes
-        if used + size > self.max_outgoing and used:
-            raise SendBufferFull(self.max_outgoing)
-        (self._items if bundling else self._pending).append(frame)
-        self._queued_bytes += size
-        if type(message) is Bye:
-            self._bye_sent = True
-
-    def queue_item(self, item: list[Any]) -> None:
-        """Queue a message given as its bundle item (``Result.item(...)``, say) without
-        building the message: for a sender of many messages; then :meth:`flush`.
-
-        To a peer that does not take bundles (version 1), the item is turned into its
-        message and sent as one, validated as if it had been received.
-
-        Raises:
-          The same as :meth:`send_nowait`; ValueError (a value has no CBOR encoding) or a
-          ProtocolError (a bad item, version 1 peers only).
-        """
-        if not self._bundling:
-            self.queue_nowait(_message_of(item))
-            return
-        if self.closed:
-            self._check_open()
-        data = _encode_array(item)
-        size = len(data)
-        if size + _BUNDLE_OVERHEAD > self._send_limit:
-            raise MessageTooLarge(size + _BUNDLE_OVERHEAD, self._send_limit)
-        used = self._queued_bytes + self._inflight_bytes
-        if used + size > self.max_outgoing and used:
-            raise SendBufferFull(self.max_outgoing)
-        self._items.append(data)
-        self._queued_bytes += size
-        if item[0] == _BYE_KIND:
-            self._bye_sent = True
-
-    def flush(self) -> None:
-        """Write what is queued: at once, when the transport takes it all without waiting
-        (plain TCP); the writer task writes the rest. Never waits."""
-        if not (self._pending or self._items):
-            return
-        try_send = self._try_send
-        if try_send is not None and not self._inflight_bytes and not self.closed:
-            batch = self._take_batch()
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
-            try:
-                sent = try_send(data)
-            except _LOST as exc:
-                self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
-                return
-            self.session.sent(trio.current_time())
-            if sent == len(data):
-                self._queued_bytes = 0
-                if self._space_lot:
-                    self._space_lot.unpark_all()
-                return
-            rest = data[sent:]
-            self._pending.insert(0, rest)  # before anything queued since (nothing yet)
-            self._queued_bytes = len(rest)
-        if self._writer_lot:
-            self._writer_lot.unpark_all()
-
-    def _take_batch(self) -> list[bytes]:
-        """Everything queued, as frames (bundling the items), in order; the queue empties."""
-        batch = self._pending
-        items = self._items
-        self._pending = []
-        if items:
-            self._items = []
-            bundles = protocol.bundle_frames(items, self._send_limit)
-            batch = batch + bundles if batch else bundles
-        return batch
-
-    def send_many_nowait(self, messages: Iterable[protocol.Message]) -> None:
-        """Queue several messages at once: all of them or, on an error, none.
-
-        Raises:
-          The same as :meth:`send_nowait`.
-        """
-        messages = list(messages)
-        bundling = self._bundling
-        encode = self._item if bundling else self._frame
-        frames = [encode(m) for m in messages]
-        if not frames:
-            return
-        size = sum(map(len, frames))
-        used = self._queued_bytes + self._inflight_bytes
-        if used + size > self.max_outgoing and used:
-            raise SendBufferFull(self.max_outgoing)
-        if bundling:
-            self._items += frames
-        else:
-            self._pending += frames
-        self._queued_bytes += size
-        if any(type(m) is Bye for m in messages):
-            self._bye_sent = True
-        if self._writer_lot:
-            self._writer_lot.unpark_all()
-
-    async def send(self, message: protocol.Message) -> None:
-        """Queue ``message``, waiting while the outgoing buffer is over its bound.
-
-        Raises:
-          SendBufferFull: no room came within :attr:`send_timeout` seconds.
-          ConnectionClosed: the connection is closing or closed.
-          MessageTooLarge: the message encodes to a frame larger than the peer accepts.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        bundling = self._bundling
-        frame = self._item(message) if bundling else self._frame(message)
-        encoded_for = self._bundling  # (a Welcome just turned bundling on: it is a frame)
-        size = len(frame)
-        waited = False
-        if not self._has_room(size):
-            waited = True
-            with trio.move_on_after(self.send_timeout) as waiting:
-                while not self._has_room(size):
-                    await self._space_lot.park()
-                    self._check_open()
-            if waiting.cancelled_caught:
-                raise SendBufferFull(self.max_outgoing)
-        if encoded_for != self._bundling:  # (the handshake ended while this one waited)
-            bundling = self._bundling
-            frame = self._item(message)
-            size = len(frame)
-        (self._items if bundling else self._pending).append(frame)
-        self._queued_bytes += size
-        if type(message) is Bye:
-            self._bye_sent = True
-        if self._writer_lot:
-            self._writer_lot.unpark_all()
-        if not waited:  # a schedule point either way, as trio's own send() does
-            await trio.lowlevel.cancel_shielded_checkpoint()
-
-    def _frame(self, message: protocol.Message) -> bytes:
-        if self.closed:
-            self._check_open()
-        kind = type(message)
-        if kind is Welcome and message.max_frame is None:
-            message = attrs.evolve(message, max_frame=self.max_frame_size)  # (see _item)
-        frame = _encode(message)
-        if len(frame) - _HEADER_SIZE > self._send_limit:
-            raise MessageTooLarge(len(frame) - _HEADER_SIZE, self._send_limit)
-        if kind is Welcome:
-            self._peer_open = True
-            # What follows the Welcome may be bundled, if the version it names allows,
-            # up to the frame size the client's Hello named.
-            self._bundling = message.version >= protocol.BUNDLE_VERSION
-            peer_limit = self.session.peer_max_frame
-            if peer_limit is not None:
-                self._send_limit = peer_limit
-        return frame
-
-    def _item(self, message: protocol.Message) -> bytes:
-        if self.closed:
-            self._check_open()
-        item = _encode_item(message)
-        if len(item) + _BUNDLE_OVERHEAD > self._send_limit:
-            raise MessageTooLarge(len(item) + _BUNDLE_OVERHEAD, self._send_limit)
-        return item
-
-    def _use_bundles(self, version: int) -> None:
-        """Client side: the Welcome received names ``version``; bundle from now on if it
-        allows (on the server side, sending the Welcome decides)."""
-        self._bundling = version >= protocol.BUNDLE_VERSION
-
-    def _has_room(self, size: int) -> bool:
-        used = self._queued_bytes + self._inflight_bytes
-        return used == 0 or used + size <= self.max_outgoing
-
-    def _check_open(self) -> None:
-        if self.closed:
-            assert self._close_info is not None
-            reason, code, clean = self._close_info
-            raise ConnectionClosed(reason, code=code, clean=clean)
-
-    def _send_control(self, message: protocol.Message) -> None:
-        """Queue a Ping, Pong, Bye or Error past the bound (they are tiny and few)."""
-        frame = _encode_item(message) if self._bundling else _encode(message)
-        (self._items if self._bundling else self._pending).append(frame)
-        self._queued_bytes += len(frame)
-        if self._writer_lot:
-            self._writer_lot.unpark_all()
 
     # ------------------------------------------------------------------ receiving
 
@@ -578,29 +361,3 @@ class Connection:
             return
         self.session.heartbeat = interval
         self._nursery.start_soon(run_heartbeat, self)
-
-    async def _writer(self) -> None:
-        wire = self._wire
-        session = self.session
-        clock = trio.lowlevel.current_clock().current_time  # = trio.current_time, one call deep
-        try:
-            while True:
-                if not self._pending and not self._items:
-                    if self.closed:
-                        return
-                    await self._writer_lot.park()
-                    continue
-                batch = self._take_batch()
-                self._inflight_bytes = self._queued_bytes
-                self._queued_bytes = 0
-                try:
-                    await wire.send_frames(batch)
-                except _LOST as exc:
-                    self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
-                    return
-                self._inflight_bytes = 0
-                session.sent(clock())
-                if self._space_lot:
-                    self._space_lot.unpark_all()
-        finally:
-            self._writer_done.set()

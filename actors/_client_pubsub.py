@@ -1,0 +1,94 @@
+"""Publish and subscribe, from the client's side: a mixin of :class:`~actors.Client`.
+
+Delivery is at most once (see :mod:`actors._pubsub`, the leader's side); a QoS 1 publish
+waits until the leader has accepted it. Subscriptions hand out their messages from a
+bounded buffer (:class:`~actors.Subscription`), and the client renews them on every
+reconnect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from protocol import Publish, Subscribe, Unsubscribe
+from runtime import Connection, ConnectionClosed
+
+from ._call import Call, until_settled
+from ._subscription import Subscription
+
+
+class ClientPubSub:
+    """The publish/subscribe half of the client (see :class:`~actors.Client`)."""
+
+    # The client's state this half reads (see Client).
+    _conn: Connection | None
+    _connected: trio.Event
+    _mids: Any
+    _sids: Any
+    _subs: dict[int, Subscription]
+    _start: Callable[[Call], None]
+
+    async def _send(self, message: Any) -> None:
+        """Send ``message`` once connected (also :meth:`Client.cancel`'s way out)."""
+        while True:
+            conn = self._conn
+            if conn is None:
+                await self._connected.wait()
+                continue
+            try:
+                await conn.send(message)
+                return
+            except ConnectionClosed:
+                await trio.lowlevel.checkpoint()
+
+    async def publish(
+        self,
+        subject: str,
+        payload: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        retain: bool = False,
+        qos: int = 0,
+    ) -> None:
+        """Publish to every subscriber of ``subject``.
+
+        With ``retain=True`` the leader keeps it as the subject's last message for later
+        subscribers. ``qos=1`` waits until the leader has accepted it (and sends it again
+        after a reconnect until then); delivery to subscribers is at most once.
+        """
+        fields = {"subject": subject, "payload": payload, "headers": headers or {}, "retain": retain, "qos": qos}
+        if qos == 0:
+            await self._send(Publish(mid=next(self._mids), **fields))
+            return
+        call = Call(Publish(mid=next(self._mids), **fields))
+        self._start(call)
+        await until_settled(call)
+        if call.error is not None:
+            raise call.error
+
+    @asynccontextmanager
+    async def subscribe(self, pattern: str, *, queue: str | None = None, max_pending: int = 1000) -> AsyncIterator[Subscription]:
+        """Subscribe to ``pattern`` for the duration of the ``async with`` block.
+
+        With ``queue``, subscriptions sharing the queue name split the messages (each
+        goes to one of them). Retained messages matching the pattern arrive first.
+        """
+        sid = next(self._sids)
+        sub = Subscription(self, sid, pattern, queue, max_pending)  # type: ignore[arg-type]
+        message = Subscribe(mid=next(self._mids), sid=sid, pattern=pattern, queue=queue)
+        self._subs[sid] = sub
+        try:
+            await self._send(message)
+            yield sub
+        finally:
+            del self._subs[sid]
+            conn = self._conn
+            if conn is not None:
+                try:
+                    conn.send_nowait(Unsubscribe(mid=next(self._mids), sid=sid))
+                except ConnectionClosed:
+                    pass

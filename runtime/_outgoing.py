@@ -1,0 +1,311 @@
+"""The outgoing side of a connection: queueing messages, bundling them, the writer task.
+
+A mixin of :class:`~runtime.Connection` (the state it reads is the connection's): sending
+never awaits. :meth:`~runtime.Connection.send_nowait` encodes the message, appends it to
+the queue and wakes the writer; the queue is bounded (:attr:`~runtime.Connection.max_outgoing`
+bytes, queued plus being written) and a peer that does not read gets
+:class:`SendBufferFull`. Once the session's version allows bundles, messages are queued
+as bundle items, each encoded alone (so that a bad one fails its sender), and bundled into
+frames when written.
+
+The **writer** task waits until frames are queued, takes *all* of them and writes them
+with one ``send_all`` (on a WebSocket: one binary message per frame), so that many small
+messages cost one system call; :meth:`~runtime.Connection.flush` writes them at once
+instead when the transport takes them without waiting (plain TCP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import trio
+
+import protocol
+from protocol import Bye, Welcome
+
+from ._transport_errors import ConnectionClosed, MessageTooLarge, SendBufferFull
+from ._wire import Wire
+
+_HEADER_SIZE = protocol.HEADER_SIZE
+_encode = protocol.encode
+_encode_item = protocol.encode_item
+_encode_array = protocol.encode_array
+_message_of = protocol.message_of
+_BYE_KIND = Bye.KIND
+_BUNDLE_OVERHEAD = protocol.BUNDLE_OVERHEAD
+_LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class Outgoing:
+    """The sending half of :class:`~runtime.Connection` (see this module's docstring).
+
+    Holds no state of its own (``__slots__ = ()``: the connection's attrs fields, in its
+    slots, are the state, listed below for reference); its methods are the connection's,
+    and a lost transport goes to the connection's ``_request_close``.
+    """
+
+    __slots__ = ()
+
+    # The connection's state this half reads and writes (see Connection for each one).
+    _wire: Wire
+    session: protocol.Session
+    peer: str
+    closed: bool
+    max_frame_size: int
+    max_outgoing: int
+    send_timeout: float
+    flush_every: int
+    _send_limit: int
+    _pending: list[bytes]
+    _bundling: bool
+    _items: list[bytes]
+    _try_send: Any
+    _queued_bytes: int
+    _inflight_bytes: int
+    _writer_lot: trio.lowlevel.ParkingLot
+    _space_lot: trio.lowlevel.ParkingLot
+    _close_info: tuple[str, str | None, bool] | None
+    _peer_open: bool
+    _bye_sent: bool
+    _writer_done: trio.Event
+
+    # ------------------------------------------------------------------ sending
+
+    def send_nowait(self, message: protocol.Message) -> None:
+        """Queue ``message`` for the writer without waiting.
+
+        Raises:
+          ConnectionClosed: the connection is closing or closed.
+          SendBufferFull: the outgoing buffer would go over :attr:`max_outgoing` bytes.
+          MessageTooLarge: the message encodes to a frame larger than the peer accepts.
+        """
+        self.queue_nowait(message)
+        if len(self._items) >= self.flush_every:
+            self.flush()
+        elif self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    def queue_nowait(self, message: protocol.Message) -> None:
+        """Queue ``message`` as :meth:`send_nowait` does, but leave it queued until
+        :meth:`flush` (for a loop that sends many messages, to many connections, and then
+        flushes each once: the writer task need not run at all).
+
+        Raises:
+          The same as :meth:`send_nowait`.
+        """
+        bundling = self._bundling
+        frame = self._item(message) if bundling else self._frame(message)
+        size = len(frame)
+        used = self._queued_bytes + self._inflight_bytes
+        if used + size > self.max_outgoing and used:
+            raise SendBufferFull(self.max_outgoing)
+        (self._items if bundling else self._pending).append(frame)
+        self._queued_bytes += size
+        if type(message) is Bye:
+            self._bye_sent = True
+
+    def queue_item(self, item: list[Any]) -> None:
+        """Queue a message given as its bundle item (``Result.item(...)``, say) without
+        building the message: for a sender of many messages; then :meth:`flush`.
+
+        To a peer that does not take bundles (version 1), the item is turned into its
+        message and sent as one, validated as if it had been received.
+
+        Raises:
+          The same as :meth:`send_nowait`; ValueError (a value has no CBOR encoding) or a
+          ProtocolError (a bad item, version 1 peers only).
+        """
+        if not self._bundling:
+            self.queue_nowait(_message_of(item))
+            return
+        if self.closed:
+            self._check_open()
+        data = _encode_array(item)
+        size = len(data)
+        if size + _BUNDLE_OVERHEAD > self._send_limit:
+            raise MessageTooLarge(size + _BUNDLE_OVERHEAD, self._send_limit)
+        used = self._queued_bytes + self._inflight_bytes
+        if used + size > self.max_outgoing and used:
+            raise SendBufferFull(self.max_outgoing)
+        self._items.append(data)
+        self._queued_bytes += size
+        if item[0] == _BYE_KIND:
+            self._bye_sent = True
+
+    def flush(self) -> None:
+        """Write what is queued: at once, when the transport takes it all without waiting
+        (plain TCP); the writer task writes the rest. Never waits."""
+        if not (self._pending or self._items):
+            return
+        try_send = self._try_send
+        if try_send is not None and not self._inflight_bytes and not self.closed:
+            batch = self._take_batch()
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            try:
+                sent = try_send(data)
+            except _LOST as exc:
+                self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
+                return
+            self.session.sent(trio.current_time())
+            if sent == len(data):
+                self._queued_bytes = 0
+                if self._space_lot:
+                    self._space_lot.unpark_all()
+                return
+            rest = data[sent:]
+            self._pending.insert(0, rest)  # before anything queued since (nothing yet)
+            self._queued_bytes = len(rest)
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    def _take_batch(self) -> list[bytes]:
+        """Everything queued, as frames (bundling the items), in order; the queue empties."""
+        batch = self._pending
+        items = self._items
+        self._pending = []
+        if items:
+            self._items = []
+            bundles = protocol.bundle_frames(items, self._send_limit)
+            batch = batch + bundles if batch else bundles
+        return batch
+
+    def send_many_nowait(self, messages: Iterable[protocol.Message]) -> None:
+        """Queue several messages at once: all of them or, on an error, none.
+
+        Raises:
+          The same as :meth:`send_nowait`.
+        """
+        messages = list(messages)
+        bundling = self._bundling
+        encode = self._item if bundling else self._frame
+        frames = [encode(m) for m in messages]
+        if not frames:
+            return
+        size = sum(map(len, frames))
+        used = self._queued_bytes + self._inflight_bytes
+        if used + size > self.max_outgoing and used:
+            raise SendBufferFull(self.max_outgoing)
+        if bundling:
+            self._items += frames
+        else:
+            self._pending += frames
+        self._queued_bytes += size
+        if any(type(m) is Bye for m in messages):
+            self._bye_sent = True
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    async def send(self, message: protocol.Message) -> None:
+        """Queue ``message``, waiting while the outgoing buffer is over its bound.
+
+        Raises:
+          SendBufferFull: no room came within :attr:`send_timeout` seconds.
+          ConnectionClosed: the connection is closing or closed.
+          MessageTooLarge: the message encodes to a frame larger than the peer accepts.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        bundling = self._bundling
+        frame = self._item(message) if bundling else self._frame(message)
+        encoded_for = self._bundling  # (a Welcome just turned bundling on: it is a frame)
+        size = len(frame)
+        waited = False
+        if not self._has_room(size):
+            waited = True
+            with trio.move_on_after(self.send_timeout) as waiting:
+                while not self._has_room(size):
+                    await self._space_lot.park()
+                    self._check_open()
+            if waiting.cancelled_caught:
+                raise SendBufferFull(self.max_outgoing)
+        if encoded_for != self._bundling:  # (the handshake ended while this one waited)
+            bundling = self._bundling
+            frame = self._item(message)
+            size = len(frame)
+        (self._items if bundling else self._pending).append(frame)
+        self._queued_bytes += size
+        if type(message) is Bye:
+            self._bye_sent = True
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+        if not waited:  # a schedule point either way, as trio's own send() does
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _frame(self, message: protocol.Message) -> bytes:
+        if self.closed:
+            self._check_open()
+        kind = type(message)
+        if kind is Welcome and message.max_frame is None:
+            message = attrs.evolve(message, max_frame=self.max_frame_size)  # (see _item)
+        frame = _encode(message)
+        if len(frame) - _HEADER_SIZE > self._send_limit:
+            raise MessageTooLarge(len(frame) - _HEADER_SIZE, self._send_limit)
+        if kind is Welcome:
+            self._peer_open = True
+            # What follows the Welcome may be bundled, if the version it names allows,
+            # up to the frame size the client's Hello named.
+            self._bundling = message.version >= protocol.BUNDLE_VERSION
+            peer_limit = self.session.peer_max_frame
+            if peer_limit is not None:
+                self._send_limit = peer_limit
+        return frame
+
+    def _item(self, message: protocol.Message) -> bytes:
+        if self.closed:
+            self._check_open()
+        item = _encode_item(message)
+        if len(item) + _BUNDLE_OVERHEAD > self._send_limit:
+            raise MessageTooLarge(len(item) + _BUNDLE_OVERHEAD, self._send_limit)
+        return item
+
+    def _use_bundles(self, version: int) -> None:
+        """Client side: the Welcome received names ``version``; bundle from now on if it
+        allows (on the server side, sending the Welcome decides)."""
+        self._bundling = version >= protocol.BUNDLE_VERSION
+
+    def _has_room(self, size: int) -> bool:
+        used = self._queued_bytes + self._inflight_bytes
+        return used == 0 or used + size <= self.max_outgoing
+
+    def _check_open(self) -> None:
+        if self.closed:
+            assert self._close_info is not None
+            reason, code, clean = self._close_info
+            raise ConnectionClosed(reason, code=code, clean=clean)
+
+    def _send_control(self, message: protocol.Message) -> None:
+        """Queue a Ping, Pong, Bye or Error past the bound (they are tiny and few)."""
+        frame = _encode_item(message) if self._bundling else _encode(message)
+        (self._items if self._bundling else self._pending).append(frame)
+        self._queued_bytes += len(frame)
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    # ------------------------------------------------------------------ the writer task
+
+    async def _writer(self) -> None:
+        wire = self._wire
+        session = self.session
+        clock = trio.lowlevel.current_clock().current_time  # = trio.current_time, one call deep
+        try:
+            while True:
+                if not self._pending and not self._items:
+                    if self.closed:
+                        return
+                    await self._writer_lot.park()
+                    continue
+                batch = self._take_batch()
+                self._inflight_bytes = self._queued_bytes
+                self._queued_bytes = 0
+                try:
+                    await wire.send_frames(batch)
+                except _LOST as exc:
+                    self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
+                    return
+                self._inflight_bytes = 0
+                session.sent(clock())
+                if self._space_lot:
+                    self._space_lot.unpark_all()
+        finally:
+            self._writer_done.set()
