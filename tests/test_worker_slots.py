@@ -232,3 +232,34 @@ async def test_a_result_cbor_cannot_encode_is_reported_as_a_failure(autojump_clo
     assert runner.finished.get("j1", trio.current_time()) is not None
     assert runner.finished.get("j0", trio.current_time()) is None
     assert (runner.completed, runner.failed) == (1, 1)
+
+
+class Scoped(Worker):
+    """Uses cancel scopes, a nursery and the current task across its waits."""
+
+    subjects = ["scoped"]
+    concurrency = 2
+
+    async def handle(self, job):
+        task = trio.lowlevel.current_task()
+        with trio.move_on_after(1) as scope:  # opened before the first wait
+            await trio.sleep(5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 0.5)
+        assert trio.lowlevel.current_task() is task  # still the slot's task
+        return (scope.cancelled_caught, trio.current_time())
+
+
+async def test_a_job_that_waits_keeps_its_scopes_and_task(autojump_clock: trio.testing.MockClock) -> None:
+    # The slot steps the job's coroutine once itself, then lets it go on in the same task:
+    # scopes and nurseries the job opened before its first wait work as usual.
+    async with trio.open_nursery() as nursery:
+        runner, sink = await _runner_with(Scoped(), nursery)
+        t0 = trio.current_time()
+        runner._on_assign(_assign(0, "scoped", None), t0)
+        while not sink.sent:  # noqa: ASYNC110 - polling in virtual time
+            await trio.sleep(0.25)
+        nursery.cancel_scope.cancel()
+    ((t, result),) = sink.sent
+    assert result.ok, result.error_message
+    assert list(result.payload) == [True, t0 + 1.5] and t == t0 + 1.5
