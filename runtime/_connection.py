@@ -6,7 +6,8 @@ factory that built it (:func:`runtime.open_connection`, :func:`runtime.serve`):
 
 - the **reader** (:mod:`runtime._reader`) reads up to 64 KiB at a time, decodes the frames,
   checks every message with the connection's :class:`protocol.Session`, answers Ping with
-  Pong, and queues the rest as one batch for :meth:`Connection.receive_some`;
+  Pong, and queues the rest as one batch for :meth:`Connection.receive_some` (or, after
+  :meth:`Connection.dispatch_to`, hands the batch to the application's handler itself);
 - the **writer** (:mod:`runtime._outgoing`) waits until frames are queued, takes *all* of
   them and writes them with one ``send_all`` (on a WebSocket: one binary message per
   frame), so that many small messages cost one system call;
@@ -94,7 +95,7 @@ class Connection(Outgoing):
     welcome: Welcome | None = attrs.field(default=None, init=False)
     closed: bool = attrs.field(default=False, init=False)
     next_mid: Any = attrs.field(init=False, factory=lambda: itertools.count(1).__next__)
-    # The peer's frame limit for what we send (its Welcome may lower it).
+    # The peer's frame limit for what we send (what its Hello or Welcome announced).
     _send_limit: int = attrs.field(init=False, default=0)
     _decoder: protocol.FrameDecoder = attrs.field(init=False)
     # Outgoing: frames waiting for the writer, their bytes, and bytes being written.
