@@ -168,41 +168,34 @@ class Leader:
     # ------------------------------------------------------------------ connections
 
     def _sender(self, conn: Connection) -> dict[str, Any]:
-        """The ``send`` and ``send_item`` of a link on ``conn`` (keyword arguments)."""
-        send_nowait = conn.send_nowait
-        queue_nowait = conn.queue_nowait
-        queue_item = conn.queue_item
+        """The ``send`` and ``send_item`` of a link on ``conn`` (keyword arguments).
+
+        Each queues on the connection; during a batch the connection is flushed at its end
+        (see :meth:`_flush`), otherwise at once.
+        """
         doomed = self._doomed
         dirty = self._dirty
 
-        def send(message: Any) -> None:
-            try:
+        def sending(queue: Any) -> Any:
+            def send(message: Any) -> None:
+                try:
+                    queue(message)
+                except SendBufferFull:
+                    # A slow peer: close it after this batch. What it missed is safe: a
+                    # worker's jobs are redelivered, a client resubmits and gets the stored
+                    # result.
+                    doomed[conn] = f"outgoing buffer over {conn.max_outgoing} bytes"
+                    return
+                except ConnectionClosed:
+                    return
                 if self._batching:
-                    queue_nowait(message)
                     dirty[conn] = None
                 else:
-                    send_nowait(message)
-            except SendBufferFull:
-                # A slow peer: close it after this batch. What it missed is safe: a
-                # worker's jobs are redelivered, a client resubmits and gets the stored result.
-                doomed[conn] = f"outgoing buffer over {conn.max_outgoing} bytes"
-            except ConnectionClosed:
-                pass
+                    conn.flush()
 
-        def send_item(item: list[Any]) -> None:
-            try:
-                queue_item(item)
-            except SendBufferFull:
-                doomed[conn] = f"outgoing buffer over {conn.max_outgoing} bytes"
-                return
-            except ConnectionClosed:
-                return
-            if self._batching:
-                dirty[conn] = None
-            else:
-                conn.flush()
+            return send
 
-        return {"send": send, "send_item": send_item}
+        return {"send": sending(conn.queue_nowait), "send_item": sending(conn.queue_item)}
 
     def _flush(self) -> None:
         """Write out what the batch just handled queued, one flush per connection."""

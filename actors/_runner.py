@@ -47,6 +47,7 @@ from runtime import (
     Connection,
     ConnectionClosed,
     DedupCache,
+    MessageTooLarge,
     SendBufferFull,
     run_reconnecting,
 )
@@ -400,28 +401,34 @@ class WorkerRunner:
             mid=mid, cid=cid, job_id=job.id, ok=ok, payload=payload,
             error_type=error_type, error_message=error_message, attempts=job.attempt,
         )
+        conn = self._conn
         try:
-            if not _plain(payload):
-                encode_array(item)  # a trial run: the return value must be CBOR-encodable
-        except ValueError as exc:
-            ok, payload = False, None
-            error_type, error_message = "ResultNotSerializable", str(exc)
-            item = Result.item(  # type: ignore[attr-defined]
-                mid=mid, cid=cid, job_id=job.id, ok=False,
-                error_type=error_type, error_message=error_message, attempts=job.attempt,
-            )
+            try:
+                if conn is not None:
+                    # Flushed by the slot (see the module's docstring). Queueing encodes it:
+                    # a return value with no CBOR encoding fails here, and only here.
+                    conn.queue_item(item)
+                elif not _plain(payload):
+                    encode_array(item)  # not sent now: a trial run, to know the outcome
+            except MessageTooLarge:
+                raise
+            except ValueError as exc:
+                ok, payload = False, None
+                error_type, error_message = "ResultNotSerializable", str(exc)
+                item = Result.item(  # type: ignore[attr-defined]
+                    mid=mid, cid=cid, job_id=job.id, ok=False,
+                    error_type=error_type, error_message=error_message, attempts=job.attempt,
+                )
+                if conn is not None:
+                    conn.queue_item(item)
+        except (ConnectionClosed, SendBufferFull):
+            pass
         if ok:
             self.completed += 1
             # Only successes are remembered: a failure must run again when redelivered.
             self.finished.add(job.id, self._clock(), (ok, payload, error_type, error_message))
         else:
             self.failed += 1
-        conn = self._conn
-        if conn is not None:
-            try:
-                conn.queue_item(item)  # flushed by the slot (see the module's docstring)
-            except (ConnectionClosed, SendBufferFull):
-                pass
 
     def _report_progress(self, job_id: str, fraction: float | None, note: str | None) -> None:
         self._send(Progress(mid=self._next_mid(), job_id=job_id, fraction=fraction, note=note))

@@ -35,6 +35,7 @@ from ._fastcodec import (
     _compile,
     _fields,
     _keyword_params,
+    _signature,
     _trimmed_returns,
 )
 from ._messages import MESSAGE_TYPES, Message
@@ -124,8 +125,7 @@ def build_item(cls: type[Message]) -> Callable[..., list[Any]]:
             lines.append(f"    {f.name} = _conv{f.index}({f.name})")
     lines += _trimmed_returns(cls, fields, ns, "{}")
     func = _compile("\n".join(lines) + "\n", "item", ns, cls)
-    shown = [p.replace("=_NOTHING", "=...").split("=_d")[0] for p in params.split(", ")]
-    func.__doc__ = _ITEM_DOC.format(name=cls.__name__, signature="*, " + ", ".join(shown))
+    func.__doc__ = _ITEM_DOC.format(name=cls.__name__, signature=_signature(fields))
     func.__module__ = cls.__module__
     return func
 

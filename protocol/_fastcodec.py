@@ -357,6 +357,14 @@ def build_unchecked(cls: type[Message]) -> Callable[..., Message]:
         lines.append(f"    _set{f.index}(self, {value})")
     lines.append("    return self")
     func = _compile("\n".join(lines) + "\n", "unchecked", ns, cls)
+    func.__doc__ = _UNCHECKED_DOC.format(name=cls.__name__, signature=_signature(fields))
+    func.__module__ = cls.__module__
+    return func
+
+
+def _signature(fields: list[_Field]) -> str:
+    """The keyword parameters of a generated constructor as a reader sees them (defaults
+    shown as values, factories as calls), for its docstring."""
     shown = []
     for f in fields:
         if f.required:
@@ -365,9 +373,7 @@ def build_unchecked(cls: type[Message]) -> Callable[..., Message]:
             shown.append(f"{f.name}={f.factory.__name__}()")
         else:
             shown.append(f"{f.name}={f.default!r}")
-    func.__doc__ = _UNCHECKED_DOC.format(name=cls.__name__, signature="*, " + ", ".join(shown))
-    func.__module__ = cls.__module__
-    return func
+    return "*, " + ", ".join(shown)
 
 
 def build_checked(cls: type[Message]) -> Callable[..., Message]:

@@ -96,13 +96,7 @@ class Outgoing:
           The same as :meth:`send_nowait`.
         """
         bundling = self._bundling
-        frame = self._item(message) if bundling else self._frame(message)
-        size = len(frame)
-        used = self._queued_bytes + self._inflight_bytes
-        if used + size > self.max_outgoing and used:
-            raise SendBufferFull(self.max_outgoing)
-        (self._items if bundling else self._pending).append(frame)
-        self._queued_bytes += size
+        self._enqueue(self._item(message) if bundling else self._frame(message), bundling)
         if type(message) is Bye:
             self._bye_sent = True
 
@@ -122,17 +116,17 @@ class Outgoing:
             return
         if self.closed:
             self._check_open()
-        data = _encode_array(item)
-        size = len(data)
-        if size + _BUNDLE_OVERHEAD > self._send_limit:
-            raise MessageTooLarge(size + _BUNDLE_OVERHEAD, self._send_limit)
-        used = self._queued_bytes + self._inflight_bytes
-        if used + size > self.max_outgoing and used:
-            raise SendBufferFull(self.max_outgoing)
-        self._items.append(data)
-        self._queued_bytes += size
+        self._enqueue(self._fit(_encode_array(item)), True)
         if item[0] == _BYE_KIND:
             self._bye_sent = True
+
+    def _enqueue(self, data: bytes, bundled: bool) -> None:
+        """Queue encoded bytes (a bundle item, or a whole frame) within the bound."""
+        size = len(data)
+        if not self._has_room(size):
+            raise SendBufferFull(self.max_outgoing)
+        (self._items if bundled else self._pending).append(data)
+        self._queued_bytes += size
 
     def flush(self) -> None:
         """Write what is queued: at once, when the transport takes it all without waiting
@@ -184,8 +178,7 @@ class Outgoing:
         if not frames:
             return
         size = sum(map(len, frames))
-        used = self._queued_bytes + self._inflight_bytes
-        if used + size > self.max_outgoing and used:
+        if not self._has_room(size):
             raise SendBufferFull(self.max_outgoing)
         if bundling:
             self._items += frames
@@ -254,7 +247,10 @@ class Outgoing:
     def _item(self, message: protocol.Message) -> bytes:
         if self.closed:
             self._check_open()
-        item = _encode_item(message)
+        return self._fit(_encode_item(message))
+
+    def _fit(self, item: bytes) -> bytes:
+        """``item`` (an encoded bundle item), if a bundle of it fits the peer's limit."""
         if len(item) + _BUNDLE_OVERHEAD > self._send_limit:
             raise MessageTooLarge(len(item) + _BUNDLE_OVERHEAD, self._send_limit)
         return item

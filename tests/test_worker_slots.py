@@ -14,7 +14,7 @@ import trio.testing
 
 from actors import Worker
 from actors._worker import WorkerRunner
-from protocol import Assign, Nack, Result, message_of
+from protocol import Assign, Nack, Result, encode_array, message_of
 
 
 class _Sink:
@@ -34,6 +34,7 @@ class _Sink:
         self.queued.append(message)
 
     def queue_item(self, item: list) -> None:
+        encode_array(item)  # as a connection does: a value with no CBOR encoding raises here
         self.queued.append(message_of(item))
 
     def flush(self) -> None:
