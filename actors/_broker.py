@@ -13,6 +13,7 @@ the first entry has the earliest deadline), and a heap only for jobs waiting out
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import random
 from collections import deque
@@ -21,6 +22,8 @@ from typing import Any
 import attrs
 
 from protocol import (
+    BUNDLE_OVERHEAD,
+    DEFAULT_MAX_FRAME_SIZE,
     Ack,
     Assign,
     Cancel,
@@ -31,24 +34,30 @@ from protocol import (
     Result,
     SubjectIndex,
     Submit,
+    encode_array,
 )
-from runtime import Backoff, DedupCache
+from runtime import Backoff, DedupCache, MessageTooLarge
 
 from ._jobs import JobRecord, JobState, Journal, StoredResult
 from ._links import ClientLink, GroupStats, SubjectQueue, WorkerLink
 from ._pubsub import PubSub
-from ._redelivery import Redelivery
+from ._redelivery import Redelivery, _waits_until
 from ._routing import EXACT_LEAST_LOADED as EXACT_LEAST_LOADED  # (re-exported: tests)
 from ._routing import LEAST_LOADED_SAMPLES as LEAST_LOADED_SAMPLES
 from ._routing import pick_worker
+from ._sizes import FORWARD_RESERVE, JOB_OVERHEAD, SURELY_FITS, payload_size
 from ._stats import broker_stats, count_result
 
 #: Groups whose statistics are kept at most; past it, those of a group with no worker
 #: connected are dropped, oldest first.
 MAX_GROUP_STATS = 10_000
+#: Subjects whose queue (and statistics) are kept at most; past it, the queues of subjects
+#: with nothing waiting are dropped, oldest first.
+MAX_SUBJECT_QUEUES = 10_000
 
 _assign_item = Assign.item  # type: ignore[attr-defined]
 _result_item = Result.item  # type: ignore[attr-defined]
+_INF = float("inf")
 
 
 @attrs.define(eq=False)
@@ -64,6 +73,23 @@ class BrokerConfig:
       dedup_capacity: results kept at most (the oldest go first).
       max_retained: subjects whose last published message is retained, at most.
       max_dead_letters: dead-lettered jobs kept for inspection.
+      max_queued_bytes: bytes of the jobs waiting (payload, subject, headers and a fixed
+        overhead of :data:`JOB_OVERHEAD` each), in total, before submits are answered
+        ``busy``.
+      max_queued_per_subject, max_queued_bytes_per_subject: the same limits for the jobs
+        of one subject (so that a subject nobody serves cannot fill the leader).
+      max_queued_per_client, max_queued_bytes_per_client: the same limits for the jobs one
+        client connection submitted.
+      max_queue_time: seconds a job may wait for a worker (queued, or waiting out a retry
+        backoff) before it expires and its clients get a ``timeout`` error; None: no limit.
+      max_window: the most jobs one worker may hold at once, whatever credit it grants.
+      max_frame: the largest frame body the leader forwards: a submit, publish or result
+        whose forwarded message would not fit is answered ``too_large`` at once.
+      max_subscriptions: subscriptions one client connection may hold.
+      max_retained_bytes: bytes of retained messages kept (the oldest go first).
+      max_dead_letter_bytes: bytes of dead-lettered jobs kept (the oldest go first).
+      max_stored_bytes: bytes of finished jobs' results kept for the dedup window (the
+        oldest go first).
     """
 
     ack_timeout: float = 30.0
@@ -76,6 +102,18 @@ class BrokerConfig:
     dedup_capacity: int = 100_000
     max_retained: int = 10_000
     max_dead_letters: int = 1_000
+    max_queued_bytes: int = 256 * 2**20
+    max_queued_per_subject: int = 50_000
+    max_queued_bytes_per_subject: int = 128 * 2**20
+    max_queued_per_client: int = 50_000
+    max_queued_bytes_per_client: int = 128 * 2**20
+    max_queue_time: float | None = 3600.0
+    max_window: int = 10_000
+    max_frame: int = DEFAULT_MAX_FRAME_SIZE
+    max_subscriptions: int = 10_000
+    max_retained_bytes: int = 64 * 2**20
+    max_dead_letter_bytes: int = 64 * 2**20
+    max_stored_bytes: int = 256 * 2**20
 
 
 class Broker(Redelivery, PubSub):
@@ -103,17 +141,29 @@ class Broker(Redelivery, PubSub):
         self.journal = journal
         self.jobs: dict[str, JobRecord] = {}
         self.finished = DedupCache(
-            capacity=self.config.dedup_capacity, ttl=self.config.dedup_window
+            capacity=self.config.dedup_capacity,
+            ttl=self.config.dedup_window,
+            max_bytes=self.config.max_stored_bytes,
         )
         self.queues: dict[str, SubjectQueue] = {}
         self.workers: dict[WorkerLink, None] = {}
         self.worker_index = SubjectIndex()
         self.sub_index = SubjectIndex()
         self.retained: dict[str, tuple[Any, dict[str, str]]] = {}
+        self._retained_sizes: dict[str, int] = {}
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=self.config.max_dead_letters)
         self.group_stats: dict[str, GroupStats] = {}
         self.waiting_count = 0  # queued + retry_wait
+        self.waiting_bytes = 0
+        self.retained_bytes = 0
+        self.dead_letter_bytes = 0
+        self._dead_letter_sizes: deque[int] = deque()
         self._retry_heap: list[tuple[float, int, JobRecord]] = []
+        # Waiting jobs by the time they expire (max_queue_time, a client's timeout): a FIFO
+        # for the deadlines that come in order (most of them), a heap for the others.
+        # Entries of jobs that stopped waiting are skipped, and compacted when many.
+        self._expiry_fifo: deque[tuple[float, JobRecord]] = deque()
+        self._expiry_heap: list[tuple[float, int, JobRecord]] = []
         self._soonest = float("inf")  # earliest deadline made since take_soonest()
         self._seq = itertools.count()
         self._queue_rr: dict[str, int] = {}
@@ -126,6 +176,7 @@ class Broker(Redelivery, PubSub):
     def worker_joined(self, worker: WorkerLink, now: float) -> None:
         """A worker said Hello: index its patterns and give it work."""
         self.workers[worker] = None
+        worker.window = min(worker.window, self.config.max_window)
         worker.stats = self._group_stats(worker.group)
         for pattern in worker.patterns:
             self.worker_index.add(pattern, worker)
@@ -166,13 +217,12 @@ class Broker(Redelivery, PubSub):
         backlog = list(worker.backlog)
         worker.backlog.clear()
         for job in reversed(backlog):
-            if job.state is JobState.QUEUED:
-                self.waiting_count -= 1  # counted again by _enqueue
+            if job.state is JobState.QUEUED:  # (still counted as waiting)
                 self._enqueue(job, now, front=True)
 
     def set_window(self, worker: WorkerLink, credit: int, now: float) -> None:
         """A worker changed its credit window (0 = send nothing more)."""
-        worker.window = credit
+        worker.window = min(credit, self.config.max_window)
         self._feed(worker, now)
 
     def _serves(self, worker: WorkerLink, subject: str) -> bool:
@@ -194,7 +244,14 @@ class Broker(Redelivery, PubSub):
     # ------------------------------------------------------------------ jobs in
 
     def submit(self, client: ClientLink, msg: Submit, now: float) -> None:
-        """A client submitted a job: dedup it, queue it, maybe assign it at once."""
+        """A client submitted a job: dedup it, check the limits, queue it, maybe assign
+        it at once.
+
+        Refused, with an Error answering the submit: ``too_large`` when the Assign that
+        carries it could not be forwarded within :attr:`BrokerConfig.max_frame`; ``busy``
+        (with ``retry_after``) when the jobs waiting in total, for its subject or from this
+        client are at their limit in count or bytes.
+        """
         job_id = msg.job_id
         job = self.jobs.get(job_id)
         if job is not None:  # in flight already: merge the waits
@@ -205,52 +262,169 @@ class Broker(Redelivery, PubSub):
         if stored is not None:
             self._reply(client, msg.mid, job_id, stored)
             return
-        if self.waiting_count >= self.config.max_queued:
-            client.send(
-                Error(
-                    mid=client.next_mid(),
-                    cid=msg.mid,
-                    code=ErrorCode.BUSY,
-                    message=f"leader queue is full ({self.config.max_queued} jobs waiting)",
-                    job_id=job_id,
-                    retry_after=self._retry_after(),
-                )
+        payload = msg.payload
+        size = payload_size(payload) + len(msg.subject) + JOB_OVERHEAD
+        headers = msg.headers
+        if headers:
+            for key, value in headers.items():
+                size += len(key) + len(value) + 2
+        if size > SURELY_FITS and not self._fits(msg, size):
+            self._refuse(
+                client, msg, ErrorCode.TOO_LARGE,
+                f"job {job_id} is too large to forward: its Assign would be over the"
+                f" leader's frame limit of {self.config.max_frame} bytes",
+            )
+            return
+        queue = self._queue(msg.subject)
+        config = self.config
+        if (
+            self.waiting_count >= config.max_queued
+            or self.waiting_bytes + size > config.max_queued_bytes
+        ):
+            self._refuse_busy(
+                client, msg,
+                f"leader queue is full ({self.waiting_count} jobs, {self.waiting_bytes} bytes"
+                f" waiting; limits {config.max_queued} jobs, {config.max_queued_bytes} bytes)",
+            )
+            return
+        if (
+            queue.queued >= config.max_queued_per_subject
+            or queue.queued_bytes + size > config.max_queued_bytes_per_subject
+        ):
+            self._refuse_busy(
+                client, msg,
+                f"queue of subject {msg.subject} is full ({queue.queued} jobs,"
+                f" {queue.queued_bytes} bytes waiting; limits {config.max_queued_per_subject}"
+                f" jobs, {config.max_queued_bytes_per_subject} bytes per subject)",
+            )
+            return
+        if (
+            client.queued >= config.max_queued_per_client
+            or client.queued_bytes + size > config.max_queued_bytes_per_client
+        ):
+            self._refuse_busy(
+                client, msg,
+                f"this connection has {client.queued} jobs ({client.queued_bytes} bytes)"
+                f" waiting; limits {config.max_queued_per_client} jobs,"
+                f" {config.max_queued_bytes_per_client} bytes per client",
             )
             return
         job = JobRecord(
             job_id=job_id,
             subject=msg.subject,
-            payload=msg.payload,
-            headers=msg.headers,
+            payload=payload,
+            headers=headers,
             qos=msg.qos,
-            max_attempts=msg.max_attempts or self.config.max_attempts,
+            max_attempts=msg.max_attempts or config.max_attempts,
             submitted_at=now,
             expires_at=None if msg.timeout is None else now + msg.timeout,
             submitted_max_attempts=msg.max_attempts,
+            size=size,
+            owner=client,
         )
         job.waiters.append((client, msg.mid))
         client.waiting[job_id] = None
         self.jobs[job_id] = job
         if self.journal is not None:
             self.journal(job, JobState.QUEUED, JobState.QUEUED)
-        queue = self._queue(msg.subject)
         queue.submitted += 1
-        if not queue.pending and job.expires_at is None:
+        if not queue.pending:
             # Nothing queued ahead of it: straight to a worker with room, if there is one
             # (what _dispatch would do, without the trip through the queue).
             worker = pick_worker(queue, job, self.rng)
             if worker is not None and len(worker.inflight) < worker.window:
                 self._assign(job, worker, now)
                 return
-            self.waiting_count += 1
+            self._start_waiting(job, queue, now)
+            self._watch_expiry(job)
             if worker is not None:  # sticky target is busy: wait for it
                 worker.backlog.append(job)
             else:
                 queue.pending.append(job)
             return
-        self.waiting_count += 1
+        self._start_waiting(job, queue, now)
+        self._watch_expiry(job)
         queue.pending.append(job)
         self._dispatch(queue, now)
+
+    def _fits(self, msg: Submit, size: int) -> bool:
+        """Whether the Assign of a large submit fits the frame limit (encoded exactly)."""
+        if size >= 1 << 62:
+            return False
+        try:
+            item = _assign_item(
+                mid=2**32, job_id=msg.job_id, subject=msg.subject, payload=msg.payload,
+                headers=msg.headers, attempt=2**16, qos=msg.qos, ack_timeout=self.config.ack_timeout,
+            )
+            encoded = len(encode_array(item))
+        except Exception:  # (noqa: BLE001) it could not be forwarded at all
+            return False
+        return encoded + BUNDLE_OVERHEAD + FORWARD_RESERVE <= self.config.max_frame
+
+    def _refuse(self, client: ClientLink, msg: Any, code: str, message: str, **extra: Any) -> None:
+        client.send(
+            Error(mid=client.next_mid(), cid=msg.mid, code=code, message=message, job_id=getattr(msg, "job_id", None), **extra)
+        )
+
+    def _refuse_busy(self, client: ClientLink, msg: Submit, message: str) -> None:
+        self._refuse(client, msg, ErrorCode.BUSY, message, retry_after=self._retry_after())
+
+    # ------------------------------------------------------------------ waiting jobs
+
+    def _start_waiting(self, job: JobRecord, queue: SubjectQueue, now: float) -> None:
+        """Count ``job`` as waiting (queued or in backoff) in the queue limits, and give
+        it the time it may wait (``max_queue_time``, or the client's timeout if sooner)."""
+        size = job.size
+        self.waiting_count += 1
+        self.waiting_bytes += size
+        queue.queued += 1
+        queue.queued_bytes += size
+        owner = job.owner
+        if owner is not None:
+            owner.queued += 1
+            owner.queued_bytes += size
+        limit = self.config.max_queue_time
+        deadline = _INF if limit is None else now + limit
+        expires = job.expires_at
+        if expires is not None and expires < deadline:
+            deadline = expires
+        job.wait_deadline = deadline
+
+    def _stop_waiting(self, job: JobRecord) -> None:
+        """``job`` no longer waits: uncount it (see :meth:`_start_waiting`)."""
+        size = job.size
+        self.waiting_count -= 1
+        self.waiting_bytes -= size
+        queue = self.queues.get(job.subject)
+        if queue is not None:
+            queue.queued -= 1
+            queue.queued_bytes -= size
+        owner = job.owner
+        if owner is not None:
+            owner.queued -= 1
+            owner.queued_bytes -= size
+
+    def _watch_expiry(self, job: JobRecord) -> None:
+        """Have :meth:`handle_timer` expire ``job`` at its wait deadline if still queued."""
+        deadline = job.wait_deadline
+        if deadline == _INF:
+            return
+        fifo = self._expiry_fifo
+        if not fifo or fifo[-1][0] <= deadline:
+            fifo.append((deadline, job))
+        else:
+            heapq.heappush(self._expiry_heap, (deadline, next(self._seq), job))
+        if deadline < self._soonest:
+            self._soonest = deadline
+        if len(fifo) + len(self._expiry_heap) > 2 * self.waiting_count + 4096:
+            self._compact_expiry()
+
+    def _compact_expiry(self) -> None:
+        """Drop the expiry entries of jobs that no longer wait (amortised O(1) per entry)."""
+        self._expiry_fifo = deque(e for e in self._expiry_fifo if _waits_until(e[-1], e[0]))
+        heap = [e for e in self._expiry_heap if _waits_until(e[-1], e[0])]
+        heapq.heapify(heap)
+        self._expiry_heap = heap
 
     def cancel(self, client: ClientLink, msg: Cancel, now: float) -> None:
         """A client cancels a job: a waiting job ends at once, a running one is cancelled
@@ -273,6 +447,8 @@ class Broker(Redelivery, PubSub):
     def _queue(self, subject: str) -> SubjectQueue:
         queue = self.queues.get(subject)
         if queue is None:
+            if len(self.queues) >= MAX_SUBJECT_QUEUES:
+                self._drop_idle_queues()
             queue = SubjectQueue(subject)
             for worker in self.worker_index.match(subject):
                 if worker.mode != "broadcast" and worker not in queue.candidates:
@@ -281,15 +457,27 @@ class Broker(Redelivery, PubSub):
             self.queues[subject] = queue
         return queue
 
+    def _drop_idle_queues(self) -> None:
+        """Forget the oldest tenth of the subjects with nothing waiting (and their
+        statistics), so that submits to ever new subjects cannot grow the leader."""
+        idle = [q for q in self.queues.values() if not q.queued and not q.pending]
+        for queue in idle[: len(self.queues) // 10 + 1]:
+            del self.queues[queue.subject]
+            for worker in queue.candidates:
+                worker.queues.remove(queue)
+
     def _dispatch(self, queue: SubjectQueue, now: float) -> None:
         pending = queue.pending
         while pending:
             job = pending[0]
-            if job.expires_at is not None and job.expires_at <= now:
+            if job.state is not JobState.QUEUED:  # left the queue early (see _leave_waiting)
                 pending.popleft()
-                self.waiting_count -= 1
-                queue.expired += 1
-                self._finish(job, JobState.EXPIRED, None, now)
+                if queue.stale:
+                    queue.stale -= 1
+                continue
+            if job.wait_deadline <= now:
+                pending.popleft()
+                self._expire(job, now)
                 continue
             worker = pick_worker(queue, job, self.rng)
             if worker is None:
@@ -298,8 +486,14 @@ class Broker(Redelivery, PubSub):
             if len(worker.inflight) >= worker.window:  # sticky target is busy: wait for it
                 worker.backlog.append(job)
                 continue
-            self.waiting_count -= 1
+            self._stop_waiting(job)
             self._assign(job, worker, now)
+
+    def _expire(self, job: JobRecord, now: float) -> None:
+        """A waiting job's time is up (taken out of its queue or backlog by the caller)."""
+        self._stop_waiting(job)
+        self._queue(job.subject).expired += 1
+        self._finish(job, JobState.EXPIRED, None, now)
 
     def _feed(self, worker: WorkerLink, now: float) -> None:
         """Give a worker with free credit the jobs waiting for it."""
@@ -307,8 +501,12 @@ class Broker(Redelivery, PubSub):
         while backlog and len(worker.inflight) < worker.window:
             job = backlog.popleft()
             if job.state is JobState.QUEUED:
-                self.waiting_count -= 1
-                self._assign(job, worker, now)
+                self._stop_waiting(job)
+                if job.wait_deadline <= now:
+                    self._queue(job.subject).expired += 1
+                    self._finish(job, JobState.EXPIRED, None, now)
+                else:
+                    self._assign(job, worker, now)
         for queue in worker.queues:
             if len(worker.inflight) >= worker.window:
                 return
@@ -328,32 +526,50 @@ class Broker(Redelivery, PubSub):
             self._soonest = deadline
         worker.assigned_total += 1
         # Every field comes from a validated Submit (or the config): no need to check again.
-        worker.send_item(
-            _assign_item(
-                mid=worker.next_mid(),
-                job_id=job.job_id,
-                subject=job.subject,
-                payload=job.payload,
-                headers=job.headers,
-                attempt=job.attempt,
-                qos=job.qos,
-                ack_timeout=self.config.ack_timeout,
+        try:
+            worker.send_item(
+                _assign_item(
+                    mid=worker.next_mid(),
+                    job_id=job.job_id,
+                    subject=job.subject,
+                    payload=job.payload,
+                    headers=job.headers,
+                    attempt=job.attempt,
+                    qos=job.qos,
+                    ack_timeout=self.config.ack_timeout,
+                )
             )
-        )
+        except MessageTooLarge as exc:
+            # Over this worker's own frame limit: this delivery fails (the job is
+            # retried, maybe on another worker, until its attempts run out).
+            self._release(worker, job.job_id)
+            self._failed_attempt(
+                job, ("TooLarge", f"the job does not fit worker {worker.name}'s frame limit: {exc}"), now
+            )
 
     def _enqueue(self, job: JobRecord, now: float, *, front: bool = False) -> None:
+        """Put a job that is counted as waiting into its subject's queue."""
         queue = self._queue(job.subject)
-        self.waiting_count += 1
         if front:
             queue.pending.appendleft(job)
         else:
             queue.pending.append(job)
+            self._watch_expiry(job)
         self._dispatch(queue, now)
 
     def _remove_pending(self, job: JobRecord) -> None:
+        """``job`` (queued) leaves its queue early: its entry stays, skipped later by its
+        state, and the queue is compacted once such entries are half of it."""
         queue = self.queues.get(job.subject)
-        if queue is not None and job in queue.pending:
-            queue.pending.remove(job)
+        if queue is None:
+            return
+        queue.stale += 1
+        pending = queue.pending
+        if queue.stale > 64 and 2 * queue.stale > len(pending):
+            live = [j for j in pending if j.state is JobState.QUEUED and j is not job]
+            pending.clear()  # (in place: a _dispatch further up may hold it)
+            pending.extend(live)
+            queue.stale = 0
 
     # ------------------------------------------------------------------ answers from workers
 
@@ -375,18 +591,42 @@ class Broker(Redelivery, PubSub):
                 if job.worker is not None and job.worker is not worker:
                     self._release_other(job)
                 latency = now - job.submitted_at
-                count_result(self._queue(job.subject), msg.ok, latency)
-                count_result(worker.stats, msg.ok, latency)
-                self._finish(
-                    job,
-                    JobState.DONE,
-                    StoredResult(msg.ok, msg.payload, msg.error_type, msg.error_message, job.attempt),
-                    now,
-                )
+                size = payload_size(msg.payload) + JOB_OVERHEAD
+                if msg.error_message:
+                    size += len(msg.error_message)
+                ok = msg.ok
+                stored = StoredResult(ok, msg.payload, msg.error_type, msg.error_message, job.attempt)
+                if size > SURELY_FITS and not self._result_fits(job.job_id, stored):
+                    # Nobody could be sent it: the worker is told, the job fails (the same
+                    # result would come again from a retry).
+                    text = (
+                        f"the result of job {job.job_id} is too large to forward: over the"
+                        f" leader's frame limit of {self.config.max_frame} bytes"
+                    )
+                    self._refuse(worker, msg, ErrorCode.TOO_LARGE, text)
+                    ok = False
+                    stored = StoredResult(False, None, "ResultTooLarge", text, job.attempt)
+                    size = JOB_OVERHEAD + len(text)
+                count_result(self._queue(job.subject), ok, latency)
+                count_result(worker.stats, ok, latency)
+                self._finish(job, JobState.DONE, stored, now, size)
             elif job.state is JobState.ASSIGNED and job.worker is worker:
                 self._failed_attempt(job, (msg.error_type or "Error", msg.error_message or ""), now)
         if self.waiting_count:  # (it counts every queued job, backlogs included)
             self._feed(worker, now)
+
+    def _result_fits(self, job_id: str, stored: StoredResult) -> bool:
+        """Whether the Result of a large answer fits the frame limit (encoded exactly)."""
+        try:
+            item = _result_item(
+                mid=2**32, cid=2**32, job_id=job_id, ok=stored.ok, payload=stored.payload,
+                error_type=stored.error_type, error_message=stored.error_message,
+                attempts=stored.attempts,
+            )
+            encoded = len(encode_array(item))
+        except Exception:  # (noqa: BLE001) it could not be forwarded at all
+            return False
+        return encoded + BUNDLE_OVERHEAD + FORWARD_RESERVE <= self.config.max_frame
 
     def nack(self, worker: WorkerLink, msg: Nack, now: float) -> None:
         """A worker gave a job back: redeliver after its delay (or the backoff)."""
@@ -431,14 +671,24 @@ class Broker(Redelivery, PubSub):
         backlog entry it leaves behind is skipped later by its state)."""
         if job.state is JobState.QUEUED:
             self._remove_pending(job)
-        self.waiting_count -= 1
+        self._stop_waiting(job)
+        queue = self.queues.get(job.subject)
+        if queue is not None and not queue.queued and queue.pending:
+            queue.pending.clear()  # only entries that left early: none of them waits
+            queue.stale = 0
 
-    def _finish(self, job: JobRecord, state: JobState, stored: StoredResult | None, now: float) -> None:
+    def _finish(
+        self, job: JobRecord, state: JobState, stored: StoredResult | None, now: float,
+        size: int = JOB_OVERHEAD,
+    ) -> None:
+        """End ``job``: store its result (``size`` bytes, for the stored results' limit)
+        and answer every client waiting for it."""
         job.move(state, self.journal)
         job.worker = None
+        job.payload = None  # (entries of the expiry queues may keep the record a while)
         self.jobs.pop(job.job_id, None)
         if stored is not None:
-            self.finished.add(job.job_id, now, stored)
+            self.finished.add(job.job_id, now, stored, size)
             self._count_done(now)
         for client, cid in job.waiters:
             client.waiting.pop(job.job_id, None)
@@ -448,7 +698,7 @@ class Broker(Redelivery, PubSub):
                         mid=client.next_mid(),
                         cid=cid,
                         code=ErrorCode.TIMEOUT,
-                        message=f"job {job.job_id} expired before a worker took it",
+                        message=self._expired_text(job, now),
                         job_id=job.job_id,
                     )
                 )
@@ -458,17 +708,38 @@ class Broker(Redelivery, PubSub):
 
     @staticmethod
     def _reply(client: ClientLink, cid: int, job_id: str, stored: StoredResult) -> None:
-        client.send_item(
-            _result_item(  # the fields come from a validated Result (or the broker)
-                mid=client.next_mid(),
-                cid=cid,
-                job_id=job_id,
-                ok=stored.ok,
-                payload=stored.payload,
-                error_type=stored.error_type,
-                error_message=stored.error_message,
-                attempts=stored.attempts,
+        try:
+            client.send_item(
+                _result_item(  # the fields come from a validated Result (or the broker)
+                    mid=client.next_mid(),
+                    cid=cid,
+                    job_id=job_id,
+                    ok=stored.ok,
+                    payload=stored.payload,
+                    error_type=stored.error_type,
+                    error_message=stored.error_message,
+                    attempts=stored.attempts,
+                )
             )
+        except MessageTooLarge as exc:
+            # Over this client's own frame limit: it is told so (the result stays stored
+            # for the dedup window, for a client that can take it).
+            client.send(
+                Error(
+                    mid=client.next_mid(),
+                    cid=cid,
+                    code=ErrorCode.TOO_LARGE,
+                    message=f"the result of job {job_id} does not fit your frame limit: {exc}",
+                    job_id=job_id,
+                )
+            )
+
+    def _expired_text(self, job: JobRecord, now: float) -> str:
+        if job.expires_at is not None and job.expires_at <= now:
+            return f"job {job.job_id} expired before a worker took it (its timeout passed)"
+        return (
+            f"job {job.job_id} expired: it waited {self.config.max_queue_time:g} s for a"
+            f" worker (the leader's max_queue_time)"
         )
 
     # ------------------------------------------------------------------ statistics

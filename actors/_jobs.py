@@ -89,6 +89,9 @@ class JobRecord:
     max_attempts: int
     submitted_at: float
     expires_at: float | None = None
+    #: When the job, waiting for a worker, expires: ``max_queue_time`` after it began to
+    #: wait, or ``expires_at`` if sooner (infinity: never).
+    wait_deadline: float = float("inf")
     state: JobState = JobState.QUEUED
     attempt: int = 0
     waiters: list[tuple[ClientLink, int]] = attrs.field(factory=list)
@@ -102,6 +105,11 @@ class JobRecord:
     #: Set when a client cancelled the job while a worker ran it: the worker's answer
     #: (its Nack, or an error) then ends the job as cancelled instead of retrying it.
     cancel_reason: str | None = None
+    #: Bytes the job is charged in the queue limits (its payload, subject and headers as
+    #: encoded, plus a fixed overhead for the record itself).
+    size: int = 0
+    #: The client whose submit created the job (its per-client queue limits count it).
+    owner: ClientLink | None = None
 
     def move(self, new: JobState, journal: Journal | None = None) -> None:
         """Change state along an allowed transition, telling the journal."""

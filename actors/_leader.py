@@ -10,6 +10,7 @@ until the broker's next deadline (ack timeouts, backoff) and is re-armed after e
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import ssl
 import uuid
@@ -45,6 +46,21 @@ from ._links import MODES, POLICIES, ClientLink, WorkerLink
 #: Messages of one received batch handled before what they queued is written out, so
 #: that the next process in the pipeline starts working sooner.
 FLUSH_EVERY = 32
+#: Subject patterns one worker may serve, by default.
+MAX_PATTERNS = 1024
+
+log = logging.getLogger("actors.leader")
+
+
+class _Default:
+    """The type of :data:`DEFAULT`: "not given" where None means something (no limit)."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: "Not given": take :class:`BrokerConfig`'s default.
+DEFAULT = _Default()
 
 
 class Leader:
@@ -64,6 +80,13 @@ class Leader:
       max_connections: per listener; more are answered ``busy`` and closed.
       token: when set, every Hello must carry it.
       rng: the random source for backoff jitter.
+      max_queued_bytes, max_queued_per_subject, max_queued_bytes_per_subject,
+      max_queued_per_client, max_queued_bytes_per_client, max_queue_time, max_window,
+      max_subscriptions, max_retained_bytes, max_dead_letter_bytes, max_stored_bytes:
+        the limits of :class:`BrokerConfig` (None: its default). At a queue limit a
+        submit is answered ``busy`` with ``retry_after``; a job that waits longer than
+        ``max_queue_time`` for a worker expires and its clients get a ``timeout`` error.
+      max_patterns: subject patterns one worker may serve; a Hello with more is refused.
 
     Resource handling: everything runs inside :meth:`run`; cancelling it closes every
     listener and connection. Jobs held by a closed connection's worker are redelivered.
@@ -84,6 +107,18 @@ class Leader:
         max_connections: int = 1024,
         token: str | None = None,
         rng: random.Random | None = None,
+        max_queued_bytes: int | None = None,
+        max_queued_per_subject: int | None = None,
+        max_queued_bytes_per_subject: int | None = None,
+        max_queued_per_client: int | None = None,
+        max_queued_bytes_per_client: int | None = None,
+        max_queue_time: float | None | _Default = DEFAULT,
+        max_window: int | None = None,
+        max_subscriptions: int | None = None,
+        max_retained_bytes: int | None = None,
+        max_dead_letter_bytes: int | None = None,
+        max_stored_bytes: int | None = None,
+        max_patterns: int = MAX_PATTERNS,
     ) -> None:
         self.name = name
         self.listen = list(listen)
@@ -91,11 +126,27 @@ class Leader:
         self.heartbeat = heartbeat
         self.max_connections = max_connections
         self.token = token
+        self.max_patterns = max_patterns
+        limits = {
+            "max_queued_bytes": max_queued_bytes,
+            "max_queued_per_subject": max_queued_per_subject,
+            "max_queued_bytes_per_subject": max_queued_bytes_per_subject,
+            "max_queued_per_client": max_queued_per_client,
+            "max_queued_bytes_per_client": max_queued_bytes_per_client,
+            "max_window": max_window,
+            "max_subscriptions": max_subscriptions,
+            "max_retained_bytes": max_retained_bytes,
+            "max_dead_letter_bytes": max_dead_letter_bytes,
+            "max_stored_bytes": max_stored_bytes,
+        }
+        if not isinstance(max_queue_time, _Default):
+            limits["max_queue_time"] = max_queue_time
         config = BrokerConfig(
             ack_timeout=ack_timeout,
             max_attempts=max_attempts,
             max_queued=max_queued,
             dedup_window=dedup_window,
+            **{key: value for key, value in limits.items() if value is not None},
         )
         if retry_backoff is not None:
             config.retry_backoff = retry_backoff
@@ -151,9 +202,18 @@ class Leader:
             self._batching = True
             try:
                 self.broker.handle_timer(trio.current_time())
+            except Exception:
+                # A bug, not a peer's doing: say so loudly, and keep the leader serving
+                # (after a pause, so that a failure that repeats cannot spin).
+                log.exception("leader %s: the broker's timer failed", self.name)
+                failed = True
+            else:
+                failed = False
             finally:
                 self._flush()
             self._close_doomed()
+            if failed:
+                await trio.sleep(1.0)
 
     def _rearm(self) -> None:
         # Only ever brought forward: a timer that fires early finds nothing due and re-arms
@@ -246,6 +306,11 @@ class Leader:
         if self.token is not None and hello.token != self.token:
             return refuse(ErrorCode.AUTH_FAILED, "missing or wrong token")
         if hello.role == "worker":
+            if len(hello.patterns) > self.max_patterns:
+                return refuse(
+                    ErrorCode.BAD_FIELD,
+                    f"a worker may serve at most {self.max_patterns} patterns, not {len(hello.patterns)}",
+                )
             policy = hello.meta.get("policy", "round_robin")
             mode = hello.meta.get("mode", "round_robin")
             if policy not in POLICIES or mode not in MODES:

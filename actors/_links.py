@@ -99,6 +99,10 @@ class ClientLink(Link):
     subscriptions: dict[int, Subscription] = attrs.field(factory=dict)
     #: job ids this client waits on (for clean-up when it goes away)
     waiting: dict[str, None] = attrs.field(factory=dict)
+    #: jobs this client submitted that wait for a worker (queued or waiting out a
+    #: backoff), and their bytes: what its per-client queue limits count.
+    queued: int = 0
+    queued_bytes: int = 0
 
 
 @attrs.define(eq=False)
@@ -119,6 +123,13 @@ class SubjectQueue:
     pending: deque[JobRecord] = attrs.field(factory=deque)
     candidates: list[WorkerLink] = attrs.field(factory=list)
     rr: int = 0
+    #: Jobs of this subject that wait for a worker (queued, in a sticky backlog or waiting
+    #: out a backoff), and their bytes: what the per-subject queue limits count.
+    queued: int = 0
+    queued_bytes: int = 0
+    #: Entries of ``pending`` that left it early (cancelled, expired, answered by a late
+    #: result): skipped when they reach the front, compacted when they are many.
+    stale: int = 0
     #: Jobs the worker whose turn it is (``rr``) took in this turn.
     turn: int = 0
     run: int = 0

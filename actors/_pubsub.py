@@ -10,9 +10,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol import Ack, Deliver, Publish, Subscribe, Unsubscribe, subject_matches
+from protocol import (
+    BUNDLE_OVERHEAD,
+    Ack,
+    Deliver,
+    Error,
+    ErrorCode,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+    encode_item,
+    subject_matches,
+)
+from runtime import MessageTooLarge
 
 from ._links import ClientLink, Subscription, WorkerLink
+from ._sizes import FORWARD_RESERVE, SURELY_FITS, payload_size
+
+#: Round-robin turn counters of queue groups kept at most (then they start again).
+MAX_TURNS = 10_000
 
 
 class PubSub:
@@ -20,22 +36,72 @@ class PubSub:
 
     config: Any
     retained: dict[str, tuple[Any, dict[str, str]]]
+    retained_bytes: int
+    _retained_sizes: dict[str, int]
     sub_index: Any
     worker_index: Any
     _queue_rr: dict[str, int]
 
     def publish(self, client: ClientLink | WorkerLink, msg: Publish, now: float) -> None:
         """Broadcast a message: every plain subscription, one member per queue group,
-        every broadcast-mode worker, one worker of each round-robin group."""
+        every broadcast-mode worker, one worker of each round-robin group.
+
+        A message whose Deliver would be over the leader's frame limit is answered
+        ``too_large`` and not routed; a subscriber whose own limit it does not fit misses
+        it (delivery is at most once)."""
+        size = payload_size(msg.payload) + len(msg.subject)
+        if msg.headers:
+            for key, value in msg.headers.items():
+                size += len(key) + len(value) + 2
+        if size > SURELY_FITS and not self._deliver_fits(msg):
+            client.send(
+                Error(
+                    mid=client.next_mid(),
+                    cid=msg.mid,
+                    code=ErrorCode.TOO_LARGE,
+                    message=(
+                        f"message to {msg.subject} is too large to forward: over the"
+                        f" leader's frame limit of {self.config.max_frame} bytes"
+                    ),
+                )
+            )
+            return
         if msg.retain:
-            retained = self.retained
-            retained.pop(msg.subject, None)
-            if len(retained) >= self.config.max_retained:
-                del retained[next(iter(retained))]
-            retained[msg.subject] = (msg.payload, msg.headers)
+            self._retain(msg, size)
         self._route_publish(msg.subject, msg.payload, msg.headers, now)
         if msg.qos == 1:
             client.send(Ack(mid=client.next_mid(), cid=msg.mid))
+
+    def _deliver_fits(self, msg: Publish) -> bool:
+        try:
+            encoded = len(
+                encode_item(
+                    Deliver(mid=2**32, sid=2**32, subject=msg.subject, payload=msg.payload,
+                            headers=msg.headers, retained=True)
+                )
+            )
+        except Exception:  # (noqa: BLE001) it could not be forwarded at all
+            return False
+        return encoded + BUNDLE_OVERHEAD + FORWARD_RESERVE <= self.config.max_frame
+
+    def _retain(self, msg: Publish, size: int) -> None:
+        """Keep ``msg`` as its subject's last message, within the count and byte limits."""
+        retained = self.retained
+        sizes = self._retained_sizes
+        old = retained.pop(msg.subject, None)
+        if old is not None:
+            self.retained_bytes -= sizes.pop(msg.subject)
+        while retained and (
+            len(retained) >= self.config.max_retained
+            or self.retained_bytes + size > self.config.max_retained_bytes
+        ):
+            subject = next(iter(retained))
+            del retained[subject]
+            self.retained_bytes -= sizes.pop(subject)
+        if size <= self.config.max_retained_bytes:
+            retained[msg.subject] = (msg.payload, msg.headers)
+            sizes[msg.subject] = size
+            self.retained_bytes += size
 
     def _route_publish(self, subject: str, payload: Any, headers: dict[str, str], now: float) -> None:
         groups: dict[str, list[Any]] = {}
@@ -49,9 +115,12 @@ class PubSub:
                 self._deliver(worker, 0, subject, payload, headers)
             else:
                 groups.setdefault("g:" + worker.group, []).append(worker)
+        turns = self._queue_rr
         for name, members in groups.items():
-            i = self._queue_rr.get(name, 0) % len(members)
-            self._queue_rr[name] = i + 1
+            i = turns.get(name, 0) % len(members)
+            if len(turns) >= MAX_TURNS and name not in turns:
+                turns.clear()  # (a turn counter is only a fairness hint)
+            turns[name] = i + 1
             chosen = members[i]
             if isinstance(chosen, Subscription):
                 self._deliver(chosen.link, chosen.sid, subject, payload, headers)
@@ -60,17 +129,32 @@ class PubSub:
 
     @staticmethod
     def _deliver(link: Any, sid: int, subject: str, payload: Any, headers: dict[str, str], retained: bool = False) -> None:
-        link.send(
-            Deliver(
-                mid=link.next_mid(), sid=sid, subject=subject, payload=payload, headers=headers, retained=retained
+        try:
+            link.send(
+                Deliver(
+                    mid=link.next_mid(), sid=sid, subject=subject, payload=payload, headers=headers, retained=retained
+                )
             )
-        )
+        except MessageTooLarge:
+            pass  # over this subscriber's own frame limit: it misses this message
 
     def subscribe(self, client: ClientLink, msg: Subscribe, now: float) -> None:
-        """Add a subscription and replay the retained messages it matches."""
+        """Add a subscription and replay the retained messages it matches.
+
+        A client at :attr:`BrokerConfig.max_subscriptions` is answered ``not_permitted``."""
         old = client.subscriptions.pop(msg.sid, None)
         if old is not None:
             self.sub_index.remove(old.pattern, old)
+        elif len(client.subscriptions) >= self.config.max_subscriptions:
+            client.send(
+                Error(
+                    mid=client.next_mid(),
+                    cid=msg.mid,
+                    code=ErrorCode.NOT_PERMITTED,
+                    message=f"subscription limit reached ({self.config.max_subscriptions} per connection)",
+                )
+            )
+            return
         sub = Subscription(client, msg.sid, msg.pattern, msg.queue)
         client.subscriptions[msg.sid] = sub
         self.sub_index.add(msg.pattern, sub)

@@ -30,6 +30,11 @@ def _attempts(instance: object, attribute: attrs.Attribute[int | None], value: i
         raise ValueError(f"max_attempts must be None or an int >= 1, got {value!r}")
 
 
+def _waits_until(job: JobRecord, deadline: float) -> bool:
+    """Whether an expiry entry for ``deadline`` still stands for queued ``job``."""
+    return job.state is JobState.QUEUED and job.wait_deadline == deadline
+
+
 @attrs.frozen
 class GroupRetry:
     """The retry policy of one worker group (``[groups.retry]`` in a cluster file).
@@ -60,6 +65,10 @@ class Redelivery:
     workers: dict[Any, None]
     waiting_count: int
     dead_letters: Any
+    dead_letter_bytes: int
+    _dead_letter_sizes: Any
+    _expiry_fifo: Any
+    _expiry_heap: list[tuple[float, int, JobRecord]]
     _retry_heap: list[tuple[float, int, JobRecord]]
     _seq: Any
     _done_window_start: float
@@ -126,7 +135,7 @@ class Redelivery:
         job.move(JobState.RETRY_WAIT, self.journal)
         job.worker = None
         job.retry_at = now + delay
-        self.waiting_count += 1
+        self._start_waiting(job, queue, now)
         heapq.heappush(self._retry_heap, (job.retry_at, next(self._seq), job))
         if job.retry_at < self._soonest:
             self._soonest = job.retry_at
@@ -149,7 +158,7 @@ class Redelivery:
             "error_type": error_type,
             "error_message": error_message,
         }
-        self.dead_letters.append(record)
+        self._keep_dead_letter(record, job.size)
         self._finish(
             job,
             JobState.DEAD,
@@ -163,6 +172,21 @@ class Redelivery:
             now,
         )
         self._route_publish(DLQ_PREFIX + job.subject, record, {}, now)
+
+    def _keep_dead_letter(self, record: dict[str, Any], size: int) -> None:
+        """Keep ``record`` for inspection, dropping the oldest past the count and byte limits."""
+        letters = self.dead_letters
+        sizes = self._dead_letter_sizes
+        while letters and (
+            len(letters) >= self.config.max_dead_letters
+            or self.dead_letter_bytes + size > self.config.max_dead_letter_bytes
+        ):
+            letters.popleft()
+            self.dead_letter_bytes -= sizes.popleft()
+        if size <= self.config.max_dead_letter_bytes:
+            letters.append(record)
+            sizes.append(size)
+            self.dead_letter_bytes += size
 
     # ------------------------------------------------------------------ time
 
@@ -182,6 +206,17 @@ class Redelivery:
         deadline = float("inf")
         if self._retry_heap:
             deadline = self._retry_heap[0][0]
+        # (Entries of jobs no longer waiting are dropped here: each once, so O(1) amortised.)
+        fifo = self._expiry_fifo
+        while fifo and not _waits_until(fifo[0][1], fifo[0][0]):
+            fifo.popleft()
+        if fifo and fifo[0][0] < deadline:
+            deadline = fifo[0][0]
+        heap = self._expiry_heap
+        while heap and not _waits_until(heap[0][2], heap[0][0]):
+            heapq.heappop(heap)
+        if heap and heap[0][0] < deadline:
+            deadline = heap[0][0]
         for worker in self.workers:
             deadlines = worker.deadlines
             if deadlines:
@@ -216,13 +251,28 @@ class Redelivery:
             _, _, job = heapq.heappop(heap)
             if job.state is not JobState.RETRY_WAIT:
                 continue
-            self.waiting_count -= 1
-            if job.expires_at is not None and job.expires_at <= now:
-                self._queue(job.subject).expired += 1
-                self._finish(job, JobState.EXPIRED, None, now)
+            if job.wait_deadline <= now:
+                self._expire(job, now)
                 continue
             job.move(JobState.QUEUED, self.journal)
             self._enqueue(job, now)
+        self._expire_waiting(now)
+
+    def _expire_waiting(self, now: float) -> None:
+        """Expire the queued jobs whose wait deadline passed (max_queue_time, timeouts)."""
+        fifo = self._expiry_fifo
+        heap = self._expiry_heap
+        while True:
+            if fifo and fifo[0][0] <= now:
+                deadline, job = fifo.popleft()
+            elif heap and heap[0][0] <= now:
+                deadline, _, job = heapq.heappop(heap)
+            else:
+                return
+            if _waits_until(job, deadline):
+                self._leave_waiting(job)
+                self._queue(job.subject).expired += 1
+                self._finish(job, JobState.EXPIRED, None, now)
 
     def _count_done(self, now: float) -> None:
         if now - self._done_window_start >= 1.0:

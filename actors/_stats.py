@@ -35,7 +35,7 @@ def broker_stats(self: Broker) -> dict[str, Any]:
     for subject, q in self.queues.items():
         finished = q.done + q.failed
         subjects[subject] = {
-            "queued": len(q.pending),
+            "queued": q.queued,  # waiting: queued, in a sticky backlog, or in backoff
             "in_flight": held.get(subject, 0),
             "submitted": q.submitted,
             "done": q.done,

@@ -49,15 +49,20 @@ class DedupCache(Generic[K, V]):
     Args:
       capacity: the most entries held at once.
       ttl: how long an entry lives after its last :meth:`add`, in seconds.
+      max_bytes: the most bytes held at once, counting the ``size`` given to each
+        :meth:`add` (None: no limit); past it the oldest entries are evicted.
 
     Attributes:
       evicted: how many live entries were dropped early because the cache was full.
+      bytes: the sizes of the entries held, added up.
     """
 
     capacity: int = attrs.field(validator=_positive_int)
     ttl: float = attrs.field(converter=float, validator=_positive)
+    max_bytes: int | None = attrs.field(default=None, kw_only=True)
     evicted: int = attrs.field(default=0, init=False)
-    _entries: collections.OrderedDict[K, tuple[float, V | None]] = attrs.field(
+    bytes: int = attrs.field(default=0, init=False)
+    _entries: collections.OrderedDict[K, tuple[float, V | None, int]] = attrs.field(
         init=False, factory=collections.OrderedDict
     )
     _last_now: float = attrs.field(default=float("-inf"), init=False)
@@ -65,10 +70,11 @@ class DedupCache(Generic[K, V]):
     # entry leaves it early, and purge then finds the true one), so most calls return at once.
     _next_expiry: float = attrs.field(default=float("inf"), init=False)
 
-    def add(self, key: K, now: float, value: V | None = None) -> bool:
-        """Add ``key`` (with an optional ``value``), or refresh it if present.
+    def add(self, key: K, now: float, value: V | None = None, size: int = 0) -> bool:
+        """Add ``key`` (with an optional ``value`` of ``size`` bytes), or refresh it.
 
-        Refreshing restarts the key's TTL at ``now`` and replaces its value.
+        Refreshing restarts the key's TTL at ``now`` and replaces its value. An entry
+        larger than ``max_bytes`` by itself is not kept (its key is forgotten).
 
         Returns:
           True if the key was new (absent or expired), False if it was alive already.
@@ -81,11 +87,21 @@ class DedupCache(Generic[K, V]):
         else:
             self._last_now = now  # (purge's own fast path, without the call: once per job)
         entries = self._entries
-        fresh = entries.pop(key, None) is None
+        old = entries.pop(key, None)
+        fresh = old is None
+        if not fresh:
+            self.bytes -= old[2]
         if fresh and len(entries) >= self.capacity:
-            entries.popitem(last=False)
+            self.bytes -= entries.popitem(last=False)[1][2]
             self.evicted += 1
-        entries[key] = (now, value)
+        if self.max_bytes is not None and self.bytes + size > self.max_bytes:
+            while entries and self.bytes + size > self.max_bytes:
+                self.bytes -= entries.popitem(last=False)[1][2]
+                self.evicted += 1
+            if size > self.max_bytes:
+                return fresh
+        entries[key] = (now, value, size)
+        self.bytes += size
         if self._next_expiry == _INF:
             self._next_expiry = now + self.ttl
         return fresh
@@ -110,7 +126,9 @@ class DedupCache(Generic[K, V]):
 
     def discard(self, key: K) -> None:
         """Forget ``key`` if present."""
-        self._entries.pop(key, None)
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[2]
 
     def purge(self, now: float) -> int:
         """Drop every entry expired at ``now``; return how many were dropped.
@@ -134,7 +152,7 @@ class DedupCache(Generic[K, V]):
             if expires > now:
                 self._next_expiry = expires
                 return dropped
-            entries.popitem(last=False)
+            self.bytes -= entries.popitem(last=False)[1][2]
             dropped += 1
         self._next_expiry = _INF
         return dropped
