@@ -48,23 +48,34 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
     ("Hello", "group"): "Worker: the worker group it belongs to (routing inside a group).",
     ("Hello", "token"): "Authentication token, when the leader requires one.",
     ("Hello", "meta"): "Free-form facts: process id, host, library version.",
+    ("Hello", "policy"): (
+        "Worker: how the leader picks a worker of its group for a job: `round_robin` (each in"
+        " turn), `least_loaded` (fewest jobs in hand) or `sticky` (by the `key` header)."
+    ),
+    ("Hello", "mode"): (
+        "Worker: what its group does: `round_robin` takes jobs (one worker each);"
+        " `broadcast` receives every published message and takes no jobs."
+    ),
     # Welcome
     ("Welcome", "cid"): "The Hello's `mid`.",
     ("Welcome", "version"): "The protocol version chosen; both sides speak it from now on.",
     ("Welcome", "node"): "The answering node's name.",
     ("Welcome", "session"): "An id of this session, for logs.",
     ("Welcome", "heartbeat"): "Heartbeat interval in seconds (see *Heartbeats*); null or 0 = none.",
-    ("Welcome", "max_frame"): "Largest frame body, in bytes, the leader accepts; null = 16 MiB.",
+    ("Welcome", "max_frame"): (
+        "Largest frame body, in bytes, the leader accepts; null = 16 MiB. At least 4096"
+        " (see *Limits*)."
+    ),
     ("Hello", "max_frame"): (
         "Largest frame body, in bytes, the sender accepts (bundles sent to it stay within it);"
-        " null = 16 MiB."
+        " null = 16 MiB. At least 4096 (see *Limits*)."
     ),
     # Ping / Pong / Bye / Error
     ("Pong", "cid"): "The Ping's `mid`.",
-    ("Bye", "reason"): "Why the sender ends the session.",
+    ("Bye", "reason"): "Why the sender ends the session; cut to 2048 bytes (see *Limits*).",
     ("Error", "cid"): "The `mid` of the message that caused the error, when there is one.",
     ("Error", "code"): "An error code (see *Error codes*); clients switch on it.",
-    ("Error", "message"): "What went wrong, in words.",
+    ("Error", "message"): "What went wrong, in words; cut to 2048 bytes (see *Limits*).",
     ("Error", "job_id"): "The job concerned, when there is one.",
     ("Error", "retry_after"): "For `busy`: seconds after which a retry may succeed.",
     # Jobs
@@ -72,6 +83,10 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
     ("Submit", "qos"): "0: at most once, no redelivery. 1: at least once, redelivered until done.",
     ("Submit", "timeout"): "Seconds after which the client no longer wants the result.",
     ("Submit", "max_attempts"): "Overrides the leader's redelivery limit for this job.",
+    ("Submit", "wait_for_worker"): (
+        "When no worker serves the subject: queue the job for one that will come (until its"
+        " `timeout` or the leader's `max_queue_time`) instead of answering `no_route`."
+    ),
     ("Assign", "subject"): "The subject the job was submitted to.",
     ("Assign", "attempt"): "1 for the first delivery, then 2, 3, ... on redelivery.",
     ("Assign", "qos"): "The job's QoS, as submitted.",
@@ -79,11 +94,16 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
         "Assign",
         "ack_timeout",
     ): "Seconds the worker has to send Result, Nack or Progress before the job is redelivered.",
+    ("Assign", "deadline"): (
+        "Seconds the job may still run, when its Submit named a `timeout`: past them nobody"
+        " waits for its result, and the worker cancels the handler."
+    ),
     ("Ack", "cid"): "The `mid` of the message acknowledged.",
     ("Ack", "job_id"): "The job concerned, when the acknowledged message was about a job.",
     ("Nack", "cid"): "The Assign's `mid`.",
     ("Nack", "job_id"): "The job given back.",
     ("Nack", "delay"): "Redeliver after this many seconds; null = the leader's backoff.",
+    ("Nack", "reason"): "Why, in words (for logs); cut to 2048 bytes (see *Limits*).",
     ("Progress", "fraction"): "How far the job is, from 0 to 1, when known.",
     ("Progress", "note"): "A word on what the job is doing.",
     (
@@ -95,8 +115,26 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
     ("Result", "error_type"): "When not `ok`: the kind of failure (an exception class name).",
     ("Result", "error_message"): "When not `ok`: the failure in words.",
     ("Result", "attempts"): "How many deliveries the job took.",
+    ("Result", "final"): (
+        "For a failure from a worker: it is the job's outcome, not to be retried (the handler"
+        " rejected the job, raised an exception its worker never retries, or returned a"
+        " result that cannot be sent)."
+    ),
+    ("Result", "traceback"): "For a failure: the remote traceback as text (for logs and the client).",
     ("Credit", "credit"): "The new window: the most unacknowledged jobs the worker may hold.",
     ("Cancel", "job_id"): "The job to cancel.",
+    ("Cancel", "reason"): "Why, in words (for logs); cut to 2048 bytes (see *Limits*).",
+    ("Cancel", "abandon"): (
+        "From a client: it no longer waits for the job (its submit timed out or was"
+        " cancelled); the job is cancelled only if no other client waits for it."
+    ),
+    ("Query", "what"): (
+        "`result`: the result of job `job_id` (answered `not_found` when the leader has no"
+        " such job; for a job still running, its Result when it ends with `wait`, else"
+        " `not_found`). `stats`: the leader's statistics as the Result's payload."
+    ),
+    ("Query", "job_id"): "For `result`: the job.",
+    ("Query", "wait"): "For `result`: wait for a job that is still running.",
     # Pub/sub
     ("Publish", "subject"): "Where the message goes: a subject (no wildcards).",
     (
@@ -142,17 +180,26 @@ _TYPES: dict[tuple[str, ...], str] = {
     ("_str",): "text",
     ("_non_empty_str",): "text, not empty",
     ("_opt_str",): "text / null",
+    ("_short_str",): "name",
+    ("_opt_short_str",): "name / null",
+    ("_id",): "id",
+    ("_code",): "code",
+    ("_opt_token",): "long text / null",
+    ("_policy",): "text (policy)",
+    ("_mode",): "text (mode)",
+    ("_query_what",): "text (query)",
+    ("_opt_frame_limit",): "uint ≥ 4096 / null",
     ("_bool",): "bool",
     ("_opt_seconds",): "seconds / null",
     ("_opt_fraction",): "number 0..1 / null",
     ("_qos",): "0 or 1",
-    ("_headers",): "map text→text",
+    ("_headers",): "headers",
     ("_str_map",): "map text→text",
     ("_any_map",): "map text→any",
     ("_subject",): "subject",
     ("_pattern",): "pattern",
     ("_patterns",): "array of pattern",
-    ("_int_tuple",): "array of int",
+    ("_versions",): "array of int",
     ("_role",): "text (role)",
     ("_entries",): "array of [text, bytes]",
     ("bytes",): "bytes",
@@ -179,6 +226,45 @@ _ERROR_DOCS = {
     ErrorCode.SHUTTING_DOWN: "The node is shutting down and takes no new work.",
     ErrorCode.HEARTBEAT_TIMEOUT: "The peer was silent past its heartbeat deadline.",
     ErrorCode.INTERNAL: "A failure inside the node; the request may be retried.",
+    ErrorCode.CONFLICT: "A job id submitted again with another subject or payload than the job it names.",
+    ErrorCode.NOT_FOUND: "A Query names a job the leader does not know (or no longer remembers).",
+    ErrorCode.TOO_LARGE: (
+        "A submit, publish or result that would be over a frame limit once forwarded; the"
+        " request is refused, the session stays open."
+    ),
+}
+
+#: What each limit of ``protocol`` bounds, by name, in the order of the table.
+_LIMIT_DOCS: dict[str, tuple[str, str]] = {
+    "MIN_MAX_FRAME": (
+        "bytes",
+        "smallest `max_frame` a Hello or Welcome may announce (`bad_field`): every control"
+        " message (Ping, Pong, Bye, Welcome, the largest Error) fits in it",
+    ),
+    "MAX_SUBJECT_LENGTH": ("bytes of UTF-8", "a subject or pattern (`bad_subject`)"),
+    "MAX_SUBJECT_TOKENS": ("tokens", "a subject or pattern (`bad_subject`)"),
+    "MAX_NAME_LENGTH": (
+        "characters",
+        "a *name* or *id*: job ids, `Hello.name`, `Hello.group`, `Subscribe.queue`,"
+        " `Welcome.node`, `Welcome.session`, cache and transfer ids, header names (`bad_field`)",
+    ),
+    "MAX_VALUE_LENGTH": ("characters", "`Hello.token`, a header value (`bad_field`)"),
+    "MAX_CODE_LENGTH": ("characters", "`Error.code` (`bad_field`)"),
+    "MAX_HEADERS": ("entries", "a `headers` map (`bad_field`)"),
+    "MAX_VERSIONS": ("versions", "`Hello.versions` (`bad_field`)"),
+    "MAX_PATTERNS": ("patterns", "`Hello.patterns` (`bad_field`)"),
+    "MAX_REASON_SIZE": (
+        "bytes of UTF-8",
+        "`Error.message`, `Bye.reason`, `Nack.reason`, `Cancel.reason`: a longer text is"
+        " **cut** to this size (ending in `...`), not refused",
+    ),
+    "MAX_DEPTH": (
+        "levels",
+        "nesting of containers and tags in a body, the message's map or array included, a"
+        " bundle's own array not (`bad_frame`)",
+    ),
+    "MAX_BIGNUM_SIZE": ("bytes", "a bignum (tags 2 and 3), anywhere in a body (`bad_frame`)"),
+    "MAX_BUNDLE_ITEMS": ("messages", "a bundle, refused whole (`bad_field`)"),
 }
 
 
@@ -299,6 +385,19 @@ def section_errors() -> str:
     return "\n".join(lines)
 
 
+def section_limits() -> str:
+    from protocol import _limits
+
+    names = [name for name in vars(_limits) if name.isupper()]
+    missing = set(names) - set(_LIMIT_DOCS)
+    if missing:
+        raise SystemExit(f"describe these limits in _LIMIT_DOCS: {sorted(missing)}")
+    lines = ["| Limit | Value | Unit | Bounds |", "|---|---:|---|---|"]
+    for name, (unit, bounds) in _LIMIT_DOCS.items():
+        lines.append(f"| `{name}` | {getattr(protocol, name)} | {unit} | {bounds} |")
+    return "\n".join(lines)
+
+
 def section_example() -> str:
     message = protocol.Submit(mid=7, job_id="job-1", subject="math.square", payload={"n": 7})
     frame = protocol.encode(message)
@@ -320,6 +419,7 @@ SECTIONS = {
     "messages": section_messages,
     "roles": section_roles,
     "errors": section_errors,
+    "limits": section_limits,
     "example": section_example,
 }
 

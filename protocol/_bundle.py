@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from ._codec import _unknown_kind, encode_wire
-from ._errors import InvalidField, ProtocolError
+from ._errors import InvalidField, ProtocolError, safe_repr
 from ._fastcodec import (
     _check_namespace,
     _checked_new_lines,
@@ -38,6 +38,7 @@ from ._fastcodec import (
     _signature,
     _trimmed_returns,
 )
+from ._limits import MAX_BUNDLE_ITEMS
 from ._messages import MESSAGE_TYPES, Message
 
 #: The first protocol version whose peers may be sent bundles.
@@ -155,7 +156,7 @@ def to_array(message: Message) -> list[Any]:
     """The positional array that stands for ``message`` in a bundle."""
     build = TO_ARRAY.get(type(message))
     if build is None:
-        raise TypeError(f"not a protocol message: {message!r}")
+        raise TypeError(f"not a protocol message: {safe_repr(message)}")
     return build(message)
 
 
@@ -167,7 +168,7 @@ def encode_item(message: Message) -> bytes:
     """
     build = TO_ARRAY.get(type(message))
     if build is None:
-        raise TypeError(f"not a protocol message: {message!r}")
+        raise TypeError(f"not a protocol message: {safe_repr(message)}")
     return encode_wire(build(message), type(message).__name__)
 
 
@@ -207,8 +208,9 @@ def _array_head(count: int) -> bytes:
 def bundle_frames(items: Sequence[bytes], max_body: int) -> list[bytes]:
     """Whole frames carrying ``items`` (from :func:`encode_item`), in order, as few as fit.
 
-    Each frame's body is one bundle of at most ``max_body`` bytes. An item that cannot fit
-    (over ``max_body - BUNDLE_OVERHEAD`` bytes) raises ValueError: check sizes on the way in.
+    Each frame's body is one bundle of at most ``max_body`` bytes and at most
+    ``MAX_BUNDLE_ITEMS`` messages. An item that cannot fit (over
+    ``max_body - BUNDLE_OVERHEAD`` bytes) raises ValueError: check sizes on the way in.
     """
     frames = []
     start = 0
@@ -217,7 +219,8 @@ def bundle_frames(items: Sequence[bytes], max_body: int) -> list[bytes]:
         size = 0
         end = start
         room = max_body - BUNDLE_OVERHEAD
-        while end < total and size + len(items[end]) <= room:
+        stop = min(total, start + MAX_BUNDLE_ITEMS)
+        while end < stop and size + len(items[end]) <= room:
             size += len(items[end])
             end += 1
         if end == start:
@@ -240,10 +243,15 @@ def decode_bundle(wire: list[Any], out: list[Message]) -> None:
 
     Raises:
       InvalidField, UnknownMessage, InvalidSubject: an item is not a valid message; those
-        before it are already in ``out``.
+        before it are already in ``out``. A bundle of more than ``MAX_BUNDLE_ITEMS``
+        messages is refused whole (InvalidField), before any of them.
     """
     if not wire:
         raise InvalidField("a bundle must hold at least one message")
+    if len(wire) > MAX_BUNDLE_ITEMS:
+        raise InvalidField(
+            f"a bundle of {len(wire)} messages exceeds the limit of {MAX_BUNDLE_ITEMS} messages"
+        )
     append = out.append
     get = FROM_ARRAY.get
     for item in wire:

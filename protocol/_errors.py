@@ -3,11 +3,96 @@
 Whose fault it is shows in the class: a :class:`ProtocolError` is always about *received*
 bytes (the remote peer misbehaved); misuse of the API by local code (building a message with a
 wrongly typed field) raises the ordinary ``TypeError`` / ``ValueError`` instead.
+
+Every value a message quotes may come from the peer: it is quoted with :func:`safe_repr`.
 """
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, ClassVar
+
+# ---------------------------------------------------------------------------------------
+# Quoting received values in error messages
+
+
+class _ShortRepr(reprlib.Repr):
+    """reprlib, two levels deep and a few items wide, that never sorts (sorting the keys of
+    a map of a million entries, as reprlib does, takes a second)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = self.maxlong = 40
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = 3
+        self.maxlevel = 2
+
+    def repr_dict(self, x: dict, level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        items = []
+        for n, (key, value) in enumerate(x.items()):
+            if n == self.maxdict:
+                items.append("...")
+                break
+            items.append(f"{self.repr1(key, level - 1)}: {self.repr1(value, level - 1)}")
+        return "{" + ", ".join(items) + "}"
+
+    def repr_set(self, x: set, level: int) -> str:
+        if not x:
+            return f"{type(x).__name__}()"
+        if level <= 0:
+            return "{...}"
+        items = []
+        for n, item in enumerate(x):
+            if n == self.maxset:
+                items.append("...")
+                break
+            items.append(self.repr1(item, level - 1))
+        return "{" + ", ".join(items) + "}"
+
+    repr_frozenset = repr_set
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 64:
+            return f"<int of {x.bit_length()} bits>"
+        return repr(x)
+
+
+_SHORT_REPR = _ShortRepr()
+
+
+def safe_repr(value: Any, limit: int = 64) -> str:
+    """A short ``repr`` of ``value`` for an error message or a log line. Never raises.
+
+    Values quoted in errors may come from a remote peer and be as large as a frame, so:
+
+    - text longer than ``limit`` shows its first ``limit`` characters and its length,
+      ``'aaaa'... (5002 characters)``;
+    - an integer wider than 64 bits shows its width, ``<int of 33220 bits>`` (Python
+      refuses ``str`` of an int over 4,300 digits, and a long one is slow to print);
+    - containers show their first 3 items, 2 levels deep;
+    - a value whose ``repr`` fails shows its type, ``<Decimal>``.
+
+    Args:
+      value: anything.
+      limit: the most characters shown of a text; any other result is cut to ``limit``.
+
+    Returns:
+      At most about ``limit`` + 30 characters.
+    """
+    try:
+        if isinstance(value, str):
+            if len(value) <= limit:
+                return str.__repr__(value)
+            return f"{str.__repr__(value[:limit])}... ({len(value)} characters)"
+        if type(value) is int and value.bit_length() > 64:
+            return f"<int of {value.bit_length()} bits>"
+        text = _SHORT_REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a repr of peer data may fail in any way
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 
 class ErrorCode:
@@ -41,6 +126,12 @@ class ErrorCode:
     SHUTTING_DOWN = "shutting_down"
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
     INTERNAL = "internal"
+    #: a submit, publish or result whose forwarded message would be over a frame limit
+    TOO_LARGE = "too_large"
+    #: a job id submitted again with another subject or payload than the job it names
+    CONFLICT = "conflict"
+    #: a Query names a job the leader does not know (or no longer remembers)
+    NOT_FOUND = "not_found"
 
     #: Codes after which the sender closes the connection: every protocol error, plus the
     #: answers that end the session (failed authentication, a peer too slow to keep up, a

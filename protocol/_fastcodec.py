@@ -31,26 +31,43 @@ from ._errors import InvalidField, ProtocolError
 from ._fields import (
     MAX_UINT,
     MIN_INT,
+    MODE_VALUES,
+    POLICY_VALUES,
     ROLES,
     SUBJECTS_OK,
     _any_map,
     _bool,
     _bytes,
+    _code,
     _headers,
+    _id,
     _int,
+    _mode,
     _non_empty_str,
     _opt_fraction,
+    _opt_frame_limit,
     _opt_pos_int,
     _opt_seconds,
+    _opt_short_str,
     _opt_str,
+    _opt_token,
     _opt_uint,
+    _policy,
     _pos_int,
     _qos,
     _role,
+    _short_str,
     _str,
     _str_map,
     _subject,
     _uint,
+)
+from ._limits import (
+    MAX_CODE_LENGTH,
+    MAX_HEADERS,
+    MAX_NAME_LENGTH,
+    MAX_VALUE_LENGTH,
+    MIN_MAX_FRAME,
 )
 from ._messages import MESSAGE_TYPES, Message
 
@@ -64,9 +81,17 @@ _FAST_CHECKS: dict[Callable[..., None], str] = {
     _opt_uint: "{v} is None or (type({v}) is int and 0 <= {v} <= _MAX_UINT)",
     _pos_int: "type({v}) is int and 1 <= {v} <= _MAX_UINT",
     _opt_pos_int: "{v} is None or (type({v}) is int and 1 <= {v} <= _MAX_UINT)",
+    _opt_frame_limit: "{v} is None or (type({v}) is int and _MIN_MAX_FRAME <= {v} <= _MAX_UINT)",
     _str: "type({v}) is str",
     _non_empty_str: "type({v}) is str and {v}",
     _opt_str: "{v} is None or type({v}) is str",
+    _short_str: "type({v}) is str and len({v}) <= _MAX_NAME",
+    _opt_short_str: "{v} is None or (type({v}) is str and len({v}) <= _MAX_NAME)",
+    _id: "type({v}) is str and 0 < len({v}) <= _MAX_NAME",
+    _code: "type({v}) is str and 0 < len({v}) <= _MAX_CODE",
+    _opt_token: "{v} is None or (type({v}) is str and len({v}) <= _MAX_VALUE)",
+    _policy: "type({v}) is str and {v} in _POLICIES",
+    _mode: "type({v}) is str and {v} in _MODES",
     _bytes: "type({v}) is bytes",
     _bool: "type({v}) is bool",
     # A float in [0, inf) (NaN fails both comparisons), or an int a float holds exactly.
@@ -81,8 +106,13 @@ _FAST_CHECKS: dict[Callable[..., None], str] = {
     # Subjects already seen valid (a leader sees the same few over and over).
     _subject: "type({v}) is str and {v} in _SUBJECTS_OK",
 }
-#: Validators of str-to-str maps: checked by an inline loop over the items.
-_STR_MAPS = (_headers, _str_map)
+#: Validators of str-to-str maps, checked by an inline loop over the items: for each, a
+#: condition on the map ``{v}`` and one on each of its items ``k_, v_`` (besides being
+#: str) that imply the validator accepts.
+_STR_MAPS: dict[Callable[..., None], tuple[str, str]] = {
+    _headers: (" or len({v}) > _MAX_HEADERS", " or len(k_) > _MAX_NAME or len(v_) > _MAX_VALUE"),
+    _str_map: ("", ""),
+}
 
 def _slow_validator(validator: Callable[..., None]) -> Callable[..., None]:
     return validator  # (the subject validator remembers valid subjects itself)
@@ -203,12 +233,13 @@ def _check_lines(fields: list[_Field], ns: dict[str, Any], attributes: dict[str,
         ns[f"_attr{f.index}"] = attributes[f.name]
         slow = f"_val{f.index}(_inst, _attr{f.index}, {v})"
         if f.validator in _STR_MAPS:
+            map_test, item_test = _STR_MAPS[f.validator]
             body += [
-                f"{prefix}if type({v}) is not dict:",
+                f"{prefix}if type({v}) is not dict{map_test.format(v=v)}:",
                 f"    {slow}",
                 "else:",
                 f"    for k_, v_ in {v}.items():",
-                "        if type(k_) is not str or type(v_) is not str:",
+                f"        if type(k_) is not str or type(v_) is not str{item_test}:",
                 f"            {slow}",
             ]
         elif f.validator in _FAST_CHECKS:
@@ -228,7 +259,14 @@ def _check_namespace(cls: type[Message], ns: dict[str, Any]) -> None:
         _EXACT=2**53,
         _MIN_INT=MIN_INT,
         _MAX_UINT=MAX_UINT,
+        _MIN_MAX_FRAME=MIN_MAX_FRAME,
+        _MAX_NAME=MAX_NAME_LENGTH,
+        _MAX_CODE=MAX_CODE_LENGTH,
+        _MAX_VALUE=MAX_VALUE_LENGTH,
+        _MAX_HEADERS=MAX_HEADERS,
         _ROLES=ROLES,
+        _POLICIES=POLICY_VALUES,
+        _MODES=MODE_VALUES,
         _SUBJECTS_OK=SUBJECTS_OK,
         _inst=object.__new__(cls),  # validators only read type(inst).__name__
     )

@@ -40,18 +40,41 @@ class _Node:
         return not (self.children or self.star is not None or self.here or self.rest)
 
 
-def _collect(node: _Node, tokens: list[str], position: int, count: int, out: list) -> None:
-    """Append to ``out`` the values of every pattern below ``node`` matching ``tokens[position:]``."""
-    while position < count:
-        if node.rest:
-            out.extend(node.rest)
-        if node.star is not None:
-            _collect(node.star, tokens, position + 1, count, out)
-        node = node.children.get(tokens[position])  # type: ignore[assignment]
-        if node is None:
+def _collect(root: _Node, tokens: list[str], out: list) -> None:
+    """Append to ``out`` the values of every pattern in the trie at ``root`` matching ``tokens``.
+
+    A walk with an explicit stack, not recursion, so that no subject or trie is deep enough
+    to exhaust Python's stack. It visits each trie node at most once (a node sits at one
+    depth, and is reached only with the subject's token at that depth), so the work is
+    bounded by the number of nodes, whatever the ``*`` patterns. At a node with both a
+    ``*`` child and a matching literal child the ``*`` branch is walked first and the
+    literal one is kept on the stack: the order of the results is that of a depth-first
+    walk, the same for the same index and subject. (Measured against the recursive walk it
+    replaced: +40 to +100 ns on an uncached match of 500 ns; answers are cached.)
+    """
+    count = len(tokens)
+    node = root
+    position = 0
+    pending: list[tuple[_Node, int]] = []  # literal branches left for after a "*" branch
+    while True:
+        while position < count:
+            if node.rest:
+                out.extend(node.rest)
+            child = node.children.get(tokens[position])
+            star = node.star
+            if star is not None:
+                if child is not None:
+                    pending.append((child, position + 1))
+                child = star
+            if child is None:
+                break
+            node = child
+            position += 1
+        else:
+            out.extend(node.here)
+        if not pending:
             return
-        position += 1
-    out.extend(node.here)
+        node, position = pending.pop()
 
 
 @attrs.define(eq=False, repr=False)
@@ -151,8 +174,7 @@ class SubjectIndex:
         if not is_valid_subject(subject):
             return ()
         out: list[Hashable] = []
-        tokens = subject.split(".")
-        _collect(self._root, tokens, 0, len(tokens), out)
+        _collect(self._root, subject.split("."), out)
         found = tuple(out)
         if self.cache_capacity and type(subject) is str:
             if len(self._cache) >= self.cache_capacity:

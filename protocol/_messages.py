@@ -20,26 +20,36 @@ from ._fields import (
     _any_map,
     _bool,
     _bytes,
+    _code,
+    _cut_text,
     _entries,
     _entry_tuple,
-    _int_tuple,
+    _id,
     _key,
-    _non_empty_str,
+    _mode,
     _opt_fraction,
+    _opt_frame_limit,
     _opt_pos_int,
     _opt_seconds,
+    _opt_short_str,
     _opt_str,
+    _opt_token,
     _opt_uint,
     _pattern,
     _patterns,
+    _plain_str,
+    _policy,
     _pos_int,
     _qos,
+    _query_what,
     _role,
+    _short_str,
     _str,
     _str_map,
     _subject,
     _tuple,
     _uint,
+    _versions,
     cid_field,
     headers_field,
     mid_field,
@@ -112,24 +122,35 @@ class Hello(Message):
       token: an authentication token, when the leader asks for one.
       meta: free-form facts (process id, host, library version).
       max_frame: the largest frame body, in bytes, the sender accepts (so that the
-        receiver never bundles more than that into one frame).
+        receiver never bundles more than that into one frame); at least
+        :data:`protocol.MIN_MAX_FRAME`.
+      policy: for a worker, how its group picks a worker for a job: a
+        :class:`protocol.RoutingPolicy` value (``round_robin``, ``least_loaded``, ``sticky``).
+      mode: for a worker, what its group does: a :class:`protocol.GroupMode` value
+        (``round_robin`` takes jobs, ``broadcast`` receives every published message).
     """
 
     KIND: ClassVar[int] = 1
     mid: int = mid_field()
     role: str = attrs.field(validator=_role, metadata=_key("role"), kw_only=True)
-    name: str = attrs.field(default="", validator=_str, metadata=_key("name"), kw_only=True)
+    name: str = attrs.field(default="", validator=_short_str, metadata=_key("name"), kw_only=True)
     versions: tuple[int, ...] = attrs.field(
-        default=(1,), converter=_tuple, validator=_int_tuple, metadata=_key("v"), kw_only=True
+        default=(1,), converter=_tuple, validator=_versions, metadata=_key("v"), kw_only=True
     )
     patterns: tuple[str, ...] = attrs.field(
         default=(), converter=_tuple, validator=_patterns, metadata=_key("pats"), kw_only=True
     )
     credit: int = attrs.field(default=0, validator=_uint, metadata=_key("cr"), kw_only=True)
-    group: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("g"), kw_only=True)
-    token: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("tok"), kw_only=True)
+    group: str | None = attrs.field(default=None, validator=_opt_short_str, metadata=_key("g"), kw_only=True)
+    token: str | None = attrs.field(default=None, validator=_opt_token, metadata=_key("tok"), kw_only=True)
     meta: dict[str, Any] = attrs.field(factory=dict, validator=_any_map, metadata=_key("meta"), kw_only=True)
-    max_frame: int | None = attrs.field(default=None, validator=_opt_pos_int, metadata=_key("mf"), kw_only=True)
+    max_frame: int | None = attrs.field(default=None, validator=_opt_frame_limit, metadata=_key("mf"), kw_only=True)
+    policy: str = attrs.field(
+        default="round_robin", converter=_plain_str, validator=_policy, metadata=_key("pol"), kw_only=True
+    )
+    mode: str = attrs.field(
+        default="round_robin", converter=_plain_str, validator=_mode, metadata=_key("mode"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -141,17 +162,18 @@ class Welcome(Message):
       node: the name of the answering node (the leader).
       session: an id for this session, for logs.
       heartbeat: seconds between heartbeats the sender expects (0 = none).
-      max_frame: the largest frame body, in bytes, the sender accepts.
+      max_frame: the largest frame body, in bytes, the sender accepts; at least
+        :data:`protocol.MIN_MAX_FRAME`.
     """
 
     KIND: ClassVar[int] = 2
     mid: int = mid_field()
     cid: int | None = cid_field()
     version: int = attrs.field(validator=_pos_int, metadata=_key("v"), kw_only=True)
-    node: str = attrs.field(default="", validator=_str, metadata=_key("node"), kw_only=True)
-    session: str = attrs.field(default="", validator=_str, metadata=_key("sess"), kw_only=True)
+    node: str = attrs.field(default="", validator=_short_str, metadata=_key("node"), kw_only=True)
+    session: str = attrs.field(default="", validator=_short_str, metadata=_key("sess"), kw_only=True)
     heartbeat: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("hb"), kw_only=True)
-    max_frame: int | None = attrs.field(default=None, validator=_opt_pos_int, metadata=_key("mf"), kw_only=True)
+    max_frame: int | None = attrs.field(default=None, validator=_opt_frame_limit, metadata=_key("mf"), kw_only=True)
 
 
 @attrs.frozen
@@ -173,11 +195,17 @@ class Pong(Message):
 
 @attrs.frozen
 class Bye(Message):
-    """An orderly end of the session: the sender will send nothing more and then close."""
+    """An orderly end of the session: the sender will send nothing more and then close.
+
+    Args:
+      reason: why, in words; cut to :data:`protocol.MAX_REASON_SIZE` bytes of UTF-8.
+    """
 
     KIND: ClassVar[int] = 18
     mid: int = mid_field()
-    reason: str = attrs.field(default="", validator=_str, metadata=_key("why"), kw_only=True)
+    reason: str = attrs.field(
+        default="", converter=_cut_text, validator=_str, metadata=_key("why"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -187,8 +215,10 @@ class Error(Message):
     Any other code answers the one request named by ``cid`` and the session stays open.
 
     Args:
-      code: an :class:`protocol.ErrorCode` string.
-      message: what went wrong, in words.
+      code: an :class:`protocol.ErrorCode` string (at most
+        :data:`protocol.MAX_CODE_LENGTH` characters).
+      message: what went wrong, in words; cut to :data:`protocol.MAX_REASON_SIZE` bytes of
+        UTF-8, so that an Error always fits in the smallest frame a peer may announce.
       cid: the ``mid`` of the message this answers, when there is one.
       job_id: the job concerned, when there is one.
       retry_after: for ``busy``, seconds after which a retry may succeed.
@@ -197,9 +227,11 @@ class Error(Message):
     KIND: ClassVar[int] = 17
     mid: int = mid_field()
     cid: int | None = cid_field()
-    code: str = attrs.field(validator=_non_empty_str, metadata=_key("code"), kw_only=True)
-    message: str = attrs.field(default="", validator=_str, metadata=_key("msg"), kw_only=True)
-    job_id: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("j"), kw_only=True)
+    code: str = attrs.field(validator=_code, metadata=_key("code"), kw_only=True)
+    message: str = attrs.field(
+        default="", converter=_cut_text, validator=_str, metadata=_key("msg"), kw_only=True
+    )
+    job_id: str | None = attrs.field(default=None, validator=_opt_short_str, metadata=_key("j"), kw_only=True)
     retry_after: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("ra"), kw_only=True)
 
 
@@ -219,17 +251,21 @@ class Submit(Message):
       qos: 0 at most once (no redelivery), 1 at least once.
       timeout: seconds after which the client no longer wants the result.
       max_attempts: overrides the leader's redelivery limit for this job.
+      wait_for_worker: when no worker serves the subject, queue the job for one that
+        will come (until its timeout or the leader's ``max_queue_time``) instead of the
+        leader's ``no_route`` answer.
     """
 
     KIND: ClassVar[int] = 3
     mid: int = mid_field()
-    job_id: str = attrs.field(validator=_non_empty_str, metadata=_key("j"), kw_only=True)
+    job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
     subject: str = attrs.field(validator=_subject, metadata=_key("s"), kw_only=True)
     payload: Any = payload_field()
     headers: dict[str, str] = headers_field()
     qos: int = attrs.field(default=1, validator=_qos, metadata=_key("q"), kw_only=True)
     timeout: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("to"), kw_only=True)
     max_attempts: int | None = attrs.field(default=None, validator=_opt_pos_int, metadata=_key("ma"), kw_only=True)
+    wait_for_worker: bool = attrs.field(default=False, validator=_bool, metadata=_key("ww"), kw_only=True)
 
 
 @attrs.frozen
@@ -240,17 +276,20 @@ class Assign(Message):
       attempt: 1 for the first delivery, then 2, 3, ... on redelivery.
       ack_timeout: seconds the worker has to answer (Result, Nack or Progress) before the
         job is redelivered elsewhere.
+      deadline: seconds the job may still run, when its submit named a timeout: past
+        them nobody waits for its result, and the worker cancels the handler.
     """
 
     KIND: ClassVar[int] = 4
     mid: int = mid_field()
-    job_id: str = attrs.field(validator=_non_empty_str, metadata=_key("j"), kw_only=True)
+    job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
     subject: str = attrs.field(validator=_subject, metadata=_key("s"), kw_only=True)
     payload: Any = payload_field()
     headers: dict[str, str] = headers_field()
     attempt: int = attrs.field(default=1, validator=_pos_int, metadata=_key("a"), kw_only=True)
     qos: int = attrs.field(default=1, validator=_qos, metadata=_key("q"), kw_only=True)
     ack_timeout: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("at"), kw_only=True)
+    deadline: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("dl"), kw_only=True)
 
 
 @attrs.frozen
@@ -260,7 +299,7 @@ class Ack(Message):
     KIND: ClassVar[int] = 5
     mid: int = mid_field()
     cid: int | None = cid_field()
-    job_id: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("j"), kw_only=True)
+    job_id: str | None = attrs.field(default=None, validator=_opt_short_str, metadata=_key("j"), kw_only=True)
 
 
 @attrs.frozen
@@ -270,9 +309,11 @@ class Nack(Message):
     KIND: ClassVar[int] = 6
     mid: int = mid_field()
     cid: int | None = cid_field()
-    job_id: str = attrs.field(validator=_non_empty_str, metadata=_key("j"), kw_only=True)
+    job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
     delay: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("d"), kw_only=True)
-    reason: str = attrs.field(default="", validator=_str, metadata=_key("why"), kw_only=True)
+    reason: str = attrs.field(
+        default="", converter=_cut_text, validator=_str, metadata=_key("why"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -281,7 +322,7 @@ class Progress(Message):
 
     KIND: ClassVar[int] = 7
     mid: int = mid_field()
-    job_id: str = attrs.field(validator=_non_empty_str, metadata=_key("j"), kw_only=True)
+    job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
     fraction: float | None = attrs.field(default=None, validator=_opt_fraction, metadata=_key("f"), kw_only=True)
     note: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("n"), kw_only=True)
 
@@ -295,17 +336,24 @@ class Result(Message):
       ok: True when ``payload`` is the job's return value; False when it failed, with
         ``error_type`` and ``error_message`` saying how.
       attempts: how many deliveries the job took.
+      final: for a failure (from a worker): it is the job's outcome, not to be retried
+        (the handler rejected the job, raised an exception its worker never retries, or
+        returned a result that cannot be sent).
+      traceback: for a failure, the remote traceback as text (for logs and the client's
+        exception), if there is one.
     """
 
     KIND: ClassVar[int] = 8
     mid: int = mid_field()
     cid: int | None = cid_field()
-    job_id: str = attrs.field(validator=_non_empty_str, metadata=_key("j"), kw_only=True)
+    job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
     ok: bool = attrs.field(default=True, validator=_bool, metadata=_key("ok"), kw_only=True)
     payload: Any = payload_field()
     error_type: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("et"), kw_only=True)
     error_message: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("em"), kw_only=True)
     attempts: int = attrs.field(default=1, validator=_uint, metadata=_key("a"), kw_only=True)
+    final: bool = attrs.field(default=False, validator=_bool, metadata=_key("fin"), kw_only=True)
+    traceback: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("tb"), kw_only=True)
 
 
 @attrs.frozen
@@ -323,12 +371,41 @@ class Credit(Message):
 
 @attrs.frozen
 class Cancel(Message):
-    """Cancel a job: client to leader (by job id), leader to the worker running it."""
+    """Cancel a job: client to leader (by job id), leader to the worker running it.
+
+    Args:
+      abandon: from a client: it no longer waits for the job (its submit timed out or
+        was cancelled); the job is cancelled only if no other client waits for it.
+    """
 
     KIND: ClassVar[int] = 14
     mid: int = mid_field()
-    job_id: str = attrs.field(validator=_non_empty_str, metadata=_key("j"), kw_only=True)
-    reason: str = attrs.field(default="", validator=_str, metadata=_key("why"), kw_only=True)
+    job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
+    reason: str = attrs.field(
+        default="", converter=_cut_text, validator=_str, metadata=_key("why"), kw_only=True
+    )
+    abandon: bool = attrs.field(default=False, validator=_bool, metadata=_key("ab"), kw_only=True)
+
+
+@attrs.frozen
+class Query(Message):
+    """A client asks the leader about the cluster, answered with a Result (``cid`` = this
+    ``mid``) or an Error.
+
+    Args:
+      what: ``result``: the result of job ``job_id`` (stored within the dedup window);
+        answered ``not_found`` when the leader has no such job, or, for a job still
+        running, its Result when it finishes (``wait``) or ``not_found`` at once.
+        ``stats``: the leader's statistics as the Result's payload.
+      job_id: the job, for ``result``.
+      wait: for ``result``: wait for a job that is still running.
+    """
+
+    KIND: ClassVar[int] = 23
+    mid: int = mid_field()
+    what: str = attrs.field(validator=_query_what, metadata=_key("w"), kw_only=True)
+    job_id: str | None = attrs.field(default=None, validator=_opt_short_str, metadata=_key("j"), kw_only=True)
+    wait: bool = attrs.field(default=False, validator=_bool, metadata=_key("wait"), kw_only=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,7 +438,7 @@ class Subscribe(Message):
     mid: int = mid_field()
     sid: int = attrs.field(validator=_uint, metadata=_key("sid"), kw_only=True)
     pattern: str = attrs.field(validator=_pattern, metadata=_key("pat"), kw_only=True)
-    queue: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("qg"), kw_only=True)
+    queue: str | None = attrs.field(default=None, validator=_opt_short_str, metadata=_key("qg"), kw_only=True)
 
 
 @attrs.frozen
@@ -407,7 +484,7 @@ class CachePut(Message):
 
     KIND: ClassVar[int] = 20
     mid: int = mid_field()
-    cache_id: str = attrs.field(validator=_non_empty_str, metadata=_key("cache"), kw_only=True)
+    cache_id: str = attrs.field(validator=_id, metadata=_key("cache"), kw_only=True)
     target: str = attrs.field(validator=_pattern, metadata=_key("tgt"), kw_only=True)
     entries: tuple[tuple[str, bytes], ...] = attrs.field(
         default=(), converter=_entry_tuple, validator=_entries, metadata=_key("e"), kw_only=True
@@ -422,8 +499,8 @@ class CacheAck(Message):
     KIND: ClassVar[int] = 21
     mid: int = mid_field()
     cid: int | None = cid_field()
-    cache_id: str = attrs.field(validator=_non_empty_str, metadata=_key("cache"), kw_only=True)
-    worker: str = attrs.field(default="", validator=_str, metadata=_key("w"), kw_only=True)
+    cache_id: str = attrs.field(validator=_id, metadata=_key("cache"), kw_only=True)
+    worker: str = attrs.field(default="", validator=_short_str, metadata=_key("w"), kw_only=True)
     statuses: dict[str, str] = attrs.field(factory=dict, validator=_str_map, metadata=_key("st"), kw_only=True)
     error: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("err"), kw_only=True)
 
@@ -434,7 +511,7 @@ class Chunk(Message):
 
     KIND: ClassVar[int] = 22
     mid: int = mid_field()
-    transfer_id: str = attrs.field(validator=_non_empty_str, metadata=_key("x"), kw_only=True)
+    transfer_id: str = attrs.field(validator=_id, metadata=_key("x"), kw_only=True)
     index: int = attrs.field(validator=_uint, metadata=_key("n"), kw_only=True)
     data: bytes = attrs.field(default=b"", validator=_bytes, metadata=_key("d"), kw_only=True)
     last: bool = attrs.field(default=False, validator=_bool, metadata=_key("last"), kw_only=True)
@@ -448,6 +525,6 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
     for cls in (
         Hello, Welcome, Submit, Assign, Ack, Nack, Progress, Result, Credit, Publish,
         Subscribe, Unsubscribe, Deliver, Cancel, Ping, Pong, Error, Bye,
-        CachePut, CacheAck, Chunk,
+        CachePut, CacheAck, Chunk, Query,
     )
 }

@@ -36,6 +36,7 @@ from ._messages import (
     Pong,
     Progress,
     Publish,
+    Query,
     Result,
     Submit,
     Subscribe,
@@ -65,10 +66,10 @@ _ALWAYS: frozenset[type[Message]] = frozenset({Ping, Pong, Error, Bye})
 #: What each peer role may send once the session is open.
 ALLOWED: dict[str, frozenset[type[Message]]] = {
     "client": _ALWAYS
-    | {Submit, Cancel, Publish, Subscribe, Unsubscribe, Ack, CachePut, Chunk},
+    | {Submit, Cancel, Publish, Subscribe, Unsubscribe, Ack, CachePut, Chunk, Query},
     "worker": _ALWAYS
     | {Result, Nack, Progress, Credit, Ack, Publish, Subscribe, Unsubscribe, CacheAck, Chunk},
-    "observer": _ALWAYS | {Subscribe, Unsubscribe},
+    "observer": _ALWAYS | {Subscribe, Unsubscribe, Query},
     "leader": _ALWAYS
     | {Assign, Result, Deliver, Progress, Cancel, Ack, CachePut, CacheAck, Chunk},
 }

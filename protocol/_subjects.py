@@ -11,7 +11,9 @@ Rules shared by both:
 - no whitespace (space, tab, CR, LF, FF) and no NUL anywhere, as in nats-server (which lets
   the vertical tab through, like every other character);
 - every other Unicode character is allowed (the text must be encodable as UTF-8, so lone
-  surrogates are refused); comparison is exact and case-sensitive.
+  surrogates are refused); comparison is exact and case-sensitive;
+- at most ``MAX_SUBJECT_LENGTH`` (4096) bytes of UTF-8 and ``MAX_SUBJECT_TOKENS`` (256)
+  tokens, so that what a peer sends is cheap to check, to match and to quote.
 
 ``is_valid_subject`` runs once per submitted job, so it is written with ``str`` methods
 that run in C rather than a loop over tokens; the slower ``_problem`` below walks the text
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._errors import InvalidSubject
+from ._errors import InvalidSubject, safe_repr
+from ._limits import MAX_SUBJECT_LENGTH, MAX_SUBJECT_TOKENS
 
 #: Characters that may appear nowhere in a subject or pattern, with the name used in errors.
 _FORBIDDEN_NAMES = {
@@ -39,18 +42,31 @@ _FORBIDDEN = tuple(_FORBIDDEN_NAMES)
 #: Whole tokens a subject may not contain (the empty token and the two wildcards).
 _NOT_SUBJECT_TOKENS = frozenset(("", "*", ">"))
 
-#: Longest text quoted verbatim in an error message (subjects come from remote peers).
-_QUOTE_LIMIT = 64
+#: The shortest text that can hold more than ``MAX_SUBJECT_TOKENS`` tokens (one character
+#: each, and the dots). Shorter ones are within both limits, so a common, short subject
+#: pays one length comparison for them: 13 ns, 7% of checking ``math.square`` (measured:
+#: 177 -> 191 ns); measuring and counting the dots every time would cost 50%.
+_LONG = 2 * MAX_SUBJECT_TOKENS + 1
+
+
+def _over_limits(text: str) -> bool:
+    """Whether a text of at least ``_LONG`` characters has too many characters or tokens.
+
+    A character is at least one byte, so more characters than the limit in bytes is too
+    long; non-ASCII text is measured in bytes by :func:`_has_forbidden_char`.
+    """
+    return len(text) > MAX_SUBJECT_LENGTH or text.count(".") >= MAX_SUBJECT_TOKENS
 
 
 def _has_forbidden_char(text: str) -> bool:
-    """Whether ``text`` holds whitespace, NUL or a lone surrogate (the slow path)."""
+    """Whether ``text`` holds whitespace, NUL or a lone surrogate, or is too long in UTF-8
+    (the slow path, for text that is not printable ASCII)."""
     for ch in _FORBIDDEN:
         if ch in text:
             return True
     if not text.isascii():
         try:
-            text.encode("utf-8")
+            return len(text.encode("utf-8")) > MAX_SUBJECT_LENGTH
         except UnicodeEncodeError:
             return True
     return False
@@ -68,6 +84,8 @@ def is_valid_subject(subject: Any) -> bool:
       True when ``subject`` can be published or submitted to.
     """
     if not isinstance(subject, str) or not subject:
+        return False
+    if len(subject) >= _LONG and _over_limits(subject):
         return False
     # Printable ASCII holds no control characters, so only the space is left to look for;
     # anything else (other controls, non-ASCII) takes the full check.
@@ -98,6 +116,8 @@ def is_valid_pattern(pattern: Any) -> bool:
     """
     if not isinstance(pattern, str) or not pattern:
         return False
+    if len(pattern) >= _LONG and _over_limits(pattern):
+        return False
     if pattern.isascii() and pattern.isprintable():
         if " " in pattern:
             return False
@@ -110,13 +130,6 @@ def is_valid_pattern(pattern: Any) -> bool:
     return True
 
 
-def _quote(text: str) -> str:
-    """``repr`` of ``text``, shortened when it is long enough to flood a log line."""
-    if len(text) <= _QUOTE_LIMIT:
-        return repr(text)
-    return f"{text[:_QUOTE_LIMIT]!r}... ({len(text)} characters)"
-
-
 def _problem(text: Any, *, wildcards: bool) -> str | None:
     """Describe the first rule ``text`` breaks, or return None when it breaks none.
 
@@ -127,12 +140,17 @@ def _problem(text: Any, *, wildcards: bool) -> str | None:
         return f"must be a str, not {type(text).__name__}"
     if not text:
         return "empty string (at least one token is needed)"
+    if len(text) > MAX_SUBJECT_LENGTH:  # (before any walk over a text of any length)
+        return f"{len(text)} characters, longer than the limit of {MAX_SUBJECT_LENGTH} bytes"
     for index, ch in enumerate(text):
         name = _FORBIDDEN_NAMES.get(ch)
         if name is not None:
             return f"{name} {ch!r} at index {index} (no whitespace or NUL allowed)"
         if "\ud800" <= ch <= "\udfff":
             return f"lone surrogate U+{ord(ch):04X} at index {index} (not encodable as UTF-8)"
+    size = len(text.encode("utf-8"))
+    if size > MAX_SUBJECT_LENGTH:
+        return f"{size} bytes in UTF-8, longer than the limit of {MAX_SUBJECT_LENGTH} bytes"
     tokens = text.split(".")
     last = len(tokens) - 1
     for position, token in enumerate(tokens):
@@ -142,6 +160,8 @@ def _problem(text: Any, *, wildcards: bool) -> str | None:
             return f"wildcard {token!r} at position {position} (a subject cannot hold wildcards)"
         if token == ">" and position != last:
             return f"'>' at position {position} must be the last token"
+    if len(tokens) > MAX_SUBJECT_TOKENS:
+        return f"{len(tokens)} tokens, more than the limit of {MAX_SUBJECT_TOKENS}"
     return None
 
 
@@ -158,8 +178,7 @@ def validate_subject(subject: Any) -> None:
     if is_valid_subject(subject):
         return
     problem = _problem(subject, wildcards=False) or "not a valid subject"
-    shown = _quote(subject) if isinstance(subject, str) else repr(subject)[:_QUOTE_LIMIT]
-    raise InvalidSubject(f"invalid subject {shown}: {problem}")
+    raise InvalidSubject(f"invalid subject {safe_repr(subject)}: {problem}")
 
 
 def validate_pattern(pattern: Any) -> None:
@@ -175,8 +194,7 @@ def validate_pattern(pattern: Any) -> None:
     if is_valid_pattern(pattern):
         return
     problem = _problem(pattern, wildcards=True) or "not a valid pattern"
-    shown = _quote(pattern) if isinstance(pattern, str) else repr(pattern)[:_QUOTE_LIMIT]
-    raise InvalidSubject(f"invalid pattern {shown}: {problem}")
+    raise InvalidSubject(f"invalid pattern {safe_repr(pattern)}: {problem}")
 
 
 def _tokens_match(pattern_tokens: list[str], subject_tokens: list[str]) -> bool:

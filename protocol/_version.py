@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._errors import UnsupportedVersion
+from ._errors import UnsupportedVersion, safe_repr
 
 #: The newest protocol version this package speaks. Version 2 adds bundles (many
 #: messages in one frame, see :mod:`protocol._bundle`); everything else is as in 1.
@@ -27,6 +27,7 @@ def negotiate_version(offered: Iterable[int], supported: Iterable[int] = SUPPORT
     common = [v for v in supported if v in offered_set]
     if not common:
         raise UnsupportedVersion(
-            f"no common protocol version: peer offers {sorted(offered_set)}, we speak {sorted(supported)}"
+            f"no common protocol version: peer offers {safe_repr(sorted(offered_set))},"
+            f" we speak {sorted(supported)}"
         )
     return max(common)

@@ -9,13 +9,20 @@ test of a few hundred examples stays well under a second or two.
 - :data:`subjects`, :data:`patterns`: valid subjects and patterns (see ``protocol._subjects``).
 - one strategy per message class (:data:`MESSAGE_STRATEGIES`) and :func:`messages`.
 - :func:`chunked`: a byte string cut at arbitrary points.
+- :data:`hostile_values` and :func:`hostile_frames`: *well-formed* CBOR that a careless
+  receiver would choke on (huge and negative ints, NaN, deep nesting, long texts, many
+  tokens, tags), put in the fields of otherwise valid messages; :class:`RawCBOR` and
+  :func:`cbor_body` to build bodies that cbor2 cannot write (nesting 100,000 deep).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import zlib
 from typing import Any
 
+import cbor2
 from hypothesis import strategies as st
 
 import protocol
@@ -74,6 +81,8 @@ uints = st.one_of(
     st.integers(min_value=0, max_value=2**32), st.sampled_from(_BOUNDARIES[:-1])
 )
 positive_ints = uints.map(lambda n: max(n, 1))
+#: Frame limits a peer may announce: at least ``protocol.MIN_MAX_FRAME``.
+frame_limits = uints.map(lambda n: max(n, protocol.MIN_MAX_FRAME))
 
 #: Finite floats (NaN would break ``==`` in round-trip checks; inf is not a payload value
 #: anyone sends, though CBOR can carry it, so allow it).
@@ -149,6 +158,9 @@ hellos = st.builds(
     group=_opt(texts),
     token=_opt(texts),
     meta=st.dictionaries(texts, payloads, max_size=3),
+    max_frame=_opt(frame_limits),
+    policy=st.sampled_from(sorted(protocol.RoutingPolicy)),
+    mode=st.sampled_from(sorted(protocol.GroupMode)),
 )
 welcomes = st.builds(
     Welcome,
@@ -158,7 +170,7 @@ welcomes = st.builds(
     node=texts,
     session=texts,
     heartbeat=_opt(seconds),
-    max_frame=_opt(positive_ints),
+    max_frame=_opt(frame_limits),
 )
 pings = st.builds(Ping, mid=mids)
 pongs = st.builds(Pong, mid=mids, cid=cids)
@@ -188,6 +200,7 @@ submits = st.builds(
     qos=st.sampled_from([0, 1]),
     timeout=_opt(seconds),
     max_attempts=_opt(positive_ints),
+    wait_for_worker=st.booleans(),
 )
 assigns = st.builds(
     Assign,
@@ -199,6 +212,7 @@ assigns = st.builds(
     attempt=positive_ints,
     qos=st.sampled_from([0, 1]),
     ack_timeout=_opt(seconds),
+    deadline=_opt(seconds),
 )
 acks = st.builds(Ack, mid=mids, cid=cids, job_id=_opt(texts))
 nacks = st.builds(Nack, mid=mids, cid=cids, job_id=job_ids, delay=_opt(seconds), reason=texts)
@@ -215,9 +229,18 @@ results = st.builds(
     error_type=_opt(texts),
     error_message=_opt(texts),
     attempts=positive_ints,
+    final=st.booleans(),
+    traceback=_opt(texts),
 )
 credits = st.builds(Credit, mid=mids, credit=uints)
-cancels = st.builds(Cancel, mid=mids, job_id=job_ids, reason=texts)
+cancels = st.builds(Cancel, mid=mids, job_id=job_ids, reason=texts, abandon=st.booleans())
+queries = st.builds(
+    protocol.Query,
+    mid=mids,
+    what=st.sampled_from(protocol._fields.QUERIES),
+    job_id=_opt(job_ids),
+    wait=st.booleans(),
+)
 publishes = st.builds(
     Publish,
     mid=mids,
@@ -290,6 +313,7 @@ MESSAGE_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     CachePut: cache_puts,
     CacheAck: cache_acks,
     Chunk: chunks,
+    protocol.Query: queries,
 }
 
 
@@ -320,3 +344,155 @@ def chunked(draw: st.DrawFn, data: bytes, *, max_chunks: int | None = None) -> l
     )
     bounds = [0, *sorted(cuts), len(data)]
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile input: well-formed frames whose fields hold what a careless receiver chokes on
+
+
+class RawCBOR:
+    """Bytes that :func:`cbor_body` splices in as they are: one CBOR item (or a broken
+    one) that cbor2 would not write, such as arrays nested 100,000 deep."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"RawCBOR({self.data[:16]!r}{'...' if len(self.data) > 16 else ''}, {len(self.data)} bytes)"
+
+
+def _head(major: int, count: int) -> bytes:
+    if count < 24:
+        return bytes((major << 5 | count,))
+    if count < 0x100:
+        return bytes((major << 5 | 24, count))
+    if count < 0x10000:
+        return bytes((major << 5 | 25,)) + count.to_bytes(2, "big")
+    return bytes((major << 5 | 26,)) + count.to_bytes(4, "big")
+
+
+def cbor_body(value: Any) -> bytes:
+    """The CBOR of ``value``, with every :class:`RawCBOR` in its maps and arrays spliced in."""
+    if type(value) is RawCBOR:
+        return value.data
+    if type(value) is dict:
+        return _head(5, len(value)) + b"".join(cbor_body(k) + cbor_body(v) for k, v in value.items())
+    if type(value) in (list, tuple):
+        return _head(4, len(value)) + b"".join(cbor_body(v) for v in value)
+    return cbor2.dumps(value)
+
+
+def frame_of(body: bytes, *, compress: bool = False) -> bytes:
+    """A whole frame around ``body`` (compressed with zlib when asked)."""
+    flags = 0
+    if compress:
+        body, flags = zlib.compress(body), protocol.FLAG_COMPRESSED
+    return len(body).to_bytes(4, "big") + bytes((flags,)) + body
+
+
+def _nested(prefix: bytes) -> st.SearchStrategy[RawCBOR]:
+    """``prefix`` (an array, map or tag head) repeated up to 100,000 times around a 0."""
+    depths = st.one_of(st.integers(1, 200), st.sampled_from([62, 63, 64, 65, 100_000]))
+    return depths.map(lambda n: RawCBOR(prefix * n + b"\x00"))
+
+
+#: Integers at and beyond every limit of a field and of a bignum (MAX_BIGNUM_SIZE).
+HOSTILE_INTS = [
+    -1, 0, 1, 2, 2**53, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64 - 1, 2**64,
+    -(2**64) - 1, 2**1000, -(2**1000), 10**400, 2**8191, 2**8192, -(2**8192), 10**5000,
+    10**10_000 - 1,
+]
+hostile_ints = st.one_of(
+    st.sampled_from(HOSTILE_INTS), st.integers(min_value=-(2**70), max_value=2**70)
+)
+
+#: Texts at and beyond the length limits, and subjects at and beyond the token limits.
+hostile_texts = st.one_of(
+    st.builds(
+        lambda n, ch: ch * n,
+        st.sampled_from([64, 65, 256, 257, 2048, 4096, 4097, 5000, 100_000]),
+        st.sampled_from(["x", "é", "🚀", "."]),
+    ),
+    st.builds(
+        lambda n, token: ".".join([token] * n),
+        st.sampled_from([255, 256, 257, 2000, 100_000]),
+        st.sampled_from(["a", "*", ">", "ab"]),
+    ),
+    st.sampled_from(
+        ["", "a..b", "a.>.b", "*", ">", "a b", "\x00", "worker", "sticky", "broadcast", "busy"]
+    ),
+    texts,
+)
+
+#: Fixed hostile values of every sort, for tests that try each one.
+HOSTILE_SAMPLES: list[Any] = [
+    *HOSTILE_INTS,
+    None, True, False, math.nan, math.inf, -math.inf, -0.0, 1e308, 5e-324,
+    "", "a..b", "a.>.b", "*", ">", "a b", "\x00", "sticky", "broadcast",
+    "x" * 257, "é" * 4097, "🚀" * 5000, ".".join(["a"] * 257), ".".join(["*"] * 100_000),
+    b"", b"x" * 5000, [], {}, [None], {"": None}, [[[[[["deep"]]]]]], list(range(65)),
+    {f"k{i}": "v" for i in range(65)}, [10**5000], {"k": 10**5000},
+    cbor2.undefined, cbor2.CBORSimpleValue(0), cbor2.CBORSimpleValue(255),
+    cbor2.CBORTag(99, 1), cbor2.CBORTag(2**64 - 1, [1]), cbor2.CBORTag(55799, 1),
+    cbor2.CBORTag(1, 10**400), cbor2.CBORTag(4, [2**63 - 1, 1]), cbor2.CBORTag(5, [-(2**63), 1]),
+    cbor2.CBORTag(30, [1, 0]), cbor2.CBORTag(258, ["a", "a"]),
+    RawCBOR(b"\xf9\x7e\x00"),  # a half-precision NaN
+    RawCBOR(b"\x9f\x01\x02\xff"),  # an indefinite-length array
+    RawCBOR(b"\x7f\x61a\x61b\xff"),  # an indefinite-length text
+    RawCBOR(b"\x62\xc3\x28"),  # invalid UTF-8
+    RawCBOR(b"\xa2\x61a\x01\x61a\x02"),  # a key twice
+    RawCBOR(b"\xa1\x01\x02"),  # an int key
+    RawCBOR(b"\xd8\x1c\x80"),  # a shared-reference tag
+    RawCBOR(b"\x9a\x00\x0f\x42\x40"),  # an array "of a million items", cut short
+    *(RawCBOR(head * depth + b"\x00") for head in (b"\x81", b"\xa1\x61k", b"\xd8\x63") for depth in (62, 63, 64, 100_000)),
+]
+
+#: Well-formed (and a few malformed) CBOR values that a careless receiver chokes on.
+hostile_values: st.SearchStrategy[Any] = st.one_of(
+    # (by index: hypothesis hashes what it samples, and a CBORTag of a list refuses)
+    st.sampled_from(range(len(HOSTILE_SAMPLES))).map(HOSTILE_SAMPLES.__getitem__),
+    hostile_ints,
+    hostile_texts,
+    st.floats(),  # NaN and the infinities included
+    payloads,
+    _nested(b"\x81"),  # arrays
+    _nested(b"\xa1\x61k"),  # maps
+    _nested(b"\xd8\x63"),  # tag 99 around tag 99 ...
+    st.integers(60, 70).map(lambda n: {f"k{i}": "v" for i in range(n)}),  # about MAX_HEADERS
+    st.integers(60, 70).map(lambda n: list(range(n))),  # about MAX_VERSIONS
+    st.builds(
+        cbor2.CBORTag,
+        st.sampled_from([0, 1, 2, 3, 4, 5, 30, 37, 99, 258, 260, 261, 55799, 2**64 - 1]),
+        st.one_of(payloads, hostile_ints),
+    ),
+)
+
+
+@st.composite
+def hostile_frames(draw: st.DrawFn) -> bytes:
+    """A frame of one to three otherwise valid messages (a map, or a bundle of arrays)
+    whose fields are partly replaced by :data:`hostile_values`, in a frame that may be
+    compressed."""
+    bundled = draw(st.booleans())
+    items = []
+    for _ in range(draw(st.integers(1, 3)) if bundled else 1):
+        message = draw(messages())
+        if bundled:
+            # Every field written (not only up to the last one off its default), so that
+            # any may be hit.
+            fields = type(message).__attrs_attrs__  # type: ignore[attr-defined]
+            wire: Any = [message.KIND, *(getattr(message, f.name) for f in fields)]
+            for _ in range(draw(st.integers(0, 3))):
+                wire[draw(st.integers(1, len(fields)))] = draw(hostile_values)
+        else:
+            wire = dict(protocol.to_wire(message))
+            keys = [f.metadata["key"] for f in type(message).__attrs_attrs__]  # type: ignore[attr-defined]
+            for _ in range(draw(st.integers(0, 3))):
+                wire[draw(st.sampled_from(keys))] = draw(hostile_values)
+            if draw(st.integers(0, 4)) == 0:
+                wire[draw(texts)] = draw(hostile_values)  # an unknown key
+        items.append(wire)
+    body = cbor_body(items if bundled else items[0])
+    return frame_of(body, compress=draw(st.integers(0, 9)) == 0)

@@ -157,11 +157,11 @@ def test_errors_for_received_bytes_go_back_as_error_messages(data: bytes) -> Non
 
 
 @pytest.mark.parametrize(
-    "value", [2**64, 10**5000, -(2**63) - 1, -(10**5000)], ids=["2^64", "1e5000", "-2^63-1", "-1e5000"]
+    "value", [2**64, 2**8000, -(2**63) - 1, -(2**8000)], ids=["2^64", "2^8000", "-2^63-1", "-2^8000"]
 )
 def test_integer_fields_refuse_values_beyond_64_bits(value: int) -> None:
-    # A bignum mid would decode, and then repr() of the message would raise (Python's
-    # 4300-digit limit): integer fields hold what CBOR's plain integers hold.
+    # Integer fields hold what CBOR's plain integers hold; a bignum (up to MAX_BIGNUM_SIZE
+    # bytes) decodes, and is then refused by the field.
     body = cbor2.dumps({"t": protocol.Ping.KIND, "i": value})
     with pytest.raises(protocol.InvalidField, match="Ping.mid"):
         protocol.decode_body(body)
@@ -170,6 +170,18 @@ def test_integer_fields_refuse_values_beyond_64_bits(value: int) -> None:
     body = cbor2.dumps({"t": protocol.Hello.KIND, "i": 0, "role": "client", "v": [1, value]})
     with pytest.raises(protocol.InvalidField, match="Hello.versions"):
         protocol.decode_body(body)
+
+
+@pytest.mark.parametrize("value", [10**5000, -(10**5000)], ids=["1e5000", "-1e5000"])
+def test_bignums_beyond_the_limit_are_refused_anywhere(value: int) -> None:
+    # A bignum of 2077 bytes would decode, and then repr() of the message would raise
+    # (Python's 4300-digit limit): the decoder refuses it, in a field or in a payload.
+    for wire in (
+        {"t": protocol.Ping.KIND, "i": value},
+        {"t": protocol.Submit.KIND, "i": 1, "j": "j", "s": "a", "p": [value]},
+    ):
+        with pytest.raises(protocol.MalformedFrame, match="bignum of 2077 bytes exceeds the limit"):
+            protocol.decode_body(cbor2.dumps(wire))
 
 
 def test_integer_fields_accept_the_64_bit_extremes() -> None:

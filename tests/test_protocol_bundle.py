@@ -52,7 +52,7 @@ from protocol import (
     to_array,
     to_wire,
 )
-from protocol._bundle import FROM_ARRAY, TO_ARRAY
+from protocol._bundle import FROM_ARRAY, TO_ARRAY, _array_head
 from tests import strategies as sts
 
 KINDS = list(MESSAGE_TYPES.values())
@@ -489,9 +489,10 @@ def test_a_short_array_is_the_map_without_the_keys_after_it(
         ([], InvalidField, "at least one message"),
         ([[15, 1, 2]], InvalidField, "Ping has 2 fields in a bundle, at most 1"),
         (
-            [[3, 1, "j", "a", None, {}, 1, None, None, None]],
+            [[3, 1, "j", "a", None, {}, 1, *[None] * (len(attrs.fields(Submit)) - 5)]],
             InvalidField,
-            "Submit has 9 fields in a bundle, at most 8",
+            f"Submit has {len(attrs.fields(Submit)) + 1} fields in a bundle,"
+            f" at most {len(attrs.fields(Submit))}",
         ),
     ],
     ids=repr,
@@ -629,8 +630,7 @@ def test_bundle_frames_refuses_an_item_that_cannot_fit() -> None:
         (24, b"\x98\x18"),
         (255, b"\x98\xff"),
         (256, b"\x99\x01\x00"),
-        (65535, b"\x99\xff\xff"),
-        (65536, b"\x9a\x00\x01\x00\x00"),
+        (protocol.MAX_BUNDLE_ITEMS, b"\x99\x10\x00"),
     ],
 )
 def test_array_heads_are_valid_cbor(count: int, head: bytes) -> None:
@@ -645,6 +645,33 @@ def test_array_heads_are_valid_cbor(count: int, head: bytes) -> None:
     decoder = FrameDecoder()
     assert decoder.feed(frames[0]) == messages
     assert decoder.frames == 1
+
+
+@pytest.mark.parametrize(
+    ("count", "head"), [(65535, b"\x99\xff\xff"), (65536, b"\x9a\x00\x01\x00\x00")]
+)
+def test_wide_array_heads_are_valid_cbor(count: int, head: bytes) -> None:
+    # Wider than any bundle we send (MAX_BUNDLE_ITEMS), still valid CBOR heads.
+    assert _array_head(count) == head
+    assert cbor2.loads(head + b"\x00" * count) == [0] * count
+
+
+def test_bundle_frames_put_at_most_max_bundle_items_in_a_frame() -> None:
+    limit = protocol.MAX_BUNDLE_ITEMS
+    items = [encode_item(Ping(mid=i % 24)) for i in range(2 * limit + 1)]
+    frames = bundle_frames(items, BIG)
+    assert [len(cbor2.loads(f[HEADER_SIZE:])) for f in frames] == [limit, limit, 1]
+    decoder = FrameDecoder()
+    assert len(decoder.feed(b"".join(frames))) == 2 * limit + 1
+
+
+def test_a_bundle_of_more_than_max_bundle_items_is_refused_whole() -> None:
+    count = protocol.MAX_BUNDLE_ITEMS + 1
+    body = _array_head(count) + encode_item(Ping(mid=1)) * count
+    frame = len(body).to_bytes(4, "big") + b"\x00" + body
+    with pytest.raises(InvalidField, match=f"a bundle of {count} messages exceeds the limit") as info:
+        FrameDecoder().feed(encode(Ping(mid=0)) + frame)
+    assert info.value.messages == [Ping(mid=0)]  # the frames before it are still handed out
 
 
 # ---------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ SUBMIT = Submit(mid=7, job_id="job-1", subject="math.square", payload={"n": 7})
 
 def test_strategies_cover_every_message_kind() -> None:
     assert set(sts.MESSAGE_STRATEGIES) == set(MESSAGE_TYPES.values())
-    assert len(MESSAGE_TYPES) == 21
+    assert len(MESSAGE_TYPES) == 22
 
 
 def test_tags_are_unique_and_match_kind() -> None:

@@ -33,6 +33,7 @@ from protocol import (
     Pong,
     Progress,
     Publish,
+    Query,
     Result,
     Session,
     State,
@@ -69,6 +70,7 @@ EXAMPLES: dict[type[Message], Message] = {
     CachePut: CachePut(mid=17, cache_id="c", target="w.>"),
     CacheAck: CacheAck(mid=18, cache_id="c"),
     Chunk: Chunk(mid=19, transfer_id="x", index=0),
+    Query: Query(mid=20, what="stats"),
 }
 KINDS = list(MESSAGE_TYPES.values())
 _by_name = lambda cls: cls.__name__  # noqa: E731
@@ -185,6 +187,7 @@ def test_the_table_for_each_role() -> None:
         Ack,
         CachePut,
         Chunk,
+        Query,
     }
     assert ALLOWED["worker"] == always | {
         Result,
@@ -198,7 +201,7 @@ def test_the_table_for_each_role() -> None:
         CacheAck,
         Chunk,
     }
-    assert ALLOWED["observer"] == always | {Subscribe, Unsubscribe}
+    assert ALLOWED["observer"] == always | {Subscribe, Unsubscribe, Query}
     assert ALLOWED["leader"] == always | {
         Assign,
         Result,

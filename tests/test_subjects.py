@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import (
+    MAX_SUBJECT_LENGTH,
+    MAX_SUBJECT_TOKENS,
     InvalidSubject,
     ProtocolError,
     is_valid_pattern,
@@ -122,8 +124,9 @@ def test_whitespace_and_nul_are_refused_anywhere(char: str, template: str) -> No
         "UPPER.lower.MiXeD",
         "dash-under_score.colon:slash/at@hash#",
         "a*b.foo>.*x.>x.**.>>",  # wildcard characters inside longer tokens are literal
-        "x" * 10_000,
-        ".".join(["t"] * 1000),
+        "x" * MAX_SUBJECT_LENGTH,  # the longest
+        "é" * (MAX_SUBJECT_LENGTH // 2),  # as long, in UTF-8 bytes
+        ".".join(["t"] * MAX_SUBJECT_TOKENS),  # the most tokens
     ],
 )
 def test_other_characters_are_allowed(text: str) -> None:
@@ -201,12 +204,50 @@ def test_the_error_is_a_protocol_error_and_a_value_error() -> None:
 
 
 def test_long_texts_are_shortened_in_error_messages() -> None:
-    text = "a" * 5000 + ".."
+    text = "a" * 4000 + ".."
     with pytest.raises(InvalidSubject) as info:
         validate_subject(text)
     message = str(info.value)
     assert len(message) < 200
-    assert message.endswith("(5002 characters): empty token at position 1")
+    assert message.endswith("(4002 characters): empty token at position 1")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("x" * (MAX_SUBJECT_LENGTH + 1), "4097 characters, longer than the limit of 4096 bytes"),
+        ("é" * 2049, "4098 bytes in UTF-8, longer than the limit of 4096 bytes"),
+        (".".join(["t"] * (MAX_SUBJECT_TOKENS + 1)), "257 tokens, more than the limit of 256"),
+        (".".join(["*"] * (MAX_SUBJECT_TOKENS + 1)), "257 tokens, more than the limit of 256"),
+        # 100,000 tokens: refused for its length, before any walk over its tokens
+        (".".join(["a"] * 100_000), "199999 characters, longer than the limit of 4096 bytes"),
+        (".".join(["*"] * 100_000) + ".>", "200001 characters, longer than the limit of 4096 bytes"),
+        ("a" * 10**7, "10000000 characters, longer than the limit of 4096 bytes"),
+    ],
+)
+def test_subjects_and_patterns_are_bounded(text: str, problem: str) -> None:
+    for kind, is_valid, validate in [
+        ("pattern", is_valid_pattern, validate_pattern),
+        ("subject", is_valid_subject, validate_subject),
+    ]:
+        assert not is_valid(text)
+        assert not subject_matches(text, text) and not subject_matches(">", text)
+        with pytest.raises(InvalidSubject) as info:
+            validate(text)
+        message = str(info.value)
+        assert len(message) < 200, message
+        if kind == "pattern" or "*" not in text:
+            assert message.endswith(f": {problem}"), message
+
+
+def test_non_strings_are_quoted_safely() -> None:
+    # repr() of an int over 4300 digits raises; the error must still be an InvalidSubject.
+    for value in (10**5000, [10**5000] * 1000, {"k": "v" * 10**6}):
+        with pytest.raises(InvalidSubject, match=r"must be a str, not") as info:
+            validate_subject(value)
+        assert len(str(info.value)) < 200
+        with pytest.raises(InvalidSubject, match=r"must be a str, not"):
+            validate_pattern(value)
 
 
 @pytest.mark.parametrize(
@@ -287,7 +328,14 @@ def reference_valid(text: object, *, wildcards: bool) -> bool:
     """The rules written down as plainly as possible, one token at a time."""
     if not isinstance(text, str):
         return False
+    try:
+        if len(text.encode("utf-8")) > MAX_SUBJECT_LENGTH:
+            return False
+    except UnicodeEncodeError:
+        return False
     tokens = text.split(".")
+    if len(tokens) > MAX_SUBJECT_TOKENS:
+        return False
     for position, token in enumerate(tokens):
         if token == "":
             return False
@@ -333,13 +381,29 @@ pattern_tokens = st.builds(
 ).filter(bool)
 
 
-@given(texts)
+#: Texts near the limits: about MAX_SUBJECT_TOKENS tokens, about MAX_SUBJECT_LENGTH bytes.
+_near_limit_tokens = st.lists(
+    st.sampled_from(["a", "é", "*", ">", "", " ", "ab" * 7, "\ud800"]),
+    min_size=MAX_SUBJECT_TOKENS - 3,
+    max_size=MAX_SUBJECT_TOKENS + 3,
+)
+long_texts = st.one_of(
+    _near_limit_tokens.map(".".join),
+    st.builds(
+        lambda n, tail: "x" * n + tail,
+        st.integers(MAX_SUBJECT_LENGTH - 8, MAX_SUBJECT_LENGTH + 2),
+        st.sampled_from(["", "é", ".a", ".*", ".>", "..", " "]),
+    ),
+)
+
+
+@given(st.one_of(texts, long_texts))
 def test_validity_agrees_with_reference(text: str) -> None:
     assert is_valid_subject(text) is reference_valid(text, wildcards=False)
     assert is_valid_pattern(text) is reference_valid(text, wildcards=True)
 
 
-@given(texts)
+@given(st.one_of(texts, long_texts))
 def test_validate_raises_exactly_when_invalid(text: str) -> None:
     # The fast check and the one that names the problem must never disagree.
     for is_valid, validate in [
