@@ -18,6 +18,10 @@ The TOML shape (every key but ``[[groups]]`` name/worker is optional)::
     subjects = ["math.square"]          # overrides the class's subjects
     concurrency = 8                     # overrides the class's concurrency
     in_process = false                  # run the instances inside the cluster process
+    max_memory = "512MiB"               # recycle an instance past this RSS (or bytes)
+    max_jobs = 1000                     # recycle an instance after this many jobs
+    max_start_failures = 10             # the group fails when an instance fails to start
+                                        #   this many times in a row (0: never gives up)
     [groups.retry]                      # this group's retry policy (else the leader's):
     max_attempts = 3                    #   deliveries before $dlq.<subject>
     base = 1.0                          #   backoff keys as in [leader.retry]; unset
@@ -30,6 +34,8 @@ import is reported at load time, before anything starts.
 """
 
 from __future__ import annotations
+
+import math
 
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +52,7 @@ from ._config_checks import (
     _check_str_list,
     _show,
     check_listen,
+    check_size,
     check_subjects,
 )
 from ._config_model import ClusterConfig, GroupConfig, GroupRetryConfig, LeaderConfig, RetryConfig
@@ -70,6 +77,22 @@ _LEADER_KEYS = {
     "dedup_window": "positive",
     "heartbeat": "positive",
     "max_connections": "count",
+    "max_connections_per_address": "count",
+    "max_handshakes": "count",
+    "max_queued_bytes": "size",
+    "max_queued_per_subject": "count",
+    "max_queued_bytes_per_subject": "size",
+    "max_queued_per_client": "count",
+    "max_queued_bytes_per_client": "size",
+    "max_queue_time": "seconds_or_off",
+    "max_window": "count",
+    "max_subscriptions": "count",
+    "max_patterns": "count",
+    "max_retained_bytes": "size",
+    "max_dead_letter_bytes": "size",
+    "max_stored_bytes": "size",
+    "route_grace": "seconds",
+    "restart_grace": "seconds",
     "retry": "table",
 }
 _RETRY_KEYS = ("base", "factor", "cap", "jitter")
@@ -84,6 +107,9 @@ _GROUP_KEYS = (
     "concurrency",
     "in_process",
     "retry",
+    "max_memory",
+    "max_jobs",
+    "max_start_failures",
 )
 _GROUP_RETRY_KEYS = ("max_attempts", *_RETRY_KEYS)
 
@@ -160,6 +186,13 @@ def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderConfi
             values[key] = _check_number(value, at=at, minimum=0.0, exclusive=True)
         elif kind == "count":
             values[key] = _check_int(value, at=at, minimum=1)
+        elif kind == "size":
+            values[key] = check_size(value, at=at)
+        elif kind == "seconds":
+            values[key] = _check_number(value, at=at, minimum=0.0, exclusive=False)
+        elif kind == "seconds_or_off":  # 0: no limit
+            seconds = _check_number(value, at=at, minimum=0.0, exclusive=False)
+            values[key] = seconds or math.inf
         else:  # the [leader.retry] table
             values[key] = _retry_from_mapping(value, where=f"{source}: [leader.retry]")
     return LeaderConfig(**values)
@@ -259,6 +292,14 @@ def _group_from_mapping(
                 f"{where} key 'in_process': expected true or false, got {_show(data['in_process'])}"
             )
         values["in_process"] = data["in_process"]
+    if "max_memory" in data:
+        values["max_memory"] = check_size(data["max_memory"], at=f"{where} key 'max_memory'")
+    if "max_jobs" in data:
+        values["max_jobs"] = _check_int(data["max_jobs"], at=f"{where} key 'max_jobs'", minimum=1)
+    if "max_start_failures" in data:
+        values["max_start_failures"] = _check_int(
+            data["max_start_failures"], at=f"{where} key 'max_start_failures'", minimum=0
+        )
     if "retry" in data:
         if values.get("mode") == "broadcast":
             raise ConfigError(
@@ -341,12 +382,15 @@ def config_from_args(
     in_process: bool = False,
     config_path: str | None = None,
     import_workers: bool = True,
+    max_memory: str | None = None,
+    max_jobs: int | None = None,
 ) -> ClusterConfig:
     """Build the cluster configuration from the ``python -m actors.cluster`` options.
 
     With ``config_path`` the file is read first; ``listen`` then replaces its listen
     addresses, each ``--worker`` adds a group, and ``in_process`` runs every group in
-    process.
+    process. ``max_memory`` (a size such as ``"512MiB"``) and ``max_jobs``, when given,
+    apply to every group, replacing the file's.
 
     Raises:
       ConfigError: any option or the file is wrong.
@@ -363,6 +407,13 @@ def config_from_args(
         groups.append(group)
     if in_process:
         groups = [attrs.evolve(group, in_process=True) for group in groups]
+    limits: dict[str, int] = {}
+    if max_memory is not None:
+        limits["max_memory"] = check_size(max_memory, at="--max-memory")
+    if max_jobs is not None:
+        limits["max_jobs"] = _check_int(max_jobs, at="--max-jobs", minimum=1)
+    if limits:
+        groups = [attrs.evolve(group, **limits) for group in groups]
     source = config.source if config is not None else "command line"
     _check_unique_names(groups, source=source)
     return ClusterConfig(leader=leader, groups=tuple(groups), source=source)

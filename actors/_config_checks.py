@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -88,6 +89,59 @@ def check_subjects(value: Any, *, at: str) -> tuple[str, ...]:
                 "'*' for one token, '>' only as the last token, no spaces)"
             )
     return tuple(patterns)
+
+
+#: Multipliers of the units a size may carry: SI (kB, MB, GB) and binary (KiB, MiB, GiB; a
+#: bare K, M or G is binary too, as in most memory settings).
+SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """A number of bytes from an int or a string such as ``"512MiB"``, ``"2GB"``, ``"1.5G"``.
+
+    Raises:
+      ValueError: not a positive whole number of bytes, or an unknown unit.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE_RE.match(value)):
+        unit = SIZE_UNITS.get(match[2].lower())
+        if unit is None:
+            raise ValueError(
+                f"unknown unit {match[2]!r} in {value!r} (use B, kB, MB, GB, KiB, MiB, GiB)"
+            )
+        size = int(float(match[1]) * unit)
+    else:
+        raise ValueError(f'expected a size in bytes such as 536870912 or "512MiB", got {value!r}')
+    if size < 1:
+        raise ValueError(f"expected a size of at least 1 byte, got {value!r}")
+    return size
+
+
+def check_size(value: Any, *, at: str) -> int:
+    """Check a size in bytes (an integer, or a string with a unit: see :func:`parse_size`).
+
+    Raises:
+      ConfigError: naming the place and the problem.
+    """
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"{at}: {exc}") from None
+
+
+def format_size(size: int) -> str:
+    """A size for people: ``512 MiB``, ``1.5 GiB``, ``900 B``."""
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= factor:
+            return f"{size / factor:.4g} {unit}"
+    return f"{size} B"
 
 
 def _check_keys(data: Mapping[str, Any], allowed: Iterable[str], *, where: str) -> None:

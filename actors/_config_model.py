@@ -79,6 +79,16 @@ class GroupRetryConfig:
         return "retry " + ", ".join(parts)
 
 
+#: LeaderConfig keys whose None means "the leader's default".
+_OPTIONAL_LIMITS = (
+    "max_connections_per_address", "max_handshakes", "max_queued_bytes",
+    "max_queued_per_subject", "max_queued_bytes_per_subject", "max_queued_per_client",
+    "max_queued_bytes_per_client", "max_queue_time", "max_window", "max_subscriptions",
+    "max_patterns", "max_retained_bytes", "max_dead_letter_bytes", "max_stored_bytes",
+    "route_grace", "restart_grace",
+)
+
+
 @attrs.frozen
 class LeaderConfig:
     """Settings of the leader (``[leader]``); see :class:`actors.Leader` for their meaning."""
@@ -92,18 +102,45 @@ class LeaderConfig:
     heartbeat: float = 5.0
     max_connections: int = 1024
     retry: RetryConfig | None = None
+    # The limits below: None leaves the leader's default (see actors.Leader, BrokerConfig).
+    max_connections_per_address: int | None = None
+    max_handshakes: int | None = None
+    max_queued_bytes: int | None = None
+    max_queued_per_subject: int | None = None
+    max_queued_bytes_per_subject: int | None = None
+    max_queued_per_client: int | None = None
+    max_queued_bytes_per_client: int | None = None
+    max_queue_time: float | None = None  # (math.inf: no limit; ``0`` in a file)
+    max_window: int | None = None
+    max_subscriptions: int | None = None
+    max_patterns: int | None = None
+    max_retained_bytes: int | None = None
+    max_dead_letter_bytes: int | None = None
+    max_stored_bytes: int | None = None
+    route_grace: float | None = None
+    restart_grace: float | None = None
 
     def leader_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`actors.Leader` built from these settings."""
+        """Keyword arguments for :class:`actors.Leader` built from these settings (the
+        limits left unset are left out: the leader's defaults apply)."""
         kwargs = attrs.asdict(self, recurse=False)
         retry = kwargs.pop("retry")
         kwargs["retry_backoff"] = retry.backoff() if retry is not None else None
+        for key in _OPTIONAL_LIMITS:
+            if kwargs[key] is None:
+                del kwargs[key]
         return kwargs
 
 
 @attrs.frozen
 class GroupConfig:
-    """One worker group (``[[groups]]``): ``instances`` copies of a worker class."""
+    """One worker group (``[[groups]]``): ``instances`` copies of a worker class.
+
+    ``max_memory`` (bytes of RSS) and ``max_jobs`` (jobs handled) recycle an instance past
+    them; None leaves the class's own setting (see :class:`~actors.WorkerGroup`).
+    ``max_start_failures``: the group fails once an instance failed to start this many
+    times in a row (0: it never gives up; None: the group's default).
+    """
 
     name: str
     worker: str | None = None
@@ -115,6 +152,9 @@ class GroupConfig:
     concurrency: int | None = None
     in_process: bool = False
     retry: GroupRetryConfig | None = None
+    max_memory: int | None = None
+    max_jobs: int | None = None
+    max_start_failures: int | None = None
 
 
 @attrs.frozen

@@ -9,6 +9,20 @@ seconds). :meth:`WorkerGroup.scale` adds and removes children at runtime. With
 ``in_process=True`` the instances are :func:`~actors.run_worker` tasks in the caller's trio
 loop, under the same supervisor.
 
+An instance past ``max_memory`` or ``max_jobs`` drains (as below) and asks to be replaced:
+a process exits with :data:`~actors._worker.RECYCLE_EXIT_STATUS`, a task returns the reason,
+and the supervisor starts a fresh instance at once (:class:`runtime.Recycle`: no backoff,
+not counted toward ``max_restarts``).
+
+An instance that fails to start (its worker's ``setup()`` raises, or anything else before
+it first connects) is reported in one line, ``group square: square-0 failed to start (1 of
+10 in a row): OSError: ...``, with the traceback the first time the group meets that type
+of error; a worker process writes what it failed with to a report file the group reads
+(``--start-report``) and exits with :data:`~actors._worker.START_FAILED_EXIT_STATUS`. It
+is restarted with backoff like any exit, until it has failed ``max_start_failures`` times
+in a row: then the group gives up (:class:`GroupFailed`), since a worker that cannot start
+will not serve by trying faster.
+
 Stopping an instance drains it: a process gets SIGTERM (its worker finishes the jobs in
 hand, says Bye and exits 0) and SIGKILL if it still runs ``stop_timeout`` seconds later;
 an in-process worker gets its ``stop`` event and is cancelled after ``stop_timeout``.
@@ -16,11 +30,15 @@ an in-process worker gets its ``stop`` event and is cancelled after ``stop_timeo
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -39,9 +57,13 @@ from runtime import (
     open_actor_system,
     process_child,
 )
+from runtime._child import Recycle
 
+from ._config_checks import format_size, parse_size
+from ._failures import error_text
 from ._links import MODES, POLICIES
 from ._loader import load_worker_class, worker_spec
+from ._worker import RECYCLE_EXIT_STATUS, START_FAILED_EXIT_STATUS
 
 #: An instance that ran this long before it exited is restarted after the first backoff
 #: delay again, instead of the next (longer) one.
@@ -50,8 +72,47 @@ STABLE_AFTER = 10.0
 STOP_MARGIN = 5.0
 #: The default restart backoff: 0.1 s, doubling, at most 5 s, with 10 % jitter.
 DEFAULT_RESTART_BACKOFF = Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.1)
+#: Failed starts in a row of one instance after which its group gives up, by default:
+#: with the default backoff, some 25 seconds of trying.
+DEFAULT_MAX_START_FAILURES = 10
+#: Bytes of a start report read, at most (the worker bounds what it writes well below).
+MAX_START_REPORT = 64 * 1024
+#: Error types whose traceback a group logs once each, at most; later new ones get the
+#: one line only (the first tracebacks are the ones that explain).
+MAX_TRACEBACK_TYPES = 64
 
 logger = logging.getLogger("actors.group")
+
+
+class GroupFailed(Exception):
+    """A worker group gave up: one of its instances failed to start
+    ``max_start_failures`` times in a row (:meth:`WorkerGroup.run` raises it, once the
+    group's other instances are stopped).
+
+    Attributes:
+      group: the group's name.
+      reason: why, in words (the instance, how many times, the last error).
+    """
+
+    def __init__(self, group: str, reason: str) -> None:
+        super().__init__(f"group {group} failed: {reason}")
+        self.group = group
+        self.reason = reason
+
+
+class StartFailed(Exception):
+    """What an instance process that failed to start exited with (from its start report):
+    its supervisor's ``last_error``.
+
+    Attributes:
+      error_type: the class name of the error the worker raised.
+      message: its message.
+    """
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
 
 
 @attrs.frozen
@@ -63,10 +124,12 @@ class InstanceInfo:
       name: the worker name it connects with.
       state: its supervisor's view (:class:`runtime.ChildState`).
       pid: the id of its process while it runs (in process: this process's id).
-      restarts: how many times it was started again after exiting.
+      restarts: how many times it was started again after exiting (recycles apart).
       last_exit: the exit status of its last process (negative: killed by that signal);
         None if none exited yet, and always None in process.
       last_error: the last error it exited with, as its supervisor recorded it.
+      recycles: how many times it was replaced for going past ``max_memory`` or
+        ``max_jobs`` (a planned replacement, not a failure).
     """
 
     index: int
@@ -76,6 +139,7 @@ class InstanceInfo:
     restarts: int
     last_exit: int | None
     last_error: BaseException | None
+    recycles: int = 0
 
 
 @attrs.define(eq=False)
@@ -88,6 +152,7 @@ class _Instance:
     last_exit: int | None = None
     connected: bool = False  # in process: run_worker was welcomed, so it can drain
     drain: Callable[[], None] | None = None  # asks the running process or task to drain
+    start_failures: int = 0  # failed starts in a row
 
 
 @attrs.define(eq=False)
@@ -116,6 +181,7 @@ class _Connected:
 
     def started(self, value: object = None) -> None:
         self.instance.connected = True
+        self.instance.start_failures = 0
         self.group._notify()
 
 
@@ -132,6 +198,12 @@ class WorkerGroup:
         instance for a job.
       subjects: patterns overriding the class's ``subjects``.
       concurrency: overrides the class's ``concurrency``.
+      max_memory: recycle an instance whose process's resident memory (RSS) is over this
+        many bytes after a job (an int, or a string such as ``"512MiB"``); overrides the
+        class's ``max_memory``. In process every instance shares this process's memory, so
+        set it for worker processes.
+      max_jobs: recycle an instance once it handled this many jobs; overrides the
+        class's ``max_jobs``.
       in_process: run the instances as tasks in this trio loop instead of processes.
       restart_backoff: delays between restarts of an instance that keeps exiting.
       drain_grace: seconds a stopping worker has to finish the jobs it holds.
@@ -141,10 +213,15 @@ class WorkerGroup:
         than this within ``within`` seconds make :meth:`run` fail with
         :class:`runtime.SupervisorEscalation`. None (the default) never gives up.
       within: the intensity period, in seconds.
+      max_start_failures: give up (:meth:`run` raises :class:`GroupFailed`) once an
+        instance failed to start this many times in a row; None never gives up. A run
+        that connected to the leader, or (a process) exited any other way, starts the
+        count again.
       python: the interpreter that runs instance processes.
 
     Raises:
-      ValueError: a bad name, count, mode, policy, subject pattern or concurrency.
+      ValueError: a bad name, count, mode, policy, subject pattern, concurrency,
+        max_memory or max_jobs.
       ConfigError: ``worker`` is a class that other processes cannot import (defined in
         ``__main__`` or in a function) and ``in_process`` is false.
 
@@ -165,12 +242,15 @@ class WorkerGroup:
         policy: str = "round_robin",
         subjects: Sequence[str] | None = None,
         concurrency: int | None = None,
+        max_memory: int | str | None = None,
+        max_jobs: int | None = None,
         in_process: bool = False,
         restart_backoff: Backoff | None = None,
         drain_grace: float = 30.0,
         stop_timeout: float | None = None,
         max_restarts: int | None = None,
         within: float = 60.0,
+        max_start_failures: int | None = DEFAULT_MAX_START_FAILURES,
         python: str = sys.executable,
     ) -> None:
         if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
@@ -186,14 +266,23 @@ class WorkerGroup:
                 raise ValueError(f"group {name!r}: invalid subject patterns {subjects!r}")
         if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
             raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+        memory_limit = None if max_memory is None else parse_size(max_memory)
+        if max_jobs is not None and (type(max_jobs) is not int or max_jobs < 1):
+            raise ValueError(f"max_jobs must be a positive int, got {max_jobs!r}")
         if not drain_grace >= 0:
             raise ValueError(f"drain_grace must be >= 0, got {drain_grace!r}")
+        if max_start_failures is not None and (
+            type(max_start_failures) is not int or max_start_failures < 1
+        ):
+            raise ValueError(f"max_start_failures must be a positive int or None, got {max_start_failures!r}")
         self.name = name
         self.url = url
         self.mode = mode
         self.policy = policy
         self.subjects = subjects
         self.concurrency = concurrency
+        self.max_memory = memory_limit
+        self.max_jobs = max_jobs
         self.in_process = in_process
         self.restart_backoff = restart_backoff or DEFAULT_RESTART_BACKOFF
         self.drain_grace = drain_grace
@@ -213,6 +302,12 @@ class WorkerGroup:
         # Escalation is for trees that should give up; a group keeps its count unless told.
         self.max_restarts = sys.maxsize if max_restarts is None else max_restarts
         self.within = within
+        self.max_start_failures = max_start_failures
+        #: Why the group gave up (see :class:`GroupFailed`), once it has; else None.
+        self.failure: str | None = None
+        self._failed = trio.Event()
+        self._traceback_types: set[str] = set()  # error types whose traceback was logged
+        self._report_dir: str | None = None  # where instance processes write start reports
         self._supervisor: Supervisor | None = None  # one per run (an actor runs once)
         self._changed = trio.Event()
         self._scaling = trio.Lock()
@@ -238,7 +333,7 @@ class WorkerGroup:
             infos.append(
                 InstanceInfo(
                     index, inst.name, child.state, inst.pid, child.restarts, inst.last_exit,
-                    child.last_error,
+                    child.last_error, child.recycles,
                 )
             )
         return infos
@@ -265,6 +360,10 @@ class WorkerGroup:
         )
         if self.subjects is not None:
             text += f", subjects {','.join(self.subjects)}"
+        if self.max_memory is not None:
+            text += f", max_memory {format_size(self.max_memory)}"
+        if self.max_jobs is not None:
+            text += f", max_jobs {self.max_jobs}"
         return text + ")"
 
     # ------------------------------------------------------------------ lifecycle
@@ -282,14 +381,25 @@ class WorkerGroup:
             ``python``, say); later failures to start are restarted like exits.
           runtime.SupervisorEscalation: restarts exceeded ``max_restarts`` within
             ``within``.
+          GroupFailed: an instance failed to start ``max_start_failures`` times in a
+            row (the others are stopped first, gracefully).
         """
         if self._supervisor is not None:
             raise RuntimeError(f"group {self.name!r} is running already")
         if self.in_process and self._worker_class is None:
             self._worker_class = load_worker_class(self.worker_spec)
+        if self.in_process and self.max_memory is not None:
+            logger.warning(
+                "group %s: max_memory counts this whole process's memory when in process",
+                self.name,
+            )
         self._supervisor = Supervisor(
             strategy=Strategy.ONE_FOR_ONE, max_restarts=self.max_restarts, within=self.within
         )
+        self.failure = None
+        self._failed = trio.Event()
+        if not self.in_process:
+            self._report_dir = tempfile.mkdtemp(prefix=f"actors-{self.name}-")
         try:
             async with open_actor_system(name=f"group-{self.name}") as system:
                 await system.spawn(self._supervisor, name=f"group-{self.name}")
@@ -297,10 +407,15 @@ class WorkerGroup:
                     for index in range(self._desired):
                         await self._start_instance(index)
                 task_status.started()
-                await trio.sleep_forever()
+                await self._failed.wait()
+                # Leaving the block stops the supervisor: the instances that run drain.
         finally:
             self._supervisor = None
             self._instances.clear()
+            if self._report_dir is not None:
+                shutil.rmtree(self._report_dir, ignore_errors=True)
+                self._report_dir = None
+        raise GroupFailed(self.name, self.failure or "")
 
     async def scale(self, instances: int) -> None:
         """Change the number of instances; returns when the change is made.
@@ -336,6 +451,38 @@ class WorkerGroup:
         self._changed.set()
         self._changed = trio.Event()
 
+    def _start_failed(
+        self, inst: _Instance, error_type: str, message: str, *, exc: BaseException | None = None,
+        traceback: str | None = None,
+    ) -> None:  # fmt: skip
+        """Report a failed start of ``inst`` (the error raised in process as ``exc``, or
+        a process's ``traceback`` text); give up once it failed too often in a row."""
+        inst.start_failures += 1
+        limit = self.max_start_failures
+        count = f"{inst.start_failures} in a row"
+        if limit is not None:
+            count = f"{inst.start_failures} of {limit} in a row"
+        giving_up = limit is not None and inst.start_failures >= limit
+        line = (
+            f"group {self.name}: {inst.name} failed to start ({count}): {error_type}: {message}; "
+            + ("giving up" if giving_up else "restarting")
+        )
+        show = error_type not in self._traceback_types and len(self._traceback_types) < MAX_TRACEBACK_TYPES
+        if show:
+            self._traceback_types.add(error_type)
+        if exc is not None:
+            logger.error("%s", line, exc_info=exc if show else None)
+        elif show and traceback:
+            logger.error("%s\n%s", line, traceback.rstrip("\n"))
+        else:
+            logger.error("%s", line)
+        if giving_up and self.failure is None:
+            self.failure = (
+                f"{inst.name} failed to start {inst.start_failures} times in a row: "
+                f"{error_type}: {message}"
+            )
+            self._failed.set()
+
     async def _start_instance(self, index: int) -> None:
         inst = _Instance(index, f"{self.name}-{index}")
         self._instances[index] = inst
@@ -367,20 +514,35 @@ class WorkerGroup:
             self.command(inst.index),
             grace=self.stop_timeout,
             check=True,
+            recycle_status=RECYCLE_EXIT_STATUS,
             env=self._environment(),
             # Its own session: a Ctrl-C at the terminal reaches the cluster only, which
             # then stops the instances in order.
             start_new_session=True,
         )
 
-        async def instance_process(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def instance_process(
+            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        ) -> Recycle | None:
             status = _ProcessStatus(self, inst, task_status)
             pid: int | None = None
+            report = self._report_path(inst.name)
+            if report is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(report)  # an earlier run's
             try:
-                await run_command(task_status=status)
+                recycle = await run_command(task_status=status)
+                if recycle is not None:  # the worker logged why; the supervisor replaces it
+                    return recycle
+                inst.start_failures = 0
                 pid = status.process.pid if status.process else None
                 logger.warning("group %s: %s (pid %s) exited; restarting", self.name, inst.name, pid)
             except subprocess.CalledProcessError as exc:
+                if exc.returncode == START_FAILED_EXIT_STATUS:
+                    error_type, message, traceback = _read_start_report(report)
+                    self._start_failed(inst, error_type, message, traceback=traceback)
+                    raise StartFailed(error_type, message) from None
+                inst.start_failures = 0
                 logger.warning(
                     "group %s: %s (pid %s) %s; restarting",
                     self.name, inst.name, inst.pid, _describe_exit(exc.returncode),
@@ -392,15 +554,19 @@ class WorkerGroup:
                 inst.pid = None
                 inst.drain = None
                 self._notify()
+            return None
 
         return instance_process
 
     def _task_child(self, inst: _Instance) -> Callable[..., Any]:
-        async def instance_task(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def instance_task(
+            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        ) -> Recycle | None:
             from ._worker import run_worker
 
             assert self._worker_class is not None
             stop = trio.Event()
+            recycled: str | None = None
             # Shielded, so that the supervisor's cancellation becomes a drain (below).
             worker_scope = trio.CancelScope(shield=True)
             inst.connected = False
@@ -411,17 +577,21 @@ class WorkerGroup:
                 async with trio.open_nursery() as nursery:
 
                     async def work() -> None:
+                        nonlocal recycled
                         with worker_scope:
                             try:
-                                await run_worker(
+                                recycled = await run_worker(
                                     self._worker_class(), self.url, name=inst.name, group=self.name,  # type: ignore[misc]
                                     policy=self.policy, mode=self.mode, subjects=self.subjects,
-                                    concurrency=self.concurrency, stop=stop,
+                                    concurrency=self.concurrency, max_memory=self.max_memory,
+                                    max_jobs=self.max_jobs, stop=stop,
                                     drain_grace=self.drain_grace,
                                     task_status=_Connected(self, inst),  # type: ignore[arg-type]
                                 )  # fmt: skip
-                            except Exception:
+                            except Exception as exc:
                                 if not stop.is_set():
+                                    if not inst.connected:
+                                        self._start_failed(inst, type(exc).__name__, error_text(exc), exc=exc)
                                     raise  # to the supervisor, which restarts the instance
                                 # Stopping anyway: a failed drain is reported, not restarted.
                                 logger.exception("group %s: %s failed while draining", self.name, inst.name)
@@ -446,6 +616,7 @@ class WorkerGroup:
                 inst.pid = None
                 inst.drain = None
                 self._notify()
+            return None if recycled is None else Recycle(recycled)
 
         return instance_task
 
@@ -465,8 +636,21 @@ class WorkerGroup:
             argv += ["--subjects", ",".join(self.subjects)]
         if self.concurrency is not None:
             argv += ["--concurrency", str(self.concurrency)]
+        if self.max_memory is not None:
+            argv += ["--max-memory", str(self.max_memory)]
+        if self.max_jobs is not None:
+            argv += ["--max-jobs", str(self.max_jobs)]
+        report = self._report_path(f"{self.name}-{index}")
+        if report is not None:
+            argv += ["--start-report", report]
         argv.append(self.worker_spec)
         return argv
+
+    def _report_path(self, name: str) -> str | None:
+        """Where instance ``name``'s process writes why it failed to start (while running)."""
+        if self._report_dir is None:
+            return None
+        return os.path.join(self._report_dir, f"{name}.json")
 
     def _environment(self) -> dict[str, str]:
         """This process's environment, with the directory holding ``actors`` importable."""
@@ -475,6 +659,23 @@ class WorkerGroup:
         paths = [root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         return env
+
+
+def _read_start_report(path: str | None) -> tuple[str, str, str | None]:
+    """What a worker process that failed to start wrote: error type, message, traceback."""
+    unknown = ("StartFailed", f"exited with status {START_FAILED_EXIT_STATUS} before it connected", None)
+    if path is None:
+        return unknown
+    try:
+        with open(path, "rb") as file:
+            report = json.loads(file.read(MAX_START_REPORT))
+        error_type, message = report["type"], report["message"]
+        traceback = report.get("traceback")
+    except (OSError, ValueError, KeyError, TypeError):
+        return unknown
+    if not (isinstance(error_type, str) and isinstance(message, str)):
+        return unknown
+    return error_type, message, traceback if isinstance(traceback, str) else None
 
 
 def _check_count(instances: Any) -> None:

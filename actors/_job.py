@@ -21,6 +21,10 @@ class Job:
       attempt: 1 on first delivery, 2, 3, ... on redelivery.
       qos: 0 (at most once) or 1 (at least once).
       published: True for a published message (pub/sub): its return value goes nowhere.
+      deadline: when nobody waits for the result any more (the submit's timeout), as a
+        trio time (compare with ``trio.current_time()``), or None. The worker cancels the
+        handler past it and fails the job (``DeadlineExceeded``, not retried);
+        ``progress`` does not move it.
     """
 
     id: str
@@ -30,6 +34,7 @@ class Job:
     attempt: int = 1
     qos: int = 1
     published: bool = False
+    deadline: float | None = None
     _report: Callable[[str, float | None, str | None], None] | None = attrs.field(
         default=None, repr=False, alias="report"
     )
@@ -47,8 +52,9 @@ class Job:
         """Report progress (``fraction`` between 0 and 1, and/or a note).
 
         This also tells the leader the worker is alive, extending the job's ack deadline,
-        so a long job should call it more often than the leader's ack timeout. The
-        waiting clients receive it too.
+        so a long job should call it more often than the leader's ack timeout (it does not
+        move :attr:`deadline`). The waiting clients receive it too. From a plain ``def
+        handle`` (which runs in a thread), call ``trio.from_thread.run(job.progress, 0.5)``.
 
         Raises:
           ValueError: ``fraction`` is outside 0..1.

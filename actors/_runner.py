@@ -14,11 +14,35 @@ Results are queued on the connection and written out together: when a slot runs 
 jobs, and before a job first waits (the slot steps the job's coroutine once itself to
 find out), so that a batch of jobs that never wait costs one write, and a job that waits
 never holds back the results finished before it.
+
+Failures: whatever a handler raises (but cancellation and Ctrl-C) fails its job, and so
+does a result that cannot be sent (no CBOR encoding, over the frame limit). Each failed
+attempt is logged, and the failed Result carries the traceback and whether the failure is
+final (not to be retried): see :mod:`actors._failures`. A job whose Assign has a deadline
+(its submit's timeout) gets ``job.deadline``, and its handler is cancelled past it (a final
+``DeadlineExceeded``: nobody waits for the result any more).
+
+Handlers: an ``async def handle`` runs in the slot's task; a plain ``def handle`` runs in a
+worker thread (at most ``concurrency`` at once), so that blocking code blocks only its job.
+An async handler that blocks the loop anyway is named in a warning (see
+:mod:`actors._watchdog`, the worker's ``blocking_warning``).
+
+Containment: a bug met while serving the connection (handling a message of the leader,
+answering a job) is logged once and ends that connection, not the worker. When a
+connection ends that way or is lost, the leader gives the jobs it brought to other workers:
+the runner cancels them, waits (at most ``cancel_grace``) for them to end, and connects
+again.
+
+Recycling: past ``max_jobs`` jobs, or over ``max_memory`` bytes of RSS after a job, the
+worker drains as for a stop (credit 0 first, so the leader sends nothing more; the jobs in
+hand finish and are answered; Bye) and :meth:`WorkerRunner.run` returns, with the reason
+in :attr:`WorkerRunner.recycled`, for a fresh worker to take over.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import random
 import ssl
@@ -26,6 +50,7 @@ import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from protocol import (
@@ -35,6 +60,8 @@ from protocol import (
     Cancel,
     Credit,
     Deliver,
+    Error,
+    ErrorCode,
     Hello,
     Nack,
     Progress,
@@ -52,8 +79,12 @@ from runtime import (
     run_reconnecting,
 )
 
+from ._failures import Failure, FailureLog, check_never_retry, failure_of
+from ._handlers import CoroutineType, handler_of, must_propagate, resume, until_deadline
 from ._job import Job
+from ._limits import RecycleLimits
 from ._links import MODES, POLICIES
+from ._watchdog import LoopWatchdog
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -63,13 +94,19 @@ _result_item = Result.item  # type: ignore[attr-defined]
 #: Published messages waiting for a free slot on a worker, at most; more are dropped
 #: (pub/sub is at most once) and counted in ``WorkerRunner.dropped``.
 MAX_PENDING_DELIVERIES = 1000
+#: Seconds the jobs of a lost connection get to end once cancelled, by default, before the
+#: worker connects again anyway (granting only the slots they left free).
+CANCEL_GRACE = 5.0
+logger = logging.getLogger("actors.worker")
 
 
 class WorkerRunner:
     """Connects one :class:`Worker` to a leader and runs its jobs.
 
     Users normally call :func:`~actors.run_worker`; the runner is exposed for tests and for
-    embedding (its counters show what happened).
+    embedding (its counters show what happened). ``max_memory`` (bytes, or ``"512MiB"``)
+    and ``max_jobs`` override the worker class's (see the module's "Recycling");
+    ``cancel_grace`` bounds the wait for the cancelled jobs of a lost connection.
     """
 
     def __init__(
@@ -89,6 +126,9 @@ class WorkerRunner:
         dedup_capacity: int = 10_000,
         dedup_ttl: float = 600.0,
         rng: random.Random | None = None,
+        max_memory: int | str | None = None,
+        max_jobs: int | None = None,
+        cancel_grace: float = CANCEL_GRACE,
     ) -> None:
         self.worker = worker
         self.url = url
@@ -105,7 +145,22 @@ class WorkerRunner:
             raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {sorted(MODES)}")
-        self.name = name or f"{type(worker).__name__.lower()}-{os.getpid()}"
+        self.limits = RecycleLimits(
+            max_jobs if max_jobs is not None else getattr(worker, "max_jobs", None),
+            max_memory if max_memory is not None else getattr(worker, "max_memory", None),
+        )
+        kind = type(worker).__name__
+        self.never_retry = check_never_retry(getattr(worker, "never_retry", ()), kind)
+        self._handle = handler_of(worker, self.concurrency)
+        self.cancel_grace = cancel_grace
+        self.name = name or f"{kind.lower()}-{os.getpid()}"
+        self._failure_log = FailureLog(self.name)
+        threshold = getattr(worker, "blocking_warning", None)
+        self._watchdog = (
+            None
+            if threshold is None
+            else LoopWatchdog(threshold, self._blame, label=f"worker {self.name}")
+        )
         self.group = group
         self.policy = policy
         self.mode = mode
@@ -137,7 +192,27 @@ class WorkerRunner:
         self._mid = 0
         self._nursery: trio.Nursery | None = None
         self._draining = False
-        self._idle: trio.Event | None = None  # set when draining and the last job ended
+        self._idle: trio.Event | None = None  # set when the last job ended (for a waiter)
+        self._stop = trio.Event()  # drain and return: run()'s stop, or a recycle
+        #: Why the worker recycled itself (past ``max_jobs`` or ``max_memory``), if it did.
+        self.recycled: str | None = None
+        self._session_scope: trio.CancelScope | None = None
+        self._failure: BaseException | None = None  # what ended the current connection
+
+    @property
+    def handled(self) -> int:
+        """Jobs and published messages handled (what ``max_jobs`` counts)."""
+        return self.limits.handled
+
+    @property
+    def max_jobs(self) -> int | None:
+        """Recycle past this many jobs handled (None: no limit)."""
+        return self.limits.max_jobs
+
+    @property
+    def max_memory(self) -> int | None:
+        """Recycle over this many bytes of RSS after a job (None: no limit)."""
+        return self.limits.max_memory
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,14 +228,19 @@ class WorkerRunner:
         Draining: the worker sets its credit to 0 (the leader sends nothing more), lets
         the running jobs finish within ``drain_grace`` seconds and sends their results,
         says Bye and returns. Cancelling instead stops at once; the leader redelivers
-        whatever was running.
+        whatever was running. A recycle (see the module's docstring) drains the same way
+        and returns, with :attr:`recycled` set.
         """
         # trio.current_time() is three calls deep; the run's clock answers the same in one.
         self._clock = trio.lowlevel.current_clock().current_time
         await self.worker.setup()
+        if self._watchdog is not None:
+            self._watchdog.start()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if stop is not None:
+                    nursery.start_soon(self._stop_on, stop)
                 started = False
 
                 async def session(conn: Connection) -> None:
@@ -171,7 +251,7 @@ class WorkerRunner:
                         started = True
                         task_status.started()
                     try:
-                        await self._session(conn, stop, drain_grace)
+                        await self._session(conn, drain_grace)
                     finally:
                         self._conn = None
 
@@ -185,6 +265,8 @@ class WorkerRunner:
                 )
                 nursery.cancel_scope.cancel()
         finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
             with trio.CancelScope(shield=True):
                 await self.worker.teardown()
 
@@ -200,7 +282,9 @@ class WorkerRunner:
             credit=0 if self._draining else self._free_credit(),
             group=self.group,
             token=self.token,
-            meta={"policy": self.policy, "mode": self.mode, "pid": os.getpid()},
+            policy=self.policy,
+            mode=self.mode,
+            meta={"pid": os.getpid()},
         )
 
     def _free_credit(self) -> int:
@@ -217,46 +301,140 @@ class WorkerRunner:
         self._mid += 1
         return self._mid
 
-    async def _session(self, conn: Connection, stop: trio.Event | None, drain_grace: float) -> None:
-        async with trio.open_nursery() as nursery:
-            if stop is not None:
-                nursery.start_soon(self._drain_on, stop, conn, drain_grace, nursery.cancel_scope)
-            try:
-                await conn.dispatch_to(self._on_batch)  # the reader task runs it
-            except ConnectionClosed:
-                if self._draining:
-                    return
-                raise
+    async def _session(self, conn: Connection, drain_grace: float) -> None:
+        """Serve one connection until it ends; then, unless draining, cancel the jobs it
+        brought and raise :class:`ConnectionClosed` (run_reconnecting connects again)."""
+        self._failure = None
+        lost: ConnectionClosed | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._session_scope = nursery.cancel_scope
+                nursery.start_soon(self._drain_on, conn, drain_grace, nursery.cancel_scope)
+                try:
+                    await conn.dispatch_to(self._on_batch)  # the reader task runs it
+                except ConnectionClosed as exc:
+                    if self._draining:
+                        return  # (_drain_on closes it and ends the session)
+                    lost = exc
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._session_scope = None
+        if self._draining:
+            return
+        if lost is None:  # ended by a failure (see _connection_failed, which logged it)
+            lost = ConnectionClosed(f"worker {self.name} failed: {self._failure!r}")
+            with trio.move_on_after(1.0):
+                await conn.aclose(
+                    Error(
+                        mid=conn.next_mid(), code=ErrorCode.INTERNAL,
+                        message=f"worker {self.name}: internal error, reconnecting",
+                    )
+                )  # fmt: skip
+        self._conn = None  # nothing more goes out on it
+        await self._cancel_held_jobs()
+        if self._stop.is_set():
+            return  # stopping anyway: no job is left to answer
+        raise lost
+
+    async def _cancel_held_jobs(self) -> None:
+        """The leader gives the jobs of a lost connection to other workers: cancel them
+        (their handlers see ``trio.Cancelled``), and wait at most ``cancel_grace`` seconds
+        for them to end. One still running then keeps its slot out of the next Hello's
+        credit until it ends (see :meth:`_hello`)."""
+        while self._queue:
+            job, cid = self._queue.popleft()
+            self._finish(job, cid, None)
+        for job in list(self.running.values()):
+            if job._scope is None:  # in no slot and not queued: lost on its way in (a bug)
+                self._finish(job, 0, None)
+            else:
+                job._cancel()
+        if not self.running:
+            return
+        self._idle = trio.Event()
+        with trio.move_on_after(self.cancel_grace):
+            await self._idle.wait()
 
     def _on_batch(self, batch: list[Any]) -> None:
+        if self._failure is not None:
+            return  # this connection is ending (see _connection_failed)
         now = self._clock()  # one reading for the batch: nothing runs meanwhile
-        for msg in batch:
-            kind = type(msg)
-            if kind is Assign:
-                self._on_assign(msg, now)
-            elif kind is Cancel:
-                job = self.running.get(msg.job_id)
-                if job is not None:
-                    job._cancel()
-            elif kind is Deliver:
-                self._on_deliver(msg)
+        msg: Any = None
+        try:
+            for msg in batch:
+                kind = type(msg)
+                if kind is Assign:
+                    self._on_assign(msg, now)
+                elif kind is Cancel:
+                    self._on_cancel(msg)
+                elif kind is Deliver:
+                    self._on_deliver(msg)
+        except Exception as exc:  # this connection's boundary (STYLE rule 9)
+            self._connection_failed(exc, f"handling {type(msg).__name__} from the leader")
+
+    def _on_cancel(self, msg: Cancel) -> None:
+        job = self.running.get(msg.job_id)
+        if job is not None:
+            job._cancel()
+
+    def _connection_failed(self, exc: BaseException, doing: str) -> None:
+        """A bug met while serving the connection (``doing`` failed): log it once, with
+        its traceback, and end the connection (the session then cancels the jobs it
+        brought and reconnects). The worker and its slots go on."""
+        if self._session_scope is None:  # between connections: there is none to end
+            logger.error("worker %s: %s failed", self.name, doing, exc_info=exc)
+            return
+        if self._failure is not None:
+            return
+        self._failure = exc
+        logger.error(
+            "worker %s: %s failed; ending the connection to the leader",
+            self.name, doing, exc_info=exc,
+        )  # fmt: skip
+        self._session_scope.cancel()
+
+    async def _stop_on(self, stop: trio.Event) -> None:
+        await stop.wait()
+        self._stop.set()
 
     async def _drain_on(
-        self, stop: trio.Event, conn: Connection, grace: float, session_scope: trio.CancelScope
+        self, conn: Connection, grace: float, session_scope: trio.CancelScope
     ) -> None:
-        await stop.wait()
-        self._draining = True
-        self._send(Credit(mid=self._next_mid(), credit=0))
+        await self._stop.wait()
+        self._begin_drain()
         if self.running:
             self._idle = trio.Event()
             with trio.move_on_after(grace):
                 await self._idle.wait()
         for job in list(self.running.values()):
             job._cancel()  # past the grace period: the leader redelivers these
+        reason = f"worker recycling: {self.recycled}" if self.recycled else "worker draining"
         with trio.move_on_after(1.0):
-            await conn.send(Bye(mid=self._next_mid(), reason="worker draining"))
+            try:
+                await conn.send(Bye(mid=self._next_mid(), reason=reason))
+            except (ConnectionClosed, SendBufferFull):
+                pass  # lost meanwhile, or the leader does not read: closing anyway
         await conn.aclose()
         session_scope.cancel()
+
+    def _begin_drain(self) -> None:
+        """Take no more jobs: credit 0 (those in hand still run and are answered)."""
+        if not self._draining:
+            self._draining = True
+            self._send(Credit(mid=self._next_mid(), credit=0))
+
+    def _recycle(self, reason: str) -> None:
+        """Drain and end, for a fresh worker to take over (a group starts one at once)."""
+        self.recycled = reason
+        where = f"group {self.group}: {self.name}" if self.group else f"worker {self.name}"
+        logger.info("%s recycled: %s", where, reason)
+        self._begin_drain()  # before the Result of the job that went over (see _finish)
+        self._stop.set()
+
+    def _count_handled(self) -> None:
+        reason = self.limits.count()
+        if reason is not None and not self._draining:
+            self._recycle(reason)
 
     # ------------------------------------------------------------------ jobs
 
@@ -291,21 +469,22 @@ class WorkerRunner:
         stored = self.finished.get(job_id, now)
         if stored is not None:
             self.duplicates += 1
-            ok, payload, error_type, error_message = stored
-            self._send(
-                Result(
-                    mid=self._next_mid(), cid=msg.mid, job_id=job_id, ok=ok, payload=payload,
-                    error_type=error_type, error_message=error_message, attempts=msg.attempt,
-                )
-            )
+            conn = self._conn
+            if conn is not None:
+                try:
+                    conn.queue_item(_outcome_item(self._next_mid(), msg.mid, job_id, msg.attempt, stored))
+                    conn.flush()
+                except (ConnectionClosed, SendBufferFull, MessageTooLarge):
+                    pass  # lost meanwhile, or the leader's limit changed: it asks again
             return
         if len(self.running) >= self.concurrency:
             self.credit_violations += 1
             self._send(Nack(mid=self._next_mid(), cid=msg.mid, job_id=job_id, delay=0.0, reason="no free slot"))
             return
+        deadline = msg.deadline
         job = Job(
             job_id, msg.subject, msg.payload, msg.headers, attempt=msg.attempt, qos=msg.qos,
-            report=self._report_progress,
+            deadline=None if deadline is None else now + deadline, report=self._report_progress,
         )
         self.running[job_id] = job
         if len(self.running) > self.max_running:
@@ -334,7 +513,7 @@ class WorkerRunner:
     async def _slot(self) -> None:
         """Run queued jobs, one at a time, until cancelled with the worker."""
         queue = self._queue
-        handle = self.worker.handle
+        handle = self._handle
         self._waking = False  # this slot was the one started
         while True:
             while not queue:
@@ -353,10 +532,17 @@ class WorkerRunner:
                         self._finish(job, cid, None)
                         continue
                     job._scope = scope
-                    outcome: tuple[bool, Any, str | None, str | None] | None = None
+                    outcome: tuple[bool, Any] | None = None
                     try:
                         coro = handle(job)
-                        if type(coro) is _Coroutine:
+                        if job.deadline is not None:
+                            # In a scope of its own, that its deadline cancels: awaited
+                            # whole, as a job that waits is (its submit named a timeout).
+                            if queue and not self._waking:
+                                self._wake_slot()
+                            self._flush()
+                            value = await until_deadline(job, coro)
+                        elif type(coro) is CoroutineType:
                             # One step here: a job that finishes without waiting needs
                             # neither another slot nor a flush; one that is about to wait
                             # gets the next job a slot and the finished results written
@@ -369,66 +555,104 @@ class WorkerRunner:
                                 if queue and not self._waking:
                                     self._wake_slot()
                                 self._flush()
-                                value = await _resume(coro, trap)
+                                value = await resume(coro, trap)
                         else:
                             if queue and not self._waking:
                                 self._wake_slot()
                             value = await coro
-                    except Exception as exc:  # the user's code failed: report it, the leader retries
-                        outcome = (False, None, type(exc).__name__, str(exc))
+                    except BaseException as exc:  # the user's code failed: the job, not the worker
+                        if must_propagate(exc):
+                            raise
+                        outcome = (False, self._job_failed(job, exc))
                     else:
-                        outcome = (True, value, None, None)
+                        outcome = (True, value)
                     finally:
                         job._scope = None
                         self._finish(job, cid, outcome)
                     if job._cancelled:  # its scope may be cancelled: not the next job's scope
                         break
 
-    def _finish(self, job: Job, cid: int, outcome: tuple[bool, Any, str | None, str | None] | None) -> None:
+    def _finish(self, job: Job, cid: int, outcome: tuple[bool, Any] | None) -> None:
+        """A job ended (``outcome``: ``(True, value)``, ``(False, Failure)``, or None for
+        cancelled): free its place, check the limits, answer the leader. Never raises: a
+        bug here ends the connection, not the slot."""
         del self.running[job.id]
-        if self._orphans and job.id in self._orphans:
-            self._orphan_settled(job.id)
         if self._idle is not None and not self.running:
             self._idle.set()
+        try:
+            if self._orphans and job.id in self._orphans:
+                self._orphan_settled(job.id)
+            self._count_handled()  # a recycle sends its Credit 0 before this job's answer
+            self._answer(job, cid, outcome)
+        except Exception as exc:  # a bug: see _connection_failed
+            self._connection_failed(exc, f"answering job {job.id}")
+
+    def _job_failed(self, job: Job, exc: BaseException) -> Failure:
+        """The handler of ``job`` raised ``exc``: log it, and say how the job failed."""
+        failure = failure_of(exc, self.never_retry)
+        self._failure_log.failed(job, failure, exc)
+        return failure
+
+    def _answer(self, job: Job, cid: int, outcome: tuple[bool, Any] | None) -> None:
         if outcome is None:  # cancelled by the leader (ack timeout, finished elsewhere)
             self._send(Nack(mid=self._next_mid(), job_id=job.id, reason="cancelled"), now=False)
             return
-        ok, payload, error_type, error_message = outcome
+        ok, value = outcome
         mid = self._next_mid()
-        # Every field is of a checked type (the job's from a validated Assign): no checks,
-        # and no Result object either (its bundle item goes straight to the connection).
-        item = _result_item(
-            mid=mid, cid=cid, job_id=job.id, ok=ok, payload=payload,
-            error_type=error_type, error_message=error_message, attempts=job.attempt,
-        )
+        if ok:  # (the common case, without a call: as _outcome_item does)
+            item = _result_item(mid=mid, cid=cid, job_id=job.id, payload=value, attempts=job.attempt)
+        else:
+            item = _outcome_item(mid, cid, job.id, job.attempt, outcome)
         conn = self._conn
         try:
-            try:
-                if conn is not None:
-                    # Flushed by the slot (see the module's docstring). Queueing encodes it:
-                    # a return value with no CBOR encoding fails here, and only here.
-                    conn.queue_item(item)
-                elif not _plain(payload):
-                    encode_array(item)  # not sent now: a trial run, to know the outcome
-            except MessageTooLarge:
-                raise
-            except ValueError as exc:
-                ok, payload = False, None
-                error_type, error_message = "ResultNotSerializable", str(exc)
-                item = Result.item(  # type: ignore[attr-defined]
-                    mid=mid, cid=cid, job_id=job.id, ok=False,
-                    error_type=error_type, error_message=error_message, attempts=job.attempt,
-                )
-                if conn is not None:
-                    conn.queue_item(item)
+            if conn is not None:
+                # Flushed by the slot (see the module's docstring). Queueing encodes it:
+                # a return value with no CBOR encoding fails here, and only here.
+                conn.queue_item(item)
+            elif ok and not _plain(value):
+                encode_array(item)  # not sent now: a trial run, to know the outcome
         except (ConnectionClosed, SendBufferFull):
             pass
+        except (MessageTooLarge, ValueError) as exc:
+            ok, value = False, self._unsendable(job, outcome, exc)
+            outcome = (False, value)
+            if conn is not None:
+                try:
+                    conn.queue_item(_outcome_item(mid, cid, job.id, job.attempt, outcome))
+                except (ConnectionClosed, SendBufferFull, MessageTooLarge):
+                    pass
         if ok:
             self.completed += 1
-            # Only successes are remembered: a failure must run again when redelivered.
-            self.finished.add(job.id, self._clock(), (ok, payload, error_type, error_message))
         else:
             self.failed += 1
+            if not value.final:
+                return  # it runs again when redelivered
+        # Remembered, to answer a redelivery: a success, and a final failure (running the
+        # job again would only fail the same way, or nobody waits for it any more).
+        self.finished.add(job.id, self._clock(), outcome)
+
+    def _unsendable(self, job: Job, outcome: tuple[bool, Any], exc: Exception) -> Failure:
+        """The failure to send instead of ``outcome``, whose Result queueing refused with
+        ``exc`` (a :class:`MessageTooLarge`, or a ``ValueError``: no CBOR encoding)."""
+        ok, value = outcome
+        if not ok:  # a failure, too large with its traceback for the leader's frame limit
+            return attrs.evolve(value, traceback=None)
+        kind = type(value).__name__
+        if isinstance(exc, MessageTooLarge):
+            failure = Failure(
+                "ResultTooLarge",
+                f"job {job.id}: its result, of type {kind}, encodes to {exc.size} bytes, "
+                f"over the frame limit of {exc.limit} bytes",
+                final=True,
+            )
+        else:
+            failure = Failure(
+                "ResultNotSerializable",
+                f"job {job.id}: its result, of type {kind}, has no CBOR encoding ({exc})",
+                final=True,
+            )
+        self._failure_log.failed(job, failure)
+        return failure
 
     def _report_progress(self, job_id: str, fraction: float | None, note: str | None) -> None:
         self._send(Progress(mid=self._next_mid(), job_id=job_id, fraction=fraction, note=note))
@@ -444,31 +668,53 @@ class WorkerRunner:
 
     async def _run_delivery(self, job: Job) -> None:
         try:
-            await self.worker.handle(job)
-        except Exception:  # at most once: a failing subscriber does not stop the worker
+            await self._handle(job)
+        except BaseException as exc:  # at most once: a failing subscriber does not stop the worker
+            if must_propagate(exc):
+                raise
             self.failed += 1
+            self._job_failed(job, exc)
+        self._count_handled()
+
+    def _blame(self, frame: types.FrameType) -> str | None:
+        """Which of this runner's jobs the loop's thread is running (``frame`` is its
+        innermost frame), in words for the watchdog; None if none is.
+
+        Called in the watchdog's thread while the loop is held: it only reads frames.
+        """
+        where = frame
+        while frame is not None:
+            if frame.f_code in _JOB_RUNNERS:
+                found = frame.f_locals
+                if found.get("self") is not self:
+                    return None  # another worker's job (workers in process share a loop)
+                job = found.get("job")
+                if not isinstance(job, Job):
+                    return None
+                code = where.f_code
+                return (
+                    f"job {job.id} ({job.subject}), in {type(self.worker).__qualname__}.handle "
+                    f"at {code.co_filename}:{where.f_lineno} ({code.co_name}),"
+                )
+            frame = frame.f_back  # type: ignore[assignment]
+        return None
 
 
-_Coroutine = types.CoroutineType
+#: The runner's frames whose ``job`` local is the job they run (see WorkerRunner._blame).
+_JOB_RUNNERS = frozenset({WorkerRunner._slot.__code__, WorkerRunner._run_delivery.__code__})
 
 
-@types.coroutine
-def _resume(coro: Any, trap: Any) -> Any:
-    """Go on running ``coro``, which yielded ``trap`` to the event loop, in the calling
-    task: what the loop sends or throws back goes to ``coro``; returns what it returns."""
-    while True:
-        try:
-            sent = yield trap
-        except BaseException as exc:  # noqa: BLE001 - Cancelled and the like go to the job
-            try:
-                trap = coro.throw(exc)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                trap = coro.send(sent)
-            except StopIteration as done:
-                return done.value
+def _outcome_item(mid: int, cid: int | None, job_id: str, attempts: int, outcome: tuple[bool, Any]) -> list[Any]:
+    """The Result bundle item that answers a job with ``outcome`` (``(True, value)`` or
+    ``(False, Failure)``). Every field is of a checked type (the job's from a validated
+    Assign): no checks, and no Result object either."""
+    ok, value = outcome
+    if ok:
+        return _result_item(mid=mid, cid=cid, job_id=job_id, payload=value, attempts=attempts)  # type: ignore[no-any-return]
+    return _result_item(  # type: ignore[no-any-return]
+        mid=mid, cid=cid, job_id=job_id, ok=False, error_type=value.error_type,
+        error_message=value.message, attempts=attempts, final=value.final, traceback=value.traceback,
+    )  # fmt: skip
 
 
 def _plain(value: Any) -> bool:

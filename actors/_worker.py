@@ -16,6 +16,14 @@ import trio
 from ._job import Job
 from ._runner import WorkerRunner as WorkerRunner  # (re-exported: tests, embedding)
 
+#: The exit status of a worker process that recycled itself (past ``max_memory`` or
+#: ``max_jobs``): its group starts a fresh one at once. (EX_TEMPFAIL: "try again".)
+RECYCLE_EXIT_STATUS = 75
+#: The exit status of a worker process that failed before it first connected (its
+#: ``setup()`` raised, say): its group reports why and restarts it with backoff, or gives
+#: up. (EX_CONFIG: "configuration error".)
+START_FAILED_EXIT_STATUS = 78
+
 
 class Worker:
     """Base class of user workers.
@@ -23,7 +31,22 @@ class Worker:
     Subclass it, set ``subjects`` (patterns; ``*`` and ``>`` wildcards allowed) and
     ``concurrency`` (how many jobs run at once: the credit granted to the leader), and
     implement :meth:`handle`. The return value is the job's result (any CBOR value); an
-    exception is a failure, retried by the leader up to its attempt limit.
+    exception is a failure, retried by the leader up to its attempt limit, except
+    :class:`~actors.Reject` and the exception types listed in ``never_retry``: those fail
+    the job at once. A return value that cannot be sent (no CBOR encoding, or over the
+    frame limit) fails the job too, at once. Each failed attempt is logged (logger
+    ``actors.worker``), with its traceback the first time.
+
+    ``handle`` may be a plain ``def``: it then runs in a worker thread (at most
+    ``concurrency`` at once), so blocking code (``time.sleep``, a synchronous client) is
+    fine there. An ``async def handle`` must not block: one that holds the event loop for
+    over ``blocking_warning`` seconds (None: never) is named in a warning.
+
+    ``max_jobs`` and ``max_memory`` (bytes of resident memory, or a string such as
+    ``"512MiB"``) recycle the worker once it handled that many jobs, or when its process
+    is over that size after a job: it takes no more jobs, finishes and answers those it
+    holds, and exits so that its group starts a fresh one (Celery's
+    ``max_tasks_per_child`` and ``max_memory_per_child``). A group's own settings win.
 
     Example::
 
@@ -37,9 +60,20 @@ class Worker:
 
     subjects: ClassVar[Sequence[str]] = ()
     concurrency: ClassVar[int] = 1
+    max_jobs: ClassVar[int | None] = None
+    max_memory: ClassVar[int | str | None] = None
+    #: Exception types that fail a job at once, never retried (Celery's ``throws``).
+    never_retry: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Seconds an async handler may hold the event loop before a warning names it.
+    blocking_warning: ClassVar[float | None] = 1.0
 
     async def setup(self) -> None:
-        """Called once before the worker first connects (open resources here)."""
+        """Called once before the worker first connects (open resources here).
+
+        If it raises, the worker does not start: a worker process exits with
+        :data:`START_FAILED_EXIT_STATUS`, and its group reports the error and restarts it
+        with backoff (see :class:`~actors.WorkerGroup`'s ``max_start_failures``).
+        """
 
     async def teardown(self) -> None:
         """Called once when the worker stops (close resources here)."""
@@ -59,23 +93,32 @@ async def run_worker(
     mode: str = "round_robin",
     subjects: Sequence[str] | None = None,
     concurrency: int | None = None,
+    max_memory: int | str | None = None,
+    max_jobs: int | None = None,
     ssl_context: ssl.SSLContext | None = None,
     token: str | None = None,
     stop: trio.Event | None = None,
     drain_grace: float = 30.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
+) -> str | None:
     """Connect ``worker`` to the leader at ``url`` and serve jobs.
 
     Reconnects with backoff whenever the leader goes away. ``task_status.started()`` is
-    called after the first Welcome. Returns after ``stop`` is set and the worker drained
-    (see :meth:`WorkerRunner.run`); runs until cancelled otherwise.
+    called after the first Welcome. Returns after ``stop`` is set and the worker drained,
+    or after it recycled itself (past ``max_memory`` or ``max_jobs``, which override the
+    class's) and drained (see :meth:`WorkerRunner.run`); runs until cancelled otherwise.
+
+    Returns:
+      Why the worker recycled itself (``"handled 1000 jobs (max_jobs)"``), or None after
+      a drain that ``stop`` asked for.
 
     Raises:
-      ValueError: bad subjects, concurrency, policy or mode.
+      ValueError: bad subjects, concurrency, policy, mode, max_memory or max_jobs.
     """
     runner = WorkerRunner(
         worker, url, name=name, group=group, policy=policy, mode=mode, subjects=subjects,
-        concurrency=concurrency, ssl_context=ssl_context, token=token,
+        concurrency=concurrency, max_memory=max_memory, max_jobs=max_jobs,
+        ssl_context=ssl_context, token=token,
     )
     await runner.run(stop=stop, drain_grace=drain_grace, task_status=task_status)
+    return runner.recycled

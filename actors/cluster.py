@@ -11,10 +11,19 @@
 group named ``name`` (default: the class name in lower case). ``--listen`` may be repeated;
 port 0 picks a free port. With ``--config`` the file is read first, then ``--listen``
 replaces its listen addresses and each ``--worker`` adds a group. ``--in-process`` runs
-every group's instances inside this process instead of one process each.
+every group's instances inside this process instead of one process each. ``--max-jobs N``
+and ``--max-memory SIZE`` set every group's recycling limits (a worker past either is
+replaced by a fresh one; a file sets them per group).
 
 The leader starts first; the groups connect to its first listen address. The program prints
-``leader listening on URL`` for every address, a line per group, then ``cluster ready``.
+``leader listening on URL`` for every address, a line per group, then ``cluster ready`` once
+every group's instances have connected to the leader, or after ``--start-timeout`` seconds
+(default 30) naming the groups that are not ready. A worker that fails to start is logged on
+stderr, one line per attempt (with the traceback once); a group whose instance failed to
+start ``max_start_failures`` times in a row (a ``[[groups]]`` key, default 10) gives up:
+``group NAME failed: ...``. The other groups serve on, unless ``--fail-fast``: then a failed
+group, or one not ready at the start timeout, stops the cluster with exit status 1 (as does
+the failure of the last group).
 Ctrl-C or SIGTERM shuts it down gracefully: the workers drain (finish the jobs they hold and
 send their results) while the leader still runs, then the leader stops; exit status 0. A
 second Ctrl-C kills the workers and exits at once (status 1). A bad configuration exits 2
@@ -40,11 +49,15 @@ import trio
 
 from ._config import config_from_args
 from ._config_model import ClusterConfig
-from ._group import WorkerGroup
+from ._group import GroupFailed, WorkerGroup
 from ._loader import ConfigError
 from ._stats_text import stats_lines
 
 PROG = "python -m actors.cluster"
+#: Seconds the cluster waits for every worker to connect before it says it is ready anyway.
+DEFAULT_START_TIMEOUT = 30.0
+#: Seconds between looks at the leader's statistics while waiting for the workers.
+READY_POLL_INTERVAL = 0.05
 
 logger = logging.getLogger("actors.cluster")
 
@@ -88,6 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds workers get to finish their jobs when stopping (default 30)",
     )
+    parser.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="replace a worker whose process is over this resident memory after a job "
+        "(bytes, or 512MiB, 2GB, ...; every group)",
+    )
+    parser.add_argument(
+        "--max-jobs",
+        type=int,
+        metavar="N",
+        help="replace a worker once it handled N jobs (every group)",
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=DEFAULT_START_TIMEOUT,
+        metavar="S",
+        help="say 'cluster ready' after S seconds even if some workers have not connected, "
+        f"naming their groups (default {DEFAULT_START_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop (exit status 1) when a group fails, or is not ready at the start timeout",
+    )
     return parser
 
 
@@ -100,18 +138,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--drain-grace: expected a number >= 0, got {args.drain_grace}")
         if not args.stats >= 0:
             raise ConfigError(f"--stats: expected a number of seconds >= 0, got {args.stats}")
+        if not args.start_timeout >= 0:
+            raise ConfigError(
+                f"--start-timeout: expected a number of seconds >= 0, got {args.start_timeout}"
+            )
         config = config_from_args(
             listen=args.listen,
             workers=args.worker,
             in_process=args.in_process,
             config_path=args.config,
+            max_memory=args.max_memory,
+            max_jobs=args.max_jobs,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
         return 2
     status = 1
     try:
-        status = trio.run(partial(run_cluster, config, args.drain_grace, stats_every=args.stats))
+        status = trio.run(
+            partial(
+                run_cluster, config, args.drain_grace, stats_every=args.stats,
+                start_timeout=args.start_timeout, fail_fast=args.fail_fast,
+            )
+        )  # fmt: skip
     except* ListenError as group:  # e.g. the listen address is in use
         print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
     except* OSError as group:  # a worker process that cannot be started, say
@@ -136,6 +185,8 @@ async def run_cluster(
     *,
     out: TextIO | None = None,
     stats_every: float = 0.0,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
+    fail_fast: bool = False,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run the leader and the groups of ``config`` until SIGINT or SIGTERM.
@@ -146,11 +197,16 @@ async def run_cluster(
       out: where the listen and group lines go (default ``sys.stdout``), flushed at once.
       stats_every: print the leader's statistics every this many seconds, when they
         changed (0: only the final ones, printed when the cluster stops).
+      start_timeout: seconds to wait for every group's instances to connect before
+        ``cluster ready`` is printed anyway (naming the groups that are not ready).
+      fail_fast: stop the cluster when a group fails (see :class:`~actors.GroupFailed`),
+        or is not ready at the start timeout, instead of serving on without it.
 
     Returns:
-      The exit status: 0 after a graceful stop.
+      The exit status: 0 after a graceful stop, 1 after one that ``fail_fast`` asked for.
 
-    ``task_status.started()`` gets the leader's bound URLs once every group has started.
+    ``task_status.started()`` gets the leader's bound URLs once the cluster is ready (every
+    group's instances connected, or the start timeout passed).
     """
     from ._leader import Leader
 
@@ -185,35 +241,124 @@ async def run_cluster(
                     policy=group.policy,
                     subjects=group.subjects,
                     concurrency=group.concurrency,
+                    max_memory=group.max_memory,
+                    max_jobs=group.max_jobs,
                     in_process=group.in_process,
                     drain_grace=drain_grace,
+                    **_start_failures(group.max_start_failures),
                 )
                 for group in config.groups
             ]
             groups_scope = trio.CancelScope()
             leader_nursery.start_soon(_watch_signals, signals, groups_scope, groups, say)
+            status = 0
+            failed: dict[str, str] = {}
+
+            def group_failed(group: WorkerGroup, reason: str) -> None:
+                nonlocal status
+                failed[group.name] = reason
+                say(f"group {group.name} failed: {reason}")
+                if fail_fast and not groups_scope.cancel_called:
+                    say("--fail-fast: stopping")
+                    status = 1
+                    groups_scope.cancel()
+
             with groups_scope:
                 async with trio.open_nursery() as group_nursery:
                     for group, group_config in zip(groups, config.groups, strict=True):
-                        await group_nursery.start(group.run)
+                        await group_nursery.start(_run_group, group, group_failed)
                         line = group.describe()
                         if group_config.retry is not None:
                             line = f"{line[:-1]}, {group_config.retry.describe()})"
                         say(line)
-                    instances = sum(group.desired for group in groups)
-                    say(
-                        f"cluster ready: {len(groups)} group{'s' if len(groups) != 1 else ''}, "
-                        f"{instances} worker{'s' if instances != 1 else ''} (Ctrl-C to stop)"
-                    )
-                    task_status.started(urls)
+                    not_ready = await _wait_for_workers(leader, groups, failed, start_timeout)
+                    if not_ready and fail_fast:
+                        for name, connected, desired in not_ready:
+                            say(
+                                f"group {name} not ready after {start_timeout:g} s: {connected} "
+                                f"of {desired} workers connected; --fail-fast: stopping"
+                            )
+                        status = 1
+                        groups_scope.cancel()
+                    else:
+                        say(_ready_line(groups, not_ready, failed, start_timeout))
+                        task_status.started(urls)
                     if not groups:
                         await trio.sleep_forever()  # a bare leader: serve until signalled
+            if not groups_scope.cancel_called:  # every group's run ended: they all failed
+                say("every group failed: stopping")
+                status = 1
             # The groups have drained while the leader still ran, so results got through.
             leader_nursery.cancel_scope.cancel()
     for line in stats_lines(leader.stats()):
         say(line)
     say("cluster stopped")
-    return 0
+    return status
+
+
+def _start_failures(limit: int | None) -> dict[str, Any]:
+    """WorkerGroup's ``max_start_failures`` keyword for a file's value (0: never give up;
+    None: the group's default)."""
+    if limit is None:
+        return {}
+    return {"max_start_failures": limit or None}
+
+
+async def _run_group(
+    group: WorkerGroup,
+    on_failure: Callable[[WorkerGroup, str], None],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``group``; if it gives up, tell ``on_failure`` why instead of failing the cluster."""
+    try:
+        await group.run(task_status=task_status)
+    except GroupFailed as exc:
+        on_failure(group, exc.reason)
+
+
+async def _wait_for_workers(
+    leader: Any, groups: list[WorkerGroup], failed: dict[str, str], timeout: float
+) -> list[tuple[str, int, int]]:
+    """Wait until every group that has not failed has its instances connected to the
+    leader, at most ``timeout`` seconds; return those still short: (name, connected,
+    desired)."""
+    with trio.move_on_after(timeout):
+        # Polled: the leader's view is the one that counts, and it has no event for this.
+        while _not_ready(leader, groups, failed):  # noqa: ASYNC110
+            await trio.sleep(READY_POLL_INTERVAL)
+    return _not_ready(leader, groups, failed)
+
+
+def _not_ready(
+    leader: Any, groups: list[WorkerGroup], failed: dict[str, str]
+) -> list[tuple[str, int, int]]:
+    connected = {name: g["workers"] for name, g in leader.stats()["groups"].items()}
+    return [
+        (group.name, connected.get(group.name, 0), group.desired)
+        for group in groups
+        if group.name not in failed and connected.get(group.name, 0) < group.desired
+    ]
+
+
+def _ready_line(
+    groups: list[WorkerGroup],
+    not_ready: list[tuple[str, int, int]],
+    failed: dict[str, str],
+    timeout: float,
+) -> str:
+    instances = sum(group.desired for group in groups)
+    line = (
+        f"cluster ready: {len(groups)} group{'s' if len(groups) != 1 else ''}, "
+        f"{instances} worker{'s' if instances != 1 else ''} (Ctrl-C to stop)"
+    )
+    if not_ready:
+        line += f"; not ready after {timeout:g} s: " + ", ".join(
+            f"{name} ({connected} of {desired} workers connected)"
+            for name, connected, desired in not_ready
+        )
+    if failed:
+        line += "; failed: " + ", ".join(failed)
+    return line
 
 
 async def _print_stats(leader: Any, every: float, say: Callable[[str], None]) -> None:

@@ -9,22 +9,36 @@ The worker connects (and reconnects, with backoff) to the leader and serves jobs
 SIGINT (Ctrl-C) makes it drain: it takes no more work, finishes the jobs in hand within the
 drain grace, and exits 0. A second Ctrl-C exits at once (status 1); a second SIGTERM changes
 nothing. Bad arguments, or a class that does not load, exit 2 with a message on stderr.
+
+A worker that fails before it first connects (its ``setup()`` raised, say) logs the error
+once, with its traceback, and exits with :data:`~actors._worker.START_FAILED_EXIT_STATUS`
+(78); started by a group (``--start-report FILE``), it writes the error to that file for
+the group to report instead.
+
+Logging goes to stderr at level INFO (a group's processes share the cluster's stderr): the
+worker's lines, among them one per failed job attempt.
+
+``--max-jobs N`` and ``--max-memory SIZE`` (bytes of RSS, or ``512MiB``, ``2GB``...) recycle
+the worker: past either, it drains the same way and exits with
+:data:`~actors._worker.RECYCLE_EXIT_STATUS` (75), which tells its group to start a fresh one
+at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
+import types
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import trio
 
-from ._config_checks import check_subjects, check_url
+from ._config_checks import check_size, check_subjects, check_url
 from ._loader import ConfigError, load_worker_class
 
 #: Where a worker connects when ``--url`` is not given.
@@ -61,8 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to finish in-flight jobs after SIGTERM (default 30)",
     )
+    parser.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="recycle past this resident memory after a job (bytes, or 512MiB, 2GB, ...)",
+    )
+    parser.add_argument("--max-jobs", type=int, metavar="N", help="recycle after handling N jobs")
     # Set by WorkerGroup: exit (draining) when the cluster that started us goes away.
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    # Set by WorkerGroup: where to say why the worker could not start (see the docstring).
+    parser.add_argument("--start-report", metavar="FILE", help=argparse.SUPPRESS)
     return parser
 
 
@@ -93,6 +115,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, A
             raise ConfigError(f"--concurrency: expected an integer >= 1, got {args.concurrency}")
         if args.drain_grace < 0:
             raise ConfigError(f"--drain-grace: expected a number >= 0, got {args.drain_grace}")
+        if args.max_memory is not None:
+            args.max_memory = check_size(args.max_memory, at="--max-memory")
+        if args.max_jobs is not None and args.max_jobs < 1:
+            raise ConfigError(f"--max-jobs: expected an integer >= 1, got {args.max_jobs}")
         cls = load_worker_class(args.worker)
         if args.subjects is None and not list(getattr(cls, "subjects", None) or ()):
             raise ConfigError(f"{args.worker!r} declares no subjects; pass --subjects")
@@ -110,14 +136,48 @@ async def serve(args: argparse.Namespace, worker: Any) -> int:
     (the leader redelivers whatever was running).
 
     Returns:
-      The exit status: 0 after a drain.
+      The exit status: 0 after a drain, :data:`RECYCLE_EXIT_STATUS` after a recycle,
+      :data:`START_FAILED_EXIT_STATUS` when it failed before it first connected.
     """
-    from ._worker import run_worker
+    from ._worker import RECYCLE_EXIT_STATUS, START_FAILED_EXIT_STATUS, run_worker
 
     label = args.name or args.worker
     stop = trio.Event()
     work_scope = trio.CancelScope()
     connected = False
+    recycled: str | None = None
+    start_error: Exception | None = None
+
+    async def work(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal recycled, start_error
+        welcomed = False
+
+        def started(value: object = None) -> None:
+            nonlocal welcomed
+            welcomed = True
+            task_status.started()
+
+        try:
+            recycled = await run_worker(
+                worker,
+                args.url,
+                name=args.name,
+                group=args.group,
+                policy=args.policy,
+                mode=args.mode,
+                subjects=args.subjects,
+                concurrency=args.concurrency,
+                max_memory=args.max_memory,
+                max_jobs=args.max_jobs,
+                stop=stop,
+                drain_grace=args.drain_grace,
+                task_status=types.SimpleNamespace(started=started),  # type: ignore[arg-type]
+            )
+        except Exception as exc:
+            if welcomed:
+                raise
+            start_error = exc  # caught here, its traceback starts here: no trio frames
+            raise _NotStarted from None
 
     def request_stop(reason: str, *, force_if_repeated: bool = False) -> None:
         if stop.is_set():
@@ -151,27 +211,42 @@ async def serve(args: argparse.Namespace, worker: Any) -> int:
                 nursery.start_soon(stop_with_parent, args.parent_pid)
             with work_scope:
                 async with trio.open_nursery() as worker_nursery:
-                    await worker_nursery.start(
-                        partial(
-                            run_worker,
-                            worker,
-                            args.url,
-                            name=args.name,
-                            group=args.group,
-                            policy=args.policy,
-                            mode=args.mode,
-                            subjects=args.subjects,
-                            concurrency=args.concurrency,
-                            stop=stop,
-                            drain_grace=args.drain_grace,
-                        )
-                    )
-                    connected = True
-                    logger.info("%s: connected to %s", label, args.url)
+                    try:
+                        await worker_nursery.start(work)
+                    except _NotStarted:  # before the first Welcome: setup() raised, say
+                        pass
+                    else:
+                        connected = True
+                        logger.info("%s: connected to %s", label, args.url)
             if work_scope.cancelled_caught and connected:
                 logger.warning("%s: drain overran its grace period, stopped", label)
             nursery.cancel_scope.cancel()
-    return 0
+    if start_error is not None:
+        report_start_failure(start_error, label, args.start_report)
+        return START_FAILED_EXIT_STATUS
+    return 0 if recycled is None else RECYCLE_EXIT_STATUS
+
+
+class _NotStarted(Exception):
+    """The worker failed before its first Welcome (the error is kept aside)."""
+
+
+def report_start_failure(error: Exception, label: str, path: str | None) -> None:
+    """Say why the worker could not start: in the log, or in the group's report file."""
+    from ._failures import error_text, traceback_text
+
+    if path is None:
+        logger.error("%s: failed to start: %s: %s", label, type(error).__name__, error_text(error), exc_info=error)
+        return
+    report = {"type": type(error).__name__, "message": error_text(error), "traceback": traceback_text(error)}
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(report, file)
+    except OSError as exc:  # the group then says it failed, not why: say it here
+        logger.error(
+            "%s: failed to start: %s: %s (and cannot write %s: %s)",
+            label, report["type"], report["message"], path, exc.strerror, exc_info=error,
+        )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

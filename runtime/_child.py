@@ -4,8 +4,9 @@ A child is described by a :class:`ChildSpec`: an actor (a factory makes a new in
 each start) or a plain async function (:func:`process_child` makes one that runs an OS
 process). Its :class:`Restart` type says whether it is restarted, the supervisor's
 :class:`Strategy` which children restart with it, and its :class:`Backoff` how long to wait
-first. :class:`ChildInfo` is a snapshot of one child, in a :class:`ChildState`. The
-``Supervisor`` that acts on all this is in ``_supervisor``.
+first. A function child that returns :class:`Recycle` asks to be replaced at once (a
+planned replacement, not a failure). :class:`ChildInfo` is a snapshot of one child, in a
+:class:`ChildState`. The ``Supervisor`` that acts on all this is in ``_supervisor``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import enum
 import inspect
 import math
+import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -53,6 +55,22 @@ class ChildState(enum.StrEnum):
     STOPPED = "stopped"  #: not running and not to be restarted (its mailbox is closed)
 
 
+@attrs.frozen
+class Recycle:
+    """What a function child returns to be replaced by a fresh instance at once.
+
+    A worker process past its memory or job limit, say: it finished its work cleanly and
+    wants a successor. Unlike an exit, a recycle waits for no backoff, does not count
+    toward the supervisor's restart intensity, and restarts only this child whatever the
+    strategy (its siblings did nothing wrong). A ``temporary`` child is not replaced.
+
+    Attributes:
+      reason: why, in words (for logs and :attr:`ChildInfo.last_recycle`).
+    """
+
+    reason: str = ""
+
+
 def _is_async_function(factory: object) -> bool:
     return inspect.iscoroutinefunction(factory) or inspect.iscoroutinefunction(
         getattr(factory, "__call__", None)  # noqa: B004 - an object with an async __call__
@@ -91,7 +109,8 @@ class ChildSpec:
         class will do), or an async function to run, ``async def child()`` or
         ``async def child(task_status=trio.TASK_STATUS_IGNORED)``. An async function that
         takes ``task_status`` counts as started when it calls ``task_status.started()``;
-        one that does not counts as started at once. Its normal return is a normal exit.
+        one that does not counts as started at once. Its normal return is a normal exit,
+        unless it returns a :class:`Recycle`.
       restart: a :class:`Restart` type (or its string).
       shutdown_grace: seconds an actor child may take to stop gracefully (finish its message
         and ``stopping`` hook) before it is cancelled; ``None`` takes the actor class's
@@ -137,11 +156,13 @@ class ChildInfo:
       name: the child's name.
       state: a :class:`ChildState`.
       restart: its :class:`Restart` type.
-      restarts: how many times it was started again after its first start.
+      restarts: how many times it was started again after it exited (recycles apart).
       attempt: failed runs in a row (what the backoff counts); reset by a healthy run.
       last_error: the last error it exited with (original traceback), or None.
       ref: the reference to an actor child (the same across restarts), None for a
         function child.
+      recycles: how many times it was replaced at its own request (:class:`Recycle`).
+      last_recycle: the reason of the last of those, or None.
     """
 
     name: str
@@ -151,6 +172,8 @@ class ChildInfo:
     attempt: int
     last_error: BaseException | None
     ref: ActorRef | None
+    recycles: int = 0
+    last_recycle: str | None = None
 
 
 @attrs.define(eq=False)
@@ -170,6 +193,9 @@ class _Slot:
     attempt: int = 0
     restarts: int = 0
     last_error: BaseException | None = None
+    recycles: int = 0
+    last_recycle: str | None = None
+    recycling: bool = False  # its restart is due to a Recycle (not counted in restarts)
 
     def info(self) -> ChildInfo:
         return ChildInfo(
@@ -180,6 +206,8 @@ class _Slot:
             attempt=self.attempt,
             last_error=self.last_error,
             ref=None if self.mailbox is None else self.mailbox.ref,
+            recycles=self.recycles,
+            last_recycle=self.last_recycle,
         )
 
 
@@ -200,17 +228,21 @@ class _ChildStatus:
 
 async def _run_function(
     function: Callable[..., Awaitable[object]], task_status: trio.TaskStatus[Any]
-) -> None:
+) -> object:
     if _accepts_task_status(function):
-        await function(task_status=task_status)
-    else:
-        task_status.started()
-        await function()
+        return await function(task_status=task_status)
+    task_status.started()
+    return await function()
 
 
 def process_child(
-    command: str | Sequence[str], *, grace: float = 5.0, check: bool = True, **options: Any
-) -> Callable[..., Awaitable[None]]:
+    command: str | Sequence[str],
+    *,
+    grace: float = 5.0,
+    check: bool = True,
+    recycle_status: int | None = None,
+    **options: Any,
+) -> Callable[..., Awaitable[Recycle | None]]:
     """Return an async-function child that runs ``command`` as an OS process.
 
     The child counts as started once the process is spawned. It exits when the process
@@ -223,6 +255,8 @@ def process_child(
       command: the program and its arguments, as for :func:`trio.run_process`.
       grace: seconds between SIGTERM and SIGKILL.
       check: raise on a non-zero exit code.
+      recycle_status: an exit code by which the process asks to be replaced: the child
+        then returns a :class:`Recycle` (restarted at once, see there) instead of failing.
       **options: further keyword arguments of :func:`trio.run_process` (``env``, ``cwd``,
         ``stdin``, ``capture_stdout``...).
     """
@@ -237,13 +271,21 @@ def process_child(
 
     async def run_command(
         task_status: trio.TaskStatus[trio.Process] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        await trio.run_process(
+    ) -> Recycle | None:
+        process = await trio.run_process(
             command,
-            check=check,
+            check=check and recycle_status is None,
             deliver_cancel=terminate_then_kill,
             task_status=task_status,
             **options,
         )
+        status = process.returncode
+        if recycle_status is not None and status == recycle_status:
+            return Recycle(f"exited with status {status} (recycle)")
+        if check and status:
+            raise subprocess.CalledProcessError(
+                status, process.args, process.stdout, process.stderr
+            )
+        return None
 
     return run_command

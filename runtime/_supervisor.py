@@ -5,7 +5,9 @@ them according to its :class:`Strategy` and each child's :class:`Restart` type, 
 exponential :class:`Backoff` before every restart, and gives up (:class:`SupervisorEscalation`)
 when restarts come too often, which makes *its* supervisor handle the failure. Children are
 described by :class:`ChildSpec`; they are actors (a factory makes a new instance for each
-start) or plain async functions. Supervisors nest. See ``docs/supervision.md``.
+start) or plain async functions. A function child that returns :class:`Recycle` is replaced
+at once, outside all of that (no backoff, no intensity, no strategy): it asked for it.
+Supervisors nest. See ``docs/supervision.md``.
 
 All changes to the children (start, exit handling, restart, terminate) happen under one
 lock, one at a time: the control loop reacts to child exits and due restarts, and
@@ -29,6 +31,7 @@ from ._child import (
     ChildInfo,
     ChildSpec,
     ChildState,
+    Recycle,
     Restart,
     Strategy,
     _ChildStatus,
@@ -48,6 +51,8 @@ class Supervisor(Actor):
     it (the others are stopped, newest first), and all of them start again, in order, after
     the failing child's backoff delay. The mailbox of an actor child survives its restarts:
     its :class:`ActorRef` stays valid and messages sent meanwhile queue up to the bound.
+    A function child that returns a :class:`Recycle` is started again at once, alone, and
+    that counts as a recycle (:attr:`ChildInfo.recycles`), not as a restart.
 
     More than ``max_restarts`` restarts within ``within`` seconds, or a child exhausting its
     backoff's ``max_attempts``, makes the supervisor stop all children and raise
@@ -100,9 +105,9 @@ class Supervisor(Actor):
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._accepting = False
-        self._pending_exits: collections.deque[tuple[_Slot, int, Exception | None]] = (
-            collections.deque()
-        )  # at most one per running child
+        self._pending_exits: collections.deque[
+            tuple[_Slot, int, Exception | None, Recycle | None]
+        ] = collections.deque()  # at most one per running child
         self._restart_times: collections.deque[float] = collections.deque()
         self._wakeup = trio.Event()
 
@@ -277,9 +282,10 @@ class Supervisor(Actor):
         status = _ChildStatus(slot, task_status)
         scope, done = slot.scope, slot.done
         error: Exception | None = None
+        outcome: object = None
         try:
             with scope:
-                await target(status)
+                outcome = await target(status)
         except Exception as exc:  # the child failed: the supervisor decides what follows
             if not status.ready:
                 raise  # failed while starting: nursery.start() raises it to the starter
@@ -287,16 +293,20 @@ class Supervisor(Actor):
         finally:
             done.set()
         if slot.state is ChildState.RUNNING and slot.generation == generation:
-            self._pending_exits.append((slot, generation, error))
+            recycle = outcome if isinstance(outcome, Recycle) else None
+            self._pending_exits.append((slot, generation, error, recycle))
             self._wakeup.set()
         elif error is not None:  # failed while being stopped: keep it for the record
             slot.last_error = error
 
     async def _handle_exits(self) -> SupervisorEscalation | None:
         while self._pending_exits:
-            slot, generation, error = self._pending_exits.popleft()
+            slot, generation, error, recycle = self._pending_exits.popleft()
             current = slot.generation == generation and slot.state is ChildState.RUNNING
             if current and slot in self._slots:
+                if recycle is not None:
+                    self._recycle(slot, recycle)
+                    continue
                 escalation = await self._child_exited(slot, error)
                 if escalation is not None:
                     return escalation
@@ -339,7 +349,20 @@ class Supervisor(Actor):
             else:
                 member.state = ChildState.RESTARTING
                 member.restart_at = restart_at
+                member.recycling = False  # (a sibling's recycle, if due, is a restart now)
         return None
+
+    def _recycle(self, slot: _Slot, recycle: Recycle) -> None:
+        """The child asked to be replaced: start it again at once (see :class:`Recycle`)."""
+        if slot.spec.restart is Restart.TEMPORARY:
+            self._retire(slot)
+            return
+        slot.recycles += 1
+        slot.last_recycle = recycle.reason
+        slot.attempt = 0  # it ran as it should: a later crash starts the backoff over
+        slot.recycling = True
+        slot.state = ChildState.RESTARTING
+        slot.restart_at = trio.current_time()
 
     def _restart_group(self, slot: _Slot) -> Sequence[_Slot]:
         if self.strategy is Strategy.ONE_FOR_ONE:
@@ -352,7 +375,10 @@ class Supervisor(Actor):
         now = trio.current_time()
         for slot in list(self._slots):
             if slot.state is ChildState.RESTARTING and slot.restart_at <= now:
-                slot.restarts += 1
+                if slot.recycling:
+                    slot.recycling = False
+                else:
+                    slot.restarts += 1
                 try:
                     await self._start_slot(slot)
                 except Exception as exc:  # failed to start again: an exit like any other

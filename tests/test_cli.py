@@ -87,6 +87,9 @@ async def fire(client: Any, subject: str) -> None:
         (["--listen", "http://127.0.0.1:1"], ["--listen: unsupported transport URL 'http://127.0.0.1:1'"]),
         (["--config", "no/such/cluster.toml"], ["no/such/cluster.toml: cannot read the configuration"]),
         (["--drain-grace", "-1"], ["--drain-grace: expected a number >= 0"]),
+        (["--max-memory", "lots"], ["--max-memory: expected a size in bytes"]),
+        (["--max-jobs", "0"], ["--max-jobs: expected an integer >= 1, got 0"]),
+        (["--start-timeout", "-1"], ["--start-timeout: expected a number of seconds >= 0, got -1"]),
         (
             ["--listen", "tcp://127.0.0.1:17851", "--listen", "ws://127.0.0.1:17851"],
             ["--listen: 127.0.0.1:17851 is listed twice"],
@@ -248,6 +251,8 @@ async def test_a_second_ctrl_c_kills_the_draining_workers():
         (["--policy", "x", "tests.workers:Echo"], ["--policy: expected one of"]),
         (["--subjects", "a..b", "tests.workers:Echo"], ["--subjects: invalid subject pattern 'a..b'"]),
         (["--concurrency", "0", "tests.workers:Echo"], ["--concurrency: expected an integer >= 1"]),
+        (["--max-memory", "5XB", "tests.workers:Echo"], ["--max-memory: unknown unit 'XB'"]),
+        (["--max-jobs", "0", "tests.workers:Echo"], ["--max-jobs: expected an integer >= 1, got 0"]),
         ([], ["the following arguments are required: module:Class"]),
     ],
 )
@@ -289,6 +294,30 @@ async def test_worker_process_serves_and_drains_on_sigterm(nursery, leader_url):
             process.send_signal(signal.SIGTERM)
             await err.until(lambda line: line == "w-1: SIGTERM, draining")
             assert await process.wait() == 0
+    finally:
+        process.kill()
+        await process.wait()
+
+
+async def test_worker_process_past_max_jobs_drains_and_exits_to_be_replaced(nursery, leader_url):
+    from actors import Client
+    from actors._worker import RECYCLE_EXIT_STATUS
+
+    process = await trio.lowlevel.open_process(
+        python("-m", "actors.worker", "--url", leader_url, "--name", "w-3", "--group", "solo",
+               "--subjects", "solo.recycled", "--max-jobs", "2", "tests.workers:Echo"),
+        stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        with trio.fail_after(15):
+            assert process.stderr is not None
+            err = Lines(process.stderr)
+            await err.until(lambda line: line == f"w-3: connected to {leader_url}")
+            async with Client.connect(leader_url) as client:
+                for n in range(2):
+                    assert (await client.submit("solo.recycled", n, timeout=5))["pid"] == process.pid
+            await err.until(lambda line: line == "group solo: w-3 recycled: handled 2 jobs (max_jobs)")
+            assert await process.wait() == RECYCLE_EXIT_STATUS
     finally:
         process.kill()
         await process.wait()
@@ -428,6 +457,29 @@ async def test_cluster_prints_statistics_while_running_and_when_stopping():
             final = lines.seen[-4:]
             assert final[0].startswith("stats: 0 active, 0 waiting, 0 in flight")
             assert final[1].startswith("  subject test.echo: 3 submitted, 3 done")
+            assert await process.wait() == 0
+        finally:
+            process.kill()
+            await process.wait()
+
+
+async def test_cluster_replaces_workers_past_max_jobs():
+    with trio.fail_after(25):
+        process, lines, urls = await start_cluster(
+            "--listen", "tcp://127.0.0.1:0", "--worker", "e=tests.workers:Echo=1", "--max-jobs", "2",
+            "--drain-grace", "1",
+        )  # fmt: skip
+        try:
+            line = "group e: 1 x tests.workers:Echo (processes, mode round_robin, policy round_robin, max_jobs 2)"
+            assert line in lines.seen
+            pids = []
+            for n in range(4):
+                result = await run("-m", "actors", "submit", "test.echo", f'{{"n": {n}}}', "--url", urls[0])
+                assert result.returncode == 0, result.stderr.decode()
+                pids.append(json.loads(result.stdout)["pid"])
+            assert pids[0] == pids[1] != pids[2] == pids[3]  # two jobs per worker process
+            process.send_signal(signal.SIGTERM)
+            await lines.until(lambda line: line == "cluster stopped")
             assert await process.wait() == 0
         finally:
             process.kill()

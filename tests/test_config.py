@@ -201,6 +201,14 @@ def test_invalid_toml(write):
         (GROUP + "subjects = \"a.b\"\n", "[[groups]] #1 'echo' key 'subjects': expected a list of strings"),
         (GROUP + "concurrency = 0\n", "[[groups]] #1 'echo' key 'concurrency': expected an integer >= 1, got 0"),
         (GROUP + "in_process = 1\n", "[[groups]] #1 'echo' key 'in_process': expected true or false, got integer 1"),
+        (GROUP + "max_memory = \"lots\"\n", "[[groups]] #1 'echo' key 'max_memory': expected a size in bytes such as 536870912 or \"512MiB\", got 'lots'"),
+        (GROUP + "max_memory = \"5XB\"\n", "[[groups]] #1 'echo' key 'max_memory': unknown unit 'XB' in '5XB'"),
+        (GROUP + "max_memory = 0\n", "[[groups]] #1 'echo' key 'max_memory': expected a size of at least 1 byte, got 0"),
+        (GROUP + "max_memory = 1.5e9\n", "[[groups]] #1 'echo' key 'max_memory': expected a size in bytes"),
+        (GROUP + "max_jobs = 0\n", "[[groups]] #1 'echo' key 'max_jobs': expected an integer >= 1, got 0"),
+        (GROUP + "max_jobs = \"many\"\n", "[[groups]] #1 'echo' key 'max_jobs': expected an integer >= 1, got string 'many'"),
+        (GROUP + "max_job = 3\n", "[[groups]] #1 'echo': unknown key 'max_job' (did you mean 'max_jobs'?)"),
+        (GROUP + "max_start_failures = -1\n", "[[groups]] #1 'echo' key 'max_start_failures': expected an integer >= 0, got -1"),
         (GROUP + GROUP, "two groups are named 'echo'"),
         # the worker class itself
         ("[[groups]]\nname = \"g\"\nworker = \"tests.workers\"\n", "[[groups]] #1 'g' key 'worker': expected 'module:Attribute'"),
@@ -211,6 +219,16 @@ def test_invalid_toml(write):
 )
 def test_errors_name_the_file_table_and_key(write, text, expected):
     assert error_of(write(text)).startswith(expected)
+
+
+def test_recycling_limits(write):
+    config = load_config(write(GROUP + 'max_memory = "256MiB"\nmax_jobs = 1000\n' + GROUP.replace("echo", "e2") + "max_memory = 1000000\n"))
+    assert [(g.max_memory, g.max_jobs) for g in config.groups] == [(256 * 2**20, 1000), (1_000_000, None)]
+
+
+def test_start_failure_limits(write):
+    config = load_config(write(GROUP + "max_start_failures = 3\n" + GROUP.replace("echo", "e2") + "max_start_failures = 0\n" + GROUP.replace("echo", "e3")))
+    assert [g.max_start_failures for g in config.groups] == [3, 0, None]
 
 
 def test_the_second_group_is_numbered(write):
@@ -275,6 +293,16 @@ def test_config_from_args_merges_a_file(write):
     assert all(g.in_process for g in config.groups)
 
 
+def test_config_from_args_sets_every_groups_limits(write):
+    config = config_from_args(config_path=write(FULL), workers=["s=tests.workers:Sleepy"], max_memory="1GB", max_jobs=5)
+    assert {(g.max_memory, g.max_jobs) for g in config.groups} == {(10**9, 5)}
+    assert config_from_args(workers=["tests.workers:Echo"]).groups[0].max_jobs is None
+    with pytest.raises(ConfigError, match="--max-memory: unknown unit 'XB'"):
+        config_from_args(workers=["tests.workers:Echo"], max_memory="5XB")
+    with pytest.raises(ConfigError, match="--max-jobs: expected an integer >= 1, got 0"):
+        config_from_args(workers=["tests.workers:Echo"], max_jobs=0)
+
+
 def test_config_from_args_errors(write):
     with pytest.raises(ConfigError, match="--listen: unsupported transport URL 'udp://x:1'"):
         config_from_args(listen=["udp://x:1"])
@@ -294,3 +322,43 @@ def test_check_url():
         check_url("http://x:1", at="--url")
     with pytest.raises(ConfigError, match="--url: expected a URL string, got integer 3"):
         check_url(3, at="--url")
+
+
+def test_the_leaders_limits_from_a_file_reach_the_broker_and_the_listeners(write):
+    from actors import Leader
+
+    path = write(
+        """
+        [leader]
+        max_queued_bytes = "64MiB"
+        max_queued_per_subject = 1000
+        max_queued_bytes_per_client = 1048576
+        max_queue_time = 0
+        route_grace = 2.5
+        restart_grace = 0
+        max_connections_per_address = 10
+        max_handshakes = 5
+        max_window = 50
+        """
+    )
+    leader = Leader(**load_config(path).leader.leader_kwargs())
+    config = leader.broker.config
+    assert (config.max_queued_bytes, config.max_queued_per_subject) == (64 * 2**20, 1000)
+    assert config.max_queued_bytes_per_client == 2**20 and config.max_window == 50
+    assert config.max_queue_time == float("inf")  # 0: no limit
+    assert (config.route_grace, config.restart_grace) == (2.5, 0.0)
+    assert (leader.max_connections_per_address, leader.max_handshakes) == (10, 5)
+    # Unset limits keep the leader's defaults.
+    assert config.max_queued_per_client == 50_000 and config.max_queue_time != 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('max_queued_bytes = "lots"', "key 'max_queued_bytes': expected a size in bytes"),
+        ("max_queue_time = -1", "key 'max_queue_time'"),
+        ("max_queued_per_client = 0", "key 'max_queued_per_client'"),
+    ],
+)
+def test_bad_leader_limits_name_the_key(write, text, expected):
+    assert expected in error_of(write(f"[leader]\n{text}\n"))

@@ -9,8 +9,9 @@
   restarts each killed instance and other jobs keep being served.
 
 In process (real sockets): a worker answers the redelivery of a job it finished while the
-leader was away from its dedup cache; and a worker reconnecting with jobs in hand grants
-only its free slots (the rest as those jobs end).
+leader was away from its dedup cache; and a worker reconnecting with jobs in hand (handlers
+that ignored the cancellation of the lost connection's jobs) grants only its free slots
+(the rest as those jobs end).
 
 Real time and processes (end to end); every test is capped with ``fail_after``.
 """
@@ -150,13 +151,15 @@ class _Slow(Worker):
     concurrency = 2
 
     async def handle(self, job: Job) -> Any:
-        await trio.sleep(job.payload)
+        with trio.CancelScope(shield=True):  # ignores the cancel of a lost connection
+            await trio.sleep(job.payload)
         return job.id
 
 
 async def test_a_worker_reconnecting_with_jobs_in_hand_grants_only_its_free_slots() -> None:
-    """A worker still running jobs of the leader that went away must not claim its whole
-    concurrency from the new one (which would send it jobs it can only Nack)."""
+    """A worker still running jobs of the leader that went away (handlers that ignore
+    the cancellation a lost connection brings) must not claim its whole concurrency from
+    the new one (which would send it jobs it can only Nack)."""
     fast = Backoff(base=0.05, factor=2.0, cap=0.2, jitter=0.0)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -194,7 +197,8 @@ class _Counting(Worker):
 
     async def handle(self, job: Job) -> Any:
         self.calls += 1
-        await trio.sleep(job.payload)
+        with trio.CancelScope(shield=True):  # finishes although its connection is lost
+            await trio.sleep(job.payload)
         return {"id": job.id}
 
 

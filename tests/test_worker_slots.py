@@ -226,12 +226,14 @@ async def test_a_result_cbor_cannot_encode_is_reported_as_a_failure(autojump_clo
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     bad, good = (m for _, m in sink.sent)
-    assert (bad.job_id, bad.ok, bad.error_type) == ("j0", False, "ResultNotSerializable")
-    assert "cannot encode Result" in bad.error_message and bad.payload is None
+    assert (bad.job_id, bad.ok, bad.error_type, bad.final) == ("j0", False, "ResultNotSerializable", True)
+    assert bad.error_message.startswith("job j0: its result, of type object, has no CBOR encoding")
+    assert "cannot encode type <class 'object'>" in bad.error_message and bad.payload is None
     assert (good.job_id, good.ok, good.payload) == ("j1", True, {"nested": [1, {"a": [2.5, None]}]})
-    # Only the success is remembered for redeliveries; the failure must run again.
+    # Both are remembered for redeliveries: running the bad one again would fail the same way.
     assert runner.finished.get("j1", trio.current_time()) is not None
-    assert runner.finished.get("j0", trio.current_time()) is None
+    ok, failure = runner.finished.get("j0", trio.current_time())
+    assert (ok, failure.error_type, failure.final) == (False, "ResultNotSerializable", True)
     assert (runner.completed, runner.failed) == (1, 1)
 
 

@@ -104,3 +104,27 @@ class Crasher(Worker):
         if isinstance(job.payload, dict) and job.payload.get("crash"):
             os._exit(3)
         return {"pid": os.getpid(), "attempt": job.attempt}
+
+
+class BadSetup(Worker):
+    """Cannot start: its ``setup()`` raises, as one whose database is unreachable would."""
+
+    subjects = ["test.bad_setup"]
+
+    async def setup(self) -> None:
+        raise ConnectionRefusedError("cannot reach the database at db:5432")
+
+    async def handle(self, job: Job) -> Any:
+        return None
+
+
+class SlowSetup(Worker):
+    """Takes ``TEST_SETUP_SECONDS`` (default 1.5) seconds to set up, then echoes."""
+
+    subjects = ["test.slow_setup"]
+
+    async def setup(self) -> None:
+        await trio.sleep(float(os.environ.get("TEST_SETUP_SECONDS", "1.5")))
+
+    async def handle(self, job: Job) -> Any:
+        return {"payload": job.payload, "pid": os.getpid()}

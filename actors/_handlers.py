@@ -1,0 +1,92 @@
+"""How a worker calls a job's handler: async or in a thread, stepped by its slot, until
+its deadline.
+
+- :func:`handler_of` turns ``Worker.handle`` into an async function: an ``async def`` as it
+  is, a plain ``def`` run in a worker thread (blocking code then blocks only its job).
+- :func:`resume` lets a slot task step a handler's coroutine itself (see
+  :mod:`actors._runner`): it first sends it ``None`` to see whether the job finishes
+  without waiting, then goes on running it in the same task.
+- :func:`until_deadline` runs a handler until its job's deadline.
+- :func:`must_propagate` tells cancellation (which goes on up) from a handler's failure
+  (which fails its job only).
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._failures import DeadlineExceeded
+
+if TYPE_CHECKING:
+    from ._job import Job
+    from ._worker import Worker
+
+#: The type of a coroutine object (``async def``'s), which a slot may step itself.
+CoroutineType = types.CoroutineType
+
+
+def handler_of(worker: Worker, concurrency: int) -> Callable[[Job], Awaitable[Any]]:
+    """``worker.handle`` as an async function: an ``async def`` as it is, a plain ``def``
+    run in a worker thread, at most ``concurrency`` at once.
+
+    A cancelled job (the leader's Cancel, its deadline) leaves its thread behind, to end
+    when the handler returns (its result is dropped); it keeps its place in the limiter
+    until then, so threads never outnumber ``concurrency``.
+    """
+    handle = worker.handle
+    if inspect.iscoroutinefunction(handle) or inspect.iscoroutinefunction(inspect.unwrap(handle)):
+        return handle
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def handle_in_thread(job: Job) -> Any:
+        value = await trio.to_thread.run_sync(handle, job, limiter=limiter, abandon_on_cancel=True)
+        if inspect.isawaitable(value):  # a plain def returning a coroutine (a decorator's)
+            value = await value
+        return value
+
+    return handle_in_thread
+
+
+async def until_deadline(job: Job, awaitable: Awaitable[Any]) -> Any:
+    """Await the handler's ``awaitable`` until ``job.deadline``.
+
+    Raises:
+      DeadlineExceeded: the deadline came first (the handler was cancelled).
+    """
+    with trio.CancelScope(deadline=job.deadline):  # type: ignore[arg-type]
+        return await awaitable
+    raise DeadlineExceeded(
+        f"job {job.id} ran past its deadline (its submit's timeout): its handler was cancelled"
+    )
+
+
+@types.coroutine
+def resume(coro: Any, trap: Any) -> Any:
+    """Go on running ``coro``, which yielded ``trap`` to the event loop, in the calling
+    task: what the loop sends or throws back goes to ``coro``; returns what it returns."""
+    while True:
+        try:
+            sent = yield trap
+        except BaseException as exc:  # noqa: BLE001 - Cancelled and the like go to the job
+            try:
+                trap = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                trap = coro.send(sent)
+            except StopIteration as done:
+                return done.value
+
+
+def must_propagate(exc: BaseException) -> bool:
+    """Cancellation and Ctrl-C (also inside a group, from a handler's nursery) go on up;
+    anything else a handler raises only fails its job."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup((trio.Cancelled, KeyboardInterrupt)) is not None
+    return isinstance(exc, trio.Cancelled | KeyboardInterrupt)
