@@ -13,6 +13,7 @@ the first entry has the earliest deadline), and a heap only for jobs waiting out
 
 from __future__ import annotations
 
+import difflib
 import heapq
 import itertools
 import random
@@ -31,10 +32,12 @@ from protocol import (
     ErrorCode,
     Nack,
     Progress,
+    Query,
     Result,
     SubjectIndex,
     Submit,
     encode_array,
+    subject_matches,
 )
 from runtime import Backoff, DedupCache, MessageTooLarge
 
@@ -54,6 +57,10 @@ MAX_GROUP_STATS = 10_000
 #: Subjects whose queue (and statistics) are kept at most; past it, the queues of subjects
 #: with nothing waiting are dropped, oldest first.
 MAX_SUBJECT_QUEUES = 10_000
+#: Served patterns compared with a subject nobody serves, for "did you mean ...?".
+MAX_SUGGESTIONS = 200
+#: Patterns of departed workers remembered for ``restart_grace`` at most.
+MAX_DEPARTED = 1024
 
 _assign_item = Assign.item  # type: ignore[attr-defined]
 _result_item = Result.item  # type: ignore[attr-defined]
@@ -90,6 +97,12 @@ class BrokerConfig:
       max_dead_letter_bytes: bytes of dead-lettered jobs kept (the oldest go first).
       max_stored_bytes: bytes of finished jobs' results kept for the dedup window (the
         oldest go first).
+      route_grace: seconds a job for a subject no connected worker serves waits for one
+        before it is answered ``no_route`` (0: at once, as NATS answers "no responders").
+        A submit with ``wait_for_worker`` waits for one anyway (up to ``max_queue_time``).
+      restart_grace: seconds after the last worker serving a pattern went away during
+        which a job for it waits for a worker (one restarting, or being replaced) instead
+        of the ``no_route`` answer.
     """
 
     ack_timeout: float = 30.0
@@ -114,6 +127,8 @@ class BrokerConfig:
     max_retained_bytes: int = 64 * 2**20
     max_dead_letter_bytes: int = 64 * 2**20
     max_stored_bytes: int = 256 * 2**20
+    route_grace: float = 0.0
+    restart_grace: float = 30.0
 
 
 class Broker(Redelivery, PubSub):
@@ -151,6 +166,9 @@ class Broker(Redelivery, PubSub):
         self.sub_index = SubjectIndex()
         self.retained: dict[str, tuple[Any, dict[str, str]]] = {}
         self._retained_sizes: dict[str, int] = {}
+        # Patterns whose last worker went away, with when that stops counting as "a
+        # worker for it will be back" (see restart_grace), oldest first.
+        self._departed: dict[str, float] = {}
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=self.config.max_dead_letters)
         self.group_stats: dict[str, GroupStats] = {}
         self.waiting_count = 0  # queued + retry_wait
@@ -203,8 +221,15 @@ class Broker(Redelivery, PubSub):
         if worker not in self.workers:
             return
         del self.workers[worker]
+        departed = self._departed
+        grace = self.config.restart_grace
         for pattern in worker.patterns:
             self.worker_index.remove(pattern, worker)
+            if grace and worker.mode != "broadcast":
+                departed.pop(pattern, None)
+                if len(departed) >= MAX_DEPARTED:
+                    del departed[next(iter(departed))]
+                departed[pattern] = now + grace
         for queue in worker.queues:
             queue.candidates.remove(worker)
         worker.queues.clear()
@@ -255,11 +280,19 @@ class Broker(Redelivery, PubSub):
         job_id = msg.job_id
         job = self.jobs.get(job_id)
         if job is not None:  # in flight already: merge the waits
+            if job.subject != msg.subject or job.payload != msg.payload:
+                self._conflict(client, msg)
+                return
             job.waiters.append((client, msg.mid))
             client.waiting[job_id] = None
             return
         stored = self.finished.get(job_id, now)
         if stored is not None:
+            if stored.subject is not None and (
+                stored.subject != msg.subject or stored.request != msg.payload
+            ):
+                self._conflict(client, msg)
+                return
             self._reply(client, msg.mid, job_id, stored)
             return
         payload = msg.payload
@@ -277,6 +310,12 @@ class Broker(Redelivery, PubSub):
             return
         queue = self._queue(msg.subject)
         config = self.config
+        route_until = 0.0
+        if not queue.candidates and not msg.wait_for_worker:
+            route_until = self._route_expected_until(msg.subject, now)
+            if route_until <= now:
+                self._refuse(client, msg, ErrorCode.NO_ROUTE, self._no_route_text(msg.subject))
+                return
         if (
             self.waiting_count >= config.max_queued
             or self.waiting_bytes + size > config.max_queued_bytes
@@ -328,6 +367,13 @@ class Broker(Redelivery, PubSub):
         if self.journal is not None:
             self.journal(job, JobState.QUEUED, JobState.QUEUED)
         queue.submitted += 1
+        if route_until:  # no worker yet, but one may come: it waits that long for one
+            job.awaiting_route = True
+            self._start_waiting(job, queue, now)
+            job.wait_deadline = min(job.wait_deadline, route_until)
+            self._watch_expiry(job)
+            queue.pending.append(job)
+            return
         if not queue.pending:
             # Nothing queued ahead of it: straight to a worker with room, if there is one
             # (what _dispatch would do, without the trip through the queue).
@@ -346,6 +392,34 @@ class Broker(Redelivery, PubSub):
         self._watch_expiry(job)
         queue.pending.append(job)
         self._dispatch(queue, now)
+
+    def _conflict(self, client: ClientLink, msg: Submit) -> None:
+        self._refuse(
+            client, msg, ErrorCode.CONFLICT,
+            f"job id {msg.job_id} names another job: submitted before with another subject or"
+            f" payload (a resubmission must repeat both to get the job's result)",
+        )
+
+    def query_result(self, client: ClientLink, msg: Query, now: float) -> None:
+        """A client asks for the result of a job by id (see :class:`protocol.Query`)."""
+        job_id = msg.job_id or ""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            if msg.wait:
+                job.waiters.append((client, msg.mid))
+                client.waiting[job_id] = None
+            else:
+                self._refuse(client, msg, ErrorCode.NOT_FOUND, f"job {job_id} has not finished yet ({job.state.value})")
+            return
+        stored = self.finished.get(job_id, now)
+        if stored is not None:
+            self._reply(client, msg.mid, job_id, stored)
+            return
+        self._refuse(
+            client, msg, ErrorCode.NOT_FOUND,
+            f"no job {job_id}: unknown here, or finished more than {self.config.dedup_window:g} s ago"
+            f" (the leader's dedup_window)",
+        )
 
     def _fits(self, msg: Submit, size: int) -> bool:
         """Whether the Assign of a large submit fits the frame limit (encoded exactly)."""
@@ -432,6 +506,12 @@ class Broker(Redelivery, PubSub):
         job = self.jobs.get(msg.job_id)
         if job is None or job.state.final:
             return
+        if msg.abandon:  # this client no longer waits: the job ends only if nobody does
+            client.waiting.pop(job.job_id, None)
+            job.waiters = [w for w in job.waiters if w[0] is not client]
+            if job.waiters:
+                return
+            msg = Cancel(mid=msg.mid, job_id=msg.job_id, reason=msg.reason or "abandoned: nobody waits for it")
         if job.state is JobState.ASSIGNED:
             if job.worker is not None:
                 # The worker's answer ends the job (see Redelivery._failed_attempt); a result
@@ -475,7 +555,7 @@ class Broker(Redelivery, PubSub):
                 if queue.stale:
                     queue.stale -= 1
                 continue
-            if job.wait_deadline <= now:
+            if job.wait_deadline <= now and not self._route_came(job, now):
                 pending.popleft()
                 self._expire(job, now)
                 continue
@@ -494,6 +574,54 @@ class Broker(Redelivery, PubSub):
         self._stop_waiting(job)
         self._queue(job.subject).expired += 1
         self._finish(job, JobState.EXPIRED, None, now)
+
+    def _route_came(self, job: JobRecord, now: float) -> bool:
+        """For a job whose wait deadline passed: if it was waiting out the route grace and
+        a worker for its subject has come since, it waits on as any job (True)."""
+        if not job.awaiting_route or not self._queue(job.subject).candidates:
+            return False
+        job.awaiting_route = False
+        limit = self.config.max_queue_time
+        deadline = _INF if limit is None else job.submitted_at + limit
+        if job.expires_at is not None and job.expires_at < deadline:
+            deadline = job.expires_at
+        if deadline <= now:
+            return False
+        job.wait_deadline = deadline
+        self._watch_expiry(job)
+        return True
+
+    def _route_expected_until(self, subject: str, now: float) -> float:
+        """Until when a job for ``subject``, which no connected worker serves, may wait
+        for one: the leader's ``route_grace``, or longer while a worker that served it
+        went away less than ``restart_grace`` ago (0.0: no worker is expected)."""
+        until = now + self.config.route_grace if self.config.route_grace else 0.0
+        departed = self._departed
+        if departed:
+            for pattern, gone_until in list(departed.items()):
+                if gone_until <= now:
+                    del departed[pattern]
+                elif gone_until > until and subject_matches(pattern, subject):
+                    until = gone_until
+        return until
+
+    def _no_route_text(self, subject: str) -> str:
+        """``no_route``'s words: the subject, and the served pattern it may have meant."""
+        served: dict[str, None] = {}
+        for worker in self.workers:
+            if worker.mode == "broadcast":
+                continue
+            for pattern in worker.patterns:
+                served[pattern] = None
+                if len(served) >= MAX_SUGGESTIONS:
+                    break
+            if len(served) >= MAX_SUGGESTIONS:
+                break
+        text = f"no worker serves subject {subject}"
+        close = difflib.get_close_matches(subject, list(served), n=1, cutoff=0.6)
+        if close:
+            text += f" (did you mean {close[0]}?)"
+        return text
 
     def _feed(self, worker: WorkerLink, now: float) -> None:
         """Give a worker with free credit the jobs waiting for it."""
@@ -537,6 +665,8 @@ class Broker(Redelivery, PubSub):
                     attempt=job.attempt,
                     qos=job.qos,
                     ack_timeout=self.config.ack_timeout,
+                    deadline=None if job.expires_at is None else max(job.expires_at - now, 0.001),
+                    max_attempts=self._retry_policy(job)[0] if self.group_retry else job.max_attempts,
                 )
             )
         except MessageTooLarge as exc:
@@ -585,7 +715,7 @@ class Broker(Redelivery, PubSub):
         job = self._release(worker, msg.job_id)
         if job is not None and not job.state.final:
             worker.done_total += 1
-            if msg.ok or job.qos == 0:
+            if msg.ok or job.qos == 0 or msg.final:
                 if job.state is not JobState.ASSIGNED:
                     self._leave_waiting(job)
                 if job.worker is not None and job.worker is not worker:
@@ -595,7 +725,11 @@ class Broker(Redelivery, PubSub):
                 if msg.error_message:
                     size += len(msg.error_message)
                 ok = msg.ok
-                stored = StoredResult(ok, msg.payload, msg.error_type, msg.error_message, job.attempt)
+                stored = StoredResult(
+                    ok, msg.payload, msg.error_type, msg.error_message, job.attempt, msg.traceback,
+                    job.subject, job.payload, msg.final,
+                )
+                size += job.size
                 if size > SURELY_FITS and not self._result_fits(job.job_id, stored):
                     # Nobody could be sent it: the worker is told, the job fails (the same
                     # result would come again from a retry).
@@ -605,13 +739,17 @@ class Broker(Redelivery, PubSub):
                     )
                     self._refuse(worker, msg, ErrorCode.TOO_LARGE, text)
                     ok = False
-                    stored = StoredResult(False, None, "ResultTooLarge", text, job.attempt)
-                    size = JOB_OVERHEAD + len(text)
+                    stored = StoredResult(
+                        False, None, "ResultTooLarge", text, job.attempt, None, job.subject, job.payload, True
+                    )
+                    size = job.size + len(text)
                 count_result(self._queue(job.subject), ok, latency)
                 count_result(worker.stats, ok, latency)
                 self._finish(job, JobState.DONE, stored, now, size)
             elif job.state is JobState.ASSIGNED and job.worker is worker:
-                self._failed_attempt(job, (msg.error_type or "Error", msg.error_message or ""), now)
+                self._failed_attempt(
+                    job, (msg.error_type or "Error", msg.error_message or ""), now, traceback=msg.traceback
+                )
         if self.waiting_count:  # (it counts every queued job, backlogs included)
             self._feed(worker, now)
 
@@ -679,16 +817,16 @@ class Broker(Redelivery, PubSub):
 
     def _finish(
         self, job: JobRecord, state: JobState, stored: StoredResult | None, now: float,
-        size: int = JOB_OVERHEAD,
+        size: int | None = None,
     ) -> None:
-        """End ``job``: store its result (``size`` bytes, for the stored results' limit)
-        and answer every client waiting for it."""
+        """End ``job``: store its result (``size`` bytes, for the stored results' limit;
+        by default the job's own size) and answer every client waiting for it."""
         job.move(state, self.journal)
         job.worker = None
         job.payload = None  # (entries of the expiry queues may keep the record a while)
         self.jobs.pop(job.job_id, None)
         if stored is not None:
-            self.finished.add(job.job_id, now, stored, size)
+            self.finished.add(job.job_id, now, stored, job.size + JOB_OVERHEAD if size is None else size)
             self._count_done(now)
         for client, cid in job.waiters:
             client.waiting.pop(job.job_id, None)
@@ -697,7 +835,7 @@ class Broker(Redelivery, PubSub):
                     Error(
                         mid=client.next_mid(),
                         cid=cid,
-                        code=ErrorCode.TIMEOUT,
+                        code=ErrorCode.NO_ROUTE if job.awaiting_route else ErrorCode.TIMEOUT,
                         message=self._expired_text(job, now),
                         job_id=job.job_id,
                     )
@@ -719,6 +857,8 @@ class Broker(Redelivery, PubSub):
                     error_type=stored.error_type,
                     error_message=stored.error_message,
                     attempts=stored.attempts,
+                    traceback=stored.traceback,
+                    final=stored.final,
                 )
             )
         except MessageTooLarge as exc:
@@ -735,6 +875,12 @@ class Broker(Redelivery, PubSub):
             )
 
     def _expired_text(self, job: JobRecord, now: float) -> str:
+        if job.awaiting_route:
+            return (
+                f"{self._no_route_text(job.subject)}; none came within"
+                f" {now - job.submitted_at:g} s (the leader's route_grace is"
+                f" {self.config.route_grace:g} s, its restart_grace {self.config.restart_grace:g} s)"
+            )
         if job.expires_at is not None and job.expires_at <= now:
             return f"job {job.job_id} expired before a worker took it (its timeout passed)"
         return (

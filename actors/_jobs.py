@@ -100,6 +100,8 @@ class JobRecord:
     ack_deadline: float = 0.0
     retry_at: float = 0.0
     last_error: tuple[str, str] | None = None
+    #: the traceback text of the last failed attempt, when its worker sent one
+    last_traceback: str | None = None
     #: The submit's own attempt limit (None: it named none, so a group's policy may apply).
     submitted_max_attempts: int | None = None
     #: Set when a client cancelled the job while a worker ran it: the worker's answer
@@ -110,6 +112,9 @@ class JobRecord:
     size: int = 0
     #: The client whose submit created the job (its per-client queue limits count it).
     owner: ClientLink | None = None
+    #: No worker served the subject when the job came: it waits out the leader's
+    #: ``route_grace`` for one, and is answered ``no_route`` if none comes.
+    awaiting_route: bool = False
 
     def move(self, new: JobState, journal: Journal | None = None) -> None:
         """Change state along an allowed transition, telling the journal."""
@@ -133,3 +138,12 @@ class StoredResult(NamedTuple):
     error_type: str | None
     error_message: str | None
     attempts: int
+    #: for a failure, the remote traceback's text (if the worker sent one)
+    traceback: str | None = None
+    #: the job's subject and payload, to tell a resubmission of the same job (answered
+    #: with this result) from another job under the same id (answered ``conflict``)
+    subject: str | None = None
+    request: Any = None
+    #: a failure that is the job's outcome by the worker's word (not retried): the
+    #: client gets JobFailed rather than DeadLettered
+    final: bool = False

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from protocol import (
+    MAX_NAME_LENGTH,
     Ack,
     Cancel,
     Credit,
@@ -30,6 +31,7 @@ from protocol import (
     Nack,
     Progress,
     Publish,
+    Query,
     Result,
     Submit,
     Subscribe,
@@ -38,10 +40,19 @@ from protocol import (
     Welcome,
     negotiate_version,
 )
-from runtime import Backoff, Connection, ConnectionClosed, SendBufferFull, serve
+from runtime import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_HANDSHAKES,
+    Backoff,
+    Connection,
+    ConnectionClosed,
+    SendBufferFull,
+    serve,
+)
 
 from ._broker import Broker, BrokerConfig
-from ._links import MODES, POLICIES, ClientLink, WorkerLink
+from ._links import ClientLink, WorkerLink
 
 #: Messages of one received batch handled before what they queued is written out, so
 #: that the next process in the pipeline starts working sooner.
@@ -78,6 +89,10 @@ class Leader:
       dedup_window: seconds a finished job's result answers resubmissions of its id.
       heartbeat: seconds between heartbeats on idle connections.
       max_connections: per listener; more are answered ``busy`` and closed.
+      max_connections_per_address: connections from one peer address at once, per
+        listener; more are answered ``busy`` (so that one host cannot lock others out).
+      max_handshakes: connections in their TLS/WebSocket handshake or not yet past their
+        Hello at once, per listener; more are answered ``busy``.
       token: when set, every Hello must carry it.
       rng: the random source for backoff jitter.
       max_queued_bytes, max_queued_per_subject, max_queued_bytes_per_subject,
@@ -87,6 +102,10 @@ class Leader:
         submit is answered ``busy`` with ``retry_after``; a job that waits longer than
         ``max_queue_time`` for a worker expires and its clients get a ``timeout`` error.
       max_patterns: subject patterns one worker may serve; a Hello with more is refused.
+      route_grace, restart_grace: how long a job for a subject no connected worker serves
+        waits for one before the ``no_route`` answer: ``route_grace`` always (default 0,
+        at once), ``restart_grace`` after a worker serving it went away (default 30 s: it
+        may be restarting). See :class:`BrokerConfig`.
 
     Resource handling: everything runs inside :meth:`run`; cancelling it closes every
     listener and connection. Jobs held by a closed connection's worker are redelivered.
@@ -104,7 +123,9 @@ class Leader:
         max_queued: int = 100_000,
         dedup_window: float = 600.0,
         heartbeat: float | None = 5.0,
-        max_connections: int = 1024,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         token: str | None = None,
         rng: random.Random | None = None,
         max_queued_bytes: int | None = None,
@@ -119,12 +140,18 @@ class Leader:
         max_dead_letter_bytes: int | None = None,
         max_stored_bytes: int | None = None,
         max_patterns: int = MAX_PATTERNS,
+        route_grace: float | None = None,
+        restart_grace: float | None = None,
     ) -> None:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+            raise ValueError(f"a leader's name must be a str of 1 to {MAX_NAME_LENGTH} characters, got {name!r:.80}")
         self.name = name
         self.listen = list(listen)
         self.ssl_context = ssl_context
         self.heartbeat = heartbeat
         self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.max_handshakes = max_handshakes
         self.token = token
         self.max_patterns = max_patterns
         limits = {
@@ -138,6 +165,8 @@ class Leader:
             "max_retained_bytes": max_retained_bytes,
             "max_dead_letter_bytes": max_dead_letter_bytes,
             "max_stored_bytes": max_stored_bytes,
+            "route_grace": route_grace,
+            "restart_grace": restart_grace,
         }
         if not isinstance(max_queue_time, _Default):
             limits["max_queue_time"] = max_queue_time
@@ -176,6 +205,8 @@ class Leader:
                         ssl_context=self.ssl_context,
                         heartbeat=self.heartbeat,
                         max_connections=self.max_connections,
+                        max_connections_per_address=self.max_connections_per_address,
+                        max_handshakes=self.max_handshakes,
                     )
                 )
                 urls.append(bound)
@@ -224,6 +255,15 @@ class Leader:
             deadline = self.broker.take_soonest()  # O(1), not O(workers), per batch
             if deadline < scope.deadline:
                 scope.deadline = deadline
+
+    def _query(self, client: ClientLink, msg: Query, now: float) -> None:
+        """Answer a client's Query: a job's result (the broker's), or the statistics."""
+        if msg.what == "stats":
+            client.send(
+                Result(mid=client.next_mid(), cid=msg.mid, job_id="stats", ok=True, payload=self.stats())
+            )
+        else:
+            self.broker.query_result(client, msg, now)
 
     # ------------------------------------------------------------------ connections
 
@@ -311,10 +351,6 @@ class Leader:
                     ErrorCode.BAD_FIELD,
                     f"a worker may serve at most {self.max_patterns} patterns, not {len(hello.patterns)}",
                 )
-            policy = hello.meta.get("policy", "round_robin")
-            mode = hello.meta.get("mode", "round_robin")
-            if policy not in POLICIES or mode not in MODES:
-                return refuse(ErrorCode.BAD_FIELD, f"unknown policy {policy!r} or mode {mode!r}")
         conn.send_nowait(
             Welcome(
                 mid=conn.next_mid(),
@@ -335,8 +371,8 @@ class Leader:
             patterns=hello.patterns,
             window=hello.credit,
             group=hello.group or hello.name or conn.peer,
-            policy=hello.meta.get("policy", "round_robin"),
-            mode=hello.meta.get("mode", "round_robin"),
+            policy=hello.policy,  # (checked by the protocol layer: a RoutingPolicy value)
+            mode=hello.mode,
             next_mid=conn.next_mid,
         )
         self._batching = True
@@ -418,6 +454,7 @@ class Leader:
             Publish: broker.publish,
             Subscribe: broker.subscribe,
             Unsubscribe: lambda c, m, now: broker.unsubscribe(c, m),
+            Query: self._query,
         }
 
         try:

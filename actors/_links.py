@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from protocol import message_of
+from protocol import GroupMode, RoutingPolicy, message_of
 
 if TYPE_CHECKING:
     from ._jobs import JobRecord
 
-#: Routing policies inside a worker group.
-POLICIES = frozenset({"round_robin", "least_loaded", "sticky"})
-#: Group modes: ``round_robin`` takes jobs (one worker each); ``broadcast`` receives every
-#: published message (each member gets a copy) and takes no jobs.
-MODES = frozenset({"round_robin", "broadcast"})
+#: Routing policies inside a worker group (the protocol's :class:`~protocol.RoutingPolicy`).
+POLICIES = frozenset(policy.value for policy in RoutingPolicy)
+#: Group modes (:class:`~protocol.GroupMode`): ``round_robin`` takes jobs (one worker each);
+#: ``broadcast`` receives every published message (each member gets a copy), no jobs.
+MODES = frozenset(mode.value for mode in GroupMode)
 #: The header whose value routes a job in a ``sticky`` group.
 STICKY_HEADER = "key"
 

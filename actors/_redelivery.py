@@ -9,6 +9,7 @@ sit in assignment order, so the earliest is always the first.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -23,6 +24,8 @@ from ._jobs import JobRecord, JobState, StoredResult
 #: Prefix of dead-letter subjects: a job of subject ``s`` that runs out of attempts is
 #: published on ``$dlq.s``.
 DLQ_PREFIX = "$dlq."
+
+log = logging.getLogger("actors.leader")
 
 
 def _attempts(instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
@@ -107,9 +110,11 @@ class Redelivery:
         return limit, backoff
 
     def _failed_attempt(
-        self, job: JobRecord, error: tuple[str, str], now: float, *, delay: float | None = None
+        self, job: JobRecord, error: tuple[str, str], now: float, *, delay: float | None = None,
+        traceback: str | None = None,
     ) -> None:
         job.last_error = error
+        job.last_traceback = traceback
         if job.cancel_reason is not None:  # a client cancelled it: over, not retried
             self._cancelled(job, job.cancel_reason, now)
             return
@@ -119,7 +124,13 @@ class Redelivery:
             queue.failed += 1
             if group is not None:
                 group.failed += 1
-            self._finish(job, JobState.DONE, StoredResult(False, None, error[0], error[1], job.attempt), now)
+            self._finish(
+                job, JobState.DONE,
+                StoredResult(
+                    False, None, error[0], error[1], job.attempt, job.last_traceback, job.subject, job.payload
+                ),
+                now,
+            )
             return
         limit, backoff = self._retry_policy(job)
         if job.attempt >= limit:
@@ -143,12 +154,19 @@ class Redelivery:
     def _cancelled(self, job: JobRecord, reason: str, now: float) -> None:
         """End ``job`` as cancelled by a client: its waiters get a "Cancelled" failure."""
         self._queue(job.subject).cancelled += 1
-        self._finish(job, JobState.CANCELLED, StoredResult(False, None, "Cancelled", reason, job.attempt), now)
+        self._finish(
+            job, JobState.CANCELLED,
+            StoredResult(False, None, "Cancelled", reason, job.attempt, None, job.subject, job.payload), now,
+        )
 
     def _dead_letter(self, job: JobRecord, now: float) -> None:
         queue = self._queue(job.subject)
         queue.dead += 1
         error_type, error_message = job.last_error or ("Error", "")
+        log.warning(
+            "job %s (%s) dead-lettered on %s%s after %d attempts: %s: %s",
+            job.job_id, job.subject, DLQ_PREFIX, job.subject, job.attempt, error_type, error_message,
+        )
         record = {
             "job_id": job.job_id,
             "subject": job.subject,
@@ -157,6 +175,7 @@ class Redelivery:
             "attempts": job.attempt,
             "error_type": error_type,
             "error_message": error_message,
+            "traceback": job.last_traceback,
         }
         self._keep_dead_letter(record, job.size)
         self._finish(
@@ -168,6 +187,9 @@ class Redelivery:
                 error_type,
                 f"dead-lettered after {job.attempt} attempts: {error_message}",
                 job.attempt,
+                job.last_traceback,
+                job.subject,
+                job.payload,
             ),
             now,
         )
@@ -269,7 +291,7 @@ class Redelivery:
                 deadline, _, job = heapq.heappop(heap)
             else:
                 return
-            if _waits_until(job, deadline):
+            if _waits_until(job, deadline) and not self._route_came(job, now):
                 self._leave_waiting(job)
                 self._queue(job.subject).expired += 1
                 self._finish(job, JobState.EXPIRED, None, now)

@@ -98,6 +98,7 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
         "Seconds the job may still run, when its Submit named a `timeout`: past them nobody"
         " waits for its result, and the worker cancels the handler."
     ),
+    ("Assign", "max_attempts"): "The deliveries the job may take in all (for logs: `attempt 2/5`).",
     ("Ack", "cid"): "The `mid` of the message acknowledged.",
     ("Ack", "job_id"): "The job concerned, when the acknowledged message was about a job.",
     ("Nack", "cid"): "The Assign's `mid`.",

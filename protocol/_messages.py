@@ -278,6 +278,7 @@ class Assign(Message):
         job is redelivered elsewhere.
       deadline: seconds the job may still run, when its submit named a timeout: past
         them nobody waits for its result, and the worker cancels the handler.
+      max_attempts: the deliveries the job may take in all (for logs: "attempt 2/5").
     """
 
     KIND: ClassVar[int] = 4
@@ -290,6 +291,7 @@ class Assign(Message):
     qos: int = attrs.field(default=1, validator=_qos, metadata=_key("q"), kw_only=True)
     ack_timeout: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("at"), kw_only=True)
     deadline: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("dl"), kw_only=True)
+    max_attempts: int | None = attrs.field(default=None, validator=_opt_pos_int, metadata=_key("ma"), kw_only=True)
 
 
 @attrs.frozen

@@ -66,6 +66,7 @@ def client(name: str = "c") -> ClientLink:
 
 
 def submit(broker, c, job_id, subject="jobs.a", now=0.0, mid=None, **kw):
+    kw.setdefault("wait_for_worker", True)  # (these tests often submit before workers come)
     broker.submit(c, Submit(mid=mid or abs(hash(job_id)) % 10**6, job_id=job_id, subject=subject, payload={"id": job_id}, **kw), now)
 
 

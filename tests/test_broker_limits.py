@@ -88,6 +88,7 @@ _mids = iter(range(1, 10**9))
 
 
 def submit(broker, c, job_id, subject="jobs.a", now=0.0, payload=None, **kw) -> int:
+    kw.setdefault("wait_for_worker", True)  # (a flooder would ask for it too)
     mid = next(_mids)
     broker.submit(
         c, Submit(mid=mid, job_id=job_id, subject=subject, payload=payload if payload is not None else {"id": job_id}, **kw), now
@@ -441,3 +442,150 @@ def test_credit_message_is_clamped_too():
     w = join(b, "w", 1)
     b.set_window(w, Credit(mid=1, credit=10**9).credit, 0.0)
     assert w.window == 8
+
+
+# ---------------------------------------------------------------------- no route (issue 11)
+
+
+def test_a_subject_no_worker_serves_is_answered_no_route_at_once_with_a_suggestion():
+    b = make_broker()
+    c = client("c")
+    join(b, "w", 2, patterns=("math.square", "math.common.>"))
+    submit(b, c, "typo", subject="math.sqare", wait_for_worker=False)
+    [error] = errors(c)
+    assert error.code == ErrorCode.NO_ROUTE and error.job_id == "typo"
+    assert error.message == "no worker serves subject math.sqare (did you mean math.square?)"
+    submit(b, c, "far", subject="billing.invoice", wait_for_worker=False)
+    assert errors(c)[-1].message == "no worker serves subject billing.invoice"
+    assert b.jobs == {} and b.waiting_count == 0
+
+
+def test_route_grace_waits_for_a_worker_that_comes():
+    b = make_broker(route_grace=5.0)
+    c = client("c")
+    submit(b, c, "j", subject="jobs.a", wait_for_worker=False)
+    assert errors(c) == [] and b.next_deadline() == 5.0
+    w = join(b, "w", 1, now=2.0)
+    assert [a.job_id for a in assigns(w)] == ["j"]
+
+
+def test_route_grace_ends_in_no_route_when_none_comes():
+    b = make_broker(route_grace=5.0)
+    c = client("c")
+    submit(b, c, "j", subject="jobs.a", wait_for_worker=False)
+    b.handle_timer(5.0)
+    [error] = errors(c)
+    assert error.code == ErrorCode.NO_ROUTE
+    assert error.message == (
+        "no worker serves subject jobs.a; none came within 5 s"
+        " (the leader's route_grace is 5 s, its restart_grace 30 s)"
+    )
+    assert b.waiting_count == 0 and b.jobs == {}
+
+
+def test_a_job_whose_worker_came_during_the_grace_waits_on_as_any_job():
+    b = make_broker(route_grace=5.0, max_queue_time=100.0)
+    c = client("c")
+    submit(b, c, "j", subject="jobs.a", wait_for_worker=False)
+    w = join(b, "w", 0, now=2.0)  # a worker comes, with no credit yet
+    b.handle_timer(5.0)  # the grace is over, but a worker came: "j" waits on
+    assert errors(c) == [] and b.jobs["j"].state is JobState.QUEUED
+    assert b.next_deadline() == 100.0
+    b.set_window(w, 1, 50.0)
+    assert [a.job_id for a in assigns(w)] == ["j"]
+
+
+def test_jobs_wait_while_a_departed_worker_may_come_back_and_then_no_route():
+    b = make_broker(restart_grace=10.0)
+    c = client("c")
+    w = join(b, "w", 1, patterns=("jobs.>",))
+    b.worker_left(w, 1.0)
+    submit(b, c, "during-restart", subject="jobs.a", now=2.0, wait_for_worker=False)
+    submit(b, c, "typo", subject="jbos.a", now=2.0, wait_for_worker=False)
+    assert [e.job_id for e in errors(c, ErrorCode.NO_ROUTE)] == ["typo"]
+    w2 = join(b, "w2", 1, patterns=("jobs.>",), now=3.0)
+    assert [a.job_id for a in assigns(w2)] == ["during-restart"]
+    b.worker_left(w2, 4.0)
+    b.handle_timer(5.0)  # (the job w2 held is queued again, after its backoff)
+    submit(b, c, "never", subject="jobs.b", now=5.0, wait_for_worker=False)
+    assert b.next_deadline() == 14.0
+    b.handle_timer(14.0)
+    assert [e.job_id for e in errors(c, ErrorCode.NO_ROUTE)] == ["typo", "never"]
+
+
+def test_wait_for_worker_queues_until_max_queue_time():
+    b = make_broker(max_queue_time=60.0)
+    c = client("c")
+    submit(b, c, "j", subject="jobs.a", wait_for_worker=True)
+    assert b.next_deadline() == 60.0
+    w = join(b, "w", 1, now=30.0)
+    assert [a.job_id for a in assigns(w)] == ["j"]
+
+
+# ---------------------------------------------------------------------- results by id, conflicts, abandon
+
+
+def test_a_job_id_resubmitted_with_another_payload_is_a_conflict():
+    b = make_broker()
+    c = client("c")
+    w = join(b, "w", 1)
+    submit(b, c, "order-1", payload={"amount": 10})
+    submit(b, c, "order-1", payload={"amount": 99})  # while running
+    [conflict] = errors(c, ErrorCode.CONFLICT)
+    assert conflict.job_id == "order-1" and "another subject or payload" in conflict.message
+    submit(b, c, "order-1", payload={"amount": 10})  # the same job: joins
+    answer(b, w, "order-1", 1.0, payload="paid")
+    assert [r.payload for r in results(c)] == ["paid", "paid"]
+    submit(b, c, "order-1", subject="jobs.other", payload={"amount": 10}, now=2.0)  # finished
+    assert len(errors(c, ErrorCode.CONFLICT)) == 2
+    submit(b, c, "order-1", payload={"amount": 10}, now=2.0)
+    assert [r.payload for r in results(c)] == ["paid", "paid", "paid"]
+
+
+def test_a_result_is_read_by_id_and_a_running_one_can_be_waited_for():
+    from protocol import Query
+
+    b = make_broker()
+    c, reader = client("c"), client("reader")
+    w = join(b, "w", 1)
+    submit(b, c, "j")
+    b.query_result(reader, Query(mid=7, what="result", job_id="j"), 0.5)
+    [pending] = errors(reader, ErrorCode.NOT_FOUND)
+    assert pending.cid == 7 and "has not finished yet (assigned)" in pending.message
+    b.query_result(reader, Query(mid=8, what="result", job_id="j", wait=True), 0.5)
+    answer(b, w, "j", 1.0, payload=42)
+    [result] = results(reader)
+    assert result.cid == 8 and result.payload == 42
+    b.query_result(reader, Query(mid=9, what="result", job_id="j"), 2.0)
+    assert [r.cid for r in results(reader)] == [8, 9]
+    b.query_result(reader, Query(mid=10, what="result", job_id="nope"), 2.0)
+    assert "no job nope" in errors(reader, ErrorCode.NOT_FOUND)[-1].message
+
+
+def test_an_abandoned_job_is_cancelled_only_when_nobody_else_waits():
+    from protocol import Cancel
+
+    b = make_broker()
+    a, other = client("a"), client("other")
+    w = join(b, "w", 2)
+    submit(b, a, "shared")
+    submit(b, other, "shared")
+    submit(b, a, "mine")
+    b.cancel(a, Cancel(mid=50, job_id="shared", abandon=True), 1.0)
+    b.cancel(a, Cancel(mid=51, job_id="mine", abandon=True), 1.0)
+    cancels = [m.job_id for m in w.out if type(m).__name__ == "Cancel"]
+    assert cancels == ["mine"]  # "shared" goes on for the other client
+    answer(b, w, "shared", 2.0, payload="for other")
+    assert [r.payload for r in results(other)] == ["for other"]
+    assert results(a) == []  # it gave up on both
+
+
+def test_a_dead_letter_is_logged_with_its_last_error(caplog):
+    b = make_broker(max_attempts=1)
+    c = client("c")
+    w = join(b, "w", 1)
+    submit(b, c, "poison")
+    with caplog.at_level("WARNING", logger="actors.leader"):
+        answer(b, w, "poison", 1.0, ok=False)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "actors.leader"]
+    assert line == "job poison (jobs.a) dead-lettered on $dlq.jobs.a after 1 attempts: E: bad"

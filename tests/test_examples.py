@@ -170,7 +170,9 @@ async def test_flaky_example_retries_then_dead_letters():
             assert dead.attempts == 3 and dead.error_type == "ValueError"
             assert "cannot process {'order': 7} (attempt 3)" in dead.message
             assert (poison_runner.failed, poison_runner.completed) == (3, 0)
-            assert report.dead_letter == {
+            record = dict(report.dead_letter)
+            assert "ValueError: cannot process {'order': 7}" in record.pop("traceback")
+            assert record == {
                 "job_id": dead.job_id,
                 "subject": flaky.POISON_SUBJECT,
                 "payload": {"order": 7},

@@ -17,6 +17,7 @@ import trio
 from actors import (
     Busy,
     Client,
+    ClientError,
     DeadLettered,
     Job,
     JobFailed,
@@ -146,9 +147,12 @@ async def test_resubmitted_job_id_returns_stored_result_without_rerunning():
         echo = Echo()
         async with cluster(echo) as (_, urls), Client.connect(urls[0]) as client:
             first = await client.submit("echo.once", "a", job_id="same-id")
-            again = await client.submit("echo.once", "b", job_id="same-id")
+            again = await client.submit("echo.once", "a", job_id="same-id")
             assert first == again == {"echo": "a", "attempt": 1}
             assert echo.seen["same-id"] == 1
+            # The same id for another job is refused, not answered with this one's result.
+            with pytest.raises(ClientError, match="job id same-id names another job"):
+                await client.submit("echo.once", "b", job_id="same-id")
             # Concurrent duplicates while it runs are merged.
             async with trio.open_nursery() as nursery:
                 for _ in range(5):
@@ -198,11 +202,11 @@ async def test_busy_answer_when_the_queue_is_full():
     with trio.fail_after(20):
         async with cluster(max_queued=3) as (_, urls), Client.connect(urls[0]) as client:
             async with trio.open_nursery() as nursery:
-                for i in range(3):  # no worker: these wait in the queue
-                    nursery.start_soon(client.submit, "nobody.home", i)
+                for i in range(3):  # no worker: these wait in the queue, as they ask
+                    nursery.start_soon(partial(client.submit, "nobody.home", i, wait_for_worker=True))
                 await trio.sleep(0.2)
                 with pytest.raises(Busy) as info:
-                    await client.submit("nobody.home", 99)
+                    await client.submit("nobody.home", 99, wait_for_worker=True)
                 assert info.value.retry_after > 0
                 nursery.cancel_scope.cancel()
 
