@@ -149,7 +149,8 @@ class FailureLog:
             what, attempt = "message", ""
         else:
             what = "job"
-            attempt = f", attempt {job.attempt}{', not retried' if failure.final else ''}"
+            of = f"/{job.max_attempts}" if job.max_attempts else ""
+            attempt = f", attempt {job.attempt}{of}{', not retried' if failure.final else ''}"
         line = "worker %s: %s %s (%s) failed%s: %s: %s"
         args = (
             self.worker_name, what, job.id, job.subject, attempt, failure.error_type, failure.message,

@@ -19,6 +19,8 @@ class Job:
       payload: the submitted value.
       headers: str to str metadata.
       attempt: 1 on first delivery, 2, 3, ... on redelivery.
+      max_attempts: the deliveries the job may take in all (None: not told, for a
+        published message or an older leader).
       qos: 0 (at most once) or 1 (at least once).
       published: True for a published message (pub/sub): its return value goes nowhere.
       deadline: when nobody waits for the result any more (the submit's timeout), as a
@@ -35,6 +37,7 @@ class Job:
     qos: int = 1
     published: bool = False
     deadline: float | None = None
+    max_attempts: int | None = None
     _report: Callable[[str, float | None, str | None], None] | None = attrs.field(
         default=None, repr=False, alias="report"
     )

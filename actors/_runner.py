@@ -484,7 +484,8 @@ class WorkerRunner:
         deadline = msg.deadline
         job = Job(
             job_id, msg.subject, msg.payload, msg.headers, attempt=msg.attempt, qos=msg.qos,
-            deadline=None if deadline is None else now + deadline, report=self._report_progress,
+            deadline=None if deadline is None else now + deadline, max_attempts=msg.max_attempts,
+            report=self._report_progress,
         )
         self.running[job_id] = job
         if len(self.running) > self.max_running:

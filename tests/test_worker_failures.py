@@ -60,8 +60,11 @@ class Picky(Worker):
         return "ok"
 
 
-def _assign(i: int, subject: str, *, attempt: int = 1, deadline: float | None = None) -> Assign:
-    return Assign(mid=i, job_id=f"j{i}", subject=subject, payload=i, attempt=attempt, deadline=deadline)
+def _assign(i: int, subject: str, *, attempt: int = 1, deadline: float | None = None, max_attempts: int | None = 3) -> Assign:
+    return Assign(
+        mid=i, job_id=f"j{i}", subject=subject, payload=i, attempt=attempt, deadline=deadline,
+        max_attempts=max_attempts,
+    )
 
 
 def _runner(worker: Worker, nursery: trio.Nursery) -> tuple[WorkerRunner, _Sink]:
@@ -144,12 +147,12 @@ async def test_each_failed_attempt_logs_one_line_and_the_traceback_once_per_subj
         nursery.cancel_scope.cancel()
     lines = _failure_lines(caplog)
     assert [r.getMessage() for r in lines] == [
-        "worker w: job j0 (picky.flaky) failed, attempt 1: RuntimeError: flaky, attempt 1",
-        "worker w: job j1 (picky.flaky) failed, attempt 2: RuntimeError: flaky, attempt 2",
-        "worker w: job j2 (picky.flaky) failed, attempt 3: RuntimeError: flaky, attempt 3",
-        "worker w: job j3 (picky.value) failed, attempt 1, not retried: ValueError: bad value 3",
-        "worker w: job j4 (picky.value) failed, attempt 1, not retried: ValueError: bad value 4",
-        "worker w: job j5 (picky.reject) failed, attempt 1, not retried: Rejected: no such customer",
+        "worker w: job j0 (picky.flaky) failed, attempt 1/3: RuntimeError: flaky, attempt 1",
+        "worker w: job j1 (picky.flaky) failed, attempt 2/3: RuntimeError: flaky, attempt 2",
+        "worker w: job j2 (picky.flaky) failed, attempt 3/3: RuntimeError: flaky, attempt 3",
+        "worker w: job j3 (picky.value) failed, attempt 1/3, not retried: ValueError: bad value 3",
+        "worker w: job j4 (picky.value) failed, attempt 1/3, not retried: ValueError: bad value 4",
+        "worker w: job j5 (picky.reject) failed, attempt 1/3, not retried: Rejected: no such customer",
     ]
     assert all(r.levelno == logging.WARNING for r in lines)
     assert [r.exc_info is not None for r in lines] == [True, False, False, True, False, False]
