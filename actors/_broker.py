@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any
 
 import attrs
+import cbor2
 
 from protocol import (
     BUNDLE_OVERHEAD,
@@ -65,6 +66,17 @@ MAX_DEPARTED = 1024
 _assign_item = Assign.item  # type: ignore[attr-defined]
 _result_item = Result.item  # type: ignore[attr-defined]
 _INF = float("inf")
+
+
+def _same_payload(a: Any, b: Any) -> bool:
+    """Whether two payloads are the same job's: equal, or equal once encoded canonically
+    (a NaN is not equal to itself, but encodes the same)."""
+    if a is b or a == b:
+        return True
+    try:
+        return cbor2.dumps(a, canonical=True) == cbor2.dumps(b, canonical=True)
+    except Exception:  # (noqa: BLE001) not encodable: not the same
+        return False
 
 
 @attrs.define(eq=False)
@@ -280,7 +292,7 @@ class Broker(Redelivery, PubSub):
         job_id = msg.job_id
         job = self.jobs.get(job_id)
         if job is not None:  # in flight already: merge the waits
-            if job.subject != msg.subject or job.payload != msg.payload:
+            if job.subject != msg.subject or not _same_payload(job.payload, msg.payload):
                 self._conflict(client, msg)
                 return
             job.waiters.append((client, msg.mid))
@@ -289,7 +301,7 @@ class Broker(Redelivery, PubSub):
         stored = self.finished.get(job_id, now)
         if stored is not None:
             if stored.subject is not None and (
-                stored.subject != msg.subject or stored.request != msg.payload
+                stored.subject != msg.subject or not _same_payload(stored.request, msg.payload)
             ):
                 self._conflict(client, msg)
                 return
@@ -648,8 +660,12 @@ class Broker(Redelivery, PubSub):
         job.assigned_at = now
         deadline = now + self.config.ack_timeout
         job.ack_deadline = deadline
-        worker.inflight[job.job_id] = job
-        worker.deadlines[job.job_id] = deadline
+        inflight = worker.inflight
+        if job.job_id in inflight:  # (its earlier attempt timed out on this very worker)
+            del inflight[job.job_id]
+            worker.deadlines.pop(job.job_id, None)
+        inflight[job.job_id] = job
+        worker.deadlines[job.job_id] = deadline  # (last: the order of the deadlines)
         if deadline < self._soonest:
             self._soonest = deadline
         worker.assigned_total += 1
@@ -776,16 +792,15 @@ class Broker(Redelivery, PubSub):
     def progress(self, worker: WorkerLink, msg: Progress, now: float) -> None:
         """A worker reported progress: extend the ack deadline, tell the waiting clients."""
         job = worker.inflight.get(msg.job_id)
-        if job is None:
-            return
+        if job is None or job.worker is not worker or job.state is not JobState.ASSIGNED:
+            return  # (a slot whose attempt timed out: it has no deadline, and tells nobody)
         # Move to the end: its deadline is now the latest, which keeps the order.
         del worker.inflight[msg.job_id]
         worker.deadlines.pop(msg.job_id, None)
         worker.inflight[msg.job_id] = job
         deadline = now + self.config.ack_timeout
         worker.deadlines[msg.job_id] = deadline
-        if job.worker is worker:
-            job.ack_deadline = deadline
+        job.ack_deadline = deadline
         for client, _cid in job.waiters:
             client.send(
                 Progress(mid=client.next_mid(), job_id=job.job_id, fraction=msg.fraction, note=msg.note)

@@ -47,6 +47,7 @@ from runtime import (
     Backoff,
     Connection,
     ConnectionClosed,
+    MessageTooLarge,
     SendBufferFull,
     serve,
 )
@@ -59,6 +60,10 @@ from ._links import ClientLink, WorkerLink
 FLUSH_EVERY = 32
 #: Subject patterns one worker may serve, by default.
 MAX_PATTERNS = 1024
+#: Seconds between two statistics answers to one connection (and between two builds).
+STATS_INTERVAL = 1.0
+#: Subjects listed in a statistics answer at most (the busiest).
+MAX_STATS_SUBJECTS = 1000
 
 log = logging.getLogger("actors.leader")
 
@@ -189,6 +194,7 @@ class Leader:
         self._dirty: dict[Connection, None] = {}
         self._instance = uuid.uuid4().hex[:8]
         self._doomed: dict[Connection, str] = {}
+        self._stats_cache: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
         self.connections = 0
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -257,13 +263,40 @@ class Leader:
                 scope.deadline = deadline
 
     def _query(self, client: ClientLink, msg: Query, now: float) -> None:
-        """Answer a client's Query: a job's result (the broker's), or the statistics."""
-        if msg.what == "stats":
-            client.send(
-                Result(mid=client.next_mid(), cid=msg.mid, job_id="stats", ok=True, payload=self.stats())
-            )
-        else:
+        """Answer a client's Query: a job's result (the broker's), or the statistics.
+
+        Statistics cost O(subjects) to build and encode: they are built at most once per
+        :data:`STATS_INTERVAL` for everyone, a connection is answered at most once per
+        interval (``busy`` before), and they list the :data:`MAX_STATS_SUBJECTS` busiest
+        subjects (``subjects_omitted`` counts the others)."""
+        if msg.what != "stats":
             self.broker.query_result(client, msg, now)
+            return
+
+        def refuse(code: str, text: str, **extra: Any) -> None:
+            client.send(Error(mid=client.next_mid(), cid=msg.mid, code=code, message=text, **extra))
+
+        wait = client.stats_at + STATS_INTERVAL - now
+        if wait > 0:
+            refuse(ErrorCode.BUSY, "statistics asked for too often", retry_after=round(wait, 3))
+            return
+        client.stats_at = now
+        built, stats = self._stats_cache
+        if stats is None or now - built >= STATS_INTERVAL:
+            stats = self.stats()
+            subjects = stats["subjects"]
+            if len(subjects) > MAX_STATS_SUBJECTS:
+                busiest = sorted(
+                    subjects, key=lambda s: (subjects[s]["queued"] + subjects[s]["in_flight"], subjects[s]["submitted"]),
+                    reverse=True,
+                )[:MAX_STATS_SUBJECTS]
+                stats["subjects"] = {name: subjects[name] for name in busiest}
+                stats["subjects_omitted"] = len(subjects) - MAX_STATS_SUBJECTS
+            self._stats_cache = (now, stats)
+        try:
+            client.send(Result(mid=client.next_mid(), cid=msg.mid, job_id="stats", ok=True, payload=stats))
+        except MessageTooLarge as exc:
+            refuse(ErrorCode.TOO_LARGE, f"the statistics do not fit your frame limit: {exc}")
 
     # ------------------------------------------------------------------ connections
 

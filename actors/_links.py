@@ -103,6 +103,8 @@ class ClientLink(Link):
     #: backoff), and their bytes: what its per-client queue limits count.
     queued: int = 0
     queued_bytes: int = 0
+    #: when it was last sent the statistics (a Query), to answer it at most so often
+    stats_at: float = float("-inf")
 
 
 @attrs.define(eq=False)

@@ -147,9 +147,12 @@ class Redelivery:
         job.worker = None
         job.retry_at = now + delay
         self._start_waiting(job, queue, now)
-        heapq.heappush(self._retry_heap, (job.retry_at, next(self._seq), job))
-        if job.retry_at < self._soonest:
-            self._soonest = job.retry_at
+        # It leaves the heap at its retry time, or when its wait deadline (max_queue_time,
+        # its timeout) comes first: then it expires (a long Nack delay cannot outlast it).
+        wake = min(job.retry_at, job.wait_deadline)
+        heapq.heappush(self._retry_heap, (wake, next(self._seq), job))
+        if wake < self._soonest:
+            self._soonest = wake
 
     def _cancelled(self, job: JobRecord, reason: str, now: float) -> None:
         """End ``job`` as cancelled by a client: its waiters get a "Cancelled" failure."""

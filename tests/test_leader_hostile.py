@@ -208,3 +208,35 @@ async def test_a_deliver_over_a_subscribers_limit_is_skipped_for_it_only():
                 deliver = await small.next_message()
                 assert isinstance(deliver, protocol.Deliver) and deliver.subject == "news.small"
             await still_serves(url)
+
+
+async def test_statistics_queries_are_answered_at_most_once_a_second_and_fit_or_say_too_large():
+    with trio.fail_after(30):
+        async with leader_with_worker() as (leader, url):
+            async with RawPeer.connect(url) as noisy:  # many subjects: big statistics
+                await noisy.send({"t": 1, "i": 0, "v": [1], "role": "client"},
+                                 *({"t": 3, "i": i + 1, "j": f"n{i}", "s": f"nobody.{i}", "p": i} for i in range(1300)))
+                for _ in range(1301):
+                    await noisy.next_message()  # (the Welcome, then a no_route each)
+            async with RawPeer.connect(url) as peer:
+                await peer.send({"t": 1, "i": 0, "v": [1], "role": "client"})
+                assert isinstance(await peer.next_message(), protocol.Welcome)
+                # One frame asking 4,096 times (a bundle would do the same): one answer,
+                # 4,095 busy refusals, and the leader is not held up building them.
+                started = trio.current_time()
+                await peer.send(*({"t": 23, "i": 10 + i, "w": "stats"} for i in range(4096)))
+                answers = [await peer.next_message() for _ in range(4096)]
+                assert trio.current_time() - started < 5
+                [stats] = [a for a in answers if isinstance(a, protocol.Result)]
+                assert stats.cid == 10 and len(stats.payload["subjects"]) <= 1000
+                assert stats.payload["subjects_omitted"] >= 300
+                busy = [a for a in answers if isinstance(a, protocol.Error)]
+                assert len(busy) == 4095 and {b.code for b in busy} == {ErrorCode.BUSY}
+            # A peer whose frame limit the statistics do not fit is told so.
+            async with RawPeer.connect(url) as small:
+                await small.send({"t": 1, "i": 0, "v": [1], "role": "client", "mf": MIN_FRAME},
+                                 {"t": 23, "i": 5, "w": "stats"})
+                assert isinstance(await small.next_message(), protocol.Welcome)
+                answer = await small.next_message()
+                assert isinstance(answer, protocol.Error) and answer.code == ErrorCode.TOO_LARGE
+            await still_serves(url)
