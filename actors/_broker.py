@@ -38,7 +38,6 @@ from protocol import (
     SubjectIndex,
     Submit,
     encode_array,
-    subject_matches,
 )
 from runtime import Backoff, DedupCache, MessageTooLarge
 
@@ -62,6 +61,10 @@ MAX_SUBJECT_QUEUES = 10_000
 MAX_SUGGESTIONS = 200
 #: Patterns of departed workers remembered for ``restart_grace`` at most.
 MAX_DEPARTED = 1024
+#: "Did you mean ...?" suggestions computed per second at most (each compares the subject
+#: with up to MAX_SUGGESTIONS patterns); subjects longer than this get none.
+SUGGESTIONS_PER_SECOND = 50
+MAX_SUGGESTED_LENGTH = 128
 
 _assign_item = Assign.item  # type: ignore[attr-defined]
 _result_item = Result.item  # type: ignore[attr-defined]
@@ -181,6 +184,13 @@ class Broker(Redelivery, PubSub):
         # Patterns whose last worker went away, with when that stops counting as "a
         # worker for it will be back" (see restart_grace), oldest first.
         self._departed: dict[str, float] = {}
+        self._departed_index = SubjectIndex()
+        # "did you mean ...?": answers by subject (for the routes of _routes_version, which
+        # changes as workers come and go), and a token bucket bounding their cost.
+        self._routes_version = 0
+        self._suggestions: dict[str, tuple[int, str | None]] = {}
+        self._suggest_tokens = float(SUGGESTIONS_PER_SECOND)
+        self._suggest_at = 0.0
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=self.config.max_dead_letters)
         self.group_stats: dict[str, GroupStats] = {}
         self.waiting_count = 0  # queued + retry_wait
@@ -206,6 +216,7 @@ class Broker(Redelivery, PubSub):
     def worker_joined(self, worker: WorkerLink, now: float) -> None:
         """A worker said Hello: index its patterns and give it work."""
         self.workers[worker] = None
+        self._routes_version += 1
         worker.window = min(worker.window, self.config.max_window)
         worker.stats = self._group_stats(worker.group)
         for pattern in worker.patterns:
@@ -235,12 +246,16 @@ class Broker(Redelivery, PubSub):
         del self.workers[worker]
         departed = self._departed
         grace = self.config.restart_grace
+        self._routes_version += 1
         for pattern in worker.patterns:
             self.worker_index.remove(pattern, worker)
             if grace and worker.mode != "broadcast":
-                departed.pop(pattern, None)
-                if len(departed) >= MAX_DEPARTED:
-                    del departed[next(iter(departed))]
+                if departed.pop(pattern, None) is None:
+                    if len(departed) >= MAX_DEPARTED:
+                        oldest = next(iter(departed))
+                        del departed[oldest]
+                        self._departed_index.remove(oldest, oldest)
+                    self._departed_index.add(pattern, pattern)
                 departed[pattern] = now + grace
         for queue in worker.queues:
             queue.candidates.remove(worker)
@@ -326,7 +341,7 @@ class Broker(Redelivery, PubSub):
         if not queue.candidates and not msg.wait_for_worker:
             route_until = self._route_expected_until(msg.subject, now)
             if route_until <= now:
-                self._refuse(client, msg, ErrorCode.NO_ROUTE, self._no_route_text(msg.subject))
+                self._refuse(client, msg, ErrorCode.NO_ROUTE, self._no_route_text(msg.subject, now))
                 return
         if (
             self.waiting_count >= config.max_queued
@@ -610,30 +625,54 @@ class Broker(Redelivery, PubSub):
         until = now + self.config.route_grace if self.config.route_grace else 0.0
         departed = self._departed
         if departed:
-            for pattern, gone_until in list(departed.items()):
+            for pattern in list(self._departed_index.match(subject)):
+                gone_until = departed[pattern]  # type: ignore[index]
                 if gone_until <= now:
-                    del departed[pattern]
-                elif gone_until > until and subject_matches(pattern, subject):
+                    del departed[pattern]  # type: ignore[arg-type]
+                    self._departed_index.remove(pattern, pattern)  # type: ignore[arg-type]
+                elif gone_until > until:
                     until = gone_until
         return until
 
-    def _no_route_text(self, subject: str) -> str:
+    def _no_route_text(self, subject: str, now: float) -> str:
         """``no_route``'s words: the subject, and the served pattern it may have meant."""
+        text = f"no worker serves subject {subject}"
+        close = self._suggestion(subject, now)
+        if close:
+            text += f" (did you mean {close}?)"
+        return text
+
+    def _suggestion(self, subject: str, now: float) -> str | None:
+        """The served pattern closest to ``subject``, if one is close; None too when
+        finding it would cost too much (a long subject, or past a budget of
+        :data:`SUGGESTIONS_PER_SECOND`: a flood of unserved submits stays cheap)."""
+        if len(subject) > MAX_SUGGESTED_LENGTH:
+            return None
+        cache = self._suggestions
+        cached = cache.get(subject)
+        if cached is not None and cached[0] == self._routes_version:
+            return cached[1]
+        tokens = min(SUGGESTIONS_PER_SECOND, self._suggest_tokens + (now - self._suggest_at) * SUGGESTIONS_PER_SECOND)
+        self._suggest_at = now
+        if tokens < 1:
+            self._suggest_tokens = tokens
+            return None
+        self._suggest_tokens = tokens - 1
         served: dict[str, None] = {}
         for worker in self.workers:
             if worker.mode == "broadcast":
                 continue
             for pattern in worker.patterns:
-                served[pattern] = None
-                if len(served) >= MAX_SUGGESTIONS:
-                    break
+                if len(pattern) <= MAX_SUGGESTED_LENGTH:
+                    served[pattern] = None
             if len(served) >= MAX_SUGGESTIONS:
                 break
-        text = f"no worker serves subject {subject}"
-        close = difflib.get_close_matches(subject, list(served), n=1, cutoff=0.6)
-        if close:
-            text += f" (did you mean {close[0]}?)"
-        return text
+        close = difflib.get_close_matches(subject, list(served)[:MAX_SUGGESTIONS], n=1, cutoff=0.6)
+        if len(cache) >= MAX_SUGGESTIONS * 5:
+            cache.clear()
+        suggestion = close[0] if close else None
+        cache[subject] = (self._routes_version, suggestion)
+        return suggestion
 
     def _feed(self, worker: WorkerLink, now: float) -> None:
         """Give a worker with free credit the jobs waiting for it."""
@@ -892,7 +931,7 @@ class Broker(Redelivery, PubSub):
     def _expired_text(self, job: JobRecord, now: float) -> str:
         if job.awaiting_route:
             return (
-                f"{self._no_route_text(job.subject)}; none came within"
+                f"{self._no_route_text(job.subject, now)}; none came within"
                 f" {now - job.submitted_at:g} s (the leader's route_grace is"
                 f" {self.config.route_grace:g} s, its restart_grace {self.config.restart_grace:g} s)"
             )

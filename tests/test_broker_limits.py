@@ -589,3 +589,24 @@ def test_a_dead_letter_is_logged_with_its_last_error(caplog):
         answer(b, w, "poison", 1.0, ok=False)
     [line] = [r.getMessage() for r in caplog.records if r.name == "actors.leader"]
     assert line == "job poison (jobs.a) dead-lettered on $dlq.jobs.a after 1 attempts: E: bad"
+
+
+def test_a_flood_of_unserved_submits_gets_suggestions_within_a_budget(monkeypatch):
+    import actors._broker as broker_module
+
+    calls = []
+    real = broker_module.difflib.get_close_matches
+    monkeypatch.setattr(broker_module.difflib, "get_close_matches", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    b = make_broker()
+    c = client("c")
+    join(b, "w", 1, patterns=tuple(f"svc.{i}.run" for i in range(300)))
+    for i in range(1000):
+        submit(b, c, f"f{i}", subject=f"svc.{i}.rnu", now=1.0, wait_for_worker=False)
+    assert len(errors(c, ErrorCode.NO_ROUTE)) == 1000
+    assert len(calls) == broker_module.SUGGESTIONS_PER_SECOND
+    assert errors(c)[0].message == "no worker serves subject svc.0.rnu (did you mean svc.0.run?)"
+    assert errors(c)[-1].message == "no worker serves subject svc.999.rnu"  # (over budget)
+    submit(b, c, "long", subject="s." + "x" * 4000, now=100.0, wait_for_worker=False)
+    submit(b, c, "again", subject="svc.0.rnu", now=100.0, wait_for_worker=False)  # cached
+    assert len(calls) == broker_module.SUGGESTIONS_PER_SECOND
+    assert errors(c)[-1].message.endswith("(did you mean svc.0.run?)")
