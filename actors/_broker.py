@@ -45,6 +45,7 @@ from ._jobs import JobRecord, JobState, Journal, StoredResult
 from ._links import ClientLink, GroupStats, SubjectQueue, WorkerLink
 from ._pubsub import PubSub
 from ._redelivery import Redelivery, _waits_until
+from ._retained import RetainedMessages
 from ._routing import EXACT_LEAST_LOADED as EXACT_LEAST_LOADED  # (re-exported: tests)
 from ._routing import LEAST_LOADED_SAMPLES as LEAST_LOADED_SAMPLES
 from ._routing import pick_worker
@@ -179,8 +180,7 @@ class Broker(Redelivery, PubSub):
         self.workers: dict[WorkerLink, None] = {}
         self.worker_index = SubjectIndex()
         self.sub_index = SubjectIndex()
-        self.retained: dict[str, tuple[Any, dict[str, str]]] = {}
-        self._retained_sizes: dict[str, int] = {}
+        self.retained = RetainedMessages(self.config.max_retained, self.config.max_retained_bytes)
         # Patterns whose last worker went away, with when that stops counting as "a
         # worker for it will be back" (see restart_grace), oldest first.
         self._departed: dict[str, float] = {}
@@ -195,7 +195,6 @@ class Broker(Redelivery, PubSub):
         self.group_stats: dict[str, GroupStats] = {}
         self.waiting_count = 0  # queued + retry_wait
         self.waiting_bytes = 0
-        self.retained_bytes = 0
         self.dead_letter_bytes = 0
         self._dead_letter_sizes: deque[int] = deque()
         self._retry_heap: list[tuple[float, int, JobRecord]] = []

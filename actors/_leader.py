@@ -311,6 +311,8 @@ class Leader:
 
         def sending(queue: Any) -> Any:
             def send(message: Any) -> None:
+                if doomed and conn in doomed:
+                    return  # (too slow already: it is closed after this batch)
                 try:
                     queue(message)
                 except SendBufferFull:

@@ -20,11 +20,11 @@ from protocol import (
     Subscribe,
     Unsubscribe,
     encode_item,
-    subject_matches,
 )
 from runtime import MessageTooLarge
 
 from ._links import ClientLink, Subscription, WorkerLink
+from ._retained import RetainedMessages
 from ._sizes import FORWARD_RESERVE, SURELY_FITS, payload_size
 
 #: Round-robin turn counters of queue groups kept at most (then they start again).
@@ -35,9 +35,7 @@ class PubSub:
     """The publish/subscribe half of the broker (see :class:`~actors.Broker`)."""
 
     config: Any
-    retained: dict[str, tuple[Any, dict[str, str]]]
-    retained_bytes: int
-    _retained_sizes: dict[str, int]
+    retained: RetainedMessages
     sub_index: Any
     worker_index: Any
     _queue_rr: dict[str, int]
@@ -86,22 +84,7 @@ class PubSub:
 
     def _retain(self, msg: Publish, size: int) -> None:
         """Keep ``msg`` as its subject's last message, within the count and byte limits."""
-        retained = self.retained
-        sizes = self._retained_sizes
-        old = retained.pop(msg.subject, None)
-        if old is not None:
-            self.retained_bytes -= sizes.pop(msg.subject)
-        while retained and (
-            len(retained) >= self.config.max_retained
-            or self.retained_bytes + size > self.config.max_retained_bytes
-        ):
-            subject = next(iter(retained))
-            del retained[subject]
-            self.retained_bytes -= sizes.pop(subject)
-        if size <= self.config.max_retained_bytes:
-            retained[msg.subject] = (msg.payload, msg.headers)
-            sizes[msg.subject] = size
-            self.retained_bytes += size
+        self.retained.put(msg.subject, msg.payload, msg.headers, size)
 
     def _route_publish(self, subject: str, payload: Any, headers: dict[str, str], now: float) -> None:
         groups: dict[str, list[Any]] = {}
@@ -158,10 +141,11 @@ class PubSub:
         sub = Subscription(client, msg.sid, msg.pattern, msg.queue)
         client.subscriptions[msg.sid] = sub
         self.sub_index.add(msg.pattern, sub)
-        if self.retained:
-            for subject, (payload, headers) in list(self.retained.items()):
-                if subject_matches(msg.pattern, subject):
-                    self._deliver(client, msg.sid, subject, payload, headers, retained=True)
+        retained = self.retained
+        if retained:
+            for subject in retained.matching(msg.pattern):
+                payload, headers = retained.get(subject)  # type: ignore[misc]
+                self._deliver(client, msg.sid, subject, payload, headers, retained=True)
 
     def unsubscribe(self, client: ClientLink, msg: Unsubscribe) -> None:
         """End a subscription (unknown sids are ignored)."""

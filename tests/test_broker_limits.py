@@ -387,7 +387,7 @@ def test_retained_messages_are_bounded_in_bytes():
     for i in range(10):
         b.publish(pub, Publish(mid=i + 1, subject=f"r.{i}", payload=b"x" * MIB, retain=True), 0.0)
     assert list(b.retained) == ["r.8", "r.9"]
-    assert b.retained_bytes <= 3 * MIB
+    assert b.retained.bytes <= 3 * MIB
 
 
 def test_dead_letters_are_bounded_in_bytes():
@@ -610,3 +610,36 @@ def test_a_flood_of_unserved_submits_gets_suggestions_within_a_budget(monkeypatc
     submit(b, c, "again", subject="svc.0.rnu", now=100.0, wait_for_worker=False)  # cached
     assert len(calls) == broker_module.SUGGESTIONS_PER_SECOND
     assert errors(c)[-1].message.endswith("(did you mean svc.0.run?)")
+
+
+def test_retained_messages_are_matched_by_walking_their_tokens():
+    from actors._retained import RetainedMessages
+
+    retained = RetainedMessages(max_count=100, max_bytes=10_000)
+    for subject in ["a.b.c", "a.b", "a.x.c", "b.b.c", "a.b.c.d"]:
+        retained.put(subject, subject, {}, 10)
+    assert sorted(retained.matching("a.*.c")) == ["a.b.c", "a.x.c"]
+    assert sorted(retained.matching("a.>")) == ["a.b", "a.b.c", "a.b.c.d", "a.x.c"]
+    assert sorted(retained.matching("*.b.c")) == ["a.b.c", "b.b.c"]
+    assert retained.matching("a.b") == ["a.b"] and retained.matching("a") == []
+    assert sorted(retained.matching(">")) == sorted(["a.b.c", "a.b", "a.x.c", "b.b.c", "a.b.c.d"])
+    retained.put("a.b.c", "new", {}, 10)  # replaces, moves to the end
+    assert list(retained)[-1] == "a.b.c" and retained.get("a.b.c") == ("new", {})
+    for subject in ["a.b.c", "a.b", "a.x.c", "b.b.c", "a.b.c.d"]:
+        retained._drop(subject)
+    assert retained._root == {} and retained.bytes == 0
+
+
+def test_a_flood_of_subscribes_does_not_scan_every_retained_subject():
+    import time
+
+    b = make_broker()
+    pub, c = client("pub"), client("c")
+    for i in range(10_000):
+        b.publish(pub, Publish(mid=i + 1, subject=f"svc.{i}.state", payload=i, retain=True), 0.0)
+    started = time.perf_counter()
+    for sid in range(1, 2001):
+        b.subscribe(c, Subscribe(mid=sid, sid=sid, pattern=f"other.{sid}.>"), 0.0)
+    assert time.perf_counter() - started < 2.0  # (a scan each: some 15 s)
+    b.subscribe(c, Subscribe(mid=9999, sid=9999, pattern="svc.*.state"), 0.0)
+    assert len([m for m in c.out if isinstance(m, Deliver)]) == 10_000
