@@ -60,6 +60,8 @@ MAX_GROUP_STATS = 10_000
 MAX_SUBJECT_QUEUES = 10_000
 #: Served patterns compared with a subject nobody serves, for "did you mean ...?".
 MAX_SUGGESTIONS = 200
+#: Calls (submits of the same id, result queries) waiting for one job at most.
+MAX_WAITERS = 1000
 #: Patterns of departed workers remembered for ``restart_grace`` at most.
 MAX_DEPARTED = 1024
 #: "Did you mean ...?" suggestions computed per second at most (each compares the subject
@@ -309,6 +311,9 @@ class Broker(Redelivery, PubSub):
             if job.subject != msg.subject or not _same_payload(job.payload, msg.payload):
                 self._conflict(client, msg)
                 return
+            if len(job.waiters) >= MAX_WAITERS:
+                self._refuse_busy(client, msg, f"{MAX_WAITERS} submits already wait for job {job_id}")
+                return
             job.waiters.append((client, msg.mid))
             client.waiting[job_id] = None
             return
@@ -431,7 +436,9 @@ class Broker(Redelivery, PubSub):
         job_id = msg.job_id or ""
         job = self.jobs.get(job_id)
         if job is not None:
-            if msg.wait:
+            if msg.wait and len(job.waiters) >= MAX_WAITERS:
+                self._refuse(client, msg, ErrorCode.BUSY, f"{MAX_WAITERS} calls already wait for job {job_id}", retry_after=1.0)
+            elif msg.wait:
                 job.waiters.append((client, msg.mid))
                 client.waiting[job_id] = None
             else:

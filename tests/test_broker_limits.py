@@ -643,3 +643,15 @@ def test_a_flood_of_subscribes_does_not_scan_every_retained_subject():
     assert time.perf_counter() - started < 2.0  # (a scan each: some 15 s)
     b.subscribe(c, Subscribe(mid=9999, sid=9999, pattern="svc.*.state"), 0.0)
     assert len([m for m in c.out if isinstance(m, Deliver)]) == 10_000
+
+
+def test_the_calls_waiting_for_one_job_are_bounded():
+    import actors._broker as broker_module
+
+    b = make_broker()
+    c = client("c")
+    join(b, "w", 1)
+    for _ in range(broker_module.MAX_WAITERS + 5):
+        submit(b, c, "same")
+    assert len(b.jobs["same"].waiters) == broker_module.MAX_WAITERS
+    assert len(errors(c, ErrorCode.BUSY)) == 5
