@@ -134,10 +134,10 @@ class BrokerConfig:
     max_retained: int = 10_000
     max_dead_letters: int = 1_000
     max_queued_bytes: int = 256 * 2**20
-    max_queued_per_subject: int = 50_000
-    max_queued_bytes_per_subject: int = 128 * 2**20
-    max_queued_per_client: int = 50_000
-    max_queued_bytes_per_client: int = 128 * 2**20
+    max_queued_per_subject: int = 25_000
+    max_queued_bytes_per_subject: int = 64 * 2**20
+    max_queued_per_client: int = 10_000
+    max_queued_bytes_per_client: int = 32 * 2**20
     max_queue_time: float | None = 3600.0
     max_window: int = 10_000
     max_frame: int = DEFAULT_MAX_FRAME_SIZE

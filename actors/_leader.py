@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
     MAX_NAME_LENGTH,
     Ack,
     Cancel,
@@ -94,6 +95,9 @@ class Leader:
       dedup_window: seconds a finished job's result answers resubmissions of its id.
       heartbeat: seconds between heartbeats on idle connections.
       max_connections: per listener; more are answered ``busy`` and closed.
+      max_outgoing: bytes queued for one peer at most before it is disconnected as a slow
+        consumer (default four frames of 16 MiB, so that a worker can be sent several
+        large jobs at once).
       max_connections_per_address: connections from one peer address at once, per
         listener; more are answered ``busy`` (so that one host cannot lock others out).
       max_handshakes: connections in their TLS/WebSocket handshake or not yet past their
@@ -129,6 +133,7 @@ class Leader:
         dedup_window: float = 600.0,
         heartbeat: float | None = 5.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_outgoing: int = 4 * DEFAULT_MAX_FRAME_SIZE,
         max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         token: str | None = None,
@@ -155,6 +160,7 @@ class Leader:
         self.ssl_context = ssl_context
         self.heartbeat = heartbeat
         self.max_connections = max_connections
+        self.max_outgoing = max_outgoing
         self.max_connections_per_address = max_connections_per_address
         self.max_handshakes = max_handshakes
         self.token = token
@@ -211,6 +217,7 @@ class Leader:
                         ssl_context=self.ssl_context,
                         heartbeat=self.heartbeat,
                         max_connections=self.max_connections,
+                        max_outgoing=self.max_outgoing,
                         max_connections_per_address=self.max_connections_per_address,
                         max_handshakes=self.max_handshakes,
                     )

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import random
 import ssl
@@ -68,6 +69,7 @@ from protocol import (
     Result,
     encode_array,
     is_valid_pattern,
+    message_of,
 )
 from runtime import (
     Backoff,
@@ -612,8 +614,13 @@ class WorkerRunner:
                 conn.queue_item(item)
             elif ok and not _plain(value):
                 encode_array(item)  # not sent now: a trial run, to know the outcome
-        except (ConnectionClosed, SendBufferFull):
-            pass
+        except ConnectionClosed:
+            pass  # (the leader redelivers it; the finished cache below answers then)
+        except SendBufferFull:
+            # A large result while the buffer holds others: sent once there is room (a
+            # task of its own: this slot goes on), not dropped to an ack timeout.
+            if self._nursery is not None:
+                self._nursery.start_soon(self._send_when_room, conn, item)
         except (MessageTooLarge, ValueError) as exc:
             ok, value = False, self._unsendable(job, outcome, exc)
             outcome = (False, value)
@@ -631,6 +638,15 @@ class WorkerRunner:
         # Remembered, to answer a redelivery: a success, and a final failure (running the
         # job again would only fail the same way, or nobody waits for it any more).
         self.finished.add(job.id, self._clock(), outcome)
+
+    @staticmethod
+    async def _send_when_room(conn: Any, item: list[Any]) -> None:
+        """Send a Result that found the outgoing buffer full, waiting for room as long
+        as the connection lives (a connection that ends loses it: it is redelivered)."""
+        try:
+            await conn.send(message_of(item), timeout=math.inf)
+        except (ConnectionClosed, SendBufferFull):
+            pass
 
     def _unsendable(self, job: Job, outcome: tuple[bool, Any], exc: Exception) -> Failure:
         """The failure to send instead of ``outcome``, whose Result queueing refused with

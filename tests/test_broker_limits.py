@@ -232,7 +232,7 @@ def test_100k_abandoned_jobs_leave_and_the_leader_takes_jobs_again():
     flooder = client("flooder")
     for i in range(100_000):
         submit(b, flooder, f"a-{i}", subject="nobody.serves", now=i / 1000)
-    assert len(errors(flooder, ErrorCode.BUSY)) == 50_000  # the per-subject default
+    assert len(errors(flooder, ErrorCode.BUSY)) == 90_000  # the per-client default: 10,000
     b.handle_timer(700.0)
     assert b.waiting_count == 0 and b.waiting_bytes == 0 and len(b.jobs) == 0
     assert len(b.queues["nobody.serves"].pending) == 0  # (nothing kept for the dead)
@@ -245,7 +245,7 @@ def test_100k_abandoned_jobs_leave_and_the_leader_takes_jobs_again():
 def test_cancelling_many_queued_jobs_compacts_the_queue():
     from protocol import Cancel
 
-    b = make_broker()
+    b = make_broker(max_queued_per_client=100_000)
     c = client("c")
     for i in range(20_000):
         submit(b, c, f"j-{i}", subject="jobs.x")

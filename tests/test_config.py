@@ -349,7 +349,7 @@ def test_the_leaders_limits_from_a_file_reach_the_broker_and_the_listeners(write
     assert (config.route_grace, config.restart_grace) == (2.5, 0.0)
     assert (leader.max_connections_per_address, leader.max_handshakes) == (10, 5)
     # Unset limits keep the leader's defaults.
-    assert config.max_queued_per_client == 50_000 and config.max_queue_time != 0
+    assert config.max_queued_per_client == 10_000 and config.max_queue_time != 0
 
 
 @pytest.mark.parametrize(
