@@ -75,11 +75,11 @@ _INF = float("inf")
 
 
 def _same_payload(a: Any, b: Any) -> bool:
-    """Whether two payloads are the same job's: equal, or equal once encoded canonically
-    (a NaN is not equal to itself, but encodes the same)."""
-    if a is b or a == b:
+    """Whether two payloads are the same job's: the same once encoded canonically (a NaN
+    is not equal to itself, but encodes the same; 1 and 1.0 are equal, but do not)."""
+    if a is b:
         return True
-    try:
+    try:  # (not ``a == b``: 1 == 1.0 == True, which encode differently)
         return cbor2.dumps(a, canonical=True) == cbor2.dumps(b, canonical=True)
     except Exception:  # (noqa: BLE001) not encodable: not the same
         return False
@@ -240,8 +240,12 @@ class Broker(Redelivery, PubSub):
             stats = self.group_stats[group] = GroupStats()
         return stats
 
-    def worker_left(self, worker: WorkerLink, now: float) -> None:
-        """A worker went away: whatever it held is redelivered (each counts as an attempt)."""
+    def worker_left(self, worker: WorkerLink, now: float, *, coming_back: bool = True) -> None:
+        """A worker went away: whatever it held is redelivered (each counts as an attempt).
+
+        ``coming_back``: it may (it crashed, lost its connection, or is being recycled):
+        for ``restart_grace``, jobs for its patterns wait for a worker rather than being
+        answered ``no_route``. False for a worker that said it stops for good."""
         if worker not in self.workers:
             return
         del self.workers[worker]
@@ -250,7 +254,7 @@ class Broker(Redelivery, PubSub):
         self._routes_version += 1
         for pattern in worker.patterns:
             self.worker_index.remove(pattern, worker)
-            if grace and worker.mode != "broadcast":
+            if grace and coming_back and worker.mode != "broadcast":
                 if departed.pop(pattern, None) is None:
                     if len(departed) >= MAX_DEPARTED:
                         oldest = next(iter(departed))

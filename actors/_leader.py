@@ -431,12 +431,18 @@ class Leader:
             Credit: lambda w, m, now: broker.set_window(w, m.credit, now),
         }
 
+        coming_back = True
         try:
             await self._dispatch(conn, link, handlers, batch, refuse_others=True)
+        except ConnectionClosed as exc:
+            # A worker that said Bye stops for good, unless it is being recycled (its
+            # group starts another at once); a lost one may be restarting.
+            coming_back = not exc.clean or "recycling" in exc.reason
+            raise
         finally:
             self._batching = True
             try:
-                broker.worker_left(link, trio.current_time())
+                broker.worker_left(link, trio.current_time(), coming_back=coming_back)
             finally:
                 self._flush()
             self._rearm()

@@ -68,6 +68,9 @@ def broker_stats(self: Broker) -> dict[str, Any]:
         g["answered"] += worker.done_total
         g["policy"] = worker.policy
         g["mode"] = worker.mode
+        g.setdefault("patterns", {}).update(dict.fromkeys(worker.patterns))
+    for g in groups.values():
+        g["patterns"] = list(g.get("patterns", ()))  # the subjects its workers serve
     return {
         "jobs_active": len(self.jobs),
         "waiting": self.waiting_count,

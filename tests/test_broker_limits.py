@@ -655,3 +655,25 @@ def test_the_calls_waiting_for_one_job_are_bounded():
         submit(b, c, "same")
     assert len(b.jobs["same"].waiters) == broker_module.MAX_WAITERS
     assert len(errors(c, ErrorCode.BUSY)) == 5
+
+
+def test_a_worker_that_stopped_for_good_leaves_no_grace():
+    b = make_broker(restart_grace=10.0)
+    c = client("c")
+    w = join(b, "w", 1, patterns=("jobs.>",))
+    b.worker_left(w, 1.0, coming_back=False)
+    submit(b, c, "j", subject="jobs.a", now=2.0, wait_for_worker=False)
+    assert [e.job_id for e in errors(c, ErrorCode.NO_ROUTE)] == ["j"]
+
+
+def test_a_resubmission_must_repeat_the_payload_exactly():
+    b = make_broker()
+    c = client("c")
+    w = join(b, "w", 1)
+    submit(b, c, "j", payload={"n": 1})
+    submit(b, c, "j", payload={"n": 1.0})  # equal in Python, another job on the wire
+    submit(b, c, "j", payload={"n": True})
+    assert len(errors(c, ErrorCode.CONFLICT)) == 2
+    answer(b, w, "j", 1.0)
+    submit(b, c, "j", payload={"n": 1.0}, now=2.0)
+    assert len(errors(c, ErrorCode.CONFLICT)) == 3

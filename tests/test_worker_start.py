@@ -262,7 +262,7 @@ async def test_the_workers_failure_lines_reach_the_clusters_stderr() -> None:
             finally:
                 cluster.process.kill()
     err = "\n".join(cluster.err.seen)
-    assert re.search(r"worker flaky-0: job \S+ \(test.flaky\) failed, attempt 1: ValueError: asked to fail \(attempt 1\)", err)
+    assert re.search(r"worker flaky-0: job \S+ \(test.flaky\) failed, attempt 1/\d+: ValueError: asked to fail \(attempt 1\)", err)
     assert err.count("Traceback (most recent call last):") == 1  # the first failure only
     assert 'tests/workers.py", line' in err
 
