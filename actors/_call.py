@@ -1,6 +1,6 @@
 """One outstanding call of a :class:`~actors.Client`, and waiting for it to settle.
 
-A submit (or a QoS 1 publish) is a :class:`Call` from when it is made until the leader's
+A submit (or a QoS 1 publish, or a query) is a :class:`Call` from when it is made until the leader's
 answer settles it (``Client._settle``); the caller waits in :func:`until_settled`.
 """
 
@@ -15,9 +15,9 @@ import trio
 
 @attrs.define(eq=False)
 class Call:
-    """One outstanding submit (or qos 1 publish)."""
+    """One outstanding submit (or qos 1 publish, or query)."""
 
-    message: Any  # Submit or Publish as last sent (its mid changes on each transmission)
+    message: Any  # Submit, Publish or Query as last sent (its mid changes on each transmission)
     sent: bool = False  # ``message`` went out once: a resend needs a new mid
     task: trio.lowlevel.Task | None = None  # the caller parked until the call settles
     channel: trio.MemorySendChannel | None = None
@@ -25,6 +25,8 @@ class Call:
     outcome: Any = None
     error: BaseException | None = None
     done: bool = False
+    index: int = 0  # a ``map`` call: its payload's position in the input
+    deadline: float | None = None  # a ``map`` call with a timeout: when it gives up
 
 
 async def until_settled(call: Call) -> None:

@@ -5,17 +5,38 @@ waits for the Result that carries its ``cid``. The client reconnects with backof
 the connection drops and then resends every QoS 1 submit still waiting, under the same
 job id: the leader merges it with the running job or answers from its stored results,
 so each call gets its result exactly once. Subscriptions are renewed too.
+
+Sending never fails for a full outgoing buffer: a message that does not fit right now (a
+burst of large payloads) waits for room -- only those; a small submit into a buffer with
+room is queued without waiting. A message over the leader's frame limit fails at once
+with :class:`TooLarge`. A connection that ended with an ``internal`` error (a failure of
+ours or of the leader's, maybe caused by one of the waiting calls) fails the calls waiting
+on it with :class:`ConnectionLost` instead of sending them again. The client's background
+task never lets an exception out into the user's nursery: when it cannot go on (a
+refusal that retrying cannot cure), every waiting and later call raises
+:class:`ConnectionLost`.
+
+A call the caller stops waiting for (its timeout fired, its task was cancelled, a ``map``
+was left early) is *abandoned*: the client queues ``Cancel(abandon=True)`` for its job,
+without waiting, and the leader cancels the job unless another client waits for it too
+(``detach=True`` leaves the job running instead). Queued cancels go out before the
+connection closes, and after a reconnect if it dropped.
+
+Connecting fails fast with a :class:`ConnectionLost` subclass saying why: nothing listens
+(:class:`ConnectionRefused`), the TLS handshake failed (:class:`TLSFailed`), something
+else answers there (:class:`WrongProtocol`); other failures are retried until the connect
+timeout (:class:`ConnectTimeout`).
 """
 
 from __future__ import annotations
 
-import heapq
+import collections
 import itertools
 import math
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,26 +52,53 @@ from protocol import (
     ErrorCode,
     Hello,
     Progress,
+    Query,
     Result,
     Submit,
     Subscribe,
 )
-from runtime import Backoff, Connection, ConnectionClosed, run_reconnecting
+from runtime import (
+    Backoff,
+    Connection,
+    ConnectionClosed,
+    MessageTooLarge,
+    ReconnectEvent,
+    SendBufferFull,
+    run_reconnecting,
+)
+from runtime._transports import reraise_alone
 
 from ._call import Call, until_settled
 from ._client_errors import (
     Busy,
+    ClientError,
+    Conflict,
     ConnectionLost,
+    ConnectTimeout,
     DeadLettered,
     JobCancelled,
     JobFailed,
+    NoRoute,
+    NotFound,
     RemoteError,
     SubmitTimeout,
+    TooLarge,
+    connect_failure,
+    too_large,
 )
+from ._client_map import JobMap
 from ._client_pubsub import ClientPubSub
 from ._subscription import Message, Subscription
 
 _submit_checked = Submit.checked
+
+#: Seconds :meth:`Client.connect` gives the connection to close gracefully when its block
+#: ends (queued messages, abandoned jobs' cancels among them, go out first), even when
+#: the block was cancelled.
+CLOSE_TIMEOUT = 2.0
+#: Cancels of abandoned jobs kept while they cannot be sent (no connection, a full
+#: outgoing buffer); past this, the oldest are dropped (those jobs run on).
+MAX_QUEUED_CANCELS = 100_000
 
 
 class Client(ClientPubSub):
@@ -61,7 +109,8 @@ class Client(ClientPubSub):
         async with Client.connect("tcp://127.0.0.1:7700") as client:
             result = await client.submit("math.square", {"n": 7})
 
-    Publish and subscribe come from :class:`~actors._client_pubsub.ClientPubSub`.
+    ``map`` hands its work to :class:`~actors._client_map.JobMap`; publish and subscribe
+    come from :class:`~actors._client_pubsub.ClientPubSub`.
     """
 
     def __init__(
@@ -73,6 +122,7 @@ class Client(ClientPubSub):
         token: str | None = None,
         reconnect_backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
         self.url = url
         self.name = name
@@ -80,14 +130,31 @@ class Client(ClientPubSub):
         self.token = token
         self.backoff = reconnect_backoff or Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2)
         self.rng = rng
+        self.connect_timeout = connect_timeout
         #: Connections made so far (more than 1 after a reconnect).
         self.connects = 0
         #: Result frames received, and those that answered no waiting call (a result for
         #: a call already settled or abandoned: counted, never delivered twice).
         self.results_received = 0
         self.stray_results = 0
+        #: Jobs abandoned (see the module docstring): cancels sent or queued, and those
+        #: dropped because more than ``MAX_QUEUED_CANCELS`` could not be sent.
+        self.abandoned = 0
+        self.cancels_dropped = 0
         self._conn: Connection | None = None
-        self._connected = trio.Event()
+        self._connected = trio.Event()  # (also set when the client gives up: see _failure)
+        # Why the client cannot go on, once it cannot: every call then raises it.
+        self._failure: ClientError | None = None
+        # Why the last attempt to connect failed (for connect()'s timeout message).
+        self._connect_error: BaseException | None = None
+        # Cancels of abandoned jobs waiting to be sent, and the event that wakes their sender.
+        self._cancels: collections.deque[Cancel] = collections.deque()
+        self._cancels_queued = trio.Event()
+        # Closing (connect()'s block has ended), and _keep_connected has returned.
+        self._closing = False
+        self._stopped = trio.Event()
+        # The scope of the background work (see _run), and only connect() cancels it.
+        self._background = trio.CancelScope(shield=True)
         self._mids = itertools.count(1)
         self._calls: dict[int, Call] = {}  # by the mid of the frame on the current connection
         self._progress: dict[str, Call] = {}
@@ -111,67 +178,272 @@ class Client(ClientPubSub):
     ) -> AsyncIterator[Client]:
         """Connect to the leader at ``url``; reconnect whenever the connection drops.
 
+        The first connection fails fast when retrying cannot help; its other failures
+        (a connection lost in the handshake, ``busy``...) are retried until
+        ``connect_timeout``. Once connected, a lost connection is retried for ever.
+
         Raises:
-          ConnectionLost: no connection could be made within ``connect_timeout``.
+          Busy: the leader refused the connection for its connection limits (at once, with
+            its ``retry_after``; reconnects later on are retried instead).
+          ConnectionRefused: nothing listens at the URL (at once).
+          TLSFailed: the TLS handshake failed; the message says why (an untrusted
+            certificate, a wrong host name...).
+          WrongProtocol: something else answers there: an HTTP server, a WebSocket
+            listener reached with ``tcp://``, a TCP one with ``ws://``, a plain one with
+            ``tls://`` or ``wss://``...
+          ConnectTimeout: no connection within ``connect_timeout`` (the message gives the
+            last attempt's error).
+          ConnectionLost: the leader refused the connection for good (``auth_failed``...),
+            or the host name cannot be resolved. (The four above are ConnectionLost too.)
+
+        Exceptions come out as themselves, not in an exception group.
+
+        Resource handling: when the block ends (also by an exception or a cancellation),
+        the connection is closed gracefully within ``CLOSE_TIMEOUT`` seconds: what is
+        queued, the cancels of the jobs abandoned on the way out among it, goes out first.
         """
-        client = cls(url, name=name, ssl_context=ssl_context, token=token, reconnect_backoff=reconnect_backoff)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._run)
-            with trio.move_on_after(connect_timeout):
-                await client._connected.wait()
-            if not client._connected.is_set():
-                nursery.cancel_scope.cancel()
-                raise ConnectionLost(f"could not connect to {url} within {connect_timeout} s")
-            try:
-                yield client
-            finally:
-                nursery.cancel_scope.cancel()
+        client = cls(
+            url, name=name, ssl_context=ssl_context, token=token, reconnect_backoff=reconnect_backoff,
+            connect_timeout=connect_timeout,
+        )  # fmt: skip
+        failure: ClientError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    nursery.start_soon(client._run)  # (shielded: ended below, only)
+                    with trio.move_on_after(connect_timeout):
+                        await client._connected.wait()
+                    failure = client._failure
+                    if failure is None and not client._connected.is_set():
+                        failure = client._timed_out()
+                    if failure is None:
+                        try:
+                            yield client
+                        finally:
+                            with trio.CancelScope(shield=True):
+                                await client._close()
+                finally:
+                    client._background.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                reraise_alone(group.exceptions[0])
+            raise
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------------ connection
 
     async def _run(self) -> None:
-        await run_reconnecting(
-            self.url,
-            self._session,
-            hello_factory=lambda: Hello(
-                mid=next(self._mids),
-                role="client",
-                name=self.name,
-                versions=SUPPORTED_VERSIONS,
-                token=self.token,
-            ),
-            backoff=self.backoff,
-            rng=self.rng,
-            ssl_context=self.ssl_context,
-        )
+        """The client's background work, until :meth:`connect` ends it: keep the
+        connection going, send the cancels of abandoned jobs.
+
+        Shielded from cancellations from outside: when the block of ``connect()`` is
+        cancelled, the calls it was making abandon their jobs on their way out, and that
+        needs the connection (``connect()`` then closes it, and ends this).
+        """
+        with self._background:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_cancels)
+                await self._keep_connected()
+                nursery.cancel_scope.cancel()
+
+    async def _keep_connected(self) -> None:
+        """Connect and reconnect until :meth:`_close`; never raises (a failure is
+        :meth:`_give_up`)."""
+        try:
+            await run_reconnecting(
+                self.url,
+                self._session,
+                hello_factory=lambda: Hello(
+                    mid=next(self._mids),
+                    role="client",
+                    name=self.name,
+                    versions=SUPPORTED_VERSIONS,
+                    token=self.token,
+                ),
+                backoff=self.backoff,
+                rng=self.rng,
+                ssl_context=self.ssl_context,
+                on_state=self._on_state,
+                connect_timeout=self.connect_timeout,
+            )
+        except Exception as exc:  # a refusal retrying cannot cure, or a bug: not the user's
+            if self.connects == 0:
+                error = ConnectionLost(f"could not connect to {self.url}: {exc}")
+            else:
+                error = ConnectionLost(f"connection to {self.url} lost for good: {exc}")
+            error.__cause__ = exc
+            self._give_up(error)
+        except BaseExceptionGroup as group:
+            # Cancelled (connect() is ending) while an attempt failed: only the
+            # cancellation matters (its scope takes it; the failure would reach the user).
+            cancelled, _ = group.split(trio.Cancelled)
+            if cancelled is None:
+                raise
+            raise cancelled from None
+        finally:
+            self._stopped.set()
+
+    def _on_state(self, event: ReconnectEvent) -> None:
+        if event.state == "disconnected" and self.connects == 0 and event.error is not None:
+            # The first connection failed: connect() raises at once what retrying cannot
+            # cure (later reconnects wait and retry whatever the failure).
+            self._connect_error = event.error
+            failure = connect_failure(self.url, event.error)
+            if failure is not None:
+                self._give_up(failure)
+
+    def _timed_out(self) -> ConnectTimeout:
+        """connect()'s error when ``connect_timeout`` passed without a connection."""
+        text = f"could not connect to {self.url} within {self.connect_timeout:g} s"
+        last = self._connect_error
+        if last is None:
+            text += " (no answer: a wrong address, a firewall, or a server that does not answer the Hello?)"
+        else:
+            text += f"; the last attempt failed: {last}"
+        error = ConnectTimeout(text)
+        error.__cause__ = last
+        return error
+
+    async def _close(self) -> None:
+        """Close the connection gracefully, the queued cancels first, and end :meth:`_run`
+        (see :meth:`connect`)."""
+        self._closing = True
+        conn = self._conn
+        if conn is None:
+            return  # (the caller cancels _run: it is waiting to reconnect)
+        cancels = self._cancels
+        while cancels:
+            try:
+                conn.send_nowait(cancels[0])
+            except (SendBufferFull, ConnectionClosed):
+                break  # (the close below flushes what is queued; the rest cannot go)
+            cancels.popleft()
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await conn.aclose()
+            await self._stopped.wait()  # (so that no reconnect begins)
+
+    def _give_up(self, error: ClientError) -> None:
+        """The client cannot go on: every waiting call, and every later one, gets ``error``."""
+        self._failure = error
+        calls = list(self._calls.values())
+        self._calls = {}
+        for call in calls:
+            self._settle(call, error=error)
+        self._connected.set()  # wakes connect() and whoever waits to send
 
     async def _session(self, conn: Connection) -> None:
         self.connects += 1
         calls = list(self._calls.values())
         self._calls = {}
-        for call in calls:  # resend what is still waiting, under the same job ids
-            self._transmit(conn, call)
+        # What does not fit the outgoing buffer now is sent as room comes (below).
+        backlog: list[tuple[Call | None, Any]] = []
         for sub in self._subs.values():
-            conn.send_nowait(Subscribe(mid=next(self._mids), sid=sub.sid, pattern=sub.pattern, queue=sub.queue))
+            message = Subscribe(mid=next(self._mids), sid=sub.sid, pattern=sub.pattern, queue=sub.queue)
+            try:
+                conn.send_nowait(message)
+            except SendBufferFull:
+                backlog.append((None, message))
+            except ConnectionClosed:
+                pass  # (dispatch_to raises it below; the next session renews it)
+        for call in calls:  # resend what is still waiting, under the same job ids
+            message = call.message
+            if call.sent and type(message) is Submit and not message.wait_for_worker:
+                # A leader took it before: one that restarted has no workers yet (they
+                # reconnect too), and must not answer no_route for a job that had a route.
+                call.message = attrs.evolve(message, wait_for_worker=True)
+            try:
+                self._transmit(conn, call)
+            except SendBufferFull:
+                backlog.append((call, call.message))  # (registered under its mid)
+            except ConnectionClosed:
+                pass  # registered: the clean-up below keeps it for the next session
         self._conn = conn
         self._connected.set()
+        internal: ConnectionClosed | None = None
         try:
-            await conn.dispatch_to(self._on_batch)  # the reader task runs it
+            if backlog:
+                await self._dispatch_with_backlog(conn, backlog)
+            else:
+                await conn.dispatch_to(self._on_batch)  # the reader task runs it
+        except ConnectionClosed as exc:
+            if exc.code == ErrorCode.INTERNAL:
+                internal = exc
+            if not self._closing:
+                raise
+            # Closed by _close (or while it closes): the end, run_reconnecting returns.
         finally:
             self._conn = None
             self._connected = trio.Event()
             for mid, call in list(self._calls.items()):
-                if call.message.qos == 0:  # at most once: never sent again
-                    del self._calls[mid]
-                    self._settle(call, error=ConnectionLost(f"connection to {self.url} lost"))
+                if internal is not None:
+                    # A failure (ours or the leader's) one of these may have caused:
+                    # sending them again could repeat it for ever.
+                    error = ConnectionLost(
+                        f"connection to {self.url} ended by an internal error ({internal.reason});"
+                        " the call was not sent again"
+                    )
+                    error.__cause__ = internal
+                elif getattr(call.message, "qos", 1) == 0:  # at most once: never sent again
+                    # (a Query, which has no qos, is asked again on the next connection)
+                    error = ConnectionLost(f"connection to {self.url} lost")
+                else:
+                    continue
+                del self._calls[mid]
+                self._settle(call, error=error)
+
+    async def _dispatch_with_backlog(self, conn: Connection, backlog: list[tuple[Call | None, Any]]) -> None:
+        """:meth:`Connection.dispatch_to` while the messages of ``backlog`` go out as the
+        outgoing buffer makes room (results must be read meanwhile)."""
+
+        async def send_backlog() -> None:
+            for call, message in backlog:
+                if call is not None and (call.done or call.message is not message):
+                    continue  # settled, forgotten or sent again meanwhile
+                if call is None and message.sid not in self._subs:
+                    continue  # unsubscribed meanwhile
+                try:
+                    await conn.send(message, timeout=math.inf)
+                except ConnectionClosed:
+                    return
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_backlog)
+                await conn.dispatch_to(self._on_batch)
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                reraise_alone(group.exceptions[0])
+            raise
 
     def _transmit(self, conn: Connection, call: Call) -> None:
+        """Queue ``call``'s message on ``conn``, registered under its mid.
+
+        Raises:
+          SendBufferFull: no room for it in the outgoing buffer now (it stays registered:
+            send it with :meth:`_send_when_room`).
+          ConnectionClosed: the connection is closing (it stays registered: the session's
+            clean-up settles it or the next session sends it).
+        A message over the leader's frame limit settles the call with :class:`TooLarge`.
+        """
         if call.sent:  # a resend (reconnect, busy): a fresh mid on this connection
             call.message = attrs.evolve(call.message, mid=next(self._mids))
         call.sent = True
         message = call.message
         self._calls[message.mid] = call
-        conn.send_nowait(message)
+        try:
+            conn.send_nowait(message)
+        except MessageTooLarge as exc:
+            del self._calls[message.mid]
+            self._settle(call, error=too_large(message, exc))
+
+    async def _send_when_room(self, conn: Connection, call: Call) -> None:
+        """Send the message of ``call``, registered but refused for a full outgoing buffer,
+        once there is room (for as long as the caller waits: its own timeout, if any)."""
+        try:
+            await conn.send(call.message, timeout=math.inf)
+        except ConnectionClosed:
+            pass  # registered: the session's clean-up settles it or the next one resends it
 
     def _on_batch(self, batch: list[Any]) -> None:
         for msg in batch:
@@ -189,13 +461,19 @@ class Client(ClientPubSub):
             if msg.ok:
                 self._settle(call, outcome=msg.payload)
             else:
+                asked = call.message
                 if msg.error_type == "Cancelled":  # the leader's word for a cancelled job
-                    error_cls = JobCancelled
-                else:
-                    error_cls = DeadLettered if call.message.qos == 1 else JobFailed
+                    error_cls: type[JobFailed] = JobCancelled
+                elif type(asked) is Submit and asked.qos == 1 and not msg.final:
+                    error_cls = DeadLettered
+                else:  # QoS 0, a failure not retried, or a result asked for by id
+                    error_cls = JobFailed
                 self._settle(
                     call,
-                    error=error_cls(msg.job_id, msg.error_type or "Error", msg.error_message or "", msg.attempts),
+                    error=error_cls(
+                        msg.job_id, msg.error_type or "Error", msg.error_message or "", msg.attempts,
+                        msg.traceback,
+                    ),
                 )
         elif kind is Deliver:
             sub = self._subs.get(msg.sid)
@@ -204,7 +482,12 @@ class Client(ClientPubSub):
         elif kind is Progress:
             call = self._progress.get(msg.job_id)
             if call is not None and call.on_progress is not None:
-                call.on_progress(msg.fraction, msg.note)
+                try:
+                    call.on_progress(msg.fraction, msg.note)
+                except Exception as exc:  # the caller's own callback: its submit raises it
+                    self._calls.pop(call.message.mid, None)
+                    self._progress.pop(msg.job_id, None)
+                    self._settle(call, error=exc)
         elif kind is Ack:
             call = self._calls.pop(msg.cid, None) if msg.cid is not None else None
             if call is not None:
@@ -213,12 +496,21 @@ class Client(ClientPubSub):
             call = self._calls.pop(msg.cid, None) if msg.cid is not None else None
             if call is None:
                 return
-            if msg.code == ErrorCode.BUSY:
+            code = msg.code
+            if code == ErrorCode.BUSY:
                 error: BaseException = Busy(msg.message, msg.retry_after)
-            elif msg.code == ErrorCode.TIMEOUT:
-                error = SubmitTimeout(msg.message)
+            elif code == ErrorCode.NO_ROUTE:
+                error = NoRoute(getattr(call.message, "subject", ""), msg.message)
+            elif code == ErrorCode.TIMEOUT:
+                error = SubmitTimeout(msg.message, msg.job_id)
+            elif code == ErrorCode.TOO_LARGE:
+                error = TooLarge(msg.message)
+            elif code == ErrorCode.CONFLICT:
+                error = Conflict(msg.job_id or call.message.job_id, msg.message)
+            elif code == ErrorCode.NOT_FOUND:
+                error = NotFound(msg.job_id or getattr(call.message, "job_id", None) or "", msg.message)
             else:
-                error = RemoteError(msg.code, msg.message)
+                error = RemoteError(code, msg.message)
             self._settle(call, error=error)
 
     @staticmethod
@@ -235,15 +527,27 @@ class Client(ClientPubSub):
         if call.channel is not None:
             call.channel.send_nowait(call)
 
-    def _start(self, call: Call) -> None:
+    def _start(self, call: Call) -> Connection | None:
+        """Send ``call`` now (or when the connection is back); without waiting.
+
+        Returns:
+          None, or the connection whose outgoing buffer has no room for the message now:
+          the caller then awaits :meth:`_send_when_room` (the call is registered).
+        """
         conn = self._conn
         if conn is None:  # sent when the connection is back
+            if self._failure is not None:
+                self._settle(call, error=self._failure)
+                return None
             self._calls[-next(self._mids)] = call
-            return
+            return None
         try:
             self._transmit(conn, call)
         except ConnectionClosed:
             pass  # _session's clean-up or the next session takes it from self._calls
+        except SendBufferFull:
+            return conn
+        return None
 
     # ------------------------------------------------------------------ jobs
 
@@ -257,6 +561,7 @@ class Client(ClientPubSub):
         job_id: str | None,
         headers: dict[str, str] | None,
         max_attempts: int | None,
+        wait_for_worker: bool = False,
     ) -> Call:
         return Call(  # the constructor validates the arguments now
             _submit_checked(
@@ -268,6 +573,7 @@ class Client(ClientPubSub):
                 qos=qos,
                 timeout=timeout,
                 max_attempts=max_attempts,
+                wait_for_worker=wait_for_worker,
             )
         )
 
@@ -282,6 +588,8 @@ class Client(ClientPubSub):
         headers: dict[str, str] | None = None,
         max_attempts: int | None = None,
         on_progress: Callable[[float | None, str | None], None] | None = None,
+        wait_for_worker: bool = False,
+        detach: bool = False,
     ) -> Any:
         """Submit a job and wait for its result.
 
@@ -290,148 +598,257 @@ class Client(ClientPubSub):
           payload: any CBOR value.
           qos: 1 (default) at least once, redelivered until it succeeds or runs out of
             attempts; 0 at most once.
-          timeout: seconds to wait for the result (also the job's deadline at the leader:
-            if no worker took it by then, it is dropped).
-          job_id: the job's id (default: a random per-client prefix and a counter). Submitting an id again returns
-            the stored result of the finished job, or joins the running one.
+          timeout: seconds to wait for the result; also the job's deadline at the leader
+            (if no worker took it by then, it is dropped) and on its worker (past it, the
+            handler is cancelled).
+          job_id: the job's id (default: a random per-client prefix and a counter).
+            Submitting an id again returns the stored result of the finished job, or
+            joins the running one (with the same subject and payload only: else
+            :class:`Conflict`).
           headers: str to str metadata (``key`` routes sticky groups).
           max_attempts: deliveries before the job is dead-lettered.
           on_progress: called with ``(fraction, note)`` when the worker reports progress.
+          wait_for_worker: when no connected worker serves ``subject``, queue the job for
+            one still to come (until ``timeout``) instead of :class:`NoRoute` at once.
+          detach: when this call stops waiting (its timeout, a cancellation, an exception
+            from ``on_progress``), leave the job running; by default it is cancelled then,
+            unless another client waits for it too.
 
         Returns:
           The job's result.
 
+        A submit whose message does not fit the outgoing buffer right now (large payloads
+        in a burst) waits for room, within ``timeout``; an exception raised by
+        ``on_progress`` is raised by this call.
+
         Raises:
-          JobFailed: the job failed (``DeadLettered`` for QoS 1 after its last attempt).
+          JobFailed: the job failed (``DeadLettered`` for QoS 1 after its last attempt;
+            ``traceback`` holds the remote one); ``JobCancelled``: it was cancelled.
+          NoRoute: no connected worker serves ``subject`` (the message names the subject
+            and a served one it may have meant).
           Busy: the leader's queue is full; ``retry_after`` says when to try again.
+          Conflict: ``job_id`` names a job with another subject or payload.
+          TooLarge: the job's message is over the leader's frame limit (at once), or what
+            the leader would forward to a worker is over the worker's.
           SubmitTimeout: no result within ``timeout``.
-          ConnectionLost: a QoS 0 job's connection dropped.
+          ConnectionLost: a QoS 0 job's connection dropped, or the connection ended with
+            an internal error.
           ValueError, TypeError: bad subject, headers or qos.
         """
         call = self._submit_call(
-            subject, payload, qos=qos, timeout=timeout, job_id=job_id, headers=headers, max_attempts=max_attempts
-        )
+            subject, payload, qos=qos, timeout=timeout, job_id=job_id, headers=headers,
+            max_attempts=max_attempts, wait_for_worker=wait_for_worker,
+        )  # fmt: skip
         call.on_progress = on_progress
         if on_progress is not None:
             self._progress[call.message.job_id] = call
-        self._start(call)
+        full = self._start(call)
         try:
             if timeout is None:
+                if full is not None:
+                    await self._send_when_room(full, call)
                 await until_settled(call)
             else:
                 with trio.fail_after(timeout):
+                    if full is not None:
+                        await self._send_when_room(full, call)
                     await until_settled(call)
         except trio.TooSlowError:
-            raise SubmitTimeout(f"no result for job {call.message.job_id} within {timeout} s") from None
+            self._stop_waiting(call, detach, f"its submit timed out after {timeout:g} s")
+            job_id = call.message.job_id
+            raise SubmitTimeout(f"no result for job {job_id} within {timeout:g} s", job_id) from None
         finally:
-            if not call.done:
-                self._forget(call)
-        if call.error is not None:
-            raise call.error
+            if not call.done:  # cancelled (or an error of ours)
+                self._stop_waiting(call, detach, "its submit was cancelled")
+        error = call.error
+        if error is not None:
+            if not detach and not isinstance(error, ClientError):  # on_progress raised it
+                self._abandon(call, f"on_progress raised {type(error).__name__}")
+            raise error
         return call.outcome
+
+    def _stop_waiting(self, call: Call, detach: bool, why: str) -> None:
+        """The caller stops waiting for ``call``: forget it, and abandon its job unless
+        ``detach``."""
+        self._forget(call)
+        if not detach:
+            self._abandon(call, why)
 
     def _forget(self, call: Call) -> None:
         call.done = True
-        for mid, other in list(self._calls.items()):
-            if other is call:
-                del self._calls[mid]
-        self._progress.pop(call.message.job_id, None)
+        mid = call.message.mid
+        if self._calls.get(mid) is call:
+            del self._calls[mid]
+        else:  # registered under another key (waiting for a connection)
+            for key, other in list(self._calls.items()):
+                if other is call:
+                    del self._calls[key]
+        job_id = getattr(call.message, "job_id", None)
+        if self._progress.get(job_id) is call:
+            del self._progress[job_id]
 
-    async def request(self, subject: str, payload: Any = None, *, timeout: float = 5.0, headers: dict[str, str] | None = None) -> Any:
-        """Request/reply: a QoS 0 job (at most once, no redelivery) with a timeout."""
-        return await self.submit(subject, payload, qos=0, timeout=timeout, headers=headers)
+    def _abandon(self, call: Call, why: str) -> None:
+        """Tell the leader that this client no longer waits for the job of ``call`` (which
+        it forgot): ``Cancel(abandon=True)``, queued without waiting (see
+        :meth:`_send_cancels`). The leader cancels the job unless another client waits
+        for it."""
+        if not call.sent:
+            return  # the leader never had it
+        job_id = call.message.job_id
+        if not job_id.startswith(self._id_prefix):
+            # An id of the caller's: another call of this client may wait for the same job
+            # (the leader counts waits per client, so the Cancel would end that one's too).
+            for other in self._calls.values():
+                if getattr(other.message, "job_id", None) == job_id:
+                    return
+        self.abandoned += 1
+        message = Cancel(mid=next(self._mids), job_id=job_id, reason=f"abandoned: {why}", abandon=True)
+        conn = self._conn
+        if conn is not None and not self._cancels:
+            try:
+                conn.send_nowait(message)
+                return
+            except (SendBufferFull, ConnectionClosed):
+                pass
+        if len(self._cancels) >= MAX_QUEUED_CANCELS:
+            self._cancels.popleft()
+            self.cancels_dropped += 1
+        self._cancels.append(message)
+        self._cancels_queued.set()
 
-    async def cancel(self, job_id: str, reason: str = "") -> None:
-        """Ask the leader to cancel a job (a running one is cancelled on its worker)."""
-        await self._send(Cancel(mid=next(self._mids), job_id=job_id, reason=reason))
+    async def _send_cancels(self) -> None:
+        """Send the queued cancels of abandoned jobs as the connection takes them (a task
+        of :meth:`connect`; across reconnects; :meth:`_close` sends what is left)."""
+        cancels = self._cancels
+        while True:
+            if not cancels:
+                self._cancels_queued = trio.Event()
+                await self._cancels_queued.wait()
+                continue
+            conn = self._conn
+            if conn is None:
+                if self._failure is not None:
+                    cancels.clear()  # (no connection will come)
+                    continue
+                await self._connected.wait()
+                continue
+            try:
+                await conn.send(cancels[0], timeout=math.inf)
+            except ConnectionClosed:
+                await trio.lowlevel.checkpoint()  # (the next connection takes it)
+                continue
+            cancels.popleft()
 
-    async def map(
+    def map(
         self,
         subject: str,
         payloads: Iterable[Any] | AsyncIterable[Any],
         *,
         limit: int = 64,
+        ordered: bool = True,
+        return_exceptions: bool = False,
         qos: int = 1,
+        timeout: float | None = None,
         headers: dict[str, str] | None = None,
         max_attempts: int | None = None,
-        return_exceptions: bool = False,
-    ) -> AsyncIterator[Any]:
-        """Submit a job per payload, at most ``limit`` at once; yield results as they complete.
+        wait_for_worker: bool = False,
+        detach: bool = False,
+    ) -> JobMap:
+        """Submit a job per payload, at most ``limit`` at once, and iterate their results.
 
-        A ``Busy`` answer is retried after its ``retry_after``. A failed job raises its
-        :class:`JobFailed` from the iteration, or with ``return_exceptions=True`` is
-        yielded as the exception object instead.
+        ``async for result in client.map(subject, payloads): ...`` yields the results in
+        input order, as :meth:`concurrent.futures.Executor.map` does, with up to ``limit``
+        jobs in flight (and up to ``limit`` results held back for an earlier one).
+
+        Args:
+          payloads: an iterable or async iterable of payloads, read as jobs are sent.
+          limit: jobs in flight at once.
+          ordered: False: yield ``(index, result)`` pairs as the jobs complete (``index``:
+            the payload's position in the input).
+          return_exceptions: put a failed job's exception in its place instead of raising
+            it from the iteration (which ends the map).
+          qos, headers, max_attempts, wait_for_worker, detach: as for :meth:`submit`.
+          timeout: seconds each job may take, from when it is sent (as for
+            :meth:`submit`); a job past it fails with :class:`SubmitTimeout`.
+
+        A ``Busy`` answer is retried after its ``retry_after``. Leaving the iteration
+        early (``break``, an exception, a cancellation) abandons the jobs still
+        outstanding: each is cancelled unless another client waits for it (or ``detach``).
+
+        Raises:
+          ValueError: ``limit`` below 1 (at once).
+          The error of the first failed job, in input order when ``ordered`` (see
+          :meth:`submit`), unless ``return_exceptions``.
         """
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        send, receive = trio.open_memory_channel[Call](limit)
-        # A plain iterable is read directly (an async generator around it would be left
-        # unfinished, for the garbage collector, whenever map stops early).
-        source: AsyncIterator[Any] | None = None
-        items: Iterator[Any] | None = None
-        if isinstance(payloads, AsyncIterable):
-            source = payloads.__aiter__()
-        else:
-            items = iter(payloads)
-        outstanding = 0  # submitted, no answer yet
-        exhausted = False
-        # Calls answered Busy, waiting out their retry_after: (when, tie-break, call).
-        delayed: list[tuple[float, int, Call]] = []
-        order = itertools.count()
+        return JobMap(
+            self, subject, payloads, limit=limit, ordered=ordered, return_exceptions=return_exceptions,
+            qos=qos, timeout=timeout, headers=headers, max_attempts=max_attempts,
+            wait_for_worker=wait_for_worker, detach=detach,
+        )  # fmt: skip
 
-        async def fill() -> None:
-            nonlocal outstanding, exhausted
-            while not exhausted and outstanding + len(delayed) < limit:
-                try:
-                    payload = next(items) if items is not None else await source.__anext__()  # type: ignore[union-attr]
-                except (StopIteration, StopAsyncIteration):
-                    exhausted = True
-                    return
-                call = self._submit_call(
-                    subject, payload, qos=qos, timeout=None, job_id=None, headers=headers, max_attempts=max_attempts
-                )
-                call.channel = send
-                self._start(call)
-                outstanding += 1
+    async def request(
+        self, subject: str, payload: Any = None, *, timeout: float = 5.0, headers: dict[str, str] | None = None
+    ) -> Any:
+        """Request/reply: a QoS 0 job (at most once, no redelivery) with a timeout.
 
+        Raises:
+          The same as :meth:`submit` (:class:`NoRoute` when no worker serves ``subject``).
+        """
+        return await self.submit(subject, payload, qos=0, timeout=timeout, headers=headers)
+
+    async def cancel(self, job_id: str, reason: str = "") -> None:
+        """Ask the leader to cancel a job (a running one is cancelled on its worker),
+        whoever waits for it."""
+        await self._send(Cancel(mid=next(self._mids), job_id=job_id, reason=reason))
+
+    async def result(self, job_id: str, *, wait: bool = False, timeout: float | None = None) -> Any:
+        """The result of job ``job_id``, submitted by any client, from the leader's stored
+        results (kept for its dedup window).
+
+        Args:
+          job_id: the job.
+          wait: for a job still running, wait for it to finish (else :class:`NotFound`).
+          timeout: seconds to wait for the answer.
+
+        Returns:
+          The job's result.
+
+        Raises:
+          JobFailed: the job failed (``JobCancelled``: it was cancelled).
+          NotFound: the leader does not know the job: unknown, finished longer ago than
+            its dedup window, or (without ``wait``) still running.
+          SubmitTimeout: no answer within ``timeout``.
+        """
+        call = Call(Query(mid=next(self._mids), what="result", job_id=job_id, wait=wait))
+        return await self._ask(call, timeout, f"no result for job {job_id} within {timeout} s")
+
+    async def stats(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The leader's statistics (what :meth:`actors.Leader.stats` returns there): per
+        subject (the busiest, if there are very many), per worker group, totals,
+        connections, listening addresses. The leader builds them at most once a second.
+
+        Raises:
+          Busy: asked again within a second on this connection (``retry_after`` says when
+            to ask).
+          SubmitTimeout: no answer within ``timeout``.
+        """
+        call = Call(Query(mid=next(self._mids), what="stats"))
+        stats: dict[str, Any] = await self._ask(call, timeout, f"no statistics within {timeout} s")
+        return stats
+
+    async def _ask(self, call: Call, timeout: float | None, too_slow: str) -> Any:
+        """Send the Query of ``call`` and return the Result's payload (or raise its error)."""
+        full = self._start(call)
         try:
-            await fill()
-            while outstanding or delayed:
-                # Take every result that is in, with one wait (a channel receive is a
-                # schedule point per item), start their replacements, then hand them out.
-                ready: list[Call] = []
-                with trio.move_on_at(delayed[0][0] if delayed else math.inf):
-                    ready.append(await receive.receive())
-                while True:
-                    try:
-                        ready.append(receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                outstanding -= len(ready)
-                now = trio.current_time()
-                while delayed and delayed[0][0] <= now:
-                    call = heapq.heappop(delayed)[2]
-                    call.done = False
-                    call.error = None
-                    self._start(call)
-                    outstanding += 1
-                finished = []
-                for call in ready:
-                    if isinstance(call.error, Busy):  # sent again after its retry_after
-                        retry_at = now + (call.error.retry_after or 0.1)
-                        heapq.heappush(delayed, (retry_at, next(order), call))
-                    else:
-                        finished.append(call)
-                await fill()
-                for call in finished:
-                    if call.error is not None:
-                        if not return_exceptions:
-                            raise call.error
-                        yield call.error
-                    else:
-                        yield call.outcome
+            with trio.fail_after(math.inf if timeout is None else timeout):
+                if full is not None:
+                    await self._send_when_room(full, call)
+                await until_settled(call)
+        except trio.TooSlowError:
+            raise SubmitTimeout(too_slow) from None
         finally:
-            # Results of abandoned calls are not wanted any more.
-            for mid, call in list(self._calls.items()):
-                if call.channel is send:
-                    del self._calls[mid]
+            if not call.done:
+                self._forget(call)  # (a waiting query's answer will be a stray result)
+        if call.error is not None:
+            raise call.error
+        return call.outcome

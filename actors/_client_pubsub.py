@@ -8,16 +8,18 @@ reconnect.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
 from protocol import Publish, Subscribe, Unsubscribe
-from runtime import Connection, ConnectionClosed
+from runtime import Connection, ConnectionClosed, MessageTooLarge, SendBufferFull
 
 from ._call import Call, until_settled
+from ._client_errors import ClientError, too_large
 from ._subscription import Subscription
 
 
@@ -30,20 +32,32 @@ class ClientPubSub:
     _mids: Any
     _sids: Any
     _subs: dict[int, Subscription]
-    _start: Callable[[Call], None]
+    _failure: ClientError | None
+    _start: Callable[[Call], Connection | None]
+    _send_when_room: Callable[[Connection, Call], Awaitable[None]]
 
     async def _send(self, message: Any) -> None:
-        """Send ``message`` once connected (also :meth:`Client.cancel`'s way out)."""
+        """Send ``message`` once connected, and once the outgoing buffer has room for it
+        (also :meth:`Client.cancel`'s way out).
+
+        Raises:
+          TooLarge: the message is over the leader's frame limit.
+          ConnectionLost: the client gave up (see :class:`~actors.Client`).
+        """
         while True:
             conn = self._conn
             if conn is None:
+                if self._failure is not None:
+                    raise self._failure
                 await self._connected.wait()
                 continue
             try:
-                await conn.send(message)
+                await conn.send(message, timeout=math.inf)
                 return
             except ConnectionClosed:
                 await trio.lowlevel.checkpoint()
+            except MessageTooLarge as exc:
+                raise too_large(message, exc) from None
 
     async def publish(
         self,
@@ -58,14 +72,21 @@ class ClientPubSub:
 
         With ``retain=True`` the leader keeps it as the subject's last message for later
         subscribers. ``qos=1`` waits until the leader has accepted it (and sends it again
-        after a reconnect until then); delivery to subscribers is at most once.
+        after a reconnect until then); delivery to subscribers is at most once. A message
+        that does not fit the outgoing buffer right now waits for room.
+
+        Raises:
+          TooLarge: the message is over the leader's frame limit (at once), or (``qos=1``)
+            what the leader would forward is over a subscriber's.
         """
         fields = {"subject": subject, "payload": payload, "headers": headers or {}, "retain": retain, "qos": qos}
         if qos == 0:
             await self._send(Publish(mid=next(self._mids), **fields))
             return
         call = Call(Publish(mid=next(self._mids), **fields))
-        self._start(call)
+        full = self._start(call)
+        if full is not None:
+            await self._send_when_room(full, call)
         await until_settled(call)
         if call.error is not None:
             raise call.error
@@ -90,5 +111,5 @@ class ClientPubSub:
             if conn is not None:
                 try:
                     conn.send_nowait(Unsubscribe(mid=next(self._mids), sid=sid))
-                except ConnectionClosed:
-                    pass
+                except (ConnectionClosed, SendBufferFull):
+                    pass  # (what the leader still delivers to ``sid`` is dropped here)

@@ -15,7 +15,7 @@ import sys
 
 import trio
 
-from actors import Client, Job, Worker
+from actors import Client, ClientError, Job, Worker
 
 
 class Square(Worker):
@@ -44,4 +44,7 @@ async def main(url: str = "tcp://127.0.0.1:7700") -> list[dict]:
 
 
 if __name__ == "__main__":
-    trio.run(main, *sys.argv[1:2])
+    try:
+        trio.run(main, *sys.argv[1:2])
+    except ClientError as exc:  # no cluster, no worker for math.square...: say why, briefly
+        sys.exit(f"examples.square: {exc}")

@@ -33,7 +33,14 @@ from ._transport_errors import ConnectionClosed as ConnectionClosed
 from ._transport_errors import HandshakeError as HandshakeError
 from ._transport_errors import MessageTooLarge as MessageTooLarge
 from ._transport_errors import SendBufferFull as SendBufferFull
+from ._transport_errors import TLSHandshakeFailed as TLSHandshakeFailed
+from ._transport_errors import WrongProtocol as WrongProtocol
+from ._transports import BUSY_RETRY_AFTER as BUSY_RETRY_AFTER
 from ._transports import DEFAULT_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
+from ._transports import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
+from ._transports import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS as DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+from ._transports import DEFAULT_MAX_HANDSHAKES as DEFAULT_MAX_HANDSHAKES
+from ._transports import HANDSHAKE_BUSY_RETRY_AFTER as HANDSHAKE_BUSY_RETRY_AFTER
 from ._transports import open_connection as open_connection
 from ._transports import serve as serve
 from ._url import Url as Url

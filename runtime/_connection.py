@@ -18,6 +18,15 @@ Closing is an exchange: the side that closes sends Bye (or an Error), flushes, a
 until the peer, told to go, closes its side (at most ``close_timeout``), so that nothing in
 flight is lost to a reset.
 
+Containment: a connection is a boundary of trust. An exception of ours (not the peer's bad
+bytes, which get their protocol error, nor a lost transport) raised while serving it -- in
+the reader, in a :meth:`Connection.dispatch_to` handler, in the writer, in the heartbeat --
+ends this connection only: it is logged once with its traceback (logger
+``runtime.connection``), the peer is sent ``Error(code="internal")`` (and Bye) when it can
+still be told, and the application sees :class:`ConnectionClosed` with ``code="internal"``
+(its ``__cause__`` the exception; also in :attr:`Connection.failure`). No task of a
+connection lets an :class:`Exception` out into its nursery.
+
 Sending never awaits (:meth:`Connection.send_nowait` encodes, appends and wakes the writer);
 the outgoing buffer is bounded and a peer that does not read gets :class:`SendBufferFull`.
 The sending methods and the writer task are those of :class:`runtime._outgoing.Outgoing`,
@@ -28,7 +37,8 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import attrs
@@ -42,6 +52,10 @@ from ._outgoing import Outgoing
 from ._reader import run_reader
 from ._transport_errors import ConnectionClosed
 from ._wire import Wire
+
+#: Where a connection's internal failures are logged (with the peer's address).
+logger = logging.getLogger("runtime.connection")
+_LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 #: Default bound of the outgoing buffer, in bytes (queued plus being written).
 DEFAULT_MAX_OUTGOING = 8 * 2**20
@@ -79,6 +93,13 @@ class Connection(Outgoing):
       close_timeout: seconds a graceful close may take before the transport is cut.
       next_mid: ``conn.next_mid()`` returns this connection's next message id (1, 2, ...);
         build every message sent on this connection with it (Hello conventionally uses 0).
+      on_hello: server side: called once, from the reader, when the peer's Hello has passed
+        the session (:func:`runtime.serve` frees the connection's handshake slot with it).
+      failure: the exception of ours that ended the connection (see the module docstring,
+        "Containment"), or None.
+      foreign_answer: client side, before the Welcome: the first bytes the server sent
+        when they were not frames of this protocol (``b""``: it closed without a word), for
+        :func:`runtime.open_connection` to say what answered; None otherwise.
     """
 
     _wire: Wire
@@ -92,7 +113,10 @@ class Connection(Outgoing):
     max_inbox: int = DEFAULT_MAX_INBOX
     flush_every: int = DEFAULT_FLUSH_EVERY
     hello_timeout: float | None = None
+    on_hello: Callable[[], object] | None = None
     welcome: Welcome | None = attrs.field(default=None, init=False)
+    failure: Exception | None = attrs.field(default=None, init=False)
+    foreign_answer: bytes | None = attrs.field(default=None, init=False)
     closed: bool = attrs.field(default=False, init=False)
     next_mid: Any = attrs.field(init=False, factory=lambda: itertools.count(1).__next__)
     # The peer's frame limit for what we send (what its Hello or Welcome announced).
@@ -165,8 +189,7 @@ class Connection(Outgoing):
         else:
             while not self._inbox:
                 if self._close_info is not None:
-                    reason, code, clean = self._close_info
-                    raise ConnectionClosed(reason, code=code, clean=clean)
+                    raise self._closed_error()
                 await self._receive_lot.park()
         batch = self._inbox
         self._inbox = []
@@ -181,8 +204,11 @@ class Connection(Outgoing):
         The reader task calls ``handler(batch)`` itself as soon as a batch is decoded (what
         :meth:`receive_some` would return, in the same order, never empty), so no other task
         has to wake up for it; messages that were already waiting go to it first, from this
-        task. ``handler`` must not block: it runs synchronously in the reader (an exception
-        from it ends the connection's tasks). Use either this or the ``receive`` methods.
+        task. ``handler`` must not block: it runs synchronously in the reader. An
+        :class:`Exception` from it is an internal failure that ends this connection (logged,
+        the peer told ``internal``): this method then raises :class:`ConnectionClosed` with
+        ``code="internal"``, the exception as its ``__cause__``. Use either this or the
+        ``receive`` methods.
 
         Raises:
           ConnectionClosed: always, in the end, as :meth:`receive_some` would.
@@ -196,11 +222,13 @@ class Connection(Outgoing):
                 self._inbox_bytes = 0
                 if self._inbox_lot:
                     self._inbox_lot.unpark_all()
-                handler(waiting)  # before anything the reader gets from now on
+                try:
+                    handler(waiting)  # before anything the reader gets from now on
+                except Exception as exc:
+                    self._internal_failure(exc, "in the dispatch_to handler of")
             while self._close_info is None:
                 await self._receive_lot.park()
-            reason, code, clean = self._close_info
-            raise ConnectionClosed(reason, code=code, clean=clean)
+            raise self._closed_error()
         finally:
             self._handler = None
 
@@ -261,22 +289,54 @@ class Connection(Outgoing):
         """
         if self.closed:
             return
-        # Bye only to a peer whose session is open (it would reject it before Welcome).
-        bye = self.session.state is State.OPEN and self._peer_open and not self._bye_sent
-        final: list[protocol.Message] = []
+        final = self._last_words(error)
         if error is not None:
             reason = f"closed locally with error {error.code}: {error.message}"
-            final.append(error)
-            if bye and not ErrorCode.closes_connection(error.code):
-                # The peer's session outlives this Error (``busy``...): Bye ends it.
-                final.append(Bye(mid=self.next_mid(), reason=error.message))
         else:
             reason = "closed locally"
-            if bye:
-                final.append(Bye(mid=self.next_mid(), reason="closing"))
         code = error.code if error is not None else None
         linger = bool(final) or self._bye_sent
         self._request_close(reason, code=code, clean=True, final=final, linger=linger)
+
+    def _last_words(self, error: protocol.Error | None) -> list[protocol.Message]:
+        """What closing sends last: ``error`` if given, then Bye if the peer's session is
+        open and ``error`` does not end it by itself (``busy``, ``internal``...)."""
+        # Bye only to a peer whose session is open (it would reject it before Welcome).
+        bye = self.session.state is State.OPEN and self._peer_open and not self._bye_sent
+        if error is None:
+            return [Bye(mid=self.next_mid(), reason="closing")] if bye else []
+        if bye and not ErrorCode.closes_connection(error.code):
+            # The peer's session outlives this Error: Bye ends it.
+            return [error, Bye(mid=self.next_mid(), reason=error.message)]
+        return [error]
+
+    def _internal_failure(self, exc: Exception, doing: str) -> None:
+        """Our own code raised ``exc`` while serving this connection (``doing``, e.g.
+        "in the dispatch_to handler of", is followed by the peer's address): log it once
+        with its traceback, tell the peer ``internal`` if it can still be told, and close
+        this connection only (see the module docstring, "Containment")."""
+        logger.error("internal error %s %s; closing that connection", doing, self.peer, exc_info=exc)
+        if self.failure is None:
+            self.failure = exc
+        if self.closed:
+            return  # already closing: that close goes on (the peer may miss what failed)
+        error = Error(
+            mid=self.next_mid(), code=ErrorCode.INTERNAL, message=f"internal error: {type(exc).__name__}"
+        )
+        self._request_close(
+            f"internal error {doing} {self.peer}: {exc!r}",
+            code=ErrorCode.INTERNAL,
+            final=self._last_words(error),
+        )
+
+    def _closed_error(self) -> ConnectionClosed:
+        """The :class:`ConnectionClosed` that receiving raises once closed (its cause: our
+        own failure, if one closed it)."""
+        assert self._close_info is not None
+        reason, code, clean = self._close_info
+        error = ConnectionClosed(reason, code=code, clean=clean)
+        error.__cause__ = self.failure
+        return error
 
     def _request_close(
         self,
@@ -323,12 +383,12 @@ class Connection(Outgoing):
             self.session.start(trio.current_time())
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(run_reader, self)
-                nursery.start_soon(self._writer)
+                nursery.start_soon(run_reader, self)  # (contains its own failures)
+                nursery.start_soon(self._contained, "writing to", self._writer)
                 if self.session.heartbeat:
-                    nursery.start_soon(run_heartbeat, self)
+                    nursery.start_soon(self._contained, "in the heartbeat of", run_heartbeat, self)
                 if self.hello_timeout is not None:
-                    nursery.start_soon(watch_for_hello, self)
+                    nursery.start_soon(self._contained, "waiting for the Hello of", watch_for_hello, self)
                 task_status.started()
                 await self._close_requested.wait()
                 self._linger_scope.deadline = trio.current_time() + self.close_timeout
@@ -339,16 +399,27 @@ class Connection(Outgoing):
                         await self._writer_done.wait()
                         if self._linger:
                             await self._reader_done.wait()
-                        await self._wire.aclose()
+                        await self._contained("closing the connection to", self._wire.aclose)
                 nursery.cancel_scope.cancel()
         finally:
             self.closed = True
             if self._close_info is None:
                 self._close_info = ("connection cancelled", None, False)
-            await self._wire.aclose_forcefully()
+            await self._contained("closing the connection to", self._wire.aclose_forcefully)
             self._finished.set()
             for lot in (self._space_lot, self._receive_lot):
                 lot.unpark_all()
+
+    async def _contained(self, doing: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """``await fn(*args)``, one of this connection's tasks or steps: a lost transport
+        ends the connection, any other :class:`Exception` is an internal failure of this
+        connection (``doing`` says where, for the log); nothing escapes."""
+        try:
+            await fn(*args)
+        except _LOST as exc:
+            self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
+        except Exception as exc:
+            self._internal_failure(exc, doing)
 
     def _abort(self, reason: str) -> None:
         """Close now: no flushing, no lingering (the application gave up on the connection)."""
@@ -361,4 +432,4 @@ class Connection(Outgoing):
         if self.closed or self._nursery is None:
             return
         self.session.heartbeat = interval
-        self._nursery.start_soon(run_heartbeat, self)
+        self._nursery.start_soon(self._contained, "in the heartbeat of", run_heartbeat, self)

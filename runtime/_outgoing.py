@@ -12,6 +12,17 @@ The **writer** task waits until frames are queued, takes *all* of them and write
 with one ``send_all`` (on a WebSocket: one binary message per frame), so that many small
 messages cost one system call; :meth:`~runtime.Connection.flush` writes them at once
 instead when the transport takes them without waiting (plain TCP).
+
+The peer's frame limit (what its Hello or Welcome announced) bounds what the application
+sends: a message over it raises :class:`MessageTooLarge` to its sender. Control messages
+(Ping, Pong, Bye, Error: what the connection itself must be able to say) are queued past
+that check and never raise because of it; one that does not fit the limit -- only a peer
+announcing an absurdly small limit makes that happen -- goes alone, in a frame of its own,
+over the limit (the peer then refuses it as ``frame_too_large`` and the connection ends,
+the peer's own answer to its own limit). Writing never raises for a size.
+
+A failure of ours while writing (an exception from the wire that is not a lost transport)
+ends this connection only: see "Containment" in :mod:`runtime._connection`.
 """
 
 from __future__ import annotations
@@ -43,7 +54,8 @@ class Outgoing:
 
     Holds no state of its own (``__slots__ = ()``: the connection's attrs fields, in its
     slots, are the state, listed below for reference); its methods are the connection's,
-    and a lost transport goes to the connection's ``_request_close``.
+    and a lost transport goes to the connection's ``_request_close``, a failure of ours to
+    its ``_internal_failure``.
     """
 
     __slots__ = ()
@@ -142,6 +154,10 @@ class Outgoing:
             except _LOST as exc:
                 self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
                 return
+            except Exception as exc:  # ours, not the peer's: this connection ends, not the caller
+                self._queued_bytes = 0  # (what was taken is dropped)
+                self._internal_failure(exc, "writing to")  # (the writer sends the Error)
+                return
             self.session.sent(trio.current_time())
             if sent == len(data):
                 self._queued_bytes = 0
@@ -161,9 +177,31 @@ class Outgoing:
         self._pending = []
         if items:
             self._items = []
-            bundles = protocol.bundle_frames(items, self._send_limit)
+            try:
+                bundles = protocol.bundle_frames(items, self._send_limit)
+            except ValueError:  # a control message over the peer's limit (see the module doc)
+                bundles = self._bundle_oversize(items)
             batch = batch + bundles if batch else bundles
         return batch
+
+    def _bundle_oversize(self, items: list[bytes]) -> list[bytes]:
+        """:func:`protocol.bundle_frames` for items some of which do not fit the peer's
+        limit: those go alone, each in a frame of its own; the rest as usual, in order."""
+        limit = self._send_limit
+        frames: list[bytes] = []
+        run: list[bytes] = []
+        for item in items:
+            alone = len(item) + _BUNDLE_OVERHEAD
+            if alone <= limit:
+                run.append(item)
+                continue
+            if run:
+                frames += protocol.bundle_frames(run, limit)
+                run = []
+            frames += protocol.bundle_frames([item], alone)
+        if run:
+            frames += protocol.bundle_frames(run, limit)
+        return frames
 
     def send_many_nowait(self, messages: Iterable[protocol.Message]) -> None:
         """Queue several messages at once: all of them or, on an error, none.
@@ -190,13 +228,21 @@ class Outgoing:
         if self._writer_lot:
             self._writer_lot.unpark_all()
 
-    async def send(self, message: protocol.Message) -> None:
+    async def send(self, message: protocol.Message, *, timeout: float | None = None) -> None:
         """Queue ``message``, waiting while the outgoing buffer is over its bound.
 
+        A message larger than the whole buffer is queued once the buffer is empty.
+
+        Args:
+          timeout: seconds to wait for room; None: :attr:`send_timeout`; ``math.inf``:
+            as long as it takes (until the connection closes, or the caller's own
+            cancel scope ends the wait).
+
         Raises:
-          SendBufferFull: no room came within :attr:`send_timeout` seconds.
+          SendBufferFull: no room came within the timeout.
           ConnectionClosed: the connection is closing or closed.
-          MessageTooLarge: the message encodes to a frame larger than the peer accepts.
+          MessageTooLarge: the message encodes to a frame larger than the peer accepts
+            (at once, without waiting).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         bundling = self._bundling
@@ -206,7 +252,7 @@ class Outgoing:
         waited = False
         if not self._has_room(size):
             waited = True
-            with trio.move_on_after(self.send_timeout) as waiting:
+            with trio.move_on_after(self.send_timeout if timeout is None else timeout) as waiting:
                 while not self._has_room(size):
                     await self._space_lot.park()
                     self._check_open()
@@ -271,7 +317,8 @@ class Outgoing:
             raise ConnectionClosed(reason, code=code, clean=clean)
 
     def _send_control(self, message: protocol.Message) -> None:
-        """Queue a Ping, Pong, Bye or Error past the bound (they are tiny and few)."""
+        """Queue a Ping, Pong, Bye or Error past the bound (they are tiny and few) and past
+        the peer's frame limit (see the module docstring): never raises for a size."""
         frame = _encode_item(message) if self._bundling else _encode(message)
         (self._items if self._bundling else self._pending).append(frame)
         self._queued_bytes += len(frame)
@@ -284,6 +331,7 @@ class Outgoing:
         wire = self._wire
         session = self.session
         clock = trio.lowlevel.current_clock().current_time  # = trio.current_time, one call deep
+        failed = False
         try:
             while True:
                 if not self._pending and not self._items:
@@ -299,6 +347,16 @@ class Outgoing:
                 except _LOST as exc:
                     self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
                     return
+                except Exception as exc:
+                    # Ours, not a lost transport: this connection ends. The batch is
+                    # dropped; the Error telling the peer goes next, if the wire still
+                    # takes it (a second failure gives up: the close cuts the transport).
+                    self._inflight_bytes = 0
+                    if failed:
+                        return
+                    failed = True
+                    self._internal_failure(exc, "writing to")
+                    continue
                 self._inflight_bytes = 0
                 session.sent(clock())
                 if self._space_lot:

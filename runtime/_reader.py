@@ -2,9 +2,11 @@
 
 It reads a chunk (up to 64 KiB, or one WebSocket message), decodes every frame it
 completes, checks each message with the session, answers Ping at once, and hands the rest
-to :meth:`Connection.receive_some` as one batch. Bad input or a protocol violation: the
-messages before it are delivered, the peer is sent an Error and the connection closes.
-When the application does not keep up, the reader stops (the inbox is bounded).
+to :meth:`Connection.receive_some` as one batch (or to the :meth:`Connection.dispatch_to`
+handler). Bad input or a protocol violation: the messages before it are delivered, the
+peer is sent an Error and the connection closes. When the application does not keep up,
+the reader stops (the inbox is bounded). An exception of ours -- the handler's, or a bug
+here -- ends this connection as an internal failure (see :mod:`runtime._connection`).
 """
 
 from __future__ import annotations
@@ -22,16 +24,28 @@ if TYPE_CHECKING:
     from ._connection import Connection
 
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
+#: Bytes kept of a server's answer that is not this protocol (see ``foreign_answer``).
+FOREIGN_ANSWER_SIZE = 256
 
 
 async def run_reader(conn: Connection) -> None:
-    """The reader task: deliver messages until closing, then drain until the peer closes."""
+    """The reader task: deliver messages until closing, then drain until the peer closes.
+
+    Never lets an :class:`Exception` out: whatever ends it ends the connection (a no-op
+    once it is closing).
+    """
     try:
         rest = await _read_messages(conn)
         if rest is not None:
             await _read_while_closing(conn, rest)
-    except (*_LOST, ConnectionClosed, protocol.ProtocolError):
-        pass
+    except _LOST as exc:
+        conn._request_close(f"connection to {conn.peer} lost: {exc!r}", flush=False)
+    except ConnectionClosed as exc:
+        conn._request_close(exc.reason, code=exc.code, clean=exc.clean, flush=False)
+    except protocol.ProtocolError as exc:
+        conn._fail(exc)
+    except Exception as exc:
+        conn._internal_failure(exc, "reading from")
     finally:
         conn._reader_done.set()
 
@@ -49,6 +63,8 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
     whole_frames = wire.whole_frames
     clock = trio.lowlevel.current_clock().current_time  # = trio.current_time, one call deep
     last_error: Error | None = None  # the last message received, when it was an Error
+    # Server side: the Hello is still to come (conn.on_hello is told when it has passed).
+    awaiting_hello = session.state is State.AWAITING_HELLO
     while not conn.closed:
         try:
             data = await wire.receive()
@@ -76,6 +92,8 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
                 code = last_error.code
             else:
                 why = f"{conn.peer} closed the connection without Bye"
+                if session.state is State.AWAITING_WELCOME:
+                    conn.foreign_answer = b""  # (client_handshake says what that means)
             conn._request_close(why, code=code, flush=False)
             return None
         failure: protocol.ProtocolError | None = None
@@ -88,6 +106,10 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
         except protocol.ProtocolError as exc:
             messages = exc.messages
             failure = exc
+            if not messages and session.state is State.AWAITING_WELCOME:
+                # The server's first bytes are not our frames (an HTTP answer, a TLS
+                # alert...): kept for client_handshake, which says what answered.
+                conn.foreign_answer = bytes(data[:FOREIGN_ANSWER_SIZE])
         now = clock()
         out = []
         bye = None
@@ -107,14 +129,20 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
                 out.append(message)
         if out:
             last_error = out[-1] if type(out[-1]) is Error else None
+            if awaiting_hello and session.state is not State.AWAITING_HELLO:
+                awaiting_hello = False
+                if conn.on_hello is not None:
+                    conn.on_hello()
             handler = conn._handler
             if handler is not None:
                 try:
                     handler(out)  # (Connection.dispatch_to)
-                except (*_LOST, ConnectionClosed, protocol.ProtocolError) as exc:
-                    # Not this connection's own end, which run_reader would take these
-                    # for: a failure of the application's handler, which ends its tasks.
-                    raise RuntimeError(f"dispatch_to handler failed: {exc!r}") from exc
+                except Exception as exc:
+                    # Whatever it raises (even a ConnectionClosed or a ProtocolError of
+                    # some other connection's) is the application's failure: this
+                    # connection ends with an internal error; nothing escapes.
+                    conn._internal_failure(exc, "in the dispatch_to handler of")
+                    return b""
             else:
                 conn._inbox += out
                 conn._inbox_bytes += len(data)

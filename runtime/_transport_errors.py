@@ -1,4 +1,5 @@
-"""Errors of connections: closed, slow peer, message too large, handshake refused."""
+"""Errors of connections: closed, slow peer, message too large, handshake refused, and
+the connect failures that retrying cannot cure (wrong protocol, TLS)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ class MessageTooLarge(ValueError):
 
 
 class HandshakeError(Exception):
-    """The server answered the Hello with an Error instead of a Welcome.
+    """The server answered the Hello with an Error instead of a Welcome, or refused the
+    connection before it (``busy``: over its connection limits; see :func:`runtime.serve`).
 
     Attributes:
       code: the Error's :class:`protocol.ErrorCode` (``busy``, ``auth_failed``, ...).
@@ -73,3 +75,35 @@ class HandshakeError(Exception):
         self.code = code
         self.message = message
         self.retry_after = retry_after
+
+
+class WrongProtocol(ConnectionError):
+    """What answered at the URL does not speak the protocol the URL's scheme names: a web
+    server, a WebSocket listener reached with ``tcp://``, a plain listener reached with
+    ``tls://`` or ``wss://``, a TCP listener reached with ``ws://``... An ``OSError`` (as
+    every failure to connect), so that whoever retries connections retries this one too.
+
+    Attributes:
+      url: the URL connected to.
+      answer: what came back, in words (``"HTTP/1.1 400 Bad Request"``...).
+    """
+
+    def __init__(self, url: str, answer: str, hint: str) -> None:
+        super().__init__(f"{url}: {answer}; {hint}")
+        self.url = url
+        self.answer = answer
+
+
+class TLSHandshakeFailed(ConnectionError):
+    """The TLS handshake with the server failed: its certificate was not trusted, did not
+    name the host, had expired... (``reason`` says which, in OpenSSL's words).
+
+    Attributes:
+      url: the URL connected to.
+      reason: why, e.g. ``certificate verify failed: unable to get local issuer certificate``.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"TLS handshake with {url} failed: {reason}")
+        self.url = url
+        self.reason = reason

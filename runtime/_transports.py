@@ -2,11 +2,18 @@
 
 The URL's scheme picks the transport (see :mod:`runtime._url`); everything above the wire
 is the same :class:`runtime.Connection`.
+
+A server admits each accepted socket against three limits (:func:`serve`): connections in
+all, connections from the same peer address, and connections still in their handshake. One
+over a limit is refused at once, as cheaply as its transport allows, with a ``busy`` answer
+that :func:`open_connection` raises as ``HandshakeError(code="busy")``.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,15 +31,42 @@ from ._connection import (
     DEFAULT_MAX_OUTGOING,
     DEFAULT_SEND_TIMEOUT,
     Connection,
+    logger,
 )
-from ._transport_errors import ConnectionClosed, HandshakeError
+from ._transport_errors import ConnectionClosed, HandshakeError, TLSHandshakeFailed, WrongProtocol
 from ._url import Url, format_host, parse_url
-from ._wire import SocketWire, StreamWire, Wire
+from ._wire import READ_SIZE, SocketWire, StreamWire, Wire
 
 #: Default seconds a server gives a new connection for its TLS/WebSocket handshake and Hello.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: Default bound of the connections :func:`serve` serves at once (per listening URL).
+DEFAULT_MAX_CONNECTIONS = 1024
+#: Default bound of the connections from one peer address (IP) at once: a quarter of
+#: :data:`DEFAULT_MAX_CONNECTIONS`, so that one host (one process gone wrong) cannot lock
+#: every other one out, while a cluster of up to 255 worker processes on the leader's own
+#: host (all of them 127.0.0.1) still fits beside a client.
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 256
+#: Default bound of the connections at once in their TLS/WebSocket handshake or waiting for
+#: their Hello (a slow or silent peer holds one for up to the handshake timeout).
+DEFAULT_MAX_HANDSHAKES = 128
+#: The ``retry_after`` of a refusal for too many connections (in all or from one address).
+BUSY_RETRY_AFTER = 1.0
+#: The ``retry_after`` of a refusal for too many handshakes (these end quickly).
+HANDSHAKE_BUSY_RETRY_AFTER = 0.25
+# accept(2) errors that say the system is overloaded: wait a moment and accept again.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_ACCEPT_RETRY_DELAY = 0.1
+_LOST = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 Handler = Callable[[Connection], Awaitable[object]]
+
+
+def _peer_address(stream: trio.SocketStream) -> str:
+    """The peer's IP address (what :func:`serve` counts connections per)."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "?"
 
 
 def _peer_name(scheme: str, stream: trio.abc.Stream) -> str:
@@ -82,10 +116,17 @@ async def open_connection(
       close_timeout: seconds a graceful close may take.
 
     Raises:
-      OSError: the server could not be reached (``ConnectionRefusedError``, ...), a TLS or
-        WebSocket handshake failed (``ConnectionError``), or ``TimeoutError`` when the
-        connection and handshake took longer than ``connect_timeout``.
-      HandshakeError: the server answered the Hello with an Error (``busy``, ...).
+      WrongProtocol: what answered does not speak the protocol of the URL's scheme (an
+        HTTP server, a WebSocket listener reached with ``tcp://``, a plain one with
+        ``tls://``, a TCP listener with ``ws://``...); the message says what answered.
+      TLSHandshakeFailed: the TLS handshake failed (an untrusted or wrong certificate...).
+      OSError: otherwise, the server could not be reached (``ConnectionRefusedError``,
+        ...), a WebSocket handshake failed (``ConnectionError``), or ``TimeoutError`` when
+        the connection and handshake took longer than ``connect_timeout``. (The two above
+        are ``ConnectionError`` too.)
+      HandshakeError: the server answered the Hello with an Error, or refused the
+        connection for its limits (``busy``, with ``retry_after``; over WebSocket its
+        HTTP 503 answer), ...
       ConnectionClosed: the server closed the connection before answering.
 
     Resource handling: the connection's tasks run in a nursery of this context manager.
@@ -184,7 +225,13 @@ async def client_handshake(
         conn.send_nowait(hello)
     except ConnectionClosed:
         pass  # the server spoke first and closed (busy...): its Error is read below
-    answer = await conn.receive()
+    try:
+        answer = await conn.receive()
+    except ConnectionClosed as exc:
+        wrong = _wrong_protocol(conn)
+        if wrong is None:
+            raise
+        raise wrong from exc
     if type(answer) is Error:
         raise HandshakeError(answer.code, answer.message, answer.retry_after)
     assert type(answer) is Welcome  # the session allows nothing else here
@@ -197,6 +244,65 @@ async def client_handshake(
     if interval and math.isfinite(interval):
         conn._start_heartbeat(interval)
     return answer
+
+
+def _wrong_protocol(conn: Connection) -> WrongProtocol | None:
+    """What the server said instead of a Welcome, if it does not speak this protocol (from
+    :attr:`Connection.foreign_answer`); None if it may (then its close says what happened)."""
+    answer = conn.foreign_answer
+    if answer is None:
+        return None
+    scheme = conn.scheme
+    if not answer:
+        if scheme != "tcp":
+            return None  # past a TLS or WebSocket handshake: a server of ours, closing
+        return WrongProtocol(
+            conn.peer,
+            "the server closed the connection without answering the Hello",
+            "not a trio-actors listener over tcp:// (a tls:// one?)",
+        )
+    if answer.startswith(b"HTTP/"):
+        status = answer.split(b"\r\n", 1)[0].decode("ascii", "replace")
+        return WrongProtocol(
+            conn.peer,
+            f"the server answered in HTTP ({status!r})",
+            "a web server, or a WebSocket listener: use ws:// or wss:// for one of ours",
+        )
+    if answer[:1] in (b"\x15", b"\x16") and answer[1:2] == b"\x03":  # a TLS record
+        return WrongProtocol(
+            conn.peer,
+            "the server answered in TLS",
+            f"use {'wss' if scheme == 'ws' else 'tls'}:// for a TLS listener",
+        )
+    return WrongProtocol(
+        conn.peer,
+        f"the server's answer is not trio-actors frames (it began {answer[:16]!r})",
+        "check the port and the scheme",
+    )
+
+
+def _tls_failure(url: Url, exc: trio.BrokenResourceError) -> ConnectionError:
+    """The error for a TLS handshake with ``url`` that failed with ``exc``."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return TLSHandshakeFailed(str(url), f"certificate verify failed: {cause.verify_message}")
+    if isinstance(cause, ssl.SSLError):
+        reason = cause.reason or str(cause)
+        if reason in _NOT_TLS_REASONS:
+            plain = "ws" if url.websocket else "tcp"
+            return WrongProtocol(
+                str(url),
+                f"the server does not answer in TLS ({reason})",
+                f"a {plain}:// listener? use {plain}:// for it",
+            )
+        return TLSHandshakeFailed(str(url), f"{reason} ({cause})")
+    return TLSHandshakeFailed(str(url), "the server closed the connection during the handshake")
+
+
+# OpenSSL's reasons for an answer to a ClientHello that is not TLS at all.
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL"}
+)
 
 
 async def _dial(
@@ -215,9 +321,7 @@ async def _dial(
             try:
                 await tls.do_handshake()
             except trio.BrokenResourceError as exc:
-                raise ConnectionError(
-                    f"TLS handshake with {url} failed: {exc.__cause__ or exc!r}"
-                ) from exc
+                raise _tls_failure(url, exc) from exc
             stream = tls
         peer = _peer_name(url.scheme, stream)
         if url.websocket:
@@ -236,7 +340,9 @@ async def serve(
     *,
     ssl_context: ssl.SSLContext | None = None,
     heartbeat: float | None = None,
-    max_connections: int = 1024,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
     max_outgoing: int = DEFAULT_MAX_OUTGOING,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -258,8 +364,11 @@ async def serve(
         and ``wss://``.
       heartbeat: seconds between pings on an idle connection; a peer silent for 3
         intervals is declared dead. None disables heartbeats.
-      max_connections: connections served at once; one more is accepted, answered with
-        ``Error(code="busy")`` and closed.
+      max_connections: connections served at once, counted from when they are accepted
+        until their handler returns (or their handshake fails).
+      max_connections_per_address: the same, from any one peer IP address.
+      max_handshakes: connections at once in their TLS/WebSocket handshake or not yet
+        past their Hello.
       max_frame_size: largest frame body accepted from a peer.
       max_outgoing: bound of each connection's outgoing buffer in bytes.
       handshake_timeout: seconds a new connection has for its TLS/WebSocket handshake,
@@ -267,54 +376,229 @@ async def serve(
       send_timeout, close_timeout: as for :func:`open_connection`.
       task_status: receives the URL actually bound (with the real port) once listening.
 
-    Error handling: a peer's bad bytes, failed handshakes and lost connections close that
-    connection only. When the handler returns or raises :class:`ConnectionClosed`, the
-    connection is closed; any other exception from the handler propagates and ends
-    ``serve`` (its supervisor decides what happens next).
+    A connection over one of the limits is refused as soon as it is accepted, before any
+    handshake of its own: over TCP it is sent ``Error(code="busy", retry_after=...)`` at
+    once and closed (after a brief wait for the peer to read it and go); over WebSocket the
+    HTTP upgrade is answered ``503`` with ``Retry-After`` and the reason; over TLS (and
+    wss) the TLS handshake is completed first, then the same. Refusals in progress are
+    bounded by ``max_handshakes`` too; beyond that a connection is closed unanswered.
+    :func:`open_connection` raises ``HandshakeError(code="busy")`` for all of these.
+
+    Error handling: whatever happens on one connection ends that connection only. A
+    peer's bad bytes get their protocol error; failed handshakes and lost connections are
+    closed quietly. An :class:`Exception` raised by ``handler`` (other than
+    :class:`ConnectionClosed`, or an exception group of nothing else), or by the
+    connection's own tasks, is an internal failure: logged once with its traceback (logger
+    ``runtime.connection``, naming the peer), answered ``Error(code="internal")`` when the
+    peer can still be told, and that connection is closed; ``serve`` goes on serving the
+    others. A failure in the connection's tasks reaches ``handler`` as
+    :class:`ConnectionClosed` with ``code="internal"``. BaseExceptions (cancellation,
+    KeyboardInterrupt) propagate.
     """
+    for name, value in (
+        ("max_connections", max_connections),
+        ("max_connections_per_address", max_connections_per_address),
+        ("max_handshakes", max_handshakes),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     parsed = parse_url(url)
     _check_ssl(parsed, ssl_context, server=True)
+    admission = Admission(max_connections, max_connections_per_address, max_handshakes)
     listeners = await trio.open_tcp_listeners(parsed.port, host=parsed.host)
     port = listeners[0].socket.getsockname()[1]
-    active = 0
 
-    async def serve_stream(stream: trio.SocketStream) -> None:
-        nonlocal active
+    async def serve_admitted(stream: trio.SocketStream, ticket: Ticket) -> None:
         peer = _peer_name(parsed.scheme, stream)
-        # The nursery holds the connection's tasks (and trio-websocket's reader); every one
-        # of them ends when the connection is closed.
-        async with trio.open_nursery() as nursery:
-            wire = await _accept(parsed, stream, nursery, ssl_context, max_frame_size, handshake_timeout)
-            if wire is None:
-                return
-            conn = Connection(
-                wire,
-                protocol.Session(side="server", heartbeat=heartbeat),
-                peer,
-                parsed.scheme,
-                max_frame_size=max_frame_size,
-                max_outgoing=max_outgoing,
-                send_timeout=send_timeout,
-                close_timeout=close_timeout,
-                hello_timeout=handshake_timeout,
-            )
-            async with running(conn):
-                if active >= max_connections:
-                    await conn.aclose(
-                        Error(mid=conn.next_mid(), code=ErrorCode.BUSY, message="too many connections")
-                    )
+        try:
+            # The nursery holds the connection's tasks (and trio-websocket's reader);
+            # every one of them ends when the connection is closed.
+            async with trio.open_nursery() as nursery:
+                wire = await _accept(parsed, stream, nursery, ssl_context, max_frame_size, handshake_timeout)
+                if wire is None:
                     return
-                active += 1
+                conn = Connection(
+                    wire,
+                    protocol.Session(side="server", heartbeat=heartbeat),
+                    peer,
+                    parsed.scheme,
+                    max_frame_size=max_frame_size,
+                    max_outgoing=max_outgoing,
+                    send_timeout=send_timeout,
+                    close_timeout=close_timeout,
+                    hello_timeout=handshake_timeout,
+                    on_hello=ticket.hello_passed,
+                )
+                async with running(conn):
+                    try:
+                        await handler(conn)
+                    except Exception as exc:
+                        _handler_failed(conn, exc)
+                    finally:
+                        ticket.leave()
+        except Exception as exc:  # a bug of ours outside the connection: still this one only
+            logger.error("internal error serving %s; closing that connection", peer, exc_info=exc)
+        finally:
+            ticket.leave()
+            await trio.aclose_forcefully(stream)  # (a no-op when a wire took its socket)
+
+    async def refuse(stream: trio.SocketStream, error: Error) -> None:
+        peer = _peer_name(parsed.scheme, stream)
+        try:
+            if admission.start_refusal():
                 try:
-                    await handler(conn)
-                except* ConnectionClosed:
-                    pass
+                    with trio.move_on_after(handshake_timeout):
+                        await _say_busy(parsed, stream, error, ssl_context, close_timeout)
+                except (*_LOST, trio.TooSlowError):
+                    pass  # (a peer that went, or failed its handshake: nothing to tell)
+                except Exception as exc:
+                    logger.error("internal error refusing %s", peer, exc_info=exc)
                 finally:
-                    active -= 1
+                    admission.end_refusal()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    def admit(stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+        ticket = admission.admit(_peer_address(stream))
+        if type(ticket) is Error:
+            nursery.start_soon(refuse, stream, ticket)
+        else:
+            nursery.start_soon(serve_admitted, stream, ticket)
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, serve_stream, listeners)
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, admit, nursery)
         task_status.started(str(parsed.with_port(port)))
+
+
+@attrs.define(eq=False)
+class Admission:
+    """The connections of one :func:`serve`: how many, from which address, how many in
+    their handshake; who is let in (a :class:`Ticket`) and who is refused (an Error)."""
+
+    max_connections: int
+    max_per_address: int
+    max_handshakes: int
+    connections: int = 0
+    per_address: dict[str, int] = attrs.field(factory=dict)
+    handshakes: int = 0
+    refusals: int = 0
+
+    def admit(self, address: str) -> Ticket | Error:
+        """Let a new connection from ``address`` in (counted, in its handshake), or the
+        ``busy`` Error that refuses it."""
+        if self.connections >= self.max_connections:
+            reason, retry_after = "too many connections", BUSY_RETRY_AFTER
+        elif self.per_address.get(address, 0) >= self.max_per_address:
+            reason, retry_after = f"too many connections from {address}", BUSY_RETRY_AFTER
+        elif self.handshakes >= self.max_handshakes:
+            reason, retry_after = "too many connections in their handshake", HANDSHAKE_BUSY_RETRY_AFTER
+        else:
+            self.connections += 1
+            self.per_address[address] = self.per_address.get(address, 0) + 1
+            self.handshakes += 1
+            return Ticket(self, address)
+        return Error(mid=1, code=ErrorCode.BUSY, message=reason, retry_after=retry_after)
+
+    def start_refusal(self) -> bool:
+        """Whether one more refusal may be answered (they are bounded like handshakes);
+        if so, it counts until :meth:`end_refusal`."""
+        if self.refusals >= self.max_handshakes:
+            return False
+        self.refusals += 1
+        return True
+
+    def end_refusal(self) -> None:
+        self.refusals -= 1
+
+
+@attrs.define(eq=False)
+class Ticket:
+    """One admitted connection's place in its :class:`Admission`."""
+
+    admission: Admission
+    address: str
+    handshaking: bool = True
+    inside: bool = True
+
+    def hello_passed(self) -> None:
+        """The peer's Hello has passed: its handshake slot is free (once)."""
+        if self.handshaking:
+            self.handshaking = False
+            self.admission.handshakes -= 1
+
+    def leave(self) -> None:
+        """The connection is over (or its handler done): free its slots (once)."""
+        self.hello_passed()
+        if self.inside:
+            self.inside = False
+            admission = self.admission
+            admission.connections -= 1
+            left = admission.per_address[self.address] - 1
+            if left:
+                admission.per_address[self.address] = left
+            else:
+                del admission.per_address[self.address]
+
+
+def _handler_failed(conn: Connection, exc: Exception) -> None:
+    """``serve``'s handler raised ``exc``: the end of its connection (ConnectionClosed, or a
+    group of nothing else), else an internal failure of that connection only."""
+    if isinstance(exc, ConnectionClosed):
+        return
+    if isinstance(exc, ExceptionGroup) and exc.split(ConnectionClosed)[1] is None:
+        return
+    conn._internal_failure(exc, "in the handler of")
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    admit: Callable[[trio.SocketStream, trio.Nursery], None],
+    nursery: trio.Nursery,
+) -> NoReturn:
+    """Accept connections for ever, each admitted (or refused) in the order accepted."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.error(
+                    "accept returned %s (%s); retrying in %g s",
+                    errno.errorcode[exc.errno], os.strerror(exc.errno), _ACCEPT_RETRY_DELAY,
+                )
+                await trio.sleep(_ACCEPT_RETRY_DELAY)
+                continue
+            admit(stream, nursery)
+
+
+async def _say_busy(
+    url: Url, tcp: trio.SocketStream, error: Error, ssl_context: ssl.SSLContext | None, linger: float
+) -> None:
+    """Tell a refused peer ``busy`` the way its transport allows (see :func:`serve`)."""
+    stream: trio.abc.Stream = tcp
+    if url.secure:
+        assert ssl_context is not None
+        stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
+        await stream.do_handshake()
+    if url.websocket:
+        try:
+            async with trio.open_nursery() as nursery:  # (for trio-websocket's reader task)
+                await _ws.refuse(nursery, stream, reason=error.message, retry_after=error.retry_after)
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                reraise_alone(group.exceptions[0])
+            raise
+        return
+    await stream.send_all(protocol.encode(error))
+    if stream is tcp:
+        await tcp.send_eof()
+    # Let the peer read the answer and go: closing with its Hello unread would reset the
+    # connection, and a reset may destroy the answer before the peer has read it.
+    with trio.move_on_after(linger):
+        while await stream.receive_some(READ_SIZE):
+            pass
 
 
 async def _accept(

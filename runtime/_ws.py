@@ -10,11 +10,17 @@ trio-websocket's own reader task runs in the connection's nursery under a cancel
 ours, so that a failed opening handshake (rejected, garbage instead of HTTP, dropped) wakes
 the side waiting for it at once instead of at its timeout, and so that closing the wire
 always ends that task.
+
+A server over its connection limits answers the HTTP upgrade with ``503 Service
+Unavailable``, a ``Retry-After`` header and the reason as the body (:func:`refuse`); the
+client turns that answer into ``HandshakeError(code="busy")``, as a ``busy`` Error frame
+would be over TCP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -24,7 +30,7 @@ from wsproto.events import BytesMessage
 
 import protocol
 
-from ._transport_errors import ConnectionClosed
+from ._transport_errors import ConnectionClosed, HandshakeError, WrongProtocol
 from ._url import Url, format_host
 
 #: Messages trio-websocket may hold between its reader task and ours.
@@ -32,6 +38,8 @@ MESSAGE_QUEUE_SIZE = 4
 #: Bytes trio-websocket asks of the socket per read.
 RECEIVE_BUFFER_SIZE = 64 * 1024
 _MESSAGE_TOO_BIG = 1009
+#: The HTTP status of an upgrade refused for the server's connection limits.
+BUSY_STATUS = 503
 
 
 class _ReaderGuard:
@@ -45,7 +53,10 @@ class _ReaderGuard:
         self._nursery = nursery
         self.handshake_scope = trio.CancelScope()
         self.task_scope = trio.CancelScope()
-        self.error: trio_websocket.HandshakeError | None = None
+        # Why the handshake failed: the server's rejection, or (an exception of h11 or
+        # wsproto) an answer that is not HTTP at all.
+        self.error: Exception | None = None
+        self.handshaking = True  # (an exception after the handshake is not caught here)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None) -> None:
         self._nursery.start_soon(self._guard, fn, *args, name=name)
@@ -65,6 +76,10 @@ class _ReaderGuard:
                 await fn(*args)
         except trio_websocket.HandshakeError as exc:  # rejected by the server
             self.error = exc
+        except Exception as exc:
+            if not self.handshaking:
+                raise
+            self.error = exc  # what came back was not HTTP (h11 or wsproto says so)
         finally:
             self.handshake_scope.cancel()
 
@@ -138,7 +153,10 @@ async def client_wire(
     """Run the client side of the WebSocket opening handshake over ``stream``.
 
     Raises:
-      ConnectionError: the server rejected the handshake or closed the connection.
+      HandshakeError: the server answered ``503`` (``busy``: over its connection limits).
+      WrongProtocol: the server answered the upgrade with another HTTP status (a web
+        server), or not in HTTP at all (a ``tcp://`` listener), or closed the connection
+        without a word (a ``wss://`` or ``tls://`` one).
     """
     guard = _ReaderGuard(nursery)
     with guard.handshake_scope, guard.cancel_on_error():
@@ -155,10 +173,44 @@ async def client_wire(
         except trio_websocket.ConnectionClosed:
             pass
         else:
+            guard.handshaking = False
             return WebSocketWire(ws, stream, guard)
     guard.task_scope.cancel()
-    why = f"rejected: {guard.error!r}" if guard.error is not None else "connection closed"
-    raise ConnectionError(f"WebSocket handshake with {url} failed ({why})")
+    error = guard.error
+    if isinstance(error, trio_websocket.ConnectionRejected):
+        body = (error.body or b"")[:1024].decode("utf-8", "replace")
+        if error.status_code == BUSY_STATUS:
+            raise HandshakeError(protocol.ErrorCode.BUSY, body or "service unavailable", _retry_after(error.headers))
+        raise WrongProtocol(
+            str(url),
+            f"the server answered the WebSocket upgrade with HTTP {error.status_code}"
+            + (f" ({body[:80]!r})" if body else ""),
+            "a web server, not a trio-actors ws:// listener (check the port and the path)",
+        )
+    if error is not None:
+        plain = "tcp" if url.scheme == "ws" else "tls"
+        raise WrongProtocol(
+            str(url),
+            "the server did not answer the WebSocket upgrade in HTTP",
+            f"a {plain}:// listener? use {plain}:// for it",
+        )
+    raise WrongProtocol(
+        str(url),
+        "the server closed the connection without answering the WebSocket upgrade",
+        f"not a trio-actors {url.scheme}:// listener ({'a wss:// or tls:// one?' if url.scheme == 'ws' else 'a ws:// or tcp:// one?'})",
+    )
+
+
+def _retry_after(headers: tuple[tuple[bytes, bytes], ...]) -> float | None:
+    """The seconds of a ``Retry-After`` header, if there is one (a date is ignored)."""
+    for name, value in headers:
+        if name.lower() == b"retry-after":
+            try:
+                seconds = float(value)
+            except ValueError:
+                return None
+            return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    return None
 
 
 async def server_wire(
@@ -183,6 +235,38 @@ async def server_wire(
         except trio_websocket.ConnectionClosed:
             pass
         else:
+            guard.handshaking = False
             return WebSocketWire(ws, stream, guard)
     guard.task_scope.cancel()
     raise ConnectionError("the peer did not complete a WebSocket handshake")
+
+
+async def refuse(
+    nursery: trio.Nursery, stream: trio.abc.Stream, *, reason: str, retry_after: float | None
+) -> None:
+    """Read a client's WebSocket upgrade request and answer it ``503`` with ``reason``.
+
+    The caller bounds the time and closes ``stream`` afterwards.
+
+    Raises:
+      ConnectionError: the peer did not send a WebSocket upgrade request.
+    """
+    guard = _ReaderGuard(nursery)
+    headers = [] if retry_after is None else [(b"Retry-After", f"{retry_after:g}".encode())]
+    try:
+        with guard.handshake_scope, guard.cancel_on_error():
+            try:
+                request = await trio_websocket.wrap_server_stream(
+                    guard,  # type: ignore[arg-type]  # only its start_soon is used
+                    stream,
+                    message_queue_size=1,
+                    max_message_size=1,
+                    receive_buffer_size=RECEIVE_BUFFER_SIZE,
+                )
+                await request.reject(BUSY_STATUS, extra_headers=headers, body=reason.encode())
+                return
+            except trio_websocket.ConnectionClosed:
+                pass
+        raise ConnectionError("the peer did not send a WebSocket upgrade request")
+    finally:
+        guard.task_scope.cancel()

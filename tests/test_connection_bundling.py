@@ -10,7 +10,6 @@ message, version 1) or a CBOR array (a bundle, version 2).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import socket
 import struct
@@ -402,7 +401,7 @@ def publish_with_item_size(size: int) -> Publish:
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 async def test_bundles_fit_the_frame_limit_the_welcome_names(scheme: str) -> None:
-    limit = 2000
+    limit = protocol.MIN_MAX_FRAME  # (the smallest a peer may announce)
     with trio.fail_after(10):
         async with client_to_raw_server(scheme, max_frame=limit) as (conn, raw):
             assert conn._send_limit == limit
@@ -927,7 +926,8 @@ async def test_the_welcome_is_a_plain_frame(
 
 
 # ---------------------------------------------------------------------------------------
-# A handler that raises is a failure of the application, whatever it raises.
+# A handler that raises is a failure of the application, whatever it raises: it ends
+# this connection (an internal error), never anything else.
 
 
 @pytest.mark.parametrize(
@@ -940,10 +940,12 @@ async def test_the_welcome_is_a_plain_frame(
     ],
     ids=lambda e: type(e).__name__,
 )
-async def test_a_handler_that_raises_ends_the_connection_tasks(error: Exception) -> None:
+async def test_a_handler_that_raises_ends_the_connection_with_an_internal_error(
+    error: Exception, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
     # Even exceptions the reader would take for the connection's own end (closed, a
-    # protocol error, a broken stream) end the connection's tasks and come out of them,
-    # instead of quietly stopping the reader while the connection stays open.
+    # protocol error, a broken stream) are the handler's failure: the peer is told
+    # "internal" and the application sees the connection end, the exception its cause.
     a, b = trio.testing.memory_stream_pair()
     conn = Connection(StreamWire(a), Session(side="server"), "memory://client", "tcp")
     peer = RawPeer(StreamWire(b))
@@ -951,31 +953,24 @@ async def test_a_handler_that_raises_ends_the_connection_tasks(error: Exception)
     def handler(batch: list[Message]) -> None:
         raise error
 
-    async def dispatch() -> None:
-        with contextlib.suppress(runtime.ConnectionClosed):  # (the connection's end)
-            await conn.dispatch_to(handler)
+    async def peer_side() -> None:
+        await peer.send(Publish(mid=1, subject="a.b"))
+        await peer.read_until_closed()  # (the server lingers until its close_timeout)
 
-    with trio.fail_after(5), pytest.raises(BaseExceptionGroup) as info:
+    with trio.fail_after(10):
         async with running(conn):
             await peer.send(Hello(mid=0, role="client", versions=V2))
             hello = await conn.receive()
             conn.send_nowait(Welcome(mid=conn.next_mid(), cid=hello.mid, version=2))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(dispatch)
-                await trio.testing.wait_all_tasks_blocked()
-                await peer.send(Publish(mid=1, subject="a.b"))
-                await trio.sleep_forever()
-    leaves = []
-    stack: list[BaseException] = [info.value]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack += exc.exceptions
-        else:
-            leaves.append(exc)
-    if type(error) is ValueError:
-        assert error in leaves
-    else:
-        (failure,) = [e for e in leaves if isinstance(e, RuntimeError)]
-        assert "dispatch_to handler failed" in str(failure) and failure.__cause__ is error
-    assert conn.closed
+                nursery.start_soon(peer_side)
+                with pytest.raises(runtime.ConnectionClosed) as info:
+                    await conn.dispatch_to(handler)
+    assert info.value.code == ErrorCode.INTERNAL and not info.value.clean
+    assert info.value.__cause__ is error and conn.failure is error
+    assert [type(m) for m in peer.messages] == [Welcome, Error, Bye]
+    assert peer.messages[1].code == ErrorCode.INTERNAL
+    assert peer.messages[1].message == f"internal error: {type(error).__name__}"
+    (record,) = [r for r in caplog.records if r.name == "runtime.connection"]
+    assert record.exc_info is not None and record.exc_info[1] is error
+    assert "memory://client" in record.getMessage()

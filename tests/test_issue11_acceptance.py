@@ -576,8 +576,9 @@ async def test_3_leaving_a_map_early_cancels_its_jobs_on_the_worker(cluster, tmp
         async with Client.connect(cluster.url) as client:
             async for _ in client.map("slow.mapleft", payloads, limit=5):
                 break
-        assert len(log_lines(log, "start")) == 5
-        await until(lambda: len(log_lines(log, "cancelled")) == 4, within=3)
+        started = len(log_lines(log, "start"))  # (a job cancelled before it began never starts)
+        assert 1 <= started <= 5
+        await until(lambda: len(log_lines(log, "cancelled")) == started - 1, within=3)
         await until_async(lambda: _quiet(cluster.url, "slow.mapleft"), within=3)
     assert len(log_lines(log, "done")) == 1
 
@@ -869,12 +870,6 @@ async def test_8_cancel_of_an_unknown_job_says_so(cluster):
     assert result.returncode != 0 and "no-such-job-to-cancel" in result.stderr.decode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (borderline): the shell's output piped into a reader that stops early "
-    "(`python -m actors status | head -1`, `submit ... | head`) ends in a 30-line ExceptionGroup "
-    "traceback of BrokenPipeError instead of exiting quietly",
-)
 async def test_8_a_closed_pipe_on_stdout_is_no_traceback(cluster):
     with trio.fail_after(15):
         result = await trio.run_process(

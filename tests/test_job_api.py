@@ -9,6 +9,7 @@ Workers run in process here; worker processes are in ``test_reliability*.py``.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import trio
@@ -22,6 +23,7 @@ from actors import (
     JobCancelled,
     JobFailed,
     Leader,
+    NoRoute,
     SubmitTimeout,
     Worker,
     WorkerGroup,
@@ -151,13 +153,18 @@ async def test_named_errors_carry_the_remote_error(nursery):
             # No result in time.
             with pytest.raises(SubmitTimeout):
                 await client.submit("inspect.x", {"sleep": 5}, timeout=0.2)
-            # Nobody serves "nobody.*": two wait, the third is told to come back later.
+            # Nobody serves "nobody.*": answered at once, naming the subject.
+            with pytest.raises(NoRoute) as no_route:
+                await client.submit("nobody.home", 1)
+            assert no_route.value.subject == "nobody.home"
+            assert "no worker serves subject nobody.home" in str(no_route.value)
+            # Unless told to wait for a worker: two wait, the third is told to come back later.
             async with trio.open_nursery() as waiting:
                 for i in range(2):
-                    waiting.start_soon(client.submit, "nobody.home", i)
+                    waiting.start_soon(partial(client.submit, "nobody.home", i, wait_for_worker=True))
                 await trio.sleep(0.2)
                 with pytest.raises(Busy) as busy:
-                    await client.submit("nobody.home", 3)
+                    await client.submit("nobody.home", 3, wait_for_worker=True)
                 assert 0 < busy.value.retry_after <= 30
                 waiting.cancel_scope.cancel()
 
@@ -184,15 +191,17 @@ async def test_concurrent_submits_share_one_connection_and_are_pipelined(nursery
             assert client.connects == 1 and client.results_received == Gate.size
 
 
-async def test_map_yields_results_as_they_complete_within_its_limit(nursery):
+async def test_map_yields_results_in_input_order_within_its_limit(nursery):
     with trio.fail_after(15):
         gate = Gate()
         gate.size = 8
         leader, url = await start(nursery, gate)
         async with Client.connect(url) as client:
             got = [r async for r in client.map("gate.x", range(64), limit=8)]
-        assert sorted(got) == list(range(64))
-        assert gate.peak == 8  # never more than the limit in flight
+            assert got == list(range(64))
+            assert gate.peak == 8  # never more than the limit in flight
+            pairs = [p async for p in client.map("gate.x", range(64), limit=8, ordered=False)]
+            assert sorted(pairs) == [(i, i) for i in range(64)]
 
 
 async def test_statistics_per_subject_and_group(nursery):

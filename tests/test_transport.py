@@ -304,7 +304,7 @@ async def test_first_message_must_be_hello(env: Env, nursery: trio.Nursery, auto
 async def test_oversize_frame_is_refused(env: Env, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     server = EchoServer()
     url = await env.serve(nursery, server, max_frame_size=1000)
-    big = protocol.encode(Hello(mid=0, role="client", name="x" * 2000))
+    big = protocol.encode(Hello(mid=0, role="client", token="x" * 2000))
     with trio.fail_after(10):
         async with env.raw(url) as raw:
             await raw.send_bytes(big)
@@ -338,18 +338,24 @@ async def test_over_max_connections_is_busy(env: Env, nursery: trio.Nursery) -> 
             assert (await again.receive()).payload == 2
 
 
-async def test_handler_errors_propagate_out_of_serve(env: Env) -> None:
+async def test_handler_errors_end_that_connection_only(env: Env, nursery: trio.Nursery) -> None:
+    # (tests/test_containment.py has the rest: the log, other connections, every task.)
     async def broken(conn: runtime.Connection) -> None:
+        hello = await conn.receive()
+        if hello.name == "doomed":
+            raise ValueError("handler bug")
+        conn.send_nowait(welcome_for(conn, hello))
         await conn.receive()
-        raise ValueError("handler bug")
 
-    with trio.fail_after(10), pytest.RaisesGroup(ValueError, flatten_subgroups=True):
-        async with trio.open_nursery() as nursery:
-            url = await env.serve(nursery, broken)
-            # The client sees its connection cut (or is cancelled when serve fails).
-            with contextlib.suppress(runtime.ConnectionClosed):
-                async with env.connect(url) as conn:
-                    await conn.receive()
+    url = await env.serve(nursery, broken)
+    with trio.fail_after(10):
+        with pytest.raises(runtime.HandshakeError) as info:
+            async with env.connect(url, name="doomed"):
+                pass  # pragma: no cover
+        assert info.value.code == ErrorCode.INTERNAL
+        assert info.value.message == "internal error: ValueError"
+        async with env.connect(url, name="fine") as conn:  # serve goes on
+            assert conn.welcome is not None
 
 
 async def test_silent_client_gets_hello_timeout(
@@ -394,13 +400,45 @@ async def test_refused_connection_is_an_oserror() -> None:
 @pytest.mark.parametrize("scheme", ["tls", "wss"])
 async def test_untrusted_certificate_fails_fast(scheme: str, certs: Certs, nursery: trio.Nursery) -> None:
     url = await Env(scheme, certs).serve(nursery, EchoServer())
-    with trio.fail_after(10), pytest.raises(ConnectionError, match="TLS handshake"):
+    with trio.fail_after(10), pytest.raises(runtime.TLSHandshakeFailed) as info:
         async with runtime.open_connection(
             url, hello=Hello(mid=0, role="client"), ssl_context=ssl.create_default_context()
         ):
             pass  # pragma: no cover
+    assert isinstance(info.value, ConnectionError)  # (retried like any failure to connect)
+    assert str(info.value) == (
+        f"TLS handshake with {url} failed: certificate verify failed: unable to get local issuer certificate"
+    )
     # The server is unharmed.
     async with Env(scheme, certs).connect(url) as conn:
+        assert conn.welcome is not None
+
+
+@pytest.mark.parametrize(
+    ("scheme", "listener", "answer"),
+    [
+        ("tcp", "ws", "the server answered in HTTP ('HTTP/1.1 400 ')"),
+        ("tcp", "tls", "the server closed the connection without answering the Hello"),
+        ("tls", "tcp", "the server does not answer in TLS (WRONG_VERSION_NUMBER)"),
+        ("ws", "tcp", "the server did not answer the WebSocket upgrade in HTTP"),
+        ("wss", "ws", "the server does not answer in TLS (WRONG_VERSION_NUMBER)"),
+        ("ws", "wss", "the server closed the connection without answering the WebSocket upgrade"),
+    ],
+)
+async def test_the_wrong_scheme_for_a_listener_says_what_answered(
+    scheme: str, listener: str, answer: str, certs: Certs, nursery: trio.Nursery
+) -> None:
+    url = await Env(listener, certs).serve(nursery, EchoServer())
+    wrong = scheme + url[url.index(":") :]
+    ssl_context = certs.client if scheme in ("tls", "wss") else None
+    with trio.fail_after(10), pytest.raises(runtime.WrongProtocol) as info:
+        async with runtime.open_connection(wrong, hello=Hello(mid=0, role="client"), ssl_context=ssl_context):
+            pass  # pragma: no cover
+    assert isinstance(info.value, ConnectionError)
+    assert info.value.answer == answer
+    assert str(info.value).startswith(f"{scheme}://127.0.0.1:{parse_url(url).port}")
+    # The server is unharmed.
+    async with Env(listener, certs).connect(url) as conn:
         assert conn.welcome is not None
 
 
