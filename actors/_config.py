@@ -79,6 +79,7 @@ _LEADER_KEYS = {
     "max_connections": "count",
     "max_connections_per_address": "count",
     "max_handshakes": "count",
+    "max_handshakes_per_address": "count",
     "max_queued_bytes": "size",
     "max_queued_per_subject": "count",
     "max_queued_bytes_per_subject": "size",

@@ -81,7 +81,8 @@ class GroupRetryConfig:
 
 #: LeaderConfig keys whose None means "the leader's default".
 _OPTIONAL_LIMITS = (
-    "max_connections_per_address", "max_handshakes", "max_queued_bytes",
+    "max_connections_per_address", "max_handshakes", "max_handshakes_per_address",
+    "max_queued_bytes",
     "max_queued_per_subject", "max_queued_bytes_per_subject", "max_queued_per_client",
     "max_queued_bytes_per_client", "max_queue_time", "max_window", "max_subscriptions",
     "max_patterns", "max_retained_bytes", "max_dead_letter_bytes", "max_stored_bytes",
@@ -105,6 +106,7 @@ class LeaderConfig:
     # The limits below: None leaves the leader's default (see actors.Leader, BrokerConfig).
     max_connections_per_address: int | None = None
     max_handshakes: int | None = None
+    max_handshakes_per_address: int | None = None
     max_queued_bytes: int | None = None
     max_queued_per_subject: int | None = None
     max_queued_bytes_per_subject: int | None = None

@@ -45,6 +45,7 @@ from runtime import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     Backoff,
     Connection,
     ConnectionClosed,
@@ -102,6 +103,8 @@ class Leader:
         listener; more are answered ``busy`` (so that one host cannot lock others out).
       max_handshakes: connections in their TLS/WebSocket handshake or not yet past their
         Hello at once, per listener; more are answered ``busy``.
+      max_handshakes_per_address: the same, from one peer address (so that one host's
+        silent connections cannot take every handshake slot).
       token: when set, every Hello must carry it.
       rng: the random source for backoff jitter.
       max_queued_bytes, max_queued_per_subject, max_queued_bytes_per_subject,
@@ -136,6 +139,7 @@ class Leader:
         max_outgoing: int = 4 * DEFAULT_MAX_FRAME_SIZE,
         max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+        max_handshakes_per_address: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         token: str | None = None,
         rng: random.Random | None = None,
         max_queued_bytes: int | None = None,
@@ -163,6 +167,7 @@ class Leader:
         self.max_outgoing = max_outgoing
         self.max_connections_per_address = max_connections_per_address
         self.max_handshakes = max_handshakes
+        self.max_handshakes_per_address = max_handshakes_per_address
         self.token = token
         self.max_patterns = max_patterns
         limits = {
@@ -220,6 +225,7 @@ class Leader:
                         max_outgoing=self.max_outgoing,
                         max_connections_per_address=self.max_connections_per_address,
                         max_handshakes=self.max_handshakes,
+                        max_handshakes_per_address=self.max_handshakes_per_address,
                     )
                 )
                 urls.append(bound)

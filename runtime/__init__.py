@@ -40,6 +40,7 @@ from ._transports import DEFAULT_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
 from ._transports import DEFAULT_MAX_CONNECTIONS as DEFAULT_MAX_CONNECTIONS
 from ._transports import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS as DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
 from ._transports import DEFAULT_MAX_HANDSHAKES as DEFAULT_MAX_HANDSHAKES
+from ._transports import DEFAULT_MAX_HANDSHAKES_PER_ADDRESS as DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
 from ._transports import HANDSHAKE_BUSY_RETRY_AFTER as HANDSHAKE_BUSY_RETRY_AFTER
 from ._transports import open_connection as open_connection
 from ._transports import serve as serve

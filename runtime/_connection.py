@@ -71,6 +71,16 @@ DEFAULT_FLUSH_EVERY = 16
 DEFAULT_SEND_TIMEOUT = 10.0
 
 
+def check_max_frame_size(n: int) -> None:
+    """Raise ValueError unless ``n`` is a frame limit a peer may be told (see
+    ``protocol.MIN_MAX_FRAME``: a smaller one in our Hello or Welcome would be refused)."""
+    if n < protocol.MIN_MAX_FRAME:
+        raise ValueError(
+            "max_frame_size must be at least protocol.MIN_MAX_FRAME"
+            f" ({protocol.MIN_MAX_FRAME}), got {n}"
+        )
+
+
 @attrs.define(eq=False)
 class Connection(Outgoing):
     """A protocol connection: send and receive messages, heartbeats, an orderly close.
@@ -86,6 +96,8 @@ class Connection(Outgoing):
       closed: True once the connection is closing or closed; sending then raises
         :class:`ConnectionClosed`.
       welcome: on the client side, the server's Welcome.
+      max_frame_size: largest frame body accepted from the peer; at least
+        ``protocol.MIN_MAX_FRAME`` (a smaller one raises ValueError at construction).
       max_outgoing: bound of the outgoing buffer in bytes.
       send_timeout: seconds :meth:`send` waits for room before :class:`SendBufferFull`.
       flush_every: messages queued by :meth:`send_nowait` that are written at once
@@ -159,6 +171,7 @@ class Connection(Outgoing):
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
+        check_max_frame_size(self.max_frame_size)
         self._decoder = protocol.FrameDecoder(max_frame_size=self.max_frame_size)
         # What the peer accepts, until its Hello or Welcome says: the protocol's default,
         # or our own limit if lower (a peer set up like this side).

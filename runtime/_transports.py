@@ -3,10 +3,11 @@
 The URL's scheme picks the transport (see :mod:`runtime._url`); everything above the wire
 is the same :class:`runtime.Connection`.
 
-A server admits each accepted socket against three limits (:func:`serve`): connections in
-all, connections from the same peer address, and connections still in their handshake. One
-over a limit is refused at once, as cheaply as its transport allows, with a ``busy`` answer
-that :func:`open_connection` raises as ``HandshakeError(code="busy")``.
+A server admits each accepted socket against four limits (:func:`serve`): connections in
+all, connections from the same peer address, connections still in their handshake, and
+those from the same peer address still in their handshake. One over a limit is refused
+at once, as cheaply as its transport allows, with a ``busy`` answer that
+:func:`open_connection` raises as ``HandshakeError(code="busy")``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ._connection import (
     DEFAULT_MAX_OUTGOING,
     DEFAULT_SEND_TIMEOUT,
     Connection,
+    check_max_frame_size,
     logger,
 )
 from ._transport_errors import ConnectionClosed, HandshakeError, TLSHandshakeFailed, WrongProtocol
@@ -49,6 +51,10 @@ DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 256
 #: Default bound of the connections at once in their TLS/WebSocket handshake or waiting for
 #: their Hello (a slow or silent peer holds one for up to the handshake timeout).
 DEFAULT_MAX_HANDSHAKES = 128
+#: Default bound of the connections from one peer address (IP) at once in their handshake:
+#: a quarter of :data:`DEFAULT_MAX_HANDSHAKES`, so that one host's silent connections
+#: cannot take every handshake slot and lock every other host out.
+DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 32
 #: The ``retry_after`` of a refusal for too many connections (in all or from one address).
 BUSY_RETRY_AFTER = 1.0
 #: The ``retry_after`` of a refusal for too many handshakes (these end quickly).
@@ -109,7 +115,8 @@ async def open_connection(
         messages from 1, see :attr:`Connection.next_mid`).
       ssl_context: for ``tls://`` and ``wss://``; the system's default trust when None.
       heartbeat: seconds between pings on an idle line; None takes the Welcome's value.
-      max_frame_size: largest frame body accepted from the server.
+      max_frame_size: largest frame body accepted from the server (at least
+        ``protocol.MIN_MAX_FRAME``).
       max_outgoing: bound of the outgoing buffer in bytes (see :class:`SendBufferFull`).
       connect_timeout: seconds for connecting, the TLS/WebSocket handshake and the Welcome.
       send_timeout: seconds :meth:`Connection.send` waits for room in the buffer.
@@ -134,6 +141,7 @@ async def open_connection(
     by ``close_timeout``); leaving it with an exception cuts the connection at once and
     lets the exception through unwrapped.
     """
+    check_max_frame_size(max_frame_size)
     parsed = parse_url(url)
     _check_ssl(parsed, ssl_context, server=False)
     try:
@@ -343,6 +351,7 @@ async def serve(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    max_handshakes_per_address: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
     max_outgoing: int = DEFAULT_MAX_OUTGOING,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -369,7 +378,9 @@ async def serve(
       max_connections_per_address: the same, from any one peer IP address.
       max_handshakes: connections at once in their TLS/WebSocket handshake or not yet
         past their Hello.
-      max_frame_size: largest frame body accepted from a peer.
+      max_handshakes_per_address: the same, from any one peer IP address.
+      max_frame_size: largest frame body accepted from a peer (at least
+        ``protocol.MIN_MAX_FRAME``).
       max_outgoing: bound of each connection's outgoing buffer in bytes.
       handshake_timeout: seconds a new connection has for its TLS/WebSocket handshake,
         and again for its Hello.
@@ -399,12 +410,16 @@ async def serve(
         ("max_connections", max_connections),
         ("max_connections_per_address", max_connections_per_address),
         ("max_handshakes", max_handshakes),
+        ("max_handshakes_per_address", max_handshakes_per_address),
     ):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    check_max_frame_size(max_frame_size)
     parsed = parse_url(url)
     _check_ssl(parsed, ssl_context, server=True)
-    admission = Admission(max_connections, max_connections_per_address, max_handshakes)
+    admission = Admission(
+        max_connections, max_connections_per_address, max_handshakes, max_handshakes_per_address
+    )
     listeners = await trio.open_tcp_listeners(parsed.port, host=parsed.host)
     port = listeners[0].socket.getsockname()[1]
 
@@ -479,9 +494,11 @@ class Admission:
     max_connections: int
     max_per_address: int
     max_handshakes: int
+    max_handshakes_per_address: int
     connections: int = 0
     per_address: dict[str, int] = attrs.field(factory=dict)
     handshakes: int = 0
+    handshakes_per_address: dict[str, int] = attrs.field(factory=dict)
     refusals: int = 0
 
     def admit(self, address: str) -> Ticket | Error:
@@ -491,12 +508,16 @@ class Admission:
             reason, retry_after = "too many connections", BUSY_RETRY_AFTER
         elif self.per_address.get(address, 0) >= self.max_per_address:
             reason, retry_after = f"too many connections from {address}", BUSY_RETRY_AFTER
+        elif self.handshakes_per_address.get(address, 0) >= self.max_handshakes_per_address:
+            reason = f"too many connections from {address} in their handshake"
+            retry_after = HANDSHAKE_BUSY_RETRY_AFTER
         elif self.handshakes >= self.max_handshakes:
             reason, retry_after = "too many connections in their handshake", HANDSHAKE_BUSY_RETRY_AFTER
         else:
             self.connections += 1
             self.per_address[address] = self.per_address.get(address, 0) + 1
             self.handshakes += 1
+            self.handshakes_per_address[address] = self.handshakes_per_address.get(address, 0) + 1
             return Ticket(self, address)
         return Error(mid=1, code=ErrorCode.BUSY, message=reason, retry_after=retry_after)
 
@@ -525,7 +546,13 @@ class Ticket:
         """The peer's Hello has passed: its handshake slot is free (once)."""
         if self.handshaking:
             self.handshaking = False
-            self.admission.handshakes -= 1
+            admission = self.admission
+            admission.handshakes -= 1
+            left = admission.handshakes_per_address[self.address] - 1
+            if left:
+                admission.handshakes_per_address[self.address] = left
+            else:
+                del admission.handshakes_per_address[self.address]
 
     def leave(self) -> None:
         """The connection is over (or its handler done): free its slots (once)."""

@@ -1,4 +1,5 @@
-"""Connection limits of ``runtime.serve``: in all, per peer address, and in handshake.
+"""Connection limits of ``runtime.serve``: in all, per peer address, and in handshake (in
+all and per peer address).
 
 A connection over a limit is refused as soon as it is accepted, with a ``busy`` answer
 that ``runtime.open_connection`` raises as ``HandshakeError(code="busy")`` and
@@ -187,8 +188,43 @@ async def test_a_silent_peer_frees_its_handshake_slot_at_its_timeout(
                 assert conn.welcome is not None
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+async def test_one_address_over_its_handshake_limit_is_refused_while_others_get_in(
+    scheme: str, certs: Certs, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = await serve(nursery, scheme, certs, max_handshakes=4, max_handshakes_per_address=2)
+    port = runtime.parse_url(url).port
+    with trio.fail_after(20):
+        # One address's two silent peers hold its handshake slots, not everyone's.
+        silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        try:
+            error = await refused(url, certs)
+            assert error.message == "too many connections from 127.0.0.1 in their handshake"
+            assert error.retry_after == runtime.HANDSHAKE_BUSY_RETRY_AFTER
+            async with from_address(monkeypatch, "127.0.0.2"), connect(url, certs, "b1") as b1:
+                assert b1.welcome is not None
+        finally:
+            for stream in silent:
+                await stream.aclose()
+        # Once they are gone, that address is let in again.
+        for _ in range(50):  # (the server notices the closed sockets a moment later)
+            try:
+                async with connect(url, certs, "a1") as a1:
+                    assert a1.welcome is not None
+                break
+            except runtime.HandshakeError:
+                await trio.sleep(0.05)
+        else:
+            pytest.fail("the address's handshake slots never came free")
+
+
 async def test_limits_must_be_positive(certs: Certs) -> None:
-    for name in ("max_connections", "max_connections_per_address", "max_handshakes"):
+    for name in (
+        "max_connections",
+        "max_connections_per_address",
+        "max_handshakes",
+        "max_handshakes_per_address",
+    ):
         with pytest.raises(ValueError, match=name):
             await runtime.serve("tcp://127.0.0.1:0", Welcomer(), **{name: 0})
 

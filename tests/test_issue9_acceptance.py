@@ -478,16 +478,6 @@ async def test_1100_sessions_from_one_address_do_not_lock_out_another(
     cluster.assert_alive()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "GAP: handshake slots are counted globally, not per address: one peer that opens"
-        " max_handshakes (128) silent TCP connections from one address (well under its"
-        " per-address limit of 256) makes every new connection from every other address"
-        " 'busy: too many connections in their handshake' for the handshake timeout (10 s),"
-        " and can renew them for ever"
-    ),
-)
 async def test_silent_handshakes_from_one_address_do_not_lock_out_another(
     cluster: ClusterProcess,
 ) -> None:

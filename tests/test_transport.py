@@ -303,8 +303,9 @@ async def test_first_message_must_be_hello(env: Env, nursery: trio.Nursery, auto
 
 async def test_oversize_frame_is_refused(env: Env, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     server = EchoServer()
-    url = await env.serve(nursery, server, max_frame_size=1000)
-    big = protocol.encode(Hello(mid=0, role="client", token="x" * 2000))
+    url = await env.serve(nursery, server, max_frame_size=protocol.MIN_MAX_FRAME)
+    big = protocol.encode(Hello(mid=0, role="client", token="x" * protocol.MAX_VALUE_LENGTH))
+    assert len(big) - protocol.HEADER_SIZE > protocol.MIN_MAX_FRAME
     with trio.fail_after(10):
         async with env.raw(url) as raw:
             await raw.send_bytes(big)
@@ -648,13 +649,41 @@ async def test_send_many_nowait_is_all_or_nothing() -> None:
 
 async def test_message_too_large_for_the_peer() -> None:
     a, _b = trio.testing.memory_stream_pair()
-    conn = memory_connection(a, max_frame_size=100)
+    conn = memory_connection(a, max_frame_size=protocol.MIN_MAX_FRAME)
     async with running(conn):
         with pytest.raises(runtime.MessageTooLarge) as info:
-            conn.send_nowait(Publish(mid=1, subject="a.b", payload=b"x" * 200))
-        assert info.value.limit == 100 and info.value.size > 200
+            payload = b"x" * 2 * protocol.MIN_MAX_FRAME
+            conn.send_nowait(Publish(mid=1, subject="a.b", payload=payload))
+        assert info.value.limit == protocol.MIN_MAX_FRAME
+        assert info.value.size > 2 * protocol.MIN_MAX_FRAME
         assert isinstance(info.value, ValueError)
         conn._abort("test over")
+
+
+@pytest.mark.parametrize("limit", [0, 100, protocol.MIN_MAX_FRAME - 1])
+async def test_a_frame_limit_below_the_protocol_minimum_is_refused_at_construction(
+    limit: int,
+) -> None:
+    a, _b = trio.testing.memory_stream_pair()
+    message = (
+        f"max_frame_size must be at least protocol.MIN_MAX_FRAME ({protocol.MIN_MAX_FRAME}),"
+        f" got {limit}"
+    )
+    with pytest.raises(ValueError) as info:
+        memory_connection(a, max_frame_size=limit)
+    assert str(info.value) == message
+    # serve and open_connection refuse it before listening or connecting.
+    with pytest.raises(ValueError) as info:
+        await runtime.serve("tcp://127.0.0.1:0", EchoServer(), max_frame_size=limit)
+    assert str(info.value) == message
+    with pytest.raises(ValueError) as info:
+        async with runtime.open_connection(
+            "tcp://127.0.0.1:1", hello=Hello(mid=0, role="client"), max_frame_size=limit
+        ):
+            pass  # pragma: no cover
+    assert str(info.value) == message
+    # The minimum itself is fine.
+    assert memory_connection(a, max_frame_size=protocol.MIN_MAX_FRAME).max_frame_size == 4096
 
 
 async def test_messages_before_a_bad_frame_are_delivered_first(autojump_clock: trio.testing.MockClock) -> None:
