@@ -36,7 +36,6 @@ import is reported at load time, before anything starts.
 from __future__ import annotations
 
 import math
-
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any

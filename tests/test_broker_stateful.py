@@ -40,7 +40,6 @@ from typing import Any
 
 import attrs
 import cbor2
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule

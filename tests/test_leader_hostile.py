@@ -116,7 +116,7 @@ async def test_a_hostile_hello_ends_only_its_connection(name):
             async with RawPeer.connect(url) as peer:
                 await peer.send(hello)
                 with trio.move_on_after(0.6):  # (an accepted one idles past a heartbeat)
-                    got = await peer.until_closed()
+                    await peer.until_closed()
             await still_serves(url)
             assert leader.stats()["subjects"]["echo.ok"]["done"] == 1
 
