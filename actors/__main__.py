@@ -442,9 +442,25 @@ async def _result_command(args: argparse.Namespace, stop: trio.CancelScope) -> i
 
 
 async def _cancel_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    from ._client_errors import ClientError, NotFound
+
     with stop:
         async with _connect(args) as client:
+            # Cancel has no answer: ask first, to say whether there was anything to cancel.
+            try:
+                await client.result(args.job_id)
+            except NotFound as exc:
+                if "has not finished yet" not in str(exc):
+                    print(f"nothing to cancel: {exc}", file=sys.stderr)
+                    return 1
+            except ClientError as exc:  # it finished, and failed
+                print(f"nothing to cancel: job {args.job_id} has finished ({exc})", file=sys.stderr)
+                return 1
+            else:
+                print(f"nothing to cancel: job {args.job_id} has finished", file=sys.stderr)
+                return 1
             await client.cancel(args.job_id, reason=args.reason)
+            print(f"cancelled job {args.job_id}", file=sys.stderr)
         return 0
     return INTERRUPTED
 

@@ -859,12 +859,6 @@ async def test_8_every_option_shows_its_default_in_help():
             assert default in text, (command, default, text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (borderline, beyond the issue's letter): `python -m actors cancel JOB_ID` of a job the "
-    "leader does not know (a typo, or one that already finished) prints nothing and exits 0; Cancel is "
-    "fire-and-forget and the leader ignores an unknown id",
-)
 async def test_8_cancel_of_an_unknown_job_says_so(cluster):
     result = await shell("cancel", "no-such-job-to-cancel", url=cluster.url)
     assert result.returncode != 0 and "no-such-job-to-cancel" in result.stderr.decode()
