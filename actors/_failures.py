@@ -17,7 +17,9 @@ short lines and one traceback.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import traceback
 from typing import TYPE_CHECKING
 
@@ -133,15 +135,38 @@ def check_never_retry(value: object, owner: str) -> tuple[type[BaseException], .
     return tuple(classes)
 
 
+#: The environment variable naming the directory the workers of one cluster share, so
+#: that a failure's traceback is shown once in the cluster's output (see FailureLog).
+FAILURE_DIR_ENV = "ACTORS_FAILURE_DIR"
+
+
 class FailureLog:
     """Logs failed attempts: one line each, the traceback once per (subject, type).
 
     One per worker: a traceback logged by one worker says nothing to another's log.
     """
 
-    def __init__(self, worker_name: str) -> None:
+    def __init__(self, worker_name: str, shared_dir: str | None = None) -> None:
         self.worker_name = worker_name
         self._seen: dict[tuple[str, str], None] = {}  # insertion-ordered: oldest first
+        #: A directory shared by the workers of one cluster (``ACTORS_FAILURE_DIR``, set by
+        #: ``python -m actors.cluster``): the first worker to see a (subject, type) pair
+        #: there shows its traceback, so the cluster's output has it once, not per worker.
+        self.shared_dir = shared_dir if shared_dir is not None else os.environ.get(FAILURE_DIR_ENV)
+
+    def _first_in_cluster(self, key: tuple[str, str]) -> bool:
+        """Whether no other worker of the cluster showed this pair's traceback (claimed
+        by creating a file named after it; always True without a shared directory)."""
+        if not self.shared_dir:
+            return True
+        name = hashlib.sha256(repr(key).encode("utf-8", "replace")).hexdigest()[:32]
+        try:
+            os.close(os.open(os.path.join(self.shared_dir, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return False
+        except OSError:
+            return True  # (the directory went away: show it)
+        return True
 
     def failed(self, job: Job, failure: Failure, exc: BaseException | None = None) -> None:
         """Log that ``job`` failed with ``failure`` (raised as ``exc``, if it was)."""
@@ -163,8 +188,9 @@ class FailureLog:
             if len(self._seen) >= MAX_SEEN_FAILURES:
                 del self._seen[next(iter(self._seen))]
             self._seen[key] = None
-            logger.warning(line, *args, exc_info=exc)
-            return
+            if self._first_in_cluster(key):
+                logger.warning(line, *args, exc_info=exc)
+                return
         logger.warning(line, *args)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("worker %s: %s %s: traceback", self.worker_name, what, job.id, exc_info=exc)

@@ -41,6 +41,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from typing import Any, TextIO
@@ -208,10 +209,40 @@ async def run_cluster(
     ``task_status.started()`` gets the leader's bound URLs once the cluster is ready (every
     group's instances connected, or the start timeout passed).
     """
+    from ._failures import FAILURE_DIR_ENV
     from ._leader import Leader
 
     def say(line: str) -> None:
         print(line, file=out or sys.stdout, flush=True)
+
+    # The workers (processes inherit it) show a failure's traceback once for the cluster.
+    with tempfile.TemporaryDirectory(prefix="actors-failures-") as failures:
+        previous = os.environ.get(FAILURE_DIR_ENV)
+        os.environ[FAILURE_DIR_ENV] = failures
+        try:
+            return await _run_cluster(
+                config, drain_grace, say, stats_every=stats_every, start_timeout=start_timeout,
+                fail_fast=fail_fast, task_status=task_status, leader_class=Leader,
+            )
+        finally:
+            if previous is None:
+                os.environ.pop(FAILURE_DIR_ENV, None)
+            else:
+                os.environ[FAILURE_DIR_ENV] = previous
+
+
+async def _run_cluster(
+    config: ClusterConfig,
+    drain_grace: float,
+    say: Any,
+    *,
+    stats_every: float,
+    start_timeout: float,
+    fail_fast: bool,
+    task_status: trio.TaskStatus[list[str]],
+    leader_class: Any,
+) -> int:
+    Leader = leader_class  # noqa: N806 -- (imported lazily by run_cluster)
 
     leader = Leader(**config.leader.leader_kwargs())
     for group_config in config.groups:

@@ -458,12 +458,6 @@ async def test_2_each_failed_attempt_is_one_line_in_the_clusters_output_and_the_
         ), line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (borderline): the traceback is logged once per (subject, exception type) per worker "
-    "*process*, not per cluster: a group of N instances prints it up to N times in the cluster's output "
-    "(README's demo runs Square=4); FailureLog is per WorkerRunner",
-)
 async def test_2_the_traceback_appears_once_in_the_clusters_output(cluster):
     with trio.fail_after(20):
         async with Client.connect(cluster.url) as client:
