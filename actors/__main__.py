@@ -554,12 +554,17 @@ def status_lines(stats: dict[str, Any], before: dict[str, Any] | None = None, se
         patterns = any("patterns" in g for g in groups.values())  # (when the leader says)
         if patterns:
             head.append("SUBJECTS")
+        states = any("state" in g for g in groups.values())  # (a cluster's group states)
+        if states:
+            head.append("STATE")
         rows = []
         for name, g in sorted(groups.items()):
             row = [name, g["workers"], g["window"], g["in_flight"], g["policy"] or "-", g["mode"] or "-",
                    g["done"], g["failed"], g["redelivered"], g["dead"], _ms(g["latency_avg"])]  # fmt: skip
             if patterns:
                 row.append(" ".join(g.get("patterns") or ["-"]))
+            if states:
+                row.append(g.get("state") or ("serving" if g["workers"] else "-"))
             rows.append(row)
         lines += ["", *_table(head, rows)]
     else:

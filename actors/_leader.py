@@ -206,6 +206,7 @@ class Leader:
         self._instance = uuid.uuid4().hex[:8]
         self._doomed: dict[Connection, str] = {}
         self._stats_cache: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
+        self._group_states: dict[str, str] = {}
         self.connections = 0
 
     async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -232,9 +233,28 @@ class Leader:
             self.urls = urls
             task_status.started(urls)
 
+    def set_group_state(self, group: str, state: str | None) -> None:
+        """Say what a worker group the leader cannot see is doing (``starting``,
+        ``failed: ...``), for :meth:`stats`; None forgets it. A cluster calls this for its
+        groups, so that ``python -m actors status`` shows a group that never connected."""
+        if state is None:
+            self._group_states.pop(group, None)
+        elif group in self._group_states or len(self._group_states) < 10_000:
+            self._group_states[group] = state
+
     def stats(self) -> dict[str, Any]:
         """The broker's statistics plus connection counts."""
         stats = self.broker.stats()
+        groups = stats["groups"]
+        for name, state in self._group_states.items():
+            group = groups.get(name)
+            if group is None:
+                group = groups[name] = {
+                    "workers": 0, "in_flight": 0, "window": 0, "assigned": 0, "answered": 0,
+                    "policy": None, "mode": None, "done": 0, "failed": 0, "redelivered": 0,
+                    "dead": 0, "latency_avg": None, "latency_max": 0.0, "patterns": [],
+                }  # fmt: skip
+            group["state"] = state
         stats["node"] = self.name
         stats["connections"] = self.connections
         stats["listen"] = list(self.urls)

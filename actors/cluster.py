@@ -288,6 +288,7 @@ async def _run_cluster(
             def group_failed(group: WorkerGroup, reason: str) -> None:
                 nonlocal status
                 failed[group.name] = reason
+                leader.set_group_state(group.name, f"failed: {reason}")
                 say(f"group {group.name} failed: {reason}")
                 if fail_fast and not groups_scope.cancel_called:
                     say("--fail-fast: stopping")

@@ -676,11 +676,6 @@ async def test_6_a_group_that_cannot_start_is_reported_and_the_others_serve(grac
             assert (await client.submit("slow.x", {"n": 3}, timeout=5))["n"] == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP (borderline): `python -m actors status` shows only what the leader knows: a group "
-    "whose workers never connected (failed at start) is absent from it, not shown as failed",
-)
 async def test_6_status_shows_the_failed_group(grace_cluster):
     result = await shell("status", "--sample", "0", url=grace_cluster.url)
     assert result.returncode == 0
