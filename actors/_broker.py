@@ -331,7 +331,8 @@ class Broker(Redelivery, PubSub):
             self._reply(client, msg.mid, job_id, stored)
             return
         payload = msg.payload
-        size = payload_size(payload) + len(msg.subject) + JOB_OVERHEAD
+        subject = msg.subject
+        size = (9 if payload is None else payload_size(payload)) + len(subject) + JOB_OVERHEAD
         headers = msg.headers
         if headers:
             for key, value in headers.items():
@@ -343,14 +344,75 @@ class Broker(Redelivery, PubSub):
                 f" leader's frame limit of {self.config.max_frame} bytes",
             )
             return
-        queue = self._queue(msg.subject)
+        queue = self._queue(subject)
         config = self.config
         route_until = 0.0
         if not queue.candidates and not msg.wait_for_worker:
-            route_until = self._route_expected_until(msg.subject, now)
+            route_until = self._route_expected_until(subject, now)
             if route_until <= now:
-                self._refuse(client, msg, ErrorCode.NO_ROUTE, self._no_route_text(msg.subject, now))
+                self._refuse(client, msg, ErrorCode.NO_ROUTE, self._no_route_text(subject, now))
                 return
+        timeout = msg.timeout
+        job = JobRecord(
+            job_id=job_id,
+            subject=subject,
+            payload=payload,
+            headers=headers,
+            qos=msg.qos,
+            max_attempts=msg.max_attempts or config.max_attempts,
+            submitted_at=now,
+            expires_at=None if timeout is None else now + timeout,
+            submitted_max_attempts=msg.max_attempts,
+            size=size,
+            owner=client,
+        )
+        worker = None
+        if not route_until and not queue.pending:
+            # Nothing queued ahead of it: straight to a worker with room, if there is one
+            # (what _dispatch would do, without the trip through the queue). A job that
+            # does not wait is not counted by the queue limits.
+            worker = pick_worker(queue, job, self.rng)
+            if worker is not None and len(worker.inflight) < worker.window:
+                job.waiters.append((client, msg.mid))  # (what _accepted does, inline)
+                client.waiting[job_id] = None
+                self.jobs[job_id] = job
+                if self.journal is not None:
+                    self.journal(job, JobState.QUEUED, JobState.QUEUED)
+                queue.submitted += 1
+                self._assign(job, worker, now)
+                return
+        if self._over_limits(client, msg, queue, size):
+            return
+        self._accepted(job, client, msg.mid, queue)
+        self._start_waiting(job, queue, now)
+        if route_until:  # no worker yet, but one may come: it waits that long for one
+            job.awaiting_route = True
+            job.wait_deadline = min(job.wait_deadline, route_until)
+            self._watch_expiry(job)
+            queue.pending.append(job)
+            return
+        self._watch_expiry(job)
+        if worker is not None:  # sticky target is busy: wait for it
+            worker.backlog.append(job)
+            return
+        queue.pending.append(job)
+        if len(queue.pending) == 1 and worker is None and queue.candidates:
+            return  # (pick_worker found no room just now: nothing to dispatch)
+        self._dispatch(queue, now)
+
+    def _accepted(self, job: JobRecord, client: ClientLink, mid: int, queue: SubjectQueue) -> None:
+        """Register a job just accepted: its first waiter, the journal, the counters."""
+        job.waiters.append((client, mid))
+        client.waiting[job.job_id] = None
+        self.jobs[job.job_id] = job
+        if self.journal is not None:
+            self.journal(job, JobState.QUEUED, JobState.QUEUED)
+        queue.submitted += 1
+
+    def _over_limits(self, client: ClientLink, msg: Submit, queue: SubjectQueue, size: int) -> bool:
+        """Whether a job of ``size`` bytes that must wait is over a queue limit (then
+        its submit is answered ``busy``, naming the limit)."""
+        config = self.config
         if (
             self.waiting_count >= config.max_queued
             or self.waiting_bytes + size > config.max_queued_bytes
@@ -360,7 +422,7 @@ class Broker(Redelivery, PubSub):
                 f"leader queue is full ({self.waiting_count} jobs, {self.waiting_bytes} bytes"
                 f" waiting; limits {config.max_queued} jobs, {config.max_queued_bytes} bytes)",
             )
-            return
+            return True
         if (
             queue.queued >= config.max_queued_per_subject
             or queue.queued_bytes + size > config.max_queued_bytes_per_subject
@@ -371,7 +433,7 @@ class Broker(Redelivery, PubSub):
                 f" {queue.queued_bytes} bytes waiting; limits {config.max_queued_per_subject}"
                 f" jobs, {config.max_queued_bytes_per_subject} bytes per subject)",
             )
-            return
+            return True
         if (
             client.queued >= config.max_queued_per_client
             or client.queued_bytes + size > config.max_queued_bytes_per_client
@@ -382,51 +444,8 @@ class Broker(Redelivery, PubSub):
                 f" waiting; limits {config.max_queued_per_client} jobs,"
                 f" {config.max_queued_bytes_per_client} bytes per client",
             )
-            return
-        job = JobRecord(
-            job_id=job_id,
-            subject=msg.subject,
-            payload=payload,
-            headers=headers,
-            qos=msg.qos,
-            max_attempts=msg.max_attempts or config.max_attempts,
-            submitted_at=now,
-            expires_at=None if msg.timeout is None else now + msg.timeout,
-            submitted_max_attempts=msg.max_attempts,
-            size=size,
-            owner=client,
-        )
-        job.waiters.append((client, msg.mid))
-        client.waiting[job_id] = None
-        self.jobs[job_id] = job
-        if self.journal is not None:
-            self.journal(job, JobState.QUEUED, JobState.QUEUED)
-        queue.submitted += 1
-        if route_until:  # no worker yet, but one may come: it waits that long for one
-            job.awaiting_route = True
-            self._start_waiting(job, queue, now)
-            job.wait_deadline = min(job.wait_deadline, route_until)
-            self._watch_expiry(job)
-            queue.pending.append(job)
-            return
-        if not queue.pending:
-            # Nothing queued ahead of it: straight to a worker with room, if there is one
-            # (what _dispatch would do, without the trip through the queue).
-            worker = pick_worker(queue, job, self.rng)
-            if worker is not None and len(worker.inflight) < worker.window:
-                self._assign(job, worker, now)
-                return
-            self._start_waiting(job, queue, now)
-            self._watch_expiry(job)
-            if worker is not None:  # sticky target is busy: wait for it
-                worker.backlog.append(job)
-            else:
-                queue.pending.append(job)
-            return
-        self._start_waiting(job, queue, now)
-        self._watch_expiry(job)
-        queue.pending.append(job)
-        self._dispatch(queue, now)
+            return True
+        return False
 
     def _conflict(self, client: ClientLink, msg: Submit) -> None:
         self._refuse(
@@ -786,7 +805,8 @@ class Broker(Redelivery, PubSub):
                 if job.worker is not None and job.worker is not worker:
                     self._release_other(job)
                 latency = now - job.submitted_at
-                size = payload_size(msg.payload) + JOB_OVERHEAD
+                result = msg.payload
+                size = (9 if result is None else payload_size(result)) + JOB_OVERHEAD
                 if msg.error_message:
                     size += len(msg.error_message)
                 ok = msg.ok
