@@ -14,6 +14,7 @@ the first entry has the earliest deadline), and a heap only for jobs waiting out
 from __future__ import annotations
 
 import difflib
+import hashlib
 import heapq
 import itertools
 import random
@@ -62,6 +63,8 @@ MAX_SUBJECT_QUEUES = 10_000
 MAX_SUGGESTIONS = 200
 #: Calls (submits of the same id, result queries) waiting for one job at most.
 MAX_WAITERS = 1000
+#: Digests of resubmitted jobs' payloads kept for comparing further resubmissions.
+MAX_DIGESTS = 1024
 #: Patterns of departed workers remembered for ``restart_grace`` at most.
 MAX_DEPARTED = 1024
 #: "Did you mean ...?" suggestions computed per second at most (each compares the subject
@@ -72,17 +75,6 @@ MAX_SUGGESTED_LENGTH = 128
 _assign_item = Assign.item  # type: ignore[attr-defined]
 _result_item = Result.item  # type: ignore[attr-defined]
 _INF = float("inf")
-
-
-def _same_payload(a: Any, b: Any) -> bool:
-    """Whether two payloads are the same job's: the same once encoded canonically (a NaN
-    is not equal to itself, but encodes the same; 1 and 1.0 are equal, but do not)."""
-    if a is b:
-        return True
-    try:  # (not ``a == b``: 1 == 1.0 == True, which encode differently)
-        return cbor2.dumps(a, canonical=True) == cbor2.dumps(b, canonical=True)
-    except Exception:  # (noqa: BLE001) not encodable: not the same
-        return False
 
 
 @attrs.define(eq=False)
@@ -187,6 +179,9 @@ class Broker(Redelivery, PubSub):
         # worker for it will be back" (see restart_grace), oldest first.
         self._departed: dict[str, float] = {}
         self._departed_index = SubjectIndex()
+        # job id -> (its known payload, that payload's canonical digest): resubmissions
+        # are compared with it without encoding the known payload again (oldest go first).
+        self._digests: dict[str, tuple[Any, bytes]] = {}
         # "did you mean ...?": answers by subject (for the routes of _routes_version, which
         # changes as workers come and go), and a token bucket bounding their cost.
         self._routes_version = 0
@@ -312,7 +307,7 @@ class Broker(Redelivery, PubSub):
         job_id = msg.job_id
         job = self.jobs.get(job_id)
         if job is not None:  # in flight already: merge the waits
-            if job.subject != msg.subject or not _same_payload(job.payload, msg.payload):
+            if job.subject != msg.subject or not self._same_request(job_id, job.payload, msg.payload):
                 self._conflict(client, msg)
                 return
             if len(job.waiters) >= MAX_WAITERS:
@@ -324,7 +319,7 @@ class Broker(Redelivery, PubSub):
         stored = self.finished.get(job_id, now)
         if stored is not None:
             if stored.subject is not None and (
-                stored.subject != msg.subject or not _same_payload(stored.request, msg.payload)
+                stored.subject != msg.subject or not self._same_request(job_id, stored.request, msg.payload)
             ):
                 self._conflict(client, msg)
                 return
@@ -446,6 +441,28 @@ class Broker(Redelivery, PubSub):
             )
             return True
         return False
+
+    def _same_request(self, job_id: str, known: Any, payload: Any) -> bool:
+        """Whether ``payload`` is the payload ``known`` of job ``job_id``: the same once
+        encoded canonically (a NaN is not equal to itself, but encodes the same; 1 and 1.0
+        are equal, but do not), encoding ``known`` only once however often it is
+        resubmitted: a flood of resubmits of a large job costs what the resubmits weigh."""
+        if known is payload:
+            return True
+        digests = self._digests
+        digest = digests.get(job_id)
+        if digest is None or digest[0] is not known:
+            try:
+                digest = (known, hashlib.blake2b(cbor2.dumps(known, canonical=True)).digest())
+            except Exception:  # (noqa: BLE001) not encodable: nothing is the same
+                return False
+            if len(digests) >= MAX_DIGESTS:
+                del digests[next(iter(digests))]
+            digests[job_id] = digest
+        try:
+            return hashlib.blake2b(cbor2.dumps(payload, canonical=True)).digest() == digest[1]
+        except Exception:  # (noqa: BLE001)
+            return False
 
     def _conflict(self, client: ClientLink, msg: Submit) -> None:
         self._refuse(
@@ -807,8 +824,8 @@ class Broker(Redelivery, PubSub):
                 latency = now - job.submitted_at
                 result = msg.payload
                 size = (9 if result is None else payload_size(result)) + JOB_OVERHEAD
-                if msg.error_message:
-                    size += len(msg.error_message)
+                if not msg.ok:  # (its texts are kept too)
+                    size += len(msg.error_type or "") + len(msg.error_message or "") + len(msg.traceback or "")
                 ok = msg.ok
                 stored = StoredResult(
                     ok, msg.payload, msg.error_type, msg.error_message, job.attempt, msg.traceback,

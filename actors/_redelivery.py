@@ -180,7 +180,8 @@ class Redelivery:
             "error_message": error_message,
             "traceback": job.last_traceback,
         }
-        self._keep_dead_letter(record, job.size)
+        texts = len(error_type) + len(error_message) + len(job.last_traceback or "")
+        self._keep_dead_letter(record, job.size + texts)
         self._finish(
             job,
             JobState.DEAD,

@@ -226,7 +226,7 @@ async def fanout_queue_group(h: Harness, subs: int = 5000, publishes: int = 4096
     return await h.probe_wait(lambda: publisher.send(trigger))
 
 
-async def fanout_slow_subscriber(h: Harness, subs: int = 1000, publishes: int = 1000) -> float:
+async def fanout_slow_subscriber(h: Harness, subs: int = 1000, publishes: int = 800) -> float:
     """A Publish is built into a Deliver for every matching subscription (N per connection,
     all on ``>``), also for a subscriber that reads nothing (a doomed slow consumer still
     costs a validated Deliver each)."""
@@ -238,7 +238,7 @@ async def fanout_slow_subscriber(h: Harness, subs: int = 1000, publishes: int = 
     return await h.probe_wait(lambda: publisher.send(trigger))
 
 
-async def retained_replay(h: Harness, retained: int = 1500, subscribes: int = 600) -> float:
+async def retained_replay(h: Harness, retained: int = 1500, subscribes: int = 500) -> float:
     """Each Subscribe replays every retained message its pattern matches: a Subscribe ``>``
     (the same sid again and again, so no subscription limit) costs R Delivers."""
     publisher = await h.peer(name="publisher")
@@ -263,9 +263,9 @@ async def progress_fanout(h: Harness, waiters: int = 1000, progress: int = 700) 
     return await h.probe_wait(lambda: worker.send(trigger))
 
 
-async def conflict_resubmit(h: Harness, items: int = 500_000, resubmits: int = 100) -> float:
+async def conflict_resubmit(h: Harness, items: int = 700_000, resubmits: int = 100) -> float:
     """A resubmission whose payload differs from the job's is told apart by encoding both
-    payloads canonically (``_broker._same_payload``): each 20-byte conflicting Submit
+    payloads canonically (``Broker._same_request``): each 20-byte conflicting Submit
     re-encodes the stored payload (up to 16 MiB)."""
     client = await h.peer(name="c")
     big = [0] * items
@@ -482,6 +482,29 @@ async def dead_letter_texts(h: Harness, jobs: int = 32, text: int = 128 * 1024) 
     )
 
 
+async def payload_objects(h: Harness, jobs: int = 2, items: int = 400_000) -> tuple[int, int]:
+    """(bytes sent, bytes the leader keeps) for ``jobs`` queued submits whose payload is
+    ``items`` empty arrays: one byte each on the wire (and in the queue limits, which count
+    the encoded size), a list object of 56 bytes and a pointer each once decoded."""
+    client = await h.peer(name="c")
+    data = frames(
+        [
+            Submit(
+                mid=client.mid(), job_id=f"o{i}", subject="amp.nobody", payload=[[]] * items,
+                wait_for_worker=True,
+            )
+            for i in range(jobs)
+        ],
+        max_body=16 * MiB,
+    )
+
+    async def build() -> None:
+        await client.stream.send_all(data)
+        await client.ping()
+
+    return len(data), await traced(build)
+
+
 async def subscription_trie(h: Harness, subs: int = 1000, tokens: int = 256) -> tuple[int, int]:
     """(bytes sent, bytes the leader keeps) for ``subs`` Subscribes whose patterns have
     ``tokens`` distinct tokens: each token is a node of the subscription index (an object
@@ -498,7 +521,7 @@ async def subscription_trie(h: Harness, subs: int = 1000, tokens: int = 256) -> 
     return len(data), await traced(build)
 
 
-async def match_cache(h: Harness, subs: int = 2000, publishes: int = 4096) -> tuple[int, int]:
+async def match_cache(h: Harness, subs: int = 600, publishes: int = 4096) -> tuple[int, int]:
     """(bytes sent, bytes the leader keeps) for ``publishes`` Publishes to new subjects
     matching ``subs`` subscriptions (of one queue group: one delivery each): the index keeps
     the answer of each of the last 4,096 subjects, a tuple of every matching subscription."""
@@ -516,7 +539,7 @@ async def match_cache(h: Harness, subs: int = 2000, publishes: int = 4096) -> tu
     return len(data), await traced(build)
 
 
-async def pinned_outgoing(h: Harness, peers: int = 4, retained: int = 8, seconds: float = 3.0) -> int:
+async def pinned_outgoing(h: Harness, peers: int = 4, retained: int = 8, seconds: float = 2.5) -> int:
     """Peers that never read, but ping every 0.25 s, each after one Subscribe ``>`` that
     made the leader queue every retained message (``retained`` MiB) for it. Returns how
     many of them the leader had closed after ``seconds`` (with ``heartbeat=1.0``): none.
@@ -557,70 +580,78 @@ def _stall_reason(name: str, at_test_scale: str) -> str:
     "fanout_queue_group", "a 36 KiB frame of 4,096 Publishes, 5,000 queue-group subscriptions: ~1.7 s"))
 async def test_publish_to_a_large_queue_group_costs_its_one_delivery() -> None:
     async with running() as h:
-        assert await fanout_queue_group(h) < STALL_LIMIT
+        waited = await fanout_queue_group(h)
+    assert waited < STALL_LIMIT
 
 
 @pytest.mark.xfail(strict=True, reason=_stall_reason(
     "fanout_slow_subscriber", "1,000 Publishes to 1,000 subscriptions of a peer that reads nothing: ~2.5 s"))
 async def test_publish_fan_out_to_a_subscriber_that_does_not_read_is_bounded() -> None:
     async with running() as h:
-        assert await fanout_slow_subscriber(h) < STALL_LIMIT
+        waited = await fanout_slow_subscriber(h)
+    assert waited < STALL_LIMIT
 
 
 @pytest.mark.xfail(strict=True, reason=_stall_reason(
     "retained_replay", "600 Subscribe '>' against 1,500 retained messages: ~2.5 s"))
 async def test_subscribe_replay_of_retained_messages_is_bounded() -> None:
     async with running() as h:
-        assert await retained_replay(h) < STALL_LIMIT
+        waited = await retained_replay(h)
+    assert waited < STALL_LIMIT
 
 
 @pytest.mark.xfail(strict=True, reason=_stall_reason(
     "progress_fanout", "700 Progress to 1,000 waiters: ~2.5 s"))
 async def test_progress_to_many_waiters_is_bounded() -> None:
     async with running() as h:
-        assert await progress_fanout(h) < STALL_LIMIT
+        waited = await progress_fanout(h)
+    assert waited < STALL_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason=_stall_reason(
-    "conflict_resubmit", "100 conflicting resubmits of a job of 500,000 items: ~2 s"))
 async def test_conflicting_resubmits_do_not_reencode_the_stored_payload() -> None:
     async with running() as h:
-        assert await conflict_resubmit(h) < STALL_LIMIT
+        waited = await conflict_resubmit(h)
+    assert waited < STALL_LIMIT
 
 
 @pytest.mark.xfail(strict=True, reason=_stall_reason(
     "worker_hello", "the same"))
 async def test_worker_hello_with_many_patterns_against_many_queues_is_cheap() -> None:
     async with running() as h:
-        assert await worker_hello(h) < STALL_LIMIT
+        waited = await worker_hello(h)
+    assert waited < STALL_LIMIT
 
 
 @pytest.mark.xfail(strict=True, reason=_stall_reason(
     "credit_flood", "the same"))
 async def test_credit_flood_does_not_scan_every_queue_of_the_worker() -> None:
     async with running() as h:
-        assert await credit_flood(h) < STALL_LIMIT
+        waited = await credit_flood(h)
+    assert waited < STALL_LIMIT
 
 
 @pytest.mark.xfail(strict=True, reason=_stall_reason(
     "new_subjects_many_workers", "400 submits, 50 workers: ~2.5 s"))
 async def test_dropping_an_idle_queue_does_not_scan_every_workers_queues() -> None:
     async with running() as h:
-        assert await new_subjects_many_workers(h) < STALL_LIMIT
+        waited = await new_subjects_many_workers(h)
+    assert waited < STALL_LIMIT
 
 
 @pytest.mark.xfail(strict=True, reason=_stall_reason(
     "trie_walk", "100 publishes against 1,000 subscriptions of 256 tokens: ~2 s"))
 async def test_matching_a_new_subject_does_not_walk_every_wildcard_node() -> None:
     async with running() as h:
-        assert await trie_walk(h) < STALL_LIMIT
+        waited = await trie_walk(h)
+    assert waited < STALL_LIMIT
 
 
 @pytest.mark.xfail(strict=True, reason=_stall_reason(
     "stored_result_resend", "the same"))
 async def test_resubmits_of_a_large_finished_job_are_bounded() -> None:
     async with running() as h:
-        assert await stored_result_resend(h) < STALL_LIMIT
+        waited = await stored_result_resend(h)
+    assert waited < STALL_LIMIT
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -631,27 +662,34 @@ async def test_resubmits_of_a_large_finished_job_are_bounded() -> None:
 async def test_jobs_held_by_workers_count_against_the_byte_limits() -> None:
     limit = 8 * MiB
     async with running(max_queued_bytes=limit, max_queued_bytes_per_client=limit // 2) as h:
-        assert await inflight_bytes(h) <= limit
+        held = await inflight_bytes(h)
+    assert held <= limit
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "max_stored_bytes counts a failure's error_message but not its error_type nor traceback:"
-    " 8 MiB of them kept under a limit of 2 MiB (measured: 1,000 results with a 1 MiB traceback,"
-    " leader RSS 35 -> 1,085 MiB under the default 256 MiB; the store keeps 100,000 results)"))
 async def test_stored_results_count_error_type_and_traceback() -> None:
     limit = 2 * MiB
     async with running(max_stored_bytes=limit) as h:
-        assert await stored_failures(h) <= limit
+        held = await stored_failures(h)
+    assert held <= limit
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "max_dead_letter_bytes counts a dead letter as its job's size: its error texts and"
-    " traceback are not counted (12 MiB of them kept under a limit of 2 MiB; 1,000 dead letters"
-    " of up to 16 MiB each can be kept)"))
 async def test_dead_letters_count_their_error_texts() -> None:
     limit = 2 * MiB
     async with running(max_dead_letter_bytes=limit, max_attempts=1) as h:
-        assert await dead_letter_texts(h) <= limit
+        held = await dead_letter_texts(h)
+    assert held <= limit
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "payloads are kept decoded, and counted by their encoded size: 800 KiB of empty arrays"
+    " (within max_queued_bytes_per_client of 1 MiB) keep ~60 MiB (measured: 31 queued submits of"
+    " 1,000,000 empty arrays, 29 MiB sent under the default 32 MiB per client, leader RSS"
+    " 34 -> 2,171 MiB; 18 GiB within max_queued_bytes; one 16 MiB Submit of them stalls the"
+    " leader 16 s, one of 1 MiB 0.56 s: decoding, then payload_size encodes it again)"))
+async def test_queued_payloads_cost_memory_in_proportion_to_their_bytes() -> None:
+    async with running(max_queued_bytes_per_client=MiB) as h:
+        sent, kept = await payload_objects(h)
+    assert kept <= 8 * sent
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -662,7 +700,7 @@ async def test_dead_letters_count_their_error_texts() -> None:
 async def test_subscriptions_cost_memory_in_proportion_to_their_bytes() -> None:
     async with running() as h:
         sent, kept = await subscription_trie(h)
-        assert kept <= 10 * sent
+    assert kept <= 10 * sent
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -673,7 +711,7 @@ async def test_subscriptions_cost_memory_in_proportion_to_their_bytes() -> None:
 async def test_the_match_cache_is_bounded_in_bytes() -> None:
     async with running() as h:
         sent, kept = await match_cache(h)
-        assert kept <= 16 * MiB
+    assert kept <= 8 * MiB
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -685,7 +723,8 @@ async def test_the_match_cache_is_bounded_in_bytes() -> None:
 async def test_peers_that_never_read_do_not_pin_outgoing_memory() -> None:
     peers = 4
     async with running(heartbeat=1.0) as h:
-        assert await pinned_outgoing(h, peers=peers) == peers
+        closed = await pinned_outgoing(h, peers=peers)
+    assert closed == peers
 
 
 # ---------------------------------------------------------------------------------------
