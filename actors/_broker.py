@@ -63,6 +63,9 @@ MAX_SUBJECT_QUEUES = 10_000
 MAX_SUGGESTIONS = 200
 #: Calls (submits of the same id, result queries) waiting for one job at most.
 MAX_WAITERS = 1000
+#: Seconds between two Progress messages of one job forwarded to its clients (more
+#: extend the ack deadline, but are not fanned out to every waiting call).
+PROGRESS_INTERVAL = 0.05
 #: Digests of resubmitted jobs' payloads kept for comparing further resubmissions.
 MAX_DIGESTS = 1024
 #: Patterns of departed workers remembered for ``restart_grace`` at most.
@@ -887,6 +890,9 @@ class Broker(Redelivery, PubSub):
         deadline = now + self.config.ack_timeout
         worker.deadlines[msg.job_id] = deadline
         job.ack_deadline = deadline
+        if now - job.progress_at < PROGRESS_INTERVAL and msg.fraction != 1.0:
+            return  # (told its clients just now: a flood of Progress is not fanned out)
+        job.progress_at = now
         for client, _cid in job.waiters:
             client.send(
                 Progress(mid=client.next_mid(), job_id=job.job_id, fraction=msg.fraction, note=msg.note)

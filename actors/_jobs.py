@@ -115,6 +115,8 @@ class JobRecord:
     #: No worker served the subject when the job came: it waits out the leader's
     #: ``route_grace`` for one, and is answered ``no_route`` if none comes.
     awaiting_route: bool = False
+    #: When a Progress of it was last forwarded to its clients.
+    progress_at: float = float("-inf")
 
     def move(self, new: JobState, journal: Journal | None = None) -> None:
         """Change state along an allowed transition, telling the journal."""
