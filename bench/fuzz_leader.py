@@ -39,7 +39,9 @@ leader died.
 
 At the end it prints frames sent by class and by message kind, connections opened, what
 the leader answered, leader crashes, the leader's RSS before and after, and the good
-client's jobs (ok, failed, success rate, p50, p99); ``--json`` adds one JSON line.
+client's jobs (ok, failed, success rate, p50, p99, the slowest calls), and how late this
+script's own event loop ran (its stalls delay the good client too); ``--json`` adds one JSON
+line.
 
 Only loopback addresses are used. Everything is bounded: connections at once, frames,
 seconds, the bytes each connection keeps for a dump.
@@ -110,6 +112,14 @@ QUIET_WAIT = 0.05
 MAX_INTERNAL_DUMPS = 20
 #: Largest frame the hostile side decodes from the leader.
 READ_LIMIT = 64 * MiB
+#: The driver's event loop is checked every LAG_TICK seconds; lateness over LAG_REPORTED is
+#: counted (this script's own stalls, which the good client's latencies include).
+LAG_TICK = 0.1
+LAG_REPORTED = 0.5
+#: Slowest good calls (and driver stalls) kept for the report; calls over SLOW_REPORTED
+#: seconds make the report list them.
+SLOWEST_KEPT = 8
+SLOW_REPORTED = 1.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -827,8 +837,14 @@ class Grammar:
         cls = self.kind_for(role)
         item = self.wire_array(cls, hostile=False)
         count = rng.choice((256, 1024, 4096))
-        items = [[item[0], i, *item[2:]] for i in range(1, count + 1)]
-        return Frame("bundle", frame(enc(items)), (cls.__name__,) * count)
+        # The fields after the mid are encoded once (encoding the list of copies would walk
+        # a large payload thousands of times: seconds during which this script, and so the
+        # good client's calls, stand still), and the copies stop just past the frame limit.
+        rest = b"".join(enc(v) for v in item[2:])
+        count = min(count, LIMIT // max(len(rest), 1) + 1)
+        first = head(4, len(item)) + enc(item[0])
+        body = head(4, count) + b"".join(first + enc(i) + rest for i in range(1, count + 1))
+        return Frame("bundle", frame(body), (cls.__name__,) * count)
 
     def _maybe_compressed(self, f: Frame) -> Frame:
         if self.rng.random() < 0.03:
@@ -1504,6 +1520,18 @@ class GoodStats:
     ok: int = 0
     failed: collections.Counter[str] = attrs.field(factory=collections.Counter)
     latencies: list[float] = attrs.field(factory=list)
+    #: (seconds, started at, outcome) of the slowest calls (ok or not), for the report: to
+    #: be read with the driver's own stalls (see DriverLag), which they include.
+    slowest: list[tuple[float, float, str]] = attrs.field(factory=list)
+    origin: float = attrs.field(factory=time.monotonic)
+
+    def timed(self, started: float, outcome: str) -> None:
+        """Keep the call that started at ``started`` (time.monotonic) if among the slowest."""
+        took = time.monotonic() - started
+        if len(self.slowest) < SLOWEST_KEPT or took > self.slowest[-1][0]:
+            self.slowest.append((took, started - self.origin, outcome))
+            self.slowest.sort(reverse=True)
+            del self.slowest[SLOWEST_KEPT:]
 
     @property
     def total_failed(self) -> int:
@@ -1517,6 +1545,60 @@ class GoodStats:
             "success_rate": self.ok / done if done else math.nan,
             "p50_ms": percentile(lat, 0.50) * 1e3, "p99_ms": percentile(lat, 0.99) * 1e3,
             "max_ms": lat[-1] * 1e3 if lat else math.nan,
+            "slowest": [{"ms": round(t * 1e3), "at_s": round(at, 1), "outcome": o} for t, at, o in self.slowest],
+        }  # fmt: skip
+
+
+@attrs.define
+class DriverLag:
+    """How late this script's own event loop ran: the good client, the probes and the
+    hostile connections all share it, so a frame that took the driver long to build
+    delays the good client's calls as a slow leader would. Lags over ``LAG_REPORTED``
+    seconds are kept (with when they began), to tell the two apart in the report."""
+
+    origin: float = attrs.field(factory=time.monotonic)
+    longest: float = 0.0
+    total: float = 0.0
+    count: int = 0
+    examples: list[tuple[float, float]] = attrs.field(factory=list)
+    #: the cyclic garbage collector's pauses (one cause of the driver's own stalls)
+    gc_longest: float = 0.0
+    gc_total: float = 0.0
+    _gc_started: float = 0.0
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            took = time.perf_counter() - self._gc_started
+            self.gc_total += took
+            self.gc_longest = max(self.gc_longest, took)
+
+    async def watch(self) -> None:
+        import gc
+
+        import trio
+
+        gc.callbacks.append(self._gc)
+        try:
+            while True:
+                before = time.monotonic()
+                await trio.sleep(LAG_TICK)
+                late = time.monotonic() - before - LAG_TICK
+                if late > LAG_REPORTED:
+                    self.count += 1
+                    self.total += late
+                    self.longest = max(self.longest, late)
+                    if len(self.examples) < SLOWEST_KEPT:
+                        self.examples.append((round(before - self.origin, 1), round(late, 2)))
+        finally:
+            gc.callbacks.remove(self._gc)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "over_s": LAG_REPORTED, "count": self.count, "longest_s": round(self.longest, 2),
+            "total_s": round(self.total, 2), "examples": self.examples,
+            "gc_longest_s": round(self.gc_longest, 3), "gc_total_s": round(self.gc_total, 2),
         }  # fmt: skip
 
 
@@ -1542,15 +1624,19 @@ async def good_client(url: str, args: argparse.Namespace, stats: GoodStats, stop
             remaining[0] -= 1
             n = next(numbers)
             start = time.perf_counter()
+            started = time.monotonic()
             try:
                 answer = await client.submit(GOOD_SUBJECT, {"n": n}, qos=1, timeout=args.job_timeout)
             except Busy as exc:
                 stats.failed["Busy"] += 1
+                stats.timed(started, "Busy")
                 await trio.sleep(min(exc.retry_after or 0.1, 1.0))
                 continue
             except ClientError as exc:
                 stats.failed[type(exc).__name__] += 1
+                stats.timed(started, type(exc).__name__)
                 continue
+            stats.timed(started, "ok")
             if answer == {"square": n * n}:
                 stats.ok += 1
                 stats.latencies.append(time.perf_counter() - start)
@@ -1730,6 +1816,7 @@ async def fuzz(args: argparse.Namespace, leader: Leader, log_dir: Path) -> dict[
     recorder = Recorder()
     good = GoodStats()
     baseline = GoodStats()
+    lag = DriverLag()
     leader.up = trio.Event()
     leader.up.set()
     results: dict[str, Any] = {"seed": args.seed, "urls": leader.urls}
@@ -1744,6 +1831,7 @@ async def fuzz(args: argparse.Namespace, leader: Leader, log_dir: Path) -> dict[
         stop_good = trio.Event()
         budget = Budget(args.frames, time.monotonic() + args.seconds)
         start = time.monotonic()
+        good.origin = lag.origin = start
         good_done = trio.Event()
 
         async def run_good() -> None:
@@ -1755,6 +1843,7 @@ async def fuzz(args: argparse.Namespace, leader: Leader, log_dir: Path) -> dict[
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_good)
             nursery.start_soon(progress, tally, leader, good, start)
+            nursery.start_soon(lag.watch)
             slots = trio.Semaphore(args.connections)
             async with trio.open_nursery() as hostile:
                 for index in itertools.count(args.first_connection):
@@ -1783,6 +1872,7 @@ async def fuzz(args: argparse.Namespace, leader: Leader, log_dir: Path) -> dict[
         crash_details=[{k: v for k, v in c.items() if k != "stderr_tail"} for c in leader.crashes],
         rss_peak_kib=max((kib for _, kib in leader.rss_samples), default=None),
         good=good.summary(), baseline=baseline.summary(), incarnations=leader.incarnations,
+        driver_lag=lag.summary(),
     )  # fmt: skip
     return results
 
@@ -1852,6 +1942,20 @@ def report(results: dict[str, Any]) -> str:
             f"{title}: {g['ok']:,} ok, {g['failed']:,} failed{f' ({failed_by})' if failed_by else ''}, "
             f"success {g['success_rate']:.2%}, p50 {g['p50_ms']:.1f} ms, p99 {g['p99_ms']:.1f} ms,"
             f" max {g['max_ms']:.0f} ms"
+        )
+        if name == "good" and g.get("slowest") and g["max_ms"] >= SLOW_REPORTED * 1e3:
+            lines.append(
+                "  slowest calls (ms, started at s): "
+                + ", ".join(f"{c['ms']:,} at {c['at_s']:g} ({c['outcome']})" for c in g["slowest"])
+            )
+    lag = results.get("driver_lag")
+    if lag is not None:
+        lines.append(
+            f"this script's own event loop ran late by over {lag['over_s']:g} s {lag['count']:,} times,"
+            f" {lag['total_s']:g} s in all, longest {lag['longest_s']:g} s (the good client's calls"
+            " include these)"
+            + ("; at (s, late by): " + ", ".join(f"{at:g} {late:g}" for at, late in lag["examples"]) if lag["examples"] else "")
+            + f"; its garbage collector paused it {lag['gc_total_s']:g} s in all, {lag['gc_longest_s']:g} s at most"
         )
     if results["anomalies"]:
         lines.append("anomalies:")

@@ -49,6 +49,41 @@ def test_the_fuzzer_does_not_crash_the_leader_and_good_jobs_succeed(tmp_path: Pa
     assert results["answers"].get("Welcome", 0) > 0 and results["error_codes"]
     good = results["good"]
     assert good["ok"] > 0 and good["failed"] == 0, good
+    assert all(set(call) == {"ms", "at_s", "outcome"} for call in good["slowest"]), good
+    lag = results["driver_lag"]  # the script's own stalls, which the good calls include
+    assert {"count", "longest_s", "total_s", "examples", "gc_longest_s"} <= set(lag), lag
     assert results["driver_errors"] == {}
     assert "leader crashes: 0" in proc.stdout
     assert [pid for pid in results["leader_pids"] if _alive(pid)] == []
+
+
+def test_flood_bundles_encode_their_message_once() -> None:
+    """A flood bundle (one message thousands of times) is built from the message's bytes:
+    encoding the list of copies walked a large payload thousands of times, and once took
+    the script 53 s, during which the good client's calls timed out (not the leader's doing)."""
+    import random
+    import time
+
+    import cbor2
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import fuzz_leader as fuzz
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    slowest = 0.0
+    for seed in range(100):
+        for role in ("client", "worker", None):
+            rng = random.Random(f"flood:{seed}")
+            grammar = fuzz.Grammar(rng, fuzz.Values(rng), fuzz.Context())
+            start = time.perf_counter()
+            built = grammar.flood_frame(role)
+            slowest = max(slowest, time.perf_counter() - start)
+            body = built.data[5:]
+            assert len(body) <= fuzz.LIMIT + (1 << 20)  # (just past the limit at most)
+            if len(body) < 1 << 20:
+                items = cbor2.loads(body)
+                assert len(items) == len(built.kinds)
+                assert [item[1] for item in items] == list(range(1, len(items) + 1))
+                assert len({cbor2.dumps(item[2:]) for item in items}) == 1
+    assert slowest < 1.0
