@@ -371,12 +371,7 @@ class Broker(Redelivery, PubSub):
             # does not wait is not counted by the queue limits.
             worker = pick_worker(queue, job, self.rng)
             if worker is not None and len(worker.inflight) < worker.window:
-                job.waiters.append((client, msg.mid))  # (what _accepted does, inline)
-                client.waiting[job_id] = None
-                self.jobs[job_id] = job
-                if self.journal is not None:
-                    self.journal(job, JobState.QUEUED, JobState.QUEUED)
-                queue.submitted += 1
+                self._accepted(job, client, msg.mid, queue)
                 self._assign(job, worker, now)
                 return
         if self._over_limits(client, msg, queue, size):

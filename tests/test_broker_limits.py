@@ -28,16 +28,15 @@ from runtime import Backoff, DedupCache, MessageTooLarge
 MIB = 2**20
 
 
-@attrs.define(eq=False)
-class Peer(ClientLink):
-    """A client link that records what it is sent; over ``limit`` bytes it refuses as a
+class _Recording:
+    """Records what a link is sent; over ``limit`` bytes of payload it refuses as a
     connection does (MessageTooLarge)."""
 
-    out: list = attrs.field(factory=list)
-    limit: int | None = None
+    out: list
+    limit: int | None
 
     def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
+        super().__attrs_post_init__()  # type: ignore[misc]
         self.send = self._send
         self.send_item = lambda item: self._send(message_of(item))
 
@@ -50,21 +49,19 @@ class Peer(ClientLink):
 
 
 @attrs.define(eq=False)
-class WPeer(WorkerLink):
+class Peer(_Recording, ClientLink):
+    """A client link that records what it is sent (see _Recording)."""
+
     out: list = attrs.field(factory=list)
     limit: int | None = None
 
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        self.send = self._send
-        self.send_item = lambda item: self._send(message_of(item))
 
-    def _send(self, message) -> None:
-        if self.limit is not None:
-            size = payload_size(getattr(message, "payload", None))
-            if size > self.limit:
-                raise MessageTooLarge(size, self.limit)
-        self.out.append(message)
+@attrs.define(eq=False)
+class WPeer(_Recording, WorkerLink):
+    """A worker link that records what it is sent (see _Recording)."""
+
+    out: list = attrs.field(factory=list)
+    limit: int | None = None
 
 
 def client(name: str, limit: int | None = None) -> Peer:
