@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
+import protocol._index
 from protocol import InvalidSubject, SubjectIndex, subject_matches
 
 CASES = json.loads((Path(__file__).parent / "data" / "nats_subject_cases.json").read_text("utf-8"))
@@ -178,20 +179,54 @@ def test_patterns_may_be_iterated_while_the_index_changes() -> None:
     assert len(index) == 0
 
 
-def test_remove_prunes_only_nodes_left_empty() -> None:
+def _edges(index: SubjectIndex) -> dict:
+    """The trie's shape, white-box: {edge text: {child edge text: ...}}."""
+    shape: dict = {}
+    stack = [(index._root, shape)]
+    while stack:
+        node, out = stack.pop()
+        for child in (node.children or {}).values():
+            out[child.label] = {}
+            stack.append((child, out[child.label]))
+    return shape
+
+
+def test_remove_prunes_nodes_left_empty_and_joins_edges() -> None:
     index = SubjectIndex()
     index.add("a.b.c.d", 1)
+    assert _edges(index) == {"a.b.c.d": {}}  # one node for a pattern of four tokens
     index.add("a.b", 2)
     index.add("a.*.>", 3)
+    assert _edges(index) == {"a": {"b": {"c.d": {}}, "*": {}}}
     index.remove("a.b.c.d", 1)
-    root = index._root
-    assert list(root.children) == ["a"]
-    node_a = root.children["a"]
-    assert list(node_a.children["b"].children) == []  # "c" and "d" went
-    assert node_a.star is not None
+    assert _edges(index) == {"a": {"b": {}, "*": {}}}  # "c.d" went
     index.remove("a.*.>", 3)
-    assert node_a.star is None
+    assert _edges(index) == {"a.b": {}}  # "a" and "b" joined again: nothing ends between
     index.remove("a.b", 2)
+    assert trie_is_empty(index)
+
+
+def test_edges_are_split_where_patterns_part_and_joined_when_they_go() -> None:
+    index = SubjectIndex()
+    index.add("a.*.c.d.*.f", 1)
+    index.add("a.*.c.x", 2)
+    index.add("a.*.c.d.*.f.>", 3)
+    index.add("a.*", 4)
+    assert _edges(index) == {"a.*": {"c": {"d.*.f": {}, "x": {}}}}
+    assert sorted(index.match("a.b.c.d.e.f")) == [1]
+    assert sorted(index.match("a.b.c.d.e.f.g")) == [3]
+    assert index.match("a.b.c.d.e.g") == ()
+    assert index.match("a.b.c.x") == (2,)
+    assert index.match("a.b") == (4,)
+    index.remove("a.*", 4)
+    assert _edges(index) == {"a.*.c": {"d.*.f": {}, "x": {}}}
+    index.remove("a.*.c.x", 2)
+    assert _edges(index) == {"a.*.c.d.*.f": {}}
+    assert index.match("a.b.c.d.e.f") == (1,)
+    index.remove("a.*.c.d.*.f", 1)
+    assert _edges(index) == {"a.*.c.d.*.f": {}}  # "a.*.c.d.*.f.>" is left
+    assert index.match("a.b.c.d.e.f.g") == (3,)
+    index.remove("a.*.c.d.*.f.>", 3)
     assert trie_is_empty(index)
 
 
@@ -256,18 +291,22 @@ def test_lookup_cost_does_not_grow_with_non_matching_patterns() -> None:
 
 
 def _nodes_visited(index: SubjectIndex, subject: str) -> int:
-    """Nodes walked for ``subject``, counted by a mirror of the lookup."""
+    """Nodes walked for ``subject``, counted by a mirror of the lookup (white-box)."""
     tokens = subject.split(".")
-    frontier = [index._root]
-    visited = 1
-    for token in tokens:
-        following = []
-        for node in frontier:
-            for child in (node.children.get(token), node.star):
-                if child is not None:
-                    following.append(child)
-        visited += len(following)
-        frontier = following
+    stack = [(index._root, 0)]
+    visited = 0
+    while stack:
+        node, position = stack.pop()
+        visited += 1
+        if position == len(tokens) or not node.children:
+            continue
+        for key in (tokens[position], "*"):
+            child = node.children.get(key)
+            if (
+                child is not None
+                and protocol._index._end_of(child, tokens, position, len(tokens)) >= 0
+            ):
+                stack.append((child, position + child.size))
     return visited
 
 
