@@ -35,7 +35,7 @@ DOC = ROOT / "docs" / "protocol.md"
 FIELD_DOCS: dict[tuple[str, str], str] = {
     ("*", "mid"): "Message id, unique per sender and connection (a counter from 1 is enough).",
     ("*", "cid"): "Correlation id: the `mid` of the message this one answers.",
-    ("*", "payload"): "The data: any CBOR value (see *Payloads*).",
+    ("*", "payload"): "The data: any CBOR value, encoded (see *Payloads*; sent plain, key `p`).",
     ("*", "headers"): "Metadata, text to text. `key` routes jobs in sticky groups.",
     ("*", "job_id"): "The job's id, chosen by the submitter; the same id means the same job.",
     ("*", "reason"): "Why, in words (for logs).",
@@ -112,7 +112,9 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
         "cid",
     ): "Worker to leader: the Assign's `mid`. Leader to client: the Submit's `mid`.",
     ("Result", "ok"): "True: `payload` is the job's return value. False: the job failed.",
-    ("Result", "payload"): "The job's return value (when `ok`).",
+    ("Result", "payload"): (
+        "The job's return value (when `ok`), encoded (see *Payloads*; sent plain, key `p`)."
+    ),
     ("Result", "error_type"): "When not `ok`: the kind of failure (an exception class name).",
     ("Result", "error_message"): "When not `ok`: the failure in words.",
     ("Result", "attempts"): "How many deliveries the job took.",
@@ -154,6 +156,10 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
     ("Deliver", "subject"): "The subject it was published to.",
     ("Deliver", "qos"): "1: the subscriber answers Ack (`cid` = this `mid`).",
     ("Deliver", "retained"): "True when this is a retained message replayed on subscribe.",
+    ("Deliver", "also"): (
+        "More subscriptions of this connection the message is for: it goes to `sid` and to"
+        " each of these, once each (unknown sids are ignored). See *Publish and subscribe*."
+    ),
     # Cache and transfers
     ("CachePut", "cache_id"): "The cache entry set; storing it again is a no-op (idempotent).",
     ("CachePut", "target"): "Which workers: every worker with a pattern matching this pattern.",
@@ -201,11 +207,16 @@ _TYPES: dict[tuple[str, ...], str] = {
     ("_pattern",): "pattern",
     ("_patterns",): "array of pattern",
     ("_versions",): "array of int",
+    ("_sids",): "array of uint",
     ("_role",): "text (role)",
     ("_entries",): "array of [text, bytes]",
     ("bytes",): "bytes",
     (): "any",
 }
+#: Wire type of a payload field (``metadata["payload"]``), whatever its validators, and its
+#: key: that of its encoded form (its own key, ``p``, holds one sent plain).
+PAYLOAD_TYPE = "bytes (the CBOR encoding of any value)"
+PAYLOAD_KEY = protocol._payload.ENCODED_KEY
 
 _ERROR_DOCS = {
     ErrorCode.PROTOCOL_ERROR: "The peer broke the protocol (no more specific code applies).",
@@ -254,6 +265,7 @@ _LIMIT_DOCS: dict[str, tuple[str, str]] = {
     "MAX_HEADERS": ("entries", "a `headers` map (`bad_field`)"),
     "MAX_VERSIONS": ("versions", "`Hello.versions` (`bad_field`)"),
     "MAX_PATTERNS": ("patterns", "`Hello.patterns` (`bad_field`)"),
+    "MAX_DELIVER_SIDS": ("subscription ids", "`Deliver.also` (`bad_field`)"),
     "MAX_REASON_SIZE": (
         "bytes of UTF-8",
         "`Error.message`, `Bye.reason`, `Nack.reason`, `Cancel.reason`: a longer text is"
@@ -262,9 +274,14 @@ _LIMIT_DOCS: dict[str, tuple[str, str]] = {
     "MAX_DEPTH": (
         "levels",
         "nesting of containers and tags in a body, the message's map or array included, a"
-        " bundle's own array not (`bad_frame`)",
+        " bundle's own array not (`bad_frame`); in a payload, counted on its own from the"
+        " payload's value (`bad_field`, when the payload is decoded)",
     ),
-    "MAX_BIGNUM_SIZE": ("bytes", "a bignum (tags 2 and 3), anywhere in a body (`bad_frame`)"),
+    "MAX_BIGNUM_SIZE": (
+        "bytes",
+        "a bignum (tags 2 and 3), anywhere in a body (`bad_frame`) or in a payload"
+        " (`bad_field`, when the payload is decoded)",
+    ),
     "MAX_BUNDLE_ITEMS": ("messages", "a bundle, refused whole (`bad_field`)"),
 }
 
@@ -308,7 +325,7 @@ def field_rows(cls: type) -> list[tuple[str, str, str, str, str]]:
         shown_default = "required" if default is attrs.NOTHING else _cbor(default)
         names = _validator_names(field)
         try:
-            wire_type = _TYPES[names]
+            wire_type = PAYLOAD_TYPE if field.metadata.get("payload") else _TYPES[names]
         except KeyError:
             raise SystemExit(
                 f"{cls.__name__}.{field.name}: no wire type for validators {names}"
@@ -316,7 +333,8 @@ def field_rows(cls: type) -> list[tuple[str, str, str, str, str]]:
         meaning = FIELD_DOCS.get((cls.__name__, field.name)) or FIELD_DOCS.get(("*", field.name))
         if meaning is None:
             raise SystemExit(f"{cls.__name__}.{field.name}: add its meaning to FIELD_DOCS")
-        rows.append((field.name, field.metadata["key"], wire_type, shown_default, meaning))
+        key = PAYLOAD_KEY if field.metadata.get("payload") else field.metadata["key"]
+        rows.append((field.name, key, wire_type, shown_default, meaning))
     return rows
 
 
@@ -373,15 +391,21 @@ def section_errors() -> str:
     missing = set(codes) - set(_ERROR_DOCS)
     if missing:
         raise SystemExit(f"describe these error codes in _ERROR_DOCS: {sorted(missing)}")
-    by_code = {}
+    by_code: dict[str, list[type]] = {}
     for name in dir(protocol):
         obj = getattr(protocol, name)
         if isinstance(obj, type) and issubclass(obj, protocol.ProtocolError):
-            by_code[obj.code] = name
+            by_code.setdefault(obj.code, []).append(obj)
+    # A code may be raised as a class and its subclasses (InvalidField, InvalidPayload):
+    # the most general first.
+    raised_as = {
+        code: ", ".join(f"`{c.__name__}`" for c in sorted(classes, key=lambda c: len(c.__mro__)))
+        for code, classes in by_code.items()
+    }
     lines = ["| Code | Closes | Raised as | Meaning |", "|---|---|---|---|"]
     for code in codes:
         closes = "yes" if ErrorCode.closes_connection(code) else "no"
-        raised = f"`{by_code[code]}`" if code in by_code else ""
+        raised = raised_as.get(code, "")
         lines.append(f"| `{code}` | {closes} | {raised} | {_ERROR_DOCS[code]} |")
     return "\n".join(lines)
 

@@ -39,6 +39,7 @@ from ._index import SubjectIndex as SubjectIndex
 from ._limits import MAX_BIGNUM_SIZE as MAX_BIGNUM_SIZE
 from ._limits import MAX_BUNDLE_ITEMS as MAX_BUNDLE_ITEMS
 from ._limits import MAX_CODE_LENGTH as MAX_CODE_LENGTH
+from ._limits import MAX_DELIVER_SIDS as MAX_DELIVER_SIDS
 from ._limits import MAX_DEPTH as MAX_DEPTH
 from ._limits import MAX_HEADERS as MAX_HEADERS
 from ._limits import MAX_NAME_LENGTH as MAX_NAME_LENGTH
@@ -73,6 +74,10 @@ from ._messages import Submit as Submit
 from ._messages import Subscribe as Subscribe
 from ._messages import Unsubscribe as Unsubscribe
 from ._messages import Welcome as Welcome
+from ._payload import Encoded as Encoded
+from ._payload import InvalidPayload as InvalidPayload
+from ._payload import decode_payload as decode_payload
+from ._payload import encode_payload as encode_payload
 from ._session import ALLOWED as ALLOWED
 from ._session import Session as Session
 from ._session import State as State

@@ -29,6 +29,7 @@ import attrs
 from ._codec import _unknown_kind, encode_wire
 from ._errors import InvalidField, ProtocolError, safe_repr
 from ._fastcodec import (
+    _array_payload_lines,
     _check_namespace,
     _checked_new_lines,
     _common_namespace,
@@ -96,6 +97,7 @@ def build_from_array(cls: type[Message]) -> Callable[[list[Any]], Message]:
             missing = f"{name} is missing field {f.name!r} (position {f.index + 1})"
             lines.append(f"    if {f.var} is _MISSING:")
             lines.append(f"        raise InvalidField({missing!r})")
+    lines += _array_payload_lines(fields, name)
     lines += _checked_new_lines(cls, fields, ns, attributes)
     return _compile("\n".join(lines) + "\n", "from_array", ns, cls)
 
@@ -181,14 +183,20 @@ def encode_array(item: list[Any]) -> bytes:
     return encode_wire(item, _KIND_NAMES.get(item[0], "message"))
 
 
-def message_of(item: list[Any]) -> Message:
-    """The message a bundle item stands for, validated as a received one would be.
+def message_of(item: list[Any], *, decode_payloads: bool = False) -> Message:
+    """The message a bundle item stands for, validated as a received one would be: its
+    payload an :class:`~protocol.Encoded`, or with ``decode_payloads`` its value.
 
     Raises:
-      InvalidField, UnknownMessage, InvalidSubject: the item is not a valid message.
+      InvalidField, UnknownMessage, InvalidSubject: the item is not a valid message
+        (InvalidPayload: its payload does not decode).
     """
     out: list[Message] = []
     decode_bundle([item], out)
+    if decode_payloads:
+        from ._framing import _decode_payloads  # (_framing imports this module)
+
+        _decode_payloads(out)
     return out[0]
 
 

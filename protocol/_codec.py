@@ -14,8 +14,9 @@ and trailing bytes after the map. What it accepts can be re-encoded (a leader fo
 payloads) and printed.
 
 Depth: a message's own container, map or bundled array, counts; a bundle's outer array
-does not, so a payload nests at most 63 deep in either form. A leader that received a
-payload in a map can forward it in a bundle, and its peer accepts it.
+does not. A payload travels encoded, as a byte string (see :mod:`protocol._payload`): its
+own depth is checked when it is decoded, from its value alone (64); only a payload sent
+plain (key ``p``) is part of the body, and nests at most 63 deep.
 
 Speed: this is on the hot path of the job broker (every job is several encodes and
 decodes), so the per-class work runs in functions generated at import by
@@ -33,10 +34,12 @@ from typing import Any
 import attrs
 import cbor2
 
+from ._cbor import DECODER_OPTIONS
 from ._errors import InvalidField, MalformedFrame, ProtocolError, UnknownMessage, safe_repr
-from ._fastcodec import FROM_WIRE, TO_WIRE
-from ._limits import MAX_BIGNUM_SIZE, MAX_DEPTH
+from ._fastcodec import FROM_WIRE, TO_WIRE, TO_WIRE_PLAIN
+from ._limits import MAX_DEPTH
 from ._messages import MESSAGE_TYPES, Message
+from ._payload import ENCODED_KEY, encoded, payload_from_map, payload_wire, splice
 
 _NOTHING = attrs.NOTHING
 
@@ -44,34 +47,7 @@ _NOTHING = attrs.NOTHING
 _REASON_LIMIT = 160
 
 
-def _refuse_tag(*_args: Any) -> None:
-    raise ValueError("this CBOR tag is not accepted")
-
-
-def _bignum(value: Any, *_args: Any) -> int:
-    """Tag 2, an unsigned bignum: its magnitude as bytes, at most ``MAX_BIGNUM_SIZE``."""
-    if type(value) is not bytes:
-        raise ValueError(f"a bignum must be a byte string, got {type(value).__name__}")
-    if len(value) > MAX_BIGNUM_SIZE:
-        raise ValueError(f"a bignum of {len(value)} bytes exceeds the limit of {MAX_BIGNUM_SIZE} bytes")
-    return int.from_bytes(value, "big")
-
-
-def _negative_bignum(value: Any, *args: Any) -> int:
-    """Tag 3, a negative bignum: -1 - n."""
-    return -1 - _bignum(value, *args)
-
-
-# Tags 28/29: shared references (cyclic values); 35: regex; 36: MIME; 256/25: string refs.
-# Tags 2/3, bignums: bounded in size.
-_SEMANTIC_DECODERS: dict[int, Any] = {tag: _refuse_tag for tag in (25, 28, 29, 35, 36, 256)}
-_SEMANTIC_DECODERS.update({2: _bignum, 3: _negative_bignum})
-_DECODER_OPTIONS: dict[str, Any] = {
-    "semantic_decoders": _SEMANTIC_DECODERS,
-    "strict_hashable_types": True,
-    "allow_duplicate_keys": False,
-    "max_depth": MAX_DEPTH,
-}
+_DECODER_OPTIONS = DECODER_OPTIONS
 #: For a body that is an array (a bundle): one more level, for the bundle's own array.
 _BUNDLE_OPTIONS: dict[str, Any] = {**_DECODER_OPTIONS, "max_depth": MAX_DEPTH + 1}
 
@@ -133,7 +109,8 @@ POOLED_BODY_LIMIT = 64 * 1024
 
 
 def _new_encoder() -> Any:
-    return cbor2.CBOREncoder(_BytesIO()).encode_to_bytes
+    # (an Encoded in a value is written as the item it is: see protocol._payload.splice)
+    return cbor2.CBOREncoder(_BytesIO(), default=splice).encode_to_bytes
 
 
 def _new_reader() -> tuple[Any, Any, Any, Any]:
@@ -151,9 +128,14 @@ def _is_array(body: bytes) -> bool:
     return bool(body) and 0x80 <= body[0] <= 0x9F
 
 
-def encode_body(message: Message) -> bytes:
-    """Encode ``message`` as a CBOR body (no frame header)."""
-    build = TO_WIRE.get(type(message))
+def encode_body(message: Message, *, plain_payloads: bool = False) -> bytes:
+    """Encode ``message`` as a CBOR body (no frame header).
+
+    ``plain_payloads``: write a payload plain, under key ``p`` (for a peer of protocol
+    version 1, see :mod:`protocol._payload`); an Encoded payload is written as the item
+    its bytes are, without being decoded. By default payloads go encoded, under ``e``.
+    """
+    build = (TO_WIRE_PLAIN if plain_payloads else TO_WIRE).get(type(message))
     if build is None:
         raise TypeError(f"not a protocol message: {safe_repr(message)}")
     return encode_wire(build(message), type(message).__name__)
@@ -274,7 +256,10 @@ def _reference_to_wire(message: Message) -> dict[str, Any]:
     wire: dict[str, Any] = {"t": message.KIND}
     for name, key, default, required in table:
         value = getattr(message, name)
-        if required or value != default:
+        if key == "p":
+            if value is not None:
+                wire[ENCODED_KEY] = payload_wire(value)
+        elif required or value != default:
             wire[key] = value
     return wire
 
@@ -290,7 +275,9 @@ def _reference_from_wire(wire: Any) -> Message:
         raise _unknown_kind(tag)
     kwargs = {}
     for name, key, _default, required in _TABLES[cls]:
-        if key in wire:
+        if key == "p":
+            kwargs[name] = encoded(payload_from_map(cls.__name__, wire.get("p"), wire.get(ENCODED_KEY)))
+        elif key in wire:
             kwargs[name] = wire[key]
         elif required:
             raise InvalidField(f"{cls.__name__} is missing field {name!r} (key {key!r})")

@@ -57,6 +57,7 @@ from ._fields import (
     _qos,
     _role,
     _short_str,
+    _sids,
     _str,
     _str_map,
     _subject,
@@ -70,6 +71,14 @@ from ._limits import (
     MIN_MAX_FRAME,
 )
 from ._messages import MESSAGE_TYPES, Message
+from ._payload import (
+    ENCODED_KEY,
+    Encoded,
+    bad_bundled_payload,
+    encoded,
+    payload_from_map,
+    payload_wire,
+)
 
 _NOTHING = attrs.NOTHING
 
@@ -105,6 +114,8 @@ _FAST_CHECKS: dict[Callable[..., None], str] = {
     _role: "type({v}) is str and {v} in _ROLES",
     # Subjects already seen valid (a leader sees the same few over and over).
     _subject: "type({v}) is str and {v} in _SUBJECTS_OK",
+    # No sids besides ``sid`` (nearly every Deliver): the validator's loop runs for the rest.
+    _sids: "type({v}) is tuple and not {v}",
 }
 #: Validators of str-to-str maps, checked by an inline loop over the items: for each, a
 #: condition on the map ``{v}`` and one on each of its items ``k_, v_`` (besides being
@@ -128,6 +139,8 @@ class _Field:
         self.var = f"f{index}"
         self.validator = field.validator
         self.converter = field.converter
+        #: A payload field: written as the bytes of its encoding, read as Encoded.
+        self.payload = bool(field.metadata.get("payload"))
         default = field.default
         self.factory: Callable[[], Any] | None = None
         self.required = default is _NOTHING
@@ -158,7 +171,10 @@ def _slot(cls: type, name: str) -> Any:
 
 
 def _common_namespace(cls: type[Message], fields: list[_Field]) -> dict[str, Any]:
-    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_NOTHING": _NOTHING}
+    ns: dict[str, Any] = {
+        "_new": object.__new__, "_cls": cls, "_NOTHING": _NOTHING,
+        "_Enc": Encoded, "_pw": payload_wire, "_pfm": payload_from_map, "_encp": encoded, "_pba": bad_bundled_payload,
+    }
     for f in fields:
         ns[f"_set{f.index}"] = _slot(cls, f.name).__set__  # the slot's own setter
         ns[f"_d{f.index}"] = f.default
@@ -171,8 +187,21 @@ def _common_namespace(cls: type[Message], fields: list[_Field]) -> dict[str, Any
 # to_wire
 
 
-def build_to_wire(cls: type[Message]) -> Callable[[Message], dict[str, Any]]:
-    """``to_wire`` for ``cls``: the wire map, defaults left out, keys in field order."""
+def _wire_value(f: _Field, v: str) -> str:
+    """The expression for what field ``f`` with value ``v`` puts on the wire: the value,
+    or for a payload the bytes of its encoding (an Encoded's own bytes, else encoded now)."""
+    if f.payload:
+        return f"({v}.data if type({v}) is _Enc else _pw({v}))"
+    return v
+
+
+def build_to_wire(cls: type[Message], plain: bool = False) -> Callable[[Message], dict[str, Any]]:
+    """``to_wire`` for ``cls``: the wire map, defaults left out, keys in field order.
+
+    ``plain``: a payload goes under its own key ``p`` as it is (a value, or an Encoded
+    that the encoder then writes as the item its bytes are: see
+    :func:`protocol._payload.splice`), for a peer of protocol version 1; otherwise
+    encoded, under key ``e``."""
     fields = _fields(cls)
     ns = _common_namespace(cls, fields)
     lines = ["def to_wire(m):"]
@@ -195,7 +224,11 @@ def build_to_wire(cls: type[Message]) -> Callable[[Message], dict[str, Any]]:
         else:
             test = f"v != _d{f.index}"
         lines.append(f"    if {test}:")
-        lines.append(f"        w[{f.key!r}] = v")
+        if f.payload and plain:
+            lines.append(f"        w[{f.key!r}] = v")
+        else:
+            key = ENCODED_KEY if f.payload else f.key
+            lines.append(f"        w[{key!r}] = {_wire_value(f, 'v')}")
     lines.append("    return w")
     return _compile("\n".join(lines) + "\n", "to_wire", ns, cls)
 
@@ -311,8 +344,45 @@ def build_from_wire(cls: type[Message]) -> Callable[[dict[str, Any]], Message]:
             lines.append(f"    {f.var} = wire.get({f.key!r}, {default})")
         else:
             lines.append(f"    {f.var} = wire.get({f.key!r})")
+    lines += _map_payload_lines(fields, name)
     lines += _checked_new_lines(cls, fields, ns, attributes)
     return _compile("\n".join(lines) + "\n", "from_wire", ns, cls)
+
+
+def _map_payload_lines(fields: list[_Field], name: str) -> list[str]:
+    """Statements that read each payload of a wire map: key ``e`` (the encoded payload, a
+    byte string) as an Encoded, else key ``p`` (a payload sent plain) encoded now, so that
+    a decoded message's payload is always an Encoded (or None); both keys at once, or
+    ``e`` not bytes, is refused (by :func:`protocol._payload.payload_from_map`)."""
+    lines = []
+    for f in fields:
+        if f.payload:
+            lines += [
+                f"    e_ = wire.get({ENCODED_KEY!r})",
+                "    if e_ is not None:",
+                f"        if type(e_) is bytes and {f.var} is None:",
+                f"            {f.var} = _Enc(e_)",
+                "        else:",
+                f"            {f.var} = _pfm({name!r}, {f.var}, e_)",
+                f"    elif {f.var} is not None:",  # sent plain: encoded now (rare)
+                f"        {f.var} = _encp({f.var})",
+            ]
+    return lines
+
+
+def _array_payload_lines(fields: list[_Field], name: str) -> list[str]:
+    """Statements that read each payload of a bundled array: its place holds the encoded
+    payload (a byte string, made an Encoded) or null; anything else is refused."""
+    lines = []
+    for f in fields:
+        if f.payload:
+            lines += [
+                f"    if type({f.var}) is bytes:",
+                f"        {f.var} = _Enc({f.var})",
+                f"    elif {f.var} is not None:",
+                f"        _pba({name!r}, {f.var})",
+            ]
+    return lines
 
 
 def _checked_new_lines(
@@ -343,6 +413,7 @@ def _trimmed_returns(cls: type[Message], fields: list[_Field], ns: dict[str, Any
     their defaults; ``value`` formats a field's value from its name (``"m.{}"``: an
     attribute of ``m``; ``"{}"``: a local). Shared by ``to_array`` and ``item``."""
     names = [value.format(f.name) for f in fields]
+    written = [_wire_value(f, names[f.index]) for f in fields]
     last_required = max((f.index for f in fields if f.required), default=-1)
     lines = []
     # From the last field back: the first one not at its default ends the array.
@@ -358,8 +429,8 @@ def _trimmed_returns(cls: type[Message], fields: list[_Field], ns: dict[str, Any
         else:
             test = f"{v} != _d{f.index}"
         lines.append(f"    if {test}:")
-        lines.append(f"        return [{cls.KIND!r}, {', '.join(names[: f.index + 1])}]")
-    lines.append(f"    return [{cls.KIND!r}, {', '.join(names[: last_required + 1])}]")
+        lines.append(f"        return [{cls.KIND!r}, {', '.join(written[: f.index + 1])}]")
+    lines.append(f"    return [{cls.KIND!r}, {', '.join(written[: last_required + 1])}]")
     return lines
 
 
@@ -446,6 +517,10 @@ def build_checked(cls: type[Message]) -> Callable[..., Message]:
 #: ``to_wire`` by message class.
 TO_WIRE: dict[type, Callable[[Message], dict[str, Any]]] = {
     cls: build_to_wire(cls) for cls in MESSAGE_TYPES.values()
+}
+#: ``to_wire`` with payloads plain, by message class (for peers of protocol version 1).
+TO_WIRE_PLAIN: dict[type, Callable[[Message], dict[str, Any]]] = {
+    cls: build_to_wire(cls, plain=True) for cls in MESSAGE_TYPES.values()
 }
 #: ``from_wire`` by wire tag.
 FROM_WIRE: dict[int, Callable[[dict[str, Any]], Message]] = {

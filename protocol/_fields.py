@@ -19,6 +19,7 @@ import attrs
 from ._errors import safe_repr
 from ._limits import (
     MAX_CODE_LENGTH,
+    MAX_DELIVER_SIDS,
     MAX_HEADERS,
     MAX_NAME_LENGTH,
     MAX_PATTERNS,
@@ -27,6 +28,7 @@ from ._limits import (
     MAX_VERSIONS,
     MIN_MAX_FRAME,
 )
+from ._payload import Encoded
 from ._subjects import validate_pattern, validate_subject
 
 #: The roles a peer may declare in Hello.
@@ -356,6 +358,40 @@ def _versions(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         _int(inst, attr, p)
 
 
+def _sids(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    """A tuple of at most ``MAX_DELIVER_SIDS`` subscription ids (uints)."""
+    if type(value) is not tuple:
+        raise TypeError(
+            f"{type(inst).__name__}.{attr.name} must be a list of subscription ids,"
+            f" got {type(value).__name__}"
+        )
+    if len(value) > MAX_DELIVER_SIDS:
+        raise ValueError(
+            f"{type(inst).__name__}.{attr.name} must hold at most {MAX_DELIVER_SIDS}"
+            f" subscription ids, got {len(value)}"
+        )
+    for sid in value:
+        if type(sid) is not int or not 0 <= sid <= MAX_UINT:
+            _uint(inst, attr, sid)
+
+
+def _sid_tuple(value: Any) -> Any:
+    """Converter of a list of subscription ids: a list becomes a tuple; an
+    :class:`~protocol.Encoded` of a list (the CBOR encoding a leader keeps of the sids a
+    route names, so that it encodes them once, not at every Publish) stands for the tuple it
+    encodes. Any other value is left for the validator to judge."""
+    kind = type(value)
+    if kind is tuple:
+        return value
+    if kind is list:
+        return tuple(value)
+    if kind is Encoded:
+        decoded = value.decode()
+        if type(decoded) is list:
+            return tuple(decoded)
+    return value
+
+
 def _role(inst: Any, attr: attrs.Attribute, value: Any) -> None:
     _str(inst, attr, value)
     if value not in ROLES:
@@ -409,7 +445,9 @@ def headers_field() -> Any:
 
 
 def payload_field() -> Any:
-    return attrs.field(default=None, metadata=_key("p"), kw_only=True)
+    """A payload: any value, sent as the CBOR byte string of its encoding (see
+    :mod:`protocol._payload`); received as an :class:`~protocol.Encoded` or a value."""
+    return attrs.field(default=None, metadata={**_key("p"), "payload": True}, kw_only=True)
 
 
 #: What a :class:`~protocol.Query` may ask for.

@@ -18,10 +18,13 @@ from __future__ import annotations
 import struct
 import zlib
 
+import attrs
+
 from ._bundle import decode_bundle
 from ._codec import POOLED_BODY_LIMIT, encode_body, from_wire, give_back, load_with, take_reader
 from ._errors import FrameTooLarge, MalformedFrame, ProtocolError
-from ._messages import Message
+from ._messages import MESSAGE_TYPES, Message
+from ._payload import Encoded, decode_payload
 
 #: Largest frame body accepted by default: 16 MiB.
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
@@ -36,18 +39,20 @@ _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
 
 
-def encode(message: Message, *, compress_threshold: int | None = None) -> bytes:
+def encode(message: Message, *, compress_threshold: int | None = None, plain_payloads: bool = False) -> bytes:
     """Encode ``message`` as one whole frame.
 
     Args:
       message: any protocol message.
       compress_threshold: when given, a body of at least this many bytes is compressed
         with zlib (and sent compressed only if that makes it smaller).
+      plain_payloads: a payload written plain, for a peer of protocol version 1 (see
+        :func:`protocol.encode_body`).
 
     Returns:
       The frame's bytes, header included.
     """
-    body = encode_body(message)
+    body = encode_body(message, plain_payloads=plain_payloads)
     flags = 0
     if compress_threshold is not None and len(body) >= compress_threshold:
         packed = zlib.compress(body, 6)
@@ -56,14 +61,16 @@ def encode(message: Message, *, compress_threshold: int | None = None) -> bytes:
     return _pack_header(len(body), flags) + body
 
 
-def decode(frame: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Message:
+def decode(
+    frame: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, decode_payloads: bool = True
+) -> Message:
     """Decode exactly one whole frame (header included) holding one message: a map, or
-    a bundle of one.
+    a bundle of one. ``decode_payloads`` as for :class:`FrameDecoder`.
 
     Raises:
       ProtocolError: the bytes are not exactly one valid frame of one message.
     """
-    decoder = FrameDecoder(max_frame_size=max_frame_size)
+    decoder = FrameDecoder(max_frame_size=max_frame_size, decode_payloads=decode_payloads)
     messages = decoder.feed(frame)
     if decoder.frames != 1 or len(messages) != 1 or decoder.buffered:
         raise MalformedFrame(
@@ -80,18 +87,26 @@ class FrameDecoder:
     and keeps the remainder of an incomplete frame for the next call. It buffers at most
     one frame (plus its header), never more than ``max_frame_size + 5`` bytes of it.
 
+    Payloads: with ``decode_payloads`` (the default) each message's payload is decoded to
+    its value, and a payload that is not valid CBOR fails the frame like any bad field
+    (:class:`~protocol.InvalidPayload`). With ``decode_payloads=False`` payloads stay
+    :class:`~protocol.Encoded`, undecoded (one a peer sent plain is encoded on receipt): what a leader wants (it forwards them, see
+    :mod:`protocol._payload`), and what a worker or client wants that decodes each one
+    itself, so that a bad payload fails its job and not the connection.
+
     Error handling: on bad input ``feed`` raises :class:`protocol.ProtocolError` (or a
     subclass) whose ``messages`` attribute holds the complete messages that preceded the
     bad frame in that call; process them before closing. After an error the decoder is
     spent: every later ``feed`` raises an error of the same class again (with no messages).
     """
 
-    __slots__ = ("max_frame_size", "frames", "_buffer", "_error")
+    __slots__ = ("max_frame_size", "decode_payloads", "frames", "_buffer", "_error")
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, decode_payloads: bool = True) -> None:
         if max_frame_size < 1:
             raise ValueError("max_frame_size must be positive")
         self.max_frame_size = max_frame_size
+        self.decode_payloads = decode_payloads
         self._buffer = bytearray()
         self._error: ProtocolError | None = None
         #: Whole frames the last ``feed`` completed (a bundle is one frame, many messages).
@@ -164,10 +179,22 @@ class FrameDecoder:
                     decode_bundle(wire, messages)
                 else:
                     append(from_wire(wire))
+            if self.decode_payloads:
+                _decode_payloads(messages)
         except ProtocolError as exc:
-            exc.messages = messages
-            self._error = exc
+            error = exc
+            # The messages before a bad frame are handed out with their payloads decoded
+            # too: a no-op after a bad payload, those before it are done already.
+            try:
+                if self.decode_payloads:
+                    _decode_payloads(messages)
+            except ProtocolError as bad:
+                error = bad  # a payload before the bad frame: the first error in order
+            error.messages = messages
+            self._error = error
             self.frames = frames
+            if error is not exc:
+                raise error from None
             raise
         self.frames = frames
         if reader is not None and pooled:
@@ -192,3 +219,28 @@ class FrameDecoder:
         if inflater.unused_data:
             raise MalformedFrame("compressed frame body has trailing data after the zlib stream")
         return data
+
+
+#: The slot setter of the payload field, by message class (the classes that have one).
+_PAYLOAD_SETTERS = {
+    cls: next(vars(k)["payload"] for k in cls.__mro__ if "payload" in vars(k)).__set__
+    for cls in MESSAGE_TYPES.values()
+    if "payload" in attrs.fields_dict(cls)
+}
+
+
+def _decode_payloads(messages: list[Message]) -> None:
+    """Replace each Encoded payload of ``messages`` by its value, in place. On a bad one,
+    the messages before it are kept in the list and the rest dropped, then it raises."""
+    get = _PAYLOAD_SETTERS.get
+    for i, message in enumerate(messages):
+        setter = get(type(message))
+        if setter is not None:
+            payload = message.payload  # type: ignore[attr-defined]
+            if type(payload) is Encoded:
+                try:
+                    setter(message, decode_payload(payload))
+                except ProtocolError:
+                    del messages[i:]
+                    raise
+

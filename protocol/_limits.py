@@ -38,6 +38,10 @@ MAX_HEADERS = 64
 MAX_VERSIONS = 64
 #: Most patterns a worker's Hello may name.
 MAX_PATTERNS = 4096
+#: Most subscription ids one Deliver may name in ``also`` (besides its ``sid``): above the
+#: leader's default subscription limit per connection (10,000), so that one Deliver names
+#: every matching subscription of a connection; a leader that allows more sends several.
+MAX_DELIVER_SIDS = 65_536
 
 #: Longest ``Error.message``, ``Bye.reason``, ``Nack.reason`` and ``Cancel.reason``, in
 #: UTF-8 bytes. A longer text is not refused: it is cut to this size, ending in ``...``
@@ -45,8 +49,9 @@ MAX_PATTERNS = 4096
 MAX_REASON_SIZE = 2048
 
 #: Deepest nesting of containers in a body, the message's own map or array included (a
-#: bundle's outer array is not counted); tags count as a level too. A payload thus nests
-#: at most 63 deep, in a map or in a bundle alike, so a leader can forward it in either.
+#: bundle's outer array is not counted); tags count as a level too. An encoded payload is
+#: held to it on its own when it is decoded (see protocol._payload); one sent plain is
+#: part of its body, so nests at most 63 deep.
 MAX_DEPTH = 64
 #: Largest bignum (CBOR tags 2 and 3), in bytes of magnitude: 8192 bits, about 2,466
 #: decimal digits, so that any integer a peer sends can be printed (Python refuses ``str``

@@ -44,6 +44,8 @@ from ._fields import (
     _query_what,
     _role,
     _short_str,
+    _sid_tuple,
+    _sids,
     _str,
     _str_map,
     _subject,
@@ -454,10 +456,17 @@ class Unsubscribe(Message):
 
 @attrs.frozen
 class Deliver(Message):
-    """A published message delivered to subscription ``sid``.
+    """A published message delivered to subscription ``sid`` and to each one in ``also``.
 
     Args:
       retained: True when this is a subject's retained message replayed on subscribe.
+      also: more subscriptions of the receiving connection that the message is for (at
+        most :data:`protocol.MAX_DELIVER_SIDS`): the receiver hands it to ``sid`` and to
+        each of these, once each, as if it had come in a Deliver of its own (a sid it
+        does not know is ignored, as ``sid`` is). A leader names every matching
+        subscription of a connection in one Deliver, each once. Given as a list or tuple,
+        or as an :class:`~protocol.Encoded` of a list (what a leader keeps, to encode it
+        once); held as a tuple.
     """
 
     KIND: ClassVar[int] = 13
@@ -468,6 +477,9 @@ class Deliver(Message):
     headers: dict[str, str] = headers_field()
     qos: int = attrs.field(default=0, validator=_qos, metadata=_key("q"), kw_only=True)
     retained: bool = attrs.field(default=False, validator=_bool, metadata=_key("r"), kw_only=True)
+    also: tuple[int, ...] = attrs.field(
+        default=(), converter=_sid_tuple, validator=_sids, metadata=_key("ss"), kw_only=True
+    )
 
 
 # ---------------------------------------------------------------------------------------

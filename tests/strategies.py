@@ -9,6 +9,8 @@ test of a few hundred examples stays well under a second or two.
 - :data:`subjects`, :data:`patterns`: valid subjects and patterns (see ``protocol._subjects``).
 - one strategy per message class (:data:`MESSAGE_STRATEGIES`) and :func:`messages`.
 - :func:`chunked`: a byte string cut at arbitrary points.
+- :func:`wire_value`, :func:`with_encoded_payload`, :func:`with_decoded_payload`: payloads
+  as they travel, a byte string holding their CBOR encoding (see ``protocol._payload``).
 - :data:`hostile_values` and :func:`hostile_frames`: *well-formed* CBOR that a careless
   receiver would choke on (huge and negative ints, NaN, deep nesting, long texts, many
   tokens, tags), put in the fields of otherwise valid messages; :class:`RawCBOR` and
@@ -22,6 +24,7 @@ import math
 import zlib
 from typing import Any
 
+import attrs
 import cbor2
 from hypothesis import strategies as st
 
@@ -50,6 +53,7 @@ from protocol import (
     Unsubscribe,
     Welcome,
 )
+from protocol._payload import ENCODED_KEY, payload_wire
 
 #: Most leaves in one payload (the recursion depth is bounded by it too).
 MAX_LEAVES = 12
@@ -322,6 +326,44 @@ def messages() -> st.SearchStrategy[Any]:
     return st.one_of(*MESSAGE_STRATEGIES.values())
 
 
+# ---------------------------------------------------------------------------------------
+# Payloads as they travel (see protocol._payload): a byte string holding their encoding
+
+
+def wire_key(field: Any) -> str:
+    """The key under which ``to_wire`` writes the attrs ``field``: for a payload the key of
+    its encoded form (``e``; its own key ``p`` holds a payload sent plain)."""
+    if field.metadata.get("payload"):
+        return ENCODED_KEY
+    return field.metadata["key"]
+
+
+def wire_value(field: Any, value: Any) -> Any:
+    """What the attrs ``field`` holding ``value`` puts on the wire (under :func:`wire_key`
+    in a map, in its place in a bundle): for a payload the bytes of its CBOR encoding
+    (None for no payload), for any other field the value itself."""
+    if field.metadata.get("payload"):
+        return payload_wire(value)
+    return value
+
+
+def with_encoded_payload(message: Any) -> Any:
+    """``message`` as the low-level decoders (``from_wire``, ``from_array``, ``decode_body``,
+    a ``FrameDecoder(decode_payloads=False)``) give it back: its payload an ``Encoded``."""
+    payload = getattr(message, "payload", None)
+    if payload is None:
+        return message
+    return attrs.evolve(message, payload=protocol.Encoded.of(payload))
+
+
+def with_decoded_payload(message: Any) -> Any:
+    """``message`` with an ``Encoded`` payload decoded (what ``decode_payloads=True`` does)."""
+    payload = getattr(message, "payload", None)
+    if type(payload) is not protocol.Encoded:
+        return message
+    return attrs.evolve(message, payload=protocol.decode_payload(payload))
+
+
 @st.composite
 def chunked(draw: st.DrawFn, data: bytes, *, max_chunks: int | None = None) -> list[bytes]:
     """``data`` cut at arbitrary points: non-empty pieces that join back to ``data``.
@@ -470,27 +512,48 @@ hostile_values: st.SearchStrategy[Any] = st.one_of(
 )
 
 
+#: A hostile encoded payload (key ``e``, or a bundled payload's place): mostly a hostile
+#: value encoded, as a payload travels (its decoder then meets it), or arbitrary bytes;
+#: sometimes a value itself (not a byte string: refused whatever it holds).
+hostile_payloads: st.SearchStrategy[Any] = st.one_of(
+    hostile_values.map(cbor_body),
+    hostile_values.map(cbor_body),
+    st.binary(max_size=32),
+    hostile_values,
+)
+
+
 @st.composite
 def hostile_frames(draw: st.DrawFn) -> bytes:
     """A frame of one to three otherwise valid messages (a map, or a bundle of arrays)
-    whose fields are partly replaced by :data:`hostile_values`, in a frame that may be
-    compressed."""
+    whose fields are partly replaced by :data:`hostile_values` (a payload by
+    :data:`hostile_payloads`), in a frame that may be compressed."""
     bundled = draw(st.booleans())
     items = []
     for _ in range(draw(st.integers(1, 3)) if bundled else 1):
         message = draw(messages())
+        fields = type(message).__attrs_attrs__  # type: ignore[attr-defined]
         if bundled:
             # Every field written (not only up to the last one off its default), so that
             # any may be hit.
-            fields = type(message).__attrs_attrs__  # type: ignore[attr-defined]
-            wire: Any = [message.KIND, *(getattr(message, f.name) for f in fields)]
+            wire: Any = [message.KIND, *(wire_value(f, getattr(message, f.name)) for f in fields)]
             for _ in range(draw(st.integers(0, 3))):
-                wire[draw(st.integers(1, len(fields)))] = draw(hostile_values)
+                index = draw(st.integers(1, len(fields)))
+                payload = fields[index - 1].metadata.get("payload")
+                wire[index] = draw(hostile_payloads if payload else hostile_values)
         else:
             wire = dict(protocol.to_wire(message))
-            keys = [f.metadata["key"] for f in type(message).__attrs_attrs__]  # type: ignore[attr-defined]
             for _ in range(draw(st.integers(0, 3))):
-                wire[draw(st.sampled_from(keys))] = draw(hostile_values)
+                field = draw(st.sampled_from(fields))
+                if not field.metadata.get("payload"):
+                    wire[field.metadata["key"]] = draw(hostile_values)
+                elif draw(st.booleans()):
+                    wire[ENCODED_KEY] = draw(hostile_payloads)
+                else:
+                    # Sent plain (key ``p``), its encoded form mostly dropped (not both).
+                    wire[field.metadata["key"]] = draw(hostile_values)
+                    if draw(st.integers(0, 3)):
+                        wire.pop(ENCODED_KEY, None)
             if draw(st.integers(0, 4)) == 0:
                 wire[draw(texts)] = draw(hostile_values)  # an unknown key
         items.append(wire)

@@ -69,8 +69,12 @@ def bundle_frame(items: list[Any]) -> bytes:
 
 
 def full_array(message: Message) -> list[Any]:
-    """``[tag, every field]``: the array with nothing left out."""
-    return [message.KIND, *(getattr(message, f.name) for f in attrs.fields(type(message)))]
+    """``[tag, every field]``: the array with nothing left out (a payload as the bytes of
+    its encoding, as it travels)."""
+    return [
+        message.KIND,
+        *(sts.wire_value(f, getattr(message, f.name)) for f in attrs.fields(type(message))),
+    ]
 
 
 def field_default(field: attrs.Attribute) -> Any:
@@ -136,16 +140,19 @@ def test_constants_and_strategies_cover_every_kind() -> None:
 @given(data=st.data())
 def test_array_round_trip_per_kind(cls: type[Message], data: st.DataObject) -> None:
     message = data.draw(sts.MESSAGE_STRATEGIES[cls])
+    # What from_array gives back: the payload still encoded (the bytes of the array).
+    received = sts.with_encoded_payload(message)
     array = TO_ARRAY[cls](message)
-    assert array == to_array(message)
+    assert array == to_array(message) == to_array(received)
     assert array[0] == cls.KIND
-    assert FROM_ARRAY[cls.KIND](array) == message
+    assert FROM_ARRAY[cls.KIND](array) == received
     item = encode_item(message)
-    assert item == cbor2.dumps(array)
+    assert item == cbor2.dumps(array) == encode_item(received)
     decoded = cbor2.loads(item)  # tuples are now lists, as a peer's would be
     rebuilt = FROM_ARRAY[cls.KIND](decoded)
     assert type(rebuilt) is cls
-    assert rebuilt == message
+    assert rebuilt == received
+    assert sts.with_decoded_payload(rebuilt) == message
     # The same message as the map codec gives.
     assert from_wire(cbor2.loads(protocol.encode_body(message))) == rebuilt
     # Alone in a bundle, through the decoder: one frame, one message.
@@ -245,7 +252,8 @@ def test_map_frames_and_bundles_mix_in_one_stream(
         ),
         (Result(mid=5, cid=4, job_id="j1", ok=False), [8, 5, 4, "j1", False]),
         (Submit(mid=1, job_id="j", subject="a.b"), [3, 1, "j", "a.b"]),
-        (Submit(mid=1, job_id="j", subject="a.b", payload=[1]), [3, 1, "j", "a.b", [1]]),
+        # The payload travels as the bytes of its encoding: cbor2.dumps([1]) == b"\x81\x01".
+        (Submit(mid=1, job_id="j", subject="a.b", payload=[1]), [3, 1, "j", "a.b", b"\x81\x01"]),
         (Submit(mid=1, job_id="j", subject="a.b", qos=0), [3, 1, "j", "a.b", None, {}, 0]),
         (Submit(mid=1, job_id="j", subject="a.b", qos=1), [3, 1, "j", "a.b"]),
         (Ping(mid=7), [15, 7]),
@@ -264,7 +272,9 @@ def test_map_frames_and_bundles_mix_in_one_stream(
 def test_trailing_defaults_are_left_out(message: Message, expected: list[Any]) -> None:
     assert to_array(message) == expected
     assert encode_item(message) == cbor2.dumps(expected)
-    assert FROM_ARRAY[message.KIND](cbor2.loads(encode_item(message))) == message
+    received = FROM_ARRAY[message.KIND](cbor2.loads(encode_item(message)))
+    assert received == sts.with_encoded_payload(message)
+    assert sts.with_decoded_payload(received) == message
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -285,6 +295,13 @@ def test_array_is_the_shortest_prefix_of_the_fields(message: Message) -> None:
     if written > last_required + 1:
         last = fields[written - 1]
         assert getattr(message, last.name) != field_default(last)
+    # A payload, written or not, is a byte string (the encoding of its value) or null.
+    for f, value in zip(fields, array[1:], strict=False):
+        if f.name == "payload":
+            assert (value is None) is (message.payload is None)
+            if value is not None:
+                assert type(value) is bytes
+                assert cbor2.loads(value) == message.payload
 
 
 def test_to_array_and_encode_item_refuse_non_messages() -> None:
@@ -304,7 +321,7 @@ def bad_pair(message: Message, name: str, value: Any) -> tuple[dict[str, Any], l
     fields = attrs.fields(type(message))
     index = [f.name for f in fields].index(name)
     wire = dict(to_wire(message))
-    wire[fields[index].metadata["key"]] = value
+    wire[sts.wire_key(fields[index])] = value  # a payload: its encoded form, key "e"
     array = full_array(message)
     array[index + 1] = value
     return wire, array
@@ -341,6 +358,11 @@ _SUBMIT = Submit(mid=1, job_id="j", subject="a.b", payload={"x": 1}, headers={"k
         (_SUBMIT, "timeout", -1, InvalidField),
         (_SUBMIT, "mid", 2**64, InvalidField),
         (_SUBMIT, "mid", -1, InvalidField),
+        # A payload travels encoded (key "e" in a map, its place in a bundle): bytes or null.
+        (_SUBMIT, "payload", 5, InvalidField),
+        (_SUBMIT, "payload", "text", InvalidField),
+        (_SUBMIT, "payload", {"x": 1}, InvalidField),
+        (Result(mid=1, job_id="j"), "payload", [1], InvalidField),
         (Result(mid=1, job_id="j"), "ok", 1, InvalidField),
         (Result(mid=1, job_id="j"), "cid", "x", InvalidField),
         (Welcome(mid=1, version=2), "version", 0, InvalidField),
@@ -466,7 +488,7 @@ def test_a_short_array_is_the_map_without_the_keys_after_it(
     array = full_array(message)[: written + 1]
     wire = {"t": message.KIND}
     for f in fields[:written]:
-        wire[f.metadata["key"]] = getattr(message, f.name)
+        wire[sts.wire_key(f)] = sts.wire_value(f, getattr(message, f.name))
     from_map = outcome_of(from_wire, cbor2.loads(cbor2.dumps(wire)))
     from_item = outcome_of(FROM_ARRAY[message.KIND], cbor2.loads(cbor2.dumps(array)))
     assert strip_where(from_item) == strip_where(from_map)
@@ -756,7 +778,18 @@ def test_decode_of_a_bundle_frame_wants_exactly_one_message() -> None:
 )
 def test_encode_item_refuses_values_with_no_cbor_encoding(message: Message) -> None:
     name = type(message).__name__
-    with pytest.raises(ValueError, match=f"^cannot encode {name}: "):
+    if isinstance(message, Hello):
+        expected = f"^cannot encode {name}: "
+    else:
+        # A payload is encoded on its own, before the item: its own error.
+        expected = "^cannot encode the payload "
+        with pytest.raises(ValueError, match=expected):
+            protocol.encode_payload(message.payload)
+        with pytest.raises(ValueError, match=expected):
+            to_array(message)
+        with pytest.raises(ValueError, match=expected):
+            type(message).item(**attrs.asdict(message, recurse=False))
+    with pytest.raises(ValueError, match=expected):
         encode_item(message)
     # The pooled encoder is still fine afterwards.
     assert cbor2.loads(encode_item(Ping(mid=1))) == [15, 1]

@@ -75,6 +75,8 @@ def test_wire_keys_unique_per_class_and_not_t() -> None:
         keys = [f.metadata["key"] for f in attrs.fields(cls)]
         assert len(keys) == len(set(keys)), cls
         assert "t" not in keys, cls
+        if "payload" in attrs.fields_dict(cls):  # "e" holds the encoded payload
+            assert "e" not in keys, cls
 
 
 @given(sts.subjects)
@@ -106,9 +108,13 @@ def test_round_trip_every_kind(cls: type, data: st.DataObject) -> None:
     message = data.draw(sts.MESSAGE_STRATEGIES[cls])
     frame = encode(message)
     assert decode(frame) == message
-    assert from_wire(to_wire(message)) == message
-    assert decode_body(encode_body(message)) == message
-    assert frame[5:] == encode_body(message)
+    # The low-level decoders keep a payload encoded: the bytes to_wire wrote.
+    received = sts.with_encoded_payload(message)
+    assert from_wire(to_wire(message)) == received
+    assert decode_body(encode_body(message)) == received
+    assert decode(frame, decode_payloads=False) == received
+    assert sts.with_decoded_payload(received) == message
+    assert frame[5:] == encode_body(message) == encode_body(received)
 
 
 @settings(max_examples=200, deadline=None)
@@ -138,11 +144,17 @@ def test_compression_flag_set_for_compressible_body() -> None:
 def test_wire_form_of_a_submit() -> None:
     """The exact bytes, so that other implementations have a fixed point to test against."""
     wire = to_wire(SUBMIT)
-    assert wire == {"t": 3, "i": 7, "j": "job-1", "s": "math.square", "p": {"n": 7}}
+    # The payload travels encoded, under key "e": a byte string holding the CBOR of
+    # {"n": 7}, a1 61 6e 07.
+    assert wire == {"t": 3, "i": 7, "j": "job-1", "s": "math.square", "e": b"\xa1\x61n\x07"}
+    assert wire["e"] == cbor2.dumps({"n": 7})
     assert list(wire)[0] == "t"
     frame = encode(SUBMIT)
-    body = cbor2.dumps({"t": 3, "i": 7, "j": "job-1", "s": "math.square", "p": {"n": 7}})
+    body = cbor2.dumps(
+        {"t": 3, "i": 7, "j": "job-1", "s": "math.square", "e": cbor2.dumps({"n": 7})}
+    )
     assert frame == len(body).to_bytes(4, "big") + b"\x00" + body
+    assert body.endswith(b"\x61e\x44\xa1\x61n\x07")  # key "e", bytes(4): the map
 
 
 def test_defaults_are_left_out_and_missing_means_default() -> None:
@@ -156,9 +168,37 @@ def test_explicit_null_for_optional_fields() -> None:
     assert from_wire({"t": 5, "i": 1, "c": None, "j": None}) == Ack(mid=1)
 
 
+def test_a_payload_sent_plain_is_accepted() -> None:
+    """Key "p" holds a payload sent plain, as any CBOR value (protocol version 1 did so):
+    encoded on receipt (a decoded message's payload is always Encoded), decoded again when
+    payloads are decoded; re-sent, it goes encoded."""
+    for value in ({"n": 7}, [1, [2]], "text", 0, -1.5, True, b"raw bytes"):
+        wire = {"t": 3, "i": 7, "j": "job-1", "s": "math.square", "p": value}
+        body = _body(wire)
+        frame = len(body).to_bytes(4, "big") + b"\x00" + body
+        assert from_wire(cbor2.loads(body)) == Submit(
+            mid=7, job_id="job-1", subject="math.square", payload=protocol.Encoded(cbor2.dumps(value))
+        )
+        assert protocol.decode_payload(decode_body(body).payload) == value
+        assert decode(frame) == Submit(mid=7, job_id="job-1", subject="math.square", payload=value)
+        kept = decode(frame, decode_payloads=False)
+        assert kept.payload == protocol.Encoded(cbor2.dumps(value))
+        assert "p" not in to_wire(kept) and to_wire(kept)["e"] == cbor2.dumps(value)
+    # A plain payload is part of the body: the body's rules apply to it (depth, bignums).
+    deep: object = 0
+    for _ in range(protocol.MAX_DEPTH):
+        deep = [deep]
+    with pytest.raises(MalformedFrame, match="depth"):
+        decode_body(_body({"t": 3, "i": 7, "j": "j", "s": "a", "p": deep}))
+    with pytest.raises(MalformedFrame, match="bignum"):
+        decode_body(_body({"t": 3, "i": 7, "j": "j", "s": "a", "p": 2 ** (8 * 1025)}))
+
+
 def test_unknown_keys_are_ignored() -> None:
     wire = {**to_wire(SUBMIT), "future": [1, 2], "zz": {"a": 1}}
-    assert from_wire(wire) == SUBMIT
+    assert from_wire(wire) == sts.with_encoded_payload(SUBMIT)
+    body = _body(wire)
+    assert decode(len(body).to_bytes(4, "big") + b"\x00" + body) == SUBMIT
 
 
 def test_payload_containers_come_back_as_lists_and_dicts() -> None:
@@ -188,8 +228,14 @@ def test_cache_put_entries_come_back_as_tuples() -> None:
 def test_encode_rejects_non_messages_and_unencodable_payloads() -> None:
     with pytest.raises(TypeError):
         to_wire({"t": 3})  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="cannot encode Submit"):
-        encode(Submit(mid=1, job_id="j", subject="a", payload=object()))
+    # A payload is encoded on its own (it travels as the bytes of its encoding): its error.
+    bad = Submit(mid=1, job_id="j", subject="a", payload=object())
+    for func in (encode, encode_body, to_wire, protocol.encode_item):
+        with pytest.raises(ValueError, match="^cannot encode the payload <object object"):
+            func(bad)
+    # Any other field with no CBOR encoding: the message's error.
+    with pytest.raises(ValueError, match="^cannot encode Hello: "):
+        encode(Hello(mid=1, role="client", meta={"k": object()}))
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,6 +412,19 @@ _DROP = object()
         (_body({"t": 20, "i": 1, "cache": "c", "tgt": "a", "e": [5]}), InvalidField),
         (_body({"t": 20, "i": 1, "cache": "c", "tgt": "a", "e": {"a": b""}}), InvalidField),
         (_body({"t": 22, "i": 1, "x": "x", "n": 0, "d": "text"}), InvalidField),
+        # An encoded payload (key "e") is a byte string (or null): any other value is
+        # refused; and a payload is sent encoded or plain (key "p"), not both.
+        (_body(_submit_wire(e={"n": 1})), InvalidField),
+        (_body(_submit_wire(e=[1])), InvalidField),
+        (_body(_submit_wire(e="text")), InvalidField),
+        (_body(_submit_wire(e=0)), InvalidField),
+        (_body(_submit_wire(e=False)), InvalidField),
+        (_body(_submit_wire(e=b"\x01", p=1)), InvalidField),
+        (_body(_submit_wire(e=b"\x01", p=b"\x01")), InvalidField),
+        (_body({"t": 8, "i": 1, "j": "j", "e": 49}), InvalidField),  # Result
+        (_body({"t": 10, "i": 1, "s": "a", "e": []}), InvalidField),  # Publish
+        (_body({"t": 4, "i": 1, "j": "j", "s": "a", "e": {}}), InvalidField),  # Assign
+        (_body({"t": 13, "i": 1, "sid": 1, "s": "a", "e": "x"}), InvalidField),  # Deliver
     ],
 )
 def test_bad_bodies(body: bytes, exc: type[ProtocolError]) -> None:
@@ -418,11 +477,28 @@ def test_error_messages_stay_short(wire: dict | bytes) -> None:
 
 def test_ordinary_cbor_tags_in_payloads_are_kept() -> None:
     """Tags with no special meaning pass through untouched (they re-encode the same)."""
-    body = _body({**_submit_wire(), "p": cbor2.CBORTag(4000, [1, "x"])})
+    tag = cbor2.CBORTag(4000, (1, "x"))  # (a tag's array decodes as a tuple)
+    encoded = cbor2.dumps(tag)
+    body = _body({**_submit_wire(), "e": encoded})
+    frame = len(body).to_bytes(4, "big") + b"\x00" + body
+    # Kept encoded: the very bytes, forwarded as they came.
     message = decode_body(body)
-    assert isinstance(message.payload, cbor2.CBORTag)
-    assert message.payload.tag == 4000
-    assert decode_body(encode_body(message)) == message
+    assert message.payload == protocol.Encoded(encoded)
+    assert encode_body(message) == body
+    # Decoded: the tag, which re-encodes to the same bytes.
+    for value in (protocol.decode_payload(message.payload), decode(frame).payload):
+        assert isinstance(value, cbor2.CBORTag)
+        assert value.tag == 4000 and list(value.value) == [1, "x"]
+        assert protocol.encode_payload(value) == encoded
+    assert encode(decode(frame)) == frame
+    # Sent plain (key "p", in the body itself): the tag as it is; kept encoded, the same
+    # bytes as if it had come encoded.
+    plain = _body({**_submit_wire(), "p": tag})
+    assert decode_body(plain).payload == protocol.Encoded(encoded)
+    plain_frame = len(plain).to_bytes(4, "big") + b"\x00" + plain
+    assert decode(plain_frame).payload == tag
+    assert decode(plain_frame, decode_payloads=False).payload == protocol.Encoded(encoded)
+    assert encode(decode(plain_frame, decode_payloads=False)) == frame
 
 
 # ---------------------------------------------------------------------------------------
@@ -440,6 +516,7 @@ def test_ordinary_cbor_tags_in_payloads_are_kept() -> None:
         (InvalidSubject, "bad_subject"),
         (StateViolation, "protocol_violation"),
         (UnsupportedVersion, "unsupported_version"),
+        (protocol.InvalidPayload, "bad_field"),
     ],
 )
 def test_error_codes(cls: type[ProtocolError], code: str) -> None:
@@ -469,9 +546,14 @@ def test_every_protocol_error_subclass_is_listed() -> None:
         InvalidSubject,
         StateViolation,
         UnsupportedVersion,
+        protocol.InvalidPayload,
     }
-    # Distinct codes, so a peer can tell them apart.
-    assert len({cls.code for cls in exported}) == len(exported)
+    # A bad payload is a bad field to the peer: same code, a subclass for the receiver.
+    assert issubclass(protocol.InvalidPayload, InvalidField)
+    assert protocol.InvalidPayload.code == InvalidField.code == "bad_field"
+    # Otherwise distinct codes, so a peer can tell them apart.
+    others = exported - {protocol.InvalidPayload}
+    assert len({cls.code for cls in others}) == len(others)
 
 
 def test_error_code_groups() -> None:

@@ -85,8 +85,14 @@ def test_fast_encode_and_decode_match_the_reference(cls: type, data: st.DataObje
     assert list(wire) == list(reference)  # the same key order, so the same bytes
     body = encode_body(message)
     assert body == _reference_encode_body(message) == cbor2.dumps(reference)
-    assert decode_body(body) == _reference_decode_body(body) == message
-    assert from_wire(cbor2.loads(body)) == message
+    # Both decoders keep the payload encoded: the bytes to_wire wrote.
+    received = sts.with_encoded_payload(message)
+    assert decode_body(body) == _reference_decode_body(body) == received
+    assert from_wire(cbor2.loads(body)) == _reference_from_wire(cbor2.loads(body)) == received
+    assert sts.with_decoded_payload(received) == message
+    # And both encoders write an Encoded payload as its own bytes.
+    assert encode_body(received) == _reference_encode_body(received) == body
+    assert to_wire(received) == _reference_to_wire(received) == wire
 
 
 def test_to_wire_and_encode_body_refuse_non_messages() -> None:
@@ -147,6 +153,8 @@ def bad_wires(draw: st.DrawFn) -> object:
     wire = dict(_reference_to_wire(message))
     cls = type(message)
     keys = [f.metadata["key"] for f in attrs.fields(cls)]
+    if "payload" in attrs.fields_dict(cls):
+        keys.append("e")  # the encoded payload ("p" holds one sent plain)
     for _ in range(draw(st.integers(1, 4))):
         action = draw(
             st.sampled_from(["drop", "set", "set", "set", "add", "tag", "subject", "shape"])
@@ -199,6 +207,20 @@ def test_from_wire_matches_the_reference_on_bad_maps(wire: object) -> None:
         {"t": 8, "i": 1, "j": "j", "ok": 1},
         {"t": 22, "i": 1, "x": "x", "n": 0, "d": bytearray(b"x")},
         {"t": 2, "i": 1, "v": 1, "hb": -0.0, "mf": None},
+        # Payloads: encoded (key "e"), a byte string (kept encoded, even if it is no CBOR)
+        # or null, else refused; or plain (key "p"), any value; not both.
+        {"t": 3, "i": 1, "j": "j", "s": "a", "e": b"\xff\xff"},
+        {"t": 3, "i": 1, "j": "j", "s": "a", "e": None},
+        {"t": 3, "i": 1, "j": "j", "s": "a", "e": None, "p": [1]},
+        {"t": 3, "i": 1, "j": "j", "s": "a", "e": [1]},
+        {"t": 3, "i": 1, "j": "j", "s": "a", "e": bytearray(b"\x01")},
+        {"t": 3, "i": -1, "j": "j", "s": "a", "e": 5},  # a bad payload and a bad mid
+        {"t": 8, "i": 1, "j": "j", "ok": 1, "e": "x"},
+        {"t": 3, "i": 1, "j": "j", "s": "a", "p": [1]},
+        {"t": 3, "i": 1, "j": "j", "s": "a", "p": b"\x01"},  # plain bytes: a bytes value
+        {"t": 3, "i": 1, "j": "j", "s": "a", "p": 1, "e": b"\x01"},
+        {"t": 3, "i": 1, "j": "j", "s": "a", "p": None, "e": b"\x01"},
+        {"t": 3, "i": -1, "j": "j", "s": "a", "p": 1, "e": b"\x01"},
     ],
 )
 def test_from_wire_matches_the_reference_on_chosen_maps(wire: dict) -> None:
@@ -271,9 +293,11 @@ def test_a_failed_decode_leaves_no_state_behind(bad: bytes) -> None:
 def test_large_bodies_and_other_buffer_types() -> None:
     message = Submit(mid=1, job_id="j", subject="a", payload=b"x" * (_codec.POOLED_BODY_LIMIT + 10))
     body = encode_body(message)
-    assert decode_body(body) == message
-    assert decode_body(bytearray(body)) == message
-    assert decode_body(memoryview(body)) == message
+    received = sts.with_encoded_payload(message)
+    assert decode_body(body) == received
+    assert decode_body(bytearray(body)) == received
+    assert decode_body(memoryview(body)) == received
+    assert protocol.decode_payload(decode_body(memoryview(body)).payload) == message.payload
     with pytest.raises(MalformedFrame, match="1 bytes of trailing data"):
         decode_body(body + b"\x00")
     small = encode_body(Credit(mid=1, credit=2))
@@ -283,8 +307,11 @@ def test_large_bodies_and_other_buffer_types() -> None:
 def test_a_failed_encode_leaves_no_state_behind() -> None:
     good = Result(mid=1, job_id="j", payload={"a": [1, 2, {"b": b"c"}]})
     for _ in range(3):
-        with pytest.raises(ValueError, match="cannot encode Submit"):
+        with pytest.raises(ValueError, match="cannot encode the payload"):
             encode_body(Submit(mid=1, job_id="j", subject="a", payload=[1, {"x": object()}]))
+        assert encode_body(good) == _reference_encode_body(good)
+        with pytest.raises(ValueError, match="cannot encode Hello"):
+            encode_body(Hello(mid=1, role="client", meta={"x": object()}))
         assert encode_body(good) == _reference_encode_body(good)
 
 
@@ -390,10 +417,23 @@ def test_unchecked_from_a_decoded_submit() -> None:
         qos=submit.qos,
         ack_timeout=30.0,
     )
+    # The payload is forwarded as it came: still encoded, the same bytes.
+    assert submit.payload == protocol.Encoded(cbor2.dumps([1]))
     assert assign == Assign(
+        mid=9,
+        job_id="j",
+        subject="a.b",
+        payload=protocol.Encoded.of([1]),
+        headers={"k": "v"},
+        qos=0,
+        ack_timeout=30.0,
+    )
+    assert to_wire(assign)["e"] == cbor2.dumps([1])
+    assert decode_body(encode_body(assign)) == assign
+    # The worker decodes it.
+    assert protocol.decode(encode(assign)) == Assign(
         mid=9, job_id="j", subject="a.b", payload=[1], headers={"k": "v"}, qos=0, ack_timeout=30.0
     )
-    assert decode_body(encode_body(assign)) == assign
 
 
 def test_unchecked_wants_the_required_fields_and_no_others() -> None:

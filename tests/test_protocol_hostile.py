@@ -121,13 +121,23 @@ def test_minimal_messages_cover_every_kind() -> None:
 
 def check_survives(message: Message) -> None:
     """What a leader does with a received message must work: re-encode it as a map and
-    as a bundle item (it forwards payloads), decode that again, and print it."""
+    as a bundle item (it forwards payloads), decode that again (its payload kept encoded
+    as a leader keeps it; decoded too, if it came decoded), and print it."""
     frame = encode(message)
     item = encode_item(message)
-    again = FrameDecoder(max_frame_size=2**31).feed(frame)
-    assert [type(m) for m in again] == [type(message)]
     bundle = protocol.bundle_frames([item], 2**31)
-    assert [type(m) for m in FrameDecoder(max_frame_size=2**31).feed(bundle[0])] == [type(message)]
+    kept = type(getattr(message, "payload", None)) is protocol.Encoded
+    modes = [False] if kept else [False, True]
+    for decode_payloads in modes:
+        for sent in (frame, bundle[0]):
+            decoder = FrameDecoder(max_frame_size=2**31, decode_payloads=decode_payloads)
+            again = decoder.feed(sent)
+            assert [type(m) for m in again] == [type(message)]
+            if not decode_payloads and hasattr(message, "payload"):
+                # Kept encoded, a payload is the bytes it was sent as (forwarded as they are).
+                original = message.payload  # type: ignore[attr-defined]
+                payload = again[0].payload  # type: ignore[attr-defined]
+                assert payload == (None if original is None else protocol.Encoded.of(original))
     assert len(safe_repr(message)) < 200
     repr(message)
 
@@ -616,7 +626,21 @@ def test_the_recursion_scan_would_notice() -> None:
 
 
 def _submit(payload: Any) -> bytes:
-    return frame_of(cbor_body({"t": Submit.KIND, "i": 1, "j": "j", "s": "a.b", "p": payload}))
+    """A Submit frame whose payload is ``payload``, encoded as a payload travels: under key
+    ``e``, a byte string holding its CBOR (a :class:`RawCBOR` spliced in as it is)."""
+    data = cbor_body(payload)
+    return frame_of(cbor_body({"t": Submit.KIND, "i": 1, "j": "j", "s": "a.b", "e": data}))
+
+
+def _submit_raw(value: Any) -> bytes:
+    """A Submit frame whose payload ``value`` is sent plain (key ``p``), in the body itself."""
+    return frame_of(cbor_body({"t": Submit.KIND, "i": 1, "j": "j", "s": "a.b", "p": value}))
+
+
+def _kept(frame: bytes) -> Message:
+    """The one message of ``frame``, its payload kept encoded (a leader's decoder)."""
+    (message,) = FrameDecoder(decode_payloads=False).feed(frame)
+    return message
 
 
 @pytest.mark.parametrize(
@@ -625,10 +649,26 @@ def _submit(payload: Any) -> bytes:
     ids=["array", "map", "tag", "indefinite-array", "indefinite-map"],
 )
 def test_a_payload_nested_100000_deep_is_refused(prefix: bytes) -> None:
-    result = feed(_submit(RawCBOR(prefix * 100_000 + b"\x00")))
-    assert isinstance(result, MalformedFrame), result
+    deep = RawCBOR(prefix * 100_000 + b"\x00")
+    # In a payload's bytes: refused when decoded, that payload only.
+    result = feed(_submit(deep))
+    assert isinstance(result, protocol.InvalidPayload), result
     assert "depth" in result.message
     check_refusal(result)
+    kept = _kept(_submit(deep))
+    assert kept.payload == protocol.Encoded(deep.data)
+    with pytest.raises(protocol.InvalidPayload, match="depth"):
+        protocol.decode_payload(kept.payload)
+    check_survives(kept)
+    # In the body itself (a payload sent plain, or under an unknown key): the frame is.
+    for frame in (
+        _submit_raw(deep),
+        frame_of(cbor_body({"t": Submit.KIND, "i": 1, "j": "j", "s": "a.b", "x": deep})),
+    ):
+        for decoder in (FrameDecoder(), FrameDecoder(decode_payloads=False)):
+            with pytest.raises(MalformedFrame, match="depth") as info:
+                decoder.feed(frame)
+            check_refusal(info.value)
 
 
 def _nested(depth: int) -> Any:
@@ -638,27 +678,52 @@ def _nested(depth: int) -> Any:
     return value
 
 
-def test_a_payload_accepted_in_one_form_can_be_forwarded_in_the_other() -> None:
-    # The message's own map or array counts, a bundle's array does not: 63 levels of
-    # payload in either form, so what a leader accepts it can forward in a bundle.
-    deepest = _nested(protocol.MAX_DEPTH - 1)
-    (submit,) = FrameDecoder().feed(_submit(deepest))
-    assign = Assign.unchecked(mid=1, job_id="j", subject="a.b", payload=submit.payload)
-    (frame,) = protocol.bundle_frames([encode_item(assign)], 2**20)
-    assert FrameDecoder().feed(frame) == [assign]
-    (again,) = FrameDecoder().feed(encode(assign))
-    assert again == assign
-    too_deep = feed(_submit(_nested(protocol.MAX_DEPTH)))
-    assert isinstance(too_deep, MalformedFrame)
-    bundle = frame_of(cbor_body([[Assign.KIND, 1, "j", "a.b", _nested(protocol.MAX_DEPTH)]]))
-    assert isinstance(feed(bundle), MalformedFrame)
+def test_a_payload_is_forwarded_byte_for_byte_whatever_its_depth() -> None:
+    # A payload's depth is its own (MAX_DEPTH levels in its bytes, the message around it
+    # does not count), and only its receiver decodes it: a leader keeps it encoded and
+    # forwards the same bytes, in a map or in a bundle, however deep it is.
+    deepest = _nested(protocol.MAX_DEPTH)
+    too_deep = _nested(protocol.MAX_DEPTH + 1)
+    for value in (deepest, too_deep):
+        data = cbor2.dumps(value)
+        submit = _kept(_submit(value))
+        assert submit.payload == protocol.Encoded(data)
+        assign = Assign.unchecked(mid=1, job_id="j", subject="a.b", payload=submit.payload)
+        (frame,) = protocol.bundle_frames([encode_item(assign)], 2**20)
+        for forwarded in (frame, encode(assign)):
+            again = protocol.decode(forwarded, decode_payloads=False)
+            assert again == assign
+            assert again.payload.data == data  # the very bytes the client sent
+            assert encode(again) == encode(assign)
+    # The receiver at the end decodes it: the deepest payload is accepted ...
+    frame = encode(Assign(mid=1, job_id="j", subject="a.b", payload=deepest))
+    (assign,) = FrameDecoder().feed(frame)
+    assert assign.payload == deepest
+    assert protocol.decode_payload(protocol.Encoded(cbor2.dumps(deepest))) == deepest
+    # ... one level more is refused, by decode_payload, or in the frame being decoded.
+    with pytest.raises(protocol.InvalidPayload, match=r"depth \(64\)"):
+        protocol.decode_payload(protocol.Encoded(cbor2.dumps(too_deep)))
+    for frame in (
+        encode(Assign(mid=1, job_id="j", subject="a.b", payload=too_deep)),
+        frame_of(cbor_body([[Assign.KIND, 1, "j", "a.b", cbor2.dumps(too_deep)]])),
+    ):
+        result = feed(frame)
+        assert isinstance(result, protocol.InvalidPayload), result
+        check_refusal(result)
+    # In the body the old rule stands: 64 levels, the message's own map included.
+    assert isinstance(feed(_submit_raw(_nested(protocol.MAX_DEPTH))), MalformedFrame)
 
 
 def test_a_map_of_a_million_tiny_keys_is_accepted_and_re_encodes() -> None:
     payload = {f"{i:x}": 0 for i in range(1_000_000)}
-    (message,) = FrameDecoder().feed(_submit(payload))
+    frame = _submit(payload)
+    (message,) = FrameDecoder().feed(frame)
     assert len(message.payload) == 1_000_000
     check_survives(message)
+    # Kept encoded, it is one byte string: forwarded as it came.
+    kept = _kept(frame)
+    assert encode(kept) == frame
+    check_survives(kept)
 
 
 @pytest.mark.parametrize("item", [b"\x80", b"\x82\x0f\x01"], ids=["empty items", "pings"])
@@ -677,8 +742,15 @@ def test_an_int_of_10000_digits_as_mid_is_refused() -> None:
     assert isinstance(result, MalformedFrame)
     assert result.message.endswith("a bignum of 4152 bytes exceeds the limit of 1024 bytes")
     check_refusal(result)
-    # In a payload too: an int nobody could print.
-    assert isinstance(feed(_submit([1, 10**9999])), MalformedFrame)
+    # In a payload too: an int nobody could print. Refused when the payload is decoded
+    # (not by a leader that keeps it encoded); in the body itself, with the frame.
+    result = feed(_submit([1, 10**9999]))
+    assert isinstance(result, protocol.InvalidPayload), result
+    assert result.message.endswith("a bignum of 4152 bytes exceeds the limit of 1024 bytes")
+    check_refusal(result)
+    with pytest.raises(protocol.InvalidPayload, match="bignum of 4152 bytes"):
+        protocol.decode_payload(_kept(_submit([1, 10**9999])).payload)
+    assert isinstance(feed(_submit_raw([1, 10**9999])), MalformedFrame)
 
 
 def test_the_largest_bignum_is_accepted_and_printable() -> None:
@@ -687,6 +759,10 @@ def test_the_largest_bignum_is_accepted_and_printable() -> None:
     assert message.payload == [big, -big - 1]
     str(message.payload[0])
     check_survives(message)
+    # One byte more is refused.
+    result = feed(_submit([big + 1]))
+    assert isinstance(result, protocol.InvalidPayload), result
+    assert "bignum of 1025 bytes" in result.message
 
 
 @pytest.mark.parametrize(
@@ -709,11 +785,12 @@ def test_the_largest_bignum_is_accepted_and_printable() -> None:
     ids=safe_repr,
 )
 def test_tagged_values_in_payloads_re_encode_and_in_fields_are_refused(value: Any) -> None:
-    result = feed(_submit(value))
-    if isinstance(result, ProtocolError):
-        check_refusal(result)
-    else:
-        check_survives(result[0])
+    for frame in (_submit(value), _submit_raw(value)):  # encoded, and sent plain
+        result = feed(frame)
+        if isinstance(result, ProtocolError):
+            check_refusal(result)
+        else:
+            check_survives(result[0])
     for key in ("i", "j", "s", "h", "q", "to", "ma"):
         wire = {"t": Submit.KIND, "i": 1, "j": "j", "s": "a.b", key: value}
         result = feed(frame_of(cbor_body(wire)))
@@ -826,13 +903,20 @@ def test_hostile_frames_give_messages_or_a_protocol_error(
 @pytest.mark.parametrize("cls", KINDS, ids=lambda c: c.__name__)
 def test_every_field_of_every_kind_takes_every_hostile_sample(cls: type[Message]) -> None:
     """Each field of each kind, in a map and in a bundle, set to each of the fixed
-    hostile values: messages that survive re-encoding, or a short refusal."""
+    hostile values (a payload also to each of them encoded, as payloads travel): messages
+    that survive re-encoding, or a short refusal."""
     minimal = cls(**MINIMAL[cls])
     base = to_wire(minimal)
     for field in attrs.fields(cls):
-        for value in sts.HOSTILE_SAMPLES:
+        values = list(sts.HOSTILE_SAMPLES)
+        keys = [field.metadata["key"]]  # a payload's: one sent plain
+        if field.metadata.get("payload"):
+            # Encoded too, as payloads travel: key "e", and the bundled payload's place.
+            values += [cbor_body(value) for value in sts.HOSTILE_SAMPLES]
+            keys.append(sts.wire_key(field))
+        for value in values:
             for body in (
-                cbor_body({**base, field.metadata["key"]: value}),
+                *(cbor_body({**base, key: value}) for key in keys),
                 cbor_body([_full_array(minimal, **{field.name: value})]),
             ):
                 result = feed(frame_of(body))
@@ -850,8 +934,11 @@ def test_every_field_of_every_kind_takes_any_hostile_value(
 ) -> None:
     base = to_wire(cls(**MINIMAL[cls]))
     field = data.draw(st.sampled_from(attrs.fields(cls)))
-    value = data.draw(sts.hostile_values)
-    result = feed(frame_of(cbor_body({**base, field.metadata["key"]: value})))
+    if field.metadata.get("payload") and data.draw(st.booleans()):
+        key, value = sts.wire_key(field), data.draw(sts.hostile_payloads)  # encoded
+    else:
+        key, value = field.metadata["key"], data.draw(sts.hostile_values)  # or plain
+    result = feed(frame_of(cbor_body({**base, key: value})))
     if isinstance(result, ProtocolError):
         check_refusal(result)
         event(f"refused: {type(result).__name__}")

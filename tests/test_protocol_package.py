@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import attrs
+import cbor2
 import pytest
 
 import protocol
@@ -138,8 +139,12 @@ def test_protocol_doc_describes_every_kind_and_wire_key() -> None:
         section = _section(text, cls.__name__)
         assert f"Tag **{tag}**" in section
         for field in attrs.fields(cls):
+            # A payload's row names the key of its encoded form (its own holds one plain).
+            key = field.metadata["key"]
+            if field.metadata.get("payload"):
+                key = protocol._payload.ENCODED_KEY
             row = re.search(
-                rf"^\| {field.name} \| `{re.escape(field.metadata['key'])}` \|(.+)\|$",
+                rf"^\| {field.name} \| `{re.escape(key)}` \|(.+)\|$",
                 section,
                 flags=re.M,
             )
@@ -164,6 +169,56 @@ def test_protocol_doc_example_frame_is_real() -> None:
     assert protocol.decode(frame) == protocol.Submit(
         mid=7, job_id="job-1", subject="math.square", payload={"n": 7}
     )
+    # The payload travels as the bytes of its encoding, the ones the text describes.
+    kept = protocol.decode(frame, decode_payloads=False)
+    assert kept.payload == protocol.Encoded(bytes.fromhex("a1616e07"))
+    assert "`h'a1616e07'`" in text and '"e": h\'a1616e07\'' in text
+    assert bytes.fromhex("6165" + "44" + "a1616e07") in frame  # key "e", bytes(4), {"n": 7}
+    # Sent plain instead (key "p"), the same message.
+    body = cbor2.dumps({"t": 3, "i": 7, "j": "job-1", "s": "math.square", "p": {"n": 7}})
+    assert '`"p": {"n": 7}`' in text
+    plain = protocol.decode(len(body).to_bytes(4, "big") + b"\x00" + body)
+    assert plain == protocol.decode(frame)
+
+
+def test_protocol_doc_describes_payloads() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    section = " ".join(_section(text, "Payloads").split())
+    key = protocol._payload.ENCODED_KEY
+    assert f"under key **`{key}`**" in section and "under key **`p`**" in section
+    assert "bytes (the CBOR encoding of any value) |" in text  # the types table
+    for limit in ("MAX_DEPTH", "64 nested containers", "1024 bytes", "63 deep"):
+        assert limit in section
+    # The tags refused in a payload are those its decoder refuses.
+    for tag in protocol._cbor.SEMANTIC_DECODERS:
+        if tag not in (2, 3):
+            assert f"{tag}" in section
+
+
+def test_protocol_doc_bundle_example_is_real() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    section = _section(text, "Bundle example")
+    match = re.search(r"whole frame \((\d+) bytes\):\n([0-9a-f]+) ([0-9a-f]+)\n", section)
+    assert match
+    frame = bytes.fromhex(match.group(2) + match.group(3))
+    assert len(frame) == int(match.group(1))
+    progress = protocol.Progress(mid=8, job_id="job-1", note="squaring")
+    result = protocol.Result(mid=9, cid=7, job_id="job-1", payload=49)
+    shown = (
+        "Progress(mid=8, job_id='job-1', note='squaring')\n"
+        "Result(mid=9, cid=7, job_id='job-1', payload=49)\n"
+    )
+    assert shown in section
+    items = [protocol.encode_item(progress), protocol.encode_item(result)]
+    assert protocol.bundle_frames(items, 1 << 20) == [frame]
+    assert protocol.FrameDecoder().feed(frame) == [progress, result]
+    # The payload 49 is the byte string h'1831', in the diagnostic and in the bytes shown.
+    assert protocol.to_array(result)[-1] == bytes.fromhex("1831")
+    assert ', true, h\'1831\']]' in section
+    header = re.search(r"header  ([0-9a-f]{8}) 00 +length (\d+), no flags", section)
+    assert header and int(header.group(1), 16) == int(header.group(2)) == len(frame) - 5
+    maps = len(protocol.encode(progress)) + len(protocol.encode(result))
+    assert f"take two frames and {maps} bytes" in section
 
 
 def test_protocol_doc_subject_examples_are_true() -> None:
