@@ -12,7 +12,9 @@ from ._child import Strategy as Strategy
 from ._child import process_child as process_child
 from ._connection import DEFAULT_CLOSE_TIMEOUT as DEFAULT_CLOSE_TIMEOUT
 from ._connection import DEFAULT_MAX_OUTGOING as DEFAULT_MAX_OUTGOING
+from ._connection import DEFAULT_MAX_OUTGOING_TOTAL as DEFAULT_MAX_OUTGOING_TOTAL
 from ._connection import DEFAULT_SEND_TIMEOUT as DEFAULT_SEND_TIMEOUT
+from ._connection import DEFAULT_WRITE_TIMEOUT as DEFAULT_WRITE_TIMEOUT
 from ._connection import Connection as Connection
 from ._dedup import DedupCache as DedupCache
 from ._errors import ActorCrashed as ActorCrashed

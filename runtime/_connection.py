@@ -12,7 +12,9 @@ factory that built it (:func:`runtime.open_connection`, :func:`runtime.serve`):
   them and writes them with one ``send_all`` (on a WebSocket: one binary message per
   frame), so that many small messages cost one system call;
 - the **heartbeat** (:mod:`runtime._heartbeat`) sleeps until the session's next deadline,
-  pings an idle line and declares a silent peer dead.
+  pings an idle line and declares a silent peer dead;
+- with a finite ``write_timeout``, the **write watch** (:mod:`runtime._outgoing`) closes the
+  connection as a slow consumer once a write has waited that long with no byte taken.
 
 Closing is an exchange: the side that closes sends Bye (or an Error), flushes, and lingers
 until the peer, told to go, closes its side (at most ``close_timeout``), so that nothing in
@@ -28,7 +30,8 @@ still be told, and the application sees :class:`ConnectionClosed` with ``code="i
 connection lets an :class:`Exception` out into its nursery.
 
 Sending never awaits (:meth:`Connection.send_nowait` encodes, appends and wakes the writer);
-the outgoing buffer is bounded and a peer that does not read gets :class:`SendBufferFull`.
+the outgoing buffer is bounded and a peer that does not read gets :class:`SendBufferFull`
+(or, with a finite ``write_timeout``, is cut once it has taken nothing for that long).
 The sending methods and the writer task are those of :class:`runtime._outgoing.Outgoing`,
 the class this one extends; the state they use is this class's.
 """
@@ -38,6 +41,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
@@ -48,7 +52,7 @@ import protocol
 from protocol import Bye, Error, ErrorCode, State, Welcome
 
 from ._heartbeat import run_heartbeat, watch_for_hello
-from ._outgoing import Outgoing
+from ._outgoing import Outgoing, OutgoingBudget
 from ._reader import run_reader
 from ._transport_errors import ConnectionClosed
 from ._wire import Wire
@@ -69,6 +73,13 @@ DEFAULT_CLOSE_TIMEOUT = 5.0
 DEFAULT_FLUSH_EVERY = 16
 #: Default time :meth:`Connection.send` waits for room in the outgoing buffer.
 DEFAULT_SEND_TIMEOUT = 10.0
+#: Default time a server-side write may wait with no byte taken by the peer before the
+#: peer is cut as a slow consumer (see :func:`runtime.serve`; a Connection's own default
+#: is no limit).
+DEFAULT_WRITE_TIMEOUT = 10.0
+#: Default bound of the bytes queued by all the connections of one server, in all (see
+#: :func:`runtime.serve`; a Connection's own default is no bound).
+DEFAULT_MAX_OUTGOING_TOTAL = 2**30
 
 
 def check_max_frame_size(n: int) -> None:
@@ -79,6 +90,12 @@ def check_max_frame_size(n: int) -> None:
             "max_frame_size must be at least protocol.MIN_MAX_FRAME"
             f" ({protocol.MIN_MAX_FRAME}), got {n}"
         )
+
+
+def check_write_timeout(seconds: float) -> None:
+    """Raise ValueError unless ``seconds`` is a write timeout (positive; ``math.inf``: none)."""
+    if not seconds > 0:
+        raise ValueError(f"write_timeout must be positive (math.inf: none), got {seconds!r}")
 
 
 @attrs.define(eq=False)
@@ -100,11 +117,18 @@ class Connection(Outgoing):
         ``protocol.MIN_MAX_FRAME`` (a smaller one raises ValueError at construction).
       max_outgoing: bound of the outgoing buffer in bytes.
       send_timeout: seconds :meth:`send` waits for room before :class:`SendBufferFull`.
+      write_timeout: seconds a write may wait with no byte taken by the peer before the
+        connection is cut as a slow consumer (:class:`ConnectionClosed` with
+        ``code="slow_consumer"``; see :mod:`runtime._outgoing`); ``math.inf``: never.
+      budget: the :class:`runtime._outgoing.OutgoingBudget` its queued bytes count in,
+        shared with the other connections of a server (by default its own, unbounded).
       flush_every: messages queued by :meth:`send_nowait` that are written at once
         (without waiting for the writer task), once the session bundles.
       close_timeout: seconds a graceful close may take before the transport is cut.
       next_mid: ``conn.next_mid()`` returns this connection's next message id (1, 2, ...);
         build every message sent on this connection with it (Hello conventionally uses 0).
+      decode_payloads: False keeps received payloads :class:`protocol.Encoded` (see
+        :class:`protocol.FrameDecoder`).
       on_hello: server side: called once, from the reader, when the peer's Hello has passed
         the session (:func:`runtime.serve` frees the connection's handshake slot with it).
       failure: the exception of ours that ended the connection (see the module docstring,
@@ -122,10 +146,12 @@ class Connection(Outgoing):
     max_outgoing: int = DEFAULT_MAX_OUTGOING
     send_timeout: float = DEFAULT_SEND_TIMEOUT
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
+    write_timeout: float = math.inf
     max_inbox: int = DEFAULT_MAX_INBOX
     flush_every: int = DEFAULT_FLUSH_EVERY
     hello_timeout: float | None = None
     on_hello: Callable[[], object] | None = None
+    decode_payloads: bool = True
     welcome: Welcome | None = attrs.field(default=None, init=False)
     failure: Exception | None = attrs.field(default=None, init=False)
     foreign_answer: bytes | None = attrs.field(default=None, init=False)
@@ -142,8 +168,17 @@ class Connection(Outgoing):
     _items: list[bytes] = attrs.field(init=False, factory=list)
     # The wire's way to write without waiting, if it has one (see :meth:`flush`).
     _try_send: Any = attrs.field(init=False, default=None)
+    # A write without waiting stopped part way: flush leaves the rest to the writer.
+    _send_blocked: bool = attrs.field(init=False, default=False)
     _queued_bytes: int = attrs.field(init=False, default=0)
     _inflight_bytes: int = attrs.field(init=False, default=0)
+    # What they count in, shared with the other connections of a server (see OutgoingBudget).
+    _budget: OutgoingBudget = attrs.field(factory=OutgoingBudget)
+    # When the writer's write under way began; the write watch, asleep until one begins
+    # (see Outgoing._watch_writes).
+    _write_began: float = attrs.field(init=False, default=0.0)
+    _watch_idle: bool = attrs.field(init=False, default=False)
+    _watch_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     _writer_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     _space_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     # Incoming: decoded messages not yet taken, the wire bytes they came from.
@@ -172,7 +207,10 @@ class Connection(Outgoing):
 
     def __attrs_post_init__(self) -> None:
         check_max_frame_size(self.max_frame_size)
-        self._decoder = protocol.FrameDecoder(max_frame_size=self.max_frame_size)
+        check_write_timeout(self.write_timeout)
+        self._decoder = protocol.FrameDecoder(
+            max_frame_size=self.max_frame_size, decode_payloads=self.decode_payloads
+        )
         # What the peer accepts, until its Hello or Welcome says: the protocol's default,
         # or our own limit if lower (a peer set up like this side).
         self._send_limit = min(self.max_frame_size, protocol.DEFAULT_MAX_FRAME_SIZE)
@@ -380,6 +418,31 @@ class Connection(Outgoing):
         for lot in (self._writer_lot, self._space_lot, self._receive_lot, self._inbox_lot):
             lot.unpark_all()
 
+    def _write_stalled(self, seconds: float) -> None:
+        """The peer has taken no byte of the write under way for ``seconds`` (at least
+        :attr:`write_timeout`): cut it as a slow consumer."""
+        waiting = self._queued_bytes + self._inflight_bytes
+        self._cut_slow_consumer(
+            f"slow consumer: {self.peer} took no bytes for {seconds:g} s ({waiting} bytes queued for it)"
+        )
+
+    def _over_budget(self, held: int, limit: int) -> None:
+        """The server's :class:`OutgoingBudget` is full and this connection holds the most of
+        it (``held`` bytes): cut it as a slow consumer to make room for the others."""
+        self._cut_slow_consumer(
+            f"slow consumer: {self.peer} held the most of the outgoing budget of {limit} bytes"
+            f" ({held} bytes queued for it)"
+        )
+
+    def _cut_slow_consumer(self, reason: str) -> None:
+        """Log ``reason`` once, close without a word (a write may have stopped in the middle
+        of a frame: no Error can follow it) and drop what was queued, at once."""
+        if self.closed:
+            return
+        logger.warning("%s; closing that connection", reason)
+        self._request_close(reason, code=ErrorCode.SLOW_CONSUMER, flush=False)
+        self._budget.used -= self._drop_queue()
+
     def _fail(self, exc: protocol.ProtocolError) -> None:
         """The peer broke the protocol: tell it, then close."""
         self._request_close(
@@ -394,6 +457,7 @@ class Connection(Outgoing):
         """Run the reader, writer and heartbeat until closed, then close the transport."""
         try:
             self.session.start(trio.current_time())
+            self._budget.join(self)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(run_reader, self)  # (contains its own failures)
@@ -402,6 +466,8 @@ class Connection(Outgoing):
                     nursery.start_soon(self._contained, "in the heartbeat of", run_heartbeat, self)
                 if self.hello_timeout is not None:
                     nursery.start_soon(self._contained, "waiting for the Hello of", watch_for_hello, self)
+                if self.write_timeout < math.inf:
+                    nursery.start_soon(self._contained, "watching the writes to", self._watch_writes)
                 task_status.started()
                 await self._close_requested.wait()
                 self._linger_scope.deadline = trio.current_time() + self.close_timeout
@@ -416,6 +482,7 @@ class Connection(Outgoing):
                 nursery.cancel_scope.cancel()
         finally:
             self.closed = True
+            self._budget.leave(self)  # (what is still queued is dropped)
             if self._close_info is None:
                 self._close_info = ("connection cancelled", None, False)
             await self._contained("closing the connection to", self._wire.aclose_forcefully)

@@ -23,10 +23,34 @@ the peer's own answer to its own limit). Writing never raises for a size.
 
 A failure of ours while writing (an exception from the wire that is not a lost transport)
 ends this connection only: see "Containment" in :mod:`runtime._connection`.
+
+**The write deadline**: the bound on the queue limits how much a peer that does not read
+can hold, not for how long. With a finite :attr:`~runtime.Connection.write_timeout`, a
+watch task closes the connection as a slow consumer once a write has waited that long with
+no byte taken by the peer. Progress is the end of a write, or what the peer's TCP
+acknowledged (:meth:`Wire.bytes_acked`, Linux): a peer that reads, however slowly, and a
+large write over a slow link that moves are never cut. The watch task sleeps while
+nothing is being written (the writer wakes it when a write begins: no timer runs on an idle
+connection), then reads that count four times per ``write_timeout``, so it sees progress
+late, never early: a peer is cut exactly ``write_timeout`` after a write began if it took
+nothing of it, else between ``write_timeout`` and 1.25 times that after it last took a
+byte. A transport that cannot say what its peer acknowledged (a memory stream) shows
+progress only when a write ends. The connection is then cut without a word: the write it stopped
+may end in the middle of a frame, so no Error can follow it (the peer was not reading it
+anyway).
+
+**The budget**: the deadline bounds for how long, not how much at once: a thousand peers
+that stop reading together could each hold ``max_outgoing`` until then. The connections
+of one server share an :class:`OutgoingBudget` (``serve(max_outgoing_total=...)``): what
+they have queued, in all, stays under its limit. A connection that would go over it makes
+room by cutting as slow consumers, in the same way, the connections that hold the most
+(never itself); when that is not enough, it gets :class:`SendBufferFull`.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,13 +64,79 @@ from ._transport_errors import ConnectionClosed, MessageTooLarge, SendBufferFull
 from ._wire import Wire
 
 _HEADER_SIZE = protocol.HEADER_SIZE
-_encode = protocol.encode
+
+
+def _encode(message: protocol.Message) -> bytes:
+    """A message alone in a frame: before bundling, so for a peer of protocol version 1
+    (or a handshake), whose payloads go plain (see :mod:`protocol._payload`)."""
+    return protocol.encode(message, plain_payloads=True)
+
+
 _encode_item = protocol.encode_item
 _encode_array = protocol.encode_array
 _message_of = protocol.message_of
 _BYE_KIND = Bye.KIND
 _BUNDLE_OVERHEAD = protocol.BUNDLE_OVERHEAD
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+@attrs.define(eq=False)
+class OutgoingBudget:
+    """A bound on the bytes queued, in all, by the connections that share it (a server's).
+
+    Each connection counts in :attr:`used` what it queues (what is being written included)
+    and takes out what is written or dropped, and :meth:`make_room` before going over
+    :attr:`limit` (see the module docstring). By default (a connection's own) there is no
+    limit. (A plain int, no converter: :attr:`used` changes once per message queued.)
+    """
+
+    limit: int = sys.maxsize
+    used: int = attrs.field(init=False, default=0)
+    _members: set[Outgoing] = attrs.field(init=False, factory=set, repr=False)
+
+    @classmethod
+    def of(cls, limit: float) -> OutgoingBudget:
+        """A budget of ``limit`` bytes (``math.inf``: no limit)."""
+        return cls(sys.maxsize if limit == math.inf else int(limit))
+
+    def join(self, member: Outgoing) -> None:
+        """``member`` runs: it may be cut to make room for others."""
+        self._members.add(member)
+
+    def leave(self, member: Outgoing) -> None:
+        """``member`` has ended: what it still counts (queued, unwritten) goes."""
+        self._members.discard(member)
+        self.used -= member._drop_queue()
+
+    def charge(self, size: int, member: Outgoing) -> None:
+        """Count ``size`` more bytes queued by ``member``, making room first if need be.
+
+        Raises:
+          SendBufferFull: as :meth:`make_room`.
+        """
+        if self.used + size > self.limit:
+            self.make_room(size, member)
+        self.used += size
+
+    def make_room(self, size: int, requester: Outgoing) -> None:
+        """Cut the members that hold the most, other than ``requester``, until ``size``
+        more bytes fit under the limit.
+
+        Raises:
+          SendBufferFull: even cutting every other member would not make room (then
+            none is cut).
+        """
+        if _held(requester) + size > self.limit:
+            raise SendBufferFull(self.limit)
+        while self.used + size > self.limit:
+            victim = max(self._members - {requester}, key=_held, default=None)
+            if victim is None or not _held(victim):  # (bytes of no member: not ours to cut)
+                raise SendBufferFull(self.limit)
+            victim._over_budget(_held(victim), self.limit)
+
+
+def _held(member: Outgoing) -> int:
+    return member._queued_bytes + member._inflight_bytes
 
 
 class Outgoing:
@@ -68,14 +158,20 @@ class Outgoing:
     max_frame_size: int
     max_outgoing: int
     send_timeout: float
+    write_timeout: float
     flush_every: int
     _send_limit: int
     _pending: list[bytes]
     _bundling: bool
     _items: list[bytes]
     _try_send: Any
+    _send_blocked: bool
     _queued_bytes: int
     _inflight_bytes: int
+    _budget: OutgoingBudget
+    _write_began: float
+    _watch_idle: bool
+    _watch_lot: trio.lowlevel.ParkingLot
     _writer_lot: trio.lowlevel.ParkingLot
     _space_lot: trio.lowlevel.ParkingLot
     _close_info: tuple[str, str | None, bool] | None
@@ -135,10 +231,16 @@ class Outgoing:
     def _enqueue(self, data: bytes, bundled: bool) -> None:
         """Queue encoded bytes (a bundle item, or a whole frame) within the bound."""
         size = len(data)
-        if not self._has_room(size):
+        queued = self._queued_bytes
+        used = queued + self._inflight_bytes  # (self._has_room, inline: once per message)
+        if used and used + size > self.max_outgoing:
             raise SendBufferFull(self.max_outgoing)
+        budget = self._budget  # (budget.charge, inline: once per message)
+        if budget.used + size > budget.limit:
+            budget.make_room(size, self)
+        budget.used += size
         (self._items if bundled else self._pending).append(data)
-        self._queued_bytes += size
+        self._queued_bytes = queued + size
 
     def flush(self) -> None:
         """Write what is queued: at once, when the transport takes it all without waiting
@@ -146,7 +248,9 @@ class Outgoing:
         if not (self._pending or self._items):
             return
         try_send = self._try_send
-        if try_send is not None and not self._inflight_bytes and not self.closed:
+        # (not again after a partial write until the writer has taken the rest: each try
+        # would join the whole backlog again, quadratic in a peer that does not read)
+        if try_send is not None and not self._inflight_bytes and not self.closed and not self._send_blocked:
             batch = self._take_batch()
             data = batch[0] if len(batch) == 1 else b"".join(batch)
             try:
@@ -155,17 +259,21 @@ class Outgoing:
                 self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
                 return
             except Exception as exc:  # ours, not the peer's: this connection ends, not the caller
+                self._budget.used -= self._queued_bytes
                 self._queued_bytes = 0  # (what was taken is dropped)
                 self._internal_failure(exc, "writing to")  # (the writer sends the Error)
                 return
             self.session.sent(trio.current_time())
             if sent == len(data):
+                self._budget.used -= self._queued_bytes
                 self._queued_bytes = 0
                 if self._space_lot:
                     self._space_lot.unpark_all()
                 return
             rest = data[sent:]
+            self._send_blocked = True  # the transport is full: the writer waits for room
             self._pending.insert(0, rest)  # before anything queued since (nothing yet)
+            self._budget.used += len(rest) - self._queued_bytes  # (in frames now, not items)
             self._queued_bytes = len(rest)
         if self._writer_lot:
             self._writer_lot.unpark_all()
@@ -218,6 +326,7 @@ class Outgoing:
         size = sum(map(len, frames))
         if not self._has_room(size):
             raise SendBufferFull(self.max_outgoing)
+        self._budget.charge(size, self)
         if bundling:
             self._items += frames
         else:
@@ -262,6 +371,7 @@ class Outgoing:
             bundling = self._bundling
             frame = self._item(message)
             size = len(frame)
+        self._budget.charge(size, self)
         (self._items if bundling else self._pending).append(frame)
         self._queued_bytes += size
         if type(message) is Bye:
@@ -316,12 +426,22 @@ class Outgoing:
             reason, code, clean = self._close_info
             raise ConnectionClosed(reason, code=code, clean=clean)
 
+    def _drop_queue(self) -> int:
+        """Drop everything queued or being written (the connection is being cut); return
+        how many bytes that was (still in the budget: the caller takes them out)."""
+        dropped = self._queued_bytes + self._inflight_bytes
+        self._pending = []
+        self._items = []
+        self._queued_bytes = self._inflight_bytes = 0
+        return dropped
+
     def _send_control(self, message: protocol.Message) -> None:
         """Queue a Ping, Pong, Bye or Error past the bound (they are tiny and few) and past
         the peer's frame limit (see the module docstring): never raises for a size."""
         frame = _encode_item(message) if self._bundling else _encode(message)
         (self._items if self._bundling else self._pending).append(frame)
         self._queued_bytes += len(frame)
+        self._budget.used += len(frame)
         if self._writer_lot:
             self._writer_lot.unpark_all()
 
@@ -340,8 +460,13 @@ class Outgoing:
                     await self._writer_lot.park()
                     continue
                 batch = self._take_batch()
+                self._send_blocked = False
                 self._inflight_bytes = self._queued_bytes
                 self._queued_bytes = 0
+                self._write_began = clock()
+                if self._watch_idle:  # (it sleeps until a write begins)
+                    self._watch_idle = False
+                    self._watch_lot.unpark_all()
                 try:
                     await wire.send_frames(batch)
                 except _LOST as exc:
@@ -351,15 +476,40 @@ class Outgoing:
                     # Ours, not a lost transport: this connection ends. The batch is
                     # dropped; the Error telling the peer goes next, if the wire still
                     # takes it (a second failure gives up: the close cuts the transport).
+                    self._budget.used -= self._inflight_bytes
                     self._inflight_bytes = 0
                     if failed:
                         return
                     failed = True
                     self._internal_failure(exc, "writing to")
                     continue
+                self._budget.used -= self._inflight_bytes
                 self._inflight_bytes = 0
                 session.sent(clock())
                 if self._space_lot:
                     self._space_lot.unpark_all()
         finally:
             self._writer_done.set()
+
+    # ------------------------------------------------------------------ the write deadline
+
+    async def _watch_writes(self) -> None:
+        """Close the connection as a slow consumer once a write has waited
+        :attr:`write_timeout` seconds with no byte taken (see the module docstring)."""
+        timeout = self.write_timeout
+        bytes_acked = self._wire.bytes_acked
+        acked = None
+        acked_moved = -math.inf
+        while True:
+            while not self._inflight_bytes:
+                self._watch_idle = True
+                await self._watch_lot.park()  # until the writer begins a write
+            now = trio.current_time()
+            latest = bytes_acked()
+            if latest != acked:  # the peer took bytes since the last look: count it now
+                acked, acked_moved = latest, now
+            waited_since = max(self._write_began, acked_moved)
+            if now - waited_since >= timeout:
+                self._write_stalled(now - waited_since)
+                return
+            await trio.sleep_until(min(waited_since + timeout, now + timeout / 4))

@@ -7,11 +7,20 @@ handler). Bad input or a protocol violation: the messages before it are delivere
 peer is sent an Error and the connection closes. When the application does not keep up,
 the reader stops (the inbox is bounded). An exception of ours -- the handler's, or a bug
 here -- ends this connection as an internal failure (see :mod:`runtime._connection`).
+
+Fairness: one frame may hold thousands of messages (a bundle), and what one message costs
+the handler is the application's business. A batch is handed to a ``dispatch_to``
+handler in slices; once a batch has taken :data:`FAIR_TURN` seconds of the process, the
+reader lets every other task run (a checkpoint) before its next slice, and slices shrink
+while they are slow. So a peer whose messages cost much delays the others by about one
+turn, not by its whole batch (the process is one thread: while a handler runs, every other
+connection waits).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -26,6 +35,36 @@ if TYPE_CHECKING:
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
 #: Bytes kept of a server's answer that is not this protocol (see ``foreign_answer``).
 FOREIGN_ANSWER_SIZE = 256
+#: Seconds of the process one batch may take before the reader lets others run.
+FAIR_TURN = 0.005
+#: Messages handed to a ``dispatch_to`` handler at once, at most (fewer while slow).
+FAIR_SLICE = 64
+
+_perf_counter = time.perf_counter
+
+
+async def _dispatch_fairly(conn: Connection, handler: Any, out: list[protocol.Message]) -> None:
+    """``handler(out)`` in slices, with a checkpoint whenever the batch has taken
+    :data:`FAIR_TURN` seconds (see the module docstring). Stops early if the connection
+    closes meanwhile (what it had not handled is dropped with the connection)."""
+    start = _perf_counter()
+    size = FAIR_SLICE
+    position = 0
+    count = len(out)
+    while position < count:
+        began = _perf_counter()
+        handler(out[position : position + size])
+        position += size
+        if position >= count:
+            return
+        now = _perf_counter()
+        if now - began > FAIR_TURN / 4 and size > 1:
+            size //= 2
+        if now - start > FAIR_TURN:
+            await trio.lowlevel.checkpoint()
+            if conn.closed:
+                return
+            start = _perf_counter()
 
 
 async def run_reader(conn: Connection) -> None:
@@ -136,7 +175,10 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
             handler = conn._handler
             if handler is not None:
                 try:
-                    handler(out)  # (Connection.dispatch_to)
+                    if len(out) <= FAIR_SLICE:
+                        handler(out)  # (Connection.dispatch_to)
+                    else:
+                        await _dispatch_fairly(conn, handler, out)
                 except Exception as exc:
                     # Whatever it raises (even a ConnectionClosed or a ProtocolError of
                     # some other connection's) is the application's failure: this

@@ -87,6 +87,7 @@ async def run_reconnecting(
     connect_timeout: float = 10,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    decode_payloads: bool = True,
 ) -> T:
     """Keep a session with a server going: connect, run ``session_fn``, reconnect on loss.
 
@@ -98,7 +99,7 @@ async def run_reconnecting(
 
     Args:
       url, ssl_context, heartbeat, max_frame_size, max_outgoing, connect_timeout,
-        send_timeout, close_timeout: as for :func:`runtime.open_connection`.
+        send_timeout, close_timeout, decode_payloads: as for :func:`runtime.open_connection`.
       session_fn: the work to do over each connection. Its normal return ends the loop.
         Let :class:`ConnectionClosed` out of it to reconnect (note that ``async for msg
         in conn`` ends quietly when the server says Bye; ``conn.receive()`` raises).
@@ -138,6 +139,7 @@ async def run_reconnecting(
                 connect_timeout=connect_timeout,
                 send_timeout=send_timeout,
                 close_timeout=close_timeout,
+                decode_payloads=decode_payloads,
             ) as conn:
                 connected = True
                 failures = 0

@@ -30,11 +30,15 @@ from . import _ws
 from ._connection import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_MAX_OUTGOING,
+    DEFAULT_MAX_OUTGOING_TOTAL,
     DEFAULT_SEND_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT,
     Connection,
     check_max_frame_size,
+    check_write_timeout,
     logger,
 )
+from ._outgoing import OutgoingBudget
 from ._transport_errors import ConnectionClosed, HandshakeError, TLSHandshakeFailed, WrongProtocol
 from ._url import Url, format_host, parse_url
 from ._wire import READ_SIZE, SocketWire, StreamWire, Wire
@@ -106,6 +110,7 @@ async def open_connection(
     connect_timeout: float = 10,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    decode_payloads: bool = True,
 ) -> AsyncIterator[Connection]:
     """Connect to a server, exchange Hello and Welcome, and yield the open connection.
 
@@ -121,6 +126,8 @@ async def open_connection(
       connect_timeout: seconds for connecting, the TLS/WebSocket handshake and the Welcome.
       send_timeout: seconds :meth:`Connection.send` waits for room in the buffer.
       close_timeout: seconds a graceful close may take.
+      decode_payloads: False keeps received payloads :class:`protocol.Encoded` (see
+        :class:`protocol.FrameDecoder`): the receiver decodes each itself.
 
     Raises:
       WrongProtocol: what answered does not speak the protocol of the URL's scheme (an
@@ -162,6 +169,7 @@ async def open_connection(
                 max_outgoing=max_outgoing,
                 send_timeout=send_timeout,
                 close_timeout=close_timeout,
+                decode_payloads=decode_payloads,
             )
             async with running(conn):
                 try:
@@ -357,6 +365,9 @@ async def serve(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    decode_payloads: bool = True,
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+    max_outgoing_total: float = DEFAULT_MAX_OUTGOING_TOTAL,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``url`` and run ``await handler(conn)`` for each accepted connection.
@@ -384,7 +395,19 @@ async def serve(
       max_outgoing: bound of each connection's outgoing buffer in bytes.
       handshake_timeout: seconds a new connection has for its TLS/WebSocket handshake,
         and again for its Hello.
-      send_timeout, close_timeout: as for :func:`open_connection`.
+      send_timeout, close_timeout, decode_payloads: as for :func:`open_connection` (a
+        broker passes ``decode_payloads=False``: it forwards payloads undecoded).
+      write_timeout: seconds a write to a peer may wait with no byte taken (its TCP
+        acknowledged none) before that peer is cut as a slow consumer (logged once; the
+        handler sees :class:`ConnectionClosed` with ``code="slow_consumer"``), so that a
+        peer that never reads cannot hold ``max_outgoing`` bytes for as long as it likes;
+        a peer that reads, however slowly, is not cut. ``math.inf``: never.
+      max_outgoing_total: bound of the bytes queued for all the connections of this
+        listener, in all (1 GiB): a connection that would go over it makes room by cutting
+        the connections that hold the most as slow consumers (logged once each, as for
+        ``write_timeout``), or gets :class:`SendBufferFull` if that is not enough; so that
+        many peers that stop reading at once cannot each hold ``max_outgoing``.
+        ``math.inf``: no bound.
       task_status: receives the URL actually bound (with the real port) once listening.
 
     A connection over one of the limits is refused as soon as it is accepted, before any
@@ -414,6 +437,10 @@ async def serve(
     ):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    check_write_timeout(write_timeout)
+    if not max_outgoing_total > 0:
+        raise ValueError(f"max_outgoing_total must be positive (math.inf: none), got {max_outgoing_total!r}")
+    budget = OutgoingBudget.of(max_outgoing_total)
     check_max_frame_size(max_frame_size)
     parsed = parse_url(url)
     _check_ssl(parsed, ssl_context, server=True)
@@ -441,8 +468,11 @@ async def serve(
                     max_outgoing=max_outgoing,
                     send_timeout=send_timeout,
                     close_timeout=close_timeout,
+                    write_timeout=write_timeout,
+                    budget=budget,
                     hello_timeout=handshake_timeout,
                     on_hello=ticket.hello_passed,
+                    decode_payloads=decode_payloads,
                 )
                 async with running(conn):
                     try:

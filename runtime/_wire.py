@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Protocol
 
 import attrs
@@ -38,6 +39,41 @@ class Wire(Protocol):
 
     async def aclose_forcefully(self) -> None: ...
 
+    def bytes_acked(self) -> int | None:
+        """How many bytes the peer has taken so far (its TCP acknowledged them), or None
+        when the transport cannot say (not TCP, or not Linux). Only changes matter: a
+        count that moves shows that the peer reads (see ``Connection.write_timeout``)."""
+        ...
+
+
+def socket_under(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The TCP socket under ``stream`` (a SocketStream, or a TLS stream over one)."""
+    while not isinstance(stream, trio.SocketStream):
+        inner = getattr(stream, "transport_stream", None)
+        if inner is None:
+            return None
+        stream = inner
+    return stream.socket
+
+
+#: Linux's ``struct tcp_info``: where ``tcpi_bytes_acked`` (a u64, Linux 4.2 and later) is
+#: (other systems' ``tcp_info`` differ: they get None).
+_BYTES_ACKED = slice(120, 128)
+_TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
+
+
+def tcp_bytes_acked(sock: socket.socket | trio.socket.SocketType | None) -> int | None:
+    """The bytes of this socket that its peer's TCP acknowledged (Linux), else None."""
+    if sock is None or _TCP_INFO is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _BYTES_ACKED.stop)
+    except OSError:  # closed, or not TCP
+        return None
+    if len(info) < _BYTES_ACKED.stop:
+        return None
+    return int.from_bytes(info[_BYTES_ACKED], sys.byteorder)
+
 
 @attrs.define(eq=False)
 class StreamWire:
@@ -57,6 +93,9 @@ class StreamWire:
 
     async def aclose_forcefully(self) -> None:
         await trio.aclose_forcefully(self.stream)
+
+    def bytes_acked(self) -> int | None:
+        return tcp_bytes_acked(socket_under(self.stream))
 
 
 #: Reads in a row that found data waiting, after which the socket wire yields to the
@@ -142,6 +181,9 @@ class SocketWire:
 
     async def aclose_forcefully(self) -> None:
         self._close()
+
+    def bytes_acked(self) -> int | None:
+        return tcp_bytes_acked(self._sock)
 
     def _close(self) -> None:
         sock = self._sock

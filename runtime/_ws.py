@@ -3,8 +3,14 @@
 Writes are batched as on a byte stream: the frames queued together become as many
 WebSocket messages, encoded by trio-websocket's wsproto connection and written with one
 ``send_all`` under trio-websocket's own send lock (its public ``send_message`` writes one
-message per call). If a trio-websocket release lacks those internals, each frame goes
-through ``send_message`` instead: slower, the same bytes on the wire.
+message per call). That uses five private attributes of ``WebSocketConnection``
+(:data:`INTERNALS`), tested with trio-websocket 0.12 (``pyproject.toml`` pins
+``>=0.12,<0.13``). If a release renames or drops any of them, each wire sees it when it is
+made (``hasattr``) and sends each frame through the public ``send_message`` instead: the
+same bytes on the wire, one write per frame instead of one per batch (slower under load,
+nothing else). Setting the environment variable ``ACTORS_WS_PUBLIC_ONLY=1`` forces that
+public path; the suite runs a cluster over WebSocket both ways
+(``tests/test_ws_batching.py``).
 
 trio-websocket's own reader task runs in the connection's nursery under a cancel scope of
 ours, so that a failed opening handshake (rejected, garbage instead of HTTP, dropped) wakes
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -32,6 +39,12 @@ import protocol
 
 from ._transport_errors import ConnectionClosed, HandshakeError, WrongProtocol
 from ._url import Url, format_host
+from ._wire import socket_under, tcp_bytes_acked
+
+#: The private attributes of ``trio_websocket.WebSocketConnection`` that batched writes use.
+INTERNALS = ("_wsproto", "_stream_lock", "_stream", "_close_reason", "_abort_web_socket")
+#: Whether batched writes may use them (see the module docstring); tests may set it False.
+USE_INTERNALS = os.environ.get("ACTORS_WS_PUBLIC_ONLY", "") not in ("1", "true", "yes")
 
 #: Messages trio-websocket may hold between its reader task and ours.
 MESSAGE_QUEUE_SIZE = 4
@@ -95,10 +108,7 @@ class WebSocketWire:
         self._ws = ws
         self._stream = stream
         self._guard = guard
-        self._batched = all(
-            hasattr(ws, name)
-            for name in ("_wsproto", "_stream_lock", "_stream", "_close_reason", "_abort_web_socket")
-        )
+        self._batched = USE_INTERNALS and all(hasattr(ws, name) for name in INTERNALS)
 
     async def send_frames(self, frames: list[bytes]) -> None:
         ws = self._ws
@@ -145,6 +155,9 @@ class WebSocketWire:
     async def aclose_forcefully(self) -> None:
         self._guard.task_scope.cancel()
         await trio.aclose_forcefully(self._stream)
+
+    def bytes_acked(self) -> int | None:
+        return tcp_bytes_acked(socket_under(self._stream))
 
 
 async def client_wire(

@@ -571,16 +571,19 @@ async def test_a_flush_larger_than_the_socket_takes_is_finished_by_the_writer_in
             assert 0 < conn._queued_bytes == len(conn._pending[0]) < total
             assert len(conn._writer_lot) == 0 and writes == []
 
-            # Queued and flushed before the writer ran: sent (or queued) after that rest.
+            # Queued and flushed before the writer ran: not tried again while the socket is
+            # full (each try would join the whole backlog again), left for the writer.
             second = [publish(conn, ["second", i]) for i in range(10)]
             for message in second:
                 conn.queue_nowait(message)
             conn.flush()
-            assert conn._items == [] and len(conn._pending) == 1
+            assert len(conn._items) == 10 and len(conn._pending) == 1
 
-            # The writer takes it and waits for room; what is flushed now waits for it.
+            # The writer takes both, in one write (the rest, then the second's bundle), and
+            # waits for room; what is flushed now waits for it.
             await trio.testing.wait_all_tasks_blocked()
-            assert writes == [1] and conn._inflight_bytes > 0 and conn._pending == []
+            assert writes == [2] and conn._inflight_bytes > 0 and conn._pending == []
+            assert conn._items == []
             third = [publish(conn, ["third", i]) for i in range(10)]
             for message in third:
                 conn.send_nowait(message)
@@ -593,7 +596,7 @@ async def test_a_flush_larger_than_the_socket_takes_is_finished_by_the_writer_in
                 await trio.lowlevel.checkpoint()
             assert raw.messages == big + second + third
             await trio.testing.wait_all_tasks_blocked()
-            assert writes == [1, 1]  # the rest, then what was queued behind it
+            assert writes == [2, 1]  # the rest and the second, then what was queued behind them
             assert conn._queued_bytes == conn._inflight_bytes == 0
 
 

@@ -8,6 +8,7 @@ import functools
 import math
 import ssl
 import struct
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -357,6 +358,36 @@ async def test_handler_errors_end_that_connection_only(env: Env, nursery: trio.N
         assert info.value.message == "internal error: ValueError"
         async with env.connect(url, name="fine") as conn:  # serve goes on
             assert conn.welcome is not None
+
+
+async def test_a_peer_that_never_reads_is_cut_as_a_slow_consumer(env: Env, nursery: trio.Nursery) -> None:
+    # (tests/test_outgoing.py has the rest: exact times, slow readers that are not cut.)
+    ended: list[runtime.ConnectionClosed] = []
+    acked: list[int | None] = []
+    done = trio.Event()
+
+    async def handler(conn: runtime.Connection) -> None:
+        hello = await conn.receive()
+        conn.send_nowait(welcome_for(conn, hello))
+        acked.append(conn._wire.bytes_acked())  # (the TCP under TLS and WebSocket too)
+        try:
+            for _ in range(256):  # 16 MiB: more than the kernel's buffers hold
+                conn.send_nowait(publish(conn, payload=b"x" * 65536))
+            await conn.receive()
+        except runtime.ConnectionClosed as exc:
+            ended.append(exc)
+        finally:
+            done.set()
+
+    url = await env.serve(nursery, handler, write_timeout=0.3, max_outgoing=64 * 2**20)
+    with trio.fail_after(20):
+        async with env.raw(url) as raw:
+            await raw.send(Hello(mid=0, role="client"))
+            await done.wait()  # the raw client reads nothing
+    (closed,) = ended
+    assert closed.code == ErrorCode.SLOW_CONSUMER and "took no bytes" in closed.reason
+    if sys.platform == "linux":
+        assert isinstance(acked[0], int)
 
 
 async def test_silent_client_gets_hello_timeout(

@@ -3,6 +3,7 @@ binary WebSocket messages in one ``send_all`` (each frame still one message)."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -70,4 +71,34 @@ async def test_without_the_internals_each_frame_is_sent_alone(
             for frame in frames:
                 assert await server_wire_.receive() == frame
             assert counting.writes - writes_before == 3
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("internals", [True, False], ids=["batched", "public-api-only"])
+async def test_a_cluster_over_websocket_works_with_and_without_the_internals(
+    monkeypatch: pytest.MonkeyPatch, internals: bool
+) -> None:
+    """The same jobs, results and published messages over ws://, whether writes use
+    trio-websocket's internals or only its public ``send_message`` (as with a release that
+    renamed them, or ``ACTORS_WS_PUBLIC_ONLY=1``)."""
+    import runtime._ws
+    from actors import Client, Leader, WorkerRunner
+    from tests.test_jobs_e2e import Echo
+
+    monkeypatch.setattr(runtime._ws, "USE_INTERNALS", internals)
+    leader = Leader(listen=["ws://127.0.0.1:0"])
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            (url,) = await nursery.start(leader.run)
+            runner = WorkerRunner(Echo(), url, name="echo-ws")
+            await nursery.start(runner.run)
+            async with Client.connect(url) as client:
+                assert client._conn is not None
+                assert client._conn._wire._batched is internals
+                got = [r async for r in client.map("echo.x", range(200), limit=50)]
+                assert sorted(g["echo"] for g in got) == list(range(200))
+                async with client.subscribe("news.>") as sub:
+                    await client.publish("news.a", {"n": 1}, qos=1)
+                    assert (await sub.receive()).payload == {"n": 1}
             nursery.cancel_scope.cancel()
