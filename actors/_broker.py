@@ -9,6 +9,10 @@ without an event loop, at exact times.
 Per job the work is O(1) in the number of jobs: a dict lookup for dedup, a deque per
 subject, a dict per worker for what it holds (in assignment order, so with one ack timeout
 the first entry has the earliest deadline), and a heap only for jobs waiting out a backoff.
+Nor does one message cost the leader in proportion to the queues: a worker with room
+visits only the queues whose jobs found none (``WorkerLink.hungry``), a joining worker's
+patterns are asked about each queue once (:class:`~actors._links.PatternSet`), and idle
+queues are dropped by dict, a scan at most every thousand new subjects.
 """
 
 from __future__ import annotations
@@ -30,23 +34,26 @@ from protocol import (
     Ack,
     Assign,
     Cancel,
+    Encoded,
     Error,
     ErrorCode,
     Nack,
     Progress,
+    Publish,
     Query,
     Result,
     SubjectIndex,
     Submit,
+    Subscribe,
+    Unsubscribe,
     encode_array,
 )
 from runtime import Backoff, DedupCache, MessageTooLarge
 
 from ._jobs import JobRecord, JobState, Journal, StoredResult
-from ._links import ClientLink, GroupStats, SubjectQueue, WorkerLink
-from ._pubsub import PubSub
+from ._links import ClientLink, GroupStats, PatternSet, SubjectQueue, WorkerLink
+from ._pubsub import PubSubRouter
 from ._redelivery import Redelivery, _waits_until
-from ._retained import RetainedMessages
 from ._routing import EXACT_LEAST_LOADED as EXACT_LEAST_LOADED  # (re-exported: tests)
 from ._routing import LEAST_LOADED_SAMPLES as LEAST_LOADED_SAMPLES
 from ._routing import pick_worker
@@ -88,14 +95,17 @@ class BrokerConfig:
       ack_timeout: seconds a worker has to answer a job (Progress extends it).
       max_attempts: deliveries of a QoS 1 job before it is dead-lettered.
       retry_backoff: delay before redelivery, by attempt number.
-      max_queued: jobs waiting (queued or in backoff) before submits are answered ``busy``.
+      max_queued: jobs accepted and not finished (queued, in backoff or held by a worker)
+        before submits are answered ``busy``.
       dedup_window: seconds a finished job's result is kept for resubmissions.
       dedup_capacity: results kept at most (the oldest go first).
       max_retained: subjects whose last published message is retained, at most.
       max_dead_letters: dead-lettered jobs kept for inspection.
-      max_queued_bytes: bytes of the jobs waiting (payload, subject, headers and a fixed
+      max_queued_bytes: bytes of those jobs (payload, subject, headers and a fixed
         overhead of :data:`JOB_OVERHEAD` each), in total, before submits are answered
-        ``busy``.
+        ``busy``. A job counts from its acceptance until it finishes, running or not (the
+        leader keeps its payload for redelivery): a worker with a large window cannot
+        make the leader hold more.
       max_queued_per_subject, max_queued_bytes_per_subject: the same limits for the jobs
         of one subject (so that a subject nobody serves cannot fill the leader).
       max_queued_per_client, max_queued_bytes_per_client: the same limits for the jobs one
@@ -130,7 +140,8 @@ class BrokerConfig:
     max_dead_letters: int = 1_000
     max_queued_bytes: int = 256 * 2**20
     max_queued_per_subject: int = 25_000
-    max_queued_bytes_per_subject: int = 64 * 2**20
+    # (128 MiB: the jobs its workers run count too, e.g. 8 of 10 MB at once, 4 running)
+    max_queued_bytes_per_subject: int = 128 * 2**20
     max_queued_per_client: int = 10_000
     max_queued_bytes_per_client: int = 32 * 2**20
     max_queue_time: float | None = 3600.0
@@ -144,12 +155,12 @@ class BrokerConfig:
     restart_grace: float = 30.0
 
 
-class Broker(Redelivery, PubSub):
+class Broker(Redelivery):
     """Queues jobs per subject and hands them to workers against their credit.
 
     Retry and timers come from :class:`~actors._redelivery.Redelivery`, publish/subscribe
-    from :class:`~actors._pubsub.PubSub`, the choice of a worker for each job from
-    :func:`~actors._routing.pick_worker`.
+    from its :class:`~actors._pubsub.PubSubRouter` (:attr:`pubsub`), the choice of a
+    worker for each job from :func:`~actors._routing.pick_worker`.
 
     Args:
       config: delivery settings.
@@ -176,8 +187,14 @@ class Broker(Redelivery, PubSub):
         self.queues: dict[str, SubjectQueue] = {}
         self.workers: dict[WorkerLink, None] = {}
         self.worker_index = SubjectIndex()
-        self.sub_index = SubjectIndex()
-        self.retained = RetainedMessages(self.config.max_retained, self.config.max_retained_bytes)
+        self.pubsub = PubSubRouter(
+            self.worker_index,
+            max_frame=self.config.max_frame,
+            max_subscriptions=self.config.max_subscriptions,
+            max_retained=self.config.max_retained,
+            max_retained_bytes=self.config.max_retained_bytes,
+        )
+        self.retained = self.pubsub.retained  # (the router's: statistics read it here)
         # Patterns whose last worker went away, with when that stops counting as "a
         # worker for it will be back" (see restart_grace), oldest first.
         self._departed: dict[str, float] = {}
@@ -193,8 +210,11 @@ class Broker(Redelivery, PubSub):
         self._suggest_at = 0.0
         self.dead_letters: deque[dict[str, Any]] = deque(maxlen=self.config.max_dead_letters)
         self.group_stats: dict[str, GroupStats] = {}
-        self.waiting_count = 0  # queued + retry_wait
-        self.waiting_bytes = 0
+        # Bytes of the accepted, unfinished jobs (those of self.jobs): the byte limits
+        # count a job from its acceptance to its end, queued or held by a worker.
+        self.job_bytes = 0
+        # When the queues reach this many, idle ones are dropped (_drop_idle_queues).
+        self._drop_queues_at = MAX_SUBJECT_QUEUES
         self.dead_letter_bytes = 0
         self._dead_letter_sizes: deque[int] = deque()
         self._retry_heap: list[tuple[float, int, JobRecord]] = []
@@ -205,7 +225,6 @@ class Broker(Redelivery, PubSub):
         self._expiry_heap: list[tuple[float, int, JobRecord]] = []
         self._soonest = float("inf")  # earliest deadline made since take_soonest()
         self._seq = itertools.count()
-        self._queue_rr: dict[str, int] = {}
         self._done_window_start = 0.0
         self._done_in_window = 0
         self._done_rate = 0.0
@@ -222,10 +241,18 @@ class Broker(Redelivery, PubSub):
             self.worker_index.add(pattern, worker)
         if worker.mode == "broadcast":
             return
+        # Each queue's subject is asked once of the worker's own patterns (not of the
+        # index, which would list every registration that matches it): a Hello of many
+        # patterns costs about one short walk per queue.
+        serves = PatternSet(worker.patterns).matches
+        queues = worker.queues
+        hungry = worker.hungry
         for queue in self.queues.values():
-            if self._serves(worker, queue.subject):
+            if serves(queue.subject):
                 queue.candidates.append(worker)
-                worker.queues.append(queue)
+                queues[queue] = None
+                if queue.pending or queue.starved:
+                    hungry[queue] = None
         self._feed(worker, now)
 
     def _group_stats(self, group: str) -> GroupStats:
@@ -263,6 +290,7 @@ class Broker(Redelivery, PubSub):
         for queue in worker.queues:
             queue.candidates.remove(worker)
         worker.queues.clear()
+        worker.hungry.clear()
         held = list(worker.inflight.values())
         worker.inflight.clear()
         worker.deadlines.clear()
@@ -272,16 +300,13 @@ class Broker(Redelivery, PubSub):
         backlog = list(worker.backlog)
         worker.backlog.clear()
         for job in reversed(backlog):
-            if job.state is JobState.QUEUED:  # (still counted as waiting)
+            if job.state is JobState.QUEUED:
                 self._enqueue(job, now, front=True)
 
     def set_window(self, worker: WorkerLink, credit: int, now: float) -> None:
         """A worker changed its credit window (0 = send nothing more)."""
         worker.window = min(credit, self.config.max_window)
         self._feed(worker, now)
-
-    def _serves(self, worker: WorkerLink, subject: str) -> bool:
-        return worker in self.worker_index.match(subject)
 
     # ------------------------------------------------------------------ clients
 
@@ -292,9 +317,25 @@ class Broker(Redelivery, PubSub):
             if job is not None:
                 job.waiters = [w for w in job.waiters if w[0] is not client]
         client.waiting.clear()
-        for sub in client.subscriptions.values():
-            self.sub_index.remove(sub.pattern, sub)
-        client.subscriptions.clear()
+        self.pubsub.client_left(client)
+
+    # ------------------------------------------------------------------ publish/subscribe
+
+    def publish(self, client: ClientLink | WorkerLink, msg: Publish, now: float) -> None:
+        """A client or worker published ``msg`` (see :meth:`PubSubRouter.publish`)."""
+        self.pubsub.publish(client, msg, now)
+
+    def subscribe(self, client: ClientLink, msg: Subscribe, now: float) -> None:
+        """A client subscribed (see :meth:`PubSubRouter.subscribe`)."""
+        self.pubsub.subscribe(client, msg, now)
+
+    def unsubscribe(self, client: ClientLink, msg: Unsubscribe) -> None:
+        """A client ended a subscription (unknown sids are ignored)."""
+        self.pubsub.unsubscribe(client, msg)
+
+    def _route_publish(self, subject: str, payload: Any, headers: dict[str, str], now: float) -> None:
+        """Publish a message of the leader's own (a dead letter, for Redelivery)."""
+        self.pubsub.route(subject, payload, headers)
 
     # ------------------------------------------------------------------ jobs in
 
@@ -304,8 +345,8 @@ class Broker(Redelivery, PubSub):
 
         Refused, with an Error answering the submit: ``too_large`` when the Assign that
         carries it could not be forwarded within :attr:`BrokerConfig.max_frame`; ``busy``
-        (with ``retry_after``) when the jobs waiting in total, for its subject or from this
-        client are at their limit in count or bytes.
+        (with ``retry_after``) when the jobs accepted and not finished (queued or running)
+        in total, of its subject or from this client are at their limit in count or bytes.
         """
         job_id = msg.job_id
         job = self.jobs.get(job_id)
@@ -342,7 +383,14 @@ class Broker(Redelivery, PubSub):
                 f" leader's frame limit of {self.config.max_frame} bytes",
             )
             return
-        queue = self._queue(subject)
+        # Every accepted job counts against the limits until it finishes, whether it
+        # waits or a worker holds it (the leader keeps its payload for redelivery). They
+        # are checked first: a refused submit to a new subject makes no queue.
+        queue = self.queues.get(subject)
+        if self._over_limits(client, msg, queue, size):
+            return
+        if queue is None:
+            queue = self._queue(subject)
         config = self.config
         route_until = 0.0
         if not queue.candidates and not msg.wait_for_worker:
@@ -363,21 +411,18 @@ class Broker(Redelivery, PubSub):
             submitted_max_attempts=msg.max_attempts,
             size=size,
             owner=client,
+            queue=queue,
         )
+        self._accepted(job, client, msg.mid, queue)
         worker = None
         if not route_until and not queue.pending:
             # Nothing queued ahead of it: straight to a worker with room, if there is one
-            # (what _dispatch would do, without the trip through the queue). A job that
-            # does not wait is not counted by the queue limits.
+            # (what _dispatch would do, without the trip through the queue).
             worker = pick_worker(queue, job, self.rng)
             if worker is not None and len(worker.inflight) < worker.window:
-                self._accepted(job, client, msg.mid, queue)
                 self._assign(job, worker, now)
                 return
-        if self._over_limits(client, msg, queue, size):
-            return
-        self._accepted(job, client, msg.mid, queue)
-        self._start_waiting(job, queue, now)
+        self._start_waiting(job, now)
         if route_until:  # no worker yet, but one may come: it waits that long for one
             job.awaiting_route = True
             job.wait_deadline = min(job.wait_deadline, route_until)
@@ -389,52 +434,70 @@ class Broker(Redelivery, PubSub):
             worker.backlog.append(job)
             return
         queue.pending.append(job)
-        if len(queue.pending) == 1 and worker is None and queue.candidates:
-            return  # (pick_worker found no room just now: nothing to dispatch)
+        if len(queue.pending) == 1 and queue.candidates:
+            # (pick_worker found no room just now: nothing to dispatch; its workers look
+            # here when they have room)
+            if not queue.starved:
+                self._starve(queue)
+            return
         self._dispatch(queue, now)
 
     def _accepted(self, job: JobRecord, client: ClientLink, mid: int, queue: SubjectQueue) -> None:
-        """Register a job just accepted: its first waiter, the journal, the counters."""
+        """Register a job just accepted: its first waiter, the journal, the counters (the
+        limits count it until it finishes: see :meth:`_finish`)."""
         job.waiters.append((client, mid))
         client.waiting[job.job_id] = None
         self.jobs[job.job_id] = job
+        size = job.size
+        self.job_bytes += size
+        queue.jobs += 1
+        queue.job_bytes += size
+        client.jobs += 1
+        client.job_bytes += size
         if self.journal is not None:
             self.journal(job, JobState.QUEUED, JobState.QUEUED)
         queue.submitted += 1
 
-    def _over_limits(self, client: ClientLink, msg: Submit, queue: SubjectQueue, size: int) -> bool:
-        """Whether a job of ``size`` bytes that must wait is over a queue limit (then
-        its submit is answered ``busy``, naming the limit)."""
+    def _over_limits(
+        self, client: ClientLink, msg: Submit, queue: SubjectQueue | None, size: int
+    ) -> bool:
+        """Whether one more job of ``size`` bytes is over a limit of the jobs accepted and
+        not finished (queued or held by a worker), in total, of its subject (``queue``;
+        None: a subject with none) or of its client (then its submit is answered
+        ``busy``, naming the limit)."""
         config = self.config
-        if (
-            self.waiting_count >= config.max_queued
-            or self.waiting_bytes + size > config.max_queued_bytes
-        ):
+        jobs = len(self.jobs)
+        if jobs >= config.max_queued or self.job_bytes + size > config.max_queued_bytes:
             self._refuse_busy(
                 client, msg,
-                f"leader queue is full ({self.waiting_count} jobs, {self.waiting_bytes} bytes"
-                f" waiting; limits {config.max_queued} jobs, {config.max_queued_bytes} bytes)",
+                f"leader queue is full ({jobs} jobs, {self.job_bytes} bytes queued or running;"
+                f" limits {config.max_queued} jobs, {config.max_queued_bytes} bytes)",
             )
             return True
+        if queue is None:
+            subject_jobs = subject_bytes = 0
+        else:
+            subject_jobs = queue.jobs
+            subject_bytes = queue.job_bytes
         if (
-            queue.queued >= config.max_queued_per_subject
-            or queue.queued_bytes + size > config.max_queued_bytes_per_subject
+            subject_jobs >= config.max_queued_per_subject
+            or subject_bytes + size > config.max_queued_bytes_per_subject
         ):
             self._refuse_busy(
                 client, msg,
-                f"queue of subject {msg.subject} is full ({queue.queued} jobs,"
-                f" {queue.queued_bytes} bytes waiting; limits {config.max_queued_per_subject}"
+                f"queue of subject {msg.subject} is full ({subject_jobs} jobs,"
+                f" {subject_bytes} bytes queued or running; limits {config.max_queued_per_subject}"
                 f" jobs, {config.max_queued_bytes_per_subject} bytes per subject)",
             )
             return True
         if (
-            client.queued >= config.max_queued_per_client
-            or client.queued_bytes + size > config.max_queued_bytes_per_client
+            client.jobs >= config.max_queued_per_client
+            or client.job_bytes + size > config.max_queued_bytes_per_client
         ):
             self._refuse_busy(
                 client, msg,
-                f"this connection has {client.queued} jobs ({client.queued_bytes} bytes)"
-                f" waiting; limits {config.max_queued_per_client} jobs,"
+                f"this connection has {client.jobs} jobs ({client.job_bytes} bytes)"
+                f" queued or running; limits {config.max_queued_per_client} jobs,"
                 f" {config.max_queued_bytes_per_client} bytes per client",
             )
             return True
@@ -444,9 +507,14 @@ class Broker(Redelivery, PubSub):
         """Whether ``payload`` is the payload ``known`` of job ``job_id``: the same once
         encoded canonically (a NaN is not equal to itself, but encodes the same; 1 and 1.0
         are equal, but do not), encoding ``known`` only once however often it is
-        resubmitted: a flood of resubmits of a large job costs what the resubmits weigh."""
+        resubmitted: a flood of resubmits of a large job costs what the resubmits weigh.
+
+        Payloads from the wire are :class:`~protocol.Encoded`: the same when their bytes
+        are (a client repeats its own encoding; the leader never decodes a payload)."""
         if known is payload:
             return True
+        if type(known) is Encoded and type(payload) is Encoded:
+            return known.data == payload.data
         digests = self._digests
         digest = digests.get(job_id)
         if digest is None or digest[0] is not known:
@@ -516,38 +584,15 @@ class Broker(Redelivery, PubSub):
 
     # ------------------------------------------------------------------ waiting jobs
 
-    def _start_waiting(self, job: JobRecord, queue: SubjectQueue, now: float) -> None:
-        """Count ``job`` as waiting (queued or in backoff) in the queue limits, and give
-        it the time it may wait (``max_queue_time``, or the client's timeout if sooner)."""
-        size = job.size
-        self.waiting_count += 1
-        self.waiting_bytes += size
-        queue.queued += 1
-        queue.queued_bytes += size
-        owner = job.owner
-        if owner is not None:
-            owner.queued += 1
-            owner.queued_bytes += size
+    def _start_waiting(self, job: JobRecord, now: float) -> None:
+        """``job`` begins to wait for a worker (queued, or in backoff): give it the time
+        it may wait (``max_queue_time``, or the client's timeout if sooner)."""
         limit = self.config.max_queue_time
         deadline = _INF if limit is None else now + limit
         expires = job.expires_at
         if expires is not None and expires < deadline:
             deadline = expires
         job.wait_deadline = deadline
-
-    def _stop_waiting(self, job: JobRecord) -> None:
-        """``job`` no longer waits: uncount it (see :meth:`_start_waiting`)."""
-        size = job.size
-        self.waiting_count -= 1
-        self.waiting_bytes -= size
-        queue = self.queues.get(job.subject)
-        if queue is not None:
-            queue.queued -= 1
-            queue.queued_bytes -= size
-        owner = job.owner
-        if owner is not None:
-            owner.queued -= 1
-            owner.queued_bytes -= size
 
     def _watch_expiry(self, job: JobRecord) -> None:
         """Have :meth:`handle_timer` expire ``job`` at its wait deadline if still queued."""
@@ -561,7 +606,7 @@ class Broker(Redelivery, PubSub):
             heapq.heappush(self._expiry_heap, (deadline, next(self._seq), job))
         if deadline < self._soonest:
             self._soonest = deadline
-        if len(fifo) + len(self._expiry_heap) > 2 * self.waiting_count + 4096:
+        if len(fifo) + len(self._expiry_heap) > 2 * len(self.jobs) + 4096:
             self._compact_expiry()
 
     def _compact_expiry(self) -> None:
@@ -598,26 +643,49 @@ class Broker(Redelivery, PubSub):
     def _queue(self, subject: str) -> SubjectQueue:
         queue = self.queues.get(subject)
         if queue is None:
-            if len(self.queues) >= MAX_SUBJECT_QUEUES:
+            if len(self.queues) >= self._drop_queues_at:
                 self._drop_idle_queues()
             queue = SubjectQueue(subject)
-            for worker in self.worker_index.match(subject):
-                if worker.mode != "broadcast" and worker not in queue.candidates:
-                    queue.candidates.append(worker)
-                    worker.queues.append(queue)
+            # (dict.fromkeys: a worker that serves the subject by several patterns is
+            # listed once, without a scan of the candidates for each)
+            queue.candidates = [
+                worker for worker in dict.fromkeys(self.worker_index.match(subject))
+                if worker.mode != "broadcast"
+            ]
+            for worker in queue.candidates:
+                worker.queues[queue] = None
             self.queues[subject] = queue
         return queue
 
     def _drop_idle_queues(self) -> None:
-        """Forget the oldest tenth of the subjects with nothing waiting (and their
-        statistics), so that submits to ever new subjects cannot grow the leader."""
-        idle = [q for q in self.queues.values() if not q.queued and not q.pending]
-        for queue in idle[: len(self.queues) // 10 + 1]:
-            del self.queues[queue.subject]
+        """Forget the oldest tenth of the subjects with no job (and their statistics), so
+        that submits to ever new subjects cannot grow the leader.
+
+        This scans the queues, so when too few are idle to drop a tenth (most hold jobs,
+        which the job limits bound), the next scan waits for a tenth of
+        :data:`MAX_SUBJECT_QUEUES` new queues (which may outnumber it by that much): each
+        new subject costs O(1) amortised, not a scan."""
+        queues = self.queues
+        wanted = len(queues) // 10 + 1
+        idle = []
+        for queue in queues.values():
+            if not queue.jobs and not queue.pending:
+                idle.append(queue)
+                if len(idle) == wanted:
+                    break
+        for queue in idle:
+            del queues[queue.subject]
             for worker in queue.candidates:
-                worker.queues.remove(queue)
+                del worker.queues[queue]
+                worker.hungry.pop(queue, None)
+        if len(idle) < wanted:
+            self._drop_queues_at = len(queues) + MAX_SUBJECT_QUEUES // 10
+        else:
+            self._drop_queues_at = MAX_SUBJECT_QUEUES
 
     def _dispatch(self, queue: SubjectQueue, now: float) -> None:
+        """Give the jobs of ``queue`` to its workers with room, in order; when none has
+        room, its workers are to look here once they have (see :meth:`_starve`)."""
         pending = queue.pending
         while pending:
             job = pending[0]
@@ -632,17 +700,26 @@ class Broker(Redelivery, PubSub):
                 continue
             worker = pick_worker(queue, job, self.rng)
             if worker is None:
+                if not queue.starved:
+                    self._starve(queue)
                 return
             pending.popleft()
             if len(worker.inflight) >= worker.window:  # sticky target is busy: wait for it
                 worker.backlog.append(job)
                 continue
-            self._stop_waiting(job)
             self._assign(job, worker, now)
+        queue.starved = False
+
+    def _starve(self, queue: SubjectQueue) -> None:
+        """Jobs of ``queue`` wait and none of its workers has room: each is to look here
+        once it has (:meth:`_feed` visits only such queues, not every queue a worker
+        serves). O(workers of the subject), once until the queue empties."""
+        queue.starved = True
+        for worker in queue.candidates:
+            worker.hungry[queue] = None
 
     def _expire(self, job: JobRecord, now: float) -> None:
         """A waiting job's time is up (taken out of its queue or backlog by the caller)."""
-        self._stop_waiting(job)
         self._queue(job.subject).expired += 1
         self._finish(job, JobState.EXPIRED, None, now)
 
@@ -719,22 +796,29 @@ class Broker(Redelivery, PubSub):
         return suggestion
 
     def _feed(self, worker: WorkerLink, now: float) -> None:
-        """Give a worker with free credit the jobs waiting for it."""
+        """Give a worker with free credit the jobs waiting for it: its sticky backlog,
+        then those of the queues whose jobs found no worker with room (``worker.hungry``,
+        each in turn). Queues with nothing waiting are not visited, however many the
+        worker serves: a flood of Credit costs O(1) each."""
         backlog = worker.backlog
-        while backlog and len(worker.inflight) < worker.window:
+        inflight = worker.inflight
+        while backlog and len(inflight) < worker.window:
             job = backlog.popleft()
             if job.state is JobState.QUEUED:
-                self._stop_waiting(job)
                 if job.wait_deadline <= now:
-                    self._queue(job.subject).expired += 1
-                    self._finish(job, JobState.EXPIRED, None, now)
+                    self._expire(job, now)
                 else:
                     self._assign(job, worker, now)
-        for queue in worker.queues:
-            if len(worker.inflight) >= worker.window:
-                return
+        hungry = worker.hungry
+        while hungry and len(inflight) < worker.window:
+            queue = next(iter(hungry))
             if queue.pending:
                 self._dispatch(queue, now)
+                if queue.pending and len(inflight) >= worker.window:
+                    hungry.move_to_end(queue)  # (the other queues' turn first, next time)
+                    return
+            hungry.pop(queue, None)
+            queue.starved = False  # (so that its next jobs with no room tell every worker)
 
     def _assign(self, job: JobRecord, worker: WorkerLink, now: float) -> None:
         job.move(JobState.ASSIGNED, self.journal)
@@ -843,14 +927,14 @@ class Broker(Redelivery, PubSub):
                         False, None, "ResultTooLarge", text, job.attempt, None, job.subject, job.payload, True
                     )
                     size = job.size + len(text)
-                count_result(self._queue(job.subject), ok, latency)
+                count_result(job.queue or self._queue(job.subject), ok, latency)
                 count_result(worker.stats, ok, latency)
                 self._finish(job, JobState.DONE, stored, now, size)
             elif job.state is JobState.ASSIGNED and job.worker is worker:
                 self._failed_attempt(
                     job, (msg.error_type or "Error", msg.error_message or ""), now, traceback=msg.traceback
                 )
-        if self.waiting_count:  # (it counts every queued job, backlogs included)
+        if worker.hungry or worker.backlog:
             self._feed(worker, now)
 
     def _result_fits(self, job_id: str, stored: StoredResult) -> bool:
@@ -869,7 +953,9 @@ class Broker(Redelivery, PubSub):
     def nack(self, worker: WorkerLink, msg: Nack, now: float) -> None:
         """A worker gave a job back: redeliver after its delay (or the backoff)."""
         job = self._release(worker, msg.job_id)
-        if job is not None and job.state is JobState.ASSIGNED and job.worker is worker:
+        if job is None:
+            return  # (not a job it holds: no slot freed, nothing to feed)
+        if job.state is JobState.ASSIGNED and job.worker is worker:
             self._failed_attempt(job, ("Nack", msg.reason), now, delay=msg.delay)
         self._feed(worker, now)
 
@@ -911,22 +997,31 @@ class Broker(Redelivery, PubSub):
         backlog entry it leaves behind is skipped later by its state)."""
         if job.state is JobState.QUEUED:
             self._remove_pending(job)
-        self._stop_waiting(job)
-        queue = self.queues.get(job.subject)
-        if queue is not None and not queue.queued and queue.pending:
-            queue.pending.clear()  # only entries that left early: none of them waits
-            queue.stale = 0
 
     def _finish(
         self, job: JobRecord, state: JobState, stored: StoredResult | None, now: float,
         size: int | None = None,
     ) -> None:
-        """End ``job``: store its result (``size`` bytes, for the stored results' limit;
-        by default the job's own size) and answer every client waiting for it."""
+        """End ``job``: uncount it from the limits, store its result (``size`` bytes, for
+        the stored results' limit; by default the job's own size) and answer every client
+        waiting for it."""
         job.move(state, self.journal)
         job.worker = None
         job.payload = None  # (entries of the expiry queues may keep the record a while)
         self.jobs.pop(job.job_id, None)
+        job_size = job.size
+        self.job_bytes -= job_size
+        queue = job.queue
+        if queue is not None:
+            queue.jobs -= 1
+            queue.job_bytes -= job_size
+            if not queue.jobs and queue.pending:
+                queue.pending.clear()  # only entries that left early: none of them waits
+                queue.stale = 0
+        owner = job.owner
+        if owner is not None:
+            owner.jobs -= 1
+            owner.job_bytes -= job_size
         if stored is not None:
             self.finished.add(job.job_id, now, stored, job.size + JOB_OVERHEAD if size is None else size)
             self._count_done(now)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import math
 import random
 import ssl
@@ -51,11 +52,13 @@ from protocol import (
     Error,
     ErrorCode,
     Hello,
+    InvalidPayload,
     Progress,
     Query,
     Result,
     Submit,
     Subscribe,
+    decode_payload,
 )
 from runtime import (
     Backoff,
@@ -89,6 +92,8 @@ from ._client_errors import (
 from ._client_map import JobMap
 from ._client_pubsub import ClientPubSub
 from ._subscription import Message, Subscription
+
+_log = logging.getLogger("actors.client")
 
 _submit_checked = Submit.checked
 
@@ -137,6 +142,9 @@ class Client(ClientPubSub):
         #: a call already settled or abandoned: counted, never delivered twice).
         self.results_received = 0
         self.stray_results = 0
+        #: Published messages dropped because their payload could not be decoded (the
+        #: first one is logged, on logger ``actors.client``).
+        self.bad_deliveries = 0
         #: Jobs abandoned (see the module docstring): cancels sent or queued, and those
         #: dropped because more than ``MAX_QUEUED_CANCELS`` could not be sent.
         self.abandoned = 0
@@ -266,6 +274,7 @@ class Client(ClientPubSub):
                 ssl_context=self.ssl_context,
                 on_state=self._on_state,
                 connect_timeout=self.connect_timeout,
+                decode_payloads=False,  # each result and message decoded by itself
             )
         except Exception as exc:  # a refusal retrying cannot cure, or a bug: not the user's
             if self.connects == 0:
@@ -459,7 +468,15 @@ class Client(ClientPubSub):
                 return
             self._progress.pop(msg.job_id, None)
             if msg.ok:
-                self._settle(call, outcome=msg.payload)
+                try:
+                    outcome = decode_payload(msg.payload)
+                except InvalidPayload as exc:  # the worker's bytes: this call fails, not the client
+                    self._settle(call, error=JobFailed(
+                        msg.job_id, "InvalidPayload", f"the job's result could not be decoded: {exc}",
+                        msg.attempts, None,
+                    ))
+                else:
+                    self._settle(call, outcome=outcome)
             else:
                 asked = call.message
                 if msg.error_type == "Cancelled":  # the leader's word for a cancelled job
@@ -476,9 +493,23 @@ class Client(ClientPubSub):
                     ),
                 )
         elif kind is Deliver:
+            # For subscription `sid` and each one in `also`, as if each had its own Deliver.
             sub = self._subs.get(msg.sid)
+            more = self._also_subscriptions(msg) if msg.also else None
+            if sub is None and more:
+                sub = more.pop(0)
             if sub is not None:
-                sub._push(Message(msg.subject, msg.payload, msg.headers, msg.retained))
+                try:
+                    payload = decode_payload(msg.payload)
+                except InvalidPayload as exc:  # a publisher's bytes: dropped, the rest go on
+                    first = not self.bad_deliveries
+                    self.bad_deliveries += 1 + len(more or ())
+                    if first:
+                        _log.warning("client %s: dropped a message on %s: %s (logged once)", self.name, msg.subject, exc)
+                    return
+                sub._push(Message(msg.subject, payload, msg.headers, msg.retained))
+                if more:
+                    self._push_copies(more, msg, payload)
         elif kind is Progress:
             call = self._progress.get(msg.job_id)
             if call is not None and call.on_progress is not None:

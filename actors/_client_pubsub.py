@@ -15,12 +15,15 @@ from typing import Any
 
 import trio
 
-from protocol import Publish, Subscribe, Unsubscribe
+from protocol import Deliver, Publish, Subscribe, Unsubscribe, decode_payload
 from runtime import Connection, ConnectionClosed, MessageTooLarge, SendBufferFull
 
 from ._call import Call, until_settled
 from ._client_errors import ClientError, too_large
-from ._subscription import Subscription
+from ._subscription import Message, Subscription
+
+#: Payload types whose values cannot change: one decoded value serves every subscription.
+_IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes})
 
 
 class ClientPubSub:
@@ -90,6 +93,21 @@ class ClientPubSub:
         await until_settled(call)
         if call.error is not None:
             raise call.error
+
+    def _also_subscriptions(self, msg: Deliver) -> list[Subscription]:
+        """The subscriptions named in ``msg.also`` that this client still holds (the
+        others ended, and what the leader still delivers to them is dropped)."""
+        get = self._subs.get
+        return [sub for sub in map(get, msg.also) if sub is not None]
+
+    def _push_copies(self, subs: list[Subscription], msg: Deliver, payload: Any) -> None:
+        """Hand the message of ``msg`` to more of its subscriptions, ``payload`` (its value,
+        already decoded once) shared when it cannot change, decoded again for each when it
+        can (a list, a map): each gets its own, as when each had a Deliver of its own."""
+        shared = type(payload) in _IMMUTABLE
+        for sub in subs:
+            value = payload if shared else decode_payload(msg.payload)
+            sub._push(Message(msg.subject, value, dict(msg.headers), msg.retained))
 
     @asynccontextmanager
     async def subscribe(self, pattern: str, *, queue: str | None = None, max_pending: int = 1000) -> AsyncIterator[Subscription]:

@@ -93,6 +93,8 @@ _LEADER_KEYS = {
     "max_stored_bytes": "size",
     "route_grace": "seconds",
     "restart_grace": "seconds",
+    "write_timeout": "seconds_or_off",
+    "max_outgoing_total": "size",
     "retry": "table",
 }
 _RETRY_KEYS = ("base", "factor", "cap", "jitter")

@@ -86,7 +86,7 @@ _OPTIONAL_LIMITS = (
     "max_queued_per_subject", "max_queued_bytes_per_subject", "max_queued_per_client",
     "max_queued_bytes_per_client", "max_queue_time", "max_window", "max_subscriptions",
     "max_patterns", "max_retained_bytes", "max_dead_letter_bytes", "max_stored_bytes",
-    "route_grace", "restart_grace",
+    "route_grace", "restart_grace", "write_timeout", "max_outgoing_total",
 )
 
 
@@ -121,6 +121,8 @@ class LeaderConfig:
     max_stored_bytes: int | None = None
     route_grace: float | None = None
     restart_grace: float | None = None
+    write_timeout: float | None = None  # (math.inf: never; ``0`` in a file)
+    max_outgoing_total: int | None = None
 
     def leader_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :class:`actors.Leader` built from these settings (the

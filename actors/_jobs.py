@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import attrs
 
 if TYPE_CHECKING:
-    from ._links import ClientLink, WorkerLink
+    from ._links import ClientLink, SubjectQueue, WorkerLink
 
 
 class JobState(enum.Enum):
@@ -110,8 +110,11 @@ class JobRecord:
     #: Bytes the job is charged in the queue limits (its payload, subject and headers as
     #: encoded, plus a fixed overhead for the record itself).
     size: int = 0
-    #: The client whose submit created the job (its per-client queue limits count it).
+    #: The client whose submit created the job (its per-client limits count it).
     owner: ClientLink | None = None
+    #: Its subject's queue (its per-subject limits count it; a queue with unfinished jobs
+    #: is never dropped, so this is the one in ``Broker.queues`` as long as the job runs).
+    queue: SubjectQueue | None = None
     #: No worker served the subject when the job came: it waits out the leader's
     #: ``route_grace`` for one, and is answered ``no_route`` if none comes.
     awaiting_route: bool = False

@@ -46,6 +46,8 @@ from runtime import (
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_HANDSHAKES,
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_MAX_OUTGOING_TOTAL,
+    DEFAULT_WRITE_TIMEOUT,
     Backoff,
     Connection,
     ConnectionClosed,
@@ -99,6 +101,14 @@ class Leader:
       max_outgoing: bytes queued for one peer at most before it is disconnected as a slow
         consumer (default four frames of 16 MiB, so that a worker can be sent several
         large jobs at once).
+      write_timeout: seconds a write to a peer may wait with no byte taken before that peer
+        is disconnected as a slow consumer (default 10 s; a peer that reads, however
+        slowly, is not), so that peers that never read cannot each hold ``max_outgoing``
+        bytes for as long as they like; ``math.inf``: never.
+      max_outgoing_total: bytes queued for all peers of one listener, in all (default
+        1 GiB); a peer that would go over it makes room by disconnecting the peers that
+        hold the most as slow consumers (so that many peers that stop reading at once
+        cannot each hold ``max_outgoing``); ``math.inf``: no bound.
       max_connections_per_address: connections from one peer address at once, per
         listener; more are answered ``busy`` (so that one host cannot lock others out).
       max_handshakes: connections in their TLS/WebSocket handshake or not yet past their
@@ -137,6 +147,8 @@ class Leader:
         heartbeat: float | None = 5.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_outgoing: int = 4 * DEFAULT_MAX_FRAME_SIZE,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        max_outgoing_total: float = DEFAULT_MAX_OUTGOING_TOTAL,
         max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
         max_handshakes_per_address: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
@@ -165,6 +177,8 @@ class Leader:
         self.heartbeat = heartbeat
         self.max_connections = max_connections
         self.max_outgoing = max_outgoing
+        self.write_timeout = write_timeout
+        self.max_outgoing_total = max_outgoing_total
         self.max_connections_per_address = max_connections_per_address
         self.max_handshakes = max_handshakes
         self.max_handshakes_per_address = max_handshakes_per_address
@@ -224,9 +238,12 @@ class Leader:
                         heartbeat=self.heartbeat,
                         max_connections=self.max_connections,
                         max_outgoing=self.max_outgoing,
+                        write_timeout=self.write_timeout,
+                        max_outgoing_total=self.max_outgoing_total,
                         max_connections_per_address=self.max_connections_per_address,
                         max_handshakes=self.max_handshakes,
                         max_handshakes_per_address=self.max_handshakes_per_address,
+                        decode_payloads=False,  # forwarded as they came (protocol._payload)
                     )
                 )
                 urls.append(bound)
@@ -348,11 +365,11 @@ class Leader:
                     return  # (too slow already: it is closed after this batch)
                 try:
                     queue(message)
-                except SendBufferFull:
-                    # A slow peer: close it after this batch. What it missed is safe: a
-                    # worker's jobs are redelivered, a client resubmits and gets the stored
-                    # result.
-                    doomed[conn] = f"outgoing buffer over {conn.max_outgoing} bytes"
+                except SendBufferFull as exc:
+                    # A slow peer (its own buffer full, or the listener's budget spent):
+                    # close it after this batch. What it missed is safe: a worker's jobs
+                    # are redelivered, a client resubmits and gets the stored result.
+                    doomed[conn] = str(exc) or f"outgoing buffer over {conn.max_outgoing} bytes"
                     return
                 except ConnectionClosed:
                     return

@@ -1,4 +1,5 @@
-"""The broker's view of connected peers: workers, clients, subscriptions and queues.
+"""The broker's view of connected peers: workers, clients, subscriptions and queues (and
+:class:`PatternSet`, which tells the queues a joining worker serves).
 
 A link holds a ``send`` callable (the connection's ``send_nowait`` in the leader, a list's
 ``append`` in tests), so the broker itself does no I/O.
@@ -7,8 +8,8 @@ A link holds a ``send`` callable (the connection's ``send_nowait`` in the leader
 from __future__ import annotations
 
 import itertools
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -38,12 +39,13 @@ class Link:
         kw_only=True, factory=lambda: itertools.count(1).__next__
     )
     #: Sends a message given as its bundle item (``Result.item(...)``); by default it
-    #: builds the message and calls ``send``.
+    #: builds the message (its payload decoded, as its receiver would see it) and calls
+    #: ``send``.
     send_item: Callable[[list[Any]], None] = attrs.field(kw_only=True, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.send_item is None:
-            self.send_item = lambda item: self.send(message_of(item))
+            self.send_item = lambda item: self.send(message_of(item, decode_payloads=True))
 
 
 @attrs.define(eq=False)
@@ -79,7 +81,12 @@ class WorkerLink(Link):
     deadlines: dict[str, float] = attrs.field(factory=dict)
     #: sticky jobs routed to this worker that wait for a free slot.
     backlog: deque[JobRecord] = attrs.field(factory=deque)
-    queues: list[SubjectQueue] = attrs.field(factory=list)
+    #: The subject queues it is a candidate of (a dict as an ordered set: O(1) removal).
+    queues: dict[SubjectQueue, None] = attrs.field(factory=dict)
+    #: Queues it serves whose jobs found no worker with room (see ``SubjectQueue.starved``),
+    #: to visit when it has room again, oldest first: so that a Credit visits the queues
+    #: with jobs waiting, not every queue the worker serves.
+    hungry: OrderedDict[SubjectQueue, None] = attrs.field(factory=OrderedDict)
     assigned_total: int = 0
     done_total: int = 0
     #: The counters of this worker's group (set by the broker when the worker joins).
@@ -99,10 +106,10 @@ class ClientLink(Link):
     subscriptions: dict[int, Subscription] = attrs.field(factory=dict)
     #: job ids this client waits on (for clean-up when it goes away)
     waiting: dict[str, None] = attrs.field(factory=dict)
-    #: jobs this client submitted that wait for a worker (queued or waiting out a
-    #: backoff), and their bytes: what its per-client queue limits count.
-    queued: int = 0
-    queued_bytes: int = 0
+    #: jobs this client submitted that are accepted and not finished (queued, waiting out
+    #: a backoff or held by a worker), and their bytes: what its per-client limits count.
+    jobs: int = 0
+    job_bytes: int = 0
     #: when it was last sent the statistics (a Query), to answer it at most so often
     stats_at: float = float("-inf")
 
@@ -125,13 +132,17 @@ class SubjectQueue:
     pending: deque[JobRecord] = attrs.field(factory=deque)
     candidates: list[WorkerLink] = attrs.field(factory=list)
     rr: int = 0
-    #: Jobs of this subject that wait for a worker (queued, in a sticky backlog or waiting
-    #: out a backoff), and their bytes: what the per-subject queue limits count.
-    queued: int = 0
-    queued_bytes: int = 0
+    #: Jobs of this subject accepted and not finished (queued, in a sticky backlog,
+    #: waiting out a backoff or held by a worker), and their bytes: what the per-subject
+    #: limits count.
+    jobs: int = 0
+    job_bytes: int = 0
     #: Entries of ``pending`` that left it early (cancelled, expired, answered by a late
     #: result): skipped when they reach the front, compacted when they are many.
     stale: int = 0
+    #: Its jobs found no worker with room, and each of its workers was told so (holds it
+    #: in ``WorkerLink.hungry``); cleared when ``pending`` empties or a worker lets go of it.
+    starved: bool = False
     #: Jobs the worker whose turn it is (``rr``) took in this turn.
     turn: int = 0
     run: int = 0
@@ -149,3 +160,88 @@ class SubjectQueue:
     @property
     def policy(self) -> str:
         return self.candidates[0].policy if self.candidates else "round_robin"
+
+
+# A trie node of PatternSet: token -> child node; these keys mark a pattern's end.
+_END = ""  # (no valid token is empty) the pattern ends here
+_REST = ">"  # the pattern is this node's prefix followed by ">"
+
+
+class _State:
+    """Where a subject's tokens so far lead in a :class:`PatternSet`: the trie nodes they
+    reach, and (filled in as tokens come) where each next token leads from here."""
+
+    __slots__ = ("end", "literal", "next", "nodes", "rest", "star")
+
+    def __init__(self, nodes: list[dict[str, Any]]) -> None:
+        self.nodes = nodes
+        #: a pattern ends here / one is this prefix and ">" (it matches one more token or more)
+        self.end = any(_END in node for node in nodes)
+        self.rest = any(_REST in node for node in nodes)
+        #: token -> the child nodes of that literal token
+        self.literal: dict[str, list[dict[str, Any]]] = {}
+        stars = []
+        for node in nodes:
+            for token, child in node.items():
+                if token == "*":
+                    stars.append(child)
+                elif token != _END and token != _REST:
+                    self.literal.setdefault(token, []).append(child)
+        self.star: list[dict[str, Any]] | _State = stars  # (its _State once needed)
+        self.next: dict[str, _State] = {}
+
+
+class PatternSet:
+    """Whether any of a set of patterns matches a subject (NATS rules, as
+    :class:`protocol.SubjectIndex`): a joining worker's patterns, asked about every queue.
+
+    :class:`protocol.SubjectIndex` answers *which* registrations match, so it visits every
+    pattern that does; this answers *whether* one does, walking a lazily built automaton:
+    the nodes a subject's first tokens reach are a state, kept with where each next token
+    leads, so subjects that share their first tokens share that work, a token that no
+    pattern names costs one lookup, and a ``>`` ends the walk. A worker's Hello of 1,024
+    overlapping patterns asked about 10,000 queues costs 10,000 short walks, not the
+    10 million node visits of matching each queue's subject in the index.
+    """
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        root: dict[str, Any] = {}
+        for pattern in patterns:
+            *init, last = pattern.split(".")
+            node = root
+            for token in init:
+                node = node.setdefault(token, {})
+            if last == _REST:
+                node[_REST] = None
+            else:
+                node.setdefault(last, {})[_END] = None
+        self._states: dict[frozenset[int], _State] = {}
+        self._start = self._state([root])
+
+    def _state(self, nodes: list[dict[str, Any]]) -> _State:
+        key = frozenset(map(id, nodes))  # (the nodes live in the trie as long as self)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _State(nodes)
+        return state
+
+    def matches(self, subject: str) -> bool:
+        """Whether one of the patterns matches ``subject`` (a valid subject)."""
+        state = self._start
+        for token in subject.split("."):
+            if state.rest:  # (a pattern "prefix.>", and one token or more left)
+                return True
+            after = state.next.get(token)
+            if after is None:
+                children = state.literal.get(token)
+                star = state.star
+                if type(star) is list:
+                    star = state.star = self._state(star)
+                if children is None:
+                    after = star  # (not remembered: one lookup finds it again)
+                else:
+                    after = state.next[token] = self._state(children + star.nodes)
+            state = after
+            if not state.nodes:
+                return False
+        return state.end

@@ -66,7 +66,7 @@ class Redelivery:
     rng: Any
     journal: Any
     workers: dict[Any, None]
-    waiting_count: int
+    jobs: dict[str, JobRecord]
     dead_letters: Any
     dead_letter_bytes: int
     _dead_letter_sizes: Any
@@ -146,7 +146,7 @@ class Redelivery:
         job.move(JobState.RETRY_WAIT, self.journal)
         job.worker = None
         job.retry_at = now + delay
-        self._start_waiting(job, queue, now)
+        self._start_waiting(job, now)  # (the limits count it still: it is not finished)
         # It leaves the heap at its retry time, or when its wait deadline (max_queue_time,
         # its timeout) comes first: then it expires (a long Nack delay cannot outlast it).
         wake = min(job.retry_at, job.wait_deadline)
@@ -310,4 +310,4 @@ class Redelivery:
 
     def _retry_after(self) -> float:
         rate = max(self._done_rate, 1.0)
-        return min(30.0, max(0.1, round(self.waiting_count / rate / 2, 3)))
+        return min(30.0, max(0.1, round(len(self.jobs) / rate / 2, 3)))

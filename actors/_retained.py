@@ -45,7 +45,9 @@ class RetainedMessages:
         past the bounds; a message over ``max_bytes`` by itself is not kept)."""
         if subject in self._messages:
             self._drop(subject)
-        while self._messages and (len(self._messages) >= self.max_count or self.bytes + size > self.max_bytes):
+        while self._messages and (
+            len(self._messages) >= self.max_count or self.bytes + size > self.max_bytes
+        ):
             self._drop(next(iter(self._messages)))
         if size > self.max_bytes or self.max_count < 1:
             return
@@ -72,11 +74,14 @@ class RetainedMessages:
                 break
             del path[depth - 1][tokens[depth - 1]]
 
-    def matching(self, pattern: str) -> list[str]:
-        """The retained subjects ``pattern`` matches (``*`` one token, ``>`` the rest)."""
+    def matching(self, pattern: str, limit: int | None = None) -> list[str]:
+        """The retained subjects ``pattern`` matches (``*`` one token, ``>`` the rest), at
+        most ``limit`` of them (None: all); the walk stops when it has found them."""
         tokens = pattern.split(".")
         last = len(tokens)
         found: list[str] = []
+        if limit is not None and limit < 1:
+            return found
         stack: list[tuple[dict[str, Any], int]] = [(self._root, 0)]
         while stack:
             node, position = stack.pop()
@@ -84,6 +89,8 @@ class RetainedMessages:
                 subject = node.get(_END)
                 if subject is not None:
                     found.append(subject)
+                    if len(found) == limit:
+                        break
                 continue
             token = tokens[position]
             if token == ">":  # one or more tokens: every subject below a child
@@ -93,6 +100,8 @@ class RetainedMessages:
                     for key, grandchild in child.items():
                         if key == _END:
                             found.append(grandchild)
+                            if len(found) == limit:
+                                return found
                         else:
                             below.append(grandchild)
             elif token == "*":

@@ -61,13 +61,15 @@ from protocol import (
     Cancel,
     Credit,
     Deliver,
+    Encoded,
     Error,
     ErrorCode,
     Hello,
+    InvalidPayload,
     Nack,
     Progress,
     Result,
-    encode_array,
+    decode_payload,
     is_valid_pattern,
     message_of,
 )
@@ -81,7 +83,7 @@ from runtime import (
     run_reconnecting,
 )
 
-from ._failures import Failure, FailureLog, check_never_retry, failure_of
+from ._failures import Failure, FailureLog, check_never_retry, error_text, failure_of
 from ._handlers import CoroutineType, handler_of, must_propagate, resume, until_deadline
 from ._job import Job
 from ._limits import RecycleLimits
@@ -264,6 +266,7 @@ class WorkerRunner:
                     backoff=self.backoff,
                     rng=self.rng,
                     ssl_context=self.ssl_context,
+                    decode_payloads=False,  # each job's payload decoded by itself
                 )
                 nursery.cancel_scope.cancel()
         finally:
@@ -484,14 +487,25 @@ class WorkerRunner:
             self._send(Nack(mid=self._next_mid(), cid=msg.mid, job_id=job_id, delay=0.0, reason="no free slot"))
             return
         deadline = msg.deadline
+        try:
+            payload = decode_payload(msg.payload)
+        except InvalidPayload as exc:  # the submitter's bytes: this job fails for good, at once
+            payload, bad = None, exc
+        else:
+            bad = None
         job = Job(
-            job_id, msg.subject, msg.payload, msg.headers, attempt=msg.attempt, qos=msg.qos,
+            job_id, msg.subject, payload, msg.headers, attempt=msg.attempt, qos=msg.qos,
             deadline=None if deadline is None else now + deadline, max_attempts=msg.max_attempts,
             report=self._report_progress,
         )
         self.running[job_id] = job
         if len(self.running) > self.max_running:
             self.max_running = len(self.running)
+        if bad is not None:
+            failure = Failure("InvalidPayload", error_text(bad), final=True)
+            self._failure_log.failed(job, failure)
+            self._finish(job, msg.mid, (False, failure))
+            return
         self._queue.append((job, msg.mid))
         if not self._waking:
             self._wake_slot()
@@ -601,19 +615,24 @@ class WorkerRunner:
             self._send(Nack(mid=self._next_mid(), job_id=job.id, reason="cancelled"), now=False)
             return
         ok, value = outcome
+        kind = type(value).__name__  # (the return value's, for a failure to send it)
+        if ok:
+            try:
+                # Encoded once, here: a return value with no CBOR encoding fails here, and
+                # only here; the finished cache keeps the bytes (a redelivery re-sends them).
+                value = Encoded.of(value)
+            except ValueError as exc:
+                ok, value = False, self._unsendable(job, outcome, exc, kind)
+            outcome = (ok, value)
         mid = self._next_mid()
+        conn = self._conn
         if ok:  # (the common case, without a call: as _outcome_item does)
             item = _result_item(mid=mid, cid=cid, job_id=job.id, payload=value, attempts=job.attempt)
         else:
             item = _outcome_item(mid, cid, job.id, job.attempt, outcome)
-        conn = self._conn
         try:
             if conn is not None:
-                # Flushed by the slot (see the module's docstring). Queueing encodes it:
-                # a return value with no CBOR encoding fails here, and only here.
-                conn.queue_item(item)
-            elif ok and not _plain(value):
-                encode_array(item)  # not sent now: a trial run, to know the outcome
+                conn.queue_item(item)  # flushed by the slot (see the module's docstring)
         except ConnectionClosed:
             pass  # (the leader redelivers it; the finished cache below answers then)
         except SendBufferFull:
@@ -621,8 +640,8 @@ class WorkerRunner:
             # task of its own: this slot goes on), not dropped to an ack timeout.
             if self._nursery is not None:
                 self._nursery.start_soon(self._send_when_room, conn, item)
-        except (MessageTooLarge, ValueError) as exc:
-            ok, value = False, self._unsendable(job, outcome, exc)
+        except MessageTooLarge as exc:
+            ok, value = False, self._unsendable(job, outcome, exc, kind)
             outcome = (False, value)
             if conn is not None:
                 try:
@@ -648,13 +667,13 @@ class WorkerRunner:
         except (ConnectionClosed, SendBufferFull):
             pass
 
-    def _unsendable(self, job: Job, outcome: tuple[bool, Any], exc: Exception) -> Failure:
+    def _unsendable(self, job: Job, outcome: tuple[bool, Any], exc: Exception, kind: str) -> Failure:
         """The failure to send instead of ``outcome``, whose Result queueing refused with
-        ``exc`` (a :class:`MessageTooLarge`, or a ``ValueError``: no CBOR encoding)."""
+        ``exc`` (a :class:`MessageTooLarge`, or a ``ValueError``: no CBOR encoding);
+        ``kind`` names the type of the job's return value."""
         ok, value = outcome
         if not ok:  # a failure, too large with its traceback for the leader's frame limit
             return attrs.evolve(value, traceback=None)
-        kind = type(value).__name__
         if isinstance(exc, MessageTooLarge):
             failure = Failure(
                 "ResultTooLarge",
@@ -678,8 +697,17 @@ class WorkerRunner:
         if len(self.running) >= self.concurrency + MAX_PENDING_DELIVERIES:
             self.dropped += 1
             return
+        try:
+            payload = decode_payload(msg.payload)
+        except InvalidPayload as exc:  # a publisher's bytes: dropped (at most once), logged
+            self.dropped += 1
+            self._failure_log.failed(
+                Job(f"deliver-{msg.mid}", msg.subject, None, msg.headers, qos=0, published=True),
+                Failure("InvalidPayload", error_text(exc), final=True),
+            )
+            return
         self.deliveries += 1
-        job = Job(f"deliver-{msg.mid}", msg.subject, msg.payload, msg.headers, qos=0, published=True)
+        job = Job(f"deliver-{msg.mid}", msg.subject, payload, msg.headers, qos=0, published=True)
         assert self._nursery is not None
         self._nursery.start_soon(self._run_delivery, job)
 
@@ -732,14 +760,4 @@ def _outcome_item(mid: int, cid: int | None, job_id: str, attempts: int, outcome
         mid=mid, cid=cid, job_id=job_id, ok=False, error_type=value.error_type,
         error_message=value.message, attempts=attempts, final=value.final, traceback=value.traceback,
     )  # fmt: skip
-
-
-def _plain(value: Any) -> bool:
-    """True for values that certainly encode to CBOR (skips the trial encoding)."""
-    kind = type(value)
-    if kind in (int, float, str, bytes, bool) or value is None:
-        return True
-    if kind is dict:
-        return all(type(k) is str and type(v) in (int, float, str, bytes, bool) for k, v in value.items())
-    return False
 

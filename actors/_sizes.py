@@ -12,6 +12,8 @@ from typing import Any
 
 import cbor2
 
+from protocol import Encoded
+
 #: Bytes a job is charged on top of its payload, subject and headers: the leader's own
 #: record of it (its Python objects), so that many tiny jobs are not counted as free.
 JOB_OVERHEAD = 256
@@ -33,6 +35,8 @@ def payload_size(payload: Any) -> int:
     A payload CBOR cannot encode counts as infinitely large (it could not be forwarded).
     """
     kind = type(payload)
+    if kind is Encoded:  # as it came from the wire (the leader's case): its bytes
+        return len(payload.data) + 9
     if kind is str:
         return len(payload) + 9 if payload.isascii() else len(payload.encode("utf-8", "replace")) + 9
     if kind is bytes:

@@ -35,7 +35,8 @@ def broker_stats(self: Broker) -> dict[str, Any]:
     for subject, q in self.queues.items():
         finished = q.done + q.failed
         subjects[subject] = {
-            "queued": q.queued,  # waiting: queued, in a sticky backlog, or in backoff
+            # waiting: queued, in a sticky backlog, or in backoff (its jobs not held)
+            "queued": q.jobs - held.get(subject, 0),
             "in_flight": held.get(subject, 0),
             "submitted": q.submitted,
             "done": q.done,
@@ -73,7 +74,7 @@ def broker_stats(self: Broker) -> dict[str, Any]:
         g["patterns"] = list(g.get("patterns", ()))  # the subjects its workers serve
     return {
         "jobs_active": len(self.jobs),
-        "waiting": self.waiting_count,
+        "waiting": len(self.jobs) - sum(held.values()),
         "in_flight": sum(len(w.inflight) for w in self.workers),
         "workers": len(self.workers),
         "results_stored": len(self.finished),

@@ -66,7 +66,7 @@ def replay(submits: list[bytes], results: list[bytes]) -> tuple[int, float]:
     for role, handle, link in (("client", broker.submit, client), ("worker", broker.result, worker)):
         session = Session(side="server")
         session.receive(Hello(mid=0, role=role), 0.0)
-        sides.append((FrameDecoder(), session.receive, handle, link))
+        sides.append((FrameDecoder(decode_payloads=False), session.receive, handle, link))
     (c_decoder, c_receive, submit, _), (w_decoder, w_receive, result, _) = sides
     jobs = 0
     start = time.perf_counter()

@@ -38,7 +38,7 @@ class _Recording:
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()  # type: ignore[misc]
         self.send = self._send
-        self.send_item = lambda item: self._send(message_of(item))
+        self.send_item = lambda item: self._send(message_of(item, decode_payloads=True))
 
     def _send(self, message) -> None:
         if self.limit is not None:
@@ -139,11 +139,17 @@ def test_one_client_cannot_fill_the_queue_for_the_others():
     assert "this connection has 10 jobs" in errors(greedy)[0].message
     submit(b, polite, "p-0")
     assert errors(polite) == []
-    # A worker takes some: the greedy client may submit again.
+    # A worker takes some: they count still while it runs them (the leader holds them
+    # for redelivery), and no longer once they are finished.
     w = join(b, "w", 3)
     assert len(assigns(w)) == 3
     submit(b, greedy, "g-12")
-    assert len(errors(greedy)) == 2
+    assert [e.job_id for e in errors(greedy, ErrorCode.BUSY)] == ["g-10", "g-11", "g-12"]
+    assert "this connection has 10 jobs" in errors(greedy)[-1].message
+    for a in assigns(w):
+        answer(b, w, a.job_id, 1.0)
+    submit(b, greedy, "g-13", now=1.0)
+    assert len(errors(greedy)) == 3 and greedy.jobs == 8
 
 
 def test_queue_limits_count_bytes():
@@ -160,19 +166,25 @@ def test_queue_limits_count_bytes():
         submit(b, c2, f"b-{i}", payload=payload)
     assert [e.job_id for e in errors(c2, ErrorCode.BUSY)] == ["b-2"]  # subject: 5 at most
     assert "per subject" in errors(c2)[0].message
-    assert b.waiting_bytes == 5 * size
+    assert b.job_bytes == 5 * size
     for i in range(3):
         submit(b, c3, f"c-{i}", subject="jobs.b", payload=payload)
     c4 = client("c4")
     for i in range(3):
         submit(b, c4, f"d-{i}", subject="jobs.c", payload=payload)
-    assert b.waiting_bytes == 10 * size
+    assert b.job_bytes == 10 * size
     [full] = errors(c4, ErrorCode.BUSY)
     assert full.job_id == "d-2" and "leader queue is full" in full.message
-    # Everything is uncounted as the jobs leave.
+    # Jobs a worker holds count still; each is uncounted when it finishes.
     w = join(b, "w", 100, patterns=("jobs.a", "jobs.b"))
     assert len(assigns(w)) == 8
-    assert b.waiting_bytes == 2 * size and c4.queued_bytes == 2 * size and c1.queued_bytes == 0
+    assert b.job_bytes == 10 * size and c1.job_bytes == 3 * size
+    submit(b, c4, "d-3", subject="jobs.c", payload=payload)
+    assert [e.job_id for e in errors(c4, ErrorCode.BUSY)] == ["d-2", "d-3"]
+    for a in assigns(w):
+        answer(b, w, a.job_id, 1.0)
+    assert b.job_bytes == 2 * size and c4.job_bytes == 2 * size and c1.job_bytes == 0
+    assert (b.queues["jobs.a"].jobs, b.queues["jobs.a"].job_bytes) == (0, 0)
 
 
 def test_queued_jobs_expire_after_max_queue_time_at_the_exact_time():
@@ -188,7 +200,7 @@ def test_queued_jobs_expire_after_max_queue_time_at_the_exact_time():
     assert b.next_deadline() == 61.0
     b.handle_timer(62.0)
     assert len(errors(c, ErrorCode.TIMEOUT)) == 3
-    assert b.waiting_count == 0 and b.jobs == {} and b.next_deadline() == float("inf")
+    assert b.job_bytes == 0 and b.jobs == {} and b.next_deadline() == float("inf")
     assert b.stats()["subjects"]["nobody.home"]["expired"] == 3
 
 
@@ -221,7 +233,7 @@ def test_a_job_waiting_out_a_backoff_expires_too():
     answer(b, w, "j", 1.0, ok=False)  # retry in 30 s, but it may wait 5 s only
     b.handle_timer(31.0)
     assert [e.job_id for e in errors(c, ErrorCode.TIMEOUT)] == ["j"]
-    assert b.waiting_count == 0 and b.waiting_bytes == 0
+    assert b.jobs == {} and b.job_bytes == 0 and (c.jobs, c.job_bytes) == (0, 0)
 
 
 def test_100k_abandoned_jobs_leave_and_the_leader_takes_jobs_again():
@@ -231,7 +243,7 @@ def test_100k_abandoned_jobs_leave_and_the_leader_takes_jobs_again():
         submit(b, flooder, f"a-{i}", subject="nobody.serves", now=i / 1000)
     assert len(errors(flooder, ErrorCode.BUSY)) == 90_000  # the per-client default: 10,000
     b.handle_timer(700.0)
-    assert b.waiting_count == 0 and b.waiting_bytes == 0 and len(b.jobs) == 0
+    assert b.job_bytes == 0 and len(b.jobs) == 0
     assert len(b.queues["nobody.serves"].pending) == 0  # (nothing kept for the dead)
     user = client("user")
     w = join(b, "w", 1, now=700.0)
@@ -250,7 +262,7 @@ def test_cancelling_many_queued_jobs_compacts_the_queue():
         b.cancel(c, Cancel(mid=next(_mids), job_id=f"j-{i}"), 1.0)
     queue = b.queues["jobs.x"]
     assert len(queue.pending) < 2 * 1000 + 100
-    assert queue.queued == 1000 and b.stats()["subjects"]["jobs.x"]["queued"] == 1000
+    assert queue.jobs == 1000 and b.stats()["subjects"]["jobs.x"]["queued"] == 1000
     w = join(b, "w", 5000, now=2.0)
     assert [a.job_id for a in assigns(w)] == [f"j-{i}" for i in range(19_000, 20_000)]
 
@@ -454,7 +466,7 @@ def test_a_subject_no_worker_serves_is_answered_no_route_at_once_with_a_suggesti
     assert error.message == "no worker serves subject math.sqare (did you mean math.square?)"
     submit(b, c, "far", subject="billing.invoice", wait_for_worker=False)
     assert errors(c)[-1].message == "no worker serves subject billing.invoice"
-    assert b.jobs == {} and b.waiting_count == 0
+    assert b.jobs == {} and b.job_bytes == 0
 
 
 def test_route_grace_waits_for_a_worker_that_comes():
@@ -477,7 +489,7 @@ def test_route_grace_ends_in_no_route_when_none_comes():
         "no worker serves subject jobs.a; none came within 5 s"
         " (the leader's route_grace is 5 s, its restart_grace 30 s)"
     )
-    assert b.waiting_count == 0 and b.jobs == {}
+    assert b.job_bytes == 0 and b.jobs == {}
 
 
 def test_a_job_whose_worker_came_during_the_grace_waits_on_as_any_job():

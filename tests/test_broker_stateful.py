@@ -17,8 +17,13 @@ its links hold, its counters), so that new limits and parameters only need a lin
   or a sticky backlog), waiting out a backoff, or assigned to exactly one connected worker.
   Every final answer (Result, or Error with the submit's ``cid``) a client gets answers one
   of its open submits, and each submit gets at most one.
-- The broker's counters (``waiting_count``, ``waiting_bytes``, each subject's and each
-  client's ``queued`` and ``queued_bytes``) equal a recount from its jobs.
+- The broker's counters of the jobs accepted and not finished (``job_bytes``, each
+  subject's and each client's ``jobs`` and ``job_bytes``) and its statistics of waiting
+  jobs equal a recount from its jobs.
+- Each queue lists, once each, the connected workers whose patterns match its subject, and
+  each worker the queues that list it; no job waits in a queue or a sticky backlog while
+  a worker of it has room, and a queue with jobs waiting is in each of its workers'
+  ``hungry`` set (what a worker visits when it has room again).
 - Time: the timer the leader keeps (armed at :meth:`Broker.next_deadline` after
   :meth:`Broker.handle_timer`, brought forward to :meth:`Broker.take_soonest` after every
   other call) is never later than the next deadline; after ``handle_timer(now)`` nothing
@@ -55,6 +60,7 @@ from protocol import (
     Progress,
     Publish,
     Result,
+    SubjectIndex,
     Submit,
     Subscribe,
     Unsubscribe,
@@ -117,7 +123,7 @@ class TWorker(WorkerLink):
 def client_link(name: str) -> TClient:
     link = TClient(name, print)
     link.send = link.peer.out.append
-    link.send_item = lambda item: link.send(message_of(item))
+    link.send_item = lambda item: link.send(message_of(item, decode_payloads=True))
     return link
 
 
@@ -134,7 +140,7 @@ def worker_link(name: str, window: int, patterns: tuple[str, ...], policy: str, 
         link.peer.out.append(message)
 
     link.send = send
-    link.send_item = lambda item: send(message_of(item))
+    link.send_item = lambda item: send(message_of(item, decode_payloads=True))
     return link
 
 
@@ -481,16 +487,45 @@ class BrokerMachine(RuleBasedStateMachine):
     @invariant()
     def counters_agree_with_a_recount(self) -> None:
         broker = self.broker
-        waiting = [job for job in broker.jobs.values() if job.state in WAITING]
-        assert broker.waiting_count == len(waiting)
-        assert broker.waiting_bytes == sum(job.size for job in waiting)
+        active = list(broker.jobs.values())
+        assert broker.job_bytes == sum(job.size for job in active)
         for subject, queue in broker.queues.items():
-            mine = [job for job in waiting if job.subject == subject]
-            assert (queue.queued, queue.queued_bytes) == (len(mine), sum(j.size for j in mine)), subject
+            mine = [job for job in active if job.subject == subject]
+            assert (queue.jobs, queue.job_bytes) == (len(mine), sum(j.size for j in mine)), subject
         for link in self.links:
             if type(link) is TClient:
-                mine = [job for job in waiting if job.owner is link]
-                assert (link.queued, link.queued_bytes) == (len(mine), sum(j.size for j in mine)), link.name
+                mine = [job for job in active if job.owner is link]
+                assert (link.jobs, link.job_bytes) == (len(mine), sum(j.size for j in mine)), link.name
+        waiting = [job for job in active if job.state in WAITING]
+        stats = broker.stats()
+        assert stats["waiting"] == len(waiting)
+        for subject, counters in stats["subjects"].items():
+            assert counters["queued"] == sum(job.subject == subject for job in waiting), subject
+
+    @invariant()
+    def each_queue_lists_the_workers_that_serve_it_once(self) -> None:
+        broker = self.broker
+        index = SubjectIndex()
+        for worker in self.workers:
+            if worker.mode != "broadcast":
+                for pattern in worker.patterns:
+                    index.add(pattern, worker)
+        for subject, queue in broker.queues.items():
+            assert len(set(queue.candidates)) == len(queue.candidates), subject
+            assert set(queue.candidates) == set(index.match(subject)), subject
+        for worker in self.workers:
+            assert list(worker.queues) == [q for q in broker.queues.values() if worker in q.candidates]
+
+    @invariant()
+    def no_job_waits_while_a_worker_of_it_has_room(self) -> None:
+        for queue in self.broker.queues.values():
+            if any(job.state is JobState.QUEUED for job in queue.pending):
+                for worker in queue.candidates:
+                    assert len(worker.inflight) >= worker.window, (queue.subject, worker.name)
+                    assert queue in worker.hungry, (queue.subject, worker.name)
+        for worker in self.workers:
+            if any(job.state is JobState.QUEUED for job in worker.backlog):
+                assert len(worker.inflight) >= worker.window, worker.name
 
     @invariant()
     def the_leaders_timer_is_never_late(self) -> None:
@@ -530,7 +565,7 @@ def test_a_job_nacked_with_a_long_delay_expires_at_max_queue_time() -> None:
     assert broker.next_deadline() <= 26.0
     broker.handle_timer(26.0)
     assert [m.code for m in client.peer.out if type(m) is Error] == ["timeout"]
-    assert broker.waiting_count == 0 and client.queued == 0
+    assert broker.jobs == {} and broker.job_bytes == 0 and (client.jobs, client.job_bytes) == (0, 0)
 
 
 def test_progress_for_a_timed_out_attempt_does_not_delay_other_ack_deadlines() -> None:

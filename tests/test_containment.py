@@ -35,6 +35,7 @@ from protocol import (
     Bye,
     Deliver,
     Error,
+    decode_payload,
     ErrorCode,
     Hello,
     Message,
@@ -425,7 +426,7 @@ class BuggyClient(actors.Client):
     """A client whose handling of a result fails for the payload "poison"."""
 
     def _dispatch(self, msg: Any) -> None:
-        if type(msg) is Result and msg.payload == "poison":
+        if type(msg) is Result and decode_payload(msg.payload) == "poison":
             raise ArithmeticError("client bug")
         super()._dispatch(msg)
 

@@ -11,11 +11,16 @@ measures what it cost:
 - **memory**: what the leader keeps must stay within its configured bounds (or a small
   multiple of what the peer sent).
 
-The vectors still open are ``xfail(strict=True)`` (the reason says by how much they fail,
-at the scale of the test and at full scale, on the code of commit c7c89e1): fix the leader,
-then remove the mark. Four were fixed and run as plain tests: conflicting resubmits, stored
-failures and dead letters counting their texts (da84a52), Progress to many waiters (c7c89e1). Each test takes under
-5 s while it fails.
+Every vector found is fixed, and each test is a plain one (a vector found later goes in as
+``xfail(strict=True)`` first, its reason saying by how much it fails). Each docstring says
+what the vector was; ``STALLS`` keeps what each measured at full scale before its fix.
+Fixed: conflicting resubmits, stored failures and dead letters counting their texts
+(da84a52); Progress to many waiters (c7c89e1); the rest in the session of 2026-12-07: the
+pub/sub router (queue groups, one Deliver naming many subscriptions, replay allowance),
+the subject index (a path-compressed trie, its cache bounded in bytes), the broker
+(worker joins, credit, idle queues, jobs in flight counted in the byte limits), payloads
+kept encoded by the leader (never decoded), and the runtime (write deadline, outgoing
+budget, no quadratic flush, the reader's fair slices). Each test takes under 5 s.
 
 Run as a script for the figures at a larger scale (one vector, or all)::
 
@@ -218,7 +223,8 @@ async def traced(build: Callable[[], Awaitable[Any]]) -> int:
 
 async def fanout_queue_group(h: Harness, subs: int = 5000, publishes: int = 4096) -> float:
     """A Publish matching N subscriptions of one queue group delivers one message, but
-    loops over all N (``PubSub._route_publish`` groups them first): O(N) per Publish."""
+    looped over all N (the router grouped them first): O(N) per Publish, before the router
+    kept one index entry per connection and pattern."""
     member = await h.peer(name="member")
     await member.send([Subscribe(mid=member.mid(), sid=i, pattern=">", queue="q") for i in range(subs)])
     await member.ping()
@@ -544,9 +550,9 @@ async def match_cache(h: Harness, subs: int = 600, publishes: int = 4096) -> tup
 async def pinned_outgoing(h: Harness, peers: int = 4, retained: int = 8, seconds: float = 2.5) -> int:
     """Peers that never read, but ping every 0.25 s, each after one Subscribe ``>`` that
     made the leader queue every retained message (``retained`` MiB) for it. Returns how
-    many of them the leader had closed after ``seconds`` (with ``heartbeat=1.0``): none.
-    Each holds up to ``max_outgoing`` (64 MiB) of the leader's memory for as long as it
-    likes: 1,024 such connections (``max_connections``) would hold 64 GiB."""
+    many of them the leader had closed after ``seconds``. Before the write deadline: none,
+    each holding up to ``max_outgoing`` (64 MiB) of the leader's memory for as long as it
+    liked (1,024 such connections, ``max_connections``, would have held 64 GiB)."""
     publisher = await h.peer(name="p")
     blob = b"r" * (MiB - 1024)
     for i in range(retained):
@@ -578,24 +584,18 @@ def _stall_reason(name: str, at_test_scale: str) -> str:
     return f"{at_test_scale}; full scale: {STALLS[name][2]}"
 
 
-@pytest.mark.xfail(strict=True, reason=_stall_reason(
-    "fanout_queue_group", "a 36 KiB frame of 4,096 Publishes, 5,000 queue-group subscriptions: 1.7 s"))
 async def test_publish_to_a_large_queue_group_costs_its_one_delivery() -> None:
     async with running() as h:
         waited = await fanout_queue_group(h)
     assert waited < STALL_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason=_stall_reason(
-    "fanout_slow_subscriber", "800 Publishes to 1,000 subscriptions of a peer that reads nothing: 2.9 s"))
 async def test_publish_fan_out_to_a_subscriber_that_does_not_read_is_bounded() -> None:
     async with running() as h:
         waited = await fanout_slow_subscriber(h)
     assert waited < STALL_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason=_stall_reason(
-    "retained_replay", "500 Subscribe '>' against 1,500 retained messages: 3.3 s"))
 async def test_subscribe_replay_of_retained_messages_is_bounded() -> None:
     async with running() as h:
         waited = await retained_replay(h)
@@ -614,51 +614,36 @@ async def test_conflicting_resubmits_do_not_reencode_the_stored_payload() -> Non
     assert waited < STALL_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason=_stall_reason(
-    "worker_hello", "the same frame: 1.5 s in this process"))
 async def test_worker_hello_with_many_patterns_against_many_queues_is_cheap() -> None:
     async with running() as h:
         waited = await worker_hello(h)
     assert waited < STALL_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason=_stall_reason(
-    "credit_flood", "the same frame: 1.25 s in this process"))
 async def test_credit_flood_does_not_scan_every_queue_of_the_worker() -> None:
     async with running() as h:
         waited = await credit_flood(h)
     assert waited < STALL_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason=_stall_reason(
-    "new_subjects_many_workers", "400 submits, 50 workers: 1.95 s"))
 async def test_dropping_an_idle_queue_does_not_scan_every_workers_queues() -> None:
     async with running() as h:
         waited = await new_subjects_many_workers(h)
     assert waited < STALL_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason=_stall_reason(
-    "trie_walk", "100 publishes against 1,000 subscriptions of 256 tokens: 2.3 s"))
 async def test_matching_a_new_subject_does_not_walk_every_wildcard_node() -> None:
     async with running() as h:
         waited = await trie_walk(h)
     assert waited < STALL_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason=_stall_reason(
-    "stored_result_resend", "the same frame: 2.4 s in this process"))
 async def test_resubmits_of_a_large_finished_job_are_bounded() -> None:
     async with running() as h:
         waited = await stored_result_resend(h)
     assert waited < STALL_LIMIT
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "jobs assigned to a worker are not counted by any byte limit: with max_queued_bytes 8 MiB and"
-    " 4 MiB per client, the leader holds 16 MiB of one client's jobs (one worker of window 10,000"
-    " that never answers: 10,000 x 16 MiB per worker connection; measured: 1,000 jobs of 1 MiB,"
-    " leader RSS 35 -> 1,158 MiB under the default limits of 32 MiB per client and 256 MiB total)"))
 async def test_jobs_held_by_workers_count_against_the_byte_limits() -> None:
     limit = 8 * MiB
     async with running(max_queued_bytes=limit, max_queued_bytes_per_client=limit // 2) as h:
@@ -680,50 +665,29 @@ async def test_dead_letters_count_their_error_texts() -> None:
     assert held <= limit
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "payloads are kept decoded, and counted by their encoded size: 800 KiB of empty arrays"
-    " (within max_queued_bytes_per_client of 1 MiB) keep 49 MiB (measured: 31 queued submits of"
-    " 1,000,000 empty arrays, 29 MiB sent under the default 32 MiB per client, leader RSS"
-    " 34 -> 2,171 MiB; 18 GiB within max_queued_bytes; one 16 MiB Submit of them stalls the"
-    " leader 16 s, one of 1 MiB 0.56 s: decoding, then payload_size encodes it again)"))
 async def test_queued_payloads_cost_memory_in_proportion_to_their_bytes() -> None:
     async with running(max_queued_bytes_per_client=MiB) as h:
         sent, kept = await payload_objects(h)
     assert kept <= 8 * sent
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "each token of a subscription pattern is a trie node of some 450 bytes: 2.1 MiB of"
-    " Subscribes make 110 MiB of leader memory (measured: one connection's 10,000"
-    " subscriptions of 256 tokens, 28 MiB sent, leader RSS 34 -> 1,207 MiB; a worker's Hello of"
-    " 1,024 such patterns ~120 MiB; 256 connections per address; the retained messages' trie"
-    " likewise: 10,000 retained subjects of 256 tokens, 20 MiB sent, 656 MiB kept)"))
 async def test_subscriptions_cost_memory_in_proportion_to_their_bytes() -> None:
     async with running() as h:
         sent, kept = await subscription_trie(h)
     assert kept <= 10 * sent
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the subject index caches the matches of 4,096 subjects, each a tuple of every matching"
-    " registration: 4,096 publishes to new subjects against 600 queue-group subscriptions"
-    " keep 19.5 MiB (measured: 10,000 subscriptions, leader RSS 37 -> 350 MiB; 30,000 on three"
-    " connections: 981 MiB)"))
 async def test_the_match_cache_is_bounded_in_bytes() -> None:
     async with running() as h:
         sent, kept = await match_cache(h)
     assert kept <= 8 * MiB
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a peer that never reads but pings stays connected with up to max_outgoing (64 MiB) queued"
-    " for it (here 8 MiB of retained messages each, after one 20-byte Subscribe); measured: 20"
-    " such connections held 1.3 GiB of leader memory for as long as they pinged (1,024"
-    " connections: 64 GiB). Expected: closed as slow consumers once they take no bytes for"
-    " a few heartbeats (adapt to the fix: a write deadline, or a leader-wide outgoing budget)"))
 async def test_peers_that_never_read_do_not_pin_outgoing_memory() -> None:
+    # Fixed by the write deadline: a peer that takes no byte of a write for write_timeout
+    # (default 10 s, 1 s here) is cut as a slow consumer, however often it pings.
     peers = 4
-    async with running(heartbeat=1.0) as h:
+    async with running(heartbeat=1.0, write_timeout=1.0) as h:
         closed = await pinned_outgoing(h, peers=peers)
     assert closed == peers
 

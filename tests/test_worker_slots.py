@@ -14,7 +14,7 @@ import trio.testing
 
 from actors import Worker
 from actors._worker import WorkerRunner
-from protocol import Assign, Nack, Result, encode_array, message_of
+from protocol import Assign, Nack, Result, bundle_frames, decode, encode_array
 
 
 class _Sink:
@@ -34,8 +34,10 @@ class _Sink:
         self.queued.append(message)
 
     def queue_item(self, item: list) -> None:
-        encode_array(item)  # as a connection does: a value with no CBOR encoding raises here
-        self.queued.append(message_of(item))
+        # Encoded as a connection does (a value with no CBOR encoding raises here), and
+        # read back as the leader's peer would see it, payload decoded.
+        (frame,) = bundle_frames([encode_array(item)], 1 << 25)
+        self.queued.append(decode(frame))
 
     def flush(self) -> None:
         if self.queued:
