@@ -143,7 +143,7 @@ class BrokerConfig:
     # (128 MiB: the jobs its workers run count too, e.g. 8 of 10 MB at once, 4 running)
     max_queued_bytes_per_subject: int = 128 * 2**20
     max_queued_per_client: int = 10_000
-    max_queued_bytes_per_client: int = 32 * 2**20
+    max_queued_bytes_per_client: int = 128 * 2**20
     max_queue_time: float | None = 3600.0
     max_window: int = 10_000
     max_frame: int = DEFAULT_MAX_FRAME_SIZE

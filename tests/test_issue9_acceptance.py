@@ -968,10 +968,12 @@ async def test_queued_bytes_are_limited_per_client_and_others_are_served() -> No
                 async with trio.open_nursery() as submits:
                     for i in range(16):
                         submits.start_soon(one, i)
-                    while len(outcomes) < 16 - 3:  # noqa: ASYNC110 -- polled: 32 MiB, 3 of them fit
+                    # 128 MiB per client (and per subject): 13 of them fit, the rest are busy
+                    fit = (128 * 2**20) // (MB + 300)
+                    while len(outcomes) < 16 - fit:  # noqa: ASYNC110 -- polled
                         await trio.sleep(0.05)
                     waiting = leader.stats()["subjects"]["nobody.big"]["queued"]
-                    assert waiting == 3, waiting
+                    assert waiting == fit == 13, waiting
                     assert all(
                         "per client" in str(e) or "per subject" in str(e) for e in outcomes
                     ), outcomes
