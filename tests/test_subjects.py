@@ -39,7 +39,9 @@ def test_conformance_file_is_complete() -> None:
 
 
 @pytest.mark.skipif(
-    not SHARED_CASES_FILE.exists(), reason="no shared conformance dir beside the repo"
+    not SHARED_CASES_FILE.exists(),
+    reason="the origin of tests/data/nats_subject_cases.json (shared/conformance/, beside the"
+    " repository in the project's workspace) is not here: the copy is what the tests use",
 )
 def test_conformance_copy_matches_shared_original() -> None:
     assert json.loads(SHARED_CASES_FILE.read_text(encoding="utf-8")) == CASES
