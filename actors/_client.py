@@ -145,6 +145,8 @@ class Client(ClientPubSub):
         #: Published messages dropped because their payload could not be decoded (the
         #: first one is logged, on logger ``actors.client``).
         self.bad_deliveries = 0
+        # Subscriptions by the mid of the Subscribe last sent for each (a refusal names it).
+        self._subscribing: dict[int, Subscription] = {}
         #: Jobs abandoned (see the module docstring): cancels sent or queued, and those
         #: dropped because more than ``MAX_QUEUED_CANCELS`` could not be sent.
         self.abandoned = 0
@@ -349,6 +351,9 @@ class Client(ClientPubSub):
         backlog: list[tuple[Call | None, Any]] = []
         for sub in self._subs.values():
             message = Subscribe(mid=next(self._mids), sid=sub.sid, pattern=sub.pattern, queue=sub.queue)
+            self._subscribing.pop(sub._mid, None)
+            self._subscribing[message.mid] = sub
+            sub._mid = message.mid
             try:
                 conn.send_nowait(message)
             except SendBufferFull:
@@ -526,6 +531,14 @@ class Client(ClientPubSub):
         elif kind is Error:
             call = self._calls.pop(msg.cid, None) if msg.cid is not None else None
             if call is None:
+                sub = self._subscribing.pop(msg.cid, None) if msg.cid is not None else None
+                if sub is not None:  # a Subscribe refused: that subscription ends with it
+                    self._subs.pop(sub.sid, None)
+                    sub._fail(
+                        Busy(msg.message, msg.retry_after)
+                        if msg.code == ErrorCode.BUSY
+                        else RemoteError(msg.code, msg.message)
+                    )
                 return
             code = msg.code
             if code == ErrorCode.BUSY:

@@ -35,6 +35,7 @@ class ClientPubSub:
     _mids: Any
     _sids: Any
     _subs: dict[int, Subscription]
+    _subscribing: dict[int, Subscription]
     _failure: ClientError | None
     _start: Callable[[Call], Connection | None]
     _send_when_room: Callable[[Connection, Call], Awaitable[None]]
@@ -114,17 +115,23 @@ class ClientPubSub:
         """Subscribe to ``pattern`` for the duration of the ``async with`` block.
 
         With ``queue``, subscriptions sharing the queue name split the messages (each
-        goes to one of them). Retained messages matching the pattern arrive first.
+        goes to one of them). Retained messages matching the pattern arrive first. If the
+        leader refuses the subscription (``max_subscriptions``, or ``busy`` when its replay
+        of retained messages is over the connection's allowance), receiving from it raises
+        the error (:class:`Busy` with ``retry_after``, or :class:`RemoteError`).
         """
         sid = next(self._sids)
         sub = Subscription(self, sid, pattern, queue, max_pending)  # type: ignore[arg-type]
         message = Subscribe(mid=next(self._mids), sid=sid, pattern=pattern, queue=queue)
         self._subs[sid] = sub
+        self._subscribing[message.mid] = sub
+        sub._mid = message.mid
         try:
             await self._send(message)
             yield sub
         finally:
-            del self._subs[sid]
+            self._subs.pop(sid, None)  # (already gone if the leader refused it)
+            self._subscribing.pop(sub._mid, None)
             conn = self._conn
             if conn is not None:
                 try:

@@ -27,6 +27,11 @@ class Subscription:
 
     Messages wait in a bounded buffer (``max_pending``); when it is full, new ones are
     dropped (pub/sub is at most once) and counted in :attr:`dropped`.
+
+    A subscription the leader refuses (``busy`` for a replay of retained messages over
+    the connection's allowance, ``not_permitted`` past ``max_subscriptions``...) ends:
+    :meth:`receive` and iteration raise the error (:attr:`error`), after any message that
+    arrived before it.
     """
 
     def __init__(self, client: Client, sid: int, pattern: str, queue: str | None, max_pending: int) -> None:
@@ -35,6 +40,10 @@ class Subscription:
         self.pattern = pattern
         self.queue = queue
         self.dropped = 0
+        #: Why the leader refused this subscription, once it has (see the class docstring).
+        self.error: Exception | None = None
+        #: The mid of the Subscribe last sent for it (the leader's refusal names it).
+        self._mid: int | None = None
         self._send, self._receive = trio.open_memory_channel[Message](max_pending)
 
     def _push(self, message: Message) -> None:
@@ -43,9 +52,23 @@ class Subscription:
         except trio.WouldBlock:
             self.dropped += 1
 
+    def _fail(self, error: Exception) -> None:
+        """The leader refused it: no more messages; receiving raises ``error``."""
+        self.error = error
+        self._send.close()
+
     async def receive(self) -> Message:
-        """The next message."""
-        return await self._receive.receive()
+        """The next message.
+
+        Raises:
+          Busy, RemoteError...: the leader refused the subscription (:attr:`error`).
+        """
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            if self.error is not None:
+                raise self.error from None
+            raise
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
@@ -54,4 +77,6 @@ class Subscription:
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
+            if self.error is not None:
+                raise self.error from None
             raise StopAsyncIteration from None

@@ -11,6 +11,7 @@ import cbor2
 import pytest
 import trio
 
+import actors
 import protocol
 from actors import Client, Leader, _pubsub
 from actors._subscription import Subscription
@@ -102,3 +103,30 @@ async def test_the_client_hands_a_deliver_to_each_subscription_it_names() -> Non
     # A payload nobody can decode is dropped, for every subscription it named.
     client._dispatch(Deliver(mid=4, sid=5, subject="a.b", payload=Encoded(b"\x1c"), also=[7, 99]))
     assert client.bad_deliveries == 2
+
+
+@pytest.mark.e2e
+async def test_a_subscription_the_leader_refuses_raises_its_error_and_the_others_go_on(
+    nursery: trio.Nursery,
+) -> None:
+    """Past max_subscriptions the leader answers the Subscribe ``not_permitted``: that
+    subscription's receive raises it; the client and its other subscriptions go on."""
+    leader = Leader(listen=["tcp://127.0.0.1:0"], max_subscriptions=2)
+    (url,) = await nursery.start(leader.run)
+    with trio.fail_after(20):
+        async with Client.connect(url) as client, AsyncExitStack() as stack:
+            first = await stack.enter_async_context(client.subscribe("a.>"))
+            second = await stack.enter_async_context(client.subscribe("b.>"))
+            third = await stack.enter_async_context(client.subscribe("c.>"))
+            with pytest.raises(actors.RemoteError) as refused:
+                await third.receive()
+            assert refused.value.code == protocol.ErrorCode.NOT_PERMITTED
+            assert third.error is refused.value
+            with pytest.raises(actors.RemoteError):  # and stays so
+                async for _ in third:
+                    pass
+            await client.publish("a.x", 1, qos=1)
+            await client.publish("b.x", 2, qos=1)
+            assert (await first.receive()).payload == 1
+            assert (await second.receive()).payload == 2
+            assert client.connects == 1
