@@ -483,7 +483,7 @@ def test_a_client_leaving_takes_its_subscriptions_and_allowance_along() -> None:
 
 
 def test_matching_retained_subjects_stops_at_its_limit() -> None:
-    retained = RetainedMessages(max_count=100, max_bytes=10_000)
+    retained = RetainedMessages(max_count=100, max_bytes=100_000)
     for i in range(50):
         retained.put(f"a.{i}", i, {}, 10)
     assert len(retained.matching(">")) == 50
@@ -533,3 +533,18 @@ def test_few_subscriptions_get_a_deliver_each_and_more_one_naming_them_all(monke
     pub(router, "m.x")
     assert [len(d) for d in named(few)] == [1] * 16 and sorted(sids(few)) == list(range(16))
     assert [sorted(d) for d in named(many)] == [list(range(17))]
+
+
+def test_a_retained_subject_is_charged_for_its_tokens() -> None:
+    """Each token of a retained subject is a trie node of the leader's: charged NODE_COST,
+    so that max_bytes bounds the memory held, not only the payloads."""
+    from actors._retained import NODE_COST
+
+    retained = RetainedMessages(max_count=1000, max_bytes=17 * NODE_COST)
+    long = ".".join(["t"] * 16)
+    retained.put(long, None, {}, 9)
+    assert retained.bytes == 9 + 16 * NODE_COST
+    retained.put("a.b", None, {}, 9)  # over max_bytes with the first: the oldest goes
+    assert list(retained) == ["a.b"] and retained.bytes == 9 + 2 * NODE_COST
+    retained.put(".".join(["t"] * 21), None, {}, 1)  # over max_bytes by itself: not kept
+    assert list(retained) == ["a.b"]
