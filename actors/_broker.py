@@ -18,7 +18,6 @@ queues are dropped by dict, a scan at most every thousand new subjects.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import heapq
 import itertools
 import random
@@ -73,8 +72,6 @@ MAX_WAITERS = 1000
 #: Seconds between two Progress messages of one job forwarded to its clients (more
 #: extend the ack deadline, but are not fanned out to every waiting call).
 PROGRESS_INTERVAL = 0.05
-#: Digests of resubmitted jobs' payloads kept for comparing further resubmissions.
-MAX_DIGESTS = 1024
 #: Patterns of departed workers remembered for ``restart_grace`` at most.
 MAX_DEPARTED = 1024
 #: "Did you mean ...?" suggestions computed per second at most (each compares the subject
@@ -199,9 +196,6 @@ class Broker(Redelivery):
         # worker for it will be back" (see restart_grace), oldest first.
         self._departed: dict[str, float] = {}
         self._departed_index = SubjectIndex()
-        # job id -> (its known payload, that payload's canonical digest): resubmissions
-        # are compared with it without encoding the known payload again (oldest go first).
-        self._digests: dict[str, tuple[Any, bytes]] = {}
         # "did you mean ...?": answers by subject (for the routes of _routes_version, which
         # changes as workers come and go), and a token bucket bounding their cost.
         self._routes_version = 0
@@ -504,30 +498,20 @@ class Broker(Redelivery):
         return False
 
     def _same_request(self, job_id: str, known: Any, payload: Any) -> bool:
-        """Whether ``payload`` is the payload ``known`` of job ``job_id``: the same once
-        encoded canonically (a NaN is not equal to itself, but encodes the same; 1 and 1.0
-        are equal, but do not), encoding ``known`` only once however often it is
-        resubmitted: a flood of resubmits of a large job costs what the resubmits weigh.
+        """Whether ``payload`` is the payload ``known`` of job ``job_id``.
 
-        Payloads from the wire are :class:`~protocol.Encoded`: the same when their bytes
-        are (a client repeats its own encoding; the leader never decodes a payload)."""
+        Payloads from the wire are :class:`~protocol.Encoded` (the leader never decodes
+        one): the same when their bytes are, a comparison of bytes however often a large
+        job is resubmitted. Values (a broker driven in-process) are the same once encoded
+        canonically (a NaN is not equal to itself, but encodes the same; 1 and 1.0 are
+        equal, but do not)."""
         if known is payload:
             return True
         if type(known) is Encoded and type(payload) is Encoded:
             return known.data == payload.data
-        digests = self._digests
-        digest = digests.get(job_id)
-        if digest is None or digest[0] is not known:
-            try:
-                digest = (known, hashlib.blake2b(cbor2.dumps(known, canonical=True)).digest())
-            except Exception:  # (noqa: BLE001) not encodable: nothing is the same
-                return False
-            if len(digests) >= MAX_DIGESTS:
-                del digests[next(iter(digests))]
-            digests[job_id] = digest
         try:
-            return hashlib.blake2b(cbor2.dumps(payload, canonical=True)).digest() == digest[1]
-        except Exception:  # (noqa: BLE001)
+            return cbor2.dumps(known, canonical=True) == cbor2.dumps(payload, canonical=True)
+        except Exception:  # (noqa: BLE001) not encodable: nothing is the same
             return False
 
     def _conflict(self, client: ClientLink, msg: Submit) -> None:
@@ -575,9 +559,7 @@ class Broker(Redelivery):
         return encoded + BUNDLE_OVERHEAD + FORWARD_RESERVE <= self.config.max_frame
 
     def _refuse(self, client: ClientLink, msg: Any, code: str, message: str, **extra: Any) -> None:
-        client.send(
-            Error(mid=client.next_mid(), cid=msg.mid, code=code, message=message, job_id=getattr(msg, "job_id", None), **extra)
-        )
+        client.refuse(msg, code, message, **extra)
 
     def _refuse_busy(self, client: ClientLink, msg: Submit, message: str) -> None:
         self._refuse(client, msg, ErrorCode.BUSY, message, retry_after=self._retry_after())

@@ -116,7 +116,16 @@ class NoRoute(ClientError):
         self.message = message
 
 
-class Conflict(ClientError):
+class _JobAnswer(ClientError):
+    """The leader's refusal of a call about one job (its ``job_id``, and its words)."""
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.message = message
+
+
+class Conflict(_JobAnswer):
     """The job id names another job: it was submitted before with another subject or
     payload (the leader's ``conflict`` answer). A resubmission must repeat both.
 
@@ -125,13 +134,8 @@ class Conflict(ClientError):
       message: the leader's words.
     """
 
-    def __init__(self, job_id: str, message: str) -> None:
-        super().__init__(message)
-        self.job_id = job_id
-        self.message = message
 
-
-class NotFound(ClientError):
+class NotFound(_JobAnswer):
     """:meth:`~actors.Client.result`: the leader has no result for this job id: unknown,
     finished longer ago than its dedup window, or (without ``wait``) not finished yet.
 
@@ -139,11 +143,6 @@ class NotFound(ClientError):
       job_id: the job id.
       message: the leader's words.
     """
-
-    def __init__(self, job_id: str, message: str) -> None:
-        super().__init__(message)
-        self.job_id = job_id
-        self.message = message
 
 
 class ConnectionLost(ClientError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from protocol import GroupMode, RoutingPolicy, message_of
+from protocol import Error, GroupMode, RoutingPolicy, message_of
 
 if TYPE_CHECKING:
     from ._jobs import JobRecord
@@ -46,6 +46,16 @@ class Link:
     def __attrs_post_init__(self) -> None:
         if self.send_item is None:
             self.send_item = lambda item: self.send(message_of(item, decode_payloads=True))
+
+    def refuse(self, msg: Any, code: str, message: str, **extra: Any) -> None:
+        """Answer ``msg`` (a message this peer sent) with an Error of ``code``; ``extra``:
+        more Error fields (``retry_after``). Names the message's job, if it has one."""
+        self.send(
+            Error(
+                mid=self.next_mid(), cid=msg.mid, code=code, message=message,
+                job_id=getattr(msg, "job_id", None), **extra,
+            )  # fmt: skip
+        )
 
 
 @attrs.define(eq=False)

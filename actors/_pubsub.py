@@ -44,7 +44,6 @@ from protocol import (
     Ack,
     Deliver,
     Encoded,
-    Error,
     ErrorCode,
     Publish,
     SubjectIndex,
@@ -248,16 +247,11 @@ class PubSubRouter:
             for key, value in msg.headers.items():
                 size += len(key) + len(value) + 2
         if size > SURELY_FITS and not self._deliver_fits(msg):
-            client.send(
-                Error(
-                    mid=client.next_mid(),
-                    cid=msg.mid,
-                    code=ErrorCode.TOO_LARGE,
-                    message=(
-                        f"message to {msg.subject} is too large to forward: over the"
-                        f" leader's frame limit of {self.max_frame} bytes"
-                    ),
-                )
+            client.refuse(
+                msg,
+                ErrorCode.TOO_LARGE,
+                f"message to {msg.subject} is too large to forward: over the"
+                f" leader's frame limit of {self.max_frame} bytes",
             )
             return
         if msg.retain:
@@ -388,13 +382,8 @@ class PubSubRouter:
         if old is not None and old.pattern == msg.pattern and old.queue == msg.queue:
             return  # the same subscription again: it stands, and had its replay
         if old is None and len(subscriptions) >= self.max_subscriptions:
-            client.send(
-                Error(
-                    mid=client.next_mid(),
-                    cid=msg.mid,
-                    code=ErrorCode.NOT_PERMITTED,
-                    message=f"subscription limit reached ({self.max_subscriptions} per connection)",
-                )
+            client.refuse(
+                msg, ErrorCode.NOT_PERMITTED, f"subscription limit reached ({self.max_subscriptions} per connection)"
             )
             return
         replay = self._replay_for(client, msg, now)
@@ -427,18 +416,13 @@ class PubSubRouter:
             left = min(full, charged[0] + max(0.0, now - charged[1]) * full / REPLAY_REFILL)
         subjects = retained.matching(msg.pattern, limit=int(left) + 1)
         if len(subjects) > left:
-            client.send(
-                Error(
-                    mid=client.next_mid(),
-                    cid=msg.mid,
-                    code=ErrorCode.BUSY,
-                    message=(
-                        f"retained messages replayed too fast: {msg.pattern} matches more than"
-                        f" the {int(left)} this connection may be replayed now ({full} per"
-                        f" {REPLAY_REFILL:g} s)"
-                    ),
-                    retry_after=max(0.001, round((full - left) * REPLAY_REFILL / full, 3)),
-                )
+            client.refuse(
+                msg,
+                ErrorCode.BUSY,
+                f"retained messages replayed too fast: {msg.pattern} matches more than"
+                f" the {int(left)} this connection may be replayed now ({full} per"
+                f" {REPLAY_REFILL:g} s)",
+                retry_after=max(0.001, round((full - left) * REPLAY_REFILL / full, 3)),
             )
             return None
         if subjects:

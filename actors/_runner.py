@@ -488,11 +488,9 @@ class WorkerRunner:
             return
         deadline = msg.deadline
         try:
-            payload = decode_payload(msg.payload)
+            payload, bad = decode_payload(msg.payload), None
         except InvalidPayload as exc:  # the submitter's bytes: this job fails for good, at once
             payload, bad = None, exc
-        else:
-            bad = None
         job = Job(
             job_id, msg.subject, payload, msg.headers, attempt=msg.attempt, qos=msg.qos,
             deadline=None if deadline is None else now + deadline, max_attempts=msg.max_attempts,
@@ -698,16 +696,15 @@ class WorkerRunner:
             self.dropped += 1
             return
         try:
-            payload = decode_payload(msg.payload)
-        except InvalidPayload as exc:  # a publisher's bytes: dropped (at most once), logged
+            payload, bad = decode_payload(msg.payload), None
+        except InvalidPayload as exc:
+            payload, bad = None, exc
+        job = Job(f"deliver-{msg.mid}", msg.subject, payload, msg.headers, qos=0, published=True)
+        if bad is not None:  # a publisher's bytes: dropped (at most once), logged
             self.dropped += 1
-            self._failure_log.failed(
-                Job(f"deliver-{msg.mid}", msg.subject, None, msg.headers, qos=0, published=True),
-                Failure("InvalidPayload", error_text(exc), final=True),
-            )
+            self._failure_log.failed(job, Failure("InvalidPayload", error_text(bad), final=True))
             return
         self.deliveries += 1
-        job = Job(f"deliver-{msg.mid}", msg.subject, payload, msg.headers, qos=0, published=True)
         assert self._nursery is not None
         self._nursery.start_soon(self._run_delivery, job)
 

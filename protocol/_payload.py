@@ -202,9 +202,9 @@ def encoded(payload: Any) -> Encoded | None:
     Raises:
       InvalidPayload: a plain value that cannot be encoded again.
     """
-    if payload is None or type(payload) is Encoded:
-        return payload
+    if payload is None:
+        return None
     try:
-        return Encoded(encode_payload(payload))
+        return Encoded.of(payload)
     except ValueError as exc:
         raise InvalidPayload(str(exc)) from None

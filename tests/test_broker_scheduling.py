@@ -16,54 +16,25 @@
 from __future__ import annotations
 
 import itertools
-import random
 
-import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actors._broker as broker_module
-from actors import Broker, BrokerConfig, JobState
+from actors import Broker, JobState
 from actors._links import ClientLink, PatternSet, WorkerLink
 from actors._sizes import JOB_OVERHEAD, payload_size
 from protocol import Assign, Cancel, Error, ErrorCode, Nack, Result, SubjectIndex, Submit
-from runtime import Backoff
+from tests.test_broker import TClient, TWorker, client, make_broker
 
 _mids = itertools.count(1)
-
-
-@attrs.define(eq=False)
-class TWorker(WorkerLink):
-    """A worker link that records what the broker sends it."""
-
-    out: list = attrs.field(factory=list)
-
-
-@attrs.define(eq=False)
-class TClient(ClientLink):
-    """A client link that records what the broker sends it."""
-
-    out: list = attrs.field(factory=list)
-
-
-def make_broker(**kw) -> Broker:
-    kw.setdefault("ack_timeout", 10.0)
-    kw.setdefault("max_attempts", 3)
-    kw.setdefault("retry_backoff", Backoff(base=1.0, factor=2.0, cap=60.0, jitter=0.0))
-    return Broker(BrokerConfig(**kw), rng=random.Random(1))
 
 
 def worker(broker: Broker, name: str, window: int, patterns=("jobs.>",), now=0.0, **kw) -> TWorker:
     link = TWorker(name, print, patterns=tuple(patterns), window=window, group=name, **kw)
     link.send = link.out.append
     broker.worker_joined(link, now)
-    return link
-
-
-def client(name: str = "c") -> TClient:
-    link = TClient(name, print)
-    link.send = link.out.append
     return link
 
 

@@ -272,9 +272,10 @@ async def progress_fanout(h: Harness, waiters: int = 1000, progress: int = 700) 
 
 
 async def conflict_resubmit(h: Harness, items: int = 700_000, resubmits: int = 100) -> float:
-    """A resubmission whose payload differs from the job's is told apart by encoding both
-    payloads canonically (``Broker._same_request``): each 20-byte conflicting Submit
-    re-encodes the stored payload (up to 16 MiB)."""
+    """A resubmission whose payload differs from the job's: told apart, before da84a52, by
+    encoding both payloads canonically, each 20-byte conflicting Submit re-encoding the
+    stored payload (up to 16 MiB); now by comparing the bytes (``Broker._same_request``:
+    the leader keeps payloads encoded)."""
     client = await h.peer(name="c")
     big = [0] * items
     await client.send(

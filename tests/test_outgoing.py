@@ -42,28 +42,18 @@ from runtime._connection import Connection
 from runtime._outgoing import OutgoingBudget
 from runtime._transports import running
 from runtime._wire import SocketWire, StreamWire, socket_under, tcp_bytes_acked
+from tests import test_heartbeat
 
 LINUX = sys.platform == "linux"
 
 
-class RawPeer:
-    """The other end of the connection's stream, speaking frames by hand."""
+class RawPeer(test_heartbeat.RawPeer):
+    """The other end of the connection's stream, speaking frames by hand (frames up to
+    64 MiB)."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
+        super().__init__(stream)
         self.decoder = protocol.FrameDecoder(max_frame_size=64 * 2**20)
-        self.backlog: list[protocol.Message] = []
-
-    async def send(self, *messages: protocol.Message) -> None:
-        await self.stream.send_all(b"".join(protocol.encode(m) for m in messages))
-
-    async def receive(self) -> protocol.Message:
-        while not self.backlog:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                raise EOFError
-            self.backlog += self.decoder.feed(data)
-        return self.backlog.pop(0)
 
     async def read_until_eof(self) -> None:
         while await self.stream.receive_some(65536):

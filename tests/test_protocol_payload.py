@@ -63,6 +63,7 @@ from protocol._payload import (
 )
 from tests import strategies as sts
 from tests.strategies import cbor_body, frame_of
+from tests.test_protocol_framing import feed_all
 
 BIG = 1 << 24  # a max_body under which everything fits in one bundle frame
 #: The kinds that carry a payload.
@@ -89,18 +90,6 @@ def nested(depth: int) -> Any:
 
 def map_frame(wire: dict[str, Any]) -> bytes:
     return frame_of(cbor_body(wire))
-
-
-def feed_all(decoder: FrameDecoder, pieces: list[bytes]) -> tuple[list[Message], Any]:
-    """Feed ``pieces`` in turn; every message out, and the error that stopped it (or None)."""
-    out: list[Message] = []
-    for piece in pieces:
-        try:
-            out.extend(decoder.feed(piece))
-        except ProtocolError as exc:
-            out.extend(exc.messages)
-            return out, exc
-    return out, None
 
 
 def test_the_payload_names_are_exported() -> None:
