@@ -2,45 +2,50 @@
 
 Write a worker by subclassing :class:`Worker`; submit jobs with :class:`Client`; run a
 cluster with ``python -m actors.cluster``.
+
+The package has a subpackage per role (see the README's "Architecture"):
+:mod:`actors.leader` (the broker and the leader process), :mod:`actors.worker` (workers,
+their runner and groups), :mod:`actors.client` (the client) and :mod:`actors.cluster`
+(configuration and the command lines). What users write against is re-exported here; the
+leader's internals (``Broker``, ``BrokerConfig``, ``JobState``) and ``WorkerRunner`` stay in
+their subpackages.
 """
 
-from ._broker import Broker as Broker
-from ._broker import BrokerConfig as BrokerConfig
-from ._client import Client as Client
-from ._client_errors import Busy as Busy
-from ._client_errors import ClientError as ClientError
-from ._client_errors import Conflict as Conflict
-from ._client_errors import ConnectionLost as ConnectionLost
-from ._client_errors import ConnectionRefused as ConnectionRefused
-from ._client_errors import ConnectTimeout as ConnectTimeout
-from ._client_errors import DeadLettered as DeadLettered
-from ._client_errors import JobCancelled as JobCancelled
-from ._client_errors import JobFailed as JobFailed
-from ._client_errors import NoRoute as NoRoute
-from ._client_errors import NotFound as NotFound
-from ._client_errors import RemoteError as RemoteError
-from ._client_errors import SubmitTimeout as SubmitTimeout
-from ._client_errors import TLSFailed as TLSFailed
-from ._client_errors import TooLarge as TooLarge
-from ._client_errors import WrongProtocol as WrongProtocol
-from ._client_map import JobMap as JobMap
-from ._config import load_config as load_config
-from ._config_model import ClusterConfig as ClusterConfig
-from ._config_model import GroupConfig as GroupConfig
-from ._config_model import GroupRetryConfig as GroupRetryConfig
-from ._config_model import LeaderConfig as LeaderConfig
-from ._failures import Reject as Reject
-from ._group import GroupFailed as GroupFailed
-from ._group import InstanceInfo as InstanceInfo
-from ._group import WorkerGroup as WorkerGroup
-from ._job import Job as Job
-from ._jobs import JobState as JobState
-from ._leader import Leader as Leader
-from ._loader import ConfigError as ConfigError
-from ._redelivery import DLQ_PREFIX as DLQ_PREFIX
-from ._redelivery import GroupRetry as GroupRetry
-from ._runner import WorkerRunner as WorkerRunner
-from ._subscription import Message as Message
-from ._subscription import Subscription as Subscription
-from ._worker import Worker as Worker
-from ._worker import run_worker as run_worker
+from ._checks import ConfigError as ConfigError
+from .client import Busy as Busy
+from .client import Client as Client
+from .client import ClientError as ClientError
+from .client import Conflict as Conflict
+from .client import ConnectionLost as ConnectionLost
+from .client import ConnectionRefused as ConnectionRefused
+from .client import ConnectTimeout as ConnectTimeout
+from .client import DeadLettered as DeadLettered
+from .client import JobCancelled as JobCancelled
+from .client import JobFailed as JobFailed
+from .client import JobMap as JobMap
+from .client import NoRoute as NoRoute
+from .client import NotFound as NotFound
+from .client import Publication as Publication
+from .client import RemoteError as RemoteError
+from .client import SubmitTimeout as SubmitTimeout
+from .client import Subscription as Subscription
+from .client import TLSFailed as TLSFailed
+from .client import TooLarge as TooLarge
+from .client import WrongProtocol as WrongProtocol
+from .cluster import ClusterConfig as ClusterConfig
+from .cluster import GroupConfig as GroupConfig
+from .cluster import GroupRetryConfig as GroupRetryConfig
+from .cluster import LeaderConfig as LeaderConfig
+from .cluster import load_config as load_config
+from .cluster import run_cluster as run_cluster
+from .leader import DLQ_PREFIX as DLQ_PREFIX
+from .leader import GroupRetry as GroupRetry
+from .leader import Leader as Leader
+from .worker import DeadlineExceeded as DeadlineExceeded
+from .worker import GroupFailed as GroupFailed
+from .worker import InstanceInfo as InstanceInfo
+from .worker import Job as Job
+from .worker import Reject as Reject
+from .worker import Worker as Worker
+from .worker import WorkerGroup as WorkerGroup
+from .worker import run_worker as run_worker

@@ -25,8 +25,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import protocol  # noqa: E402
-from actors._broker import Broker  # noqa: E402
-from actors._links import ClientLink, WorkerLink  # noqa: E402
+from actors.leader._broker import Broker  # noqa: E402
+from actors.leader._links import ClientLink, WorkerLink  # noqa: E402
 from protocol import FrameDecoder, Hello, Result, Session, Submit  # noqa: E402
 
 SUBJECT = "bench.noop"

@@ -10,7 +10,7 @@ Who gets a published message:
 - one instance of each ordinary (``round_robin``) group whose subjects match.
 
 A message published with ``retain=True`` is also kept as its subject's last message and
-replayed to subscriptions made later (``Message.retained`` is then true).
+replayed to subscriptions made later (``Publication.retained`` is then true).
 
 A group is put in broadcast mode with ``mode = "broadcast"`` in its ``[[groups]]`` table
 (see ``examples/cluster.toml``), with ``python -m actors.worker --mode broadcast`` for a
@@ -40,7 +40,7 @@ from typing import Any
 import attrs
 import trio
 
-from actors import Client, Job, Message, Subscription, Worker
+from actors import Client, Job, Publication, Subscription, Worker
 from protocol import subject_matches
 
 #: The retained event: published before anyone subscribes, replayed to each subscription.
@@ -130,8 +130,8 @@ async def main(
         ):
             for subject, payload in events:
                 await client.publish(subject, payload)
-            got_all: list[Message] = []
-            got_queue: tuple[list[Message], list[Message]] = ([], [])
+            got_all: list[Publication] = []
+            got_queue: tuple[list[Publication], list[Publication]] = ([], [])
             with trio.move_on_after(receive_within) as waited:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_collect, everything, got_all, expected)
@@ -152,14 +152,14 @@ async def main(
     return report
 
 
-async def _collect(sub: Subscription, into: list[Message], count: int) -> None:
+async def _collect(sub: Subscription, into: list[Publication], count: int) -> None:
     while len(into) < count:
         into.append(await sub.receive())
 
 
 async def _collect_shared(
     members: tuple[Subscription, Subscription],
-    into: tuple[list[Message], list[Message]],
+    into: tuple[list[Publication], list[Publication]],
     count: int,
 ) -> None:
     """Receive from every member until ``count`` messages came in across all of them."""
@@ -167,7 +167,7 @@ async def _collect_shared(
         return
     async with trio.open_nursery() as nursery:
 
-        async def drain(sub: Subscription, got: list[Message]) -> None:
+        async def drain(sub: Subscription, got: list[Publication]) -> None:
             while True:
                 got.append(await sub.receive())
                 if sum(map(len, into)) >= count:

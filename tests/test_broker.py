@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors import DLQ_PREFIX, Broker, BrokerConfig, JobState
-from actors._jobs import IllegalTransition, JobRecord
-from actors._links import ClientLink, WorkerLink
+from actors import DLQ_PREFIX
+from actors.leader import Broker, BrokerConfig, JobState
+from actors.leader._jobs import IllegalTransition, JobRecord
+from actors.leader._links import ClientLink, WorkerLink
 from protocol import (
     Assign,
     Cancel,
@@ -478,7 +479,7 @@ def test_take_soonest_reports_the_earliest_new_deadline_once() -> None:
 def test_least_loaded_in_a_large_group_stays_even_and_looks_at_few_workers():
     """Beyond 16 workers, least_loaded takes the less loaded of two random workers with a
     free slot: O(1) per job, and the load still ends up even."""
-    from actors._broker import EXACT_LEAST_LOADED, LEAST_LOADED_SAMPLES
+    from actors.leader._broker import EXACT_LEAST_LOADED, LEAST_LOADED_SAMPLES
 
     b = make_broker()
     workers = [worker(b, f"w{i}", 10, policy="least_loaded") for i in range(100)]

@@ -8,9 +8,10 @@ import random
 import attrs
 import pytest
 
-from actors import DLQ_PREFIX, Broker, BrokerConfig, JobState
-from actors._links import ClientLink, WorkerLink
-from actors._sizes import JOB_OVERHEAD, payload_size
+from actors import DLQ_PREFIX
+from actors.leader import Broker, BrokerConfig, JobState
+from actors.leader._links import ClientLink, WorkerLink
+from actors.leader._sizes import JOB_OVERHEAD, payload_size
 from protocol import (
     Assign,
     Credit,
@@ -279,7 +280,7 @@ def test_a_worker_cannot_take_more_than_max_window_whatever_credit_it_grants():
 
 
 def test_subjects_with_nothing_waiting_are_forgotten_past_the_limit(monkeypatch):
-    import actors._broker as broker_module
+    import actors.leader._broker as broker_module
 
     monkeypatch.setattr(broker_module, "MAX_SUBJECT_QUEUES", 100)
     b = make_broker()
@@ -601,7 +602,7 @@ def test_a_dead_letter_is_logged_with_its_last_error(caplog):
 
 
 def test_a_flood_of_unserved_submits_gets_suggestions_within_a_budget(monkeypatch):
-    import actors._broker as broker_module
+    import actors.leader._broker as broker_module
 
     calls = []
     real = broker_module.difflib.get_close_matches
@@ -622,7 +623,7 @@ def test_a_flood_of_unserved_submits_gets_suggestions_within_a_budget(monkeypatc
 
 
 def test_retained_messages_are_matched_by_walking_their_tokens():
-    from actors._retained import RetainedMessages
+    from actors.leader._retained import RetainedMessages
 
     retained = RetainedMessages(max_count=100, max_bytes=10_000)
     for subject in ["a.b.c", "a.b", "a.x.c", "b.b.c", "a.b.c.d"]:
@@ -655,7 +656,7 @@ def test_a_flood_of_subscribes_does_not_scan_every_retained_subject():
 
 
 def test_the_calls_waiting_for_one_job_are_bounded():
-    import actors._broker as broker_module
+    import actors.leader._broker as broker_module
 
     b = make_broker()
     c = client("c")

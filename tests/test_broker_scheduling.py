@@ -1,7 +1,7 @@
 """The broker's bookkeeping of queues, workers and limits, sans-I/O, at exact times.
 
 - A joining worker becomes a candidate of exactly the queues its patterns match, once
-  each, asked through a :class:`~actors._links.PatternSet` (which agrees with the subject
+  each, asked through a :class:`~actors.leader._links.PatternSet` (which agrees with the subject
   index and shares its work between subjects); a worker that leaves is no one's candidate.
 - A worker with room visits only the queues whose jobs found no worker with room
   (``WorkerLink.hungry``), in turn: a flood of Credit or of Nacks of unknown jobs does no
@@ -21,10 +21,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import actors._broker as broker_module
-from actors import Broker, JobState
-from actors._links import ClientLink, PatternSet, WorkerLink
-from actors._sizes import JOB_OVERHEAD, payload_size
+import actors.leader._broker as broker_module
+from actors.leader import Broker, JobState
+from actors.leader._links import ClientLink, PatternSet, WorkerLink
+from actors.leader._sizes import JOB_OVERHEAD, payload_size
 from protocol import Assign, Cancel, Error, ErrorCode, Nack, Result, SubjectIndex, Submit
 from tests.test_broker import TClient, TWorker, client, make_broker
 

@@ -49,8 +49,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from actors import Broker, BrokerConfig, JobState
-from actors._links import ClientLink, WorkerLink
+from actors.leader import Broker, BrokerConfig, JobState
+from actors.leader._links import ClientLink, WorkerLink
 from protocol import (
     Ack,
     Assign,

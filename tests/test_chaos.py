@@ -17,7 +17,8 @@ import cbor2
 import pytest
 import trio
 
-from actors import Client, Job, Leader, Worker, WorkerRunner
+from actors import Client, Job, Leader, Worker
+from actors.worker import WorkerRunner
 from protocol import Error, FrameDecoder, Hello, Result, Submit, encode
 from runtime import Backoff
 

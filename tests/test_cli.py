@@ -265,7 +265,7 @@ async def test_worker_refuses_bad_arguments(args, fragments):
 async def leader_url(nursery) -> AsyncIterator[str]:
     """A leader with in-process Echo and Flaky workers, on a free port."""
     from actors import Leader
-    from actors._group import WorkerGroup
+    from actors.worker._group import WorkerGroup
 
     leader = Leader(listen=["tcp://127.0.0.1:0"])
     urls = await nursery.start(leader.run)
@@ -301,7 +301,7 @@ async def test_worker_process_serves_and_drains_on_sigterm(nursery, leader_url):
 
 async def test_worker_process_past_max_jobs_drains_and_exits_to_be_replaced(nursery, leader_url):
     from actors import Client
-    from actors._worker import RECYCLE_EXIT_STATUS
+    from actors.worker._worker import RECYCLE_EXIT_STATUS
 
     process = await trio.lowlevel.open_process(
         python("-m", "actors.worker", "--url", leader_url, "--name", "w-3", "--group", "solo",

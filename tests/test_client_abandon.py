@@ -17,7 +17,8 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from actors import Client, Job, Leader, SubmitTimeout, Worker, WorkerRunner
+from actors import Client, Job, Leader, SubmitTimeout, Worker
+from actors.worker import WorkerRunner
 
 pytestmark = pytest.mark.e2e
 

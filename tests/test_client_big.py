@@ -18,7 +18,8 @@ import trio
 import actors
 import protocol
 import runtime
-from actors import Client, Job, Leader, Worker, WorkerRunner
+from actors import Client, Job, Leader, Worker
+from actors.worker import WorkerRunner
 from protocol import Error, ErrorCode, Submit, Welcome
 
 pytestmark = pytest.mark.e2e

@@ -27,8 +27,8 @@ from actors import (
     NoRoute,
     NotFound,
     Worker,
-    WorkerRunner,
 )
+from actors.worker import WorkerRunner
 from runtime import Backoff
 
 pytestmark = pytest.mark.e2e

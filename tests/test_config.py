@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 
-from actors._config import config_from_args, load_config, parse_worker_option
-from actors._config_checks import check_url
-from actors._config_model import ClusterConfig, GroupConfig, LeaderConfig, RetryConfig
-from actors._loader import ConfigError
+from actors._checks import check_url
+from actors.cluster._config import config_from_args, load_config, parse_worker_option
+from actors.cluster._model import ClusterConfig, GroupConfig, LeaderConfig, RetryConfig
+from actors.worker._loader import ConfigError
 from runtime import Backoff
 
 FULL = """

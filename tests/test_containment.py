@@ -35,7 +35,6 @@ from protocol import (
     Bye,
     Deliver,
     Error,
-    decode_payload,
     ErrorCode,
     Hello,
     Message,
@@ -46,6 +45,7 @@ from protocol import (
     Session,
     Submit,
     Welcome,
+    decode_payload,
 )
 from runtime._connection import Connection
 from runtime._transports import running

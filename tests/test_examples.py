@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import trio
 
-from actors import Leader, Worker, WorkerRunner
+from actors import Leader, Worker
+from actors.worker import WorkerRunner
 from examples import fanout, flaky, pubsub, square
 from runtime import Backoff
 
@@ -192,9 +193,9 @@ async def test_flaky_example_retries_then_dead_letters():
 
 
 def _load_config():
-    config_module = pytest.importorskip("actors._config")
+    config_module = pytest.importorskip("actors.cluster._config")
     if not hasattr(config_module, "load_config"):
-        pytest.skip("actors._config has no load_config yet")
+        pytest.skip("actors.cluster._config has no load_config yet")
     return config_module
 
 

@@ -16,8 +16,8 @@ import attrs
 import pytest
 import trio
 
-from actors._group import STABLE_AFTER, WorkerGroup
-from actors._loader import ConfigError
+from actors.worker._group import STABLE_AFTER, WorkerGroup
+from actors.worker._loader import ConfigError
 from runtime import Backoff, ChildState, SupervisorEscalation
 from tests import workers
 
@@ -58,7 +58,7 @@ class FakeRunWorker:
 @pytest.fixture
 def fake(monkeypatch):
     fake = FakeRunWorker()
-    monkeypatch.setattr("actors._worker.run_worker", fake)
+    monkeypatch.setattr("actors.worker._worker.run_worker", fake)
     return fake
 
 

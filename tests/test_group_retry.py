@@ -17,17 +17,16 @@ import trio
 
 from actors import (
     DLQ_PREFIX,
-    Broker,
-    BrokerConfig,
     Client,
     ConfigError,
     DeadLettered,
     GroupRetry,
     GroupRetryConfig,
 )
-from actors._config import config_from_args, load_config
-from actors._config_model import RetryConfig
 from actors.cluster import run_cluster
+from actors.cluster._config import config_from_args, load_config
+from actors.cluster._model import RetryConfig
+from actors.leader import Broker, BrokerConfig
 from protocol import Deliver, Subscribe
 from runtime import Backoff
 from tests.test_broker import assigns, client, finish, results, submit, worker

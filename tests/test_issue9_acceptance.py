@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,11 @@ import trio
 import trio_websocket
 
 import actors
+import actors.leader
 import protocol
 import runtime
-from actors import Client, Job, Leader, Worker, WorkerRunner
+from actors import Client, Job, Leader, Worker
+from actors.worker import WorkerRunner
 from protocol import ErrorCode, FrameDecoder
 
 pytestmark = pytest.mark.e2e
@@ -574,14 +577,14 @@ def leader_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 async def test_a_failure_handling_a_clients_message_ends_that_connection_only(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    submit = actors.Broker.submit
+    submit = actors.leader.Broker.submit
 
     def failing_submit(self: Any, client: Any, msg: Any, now: float) -> None:
         if msg.subject == "echo.boom":
             raise ZeroDivisionError("injected")
         submit(self, client, msg, now)
 
-    monkeypatch.setattr(actors.Broker, "submit", failing_submit)
+    monkeypatch.setattr(actors.leader.Broker, "submit", failing_submit)
     with trio.fail_after(20):
         async with leader_with_echo() as (leader, url, _):
             async with RawPeer.connect(url) as bystander:
@@ -608,7 +611,7 @@ async def test_a_failure_handling_a_clients_message_ends_that_connection_only(
 async def test_a_failure_handling_a_workers_result_ends_that_worker_and_the_job_is_redelivered(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    result = actors.Broker.result
+    result = actors.leader.Broker.result
     failed: list[str] = []
 
     def failing_result(self: Any, worker: Any, msg: Any, now: float) -> None:
@@ -617,7 +620,7 @@ async def test_a_failure_handling_a_workers_result_ends_that_worker_and_the_job_
             raise KeyError("injected")
         result(self, worker, msg, now)
 
-    monkeypatch.setattr(actors.Broker, "result", failing_result)
+    monkeypatch.setattr(actors.leader.Broker, "result", failing_result)
     fast = runtime.Backoff(base=0.05, factor=1.0, cap=0.05, jitter=0.0)
     with trio.fail_after(20):
         async with leader_with_echo(retry_backoff=fast) as (leader, url, echo):
@@ -834,31 +837,38 @@ async def test_a_job_nacked_with_an_enormous_delay_expires_at_max_queue_time() -
 # 3. No one peer starves the others
 
 
-async def _flood(url: str, subject: str, count: int) -> None:
-    """Submit ``count`` jobs that wait for a worker nobody runs, then go away (abandon them)."""
+async def _flood(url: str, subject: str, count: int, *, refused: int) -> None:
+    """Submit ``count`` jobs that wait for a worker nobody runs, read the ``refused`` busy
+    answers the leader owes past its limits (so every submit has been taken or refused), then
+    go away (abandon the rest)."""
     async with RawPeer.connect(url) as peer:
         submits = [
             frame({"t": 3, "i": i + 1, "j": f"{subject}-{i}", "s": subject, "p": i, "ww": True})
             for i in range(count)
         ]
         await peer.stream.send_all(frame(hello()) + b"".join(submits))
-        # Read what comes for a moment (busy answers past the limits), then vanish.
-        with trio.move_on_after(1.0):
-            while await peer._read():
-                peer.got.clear()
+        busy = 0
+        while busy < refused:
+            msg = await peer.next_message()
+            assert msg is not None, f"the leader closed the connection after {busy} refusals"
+            if type(msg) is protocol.Error:
+                assert msg.code == "busy", msg
+                busy += 1
 
 
 async def test_100k_abandoned_jobs_for_a_subject_nobody_serves_starve_nobody_and_expire() -> None:
     with trio.fail_after(40):
-        async with leader_with_echo(max_queue_time=3.0) as (leader, url, _):
-            await _flood(url, "nobody.x", 100_000)
+        # max_queue_time is long enough that none expires while the leader is still reading
+        # the flood (100,000 submits take it a few seconds on a slow machine).
+        async with leader_with_echo(max_queue_time=8.0) as (leader, url, _):
+            await _flood(url, "nobody.x", 100_000, refused=90_000)
             queued = leader.stats()["subjects"]["nobody.x"]["queued"]
             assert queued == 10_000  # the connection's own limit (the subject's is 25,000)
             await echo_serves(url)  # another subject is served
             start = trio.current_time()
             while leader.stats()["subjects"]["nobody.x"]["queued"]:  # noqa: ASYNC110 -- polled
                 await trio.sleep(0.1)
-            assert trio.current_time() - start < 5  # they left at max_queue_time
+            assert trio.current_time() - start < 9  # they left at max_queue_time
             assert leader.stats()["subjects"]["nobody.x"]["expired"] == queued
 
 
@@ -866,8 +876,8 @@ async def test_one_process_with_two_connections_cannot_make_every_subject_busy()
     with trio.fail_after(40):
         async with leader_with_echo() as (leader, url, _):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_flood, url, "nobody.a", 50_000)
-                nursery.start_soon(_flood, url, "nobody.b", 50_000)
+                nursery.start_soon(partial(_flood, url, "nobody.a", 50_000, refused=40_000))
+                nursery.start_soon(partial(_flood, url, "nobody.b", 50_000, refused=40_000))
             # Each connection may have 10,000 jobs waiting (the per-client default): a
             # fifth of the total, so that two (or four) cannot fill it.
             assert leader.stats()["waiting"] == 20_000

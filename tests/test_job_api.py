@@ -27,8 +27,8 @@ from actors import (
     SubmitTimeout,
     Worker,
     WorkerGroup,
-    WorkerRunner,
 )
+from actors.worker import WorkerRunner
 from runtime import Backoff
 
 pytestmark = pytest.mark.e2e

@@ -23,8 +23,8 @@ from actors import (
     JobFailed,
     Leader,
     Worker,
-    WorkerRunner,
 )
+from actors.worker import WorkerRunner
 from protocol import Error, FrameDecoder
 from runtime import Backoff
 

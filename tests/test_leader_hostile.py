@@ -16,7 +16,8 @@ import pytest
 import trio
 
 import protocol
-from actors import Client, Job, Leader, Worker, WorkerRunner
+from actors import Client, Job, Leader, Worker
+from actors.worker import WorkerRunner
 from protocol import ErrorCode, FrameDecoder
 
 pytestmark = pytest.mark.e2e

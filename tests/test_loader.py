@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from actors._loader import ConfigError, load_object, load_worker_class, split_spec, worker_spec
-from actors._worker import Worker
+from actors.worker._loader import (
+    ConfigError,
+    load_object,
+    load_worker_class,
+    split_spec,
+    worker_spec,
+)
+from actors.worker._worker import Worker
 from tests import workers
 
 
@@ -17,7 +23,7 @@ def modules(tmp_path, monkeypatch):
     (tmp_path / "loader_syntax.py").write_text("def broken(:\n")
     (tmp_path / "loader_needs.py").write_text("import loader_missing_dependency\n")
     (tmp_path / "loader_nested.py").write_text(
-        "from actors import _worker\n"
+        "from actors.worker import _worker\n"
         "class Outer:\n"
         "    class Inner(_worker.Worker):\n"
         "        subjects = ['a.b']\n"
@@ -98,7 +104,7 @@ def test_missing_nested_attribute_names_the_parent(modules):
         ("tests.workers:NotAWorker", "'tests.workers:NotAWorker' is the class 'NotAWorker', not a Worker subclass"),
         ("tests.workers:not_a_class", "'tests.workers:not_a_class' is the function 'not_a_class', not a Worker subclass"),
         ("tests.workers:INSTANCE", "'tests.workers:INSTANCE' is a Echo (<tests.workers.Echo object"),
-        ("actors._worker:Worker", "'actors._worker:Worker' is the Worker base class itself"),
+        ("actors.worker._worker:Worker", "'actors.worker._worker:Worker' is the Worker base class itself"),
     ],
 )
 def test_things_that_are_not_worker_classes(spec, expected):

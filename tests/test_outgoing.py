@@ -25,7 +25,7 @@ import trio.testing
 import protocol
 import runtime
 from actors import Leader
-from actors._config import load_config
+from actors.cluster._config import load_config
 from protocol import (
     Deliver,
     ErrorCode,

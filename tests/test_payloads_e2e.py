@@ -13,7 +13,8 @@ import pytest
 import trio
 
 import protocol
-from actors import Client, Job, JobFailed, Leader, Worker, WorkerRunner
+from actors import Client, Job, JobFailed, Leader, Worker
+from actors.worker import WorkerRunner
 from protocol import Encoded
 
 from .test_leader_hostile import RawPeer

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import protocol
-from actors._broker import BrokerConfig
+from actors.leader._broker import BrokerConfig
 from protocol import (
     MAX_DELIVER_SIDS,
     Deliver,

@@ -13,8 +13,9 @@ import trio
 
 import actors
 import protocol
-from actors import Client, Leader, _pubsub
-from actors._subscription import Subscription
+from actors import Client, Leader
+from actors.client._subscription import Subscription
+from actors.leader import _pubsub
 from protocol import Deliver, Encoded
 
 from .test_leader_hostile import RawPeer

@@ -9,10 +9,10 @@ import random
 import attrs
 import pytest
 
-from actors import _pubsub
-from actors._links import ClientLink, WorkerLink
-from actors._pubsub import REPLAY_REFILL, PubSubRouter, _SidSet
-from actors._retained import RetainedMessages
+from actors.leader import _pubsub
+from actors.leader._links import ClientLink, WorkerLink
+from actors.leader._pubsub import REPLAY_REFILL, PubSubRouter, _SidSet
+from actors.leader._retained import RetainedMessages
 from protocol import (
     BUNDLE_OVERHEAD,
     Ack,
@@ -494,7 +494,7 @@ def test_matching_retained_subjects_stops_at_its_limit() -> None:
 
 
 def test_the_routes_kept_are_bounded() -> None:
-    from actors._pubsub import MAX_ROUTE_ENTRIES, MAX_ROUTES
+    from actors.leader._pubsub import MAX_ROUTE_ENTRIES, MAX_ROUTES
 
     router = make_router()
     c = client()
@@ -506,7 +506,7 @@ def test_the_routes_kept_are_bounded() -> None:
 
 
 def test_the_routes_kept_count_the_sids_they_name() -> None:
-    from actors._pubsub import MAX_ROUTE_ENTRIES
+    from actors.leader._pubsub import MAX_ROUTE_ENTRIES
 
     router = make_router()
     c = client()
@@ -538,7 +538,7 @@ def test_few_subscriptions_get_a_deliver_each_and_more_one_naming_them_all(monke
 def test_a_retained_subject_is_charged_for_its_tokens() -> None:
     """Each token of a retained subject is a trie node of the leader's: charged NODE_COST,
     so that max_bytes bounds the memory held, not only the payloads."""
-    from actors._retained import NODE_COST
+    from actors.leader._retained import NODE_COST
 
     retained = RetainedMessages(max_count=1000, max_bytes=17 * NODE_COST)
     long = ".".join(["t"] * 16)

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import trio
 
-from actors import DLQ_PREFIX, Client, DeadLettered, Job, Leader, Worker, WorkerGroup, WorkerRunner
+from actors import DLQ_PREFIX, Client, DeadLettered, Job, Leader, Worker, WorkerGroup
+from actors.worker import WorkerRunner
 from runtime import Backoff
 from tests.test_reliability import read_log, workers_connected
 

@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import trio
 
-from actors import Client, Job, JobCancelled, Leader, Worker, WorkerRunner
+from actors import Client, Job, JobCancelled, Leader, Worker
+from actors.worker import WorkerRunner
 
 pytestmark = pytest.mark.e2e
 

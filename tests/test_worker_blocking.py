@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import trio
 
-from actors import Client, Job, Leader, Worker, WorkerRunner
-from actors._failures import Reject
+from actors import Client, Job, Leader, Worker
+from actors.worker import WorkerRunner
+from actors.worker._failures import Reject
 
 pytestmark = pytest.mark.e2e
 

@@ -23,8 +23,9 @@ import pytest
 import trio
 import trio.testing
 
-from actors import Client, Job, JobCancelled, JobFailed, Leader, Worker, WorkerRunner
-from actors._failures import MAX_ERROR_MESSAGE
+from actors import Client, Job, JobCancelled, JobFailed, Leader, Worker
+from actors.worker import WorkerRunner
+from actors.worker._failures import MAX_ERROR_MESSAGE
 from protocol import Cancel, Nack
 from runtime import Backoff
 from tests.test_worker_slots import _assign, _Sink
@@ -253,9 +254,9 @@ async def test_a_failure_handling_a_cancel_ends_the_connection_not_the_worker(
 async def test_a_failure_answering_a_job_ends_the_connection_and_frees_the_slot(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import actors._runner
+    import actors.worker._runner
 
-    result_item = actors._runner._result_item
+    result_item = actors.worker._runner._result_item
     failures = iter([ValueError("injected: a bug on the result path")])
 
     def failing_once(**fields: Any) -> Any:
@@ -264,7 +265,7 @@ async def test_a_failure_answering_a_job_ends_the_connection_and_frees_the_slot(
             raise error
         return result_item(**fields)
 
-    monkeypatch.setattr(actors._runner, "_result_item", failing_once)
+    monkeypatch.setattr(actors.worker._runner, "_result_item", failing_once)
     worker = Misbehaving()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:

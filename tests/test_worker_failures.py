@@ -23,8 +23,9 @@ import pytest
 import trio
 import trio.testing
 
-from actors import Client, DeadLettered, Job, JobFailed, Leader, Worker, WorkerRunner
-from actors._failures import MAX_ERROR_MESSAGE, MAX_TRACEBACK, Reject
+from actors import Client, DeadLettered, Job, JobFailed, Leader, Worker
+from actors.worker import WorkerRunner
+from actors.worker._failures import MAX_ERROR_MESSAGE, MAX_TRACEBACK, Reject
 from protocol import Assign, Result
 from runtime import Backoff
 from tests.test_worker_slots import _Sink

@@ -22,10 +22,10 @@ import trio
 import trio.testing
 
 from actors import Client, Job, Leader, Worker, WorkerGroup
-from actors._config_checks import format_size, parse_size
-from actors._limits import current_rss
-from actors._runner import WorkerRunner
-from actors._worker import RECYCLE_EXIT_STATUS
+from actors._checks import format_size, parse_size
+from actors.worker._limits import current_rss
+from actors.worker._runner import WorkerRunner
+from actors.worker._worker import RECYCLE_EXIT_STATUS
 from protocol import Credit, Result
 from runtime import Backoff, ChildSpec, ChildState, Restart, Supervisor, open_actor_system
 from runtime._child import Recycle
@@ -84,7 +84,7 @@ async def test_over_max_memory_after_a_job_the_worker_recycles(
 ) -> None:
     caplog.set_level(logging.INFO, logger="actors.worker")
     sizes = iter([500 * 2**20, 530 * 2**20])  # below, then over the limit
-    monkeypatch.setattr("actors._limits.current_rss", lambda: next(sizes))
+    monkeypatch.setattr("actors.worker._limits.current_rss", lambda: next(sizes))
     async with trio.open_nursery() as nursery:
         # The argument wins over the class's max_jobs (3) and max_memory (none).
         runner, sink = _runner(Counted(), nursery, name="w", max_memory="512MiB", max_jobs=100)
@@ -222,7 +222,7 @@ async def test_an_in_process_group_replaces_a_recycled_instance_at_once(
     monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
     fake = _RecyclingRunWorker()
-    monkeypatch.setattr("actors._worker.run_worker", fake)
+    monkeypatch.setattr("actors.worker._worker.run_worker", fake)
     group = WorkerGroup(
         "g", Counted, 1, URL, in_process=True, max_jobs=2, max_memory="1GiB", max_restarts=0,
         restart_backoff=Backoff(base=10.0, factor=1.0, cap=10.0),

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from actors import Worker
-from actors._worker import WorkerRunner
+from actors.worker._worker import WorkerRunner
 from protocol import Assign, Nack, Result, bundle_frames, decode, encode_array
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import trio
 
-from actors._group import GroupFailed, StartFailed, WorkerGroup
+from actors.worker._group import GroupFailed, StartFailed, WorkerGroup
 from runtime import Backoff
 from tests import workers
 from tests.test_cli import ROOT, Lines, python, run

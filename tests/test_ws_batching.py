@@ -83,7 +83,8 @@ async def test_a_cluster_over_websocket_works_with_and_without_the_internals(
     trio-websocket's internals or only its public ``send_message`` (as with a release that
     renamed them, or ``ACTORS_WS_PUBLIC_ONLY=1``)."""
     import runtime._ws
-    from actors import Client, Leader, WorkerRunner
+    from actors import Client, Leader
+    from actors.worker import WorkerRunner
     from tests.test_jobs_e2e import Echo
 
     monkeypatch.setattr(runtime._ws, "USE_INTERNALS", internals)

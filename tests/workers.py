@@ -11,8 +11,8 @@ from typing import Any
 
 import trio
 
-from actors._job import Job
-from actors._worker import Worker
+from actors.worker._job import Job
+from actors.worker._worker import Worker
 
 
 class Echo(Worker):

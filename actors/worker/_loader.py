@@ -16,6 +16,8 @@ import importlib
 import re
 from typing import TYPE_CHECKING, Any
 
+from .._checks import ConfigError
+
 if TYPE_CHECKING:
     from ._worker import Worker
 
@@ -23,16 +25,6 @@ if TYPE_CHECKING:
 _SPEC_RE = re.compile(r"^(?P<module>\w+(?:\.\w+)*):(?P<attr>\w+(?:\.\w+)*)$")
 
 
-class ConfigError(Exception):
-    """A configuration, a command-line argument or an object name is wrong.
-
-    The message names the problem and, when it comes from a file, the file, the table and
-    the key, so that it can be shown to the user as is (the CLI prints it and exits 2).
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def split_spec(spec: Any) -> tuple[str, str]:

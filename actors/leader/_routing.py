@@ -4,7 +4,7 @@ The policy is that of the subject's first worker: ``round_robin`` gives each wor
 room a turn of a few jobs in a row, ``least_loaded`` picks the worker with the lowest
 share of its credit window in use, and ``sticky`` the worker the job's ``key`` header
 hashes to (a job whose sticky worker is busy waits for it, in its backlog). The
-:class:`~actors.Broker` calls :func:`pick_worker` for every job it hands out (a plain
+:class:`~actors.leader.Broker` calls :func:`pick_worker` for every job it hands out (a plain
 function, called directly: this is the per-job hot path).
 """
 

@@ -1,6 +1,6 @@
 """Redelivery, sans-I/O: failed attempts, backoff, dead letters, ack deadlines.
 
-A mixin of :class:`~actors.Broker` (the state it reads is the broker's): a failed
+A mixin of :class:`~actors.leader.Broker` (the state it reads is the broker's): a failed
 attempt waits out its backoff in a heap and is requeued by :meth:`handle_timer`; a QoS 1
 job out of attempts is dead-lettered on ``$dlq.<subject>``; each worker's ack deadlines
 sit in assignment order, so the earliest is always the first.
@@ -60,7 +60,7 @@ class GroupRetry:
 
 
 class Redelivery:
-    """The retry and timer half of the broker (see :class:`~actors.Broker`)."""
+    """The retry and timer half of the broker (see :class:`~actors.leader.Broker`)."""
 
     config: Any
     rng: Any

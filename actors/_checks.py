@@ -15,7 +15,18 @@ from typing import Any
 from protocol import is_valid_pattern
 from runtime import parse_url
 
-from ._loader import ConfigError
+
+class ConfigError(Exception):
+    """A configuration, a command-line argument or an object name is wrong.
+
+    The message names the problem and, when it comes from a file, the file, the table and
+    the key, so that it can be shown to the user as is (the CLI prints it and exits 2).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
 
 #: URL schemes a leader can listen on from a configuration (TLS needs certificates, which
 #: the configuration cannot name yet).

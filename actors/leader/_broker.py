@@ -11,7 +11,7 @@ subject, a dict per worker for what it holds (in assignment order, so with one a
 the first entry has the earliest deadline), and a heap only for jobs waiting out a backoff.
 Nor does one message cost the leader in proportion to the queues: a worker with room
 visits only the queues whose jobs found none (``WorkerLink.hungry``), a joining worker's
-patterns are asked about each queue once (:class:`~actors._links.PatternSet`), and idle
+patterns are asked about each queue once (:class:`~actors.leader._links.PatternSet`), and idle
 queues are dropped by dict, a scan at most every thousand new subjects.
 """
 
@@ -155,9 +155,9 @@ class BrokerConfig:
 class Broker(Redelivery):
     """Queues jobs per subject and hands them to workers against their credit.
 
-    Retry and timers come from :class:`~actors._redelivery.Redelivery`, publish/subscribe
-    from its :class:`~actors._pubsub.PubSubRouter` (:attr:`pubsub`), the choice of a
-    worker for each job from :func:`~actors._routing.pick_worker`.
+    Retry and timers come from :class:`~actors.leader._redelivery.Redelivery`, publish/subscribe
+    from its :class:`~actors.leader._pubsub.PubSubRouter` (:attr:`pubsub`), the choice of a
+    worker for each job from :func:`~actors.leader._routing.pick_worker`.
 
     Args:
       config: delivery settings.

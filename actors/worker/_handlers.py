@@ -4,7 +4,7 @@ its deadline.
 - :func:`handler_of` turns ``Worker.handle`` into an async function: an ``async def`` as it
   is, a plain ``def`` run in a worker thread (blocking code then blocks only its job).
 - :func:`resume` lets a slot task step a handler's coroutine itself (see
-  :mod:`actors._runner`): it first sends it ``None`` to see whether the job finishes
+  :mod:`actors.worker._runner`): it first sends it ``None`` to see whether the job finishes
   without waiting, then goes on running it in the same task.
 - :func:`until_deadline` runs a handler until its job's deadline.
 - :func:`must_propagate` tells cancellation (which goes on up) from a handler's failure

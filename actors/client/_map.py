@@ -9,7 +9,7 @@ its ``timeout`` fails with :class:`SubmitTimeout`.
 
 A map left early -- ``break``, an exception, a cancellation, :meth:`JobMap.aclose` --
 abandons its outstanding jobs at once (``Cancel(abandon=True)``, queued without waiting;
-see :mod:`actors._client`). It is an iterator object rather than an async generator for
+see :mod:`actors.client._client`). It is an iterator object rather than an async generator for
 that: dropping it (``break``) runs its clean-up there and then, where a generator's would
 wait for trio's finalizer, maybe until after the client closed.
 """
@@ -27,7 +27,7 @@ import attrs
 import trio
 
 from ._call import Call
-from ._client_errors import Busy, SubmitTimeout
+from ._errors import Busy, SubmitTimeout
 
 if TYPE_CHECKING:
     from ._client import Client

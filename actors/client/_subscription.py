@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 @attrs.frozen
-class Message:
+class Publication:
     """A published message received by a subscription."""
 
     subject: str
@@ -44,9 +44,9 @@ class Subscription:
         self.error: Exception | None = None
         #: The mid of the Subscribe last sent for it (the leader's refusal names it).
         self._mid: int | None = None
-        self._send, self._receive = trio.open_memory_channel[Message](max_pending)
+        self._send, self._receive = trio.open_memory_channel[Publication](max_pending)
 
-    def _push(self, message: Message) -> None:
+    def _push(self, message: Publication) -> None:
         try:
             self._send.send_nowait(message)
         except trio.WouldBlock:
@@ -57,7 +57,7 @@ class Subscription:
         self.error = error
         self._send.close()
 
-    async def receive(self) -> Message:
+    async def receive(self) -> Publication:
         """The next message.
 
         Raises:
@@ -70,10 +70,10 @@ class Subscription:
                 raise self.error from None
             raise
 
-    def __aiter__(self) -> AsyncIterator[Message]:
+    def __aiter__(self) -> AsyncIterator[Publication]:
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> Publication:
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:

@@ -1,6 +1,6 @@
 """Publish and subscribe, from the client's side: a mixin of :class:`~actors.Client`.
 
-Delivery is at most once (see :mod:`actors._pubsub`, the leader's side); a QoS 1 publish
+Delivery is at most once (see :mod:`actors.leader._pubsub`, the leader's side); a QoS 1 publish
 waits until the leader has accepted it. Subscriptions hand out their messages from a
 bounded buffer (:class:`~actors.Subscription`), and the client renews them on every
 reconnect.
@@ -19,8 +19,8 @@ from protocol import Deliver, Publish, Subscribe, Unsubscribe, decode_payload
 from runtime import Connection, ConnectionClosed, MessageTooLarge, SendBufferFull
 
 from ._call import Call, until_settled
-from ._client_errors import ClientError, too_large
-from ._subscription import Message, Subscription
+from ._errors import ClientError, too_large
+from ._subscription import Publication, Subscription
 
 #: Payload types whose values cannot change: one decoded value serves every subscription.
 _IMMUTABLE = frozenset({type(None), bool, int, float, str, bytes})
@@ -108,7 +108,7 @@ class ClientPubSub:
         shared = type(payload) in _IMMUTABLE
         for sub in subs:
             value = payload if shared else decode_payload(msg.payload)
-            sub._push(Message(msg.subject, value, dict(msg.headers), msg.retained))
+            sub._push(Publication(msg.subject, value, dict(msg.headers), msg.retained))
 
     @asynccontextmanager
     async def subscribe(self, pattern: str, *, queue: str | None = None, max_pending: int = 1000) -> AsyncIterator[Subscription]:

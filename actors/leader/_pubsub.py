@@ -1,7 +1,7 @@
 """Publish/subscribe, sans-I/O: the leader's router of published messages.
 
 :class:`PubSubRouter` owns the subscriptions (in an index of their patterns), the queue
-groups and the :class:`~actors._retained.RetainedMessages`; the :class:`~actors.Broker`
+groups and the :class:`~actors.leader._retained.RetainedMessages`; the :class:`~actors.leader.Broker`
 holds one and hands it the Publish, Subscribe and Unsubscribe it receives. Delivery is at
 most once: a message goes to every plain subscription, to one member of each queue group,
 to every broadcast-mode worker and to one worker of each round-robin group; the last
@@ -53,7 +53,7 @@ from protocol import (
 )
 from runtime import MessageTooLarge
 
-from ._links import ClientLink, Link, Subscription, WorkerLink
+from ._links import ClientLink, Link, SubscriptionRecord, WorkerLink
 from ._retained import RetainedMessages
 from ._sizes import FORWARD_RESERVE, SURELY_FITS, payload_size
 
@@ -136,18 +136,18 @@ class _QueueGroup:
 
     name: str
     pattern: str
-    members: list[Subscription] = attrs.field(factory=list)
+    members: list[SubscriptionRecord] = attrs.field(factory=list)
     #: each member's index in ``members``, for removal in O(1)
-    positions: dict[Subscription, int] = attrs.field(factory=dict)
+    positions: dict[SubscriptionRecord, int] = attrs.field(factory=dict)
     #: publishes picked from this group (when a subject matches several patterns with
     #: this group name, the first group's turn counts for all)
     turn: int = 0
 
-    def add(self, sub: Subscription) -> None:
+    def add(self, sub: SubscriptionRecord) -> None:
         self.positions[sub] = len(self.members)
         self.members.append(sub)
 
-    def remove(self, sub: Subscription) -> None:
+    def remove(self, sub: SubscriptionRecord) -> None:
         """Remove ``sub``, the last member taking its place."""
         position = self.positions.pop(sub)
         last = self.members.pop()
@@ -391,7 +391,7 @@ class PubSubRouter:
             return
         if old is not None:
             self._remove(old)
-        sub = Subscription(client, msg.sid, msg.pattern, msg.queue)
+        sub = SubscriptionRecord(client, msg.sid, msg.pattern, msg.queue)
         self._add(sub)
         subscriptions[msg.sid] = sub
         retained = self.retained
@@ -442,7 +442,7 @@ class PubSubRouter:
         client.subscriptions.clear()
         self._replays.pop(client, None)
 
-    def _add(self, sub: Subscription) -> None:
+    def _add(self, sub: SubscriptionRecord) -> None:
         """Register ``sub`` in its connection's entry for its pattern (and its group)."""
         entries = self._entries.get(sub.link)
         if entries is None:
@@ -465,7 +465,7 @@ class PubSubRouter:
             entry.groups[group] = entry.groups.get(group, 0) + 1
         self._forget_routes()
 
-    def _remove(self, sub: Subscription) -> None:
+    def _remove(self, sub: SubscriptionRecord) -> None:
         """Unregister ``sub`` (an entry or group left empty is dropped)."""
         entries = self._entries[sub.link]
         entry = entries[sub.pattern]
@@ -489,7 +489,7 @@ class PubSubRouter:
         self._forget_routes()
 
 
-def _pick(groups: list[_QueueGroup]) -> Subscription:
+def _pick(groups: list[_QueueGroup]) -> SubscriptionRecord:
     """The member whose turn it is among the members of ``groups`` (those of one queue
     group name that a subject matches: one per pattern, usually just one)."""
     first = groups[0]

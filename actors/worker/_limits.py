@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._config_checks import format_size, parse_size
+from .._checks import format_size, parse_size
 
 
 class RecycleLimits:

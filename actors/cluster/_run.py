@@ -48,10 +48,10 @@ from typing import Any, TextIO
 
 import trio
 
+from .._checks import ConfigError
+from ..worker._group import GroupFailed, WorkerGroup
 from ._config import config_from_args
-from ._config_model import ClusterConfig
-from ._group import GroupFailed, WorkerGroup
-from ._loader import ConfigError
+from ._model import ClusterConfig
 from ._stats_text import stats_lines
 
 PROG = "python -m actors.cluster"
@@ -209,8 +209,8 @@ async def run_cluster(
     ``task_status.started()`` gets the leader's bound URLs once the cluster is ready (every
     group's instances connected, or the start timeout passed).
     """
-    from ._failures import FAILURE_DIR_ENV
-    from ._leader import Leader
+    from ..leader._leader import Leader
+    from ..worker._failures import FAILURE_DIR_ENV
 
     def say(line: str) -> None:
         print(line, file=out or sys.stdout, flush=True)

@@ -113,7 +113,7 @@ class ClientLink(Link):
     """A client (or an observer): the submits waiting on it and its subscriptions."""
 
     #: sid -> subscription
-    subscriptions: dict[int, Subscription] = attrs.field(factory=dict)
+    subscriptions: dict[int, SubscriptionRecord] = attrs.field(factory=dict)
     #: job ids this client waits on (for clean-up when it goes away)
     waiting: dict[str, None] = attrs.field(factory=dict)
     #: jobs this client submitted that are accepted and not finished (queued, waiting out
@@ -125,7 +125,7 @@ class ClientLink(Link):
 
 
 @attrs.define(eq=False)
-class Subscription:
+class SubscriptionRecord:
     """A client's subscription to a pattern (optionally in a queue group)."""
 
     link: ClientLink

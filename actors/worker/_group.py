@@ -10,7 +10,7 @@ seconds). :meth:`WorkerGroup.scale` adds and removes children at runtime. With
 loop, under the same supervisor.
 
 An instance past ``max_memory`` or ``max_jobs`` drains (as below) and asks to be replaced:
-a process exits with :data:`~actors._worker.RECYCLE_EXIT_STATUS`, a task returns the reason,
+a process exits with :data:`~actors.worker._worker.RECYCLE_EXIT_STATUS`, a task returns the reason,
 and the supervisor starts a fresh instance at once (:class:`runtime.Recycle`: no backoff,
 not counted toward ``max_restarts``).
 
@@ -18,7 +18,7 @@ An instance that fails to start (its worker's ``setup()`` raises, or anything el
 it first connects) is reported in one line, ``group square: square-0 failed to start (1 of
 10 in a row): OSError: ...``, with the traceback the first time the group meets that type
 of error; a worker process writes what it failed with to a report file the group reads
-(``--start-report``) and exits with :data:`~actors._worker.START_FAILED_EXIT_STATUS`. It
+(``--start-report``) and exits with :data:`~actors.worker._worker.START_FAILED_EXIT_STATUS`. It
 is restarted with backoff like any exit, until it has failed ``max_start_failures`` times
 in a row: then the group gives up (:class:`GroupFailed`), since a worker that cannot start
 will not serve by trying faster.
@@ -46,6 +46,8 @@ from typing import Any
 import attrs
 import trio
 
+from protocol import MODE_VALUES as MODES
+from protocol import POLICY_VALUES as POLICIES
 from protocol import is_valid_pattern
 from runtime import (
     Backoff,
@@ -59,9 +61,8 @@ from runtime import (
 )
 from runtime._child import Recycle
 
-from ._config_checks import format_size, parse_size
+from .._checks import format_size, parse_size
 from ._failures import error_text
-from ._links import MODES, POLICIES
 from ._loader import load_worker_class, worker_spec
 from ._worker import RECYCLE_EXIT_STATUS, START_FAILED_EXIT_STATUS
 

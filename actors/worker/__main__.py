@@ -11,7 +11,7 @@ drain grace, and exits 0. A second Ctrl-C exits at once (status 1); a second SIG
 nothing. Bad arguments, or a class that does not load, exit 2 with a message on stderr.
 
 A worker that fails before it first connects (its ``setup()`` raised, say) logs the error
-once, with its traceback, and exits with :data:`~actors._worker.START_FAILED_EXIT_STATUS`
+once, with its traceback, and exits with :data:`~actors.worker._worker.START_FAILED_EXIT_STATUS`
 (78); started by a group (``--start-report FILE``), it writes the error to that file for
 the group to report instead.
 
@@ -20,7 +20,7 @@ worker's lines, among them one per failed job attempt.
 
 ``--max-jobs N`` and ``--max-memory SIZE`` (bytes of RSS, or ``512MiB``, ``2GB``...) recycle
 the worker: past either, it drains the same way and exits with
-:data:`~actors._worker.RECYCLE_EXIT_STATUS` (75), which tells its group to start a fresh one
+:data:`~actors.worker._worker.RECYCLE_EXIT_STATUS` (75), which tells its group to start a fresh one
 at once.
 """
 
@@ -38,8 +38,8 @@ from typing import Any
 
 import trio
 
-from ._config_checks import check_size, check_subjects, check_url
-from ._loader import ConfigError, load_worker_class
+from .._checks import ConfigError, check_size, check_subjects, check_url
+from ._loader import load_worker_class
 
 #: Where a worker connects when ``--url`` is not given.
 DEFAULT_URL = "tcp://127.0.0.1:7700"
@@ -97,7 +97,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, A
     Raises:
       SystemExit: with status 2 and a message on stderr, on any bad argument.
     """
-    from ._links import MODES, POLICIES
+    from protocol import MODE_VALUES as MODES
+    from protocol import POLICY_VALUES as POLICIES
 
     parser = build_parser()
     args = parser.parse_args(argv)

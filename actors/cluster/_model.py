@@ -13,7 +13,7 @@ import attrs
 if TYPE_CHECKING:
     import runtime
 
-    from ._redelivery import GroupRetry
+    from ..leader._redelivery import GroupRetry
 
 #: Where the leader listens when nothing says otherwise.
 DEFAULT_LISTEN = "tcp://127.0.0.1:7700"
@@ -56,7 +56,7 @@ class GroupRetryConfig:
 
     def policy(self, leader_retry: RetryConfig | None) -> GroupRetry:
         """The broker's :class:`~actors.GroupRetry`, on top of the leader's backoff settings."""
-        from ._redelivery import GroupRetry
+        from ..leader._redelivery import GroupRetry
 
         backoff = None
         overrides = {

@@ -42,7 +42,11 @@ from typing import Any
 
 import attrs
 
-from ._config_checks import (
+from protocol import MODE_VALUES as _LINK_MODES
+from protocol import POLICY_VALUES as _LINK_POLICIES
+
+from .._checks import (
+    ConfigError,
     _check_choice,
     _check_int,
     _check_keys,
@@ -54,10 +58,8 @@ from ._config_checks import (
     check_size,
     check_subjects,
 )
-from ._config_model import ClusterConfig, GroupConfig, GroupRetryConfig, LeaderConfig, RetryConfig
-from ._links import MODES as _LINK_MODES
-from ._links import POLICIES as _LINK_POLICIES
-from ._loader import ConfigError, load_worker_class
+from ..worker._loader import load_worker_class
+from ._model import ClusterConfig, GroupConfig, GroupRetryConfig, LeaderConfig, RetryConfig
 
 #: Delivery modes of a group and routing policies inside it, in the order messages list them.
 MODES = tuple(sorted(_LINK_MODES, key=lambda mode: (mode != "round_robin", mode)))

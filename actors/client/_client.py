@@ -72,7 +72,7 @@ from runtime import (
 from runtime._transports import reraise_alone
 
 from ._call import Call, until_settled
-from ._client_errors import (
+from ._errors import (
     Busy,
     ClientError,
     Conflict,
@@ -89,9 +89,9 @@ from ._client_errors import (
     connect_failure,
     too_large,
 )
-from ._client_map import JobMap
-from ._client_pubsub import ClientPubSub
-from ._subscription import Message, Subscription
+from ._map import JobMap
+from ._pubsub import ClientPubSub
+from ._subscription import Publication, Subscription
 
 _log = logging.getLogger("actors.client")
 
@@ -114,8 +114,8 @@ class Client(ClientPubSub):
         async with Client.connect("tcp://127.0.0.1:7700") as client:
             result = await client.submit("math.square", {"n": 7})
 
-    ``map`` hands its work to :class:`~actors._client_map.JobMap`; publish and subscribe
-    come from :class:`~actors._client_pubsub.ClientPubSub`.
+    ``map`` hands its work to :class:`~actors.client._map.JobMap`; publish and subscribe
+    come from :class:`~actors.client._pubsub.ClientPubSub`.
     """
 
     def __init__(
@@ -512,7 +512,7 @@ class Client(ClientPubSub):
                     if first:
                         _log.warning("client %s: dropped a message on %s: %s (logged once)", self.name, msg.subject, exc)
                     return
-                sub._push(Message(msg.subject, payload, msg.headers, msg.retained))
+                sub._push(Publication(msg.subject, payload, msg.headers, msg.retained))
                 if more:
                     self._push_copies(more, msg, payload)
         elif kind is Progress:

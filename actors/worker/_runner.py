@@ -18,14 +18,14 @@ never holds back the results finished before it.
 Failures: whatever a handler raises (but cancellation and Ctrl-C) fails its job, and so
 does a result that cannot be sent (no CBOR encoding, over the frame limit). Each failed
 attempt is logged, and the failed Result carries the traceback and whether the failure is
-final (not to be retried): see :mod:`actors._failures`. A job whose Assign has a deadline
+final (not to be retried): see :mod:`actors.worker._failures`. A job whose Assign has a deadline
 (its submit's timeout) gets ``job.deadline``, and its handler is cancelled past it (a final
 ``DeadlineExceeded``: nobody waits for the result any more).
 
 Handlers: an ``async def handle`` runs in the slot's task; a plain ``def handle`` runs in a
 worker thread (at most ``concurrency`` at once), so that blocking code blocks only its job.
 An async handler that blocks the loop anyway is named in a warning (see
-:mod:`actors._watchdog`, the worker's ``blocking_warning``).
+:mod:`actors.worker._watchdog`, the worker's ``blocking_warning``).
 
 Containment: a bug met while serving the connection (handling a message of the leader,
 answering a job) is logged once and ends that connection, not the worker. When a
@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from protocol import MODE_VALUES as MODES
+from protocol import POLICY_VALUES as POLICIES
 from protocol import (
     SUPPORTED_VERSIONS,
     Assign,
@@ -87,7 +89,6 @@ from ._failures import Failure, FailureLog, check_never_retry, error_text, failu
 from ._handlers import CoroutineType, handler_of, must_propagate, resume, until_deadline
 from ._job import Job
 from ._limits import RecycleLimits
-from ._links import MODES, POLICIES
 from ._watchdog import LoopWatchdog
 
 if TYPE_CHECKING:

@@ -1,8 +1,8 @@
 """Workers: the class users subclass, and :func:`run_worker`, which serves one.
 
 :func:`run_worker` connects a :class:`Worker` to a leader, with a
-:class:`~actors._runner.WorkerRunner` (how jobs are taken, run on slots and answered:
-see :mod:`actors._runner`).
+:class:`~actors.worker._runner.WorkerRunner` (how jobs are taken, run on slots and answered:
+see :mod:`actors.worker._runner`).
 """
 
 from __future__ import annotations

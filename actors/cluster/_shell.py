@@ -1,0 +1,670 @@
+"""The shell client: ``python -m actors COMMAND``, a shell for the cluster.
+
+::
+
+    python -m actors submit math.square '{"n": 7}'                # prints {"square": 49}
+    python -m actors submit math.square '{"n": 7}' --count 1000   # the same job 1000 times
+    python -m actors submit math.square --file payloads.jsonl      # one JSON payload a line
+    producer | python -m actors submit math.square --file -        # payloads from stdin
+    python -m actors status                                        # groups, subjects, totals
+    python -m actors result JOB_ID --wait                          # a job's result by id
+    python -m actors cancel JOB_ID
+    python -m actors publish events.order '{"id": 1}' --retain
+    python -m actors subscribe 'events.>'                          # until Ctrl-C
+
+Every command takes ``--url`` (default: the ``ACTORS_URL`` environment variable, else
+``tcp://127.0.0.1:7700``) and ``--connect-timeout``.
+
+``submit`` prints the results on stdout as JSON lines, one per job, **in input order** (at
+most ``--concurrency`` jobs are in flight or waiting to be printed). A failed job prints
+``{"error": {"type": ..., "message": ..., "attempts": ..., "job_id": ...}}`` in its place.
+Runs of more than one job show a progress bar on stderr and end with a summary there. A
+subject no worker serves stops the run with the leader's reason (``no worker serves subject
+math.sqare (did you mean math.square?)``), unless ``--wait-for-worker``. Bytes in results
+are printed as ``{"$bytes": "<base64>"}``.
+
+Exit status: 0 when the command succeeded (every job, for ``submit``); 1 when a job failed,
+a result was not found, or the leader could not be reached (one line on stderr says why),
+or stdout was closed early (``| head``: quietly, the jobs still running cancelled); 2 for
+bad arguments or input; 130 on Ctrl-C, which cancels the jobs still running (the leader
+cancels each one no other client waits for), except for ``subscribe``, which Ctrl-C ends
+normally (0). A second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import collections
+import itertools
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, BinaryIO
+
+import attrs
+import trio
+from tqdm import tqdm
+
+from protocol import PROTOCOL_VERSION, is_valid_pattern, is_valid_subject
+
+from .._checks import ConfigError, check_url
+
+#: Where commands connect when neither ``--url`` nor ``ACTORS_URL`` says.
+DEFAULT_URL = "tcp://127.0.0.1:7700"
+#: The environment variable that gives the default of ``--url``.
+URL_VARIABLE = "ACTORS_URL"
+#: Longest accepted line of a payload file (a bound on what one line may buffer).
+MAX_LINE_BYTES = 64 * 1024 * 1024
+#: Bytes read from a payload file at a time (in a worker thread, so stdin cannot stall).
+READ_CHUNK = 64 * 1024
+#: The exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+
+
+class InputError(Exception):
+    """A payload argument or a line of a payload file is not valid JSON (exit status 2)."""
+
+
+@attrs.frozen
+class Outcome:
+    """What one submitted job came to."""
+
+    ok: bool
+    result: Any = None
+    error_type: str | None = None
+    message: str | None = None
+    attempts: int = 0
+    job_id: str | None = None
+
+    @classmethod
+    def of(cls, result: Any) -> Outcome:
+        """The outcome of one of ``Client.map``'s results (``return_exceptions=True``)."""
+        from ..client._errors import ClientError, JobFailed
+
+        if isinstance(result, JobFailed):
+            return cls(False, error_type=result.error_type, message=result.message,
+                       attempts=result.attempts, job_id=result.job_id)  # fmt: skip
+        if isinstance(result, ClientError):
+            return cls(False, error_type=type(result).__name__, message=str(result),
+                       job_id=getattr(result, "job_id", None))  # fmt: skip
+        return cls(True, result=result)
+
+    def to_json(self) -> str:
+        """The line printed for this job."""
+        if self.ok:
+            return json.dumps(self.result, default=_json_default)
+        error = {
+            "type": self.error_type,
+            "message": self.message,
+            "attempts": self.attempts,
+            "job_id": self.job_id,
+        }
+        return json.dumps({"error": error}, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    return str(value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default)
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default in ``--help``, except for flags and options that
+    default to nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m actors``."""
+    parser = argparse.ArgumentParser(prog="python -m actors", description="trio-actors: a shell for the cluster")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Each command's --help shows every option's default.
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
+        "--url", default=os.environ.get(URL_VARIABLE) or DEFAULT_URL,
+        help=f"the leader to connect to (the default comes from ${URL_VARIABLE} when set)",
+    )  # fmt: skip
+    connection.add_argument(
+        "--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the leader"
+    )
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help, description=help, parents=[connection],
+            formatter_class=_DefaultsShown,
+        )  # fmt: skip
+
+    submit = command("submit", "submit jobs and print their results as JSON lines, in input order")
+    submit.add_argument("subject", help="where the jobs go (no wildcards)")
+    submit.add_argument("payload", nargs="?", metavar="JSON", help="the payload, as JSON")
+    submit.add_argument("--file", metavar="PATH", help="read payloads from a JSON-lines file ('-' for stdin)")
+    submit.add_argument("--count", type=int, default=1, metavar="N", help="submit the payload(s) N times")
+    submit.add_argument("--qos", type=int, choices=(0, 1), default=1, help="0 at most once, 1 at least once")
+    submit.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S",
+        help="seconds each job may take (then it is cancelled and reported as SubmitTimeout)",
+    )  # fmt: skip
+    submit.add_argument("--concurrency", type=int, default=64, metavar="N", help="jobs in flight at once")
+    submit.add_argument(
+        "--wait-for-worker", action="store_true",
+        help="when no worker serves the subject, queue the jobs for one still to come"
+        " (instead of stopping with the leader's reason)",
+    )  # fmt: skip
+    submit.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    result = command("result", "print the result of a job by its id (stored by the leader for its dedup window)")
+    result.add_argument("job_id", metavar="JOB_ID")
+    result.add_argument("--wait", action="store_true", help="wait for a job that is still running")
+    result.add_argument("--timeout", type=float, default=None, metavar="S", help="seconds to wait (default: as long as it takes)")
+
+    cancel = command("cancel", "cancel a job, whoever waits for it")
+    cancel.add_argument("job_id", metavar="JOB_ID")
+    cancel.add_argument("--reason", default="cancelled from the shell", help="the reason its waiters are told")
+
+    status = command("status", "show the cluster: totals, worker groups, subjects")
+    status.add_argument("--json", action="store_true", help="print the leader's statistics as JSON")
+    status.add_argument(
+        "--sample", type=float, default=1.0, metavar="S",
+        help="seconds between two samples, for the rates (0: one sample, no rates; the leader"
+        " answers a connection once a second at most)",
+    )  # fmt: skip
+
+    publish = command("publish", "publish a message to the subscribers of a subject")
+    publish.add_argument("subject", help="the message's subject (no wildcards)")
+    publish.add_argument("payload", nargs="?", metavar="JSON", default="null", help="the payload, as JSON")
+    publish.add_argument("--retain", action="store_true", help="keep it as the subject's last message")
+    publish.add_argument(
+        "--qos", type=int, choices=(0, 1), default=1, help="1: wait until the leader has accepted it"
+    )
+
+    subscribe = command("subscribe", "print the messages published on a pattern, one line each, until Ctrl-C")
+    subscribe.add_argument("pattern", help="a subject pattern: * one token, > the rest")
+    subscribe.add_argument("--queue", default=None, help="a queue group (its subscribers share the messages)")
+    subscribe.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages (0: never)")
+
+    commands.add_parser("version", help="print the protocol version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m actors``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        print(f"trio-actors protocol version {PROTOCOL_VERSION}")
+        return 0
+    try:
+        _CHECKS[args.command](args)
+    except (ConfigError, InputError) as exc:
+        parser.error(str(exc))
+    from ..client._errors import ClientError
+
+    status = 1
+    # The client's nursery wraps what crosses it in exception groups.
+    try:
+        status = trio.run(_run_command, args)
+    except* InputError as group:
+        print(f"python -m actors: error: {_first(group)}", file=sys.stderr)
+        status = 2
+    except* ClientError as group:  # could not connect, no route, not found...
+        print(f"python -m actors: error: {_first(group)}", file=sys.stderr)
+        status = 1
+    except* KeyboardInterrupt:  # a second Ctrl-C
+        print("interrupted", file=sys.stderr)
+        status = INTERRUPTED
+    except* BrokenPipeError:  # stdout's reader went away (`| head`): stop quietly
+        # (and let Python's own flush at exit write nowhere, instead of failing again)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 1
+    return status
+
+
+def _first(error: BaseException) -> BaseException:
+    """The first leaf of a (possibly nested) exception group."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    check_url(args.url, at="--url")
+    if not args.connect_timeout > 0:
+        raise ConfigError(f"--connect-timeout: expected a number > 0, got {args.connect_timeout}")
+
+
+def _check_submit_args(args: argparse.Namespace) -> None:
+    if not is_valid_subject(args.subject):
+        raise ConfigError(f"invalid subject {args.subject!r} (tokens separated by '.', no wildcards)")
+    _check_common(args)
+    if (args.payload is None) == (args.file is None):
+        raise ConfigError("give either a JSON payload or --file (not both)")
+    if args.count < 1:
+        raise ConfigError(f"--count: expected an integer >= 1, got {args.count}")
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency: expected an integer >= 1, got {args.concurrency}")
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout: expected a number > 0, got {args.timeout}")
+    if args.payload is not None:
+        args.payload = _parse_json(args.payload, where="JSON argument")
+    elif args.file != "-" and not os.path.isfile(args.file):
+        raise ConfigError(f"--file: {args.file}: no such file")
+
+
+def _check_result_args(args: argparse.Namespace) -> None:
+    _check_common(args)
+    if args.timeout is not None and not args.timeout > 0:
+        raise ConfigError(f"--timeout: expected a number > 0, got {args.timeout}")
+
+
+def _check_status_args(args: argparse.Namespace) -> None:
+    _check_common(args)
+    if not args.sample >= 0:
+        raise ConfigError(f"--sample: expected a number >= 0, got {args.sample}")
+
+
+def _check_publish_args(args: argparse.Namespace) -> None:
+    if not is_valid_subject(args.subject):
+        raise ConfigError(f"invalid subject {args.subject!r} (tokens separated by '.', no wildcards)")
+    _check_common(args)
+    args.payload = _parse_json(args.payload, where="JSON argument")
+
+
+def _check_subscribe_args(args: argparse.Namespace) -> None:
+    if not is_valid_pattern(args.pattern):
+        raise ConfigError(f"invalid pattern {args.pattern!r} (tokens separated by '.'; * and > wildcards)")
+    _check_common(args)
+    if args.count < 0:
+        raise ConfigError(f"--count: expected an integer >= 0, got {args.count}")
+
+
+_CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "submit": _check_submit_args,
+    "result": _check_result_args,
+    "cancel": _check_common,
+    "status": _check_status_args,
+    "publish": _check_publish_args,
+    "subscribe": _check_subscribe_args,
+}
+
+
+def _parse_json(text: str | bytes, *, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        raise InputError(f"{where}: invalid JSON: {exc}") from None
+
+
+# --------------------------------------------------------------------------- running
+
+
+async def _run_command(args: argparse.Namespace) -> int:
+    """Run the command; the first Ctrl-C cancels it (see :func:`_interruptible`)."""
+    run = _COMMANDS[args.command]
+    return await _interruptible(lambda stop: run(args, stop))
+
+
+async def _interruptible(run: Callable[[trio.CancelScope], Awaitable[int]]) -> int:
+    """``await run(stop)``, where the first SIGINT cancels ``stop`` (a scope ``run``
+    enters around its work; it returns its status, :data:`INTERRUPTED` after a Ctrl-C
+    for most commands); a second one raises KeyboardInterrupt.
+
+    Ctrl-C is taken as a signal, not as trio's KeyboardInterrupt, so that it ends the
+    work as a cancellation: the jobs in flight are abandoned (their cancels sent) and the
+    client closes its connection gracefully.
+    """
+    stop = trio.CancelScope()
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    if stop.cancel_called:
+                        raise KeyboardInterrupt
+                    stop.cancel()
+
+            nursery.start_soon(watch)
+            status = await run(stop)
+            nursery.cancel_scope.cancel()
+    return status
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from ..client._client import Client
+
+    return Client.connect(args.url, name="shell", connect_timeout=args.connect_timeout)
+
+
+async def _submit_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    from ..client._errors import NoRoute
+
+    total: int | None
+    if args.payload is not None:
+        total = args.count
+    elif args.file == "-":
+        total = None
+    else:
+        total = await _count_payload_lines(args.file) * args.count
+    progress = tqdm(
+        total=total, unit="job", file=sys.stderr, dynamic_ncols=True,
+        disable=args.no_progress or total == 1,
+    )  # fmt: skip
+    counts: collections.Counter[str] = collections.Counter()
+
+    # Lines and bar share a terminal only when stdout is one: then tqdm must clear its bar
+    # around each line; otherwise (stdout piped) the lines go straight out.
+    share_terminal = not progress.disable and sys.stdout.isatty() and sys.stderr.isatty()
+
+    def show(outcome: Outcome) -> None:
+        counts["ok" if outcome.ok else outcome.error_type or "Error"] += 1
+        if share_terminal:
+            progress.write(outcome.to_json(), file=sys.stdout)
+        else:
+            print(outcome.to_json())
+        progress.update(1)
+
+    # A bad line ends the input there: the jobs before it finish and are printed first.
+    input_error: InputError | None = None
+
+    async def payloads() -> AsyncIterator[Any]:
+        nonlocal input_error
+        try:
+            async for payload in _payloads(args):
+                yield payload
+        except InputError as exc:
+            input_error = exc
+
+    try:
+        with stop:
+            async with _connect(args) as client:
+                async with client.map(
+                    args.subject, payloads(), limit=args.concurrency, qos=args.qos,
+                    timeout=args.timeout, wait_for_worker=args.wait_for_worker,
+                    return_exceptions=True,
+                ) as results:  # fmt: skip
+                    async for result in results:
+                        if isinstance(result, NoRoute):
+                            raise result  # the same for every job: say it once
+                        show(Outcome.of(result))
+    finally:
+        progress.close()
+    sys.stdout.flush()
+    jobs = sum(counts.values())
+    failed = jobs - counts["ok"]
+    if jobs > 1 or failed or stop.cancelled_caught:
+        print(_summary(jobs, counts), file=sys.stderr)
+    if stop.cancelled_caught:
+        print("interrupted: the jobs still running were cancelled", file=sys.stderr)
+        return INTERRUPTED
+    if input_error is not None:
+        raise input_error
+    return 1 if failed else 0
+
+
+def _summary(jobs: int, counts: collections.Counter[str]) -> str:
+    failed = jobs - counts["ok"]
+    text = f"{jobs} job{'s' if jobs != 1 else ''}: {counts['ok']} ok, {failed} failed"
+    kinds = [(kind, n) for kind, n in counts.most_common() if kind != "ok"]
+    if kinds:
+        text += " (" + ", ".join(f"{kind}: {n}" for kind, n in kinds) + ")"
+    return text
+
+
+async def _result_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    from ..client._errors import JobFailed
+
+    with stop:
+        async with _connect(args) as client:
+            try:
+                result = await client.result(args.job_id, wait=args.wait, timeout=args.timeout)
+            except JobFailed as exc:
+                print(Outcome.of(exc).to_json())
+                if exc.traceback:
+                    print(exc.traceback.rstrip(), file=sys.stderr)
+                return 1
+            print(_dumps(result))
+            return 0
+    return INTERRUPTED
+
+
+async def _cancel_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    from ..client._errors import ClientError, NotFound
+
+    with stop:
+        async with _connect(args) as client:
+            # Cancel has no answer: ask first, to say whether there was anything to cancel.
+            try:
+                await client.result(args.job_id)
+            except NotFound as exc:
+                if "has not finished yet" not in str(exc):
+                    print(f"nothing to cancel: {exc}", file=sys.stderr)
+                    return 1
+            except ClientError as exc:  # it finished, and failed
+                print(f"nothing to cancel: job {args.job_id} has finished ({exc})", file=sys.stderr)
+                return 1
+            else:
+                print(f"nothing to cancel: job {args.job_id} has finished", file=sys.stderr)
+                return 1
+            await client.cancel(args.job_id, reason=args.reason)
+            print(f"cancelled job {args.job_id}", file=sys.stderr)
+        return 0
+    return INTERRUPTED
+
+
+async def _publish_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    with stop:
+        async with _connect(args) as client:
+            await client.publish(args.subject, args.payload, retain=args.retain, qos=args.qos)
+        return 0
+    return INTERRUPTED
+
+
+async def _subscribe_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    with stop:
+        async with _connect(args) as client, client.subscribe(args.pattern, queue=args.queue) as messages:
+            print(f"subscribed to {args.pattern} on {args.url}; Ctrl-C to stop", file=sys.stderr)
+            received = 0
+            async for message in messages:
+                retained = " [retained]" if message.retained else ""
+                print(f"{message.subject}{retained} {_dumps(message.payload)}", flush=True)
+                received += 1
+                if received == args.count:
+                    break
+            if messages.dropped:
+                print(f"{messages.dropped} messages dropped (not read fast enough)", file=sys.stderr)
+    return 0  # Ctrl-C is how a subscription ends
+
+
+async def _status_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    with stop:
+        async with _connect(args) as client:
+            first = await _stats(client)
+            if args.json:
+                print(json.dumps(first, indent=2, default=_json_default))
+                return 0
+            if not args.sample:
+                print("\n".join(status_lines(first)))
+                return 0
+            started = trio.current_time()
+            await trio.sleep(args.sample)
+            second = await _stats(client)
+            print("\n".join(status_lines(second, first, trio.current_time() - started)))
+            return 0
+    return INTERRUPTED
+
+
+async def _stats(client: Any) -> dict[str, Any]:
+    """The leader's statistics; it answers a connection once per second at most (``busy``
+    before, with the time left): then ask again when told."""
+    from ..client._errors import Busy
+
+    while True:
+        try:
+            stats: dict[str, Any] = await client.stats()
+            return stats
+        except Busy as exc:
+            await trio.sleep(exc.retry_after or 1.0)
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, trio.CancelScope], Awaitable[int]]] = {
+    "submit": _submit_command,
+    "result": _result_command,
+    "cancel": _cancel_command,
+    "status": _status_command,
+    "publish": _publish_command,
+    "subscribe": _subscribe_command,
+}
+
+
+# --------------------------------------------------------------------------- status
+
+
+def status_lines(stats: dict[str, Any], before: dict[str, Any] | None = None, seconds: float = 0.0) -> list[str]:
+    """The leader's statistics (``Client.stats()``) as a summary and two tables.
+
+    With ``before``, an earlier sample ``seconds`` before, the subjects' table has rates:
+    jobs submitted and done per second.
+    """
+    listen = ", ".join(stats.get("listen", [])) or "?"
+    lines = [
+        f"leader {stats.get('node', '?')} on {listen}: {stats.get('connections', 0)} connections,"
+        f" {stats['workers']} workers",
+        f"jobs: {stats['jobs_active']} active ({stats['waiting']} waiting, {stats['in_flight']} in flight),"
+        f" {stats['results_stored']} results stored, {stats['dead_letters']} dead letters,"
+        f" {stats.get('retained', 0)} retained messages",
+    ]
+    groups = stats["groups"]
+    if groups:
+        head = ["GROUP", "WORKERS", "WINDOW", "IN FLIGHT", "POLICY", "MODE", "DONE", "FAILED",
+                "REDELIVERED", "DEAD", "LATENCY"]  # fmt: skip
+        patterns = any("patterns" in g for g in groups.values())  # (when the leader says)
+        if patterns:
+            head.append("SUBJECTS")
+        states = any("state" in g for g in groups.values())  # (a cluster's group states)
+        if states:
+            head.append("STATE")
+        rows = []
+        for name, g in sorted(groups.items()):
+            row = [name, g["workers"], g["window"], g["in_flight"], g["policy"] or "-", g["mode"] or "-",
+                   g["done"], g["failed"], g["redelivered"], g["dead"], _ms(g["latency_avg"])]  # fmt: skip
+            if patterns:
+                row.append(" ".join(g.get("patterns") or ["-"]))
+            if states:
+                row.append(g.get("state") or ("serving" if g["workers"] else "-"))
+            rows.append(row)
+        lines += ["", *_table(head, rows)]
+    else:
+        lines += ["", "no worker groups"]
+    subjects = stats["subjects"]
+    if subjects:
+        old = before["subjects"] if before else {}
+        rows = []
+        for name, s in sorted(subjects.items()):
+            row = [name, s["workers"], s["queued"], s["in_flight"]]
+            if before:
+                prior = old.get(name, {})
+                row += [_rate(s["submitted"] - prior.get("submitted", 0), seconds),
+                        _rate(s["done"] - prior.get("done", 0), seconds)]  # fmt: skip
+            row += [s["submitted"], s["done"], s["failed"], s["dead"], s["expired"], s["cancelled"],
+                    _ms(s["latency_avg"])]  # fmt: skip
+            rows.append(row)
+        head = ["SUBJECT", "WORKERS", "QUEUED", "IN FLIGHT"]
+        if before:
+            head += ["IN/S", "DONE/S"]
+        head += ["SUBMITTED", "DONE", "FAILED", "DEAD", "EXPIRED", "CANCELLED", "LATENCY"]
+        lines += ["", *_table(head, rows)]
+        if stats.get("subjects_omitted"):
+            lines.append(f"(and {stats['subjects_omitted']} less busy subjects)")
+    else:
+        lines += ["", "no subjects yet"]
+    return lines
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    """Columns aligned: text to the left, numbers to the right."""
+    cells = [head, *[[str(value) for value in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    numeric = [all(isinstance(row[i], int | float) for row in rows) for i in range(len(head))]
+    return [
+        "  ".join(
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
+        ).rstrip()
+        for row in cells
+    ]
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+async def _payloads(args: argparse.Namespace) -> AsyncIterator[Any]:
+    """The payloads of a ``submit`` command, ``--count`` times over."""
+    if args.payload is not None:
+        for _ in range(args.count):
+            yield args.payload
+        return
+    for _ in range(args.count):
+        async for line_number, line in _file_lines(args.file):
+            if line.strip():
+                yield _parse_json(line, where=f"{args.file} line {line_number}")
+
+
+async def _file_lines(path: str) -> AsyncIterator[tuple[int, bytes]]:
+    """Numbered lines of ``path`` (or stdin for ``-``), read in chunks in a thread."""
+    if path == "-":
+        stream: BinaryIO = sys.stdin.buffer
+        close = False
+    else:
+        stream = await trio.to_thread.run_sync(open, path, "rb")
+        close = True
+    try:
+        numbers = itertools.count(1)
+        pending = b""
+        while True:
+            chunk = await trio.to_thread.run_sync(stream.read1, READ_CHUNK)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > MAX_LINE_BYTES:
+                raise InputError(f"{path} line {next(numbers)}: longer than {MAX_LINE_BYTES} bytes")
+            for line in lines:
+                yield next(numbers), line
+        if pending:
+            yield next(numbers), pending
+    finally:
+        if close:
+            stream.close()
+
+
+async def _count_payload_lines(path: str) -> int:
+    """How many non-blank lines ``path`` holds (for the progress bar's total)."""
+    count = 0
+    async for _, line in _file_lines(path):
+        if line.strip():
+            count += 1
+    return count
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The leader: the broker (sans-I/O queues, credit, routing, redelivery, pub/sub) and the
+trio process around it that serves connections.
+
+=================  ==========================================================
+module             concept
+=================  ==========================================================
+``_leader``        :class:`Leader`: listeners, one task per connection, timers
+``_broker``        :class:`Broker`: jobs, queues, credit, acks (sans-I/O)
+``_jobs``          a job's record and its state machine
+``_links``         the broker's view of connected peers and subject queues
+``_routing``       which worker of a queue takes the next job
+``_redelivery``    the retry scheduler: failed attempts, backoff, dead letters
+``_pubsub``        the pub/sub router: subscriptions, fan-out, retained replay
+``_retained``      retained messages, bounded
+``_sizes``         what a forwarded message will cost in bytes
+``_stats``         counters per subject and group
+=================  ==========================================================
+"""
+
+from ._broker import Broker as Broker
+from ._broker import BrokerConfig as BrokerConfig
+from ._jobs import JobState as JobState
+from ._leader import Leader as Leader
+from ._redelivery import DLQ_PREFIX as DLQ_PREFIX
+from ._redelivery import GroupRetry as GroupRetry
