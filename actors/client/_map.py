@@ -20,8 +20,8 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -29,8 +29,24 @@ import trio
 from ._call import Call
 from ._errors import Busy, SubmitTimeout
 
-if TYPE_CHECKING:
-    from ._client import Client
+
+class MapClient(Protocol):
+    """What a :class:`JobMap` uses of its :class:`~actors.Client` (the client's own
+    bookkeeping of outstanding calls; the map imports no client module)."""
+
+    _calls: dict[int, Call]
+
+    #: ``Client._submit_call``: a submit Call built and checked, not started yet.
+    _submit_call: Callable[..., Call]
+
+    def _start(self, call: Call) -> Any: ...
+
+    async def _send_when_room(self, conn: Any, call: Call) -> None: ...
+
+    def _forget(self, call: Call) -> None: ...
+
+    def _abandon(self, call: Call, why: str) -> None: ...
+
 
 #: Entries of the deadline heap (of a map with a timeout), per unit of ``limit``, past
 #: which those of finished jobs are dropped.
@@ -49,7 +65,7 @@ class JobMap:
 
     def __init__(
         self,
-        client: Client,
+        client: MapClient,
         subject: str,
         payloads: Iterable[Any] | AsyncIterable[Any],
         *,

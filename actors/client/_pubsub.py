@@ -121,7 +121,7 @@ class ClientPubSub:
         the error (:class:`Busy` with ``retry_after``, or :class:`RemoteError`).
         """
         sid = next(self._sids)
-        sub = Subscription(self, sid, pattern, queue, max_pending)  # type: ignore[arg-type]
+        sub = Subscription(sid, pattern, queue, max_pending)
         message = Subscribe(mid=next(self._mids), sid=sid, pattern=pattern, queue=queue)
         self._subs[sid] = sub
         self._subscribing[message.mid] = sub

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
-
-if TYPE_CHECKING:
-    from ._client import Client
 
 
 @attrs.frozen
@@ -34,8 +31,7 @@ class Subscription:
     arrived before it.
     """
 
-    def __init__(self, client: Client, sid: int, pattern: str, queue: str | None, max_pending: int) -> None:
-        self.client = client
+    def __init__(self, sid: int, pattern: str, queue: str | None, max_pending: int) -> None:
         self.sid = sid
         self.pattern = pattern
         self.queue = queue
