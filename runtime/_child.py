@@ -16,7 +16,7 @@ import inspect
 import math
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 import trio
@@ -71,7 +71,7 @@ class Recycle:
     reason: str = ""
 
 
-def _is_async_function(factory: object) -> bool:
+def _is_async_function(factory: object) -> TypeGuard[Callable[..., Awaitable[object]]]:
     return inspect.iscoroutinefunction(factory) or inspect.iscoroutinefunction(
         getattr(factory, "__call__", None)  # noqa: B004 - an object with an async __call__
     )

@@ -8,13 +8,14 @@ factory that built it (:func:`runtime.open_connection`, :func:`runtime.serve`):
   checks every message with the connection's :class:`protocol.Session`, answers Ping with
   Pong, and queues the rest as one batch for :meth:`Connection.receive_some` (or, after
   :meth:`Connection.dispatch_to`, hands the batch to the application's handler itself);
-- the **writer** (:mod:`runtime._outgoing`) waits until frames are queued, takes *all* of
-  them and writes them with one ``send_all`` (on a WebSocket: one binary message per
-  frame), so that many small messages cost one system call;
+- the **writer** (:meth:`runtime._outgoing.SendQueue.run_writer`) waits until frames are
+  queued, takes *all* of them and writes them with one ``send_all`` (on a WebSocket: one
+  binary message per frame), so that many small messages cost one system call;
 - the **heartbeat** (:mod:`runtime._heartbeat`) sleeps until the session's next deadline,
   pings an idle line and declares a silent peer dead;
-- with a finite ``write_timeout``, the **write watch** (:mod:`runtime._outgoing`) closes the
-  connection as a slow consumer once a write has waited that long with no byte taken.
+- with a finite ``write_timeout``, the **write watch** (:meth:`runtime._outgoing.SendQueue.watch_writes`)
+  has the connection cut as a slow consumer once a write has waited that long with no
+  byte taken.
 
 Closing is an exchange: the side that closes sends Bye (or an Error), flushes, and lingers
 until the peer, told to go, closes its side (at most ``close_timeout``), so that nothing in
@@ -29,11 +30,16 @@ still be told, and the application sees :class:`ConnectionClosed` with ``code="i
 (its ``__cause__`` the exception; also in :attr:`Connection.failure`). No task of a
 connection lets an :class:`Exception` out into its nursery.
 
-Sending never awaits (:meth:`Connection.send_nowait` encodes, appends and wakes the writer);
+Sending never awaits (``Connection.send_nowait`` encodes, appends and wakes the writer);
 the outgoing buffer is bounded and a peer that does not read gets :class:`SendBufferFull`
 (or, with a finite ``write_timeout``, is cut once it has taken nothing for that long).
-The sending methods and the writer task are those of :class:`runtime._outgoing.Outgoing`,
-the class this one extends; the state they use is this class's.
+All of that is the connection's :class:`runtime._outgoing.SendQueue`, which owns the
+outgoing buffers, their bounds and the writer; the connection owns the rest (the inbox,
+the session, closing) and is the queue's :class:`~runtime._outgoing.QueueOwner`.
+
+The connection's tasks (the reader, the heartbeat) and :mod:`runtime._transports` use
+the connection through the package-internal methods listed under "The connection's
+tasks" in the class, never its fields.
 """
 
 from __future__ import annotations
@@ -42,17 +48,22 @@ import collections
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 import attrs
 import trio
 
 import protocol
-from protocol import Bye, Error, ErrorCode, State, Welcome
+from protocol import Bye, Error, ErrorCode, Ping, Pong, State, Welcome
 
 from ._heartbeat import run_heartbeat, watch_for_hello
-from ._outgoing import Outgoing, OutgoingBudget
+from ._outgoing import DEFAULT_FLUSH_EVERY as DEFAULT_FLUSH_EVERY
+from ._outgoing import DEFAULT_MAX_OUTGOING as DEFAULT_MAX_OUTGOING
+from ._outgoing import DEFAULT_MAX_OUTGOING_TOTAL as DEFAULT_MAX_OUTGOING_TOTAL
+from ._outgoing import DEFAULT_SEND_TIMEOUT as DEFAULT_SEND_TIMEOUT
+from ._outgoing import OutgoingBudget, SendQueue
+from ._outgoing import check_write_timeout as check_write_timeout
 from ._reader import run_reader
 from ._transport_errors import ConnectionClosed
 from ._wire import Wire
@@ -61,25 +72,14 @@ from ._wire import Wire
 logger = logging.getLogger("runtime.connection")
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
 
-#: Default bound of the outgoing buffer, in bytes (queued plus being written).
-DEFAULT_MAX_OUTGOING = 8 * 2**20
 #: Default bound of received wire bytes decoded but not yet taken by the application.
 DEFAULT_MAX_INBOX = 2**20
 #: Default time for closing: flush what is queued, let the peer close, close the transport.
 DEFAULT_CLOSE_TIMEOUT = 5.0
-#: Default number of messages queued by :meth:`Connection.send_nowait` after which they
-#: are written at once instead of when the writer task next runs (so that a peer starts
-#: on the first of a long run of messages while the rest are still being made).
-DEFAULT_FLUSH_EVERY = 16
-#: Default time :meth:`Connection.send` waits for room in the outgoing buffer.
-DEFAULT_SEND_TIMEOUT = 10.0
 #: Default time a server-side write may wait with no byte taken by the peer before the
 #: peer is cut as a slow consumer (see :func:`runtime.serve`; a Connection's own default
 #: is no limit).
 DEFAULT_WRITE_TIMEOUT = 10.0
-#: Default bound of the bytes queued by all the connections of one server, in all (see
-#: :func:`runtime.serve`; a Connection's own default is no bound).
-DEFAULT_MAX_OUTGOING_TOTAL = 2**30
 
 
 def check_max_frame_size(n: int) -> None:
@@ -92,19 +92,20 @@ def check_max_frame_size(n: int) -> None:
         )
 
 
-def check_write_timeout(seconds: float) -> None:
-    """Raise ValueError unless ``seconds`` is a write timeout (positive; ``math.inf``: none)."""
-    if not seconds > 0:
-        raise ValueError(f"write_timeout must be positive (math.inf: none), got {seconds!r}")
-
-
 @attrs.define(eq=False)
-class Connection(Outgoing):
+class Connection:
     """A protocol connection: send and receive messages, heartbeats, an orderly close.
 
     Built only by :func:`runtime.open_connection` and :func:`runtime.serve`. The first
     message a server-side connection receives is the peer's Hello (its session enforces
     it); a client-side connection has completed the Hello/Welcome exchange when handed out.
+
+    Sending: :meth:`send`, :meth:`send_many_nowait`, and ``send_nowait(message)``,
+    ``queue_nowait(message)``, ``queue_item(item)`` and ``flush()``, which are the methods
+    of the connection's send queue themselves (see :class:`runtime._outgoing.SendQueue`
+    for each), bound when the connection is built: the leader and the workers call them
+    once per message, and a method of the connection that called the queue's would cost a
+    call more each time.
 
     Attributes:
       peer: the peer's address as a URL, e.g. ``tcp://127.0.0.1:53412``.
@@ -122,8 +123,10 @@ class Connection(Outgoing):
         ``code="slow_consumer"``; see :mod:`runtime._outgoing`); ``math.inf``: never.
       budget: the :class:`runtime._outgoing.OutgoingBudget` its queued bytes count in,
         shared with the other connections of a server (by default its own, unbounded).
-      flush_every: messages queued by :meth:`send_nowait` that are written at once
+      flush_every: messages queued by ``send_nowait`` that are written at once
         (without waiting for the writer task), once the session bundles.
+        (These five are the send queue's settings, given to it when the connection is
+        built: they cannot be changed afterwards.)
       close_timeout: seconds a graceful close may take before the transport is cut.
       next_mid: ``conn.next_mid()`` returns this connection's next message id (1, 2, ...);
         build every message sent on this connection with it (Hello conventionally uses 0).
@@ -143,12 +146,12 @@ class Connection(Outgoing):
     peer: str
     scheme: str
     max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE
-    max_outgoing: int = DEFAULT_MAX_OUTGOING
-    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    max_outgoing: int = attrs.field(default=DEFAULT_MAX_OUTGOING, on_setattr=attrs.setters.frozen)
+    send_timeout: float = attrs.field(default=DEFAULT_SEND_TIMEOUT, on_setattr=attrs.setters.frozen)
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
-    write_timeout: float = math.inf
+    write_timeout: float = attrs.field(default=math.inf, on_setattr=attrs.setters.frozen)
     max_inbox: int = DEFAULT_MAX_INBOX
-    flush_every: int = DEFAULT_FLUSH_EVERY
+    flush_every: int = attrs.field(default=DEFAULT_FLUSH_EVERY, on_setattr=attrs.setters.frozen)
     hello_timeout: float | None = None
     on_hello: Callable[[], object] | None = None
     decode_payloads: bool = True
@@ -157,64 +160,81 @@ class Connection(Outgoing):
     foreign_answer: bytes | None = attrs.field(default=None, init=False)
     closed: bool = attrs.field(default=False, init=False)
     next_mid: Any = attrs.field(init=False, factory=lambda: itertools.count(1).__next__)
-    # The peer's frame limit for what we send (what its Hello or Welcome announced).
-    _send_limit: int = attrs.field(init=False, default=0)
-    _decoder: protocol.FrameDecoder = attrs.field(init=False)
-    # Outgoing: frames waiting for the writer, their bytes, and bytes being written.
-    _pending: list[bytes] = attrs.field(init=False, factory=list)
-    # Once the session's version allows bundles: messages waiting for the writer, each
-    # encoded alone (so that a bad one fails its sender), bundled into frames when written.
-    _bundling: bool = attrs.field(init=False, default=False)
-    _items: list[bytes] = attrs.field(init=False, factory=list)
-    # The wire's way to write without waiting, if it has one (see :meth:`flush`).
-    _try_send: Any = attrs.field(init=False, default=None)
-    # A write without waiting stopped part way: flush leaves the rest to the writer.
-    _send_blocked: bool = attrs.field(init=False, default=False)
-    _queued_bytes: int = attrs.field(init=False, default=0)
-    _inflight_bytes: int = attrs.field(init=False, default=0)
-    # What they count in, shared with the other connections of a server (see OutgoingBudget).
-    _budget: OutgoingBudget = attrs.field(factory=OutgoingBudget)
-    # When the writer's write under way began; the write watch, asleep until one begins
-    # (see Outgoing._watch_writes).
-    _write_began: float = attrs.field(init=False, default=0.0)
-    _watch_idle: bool = attrs.field(init=False, default=False)
-    _watch_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
-    _writer_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
-    _space_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
+    # What the send queue's bytes count in, shared with the other connections of a server.
+    _budget: OutgoingBudget = attrs.field(factory=OutgoingBudget, on_setattr=attrs.setters.frozen)
+    # The outgoing side (built from the settings above), and its methods that are ours.
+    _outgoing: SendQueue = attrs.field(init=False, repr=False)
+    send_nowait: Callable[[protocol.Message], None] = attrs.field(init=False, repr=False)
+    queue_nowait: Callable[[protocol.Message], None] = attrs.field(init=False, repr=False)
+    queue_item: Callable[[list[Any]], None] = attrs.field(init=False, repr=False)
+    flush: Callable[[], None] = attrs.field(init=False, repr=False)
     # Incoming: decoded messages not yet taken, the wire bytes they came from.
     _inbox: list[protocol.Message] = attrs.field(init=False, factory=list)
     _inbox_bytes: int = attrs.field(init=False, default=0)
     _ready: collections.deque[protocol.Message] = attrs.field(init=False, factory=collections.deque)
     _receive_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     _inbox_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
+    # The reader waits for the application to take from a full inbox (the heartbeat reads it).
     _reader_stalled: bool = attrs.field(init=False, default=False)
     # Set by :meth:`dispatch_to`: the reader hands each batch to it instead of the inbox.
-    _handler: Any = attrs.field(init=False, default=None)
+    _handler: Callable[[list[protocol.Message]], None] | None = attrs.field(init=False, default=None)
     # Closing: why (reason, code, clean), whether to flush, and the lifecycle events.
     _close_info: tuple[str, str | None, bool] | None = attrs.field(init=False, default=None)
     _flush_on_close: bool = attrs.field(init=False, default=True)
     _linger: bool = attrs.field(init=False, default=False)
     _close_requested: trio.Event = attrs.field(init=False, factory=trio.Event)
-    _writer_done: trio.Event = attrs.field(init=False, factory=trio.Event)
     _reader_done: trio.Event = attrs.field(init=False, factory=trio.Event)
     _finished: trio.Event = attrs.field(init=False, factory=trio.Event)
     _linger_scope: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
-    # The peer's session is open (it may be sent Ping or Bye) once the Welcome passed:
-    # received on the client side, sent on the server side.
-    _peer_open: bool = attrs.field(init=False, default=False)
-    _bye_sent: bool = attrs.field(init=False, default=False)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         check_max_frame_size(self.max_frame_size)
-        check_write_timeout(self.write_timeout)
-        self._decoder = protocol.FrameDecoder(
-            max_frame_size=self.max_frame_size, decode_payloads=self.decode_payloads
+        outgoing = self._outgoing = SendQueue(
+            self._wire,
+            self.session,
+            self,
+            max_outgoing=self.max_outgoing,
+            send_timeout=self.send_timeout,
+            write_timeout=self.write_timeout,
+            flush_every=self.flush_every,
+            receive_limit=self.max_frame_size,
+            budget=self._budget,
         )
-        # What the peer accepts, until its Hello or Welcome says: the protocol's default,
-        # or our own limit if lower (a peer set up like this side).
-        self._send_limit = min(self.max_frame_size, protocol.DEFAULT_MAX_FRAME_SIZE)
-        self._try_send = getattr(self._wire, "try_send", None)
+        self.send_nowait = outgoing.send_nowait
+        self.queue_nowait = outgoing.queue_nowait
+        self.queue_item = outgoing.queue_item
+        self.flush = outgoing.flush
+
+    # ------------------------------------------------------------------ sending
+
+    def send_many_nowait(self, messages: Iterable[protocol.Message]) -> None:
+        """Queue several messages at once: all of them or, on an error, none.
+
+        Raises:
+          ConnectionClosed: the connection is closing or closed.
+          SendBufferFull: the outgoing buffer would go over :attr:`max_outgoing` bytes.
+          MessageTooLarge: a message encodes to a frame larger than the peer accepts.
+        """
+        self._outgoing.send_many_nowait(messages)
+
+    async def send(self, message: protocol.Message, *, timeout: float | None = None) -> None:
+        """Queue ``message``, waiting while the outgoing buffer is over its bound.
+
+        A message larger than the whole buffer is queued once the buffer is empty.
+
+        Args:
+          timeout: seconds to wait for room; None: :attr:`send_timeout`; ``math.inf``:
+            as long as it takes (until the connection closes, or the caller's own
+            cancel scope ends the wait).
+
+        Raises:
+          SendBufferFull: no room came within the timeout.
+          ConnectionClosed: the connection is closing or closed.
+          MessageTooLarge: the message encodes to a frame larger than the peer accepts
+            (at once, without waiting).
+        """
+        await self._outgoing.send(message, timeout=timeout)
 
     # ------------------------------------------------------------------ receiving
 
@@ -346,14 +366,15 @@ class Connection(Outgoing):
         else:
             reason = "closed locally"
         code = error.code if error is not None else None
-        linger = bool(final) or self._bye_sent
+        linger = bool(final) or self._outgoing.bye_sent
         self._request_close(reason, code=code, clean=True, final=final, linger=linger)
 
     def _last_words(self, error: protocol.Error | None) -> list[protocol.Message]:
         """What closing sends last: ``error`` if given, then Bye if the peer's session is
         open and ``error`` does not end it by itself (``busy``, ``internal``...)."""
         # Bye only to a peer whose session is open (it would reject it before Welcome).
-        bye = self.session.state is State.OPEN and self._peer_open and not self._bye_sent
+        outgoing = self._outgoing
+        bye = self.session.state is State.OPEN and outgoing.peer_open and not outgoing.bye_sent
         if error is None:
             return [Bye(mid=self.next_mid(), reason="closing")] if bye else []
         if bye and not ErrorCode.closes_connection(error.code):
@@ -412,36 +433,46 @@ class Connection(Outgoing):
         self._flush_on_close = flush
         self._linger = flush and (bool(final) if linger is None else linger)
         self.session.close()
+        outgoing = self._outgoing
         for message in final:
-            self._send_control(message)
+            outgoing.send_control(message)
+        outgoing.close(reason, code, clean)
         self._close_requested.set()
-        for lot in (self._writer_lot, self._space_lot, self._receive_lot, self._inbox_lot):
+        for lot in (self._receive_lot, self._inbox_lot):
             lot.unpark_all()
 
-    def _write_stalled(self, seconds: float) -> None:
+    # ------------------------------------------------------------------ the send queue's calls
+    # (runtime._outgoing.QueueOwner)
+
+    def _transport_lost(self, exc: BaseException) -> None:
+        """The transport broke (``exc``, while reading or writing): close, unflushed."""
+        self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
+
+    def _write_stalled(self, seconds: float, held: int) -> None:
         """The peer has taken no byte of the write under way for ``seconds`` (at least
-        :attr:`write_timeout`): cut it as a slow consumer."""
-        waiting = self._queued_bytes + self._inflight_bytes
+        :attr:`write_timeout`; ``held`` bytes wait for it): cut it as a slow consumer."""
+        if self.closed:
+            return  # (closing already: close_timeout bounds that)
         self._cut_slow_consumer(
-            f"slow consumer: {self.peer} took no bytes for {seconds:g} s ({waiting} bytes queued for it)"
+            f"slow consumer: {self.peer} took no bytes for {seconds:g} s ({held} bytes queued for it)"
         )
+        self._outgoing.drop()
 
     def _over_budget(self, held: int, limit: int) -> None:
-        """The server's :class:`OutgoingBudget` is full and this connection holds the most of
-        it (``held`` bytes): cut it as a slow consumer to make room for the others."""
+        """The server's :class:`OutgoingBudget` is full and this connection held the most of
+        it (``held`` bytes, dropped by the queue): cut it as a slow consumer."""
         self._cut_slow_consumer(
             f"slow consumer: {self.peer} held the most of the outgoing budget of {limit} bytes"
             f" ({held} bytes queued for it)"
         )
 
     def _cut_slow_consumer(self, reason: str) -> None:
-        """Log ``reason`` once, close without a word (a write may have stopped in the middle
-        of a frame: no Error can follow it) and drop what was queued, at once."""
+        """Log ``reason`` once and close without a word (a write may have stopped in the
+        middle of a frame: no Error can follow it)."""
         if self.closed:
             return
         logger.warning("%s; closing that connection", reason)
         self._request_close(reason, code=ErrorCode.SLOW_CONSUMER, flush=False)
-        self._budget.used -= self._drop_queue()
 
     def _fail(self, exc: protocol.ProtocolError) -> None:
         """The peer broke the protocol: tell it, then close."""
@@ -457,17 +488,18 @@ class Connection(Outgoing):
         """Run the reader, writer and heartbeat until closed, then close the transport."""
         try:
             self.session.start(trio.current_time())
-            self._budget.join(self)
+            outgoing = self._outgoing
+            outgoing.join_budget()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(run_reader, self)  # (contains its own failures)
-                nursery.start_soon(self._contained, "writing to", self._writer)
+                nursery.start_soon(self._read)
+                nursery.start_soon(self._contained, "writing to", outgoing.run_writer)
                 if self.session.heartbeat:
                     nursery.start_soon(self._contained, "in the heartbeat of", run_heartbeat, self)
                 if self.hello_timeout is not None:
                     nursery.start_soon(self._contained, "waiting for the Hello of", watch_for_hello, self)
                 if self.write_timeout < math.inf:
-                    nursery.start_soon(self._contained, "watching the writes to", self._watch_writes)
+                    nursery.start_soon(self._contained, "watching the writes to", outgoing.watch_writes)
                 task_status.started()
                 await self._close_requested.wait()
                 self._linger_scope.deadline = trio.current_time() + self.close_timeout
@@ -475,20 +507,27 @@ class Connection(Outgoing):
                     if self._flush_on_close:
                         # Drain the queue, linger until the peer (told Bye or Error) closes
                         # its side, then close the transport gracefully (TLS, WebSocket).
-                        await self._writer_done.wait()
+                        await outgoing.writer_done.wait()
                         if self._linger:
                             await self._reader_done.wait()
                         await self._contained("closing the connection to", self._wire.aclose)
                 nursery.cancel_scope.cancel()
         finally:
             self.closed = True
-            self._budget.leave(self)  # (what is still queued is dropped)
             if self._close_info is None:
                 self._close_info = ("connection cancelled", None, False)
+            self._outgoing.close(*self._close_info)  # (a sender waiting for room wakes)
+            self._outgoing.leave_budget()  # (what is still queued is dropped)
             await self._contained("closing the connection to", self._wire.aclose_forcefully)
             self._finished.set()
-            for lot in (self._space_lot, self._receive_lot):
-                lot.unpark_all()
+            self._receive_lot.unpark_all()
+
+    async def _read(self) -> None:
+        """The reader task (it contains its own failures); then the peer may be gone."""
+        try:
+            await run_reader(self, self._wire)
+        finally:
+            self._reader_done.set()
 
     async def _contained(self, doing: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         """``await fn(*args)``, one of this connection's tasks or steps: a lost transport
@@ -497,7 +536,7 @@ class Connection(Outgoing):
         try:
             await fn(*args)
         except _LOST as exc:
-            self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
+            self._transport_lost(exc)
         except Exception as exc:
             self._internal_failure(exc, doing)
 
@@ -507,9 +546,60 @@ class Connection(Outgoing):
         self._flush_on_close = self._linger = False
         self._linger_scope.cancel()
 
+    # ------------------------------------------------------------------ the connection's tasks
+    # What the reader (runtime._reader), the heartbeat (runtime._heartbeat) and the
+    # factories (runtime._transports) use, besides the public attributes and the closing
+    # methods above (_request_close, _transport_lost, _fail, _internal_failure, _abort).
+
+    def _welcomed(self, welcome: Welcome) -> None:
+        """Client side: ``welcome`` answered our Hello; what we send follows what it names
+        (the version: bundles or not; the largest frame it accepts)."""
+        self.welcome = welcome
+        self._outgoing.handshake_done(welcome.version, welcome.max_frame)
+
     def _start_heartbeat(self, interval: float) -> None:
         """Start heartbeats after the handshake (client side: interval from Welcome)."""
         if self.closed or self._nursery is None:
             return
         self.session.heartbeat = interval
         self._nursery.start_soon(self._contained, "in the heartbeat of", run_heartbeat, self)
+
+    def _ping(self) -> None:
+        """Send a Ping, if the peer's session is open (one still waiting for the Welcome
+        would reject it)."""
+        if self._outgoing.peer_open:
+            self._outgoing.send_control(Ping(mid=self.next_mid()))
+
+    def _answer_ping(self, ping: Ping) -> None:
+        """Answer ``ping`` with a Pong, unless the outgoing buffer is full (a peer that pings
+        without reading gets no Pong)."""
+        if self._outgoing.has_room(16):
+            self._outgoing.send_control(Pong(mid=self.next_mid(), cid=ping.mid))
+
+    @property
+    def _dispatch_handler(self) -> Callable[[list[protocol.Message]], None] | None:
+        """The handler :meth:`dispatch_to` installed (the reader calls it with each batch,
+        see :mod:`runtime._reader`), or None: batches go to :meth:`_deliver`."""
+        return self._handler
+
+    def _deliver(self, batch: list[protocol.Message], size: int) -> bool:
+        """Queue ``batch`` (never empty), decoded from ``size`` wire bytes, for
+        :meth:`receive_some`; wake a receiver waiting for it. Return True if the inbox is
+        now full (:attr:`max_inbox` bytes or more): the reader is to wait for room
+        (:meth:`_wait_for_inbox_room`) before it reads on."""
+        self._inbox += batch
+        self._inbox_bytes += size
+        if self._receive_lot:
+            self._receive_lot.unpark_all()
+        return self._inbox_bytes >= self.max_inbox
+
+    async def _wait_for_inbox_room(self) -> None:
+        """Wait while the inbox holds :attr:`max_inbox` bytes or more (until the application
+        takes them, or the connection closes). Meanwhile :attr:`_reader_stalled` is True:
+        the peer's silence is ours then, and the heartbeat does not count it."""
+        while self._inbox_bytes >= self.max_inbox and not self.closed:
+            self._reader_stalled = True
+            try:
+                await self._inbox_lot.park()
+            finally:
+                self._reader_stalled = False

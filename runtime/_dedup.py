@@ -89,7 +89,7 @@ class DedupCache(Generic[K, V]):
         entries = self._entries
         old = entries.pop(key, None)
         fresh = old is None
-        if not fresh:
+        if old is not None:
             self.bytes -= old[2]
         if fresh and len(entries) >= self.capacity:
             self.bytes -= entries.popitem(last=False)[1][2]

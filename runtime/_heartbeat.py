@@ -2,7 +2,9 @@
 new server-side connection a bounded time to say Hello.
 
 The rules themselves (when to ping, when the peer is dead) are the session's
-(:meth:`protocol.Session.handle_timer`); these tasks only sleep until its deadlines and act.
+(:meth:`protocol.Session.handle_timer`); these tasks only sleep until its deadlines and act,
+through the connection's public attributes and its package-internal methods for its tasks
+(``_ping``, ``_request_close``, and ``_reader_stalled``: see :class:`runtime.Connection`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from protocol import Error, ErrorCode, Ping, State, TimerAction
+from protocol import Error, ErrorCode, State, TimerAction
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -30,8 +32,7 @@ async def run_heartbeat(conn: Connection) -> None:
             session.last_received = max(session.last_received, now - heartbeat)
         action = session.handle_timer(now)
         if action is TimerAction.SEND_PING:
-            if conn._peer_open:  # a peer still waiting for Welcome would reject a Ping
-                conn._send_control(Ping(mid=conn.next_mid()))
+            conn._ping()
         elif action is TimerAction.DEAD:
             message = f"no message from the peer for {now - session.last_received:g} s"
             conn._request_close(

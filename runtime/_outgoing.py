@@ -1,17 +1,25 @@
 """The outgoing side of a connection: queueing messages, bundling them, the writer task.
 
-A mixin of :class:`~runtime.Connection` (the state it reads is the connection's): sending
-never awaits. :meth:`~runtime.Connection.send_nowait` encodes the message, appends it to
-the queue and wakes the writer; the queue is bounded (:attr:`~runtime.Connection.max_outgoing`
+A :class:`SendQueue` owns everything a connection has to send: the queued frames and
+bundle items, their bytes, the bounds on them (:attr:`~SendQueue.max_outgoing`, the
+shared :class:`OutgoingBudget`, the write deadline), the writer task and the write watch.
+:class:`~runtime.Connection` builds one and sends through it (its ``send_nowait``,
+``queue_nowait``, ``queue_item`` and ``flush`` *are* the queue's); the queue tells the
+connection, through the few methods of :class:`QueueOwner`, when the transport is lost,
+when writing failed and when the peer must be cut as a slow consumer. Closing is the
+connection's: it tells the queue with :meth:`SendQueue.close`.
+
+Sending never awaits. :meth:`~SendQueue.send_nowait` encodes the message, appends it to
+the queue and wakes the writer; the queue is bounded (:attr:`~SendQueue.max_outgoing`
 bytes, queued plus being written) and a peer that does not read gets
-:class:`SendBufferFull`. Once the session's version allows bundles, messages are queued
-as bundle items, each encoded alone (so that a bad one fails its sender), and bundled into
-frames when written.
+:class:`SendBufferFull`. Once the session's version allows bundles (:meth:`SendQueue.handshake_done`,
+or a Welcome sent), messages are queued as bundle items, each encoded alone (so that a bad
+one fails its sender), and bundled into frames when written.
 
 The **writer** task waits until frames are queued, takes *all* of them and writes them
 with one ``send_all`` (on a WebSocket: one binary message per frame), so that many small
-messages cost one system call; :meth:`~runtime.Connection.flush` writes them at once
-instead when the transport takes them without waiting (plain TCP).
+messages cost one system call; :meth:`~SendQueue.flush` writes them at once instead when
+the transport takes them without waiting (plain TCP).
 
 The peer's frame limit (what its Hello or Welcome announced) bounds what the application
 sends: a message over it raises :class:`MessageTooLarge` to its sender. Control messages
@@ -22,12 +30,13 @@ over the limit (the peer then refuses it as ``frame_too_large`` and the connecti
 the peer's own answer to its own limit). Writing never raises for a size.
 
 A failure of ours while writing (an exception from the wire that is not a lost transport)
-ends this connection only: see "Containment" in :mod:`runtime._connection`.
+ends this connection only (:meth:`QueueOwner._internal_failure`): see "Containment" in
+:mod:`runtime._connection`.
 
 **The write deadline**: the bound on the queue limits how much a peer that does not read
-can hold, not for how long. With a finite :attr:`~runtime.Connection.write_timeout`, a
-watch task closes the connection as a slow consumer once a write has waited that long with
-no byte taken by the peer. Progress is the end of a write, or what the peer's TCP
+can hold, not for how long. With a finite :attr:`~SendQueue.write_timeout`, a watch task
+(:meth:`SendQueue.watch_writes`) has the connection cut as a slow consumer once a write
+has waited that long with no byte taken by the peer. Progress is the end of a write, or what the peer's TCP
 acknowledged (:meth:`Wire.bytes_acked`, Linux): a peer that reads, however slowly, and a
 large write over a slow link that moves are never cut. The watch task sleeps while
 nothing is being written (the writer wakes it when a write begins: no timer runs on an idle
@@ -42,9 +51,10 @@ anyway).
 **The budget**: the deadline bounds for how long, not how much at once: a thousand peers
 that stop reading together could each hold ``max_outgoing`` until then. The connections
 of one server share an :class:`OutgoingBudget` (``serve(max_outgoing_total=...)``): what
-they have queued, in all, stays under its limit. A connection that would go over it makes
-room by cutting as slow consumers, in the same way, the connections that hold the most
-(never itself); when that is not enough, it gets :class:`SendBufferFull`.
+their queues hold, in all, stays under its limit. A queue that would go over it makes room
+by emptying the queues that hold the most (never its own), whose connections are then cut
+as slow consumers, in the same way; when that is not enough, its sender gets
+:class:`SendBufferFull`.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -63,7 +73,25 @@ from protocol import Bye, Welcome
 from ._transport_errors import ConnectionClosed, MessageTooLarge, SendBufferFull
 from ._wire import Wire
 
+#: Default bound of the outgoing buffer, in bytes (queued plus being written).
+DEFAULT_MAX_OUTGOING = 8 * 2**20
+#: Default number of messages queued by :meth:`SendQueue.send_nowait` after which they
+#: are written at once instead of when the writer task next runs (so that a peer starts
+#: on the first of a long run of messages while the rest are still being made).
+DEFAULT_FLUSH_EVERY = 16
+#: Default time :meth:`SendQueue.send` waits for room in the outgoing buffer.
+DEFAULT_SEND_TIMEOUT = 10.0
+#: Default bound of the bytes queued by all the connections of one server, in all (see
+#: :func:`runtime.serve`; a Connection's own default is no bound).
+DEFAULT_MAX_OUTGOING_TOTAL = 2**30
+
 _HEADER_SIZE = protocol.HEADER_SIZE
+
+
+def check_write_timeout(seconds: float) -> None:
+    """Raise ValueError unless ``seconds`` is a write timeout (positive; ``math.inf``: none)."""
+    if not seconds > 0:
+        raise ValueError(f"write_timeout must be positive (math.inf: none), got {seconds!r}")
 
 
 def _encode(message: protocol.Message) -> bytes:
@@ -80,104 +108,168 @@ _BUNDLE_OVERHEAD = protocol.BUNDLE_OVERHEAD
 _LOST = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
+class QueueOwner(Protocol):
+    """What a :class:`SendQueue` tells the connection it serves (:class:`runtime.Connection`).
+
+    The queue calls these from its own methods and tasks, never while the owner is in the
+    middle of one of its own calls into the queue (except :meth:`SendQueue.close` and
+    :meth:`SendQueue.drop`, which call none of them).
+    """
+
+    def _transport_lost(self, exc: BaseException) -> None:
+        """The transport broke while writing (``exc``): the connection ends, unflushed."""
+
+    def _internal_failure(self, exc: Exception, doing: str) -> None:
+        """Writing raised ``exc``, a failure of ours (``doing`` is ``"writing to"``): the
+        connection ends (see "Containment" in :mod:`runtime._connection`)."""
+
+    def _write_stalled(self, seconds: float, held: int) -> None:
+        """The peer has taken no byte of the write under way for ``seconds`` (at least
+        :attr:`SendQueue.write_timeout`), while the queue holds ``held`` bytes for it."""
+
+    def _over_budget(self, held: int, limit: int) -> None:
+        """The queue held the most of its full :class:`OutgoingBudget` (``limit`` bytes):
+        its ``held`` bytes have been dropped to make room for the other members."""
+
+
 @attrs.define(eq=False)
 class OutgoingBudget:
-    """A bound on the bytes queued, in all, by the connections that share it (a server's).
+    """A bound on the bytes queued, in all, by the send queues that share it (a server's).
 
-    Each connection counts in :attr:`used` what it queues (what is being written included)
-    and takes out what is written or dropped, and :meth:`make_room` before going over
-    :attr:`limit` (see the module docstring). By default (a connection's own) there is no
-    limit. (A plain int, no converter: :attr:`used` changes once per message queued.)
+    Each :class:`SendQueue` counts in :attr:`used` what it queues (what is being written
+    included) and takes out what is written or dropped, and :meth:`make_room` before going
+    over :attr:`limit` (see the module docstring). By default (a connection's own) there is
+    no limit. (A plain int, no converter: :attr:`used` changes once per message queued.)
     """
 
     limit: int = sys.maxsize
     used: int = attrs.field(init=False, default=0)
-    _members: set[Outgoing] = attrs.field(init=False, factory=set, repr=False)
+    _members: set[SendQueue] = attrs.field(init=False, factory=set, repr=False)
 
     @classmethod
     def of(cls, limit: float) -> OutgoingBudget:
         """A budget of ``limit`` bytes (``math.inf``: no limit)."""
         return cls(sys.maxsize if limit == math.inf else int(limit))
 
-    def join(self, member: Outgoing) -> None:
-        """``member`` runs: it may be cut to make room for others."""
+    def join(self, member: SendQueue) -> None:
+        """``member`` runs: it may be emptied to make room for others."""
         self._members.add(member)
 
-    def leave(self, member: Outgoing) -> None:
-        """``member`` has ended: what it still counts (queued, unwritten) goes."""
+    def leave(self, member: SendQueue) -> None:
+        """``member`` has ended (it has dropped what it held: :meth:`SendQueue.leave_budget`)."""
         self._members.discard(member)
-        self.used -= member._drop_queue()
 
-    def charge(self, size: int, member: Outgoing) -> None:
-        """Count ``size`` more bytes queued by ``member``, making room first if need be.
-
-        Raises:
-          SendBufferFull: as :meth:`make_room`.
-        """
-        if self.used + size > self.limit:
-            self.make_room(size, member)
-        self.used += size
-
-    def make_room(self, size: int, requester: Outgoing) -> None:
-        """Cut the members that hold the most, other than ``requester``, until ``size``
-        more bytes fit under the limit.
+    def make_room(self, size: int, requester: SendQueue) -> None:
+        """Empty the members that hold the most, other than ``requester``, until ``size``
+        more bytes fit under the limit (each one's connection is then cut: see
+        :meth:`QueueOwner._over_budget`).
 
         Raises:
-          SendBufferFull: even cutting every other member would not make room (then
-            none is cut).
+          SendBufferFull: even emptying every other member would not make room (then
+            none is emptied).
         """
-        if _held(requester) + size > self.limit:
+        if requester.held + size > self.limit:
             raise SendBufferFull(self.limit)
         while self.used + size > self.limit:
             victim = max(self._members - {requester}, key=_held, default=None)
-            if victim is None or not _held(victim):  # (bytes of no member: not ours to cut)
+            if victim is None or not victim.held:  # (bytes of no member: not ours to cut)
                 raise SendBufferFull(self.limit)
-            victim._over_budget(_held(victim), self.limit)
+            victim.give_up_room(self.limit)
 
 
-def _held(member: Outgoing) -> int:
-    return member._queued_bytes + member._inflight_bytes
+def _held(member: SendQueue) -> int:
+    return member.held
 
 
-class Outgoing:
-    """The sending half of :class:`~runtime.Connection` (see this module's docstring).
+@attrs.define(eq=False)
+class SendQueue:
+    """The outgoing side of one connection (see this module's docstring).
 
-    Holds no state of its own (``__slots__ = ()``: the connection's attrs fields, in its
-    slots, are the state, listed below for reference); its methods are the connection's,
-    and a lost transport goes to the connection's ``_request_close``, a failure of ours to
-    its ``_internal_failure``.
+    Built by :class:`~runtime.Connection` for itself (tests build one on a fake wire);
+    :attr:`~runtime.Connection.send_nowait` and the other sending methods of a connection
+    are this queue's. What it needs from the connection is in :class:`QueueOwner`.
+
+    Attributes:
+      max_outgoing: bound of the queue in bytes (queued plus being written); a message
+        that would go over it raises :class:`SendBufferFull` (one alone in an empty queue
+        never does).
+      send_timeout: seconds :meth:`send` waits for room by default.
+      write_timeout: seconds a write may wait with no byte taken by the peer before the
+        owner is told (:meth:`QueueOwner._write_stalled`); ``math.inf``: never.
+      flush_every: messages queued by :meth:`send_nowait` that are written at once.
+      receive_limit: the largest frame the connection accepts, told to the peer in a
+        Welcome sent without ``max_frame``.
+      budget: the :class:`OutgoingBudget` this queue's bytes count in.
+      send_limit: the peer's frame limit: what is sent must fit it (:class:`MessageTooLarge`).
+      bundling: messages are queued as bundle items (the handshake allowed bundles).
+      peer_open: the peer's session is open (a Welcome was sent or received): it may be
+        sent a Ping or a Bye.
+      bye_sent: a Bye was queued.
+      writer_done: set when :meth:`run_writer` has ended.
     """
 
-    __slots__ = ()
-
-    # The connection's state this half reads and writes (see Connection for each one).
     _wire: Wire
-    session: protocol.Session
-    peer: str
-    closed: bool
-    max_frame_size: int
-    max_outgoing: int
-    send_timeout: float
-    write_timeout: float
-    flush_every: int
-    _send_limit: int
-    _pending: list[bytes]
-    _bundling: bool
-    _items: list[bytes]
-    _try_send: Any
-    _send_blocked: bool
-    _queued_bytes: int
-    _inflight_bytes: int
-    _budget: OutgoingBudget
-    _write_began: float
-    _watch_idle: bool
-    _watch_lot: trio.lowlevel.ParkingLot
-    _writer_lot: trio.lowlevel.ParkingLot
-    _space_lot: trio.lowlevel.ParkingLot
-    _close_info: tuple[str, str | None, bool] | None
-    _peer_open: bool
-    _bye_sent: bool
-    _writer_done: trio.Event
+    _session: protocol.Session
+    _owner: QueueOwner = attrs.field(repr=False)
+    max_outgoing: int = DEFAULT_MAX_OUTGOING
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    write_timeout: float = attrs.field(default=math.inf)
+    flush_every: int = DEFAULT_FLUSH_EVERY
+    receive_limit: int = protocol.DEFAULT_MAX_FRAME_SIZE
+    budget: OutgoingBudget = attrs.field(factory=OutgoingBudget)
+    send_limit: int = attrs.field(init=False)
+    bundling: bool = attrs.field(init=False, default=False)
+    peer_open: bool = attrs.field(init=False, default=False)
+    bye_sent: bool = attrs.field(init=False, default=False)
+    writer_done: trio.Event = attrs.field(init=False, factory=trio.Event, repr=False)
+    # Frames waiting for the writer (before bundling, or bundles cut by a partial write),
+    # and bundle items waiting for it, each encoded alone (so that a bad one fails its
+    # sender), bundled into frames when written; their bytes, and the bytes being written.
+    _pending: list[bytes] = attrs.field(init=False, factory=list, repr=False)
+    _items: list[bytes] = attrs.field(init=False, factory=list, repr=False)
+    _queued_bytes: int = attrs.field(init=False, default=0)
+    _inflight_bytes: int = attrs.field(init=False, default=0)
+    # The wire's way to write without waiting, if it has one (see :meth:`flush`).
+    _try_send: Any = attrs.field(init=False, default=None, repr=False)
+    # A write without waiting stopped part way: flush leaves the rest to the writer.
+    _send_blocked: bool = attrs.field(init=False, default=False)
+    # Why the connection closed (reason, code, clean), once it did: sending then raises.
+    _close_info: tuple[str, str | None, bool] | None = attrs.field(init=False, default=None)
+    # When the writer's write under way began; the write watch, asleep until one begins.
+    _write_began: float = attrs.field(init=False, default=0.0, repr=False)
+    _watch_idle: bool = attrs.field(init=False, default=False, repr=False)
+    _watch_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot, repr=False)
+    _writer_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot, repr=False)
+    _space_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        check_write_timeout(self.write_timeout)
+        # What the peer accepts, until its Hello or Welcome says: the protocol's default,
+        # or our own limit if lower (a peer set up like this side).
+        self.send_limit = min(self.receive_limit, protocol.DEFAULT_MAX_FRAME_SIZE)
+        self._try_send = getattr(self._wire, "try_send", None)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called: sending raises :class:`ConnectionClosed`."""
+        return self._close_info is not None
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes queued and not yet taken by the writer (or a flush)."""
+        return self._queued_bytes
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes of the write under way."""
+        return self._inflight_bytes
+
+    @property
+    def held(self) -> int:
+        """Bytes this queue counts in its budget: queued plus being written."""
+        return self._queued_bytes + self._inflight_bytes
 
     # ------------------------------------------------------------------ sending
 
@@ -203,10 +295,10 @@ class Outgoing:
         Raises:
           The same as :meth:`send_nowait`.
         """
-        bundling = self._bundling
+        bundling = self.bundling
         self._enqueue(self._item(message) if bundling else self._frame(message), bundling)
         if type(message) is Bye:
-            self._bye_sent = True
+            self.bye_sent = True
 
     def queue_item(self, item: list[Any]) -> None:
         """Queue a message given as its bundle item (``Result.item(...)``, say) without
@@ -219,23 +311,23 @@ class Outgoing:
           The same as :meth:`send_nowait`; ValueError (a value has no CBOR encoding) or a
           ProtocolError (a bad item, version 1 peers only).
         """
-        if not self._bundling:
+        if not self.bundling:
             self.queue_nowait(_message_of(item))
             return
-        if self.closed:
+        if self._close_info is not None:
             self._check_open()
         self._enqueue(self._fit(_encode_array(item)), True)
         if item[0] == _BYE_KIND:
-            self._bye_sent = True
+            self.bye_sent = True
 
     def _enqueue(self, data: bytes, bundled: bool) -> None:
         """Queue encoded bytes (a bundle item, or a whole frame) within the bound."""
         size = len(data)
         queued = self._queued_bytes
-        used = queued + self._inflight_bytes  # (self._has_room, inline: once per message)
+        used = queued + self._inflight_bytes  # (self.has_room, inline: once per message)
         if used and used + size > self.max_outgoing:
             raise SendBufferFull(self.max_outgoing)
-        budget = self._budget  # (budget.charge, inline: once per message)
+        budget = self.budget  # (self._charge, inline: once per message)
         if budget.used + size > budget.limit:
             budget.make_room(size, self)
         budget.used += size
@@ -250,22 +342,27 @@ class Outgoing:
         try_send = self._try_send
         # (not again after a partial write until the writer has taken the rest: each try
         # would join the whole backlog again, quadratic in a peer that does not read)
-        if try_send is not None and not self._inflight_bytes and not self.closed and not self._send_blocked:
+        if (
+            try_send is not None
+            and not self._inflight_bytes
+            and self._close_info is None
+            and not self._send_blocked
+        ):
             batch = self._take_batch()
             data = batch[0] if len(batch) == 1 else b"".join(batch)
             try:
                 sent = try_send(data)
             except _LOST as exc:
-                self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
+                self._owner._transport_lost(exc)
                 return
             except Exception as exc:  # ours, not the peer's: this connection ends, not the caller
-                self._budget.used -= self._queued_bytes
+                self.budget.used -= self._queued_bytes
                 self._queued_bytes = 0  # (what was taken is dropped)
-                self._internal_failure(exc, "writing to")  # (the writer sends the Error)
+                self._owner._internal_failure(exc, "writing to")  # (the writer sends the Error)
                 return
-            self.session.sent(trio.current_time())
+            self._session.sent(trio.current_time())
             if sent == len(data):
-                self._budget.used -= self._queued_bytes
+                self.budget.used -= self._queued_bytes
                 self._queued_bytes = 0
                 if self._space_lot:
                     self._space_lot.unpark_all()
@@ -273,7 +370,7 @@ class Outgoing:
             rest = data[sent:]
             self._send_blocked = True  # the transport is full: the writer waits for room
             self._pending.insert(0, rest)  # before anything queued since (nothing yet)
-            self._budget.used += len(rest) - self._queued_bytes  # (in frames now, not items)
+            self.budget.used += len(rest) - self._queued_bytes  # (in frames now, not items)
             self._queued_bytes = len(rest)
         if self._writer_lot:
             self._writer_lot.unpark_all()
@@ -286,7 +383,7 @@ class Outgoing:
         if items:
             self._items = []
             try:
-                bundles = protocol.bundle_frames(items, self._send_limit)
+                bundles = protocol.bundle_frames(items, self.send_limit)
             except ValueError:  # a control message over the peer's limit (see the module doc)
                 bundles = self._bundle_oversize(items)
             batch = batch + bundles if batch else bundles
@@ -295,7 +392,7 @@ class Outgoing:
     def _bundle_oversize(self, items: list[bytes]) -> list[bytes]:
         """:func:`protocol.bundle_frames` for items some of which do not fit the peer's
         limit: those go alone, each in a frame of its own; the rest as usual, in order."""
-        limit = self._send_limit
+        limit = self.send_limit
         frames: list[bytes] = []
         run: list[bytes] = []
         for item in items:
@@ -318,22 +415,22 @@ class Outgoing:
           The same as :meth:`send_nowait`.
         """
         messages = list(messages)
-        bundling = self._bundling
+        bundling = self.bundling
         encode = self._item if bundling else self._frame
         frames = [encode(m) for m in messages]
         if not frames:
             return
         size = sum(map(len, frames))
-        if not self._has_room(size):
+        if not self.has_room(size):
             raise SendBufferFull(self.max_outgoing)
-        self._budget.charge(size, self)
+        self._charge(size)
         if bundling:
             self._items += frames
         else:
             self._pending += frames
         self._queued_bytes += size
         if any(type(m) is Bye for m in messages):
-            self._bye_sent = True
+            self.bye_sent = True
         if self._writer_lot:
             self._writer_lot.unpark_all()
 
@@ -354,108 +451,159 @@ class Outgoing:
             (at once, without waiting).
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        bundling = self._bundling
+        bundling = self.bundling
         frame = self._item(message) if bundling else self._frame(message)
-        encoded_for = self._bundling  # (a Welcome just turned bundling on: it is a frame)
+        encoded_for = self.bundling  # (a Welcome just turned bundling on: it is a frame)
         size = len(frame)
         waited = False
-        if not self._has_room(size):
+        if not self.has_room(size):
             waited = True
             with trio.move_on_after(self.send_timeout if timeout is None else timeout) as waiting:
-                while not self._has_room(size):
+                while not self.has_room(size):
                     await self._space_lot.park()
                     self._check_open()
             if waiting.cancelled_caught:
                 raise SendBufferFull(self.max_outgoing)
-        if encoded_for != self._bundling:  # (the handshake ended while this one waited)
-            bundling = self._bundling
+        if encoded_for != self.bundling:  # (the handshake ended while this one waited)
+            bundling = self.bundling
             frame = self._item(message)
             size = len(frame)
-        self._budget.charge(size, self)
+        self._charge(size)
         (self._items if bundling else self._pending).append(frame)
         self._queued_bytes += size
         if type(message) is Bye:
-            self._bye_sent = True
+            self.bye_sent = True
         if self._writer_lot:
             self._writer_lot.unpark_all()
         if not waited:  # a schedule point either way, as trio's own send() does
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _frame(self, message: protocol.Message) -> bytes:
-        if self.closed:
+        if self._close_info is not None:
             self._check_open()
-        kind = type(message)
-        if kind is Welcome and message.max_frame is None:
-            message = attrs.evolve(message, max_frame=self.max_frame_size)  # (see _item)
+        if type(message) is Welcome:
+            return self._welcome_frame(message)
         frame = _encode(message)
-        if len(frame) - _HEADER_SIZE > self._send_limit:
-            raise MessageTooLarge(len(frame) - _HEADER_SIZE, self._send_limit)
-        if kind is Welcome:
-            self._peer_open = True
-            # What follows the Welcome may be bundled, if the version it names allows,
-            # up to the frame size the client's Hello named.
-            self._bundling = message.version >= protocol.BUNDLE_VERSION
-            peer_limit = self.session.peer_max_frame
-            if peer_limit is not None:
-                self._send_limit = peer_limit
+        if len(frame) - _HEADER_SIZE > self.send_limit:
+            raise MessageTooLarge(len(frame) - _HEADER_SIZE, self.send_limit)
+        return frame
+
+    def _welcome_frame(self, welcome: Welcome) -> bytes:
+        """Server side: the Welcome ends the handshake (:meth:`handshake_done`): what follows
+        it may be bundled, if the version it names allows, up to the frame size the
+        client's Hello named. One without ``max_frame`` names :attr:`receive_limit`."""
+        if welcome.max_frame is None:
+            welcome = attrs.evolve(welcome, max_frame=self.receive_limit)
+        frame = _encode(welcome)
+        if len(frame) - _HEADER_SIZE > self.send_limit:
+            raise MessageTooLarge(len(frame) - _HEADER_SIZE, self.send_limit)
+        self.handshake_done(welcome.version, self._session.peer_max_frame)
         return frame
 
     def _item(self, message: protocol.Message) -> bytes:
-        if self.closed:
+        if self._close_info is not None:
             self._check_open()
         return self._fit(_encode_item(message))
 
     def _fit(self, item: bytes) -> bytes:
         """``item`` (an encoded bundle item), if a bundle of it fits the peer's limit."""
-        if len(item) + _BUNDLE_OVERHEAD > self._send_limit:
-            raise MessageTooLarge(len(item) + _BUNDLE_OVERHEAD, self._send_limit)
+        if len(item) + _BUNDLE_OVERHEAD > self.send_limit:
+            raise MessageTooLarge(len(item) + _BUNDLE_OVERHEAD, self.send_limit)
         return item
 
-    def _use_bundles(self, version: int) -> None:
-        """Client side: the Welcome received names ``version``; bundle from now on if it
-        allows (on the server side, sending the Welcome decides)."""
-        self._bundling = version >= protocol.BUNDLE_VERSION
+    def _charge(self, size: int) -> None:
+        """Count ``size`` more bytes in the budget, making room in it first if need be.
 
-    def _has_room(self, size: int) -> bool:
-        used = self._queued_bytes + self._inflight_bytes
-        return used == 0 or used + size <= self.max_outgoing
+        Raises:
+          SendBufferFull: as :meth:`OutgoingBudget.make_room`.
+        """
+        budget = self.budget
+        if budget.used + size > budget.limit:
+            budget.make_room(size, self)
+        budget.used += size
 
     def _check_open(self) -> None:
-        if self.closed:
-            assert self._close_info is not None
+        if self._close_info is not None:
             reason, code, clean = self._close_info
             raise ConnectionClosed(reason, code=code, clean=clean)
 
-    def _drop_queue(self) -> int:
-        """Drop everything queued or being written (the connection is being cut); return
-        how many bytes that was (still in the budget: the caller takes them out)."""
-        dropped = self._queued_bytes + self._inflight_bytes
-        self._pending = []
-        self._items = []
-        self._queued_bytes = self._inflight_bytes = 0
-        return dropped
+    def has_room(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit :attr:`max_outgoing` (always, in an empty queue)."""
+        used = self._queued_bytes + self._inflight_bytes
+        return used == 0 or used + size <= self.max_outgoing
 
-    def _send_control(self, message: protocol.Message) -> None:
-        """Queue a Ping, Pong, Bye or Error past the bound (they are tiny and few) and past
-        the peer's frame limit (see the module docstring): never raises for a size."""
-        frame = _encode_item(message) if self._bundling else _encode(message)
-        (self._items if self._bundling else self._pending).append(frame)
+    def send_control(self, message: protocol.Message) -> None:
+        """Queue a Ping, Pong, Bye or Error past the bound (they are tiny and few), past the
+        peer's frame limit (see the module docstring) and after :meth:`close` (a closing
+        connection's last words): never raises for a size or a close."""
+        frame = _encode_item(message) if self.bundling else _encode(message)
+        (self._items if self.bundling else self._pending).append(frame)
         self._queued_bytes += len(frame)
-        self._budget.used += len(frame)
+        self.budget.used += len(frame)
+        if type(message) is Bye:
+            self.bye_sent = True
         if self._writer_lot:
             self._writer_lot.unpark_all()
 
+    # ------------------------------------------------------------------ the connection's calls
+
+    def handshake_done(self, version: int, peer_max_frame: int | None) -> None:
+        """The Welcome has passed (sent, on the server side; received, on a client): the
+        peer's session is open; bundle from now on if ``version`` allows; frames up to
+        ``peer_max_frame`` (None: the limit stays as it was)."""
+        self.peer_open = True
+        self.bundling = version >= protocol.BUNDLE_VERSION
+        if peer_max_frame is not None:
+            self.send_limit = peer_max_frame
+
+    def close(self, reason: str, code: str | None, clean: bool) -> None:
+        """The connection is closing: from now on sending raises :class:`ConnectionClosed`
+        with these (a second call changes nothing), except :meth:`send_control`; the
+        writer writes what is queued, then ends; a :meth:`send` waiting for room wakes."""
+        if self._close_info is None:
+            self._close_info = (reason, code, clean)
+        self._writer_lot.unpark_all()
+        self._space_lot.unpark_all()
+
+    def drop(self) -> None:
+        """Drop everything queued or being written, taking it out of the budget (the
+        connection is being cut: a write under way may stop in the middle of a frame)."""
+        self.budget.used -= self._queued_bytes + self._inflight_bytes
+        self._pending = []
+        self._items = []
+        self._queued_bytes = self._inflight_bytes = 0
+
+    def give_up_room(self, limit: int) -> None:
+        """The budget (of ``limit`` bytes) is full and this queue holds the most of it: drop
+        what it holds and tell the owner (:meth:`QueueOwner._over_budget`)."""
+        held = self.held
+        self.drop()
+        self._owner._over_budget(held, limit)
+
+    def join_budget(self) -> None:
+        """The connection runs: count in the budget as a member (which others may empty)."""
+        self.budget.join(self)
+
+    def leave_budget(self) -> None:
+        """The connection has ended: drop what is still queued and leave the budget."""
+        self.drop()
+        self.budget.leave(self)
+
     # ------------------------------------------------------------------ the writer task
 
-    async def _writer(self) -> None:
+    async def run_writer(self) -> None:
+        """The writer task: write what is queued, all of it at once, until closed and
+        drained (or the transport is lost, or writing fails twice); then set
+        :attr:`writer_done`. Lets no :class:`Exception` of the wire out (see
+        :class:`QueueOwner`)."""
         wire = self._wire
-        session = self.session
+        session = self._session
         clock = trio.lowlevel.current_clock().current_time  # = trio.current_time, one call deep
         failed = False
         try:
             while True:
                 if not self._pending and not self._items:
-                    if self.closed:
+                    if self._close_info is not None:
                         return
                     await self._writer_lot.park()
                     continue
@@ -470,32 +618,33 @@ class Outgoing:
                 try:
                     await wire.send_frames(batch)
                 except _LOST as exc:
-                    self._request_close(f"connection to {self.peer} lost: {exc!r}", flush=False)
+                    self._owner._transport_lost(exc)
                     return
                 except Exception as exc:
                     # Ours, not a lost transport: this connection ends. The batch is
                     # dropped; the Error telling the peer goes next, if the wire still
                     # takes it (a second failure gives up: the close cuts the transport).
-                    self._budget.used -= self._inflight_bytes
+                    self.budget.used -= self._inflight_bytes
                     self._inflight_bytes = 0
                     if failed:
                         return
                     failed = True
-                    self._internal_failure(exc, "writing to")
+                    self._owner._internal_failure(exc, "writing to")
                     continue
-                self._budget.used -= self._inflight_bytes
+                self.budget.used -= self._inflight_bytes
                 self._inflight_bytes = 0
                 session.sent(clock())
                 if self._space_lot:
                     self._space_lot.unpark_all()
         finally:
-            self._writer_done.set()
+            self.writer_done.set()
 
     # ------------------------------------------------------------------ the write deadline
 
-    async def _watch_writes(self) -> None:
-        """Close the connection as a slow consumer once a write has waited
-        :attr:`write_timeout` seconds with no byte taken (see the module docstring)."""
+    async def watch_writes(self) -> None:
+        """The write watch (with a finite :attr:`write_timeout`): tell the owner once a
+        write has waited :attr:`write_timeout` seconds with no byte taken
+        (:meth:`QueueOwner._write_stalled`, see the module docstring), then end."""
         timeout = self.write_timeout
         bytes_acked = self._wire.bytes_acked
         acked = None
@@ -510,6 +659,6 @@ class Outgoing:
                 acked, acked_moved = latest, now
             waited_since = max(self._write_began, acked_moved)
             if now - waited_since >= timeout:
-                self._write_stalled(now - waited_since)
+                self._owner._write_stalled(now - waited_since, self.held)
                 return
             await trio.sleep_until(min(waited_since + timeout, now + timeout / 4))

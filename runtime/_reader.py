@@ -15,12 +15,20 @@ reader lets every other task run (a checkpoint) before its next slice, and slice
 while they are slow. So a peer whose messages cost much delays the others by about one
 turn, not by its whole batch (the process is one thread: while a handler runs, every other
 connection waits).
+
+The reader uses the connection through its public attributes (``closed``, ``peer``,
+``session``, ``on_hello``, ``foreign_answer``, ``max_frame_size``, ``decode_payloads``) and
+the package-internal methods it offers its tasks (see :class:`runtime.Connection`,
+"the connection's tasks": ``_deliver``, ``_dispatch_handler``, ``_wait_for_inbox_room``,
+``_answer_ping``, and for closing ``_request_close``, ``_transport_lost``, ``_fail``,
+``_internal_failure``); it owns the frame decoder.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -28,6 +36,7 @@ import protocol
 from protocol import Bye, Error, ErrorCode, Ping, Pong, State
 
 from ._transport_errors import ConnectionClosed
+from ._wire import Wire
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -43,7 +52,9 @@ FAIR_SLICE = 64
 _perf_counter = time.perf_counter
 
 
-async def _dispatch_fairly(conn: Connection, handler: Any, out: list[protocol.Message]) -> None:
+async def _dispatch_fairly(
+    conn: Connection, handler: Callable[[list[protocol.Message]], None], out: list[protocol.Message]
+) -> None:
     """``handler(out)`` in slices, with a checkpoint whenever the batch has taken
     :data:`FAIR_TURN` seconds (see the module docstring). Stops early if the connection
     closes meanwhile (what it had not handled is dropped with the connection)."""
@@ -67,36 +78,36 @@ async def _dispatch_fairly(conn: Connection, handler: Any, out: list[protocol.Me
             start = _perf_counter()
 
 
-async def run_reader(conn: Connection) -> None:
-    """The reader task: deliver messages until closing, then drain until the peer closes.
+async def run_reader(conn: Connection, wire: Wire) -> None:
+    """The reader task of ``conn``, on its ``wire``: deliver messages until closing, then
+    drain until the peer closes.
 
     Never lets an :class:`Exception` out: whatever ends it ends the connection (a no-op
     once it is closing).
     """
+    decoder = protocol.FrameDecoder(max_frame_size=conn.max_frame_size, decode_payloads=conn.decode_payloads)
     try:
-        rest = await _read_messages(conn)
+        rest = await _read_messages(conn, wire, decoder)
         if rest is not None:
-            await _read_while_closing(conn, rest)
+            await _read_while_closing(wire, decoder, rest)
     except _LOST as exc:
-        conn._request_close(f"connection to {conn.peer} lost: {exc!r}", flush=False)
+        conn._transport_lost(exc)
     except ConnectionClosed as exc:
         conn._request_close(exc.reason, code=exc.code, clean=exc.clean, flush=False)
     except protocol.ProtocolError as exc:
         conn._fail(exc)
     except Exception as exc:
         conn._internal_failure(exc, "reading from")
-    finally:
-        conn._reader_done.set()
 
 
-async def _read_messages(conn: Connection) -> bytes | bytearray | None:
+async def _read_messages(
+    conn: Connection, wire: Wire, decoder: protocol.FrameDecoder
+) -> bytes | bytearray | None:
     """Read and deliver until closed.
 
     Returns None when the wire has ended, else what arrived once closing had begun
     (maybe nothing), for :func:`_read_while_closing`.
     """
-    wire = conn._wire
-    decoder = conn._decoder
     session = conn.session
     receive = session.receive
     whole_frames = wire.whole_frames
@@ -108,7 +119,7 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
         try:
             data = await wire.receive()
         except _LOST as exc:
-            conn._request_close(f"connection to {conn.peer} lost: {exc!r}", flush=False)
+            conn._transport_lost(exc)
             return None
         except ConnectionClosed as exc:
             conn._request_close(exc.reason, code=exc.code, clean=exc.clean, flush=False)
@@ -150,7 +161,8 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
                 # alert...): kept for client_handshake, which says what answered.
                 conn.foreign_answer = bytes(data[:FOREIGN_ANSWER_SIZE])
         now = clock()
-        out = []
+        inbox_full = False
+        out: list[protocol.Message] = []
         bye = None
         for message in messages:
             try:
@@ -160,8 +172,7 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
                 break
             kind = type(message)
             if kind is Ping:
-                if conn._has_room(16):  # a peer that pings without reading gets no Pong
-                    conn._send_control(Pong(mid=conn.next_mid(), cid=message.mid))
+                conn._answer_ping(cast(Ping, message))
             elif kind is Bye:
                 bye = message
             elif kind is not Pong:
@@ -172,7 +183,7 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
                 awaiting_hello = False
                 if conn.on_hello is not None:
                     conn.on_hello()
-            handler = conn._handler
+            handler = conn._dispatch_handler
             if handler is not None:
                 try:
                     if len(out) <= FAIR_SLICE:
@@ -186,22 +197,15 @@ async def _read_messages(conn: Connection) -> bytes | bytearray | None:
                     conn._internal_failure(exc, "in the dispatch_to handler of")
                     return b""
             else:
-                conn._inbox += out
-                conn._inbox_bytes += len(data)
-                if conn._receive_lot:
-                    conn._receive_lot.unpark_all()
+                inbox_full = conn._deliver(out, len(data))
         if failure is not None:
             conn._fail(failure)
             return b""
         if session.state is State.CLOSED:
             _peer_ended(conn, bye or (out[-1] if out else None), last_error)
             return b""
-        while conn._inbox_bytes >= conn.max_inbox and not conn.closed:
-            conn._reader_stalled = True
-            try:
-                await conn._inbox_lot.park()
-            finally:
-                conn._reader_stalled = False
+        if inbox_full:
+            await conn._wait_for_inbox_room()
     return b""
 
 
@@ -226,16 +230,18 @@ def _peer_ended(conn: Connection, last: protocol.Message | None, error: Error | 
         conn._request_close(f"{conn.peer} ended the session")
 
 
-async def _read_while_closing(conn: Connection, data: bytes | bytearray | None) -> None:
+async def _read_while_closing(
+    wire: Wire, decoder: protocol.FrameDecoder, data: bytes | bytearray | None
+) -> None:
     """Drop what still arrives until the peer closes its side or says it closes too."""
-    decoder = conn._decoder
     while data is not None:
         try:
             messages = decoder.feed(data)
         except protocol.ProtocolError:
             messages = []  # the decoder is spent after bad input: just drain
         for message in messages:
-            kind = type(message)
-            if kind is Bye or (kind is Error and ErrorCode.closes_connection(message.code)):
+            if type(message) is Bye:
                 return  # both sides are closing: nobody needs to wait for the other
-        data = await conn._wire.receive()
+            if type(message) is Error and ErrorCode.closes_connection(message.code):
+                return
+        data = await wire.receive()

@@ -35,6 +35,7 @@ from ._child import (
     Restart,
     Strategy,
     _ChildStatus,
+    _is_async_function,
     _run_function,
     _Slot,
 )
@@ -251,11 +252,13 @@ class Supervisor(Actor):
         slot.state = ChildState.STARTING
         slot.scope = trio.CancelScope()
         slot.done = trio.Event()
-        if spec.is_function:
+        factory = spec.factory
+        target: Callable[[trio.TaskStatus[Any]], Awaitable[object]]
+        if _is_async_function(factory):  # (spec.is_function, narrowing the factory's type)
             slot.lifecycle = None
-            target = functools.partial(_run_function, spec.factory)
+            target = functools.partial(_run_function, factory)
         else:
-            actor = spec.factory()
+            actor = factory()
             if not isinstance(actor, Actor):
                 if inspect.iscoroutine(actor):
                     actor.close()

@@ -251,11 +251,7 @@ async def client_handshake(
     if type(answer) is Error:
         raise HandshakeError(answer.code, answer.message, answer.retry_after)
     assert type(answer) is Welcome  # the session allows nothing else here
-    conn.welcome = answer
-    conn._peer_open = True
-    conn._use_bundles(answer.version)
-    if answer.max_frame is not None:
-        conn._send_limit = answer.max_frame
+    conn._welcomed(answer)
     interval = heartbeat if heartbeat is not None else answer.heartbeat
     if interval and math.isfinite(interval):
         conn._start_heartbeat(interval)
@@ -505,7 +501,7 @@ async def serve(
 
     def admit(stream: trio.SocketStream, nursery: trio.Nursery) -> None:
         ticket = admission.admit(_peer_address(stream))
-        if type(ticket) is Error:
+        if isinstance(ticket, Error):
             nursery.start_soon(refuse, stream, ticket)
         else:
             nursery.start_soon(serve_admitted, stream, ticket)

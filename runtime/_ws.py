@@ -5,12 +5,14 @@ WebSocket messages, encoded by trio-websocket's wsproto connection and written w
 ``send_all`` under trio-websocket's own send lock (its public ``send_message`` writes one
 message per call). That uses five private attributes of ``WebSocketConnection``
 (:data:`INTERNALS`), tested with trio-websocket 0.12 (``pyproject.toml`` pins
-``>=0.12,<0.13``). If a release renames or drops any of them, each wire sees it when it is
-made (``hasattr``) and sends each frame through the public ``send_message`` instead: the
-same bytes on the wire, one write per frame instead of one per batch (slower under load,
-nothing else). Setting the environment variable ``ACTORS_WS_PUBLIC_ONLY=1`` forces that
-public path; the suite runs a cluster over WebSocket both ways
-(``tests/test_ws_batching.py``).
+``>=0.12,<0.13``). Two guards keep a change of them from doing harm: another release than
+the tested one (:data:`TESTED_RELEASE`) turns them off at import, and if one of the names is
+missing each wire sees it when it is made (``hasattr``); either way frames go through the
+public ``send_message`` instead: the same bytes on the wire, one write per frame instead
+of one per batch (slower under load, nothing else). Setting the environment variable
+``ACTORS_WS_PUBLIC_ONLY=1`` forces that public path; the suite runs the WebSocket
+transport tests and a cluster over WebSocket both ways (``tests/test_runtime_ws_public.py``,
+``tests/test_ws_batching.py``).
 
 trio-websocket's own reader task runs in the connection's nursery under a cancel scope of
 ours, so that a failed opening handshake (rejected, garbage instead of HTTP, dropped) wakes
@@ -41,10 +43,16 @@ from ._transport_errors import ConnectionClosed, HandshakeError, WrongProtocol
 from ._url import Url, format_host
 from ._wire import socket_under, tcp_bytes_acked
 
-#: The private attributes of ``trio_websocket.WebSocketConnection`` that batched writes use.
+#: The private attributes of ``trio_websocket.WebSocketConnection`` that batched writes use
+#: (see :meth:`WebSocketWire.send_frames` for what each one is used for).
 INTERNALS = ("_wsproto", "_stream_lock", "_stream", "_close_reason", "_abort_web_socket")
+#: The trio-websocket release whose internals :data:`INTERNALS` were read from and tested
+#: with (a version prefix): with any other, batched writes are off.
+TESTED_RELEASE = "0.12."
 #: Whether batched writes may use them (see the module docstring); tests may set it False.
-USE_INTERNALS = os.environ.get("ACTORS_WS_PUBLIC_ONLY", "") not in ("1", "true", "yes")
+USE_INTERNALS = trio_websocket.__version__.startswith(TESTED_RELEASE) and os.environ.get(
+    "ACTORS_WS_PUBLIC_ONLY", ""
+) not in ("1", "true", "yes")
 
 #: Messages trio-websocket may hold between its reader task and ours.
 MESSAGE_QUEUE_SIZE = 4
@@ -108,6 +116,7 @@ class WebSocketWire:
         self._ws = ws
         self._stream = stream
         self._guard = guard
+        # A release without one of the names: the public path (see the module docstring).
         self._batched = USE_INTERNALS and all(hasattr(ws, name) for name in INTERNALS)
 
     async def send_frames(self, frames: list[bytes]) -> None:
@@ -117,7 +126,22 @@ class WebSocketWire:
                 for frame in frames:
                     await ws.send_message(frame)
                 return
-            # What send_message does for each frame, with one send_all for all of them.
+            # What send_message does for each frame (trio-websocket 0.12's
+            # WebSocketConnection._send, read with TESTED_RELEASE), with one send_all for
+            # all of them. The private names, and what a change of each would break:
+            # - _close_reason (None, or the CloseReason once closing): sending after a
+            #   close must raise, not write into a closed WebSocket;
+            # - _wsproto (its wsproto.WSConnection; send() is wsproto's public API, which
+            #   returns the bytes of an event): the framing of each message;
+            # - _stream_lock (a trio.Lock held around every write): our write must not
+            #   interleave with its own (a Pong, a close frame) in the middle of a message;
+            # - _stream (the underlying trio stream): where the bytes go;
+            # - _abort_web_socket() (marks the connection closed, 1006, and closes the
+            #   stream): what send_message does when the stream breaks.
+            # A missing name sends through the public path (hasattr, in __init__); a name
+            # kept with another meaning (a release past TESTED_RELEASE turns this path off
+            # at import) would raise here (TypeError, AttributeError...): an internal
+            # failure of this connection, logged, never bytes sent out of order.
             if ws._close_reason:
                 raise trio_websocket.ConnectionClosed(ws._close_reason)
             encode = ws._wsproto.send

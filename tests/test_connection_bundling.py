@@ -363,7 +363,7 @@ async def test_a_v1_client_sends_plain_frames_and_everything_works(
             assert conn.welcome is not None and conn.welcome.version == 1
             for i in range(50):
                 conn.send_nowait(publish(conn, i))
-            assert len(conn._pending) == 50 and conn._items == []  # flush_every: bundles only
+            assert len(conn._outgoing._pending) == 50 and conn._outgoing._items == []  # flush_every: bundles only
             messages = await raw.read_messages(50)
             assert [m.payload for m in messages] == list(range(50))
             assert all(map(is_map, raw.bodies)) and raw.per_frame == [1] * 50
@@ -404,7 +404,7 @@ async def test_bundles_fit_the_frame_limit_the_welcome_names(scheme: str) -> Non
     limit = protocol.MIN_MAX_FRAME  # (the smallest a peer may announce)
     with trio.fail_after(10):
         async with client_to_raw_server(scheme, max_frame=limit) as (conn, raw):
-            assert conn._send_limit == limit
+            assert conn._outgoing.send_limit == limit
             messages = [publish(conn, b"x" * 40 + i.to_bytes(2, "big")) for i in range(300)]
             conn.send_many_nowait(messages)
             received = await raw.read_messages(len(messages))
@@ -433,7 +433,7 @@ async def test_bundles_fit_the_frame_limit_the_welcome_names(scheme: str) -> Non
                 assert info.value.limit == limit and info.value.size == limit + 1
             with pytest.raises(runtime.MessageTooLarge):
                 await conn.send(too_big)
-            assert conn._items == [] and conn._queued_bytes == 0  # nothing was queued
+            assert conn._outgoing._items == [] and conn._outgoing.queued_bytes == 0  # nothing was queued
 
             # The largest that fits goes alone in a frame within the limit; all still works.
             conn.send_nowait(fits)
@@ -524,28 +524,28 @@ async def test_queued_messages_wait_for_flush(scheme: str) -> None:
         async with client_to_raw_server(scheme) as (conn, raw):
             writes = spy_on_writes(conn)
             await trio.testing.wait_all_tasks_blocked()
-            assert len(conn._writer_lot) == 1  # the writer task waits for work
+            assert len(conn._outgoing._writer_lot) == 1  # the writer task waits for work
             conn.flush()  # nothing queued: nothing to do
-            assert len(conn._writer_lot) == 1
+            assert len(conn._outgoing._writer_lot) == 1
 
             messages = [publish(conn, i) for i in range(5)]
             for message in messages:
                 conn.queue_nowait(message)
-            assert len(conn._items) == 5
-            assert len(conn._writer_lot) == 1  # not woken
+            assert len(conn._outgoing._items) == 5
+            assert len(conn._outgoing._writer_lot) == 1  # not woken
             with trio.move_on_after(0.2):
                 await raw.read_chunk()
                 pytest.fail("the peer received queued messages before flush")
-            assert raw.bodies == [] and len(conn._items) == 5
+            assert raw.bodies == [] and len(conn._outgoing._items) == 5
 
             conn.flush()
             if scheme == "tcp":
                 # Written at once by this call: the writer task was neither woken nor used.
-                assert conn._items == [] and conn._pending == [] and conn._queued_bytes == 0
-                assert len(conn._writer_lot) == 1
+                assert conn._outgoing._items == [] and conn._outgoing._pending == [] and conn._outgoing.queued_bytes == 0
+                assert len(conn._outgoing._writer_lot) == 1
             else:
                 # A WebSocket has no direct write: flush wakes the writer.
-                assert len(conn._writer_lot) == 0
+                assert len(conn._outgoing._writer_lot) == 0
             assert await raw.read_messages(5) == messages
             assert raw.per_frame == [5]  # one bundle
             assert writes == ([] if scheme == "tcp" else [1])
@@ -562,14 +562,14 @@ async def test_a_flush_larger_than_the_socket_takes_is_finished_by_the_writer_in
             big = [publish(conn, i.to_bytes(2, "big") * 16 * 1024) for i in range(128)]
             for message in big:
                 conn.queue_nowait(message)
-            total = conn._queued_bytes
+            total = conn._outgoing.queued_bytes
             assert total > 4 * 2**20
 
             conn.flush()
             # Part went out; the rest (cut anywhere in a frame) is left for the writer, woken.
-            assert conn._items == [] and len(conn._pending) == 1
-            assert 0 < conn._queued_bytes == len(conn._pending[0]) < total
-            assert len(conn._writer_lot) == 0 and writes == []
+            assert conn._outgoing._items == [] and len(conn._outgoing._pending) == 1
+            assert 0 < conn._outgoing.queued_bytes == len(conn._outgoing._pending[0]) < total
+            assert len(conn._outgoing._writer_lot) == 0 and writes == []
 
             # Queued and flushed before the writer ran: not tried again while the socket is
             # full (each try would join the whole backlog again), left for the writer.
@@ -577,18 +577,18 @@ async def test_a_flush_larger_than_the_socket_takes_is_finished_by_the_writer_in
             for message in second:
                 conn.queue_nowait(message)
             conn.flush()
-            assert len(conn._items) == 10 and len(conn._pending) == 1
+            assert len(conn._outgoing._items) == 10 and len(conn._outgoing._pending) == 1
 
             # The writer takes both, in one write (the rest, then the second's bundle), and
             # waits for room; what is flushed now waits for it.
             await trio.testing.wait_all_tasks_blocked()
-            assert writes == [2] and conn._inflight_bytes > 0 and conn._pending == []
-            assert conn._items == []
+            assert writes == [2] and conn._outgoing.inflight_bytes > 0 and conn._outgoing._pending == []
+            assert conn._outgoing._items == []
             third = [publish(conn, ["third", i]) for i in range(10)]
             for message in third:
                 conn.send_nowait(message)
             conn.flush()
-            assert len(conn._items) == 10  # not written past the writer's unfinished write
+            assert len(conn._outgoing._items) == 10  # not written past the writer's unfinished write
 
             # The peer reads, slowly: every byte arrives, in order.
             while len(raw.messages) < len(big) + 20:
@@ -597,7 +597,7 @@ async def test_a_flush_larger_than_the_socket_takes_is_finished_by_the_writer_in
             assert raw.messages == big + second + third
             await trio.testing.wait_all_tasks_blocked()
             assert writes == [2, 1]  # the rest and the second, then what was queued behind them
-            assert conn._queued_bytes == conn._inflight_bytes == 0
+            assert conn._outgoing.queued_bytes == conn._outgoing.inflight_bytes == 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -609,8 +609,8 @@ async def test_send_nowait_writes_at_once_every_flush_every_messages(every: int)
     with trio.fail_after(10):
         async with client_to_raw_server("tcp") as (conn, raw):
             if every != DEFAULT_FLUSH_EVERY:
-                conn.flush_every = every
-            assert conn.flush_every == every
+                conn._outgoing.flush_every = every  # (the connection keeps the setting it was built with)
+            assert conn._outgoing.flush_every == every
             writes = spy_on_writes(conn)
             await trio.testing.wait_all_tasks_blocked()
             count = 2 * every + 2
@@ -618,10 +618,10 @@ async def test_send_nowait_writes_at_once_every_flush_every_messages(every: int)
             for i, message in enumerate(messages):
                 conn.send_nowait(message)
                 # Queued until the every-th, which writes them all at once.
-                assert len(conn._items) == (i + 1) % every
+                assert len(conn._outgoing._items) == (i + 1) % every
             # The last two wait for the writer (woken by the first message).
-            assert conn._queued_bytes == sum(map(len, conn._items))
-            assert writes == [] and len(conn._writer_lot) == 0
+            assert conn._outgoing.queued_bytes == sum(map(len, conn._outgoing._items))
+            assert writes == [] and len(conn._outgoing._writer_lot) == 0
             assert await raw.read_messages(count) == messages
             assert raw.per_frame == [every, every, 2]
             assert writes == [1]
@@ -798,7 +798,7 @@ async def test_a_client_closing_after_a_burst_closes_cleanly_on_both_sides(
     with trio.fail_after(10):
         hello = Hello(mid=0, role="client", versions=V2)
         async with runtime.open_connection(url, hello=hello, close_timeout=5) as conn:
-            assert conn._bundling
+            assert conn._outgoing.bundling
             for i in range(count):
                 conn.send_nowait(publish(conn, i))
             start = trio.current_time()
@@ -841,9 +841,9 @@ async def test_an_application_bye_while_bundling_is_sent_once_after_the_rest() -
                 conn.send_nowait(message)
             bye = Bye(mid=conn.next_mid(), reason="draining")
             conn.send_nowait(bye)
-            queued = list(conn._items)
+            queued = list(conn._outgoing._items)
             conn.close_soon()  # the application said Bye already: nothing more to send
-            assert conn.closed and conn._items == queued
+            assert conn.closed and conn._outgoing._items == queued
             # (a second Bye would come in the same bundle as the first)
             assert await raw.read_messages(21) == [*messages, bye]
             assert all(map(is_array, raw.bodies))
@@ -922,7 +922,7 @@ async def test_the_welcome_is_a_plain_frame(
                 conn.send_nowait(welcome)
             conn.send_nowait(Deliver(mid=conn.next_mid(), sid=0, subject="a.b"))
             assert [type(m) for m in await peer.read_messages(2)] == [Welcome, Deliver]
-            assert conn._bundling
+            assert conn._outgoing.bundling
             assert peer.per_frame == [1, 1]
             assert is_map(peer.bodies[0]) and is_array(peer.bodies[1])
             conn._abort("test over")

@@ -351,8 +351,8 @@ async def bundling_server(send_limit: int) -> AsyncIterator[tuple[Connection, An
         await b.send_all(protocol.encode(Hello(mid=0, role="client", versions=V2)))
         hello = await conn.receive()
         conn.send_nowait(Welcome(mid=conn.next_mid(), cid=hello.mid, version=2))
-        assert conn._bundling
-        conn._send_limit = send_limit
+        assert conn._outgoing.bundling
+        conn._outgoing.send_limit = send_limit
         yield conn, b
 
 
@@ -376,8 +376,8 @@ async def test_control_messages_over_a_tiny_peer_limit_go_alone_and_never_raise(
         async with bundling_server(send_limit=17) as (conn, peer):
             with pytest.raises(runtime.MessageTooLarge):  # what the application sends: refused
                 conn.send_nowait(Publish(mid=conn.next_mid(), subject="a.longer.subject"))
-            conn._send_control(Pong(mid=conn.next_mid(), cid=1))  # 4 bytes as an item, Ping 3
-            conn._send_control(Ping(mid=conn.next_mid()))
+            conn._outgoing.send_control(Pong(mid=conn.next_mid(), cid=1))  # 4 bytes as an item, Ping 3
+            conn._outgoing.send_control(Ping(mid=conn.next_mid()))
             conn.close_soon(
                 Error(mid=conn.next_mid(), code=ErrorCode.BUSY, message="a long reason" * 3)
             )

@@ -102,7 +102,7 @@ async def test_a_peer_that_takes_nothing_is_cut_write_timeout_after_the_write_be
             await peer.read_until_eof()  # cut: what was written, then the end
     assert info.value.code == ErrorCode.SLOW_CONSUMER and not info.value.clean
     assert "took no bytes for 5 s" in info.value.reason
-    assert conn._queued_bytes == conn._inflight_bytes == 0  # dropped at once
+    assert conn._outgoing.held == 0  # dropped at once
     (record,) = slow_consumer_records(caplog)  # logged once
     assert record.levelno == logging.WARNING
 
@@ -203,7 +203,7 @@ async def test_no_deadline_by_default(autojump_clock: trio.testing.MockClock) ->
             await open_session(peer, conn)
             conn.send_nowait(publish(conn, 1000))
             await trio.sleep(3600)
-            assert not conn.closed and conn._inflight_bytes > 0
+            assert not conn.closed and conn._outgoing.inflight_bytes > 0
             conn._abort("test over")
 
 
@@ -254,7 +254,7 @@ async def test_a_slow_steady_reader_of_a_large_write_is_not_cut_until_it_stops(k
             while trio.current_time() - start < 2.0:
                 assert await client.receive_some(4096)
                 await trio.sleep(0.02)
-            assert not conn.closed and conn._inflight_bytes > 0
+            assert not conn.closed and conn._outgoing.inflight_bytes > 0
             stopped = trio.current_time()
             with pytest.raises(runtime.ConnectionClosed) as info:
                 await conn.receive()
@@ -294,7 +294,7 @@ def deliver(conn: Connection, size: int) -> Deliver:
 
 
 def held(conn: Connection) -> int:
-    return conn._queued_bytes + conn._inflight_bytes
+    return conn._outgoing.held
 
 
 async def test_a_full_budget_cuts_the_connection_that_holds_the_most(
@@ -342,7 +342,7 @@ async def test_the_budget_counts_back_to_zero_after_traffic() -> None:
     async def handler(conn: Connection) -> None:
         hello = await conn.receive()
         conn.send_nowait(Welcome(mid=conn.next_mid(), cid=hello.mid, version=2))
-        budgets.append(conn._budget)
+        budgets.append(conn._outgoing.budget)
         for size in (10, 3 * 2**20, 100, 5 * 2**20, 1):
             for _ in range(20):
                 conn.queue_nowait(deliver(conn, size // 20 + 1))
@@ -351,7 +351,7 @@ async def test_the_budget_counts_back_to_zero_after_traffic() -> None:
         conn.send_many_nowait([deliver(conn, 1000) for _ in range(5)])
         await conn.send(deliver(conn, 2**20))
         await conn.receive()  # the client's Publish: it has read everything
-        assert conn._budget.used == 0
+        assert conn._outgoing.budget.used == 0
         finished.set()
         await conn.receive()
 

@@ -578,8 +578,9 @@ class CountingStream(trio.abc.Stream):
 def memory_connection(stream: trio.abc.Stream, side: str = "client", **kw: Any) -> Connection:
     conn = Connection(StreamWire(stream), Session(side=side), f"memory://{side}", "tcp", **kw)
     if side == "client":
-        conn.session.receive(Welcome(mid=0, version=1), 0.0)  # as if the handshake was done
-        conn._peer_open = True
+        welcome = Welcome(mid=0, version=1)
+        conn.session.receive(welcome, 0.0)  # as if the handshake was done
+        conn._welcomed(welcome)
     return conn
 
 
@@ -639,7 +640,7 @@ async def test_slow_peer_fills_the_buffer_then_send_buffer_full() -> None:
                 await trio.lowlevel.checkpoint()
         assert info.value.limit == 10_000
         assert info.value.code == ErrorCode.SLOW_CONSUMER
-        assert conn._queued_bytes + conn._inflight_bytes <= 10_000
+        assert conn._outgoing.held <= 10_000
         conn._abort("test over")
 
 
@@ -650,7 +651,7 @@ async def test_send_waits_for_room_and_times_out(autojump_clock: trio.testing.Mo
     async with running(conn):
         await conn.send(big)
         await trio.testing.wait_all_tasks_blocked()  # the writer took it, blocked in send_all
-        assert conn._inflight_bytes > 2000
+        assert conn._outgoing.inflight_bytes > 2000
         await conn.send(big)  # queued: 2 frames fit in 5000 bytes
         start = trio.current_time()
         with pytest.raises(runtime.SendBufferFull):
@@ -672,9 +673,10 @@ async def test_send_many_nowait_is_all_or_nothing() -> None:
         messages = [Publish(mid=i, subject="a.b", payload=b"x" * 1000) for i in range(2, 10)]
         with pytest.raises(runtime.SendBufferFull):
             conn.send_many_nowait(messages)
-        assert conn._pending == []
+        assert conn._outgoing.queued_bytes == 0
         conn.send_many_nowait(messages[:3])
-        assert len(conn._pending) == 3
+        frames = [protocol.encode(m, plain_payloads=True) for m in messages[:3]]
+        assert conn._outgoing.queued_bytes == sum(map(len, frames))
         conn._abort("test over")
 
 

@@ -7,6 +7,7 @@ import pytest
 import trio
 import trio.testing
 
+import protocol
 from protocol import Publish, Session, Welcome
 from runtime._connection import Connection
 from runtime._transports import running
@@ -38,9 +39,10 @@ async def test_queued_frames_go_out_in_one_send_all_as_separate_messages(
             client_wire_, server_wire_, counting = await _ws_pair(nursery)
             assert client_wire_._batched
             conn = Connection(client_wire_, Session(side="client"), "ws://peer", "ws")
-            conn.session.receive(Welcome(mid=0, version=1), 0.0)  # as if the handshake was done
-            conn._peer_open = True
-            peer = Connection(server_wire_, Session(side="server"), "ws://peer", "ws")
+            welcome = Welcome(mid=0, version=1)
+            conn.session.receive(welcome, 0.0)  # as if the handshake was done
+            conn._welcomed(welcome)
+            decoder = protocol.FrameDecoder()
             writes_before = counting.writes  # the opening handshake
             async with running(conn):
                 for i in range(500):
@@ -50,8 +52,8 @@ async def test_queued_frames_go_out_in_one_send_all_as_separate_messages(
                 while len(got) < 500:
                     data = await server_wire_.receive()
                     assert data is not None
-                    messages = peer._decoder.feed(data)
-                    assert len(messages) == 1 and not peer._decoder.buffered
+                    messages = decoder.feed(data)
+                    assert len(messages) == 1 and not decoder.buffered
                     got += messages
                 assert [m.payload for m in got] == list(range(500))
                 assert counting.writes - writes_before == 1
