@@ -50,7 +50,7 @@ from protocol import (  # noqa: E402
     SubjectIndex,
     Submit,
 )
-from protocol._codec import _reference_decode_body, _reference_encode_body  # noqa: E402
+from tests.protocol_reference import _reference_decode_body, _reference_encode_body  # noqa: E402
 
 BATCH = 100
 PATTERNS = 10_000

@@ -26,11 +26,11 @@ from ._errors import StateViolation as StateViolation
 from ._errors import UnknownMessage as UnknownMessage
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._errors import safe_repr as safe_repr
+from ._fields import MODE_VALUES as MODE_VALUES
+from ._fields import POLICY_VALUES as POLICY_VALUES
 from ._fields import ROLES as ROLES
 from ._fields import GroupMode as GroupMode
-from ._fields import MODE_VALUES as MODE_VALUES
 from ._fields import RoutingPolicy as RoutingPolicy
-from ._fields import POLICY_VALUES as POLICY_VALUES
 from ._framing import DEFAULT_MAX_FRAME_SIZE as DEFAULT_MAX_FRAME_SIZE
 from ._framing import FLAG_COMPRESSED as FLAG_COMPRESSED
 from ._framing import HEADER_SIZE as HEADER_SIZE

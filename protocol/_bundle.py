@@ -14,9 +14,10 @@ one CBOR item for all of them costs less to write and to read than one frame eac
 map keys, one decoder call, one frame header). Bundles are sent only on a session whose
 negotiated version is 2 or more; they are accepted at any time.
 
-As in :mod:`protocol._fastcodec`, each class gets two generated functions: ``to_array``
-and ``from_array``, the latter with the same inline checks, falling back to the same
-validators (so a bad field gets the same error as in a map).
+As in :mod:`protocol._fastcodec`, each class gets generated functions: ``to_array`` (what
+:func:`encode_item` writes), ``from_array``, with the same inline checks as ``from_wire``,
+falling back to the same validators (so a bad field gets the same error as in a map), and
+``item``, the array built from keyword arguments without a message object.
 """
 
 from __future__ import annotations

@@ -22,26 +22,25 @@ Speed: this is on the hot path of the job broker (every job is several encodes a
 decodes), so the per-class work runs in functions generated at import by
 :mod:`protocol._fastcodec`, and the cbor2 encoder and decoder objects are reused rather
 than built per message (each is taken from a small pool, so that threads or re-entrant
-calls never share one, and dropped after a failure). The generic, table-driven versions
-are kept below as ``_reference_*``: the tests check that the fast path agrees with them.
+calls never share one, and dropped after a failure). The generic, table-driven version lives
+in the tests (``tests/protocol_reference.py``): the tests check that the fast path agrees
+with it, and ``bench/bench_protocol.py`` measures the fast path against it.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
-import attrs
 import cbor2
 
 from ._cbor import DECODER_OPTIONS
-from ._errors import InvalidField, MalformedFrame, ProtocolError, UnknownMessage, safe_repr
+from ._errors import InvalidField, MalformedFrame, UnknownMessage, safe_repr
 from ._fastcodec import FROM_WIRE, TO_WIRE, TO_WIRE_PLAIN
 from ._limits import MAX_DEPTH
-from ._messages import MESSAGE_TYPES, Message
-from ._payload import ENCODED_KEY, encoded, payload_from_map, payload_wire, splice
-
-_NOTHING = attrs.NOTHING
+from ._messages import Message
+from ._payload import splice
 
 #: Longest decoder message quoted in a MalformedFrame error.
 _REASON_LIMIT = 160
@@ -97,7 +96,7 @@ def _unknown_kind(tag: int) -> UnknownMessage:
 
 #: Reusable encoders (their bound ``encode_to_bytes``). One is popped for each encode and
 #: pushed back after a success, so no two calls ever share one.
-_ENCODERS: list[Any] = []
+_ENCODERS: list[Callable[[Any], bytes]] = []
 #: Reusable decoders: (reset the BytesIO with a body, decode one item, decode one item as a
 #: bundle's body, position after it).
 _READERS: list[tuple[Any, Any, Any, Any]] = []
@@ -108,7 +107,7 @@ _POOL_SIZE = 4
 POOLED_BODY_LIMIT = 64 * 1024
 
 
-def _new_encoder() -> Any:
+def _new_encoder() -> Callable[[Any], bytes]:
     # (an Encoded in a value is written as the item it is: see protocol._payload.splice)
     return cbor2.CBOREncoder(_BytesIO(), default=splice).encode_to_bytes
 
@@ -116,7 +115,9 @@ def _new_encoder() -> Any:
 def _new_reader() -> tuple[Any, Any, Any, Any]:
     fp = _BytesIO()
     return (
-        fp.__init__,
+        # Re-initialising the BytesIO is the cheapest way to give it the next body; mypy
+        # calls ``__init__`` of an instance unsound (a subclass could change it): fp is ours.
+        fp.__init__,  # type: ignore[misc]
         _CBORDecoder(fp, **_DECODER_OPTIONS).decode,
         _CBORDecoder(fp, **_BUNDLE_OPTIONS).decode,
         fp.tell,
@@ -226,82 +227,3 @@ def load_with(reader: tuple[Any, Any, Any, Any], body: bytes) -> Any:
     if end != len(body):
         raise MalformedFrame(f"{len(body) - end} bytes of trailing data after the CBOR item")
     return wire
-
-
-# ---------------------------------------------------------------------------------------
-# The generic reference implementation: slow, simple, and what the fast path must match.
-
-
-def _field_table(cls: type[Message]) -> tuple[tuple[str, str, Any, bool], ...]:
-    rows = []
-    for field in attrs.fields(cls):
-        default = field.default
-        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()
-        required = default is _NOTHING
-        rows.append((field.name, field.metadata["key"], default, required))
-    return tuple(rows)
-
-
-_TABLES: dict[type[Message], tuple[tuple[str, str, Any, bool], ...]] = {
-    cls: _field_table(cls) for cls in MESSAGE_TYPES.values()
-}
-
-
-def _reference_to_wire(message: Message) -> dict[str, Any]:
-    try:
-        table = _TABLES[type(message)]
-    except KeyError:
-        raise TypeError(f"not a protocol message: {safe_repr(message)}") from None
-    wire: dict[str, Any] = {"t": message.KIND}
-    for name, key, default, required in table:
-        value = getattr(message, name)
-        if key == "p":
-            if value is not None:
-                wire[ENCODED_KEY] = payload_wire(value)
-        elif required or value != default:
-            wire[key] = value
-    return wire
-
-
-def _reference_from_wire(wire: Any) -> Message:
-    if type(wire) is not dict:
-        raise InvalidField(f"a message must be a CBOR map, got {type(wire).__name__}")
-    tag = wire.get("t")
-    if type(tag) is not int:
-        raise InvalidField(f"message type tag 't' must be an int, got {type(tag).__name__}")
-    cls = MESSAGE_TYPES.get(tag)
-    if cls is None:
-        raise _unknown_kind(tag)
-    kwargs = {}
-    for name, key, _default, required in _TABLES[cls]:
-        if key == "p":
-            kwargs[name] = encoded(payload_from_map(cls.__name__, wire.get("p"), wire.get(ENCODED_KEY)))
-        elif key in wire:
-            kwargs[name] = wire[key]
-        elif required:
-            raise InvalidField(f"{cls.__name__} is missing field {name!r} (key {key!r})")
-    try:
-        return cls(**kwargs)
-    except ProtocolError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise InvalidField(f"bad {cls.__name__}: {exc}") from None
-
-
-def _reference_encode_body(message: Message) -> bytes:
-    try:
-        return cbor2.dumps(_reference_to_wire(message))
-    except cbor2.CBOREncodeError as exc:
-        raise ValueError(f"cannot encode {type(message).__name__}: {exc}") from exc
-
-
-def _reference_decode_body(body: bytes) -> Message:
-    fp = _BytesIO(body)
-    try:
-        wire = _CBORDecoder(fp, **(_BUNDLE_OPTIONS if _is_array(body) else _DECODER_OPTIONS)).decode()
-    except Exception as exc:  # noqa: BLE001
-        raise _malformed(exc) from None
-    if fp.tell() != len(body):
-        raise MalformedFrame(f"{len(body) - fp.tell()} bytes of trailing data after the CBOR item")
-    return _reference_from_wire(wire)

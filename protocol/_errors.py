@@ -26,7 +26,7 @@ class _ShortRepr(reprlib.Repr):
         self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = 3
         self.maxlevel = 2
 
-    def repr_dict(self, x: dict, level: int) -> str:
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
         if not x:
             return "{}"
         if level <= 0:
@@ -39,7 +39,7 @@ class _ShortRepr(reprlib.Repr):
             items.append(f"{self.repr1(key, level - 1)}: {self.repr1(value, level - 1)}")
         return "{" + ", ".join(items) + "}"
 
-    def repr_set(self, x: set, level: int) -> str:
+    def repr_set(self, x: set[Any] | frozenset[Any], level: int) -> str:
         if not x:
             return f"{type(x).__name__}()"
         if level <= 0:
@@ -96,12 +96,14 @@ def safe_repr(value: Any, limit: int = 64) -> str:
 
 
 class ErrorCode:
-    """The error codes carried by :class:`protocol.Error` messages.
+    """The error codes carried by :class:`protocol.Error` messages (and, for ``cancelled``,
+    by a failed :class:`protocol.Result`'s ``error_code``).
 
     Codes are short stable strings so that clients in any language can switch on them.
     The first group names protocol errors (the connection is closed after them); the
     second names answers of the application layer, which leave the connection open except
-    for those listed in :data:`ErrorCode.CLOSING`.
+    for those listed in :data:`ErrorCode.CLOSING`. The codes in :data:`ErrorCode.RESERVED`
+    are defined for peers of later versions and sent by no part of this implementation.
     """
 
     # Protocol errors: the sender broke the protocol; the connection is closed.
@@ -116,14 +118,17 @@ class ErrorCode:
 
     # Application answers: the request was understood but not served.
     BUSY = "busy"  #: a queue or mailbox is full; ``retry_after`` says when to try again
+    #: the leader does not serve this: a kind reserved for the sender's role, or a
+    #: Subscribe past the connection's subscription limit
     NOT_PERMITTED = "not_permitted"
     AUTH_FAILED = "auth_failed"
-    NO_ROUTE = "no_route"  #: no worker subscribes to the subject (qos 0 only)
-    DEAD_LETTER = "dead_letter"  #: the job exhausted its attempts
+    NO_ROUTE = "no_route"  #: no worker serves the job's subject (nor came within the grace)
+    DEAD_LETTER = "dead_letter"  #: reserved: the job exhausted its attempts
     TIMEOUT = "timeout"
+    #: a client cancelled the job: the ``error_code`` of its failed Result, set by the leader
     CANCELLED = "cancelled"
     SLOW_CONSUMER = "slow_consumer"
-    SHUTTING_DOWN = "shutting_down"
+    SHUTTING_DOWN = "shutting_down"  #: reserved: the node takes no new work
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
     INTERNAL = "internal"
     #: a submit, publish or result whose forwarded message would be over a frame limit
@@ -152,6 +157,13 @@ class ErrorCode:
             HEARTBEAT_TIMEOUT,
         }
     )
+
+    #: Codes no part of this implementation sends (reserved for later versions; a
+    #: receiver still knows them): ``protocol_error``, the code of the base class
+    #: :class:`ProtocolError` (every error raised is a subclass with its own code);
+    #: ``dead_letter`` (a dead-lettered job is answered with a failed Result);
+    #: ``shutting_down`` (a node that stops closes its connections instead).
+    RESERVED: ClassVar[frozenset[str]] = frozenset({PROTOCOL_ERROR, DEAD_LETTER, SHUTTING_DOWN})
 
     @staticmethod
     def closes_connection(code: str) -> bool:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import attrs
 
@@ -71,11 +72,11 @@ MODE_VALUES = frozenset(m.value for m in GroupMode)
 # are quoted with safe_repr, cut short (the error goes back to the peer, and into logs).
 
 
-def _not_int(inst: Any, attr: attrs.Attribute, value: Any) -> TypeError:
+def _not_int(inst: Any, attr: attrs.Attribute[Any], value: Any) -> TypeError:
     return TypeError(f"{type(inst).__name__}.{attr.name} must be an int, got {type(value).__name__}")
 
 
-def _below(inst: Any, attr: attrs.Attribute, value: Any, low: int) -> ValueError:
+def _below(inst: Any, attr: attrs.Attribute[Any], value: Any, low: int) -> ValueError:
     return ValueError(f"{type(inst).__name__}.{attr.name} must be >= {low}, got {safe_repr(value)}")
 
 
@@ -85,21 +86,21 @@ MIN_INT = -(2**63)
 MAX_UINT = 2**64 - 1
 
 
-def _too_big(inst: Any, attr: attrs.Attribute, value: int) -> ValueError:
+def _too_big(inst: Any, attr: attrs.Attribute[Any], value: int) -> ValueError:
     return ValueError(
         f"{type(inst).__name__}.{attr.name} must be between {MIN_INT} and {MAX_UINT},"
         f" got an int of {value.bit_length()} bits"
     )
 
 
-def _int(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _int(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not int:
         raise _not_int(inst, attr, value)
     if not MIN_INT <= value <= MAX_UINT:
         raise _too_big(inst, attr, value)
 
 
-def _int_from(inst: Any, attr: attrs.Attribute, value: Any, low: int) -> None:
+def _int_from(inst: Any, attr: attrs.Attribute[Any], value: Any, low: int) -> None:
     """``value`` is an int from ``low`` to ``MAX_UINT``."""
     if type(value) is not int:
         raise _not_int(inst, attr, value)
@@ -109,25 +110,25 @@ def _int_from(inst: Any, attr: attrs.Attribute, value: Any, low: int) -> None:
         raise _too_big(inst, attr, value)
 
 
-def _uint(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _uint(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     _int_from(inst, attr, value, 0)
 
 
-def _opt_uint(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _opt_uint(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _uint(inst, attr, value)
 
 
-def _pos_int(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _pos_int(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     _int_from(inst, attr, value, 1)
 
 
-def _opt_pos_int(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _opt_pos_int(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _pos_int(inst, attr, value)
 
 
-def _opt_frame_limit(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _opt_frame_limit(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     """None, or a frame limit of at least ``MIN_MAX_FRAME`` bytes."""
     if value is None:
         return
@@ -139,31 +140,31 @@ def _opt_frame_limit(inst: Any, attr: attrs.Attribute, value: Any) -> None:
     _int_from(inst, attr, value, MIN_MAX_FRAME)
 
 
-def _str(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not str:
         raise TypeError(f"{type(inst).__name__}.{attr.name} must be a str, got {type(value).__name__}")
 
 
-def _non_empty_str(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _non_empty_str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not str:
         _str(inst, attr, value)
     if not value:
         raise ValueError(f"{type(inst).__name__}.{attr.name} must not be empty")
 
 
-def _opt_str(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _opt_str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _str(inst, attr, value)
 
 
-def _too_long(inst: Any, attr: attrs.Attribute, value: str, limit: int) -> ValueError:
+def _too_long(inst: Any, attr: attrs.Attribute[Any], value: str, limit: int) -> ValueError:
     return ValueError(
         f"{type(inst).__name__}.{attr.name} must be at most {limit} characters long,"
         f" got {len(value)}"
     )
 
 
-def _short_str(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _short_str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     """A name: a str of at most ``MAX_NAME_LENGTH`` characters (may be empty)."""
     if type(value) is not str:
         _str(inst, attr, value)
@@ -171,26 +172,26 @@ def _short_str(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         raise _too_long(inst, attr, value, MAX_NAME_LENGTH)
 
 
-def _opt_short_str(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _opt_short_str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
         _short_str(inst, attr, value)
 
 
-def _id(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _id(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     """An identifier: a non-empty str of at most ``MAX_NAME_LENGTH`` characters."""
     _non_empty_str(inst, attr, value)
     if len(value) > MAX_NAME_LENGTH:
         raise _too_long(inst, attr, value, MAX_NAME_LENGTH)
 
 
-def _code(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _code(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     """An error code: a non-empty str of at most ``MAX_CODE_LENGTH`` characters."""
     _non_empty_str(inst, attr, value)
     if len(value) > MAX_CODE_LENGTH:
         raise _too_long(inst, attr, value, MAX_CODE_LENGTH)
 
 
-def _opt_token(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _opt_token(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     _str(inst, attr, value)
@@ -198,18 +199,18 @@ def _opt_token(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         raise _too_long(inst, attr, value, MAX_VALUE_LENGTH)
 
 
-def _not_one_of(inst: Any, attr: attrs.Attribute, value: Any, allowed: type[enum.StrEnum]) -> ValueError:
+def _not_one_of(inst: Any, attr: attrs.Attribute[Any], value: Any, allowed: type[enum.StrEnum]) -> ValueError:
     names = ", ".join(member.value for member in allowed)
     return ValueError(f"{type(inst).__name__}.{attr.name} must be one of {names}, got {safe_repr(value)}")
 
 
-def _policy(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _policy(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     """One of the :class:`RoutingPolicy` values, as a plain str."""
     if type(value) is not str or value not in POLICY_VALUES:
         raise _not_one_of(inst, attr, value, RoutingPolicy)
 
 
-def _mode(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _mode(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     """One of the :class:`GroupMode` values, as a plain str."""
     if type(value) is not str or value not in MODE_VALUES:
         raise _not_one_of(inst, attr, value, GroupMode)
@@ -218,7 +219,7 @@ def _mode(inst: Any, attr: attrs.Attribute, value: Any) -> None:
 def _plain_str(value: Any) -> Any:
     """Converter: a str enum member (``RoutingPolicy.STICKY``) becomes its plain str value,
     which is what goes on the wire and what a decoded message holds."""
-    if isinstance(value, enum.Enum) and type(value) is not str:
+    if isinstance(value, enum.Enum):
         return value.value
     return value
 
@@ -245,17 +246,17 @@ def _cut_text(value: Any) -> Any:
     return data[: MAX_REASON_SIZE - 3].decode("utf-8", "ignore") + "..."
 
 
-def _bytes(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _bytes(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bytes):
         raise TypeError(f"{type(inst).__name__}.{attr.name} must be bytes, got {type(value).__name__}")
 
 
-def _bool(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _bool(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not bool:
         raise TypeError(f"{type(inst).__name__}.{attr.name} must be a bool, got {type(value).__name__}")
 
 
-def _opt_seconds(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _opt_seconds(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     if type(value) not in (int, float):
@@ -268,7 +269,7 @@ def _opt_seconds(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         raise ValueError(f"{type(inst).__name__}.{attr.name} must be a finite number >= 0, got {safe_repr(value)}")
 
 
-def _opt_fraction(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _opt_fraction(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     if type(value) not in (int, float):
@@ -277,12 +278,12 @@ def _opt_fraction(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         raise ValueError(f"{type(inst).__name__}.{attr.name} must be between 0 and 1, got {safe_repr(value)}")
 
 
-def _qos(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _qos(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not int or value not in (0, 1):
         raise ValueError(f"{type(inst).__name__}.{attr.name} must be 0 or 1, got {safe_repr(value)}")
 
 
-def _str_map(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _str_map(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not dict:
         raise TypeError(f"{type(inst).__name__}.{attr.name} must be a map of str to str, got {type(value).__name__}")
     for k, v in value.items():
@@ -290,7 +291,7 @@ def _str_map(inst: Any, attr: attrs.Attribute, value: Any) -> None:
             raise TypeError(f"{type(inst).__name__}.{attr.name} must map str to str, got {safe_repr(k)}: {safe_repr(v)}")
 
 
-def _headers(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _headers(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     """A map of str to str: at most ``MAX_HEADERS`` entries, names of at most
     ``MAX_NAME_LENGTH`` characters, values of at most ``MAX_VALUE_LENGTH``."""
     _str_map(inst, attr, value)
@@ -318,7 +319,7 @@ SUBJECTS_OK: set[str] = set()
 SUBJECTS_OK_LIMIT = 4096
 
 
-def _subject(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _subject(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is str and value in SUBJECTS_OK:
         return
     if type(value) is not str:
@@ -329,13 +330,13 @@ def _subject(inst: Any, attr: attrs.Attribute, value: Any) -> None:
     SUBJECTS_OK.add(value)
 
 
-def _pattern(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _pattern(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not str:
         _str(inst, attr, value)
     validate_pattern(value)
 
 
-def _patterns(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _patterns(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if len(value) > MAX_PATTERNS:
         raise ValueError(
             f"{type(inst).__name__}.{attr.name} must hold at most {MAX_PATTERNS} patterns, got {len(value)}"
@@ -344,12 +345,12 @@ def _patterns(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         _pattern(inst, attr, p)
 
 
-def _str_tuple(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _str_tuple(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     for p in value:
         _str(inst, attr, p)
 
 
-def _versions(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _versions(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if len(value) > MAX_VERSIONS:
         raise ValueError(
             f"{type(inst).__name__}.{attr.name} must hold at most {MAX_VERSIONS} versions, got {len(value)}"
@@ -358,7 +359,7 @@ def _versions(inst: Any, attr: attrs.Attribute, value: Any) -> None:
         _int(inst, attr, p)
 
 
-def _sids(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _sids(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     """A tuple of at most ``MAX_DELIVER_SIDS`` subscription ids (uints)."""
     if type(value) is not tuple:
         raise TypeError(
@@ -392,13 +393,13 @@ def _sid_tuple(value: Any) -> Any:
     return value
 
 
-def _role(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _role(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     _str(inst, attr, value)
     if value not in ROLES:
         raise ValueError(f"{type(inst).__name__}.{attr.name} must be one of {sorted(ROLES)}, got {safe_repr(value)}")
 
 
-def _tuple(value: Any) -> tuple:
+def _tuple(value: Any) -> tuple[Any, ...]:
     if type(value) is tuple:
         return value
     if type(value) is list:
@@ -406,7 +407,7 @@ def _tuple(value: Any) -> tuple:
     raise TypeError(f"expected a list, got {type(value).__name__}")
 
 
-def _entries(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _entries(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     for entry in value:
         if not (
             type(entry) is tuple
@@ -417,17 +418,32 @@ def _entries(inst: Any, attr: attrs.Attribute, value: Any) -> None:
             raise TypeError(f"{type(inst).__name__}.{attr.name} must hold [name, bytes] pairs, got {safe_repr(entry)}")
 
 
-def _entry_tuple(value: Any) -> tuple:
+def _entry_tuple(value: Any) -> tuple[Any, ...]:
     return tuple(tuple(e) if type(e) is list else e for e in _tuple(value))
 
 
-def _any_map(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _any_map(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not dict:
         raise TypeError(f"{type(inst).__name__}.{attr.name} must be a map, got {type(value).__name__}")
 
 
 def _key(key: str, **kw: Any) -> dict[str, str]:
     return {"key": key, **kw}
+
+
+#: The class of the defaults that ``attrs.field(factory=...)`` makes (attrs' type stubs
+#: declare ``attrs.Factory`` as a function that returns the default, to type such fields).
+_FACTORY = cast("type[Any]", attrs.Factory)
+
+
+def field_factory(field: attrs.Attribute[Any]) -> Callable[[], Any] | None:
+    """The factory of a field declared with ``factory=`` (a fresh default per message),
+    else None. For the code that builds messages without ``__init__``."""
+    default = field.default
+    if isinstance(default, _FACTORY):
+        factory: Callable[[], Any] = default.factory
+        return factory
+    return None
 
 
 def mid_field() -> Any:
@@ -454,7 +470,7 @@ def payload_field() -> Any:
 QUERIES = ("result", "stats")
 
 
-def _query_what(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+def _query_what(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     """One of :data:`QUERIES`."""
     if type(value) is not str or value not in QUERIES:
         raise ValueError(

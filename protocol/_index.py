@@ -99,7 +99,7 @@ class _Node:
         self.label = ".".join(tokens)
         self.size = len(tokens)
         self.getter: Any = None
-        self.literals: str | None = None
+        self.literals = ""  # (read for the kinds _TOKEN and _TOKENS only)
         self.last = start + self.size - 1
         if self.size == 1:
             self.kind = _ONE
@@ -237,8 +237,8 @@ class SubjectIndex:
     _by_pattern: dict[str, dict[Hashable, None]] = attrs.field(factory=dict, init=False)
     _count: int = attrs.field(default=0, init=False)
     # subject -> its answer, and (ids of the value dicts an answer is made of) -> the answer
-    _cache: dict[str, tuple] = attrs.field(factory=dict, init=False)
-    _results: dict[tuple[int, ...], tuple] = attrs.field(factory=dict, init=False)
+    _cache: dict[str, tuple[Hashable, ...]] = attrs.field(factory=dict, init=False)
+    _results: dict[tuple[int, ...], tuple[Hashable, ...]] = attrs.field(factory=dict, init=False)
     _cache_used: int = attrs.field(default=0, init=False)
 
     def add(self, pattern: str, value: Hashable) -> bool:
@@ -352,7 +352,7 @@ class SubjectIndex:
 
     # --- the cache ---------------------------------------------------------------------
 
-    def _shared(self, subject: str, parts: list[dict[Hashable, None]]) -> tuple:
+    def _shared(self, subject: str, parts: list[dict[Hashable, None]]) -> tuple[Hashable, ...]:
         """The answer made of ``parts``, the very tuple already cached for the subjects whose
         answer is made of the same value dicts, and cached for ``subject`` if it fits."""
         key = tuple(map(id, parts))  # the dicts stay alive, unchanged, while cached
@@ -370,7 +370,7 @@ class SubjectIndex:
             self._results[key] = found
         return found
 
-    def _remember(self, subject: str, found: tuple, cost: int) -> bool:
+    def _remember(self, subject: str, found: tuple[Hashable, ...], cost: int) -> bool:
         """Cache ``found`` as the answer for ``subject``, counted as ``cost`` bytes, clearing
         the cache first if it is full. False if it does not fit even in an empty cache."""
         if self._cache_used + cost > self.cache_bytes or len(self._cache) >= self.cache_capacity:
@@ -398,12 +398,13 @@ class SubjectIndex:
         node = self._root
         position = 0
         while position < count:
-            if node.children is None:
-                node.children = {}
+            children = node.children
+            if children is None:
+                children = node.children = {}
             first = tokens[position]
-            child = node.children.get(first)
+            child = children.get(first)
             if child is None:
-                child = node.children[first] = _Node(tokens[position:], position)
+                child = children[first] = _Node(tokens[position:], position)
                 node, position = child, count
                 break
             edge = child.tokens()
@@ -415,7 +416,7 @@ class SubjectIndex:
                 middle = _Node(edge[:common], position)
                 middle.children = {edge[common]: child}
                 child.reshape(edge[common:], position + common)
-                node.children[first] = child = middle
+                children[first] = child = middle
             node = child
             position += common
         if rest:

@@ -53,6 +53,7 @@ from ._fields import (
     _uint,
     _versions,
     cid_field,
+    field_factory,
     headers_field,
     mid_field,
     payload_field,
@@ -63,6 +64,11 @@ class Message:
     """Base of every message class. ``KIND`` is the wire type tag (see the tag table)."""
 
     KIND: ClassVar[int] = 0
+    #: Set by ``@attrs.frozen`` on each message class (declared so that type checkers
+    #: take any ``type[Message]`` for an attrs class).
+    __attrs_attrs__: ClassVar[tuple[attrs.Attribute[Any], ...]]
+    #: The message id, a field of every message class.
+    mid: int
     __slots__ = ()
 
     @classmethod
@@ -84,16 +90,15 @@ class Message:
 
         It takes the same keyword arguments and defaults as the class and applies the
         same converters, so for valid input ``Submit.unchecked(**kw) == Submit(**kw)``.
-        Every message class has a generated, faster version with explicit keyword
-        parameters (see :mod:`protocol._fastcodec`); this generic one serves other
-        subclasses.
+        No hot path builds messages this way (senders of many messages build bundle items
+        with the generated ``cls.item(...)``), so it has no generated version.
         """
         self = object.__new__(cls)
-        for field in attrs.fields(cls):  # type: ignore[arg-type]
+        for field in attrs.fields(cls):
             if field.name in fields:
                 value = fields.pop(field.name)
-            elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
-                value = field.default.factory()
+            elif (factory := field_factory(field)) is not None:
+                value = factory()
             elif field.default is attrs.NOTHING:
                 raise TypeError(f"{cls.__name__}.unchecked() missing argument {field.name!r}")
             else:
@@ -345,6 +350,10 @@ class Result(Message):
         returned a result that cannot be sent).
       traceback: for a failure, the remote traceback as text (for logs and the client's
         exception), if there is one.
+      error_code: for a failure the leader decided rather than the job's handler, its
+        :class:`~protocol.ErrorCode`: ``cancelled`` when a client cancelled the job. Set by
+        the leader only, never copied from a worker's Result, so that a handler's own
+        exception (even one named ``Cancelled``) cannot pass for it.
     """
 
     KIND: ClassVar[int] = 8
@@ -358,6 +367,9 @@ class Result(Message):
     attempts: int = attrs.field(default=1, validator=_uint, metadata=_key("a"), kw_only=True)
     final: bool = attrs.field(default=False, validator=_bool, metadata=_key("fin"), kw_only=True)
     traceback: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("tb"), kw_only=True)
+    error_code: str | None = attrs.field(
+        default=None, validator=_opt_short_str, metadata=_key("ec"), kw_only=True
+    )
 
 
 @attrs.frozen

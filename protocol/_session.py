@@ -1,7 +1,9 @@
 """The session state machine: which message may come in which state, and heartbeats.
 
 One table (:data:`ALLOWED`) says which kinds each role may send once the session is open;
-Hello and Welcome open it. Time enters only as arguments (``now``), so heartbeat and
+Hello and Welcome open it. Of those, the kinds in :data:`RESERVED` are defined for later
+versions: a leader of this one answers each with Error ``not_permitted`` (and a leader
+sends none of its own). Time enters only as arguments (``now``), so heartbeat and
 liveness rules are tested with no event loop::
 
     session = Session(side="server")
@@ -63,7 +65,9 @@ class TimerAction(enum.Enum):
 
 _ALWAYS: frozenset[type[Message]] = frozenset({Ping, Pong, Error, Bye})
 
-#: What each peer role may send once the session is open.
+#: What each peer role may send once the session is open (anything else is a
+#: :class:`StateViolation`). The ``leader`` entry is what the connecting side accepts from
+#: the leader. :data:`RESERVED` says which of these a leader of this version serves.
 ALLOWED: dict[str, frozenset[type[Message]]] = {
     "client": _ALWAYS
     | {Submit, Cancel, Publish, Subscribe, Unsubscribe, Ack, CachePut, Chunk, Query},
@@ -73,7 +77,22 @@ ALLOWED: dict[str, frozenset[type[Message]]] = {
     "leader": _ALWAYS
     | {Assign, Result, Deliver, Progress, Cancel, Ack, CachePut, CacheAck, Chunk},
 }
+#: Kinds in :data:`ALLOWED` that are reserved: the session accepts them from the role, but
+#: a leader of this version does not serve them (it answers each with Error
+#: ``not_permitted`` naming the kind, and the session stays open), nor sends those of the
+#: ``leader`` entry. The cache and transfer kinds (CachePut, CacheAck, Chunk) have no
+#: implementation yet; a client's Ack would acknowledge a QoS 1 Deliver, and the leader
+#: delivers with QoS 0; a worker receives published messages through its patterns (Deliver
+#: with ``sid`` 0), not through subscriptions.
+RESERVED: dict[str, frozenset[type[Message]]] = {
+    "client": frozenset({Ack, CachePut, Chunk}),
+    "worker": frozenset({Subscribe, Unsubscribe, CacheAck, Chunk}),
+    "observer": frozenset(),
+    "leader": frozenset({CachePut, CacheAck, Chunk}),
+}
 #: Kinds a worker may send only when the session was opened with ``worker_may_submit``.
+#: The leader of this package never opens one so: a worker's Submit or Cancel is a
+#: :class:`StateViolation` there (workers fanning out sub-jobs are for a later version).
 WORKER_SUBMIT: frozenset[type[Message]] = frozenset({Submit, Cancel})
 
 
@@ -87,7 +106,8 @@ class Session:
       side: ``"server"`` (expects Hello first) or ``"client"`` (sent Hello, expects Welcome).
       heartbeat: seconds between pings when the line is idle; None disables heartbeats.
       dead_after: missed heartbeat intervals after which the peer is declared dead.
-      worker_may_submit: a worker peer may also Submit and Cancel jobs.
+      worker_may_submit: a worker peer may also Submit and Cancel jobs
+        (:data:`WORKER_SUBMIT`). The package's leader never sets it.
     """
 
     side: str = attrs.field(validator=attrs.validators.in_(("server", "client")))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import cbor2
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import protocol
@@ -32,8 +32,8 @@ from protocol import (
     to_array,
     to_wire,
 )
-from protocol._codec import _reference_from_wire
 from tests import strategies as sts
+from tests.protocol_reference import _reference_from_wire
 
 delivers_to_many = st.builds(
     Deliver,
@@ -48,7 +48,6 @@ delivers_to_many = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None)
 @given(delivers_to_many)
 def test_a_deliver_naming_several_sids_round_trips_as_a_map_and_in_a_bundle(message: Deliver) -> None:
     received = sts.with_encoded_payload(message)

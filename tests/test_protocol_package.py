@@ -102,6 +102,13 @@ def test_public_names_come_from_private_modules() -> None:
             assert module is not None and module.startswith("protocol._"), (name, module)
 
 
+def test_the_package_says_it_is_typed() -> None:
+    # PEP 561: type checkers read a package's annotations only if it ships this marker.
+    assert (PROTOCOL_DIR / "py.typed").is_file()
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"*" = ["py.typed"]' in pyproject  # (and the wheel takes it along)
+
+
 def test_every_message_class_is_exported() -> None:
     for cls in MESSAGE_TYPES.values():
         assert getattr(protocol, cls.__name__) is cls

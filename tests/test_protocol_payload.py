@@ -53,7 +53,6 @@ from protocol import (
     to_array,
     to_wire,
 )
-from protocol._codec import _reference_from_wire, _reference_to_wire
 from protocol._payload import (
     ENCODED_KEY,
     bad_bundled_payload,
@@ -62,6 +61,7 @@ from protocol._payload import (
     payload_wire,
 )
 from tests import strategies as sts
+from tests.protocol_reference import _reference_from_wire, _reference_to_wire
 from tests.strategies import cbor_body, frame_of
 from tests.test_protocol_framing import feed_all
 
@@ -174,7 +174,6 @@ def test_encoded_of_refuses_what_has_no_encoding() -> None:
 # 2. encode_payload and decode_payload
 
 
-@settings(max_examples=200)
 @given(sts.payloads)
 def test_payloads_round_trip(value: Any) -> None:
     data = encode_payload(value)
@@ -450,7 +449,6 @@ def test_low_level_decoders_give_encoded_payloads() -> None:
         assert message_of(to_array(bare)).payload is None
 
 
-@settings(max_examples=100, deadline=None)
 @given(payload_messages)
 def test_a_value_and_its_encoded_form_are_sent_alike(message: Message) -> None:
     encoded = sts.with_encoded_payload(message)
@@ -480,7 +478,7 @@ def test_frame_decoder_decodes_payloads_by_default() -> None:
     assert FrameDecoder(decode_payloads=False).decode_payloads is False
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80)  # each example decodes up to 8 messages 4 times, in pieces
 @given(st.lists(sts.messages(), min_size=1, max_size=8), st.booleans(), st.data())
 def test_frame_decoder_in_both_modes(
     messages: list[Message], bundled: bool, data: st.DataObject
@@ -587,7 +585,7 @@ def test_a_bad_payload_before_a_bad_frame_is_the_error() -> None:
     assert [m.mid for m in info.value.messages] == [1, 2]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60)  # each example decodes two message lists in every mode, in pieces
 @given(st.lists(sts.messages(), max_size=5), st.lists(sts.messages(), max_size=5), st.data())
 def test_a_bad_payload_cut_anywhere(
     first: list[Message], second: list[Message], data: st.DataObject
@@ -646,9 +644,9 @@ def _canonical(message: Message) -> bytes:
     return cbor2.dumps([message.KIND, *fields], canonical=True)
 
 
+# A fuzzer (cheap examples, a wide input space); hostile frames are large by design.
 @settings(
     max_examples=200,
-    deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,
         HealthCheck.data_too_large,
@@ -694,7 +692,6 @@ def test_decode_mode_is_keep_mode_then_decode_payload(frames: list[bytes]) -> No
 # 5. A leader's forward: payloads kept encoded, re-sent byte for byte
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.one_of(
         sts.payloads.map(encode_payload),
@@ -765,7 +762,6 @@ def test_a_leader_forwards_a_payload_sent_plain_encoded() -> None:
         assert decode(sent, decode_payloads=False).payload == submit.payload
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload_messages)
 def test_forwarding_a_decoded_message_kept_encoded_is_byte_for_byte(message: Message) -> None:
     frame = encode(message)
