@@ -124,6 +124,12 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
         " result that cannot be sent)."
     ),
     ("Result", "traceback"): "For a failure: the remote traceback as text (for logs and the client).",
+    ("Result", "error_code"): (
+        "Leader to client, for a failure the leader decided: an error code (see *Error"
+        " codes*), `cancelled` when a client cancelled the job. Null for a failure of the job"
+        " itself. Never copied from a worker's Result: clients tell a cancelled job by this,"
+        " never by `error_type`."
+    ),
     ("Credit", "credit"): "The new window: the most unacknowledged jobs the worker may hold.",
     ("Cancel", "job_id"): "The job to cancel.",
     ("Cancel", "reason"): "Why, in words (for logs); cut to 2048 bytes (see *Limits*).",
@@ -219,7 +225,10 @@ PAYLOAD_TYPE = "bytes (the CBOR encoding of any value)"
 PAYLOAD_KEY = protocol._payload.ENCODED_KEY
 
 _ERROR_DOCS = {
-    ErrorCode.PROTOCOL_ERROR: "The peer broke the protocol (no more specific code applies).",
+    ErrorCode.PROTOCOL_ERROR: (
+        "The peer broke the protocol (no more specific code applies). Every error this"
+        " implementation detects has a more specific code."
+    ),
     ErrorCode.FRAME_TOO_LARGE: "A frame announced, or inflated to, more than the limit.",
     ErrorCode.BAD_FRAME: "Unknown flags, bad zlib data, or a body that is not exactly one acceptable CBOR item.",
     ErrorCode.UNKNOWN_KIND: "The tag `t` names no message kind.",
@@ -228,17 +237,39 @@ _ERROR_DOCS = {
     ErrorCode.PROTOCOL_VIOLATION: "A message not allowed in this state or for this role (see *Session*).",
     ErrorCode.UNSUPPORTED_VERSION: "No protocol version in common (answer to Hello).",
     ErrorCode.BUSY: "A queue or mailbox is full; `retry_after` says when to try again.",
-    ErrorCode.NOT_PERMITTED: "The sender may not do this (subject permissions).",
+    ErrorCode.NOT_PERMITTED: (
+        "The leader does not serve this: a kind reserved for the sender's role (see *What each"
+        " role may send*), or a Subscribe past the connection's `max_subscriptions`."
+    ),
     ErrorCode.AUTH_FAILED: "Authentication failed (answer to Hello).",
-    ErrorCode.NO_ROUTE: "No worker or subscriber serves the subject.",
-    ErrorCode.DEAD_LETTER: "The job exhausted its attempts; `message` holds its last error.",
+    ErrorCode.NO_ROUTE: (
+        "No worker serves the job's subject (answering a Submit at once, or once the"
+        " leader's `route_grace` or `restart_grace` passed with none coming)."
+    ),
+    ErrorCode.DEAD_LETTER: (
+        "The job exhausted its attempts. A dead-lettered job is answered with a Result"
+        " (`ok` false) instead."
+    ),
     ErrorCode.TIMEOUT: "A deadline passed: the job's `timeout` before a worker took it; or no Hello in time (then the leader closes).",
-    ErrorCode.CANCELLED: "The job was cancelled.",
+    ErrorCode.CANCELLED: (
+        "A client cancelled the job: the `error_code` of its Result (`ok` false), to every"
+        " client waiting for it and to later resubmissions and queries of it."
+    ),
     ErrorCode.SLOW_CONSUMER: "The peer reads too slowly; its connection is dropped.",
-    ErrorCode.SHUTTING_DOWN: "The node is shutting down and takes no new work.",
+    ErrorCode.SHUTTING_DOWN: (
+        "The node is shutting down and takes no new work. A node that stops closes its"
+        " connections instead."
+    ),
     ErrorCode.HEARTBEAT_TIMEOUT: "The peer was silent past its heartbeat deadline.",
-    ErrorCode.INTERNAL: "A failure inside the node; the request may be retried.",
-    ErrorCode.CONFLICT: "A job id submitted again with another subject or payload than the job it names.",
+    ErrorCode.INTERNAL: (
+        "A failure inside the sender (a bug) while it served this connection; it ends the"
+        " connection (a Bye follows). Other connections are served on."
+    ),
+    ErrorCode.CONFLICT: (
+        "A job id submitted again with another subject or payload than the job it names; or"
+        " a worker's Hello asking for another routing policy than the workers serving its"
+        " subjects have (the leader then closes)."
+    ),
     ErrorCode.NOT_FOUND: "A Query names a job the leader does not know (or no longer remembers).",
     ErrorCode.TOO_LARGE: (
         "A submit, publish or result that would be over a frame limit once forwarded; the"
@@ -372,14 +403,15 @@ def section_messages() -> str:
 def section_roles() -> str:
     kinds = [k for k in _sorted_kinds() if k not in (protocol.Hello, protocol.Welcome)]
     roles = sorted(ALLOWED)
+    reserved = protocol._session.RESERVED
     lines = ["| Message | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
     for cls in kinds:
         marks = []
         for role in roles:
-            if cls in ALLOWED[role]:
+            if cls in reserved[role]:
+                marks.append("reserved")
+            elif cls in ALLOWED[role]:
                 marks.append("yes")
-            elif role == "worker" and cls in protocol._session.WORKER_SUBMIT:
-                marks.append("if allowed¹")
             else:
                 marks.append("")
         lines.append(f"| {cls.__name__} | " + " | ".join(marks) + " |")
@@ -402,11 +434,12 @@ def section_errors() -> str:
         code: ", ".join(f"`{c.__name__}`" for c in sorted(classes, key=lambda c: len(c.__mro__)))
         for code, classes in by_code.items()
     }
-    lines = ["| Code | Closes | Raised as | Meaning |", "|---|---|---|---|"]
+    lines = ["| Code | Closes | Sent | Raised as | Meaning |", "|---|---|---|---|---|"]
     for code in codes:
         closes = "yes" if ErrorCode.closes_connection(code) else "no"
+        sent = "reserved" if code in ErrorCode.RESERVED else "yes"
         raised = raised_as.get(code, "")
-        lines.append(f"| `{code}` | {closes} | {raised} | {_ERROR_DOCS[code]} |")
+        lines.append(f"| `{code}` | {closes} | {sent} | {raised} | {_ERROR_DOCS[code]} |")
     return "\n".join(lines)
 
 

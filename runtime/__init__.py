@@ -27,6 +27,7 @@ from ._mailbox import DEFAULT_ASK_TIMEOUT as DEFAULT_ASK_TIMEOUT
 from ._mailbox import DEFAULT_MAILBOX_SIZE as DEFAULT_MAILBOX_SIZE
 from ._mailbox import ActorRef as ActorRef
 from ._mailbox import MailboxStatistics as MailboxStatistics
+from ._reconnect import DEFAULT_RECONNECT_BACKOFF as DEFAULT_RECONNECT_BACKOFF
 from ._reconnect import FATAL_HANDSHAKE_CODES as FATAL_HANDSHAKE_CODES
 from ._reconnect import ReconnectEvent as ReconnectEvent
 from ._reconnect import run_reconnecting as run_reconnecting

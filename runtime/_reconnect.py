@@ -13,6 +13,7 @@ import trio
 import protocol
 from protocol import ErrorCode
 
+from ._backoff import Backoff
 from ._connection import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_MAX_OUTGOING,
@@ -23,6 +24,10 @@ from ._transport_errors import ConnectionClosed, HandshakeError
 from ._transports import open_connection
 
 T = TypeVar("T")
+
+#: The delays between reconnects of a client or worker, by default: 0.1 s doubling up to
+#: 5 s, 20 % jitter (so that peers cut off together do not all come back at once).
+DEFAULT_RECONNECT_BACKOFF = Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2)
 
 #: Handshake refusals that retrying cannot cure: :func:`run_reconnecting` raises them.
 FATAL_HANDSHAKE_CODES: frozenset[str] = frozenset(
@@ -76,7 +81,7 @@ async def run_reconnecting(
     session_fn: Callable[[Connection], Awaitable[T]],
     *,
     hello_factory: Callable[[], protocol.Hello],
-    backoff: BackoffPolicy,
+    backoff: BackoffPolicy = DEFAULT_RECONNECT_BACKOFF,
     rng: random.Random | None = None,
     ssl_context: ssl.SSLContext | None = None,
     heartbeat: float | None = None,
@@ -104,8 +109,8 @@ async def run_reconnecting(
         Let :class:`ConnectionClosed` out of it to reconnect (note that ``async for msg
         in conn`` ends quietly when the server says Bye; ``conn.receive()`` raises).
       hello_factory: builds the Hello of each attempt (``mid=0``).
-      backoff: the delay policy, e.g. ``runtime.Backoff(base=0.5, cap=30, jitter=0.2)``;
-        when ``backoff.exhausted(n)`` the last error is raised.
+      backoff: the delay policy (default :data:`DEFAULT_RECONNECT_BACKOFF`); when
+        ``backoff.exhausted(n)`` the last error is raised.
       rng: the source of jitter (a seeded ``random.Random`` in tests).
       on_state: called with a :class:`ReconnectEvent` at each change of state.
       fatal_codes: handshake refusals raised at once instead of retried.

@@ -6,6 +6,8 @@ test of a few hundred examples stays well under a second or two.
 
 - :data:`payloads`: recursive CBOR values (None, bool, ints including bignums, finite floats,
   text, bytes, lists, maps keyed by text), at most ``MAX_LEAVES`` leaves deep and wide.
+- :data:`odd_values`, :data:`tagged_values`: values of every type (and CBOR tags) for a
+  field that expects one of them.
 - :data:`subjects`, :data:`patterns`: valid subjects and patterns (see ``protocol._subjects``).
 - one strategy per message class (:data:`MESSAGE_STRATEGIES`) and :func:`messages`.
 - :func:`chunked`: a byte string cut at arbitrary points.
@@ -106,6 +108,40 @@ payloads: st.SearchStrategy[Any] = st.recursive(
     _leaves,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
     max_leaves=MAX_LEAVES,
+)
+
+
+def _nested_lists(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+#: Values of every CBOR type, each right for some field and wrong for others: what a
+#: decoder meets in place of a field's value (bad subjects, bignums, nesting past the depth
+#: limit, ``undefined``). Each survives ``cbor2.loads(cbor2.dumps(value))``.
+odd_values: st.SearchStrategy[Any] = st.one_of(
+    payloads,
+    st.sampled_from(
+        [
+            True, False, None, -1, 0, 1, 2, 2**64, -(2**70), 2**2000, -(2**2000),
+            1.5, -0.5, math.nan, math.inf, -math.inf,
+            "", "x", "worker", "a..b", ".a", "a.", "a.*", "a.>", "a.>.b", "*", ">", "a b",
+            "x\x00", "\t",
+            b"", b"x", [], ["a"], [["a", b"b"]], [1, "2"], {}, {"k": 1}, {"k": "v"}, {1: "v"},
+        ]
+    ),  # fmt: skip
+    st.integers(min_value=50, max_value=120).map(_nested_lists),
+    st.just(cbor2.undefined),
+)
+
+#: CBOR tags, ones cbor2 knows (dates, bignums, decimals, sets ...) and one it does not,
+#: around payloads: for a decoder fed the bytes (``cbor2.loads`` itself refuses many).
+tagged_values: st.SearchStrategy[Any] = st.builds(
+    cbor2.CBORTag,
+    st.sampled_from([0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 256, 258, 260, 261, 55799, 999999]),
+    payloads,
 )
 
 headers = st.dictionaries(texts, texts, max_size=4)

@@ -45,7 +45,6 @@ from typing import Any
 
 import attrs
 import cbor2
-from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -468,7 +467,7 @@ class BrokerMachine(RuleBasedStateMachine):
         connected = self.workers
         in_queues = [job for queue in broker.queues.values() for job in queue.pending if job.state is JobState.QUEUED]
         in_queues += [job for w in connected for job in w.backlog if job.state is JobState.QUEUED]
-        in_retry = [entry[-1] for entry in broker._retry_heap if entry[-1].state is JobState.RETRY_WAIT]
+        in_retry = [entry[-1] for entry in broker.retries._retry_heap if entry[-1].state is JobState.RETRY_WAIT]
         for job_id, job in broker.jobs.items():
             assert job.job_id == job_id and job.state in ACTIVE, job
             places = sum(j is job for j in in_queues) + sum(j is job for j in in_retry)
@@ -547,7 +546,6 @@ class BrokerMachine(RuleBasedStateMachine):
 
 
 TestBrokerMachine = BrokerMachine.TestCase
-TestBrokerMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 
 
 # ---------------------------------------------------------------------- bugs it found (fixed)

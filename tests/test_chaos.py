@@ -21,6 +21,7 @@ from actors import Client, Job, Leader, Worker
 from actors.worker import WorkerRunner
 from protocol import Error, FrameDecoder, Hello, Result, Submit, encode
 from runtime import Backoff
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -112,12 +113,13 @@ async def test_jobs_survive_garbage_and_cut_connections(scheme: str) -> None:
                         errors = [m for m in answer if type(m) is Error]
                         assert errors and errors[0].message, f"no Error frame for {data[:20]!r}"
                         await trio.sleep(0.01)
-                    while leader.broker.stats()["in_flight"] < 4:  # noqa: ASYNC110
-                        await trio.sleep(0.005)
+                    def four_in_flight() -> bool:
+                        return leader.broker.stats()["in_flight"] >= 4
+
+                    await wait_until(four_in_flight, timeout=10, interval=0.005, what="4 jobs in flight")
                     assert client._conn is not None
                     client._conn._abort("test: client connection cut")
-                    while leader.broker.stats()["in_flight"] < 4:  # noqa: ASYNC110
-                        await trio.sleep(0.005)
+                    await wait_until(four_in_flight, timeout=10, interval=0.005, what="4 jobs in flight again")
                     assert runners[0]._conn is not None
                     runners[0]._conn._abort("test: worker connection cut")
 

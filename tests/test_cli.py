@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from protocol import PROTOCOL_VERSION
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -192,8 +193,12 @@ async def test_stopping_the_cluster_drains_the_jobs_in_flight(tmp_path, signum):
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
         )  # fmt: skip
         try:
-            while not log.exists() or log.read_text().count("start ") < 4:  # noqa: ASYNC110
-                await trio.sleep(0.02)  # the four jobs run (2 workers x concurrency 4)
+            await wait_until(  # (written by the worker processes)
+                lambda: log.exists() and log.read_text().count("start ") >= 4,
+                timeout=20,
+                interval=0.02,
+                what="the four jobs run (2 workers x concurrency 4)",
+            )
             process.send_signal(signum)
             name = signal.Signals(signum).name
             await lines.until(lambda line: line.startswith(f"{name}: stopping; workers are draining"))

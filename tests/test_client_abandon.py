@@ -11,7 +11,7 @@ time (sockets), each test capped with ``fail_after``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -19,6 +19,7 @@ import trio
 
 from actors import Client, Job, Leader, SubmitTimeout, Worker
 from actors.worker import WorkerRunner
+from tests.helpers import Changes, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -33,15 +34,18 @@ class Slow(Worker):
         self.started: dict[str, float] = {}
         self.cancelled: dict[str, float] = {}
         self.finished: set[str] = set()
+        self.changes = Changes()
 
     async def handle(self, job: Job) -> str:
         self.started[job.id] = trio.current_time()
+        self.changes.notify()
         try:
             await trio.sleep(job.payload["seconds"])
             self.finished.add(job.id)
         finally:
             if job.id not in self.finished:  # cancelled (trio.Cancelled, or the coroutine closed)
                 self.cancelled[job.id] = trio.current_time()
+            self.changes.notify()
         return "done"
 
 
@@ -56,13 +60,6 @@ async def cluster() -> AsyncIterator[tuple[Leader, str, Slow]]:
         nursery.cancel_scope.cancel()
 
 
-async def until(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    """Poll ``predicate`` (state of another task or process: real time) until it holds."""
-    with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.01)
-
-
 def subject_stats(leader: Leader, subject: str = "slow.x") -> dict:
     return leader.stats()["subjects"][subject]
 
@@ -75,9 +72,9 @@ async def test_a_submit_that_times_out_cancels_its_job():
                 await client.submit("slow.x", {"seconds": 15}, timeout=0.5, job_id="timed-out")
             assert 0.5 <= trio.current_time() - started < 0.75
             assert info.value.job_id == "timed-out"
-            await until(lambda: "timed-out" in slow.cancelled)
+            await slow.changes.wait_for(lambda: "timed-out" in slow.cancelled)
             assert slow.cancelled["timed-out"] - started < 1.0
-            await until(lambda: leader.stats()["jobs_active"] == 0)
+            await wait_until(lambda: leader.stats()["jobs_active"] == 0, timeout=3)
 
 
 async def test_a_cancelled_submit_cancels_its_job_even_when_the_client_closes_right_after():
@@ -88,8 +85,8 @@ async def test_a_cancelled_submit_cancels_its_job_even_when_the_client_closes_ri
                     await client.submit("slow.x", {"seconds": 15}, job_id="cancelled")
                 assert client.abandoned == 1
             # The client is closed: its cancel went out before the connection closed.
-            await until(lambda: "cancelled" in slow.cancelled)
-            await until(lambda: subject_stats(leader)["cancelled"] == 1)
+            await slow.changes.wait_for(lambda: "cancelled" in slow.cancelled)
+            await wait_until(lambda: subject_stats(leader)["cancelled"] == 1, timeout=3)
             assert leader.stats()["jobs_active"] == 0
             assert "cancelled" not in slow.finished
 
@@ -101,7 +98,7 @@ async def test_a_detached_submit_leaves_its_job_running():
                 with trio.move_on_after(0.2):
                     await client.submit("slow.x", {"seconds": 0.6}, job_id="detached", detach=True)
                 assert client.abandoned == 0
-            await until(lambda: subject_stats(leader)["done"] == 1)
+            await wait_until(lambda: subject_stats(leader)["done"] == 1, timeout=3)
             assert "detached" in slow.finished and not slow.cancelled
 
 
@@ -135,9 +132,9 @@ async def test_leaving_a_map_early_cancels_its_running_jobs(how: str):
                     async with client.map("slow.x", payloads, limit=6) as results:
                         got.append(await results.__anext__())
                 assert got == ["done"]
-                await until(lambda: len(slow.started) == 6)
-            await until(lambda: len(slow.cancelled) == 5)
-            await until(lambda: subject_stats(leader)["cancelled"] == 5)
+                await slow.changes.wait_for(lambda: len(slow.started) == 6)
+            await slow.changes.wait_for(lambda: len(slow.cancelled) == 5)
+            await wait_until(lambda: subject_stats(leader)["cancelled"] == 5, timeout=3)
             assert leader.stats()["jobs_active"] == 0
 
 
@@ -148,7 +145,7 @@ async def test_a_detached_map_left_early_leaves_its_jobs_running():
             async with Client.connect(url) as client:
                 async for _ in client.map("slow.x", payloads, limit=4, detach=True):
                     break
-            await until(lambda: len(slow.finished) == 4)
+            await slow.changes.wait_for(lambda: len(slow.finished) == 4)
             assert not slow.cancelled
 
 
@@ -163,13 +160,13 @@ async def test_a_job_two_clients_wait_for_goes_on_when_one_abandons_it():
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(wait_too)
-                    await until(lambda: "shared" in slow.started)
+                    await slow.changes.wait_for(lambda: "shared" in slow.started)
                     with trio.move_on_after(0.2):
                         await first.submit("slow.x", {"seconds": 1}, job_id="shared")
                     assert first.abandoned == 1
                 assert results == ["done"]
             assert not slow.cancelled
-            await until(lambda: subject_stats(leader)["done"] == 1)
+            await wait_until(lambda: subject_stats(leader)["done"] == 1, timeout=3)
 
 
 async def test_two_calls_of_one_client_for_one_job_id_one_abandons():
@@ -184,7 +181,7 @@ async def test_two_calls_of_one_client_for_one_job_id_one_abandons():
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(wait_too)
-                await until(lambda: "twice" in slow.started)
+                await slow.changes.wait_for(lambda: "twice" in slow.started)
                 with trio.move_on_after(0.2):
                     await client.submit("slow.x", {"seconds": 1}, job_id="twice")
             assert results == ["done"]
@@ -200,4 +197,4 @@ async def test_a_map_timeout_fails_the_late_job_and_cancels_it():
             assert 0.5 <= trio.current_time() - started < 0.75
             assert got[0] == got[2] == "done"
             assert isinstance(got[1], SubmitTimeout) and "within 0.5 s" in str(got[1])
-            await until(lambda: len(slow.cancelled) == 1)
+            await slow.changes.wait_for(lambda: len(slow.cancelled) == 1)

@@ -20,6 +20,7 @@ from actors.worker._group import STABLE_AFTER, WorkerGroup
 from actors.worker._loader import ConfigError
 from runtime import Backoff, ChildState, SupervisorEscalation
 from tests import workers
+from tests.helpers import wait_until
 
 URL = "tcp://127.0.0.1:1"  # never connected to by the stand-in
 EXACT = Backoff(base=1.0, factor=2.0, cap=4.0)  # no jitter: 1, 2, 4, 4, ... seconds
@@ -58,7 +59,7 @@ class FakeRunWorker:
 @pytest.fixture
 def fake(monkeypatch):
     fake = FakeRunWorker()
-    monkeypatch.setattr("actors.worker._worker.run_worker", fake)
+    monkeypatch.setattr("actors.worker._runner.run_worker", fake)
     return fake
 
 
@@ -313,10 +314,13 @@ async def test_a_process_that_ignores_sigterm_is_killed_after_stop_timeout():
 # --------------------------------------------------------------------------- with a leader
 
 
-async def wait_for_workers(leader: Any, count: int) -> None:
+async def wait_for_workers(leader: Any, count: int, *, timeout: float = 30) -> None:
     # Real processes connect in their own time; nothing to wait on but the leader's view.
-    while leader.stats()["workers"] != count:  # noqa: ASYNC110
-        await trio.sleep(0.05)
+    await wait_until(
+        lambda: leader.stats()["workers"] == count,
+        timeout=timeout,
+        what=f"{count} workers connected to the leader",
+    )
 
 
 async def pids_serving(client: Any, want: set[int], *, limit: int = 200) -> set[int]:

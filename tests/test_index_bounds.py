@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 import pytest
-from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
@@ -207,7 +206,6 @@ class LongPatternsMachine(RuleBasedStateMachine):
 
 
 TestLongPatternsMachine = LongPatternsMachine.TestCase
-TestLongPatternsMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 
 
 # --- the trie: nodes, walk, bytes --------------------------------------------------------

@@ -30,6 +30,7 @@ from actors import (
 )
 from actors.worker import WorkerRunner
 from runtime import Backoff
+from tests.helpers import Tally, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +55,11 @@ class Inspect(Worker):
     subjects = ["inspect.*", "inspect.deep.>"]
     concurrency = 2
 
+    def __init__(self) -> None:
+        self.started = Tally()
+
     async def handle(self, job: Job):
+        self.started.add()
         await job.progress(0.25, "started")
         if job.payload.get("fail_first") and job.attempt == 1:
             raise RuntimeError("first attempt fails")
@@ -241,8 +246,8 @@ async def test_a_worker_group_in_process_serves_and_scales(nursery):
         async with Client.connect(url) as client:
             assert (await client.submit("inspect.a", {}, timeout=5))["attempt"] == 1
             await group.scale(3)
-            while leader.stats()["workers"] != 3:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            # (in-process workers, but each connects over TCP in its own time)
+            await wait_until(lambda: leader.stats()["workers"] == 3, timeout=10, what="3 workers")
             assert leader.stats()["groups"]["insp"]["workers"] == 3
             await group.scale(1)
             assert leader.stats()["groups"]["insp"]["workers"] == 1
@@ -251,7 +256,8 @@ async def test_a_worker_group_in_process_serves_and_scales(nursery):
 
 async def test_cancelling_a_running_job_stops_it_and_raises_job_cancelled(nursery):
     with trio.fail_after(15):
-        leader, url = await start(nursery, Inspect())
+        worker = Inspect()
+        leader, url = await start(nursery, worker)
         async with Client.connect(url) as client:
             errors: list[BaseException] = []
 
@@ -263,8 +269,7 @@ async def test_cancelling_a_running_job_stops_it_and_raises_job_cancelled(nurser
 
             async with trio.open_nursery() as inner:
                 inner.start_soon(submit)
-                while leader.stats()["in_flight"] != 1:  # noqa: ASYNC110
-                    await trio.sleep(0.01)
+                await worker.started.reach(1)
                 await client.cancel("long-one", reason="not needed")
         [error] = errors
         assert (error.error_type, error.message, error.attempts) == ("Cancelled", "not needed", 1)

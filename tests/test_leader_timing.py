@@ -23,6 +23,7 @@ from actors import DLQ_PREFIX, Leader
 from protocol import (
     Assign,
     Cancel,
+    Credit,
     Deliver,
     Hello,
     Nack,
@@ -37,17 +38,7 @@ from runtime import Backoff
 from runtime._connection import Connection
 from runtime._transports import running
 from runtime._wire import StreamWire
-from tests.test_heartbeat import RawPeer
-
-
-class Clock:
-    """Virtual seconds since the test began (the clock may not start at 0)."""
-
-    def __init__(self) -> None:
-        self.start = trio.current_time()
-
-    def __call__(self) -> float:
-        return trio.current_time() - self.start
+from tests.helpers import RawPeer, Stopwatch
 
 
 @asynccontextmanager
@@ -97,8 +88,8 @@ async def test_unanswered_job_is_redelivered_with_backoff_then_dead_lettered(aut
         c = await client(connect)
         watcher = await client(connect)
         await watcher.send(Subscribe(mid=1, sid=7, pattern=DLQ_PREFIX + ">"))
-        await trio.sleep(0.5)  # the subscription is in before the clock starts
-        now = Clock()
+        await trio.testing.wait_all_tasks_blocked()  # the leader has the subscription
+        now = Stopwatch()
         await c.send(Submit(mid=1, job_id="j", subject="jobs.a", payload=1))
 
         seen = []
@@ -126,7 +117,7 @@ async def test_nack_delay_and_backoff_are_exact(autojump_clock):
     async with leader_over_memory() as (leader, connect):
         w = await worker(connect)
         c = await client(connect)
-        now = Clock()
+        now = Stopwatch()
         await c.send(Submit(mid=1, job_id="j", subject="jobs.b", payload=2))
         first = await w.receive()
         assert type(first) is Assign and first.attempt == 1 and now() == 0.0
@@ -145,7 +136,7 @@ async def test_progress_extends_the_ack_deadline(autojump_clock):
     async with leader_over_memory() as (leader, connect):
         w = await worker(connect)
         c = await client(connect)
-        now = Clock()
+        now = Stopwatch()
         await c.send(Submit(mid=1, job_id="j", subject="jobs.c", payload=3))
         job = await w.receive()
         assert type(job) is Assign
@@ -168,7 +159,7 @@ async def test_late_result_after_redelivery_is_delivered_once(autojump_clock):
     async with leader_over_memory() as (leader, connect):
         slow = await worker(connect, credit=1)
         c = await client(connect)
-        now = Clock()
+        now = Stopwatch()
         await c.send(Submit(mid=1, job_id="j", subject="jobs.d", payload=4))
         first = await slow.receive()
         assert type(first) is Assign and now() == 0.0
@@ -192,7 +183,7 @@ async def test_by_default_a_job_is_dead_lettered_after_five_attempts(autojump_cl
         assert leader.broker.config.max_attempts == 5
         w = await worker(connect)
         c = await client(connect)
-        now = Clock()
+        now = Stopwatch()
         await c.send(Submit(mid=1, job_id="j", subject="jobs.e", payload=5))
         assigned = []
         for _ in range(5):
@@ -218,7 +209,7 @@ async def test_redelivery_delays_are_jittered(autojump_clock):
         async with leader_over_memory(max_attempts=4, retry_backoff=backoff, rng=random.Random(seed)) as (leader, connect):
             w = await worker(connect)
             c = await client(connect)
-            now = Clock()
+            now = Stopwatch()
             await c.send(Submit(mid=1, job_id="j", subject="jobs.f", payload=6))
             times = []
             for _ in range(4):
@@ -238,7 +229,7 @@ async def test_a_client_cancel_of_a_running_job_ends_it_without_a_retry(autojump
     async with leader_over_memory() as (leader, connect):
         w = await worker(connect)
         c = await client(connect)
-        now = Clock()
+        now = Stopwatch()
         await c.send(Submit(mid=1, job_id="j", subject="jobs.e", payload=5))
         job = await w.receive()
         assert type(job) is Assign and job.attempt == 1
@@ -274,3 +265,30 @@ async def test_a_result_that_beats_the_cancel_still_wins(autojump_clock):
         result = await c.receive()
         assert type(result) is Result and result.ok and result.payload == "made it"
         assert leader.stats()["subjects"]["jobs.f"]["cancelled"] == 0
+
+
+async def test_credit_sets_the_window_it_does_not_add_to_it(autojump_clock):
+    """A Credit message is the worker's window (docs/protocol.md), not an increment: sent
+    twice, it still allows that many jobs in flight, and 0 stops the flow."""
+    async with leader_over_memory() as (leader, connect):
+        w = await worker(connect, credit=1)
+        c = await client(connect)
+        await c.send(*[Submit(mid=i, job_id=f"j{i}", subject="jobs.g", payload=i) for i in range(8)])
+
+        async def assigned() -> list[str]:
+            """The job ids the worker is assigned in the next (virtual) second."""
+            got = []
+            with trio.move_on_after(1):
+                while True:
+                    got.append(await w.receive())
+            return [m.job_id for m in got if type(m) is Assign]
+
+        assert await assigned() == ["j0"]
+        await w.send(Credit(mid=1, credit=3), Credit(mid=2, credit=3))
+        assert await assigned() == ["j1", "j2"]  # three in flight, not 1 + 3 + 3
+        await w.send(Credit(mid=3, credit=0))
+        await w.send(*[Result(mid=10 + i, job_id=f"j{i}", payload=i) for i in range(3)])
+        assert await assigned() == []  # window 0: the results free no slot
+        assert leader.stats()["in_flight"] == 0
+        await w.send(Credit(mid=4, credit=2))
+        assert await assigned() == ["j3", "j4"]

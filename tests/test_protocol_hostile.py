@@ -870,9 +870,9 @@ def test_the_number_field_table_covers_every_number_field() -> None:
 # 7. The property: any well-formed hostile frame gives messages or a ProtocolError
 
 
+# A fuzzer (cheap examples, a wide input space); its frames are large by design.
 @settings(
     max_examples=400,
-    deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,
         HealthCheck.data_too_large,
@@ -927,7 +927,7 @@ def test_every_field_of_every_kind_takes_every_hostile_sample(cls: type[Message]
                         check_survives(message)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300)  # a fuzzer: every field of every kind, many hostile values
 @given(st.sampled_from(KINDS), st.data())
 def test_every_field_of_every_kind_takes_any_hostile_value(
     cls: type[Message], data: st.DataObject

@@ -23,6 +23,7 @@ import trio
 
 from actors import Client, Leader, WorkerGroup
 from runtime import Backoff
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -48,17 +49,25 @@ def unfinished_on(pid: int, path: Path) -> set[str]:
 
 async def kill_mid_job(pid: int, path: Path, *, after_done: int) -> None:
     """SIGKILL ``pid`` once ``after_done`` jobs finished and it holds unfinished jobs."""
-    while True:
+
+    def mid_job() -> bool:
         _, done = read_log(path)
-        if len(done) >= after_done and len(unfinished_on(pid, path)) >= 2:
-            os.kill(pid, signal.SIGKILL)
-            return
-        await trio.sleep(0.005)
+        return len(done) >= after_done and len(unfinished_on(pid, path)) >= 2
+
+    # The log is written by the worker processes: nothing to wait on but the file.
+    await wait_until(
+        mid_job, timeout=30, interval=0.005, what=f"process {pid} in the middle of its jobs"
+    )
+    os.kill(pid, signal.SIGKILL)
 
 
-async def workers_connected(leader: Leader, count: int) -> None:
-    while leader.stats()["workers"] != count:  # noqa: ASYNC110  # a process connects on its own
-        await trio.sleep(0.02)
+async def workers_connected(leader: Leader, count: int, *, timeout: float = 30) -> None:
+    """Until the leader counts ``count`` workers (processes connect in their own time)."""
+    await wait_until(
+        lambda: leader.stats()["workers"] == count,
+        timeout=timeout,
+        what=f"{count} workers connected to the leader",
+    )
 
 
 @pytest.mark.parametrize("scheme", ["tcp", "ws"])

@@ -28,6 +28,7 @@ import trio
 from actors import DLQ_PREFIX, Client, DeadLettered, Job, Leader, Worker, WorkerGroup
 from actors.worker import WorkerRunner
 from runtime import Backoff
+from tests.helpers import Tally, wait_until
 from tests.test_reliability import read_log, workers_connected
 
 pytestmark = pytest.mark.e2e
@@ -71,8 +72,9 @@ async def test_leader_restart_worker_processes_and_client_reconnect_and_finish(
                 async with trio.open_nursery() as jobs:
                     for i in range(6):
                         jobs.start_soon(submit, i, 1.0)
-                    while len(read_log(log)[0]) < 6:  # noqa: ASYNC110  # all six running
-                        await trio.sleep(0.01)
+                    await wait_until(
+                        lambda: len(read_log(log)[0]) == 6, timeout=15, what="all six jobs running"
+                    )
                     first_life.cancel()  # the leader goes away mid-job
                     await trio.sleep(0.3)
                     second = Leader(listen=[url], retry_backoff=FAST, heartbeat=1.0)
@@ -151,7 +153,11 @@ class _Slow(Worker):
     subjects = ["slow.x"]
     concurrency = 2
 
+    def __init__(self) -> None:
+        self.started = Tally()
+
     async def handle(self, job: Job) -> Any:
+        self.started.add()
         with trio.CancelScope(shield=True):  # ignores the cancel of a lost connection
             await trio.sleep(job.payload)
         return job.id
@@ -167,20 +173,19 @@ async def test_a_worker_reconnecting_with_jobs_in_hand_grants_only_its_free_slot
             first_life = trio.CancelScope()
             first = Leader(listen=["tcp://127.0.0.1:0"], retry_backoff=fast)
             [url] = await nursery.start(_live, first_life, first)
-            runner = WorkerRunner(_Slow(), url, name="w", reconnect_backoff=fast)
+            worker = _Slow()
+            runner = WorkerRunner(worker, url, name="w", reconnect_backoff=fast)
             await nursery.start(runner.run)
             async with Client.connect(url) as gone, trio.open_nursery() as old_jobs:
                 for i in range(2):  # the worker is full; their client will not come back
                     old_jobs.start_soon(partial(gone.submit, "slow.x", 1.0, job_id=f"old-{i}"))
-                while len(runner.running) < 2:  # noqa: ASYNC110
-                    await trio.sleep(0.01)
+                await worker.started.reach(2)
                 old_jobs.cancel_scope.cancel()
             first_life.cancel()
             await trio.sleep(0.2)
             second = Leader(listen=[url], retry_backoff=fast)
             await nursery.start(_live, trio.CancelScope(), second)
-            while second.stats()["workers"] != 1:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            await workers_connected(second, 1)
             async with Client.connect(url) as client, trio.open_nursery() as jobs:
                 for _ in range(2):
                     jobs.start_soon(client.submit, "slow.x", 0.1)
@@ -195,11 +200,15 @@ class _Counting(Worker):
 
     def __init__(self) -> None:
         self.calls = 0
+        self.started = Tally()
+        self.finished = Tally()
 
     async def handle(self, job: Job) -> Any:
         self.calls += 1
+        self.started.add()
         with trio.CancelScope(shield=True):  # finishes although its connection is lost
             await trio.sleep(job.payload)
+        self.finished.add()
         return {"id": job.id}
 
 
@@ -223,11 +232,9 @@ async def test_a_worker_answers_a_redelivered_finished_job_from_its_dedup_cache(
 
                 async with trio.open_nursery() as jobs:
                     jobs.start_soon(submit)
-                    while not runner.running:  # noqa: ASYNC110
-                        await trio.sleep(0.01)
+                    await worker.started.reach(1)
                     first_life.cancel()  # the leader goes away while the job runs
-                    while runner.completed < 1:  # noqa: ASYNC110  # finished, Result lost
-                        await trio.sleep(0.01)
+                    await worker.finished.reach(1)  # finished, its Result lost
                     second = Leader(listen=[url], retry_backoff=fast)
                     await nursery.start(_live, trio.CancelScope(), second)
                 assert answers == [{"id": "once"}]

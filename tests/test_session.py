@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import (
@@ -340,7 +340,6 @@ def test_late_timer_call_reports_death_not_a_ping() -> None:
     assert session.handle_timer(50.0) is TimerAction.DEAD
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     heartbeat=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
     dead_after=st.integers(1, 5),

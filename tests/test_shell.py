@@ -12,13 +12,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
 
 from actors import Client, Job, JobCancelled, Leader, Worker
 from actors.worker import WorkerRunner
+from tests.helpers import Changes, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -34,9 +35,11 @@ class Square(Worker):
     def __init__(self) -> None:
         self.started = 0
         self.cancelled = 0
+        self.changes = Changes()
 
     async def handle(self, job: Job) -> dict:
         self.started += 1
+        self.changes.notify()
         slept = False
         try:
             await trio.sleep(job.payload.get("sleep", 0))
@@ -100,13 +103,6 @@ class Lines:
         return line.decode()
 
 
-async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``predicate`` (another process's doing: real time) until it holds."""
-    with trio.fail_after(within):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.01)
-
-
 # --------------------------------------------------------------------------- submit
 
 
@@ -150,8 +146,8 @@ async def test_ctrl_c_during_submit_cancels_the_running_jobs(cluster):
     )  # fmt: skip
     try:
         with trio.fail_after(15):
-            await until(lambda: cluster.square.started == 16)  # the worker's window is full
-            await until(lambda: cluster.leader.stats()["jobs_active"] == 64)  # --concurrency
+            await cluster.square.changes.wait_for(lambda: cluster.square.started == 16)  # the worker's window is full
+            await wait_until(lambda: cluster.leader.stats()["jobs_active"] == 64, timeout=5)  # --concurrency
             process.send_signal(signal.SIGINT)
             assert await process.wait() == 130
             assert process.stderr is not None
@@ -161,7 +157,7 @@ async def test_ctrl_c_during_submit_cancels_the_running_jobs(cluster):
             assert "interrupted: the jobs still running were cancelled" in text.decode()
             assert "Traceback" not in text.decode()
             # No job is left: the 16 running were cancelled on the worker, the rest in the queue.
-            await until(lambda: cluster.leader.stats()["jobs_active"] == 0, within=3)
+            await wait_until(lambda: cluster.leader.stats()["jobs_active"] == 0, timeout=3)
             assert cluster.leader.stats()["subjects"]["math.square"]["cancelled"] == 64
             assert cluster.square.cancelled == cluster.square.started == 16
     finally:
@@ -180,7 +176,7 @@ async def test_output_piped_into_head_ends_quietly_and_cancels_the_rest(cluster)
         )
     assert out(result) == '{"square": 4}\n{"square": 4}\n'
     assert err(result) == ""
-    await until(lambda: cluster.leader.stats()["jobs_active"] == 0, within=3)
+    await wait_until(lambda: cluster.leader.stats()["jobs_active"] == 0, timeout=3)
     assert cluster.leader.stats()["subjects"]["math.square"]["cancelled"] > 0
 
 
@@ -202,7 +198,8 @@ async def test_result_by_job_id(cluster):
 async def test_result_wait_for_a_running_job(cluster, nursery):
     async with Client.connect(cluster.url) as client:
         nursery.start_soon(lambda: client.submit("math.square", {"n": 5, "sleep": 1}, job_id="job-5"))
-        await until(lambda: cluster.square.started == 1)
+        with trio.fail_after(5):
+            await cluster.square.changes.wait_for(lambda: cluster.square.started == 1)
         result = await run("result", "job-5", "--url", cluster.url)
         assert result.returncode == 1 and "has not finished yet" in err(result)
         result = await run("result", "job-5", "--wait", "--url", cluster.url)
@@ -222,7 +219,8 @@ async def test_cancel_a_job_by_id(cluster):
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(submit)
-            await until(lambda: cluster.square.started == 1)
+            with trio.fail_after(5):
+                await cluster.square.changes.wait_for(lambda: cluster.square.started == 1)
             result = await run("cancel", "long", "--url", cluster.url, "--reason", "not needed")
             assert result.returncode == 0, err(result)
         [error] = errors

@@ -28,6 +28,7 @@ from actors.worker import WorkerRunner
 from actors.worker._failures import MAX_ERROR_MESSAGE
 from protocol import Cancel, Nack
 from runtime import Backoff
+from tests.helpers import Changes, wait_until
 from tests.test_worker_slots import _assign, _Sink
 
 FAST = Backoff(base=0.05, factor=2.0, cap=0.2, jitter=0.0)
@@ -45,6 +46,7 @@ class Misbehaving(Worker):
         self.calls: dict[str, int] = {}
         self.cancelled: list[tuple[str, float]] = []
         self.running = trio.Event()
+        self.cancel_seen = trio.Event()  # set when a job first sees its cancellation
 
     async def handle(self, job: Job) -> Any:
         self.calls[job.id] = self.calls.get(job.id, 0) + 1
@@ -76,6 +78,7 @@ class Misbehaving(Worker):
                 await trio.sleep(60)
             except trio.Cancelled:
                 self.cancelled.append((job.id, trio.current_time()))
+                self.cancel_seen.set()
                 raise
         return {"id": job.id, "attempt": job.attempt}
 
@@ -240,8 +243,7 @@ async def test_a_failure_handling_a_cancel_ends_the_connection_not_the_worker(
                     await worker.running.wait()
                     await client.cancel("c1")
                 # The connection ended; the job it held is cancelled on the worker too.
-                while runner.running:  # noqa: ASYNC110 - real time
-                    await trio.sleep(0.01)
+                await worker.cancel_seen.wait()
                 assert len(outcome) == 1 and [job for job, _ in worker.cancelled] == ["c1"]
                 assert await client.submit("bad.x", "fine", job_id="c2", timeout=5) == {"id": "c2", "attempt": 1}
             nursery.cancel_scope.cancel()
@@ -321,6 +323,22 @@ class CuttableProxy:
         scope.cancel()
 
 
+class _HelloCredits(list[int]):
+    """The credit of each Hello the runner sent, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._changes = Changes()
+
+    def append(self, credit: int) -> None:
+        super().append(credit)
+        self._changes.notify()
+
+    async def wait_for(self, count: int) -> None:
+        """Return once the runner has said Hello ``count`` times."""
+        await self._changes.wait_for(lambda: len(self) >= count)
+
+
 async def _through_proxy(
     nursery: trio.Nursery, worker: Worker, **kwargs: Any
 ) -> tuple[Leader, str, CuttableProxy, WorkerRunner, list[int]]:
@@ -329,7 +347,7 @@ async def _through_proxy(
     proxy = CuttableProxy(int(url.rsplit(":", 1)[1]))
     via = await nursery.start(proxy.run)
     runner = WorkerRunner(worker, via, name="w", reconnect_backoff=FAST, **kwargs)
-    credits: list[int] = []  # of each Hello
+    credits = _HelloCredits()
     hello = runner._hello
 
     def noting_credit() -> Any:
@@ -399,13 +417,13 @@ async def test_a_job_that_ignores_the_cancellation_keeps_its_slot_out_of_the_win
                     jobs.start_soon(partial(client.submit, "stubborn.x", None, job_id="s", timeout=15))
                     await worker.running.wait()
                     proxy.cut()
-                    while runner.connects < 2:  # noqa: ASYNC110 - real time, a real reconnect
-                        await trio.sleep(0.01)
+                    await credits.wait_for(2)  # back, after the grace period
                     assert runner.running.keys() == {"s"}  # past the grace period, still running
-                while runner.running:  # noqa: ASYNC110
-                    await trio.sleep(0.01)
-                await trio.sleep(0.1)
-                window = leader.stats()["groups"]["w"]["window"]
+                # When the job ends at last, a Credit gives its slot back.
+                await wait_until(
+                    lambda: leader.stats()["groups"]["w"]["window"] == 2,
+                    timeout=5,
+                    what="the leader sees the worker's whole window again",
+                )
             nursery.cancel_scope.cancel()
-    assert credits == [2, 1]  # the slot it held was left out, then given back (Credit)
-    assert window == 2
+    assert credits == [2, 1]  # the slot it held was left out of the second Hello

@@ -222,7 +222,7 @@ async def test_an_in_process_group_replaces_a_recycled_instance_at_once(
     monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
     fake = _RecyclingRunWorker()
-    monkeypatch.setattr("actors.worker._worker.run_worker", fake)
+    monkeypatch.setattr("actors.worker._runner.run_worker", fake)
     group = WorkerGroup(
         "g", Counted, 1, URL, in_process=True, max_jobs=2, max_memory="1GiB", max_restarts=0,
         restart_backoff=Backoff(base=10.0, factor=1.0, cap=10.0),

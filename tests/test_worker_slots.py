@@ -13,8 +13,9 @@ import trio
 import trio.testing
 
 from actors import Worker
-from actors.worker._worker import WorkerRunner
+from actors.worker import WorkerRunner
 from protocol import Assign, Nack, Result, bundle_frames, decode, encode_array
+from tests.helpers import Changes
 
 
 class _Sink:
@@ -25,6 +26,7 @@ class _Sink:
         self.sent: list[tuple[float, object]] = []
         self.queued: list[object] = []
         self.flushes = 0  # flushes that wrote something
+        self._changes = Changes()
 
     def send_nowait(self, message: object) -> None:
         self.queued.append(message)
@@ -45,6 +47,11 @@ class _Sink:
             now = trio.current_time()
             self.sent += [(now, m) for m in self.queued]
             self.queued.clear()
+            self._changes.notify()
+
+    async def wait_sent(self, count: int) -> None:
+        """Return once ``count`` messages have gone out."""
+        await self._changes.wait_for(lambda: len(self.sent) >= count)
 
 
 class Sleeper(Worker):
@@ -86,13 +93,11 @@ async def test_waiting_jobs_run_side_by_side_up_to_concurrency(autojump_clock: t
         t0 = trio.current_time()
         for i in range(4):  # concurrency 4: four jobs of 1 s take 1 s
             runner._on_assign(_assign(i, "sleep", 1), trio.current_time())
-        while len(sink.sent) < 4:  # noqa: ASYNC110 - polling in virtual time
-            await trio.sleep(0.5)
+        await sink.wait_sent(4)
         t1 = trio.current_time() - t0
         for i in range(4, 8):  # and four more, on the same slots
             runner._on_assign(_assign(i, "sleep", 2), trio.current_time())
-        while len(sink.sent) < 8:  # noqa: ASYNC110 - polling in virtual time
-            await trio.sleep(0.5)
+        await sink.wait_sent(8)
         nursery.cancel_scope.cancel()
     assert [t - t0 for t in worker.started] == [0, 0, 0, 0, t1, t1, t1, t1]
     assert [t - t0 for t, _ in sink.sent] == [1, 1, 1, 1, t1 + 2, t1 + 2, t1 + 2, t1 + 2]
@@ -136,8 +141,7 @@ async def test_results_are_not_held_back_by_a_job_that_waits(autojump_clock: tri
         # flushes their results when the third is about to wait (not 5 s later).
         for i, wait in enumerate([0, 0, 5, 0]):
             runner._on_assign(_assign(i, "mixed", wait), trio.current_time())
-        while len(sink.sent) < 4:  # noqa: ASYNC110 - polling in virtual time
-            await trio.sleep(1)
+        await sink.wait_sent(4)
         nursery.cancel_scope.cancel()
     done = {m.job_id: t - t0 for t, m in sink.sent}
     assert done == {"j0": 0, "j1": 0, "j2": 5, "j3": 0}
@@ -185,9 +189,10 @@ async def test_credit_overrun_is_refused_not_queued(autojump_clock: trio.testing
         nacks = [m for _, m in sink.sent if type(m) is Nack]
         assert [m.job_id for m in nacks] == ["j4"]
         assert runner.credit_violations == 1
-        while runner.completed < 4:  # noqa: ASYNC110 - polling in virtual time
-            await trio.sleep(0.5)
+        await sink.wait_sent(5)  # the Nack and the four results
         nursery.cancel_scope.cancel()
+    assert runner.completed == 4
+    assert sorted(m.job_id for _, m in sink.sent if type(m) is Result) == ["j0", "j1", "j2", "j3"]
 
 
 async def test_jobs_arriving_while_slots_run_are_picked_up(autojump_clock: trio.testing.MockClock) -> None:
@@ -202,8 +207,7 @@ async def test_jobs_arriving_while_slots_run_are_picked_up(autojump_clock: trio.
         runner._on_assign(_assign(2, "sleep", 1), trio.current_time())
         await trio.sleep(0.5)
         runner._on_assign(_assign(3, "sleep", 1), trio.current_time())
-        while len(sink.sent) < 4:  # noqa: ASYNC110 - polling in virtual time
-            await trio.sleep(0.25)
+        await sink.wait_sent(4)
         nursery.cancel_scope.cancel()
     assert [t - t0 for t in worker.started] == [0, 1, 1, 1.5]
     done = {m.job_id: t - t0 for t, m in sink.sent}
@@ -262,8 +266,7 @@ async def test_a_job_that_waits_keeps_its_scopes_and_task(autojump_clock: trio.t
         runner, sink = await _runner_with(Scoped(), nursery)
         t0 = trio.current_time()
         runner._on_assign(_assign(0, "scoped", None), t0)
-        while not sink.sent:  # noqa: ASYNC110 - polling in virtual time
-            await trio.sleep(0.25)
+        await sink.wait_sent(1)
         nursery.cancel_scope.cancel()
     ((t, result),) = sink.sent
     assert result.ok, result.error_message

@@ -61,6 +61,7 @@ from protocol import (
     decode_payload,
 )
 from runtime import (
+    DEFAULT_RECONNECT_BACKOFF,
     Backoff,
     Connection,
     ConnectionClosed,
@@ -133,7 +134,7 @@ class Client(ClientPubSub):
         self.name = name
         self.ssl_context = ssl_context
         self.token = token
-        self.backoff = reconnect_backoff or Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2)
+        self.backoff = reconnect_backoff or DEFAULT_RECONNECT_BACKOFF
         self.rng = rng
         self.connect_timeout = connect_timeout
         #: Connections made so far (more than 1 after a reconnect).
@@ -484,7 +485,7 @@ class Client(ClientPubSub):
                     self._settle(call, outcome=outcome)
             else:
                 asked = call.message
-                if msg.error_type == "Cancelled":  # the leader's word for a cancelled job
+                if msg.error_code == ErrorCode.CANCELLED:  # the leader's mark, never the handler's
                     error_cls: type[JobFailed] = JobCancelled
                 elif type(asked) is Submit and asked.qos == 1 and not msg.final:
                     error_cls = DeadLettered

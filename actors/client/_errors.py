@@ -20,7 +20,9 @@ class JobFailed(ClientError):
     Attributes:
       job_id: the job.
       error_type: the remote exception's class name (``ValueError``, ``WorkerLost``,
-        ``AckTimeout``, ``Cancelled``, ...).
+        ``AckTimeout``, ...; ``Cancelled`` for a :class:`JobCancelled`). It is the
+        handler's word: a handler may raise a class of any name, so tell a cancelled job
+        by its class, :class:`JobCancelled`, never by this name.
       message: the remote error message.
       attempts: how many deliveries were made.
       traceback: the remote traceback as text, when the worker sent one (the handler's
@@ -44,7 +46,11 @@ class DeadLettered(JobFailed):
 
 class JobCancelled(JobFailed):
     """The job was cancelled (:meth:`~actors.Client.cancel`) before it finished: a waiting
-    job at once, a running one once its worker stopped it. It is not retried."""
+    job at once, a running one once its worker stopped it. It is not retried.
+
+    Raised only for a Result the leader marked cancelled (``error_code`` ``cancelled``):
+    a handler that raises an exception of its own named ``Cancelled`` fails its job with
+    :class:`JobFailed` (or :class:`DeadLettered`) like any other exception."""
 
 
 class Busy(ClientError):

@@ -42,8 +42,7 @@ from typing import Any
 
 import attrs
 
-from protocol import MODE_VALUES as _LINK_MODES
-from protocol import POLICY_VALUES as _LINK_POLICIES
+from protocol import GroupMode, RoutingPolicy, is_valid_subject
 
 from .._checks import (
     ConfigError,
@@ -58,12 +57,14 @@ from .._checks import (
     check_size,
     check_subjects,
 )
+from ..leader._routing import SubjectPolicies
 from ..worker._loader import load_worker_class
 from ._model import ClusterConfig, GroupConfig, GroupRetryConfig, LeaderConfig, RetryConfig
 
-#: Delivery modes of a group and routing policies inside it, in the order messages list them.
-MODES = tuple(sorted(_LINK_MODES, key=lambda mode: (mode != "round_robin", mode)))
-POLICIES = tuple(sorted(_LINK_POLICIES, key=lambda policy: (policy != "round_robin", policy)))
+#: Delivery modes of a group and routing policies of its subjects, in the order messages
+#: list them (the enums', the default first).
+MODES = tuple(mode.value for mode in GroupMode)
+POLICIES = tuple(policy.value for policy in RoutingPolicy)
 
 
 # --------------------------------------------------------------------------- TOML files
@@ -170,6 +171,7 @@ def config_from_mapping(
             )
         )
     _check_unique_names(groups, source=source)
+    _check_policies(groups, source=source, import_workers=import_workers)
     return ClusterConfig(leader=leader, groups=tuple(groups), source=source)
 
 
@@ -305,7 +307,7 @@ def _group_from_mapping(
             data["max_start_failures"], at=f"{where} key 'max_start_failures'", minimum=0
         )
     if "retry" in data:
-        if values.get("mode") == "broadcast":
+        if values.get("mode") == GroupMode.BROADCAST:
             raise ConfigError(
                 f"{where} key 'retry': a broadcast group takes no jobs, so it has nothing to "
                 "retry; remove [groups.retry] or the mode"
@@ -420,10 +422,38 @@ def config_from_args(
         groups = [attrs.evolve(group, **limits) for group in groups]
     source = config.source if config is not None else "command line"
     _check_unique_names(groups, source=source)
+    _check_policies(groups, source=source, import_workers=import_workers)
     return ClusterConfig(leader=leader, groups=tuple(groups), source=source)
 
 
 # --------------------------------------------------------------------------- value checks
+
+
+def _check_policies(groups: Iterable[GroupConfig], *, source: str, import_workers: bool) -> None:
+    """Two groups that take jobs of a subject must route it by the same policy: the leader
+    refuses the workers of the second group to connect (a subject has one policy,
+    whichever group serves it). Groups whose subjects are their class's are checked only
+    when the classes are imported (``import_workers``)."""
+    policies = SubjectPolicies()
+    for group in groups:
+        if group.mode == GroupMode.BROADCAST:
+            continue  # (takes no jobs)
+        subjects = group.subjects
+        if subjects is None and import_workers and group.worker is not None:
+            subjects = tuple(getattr(load_worker_class(group.worker), "subjects", None) or ())
+        if not subjects:
+            continue
+        conflict = policies.conflict(subjects, group.policy)
+        if conflict is not None:
+            wild = not is_valid_subject(conflict.subjects)
+            what = f"subjects {conflict.subjects!r}" if wild else f"subject {conflict.subjects!r}"
+            raise ConfigError(
+                f"{source}: groups {conflict.group!r} and {group.name!r} both serve {what} "
+                f"with different routing policies ({conflict.their_policy!r} and "
+                f"{group.policy!r}); a subject has one policy, whichever group serves it: "
+                "give them the same policy, or subjects that do not overlap"
+            )
+        policies.add(subjects, group.policy, group.name)
 
 
 def _check_unique_names(groups: Iterable[GroupConfig], *, source: str) -> None:

@@ -10,13 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from protocol import GroupMode, RoutingPolicy
+
+from ..leader import LeaderConfig as LeaderSettings
+from ..leader._broker import DEFAULT_RETRY_BACKOFF
+from ..leader._leader import DEFAULT_LISTEN as DEFAULT_LISTEN
+
 if TYPE_CHECKING:
     import runtime
 
     from ..leader._redelivery import GroupRetry
 
-#: Where the leader listens when nothing says otherwise.
-DEFAULT_LISTEN = "tcp://127.0.0.1:7700"
+# The defaults below are the leader's own (one home: actors.leader's config classes).
+_LEADER_DEFAULTS = LeaderSettings()
+_BROKER_DEFAULTS = _LEADER_DEFAULTS.broker
 
 
 @attrs.frozen
@@ -27,10 +34,10 @@ class RetryConfig:
     (a fraction of the delay).
     """
 
-    base: float = 0.5
-    factor: float = 2.0
-    cap: float = 30.0
-    jitter: float = 0.1
+    base: float = DEFAULT_RETRY_BACKOFF.base
+    factor: float = DEFAULT_RETRY_BACKOFF.factor
+    cap: float = DEFAULT_RETRY_BACKOFF.cap
+    jitter: float = DEFAULT_RETRY_BACKOFF.jitter
 
     def backoff(self) -> runtime.Backoff:
         """The :class:`runtime.Backoff` policy these settings describe."""
@@ -92,18 +99,24 @@ _OPTIONAL_LIMITS = (
 
 @attrs.frozen
 class LeaderConfig:
-    """Settings of the leader (``[leader]``); see :class:`actors.Leader` for their meaning."""
+    """The ``[leader]`` table: settings of the leader, flat as a file writes them.
 
-    name: str = "leader"
-    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
-    ack_timeout: float = 30.0
-    max_attempts: int = 5
-    max_queued: int = 100_000
-    dedup_window: float = 600.0
-    heartbeat: float = 5.0
-    max_connections: int = 1024
+    Their meaning and defaults are those of :class:`actors.leader.LeaderConfig` and
+    :class:`actors.leader.BrokerConfig` (whose defaults these are);
+    :meth:`leader_config` builds the leader's configuration from them.
+    """
+
+    name: str = _LEADER_DEFAULTS.name
+    listen: tuple[str, ...] = _LEADER_DEFAULTS.listen
+    ack_timeout: float = _BROKER_DEFAULTS.ack_timeout
+    max_attempts: int = _BROKER_DEFAULTS.max_attempts
+    max_queued: int = _BROKER_DEFAULTS.max_queued
+    dedup_window: float = _BROKER_DEFAULTS.dedup_window
+    heartbeat: float | None = _LEADER_DEFAULTS.heartbeat
+    max_connections: int = _LEADER_DEFAULTS.max_connections
     retry: RetryConfig | None = None
-    # The limits below: None leaves the leader's default (see actors.Leader, BrokerConfig).
+    # The limits below: None leaves the leader's default (see actors.leader.LeaderConfig
+    # and BrokerConfig).
     max_connections_per_address: int | None = None
     max_handshakes: int | None = None
     max_handshakes_per_address: int | None = None
@@ -124,9 +137,14 @@ class LeaderConfig:
     write_timeout: float | None = None  # (math.inf: never; ``0`` in a file)
     max_outgoing_total: int | None = None
 
+    def leader_config(self) -> LeaderSettings:
+        """The :class:`actors.leader.LeaderConfig` these settings describe (for
+        ``Leader(config)``)."""
+        return LeaderSettings.of(**self.leader_kwargs())
+
     def leader_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :class:`actors.Leader` built from these settings (the
-        limits left unset are left out: the leader's defaults apply)."""
+        """These settings as keyword arguments of :class:`actors.Leader` (the limits left
+        unset are left out: the leader's defaults apply)."""
         kwargs = attrs.asdict(self, recurse=False)
         retry = kwargs.pop("retry")
         kwargs["retry_backoff"] = retry.backoff() if retry is not None else None
@@ -150,8 +168,8 @@ class GroupConfig:
     worker: str | None = None
     command: tuple[str, ...] | None = None
     instances: int = 1
-    mode: str = "round_robin"
-    policy: str = "round_robin"
+    mode: str = GroupMode.ROUND_ROBIN.value
+    policy: str = RoutingPolicy.ROUND_ROBIN.value
     subjects: tuple[str, ...] | None = None
     concurrency: int | None = None
     in_process: bool = False

@@ -244,7 +244,7 @@ async def _run_cluster(
 ) -> int:
     Leader = leader_class  # noqa: N806 -- (imported lazily by run_cluster)
 
-    leader = Leader(**config.leader.leader_kwargs())
+    leader = Leader(config.leader.leader_config())
     for group_config in config.groups:
         if group_config.retry is not None:
             leader.broker.set_group_retry(

@@ -9,7 +9,7 @@ module             concept
 ``_jobs``          a job's record and its state machine
 ``_links``         the broker's view of connected peers and subject queues
 ``_routing``       which worker of a queue takes the next job
-``_redelivery``    the retry scheduler: failed attempts, backoff, dead letters
+``_redelivery``    the retry scheduler: backoff, expiry, ack deadlines, dead letters
 ``_pubsub``        the pub/sub router: subscriptions, fan-out, retained replay
 ``_retained``      retained messages, bounded
 ``_sizes``         what a forwarded message will cost in bytes
@@ -21,5 +21,6 @@ from ._broker import Broker as Broker
 from ._broker import BrokerConfig as BrokerConfig
 from ._jobs import JobState as JobState
 from ._leader import Leader as Leader
+from ._leader import LeaderConfig as LeaderConfig
 from ._redelivery import DLQ_PREFIX as DLQ_PREFIX
 from ._redelivery import GroupRetry as GroupRetry

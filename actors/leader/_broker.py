@@ -18,10 +18,9 @@ queues are dropped by dict, a scan at most every thousand new subjects.
 from __future__ import annotations
 
 import difflib
-import heapq
-import itertools
 import random
 from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -36,6 +35,7 @@ from protocol import (
     Encoded,
     Error,
     ErrorCode,
+    GroupMode,
     Nack,
     Progress,
     Publish,
@@ -49,13 +49,13 @@ from protocol import (
 )
 from runtime import Backoff, DedupCache, MessageTooLarge
 
-from ._jobs import JobRecord, JobState, Journal, StoredResult
+from ._jobs import JobRecord, JobState, Journal, StoredResult, Submitter
 from ._links import ClientLink, GroupStats, PatternSet, SubjectQueue, WorkerLink
 from ._pubsub import PubSubRouter
-from ._redelivery import Redelivery, _waits_until
+from ._redelivery import DLQ_PREFIX, GroupRetry, RetryScheduler
 from ._routing import EXACT_LEAST_LOADED as EXACT_LEAST_LOADED  # (re-exported: tests)
 from ._routing import LEAST_LOADED_SAMPLES as LEAST_LOADED_SAMPLES
-from ._routing import pick_worker
+from ._routing import SubjectPolicies, pick_worker
 from ._sizes import FORWARD_RESERVE, JOB_OVERHEAD, SURELY_FITS, payload_size
 from ._stats import broker_stats, count_result
 
@@ -79,12 +79,24 @@ MAX_DEPARTED = 1024
 SUGGESTIONS_PER_SECOND = 50
 MAX_SUGGESTED_LENGTH = 128
 
+#: Delays before the redeliveries of a job, by default: 0.5 s doubling up to 30 s, 10 %
+#: jitter (``[leader.retry]`` of a cluster file starts from these).
+DEFAULT_RETRY_BACKOFF = Backoff(base=0.5, factor=2.0, cap=30.0, jitter=0.1)
+
 _assign_item = Assign.item  # type: ignore[attr-defined]
 _result_item = Result.item  # type: ignore[attr-defined]
-_INF = float("inf")
 
 
-@attrs.define(eq=False)
+class CancelledResult(StoredResult):
+    """The stored result of a job a client cancelled: its Result, to the waiting clients
+    and to later resubmissions and queries, carries ``error_code`` ``cancelled``. The
+    type is the mark, so that a worker's failure (whatever its ``error_type``) never
+    carries it, and the results of other jobs cost nothing more."""
+
+    __slots__ = ()
+
+
+@attrs.define
 class BrokerConfig:
     """Delivery settings of a leader.
 
@@ -127,9 +139,7 @@ class BrokerConfig:
 
     ack_timeout: float = 30.0
     max_attempts: int = 5
-    retry_backoff: Backoff = attrs.field(
-        factory=lambda: Backoff(base=0.5, factor=2.0, cap=30.0, jitter=0.1)
-    )
+    retry_backoff: Backoff = DEFAULT_RETRY_BACKOFF
     max_queued: int = 100_000
     dedup_window: float = 600.0
     dedup_capacity: int = 100_000
@@ -152,12 +162,13 @@ class BrokerConfig:
     restart_grace: float = 30.0
 
 
-class Broker(Redelivery):
+class Broker:
     """Queues jobs per subject and hands them to workers against their credit.
 
-    Retry and timers come from :class:`~actors.leader._redelivery.Redelivery`, publish/subscribe
-    from its :class:`~actors.leader._pubsub.PubSubRouter` (:attr:`pubsub`), the choice of a
-    worker for each job from :func:`~actors.leader._routing.pick_worker`.
+    Backoff, expiry and dead letters are kept by its
+    :class:`~actors.leader._redelivery.RetryScheduler` (:attr:`retries`), publish/subscribe
+    by its :class:`~actors.leader._pubsub.PubSubRouter` (:attr:`pubsub`); the choice of a
+    worker for each job is :func:`~actors.leader._routing.pick_worker`'s.
 
     Args:
       config: delivery settings.
@@ -184,6 +195,8 @@ class Broker(Redelivery):
         self.queues: dict[str, SubjectQueue] = {}
         self.workers: dict[WorkerLink, None] = {}
         self.worker_index = SubjectIndex()
+        #: The routing policy of each subject served (set by its first worker).
+        self.policies = SubjectPolicies()
         self.pubsub = PubSubRouter(
             self.worker_index,
             max_frame=self.config.max_frame,
@@ -202,38 +215,53 @@ class Broker(Redelivery):
         self._suggestions: dict[str, tuple[int, str | None]] = {}
         self._suggest_tokens = float(SUGGESTIONS_PER_SECOND)
         self._suggest_at = 0.0
-        self.dead_letters: deque[dict[str, Any]] = deque(maxlen=self.config.max_dead_letters)
         self.group_stats: dict[str, GroupStats] = {}
         # Bytes of the accepted, unfinished jobs (those of self.jobs): the byte limits
         # count a job from its acceptance to its end, queued or held by a worker.
         self.job_bytes = 0
         # When the queues reach this many, idle ones are dropped (_drop_idle_queues).
         self._drop_queues_at = MAX_SUBJECT_QUEUES
-        self.dead_letter_bytes = 0
-        self._dead_letter_sizes: deque[int] = deque()
-        self._retry_heap: list[tuple[float, int, JobRecord]] = []
-        # Waiting jobs by the time they expire (max_queue_time, a client's timeout): a FIFO
-        # for the deadlines that come in order (most of them), a heap for the others.
-        # Entries of jobs that stopped waiting are skipped, and compacted when many.
-        self._expiry_fifo: deque[tuple[float, JobRecord]] = deque()
-        self._expiry_heap: list[tuple[float, int, JobRecord]] = []
-        self._soonest = float("inf")  # earliest deadline made since take_soonest()
-        self._seq = itertools.count()
+        #: Backoff and expiry timers, group retry policies, dead letters.
+        self.retries = RetryScheduler(
+            backoff=self.config.retry_backoff,
+            rng=self.rng,
+            max_queue_time=self.config.max_queue_time,
+            max_dead_letters=self.config.max_dead_letters,
+            max_dead_letter_bytes=self.config.max_dead_letter_bytes,
+        )
+        # Finished jobs per second, over the last second or so (for busy's retry_after).
         self._done_window_start = 0.0
         self._done_in_window = 0
         self._done_rate = 0.0
 
     # ------------------------------------------------------------------ workers
 
+    def policy_conflict(self, patterns: Sequence[str], policy: str, mode: str, group: str) -> str | None:
+        """Why a worker of ``group`` with these may not join: the message of the
+        ``conflict`` Error that refuses its Hello (it asks for another routing policy for a
+        subject than the one the workers serving it have; see
+        :class:`~actors.leader._routing.SubjectPolicies`); None if it may."""
+        if mode == GroupMode.BROADCAST:
+            return None  # (takes no jobs: it has no say in their routing)
+        conflict = self.policies.conflict(patterns, policy)
+        return None if conflict is None else conflict.message(group)
+
     def worker_joined(self, worker: WorkerLink, now: float) -> None:
-        """A worker said Hello: index its patterns and give it work."""
+        """A worker said Hello: index its patterns and give it work.
+
+        Its Hello was checked with :meth:`policy_conflict` first (the leader refuses a
+        conflicting one); a worker that joins anyway shares the policy of the workers
+        already in the queues of its subjects.
+        """
+        if worker.mode != GroupMode.BROADCAST:
+            self.policies.add(worker.patterns, worker.policy, worker.group)
         self.workers[worker] = None
         self._routes_version += 1
         worker.window = min(worker.window, self.config.max_window)
         worker.stats = self._group_stats(worker.group)
         for pattern in worker.patterns:
             self.worker_index.add(pattern, worker)
-        if worker.mode == "broadcast":
+        if worker.mode == GroupMode.BROADCAST:
             return
         # Each queue's subject is asked once of the worker's own patterns (not of the
         # index, which would list every registration that matches it): a Hello of many
@@ -268,12 +296,14 @@ class Broker(Redelivery):
         if worker not in self.workers:
             return
         del self.workers[worker]
+        if worker.mode != GroupMode.BROADCAST:
+            self.policies.remove(worker.patterns, worker.policy, worker.group)
         departed = self._departed
         grace = self.config.restart_grace
         self._routes_version += 1
         for pattern in worker.patterns:
             self.worker_index.remove(pattern, worker)
-            if grace and coming_back and worker.mode != "broadcast":
+            if grace and coming_back and worker.mode != GroupMode.BROADCAST:
                 if departed.pop(pattern, None) is None:
                     if len(departed) >= MAX_DEPARTED:
                         oldest = next(iter(departed))
@@ -326,10 +356,6 @@ class Broker(Redelivery):
     def unsubscribe(self, client: ClientLink, msg: Unsubscribe) -> None:
         """A client ended a subscription (unknown sids are ignored)."""
         self.pubsub.unsubscribe(client, msg)
-
-    def _route_publish(self, subject: str, payload: Any, headers: dict[str, str], now: float) -> None:
-        """Publish a message of the leader's own (a dead letter, for Redelivery)."""
-        self.pubsub.route(subject, payload, headers)
 
     # ------------------------------------------------------------------ jobs in
 
@@ -416,14 +442,15 @@ class Broker(Redelivery):
             if worker is not None and len(worker.inflight) < worker.window:
                 self._assign(job, worker, now)
                 return
-        self._start_waiting(job, now)
+        retries = self.retries
+        job.wait_deadline = retries.wait_deadline(job, now)
         if route_until:  # no worker yet, but one may come: it waits that long for one
             job.awaiting_route = True
             job.wait_deadline = min(job.wait_deadline, route_until)
-            self._watch_expiry(job)
+            retries.watch_expiry(job, len(self.jobs))
             queue.pending.append(job)
             return
-        self._watch_expiry(job)
+        retries.watch_expiry(job, len(self.jobs))
         if worker is not None:  # sticky target is busy: wait for it
             worker.backlog.append(job)
             return
@@ -564,39 +591,153 @@ class Broker(Redelivery):
     def _refuse_busy(self, client: ClientLink, msg: Submit, message: str) -> None:
         self._refuse(client, msg, ErrorCode.BUSY, message, retry_after=self._retry_after())
 
-    # ------------------------------------------------------------------ waiting jobs
+    def _retry_after(self) -> float:
+        """The ``retry_after`` of a ``busy`` answer: about the time to finish half the jobs
+        held, at the recent rate (0.1 to 30 s)."""
+        rate = max(self._done_rate, 1.0)
+        return min(30.0, max(0.1, round(len(self.jobs) / rate / 2, 3)))
 
-    def _start_waiting(self, job: JobRecord, now: float) -> None:
-        """``job`` begins to wait for a worker (queued, or in backoff): give it the time
-        it may wait (``max_queue_time``, or the client's timeout if sooner)."""
-        limit = self.config.max_queue_time
-        deadline = _INF if limit is None else now + limit
-        expires = job.expires_at
-        if expires is not None and expires < deadline:
-            deadline = expires
-        job.wait_deadline = deadline
+    def _count_done(self, now: float) -> None:
+        if now - self._done_window_start >= 1.0:
+            elapsed = now - self._done_window_start
+            self._done_rate = self._done_in_window / elapsed if elapsed > 0 else 0.0
+            self._done_window_start = now
+            self._done_in_window = 0
+        self._done_in_window += 1
 
-    def _watch_expiry(self, job: JobRecord) -> None:
-        """Have :meth:`handle_timer` expire ``job`` at its wait deadline if still queued."""
-        deadline = job.wait_deadline
-        if deadline == _INF:
+    # ------------------------------------------------------------------ retries and timers
+
+    @property
+    def group_retry(self) -> Mapping[str, GroupRetry]:
+        """Retry policies by worker group name (see :meth:`set_group_retry`)."""
+        return self.retries.group_retry
+
+    def set_group_retry(self, group: str, policy: GroupRetry | None) -> None:
+        """Give the workers of ``group`` their own retry policy (None: the leader's again).
+
+        The group is the name workers give in their Hello (``WorkerGroup`` instances and
+        ``python -m actors.worker --group`` use the group's name).
+        """
+        self.retries.set_group_retry(group, policy)
+
+    @property
+    def dead_letters(self) -> deque[dict[str, Any]]:
+        """Dead-lettered jobs kept for inspection, oldest first (at most
+        ``max_dead_letters`` of ``max_dead_letter_bytes`` in all)."""
+        return self.retries.dead_letters
+
+    @property
+    def dead_letter_bytes(self) -> int:
+        """Bytes of :attr:`dead_letters` (their jobs and error texts)."""
+        return self.retries.dead_letter_bytes
+
+    def take_soonest(self) -> float:
+        """The earliest deadline (ack, retry or expiry) made since the last call (``inf``
+        if none): see :meth:`RetryScheduler.take_soonest`."""
+        return self.retries.take_soonest()
+
+    def next_deadline(self) -> float:
+        """When :meth:`handle_timer` next has something to do (``inf`` if nothing)."""
+        return self.retries.next_deadline(self.workers)
+
+    def handle_timer(self, now: float) -> None:
+        """Redeliver what missed its ack deadline, requeue what waited out its backoff,
+        expire what waited for a worker too long."""
+        retries = self.retries
+        for worker, job_id in retries.missed_acks(self.workers, now):
+            job = worker.inflight[job_id]
+            if job.state is JobState.ASSIGNED and job.worker is worker:
+                # The worker keeps the slot (it may still be running the job) but the
+                # deadline is dropped; the job goes out again after its backoff.
+                self._failed_attempt(
+                    job,
+                    ("AckTimeout", f"no answer from {worker.name} within {self.config.ack_timeout} s"),
+                    now,
+                )
+                worker.send(Cancel(mid=worker.next_mid(), job_id=job_id, reason="ack timeout"))
+        for job in retries.due_retries(now):
+            if job.wait_deadline <= now:
+                self._expire(job, now)
+                continue
+            job.move(JobState.QUEUED, self.journal)
+            self._enqueue(job, now)
+        for job in retries.due_expiries(now):
+            if not self._route_came(job, now):
+                self._leave_waiting(job)
+                self._expire(job, now)
+
+    def _failed_attempt(
+        self, job: JobRecord, error: tuple[str, str], now: float, *, delay: float | None = None,
+        traceback: str | None = None,
+    ) -> None:
+        """An attempt of ``job`` failed (an error, a Nack, a missed ack deadline, its worker
+        gone): a job a client cancelled ends, one of QoS 0 fails, one of QoS 1 is retried
+        after ``delay`` or its backoff, or is dead-lettered when out of attempts."""
+        job.last_error = error
+        job.last_traceback = traceback
+        if job.cancel_reason is not None:  # a client cancelled it: over, not retried
+            self._cancelled(job, job.cancel_reason, now)
             return
-        fifo = self._expiry_fifo
-        if not fifo or fifo[-1][0] <= deadline:
-            fifo.append((deadline, job))
-        else:
-            heapq.heappush(self._expiry_heap, (deadline, next(self._seq), job))
-        if deadline < self._soonest:
-            self._soonest = deadline
-        if len(fifo) + len(self._expiry_heap) > 2 * len(self.jobs) + 4096:
-            self._compact_expiry()
+        queue = self._queue(job.subject)
+        group = job.worker.stats if job.worker is not None else None
+        if job.qos == 0:
+            queue.failed += 1
+            if group is not None:
+                group.failed += 1
+            self._finish(
+                job, JobState.DONE,
+                StoredResult(
+                    False, None, error[0], error[1], job.attempt, job.last_traceback, job.subject, job.payload
+                ),
+                now,
+            )
+            return
+        retry_at = self.retries.retry_at(job, now, delay)
+        if retry_at is None:
+            if group is not None:
+                group.dead += 1
+            self._dead_letter(job, now)
+            return
+        queue.redelivered += 1
+        if group is not None:
+            group.redelivered += 1
+        job.move(JobState.RETRY_WAIT, self.journal)
+        job.worker = None
+        job.retry_at = retry_at
+        self.retries.wait_retry(job, now)  # (the limits count it still: it is not finished)
 
-    def _compact_expiry(self) -> None:
-        """Drop the expiry entries of jobs that no longer wait (amortised O(1) per entry)."""
-        self._expiry_fifo = deque(e for e in self._expiry_fifo if _waits_until(e[-1], e[0]))
-        heap = [e for e in self._expiry_heap if _waits_until(e[-1], e[0])]
-        heapq.heapify(heap)
-        self._expiry_heap = heap
+    def _cancelled(self, job: JobRecord, reason: str, now: float) -> None:
+        """End ``job`` as cancelled by a client: its waiters get a failure marked
+        ``cancelled`` (a :class:`CancelledResult`)."""
+        self._queue(job.subject).cancelled += 1
+        self._finish(
+            job, JobState.CANCELLED,
+            CancelledResult(False, None, "Cancelled", reason, job.attempt, None, job.subject, job.payload), now,
+        )
+
+    def _dead_letter(self, job: JobRecord, now: float) -> None:
+        """``job`` is out of attempts: it ends, and its dead letter is kept and published
+        on ``$dlq.<subject>``."""
+        self._queue(job.subject).dead += 1
+        record = self.retries.dead_letter(job)
+        self._finish(
+            job,
+            JobState.DEAD,
+            StoredResult(
+                False,
+                None,
+                record["error_type"],
+                f"dead-lettered after {job.attempt} attempts: {record['error_message']}",
+                job.attempt,
+                job.last_traceback,
+                job.subject,
+                job.payload,
+            ),
+            now,
+        )
+        self.pubsub.route(DLQ_PREFIX + job.subject, record, {})
+
+    # ------------------------------------------------------------------ cancelling
 
     def cancel(self, client: ClientLink, msg: Cancel, now: float) -> None:
         """A client cancels a job: a waiting job ends at once, a running one is cancelled
@@ -612,7 +753,7 @@ class Broker(Redelivery):
             msg = Cancel(mid=msg.mid, job_id=msg.job_id, reason=msg.reason or "abandoned: nobody waits for it")
         if job.state is JobState.ASSIGNED:
             if job.worker is not None:
-                # The worker's answer ends the job (see Redelivery._failed_attempt); a result
+                # The worker's answer ends the job (see _failed_attempt); a result
                 # that comes first still wins.
                 job.cancel_reason = msg.reason or "cancelled by client"
                 job.worker.send(Cancel(mid=job.worker.next_mid(), job_id=job.job_id, reason=msg.reason))
@@ -632,7 +773,7 @@ class Broker(Redelivery):
             # listed once, without a scan of the candidates for each)
             queue.candidates = [
                 worker for worker in dict.fromkeys(self.worker_index.match(subject))
-                if worker.mode != "broadcast"
+                if worker.mode != GroupMode.BROADCAST
             ]
             for worker in queue.candidates:
                 worker.queues[queue] = None
@@ -711,14 +852,11 @@ class Broker(Redelivery):
         if not job.awaiting_route or not self._queue(job.subject).candidates:
             return False
         job.awaiting_route = False
-        limit = self.config.max_queue_time
-        deadline = _INF if limit is None else job.submitted_at + limit
-        if job.expires_at is not None and job.expires_at < deadline:
-            deadline = job.expires_at
+        deadline = self.retries.wait_deadline(job, job.submitted_at)
         if deadline <= now:
             return False
         job.wait_deadline = deadline
-        self._watch_expiry(job)
+        self.retries.watch_expiry(job, len(self.jobs))
         return True
 
     def _route_expected_until(self, subject: str, now: float) -> float:
@@ -763,7 +901,7 @@ class Broker(Redelivery):
         self._suggest_tokens = tokens - 1
         served: dict[str, None] = {}
         for worker in self.workers:
-            if worker.mode == "broadcast":
+            if worker.mode == GroupMode.BROADCAST:
                 continue
             for pattern in worker.patterns:
                 if len(pattern) <= MAX_SUGGESTED_LENGTH:
@@ -815,8 +953,9 @@ class Broker(Redelivery):
             worker.deadlines.pop(job.job_id, None)
         inflight[job.job_id] = job
         worker.deadlines[job.job_id] = deadline  # (last: the order of the deadlines)
-        if deadline < self._soonest:
-            self._soonest = deadline
+        retries = self.retries
+        if deadline < retries.soonest:
+            retries.soonest = deadline
         worker.assigned_total += 1
         # Every field comes from a validated Submit (or the config): no need to check again.
         try:
@@ -831,7 +970,7 @@ class Broker(Redelivery):
                     qos=job.qos,
                     ack_timeout=self.config.ack_timeout,
                     deadline=None if job.expires_at is None else max(job.expires_at - now, 0.001),
-                    max_attempts=self._retry_policy(job)[0] if self.group_retry else job.max_attempts,
+                    max_attempts=retries.policy(job)[0] if retries.group_retry else job.max_attempts,
                 )
             )
         except MessageTooLarge as exc:
@@ -849,7 +988,7 @@ class Broker(Redelivery):
             queue.pending.appendleft(job)
         else:
             queue.pending.append(job)
-            self._watch_expiry(job)
+            self.retries.watch_expiry(job, len(self.jobs))
         self._dispatch(queue, now)
 
     def _remove_pending(self, job: JobRecord) -> None:
@@ -1024,7 +1163,7 @@ class Broker(Redelivery):
         job.waiters = []
 
     @staticmethod
-    def _reply(client: ClientLink, cid: int, job_id: str, stored: StoredResult) -> None:
+    def _reply(client: Submitter, cid: int, job_id: str, stored: StoredResult) -> None:
         try:
             client.send_item(
                 _result_item(  # the fields come from a validated Result (or the broker)
@@ -1038,6 +1177,7 @@ class Broker(Redelivery):
                     attempts=stored.attempts,
                     traceback=stored.traceback,
                     final=stored.final,
+                    error_code=ErrorCode.CANCELLED if type(stored) is CancelledResult else None,
                 )
             )
         except MessageTooLarge as exc:
@@ -1071,4 +1211,10 @@ class Broker(Redelivery):
 
     def stats(self) -> dict[str, Any]:
         """Counters per subject and per group, and totals (see :func:`broker_stats`)."""
-        return broker_stats(self)
+        return broker_stats(
+            self.workers, self.queues, self.group_stats,
+            jobs_active=len(self.jobs),
+            results_stored=len(self.finished),
+            dead_letters=len(self.retries.dead_letters),
+            retained=len(self.retained),
+        )

@@ -10,13 +10,11 @@ calls the journal hook, so that the durability issue can write each transition t
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import attrs
-
-if TYPE_CHECKING:
-    from ._links import ClientLink, SubjectQueue, WorkerLink
 
 
 class JobState(enum.Enum):
@@ -69,6 +67,55 @@ class IllegalTransition(RuntimeError):
 Journal = Callable[["JobRecord", JobState, JobState], None]
 
 
+# What a job refers to, as the broker reaches it through the job. The links and queues
+# (actors.leader._links) hold jobs, so they import this module and not the other way round:
+# these describe them structurally, each by the members used through a job.
+
+
+class Counters(Protocol):
+    """Counters of finished and failed jobs (a subject's queue, a worker group's stats)."""
+
+    done: int
+    failed: int
+    redelivered: int
+    dead: int
+    latency_total: float
+    latency_max: float
+
+
+class Holder(Protocol):
+    """The worker a job is assigned to (a :class:`~actors.leader._links.WorkerLink`)."""
+
+    group: str
+    send: Callable[[Any], None]
+    next_mid: Callable[[], int]
+    inflight: dict[str, JobRecord]
+
+    @property
+    def stats(self) -> Counters: ...
+
+
+class Submitter(Protocol):
+    """A client that submitted a job or waits for it (a
+    :class:`~actors.leader._links.ClientLink`)."""
+
+    send: Callable[[Any], None]
+    send_item: Callable[[list[Any]], None]
+    next_mid: Callable[[], int]
+    waiting: dict[str, None]
+    jobs: int
+    job_bytes: int
+
+
+class Queue(Counters, Protocol):
+    """A job's subject queue (a :class:`~actors.leader._links.SubjectQueue`)."""
+
+    pending: deque[JobRecord]
+    jobs: int
+    job_bytes: int
+    stale: int
+
+
 @attrs.define(eq=False, slots=True)
 class JobRecord:
     """A job the leader has accepted and not yet finished.
@@ -94,8 +141,8 @@ class JobRecord:
     wait_deadline: float = float("inf")
     state: JobState = JobState.QUEUED
     attempt: int = 0
-    waiters: list[tuple[ClientLink, int]] = attrs.field(factory=list)
-    worker: WorkerLink | None = None
+    waiters: list[tuple[Submitter, int]] = attrs.field(factory=list)
+    worker: Holder | None = None
     assigned_at: float = 0.0
     ack_deadline: float = 0.0
     retry_at: float = 0.0
@@ -111,10 +158,10 @@ class JobRecord:
     #: encoded, plus a fixed overhead for the record itself).
     size: int = 0
     #: The client whose submit created the job (its per-client limits count it).
-    owner: ClientLink | None = None
+    owner: Submitter | None = None
     #: Its subject's queue (its per-subject limits count it; a queue with unfinished jobs
     #: is never dropped, so this is the one in ``Broker.queues`` as long as the job runs).
-    queue: SubjectQueue | None = None
+    queue: Queue | None = None
     #: No worker served the subject when the job came: it waits out the leader's
     #: ``route_grace`` for one, and is answered ``no_route`` if none comes.
     awaiting_route: bool = False

@@ -14,10 +14,10 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import attrs
 import trio
 
 from protocol import (
@@ -48,7 +48,6 @@ from runtime import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_MAX_OUTGOING_TOTAL,
     DEFAULT_WRITE_TIMEOUT,
-    Backoff,
     Connection,
     ConnectionClosed,
     MessageTooLarge,
@@ -72,31 +71,21 @@ MAX_STATS_SUBJECTS = 1000
 log = logging.getLogger("actors.leader")
 
 
-class _Default:
-    """The type of :data:`DEFAULT`: "not given" where None means something (no limit)."""
-
-    def __repr__(self) -> str:
-        return "DEFAULT"
+#: Where a leader listens unless told otherwise.
+DEFAULT_LISTEN = "tcp://127.0.0.1:7700"
 
 
-#: "Not given": take :class:`BrokerConfig`'s default.
-DEFAULT = _Default()
-
-
-class Leader:
-    """The broker and scheduler: accepts clients and workers, routes and tracks jobs.
+@attrs.frozen(kw_only=True)
+class LeaderConfig:
+    """Settings of a leader: its listeners and connections, and (:attr:`broker`) how it
+    delivers jobs. Every default of the leader is here or in :class:`BrokerConfig`.
 
     Args:
       name: the node's name (sent in Welcome, shown in stats).
       listen: URLs to listen on (``tcp://``, ``tls://``, ``ws://``, ``wss://``); port 0
-        picks a free port (see :attr:`urls` once running).
+        picks a free port (see :attr:`Leader.urls` once running).
       ssl_context: server context for ``tls://`` and ``wss://`` listeners.
-      ack_timeout: seconds a worker has to answer a job before it is redelivered.
-      max_attempts: deliveries of a QoS 1 job before it goes to ``$dlq.<subject>``.
-      retry_backoff: redelivery delays (default 0.5 s doubling to 30 s, 10 % jitter).
-      max_queued: waiting jobs at which submits are answered ``busy``.
-      dedup_window: seconds a finished job's result answers resubmissions of its id.
-      heartbeat: seconds between heartbeats on idle connections.
+      heartbeat: seconds between heartbeats on idle connections (None: none).
       max_connections: per listener; more are answered ``busy`` and closed.
       max_outgoing: bytes queued for one peer at most before it is disconnected as a slow
         consumer (default four frames of 16 MiB, so that a worker can be sent several
@@ -116,100 +105,100 @@ class Leader:
       max_handshakes_per_address: the same, from one peer address (so that one host's
         silent connections cannot take every handshake slot).
       token: when set, every Hello must carry it.
-      rng: the random source for backoff jitter.
-      max_queued_bytes, max_queued_per_subject, max_queued_bytes_per_subject,
-      max_queued_per_client, max_queued_bytes_per_client, max_queue_time, max_window,
-      max_subscriptions, max_retained_bytes, max_dead_letter_bytes, max_stored_bytes:
-        the limits of :class:`BrokerConfig` (None: its default). At a queue limit a
-        submit is answered ``busy`` with ``retry_after``; a job that waits longer than
-        ``max_queue_time`` for a worker expires and its clients get a ``timeout`` error.
       max_patterns: subject patterns one worker may serve; a Hello with more is refused.
-      route_grace, restart_grace: how long a job for a subject no connected worker serves
-        waits for one before the ``no_route`` answer: ``route_grace`` always (default 0,
-        at once), ``restart_grace`` after a worker serving it went away (default 30 s: it
-        may be restarting). See :class:`BrokerConfig`.
+      broker: the delivery settings (ack timeout, attempts, backoff, queue limits, route
+        grace): see :class:`BrokerConfig`.
+    """
+
+    name: str = "leader"
+    listen: tuple[str, ...] = attrs.field(default=(DEFAULT_LISTEN,), converter=tuple)
+    ssl_context: ssl.SSLContext | None = None
+    heartbeat: float | None = 5.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_outgoing: int = 4 * DEFAULT_MAX_FRAME_SIZE
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
+    max_outgoing_total: float = DEFAULT_MAX_OUTGOING_TOTAL
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    max_handshakes_per_address: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
+    token: str | None = None
+    max_patterns: int = MAX_PATTERNS
+    broker: BrokerConfig = attrs.field(factory=BrokerConfig)
+
+    @classmethod
+    def of(cls, **settings: Any) -> LeaderConfig:
+        """The configuration with ``settings`` (fields of this class or of
+        :class:`BrokerConfig`, by name, flat) and the defaults for the rest.
+        ``retry_backoff=None`` means the default backoff.
+
+        Raises:
+          TypeError: a name that is no setting.
+        """
+        leader: dict[str, Any] = {}
+        broker: dict[str, Any] = {}
+        for key, value in settings.items():
+            if key in _LEADER_FIELDS:
+                leader[key] = value
+            elif key in _BROKER_FIELDS:
+                if key != "retry_backoff" or value is not None:
+                    broker[key] = value
+            else:
+                raise TypeError(f"{key!r} is not a setting of the leader (see LeaderConfig, BrokerConfig)")
+        return cls(**leader, broker=BrokerConfig(**broker))
+
+
+_LEADER_FIELDS = frozenset(attrs.fields_dict(LeaderConfig)) - {"broker"}
+_BROKER_FIELDS = frozenset(attrs.fields_dict(BrokerConfig))
+
+
+class Leader:
+    """The broker and scheduler: accepts clients and workers, routes and tracks jobs.
+
+    Args:
+      config: the leader's settings (defaults: ``LeaderConfig()``).
+      rng: the random source for backoff jitter.
+      settings: instead of ``config``, any of its settings by name, flat: those of
+        :class:`LeaderConfig` (``listen``, ``heartbeat``, ...) and of :class:`BrokerConfig`
+        (``ack_timeout``, ``retry_backoff``, ``max_queued``, ...); see
+        :meth:`LeaderConfig.of`. ``Leader(listen=[...], ack_timeout=5)`` is
+        ``Leader(LeaderConfig.of(listen=[...], ack_timeout=5))``.
+
+    Raises:
+      TypeError: both ``config`` and settings, or a name that is no setting.
+      ValueError: a bad name.
 
     Resource handling: everything runs inside :meth:`run`; cancelling it closes every
     listener and connection. Jobs held by a closed connection's worker are redelivered.
     """
 
     def __init__(
-        self,
-        *,
-        name: str = "leader",
-        listen: Sequence[str] = ("tcp://127.0.0.1:7700",),
-        ssl_context: ssl.SSLContext | None = None,
-        ack_timeout: float = 30.0,
-        max_attempts: int = 5,
-        retry_backoff: Backoff | None = None,
-        max_queued: int = 100_000,
-        dedup_window: float = 600.0,
-        heartbeat: float | None = 5.0,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        max_outgoing: int = 4 * DEFAULT_MAX_FRAME_SIZE,
-        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
-        max_outgoing_total: float = DEFAULT_MAX_OUTGOING_TOTAL,
-        max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
-        max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
-        max_handshakes_per_address: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
-        token: str | None = None,
-        rng: random.Random | None = None,
-        max_queued_bytes: int | None = None,
-        max_queued_per_subject: int | None = None,
-        max_queued_bytes_per_subject: int | None = None,
-        max_queued_per_client: int | None = None,
-        max_queued_bytes_per_client: int | None = None,
-        max_queue_time: float | None | _Default = DEFAULT,
-        max_window: int | None = None,
-        max_subscriptions: int | None = None,
-        max_retained_bytes: int | None = None,
-        max_dead_letter_bytes: int | None = None,
-        max_stored_bytes: int | None = None,
-        max_patterns: int = MAX_PATTERNS,
-        route_grace: float | None = None,
-        restart_grace: float | None = None,
+        self, config: LeaderConfig | None = None, *, rng: random.Random | None = None, **settings: Any
     ) -> None:
+        if settings:
+            if config is not None:
+                raise TypeError("give the leader a config or settings by name, not both")
+            config = LeaderConfig.of(**settings)
+        elif config is None:
+            config = LeaderConfig()
+        name = config.name
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
             raise ValueError(f"a leader's name must be a str of 1 to {MAX_NAME_LENGTH} characters, got {name!r:.80}")
+        self.config = config
+        # (read on every connection: plain attributes, copied from the config)
         self.name = name
-        self.listen = list(listen)
-        self.ssl_context = ssl_context
-        self.heartbeat = heartbeat
-        self.max_connections = max_connections
-        self.max_outgoing = max_outgoing
-        self.write_timeout = write_timeout
-        self.max_outgoing_total = max_outgoing_total
-        self.max_connections_per_address = max_connections_per_address
-        self.max_handshakes = max_handshakes
-        self.max_handshakes_per_address = max_handshakes_per_address
-        self.token = token
-        self.max_patterns = max_patterns
-        limits = {
-            "max_queued_bytes": max_queued_bytes,
-            "max_queued_per_subject": max_queued_per_subject,
-            "max_queued_bytes_per_subject": max_queued_bytes_per_subject,
-            "max_queued_per_client": max_queued_per_client,
-            "max_queued_bytes_per_client": max_queued_bytes_per_client,
-            "max_window": max_window,
-            "max_subscriptions": max_subscriptions,
-            "max_retained_bytes": max_retained_bytes,
-            "max_dead_letter_bytes": max_dead_letter_bytes,
-            "max_stored_bytes": max_stored_bytes,
-            "route_grace": route_grace,
-            "restart_grace": restart_grace,
-        }
-        if not isinstance(max_queue_time, _Default):
-            limits["max_queue_time"] = max_queue_time
-        config = BrokerConfig(
-            ack_timeout=ack_timeout,
-            max_attempts=max_attempts,
-            max_queued=max_queued,
-            dedup_window=dedup_window,
-            **{key: value for key, value in limits.items() if value is not None},
-        )
-        if retry_backoff is not None:
-            config.retry_backoff = retry_backoff
-        self.broker = Broker(config, rng=rng)
+        self.listen = list(config.listen)
+        self.ssl_context = config.ssl_context
+        self.heartbeat = config.heartbeat
+        self.max_connections = config.max_connections
+        self.max_outgoing = config.max_outgoing
+        self.write_timeout = config.write_timeout
+        self.max_outgoing_total = config.max_outgoing_total
+        self.max_connections_per_address = config.max_connections_per_address
+        self.max_handshakes = config.max_handshakes
+        self.max_handshakes_per_address = config.max_handshakes_per_address
+        self.token = config.token
+        self.max_patterns = config.max_patterns
+        self.broker = Broker(config.broker, rng=rng)
         self.urls: list[str] = []
         self._timer_scope: trio.CancelScope | None = None
         self._session_ids = itertools.count(1)
@@ -436,6 +425,12 @@ class Leader:
                     ErrorCode.BAD_FIELD,
                     f"a worker may serve at most {self.max_patterns} patterns, not {len(hello.patterns)}",
                 )
+            # (no checkpoint from here to worker_joined: nobody can take a subject between)
+            conflict = self.broker.policy_conflict(
+                hello.patterns, hello.policy, hello.mode, hello.group or hello.name or conn.peer
+            )
+            if conflict is not None:
+                return refuse(ErrorCode.CONFLICT, conflict)
         conn.send_nowait(
             Welcome(
                 mid=conn.next_mid(),
@@ -476,7 +471,7 @@ class Leader:
 
         coming_back = True
         try:
-            await self._dispatch(conn, link, handlers, batch, refuse_others=True)
+            await self._dispatch(conn, link, handlers, batch, role="worker")
         except ConnectionClosed as exc:
             # A worker that said Bye stops for good, unless it is being recycled (its
             # group starts another at once); a lost one may be restarting.
@@ -497,15 +492,18 @@ class Leader:
         handlers: dict[type, Any],
         batch: list[Any],
         *,
+        role: str,
         flush_every: int = 0,
-        refuse_others: bool = False,
     ) -> None:
         """Hand each message the peer sends to its handler, a batch at a time, in the
         connection's reader task (the first ``batch`` here), until the connection closes.
 
         What a batch sends is queued and each connection flushed once at its end (and
         after every ``flush_every`` messages, when given, so that workers start sooner).
-        A kind with no handler is ignored, or answered ``not_permitted`` (``refuse_others``).
+        The session lets through only the kinds the peer's ``role`` may send; of those, a
+        kind with no handler is one this leader reserves (``protocol._session.RESERVED``):
+        it is answered ``not_permitted`` naming it, never dropped unanswered. An Error from
+        the peer is never answered (a closing one has ended the session already).
         """
 
         def on_batch(batch: list[Any]) -> None:
@@ -516,13 +514,13 @@ class Leader:
                     handler = handlers.get(type(msg))
                     if handler is not None:
                         handler(link, msg, now)
-                    elif refuse_others and type(msg) is not Error:
+                    elif type(msg) is not Error:
                         link.send(
                             Error(
                                 mid=link.next_mid(),
                                 cid=msg.mid,
                                 code=ErrorCode.NOT_PERMITTED,
-                                message=f"workers may not send {type(msg).__name__} here",
+                                message=f"{type(msg).__name__} from a {role} is reserved: this leader does not serve it",
                             )
                         )
                     if flush_every and i % flush_every == 0:
@@ -549,6 +547,6 @@ class Leader:
         }
 
         try:
-            await self._dispatch(conn, link, handlers, batch, flush_every=FLUSH_EVERY)
+            await self._dispatch(conn, link, handlers, batch, role=hello.role, flush_every=FLUSH_EVERY)
         finally:
             broker.client_left(link)

@@ -83,8 +83,8 @@ class WorkerLink(Link):
     patterns: tuple[str, ...] = ()
     window: int = 0
     group: str = ""
-    policy: str = "round_robin"
-    mode: str = "round_robin"
+    policy: str = RoutingPolicy.ROUND_ROBIN.value
+    mode: str = GroupMode.ROUND_ROBIN.value
     #: job id -> record, in assignment order (so the first one has the earliest deadline).
     inflight: dict[str, JobRecord] = attrs.field(factory=dict)
     #: ack deadline by job id, parallel to ``inflight``.
@@ -168,8 +168,11 @@ class SubjectQueue:
     latency_max: float = 0.0
 
     @property
-    def policy(self) -> str:
-        return self.candidates[0].policy if self.candidates else "round_robin"
+    def policy(self) -> str | None:
+        """The routing policy of this subject: that of every worker serving it (the first
+        one to serve it set it: see :class:`~actors.leader._routing.SubjectPolicies`);
+        None while no worker serves it."""
+        return self.candidates[0].policy if self.candidates else None
 
 
 # A trie node of PatternSet: token -> child node; these keys mark a pattern's end.

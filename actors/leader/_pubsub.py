@@ -45,6 +45,7 @@ from protocol import (
     Deliver,
     Encoded,
     ErrorCode,
+    GroupMode,
     Publish,
     SubjectIndex,
     Subscribe,
@@ -354,7 +355,7 @@ class PubSubRouter:
     def _route_to_workers(self, subject: str, delivery: _Delivery) -> None:
         groups: dict[str, list[WorkerLink]] = {}
         for worker in dict.fromkeys(self.workers.match(subject)):  # once per worker
-            if worker.mode == "broadcast":
+            if worker.mode == GroupMode.BROADCAST:
                 delivery.to_one(worker, 0)
             else:
                 groups.setdefault(worker.group, []).append(worker)

@@ -1,25 +1,35 @@
-"""Redelivery, sans-I/O: failed attempts, backoff, dead letters, ack deadlines.
+"""Redelivery, sans-I/O: when failed attempts are retried, when waiting jobs expire, and
+the dead letters kept.
 
-A mixin of :class:`~actors.leader.Broker` (the state it reads is the broker's): a failed
-attempt waits out its backoff in a heap and is requeued by :meth:`handle_timer`; a QoS 1
-job out of attempts is dead-lettered on ``$dlq.<subject>``; each worker's ack deadlines
-sit in assignment order, so the earliest is always the first.
+:class:`RetryScheduler` owns the timers of the jobs that wait: a failed attempt waiting out
+its backoff (in a heap), a queued job until its wait deadline (``max_queue_time``, its
+client's timeout); and the retry policies of worker groups, and the dead letters kept for
+inspection (bounded in count and bytes). It decides and answers what is due at ``now``;
+the :class:`~actors.leader.Broker` acts on it (requeues, expires or dead-letters the job,
+answers its clients). Each worker's ack deadlines stay on its link, in assignment order
+(the earliest is always the first): the scheduler reads them there for the next deadline
+and takes those that passed.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
-from collections.abc import Mapping
+import random
+from collections import deque
+from collections.abc import Collection, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from protocol import Cancel
 from runtime import Backoff
 
-from ._jobs import JobRecord, JobState, StoredResult
+from ._jobs import JobRecord, JobState
+
+if TYPE_CHECKING:
+    from ._links import WorkerLink
 
 #: Prefix of dead-letter subjects: a job of subject ``s`` that runs out of attempts is
 #: published on ``$dlq.s``.
@@ -59,27 +69,56 @@ class GroupRetry:
     )
 
 
-class Redelivery:
-    """The retry and timer half of the broker (see :class:`~actors.leader.Broker`)."""
+_INF = float("inf")
 
-    config: Any
-    rng: Any
-    journal: Any
-    workers: dict[Any, None]
-    jobs: dict[str, JobRecord]
-    dead_letters: Any
-    dead_letter_bytes: int
-    _dead_letter_sizes: Any
-    _expiry_fifo: Any
-    _expiry_heap: list[tuple[float, int, JobRecord]]
-    _retry_heap: list[tuple[float, int, JobRecord]]
-    _seq: Any
-    _done_window_start: float
-    _done_in_window: int
-    _done_rate: float
-    _soonest: float
+
+@attrs.define(eq=False, kw_only=True)
+class RetryScheduler:
+    """The broker's timers, retry policies and dead letters, at the times it is given.
+
+    It answers when a failed attempt is retried (:meth:`retry_at`: the leader's backoff or
+    the :class:`GroupRetry` of the worker's group), holds the jobs that wait
+    (:meth:`wait_retry`, :meth:`watch_expiry`) and gives them back when due
+    (:meth:`due_retries`, :meth:`due_expiries`), takes the workers' missed ack deadlines
+    (:meth:`missed_acks`), tells when something is next due (:meth:`next_deadline`,
+    :meth:`take_soonest`) and keeps the dead letters (:meth:`dead_letter`). It never moves
+    a job's state: the broker does, and hands it the jobs that begin to wait.
+
+    Args:
+      backoff: the delay before a retry, by attempt (the leader's ``retry_backoff``).
+      rng: the random source of the backoff's jitter.
+      max_queue_time: seconds a job may wait for a worker (None: no limit).
+      max_dead_letters: dead letters kept at most (the oldest go first).
+      max_dead_letter_bytes: bytes of dead letters kept at most (the oldest go first).
+    """
+
+    backoff: Backoff
+    rng: random.Random
+    max_queue_time: float | None
+    max_dead_letters: int
+    max_dead_letter_bytes: int
     #: Retry policies by worker group name (see :meth:`set_group_retry`).
-    group_retry: Mapping[str, GroupRetry] = MappingProxyType({})
+    group_retry: Mapping[str, GroupRetry] = attrs.field(
+        init=False, factory=lambda: MappingProxyType({})
+    )
+    #: Dead-lettered jobs kept for inspection, oldest first (see :meth:`dead_letter`).
+    dead_letters: deque[dict[str, Any]] = attrs.field(init=False, factory=deque)
+    #: Bytes of :attr:`dead_letters`: each one's job size and error texts.
+    dead_letter_bytes: int = attrs.field(init=False, default=0)
+    #: The earliest deadline made since :meth:`take_soonest` (``inf``: none). The broker
+    #: lowers it for each ack deadline it sets (on its per-job path: a comparison, no call).
+    soonest: float = attrs.field(init=False, default=_INF)
+    _dead_letter_sizes: deque[int] = attrs.field(init=False, factory=deque)
+    # Jobs waiting out a backoff, by when they are due: (time, sequence, job).
+    _retry_heap: list[tuple[float, int, JobRecord]] = attrs.field(init=False, factory=list)
+    # Waiting jobs by their wait deadline: a FIFO for the deadlines that come in order (most
+    # of them), a heap for the others. Entries of jobs that stopped waiting are skipped,
+    # and compacted in place when many (a due_expiries under way keeps its deque and heap).
+    _expiry_fifo: deque[tuple[float, JobRecord]] = attrs.field(init=False, factory=deque)
+    _expiry_heap: list[tuple[float, int, JobRecord]] = attrs.field(init=False, factory=list)
+    _seq: Iterator[int] = attrs.field(init=False, factory=itertools.count)
+
+    # ------------------------------------------------------------------ retry policies
 
     def set_group_retry(self, group: str, policy: GroupRetry | None) -> None:
         """Give the workers of ``group`` their own retry policy (None: the leader's again).
@@ -94,10 +133,12 @@ class Redelivery:
             table[group] = policy
         self.group_retry = MappingProxyType(table)
 
-    def _retry_policy(self, job: JobRecord) -> tuple[int, Backoff]:
-        """The attempt limit and backoff for a failed attempt of ``job`` (on ``job.worker``)."""
+    def policy(self, job: JobRecord) -> tuple[int, Backoff]:
+        """The attempt limit and backoff for a failed attempt of ``job`` (on ``job.worker``):
+        those of the worker's group where its :class:`GroupRetry` names them, else the
+        job's limit and the leader's backoff."""
         limit = job.max_attempts
-        backoff = self.config.retry_backoff
+        backoff = self.backoff
         worker = job.worker
         if self.group_retry and worker is not None:
             policy = self.group_retry.get(worker.group)
@@ -109,62 +150,147 @@ class Redelivery:
                     backoff = policy.backoff
         return limit, backoff
 
-    def _failed_attempt(
-        self, job: JobRecord, error: tuple[str, str], now: float, *, delay: float | None = None,
-        traceback: str | None = None,
-    ) -> None:
-        job.last_error = error
-        job.last_traceback = traceback
-        if job.cancel_reason is not None:  # a client cancelled it: over, not retried
-            self._cancelled(job, job.cancel_reason, now)
-            return
-        queue = self._queue(job.subject)
-        group = job.worker.stats if job.worker is not None else None
-        if job.qos == 0:
-            queue.failed += 1
-            if group is not None:
-                group.failed += 1
-            self._finish(
-                job, JobState.DONE,
-                StoredResult(
-                    False, None, error[0], error[1], job.attempt, job.last_traceback, job.subject, job.payload
-                ),
-                now,
-            )
-            return
-        limit, backoff = self._retry_policy(job)
+    def retry_at(self, job: JobRecord, now: float, delay: float | None = None) -> float | None:
+        """When the attempt of ``job`` (on ``job.worker``) that failed at ``now`` is retried:
+        after ``delay`` (a Nack's own) or else the backoff; None if it was the last one."""
+        limit, backoff = self.policy(job)
         if job.attempt >= limit:
-            if group is not None:
-                group.dead += 1
-            self._dead_letter(job, now)
-            return
+            return None
         if delay is None:
             delay = backoff.delay(job.attempt, self.rng)
-        queue.redelivered += 1
-        if group is not None:
-            group.redelivered += 1
-        job.move(JobState.RETRY_WAIT, self.journal)
-        job.worker = None
-        job.retry_at = now + delay
-        self._start_waiting(job, now)  # (the limits count it still: it is not finished)
-        # It leaves the heap at its retry time, or when its wait deadline (max_queue_time,
-        # its timeout) comes first: then it expires (a long Nack delay cannot outlast it).
-        wake = min(job.retry_at, job.wait_deadline)
+        return now + delay
+
+    # ------------------------------------------------------------------ waiting jobs
+
+    def wait_deadline(self, job: JobRecord, since: float) -> float:
+        """When ``job``, waiting for a worker since ``since``, expires: ``max_queue_time``
+        later, or at its client's timeout (``expires_at``) if sooner (``inf``: never)."""
+        limit = self.max_queue_time
+        deadline = _INF if limit is None else since + limit
+        expires = job.expires_at
+        if expires is not None and expires < deadline:
+            deadline = expires
+        return deadline
+
+    def wait_retry(self, job: JobRecord, now: float) -> None:
+        """``job``, moved to retry_wait at ``now`` with its ``retry_at`` set, waits out its
+        backoff: :meth:`due_retries` gives it back then, or at its wait deadline if that
+        comes first (to expire: a long Nack delay cannot outlast it)."""
+        job.wait_deadline = deadline = self.wait_deadline(job, now)
+        wake = min(job.retry_at, deadline)
         heapq.heappush(self._retry_heap, (wake, next(self._seq), job))
-        if wake < self._soonest:
-            self._soonest = wake
+        if wake < self.soonest:
+            self.soonest = wake
 
-    def _cancelled(self, job: JobRecord, reason: str, now: float) -> None:
-        """End ``job`` as cancelled by a client: its waiters get a "Cancelled" failure."""
-        self._queue(job.subject).cancelled += 1
-        self._finish(
-            job, JobState.CANCELLED,
-            StoredResult(False, None, "Cancelled", reason, job.attempt, None, job.subject, job.payload), now,
-        )
+    def watch_expiry(self, job: JobRecord, active: int) -> None:
+        """Have :meth:`due_expiries` give queued ``job`` back at its ``wait_deadline``.
 
-    def _dead_letter(self, job: JobRecord, now: float) -> None:
-        queue = self._queue(job.subject)
-        queue.dead += 1
+        ``active``: the jobs the broker holds (accepted, not finished). Once the entries
+        outnumber twice as many, those of jobs that stopped waiting are dropped (amortised
+        O(1) per entry).
+        """
+        deadline = job.wait_deadline
+        if deadline == _INF:
+            return
+        fifo = self._expiry_fifo
+        if not fifo or fifo[-1][0] <= deadline:
+            fifo.append((deadline, job))
+        else:
+            heapq.heappush(self._expiry_heap, (deadline, next(self._seq), job))
+        if deadline < self.soonest:
+            self.soonest = deadline
+        if len(fifo) + len(self._expiry_heap) > 2 * active + 4096:
+            live = [entry for entry in fifo if _waits_until(entry[1], entry[0])]
+            fifo.clear()
+            fifo.extend(live)
+            heap = self._expiry_heap
+            heap[:] = [entry for entry in heap if _waits_until(entry[2], entry[0])]
+            heapq.heapify(heap)
+
+    def due_retries(self, now: float) -> Iterator[JobRecord]:
+        """Take the jobs whose backoff, or wait deadline, is over at ``now``, earliest first.
+
+        Each is still in retry_wait (entries of jobs a late result finished meanwhile are
+        dropped): the broker queues it again, or expires it if its ``wait_deadline`` passed.
+        """
+        heap = self._retry_heap
+        while heap and heap[0][0] <= now:
+            job = heapq.heappop(heap)[2]
+            if job.state is JobState.RETRY_WAIT:
+                yield job
+
+    def due_expiries(self, now: float) -> Iterator[JobRecord]:
+        """Take the queued jobs whose wait deadline passed at ``now`` (the broker expires
+        them, or lets one that was waiting for a route wait on)."""
+        fifo = self._expiry_fifo
+        heap = self._expiry_heap
+        while True:
+            if fifo and fifo[0][0] <= now:
+                deadline, job = fifo.popleft()
+            elif heap and heap[0][0] <= now:
+                deadline, _, job = heapq.heappop(heap)
+            else:
+                return
+            if _waits_until(job, deadline):
+                yield job
+
+    # ------------------------------------------------------------------ time
+
+    def missed_acks(self, workers: Collection[WorkerLink], now: float) -> Iterator[tuple[WorkerLink, str]]:
+        """Take the ack deadlines passed at ``now`` from ``workers`` (each keeps its own in
+        assignment order, the earliest first): the worker and job id of each. The broker
+        fails the attempt if it is still that worker's (who keeps the slot until it answers)."""
+        for worker in list(workers):
+            deadlines = worker.deadlines
+            while deadlines:
+                job_id, deadline = next(iter(deadlines.items()))
+                if deadline > now:
+                    break
+                del deadlines[job_id]
+                yield worker, job_id
+
+    def next_deadline(self, workers: Collection[WorkerLink]) -> float:
+        """When something is next due (``inf`` if nothing): a retry, the expiry of a waiting
+        job, or the first ack deadline of one of ``workers``."""
+        deadline = _INF
+        if self._retry_heap:
+            deadline = self._retry_heap[0][0]
+        # (Entries of jobs no longer waiting are dropped here: each once, so O(1) amortised.)
+        fifo = self._expiry_fifo
+        while fifo and not _waits_until(fifo[0][1], fifo[0][0]):
+            fifo.popleft()
+        if fifo and fifo[0][0] < deadline:
+            deadline = fifo[0][0]
+        heap = self._expiry_heap
+        while heap and not _waits_until(heap[0][2], heap[0][0]):
+            heapq.heappop(heap)
+        if heap and heap[0][0] < deadline:
+            deadline = heap[0][0]
+        for worker in workers:
+            deadlines = worker.deadlines
+            if deadlines:
+                first = next(iter(deadlines.values()))
+                if first < deadline:
+                    deadline = first
+        return deadline
+
+    def take_soonest(self) -> float:
+        """The earliest deadline made since the last call (``inf`` if none).
+
+        O(1), for after every batch: a timer armed at :meth:`next_deadline` only ever has
+        to be brought forward to this (deadlines that move later, by Progress, never need
+        an earlier wake-up).
+        """
+        soonest = self.soonest
+        self.soonest = _INF
+        return soonest
+
+    # ------------------------------------------------------------------ dead letters
+
+    def dead_letter(self, job: JobRecord) -> dict[str, Any]:
+        """The dead letter of ``job``, out of attempts: the record the broker publishes on
+        ``$dlq.<subject>``, kept here within the count and byte limits (the oldest make
+        room; one over the byte limit on its own is not kept, and evicts none)."""
         error_type, error_message = job.last_error or ("Error", "")
         log.warning(
             "job %s (%s) dead-lettered on %s%s after %d attempts: %s: %s",
@@ -180,134 +306,17 @@ class Redelivery:
             "error_message": error_message,
             "traceback": job.last_traceback,
         }
-        texts = len(error_type) + len(error_message) + len(job.last_traceback or "")
-        self._keep_dead_letter(record, job.size + texts)
-        self._finish(
-            job,
-            JobState.DEAD,
-            StoredResult(
-                False,
-                None,
-                error_type,
-                f"dead-lettered after {job.attempt} attempts: {error_message}",
-                job.attempt,
-                job.last_traceback,
-                job.subject,
-                job.payload,
-            ),
-            now,
-        )
-        self._route_publish(DLQ_PREFIX + job.subject, record, {}, now)
-
-    def _keep_dead_letter(self, record: dict[str, Any], size: int) -> None:
-        """Keep ``record`` for inspection, dropping the oldest past the count and byte limits."""
-        letters = self.dead_letters
-        sizes = self._dead_letter_sizes
-        while letters and (
-            len(letters) >= self.config.max_dead_letters
-            or self.dead_letter_bytes + size > self.config.max_dead_letter_bytes
-        ):
-            letters.popleft()
-            self.dead_letter_bytes -= sizes.popleft()
-        if size <= self.config.max_dead_letter_bytes:
+        size = job.size + len(error_type) + len(error_message) + len(job.last_traceback or "")
+        if size <= self.max_dead_letter_bytes and self.max_dead_letters > 0:
+            letters = self.dead_letters
+            sizes = self._dead_letter_sizes
+            while letters and (
+                len(letters) >= self.max_dead_letters
+                or self.dead_letter_bytes + size > self.max_dead_letter_bytes
+            ):
+                letters.popleft()
+                self.dead_letter_bytes -= sizes.popleft()
             letters.append(record)
             sizes.append(size)
             self.dead_letter_bytes += size
-
-    # ------------------------------------------------------------------ time
-
-    def take_soonest(self) -> float:
-        """The earliest deadline (ack or retry) made since the last call (``inf`` if none).
-
-        O(1), for after every batch: a timer armed at :meth:`next_deadline` only ever has
-        to be brought forward to this (deadlines that move later, by Progress, never need
-        an earlier wake-up).
-        """
-        soonest = self._soonest
-        self._soonest = float("inf")
-        return soonest
-
-    def next_deadline(self) -> float:
-        """When :meth:`handle_timer` next has something to do (``inf`` if nothing)."""
-        deadline = float("inf")
-        if self._retry_heap:
-            deadline = self._retry_heap[0][0]
-        # (Entries of jobs no longer waiting are dropped here: each once, so O(1) amortised.)
-        fifo = self._expiry_fifo
-        while fifo and not _waits_until(fifo[0][1], fifo[0][0]):
-            fifo.popleft()
-        if fifo and fifo[0][0] < deadline:
-            deadline = fifo[0][0]
-        heap = self._expiry_heap
-        while heap and not _waits_until(heap[0][2], heap[0][0]):
-            heapq.heappop(heap)
-        if heap and heap[0][0] < deadline:
-            deadline = heap[0][0]
-        for worker in self.workers:
-            deadlines = worker.deadlines
-            if deadlines:
-                first = next(iter(deadlines.values()))
-                if first < deadline:
-                    deadline = first
-        return deadline
-
-    def handle_timer(self, now: float) -> None:
-        """Redeliver what missed its ack deadline; requeue what waited out its backoff."""
-        for worker in list(self.workers):
-            deadlines = worker.deadlines
-            while deadlines:
-                job_id, deadline = next(iter(deadlines.items()))
-                if deadline > now:
-                    break
-                job = worker.inflight[job_id]
-                if job.state is JobState.ASSIGNED and job.worker is worker:
-                    # The worker keeps the slot (it may still be running the job) but the
-                    # deadline is dropped; the job goes out again after its backoff.
-                    del deadlines[job_id]
-                    self._failed_attempt(
-                        job,
-                        ("AckTimeout", f"no answer from {worker.name} within {self.config.ack_timeout} s"),
-                        now,
-                    )
-                    worker.send(Cancel(mid=worker.next_mid(), job_id=job_id, reason="ack timeout"))
-                else:
-                    del deadlines[job_id]
-        heap = self._retry_heap
-        while heap and heap[0][0] <= now:
-            _, _, job = heapq.heappop(heap)
-            if job.state is not JobState.RETRY_WAIT:
-                continue
-            if job.wait_deadline <= now:
-                self._expire(job, now)
-                continue
-            job.move(JobState.QUEUED, self.journal)
-            self._enqueue(job, now)
-        self._expire_waiting(now)
-
-    def _expire_waiting(self, now: float) -> None:
-        """Expire the queued jobs whose wait deadline passed (max_queue_time, timeouts)."""
-        fifo = self._expiry_fifo
-        heap = self._expiry_heap
-        while True:
-            if fifo and fifo[0][0] <= now:
-                deadline, job = fifo.popleft()
-            elif heap and heap[0][0] <= now:
-                deadline, _, job = heapq.heappop(heap)
-            else:
-                return
-            if _waits_until(job, deadline) and not self._route_came(job, now):
-                self._leave_waiting(job)
-                self._queue(job.subject).expired += 1
-                self._finish(job, JobState.EXPIRED, None, now)
-
-    def _count_done(self, now: float) -> None:
-        if now - self._done_window_start >= 1.0:
-            elapsed = now - self._done_window_start
-            self._done_rate = self._done_in_window / elapsed if elapsed > 0 else 0.0
-            self._done_window_start = now
-            self._done_in_window = 0
-        self._done_in_window += 1
-
-    def _retry_after(self) -> float:
-        rate = max(self._done_rate, 1.0)
-        return min(30.0, max(0.1, round(len(self.jobs) / rate / 2, 3)))
+        return record

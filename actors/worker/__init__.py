@@ -6,9 +6,9 @@ a leader, and :class:`WorkerGroup`, which keeps N of them running.
 =================  ==========================================================
 module             concept
 =================  ==========================================================
-``_worker``        :class:`Worker` and :func:`run_worker`
+``_worker``        :class:`Worker`, the exit statuses of a worker process
 ``_job``           :class:`Job`, what a handler receives
-``_runner``        :class:`WorkerRunner`: connection, credit, slots, results
+``_runner``        :class:`WorkerRunner` and :func:`run_worker`: connection, credit, slots
 ``_handlers``      calling a handler (async or in a thread) until its deadline
 ``_failures``      how a failure is told: :class:`Reject`, error texts, failure log
 ``_limits``        recycling past ``max_jobs`` / ``max_memory``
@@ -26,5 +26,5 @@ from ._group import StartFailed as StartFailed
 from ._group import WorkerGroup as WorkerGroup
 from ._job import Job as Job
 from ._runner import WorkerRunner as WorkerRunner
+from ._runner import run_worker as run_worker
 from ._worker import Worker as Worker
-from ._worker import run_worker as run_worker

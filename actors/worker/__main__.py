@@ -38,11 +38,16 @@ from typing import Any
 
 import trio
 
+from protocol import GroupMode, RoutingPolicy
+
 from .._checks import ConfigError, check_size, check_subjects, check_url
 from ._loader import load_worker_class
 
 #: Where a worker connects when ``--url`` is not given.
 DEFAULT_URL = "tcp://127.0.0.1:7700"
+#: The values of ``--mode`` and ``--policy`` (the default first).
+_MODES = tuple(mode.value for mode in GroupMode)
+_POLICIES = tuple(policy.value for policy in RoutingPolicy)
 #: Seconds between checks that the parent process (a cluster) is still alive.
 PARENT_POLL_INTERVAL = 1.0
 #: Seconds past the drain grace after which a draining worker is cancelled outright.
@@ -61,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the leader (default {DEFAULT_URL})")
     parser.add_argument("--name", help="this worker's name (default: chosen by the leader)")
     parser.add_argument("--group", help="the group it belongs to (default: its own)")
-    parser.add_argument("--policy", default="round_robin", help="routing policy in the group")
-    parser.add_argument("--mode", default="round_robin", help="round_robin or broadcast")
+    parser.add_argument(
+        "--policy", default=RoutingPolicy.ROUND_ROBIN.value,
+        help=f"routing policy of its subjects: {', '.join(_POLICIES)}",
+    )
+    parser.add_argument(
+        "--mode", default=GroupMode.ROUND_ROBIN.value,
+        help=f"{' (takes jobs) or '.join(_MODES)}",
+    )
     parser.add_argument(
         "--subjects", help="comma-separated patterns, overriding the class's subjects"
     )
@@ -97,19 +108,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, A
     Raises:
       SystemExit: with status 2 and a message on stderr, on any bad argument.
     """
-    from protocol import MODE_VALUES as MODES
-    from protocol import POLICY_VALUES as POLICIES
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         check_url(args.url, at="--url")
-        if args.mode not in MODES:
-            raise ConfigError(f"--mode: expected one of {', '.join(sorted(MODES))}; got {args.mode!r}")
-        if args.policy not in POLICIES:
-            raise ConfigError(
-                f"--policy: expected one of {', '.join(sorted(POLICIES))}; got {args.policy!r}"
-            )
+        if args.mode not in _MODES:
+            raise ConfigError(f"--mode: expected one of {', '.join(_MODES)}; got {args.mode!r}")
+        if args.policy not in _POLICIES:
+            raise ConfigError(f"--policy: expected one of {', '.join(_POLICIES)}; got {args.policy!r}")
         if args.subjects is not None:
             args.subjects = list(check_subjects(args.subjects.split(","), at="--subjects"))
         if args.concurrency is not None and args.concurrency < 1:
@@ -140,7 +146,8 @@ async def serve(args: argparse.Namespace, worker: Any) -> int:
       The exit status: 0 after a drain, :data:`RECYCLE_EXIT_STATUS` after a recycle,
       :data:`START_FAILED_EXIT_STATUS` when it failed before it first connected.
     """
-    from ._worker import RECYCLE_EXIT_STATUS, START_FAILED_EXIT_STATUS, run_worker
+    from ._runner import run_worker
+    from ._worker import RECYCLE_EXIT_STATUS, START_FAILED_EXIT_STATUS
 
     label = args.name or args.worker
     stop = trio.Event()

@@ -48,7 +48,7 @@ import trio
 
 from protocol import MODE_VALUES as MODES
 from protocol import POLICY_VALUES as POLICIES
-from protocol import is_valid_pattern
+from protocol import GroupMode, RoutingPolicy, is_valid_pattern
 from runtime import (
     Backoff,
     ChildSpec,
@@ -196,7 +196,10 @@ class WorkerGroup:
       url: the leader to connect to.
       mode: ``round_robin`` (each job to one instance) or ``broadcast``.
       policy: ``round_robin``, ``least_loaded`` or ``sticky``: how the leader picks an
-        instance for a job.
+        instance for a job. A subject has one policy, whichever group serves it: while
+        another group's workers serve a subject of this one by another policy, the leader
+        refuses its instances (each fails to start, with the leader's ``conflict``
+        message).
       subjects: patterns overriding the class's ``subjects``.
       concurrency: overrides the class's ``concurrency``.
       max_memory: recycle an instance whose process's resident memory (RSS) is over this
@@ -239,8 +242,8 @@ class WorkerGroup:
         instances: int,
         url: str,
         *,
-        mode: str = "round_robin",
-        policy: str = "round_robin",
+        mode: str = GroupMode.ROUND_ROBIN,
+        policy: str = RoutingPolicy.ROUND_ROBIN,
         subjects: Sequence[str] | None = None,
         concurrency: int | None = None,
         max_memory: int | str | None = None,
@@ -563,7 +566,7 @@ class WorkerGroup:
         async def instance_task(
             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
         ) -> Recycle | None:
-            from ._worker import run_worker
+            from ._runner import run_worker
 
             assert self._worker_class is not None
             stop = trio.Event()

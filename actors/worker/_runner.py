@@ -66,27 +66,32 @@ from protocol import (
     Encoded,
     Error,
     ErrorCode,
+    GroupMode,
     Hello,
     InvalidPayload,
     Nack,
     Progress,
     Result,
+    RoutingPolicy,
     decode_payload,
     is_valid_pattern,
     message_of,
 )
 from runtime import (
+    DEFAULT_RECONNECT_BACKOFF,
+    FATAL_HANDSHAKE_CODES,
     Backoff,
     Connection,
     ConnectionClosed,
     DedupCache,
+    HandshakeError,
     MessageTooLarge,
     SendBufferFull,
     run_reconnecting,
 )
 
 from ._failures import Failure, FailureLog, check_never_retry, error_text, failure_of
-from ._handlers import CoroutineType, handler_of, must_propagate, resume, until_deadline
+from ._handlers import CoroutineType, awaited, handler_of, must_propagate, stepped, until_deadline
 from ._job import Job
 from ._limits import RecycleLimits
 from ._watchdog import LoopWatchdog
@@ -102,6 +107,15 @@ MAX_PENDING_DELIVERIES = 1000
 #: Seconds the jobs of a lost connection get to end once cancelled, by default, before the
 #: worker connects again anyway (granting only the slots they left free).
 CANCEL_GRACE = 5.0
+#: How a slot runs a job's coroutine, unless ``WorkerRunner(step_jobs=...)`` says: True,
+#: stepped by the slot itself (:func:`~actors.worker._handlers.stepped`, which measurably
+#: pays: see its docstring); False, a plain ``await``
+#: (:func:`~actors.worker._handlers.awaited`).
+STEP_JOBS = True
+#: Refusals of the Hello that retrying cannot cure: raised from :meth:`WorkerRunner.run`
+#: (a failure to start, before the first Welcome), not retried. ``conflict``: the worker
+#: asks for another routing policy for a subject than the workers serving it have.
+FATAL_CODES = FATAL_HANDSHAKE_CODES | {ErrorCode.CONFLICT}
 logger = logging.getLogger("actors.worker")
 
 
@@ -112,6 +126,9 @@ class WorkerRunner:
     embedding (its counters show what happened). ``max_memory`` (bytes, or ``"512MiB"``)
     and ``max_jobs`` override the worker class's (see the module's "Recycling");
     ``cancel_grace`` bounds the wait for the cancelled jobs of a lost connection.
+    ``step_jobs`` (default :data:`STEP_JOBS`): whether a slot steps a job's coroutine
+    itself, to learn whether it waits (see :func:`~actors.worker._handlers.stepped`), or
+    awaits it plainly.
     """
 
     def __init__(
@@ -121,8 +138,8 @@ class WorkerRunner:
         *,
         name: str | None = None,
         group: str | None = None,
-        policy: str = "round_robin",
-        mode: str = "round_robin",
+        policy: str = RoutingPolicy.ROUND_ROBIN,
+        mode: str = GroupMode.ROUND_ROBIN,
         subjects: Sequence[str] | None = None,
         concurrency: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -134,6 +151,7 @@ class WorkerRunner:
         max_memory: int | str | None = None,
         max_jobs: int | None = None,
         cancel_grace: float = CANCEL_GRACE,
+        step_jobs: bool | None = None,
     ) -> None:
         self.worker = worker
         self.url = url
@@ -157,6 +175,7 @@ class WorkerRunner:
         kind = type(worker).__name__
         self.never_retry = check_never_retry(getattr(worker, "never_retry", ()), kind)
         self._handle = handler_of(worker, self.concurrency)
+        self._run_job = stepped if (STEP_JOBS if step_jobs is None else step_jobs) else awaited
         self.cancel_grace = cancel_grace
         self.name = name or f"{kind.lower()}-{os.getpid()}"
         self._failure_log = FailureLog(self.name)
@@ -171,7 +190,7 @@ class WorkerRunner:
         self.mode = mode
         self.ssl_context = ssl_context
         self.token = token
-        self.backoff = reconnect_backoff or Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2)
+        self.backoff = reconnect_backoff or DEFAULT_RECONNECT_BACKOFF
         self.rng = rng
         self.finished = DedupCache(capacity=dedup_capacity, ttl=dedup_ttl)
         #: Jobs taken and not finished (queued for a slot or running), by job id.
@@ -247,6 +266,7 @@ class WorkerRunner:
                 if stop is not None:
                     nursery.start_soon(self._stop_on, stop)
                 started = False
+                refused: HandshakeError | None = None
 
                 async def session(conn: Connection) -> None:
                     nonlocal started
@@ -260,16 +280,22 @@ class WorkerRunner:
                     finally:
                         self._conn = None
 
-                await run_reconnecting(
-                    self.url,
-                    session,
-                    hello_factory=self._hello,
-                    backoff=self.backoff,
-                    rng=self.rng,
-                    ssl_context=self.ssl_context,
-                    decode_payloads=False,  # each job's payload decoded by itself
-                )
+                try:
+                    await run_reconnecting(
+                        self.url,
+                        session,
+                        hello_factory=self._hello,
+                        backoff=self.backoff,
+                        rng=self.rng,
+                        ssl_context=self.ssl_context,
+                        decode_payloads=False,  # each job's payload decoded by itself
+                        fatal_codes=FATAL_CODES,
+                    )
+                except HandshakeError as exc:  # raised alone below, not in an exception group
+                    refused = exc
                 nursery.cancel_scope.cancel()
+            if refused is not None:
+                raise refused
         finally:
             if self._watchdog is not None:
                 self._watchdog.stop()
@@ -530,6 +556,8 @@ class WorkerRunner:
         """Run queued jobs, one at a time, until cancelled with the worker."""
         queue = self._queue
         handle = self._handle
+        run_job = self._run_job
+        before_wait = self._before_wait
         self._waking = False  # this slot was the one started
         while True:
             while not queue:
@@ -554,27 +582,14 @@ class WorkerRunner:
                         if job.deadline is not None:
                             # In a scope of its own, that its deadline cancels: awaited
                             # whole, as a job that waits is (its submit named a timeout).
-                            if queue and not self._waking:
-                                self._wake_slot()
-                            self._flush()
+                            before_wait()
                             value = await until_deadline(job, coro)
                         elif type(coro) is CoroutineType:
-                            # One step here: a job that finishes without waiting needs
-                            # neither another slot nor a flush; one that is about to wait
-                            # gets the next job a slot and the finished results written
-                            # first, then waits (still in this task).
-                            try:
-                                trap = coro.send(None)
-                            except StopIteration as done:
-                                value = done.value
-                            else:
-                                if queue and not self._waking:
-                                    self._wake_slot()
-                                self._flush()
-                                value = await resume(coro, trap)
-                        else:
-                            if queue and not self._waking:
-                                self._wake_slot()
+                            # (stepped: a job that finishes without waiting needs neither
+                            # another slot nor a flush; see _handlers.stepped)
+                            value = await run_job(coro, before_wait)
+                        else:  # in a thread: it waits
+                            before_wait()
                             value = await coro
                     except BaseException as exc:  # the user's code failed: the job, not the worker
                         if must_propagate(exc):
@@ -587,6 +602,13 @@ class WorkerRunner:
                         self._finish(job, cid, outcome)
                     if job._cancelled:  # its scope may be cancelled: not the next job's scope
                         break
+
+    def _before_wait(self) -> None:
+        """The job of a slot is about to wait: the next queued job gets a slot, and the
+        results finished so far are written out (not held back while it waits)."""
+        if self._queue and not self._waking:
+            self._wake_slot()
+        self._flush()
 
     def _finish(self, job: Job, cid: int, outcome: tuple[bool, Any] | None) -> None:
         """A job ended (``outcome``: ``(True, value)``, ``(False, Failure)``, or None for
@@ -759,3 +781,43 @@ def _outcome_item(mid: int, cid: int | None, job_id: str, attempts: int, outcome
         error_message=value.message, attempts=attempts, final=value.final, traceback=value.traceback,
     )  # fmt: skip
 
+
+async def run_worker(
+    worker: Worker,
+    url: str,
+    *,
+    name: str | None = None,
+    group: str | None = None,
+    policy: str = RoutingPolicy.ROUND_ROBIN,
+    mode: str = GroupMode.ROUND_ROBIN,
+    subjects: Sequence[str] | None = None,
+    concurrency: int | None = None,
+    max_memory: int | str | None = None,
+    max_jobs: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    token: str | None = None,
+    stop: trio.Event | None = None,
+    drain_grace: float = 30.0,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> str | None:
+    """Connect ``worker`` to the leader at ``url`` and serve jobs.
+
+    Reconnects with backoff whenever the leader goes away. ``task_status.started()`` is
+    called after the first Welcome. Returns after ``stop`` is set and the worker drained,
+    or after it recycled itself (past ``max_memory`` or ``max_jobs``, which override the
+    class's) and drained (see :meth:`WorkerRunner.run`); runs until cancelled otherwise.
+
+    Returns:
+      Why the worker recycled itself (``"handled 1000 jobs (max_jobs)"``), or None after
+      a drain that ``stop`` asked for.
+
+    Raises:
+      ValueError: bad subjects, concurrency, policy, mode, max_memory or max_jobs.
+    """
+    runner = WorkerRunner(
+        worker, url, name=name, group=group, policy=policy, mode=mode, subjects=subjects,
+        concurrency=concurrency, max_memory=max_memory, max_jobs=max_jobs,
+        ssl_context=ssl_context, token=token,
+    )
+    await runner.run(stop=stop, drain_grace=drain_grace, task_status=task_status)
+    return runner.recycled

@@ -1,20 +1,16 @@
-"""Workers: the class users subclass, and :func:`run_worker`, which serves one.
+"""Workers: the class users subclass, and the exit statuses of a worker process.
 
-:func:`run_worker` connects a :class:`Worker` to a leader, with a
-:class:`~actors.worker._runner.WorkerRunner` (how jobs are taken, run on slots and answered:
-see :mod:`actors.worker._runner`).
+:func:`~actors.run_worker` (in :mod:`actors.worker._runner`) connects a :class:`Worker` to a
+leader, with a :class:`~actors.worker._runner.WorkerRunner` (how jobs are taken, run on
+slots and answered).
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import trio
-
 from ._job import Job
-from ._runner import WorkerRunner as WorkerRunner  # (re-exported: tests, embedding)
 
 #: The exit status of a worker process that recycled itself (past ``max_memory`` or
 #: ``max_jobs``): its group starts a fresh one at once. (EX_TEMPFAIL: "try again".)
@@ -81,44 +77,3 @@ class Worker:
     async def handle(self, job: Job) -> Any:
         """Run one job and return its result."""
         raise NotImplementedError(f"{type(self).__name__} must implement handle(job)")
-
-
-async def run_worker(
-    worker: Worker,
-    url: str,
-    *,
-    name: str | None = None,
-    group: str | None = None,
-    policy: str = "round_robin",
-    mode: str = "round_robin",
-    subjects: Sequence[str] | None = None,
-    concurrency: int | None = None,
-    max_memory: int | str | None = None,
-    max_jobs: int | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    token: str | None = None,
-    stop: trio.Event | None = None,
-    drain_grace: float = 30.0,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> str | None:
-    """Connect ``worker`` to the leader at ``url`` and serve jobs.
-
-    Reconnects with backoff whenever the leader goes away. ``task_status.started()`` is
-    called after the first Welcome. Returns after ``stop`` is set and the worker drained,
-    or after it recycled itself (past ``max_memory`` or ``max_jobs``, which override the
-    class's) and drained (see :meth:`WorkerRunner.run`); runs until cancelled otherwise.
-
-    Returns:
-      Why the worker recycled itself (``"handled 1000 jobs (max_jobs)"``), or None after
-      a drain that ``stop`` asked for.
-
-    Raises:
-      ValueError: bad subjects, concurrency, policy, mode, max_memory or max_jobs.
-    """
-    runner = WorkerRunner(
-        worker, url, name=name, group=group, policy=policy, mode=mode, subjects=subjects,
-        concurrency=concurrency, max_memory=max_memory, max_jobs=max_jobs,
-        ssl_context=ssl_context, token=token,
-    )
-    await runner.run(stop=stop, drain_grace=drain_grace, task_status=task_status)
-    return runner.recycled

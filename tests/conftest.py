@@ -1,0 +1,37 @@
+"""Settings shared by the whole suite: the Hypothesis profiles.
+
+Two profiles, chosen by the environment when the suite starts:
+
+- ``default`` (a developer's run): Hypothesis's own defaults (100 examples, a random seed,
+  the example database in ``.hypothesis/``), without the per-example ``deadline`` and
+  without the ``too_slow`` health check. The tests run inside Trio and under coverage; how
+  long one example takes depends on the machine and the load, so timing it only produces
+  flaky failures. A test that needs a different budget says so with its own
+  ``@settings(max_examples=...)`` and a comment giving the reason.
+- ``ci`` (``CI=true``, as the CI runner sets it): the same budget, plus Hypothesis's CI
+  settings: derandomized (a run is reproducible from the commit alone), no example
+  database, and the blob to reproduce a failure printed in the log.
+
+``HYPOTHESIS_PROFILE=<name>`` picks a profile explicitly (as does pytest's
+``--hypothesis-profile``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+_RELAXED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+
+settings.register_profile("default", **_RELAXED)
+settings.register_profile("ci", settings.get_profile("ci"), **_RELAXED)
+
+
+def _profile_from_environment() -> str:
+    if "HYPOTHESIS_PROFILE" in os.environ:
+        return os.environ["HYPOTHESIS_PROFILE"]
+    return "ci" if os.environ.get("CI", "").lower() in ("true", "1") else "default"
+
+
+settings.load_profile(_profile_from_environment())
