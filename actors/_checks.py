@@ -80,7 +80,9 @@ def _url_problem(url: str, schemes: Sequence[str]) -> str | None:
     except ValueError as exc:
         return str(exc)
     if parsed.scheme not in schemes:
-        return f"{url!r}: scheme '{parsed.scheme}' needs certificates, which cannot be configured yet"
+        return (
+            f"{url!r}: scheme '{parsed.scheme}' needs certificates, which cannot be configured yet"
+        )
     return None
 
 

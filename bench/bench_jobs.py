@@ -512,7 +512,7 @@ class OursSide:
             report = profiler.output_text(show_all=True)
             (Path(args.pyinstrument) / "client.txt").write_text(report)
             return rows
-        except Exception as exc:  # noqa: BLE001 - any failure of the run ends the benchmark
+        except Exception as exc:
             raise BenchError(f"ours: the run failed: {_describe(exc)}") from None
         finally:
             self.profilers.detach()

@@ -63,7 +63,10 @@ def replay(submits: list[bytes], results: list[bytes]) -> tuple[int, float]:
     client = ClientLink("c", None, send_item=queue_to(to_client))
     broker.worker_joined(worker, 0.0)
     sides = []
-    for role, handle, link in (("client", broker.submit, client), ("worker", broker.result, worker)):
+    for role, handle, link in (
+        ("client", broker.submit, client),
+        ("worker", broker.result, worker),
+    ):
         session = Session(side="server")
         session.receive(Hello(mid=0, role=role), 0.0)
         sides.append((FrameDecoder(decode_payloads=False), session.receive, handle, link))
@@ -105,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         profiler.runcall(replay, submits, results)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return 0
-    best = min(seconds / jobs for jobs, seconds in (replay(submits, results) for _ in range(args.repeat)))
+    best = min(
+        seconds / jobs for jobs, seconds in (replay(submits, results) for _ in range(args.repeat))
+    )
     print(
         f"leader work per job, without I/O: {best * 1e6:.2f} µs"
         f" (best of {args.repeat} replays of {args.rounds} rounds x {args.batch} jobs)"

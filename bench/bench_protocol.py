@@ -148,7 +148,9 @@ def bench_bundled(message: protocol.Message, seconds: float) -> tuple[float, flo
 
     def encode() -> int:
         enc = protocol.encode_item
-        protocol.bundle_frames([enc(message) for _ in range(BATCH)], protocol.DEFAULT_MAX_FRAME_SIZE)
+        protocol.bundle_frames(
+            [enc(message) for _ in range(BATCH)], protocol.DEFAULT_MAX_FRAME_SIZE
+        )
         return BATCH
 
     def decode() -> int:

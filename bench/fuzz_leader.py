@@ -230,7 +230,11 @@ SEMANTIC_TAGS = (0, 1, 2, 3, 4, 5, 21, 22, 23, 24, 30, 32, 37, 100, 258, 260, 26
 def _text_chunks() -> tuple[str, ...]:
     rng = random.Random(0)
     alphabets = ("abcxyz", "é日本\u200b", "a\x00b", " \t\r\n", "\U0001f600", "\ufeff.*>", "fz.a_b")
-    return tuple("".join(rng.choice(a) for _ in range(rng.randint(1, 40))) for a in alphabets for _ in range(8))
+    return tuple(
+        "".join(rng.choice(a) for _ in range(rng.randint(1, 40)))
+        for a in alphabets
+        for _ in range(8)
+    )
 
 
 #: Pieces of text that :meth:`Values.text` cuts or repeats to a length.
@@ -275,7 +279,9 @@ class Values:
         return (self.rng.randbytes(64) * (n // 64 + 1))[:n]
 
     def huge_int(self) -> int:
-        return self.rng.choice(HUGE_INTS) if self.rng.random() < 0.9 else self.rng.choice(TOO_BIG_INTS)
+        return (
+            self.rng.choice(HUGE_INTS) if self.rng.random() < 0.9 else self.rng.choice(TOO_BIG_INTS)
+        )
 
     def any_int(self) -> int:
         """An int a payload may hold (bignums of up to 1024 bytes)."""
@@ -360,7 +366,11 @@ class Values:
         return self.rng.choice((0, 2**32, 2**53 + 1, 2**63, 2**64 - 1))
 
     def bad_uint(self) -> Any:
-        return self.rng.choice((-1, 2**64, -(2**63) - 1, 10**3000, True, 1.0, "1")) if self.rng.random() < 0.6 else self.wrong_type()
+        return (
+            self.rng.choice((-1, 2**64, -(2**63) - 1, 10**3000, True, 1.0, "1"))
+            if self.rng.random() < 0.6
+            else self.wrong_type()
+        )
 
     def ok_opt_uint(self) -> Any:
         return None if self.rng.random() < 0.3 else self.ok_uint()
@@ -399,13 +409,21 @@ class Values:
         return self.rng.random() < 0.5
 
     def bad_bool(self) -> Any:
-        return self.rng.choice((0, 1, "true", None, Raw(b"\xf7"))) if self.rng.random() < 0.6 else self.wrong_type()
+        return (
+            self.rng.choice((0, 1, "true", None, Raw(b"\xf7")))
+            if self.rng.random() < 0.6
+            else self.wrong_type()
+        )
 
     def ok_qos(self) -> int:
         return self.rng.randint(0, 1)
 
     def bad_qos(self) -> Any:
-        return self.rng.choice((2, -1, True, 1.0, 2**64, None)) if self.rng.random() < 0.6 else self.wrong_type()
+        return (
+            self.rng.choice((2, -1, True, 1.0, 2**64, None))
+            if self.rng.random() < 0.6
+            else self.wrong_type()
+        )
 
     def ok_opt_seconds(self) -> Any:
         return self.rng.choice(
@@ -414,13 +432,34 @@ class Values:
         )  # fmt: skip
 
     def bad_opt_seconds(self) -> Any:
-        return self.rng.choice((-1, -1e-9, math.nan, math.inf, -math.inf, 10**400, 2**64, "1", Raw(b"\xf9\x7e\x00"), Raw(b"\xf9\x7c\x00"))) if self.rng.random() < 0.7 else self.wrong_type()
+        return (
+            self.rng.choice(
+                (
+                    -1,
+                    -1e-9,
+                    math.nan,
+                    math.inf,
+                    -math.inf,
+                    10**400,
+                    2**64,
+                    "1",
+                    Raw(b"\xf9\x7e\x00"),
+                    Raw(b"\xf9\x7c\x00"),
+                )
+            )
+            if self.rng.random() < 0.7
+            else self.wrong_type()
+        )
 
     def ok_opt_fraction(self) -> Any:
         return self.rng.choice((None, 0, 1, 0.5, 5e-324, -0.0, 1.0))
 
     def bad_opt_fraction(self) -> Any:
-        return self.rng.choice((1.0000001, -1e-300, 2, -1, math.nan, math.inf, 10**400)) if self.rng.random() < 0.7 else self.wrong_type()
+        return (
+            self.rng.choice((1.0000001, -1e-300, 2, -1, math.nan, math.inf, 10**400))
+            if self.rng.random() < 0.7
+            else self.wrong_type()
+        )
 
     def ok_headers(self) -> dict[str, str]:
         rng = self.rng
@@ -456,7 +495,15 @@ class Values:
         return meta
 
     def bad_any_map(self) -> Any:
-        return self.rng.choice((["policy"], "x", 1, Raw(b"\xa1\x01\x00"), Pairs((("policy", "sticky"), ("policy", "x")))))
+        return self.rng.choice(
+            (
+                ["policy"],
+                "x",
+                1,
+                Raw(b"\xa1\x01\x00"),
+                Pairs((("policy", "sticky"), ("policy", "x"))),
+            )
+        )
 
     def ok_bytes(self) -> bytes:
         return self.blob()
@@ -465,28 +512,45 @@ class Values:
         return self.text(self.rng.randint(0, 8)) if self.rng.random() < 0.5 else self.wrong_type()
 
     def ok_entries(self) -> list[Any]:
-        return [[self.text(4), self.blob(self.rng.randint(0, 32))] for _ in range(self.rng.randint(0, 3))]
+        return [
+            [self.text(4), self.blob(self.rng.randint(0, 32))]
+            for _ in range(self.rng.randint(0, 3))
+        ]
 
     def bad_entries(self) -> Any:
-        return self.rng.choice(([["n", "x"]], [[1, b""]], [["n"]], [["n", b"", 3]], "x", [b"x"], {"n": b"x"}))
+        return self.rng.choice(
+            ([["n", "x"]], [[1, b""]], [["n"]], [["n", b"", 3]], "x", [b"x"], {"n": b"x"})
+        )
 
     def ok_role(self) -> str:
         return self.rng.choice(ROLES)
 
     def bad_role(self) -> Any:
-        return self.rng.choice(("admin", "", "Client", "client ", "worker\x00")) if self.rng.random() < 0.6 else self.wrong_type()
+        return (
+            self.rng.choice(("admin", "", "Client", "client ", "worker\x00"))
+            if self.rng.random() < 0.6
+            else self.wrong_type()
+        )
 
     def ok_policy(self) -> str:
         return self.rng.choice(POLICIES)
 
     def bad_policy(self) -> Any:
-        return self.rng.choice(("", "fastest", "Sticky", ["sticky"])) if self.rng.random() < 0.6 else self.wrong_type()
+        return (
+            self.rng.choice(("", "fastest", "Sticky", ["sticky"]))
+            if self.rng.random() < 0.6
+            else self.wrong_type()
+        )
 
     def ok_mode(self) -> str:
         return self.rng.choice(MODES)
 
     def bad_mode(self) -> Any:
-        return self.rng.choice(("", "fanout", ["broadcast"])) if self.rng.random() < 0.6 else self.wrong_type()
+        return (
+            self.rng.choice(("", "fanout", ["broadcast"]))
+            if self.rng.random() < 0.6
+            else self.wrong_type()
+        )
 
     def ok_query_what(self) -> str:
         return self.rng.choice(tuple(getattr(protocol_fields, "QUERIES", ("result", "stats"))))
@@ -495,10 +559,14 @@ class Values:
         return self.rng.choice(("", "Stats", "everything", None, 1))
 
     def ok_int_tuple(self) -> list[int]:
-        return self.rng.choice(([2, 1], [2, 1], [1], [2], [1, 2], [3, 2, 1], [], [99], [2**64 - 1], [-1, 2], [0]))
+        return self.rng.choice(
+            ([2, 1], [2, 1], [1], [2], [1, 2], [3, 2, 1], [], [99], [2**64 - 1], [-1, 2], [0])
+        )
 
     def bad_int_tuple(self) -> Any:
-        return self.rng.choice(([2**64], [1.0], ["2"], [True], 2, "21", {"v": 2}, [[2]], [10**3000]))
+        return self.rng.choice(
+            ([2**64], [1.0], ["2"], [True], 2, "21", {"v": 2}, [[2]], [10**3000])
+        )
 
     # -- subjects and patterns
 
@@ -519,7 +587,9 @@ class Values:
         if r < 0.03:
             return self.many_tokens(("a",))
         if r < 0.035:
-            return "fz." + self.text(rng.choice((100, 4093, 4094, 10_000, 300_000))).replace(".", "_").replace(" ", "_")
+            return "fz." + self.text(rng.choice((100, 4093, 4094, 10_000, 300_000))).replace(
+                ".", "_"
+            ).replace(" ", "_")
         return ".".join(["fz"] + [self.token() for _ in range(rng.randint(0, 3))])
 
     def bad_subject(self) -> Any:
@@ -551,7 +621,11 @@ class Values:
         return [self.ok_pattern() for _ in range(self.rng.choice((0, 1, 1, 2, 3, 50)))]
 
     def bad_patterns(self) -> Any:
-        return self.rng.choice(("fz.>", [">", 1], {"p": "x"}, [["fz"]], [None])) if self.rng.random() < 0.6 else [self.bad_pattern()]
+        return (
+            self.rng.choice(("fz.>", [">", 1], {"p": "x"}, [["fz"]], [None]))
+            if self.rng.random() < 0.6
+            else [self.bad_pattern()]
+        )
 
     # -- payloads
 
@@ -566,7 +640,7 @@ class Values:
         tag = rng.choice(SEMANTIC_TAGS + REFUSED_TAGS + (6, 27, 39, 262, 2**32, 2**64 - 1))
         content = rng.choice(
             (lambda: self.any_int(), lambda: self.any_float(), lambda: self.text(20), lambda: self.blob(rng.choice((0, 4, 16, 17))),
-             lambda: [self.any_int(), self.any_int()], lambda: [1, 0], lambda: [[1], [2]], lambda: {"a": 1}, lambda: [],
+             lambda: [self.any_int(), self.any_int()], lambda: [1, 0], lambda: [[1], [2]], lambda: {"a": 1}, list,
              lambda: "2020-13-45T99:99:99Z", lambda: Tagged(rng.choice(SEMANTIC_TAGS), [self.any_int()]))
         )()  # fmt: skip
         return Tagged(tag, content)
@@ -585,7 +659,10 @@ class Values:
                  self.blob(rng.randint(0, 12)), 10**1000, -(2**8191), Raw(b"\xf7"), Raw(b"\xf0"))
             )  # fmt: skip
         if r < 0.62:
-            return {self.text(rng.randint(0, 6)): self.payload(depth - 1) for _ in range(rng.randint(0, 4))}
+            return {
+                self.text(rng.randint(0, 6)): self.payload(depth - 1)
+                for _ in range(rng.randint(0, 4))
+            }
         if r < 0.80:
             return [self.payload(depth - 1) for _ in range(rng.randint(0, 4))]
         if r < 0.83:
@@ -616,7 +693,9 @@ class Values:
         if r < 0.4:
             return self.tagged()
         if r < 0.5:
-            key = rng.choice((b"\x01", b"\xf9\x7e\x00", b"\x80", b"\xa0", b"\xf6", b"\xd8\x25\x50" + bytes(16)))
+            key = rng.choice(
+                (b"\x01", b"\xf9\x7e\x00", b"\x80", b"\xa0", b"\xf6", b"\xd8\x25\x50" + bytes(16))
+            )
             return Raw(b"\xa1" + key + b"\x00")  # a map key the leader refuses
         if r < 0.6:
             return Pairs((("a", 1), ("a", 2)))
@@ -626,7 +705,9 @@ class Values:
             return rng.choice(TOO_BIG_INTS)  # bignums over 1024 bytes
         if r < 0.9:
             return Raw(b"\x9f\x01")  # an indefinite array never closed
-        return Raw(rng.choice((b"\x1c", b"\xff", b"\x5f\x01\xff", b"\xf8\x10", b"\xc1")))  # reserved / malformed
+        return Raw(
+            rng.choice((b"\x1c", b"\xff", b"\x5f\x01\xff", b"\xf8\x10", b"\xc1"))
+        )  # reserved / malformed
 
     ok_any = payload
 
@@ -664,7 +745,10 @@ def _role_kinds() -> dict[str, tuple[list[type], list[float]]]:
     table = {}
     for role, allowed in protocol.ALLOWED.items():
         kinds = sorted(allowed, key=lambda cls: cls.KIND)
-        table[role] = (kinds, list(itertools.accumulate(KIND_WEIGHTS.get(k.__name__, 1.0) for k in kinds)))
+        table[role] = (
+            kinds,
+            list(itertools.accumulate(KIND_WEIGHTS.get(k.__name__, 1.0) for k in kinds)),
+        )
     return table
 
 
@@ -672,7 +756,9 @@ def _role_kinds() -> dict[str, tuple[list[type], list[float]]]:
 ROLE_KINDS = _role_kinds()
 
 #: Wire key by field name, per message class.
-KEYS: dict[type, dict[str, str]] = {cls: {name: key for key, name, _, _ in rows} for cls, rows in FIELDS.items()}
+KEYS: dict[type, dict[str, str]] = {
+    cls: {name: key for key, name, _, _ in rows} for cls, rows in FIELDS.items()
+}
 
 
 @attrs.define
@@ -761,7 +847,10 @@ class Grammar:
             elif required or rng.random() < 0.4:
                 pairs.append((key, self.value(cls, key, name, validator, False)))
         if bad == len(fields):  # the tag
-            pairs[0] = ("t", rng.choice((0, 19, 23, 30, 39, 99, -1, 2**64 - 1, 10**30, "3", 3.0, None, True)))
+            pairs[0] = (
+                "t",
+                rng.choice((0, 19, 23, 30, 39, 99, -1, 2**64 - 1, 10**30, "3", 3.0, None, True)),
+            )
         elif bad == len(fields) + 1:  # a key twice
             pairs.append(rng.choice(pairs))
         elif bad == len(fields) + 2:  # not a map at all, or a non-text key
@@ -812,7 +901,11 @@ class Grammar:
 
     def bundle_frame(self, role: str | None, bad_rate: float) -> Frame:
         rng = self.rng
-        count = rng.choice((1, 2, 2, 3, 4, 5, 8, 8, 16, 32)) if rng.random() < 0.995 else rng.choice((100, 4096))
+        count = (
+            rng.choice((1, 2, 2, 3, 4, 5, 8, 8, 16, 32))
+            if rng.random() < 0.995
+            else rng.choice((100, 4096))
+        )
         items: list[Any] = []
         kinds: list[str] = []
         if count == 4096 and rng.random() < 0.5:  # the most a bundle may hold, then one more
@@ -827,7 +920,11 @@ class Grammar:
             kinds.append(cls.__name__)
         if rng.random() < 0.02:
             items = []  # an empty bundle
-        body = enc(items) if rng.random() < 0.97 else b"\x9f" + b"".join(enc(i) for i in items) + b"\xff"
+        body = (
+            enc(items)
+            if rng.random() < 0.97
+            else b"\x9f" + b"".join(enc(i) for i in items) + b"\xff"
+        )
         return self._maybe_compressed(Frame("bundle", frame(body), tuple(kinds)))
 
     def flood_frame(self, role: str | None) -> Frame:
@@ -863,7 +960,11 @@ class Grammar:
             chosen["versions"] = v.ok_int_tuple()
         if role == "worker":
             chosen["patterns"] = v.ok_patterns()
-            chosen["credit"] = rng.choice((0, 1, 2, 4, 8, 64, 1000, 2**64 - 1)) if rng.random() < 0.3 else rng.randint(1, 8)
+            chosen["credit"] = (
+                rng.choice((0, 1, 2, 4, 8, 64, 1000, 2**64 - 1))
+                if rng.random() < 0.3
+                else rng.randint(1, 8)
+            )
             chosen["group"] = rng.choice((None, "fz", "fz2", v.text(3)))
             chosen["meta"] = v.ok_any_map()
         wire: dict[str, Any] = {"t": cls.KIND}
@@ -890,7 +991,9 @@ class Grammar:
             n = rng.randint(1, 200)
             data = frame(rng.randbytes(n), rng.choice((0, 0, 1, 2, 0x80, 0xFF)))
         elif r < 0.8:  # a header announcing something, then less than that
-            data = struct.pack(">IB", rng.choice((0, 1, LIMIT, LIMIT + 1, 2**32 - 1)), rng.randrange(2)) + rng.randbytes(rng.randint(0, 64))
+            data = struct.pack(
+                ">IB", rng.choice((0, 1, LIMIT, LIMIT + 1, 2**32 - 1)), rng.randrange(2)
+            ) + rng.randbytes(rng.randint(0, 64))
         else:  # a compressed body that is not zlib, or is truncated
             body = zlib.compress(enc({"t": 15, "i": 1}))
             data = frame(rng.choice((rng.randbytes(20), body[:-3], body + b"xx", b"")), 1)
@@ -900,16 +1003,20 @@ class Grammar:
         rng = self.rng
         r = rng.random()
         if r < 0.5:
-            tag = rng.choice(list(protocol.MESSAGE_TYPES) + [0, 19, 99])
+            tag = rng.choice([*list(protocol.MESSAGE_TYPES), 0, 19, 99])
             item: Any = {"t": tag}
             for _ in range(rng.randint(0, 6)):
-                item[rng.choice(("i", "j", "s", "p", "c", "role", "v", "q", self.v.text(2)))] = self.v.anything(2)
+                item[rng.choice(("i", "j", "s", "p", "c", "role", "v", "q", self.v.text(2)))] = (
+                    self.v.anything(2)
+                )
         elif r < 0.7:
             item = [self.v.anything(2) for _ in range(rng.randint(0, 5))]
         elif r < 0.8:
             item = Raw(enc(self.v.anything(2)) + enc(self.v.anything(1)))  # two items
         elif r < 0.9:
-            item = Raw(head(rng.choice((2, 3, 4, 5)), rng.choice((10, 2**31, 2**63))) + rng.randbytes(8))  # truncated
+            item = Raw(
+                head(rng.choice((2, 3, 4, 5)), rng.choice((10, 2**31, 2**63))) + rng.randbytes(8)
+            )  # truncated
         else:
             item = self.v.anything(3)
         return Frame("cbor", frame(enc(item)))
@@ -931,7 +1038,14 @@ def huge_frame(recipe: list[Any]) -> Frame:
     head_part = enc(prefix)[1:]
     overhead = 1 + len(head_part) + 1 + 5  # map head, pairs, key "p", bytes head (4-byte length)
     n = LIMIT + delta - overhead - 1
-    body = bytes((0xA0 | (len(prefix) + 1),)) + head_part + b"\x61p" + b"\x5a" + n.to_bytes(4, "big") + b"\x00" * n
+    body = (
+        bytes((0xA0 | (len(prefix) + 1),))
+        + head_part
+        + b"\x61p"
+        + b"\x5a"
+        + n.to_bytes(4, "big")
+        + b"\x00" * n
+    )
     return Frame("huge", frame(body), ("Publish" if kind == "publish" else "Submit",), recipe)
 
 
@@ -969,7 +1083,12 @@ def script(seed: int, index: int, args: argparse.Namespace, ctx: Context) -> Ite
     length = rng.randint(50, 600) if long_valid else rng.randint(1, 60)
     for _ in range(length):
         if rng.random() < 1 / args.huge_every:
-            yield huge_frame([rng.choice(("publish", "submit", "bomb", "header")), rng.choice((-1, 0, 1, -100, 1000))])
+            yield huge_frame(
+                [
+                    rng.choice(("publish", "submit", "bomb", "header")),
+                    rng.choice((-1, 0, 1, -100, 1000)),
+                ]
+            )
             continue
         if rng.random() < 0.3:
             yield g.bundle_frame(ctx.role, bad_rate)
@@ -981,7 +1100,9 @@ def script(seed: int, index: int, args: argparse.Namespace, ctx: Context) -> Ite
     if end < 0.45:
         yield Frame("end", frame(enc({"t": 18, "i": next(g.mids), "why": "fuzz"})), ("Bye",))
     elif end < 0.50:
-        yield Frame("end", frame(enc({"t": 17, "i": next(g.mids), "code": "bad_field"})), ("Error",))
+        yield Frame(
+            "end", frame(enc({"t": 17, "i": next(g.mids), "code": "bad_field"})), ("Error",)
+        )
     elif end < 0.90:
         yield Frame("end", frame(enc({"t": 15, "i": next(g.mids)})), ("Ping",))
 
@@ -1039,6 +1160,14 @@ class Cluster:
     def _path(self, stream: str) -> Path:
         return self.log_dir / f"cluster-{self.starts}.{stream}"
 
+    def _spawn(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Create the log files and start the process (blocking: run in a thread)."""
+        with open(self._path("out"), "wb") as out, open(self._path("err"), "wb") as err:
+            return subprocess.Popen(
+                self.argv(), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT, env=env,
+                start_new_session=True,
+            )  # fmt: skip
+
     async def start(self) -> None:
         """Start the cluster and wait for its ``cluster ready`` line."""
         import trio
@@ -1047,18 +1176,19 @@ class Cluster:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
-        with open(self._path("out"), "wb") as out, open(self._path("err"), "wb") as err:
-            self.proc = subprocess.Popen(
-                self.argv(), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT, env=env,
-                start_new_session=True,
-            )  # fmt: skip
+        self.proc = await trio.to_thread.run_sync(self._spawn, env)
         self.pids.append(self.proc.pid)
         deadline = time.monotonic() + START_TIMEOUT
-        while "cluster ready" not in self._path("out").read_text(errors="replace"):
+        out = trio.Path(self._path("out"))
+        while "cluster ready" not in await out.read_text(errors="replace"):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the cluster exited with status {self.proc.returncode}:\n{self.tail()}")
+                raise RuntimeError(
+                    f"the cluster exited with status {self.proc.returncode}:\n{self.tail()}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster was not ready within {START_TIMEOUT} s:\n{self.tail()}")
+                raise RuntimeError(
+                    f"the cluster was not ready within {START_TIMEOUT} s:\n{self.tail()}"
+                )
             await trio.sleep(0.05)
 
     def alive(self) -> bool:
@@ -1140,6 +1270,7 @@ class Tally:
         key = f"{code}: {text}"
         if key in self.reasons or len(self.reasons) < 500:
             self.reasons[key] += 1
+
     connection_seconds: float = 0.0
 
     def anomaly(self, what: str, example: str) -> None:
@@ -1331,7 +1462,7 @@ async def hostile_connection(
                 await _run_tcp(urls["tcp"], frames, wire_rng, reader, tally, record, budget)
             else:
                 await _run_ws(urls["ws"], frames, wire_rng, reader, tally, record, budget)
-    except Exception as exc:  # noqa: BLE001 - a bug of this driver must not stop the run
+    except Exception as exc:
         tally.driver_errors[f"{type(exc).__name__}: {exc}"[:200]] += 1
         record.outcome = f"driver error {exc!r}"[:200]
     finally:
@@ -1349,7 +1480,12 @@ def dump_internal(record: Record, message: str, args: argparse.Namespace, tally:
     if len(tally.internal_dumps) >= MAX_INTERNAL_DUMPS:
         return
     path = Path(args.dump_dir) / f"fuzz-internal-{record.index}.json"
-    dump = {"seed": args.seed, "kind": "internal", "error": message, "connections": [record.to_json()]}
+    dump = {
+        "seed": args.seed,
+        "kind": "internal",
+        "error": message,
+        "connections": [record.to_json()],
+    }
     path.write_text(json.dumps(dump, indent=1))
     tally.internal_dumps.append(str(path))
 
@@ -1442,7 +1578,9 @@ async def _run_tcp(
         finally:
             if wire_rng.random() < 0.3:  # an abortive close (RST) now and then
                 with contextlib.suppress(OSError):
-                    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    stream.socket.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
             await stream.aclose()
             nursery.cancel_scope.cancel()
 
@@ -1463,7 +1601,12 @@ async def _run_ws(
                 ws = await trio_websocket.connect_websocket_url(
                     nursery, url, message_queue_size=4, max_message_size=READ_LIMIT
                 )
-        except (OSError, trio.TooSlowError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
+        except (
+            OSError,
+            trio.TooSlowError,
+            trio_websocket.HandshakeError,
+            trio_websocket.ConnectionClosed,
+        ):
             tally.connect_failures += 1
             record.outcome = "connect failed"
             nursery.cancel_scope.cancel()
@@ -1506,7 +1649,11 @@ async def _run_ws(
             record.outcome = "closed by leader"
         finally:
             with trio.move_on_after(1.0):
-                with contextlib.suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                with contextlib.suppress(
+                    trio_websocket.ConnectionClosed,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                ):
                     await ws.aclose()
             nursery.cancel_scope.cancel()
 
@@ -1609,7 +1756,9 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[max(1, math.ceil(q * len(sorted_values))) - 1]
 
 
-async def good_client(url: str, args: argparse.Namespace, stats: GoodStats, stop: Any, jobs: int | None = None) -> None:
+async def good_client(
+    url: str, args: argparse.Namespace, stats: GoodStats, stop: Any, jobs: int | None = None
+) -> None:
     """Submit ``math.square`` jobs (QoS 1, ``--good-inflight`` at once) until ``stop`` is
     set (or ``jobs`` are done); each checks its answer and is timed."""
     import trio
@@ -1626,7 +1775,9 @@ async def good_client(url: str, args: argparse.Namespace, stats: GoodStats, stop
             start = time.perf_counter()
             started = time.monotonic()
             try:
-                answer = await client.submit(GOOD_SUBJECT, {"n": n}, qos=1, timeout=args.job_timeout)
+                answer = await client.submit(
+                    GOOD_SUBJECT, {"n": n}, qos=1, timeout=args.job_timeout
+                )
             except Busy as exc:
                 stats.failed["Busy"] += 1
                 stats.timed(started, "Busy")
@@ -1677,13 +1828,17 @@ async def probe(url: str) -> bool:
     import trio
     import trio_websocket
 
-    hello = protocol.encode(protocol.Hello(mid=0, role="observer", name="fuzz-probe", versions=(2, 1)))
+    hello = protocol.encode(
+        protocol.Hello(mid=0, role="observer", name="fuzz-probe", versions=(2, 1))
+    )
     decoder = protocol.FrameDecoder()
     with trio.move_on_after(PROBE_TIMEOUT):
         try:
             if url.startswith("ws://"):
                 async with trio.open_nursery() as nursery:
-                    ws = await trio_websocket.connect_websocket_url(nursery, url, max_message_size=READ_LIMIT)
+                    ws = await trio_websocket.connect_websocket_url(
+                        nursery, url, max_message_size=READ_LIMIT
+                    )
                     await ws.send_message(hello)
                     answer = decoder.feed(await ws.get_message())
                     nursery.cancel_scope.cancel()
@@ -1727,7 +1882,9 @@ class Leader:
         return self.pid is None or read_rss(self.pid) is not None
 
 
-async def watchdog(leader: Leader, args: argparse.Namespace, tally: Tally, recorder: Recorder, log_dir: Path) -> None:
+async def watchdog(
+    leader: Leader, args: argparse.Namespace, tally: Tally, recorder: Recorder, log_dir: Path
+) -> None:
     """Probe the leader; on a crash or hang dump the suspects and restart the cluster."""
     import trio
 
@@ -1749,7 +1906,14 @@ async def watchdog(leader: Leader, args: argparse.Namespace, tally: Tally, recor
             last_ok = time.monotonic()
 
 
-async def on_crash(leader: Leader, kind: str, args: argparse.Namespace, tally: Tally, recorder: Recorder, log_dir: Path) -> None:
+async def on_crash(
+    leader: Leader,
+    kind: str,
+    args: argparse.Namespace,
+    tally: Tally,
+    recorder: Recorder,
+    log_dir: Path,
+) -> None:
     """Record a crash (the frames of the suspect connections, the leader's stderr) and
     restart the cluster when this driver started it."""
     import trio
@@ -1765,7 +1929,9 @@ async def on_crash(leader: Leader, kind: str, args: argparse.Namespace, tally: T
         status = cluster.proc.poll() if cluster.proc is not None else None
         stderr = cluster.tail(60)
         end_rss = leader.rss_samples[-1][1] if leader.rss_samples else None
-        leader.incarnations.append({"pid": cluster.pid, "end": kind, "status": status, "last_rss_kib": end_rss})
+        leader.incarnations.append(
+            {"pid": cluster.pid, "end": kind, "status": status, "last_rss_kib": end_rss}
+        )
     else:
         stderr = "(attached: the leader's stderr is not ours to read)"
     number = len(leader.crashes) + 1
@@ -1780,7 +1946,9 @@ async def on_crash(leader: Leader, kind: str, args: argparse.Namespace, tally: T
     path.write_text(json.dumps(dump, indent=1))
     leader.crashes.append({"kind": kind, "status": status, "dump": str(path), "stderr_tail": stderr,
                            "after_frames": tally.total_frames})  # fmt: skip
-    say(f"\n*** leader crash #{number} ({kind}, status {status}) after {tally.total_frames:,} frames")
+    say(
+        f"\n*** leader crash #{number} ({kind}, status {status}) after {tally.total_frames:,} frames"
+    )
     say("--- the leader's last stderr lines:")
     say(stderr)
     if suspects:
@@ -1851,7 +2019,9 @@ async def fuzz(args: argparse.Namespace, leader: Leader, log_dir: Path) -> dict[
                         break
                     await leader.up.wait()
                     await slots.acquire()
-                    hostile.start_soon(_one, slots, index, args, leader.urls, tally, recorder, budget)
+                    hostile.start_soon(
+                        _one, slots, index, args, leader.urls, tally, recorder, budget
+                    )
             seconds = time.monotonic() - start
             stop_good.set()  # its last jobs finish (within their timeout), then it returns
             with trio.move_on_after(args.job_timeout + 2):
@@ -1906,8 +2076,12 @@ def report(results: dict[str, Any]) -> str:
         f"frames sent: {total:,} in {seconds:.1f} s ({total / seconds:,.0f}/s), "
         f"{results['bytes_sent'] / MiB:,.1f} MiB; seed {results['seed']}"
     )
-    lines.append("  by class: " + ", ".join(f"{k} {v:,}" for k, v in sorted(results["frames"].items())))
-    lines.append("  messages by kind: " + ", ".join(f"{k} {v:,}" for k, v in results["kinds"].items()))
+    lines.append(
+        "  by class: " + ", ".join(f"{k} {v:,}" for k, v in sorted(results["frames"].items()))
+    )
+    lines.append(
+        "  messages by kind: " + ", ".join(f"{k} {v:,}" for k, v in results["kinds"].items())
+    )
     conns = results["connections"]
     lines.append(
         f"connections opened: {sum(conns.values()):,} ("
@@ -1916,27 +2090,42 @@ def report(results: dict[str, Any]) -> str:
     )
     opened = max(1, sum(conns.values()))
     lines.append(
-        "  ends: " + ", ".join(f"{k} {v:,}" for k, v in sorted(results["outcomes"].items()))
+        "  ends: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(results["outcomes"].items()))
         + f"; {results['connection_seconds'] / opened * 1e3:.0f} ms each on average"
     )
     lines.append("leader sent: " + ", ".join(f"{k} {v:,}" for k, v in results["answers"].items()))
-    lines.append("  Error codes: " + ", ".join(f"{k} {v:,}" for k, v in results["error_codes"].items()))
+    lines.append(
+        "  Error codes: " + ", ".join(f"{k} {v:,}" for k, v in results["error_codes"].items())
+    )
     lines.append("  most frequent Error messages:")
-    for text, count in list(results["error_reasons"].items())[: results.get("show_reasons", 12)]:
-        lines.append(f"    {count:>9,}  {text}")
+    lines.extend(
+        f"    {count:>9,}  {text}"
+        for text, count in list(results["error_reasons"].items())[: results.get("show_reasons", 12)]
+    )
     lines.append(f"leader crashes: {results['crashes']}")
-    for crash in results["crash_details"]:
-        lines.append(f"  {crash['kind']} (status {crash['status']}) after {crash['after_frames']:,} frames: {crash['dump']}")
-    for life in results["incarnations"]:
-        lines.append(f"  leader pid {life['pid']} ended by {life['end']} at RSS {_mib(life['last_rss_kib'])}")
-    before, after, peak = results.get("rss_before_kib"), results.get("rss_after_kib"), results.get("rss_peak_kib")
+    lines.extend(
+        f"  {crash['kind']} (status {crash['status']}) after {crash['after_frames']:,} frames: {crash['dump']}"
+        for crash in results["crash_details"]
+    )
+    lines.extend(
+        f"  leader pid {life['pid']} ended by {life['end']} at RSS {_mib(life['last_rss_kib'])}"
+        for life in results["incarnations"]
+    )
+    before, after, peak = (
+        results.get("rss_before_kib"),
+        results.get("rss_after_kib"),
+        results.get("rss_peak_kib"),
+    )
     lines.append(
         f"leader RSS: before {_mib(before and before[0])}, after {_mib(after and after[0])}, "
         f"peak sampled {_mib(peak)}" + (f", high-water mark {_mib(after[1])}" if after else "")
     )
     for name in ("baseline", "good"):
         g = results[name]
-        title = "good client (alone, before)" if name == "baseline" else "good client (under fuzzing)"
+        title = (
+            "good client (alone, before)" if name == "baseline" else "good client (under fuzzing)"
+        )
         failed_by = ", ".join(f"{k} {v}" for k, v in g["failed_by"].items())
         lines.append(
             f"{title}: {g['ok']:,} ok, {g['failed']:,} failed{f' ({failed_by})' if failed_by else ''}, "
@@ -1954,7 +2143,12 @@ def report(results: dict[str, Any]) -> str:
             f"this script's own event loop ran late by over {lag['over_s']:g} s {lag['count']:,} times,"
             f" {lag['total_s']:g} s in all, longest {lag['longest_s']:g} s (the good client's calls"
             " include these)"
-            + ("; at (s, late by): " + ", ".join(f"{at:g} {late:g}" for at, late in lag["examples"]) if lag["examples"] else "")
+            + (
+                "; at (s, late by): "
+                + ", ".join(f"{at:g} {late:g}" for at, late in lag["examples"])
+                if lag["examples"]
+                else ""
+            )
             + f"; its garbage collector paused it {lag['gc_total_s']:g} s in all, {lag['gc_longest_s']:g} s at most"
         )
     if results["anomalies"]:
@@ -1962,7 +2156,9 @@ def report(results: dict[str, Any]) -> str:
         for what, count in results["anomalies"].items():
             lines.append(f"  {what}: {count:,} (e.g. {results['anomaly_examples'][what]})")
     if results["internal_dumps"]:
-        lines.append("  frames of the connections answered internal: " + ", ".join(results["internal_dumps"]))
+        lines.append(
+            "  frames of the connections answered internal: " + ", ".join(results["internal_dumps"])
+        )
     if results["driver_errors"]:
         lines.append("driver errors (bugs of this script): " + repr(results["driver_errors"]))
     return "\n".join(lines)
@@ -1981,7 +2177,7 @@ async def replay(args: argparse.Namespace, leader: Leader) -> int:
     one the leader stopped answering. Returns 1 if it did, else 0."""
     import trio
 
-    dump = json.loads(Path(args.replay).read_text())
+    dump = json.loads(await trio.Path(args.replay).read_text())
     records = dump["connections"]
     if args.replay_only is not None:
         records = [r for r in records if r["index"] in args.replay_only]
@@ -1990,13 +2186,23 @@ async def replay(args: argparse.Namespace, leader: Leader) -> int:
     budget = Budget(10**12, math.inf)
     for entry in records:
         frames = [_frame_of(e) for e in entry["frames"]]
-        say(f"connection #{entry['index']} ({entry['transport']}, role {entry['role']}): {len(frames)} frames")
+        say(
+            f"connection #{entry['index']} ({entry['transport']}, role {entry['role']}): {len(frames)} frames"
+        )
         record = Record(entry["index"], entry["transport"])
         reader = LeaderReader(Context(), tally)
         wire_rng = _AsRecorded()
         run = _run_tcp if entry["transport"] == "tcp" else _run_ws
         with trio.move_on_after(args.conn_seconds):
-            await run(leader.urls[entry["transport"]], iter(frames), wire_rng, reader, tally, record, budget)
+            await run(
+                leader.urls[entry["transport"]],
+                iter(frames),
+                wire_rng,
+                reader,
+                tally,
+                record,
+                budget,
+            )
         await trio.sleep(0.5)
         if not leader.alive() or not await probe(leader.urls["tcp"]):
             say(f"the leader died after connection #{entry['index']}; its frames:")
@@ -2038,7 +2244,9 @@ def _loopback(url: str) -> str:
     except ValueError:
         ok = host == "localhost"
     if not ok or parts.scheme not in ("tcp", "ws") or parts.port is None:
-        raise argparse.ArgumentTypeError(f"{url}: a tcp:// or ws:// URL on a loopback address with a port")
+        raise argparse.ArgumentTypeError(
+            f"{url}: a tcp:// or ws:// URL on a loopback address with a port"
+        )
     return url.replace("localhost", "127.0.0.1")
 
 
@@ -2047,29 +2255,112 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python bench/fuzz_leader.py",
         description="Grammar-aware fuzzing of a leader over TCP and WebSocket (see the module docstring).",
     )
-    parser.add_argument("--frames", type=int, default=1_000_000, help="frames to send (default 1,000,000)")
-    parser.add_argument("--seconds", type=float, default=3600.0, help="stop after this many seconds (default 3600)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of every connection's RNG (default 1)")
-    parser.add_argument("--connections", type=int, default=16, help="hostile connections at once (default 16, at most 256)")
-    parser.add_argument("--ws-share", type=float, default=0.3, help="share of hostile connections over WebSocket (default 0.3)")
-    parser.add_argument("--huge-every", type=int, default=50_000, help="about one 16 MiB frame per this many frames (default 50,000)")
-    parser.add_argument("--first-connection", type=int, default=0, help="number of the first hostile connection (default 0)")
-    parser.add_argument("--conn-seconds", type=float, default=30.0, help="longest life of one hostile connection (default 30 s)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes of examples.square:Square (default 2)")
-    parser.add_argument("--good-inflight", type=int, default=4, help="the good client's jobs in flight (default 4)")
-    parser.add_argument("--job-timeout", type=float, default=10.0, help="the good client's per-job timeout (default 10 s)")
-    parser.add_argument("--baseline-jobs", type=int, default=200, help="good jobs before the hostile phase (default 200)")
-    parser.add_argument("--probe-every", type=float, default=1.0, help="seconds between liveness probes (default 1)")
-    parser.add_argument("--hang-seconds", type=float, default=20.0, help="unanswered probes for this long is a hang (default 20 s)")
-    parser.add_argument("--tcp", type=_loopback, help="attach to this leader's TCP listener instead of starting a cluster")
-    parser.add_argument("--ws", type=_loopback, help="... and to this WebSocket listener (with --tcp)")
+    parser.add_argument(
+        "--frames", type=int, default=1_000_000, help="frames to send (default 1,000,000)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=3600.0, help="stop after this many seconds (default 3600)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1, help="seed of every connection's RNG (default 1)"
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=16,
+        help="hostile connections at once (default 16, at most 256)",
+    )
+    parser.add_argument(
+        "--ws-share",
+        type=float,
+        default=0.3,
+        help="share of hostile connections over WebSocket (default 0.3)",
+    )
+    parser.add_argument(
+        "--huge-every",
+        type=int,
+        default=50_000,
+        help="about one 16 MiB frame per this many frames (default 50,000)",
+    )
+    parser.add_argument(
+        "--first-connection",
+        type=int,
+        default=0,
+        help="number of the first hostile connection (default 0)",
+    )
+    parser.add_argument(
+        "--conn-seconds",
+        type=float,
+        default=30.0,
+        help="longest life of one hostile connection (default 30 s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="worker processes of examples.square:Square (default 2)",
+    )
+    parser.add_argument(
+        "--good-inflight", type=int, default=4, help="the good client's jobs in flight (default 4)"
+    )
+    parser.add_argument(
+        "--job-timeout",
+        type=float,
+        default=10.0,
+        help="the good client's per-job timeout (default 10 s)",
+    )
+    parser.add_argument(
+        "--baseline-jobs",
+        type=int,
+        default=200,
+        help="good jobs before the hostile phase (default 200)",
+    )
+    parser.add_argument(
+        "--probe-every", type=float, default=1.0, help="seconds between liveness probes (default 1)"
+    )
+    parser.add_argument(
+        "--hang-seconds",
+        type=float,
+        default=20.0,
+        help="unanswered probes for this long is a hang (default 20 s)",
+    )
+    parser.add_argument(
+        "--tcp",
+        type=_loopback,
+        help="attach to this leader's TCP listener instead of starting a cluster",
+    )
+    parser.add_argument(
+        "--ws", type=_loopback, help="... and to this WebSocket listener (with --tcp)"
+    )
     parser.add_argument("--pid", type=int, help="with --tcp/--ws: the leader's pid, for its RSS")
-    parser.add_argument("--logs", metavar="DIR", help="keep the cluster's stdout/stderr in DIR (default: a temporary directory)")
-    parser.add_argument("--dump-dir", default=".", metavar="DIR", help="where crash dumps go (default: .)")
-    parser.add_argument("--replay", metavar="FILE", help="resend the connections of a crash dump, one by one")
-    parser.add_argument("--replay-only", type=int, nargs="+", metavar="N", help="with --replay: only these connections")
-    parser.add_argument("--show", type=int, nargs="+", metavar="N", help="print the frames of these connections (from --seed) and exit")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line of every figure")
+    parser.add_argument(
+        "--logs",
+        metavar="DIR",
+        help="keep the cluster's stdout/stderr in DIR (default: a temporary directory)",
+    )
+    parser.add_argument(
+        "--dump-dir", default=".", metavar="DIR", help="where crash dumps go (default: .)"
+    )
+    parser.add_argument(
+        "--replay", metavar="FILE", help="resend the connections of a crash dump, one by one"
+    )
+    parser.add_argument(
+        "--replay-only",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="with --replay: only these connections",
+    )
+    parser.add_argument(
+        "--show",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="print the frames of these connections (from --seed) and exit",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="end with one JSON line of every figure"
+    )
     return parser
 
 

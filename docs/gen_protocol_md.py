@@ -123,7 +123,10 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
         " rejected the job, raised an exception its worker never retries, or returned a"
         " result that cannot be sent)."
     ),
-    ("Result", "traceback"): "For a failure: the remote traceback as text (for logs and the client).",
+    (
+        "Result",
+        "traceback",
+    ): "For a failure: the remote traceback as text (for logs and the client).",
     ("Result", "error_code"): (
         "Leader to client, for a failure the leader decided: an error code (see *Error"
         " codes*), `cancelled` when a client cancelled the job. Null for a failure of the job"
@@ -281,15 +284,19 @@ _ERROR_DOCS = {
 _LIMIT_DOCS: dict[str, tuple[str, str]] = {
     "MIN_MAX_FRAME": (
         "bytes",
-        "smallest `max_frame` a Hello or Welcome may announce (`bad_field`): every control"
-        " message (Ping, Pong, Bye, Welcome, the largest Error) fits in it",
+        (
+            "smallest `max_frame` a Hello or Welcome may announce (`bad_field`): every control"
+            " message (Ping, Pong, Bye, Welcome, the largest Error) fits in it"
+        ),
     ),
     "MAX_SUBJECT_LENGTH": ("bytes of UTF-8", "a subject or pattern (`bad_subject`)"),
     "MAX_SUBJECT_TOKENS": ("tokens", "a subject or pattern (`bad_subject`)"),
     "MAX_NAME_LENGTH": (
         "characters",
-        "a *name* or *id*: job ids, `Hello.name`, `Hello.group`, `Subscribe.queue`,"
-        " `Welcome.node`, `Welcome.session`, cache and transfer ids, header names (`bad_field`)",
+        (
+            "a *name* or *id*: job ids, `Hello.name`, `Hello.group`, `Subscribe.queue`,"
+            " `Welcome.node`, `Welcome.session`, cache and transfer ids, header names (`bad_field`)"
+        ),
     ),
     "MAX_VALUE_LENGTH": ("characters", "`Hello.token`, a header value (`bad_field`)"),
     "MAX_CODE_LENGTH": ("characters", "`Error.code` (`bad_field`)"),
@@ -299,19 +306,25 @@ _LIMIT_DOCS: dict[str, tuple[str, str]] = {
     "MAX_DELIVER_SIDS": ("subscription ids", "`Deliver.also` (`bad_field`)"),
     "MAX_REASON_SIZE": (
         "bytes of UTF-8",
-        "`Error.message`, `Bye.reason`, `Nack.reason`, `Cancel.reason`: a longer text is"
-        " **cut** to this size (ending in `...`), not refused",
+        (
+            "`Error.message`, `Bye.reason`, `Nack.reason`, `Cancel.reason`: a longer text is"
+            " **cut** to this size (ending in `...`), not refused"
+        ),
     ),
     "MAX_DEPTH": (
         "levels",
-        "nesting of containers and tags in a body, the message's map or array included, a"
-        " bundle's own array not (`bad_frame`); in a payload, counted on its own from the"
-        " payload's value (`bad_field`, when the payload is decoded)",
+        (
+            "nesting of containers and tags in a body, the message's map or array included, a"
+            " bundle's own array not (`bad_frame`); in a payload, counted on its own from the"
+            " payload's value (`bad_field`, when the payload is decoded)"
+        ),
     ),
     "MAX_BIGNUM_SIZE": (
         "bytes",
-        "a bignum (tags 2 and 3), anywhere in a body (`bad_frame`) or in a payload"
-        " (`bad_field`, when the payload is decoded)",
+        (
+            "a bignum (tags 2 and 3), anywhere in a body (`bad_frame`) or in a payload"
+            " (`bad_field`, when the payload is decoded)"
+        ),
     ),
     "MAX_BUNDLE_ITEMS": ("messages", "a bundle, refused whole (`bad_field`)"),
 }
@@ -321,10 +334,10 @@ def _validator_names(field: attrs.Attribute) -> tuple[str, ...]:
     validator = field.validator
     if validator is None:
         return ()
-    names = []
-    for v in getattr(validator, "_validators", (validator,)):
-        names.append(v.__name__.lstrip("_") if v.__name__ == "_bytes" else v.__name__)
-    return tuple(names)
+    return tuple(
+        v.__name__.lstrip("_") if v.__name__ == "_bytes" else v.__name__
+        for v in getattr(validator, "_validators", (validator,))
+    )
 
 
 def _cbor(value: Any) -> str:
@@ -380,10 +393,10 @@ def _sorted_kinds() -> list[type]:
 
 def section_tags() -> str:
     lines = ["| Tag | Message | Summary |", "|---:|---|---|"]
-    for cls in _sorted_kinds():
-        lines.append(
-            f"| {cls.KIND} | [{cls.__name__}](#{cls.__name__.lower()}) | {_summary(cls)} |"
-        )
+    lines.extend(
+        f"| {cls.KIND} | [{cls.__name__}](#{cls.__name__.lower()}) | {_summary(cls)} |"
+        for cls in _sorted_kinds()
+    )
     return "\n".join(lines)
 
 

@@ -35,12 +35,11 @@ async def main(url: str = "tcp://127.0.0.1:7700") -> list[dict]:
     async with Client.connect(url) as client:
         first = await client.submit("math.square", {"n": 7}, qos=1, timeout=5)
         print("7 squared:", first)
-        results = [first]
-        async for res in client.map("math.square", ({"n": i} for i in range(100)), limit=64):
-            results.append(res)
-        print(f"mapped {len(results) - 1} jobs; sum of squares = {sum(r['square'] for r in results[1:])}")
+        payloads = ({"n": i} for i in range(100))
+        mapped = [res async for res in client.map("math.square", payloads, limit=64)]
+        print(f"mapped {len(mapped)} jobs; sum of squares = {sum(r['square'] for r in mapped)}")
         await client.publish("events.order.created", {"id": 1})  # broadcast, qos 0
-        return results
+        return [first, *mapped]
 
 
 if __name__ == "__main__":

@@ -145,7 +145,9 @@ FROM_ARRAY: dict[int, Callable[[list[Any]], Message]] = {
 
 
 #: ``item`` by message class (also installed as ``cls.item``).
-ITEM: dict[type, Callable[..., list[Any]]] = {cls: build_item(cls) for cls in MESSAGE_TYPES.values()}
+ITEM: dict[type, Callable[..., list[Any]]] = {
+    cls: build_item(cls) for cls in MESSAGE_TYPES.values()
+}
 for _cls, _func in ITEM.items():
     _cls.item = staticmethod(_func)  # type: ignore[attr-defined]
 del _cls, _func
@@ -236,9 +238,7 @@ def bundle_frames(items: Sequence[bytes], max_body: int) -> list[bytes]:
             raise ValueError(f"a bundled message of {len(items[start])} bytes exceeds {room} bytes")
         head = _array_head(end - start)
         body_size = len(head) + size
-        frames.append(
-            b"".join((body_size.to_bytes(4, "big"), b"\x00", head, *items[start:end]))
-        )
+        frames.append(b"".join((body_size.to_bytes(4, "big"), b"\x00", head, *items[start:end])))
         start = end
     return frames
 

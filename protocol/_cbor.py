@@ -23,7 +23,9 @@ def _bignum(value: Any, *_args: Any) -> int:
     if type(value) is not bytes:
         raise ValueError(f"a bignum must be a byte string, got {type(value).__name__}")
     if len(value) > MAX_BIGNUM_SIZE:
-        raise ValueError(f"a bignum of {len(value)} bytes exceeds the limit of {MAX_BIGNUM_SIZE} bytes")
+        raise ValueError(
+            f"a bignum of {len(value)} bytes exceeds the limit of {MAX_BIGNUM_SIZE} bytes"
+        )
     return int.from_bytes(value, "big")
 
 
@@ -34,7 +36,7 @@ def _negative_bignum(value: Any, *args: Any) -> int:
 
 # Tags 28/29: shared references (cyclic values); 35: regex; 36: MIME; 256/25: string refs.
 # Tags 2/3, bignums: bounded in size.
-SEMANTIC_DECODERS: dict[int, Any] = {tag: _refuse_tag for tag in (25, 28, 29, 35, 36, 256)}
+SEMANTIC_DECODERS: dict[int, Any] = dict.fromkeys((25, 28, 29, 35, 36, 256), _refuse_tag)
 SEMANTIC_DECODERS.update({2: _bignum, 3: _negative_bignum})
 #: Keyword arguments of ``cbor2.CBORDecoder`` for one item (a body, or a payload).
 DECODER_OPTIONS: dict[str, Any] = {

@@ -90,7 +90,7 @@ def safe_repr(value: Any, limit: int = 64) -> str:
         if type(value) is int and value.bit_length() > 64:
             return f"<int of {value.bit_length()} bits>"
         text = _SHORT_REPR.repr(value)
-    except Exception:  # noqa: BLE001 - a repr of peer data may fail in any way
+    except Exception:
         return f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 

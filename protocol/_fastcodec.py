@@ -174,7 +174,7 @@ def _compile(source: str, name: str, namespace: dict[str, Any], cls: type) -> Ca
             break
         filename = f"{base[:-1]}-{count}>"
         count += 1
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated code
+    exec(compile(source, filename, "exec"), namespace)
     func: Callable[..., Any] = namespace[name]
     func.__qualname__ = f"{cls.__name__}.{name}"
     return func
@@ -190,8 +190,14 @@ def _slot(cls: type, name: str) -> Any:
 
 def _common_namespace(cls: type[Message], fields: list[_Field]) -> dict[str, Any]:
     ns: dict[str, Any] = {
-        "_new": object.__new__, "_cls": cls, "_NOTHING": _NOTHING,
-        "_Enc": Encoded, "_pw": payload_wire, "_pfm": payload_from_map, "_encp": encoded, "_pba": bad_bundled_payload,
+        "_new": object.__new__,
+        "_cls": cls,
+        "_NOTHING": _NOTHING,
+        "_Enc": Encoded,
+        "_pw": payload_wire,
+        "_pfm": payload_from_map,
+        "_encp": encoded,
+        "_pba": bad_bundled_payload,
     }
     for f in fields:
         ns[f"_set{f.index}"] = _slot(cls, f.name).__set__  # the slot's own setter
@@ -441,7 +447,9 @@ def _checked_new_lines(
     return lines
 
 
-def _trimmed_returns(cls: type[Message], fields: list[_Field], ns: dict[str, Any], value: str) -> list[str]:
+def _trimmed_returns(
+    cls: type[Message], fields: list[_Field], ns: dict[str, Any], value: str
+) -> list[str]:
     """Statements returning ``[tag, field, ...]`` without the trailing fields equal to
     their defaults; ``value`` formats a field's value from its name (``"m.{}"``: an
     attribute of ``m``; ``"{}"``: a local). Shared by ``to_array`` and ``item``."""

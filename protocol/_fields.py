@@ -73,7 +73,9 @@ MODE_VALUES = frozenset(m.value for m in GroupMode)
 
 
 def _not_int(inst: Any, attr: attrs.Attribute[Any], value: Any) -> TypeError:
-    return TypeError(f"{type(inst).__name__}.{attr.name} must be an int, got {type(value).__name__}")
+    return TypeError(
+        f"{type(inst).__name__}.{attr.name} must be an int, got {type(value).__name__}"
+    )
 
 
 def _below(inst: Any, attr: attrs.Attribute[Any], value: Any, low: int) -> ValueError:
@@ -142,7 +144,9 @@ def _opt_frame_limit(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
 
 def _str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not str:
-        raise TypeError(f"{type(inst).__name__}.{attr.name} must be a str, got {type(value).__name__}")
+        raise TypeError(
+            f"{type(inst).__name__}.{attr.name} must be a str, got {type(value).__name__}"
+        )
 
 
 def _non_empty_str(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
@@ -199,9 +203,13 @@ def _opt_token(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise _too_long(inst, attr, value, MAX_VALUE_LENGTH)
 
 
-def _not_one_of(inst: Any, attr: attrs.Attribute[Any], value: Any, allowed: type[enum.StrEnum]) -> ValueError:
+def _not_one_of(
+    inst: Any, attr: attrs.Attribute[Any], value: Any, allowed: type[enum.StrEnum]
+) -> ValueError:
     names = ", ".join(member.value for member in allowed)
-    return ValueError(f"{type(inst).__name__}.{attr.name} must be one of {names}, got {safe_repr(value)}")
+    return ValueError(
+        f"{type(inst).__name__}.{attr.name} must be one of {names}, got {safe_repr(value)}"
+    )
 
 
 def _policy(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
@@ -248,47 +256,65 @@ def _cut_text(value: Any) -> Any:
 
 def _bytes(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bytes):
-        raise TypeError(f"{type(inst).__name__}.{attr.name} must be bytes, got {type(value).__name__}")
+        raise TypeError(
+            f"{type(inst).__name__}.{attr.name} must be bytes, got {type(value).__name__}"
+        )
 
 
 def _bool(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not bool:
-        raise TypeError(f"{type(inst).__name__}.{attr.name} must be a bool, got {type(value).__name__}")
+        raise TypeError(
+            f"{type(inst).__name__}.{attr.name} must be a bool, got {type(value).__name__}"
+        )
 
 
 def _opt_seconds(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     if type(value) not in (int, float):
-        raise TypeError(f"{type(inst).__name__}.{attr.name} must be a number of seconds, got {type(value).__name__}")
+        raise TypeError(
+            f"{type(inst).__name__}.{attr.name} must be a number of seconds, got {type(value).__name__}"
+        )
     try:
         ok = value >= 0 and math.isfinite(value)
     except OverflowError:  # an int too large for a float: no clock can use it
         ok = False
     if not ok:
-        raise ValueError(f"{type(inst).__name__}.{attr.name} must be a finite number >= 0, got {safe_repr(value)}")
+        raise ValueError(
+            f"{type(inst).__name__}.{attr.name} must be a finite number >= 0, got {safe_repr(value)}"
+        )
 
 
 def _opt_fraction(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     if type(value) not in (int, float):
-        raise TypeError(f"{type(inst).__name__}.{attr.name} must be a number, got {type(value).__name__}")
+        raise TypeError(
+            f"{type(inst).__name__}.{attr.name} must be a number, got {type(value).__name__}"
+        )
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{type(inst).__name__}.{attr.name} must be between 0 and 1, got {safe_repr(value)}")
+        raise ValueError(
+            f"{type(inst).__name__}.{attr.name} must be between 0 and 1, got {safe_repr(value)}"
+        )
 
 
 def _qos(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not int or value not in (0, 1):
-        raise ValueError(f"{type(inst).__name__}.{attr.name} must be 0 or 1, got {safe_repr(value)}")
+        raise ValueError(
+            f"{type(inst).__name__}.{attr.name} must be 0 or 1, got {safe_repr(value)}"
+        )
 
 
 def _str_map(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not dict:
-        raise TypeError(f"{type(inst).__name__}.{attr.name} must be a map of str to str, got {type(value).__name__}")
+        raise TypeError(
+            f"{type(inst).__name__}.{attr.name} must be a map of str to str, got {type(value).__name__}"
+        )
     for k, v in value.items():
         if type(k) is not str or type(v) is not str:
-            raise TypeError(f"{type(inst).__name__}.{attr.name} must map str to str, got {safe_repr(k)}: {safe_repr(v)}")
+            raise TypeError(
+                f"{type(inst).__name__}.{attr.name} must map str to str, got {safe_repr(k)}: {safe_repr(v)}"
+            )
 
 
 def _headers(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
@@ -396,7 +422,9 @@ def _sid_tuple(value: Any) -> Any:
 def _role(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     _str(inst, attr, value)
     if value not in ROLES:
-        raise ValueError(f"{type(inst).__name__}.{attr.name} must be one of {sorted(ROLES)}, got {safe_repr(value)}")
+        raise ValueError(
+            f"{type(inst).__name__}.{attr.name} must be one of {sorted(ROLES)}, got {safe_repr(value)}"
+        )
 
 
 def _tuple(value: Any) -> tuple[Any, ...]:
@@ -415,7 +443,9 @@ def _entries(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
             and type(entry[0]) is str
             and type(entry[1]) is bytes
         ):
-            raise TypeError(f"{type(inst).__name__}.{attr.name} must hold [name, bytes] pairs, got {safe_repr(entry)}")
+            raise TypeError(
+                f"{type(inst).__name__}.{attr.name} must hold [name, bytes] pairs, got {safe_repr(entry)}"
+            )
 
 
 def _entry_tuple(value: Any) -> tuple[Any, ...]:
@@ -424,7 +454,9 @@ def _entry_tuple(value: Any) -> tuple[Any, ...]:
 
 def _any_map(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not dict:
-        raise TypeError(f"{type(inst).__name__}.{attr.name} must be a map, got {type(value).__name__}")
+        raise TypeError(
+            f"{type(inst).__name__}.{attr.name} must be a map, got {type(value).__name__}"
+        )
 
 
 def _key(key: str, **kw: Any) -> dict[str, str]:

@@ -39,7 +39,9 @@ _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
 
 
-def encode(message: Message, *, compress_threshold: int | None = None, plain_payloads: bool = False) -> bytes:
+def encode(
+    message: Message, *, compress_threshold: int | None = None, plain_payloads: bool = False
+) -> bytes:
     """Encode ``message`` as one whole frame.
 
     Args:
@@ -100,9 +102,11 @@ class FrameDecoder:
     spent: every later ``feed`` raises an error of the same class again (with no messages).
     """
 
-    __slots__ = ("max_frame_size", "decode_payloads", "frames", "_buffer", "_error")
+    __slots__ = ("_buffer", "_error", "decode_payloads", "frames", "max_frame_size")
 
-    def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, decode_payloads: bool = True) -> None:
+    def __init__(
+        self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, decode_payloads: bool = True
+    ) -> None:
         if max_frame_size < 1:
             raise ValueError("max_frame_size must be positive")
         self.max_frame_size = max_frame_size
@@ -243,4 +247,3 @@ def _decode_payloads(messages: list[Message]) -> None:
                 except ProtocolError:
                     del messages[i:]
                     raise
-

@@ -73,7 +73,7 @@ class _Node:
     of children: a node that holds nothing costs no empty dicts.
     """
 
-    __slots__ = ("label", "size", "kind", "getter", "literals", "last", "children", "here", "rest")
+    __slots__ = ("children", "getter", "here", "kind", "label", "last", "literals", "rest", "size")
 
     def __init__(self, tokens: list[str], start: int) -> None:
         self.children: dict[str, _Node] | None = None
@@ -143,12 +143,11 @@ def _end_of(node: _Node, tokens: list[str], start: int, count: int) -> int:
     elif kind == _TOKEN:
         if node.getter(tokens) != node.literals:
             return -1
-    elif kind == _TOKENS:
-        if (
-            not node.literals.endswith(tokens[node.last])
-            or ".".join(node.getter(tokens)) != node.literals
-        ):
-            return -1
+    elif kind == _TOKENS and (
+        not node.literals.endswith(tokens[node.last])
+        or ".".join(node.getter(tokens)) != node.literals
+    ):
+        return -1
     return end
 
 

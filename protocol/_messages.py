@@ -148,15 +148,31 @@ class Hello(Message):
         default=(), converter=_tuple, validator=_patterns, metadata=_key("pats"), kw_only=True
     )
     credit: int = attrs.field(default=0, validator=_uint, metadata=_key("cr"), kw_only=True)
-    group: str | None = attrs.field(default=None, validator=_opt_short_str, metadata=_key("g"), kw_only=True)
-    token: str | None = attrs.field(default=None, validator=_opt_token, metadata=_key("tok"), kw_only=True)
-    meta: dict[str, Any] = attrs.field(factory=dict, validator=_any_map, metadata=_key("meta"), kw_only=True)
-    max_frame: int | None = attrs.field(default=None, validator=_opt_frame_limit, metadata=_key("mf"), kw_only=True)
+    group: str | None = attrs.field(
+        default=None, validator=_opt_short_str, metadata=_key("g"), kw_only=True
+    )
+    token: str | None = attrs.field(
+        default=None, validator=_opt_token, metadata=_key("tok"), kw_only=True
+    )
+    meta: dict[str, Any] = attrs.field(
+        factory=dict, validator=_any_map, metadata=_key("meta"), kw_only=True
+    )
+    max_frame: int | None = attrs.field(
+        default=None, validator=_opt_frame_limit, metadata=_key("mf"), kw_only=True
+    )
     policy: str = attrs.field(
-        default="round_robin", converter=_plain_str, validator=_policy, metadata=_key("pol"), kw_only=True
+        default="round_robin",
+        converter=_plain_str,
+        validator=_policy,
+        metadata=_key("pol"),
+        kw_only=True,
     )
     mode: str = attrs.field(
-        default="round_robin", converter=_plain_str, validator=_mode, metadata=_key("mode"), kw_only=True
+        default="round_robin",
+        converter=_plain_str,
+        validator=_mode,
+        metadata=_key("mode"),
+        kw_only=True,
     )
 
 
@@ -178,9 +194,15 @@ class Welcome(Message):
     cid: int | None = cid_field()
     version: int = attrs.field(validator=_pos_int, metadata=_key("v"), kw_only=True)
     node: str = attrs.field(default="", validator=_short_str, metadata=_key("node"), kw_only=True)
-    session: str = attrs.field(default="", validator=_short_str, metadata=_key("sess"), kw_only=True)
-    heartbeat: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("hb"), kw_only=True)
-    max_frame: int | None = attrs.field(default=None, validator=_opt_frame_limit, metadata=_key("mf"), kw_only=True)
+    session: str = attrs.field(
+        default="", validator=_short_str, metadata=_key("sess"), kw_only=True
+    )
+    heartbeat: float | None = attrs.field(
+        default=None, validator=_opt_seconds, metadata=_key("hb"), kw_only=True
+    )
+    max_frame: int | None = attrs.field(
+        default=None, validator=_opt_frame_limit, metadata=_key("mf"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -238,8 +260,12 @@ class Error(Message):
     message: str = attrs.field(
         default="", converter=_cut_text, validator=_str, metadata=_key("msg"), kw_only=True
     )
-    job_id: str | None = attrs.field(default=None, validator=_opt_short_str, metadata=_key("j"), kw_only=True)
-    retry_after: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("ra"), kw_only=True)
+    job_id: str | None = attrs.field(
+        default=None, validator=_opt_short_str, metadata=_key("j"), kw_only=True
+    )
+    retry_after: float | None = attrs.field(
+        default=None, validator=_opt_seconds, metadata=_key("ra"), kw_only=True
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,12 +293,18 @@ class Submit(Message):
     mid: int = mid_field()
     job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
     subject: str = attrs.field(validator=_subject, metadata=_key("s"), kw_only=True)
-    payload: Any = payload_field()
-    headers: dict[str, str] = headers_field()
+    payload: Any = payload_field()  # noqa: RUF009 - an attrs.field() specifier, not a value
+    headers: dict[str, str] = headers_field()  # noqa: RUF009 - an attrs.field(factory=dict)
     qos: int = attrs.field(default=1, validator=_qos, metadata=_key("q"), kw_only=True)
-    timeout: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("to"), kw_only=True)
-    max_attempts: int | None = attrs.field(default=None, validator=_opt_pos_int, metadata=_key("ma"), kw_only=True)
-    wait_for_worker: bool = attrs.field(default=False, validator=_bool, metadata=_key("ww"), kw_only=True)
+    timeout: float | None = attrs.field(
+        default=None, validator=_opt_seconds, metadata=_key("to"), kw_only=True
+    )
+    max_attempts: int | None = attrs.field(
+        default=None, validator=_opt_pos_int, metadata=_key("ma"), kw_only=True
+    )
+    wait_for_worker: bool = attrs.field(
+        default=False, validator=_bool, metadata=_key("ww"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -292,13 +324,19 @@ class Assign(Message):
     mid: int = mid_field()
     job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
     subject: str = attrs.field(validator=_subject, metadata=_key("s"), kw_only=True)
-    payload: Any = payload_field()
-    headers: dict[str, str] = headers_field()
+    payload: Any = payload_field()  # noqa: RUF009 - an attrs.field() specifier, not a value
+    headers: dict[str, str] = headers_field()  # noqa: RUF009 - an attrs.field(factory=dict)
     attempt: int = attrs.field(default=1, validator=_pos_int, metadata=_key("a"), kw_only=True)
     qos: int = attrs.field(default=1, validator=_qos, metadata=_key("q"), kw_only=True)
-    ack_timeout: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("at"), kw_only=True)
-    deadline: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("dl"), kw_only=True)
-    max_attempts: int | None = attrs.field(default=None, validator=_opt_pos_int, metadata=_key("ma"), kw_only=True)
+    ack_timeout: float | None = attrs.field(
+        default=None, validator=_opt_seconds, metadata=_key("at"), kw_only=True
+    )
+    deadline: float | None = attrs.field(
+        default=None, validator=_opt_seconds, metadata=_key("dl"), kw_only=True
+    )
+    max_attempts: int | None = attrs.field(
+        default=None, validator=_opt_pos_int, metadata=_key("ma"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -308,7 +346,9 @@ class Ack(Message):
     KIND: ClassVar[int] = 5
     mid: int = mid_field()
     cid: int | None = cid_field()
-    job_id: str | None = attrs.field(default=None, validator=_opt_short_str, metadata=_key("j"), kw_only=True)
+    job_id: str | None = attrs.field(
+        default=None, validator=_opt_short_str, metadata=_key("j"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -319,7 +359,9 @@ class Nack(Message):
     mid: int = mid_field()
     cid: int | None = cid_field()
     job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
-    delay: float | None = attrs.field(default=None, validator=_opt_seconds, metadata=_key("d"), kw_only=True)
+    delay: float | None = attrs.field(
+        default=None, validator=_opt_seconds, metadata=_key("d"), kw_only=True
+    )
     reason: str = attrs.field(
         default="", converter=_cut_text, validator=_str, metadata=_key("why"), kw_only=True
     )
@@ -332,8 +374,12 @@ class Progress(Message):
     KIND: ClassVar[int] = 7
     mid: int = mid_field()
     job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
-    fraction: float | None = attrs.field(default=None, validator=_opt_fraction, metadata=_key("f"), kw_only=True)
-    note: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("n"), kw_only=True)
+    fraction: float | None = attrs.field(
+        default=None, validator=_opt_fraction, metadata=_key("f"), kw_only=True
+    )
+    note: str | None = attrs.field(
+        default=None, validator=_opt_str, metadata=_key("n"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -361,12 +407,18 @@ class Result(Message):
     cid: int | None = cid_field()
     job_id: str = attrs.field(validator=_id, metadata=_key("j"), kw_only=True)
     ok: bool = attrs.field(default=True, validator=_bool, metadata=_key("ok"), kw_only=True)
-    payload: Any = payload_field()
-    error_type: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("et"), kw_only=True)
-    error_message: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("em"), kw_only=True)
+    payload: Any = payload_field()  # noqa: RUF009 - an attrs.field() specifier, not a value
+    error_type: str | None = attrs.field(
+        default=None, validator=_opt_str, metadata=_key("et"), kw_only=True
+    )
+    error_message: str | None = attrs.field(
+        default=None, validator=_opt_str, metadata=_key("em"), kw_only=True
+    )
     attempts: int = attrs.field(default=1, validator=_uint, metadata=_key("a"), kw_only=True)
     final: bool = attrs.field(default=False, validator=_bool, metadata=_key("fin"), kw_only=True)
-    traceback: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("tb"), kw_only=True)
+    traceback: str | None = attrs.field(
+        default=None, validator=_opt_str, metadata=_key("tb"), kw_only=True
+    )
     error_code: str | None = attrs.field(
         default=None, validator=_opt_short_str, metadata=_key("ec"), kw_only=True
     )
@@ -420,7 +472,9 @@ class Query(Message):
     KIND: ClassVar[int] = 23
     mid: int = mid_field()
     what: str = attrs.field(validator=_query_what, metadata=_key("w"), kw_only=True)
-    job_id: str | None = attrs.field(default=None, validator=_opt_short_str, metadata=_key("j"), kw_only=True)
+    job_id: str | None = attrs.field(
+        default=None, validator=_opt_short_str, metadata=_key("j"), kw_only=True
+    )
     wait: bool = attrs.field(default=False, validator=_bool, metadata=_key("wait"), kw_only=True)
 
 
@@ -439,8 +493,8 @@ class Publish(Message):
     KIND: ClassVar[int] = 10
     mid: int = mid_field()
     subject: str = attrs.field(validator=_subject, metadata=_key("s"), kw_only=True)
-    payload: Any = payload_field()
-    headers: dict[str, str] = headers_field()
+    payload: Any = payload_field()  # noqa: RUF009 - an attrs.field() specifier, not a value
+    headers: dict[str, str] = headers_field()  # noqa: RUF009 - an attrs.field(factory=dict)
     qos: int = attrs.field(default=0, validator=_qos, metadata=_key("q"), kw_only=True)
     retain: bool = attrs.field(default=False, validator=_bool, metadata=_key("r"), kw_only=True)
 
@@ -454,7 +508,9 @@ class Subscribe(Message):
     mid: int = mid_field()
     sid: int = attrs.field(validator=_uint, metadata=_key("sid"), kw_only=True)
     pattern: str = attrs.field(validator=_pattern, metadata=_key("pat"), kw_only=True)
-    queue: str | None = attrs.field(default=None, validator=_opt_short_str, metadata=_key("qg"), kw_only=True)
+    queue: str | None = attrs.field(
+        default=None, validator=_opt_short_str, metadata=_key("qg"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -485,8 +541,8 @@ class Deliver(Message):
     mid: int = mid_field()
     sid: int = attrs.field(validator=_uint, metadata=_key("sid"), kw_only=True)
     subject: str = attrs.field(validator=_subject, metadata=_key("s"), kw_only=True)
-    payload: Any = payload_field()
-    headers: dict[str, str] = headers_field()
+    payload: Any = payload_field()  # noqa: RUF009 - an attrs.field() specifier, not a value
+    headers: dict[str, str] = headers_field()  # noqa: RUF009 - an attrs.field(factory=dict)
     qos: int = attrs.field(default=0, validator=_qos, metadata=_key("q"), kw_only=True)
     retained: bool = attrs.field(default=False, validator=_bool, metadata=_key("r"), kw_only=True)
     also: tuple[int, ...] = attrs.field(
@@ -515,7 +571,9 @@ class CachePut(Message):
     entries: tuple[tuple[str, bytes], ...] = attrs.field(
         default=(), converter=_entry_tuple, validator=_entries, metadata=_key("e"), kw_only=True
     )
-    sha256: dict[str, str] = attrs.field(factory=dict, validator=_str_map, metadata=_key("sha"), kw_only=True)
+    sha256: dict[str, str] = attrs.field(
+        factory=dict, validator=_str_map, metadata=_key("sha"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -527,8 +585,12 @@ class CacheAck(Message):
     cid: int | None = cid_field()
     cache_id: str = attrs.field(validator=_id, metadata=_key("cache"), kw_only=True)
     worker: str = attrs.field(default="", validator=_short_str, metadata=_key("w"), kw_only=True)
-    statuses: dict[str, str] = attrs.field(factory=dict, validator=_str_map, metadata=_key("st"), kw_only=True)
-    error: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("err"), kw_only=True)
+    statuses: dict[str, str] = attrs.field(
+        factory=dict, validator=_str_map, metadata=_key("st"), kw_only=True
+    )
+    error: str | None = attrs.field(
+        default=None, validator=_opt_str, metadata=_key("err"), kw_only=True
+    )
 
 
 @attrs.frozen
@@ -541,16 +603,39 @@ class Chunk(Message):
     index: int = attrs.field(validator=_uint, metadata=_key("n"), kw_only=True)
     data: bytes = attrs.field(default=b"", validator=_bytes, metadata=_key("d"), kw_only=True)
     last: bool = attrs.field(default=False, validator=_bool, metadata=_key("last"), kw_only=True)
-    total_size: int | None = attrs.field(default=None, validator=_opt_uint, metadata=_key("size"), kw_only=True)
-    sha256: str | None = attrs.field(default=None, validator=_opt_str, metadata=_key("sha"), kw_only=True)
+    total_size: int | None = attrs.field(
+        default=None, validator=_opt_uint, metadata=_key("size"), kw_only=True
+    )
+    sha256: str | None = attrs.field(
+        default=None, validator=_opt_str, metadata=_key("sha"), kw_only=True
+    )
 
 
 #: Every message class by its wire tag. Tags 30-39 are reserved for DAG workflow messages.
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.KIND: cls
     for cls in (
-        Hello, Welcome, Submit, Assign, Ack, Nack, Progress, Result, Credit, Publish,
-        Subscribe, Unsubscribe, Deliver, Cancel, Ping, Pong, Error, Bye,
-        CachePut, CacheAck, Chunk, Query,
+        Hello,
+        Welcome,
+        Submit,
+        Assign,
+        Ack,
+        Nack,
+        Progress,
+        Result,
+        Credit,
+        Publish,
+        Subscribe,
+        Unsubscribe,
+        Deliver,
+        Cancel,
+        Ping,
+        Pong,
+        Error,
+        Bye,
+        CachePut,
+        CacheAck,
+        Chunk,
+        Query,
     )
 }

@@ -118,23 +118,32 @@ def encode_payload(value: Any) -> bytes:
     except _CBOREncodeError as exc:
         raise ValueError(f"cannot encode the payload {safe_repr(value)}: {exc}") from exc
     except RecursionError:
-        raise ValueError("cannot encode the payload: it nests too deep (or holds a cycle)") from None
+        raise ValueError(
+            "cannot encode the payload: it nests too deep (or holds a cycle)"
+        ) from None
 
 
 def _decode(data: bytes) -> Any:
     fp = io.BytesIO(data)
     try:
         value = cbor2.CBORDecoder(fp, **_OPTIONS).decode()
-    except Exception as exc:  # noqa: BLE001 - any failure of untrusted bytes
+    except Exception as exc:
         reason = str(exc)
         cause = exc.__cause__
-        if type(cause) is ValueError and cause.args and type(cause.args[0]) is str and cause.args[0] not in reason:
+        if (
+            type(cause) is ValueError
+            and cause.args
+            and type(cause.args[0]) is str
+            and cause.args[0] not in reason
+        ):
             reason = f"{reason}: {cause.args[0]}"
         if len(reason) > _REASON_LIMIT:
             reason = reason[: _REASON_LIMIT - 3] + "..."
         raise InvalidPayload(f"the payload is not valid CBOR: {reason}") from None
     if fp.tell() != len(data):
-        raise InvalidPayload(f"the payload has {len(data) - fp.tell()} bytes of trailing data after its CBOR item")
+        raise InvalidPayload(
+            f"the payload has {len(data) - fp.tell()} bytes of trailing data after its CBOR item"
+        )
     return value
 
 
@@ -180,7 +189,9 @@ def payload_from_map(name: str, plain: Any, encoded_bytes: Any) -> Any:
             f"bad {name}: {name}.payload must be a byte string (its encoding), got {type(encoded_bytes).__name__}"
         )
     if plain is not None:
-        raise InvalidField(f"{name} has both a plain payload ('p') and an encoded one ({ENCODED_KEY!r})")
+        raise InvalidField(
+            f"{name} has both a plain payload ('p') and an encoded one ({ENCODED_KEY!r})"
+        )
     return Encoded(encoded_bytes)
 
 
@@ -192,7 +203,9 @@ def bad_bundled_payload(name: str, value: Any) -> None:
       InvalidField: always.
     """
     # (The text of payload_from_map: a bad field gets the same error in a map and a bundle.)
-    raise InvalidField(f"bad {name}: {name}.payload must be a byte string (its encoding), got {type(value).__name__}")
+    raise InvalidField(
+        f"bad {name}: {name}.payload must be a byte string (its encoding), got {type(value).__name__}"
+    )
 
 
 def encoded(payload: Any) -> Encoded | None:

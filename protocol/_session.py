@@ -74,8 +74,7 @@ ALLOWED: dict[str, frozenset[type[Message]]] = {
     "worker": _ALWAYS
     | {Result, Nack, Progress, Credit, Ack, Publish, Subscribe, Unsubscribe, CacheAck, Chunk},
     "observer": _ALWAYS | {Subscribe, Unsubscribe, Query},
-    "leader": _ALWAYS
-    | {Assign, Result, Deliver, Progress, Cancel, Ack, CachePut, CacheAck, Chunk},
+    "leader": _ALWAYS | {Assign, Result, Deliver, Progress, Cancel, Ack, CachePut, CacheAck, Chunk},
 }
 #: Kinds in :data:`ALLOWED` that are reserved: the session accepts them from the role, but
 #: a leader of this version does not serve them (it answers each with Error
@@ -142,9 +141,7 @@ class Session:
         state = self.state
         if state is State.OPEN:
             if type(message) not in self._allowed:
-                raise StateViolation(
-                    f"a {self.peer_role} may not send {type(message).__name__}"
-                )
+                raise StateViolation(f"a {self.peer_role} may not send {type(message).__name__}")
             if type(message) is Bye or (
                 type(message) is Error and ErrorCode.closes_connection(message.code)
             ):

@@ -172,12 +172,16 @@ class Connection:
     _inbox: list[protocol.Message] = attrs.field(init=False, factory=list)
     _inbox_bytes: int = attrs.field(init=False, default=0)
     _ready: collections.deque[protocol.Message] = attrs.field(init=False, factory=collections.deque)
-    _receive_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
+    _receive_lot: trio.lowlevel.ParkingLot = attrs.field(
+        init=False, factory=trio.lowlevel.ParkingLot
+    )
     _inbox_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
     # The reader waits for the application to take from a full inbox (the heartbeat reads it).
     _reader_stalled: bool = attrs.field(init=False, default=False)
     # Set by :meth:`dispatch_to`: the reader hands each batch to it instead of the inbox.
-    _handler: Callable[[list[protocol.Message]], None] | None = attrs.field(init=False, default=None)
+    _handler: Callable[[list[protocol.Message]], None] | None = attrs.field(
+        init=False, default=None
+    )
     # Closing: why (reason, code, clean), whether to flush, and the lifecycle events.
     _close_info: tuple[str, str | None, bool] | None = attrs.field(init=False, default=None)
     _flush_on_close: bool = attrs.field(init=False, default=True)
@@ -219,20 +223,11 @@ class Connection:
         self._outgoing.send_many_nowait(messages)
 
     async def send(self, message: protocol.Message, *, timeout: float | None = None) -> None:
-        """Queue ``message``, waiting while the outgoing buffer is over its bound.
+        """Queue ``message``, waiting while the outgoing buffer is over its bound (``timeout``:
+        seconds, None for :attr:`send_timeout`, ``math.inf`` for as long as it takes).
 
-        A message larger than the whole buffer is queued once the buffer is empty.
-
-        Args:
-          timeout: seconds to wait for room; None: :attr:`send_timeout`; ``math.inf``:
-            as long as it takes (until the connection closes, or the caller's own
-            cancel scope ends the wait).
-
-        Raises:
-          SendBufferFull: no room came within the timeout.
-          ConnectionClosed: the connection is closing or closed.
-          MessageTooLarge: the message encodes to a frame larger than the peer accepts
-            (at once, without waiting).
+        The send queue's :meth:`~runtime._outgoing.SendQueue.send` documents the rules and
+        what it raises (SendBufferFull, ConnectionClosed, MessageTooLarge).
         """
         await self._outgoing.send(message, timeout=timeout)
 
@@ -387,13 +382,17 @@ class Connection:
         "in the dispatch_to handler of", is followed by the peer's address): log it once
         with its traceback, tell the peer ``internal`` if it can still be told, and close
         this connection only (see the module docstring, "Containment")."""
-        logger.error("internal error %s %s; closing that connection", doing, self.peer, exc_info=exc)
+        logger.error(
+            "internal error %s %s; closing that connection", doing, self.peer, exc_info=exc
+        )
         if self.failure is None:
             self.failure = exc
         if self.closed:
             return  # already closing: that close goes on (the peer may miss what failed)
         error = Error(
-            mid=self.next_mid(), code=ErrorCode.INTERNAL, message=f"internal error: {type(exc).__name__}"
+            mid=self.next_mid(),
+            code=ErrorCode.INTERNAL,
+            message=f"internal error: {type(exc).__name__}",
         )
         self._request_close(
             f"internal error {doing} {self.peer}: {exc!r}",
@@ -497,9 +496,13 @@ class Connection:
                 if self.session.heartbeat:
                     nursery.start_soon(self._contained, "in the heartbeat of", run_heartbeat, self)
                 if self.hello_timeout is not None:
-                    nursery.start_soon(self._contained, "waiting for the Hello of", watch_for_hello, self)
+                    nursery.start_soon(
+                        self._contained, "waiting for the Hello of", watch_for_hello, self
+                    )
                 if self.write_timeout < math.inf:
-                    nursery.start_soon(self._contained, "watching the writes to", outgoing.watch_writes)
+                    nursery.start_soon(
+                        self._contained, "watching the writes to", outgoing.watch_writes
+                    )
                 task_status.started()
                 await self._close_requested.wait()
                 self._linger_scope.deadline = trio.current_time() + self.close_timeout
@@ -529,7 +532,9 @@ class Connection:
         finally:
             self._reader_done.set()
 
-    async def _contained(self, doing: str, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+    async def _contained(
+        self, doing: str, fn: Callable[..., Awaitable[object]], *args: object
+    ) -> None:
         """``await fn(*args)``, one of this connection's tasks or steps: a lost transport
         ends the connection, any other :class:`Exception` is an internal failure of this
         connection (``doing`` says where, for the log); nothing escapes."""

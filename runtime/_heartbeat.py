@@ -38,7 +38,9 @@ async def run_heartbeat(conn: Connection) -> None:
             conn._request_close(
                 f"{conn.peer} declared dead: {message}",
                 code=ErrorCode.HEARTBEAT_TIMEOUT,
-                final=[Error(mid=conn.next_mid(), code=ErrorCode.HEARTBEAT_TIMEOUT, message=message)],
+                final=[
+                    Error(mid=conn.next_mid(), code=ErrorCode.HEARTBEAT_TIMEOUT, message=message)
+                ],
                 linger=False,
             )
             return

@@ -223,7 +223,7 @@ class ActorRef:
         self,
         message: Any,
         *,
-        timeout: float | None = DEFAULT_ASK_TIMEOUT,  # noqa: ASYNC109 - a named error, as trio-websocket
+        timeout: float | None = DEFAULT_ASK_TIMEOUT,
         block: bool = True,
     ) -> Any:
         """Send ``message`` as a request and return the actor's reply.

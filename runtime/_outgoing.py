@@ -238,9 +238,15 @@ class SendQueue:
     # When the writer's write under way began; the write watch, asleep until one begins.
     _write_began: float = attrs.field(init=False, default=0.0, repr=False)
     _watch_idle: bool = attrs.field(init=False, default=False, repr=False)
-    _watch_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot, repr=False)
-    _writer_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot, repr=False)
-    _space_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot, repr=False)
+    _watch_lot: trio.lowlevel.ParkingLot = attrs.field(
+        init=False, factory=trio.lowlevel.ParkingLot, repr=False
+    )
+    _writer_lot: trio.lowlevel.ParkingLot = attrs.field(
+        init=False, factory=trio.lowlevel.ParkingLot, repr=False
+    )
+    _space_lot: trio.lowlevel.ParkingLot = attrs.field(
+        init=False, factory=trio.lowlevel.ParkingLot, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         check_write_timeout(self.write_timeout)

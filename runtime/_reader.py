@@ -11,10 +11,13 @@ here -- ends this connection as an internal failure (see :mod:`runtime._connecti
 Fairness: one frame may hold thousands of messages (a bundle), and what one message costs
 the handler is the application's business. A batch is handed to a ``dispatch_to``
 handler in slices; once a batch has taken :data:`FAIR_TURN` seconds of the process, the
-reader lets every other task run (a checkpoint) before its next slice, and slices shrink
-while they are slow. So a peer whose messages cost much delays the others by about one
-turn, not by its whole batch (the process is one thread: while a handler runs, every other
-connection waits).
+reader lets every other task run (a checkpoint) before its next slice. The slice size is
+the connection's own and lasts from batch to batch: it halves while slices are slow (over a
+quarter of a turn) and doubles, from 1 up to :data:`FAIR_SLICE`, while they are quick. So a
+peer whose messages cost much (a Publish fanned out to thousands of queue groups) delays the
+others by about one turn, not by its whole batch, nor by a fresh slice of 64 such messages
+at each new frame (the process is one thread: while a handler runs, every other connection
+waits).
 
 The reader uses the connection through its public attributes (``closed``, ``peer``,
 ``session``, ``on_hello``, ``foreign_answer``, ``max_frame_size``, ``decode_payloads``) and
@@ -48,34 +51,48 @@ FOREIGN_ANSWER_SIZE = 256
 FAIR_TURN = 0.005
 #: Messages handed to a ``dispatch_to`` handler at once, at most (fewer while slow).
 FAIR_SLICE = 64
+#: A slice that took longer than this halves the connection's slice size; one quicker than
+#: ``_QUICK_SLICE`` doubles it back (up to FAIR_SLICE).
+_SLOW_SLICE = FAIR_TURN / 4
+_QUICK_SLICE = FAIR_TURN / 32
+#: A new connection's first slice size: one message, doubling while quick (see above).
+FAIR_START = 1
 
 _perf_counter = time.perf_counter
 
 
 async def _dispatch_fairly(
-    conn: Connection, handler: Callable[[list[protocol.Message]], None], out: list[protocol.Message]
-) -> None:
-    """``handler(out)`` in slices, with a checkpoint whenever the batch has taken
-    :data:`FAIR_TURN` seconds (see the module docstring). Stops early if the connection
-    closes meanwhile (what it had not handled is dropped with the connection)."""
+    conn: Connection,
+    handler: Callable[[list[protocol.Message]], None],
+    out: list[protocol.Message],
+    size: int,
+) -> int:
+    """``handler(out)`` in slices of ``size`` (adapted as they go), with a checkpoint whenever
+    the batch has taken :data:`FAIR_TURN` seconds (see the module docstring); returns the
+    slice size for the connection's next batch. Stops early if the connection closes
+    meanwhile (what it had not handled is dropped with the connection)."""
     start = _perf_counter()
-    size = FAIR_SLICE
     position = 0
     count = len(out)
     while position < count:
         began = _perf_counter()
-        handler(out[position : position + size])
+        handler(out if not position and size >= count else out[position : position + size])
         position += size
-        if position >= count:
-            return
         now = _perf_counter()
-        if now - began > FAIR_TURN / 4 and size > 1:
-            size //= 2
+        took = now - began
+        if took > _SLOW_SLICE:
+            if size > 1:
+                size //= 2
+        elif took < _QUICK_SLICE and size < FAIR_SLICE:
+            size = min(2 * size, FAIR_SLICE)
+        if position >= count:
+            return size
         if now - start > FAIR_TURN:
             await trio.lowlevel.checkpoint()
             if conn.closed:
-                return
+                return size
             start = _perf_counter()
+    return size
 
 
 async def run_reader(conn: Connection, wire: Wire) -> None:
@@ -85,7 +102,9 @@ async def run_reader(conn: Connection, wire: Wire) -> None:
     Never lets an :class:`Exception` out: whatever ends it ends the connection (a no-op
     once it is closing).
     """
-    decoder = protocol.FrameDecoder(max_frame_size=conn.max_frame_size, decode_payloads=conn.decode_payloads)
+    decoder = protocol.FrameDecoder(
+        max_frame_size=conn.max_frame_size, decode_payloads=conn.decode_payloads
+    )
     try:
         rest = await _read_messages(conn, wire, decoder)
         if rest is not None:
@@ -115,6 +134,9 @@ async def _read_messages(
     last_error: Error | None = None  # the last message received, when it was an Error
     # Server side: the Hello is still to come (conn.on_hello is told when it has passed).
     awaiting_hello = session.state is State.AWAITING_HELLO
+    # This connection's slice size (see _dispatch_fairly): from 1, doubling while slices
+    # are quick, so that a new peer's first batch of costly messages is not one long turn.
+    fair_size = FAIR_START
     while not conn.closed:
         try:
             data = await wire.receive()
@@ -186,10 +208,10 @@ async def _read_messages(
             handler = conn._dispatch_handler
             if handler is not None:
                 try:
-                    if len(out) <= FAIR_SLICE:
-                        handler(out)  # (Connection.dispatch_to)
+                    if len(out) == 1 and fair_size == FAIR_SLICE:
+                        handler(out)  # (Connection.dispatch_to) the common case, untimed
                     else:
-                        await _dispatch_fairly(conn, handler, out)
+                        fair_size = await _dispatch_fairly(conn, handler, out, fair_size)
                 except Exception as exc:
                     # Whatever it raises (even a ConnectionClosed or a ProtocolError of
                     # some other connection's) is the application's failure: this
@@ -216,9 +238,7 @@ def _peer_ended(conn: Connection, last: protocol.Message | None, error: Error | 
     not end sessions by itself, such as ``busy``) closes for that Error: not clean, its code.
     """
     if type(last) is Error:
-        conn._request_close(
-            f"{conn.peer} sent error {last.code}: {last.message}", code=last.code
-        )
+        conn._request_close(f"{conn.peer} sent error {last.code}: {last.message}", code=last.code)
     elif type(last) is Bye and error is not None:
         conn._request_close(
             f"{conn.peer} closed the session after error {error.code}: {error.message}",

@@ -313,7 +313,13 @@ def _tls_failure(url: Url, exc: trio.BrokenResourceError) -> ConnectionError:
 
 # OpenSSL's reasons for an answer to a ClientHello that is not TLS at all.
 _NOT_TLS_REASONS = frozenset(
-    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL"}
+    {
+        "WRONG_VERSION_NUMBER",
+        "HTTP_REQUEST",
+        "PACKET_LENGTH_TOO_LONG",
+        "RECORD_LAYER_FAILURE",
+        "UNKNOWN_PROTOCOL",
+    }
 )
 
 
@@ -435,7 +441,9 @@ async def serve(
             raise ValueError(f"{name} must be at least 1, got {value}")
     check_write_timeout(write_timeout)
     if not max_outgoing_total > 0:
-        raise ValueError(f"max_outgoing_total must be positive (math.inf: none), got {max_outgoing_total!r}")
+        raise ValueError(
+            f"max_outgoing_total must be positive (math.inf: none), got {max_outgoing_total!r}"
+        )
     budget = OutgoingBudget.of(max_outgoing_total)
     check_max_frame_size(max_frame_size)
     parsed = parse_url(url)
@@ -452,7 +460,9 @@ async def serve(
             # The nursery holds the connection's tasks (and trio-websocket's reader);
             # every one of them ends when the connection is closed.
             async with trio.open_nursery() as nursery:
-                wire = await _accept(parsed, stream, nursery, ssl_context, max_frame_size, handshake_timeout)
+                wire = await _accept(
+                    parsed, stream, nursery, ssl_context, max_frame_size, handshake_timeout
+                )
                 if wire is None:
                     return
                 conn = Connection(
@@ -538,7 +548,10 @@ class Admission:
             reason = f"too many connections from {address} in their handshake"
             retry_after = HANDSHAKE_BUSY_RETRY_AFTER
         elif self.handshakes >= self.max_handshakes:
-            reason, retry_after = "too many connections in their handshake", HANDSHAKE_BUSY_RETRY_AFTER
+            reason, retry_after = (
+                "too many connections in their handshake",
+                HANDSHAKE_BUSY_RETRY_AFTER,
+            )
         else:
             self.connections += 1
             self.per_address[address] = self.per_address.get(address, 0) + 1
@@ -619,7 +632,9 @@ async def _accept_loop(
                     raise
                 logger.error(
                     "accept returned %s (%s); retrying in %g s",
-                    errno.errorcode[exc.errno], os.strerror(exc.errno), _ACCEPT_RETRY_DELAY,
+                    errno.errorcode[exc.errno],
+                    os.strerror(exc.errno),
+                    _ACCEPT_RETRY_DELAY,
                 )
                 await trio.sleep(_ACCEPT_RETRY_DELAY)
                 continue
@@ -627,7 +642,11 @@ async def _accept_loop(
 
 
 async def _say_busy(
-    url: Url, tcp: trio.SocketStream, error: Error, ssl_context: ssl.SSLContext | None, linger: float
+    url: Url,
+    tcp: trio.SocketStream,
+    error: Error,
+    ssl_context: ssl.SSLContext | None,
+    linger: float,
 ) -> None:
     """Tell a refused peer ``busy`` the way its transport allows (see :func:`serve`)."""
     stream: trio.abc.Stream = tcp
@@ -638,7 +657,9 @@ async def _say_busy(
     if url.websocket:
         try:
             async with trio.open_nursery() as nursery:  # (for trio-websocket's reader task)
-                await _ws.refuse(nursery, stream, reason=error.message, retry_after=error.retry_after)
+                await _ws.refuse(
+                    nursery, stream, reason=error.message, retry_after=error.retry_after
+                )
         except BaseExceptionGroup as group:
             if len(group.exceptions) == 1:
                 reraise_alone(group.exceptions[0])

@@ -79,7 +79,9 @@ class _ReaderGuard:
         self.error: Exception | None = None
         self.handshaking = True  # (an exception after the handshake is not caught here)
 
-    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None) -> None:
+    def start_soon(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None
+    ) -> None:
         self._nursery.start_soon(self._guard, fn, *args, name=name)
 
     @contextlib.contextmanager
@@ -217,7 +219,9 @@ async def client_wire(
     if isinstance(error, trio_websocket.ConnectionRejected):
         body = (error.body or b"")[:1024].decode("utf-8", "replace")
         if error.status_code == BUSY_STATUS:
-            raise HandshakeError(protocol.ErrorCode.BUSY, body or "service unavailable", _retry_after(error.headers))
+            raise HandshakeError(
+                protocol.ErrorCode.BUSY, body or "service unavailable", _retry_after(error.headers)
+            )
         raise WrongProtocol(
             str(url),
             f"the server answered the WebSocket upgrade with HTTP {error.status_code}"

@@ -31,7 +31,6 @@ from protocol._payload import ENCODED_KEY, encoded, payload_from_map, payload_wi
 _NOTHING = attrs.NOTHING
 
 
-
 def _field_table(cls: type[Message]) -> tuple[tuple[str, str, Any, bool], ...]:
     rows = []
     for field in attrs.fields(cls):
@@ -75,7 +74,9 @@ def _reference_from_wire(wire: Any) -> Message:
     kwargs = {}
     for name, key, _default, required in _TABLES[cls]:
         if key == "p":
-            kwargs[name] = encoded(payload_from_map(cls.__name__, wire.get("p"), wire.get(ENCODED_KEY)))
+            kwargs[name] = encoded(
+                payload_from_map(cls.__name__, wire.get("p"), wire.get(ENCODED_KEY))
+            )
         elif key in wire:
             kwargs[name] = wire[key]
         elif required:
@@ -98,8 +99,10 @@ def _reference_encode_body(message: Message) -> bytes:
 def _reference_decode_body(body: bytes) -> Message:
     fp = _BytesIO(body)
     try:
-        wire = _CBORDecoder(fp, **(_BUNDLE_OPTIONS if _is_array(body) else _DECODER_OPTIONS)).decode()
-    except Exception as exc:  # noqa: BLE001
+        wire = _CBORDecoder(
+            fp, **(_BUNDLE_OPTIONS if _is_array(body) else _DECODER_OPTIONS)
+        ).decode()
+    except Exception as exc:
         raise _malformed(exc) from None
     if fp.tell() != len(body):
         raise MalformedFrame(f"{len(body) - fp.tell()} bytes of trailing data after the CBOR item")

@@ -83,9 +83,7 @@ cbor_ints = st.one_of(
 )
 #: Non-negative ints, as used for ids and counters (``mid``, ``cid``, ``sid`` ...): integer
 #: fields hold at most 2**64 - 1 (payloads may hold bignums, fields may not).
-uints = st.one_of(
-    st.integers(min_value=0, max_value=2**32), st.sampled_from(_BOUNDARIES[:-1])
-)
+uints = st.one_of(st.integers(min_value=0, max_value=2**32), st.sampled_from(_BOUNDARIES[:-1]))
 positive_ints = uints.map(lambda n: max(n, 1))
 #: Frame limits a peer may announce: at least ``protocol.MIN_MAX_FRAME``.
 frame_limits = uints.map(lambda n: max(n, protocol.MIN_MAX_FRAME))
@@ -131,16 +129,18 @@ odd_values: st.SearchStrategy[Any] = st.one_of(
             "x\x00", "\t",
             b"", b"x", [], ["a"], [["a", b"b"]], [1, "2"], {}, {"k": 1}, {"k": "v"}, {1: "v"},
         ]
-    ),  # fmt: skip
+    ),
     st.integers(min_value=50, max_value=120).map(_nested_lists),
     st.just(cbor2.undefined),
-)
+)  # fmt: skip
 
 #: CBOR tags, ones cbor2 knows (dates, bignums, decimals, sets ...) and one it does not,
 #: around payloads: for a decoder fed the bytes (``cbor2.loads`` itself refuses many).
 tagged_values: st.SearchStrategy[Any] = st.builds(
     cbor2.CBORTag,
-    st.sampled_from([0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 256, 258, 260, 261, 55799, 999999]),
+    st.sampled_from(
+        [0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 256, 258, 260, 261, 55799, 999999]
+    ),
     payloads,
 )
 
@@ -456,7 +456,9 @@ def cbor_body(value: Any) -> bytes:
     if type(value) is RawCBOR:
         return value.data
     if type(value) is dict:
-        return _head(5, len(value)) + b"".join(cbor_body(k) + cbor_body(v) for k, v in value.items())
+        return _head(5, len(value)) + b"".join(
+            cbor_body(k) + cbor_body(v) for k, v in value.items()
+        )
     if type(value) in (list, tuple):
         return _head(4, len(value)) + b"".join(cbor_body(v) for v in value)
     return cbor2.dumps(value)
@@ -478,8 +480,25 @@ def _nested(prefix: bytes) -> st.SearchStrategy[RawCBOR]:
 
 #: Integers at and beyond every limit of a field and of a bignum (MAX_BIGNUM_SIZE).
 HOSTILE_INTS = [
-    -1, 0, 1, 2, 2**53, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64 - 1, 2**64,
-    -(2**64) - 1, 2**1000, -(2**1000), 10**400, 2**8191, 2**8192, -(2**8192), 10**5000,
+    -1,
+    0,
+    1,
+    2,
+    2**53,
+    2**63 - 1,
+    2**63,
+    -(2**63),
+    -(2**63) - 1,
+    2**64 - 1,
+    2**64,
+    -(2**64) - 1,
+    2**1000,
+    -(2**1000),
+    10**400,
+    2**8191,
+    2**8192,
+    -(2**8192),
+    10**5000,
     10**10_000 - 1,
 ]
 hostile_ints = st.one_of(
@@ -507,15 +526,51 @@ hostile_texts = st.one_of(
 #: Fixed hostile values of every sort, for tests that try each one.
 HOSTILE_SAMPLES: list[Any] = [
     *HOSTILE_INTS,
-    None, True, False, math.nan, math.inf, -math.inf, -0.0, 1e308, 5e-324,
-    "", "a..b", "a.>.b", "*", ">", "a b", "\x00", "sticky", "broadcast",
-    "x" * 257, "é" * 4097, "🚀" * 5000, ".".join(["a"] * 257), ".".join(["*"] * 100_000),
-    b"", b"x" * 5000, [], {}, [None], {"": None}, [[[[[["deep"]]]]]], list(range(65)),
-    {f"k{i}": "v" for i in range(65)}, [10**5000], {"k": 10**5000},
-    cbor2.undefined, cbor2.CBORSimpleValue(0), cbor2.CBORSimpleValue(255),
-    cbor2.CBORTag(99, 1), cbor2.CBORTag(2**64 - 1, [1]), cbor2.CBORTag(55799, 1),
-    cbor2.CBORTag(1, 10**400), cbor2.CBORTag(4, [2**63 - 1, 1]), cbor2.CBORTag(5, [-(2**63), 1]),
-    cbor2.CBORTag(30, [1, 0]), cbor2.CBORTag(258, ["a", "a"]),
+    None,
+    True,
+    False,
+    math.nan,
+    math.inf,
+    -math.inf,
+    -0.0,
+    1e308,
+    5e-324,
+    "",
+    "a..b",
+    "a.>.b",
+    "*",
+    ">",
+    "a b",
+    "\x00",
+    "sticky",
+    "broadcast",
+    "x" * 257,
+    "é" * 4097,
+    "🚀" * 5000,
+    ".".join(["a"] * 257),
+    ".".join(["*"] * 100_000),
+    b"",
+    b"x" * 5000,
+    [],
+    {},
+    [None],
+    {"": None},
+    [[[[[["deep"]]]]]],
+    list(range(65)),
+    {f"k{i}": "v" for i in range(65)},
+    [10**5000],
+    {"k": 10**5000},
+    cbor2.undefined,
+    cbor2.CBORSimpleValue(0),
+    cbor2.CBORSimpleValue(255),
+    cbor2.CBORTag(99, 1),
+    cbor2.CBORTag(2**64 - 1, [1]),
+    cbor2.CBORTag(55799, 1),
+    cbor2.CBORTag(1, 10**400),
+    cbor2.CBORTag(4, [2**63 - 1, 1]),
+    cbor2.CBORTag(5, [-(2**63), 1]),
+    cbor2.CBORTag(30, [1, 0]),
+    cbor2.CBORTag(258, ["a", "a"]),
     RawCBOR(b"\xf9\x7e\x00"),  # a half-precision NaN
     RawCBOR(b"\x9f\x01\x02\xff"),  # an indefinite-length array
     RawCBOR(b"\x7f\x61a\x61b\xff"),  # an indefinite-length text
@@ -524,7 +579,11 @@ HOSTILE_SAMPLES: list[Any] = [
     RawCBOR(b"\xa1\x01\x02"),  # an int key
     RawCBOR(b"\xd8\x1c\x80"),  # a shared-reference tag
     RawCBOR(b"\x9a\x00\x0f\x42\x40"),  # an array "of a million items", cut short
-    *(RawCBOR(head * depth + b"\x00") for head in (b"\x81", b"\xa1\x61k", b"\xd8\x63") for depth in (62, 63, 64, 100_000)),
+    *(
+        RawCBOR(head * depth + b"\x00")
+        for head in (b"\x81", b"\xa1\x61k", b"\xd8\x63")
+        for depth in (62, 63, 64, 100_000)
+    ),
 ]
 
 #: Well-formed (and a few malformed) CBOR values that a careless receiver chokes on.

@@ -172,8 +172,19 @@ def test_the_leader_replay_runs_and_routes_every_job() -> None:
     # bench_leader.py raises if a round's Submits do not all become Assigns and its
     # Results all become Results to the client; a tiny run shows the script works.
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_leader.py"), "--rounds", "20", "--repeat", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_leader.py"),
+            "--rounds",
+            "20",
+            "--repeat",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr
     assert "leader work per job, without I/O:" in proc.stdout

@@ -89,7 +89,15 @@ def submit(broker, c, job_id, subject="jobs.a", now=0.0, payload=None, **kw) -> 
     kw.setdefault("wait_for_worker", True)  # (a flooder would ask for it too)
     mid = next(_mids)
     broker.submit(
-        c, Submit(mid=mid, job_id=job_id, subject=subject, payload=payload if payload is not None else {"id": job_id}, **kw), now
+        c,
+        Submit(
+            mid=mid,
+            job_id=job_id,
+            subject=subject,
+            payload=payload if payload is not None else {"id": job_id},
+            **kw,
+        ),
+        now,
     )
     return mid
 
@@ -107,8 +115,18 @@ def assigns(link) -> list[Assign]:
 
 
 def answer(broker, w, job_id, now, payload="done", ok=True):
-    broker.result(w, Result(mid=next(_mids), job_id=job_id, ok=ok, payload=payload if ok else None,
-                            error_type=None if ok else "E", error_message=None if ok else "bad"), now)
+    broker.result(
+        w,
+        Result(
+            mid=next(_mids),
+            job_id=job_id,
+            ok=ok,
+            payload=payload if ok else None,
+            error_type=None if ok else "E",
+            error_message=None if ok else "bad",
+        ),
+        now,
+    )
 
 
 # ---------------------------------------------------------------------- queue limits
@@ -156,8 +174,11 @@ def test_one_client_cannot_fill_the_queue_for_the_others():
 def test_queue_limits_count_bytes():
     payload = b"x" * MIB
     size = payload_size(payload) + len("jobs.a") + JOB_OVERHEAD
-    b = make_broker(max_queued_bytes=10 * size, max_queued_bytes_per_subject=5 * size,
-                    max_queued_bytes_per_client=3 * size)
+    b = make_broker(
+        max_queued_bytes=10 * size,
+        max_queued_bytes_per_subject=5 * size,
+        max_queued_bytes_per_client=3 * size,
+    )
     c1, c2, c3 = client("c1"), client("c2"), client("c3")
     for i in range(4):
         submit(b, c1, f"a-{i}", payload=payload)
@@ -227,7 +248,9 @@ def test_max_queue_time_none_keeps_jobs_until_a_worker_comes():
 
 
 def test_a_job_waiting_out_a_backoff_expires_too():
-    b = make_broker(max_queue_time=5.0, retry_backoff=Backoff(base=30.0, factor=1.0, cap=30.0, jitter=0.0))
+    b = make_broker(
+        max_queue_time=5.0, retry_backoff=Backoff(base=30.0, factor=1.0, cap=30.0, jitter=0.0)
+    )
     c = client("c")
     w = join(b, "w", 1)
     submit(b, c, "j")
@@ -606,7 +629,11 @@ def test_a_flood_of_unserved_submits_gets_suggestions_within_a_budget(monkeypatc
 
     calls = []
     real = broker_module.difflib.get_close_matches
-    monkeypatch.setattr(broker_module.difflib, "get_close_matches", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(
+        broker_module.difflib,
+        "get_close_matches",
+        lambda *a, **k: calls.append(a[0]) or real(*a, **k),
+    )
     b = make_broker()
     c = client("c")
     join(b, "w", 1, patterns=tuple(f"svc.{i}.run" for i in range(300)))

@@ -90,7 +90,9 @@ patterns = st.lists(st.sampled_from(["a", "b", "*"]), min_size=0, max_size=4).fl
 # Cheap (no I/O, a few microseconds each), and wildcard sets that differ only in a rare
 # subject need many examples to meet.
 @settings(max_examples=300)
-@given(st.lists(patterns, max_size=8), st.lists(st.lists(tokens, min_size=1, max_size=6), max_size=30))
+@given(
+    st.lists(patterns, max_size=8), st.lists(st.lists(tokens, min_size=1, max_size=6), max_size=30)
+)
 def test_a_pattern_set_agrees_with_the_subject_index(pattern_list, subjects):
     index = SubjectIndex()
     for pattern in pattern_list:
@@ -110,7 +112,7 @@ def _overlapping(count: int) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "pattern_list, matches",
+    ("pattern_list", "matches"),
     [
         (_overlapping(1024), True),
         # Every prefix keeps many patterns open, and none matches in the end.
@@ -135,7 +137,10 @@ def test_a_joining_worker_is_a_candidate_of_each_queue_it_serves_once():
     assert [q.subject for q in w1.queues] == ["jobs.a", "jobs.b", "jobs.a.deep"]
     assert w2.queues == {} and w3.queues == {}
     assert {s: q.candidates for s, q in b.queues.items()} == {
-        "jobs.a": [w1], "jobs.b": [w1], "other.x": [], "jobs.a.deep": [w1],
+        "jobs.a": [w1],
+        "jobs.b": [w1],
+        "other.x": [],
+        "jobs.a.deep": [w1],
     }
     # Its queues hold jobs it has no room for: it is to visit them when it has.
     assert list(w1.hungry) == list(w1.queues)
@@ -239,7 +244,9 @@ def test_new_subjects_scan_for_idle_queues_once_per_tenth_of_the_limit(monkeypat
     monkeypatch.setattr(broker_module, "MAX_SUBJECT_QUEUES", 100)
     scans = []
     drop = Broker._drop_idle_queues
-    monkeypatch.setattr(Broker, "_drop_idle_queues", lambda self: scans.append(len(self.queues)) or drop(self))
+    monkeypatch.setattr(
+        Broker, "_drop_idle_queues", lambda self: scans.append(len(self.queues)) or drop(self)
+    )
     b = make_broker(max_queued_per_client=1000)
     hog, other = client("hog"), client("other")
     w = worker(b, "w", 0, patterns=(">",))
@@ -418,7 +425,9 @@ def test_queues_workers_and_counters_stay_consistent_as_idle_queues_are_dropped(
                 if w.inflight:
                     answer(b, w, list(w.inflight)[a % len(w.inflight)], now, ok=a % 3 != 0)
             elif step == "join" and len(workers) < 4:
-                workers.append(worker(b, f"w{next(names)}", k, patterns=WORKER_PATTERNS[a % 5], now=now))
+                workers.append(
+                    worker(b, f"w{next(names)}", k, patterns=WORKER_PATTERNS[a % 5], now=now)
+                )
             elif step == "leave" and workers:
                 b.worker_left(workers.pop(k % len(workers)), now, coming_back=a % 2 == 0)
             elif step == "credit" and workers:

@@ -126,7 +126,9 @@ def client_link(name: str) -> TClient:
     return link
 
 
-def worker_link(name: str, window: int, patterns: tuple[str, ...], policy: str, mode: str) -> TWorker:
+def worker_link(
+    name: str, window: int, patterns: tuple[str, ...], policy: str, mode: str
+) -> TWorker:
     link = TWorker(name, print, patterns=patterns, window=window, group=f"g-{policy}-{mode}",
                    policy=policy, mode=mode, credit=window)  # fmt: skip
 
@@ -135,7 +137,9 @@ def worker_link(name: str, window: int, patterns: tuple[str, ...], policy: str, 
             link.unanswered.add(message.job_id)
             held = len(link.unanswered)
             if held > link.window:
-                link.peer.problems.append(f"Assign {message.job_id} to {name}: {held} unanswered > window {link.window}")
+                link.peer.problems.append(
+                    f"Assign {message.job_id} to {name}: {held} unanswered > window {link.window}"
+                )
         link.peer.out.append(message)
 
     link.send = send
@@ -283,7 +287,9 @@ class BrokerMachine(RuleBasedStateMachine):
         same = self.same_job_known(message)
         before = len(client.peer.out)
         self.call("submit", client, message, self.now)
-        if same and any(type(m) is Error and m.code == "conflict" for m in client.peer.out[before:]):
+        if same and any(
+            type(m) is Error and m.code == "conflict" for m in client.peer.out[before:]
+        ):
             self.problems.append(f"{message!r} repeats its job and was answered conflict")
 
     def same_job_known(self, message: Submit) -> bool:
@@ -291,14 +297,23 @@ class BrokerMachine(RuleBasedStateMachine):
         subject and payload (equal as CBOR: what the client sent twice)."""
         job = self.broker.jobs.get(message.job_id)
         if job is not None:
-            return job.subject == message.subject and cbor2.dumps(job.payload) == cbor2.dumps(message.payload)
+            return job.subject == message.subject and cbor2.dumps(job.payload) == cbor2.dumps(
+                message.payload
+            )
         stored = self.broker.finished.get(message.job_id, self.now)
         request = getattr(stored, "request", None)
-        return stored is not None and getattr(stored, "subject", None) == message.subject and (
-            cbor2.dumps(request) == cbor2.dumps(message.payload)
+        return (
+            stored is not None
+            and getattr(stored, "subject", None) == message.subject
+            and (cbor2.dumps(request) == cbor2.dumps(message.payload))
         )
 
-    @rule(pick=picks, jobs=st.lists(st.tuples(st.sampled_from(JOB_IDS), st.integers(0, 1)), min_size=2, max_size=5))
+    @rule(
+        pick=picks,
+        jobs=st.lists(
+            st.tuples(st.sampled_from(JOB_IDS), st.integers(0, 1)), min_size=2, max_size=5
+        ),
+    )
     def submit_several(self, pick: int, jobs: list[tuple[str, int]]) -> None:
         """A burst of plain submits (one rule, so that runs hold more jobs)."""
         for job_id, qos in jobs:
@@ -308,7 +323,12 @@ class BrokerMachine(RuleBasedStateMachine):
     def cancel(self, pick: int, job_id: str) -> None:
         client = self.client(pick)
         if client is not None:
-            self.call("cancel", client, Cancel(mid=next(self.other_mids), job_id=job_id, reason="test"), self.now)
+            self.call(
+                "cancel",
+                client,
+                Cancel(mid=next(self.other_mids), job_id=job_id, reason="test"),
+                self.now,
+            )
 
     @rule(pick=picks, sid=st.integers(0, 2), pattern=st.sampled_from(["jobs.>", "$dlq.>", "other.*", ">"]),
           queue=st.sampled_from([None, "q"]))  # fmt: skip
@@ -324,11 +344,15 @@ class BrokerMachine(RuleBasedStateMachine):
         if client is not None:
             self.call("unsubscribe", client, Unsubscribe(mid=next(self.other_mids), sid=sid))
 
-    @rule(pick=picks, subject=st.sampled_from(SUBJECTS), retain=st.booleans(), qos=st.integers(0, 1))
+    @rule(
+        pick=picks, subject=st.sampled_from(SUBJECTS), retain=st.booleans(), qos=st.integers(0, 1)
+    )
     def publish(self, pick, subject, retain, qos):
         client = self.client(pick)
         if client is not None:
-            message = Publish(mid=next(self.other_mids), subject=subject, payload=1, retain=retain, qos=qos)
+            message = Publish(
+                mid=next(self.other_mids), subject=subject, payload=1, retain=retain, qos=qos
+            )
             self.call("publish", client, message, self.now)
 
     # ------------------------------------------------------------------ workers' messages
@@ -374,7 +398,12 @@ class BrokerMachine(RuleBasedStateMachine):
         job_id = any_id or (worker and self.held(worker, job))
         if worker is not None and job_id is not None:
             worker.answered(job_id)
-            self.call("nack", worker, Nack(mid=next(self.other_mids), job_id=job_id, delay=delay), self.now)
+            self.call(
+                "nack",
+                worker,
+                Nack(mid=next(self.other_mids), job_id=job_id, delay=delay),
+                self.now,
+            )
 
     @rule(pick=picks, job=picks, as_ack=st.booleans())
     def progress(self, pick: int, job: int, as_ack: bool) -> None:
@@ -385,7 +414,12 @@ class BrokerMachine(RuleBasedStateMachine):
         if as_ack:
             self.call("ack", worker, Ack(mid=next(self.other_mids), job_id=job_id), self.now)
         else:
-            self.call("progress", worker, Progress(mid=next(self.other_mids), job_id=job_id, fraction=0.5), self.now)
+            self.call(
+                "progress",
+                worker,
+                Progress(mid=next(self.other_mids), job_id=job_id, fraction=0.5),
+                self.now,
+            )
 
     # ------------------------------------------------------------------ time
 
@@ -436,11 +470,15 @@ class BrokerMachine(RuleBasedStateMachine):
             start = self.seen.get(id(link), 0)
             self.seen[id(link)] = len(out)
             if link.peer.gone_at is not None and len(out) > link.peer.gone_at:
-                self.problems.append(f"{link.name} was sent {out[link.peer.gone_at:]} after it left")
+                self.problems.append(
+                    f"{link.name} was sent {out[link.peer.gone_at :]} after it left"
+                )
             for message in out[start:]:
                 if type(link) is TClient and is_final(message):
                     if self.open.pop((link, message.cid), None) is None:
-                        self.problems.append(f"{link.name} got a second or unasked-for answer {message!r}")
+                        self.problems.append(
+                            f"{link.name} got a second or unasked-for answer {message!r}"
+                        )
                 elif type(message) is Assign:
                     job = self.broker.jobs.get(message.job_id)
                     record, count = self.assigned.get(id(job), (job, 0))
@@ -458,16 +496,25 @@ class BrokerMachine(RuleBasedStateMachine):
         jobs = self.broker.jobs
         waiting = {(client, cid) for job in jobs.values() for client, cid in job.waiters}
         assert set(self.open) == waiting, (self.open, waiting)
-        for (_client, _mid), job_id in self.open.items():
+        for job_id in self.open.values():
             assert job_id in jobs and jobs[job_id].state in ACTIVE
 
     @invariant()
     def each_active_job_is_in_exactly_one_place(self) -> None:
         broker = self.broker
         connected = self.workers
-        in_queues = [job for queue in broker.queues.values() for job in queue.pending if job.state is JobState.QUEUED]
+        in_queues = [
+            job
+            for queue in broker.queues.values()
+            for job in queue.pending
+            if job.state is JobState.QUEUED
+        ]
         in_queues += [job for w in connected for job in w.backlog if job.state is JobState.QUEUED]
-        in_retry = [entry[-1] for entry in broker.retries._retry_heap if entry[-1].state is JobState.RETRY_WAIT]
+        in_retry = [
+            entry[-1]
+            for entry in broker.retries._retry_heap
+            if entry[-1].state is JobState.RETRY_WAIT
+        ]
         for job_id, job in broker.jobs.items():
             assert job.job_id == job_id and job.state in ACTIVE, job
             places = sum(j is job for j in in_queues) + sum(j is job for j in in_retry)
@@ -494,7 +541,9 @@ class BrokerMachine(RuleBasedStateMachine):
         for link in self.links:
             if type(link) is TClient:
                 mine = [job for job in active if job.owner is link]
-                assert (link.jobs, link.job_bytes) == (len(mine), sum(j.size for j in mine)), link.name
+                assert (link.jobs, link.job_bytes) == (len(mine), sum(j.size for j in mine)), (
+                    link.name
+                )
         waiting = [job for job in active if job.state in WAITING]
         stats = broker.stats()
         assert stats["waiting"] == len(waiting)
@@ -513,7 +562,9 @@ class BrokerMachine(RuleBasedStateMachine):
             assert len(set(queue.candidates)) == len(queue.candidates), subject
             assert set(queue.candidates) == set(index.match(subject)), subject
         for worker in self.workers:
-            assert list(worker.queues) == [q for q in broker.queues.values() if worker in q.candidates]
+            assert list(worker.queues) == [
+                q for q in broker.queues.values() if worker in q.candidates
+            ]
 
     @invariant()
     def no_job_waits_while_a_worker_of_it_has_room(self) -> None:
@@ -596,4 +647,8 @@ def test_a_resubmission_with_a_nan_in_its_payload_is_not_a_conflict() -> None:
     broker.submit(client, submit(2), 0.0)  # joins the running job
     broker.result(worker, Result(mid=1, job_id="j", ok=True, payload=1), 1.0)
     broker.submit(client, submit(3), 2.0)  # gets the stored result
-    assert [(type(m).__name__, m.cid) for m in client.peer.out] == [("Result", 1), ("Result", 2), ("Result", 3)]
+    assert [(type(m).__name__, m.cid) for m in client.peer.out] == [
+        ("Result", 1),
+        ("Result", 2),
+        ("Result", 3),
+    ]

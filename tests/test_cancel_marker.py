@@ -16,10 +16,11 @@ import trio
 from actors import Client, DeadLettered, Job, JobCancelled, JobFailed, Leader, Worker
 from actors.worker import WorkerRunner
 from protocol import Cancel, ErrorCode, Nack, Query, Result
+from tests.helpers import wait_until
 from tests.test_broker import client, make_broker, results, submit, worker
 
 
-class Cancelled(Exception):  # noqa: N818 - the point: a user's class with the leader's old word
+class Cancelled(Exception):
     """A user's exception that happens to be named like the cancellation."""
 
 
@@ -49,7 +50,9 @@ async def start(nursery: trio.Nursery) -> tuple[Leader, str]:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize(("qos", "error_class"), [(0, JobFailed), (1, DeadLettered)])
-async def test_a_handlers_own_cancelled_exception_is_a_failure_not_a_cancel(nursery, qos, error_class):
+async def test_a_handlers_own_cancelled_exception_is_a_failure_not_a_cancel(
+    nursery, qos, error_class
+):
     with trio.fail_after(15):
         _, url = await start(nursery)
         async with Client.connect(url) as c:
@@ -78,8 +81,9 @@ async def test_a_cancelled_job_raises_job_cancelled_for_every_caller_and_after(n
 
             async with trio.open_nursery() as inner:
                 inner.start_soon(submit_it)
-                while leader.stats()["in_flight"] != 1:  # noqa: ASYNC110 (no event to wait for)
-                    await trio.sleep(0.01)
+                await wait_until(
+                    lambda: leader.stats()["in_flight"] == 1, timeout=10, what="the job running"
+                )
                 await c.cancel("stop-me", reason="changed my mind")
             [error] = errors
             assert (error.error_type, error.message) == ("Cancelled", "changed my mind")
@@ -103,7 +107,11 @@ def test_the_leader_marks_cancelled_results_and_only_those():
     b.cancel(c, Cancel(mid=4, job_id="running", reason="user"), 2.0)
     b.nack(w, Nack(mid=1, job_id="running", reason="cancelled"), 3.0)  # the worker stopped it
     submit(b, c, "failing", mid=5, now=3.0, qos=0)
-    b.result(w, Result(mid=2, job_id="failing", ok=False, error_type="Cancelled", error_message="mine"), 4.0)
+    b.result(
+        w,
+        Result(mid=2, job_id="failing", ok=False, error_type="Cancelled", error_message="mine"),
+        4.0,
+    )
     submit(b, c, "fine", mid=6, now=4.0)
     b.result(w, Result(mid=3, job_id="fine", payload=7), 5.0)
     by_cid = {r.cid: r for r in results(c)}
@@ -120,7 +128,9 @@ def test_a_worker_cannot_forge_the_mark():
     c = client()
     w = worker(b, "w", 1)
     submit(b, c, "j", mid=1, qos=0)
-    forged = Result(mid=1, job_id="j", ok=False, error_type="Cancelled", error_code=ErrorCode.CANCELLED)
+    forged = Result(
+        mid=1, job_id="j", ok=False, error_type="Cancelled", error_code=ErrorCode.CANCELLED
+    )
     b.result(w, forged, 1.0)
     [answer] = results(c)
     assert not answer.ok and answer.error_code is None
@@ -135,4 +145,8 @@ def test_resubmitting_or_querying_a_cancelled_job_keeps_the_mark():
     b.cancel(c, Cancel(mid=2, job_id="j", reason="no"), 1.0)
     submit(b, c, "j", mid=3, now=2.0)
     b.query_result(c, Query(mid=4, what="result", job_id="j"), 3.0)
-    assert [(r.cid, r.error_code) for r in results(c)] == [(1, "cancelled"), (3, "cancelled"), (4, "cancelled")]
+    assert [(r.cid, r.error_code) for r in results(c)] == [
+        (1, "cancelled"),
+        (3, "cancelled"),
+        (4, "cancelled"),
+    ]

@@ -104,7 +104,9 @@ async def test_jobs_survive_garbage_and_cut_connections(scheme: str) -> None:
                 results: dict[int, list[Any]] = {i: [] for i in range(JOBS)}
 
                 async def one(i: int) -> None:
-                    results[i].append(await client.submit("chaos.double", {"n": i}, job_id=f"job-{i}"))
+                    results[i].append(
+                        await client.submit("chaos.double", {"n": i}, job_id=f"job-{i}")
+                    )
 
                 async def chaos() -> None:
                     for data in _garbage(rng):
@@ -113,13 +115,18 @@ async def test_jobs_survive_garbage_and_cut_connections(scheme: str) -> None:
                         errors = [m for m in answer if type(m) is Error]
                         assert errors and errors[0].message, f"no Error frame for {data[:20]!r}"
                         await trio.sleep(0.01)
+
                     def four_in_flight() -> bool:
                         return leader.broker.stats()["in_flight"] >= 4
 
-                    await wait_until(four_in_flight, timeout=10, interval=0.005, what="4 jobs in flight")
+                    await wait_until(
+                        four_in_flight, timeout=10, interval=0.005, what="4 jobs in flight"
+                    )
                     assert client._conn is not None
                     client._conn._abort("test: client connection cut")
-                    await wait_until(four_in_flight, timeout=10, interval=0.005, what="4 jobs in flight again")
+                    await wait_until(
+                        four_in_flight, timeout=10, interval=0.005, what="4 jobs in flight again"
+                    )
                     assert runners[0]._conn is not None
                     runners[0]._conn._abort("test: worker connection cut")
 

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,14 +28,23 @@ def python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-async def run(*args: str, stdin: bytes | None = None, limit: float = 15) -> subprocess.CompletedProcess[bytes]:
+async def run(
+    *args: str, stdin: bytes | None = None, limit: float = 15
+) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(limit):
         return await trio.run_process(
-            python(*args), check=False, capture_stdout=True, capture_stderr=True, stdin=stdin, cwd=ROOT
+            python(*args),
+            check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+            stdin=stdin,
+            cwd=ROOT,
         )
 
 
-def assert_clean_error(result: subprocess.CompletedProcess[bytes], status: int, *fragments: str) -> str:
+def assert_clean_error(
+    result: subprocess.CompletedProcess[bytes], status: int, *fragments: str
+) -> str:
     err = result.stderr.decode()
     assert result.returncode == status, err
     assert "Traceback" not in err
@@ -83,10 +91,19 @@ async def fire(client: Any, subject: str) -> None:
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--worker", "tests.workers:Nope=2"], ["--worker 'tests.workers:Nope=2': cannot load", "has no attribute 'Nope'"]),
+        (
+            ["--worker", "tests.workers:Nope=2"],
+            ["--worker 'tests.workers:Nope=2': cannot load", "has no attribute 'Nope'"],
+        ),
         (["--worker", "tests.workers:Echo=-1"], ["instances must be an integer >= 0, got -1"]),
-        (["--listen", "http://127.0.0.1:1"], ["--listen: unsupported transport URL 'http://127.0.0.1:1'"]),
-        (["--config", "no/such/cluster.toml"], ["no/such/cluster.toml: cannot read the configuration"]),
+        (
+            ["--listen", "http://127.0.0.1:1"],
+            ["--listen: unsupported transport URL 'http://127.0.0.1:1'"],
+        ),
+        (
+            ["--config", "no/such/cluster.toml"],
+            ["no/such/cluster.toml: cannot read the configuration"],
+        ),
         (["--drain-grace", "-1"], ["--drain-grace: expected a number >= 0"]),
         (["--max-memory", "lots"], ["--max-memory: expected a size in bytes"]),
         (["--max-jobs", "0"], ["--max-jobs: expected an integer >= 1, got 0"]),
@@ -108,7 +125,9 @@ async def test_cluster_refuses_a_bad_config_file(tmp_path):
     path = tmp_path / "cluster.toml"
     path.write_text('[[groups]]\nname = "sq"\nworker = "tests.workers:Echo"\nmode = "fanout"\n')
     result = await run("-m", "actors.cluster", "--config", str(path))
-    assert_clean_error(result, 2, f"{path}: [[groups]] #1 'sq' key 'mode': expected one of round_robin, broadcast")
+    assert_clean_error(
+        result, 2, f"{path}: [[groups]] #1 'sq' key 'mode': expected one of round_robin, broadcast"
+    )
 
 
 async def test_cluster_reports_an_address_in_use():
@@ -142,7 +161,10 @@ async def test_cluster_runs_workers_serves_the_shell_and_stops_on_sigterm():
         try:
             assert [url.split(":")[0] for url in urls] == ["tcp", "ws"]
             assert not any(url.endswith(":0") for url in urls)  # the real ports are printed
-            assert "group e: 2 x tests.workers:Echo (processes, mode round_robin, policy round_robin)" in lines.seen
+            assert (
+                "group e: 2 x tests.workers:Echo (processes, mode round_robin, policy round_robin)"
+                in lines.seen
+            )
             for url in urls:  # the shell client works over both transports
                 result = await run("-m", "actors", "submit", "test.echo", '{"n": 7}', "--url", url)
                 assert result.returncode == 0, result.stderr.decode()
@@ -165,7 +187,9 @@ async def test_cluster_from_a_config_file_stops_on_ctrl_c(tmp_path):
     with trio.fail_after(15):
         process, lines, urls = await start_cluster("--config", str(path), "--drain-grace", "1")
         try:
-            assert any("group flaky: 2 x tests.workers:Flaky (in process" in line for line in lines.seen)
+            assert any(
+                "group flaky: 2 x tests.workers:Flaky (in process" in line for line in lines.seen
+            )
             result = await run("-m", "actors", "submit", "cfg.flaky", "{}", "--url", urls[0])
             assert json.loads(result.stdout) == {"ok": True}
             process.send_signal(signal.SIGINT)
@@ -201,7 +225,9 @@ async def test_stopping_the_cluster_drains_the_jobs_in_flight(tmp_path, signum):
             )
             process.send_signal(signum)
             name = signal.Signals(signum).name
-            await lines.until(lambda line: line.startswith(f"{name}: stopping; workers are draining"))
+            await lines.until(
+                lambda line: line.startswith(f"{name}: stopping; workers are draining")
+            )
             await lines.until(lambda line: line == "cluster stopped")
             assert await process.wait() == 0
             assert submit.stdout is not None
@@ -254,10 +280,16 @@ async def test_a_second_ctrl_c_kills_the_draining_workers():
         (["--url", "udp://x:1", "tests.workers:Echo"], ["--url: unsupported transport URL"]),
         (["--mode", "fanout", "tests.workers:Echo"], ["--mode: expected one of"]),
         (["--policy", "x", "tests.workers:Echo"], ["--policy: expected one of"]),
-        (["--subjects", "a..b", "tests.workers:Echo"], ["--subjects: invalid subject pattern 'a..b'"]),
+        (
+            ["--subjects", "a..b", "tests.workers:Echo"],
+            ["--subjects: invalid subject pattern 'a..b'"],
+        ),
         (["--concurrency", "0", "tests.workers:Echo"], ["--concurrency: expected an integer >= 1"]),
         (["--max-memory", "5XB", "tests.workers:Echo"], ["--max-memory: unknown unit 'XB'"]),
-        (["--max-jobs", "0", "tests.workers:Echo"], ["--max-jobs: expected an integer >= 1, got 0"]),
+        (
+            ["--max-jobs", "0", "tests.workers:Echo"],
+            ["--max-jobs: expected an integer >= 1, got 0"],
+        ),
         ([], ["the following arguments are required: module:Class"]),
     ],
 )
@@ -267,7 +299,7 @@ async def test_worker_refuses_bad_arguments(args, fragments):
 
 
 @pytest.fixture
-async def leader_url(nursery) -> AsyncIterator[str]:
+async def leader_url(nursery) -> str:
     """A leader with in-process Echo and Flaky workers, on a free port."""
     from actors import Leader
     from actors.worker._group import WorkerGroup
@@ -275,9 +307,11 @@ async def leader_url(nursery) -> AsyncIterator[str]:
     leader = Leader(listen=["tcp://127.0.0.1:0"])
     urls = await nursery.start(leader.run)
     for name in ("Echo", "Flaky", "Sleepy"):
-        group = WorkerGroup(name.lower(), f"tests.workers:{name}", 1, urls[0], in_process=True, drain_grace=1)
+        group = WorkerGroup(
+            name.lower(), f"tests.workers:{name}", 1, urls[0], in_process=True, drain_grace=1
+        )
         await nursery.start(group.run)
-    yield urls[0]
+    return urls[0]
 
 
 async def test_worker_process_serves_and_drains_on_sigterm(nursery, leader_url):
@@ -320,8 +354,12 @@ async def test_worker_process_past_max_jobs_drains_and_exits_to_be_replaced(nurs
             await err.until(lambda line: line == f"w-3: connected to {leader_url}")
             async with Client.connect(leader_url) as client:
                 for n in range(2):
-                    assert (await client.submit("solo.recycled", n, timeout=5))["pid"] == process.pid
-            await err.until(lambda line: line == "group solo: w-3 recycled: handled 2 jobs (max_jobs)")
+                    assert (await client.submit("solo.recycled", n, timeout=5))[
+                        "pid"
+                    ] == process.pid
+            await err.until(
+                lambda line: line == "group solo: w-3 recycled: handled 2 jobs (max_jobs)"
+            )
             assert await process.wait() == RECYCLE_EXIT_STATUS
     finally:
         process.kill()
@@ -371,11 +409,20 @@ async def test_version():
         (["submit", "math.*", "{}"], ["invalid subject 'math.*'"]),
         (["submit", "math.square", "{n: 7}"], ["JSON argument: invalid JSON"]),
         (["submit", "math.square"], ["give either a JSON payload or --file"]),
-        (["submit", "math.square", "{}", "--file", "x.jsonl"], ["give either a JSON payload or --file"]),
-        (["submit", "math.square", "--file", "no/such.jsonl"], ["--file: no/such.jsonl: no such file"]),
+        (
+            ["submit", "math.square", "{}", "--file", "x.jsonl"],
+            ["give either a JSON payload or --file"],
+        ),
+        (
+            ["submit", "math.square", "--file", "no/such.jsonl"],
+            ["--file: no/such.jsonl: no such file"],
+        ),
         (["submit", "math.square", "{}", "--count", "0"], ["--count: expected an integer >= 1"]),
         (["submit", "math.square", "{}", "--qos", "2"], ["argument --qos: invalid choice"]),
-        (["submit", "math.square", "{}", "--url", "http://x:1"], ["--url: unsupported transport URL"]),
+        (
+            ["submit", "math.square", "{}", "--url", "http://x:1"],
+            ["--url: unsupported transport URL"],
+        ),
         ([], ["the following arguments are required: COMMAND"]),
     ],
 )
@@ -389,7 +436,15 @@ async def test_submit_when_no_leader_listens():
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     result = await run(
-        "-m", "actors", "submit", "a.b", "{}", "--url", f"tcp://127.0.0.1:{port}", "--connect-timeout", "0.5"
+        "-m",
+        "actors",
+        "submit",
+        "a.b",
+        "{}",
+        "--url",
+        f"tcp://127.0.0.1:{port}",
+        "--connect-timeout",
+        "0.5",
     )
     assert_clean_error(result, 1, "could not connect")
 
@@ -402,7 +457,9 @@ async def test_submit_one_job_prints_its_result(leader_url):
 
 
 async def test_submit_count_shows_progress_and_a_summary(leader_url):
-    result = await run("-m", "actors", "submit", "test.echo", '{"n": 1}', "--url", leader_url, "--count", "50")
+    result = await run(
+        "-m", "actors", "submit", "test.echo", '{"n": 1}', "--url", leader_url, "--count", "50"
+    )
     assert result.returncode == 0, result.stderr.decode()
     lines = result.stdout.decode().splitlines()
     assert [json.loads(line)["payload"] for line in lines] == [{"n": 1}] * 50
@@ -415,7 +472,17 @@ async def test_submit_a_file_keeps_input_order_and_reports_failures(tmp_path, le
     payloads = [{"seconds": 0.2 - i * 0.02} for i in range(10)]  # later jobs finish first
     path = tmp_path / "payloads.jsonl"
     path.write_text("\n".join(json.dumps(p) for p in payloads) + "\n\n")
-    result = await run("-m", "actors", "submit", "test.sleepy", "--file", str(path), "--url", leader_url, "--no-progress")
+    result = await run(
+        "-m",
+        "actors",
+        "submit",
+        "test.sleepy",
+        "--file",
+        str(path),
+        "--url",
+        leader_url,
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert [json.loads(line)["slept"] for line in result.stdout.decode().splitlines()] == [
         p["seconds"] for p in payloads
@@ -439,9 +506,22 @@ async def test_submit_a_file_keeps_input_order_and_reports_failures(tmp_path, le
 async def test_submit_stops_at_a_bad_line(tmp_path, leader_url):
     path = tmp_path / "payloads.jsonl"
     path.write_text('{"n": 1}\n{"n": 2}\nnot json\n{"n": 4}\n')
-    result = await run("-m", "actors", "submit", "test.echo", "--file", str(path), "--url", leader_url, "--no-progress")
+    result = await run(
+        "-m",
+        "actors",
+        "submit",
+        "test.echo",
+        "--file",
+        str(path),
+        "--url",
+        leader_url,
+        "--no-progress",
+    )
     assert_clean_error(result, 2, f"{path} line 3: invalid JSON")
-    assert [json.loads(line)["payload"] for line in result.stdout.decode().splitlines()] == [{"n": 1}, {"n": 2}]
+    assert [json.loads(line)["payload"] for line in result.stdout.decode().splitlines()] == [
+        {"n": 1},
+        {"n": 2},
+    ]
 
 
 async def test_cluster_prints_statistics_while_running_and_when_stopping():
@@ -452,11 +532,17 @@ async def test_cluster_prints_statistics_while_running_and_when_stopping():
         )  # fmt: skip
         try:
             for n in range(3):
-                result = await run("-m", "actors", "submit", "test.echo", f'{{"n": {n}}}', "--url", urls[0])
+                result = await run(
+                    "-m", "actors", "submit", "test.echo", f'{{"n": {n}}}', "--url", urls[0]
+                )
                 assert result.returncode == 0, result.stderr.decode()
-            line = await lines.until(lambda line: line.startswith("  subject test.echo: 3 submitted"))
+            line = await lines.until(
+                lambda line: line.startswith("  subject test.echo: 3 submitted")
+            )
             assert "3 done, 0 failed, 0 redelivered, 0 dead" in line and "latency avg" in line
-            await lines.until(lambda line: line.startswith("  group e: 1 workers") and "3 done" in line)
+            await lines.until(
+                lambda line: line.startswith("  group e: 1 workers") and "3 done" in line
+            )
             process.send_signal(signal.SIGTERM)
             await lines.until(lambda line: line == "cluster stopped")
             final = lines.seen[-4:]
@@ -479,7 +565,9 @@ async def test_cluster_replaces_workers_past_max_jobs():
             assert line in lines.seen
             pids = []
             for n in range(4):
-                result = await run("-m", "actors", "submit", "test.echo", f'{{"n": {n}}}', "--url", urls[0])
+                result = await run(
+                    "-m", "actors", "submit", "test.echo", f'{{"n": {n}}}', "--url", urls[0]
+                )
                 assert result.returncode == 0, result.stderr.decode()
                 pids.append(json.loads(result.stdout)["pid"])
             assert pids[0] == pids[1] != pids[2] == pids[3]  # two jobs per worker process

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -50,12 +49,14 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
 
 
 @pytest.fixture
-async def urls(nursery: trio.Nursery, ca: trustme.CA) -> AsyncIterator[dict[str, str]]:
+async def urls(nursery: trio.Nursery, ca: trustme.CA) -> dict[str, str]:
     """Leaders listening on each scheme, by scheme (one plain, one secure)."""
     plain = Leader(listen=["tcp://127.0.0.1:0", "ws://127.0.0.1:0"])
-    secure = Leader(listen=["tls://127.0.0.1:0", "wss://127.0.0.1:0"], ssl_context=server_context(ca))
+    secure = Leader(
+        listen=["tls://127.0.0.1:0", "wss://127.0.0.1:0"], ssl_context=server_context(ca)
+    )
     found = [*await nursery.start(plain.run), *await nursery.start(secure.run)]
-    yield {url.split(":", 1)[0]: url for url in found}
+    return {url.split(":", 1)[0]: url for url in found}
 
 
 async def serve_tcp(nursery: trio.Nursery, handler) -> int:
@@ -83,7 +84,9 @@ def swap(url: str, scheme: str) -> str:
     return scheme + url[url.index(":") :]
 
 
-async def connect_fails(url: str, error: type[BaseException], *fragments: str, **kw) -> BaseException:
+async def connect_fails(
+    url: str, error: type[BaseException], *fragments: str, **kw
+) -> BaseException:
     """Connect to ``url``: ``error`` must come, as itself (no exception group), naming the URL
     and every fragment, within about a second."""
     started = trio.current_time()
@@ -117,7 +120,11 @@ async def test_a_server_that_never_answers_times_out(nursery):
 
 async def test_an_untrusted_certificate_fails_the_tls_handshake(urls):
     error = await connect_fails(
-        urls["tls"], TLSFailed, "TLS handshake", "certificate verify failed", "unable to get local issuer certificate"
+        urls["tls"],
+        TLSFailed,
+        "TLS handshake",
+        "certificate verify failed",
+        "unable to get local issuer certificate",
     )
     assert isinstance(error.__cause__, OSError)
     await connect_fails(urls["wss"], TLSFailed, "certificate verify failed")
@@ -126,7 +133,9 @@ async def test_an_untrusted_certificate_fails_the_tls_handshake(urls):
 async def test_a_certificate_for_another_host_fails_the_tls_handshake(nursery, ca):
     leader = Leader(listen=["tls://127.0.0.1:0"], ssl_context=server_context(ca, "example.org"))
     [url] = await nursery.start(leader.run)
-    await connect_fails(url, TLSFailed, "certificate verify failed", "mismatch", ssl_context=client_context(ca))
+    await connect_fails(
+        url, TLSFailed, "certificate verify failed", "mismatch", ssl_context=client_context(ca)
+    )
 
 
 async def test_a_trusted_certificate_connects(urls, ca):
@@ -138,8 +147,12 @@ async def test_a_trusted_certificate_connects(urls, ca):
 
 async def test_an_http_server_is_the_wrong_protocol(nursery):
     port = await serve_tcp(nursery, http_server)
-    await connect_fails(f"tcp://127.0.0.1:{port}", WrongProtocol, "answered in HTTP", "HTTP/1.1 200 OK")
-    await connect_fails(f"ws://127.0.0.1:{port}", WrongProtocol, "WebSocket upgrade with HTTP 200", "a web server")
+    await connect_fails(
+        f"tcp://127.0.0.1:{port}", WrongProtocol, "answered in HTTP", "HTTP/1.1 200 OK"
+    )
+    await connect_fails(
+        f"ws://127.0.0.1:{port}", WrongProtocol, "WebSocket upgrade with HTTP 200", "a web server"
+    )
 
 
 @pytest.mark.parametrize(
@@ -153,7 +166,9 @@ async def test_an_http_server_is_the_wrong_protocol(nursery):
         ("ws", "wss", ["closed the connection without answering the WebSocket upgrade", "wss://"]),
     ],
 )
-async def test_the_wrong_scheme_for_the_listener_is_the_wrong_protocol(urls, ca, scheme, listener, fragments):
+async def test_the_wrong_scheme_for_the_listener_is_the_wrong_protocol(
+    urls, ca, scheme, listener, fragments
+):
     kw = {"ssl_context": client_context(ca)} if scheme in ("tls", "wss") else {}
     await connect_fails(swap(urls[listener], scheme), WrongProtocol, *fragments, **kw)
     # The leader is unharmed and serves the right scheme.
@@ -180,4 +195,7 @@ async def test_the_square_example_without_a_cluster_prints_one_line():
     assert result.returncode == 1
     err = result.stderr.decode()
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("examples.square: could not connect to " + url) and "connection refused" in err
+    assert (
+        err.startswith("examples.square: could not connect to " + url)
+        and "connection refused" in err
+    )

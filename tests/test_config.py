@@ -154,67 +154,205 @@ def test_invalid_toml(write):
     ("text", "expected"),
     [
         # unknown keys, with a suggestion when one is close
-        ("[leadr]\n", "top level: unknown key 'leadr' (did you mean 'leader'?); allowed keys: leader, groups"),
-        ("[leader]\nack_timout = 3\n", "[leader]: unknown key 'ack_timout' (did you mean 'ack_timeout'?)"),
-        ("[leader.retry]\nbase = 1\nceiling = 2\n", "[leader.retry]: unknown key 'ceiling'; allowed keys: base, factor, cap, jitter"),
-        (GROUP + "instance = 3\n", "[[groups]] #1 'echo': unknown key 'instance' (did you mean 'instances'?)"),
+        (
+            "[leadr]\n",
+            "top level: unknown key 'leadr' (did you mean 'leader'?); allowed keys: leader, groups",
+        ),
+        (
+            "[leader]\nack_timout = 3\n",
+            "[leader]: unknown key 'ack_timout' (did you mean 'ack_timeout'?)",
+        ),
+        (
+            "[leader.retry]\nbase = 1\nceiling = 2\n",
+            "[leader.retry]: unknown key 'ceiling'; allowed keys: base, factor, cap, jitter",
+        ),
+        (
+            GROUP + "instance = 3\n",
+            "[[groups]] #1 'echo': unknown key 'instance' (did you mean 'instances'?)",
+        ),
         # wrong shapes of tables
         ("leader = 3\n", "'leader' must be a table ([leader])"),
         ("groups = 3\n", "'groups' must be an array of tables ([[groups]])"),
         ("groups = [3]\n", "[[groups]] #1: must be a table"),
         ("[leader]\nretry = 2\n", "[leader.retry]: must be a table"),
         # leader values
-        ("[leader]\nlisten = \"tcp://127.0.0.1:1\"\n", "[leader] key 'listen': expected a list of strings, got string 'tcp://127.0.0.1:1'"),
+        (
+            '[leader]\nlisten = "tcp://127.0.0.1:1"\n',
+            "[leader] key 'listen': expected a list of strings, got string 'tcp://127.0.0.1:1'",
+        ),
         ("[leader]\nlisten = []\n", "[leader] key 'listen': at least one listen address is needed"),
-        ("[leader]\nlisten = [\"http://127.0.0.1:80\"]\n", "[leader] key 'listen': unsupported transport URL 'http://127.0.0.1:80': the scheme must be one of tcp, tls, ws, wss"),
-        ("[leader]\nlisten = [\"tls://127.0.0.1:80\"]\n", "[leader] key 'listen': 'tls://127.0.0.1:80': scheme 'tls' needs certificates, which cannot be configured yet"),
-        ("[leader]\nlisten = [\"tcp://127.0.0.1\"]\n", "[leader] key 'listen': transport URL 'tcp://127.0.0.1' has no port (write tcp://host:port)"),
-        ("[leader]\nlisten = [\"tcp://127.0.0.1:99999\"]\n", "[leader] key 'listen': transport URL 'tcp://127.0.0.1:99999' has an invalid port"),
-        ("[leader]\nack_timeout = \"3\"\n", "[leader] key 'ack_timeout': expected a number > 0, got string '3'"),
+        (
+            '[leader]\nlisten = ["http://127.0.0.1:80"]\n',
+            "[leader] key 'listen': unsupported transport URL 'http://127.0.0.1:80': the scheme must be one of tcp, tls, ws, wss",
+        ),
+        (
+            '[leader]\nlisten = ["tls://127.0.0.1:80"]\n',
+            "[leader] key 'listen': 'tls://127.0.0.1:80': scheme 'tls' needs certificates, which cannot be configured yet",
+        ),
+        (
+            '[leader]\nlisten = ["tcp://127.0.0.1"]\n',
+            "[leader] key 'listen': transport URL 'tcp://127.0.0.1' has no port (write tcp://host:port)",
+        ),
+        (
+            '[leader]\nlisten = ["tcp://127.0.0.1:99999"]\n',
+            "[leader] key 'listen': transport URL 'tcp://127.0.0.1:99999' has an invalid port",
+        ),
+        (
+            '[leader]\nack_timeout = "3"\n',
+            "[leader] key 'ack_timeout': expected a number > 0, got string '3'",
+        ),
         ("[leader]\nack_timeout = 0\n", "[leader] key 'ack_timeout': expected a number > 0, got 0"),
         ("[leader]\nheartbeat = nan\n", "[leader] key 'heartbeat': expected a number > 0, got nan"),
-        ("[leader]\nmax_attempts = 0\n", "[leader] key 'max_attempts': expected an integer >= 1, got 0"),
-        ("[leader]\nmax_queued = 1.5\n", "[leader] key 'max_queued': expected an integer >= 1, got float 1.5"),
-        ("[leader]\nmax_connections = true\n", "[leader] key 'max_connections': expected an integer >= 1, got boolean True"),
-        ("[leader]\nname = \"a b\"\n", "[leader] key 'name': 'a b' is not a valid name (letters, digits, '_' and '-' only)"),
-        ("[leader.retry]\njitter = 1.5\n", "[leader.retry] key 'jitter': expected a number >= 0 and <= 1, got 1.5"),
-        ("[leader.retry]\nfactor = 0.5\n", "[leader.retry] key 'factor': expected a number >= 1, got 0.5"),
-        ("[leader.retry]\nbase = 5\ncap = 1\n", "[leader.retry] key 'cap': must be >= base (5.0), got 1.0"),
+        (
+            "[leader]\nmax_attempts = 0\n",
+            "[leader] key 'max_attempts': expected an integer >= 1, got 0",
+        ),
+        (
+            "[leader]\nmax_queued = 1.5\n",
+            "[leader] key 'max_queued': expected an integer >= 1, got float 1.5",
+        ),
+        (
+            "[leader]\nmax_connections = true\n",
+            "[leader] key 'max_connections': expected an integer >= 1, got boolean True",
+        ),
+        (
+            '[leader]\nname = "a b"\n',
+            "[leader] key 'name': 'a b' is not a valid name (letters, digits, '_' and '-' only)",
+        ),
+        (
+            "[leader.retry]\njitter = 1.5\n",
+            "[leader.retry] key 'jitter': expected a number >= 0 and <= 1, got 1.5",
+        ),
+        (
+            "[leader.retry]\nfactor = 0.5\n",
+            "[leader.retry] key 'factor': expected a number >= 1, got 0.5",
+        ),
+        (
+            "[leader.retry]\nbase = 5\ncap = 1\n",
+            "[leader.retry] key 'cap': must be >= base (5.0), got 1.0",
+        ),
         # groups
-        ("[[groups]]\nworker = \"tests.workers:Echo\"\n", "[[groups]] #1: missing key 'name'"),
+        ('[[groups]]\nworker = "tests.workers:Echo"\n', "[[groups]] #1: missing key 'name'"),
         ("[[groups]]\nname = 7\n", "[[groups]] #1 key 'name': expected a string, got integer 7"),
-        ("[[groups]]\nname = \"a.b\"\n", "[[groups]] #1 key 'name': 'a.b' is not a valid name"),
-        ("[[groups]]\nname = \"g\"\n", "[[groups]] #1 'g': exactly one of 'worker' (\"module:Class\") or 'command' is needed"),
-        (GROUP + "command = [\"python3\", \"x.py\"]\n", "[[groups]] #1 'echo': exactly one of 'worker'"),
-        ("[[groups]]\nname = \"p\"\ncommand = \"python3 x.py\"\n", "[[groups]] #1 'p' key 'command': expected a list of strings, got string"),
-        ("[[groups]]\nname = \"p\"\ncommand = []\n", "[[groups]] #1 'p' key 'command': must not be empty"),
-        ("[[groups]]\nname = \"p\"\ncommand = [\"python3\", \"pricer.py\"]\n", "[[groups]] #1 'p' key 'command': command workers are not supported yet"),
-        ("[[groups]]\nname = \"g\"\nworker = 3\n", "[[groups]] #1 'g' key 'worker': expected a string \"module:Class\", got integer 3"),
-        (GROUP + "instances = -1\n", "[[groups]] #1 'echo' key 'instances': expected an integer >= 0, got -1"),
-        (GROUP + "instances = \"4\"\n", "[[groups]] #1 'echo' key 'instances': expected an integer >= 0, got string '4'"),
-        (GROUP + "mode = \"fanout\"\n", "[[groups]] #1 'echo' key 'mode': expected one of round_robin, broadcast; got string 'fanout'"),
-        (GROUP + "policy = \"random\"\n", "[[groups]] #1 'echo' key 'policy': expected one of round_robin, least_loaded, sticky; got string 'random'"),
-        (GROUP + "subjects = [\"a..b\"]\n", "[[groups]] #1 'echo' key 'subjects': invalid subject pattern 'a..b'"),
-        (GROUP + "subjects = [\"a.>.b\"]\n", "[[groups]] #1 'echo' key 'subjects': invalid subject pattern 'a.>.b'"),
-        (GROUP + "subjects = [\"a b\"]\n", "[[groups]] #1 'echo' key 'subjects': invalid subject pattern 'a b'"),
-        (GROUP + "subjects = []\n", "[[groups]] #1 'echo' key 'subjects': at least one subject pattern is needed"),
-        (GROUP + "subjects = \"a.b\"\n", "[[groups]] #1 'echo' key 'subjects': expected a list of strings"),
-        (GROUP + "concurrency = 0\n", "[[groups]] #1 'echo' key 'concurrency': expected an integer >= 1, got 0"),
-        (GROUP + "in_process = 1\n", "[[groups]] #1 'echo' key 'in_process': expected true or false, got integer 1"),
-        (GROUP + "max_memory = \"lots\"\n", "[[groups]] #1 'echo' key 'max_memory': expected a size in bytes such as 536870912 or \"512MiB\", got 'lots'"),
-        (GROUP + "max_memory = \"5XB\"\n", "[[groups]] #1 'echo' key 'max_memory': unknown unit 'XB' in '5XB'"),
-        (GROUP + "max_memory = 0\n", "[[groups]] #1 'echo' key 'max_memory': expected a size of at least 1 byte, got 0"),
-        (GROUP + "max_memory = 1.5e9\n", "[[groups]] #1 'echo' key 'max_memory': expected a size in bytes"),
-        (GROUP + "max_jobs = 0\n", "[[groups]] #1 'echo' key 'max_jobs': expected an integer >= 1, got 0"),
-        (GROUP + "max_jobs = \"many\"\n", "[[groups]] #1 'echo' key 'max_jobs': expected an integer >= 1, got string 'many'"),
-        (GROUP + "max_job = 3\n", "[[groups]] #1 'echo': unknown key 'max_job' (did you mean 'max_jobs'?)"),
-        (GROUP + "max_start_failures = -1\n", "[[groups]] #1 'echo' key 'max_start_failures': expected an integer >= 0, got -1"),
+        ('[[groups]]\nname = "a.b"\n', "[[groups]] #1 key 'name': 'a.b' is not a valid name"),
+        (
+            '[[groups]]\nname = "g"\n',
+            "[[groups]] #1 'g': exactly one of 'worker' (\"module:Class\") or 'command' is needed",
+        ),
+        (
+            GROUP + 'command = ["python3", "x.py"]\n',
+            "[[groups]] #1 'echo': exactly one of 'worker'",
+        ),
+        (
+            '[[groups]]\nname = "p"\ncommand = "python3 x.py"\n',
+            "[[groups]] #1 'p' key 'command': expected a list of strings, got string",
+        ),
+        (
+            '[[groups]]\nname = "p"\ncommand = []\n',
+            "[[groups]] #1 'p' key 'command': must not be empty",
+        ),
+        (
+            '[[groups]]\nname = "p"\ncommand = ["python3", "pricer.py"]\n',
+            "[[groups]] #1 'p' key 'command': command workers are not supported yet",
+        ),
+        (
+            '[[groups]]\nname = "g"\nworker = 3\n',
+            "[[groups]] #1 'g' key 'worker': expected a string \"module:Class\", got integer 3",
+        ),
+        (
+            GROUP + "instances = -1\n",
+            "[[groups]] #1 'echo' key 'instances': expected an integer >= 0, got -1",
+        ),
+        (
+            GROUP + 'instances = "4"\n',
+            "[[groups]] #1 'echo' key 'instances': expected an integer >= 0, got string '4'",
+        ),
+        (
+            GROUP + 'mode = "fanout"\n',
+            "[[groups]] #1 'echo' key 'mode': expected one of round_robin, broadcast; got string 'fanout'",
+        ),
+        (
+            GROUP + 'policy = "random"\n',
+            "[[groups]] #1 'echo' key 'policy': expected one of round_robin, least_loaded, sticky; got string 'random'",
+        ),
+        (
+            GROUP + 'subjects = ["a..b"]\n',
+            "[[groups]] #1 'echo' key 'subjects': invalid subject pattern 'a..b'",
+        ),
+        (
+            GROUP + 'subjects = ["a.>.b"]\n',
+            "[[groups]] #1 'echo' key 'subjects': invalid subject pattern 'a.>.b'",
+        ),
+        (
+            GROUP + 'subjects = ["a b"]\n',
+            "[[groups]] #1 'echo' key 'subjects': invalid subject pattern 'a b'",
+        ),
+        (
+            GROUP + "subjects = []\n",
+            "[[groups]] #1 'echo' key 'subjects': at least one subject pattern is needed",
+        ),
+        (
+            GROUP + 'subjects = "a.b"\n',
+            "[[groups]] #1 'echo' key 'subjects': expected a list of strings",
+        ),
+        (
+            GROUP + "concurrency = 0\n",
+            "[[groups]] #1 'echo' key 'concurrency': expected an integer >= 1, got 0",
+        ),
+        (
+            GROUP + "in_process = 1\n",
+            "[[groups]] #1 'echo' key 'in_process': expected true or false, got integer 1",
+        ),
+        (
+            GROUP + 'max_memory = "lots"\n',
+            "[[groups]] #1 'echo' key 'max_memory': expected a size in bytes such as 536870912 or \"512MiB\", got 'lots'",
+        ),
+        (
+            GROUP + 'max_memory = "5XB"\n',
+            "[[groups]] #1 'echo' key 'max_memory': unknown unit 'XB' in '5XB'",
+        ),
+        (
+            GROUP + "max_memory = 0\n",
+            "[[groups]] #1 'echo' key 'max_memory': expected a size of at least 1 byte, got 0",
+        ),
+        (
+            GROUP + "max_memory = 1.5e9\n",
+            "[[groups]] #1 'echo' key 'max_memory': expected a size in bytes",
+        ),
+        (
+            GROUP + "max_jobs = 0\n",
+            "[[groups]] #1 'echo' key 'max_jobs': expected an integer >= 1, got 0",
+        ),
+        (
+            GROUP + 'max_jobs = "many"\n',
+            "[[groups]] #1 'echo' key 'max_jobs': expected an integer >= 1, got string 'many'",
+        ),
+        (
+            GROUP + "max_job = 3\n",
+            "[[groups]] #1 'echo': unknown key 'max_job' (did you mean 'max_jobs'?)",
+        ),
+        (
+            GROUP + "max_start_failures = -1\n",
+            "[[groups]] #1 'echo' key 'max_start_failures': expected an integer >= 0, got -1",
+        ),
         (GROUP + GROUP, "two groups are named 'echo'"),
         # the worker class itself
-        ("[[groups]]\nname = \"g\"\nworker = \"tests.workers\"\n", "[[groups]] #1 'g' key 'worker': expected 'module:Attribute'"),
-        ("[[groups]]\nname = \"g\"\nworker = \"no_such_module_xyz:W\"\n", "[[groups]] #1 'g' key 'worker': cannot load 'no_such_module_xyz:W': no module named 'no_such_module_xyz'"),
-        ("[[groups]]\nname = \"g\"\nworker = \"tests.workers:Missing\"\n", "[[groups]] #1 'g' key 'worker': cannot load 'tests.workers:Missing': 'tests.workers' has no attribute 'Missing'"),
-        ("[[groups]]\nname = \"g\"\nworker = \"tests.workers:NotAWorker\"\n", "[[groups]] #1 'g' key 'worker': 'tests.workers:NotAWorker' is the class 'NotAWorker', not a Worker subclass"),
+        (
+            '[[groups]]\nname = "g"\nworker = "tests.workers"\n',
+            "[[groups]] #1 'g' key 'worker': expected 'module:Attribute'",
+        ),
+        (
+            '[[groups]]\nname = "g"\nworker = "no_such_module_xyz:W"\n',
+            "[[groups]] #1 'g' key 'worker': cannot load 'no_such_module_xyz:W': no module named 'no_such_module_xyz'",
+        ),
+        (
+            '[[groups]]\nname = "g"\nworker = "tests.workers:Missing"\n',
+            "[[groups]] #1 'g' key 'worker': cannot load 'tests.workers:Missing': 'tests.workers' has no attribute 'Missing'",
+        ),
+        (
+            '[[groups]]\nname = "g"\nworker = "tests.workers:NotAWorker"\n',
+            "[[groups]] #1 'g' key 'worker': 'tests.workers:NotAWorker' is the class 'NotAWorker', not a Worker subclass",
+        ),
     ],
 )
 def test_errors_name_the_file_table_and_key(write, text, expected):
@@ -222,17 +360,37 @@ def test_errors_name_the_file_table_and_key(write, text, expected):
 
 
 def test_recycling_limits(write):
-    config = load_config(write(GROUP + 'max_memory = "256MiB"\nmax_jobs = 1000\n' + GROUP.replace("echo", "e2") + "max_memory = 1000000\n"))
-    assert [(g.max_memory, g.max_jobs) for g in config.groups] == [(256 * 2**20, 1000), (1_000_000, None)]
+    config = load_config(
+        write(
+            GROUP
+            + 'max_memory = "256MiB"\nmax_jobs = 1000\n'
+            + GROUP.replace("echo", "e2")
+            + "max_memory = 1000000\n"
+        )
+    )
+    assert [(g.max_memory, g.max_jobs) for g in config.groups] == [
+        (256 * 2**20, 1000),
+        (1_000_000, None),
+    ]
 
 
 def test_start_failure_limits(write):
-    config = load_config(write(GROUP + "max_start_failures = 3\n" + GROUP.replace("echo", "e2") + "max_start_failures = 0\n" + GROUP.replace("echo", "e3")))
+    config = load_config(
+        write(
+            GROUP
+            + "max_start_failures = 3\n"
+            + GROUP.replace("echo", "e2")
+            + "max_start_failures = 0\n"
+            + GROUP.replace("echo", "e3")
+        )
+    )
     assert [g.max_start_failures for g in config.groups] == [3, 0, None]
 
 
 def test_the_second_group_is_numbered(write):
-    message = error_of(write(GROUP + '[[groups]]\nname = "b"\nworker = "tests.workers:Echo"\nmode = 1\n'))
+    message = error_of(
+        write(GROUP + '[[groups]]\nname = "b"\nworker = "tests.workers:Echo"\nmode = 1\n')
+    )
     assert message.startswith("[[groups]] #2 'b' key 'mode'")
 
 
@@ -243,10 +401,16 @@ def test_the_second_group_is_numbered(write):
     ("option", "expected"),
     [
         ("tests.workers:Echo", GroupConfig(name="echo", worker="tests.workers:Echo", instances=1)),
-        ("tests.workers:Echo=4", GroupConfig(name="echo", worker="tests.workers:Echo", instances=4)),
+        (
+            "tests.workers:Echo=4",
+            GroupConfig(name="echo", worker="tests.workers:Echo", instances=4),
+        ),
         ("e=tests.workers:Echo", GroupConfig(name="e", worker="tests.workers:Echo", instances=1)),
         ("e=tests.workers:Echo=0", GroupConfig(name="e", worker="tests.workers:Echo", instances=0)),
-        ("pkg.mod:Outer.Inner=2", GroupConfig(name="inner", worker="pkg.mod:Outer.Inner", instances=2)),
+        (
+            "pkg.mod:Outer.Inner=2",
+            GroupConfig(name="inner", worker="pkg.mod:Outer.Inner", instances=2),
+        ),
     ],
 )
 def test_worker_options(option, expected):
@@ -256,11 +420,23 @@ def test_worker_options(option, expected):
 @pytest.mark.parametrize(
     ("option", "expected"),
     [
-        ("tests.workers:Echo=x", "--worker 'tests.workers:Echo=x': instances must be an integer >= 0, got 'x'"),
-        ("tests.workers:Echo=-2", "--worker 'tests.workers:Echo=-2': instances must be an integer >= 0, got -2"),
-        ("tests.workers.Echo", "--worker 'tests.workers.Echo': expected [name=]module:Class[=N], got no 'module:Class'"),
+        (
+            "tests.workers:Echo=x",
+            "--worker 'tests.workers:Echo=x': instances must be an integer >= 0, got 'x'",
+        ),
+        (
+            "tests.workers:Echo=-2",
+            "--worker 'tests.workers:Echo=-2': instances must be an integer >= 0, got -2",
+        ),
+        (
+            "tests.workers.Echo",
+            "--worker 'tests.workers.Echo': expected [name=]module:Class[=N], got no 'module:Class'",
+        ),
         ("a=b=c=d", "--worker 'a=b=c=d': expected [name=]module:Class[=N]"),
-        ("a b=tests.workers:Echo", "--worker 'a b=tests.workers:Echo' group name: 'a b' is not a valid name"),
+        (
+            "a b=tests.workers:Echo",
+            "--worker 'a b=tests.workers:Echo' group name: 'a b' is not a valid name",
+        ),
     ],
 )
 def test_bad_worker_options(option, expected):
@@ -285,7 +461,10 @@ def test_config_from_args():
 def test_config_from_args_merges_a_file(write):
     path = write(FULL)
     config = config_from_args(
-        config_path=path, listen=["tcp://127.0.0.1:0"], workers=["s=tests.workers:Sleepy"], in_process=True
+        config_path=path,
+        listen=["tcp://127.0.0.1:0"],
+        workers=["s=tests.workers:Sleepy"],
+        in_process=True,
     )
     assert config.leader.listen == ("tcp://127.0.0.1:0",)
     assert config.leader.ack_timeout == 10.0  # the rest of [leader] stays
@@ -294,7 +473,9 @@ def test_config_from_args_merges_a_file(write):
 
 
 def test_config_from_args_sets_every_groups_limits(write):
-    config = config_from_args(config_path=write(FULL), workers=["s=tests.workers:Sleepy"], max_memory="1GB", max_jobs=5)
+    config = config_from_args(
+        config_path=write(FULL), workers=["s=tests.workers:Sleepy"], max_memory="1GB", max_jobs=5
+    )
     assert {(g.max_memory, g.max_jobs) for g in config.groups} == {(10**9, 5)}
     assert config_from_args(workers=["tests.workers:Echo"]).groups[0].max_jobs is None
     with pytest.raises(ConfigError, match="--max-memory: unknown unit 'XB'"):
@@ -306,9 +487,12 @@ def test_config_from_args_sets_every_groups_limits(write):
 def test_config_from_args_errors(write):
     with pytest.raises(ConfigError, match="--listen: unsupported transport URL 'udp://x:1'"):
         config_from_args(listen=["udp://x:1"])
-    with pytest.raises(ConfigError, match="--worker 'tests.workers:Nope': cannot load"):
+    with pytest.raises(ConfigError, match=r"--worker 'tests\.workers:Nope': cannot load"):
         config_from_args(workers=["tests.workers:Nope"])
-    with pytest.raises(ConfigError, match="--worker 'tests.workers:NoSubjects': 'tests.workers:NoSubjects' declares no subjects"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--worker 'tests\.workers:NoSubjects': 'tests\.workers:NoSubjects' declares no subjects",
+    ):
         config_from_args(workers=["tests.workers:NoSubjects"])
     with pytest.raises(ConfigError, match="two groups are named 'echo'"):
         config_from_args(workers=["tests.workers:Echo", "tests.workers:Echo=2"])

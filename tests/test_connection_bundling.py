@@ -363,7 +363,9 @@ async def test_a_v1_client_sends_plain_frames_and_everything_works(
             assert conn.welcome is not None and conn.welcome.version == 1
             for i in range(50):
                 conn.send_nowait(publish(conn, i))
-            assert len(conn._outgoing._pending) == 50 and conn._outgoing._items == []  # flush_every: bundles only
+            assert (
+                len(conn._outgoing._pending) == 50 and conn._outgoing._items == []
+            )  # flush_every: bundles only
             messages = await raw.read_messages(50)
             assert [m.payload for m in messages] == list(range(50))
             assert all(map(is_map, raw.bodies)) and raw.per_frame == [1] * 50
@@ -433,7 +435,9 @@ async def test_bundles_fit_the_frame_limit_the_welcome_names(scheme: str) -> Non
                 assert info.value.limit == limit and info.value.size == limit + 1
             with pytest.raises(runtime.MessageTooLarge):
                 await conn.send(too_big)
-            assert conn._outgoing._items == [] and conn._outgoing.queued_bytes == 0  # nothing was queued
+            assert (
+                conn._outgoing._items == [] and conn._outgoing.queued_bytes == 0
+            )  # nothing was queued
 
             # The largest that fits goes alone in a frame within the limit; all still works.
             conn.send_nowait(fits)
@@ -541,7 +545,11 @@ async def test_queued_messages_wait_for_flush(scheme: str) -> None:
             conn.flush()
             if scheme == "tcp":
                 # Written at once by this call: the writer task was neither woken nor used.
-                assert conn._outgoing._items == [] and conn._outgoing._pending == [] and conn._outgoing.queued_bytes == 0
+                assert (
+                    conn._outgoing._items == []
+                    and conn._outgoing._pending == []
+                    and conn._outgoing.queued_bytes == 0
+                )
                 assert len(conn._outgoing._writer_lot) == 1
             else:
                 # A WebSocket has no direct write: flush wakes the writer.
@@ -582,13 +590,19 @@ async def test_a_flush_larger_than_the_socket_takes_is_finished_by_the_writer_in
             # The writer takes both, in one write (the rest, then the second's bundle), and
             # waits for room; what is flushed now waits for it.
             await trio.testing.wait_all_tasks_blocked()
-            assert writes == [2] and conn._outgoing.inflight_bytes > 0 and conn._outgoing._pending == []
+            assert (
+                writes == [2]
+                and conn._outgoing.inflight_bytes > 0
+                and conn._outgoing._pending == []
+            )
             assert conn._outgoing._items == []
             third = [publish(conn, ["third", i]) for i in range(10)]
             for message in third:
                 conn.send_nowait(message)
             conn.flush()
-            assert len(conn._outgoing._items) == 10  # not written past the writer's unfinished write
+            assert (
+                len(conn._outgoing._items) == 10
+            )  # not written past the writer's unfinished write
 
             # The peer reads, slowly: every byte arrives, in order.
             while len(raw.messages) < len(big) + 20:
@@ -609,7 +623,9 @@ async def test_send_nowait_writes_at_once_every_flush_every_messages(every: int)
     with trio.fail_after(10):
         async with client_to_raw_server("tcp") as (conn, raw):
             if every != DEFAULT_FLUSH_EVERY:
-                conn._outgoing.flush_every = every  # (the connection keeps the setting it was built with)
+                conn._outgoing.flush_every = (
+                    every  # (the connection keeps the setting it was built with)
+                )
             assert conn._outgoing.flush_every == every
             writes = spy_on_writes(conn)
             await trio.testing.wait_all_tasks_blocked()
@@ -672,12 +688,20 @@ class Dispatch:
             self.done.set()
 
 
+@pytest.fixture
+def whole_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections start with full slices (runtime._reader.FAIR_START): each batch that
+    arrives is handed over whole, so that tests can name the batches."""
+    monkeypatch.setattr(runtime._reader, "FAIR_START", runtime._reader.FAIR_SLICE)
+
+
 def publishes(count: int) -> list[Publish]:
     return [Publish(mid=i, subject="a.b", payload=i) for i in range(1, count + 1)]
 
 
 async def test_dispatch_to_hands_over_what_waits_then_each_batch_in_order(
     autojump_clock: trio.testing.MockClock,
+    whole_batches: None,
 ) -> None:
     pubs = publishes(9)
     dispatch = Dispatch()
@@ -719,6 +743,7 @@ async def test_dispatch_to_hands_over_what_waits_then_each_batch_in_order(
 
 async def test_dispatch_to_raises_when_the_peer_goes_without_bye(
     autojump_clock: trio.testing.MockClock,
+    whole_batches: None,
 ) -> None:
     pubs = publishes(2)
     dispatch = Dispatch()
@@ -753,7 +778,7 @@ async def test_dispatch_to_after_the_close_hands_over_what_waits_then_raises(
 
 @pytest.mark.parametrize("when", ["waiting", "live"])
 async def test_a_handler_that_closes_the_connection_stops_dispatch(
-    when: str, autojump_clock: trio.testing.MockClock
+    when: str, autojump_clock: trio.testing.MockClock, whole_batches: None
 ) -> None:
     pubs = publishes(4)
     dispatch = Dispatch(close_on_first=True)

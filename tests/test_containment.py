@@ -376,7 +376,9 @@ async def test_control_messages_over_a_tiny_peer_limit_go_alone_and_never_raise(
         async with bundling_server(send_limit=17) as (conn, peer):
             with pytest.raises(runtime.MessageTooLarge):  # what the application sends: refused
                 conn.send_nowait(Publish(mid=conn.next_mid(), subject="a.longer.subject"))
-            conn._outgoing.send_control(Pong(mid=conn.next_mid(), cid=1))  # 4 bytes as an item, Ping 3
+            conn._outgoing.send_control(
+                Pong(mid=conn.next_mid(), cid=1)
+            )  # 4 bytes as an item, Ping 3
             conn._outgoing.send_control(Ping(mid=conn.next_mid()))
             conn.close_soon(
                 Error(mid=conn.next_mid(), code=ErrorCode.BUSY, message="a long reason" * 3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -84,10 +86,18 @@ def test_time_going_backwards_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("capacity", "ttl"), [(0, 1), (-1, 1), (True, 1), (1.5, 1), (10, 0), (10, -1)]
+    ("capacity", "ttl", "match"),
+    [
+        (0, 1, "capacity must be an int >= 1, got 0"),
+        (-1, 1, "capacity must be an int >= 1, got -1"),
+        (True, 1, "capacity must be an int >= 1, got True"),
+        (1.5, 1, "capacity must be an int >= 1, got 1.5"),
+        (10, 0, "ttl must be > 0, got 0"),
+        (10, -1, "ttl must be > 0, got -1"),
+    ],
 )
-def test_invalid_limits_are_refused(capacity: object, ttl: float) -> None:
-    with pytest.raises(ValueError):
+def test_invalid_limits_are_refused(capacity: object, ttl: float, match: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(match)):
         DedupCache(capacity=capacity, ttl=ttl)  # type: ignore[arg-type]
 
 

@@ -26,20 +26,35 @@ from runtime._reconnect import DEFAULT_RECONNECT_BACKOFF
 
 
 def test_the_leader_takes_one_config_object() -> None:
-    config = LeaderConfig(name="n", listen=["tcp://127.0.0.1:0"], broker=BrokerConfig(ack_timeout=3.0))
+    config = LeaderConfig(
+        name="n", listen=["tcp://127.0.0.1:0"], broker=BrokerConfig(ack_timeout=3.0)
+    )
     leader = Leader(config, rng=random.Random(1))
     assert leader.config is config and leader.broker.config is config.broker
-    assert (leader.name, leader.listen, leader.broker.config.ack_timeout) == ("n", ["tcp://127.0.0.1:0"], 3.0)
+    assert (leader.name, leader.listen, leader.broker.config.ack_timeout) == (
+        "n",
+        ["tcp://127.0.0.1:0"],
+        3.0,
+    )
     assert config.listen == ("tcp://127.0.0.1:0",)  # (kept as a tuple)
     assert Leader().config == LeaderConfig()
 
 
 def test_keyword_settings_build_the_same_config() -> None:
     backoff = Backoff(base=0.01, cap=0.01)
-    leader = Leader(name="k", heartbeat=None, ack_timeout=2.0, retry_backoff=backoff, max_queue_time=None, write_timeout=math.inf)
+    leader = Leader(
+        name="k",
+        heartbeat=None,
+        ack_timeout=2.0,
+        retry_backoff=backoff,
+        max_queue_time=None,
+        write_timeout=math.inf,
+    )
     config = leader.config
     assert (config.name, config.heartbeat, config.write_timeout) == ("k", None, math.inf)
-    assert config.broker == attrs.evolve(BrokerConfig(), ack_timeout=2.0, retry_backoff=backoff, max_queue_time=None)
+    assert config.broker == attrs.evolve(
+        BrokerConfig(), ack_timeout=2.0, retry_backoff=backoff, max_queue_time=None
+    )
     # retry_backoff=None (what a cluster file without [leader.retry] gives): the default.
     assert Leader(retry_backoff=None).broker.config.retry_backoff is DEFAULT_RETRY_BACKOFF
     with pytest.raises(TypeError, match="'ack_timout' is not a setting"):
@@ -59,7 +74,9 @@ def test_the_cluster_table_starts_from_the_leaders_defaults() -> None:
         assert getattr(table, key) == getattr(broker, key), key
     assert RetryConfig().backoff() == DEFAULT_RETRY_BACKOFF == broker.retry_backoff
     assert table.leader_config() == leader
-    set_ = LeaderTable(name="c", ack_timeout=7.0, max_window=3, retry=RetryConfig(base=1.0, cap=2.0))
+    set_ = LeaderTable(
+        name="c", ack_timeout=7.0, max_window=3, retry=RetryConfig(base=1.0, cap=2.0)
+    )
     built = set_.leader_config()
     assert (built.name, built.broker.ack_timeout, built.broker.max_window) == ("c", 7.0, 3)
     assert built.broker.retry_backoff == Backoff(base=1.0, factor=2.0, cap=2.0, jitter=0.1)
@@ -78,5 +95,5 @@ class _Echo(Worker):
 def test_workers_reconnect_by_the_one_default_backoff() -> None:
     runner = WorkerRunner(_Echo(), "tcp://127.0.0.1:1")
     assert runner.backoff is DEFAULT_RECONNECT_BACKOFF
-    assert DEFAULT_RECONNECT_BACKOFF == Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2)
+    assert Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2) == DEFAULT_RECONNECT_BACKOFF
     assert (runner.policy, runner.mode) == ("round_robin", "round_robin")

@@ -37,10 +37,12 @@ def test_the_fuzzer_does_not_crash_the_leader_and_good_jobs_succeed(tmp_path: Pa
             sys.executable, str(SCRIPT), "--frames", "2000", "--seconds", "8", "--seed", "3",
             "--baseline-jobs", "20", "--connections", "8", "--json",
             "--dump-dir", str(tmp_path), "--logs", str(tmp_path / "logs"),
-        ],  # fmt: skip
+        ],
         cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL,
     )  # fmt: skip
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert results["crashes"] == 0, results["crash_details"]
     assert results["total_frames"] >= 2000 or results["seconds"] >= 8

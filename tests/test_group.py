@@ -210,8 +210,16 @@ def test_a_class_other_processes_cannot_import_runs_in_process_only():
 
 def test_instance_command_line():
     group = WorkerGroup(
-        "sq", workers.Echo, 2, "ws://127.0.0.1:7701", mode="broadcast", policy="least_loaded",
-        subjects=["a.b", "c.>"], concurrency=8, drain_grace=3.0, python="/py",
+        "sq",
+        workers.Echo,
+        2,
+        "ws://127.0.0.1:7701",
+        mode="broadcast",
+        policy="least_loaded",
+        subjects=["a.b", "c.>"],
+        concurrency=8,
+        drain_grace=3.0,
+        python="/py",
     )
     assert group.command(1) == [
         "/py", "-m", "actors.worker",

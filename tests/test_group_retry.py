@@ -146,7 +146,7 @@ def test_groups_retry_table_is_read_on_top_of_the_leaders(tmp_path):
         base=0.5, factor=2.0, cap=8.0, jitter=0.1
     )  # cap is the leader's
     assert GroupRetryConfig(max_attempts=2).policy(RetryConfig()) == GroupRetry(max_attempts=2)
-    assert "retry max_attempts 7, base 0.5" == group.retry.describe()
+    assert group.retry.describe() == "retry max_attempts 7, base 0.5"
 
 
 @pytest.mark.parametrize(

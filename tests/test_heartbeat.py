@@ -22,7 +22,9 @@ from runtime._wire import StreamWire
 from tests.helpers import RawPeer
 
 
-def make_connection(stream: trio.abc.Stream, side: str, heartbeat: float | None, **kw) -> Connection:
+def make_connection(
+    stream: trio.abc.Stream, side: str, heartbeat: float | None, **kw
+) -> Connection:
     return Connection(
         StreamWire(stream), Session(side=side, heartbeat=heartbeat), f"memory://{side}", "tcp", **kw
     )
@@ -33,7 +35,9 @@ async def open_server_side(peer: RawPeer, conn: Connection) -> None:
     await peer.send(Hello(mid=0, role="worker"))
     hello = await conn.receive()
     assert type(hello) is Hello
-    conn.send_nowait(Welcome(mid=conn.next_mid(), cid=0, version=1, heartbeat=conn.session.heartbeat))
+    conn.send_nowait(
+        Welcome(mid=conn.next_mid(), cid=0, version=1, heartbeat=conn.session.heartbeat)
+    )
     assert type(await peer.receive()) is Welcome
 
 
@@ -172,7 +176,9 @@ async def test_two_idle_connections_keep_each_other_alive(
 
             async def welcome() -> None:
                 hello = await server.receive()
-                server.send_nowait(Welcome(mid=server.next_mid(), cid=hello.mid, version=1, heartbeat=1.0))
+                server.send_nowait(
+                    Welcome(mid=server.next_mid(), cid=hello.mid, version=1, heartbeat=1.0)
+                )
 
             nursery.start_soon(welcome)
             answer = await client_handshake(client, Hello(mid=0, role="client"), heartbeat=None)
@@ -257,7 +263,9 @@ async def test_heartbeat_death_over_tcp(
         await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, silent_server, 0, host="127.0.0.1"))
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, silent_server, 0, host="127.0.0.1")
+        )
         port = listeners[0].socket.getsockname()[1]
         with trio.fail_after(60):
             async with runtime.open_connection(

@@ -630,7 +630,7 @@ async def test_a_failure_handling_a_workers_result_ends_that_worker_and_the_job_
     monkeypatch.setattr(actors.leader.Broker, "result", failing_result)
     fast = runtime.Backoff(base=0.05, factor=1.0, cap=0.05, jitter=0.0)
     with trio.fail_after(20):
-        async with leader_with_echo(retry_backoff=fast) as (leader, url, echo):
+        async with leader_with_echo(retry_backoff=fast) as (leader, url, _echo):
             async with Client.connect(url) as client:
                 assert await client.submit("echo.x", "p", job_id="poison", timeout=15) == "p"
                 assert await client.submit("echo.x", "q", timeout=10) == "q"
@@ -818,7 +818,7 @@ async def test_a_job_over_one_workers_frame_limit_runs_on_another() -> None:
 
 async def test_a_job_nacked_with_an_enormous_delay_expires_at_max_queue_time() -> None:
     with trio.fail_after(15):
-        async with leader_with_echo(max_queue_time=1.0) as (leader, url, _):
+        async with leader_with_echo(max_queue_time=1.0) as (_leader, url, _):
             async with RawPeer.connect(url) as rogue:
                 await rogue.send(hello("worker", pats=["rogue.>"], cr=1))
                 assert type(await rogue.next_message()) is protocol.Welcome
@@ -922,7 +922,7 @@ async def test_eight_clients_with_one_ten_megabyte_job_each_are_served_without_r
                     submits.start_soon(one, i)
             stats = leader.stats()["subjects"]["big.slow"]
             nursery.cancel_scope.cancel()
-    assert outcomes == {i: MB for i in range(8)}, (outcomes, stats)
+    assert outcomes == dict.fromkeys(range(8), MB), (outcomes, stats)
     # (a running count: a disconnect at any moment of the run shows here)
     assert stats["redelivered"] == 0, "the worker was disconnected and its jobs redelivered"
 
@@ -957,7 +957,7 @@ async def test_a_worker_answering_four_ten_megabyte_results_at_once_loses_none()
                             submits.start_soon(one, i)
             stats = leader.stats()["subjects"]["big.result"]
             nursery.cancel_scope.cancel()
-    assert outcomes == {i: MB for i in range(8)}, (outcomes, stats)
+    assert outcomes == dict.fromkeys(range(8), MB), (outcomes, stats)
     assert stats["redelivered"] == 0, stats
 
 
@@ -1020,13 +1020,13 @@ async def test_eight_ten_megabyte_submits_at_once_over_websocket() -> None:
                         submits.start_soon(submit, i)
             stats = leader.stats()["subjects"]["big.digest"]
             nursery.cancel_scope.cancel()
-    assert results == {i: MB for i in range(8)}
+    assert results == dict.fromkeys(range(8), MB)
     assert stats["redelivered"] == 0, stats
 
 
 async def test_a_rogue_workers_progress_flood_does_not_cut_off_the_client_waiting() -> None:
     with trio.fail_after(20):
-        async with leader_with_echo() as (leader, url, _):
+        async with leader_with_echo() as (_leader, url, _):
             async with RawPeer.connect(url) as rogue:
                 await rogue.send(hello("worker", pats=["rogue.>"], cr=1))
                 assert type(await rogue.next_message()) is protocol.Welcome
@@ -1109,7 +1109,7 @@ async def test_every_accepted_job_finishes_exactly_once_under_garbage() -> None:
         async with leader_with_echo(retry_backoff=fast, ack_timeout=2.0, max_attempts=50) as (
             leader,
             url,
-            echo,
+            _echo,
         ):
             async with trio.open_nursery() as nursery:
                 for seed in range(4):

@@ -112,7 +112,7 @@ async def start(nursery: trio.Nursery, *workers: Worker, **leader_kw) -> tuple[L
 
 async def test_a_worker_sees_id_subject_payload_headers_attempt_and_reports_progress(nursery):
     with trio.fail_after(15):
-        leader, url = await start(nursery, Inspect())
+        _leader, url = await start(nursery, Inspect())
         async with Client.connect(url) as client:
             progress: list[tuple[float | None, str | None]] = []
             seen = await client.submit(
@@ -135,7 +135,7 @@ async def test_a_worker_sees_id_subject_payload_headers_attempt_and_reports_prog
 
 async def test_named_errors_carry_the_remote_error(nursery):
     with trio.fail_after(15):
-        leader, url = await start(nursery, Inspect(), max_attempts=3, max_queued=2)
+        _leader, url = await start(nursery, Inspect(), max_attempts=3, max_queued=2)
         async with Client.connect(url) as client, client.subscribe(DLQ_PREFIX + ">") as dlq:
             # QoS 1: retried, then dead-lettered, with the last error.
             with pytest.raises(DeadLettered) as dead:
@@ -166,7 +166,9 @@ async def test_named_errors_carry_the_remote_error(nursery):
             # Unless told to wait for a worker: two wait, the third is told to come back later.
             async with trio.open_nursery() as waiting:
                 for i in range(2):
-                    waiting.start_soon(partial(client.submit, "nobody.home", i, wait_for_worker=True))
+                    waiting.start_soon(
+                        partial(client.submit, "nobody.home", i, wait_for_worker=True)
+                    )
                 await trio.sleep(0.2)
                 with pytest.raises(Busy) as busy:
                     await client.submit("nobody.home", 3, wait_for_worker=True)
@@ -200,7 +202,7 @@ async def test_map_yields_results_in_input_order_within_its_limit(nursery):
     with trio.fail_after(15):
         gate = Gate()
         gate.size = 8
-        leader, url = await start(nursery, gate)
+        _leader, url = await start(nursery, gate)
         async with Client.connect(url) as client:
             got = [r async for r in client.map("gate.x", range(64), limit=8)]
             assert got == list(range(64))
@@ -286,7 +288,9 @@ async def test_map_retries_busy_answers_and_loses_nothing(nursery):
         async with Client.connect(url) as client:
             got = [
                 r["payload"]["i"]
-                async for r in client.map("inspect.busy", ({"sleep": 0.01, "i": i} for i in range(40)), limit=12)
+                async for r in client.map(
+                    "inspect.busy", ({"sleep": 0.01, "i": i} for i in range(40)), limit=12
+                )
             ]
         assert sorted(got) == list(range(40))
         assert leader.stats()["subjects"]["inspect.busy"]["done"] == 40
@@ -295,10 +299,12 @@ async def test_map_retries_busy_answers_and_loses_nothing(nursery):
 
 async def test_map_failure_raises_or_is_yielded(nursery):
     with trio.fail_after(15):
-        leader, url = await start(nursery, Inspect(), max_attempts=1)
+        _leader, url = await start(nursery, Inspect(), max_attempts=1)
         payloads = [{"i": 0}, {"fail_always": True}, {"i": 2}]
         async with Client.connect(url) as client:
-            got = [r async for r in client.map("inspect.m", payloads, limit=1, return_exceptions=True)]
+            got = [
+                r async for r in client.map("inspect.m", payloads, limit=1, return_exceptions=True)
+            ]
             assert [type(g) for g in got] == [dict, DeadLettered, dict]
             with pytest.raises(DeadLettered):
                 async for _ in client.map("inspect.m", payloads, limit=1):

@@ -98,7 +98,9 @@ async def test_submit_map_and_progress_over_tcp():
         echo = Echo()
         async with cluster(echo) as (leader, urls), Client.connect(urls[0]) as client:
             progress = []
-            r = await client.submit("math.square", {"n": 7}, on_progress=lambda f, n: progress.append((f, n)))
+            r = await client.submit(
+                "math.square", {"n": 7}, on_progress=lambda f, n: progress.append((f, n))
+            )
             assert r == {"square": 49}
             assert progress == [(0.5, "half way")]
             got = [res async for res in client.map("echo.x", range(300), limit=64)]
@@ -118,7 +120,10 @@ async def test_websocket_listener_serves_the_same_api():
 
 async def test_failures_are_retried_then_succeed_or_dead_letter():
     with trio.fail_after(20):
-        async with cluster(Flaky(), max_attempts=3) as (leader, urls), Client.connect(urls[0]) as client:
+        async with (
+            cluster(Flaky(), max_attempts=3) as (leader, urls),
+            Client.connect(urls[0]) as client,
+        ):
             assert await client.submit("flaky.ok") == 3  # third attempt succeeds
             Flaky.fail_times = 10
             try:
@@ -203,7 +208,9 @@ async def test_busy_answer_when_the_queue_is_full():
         async with cluster(max_queued=3) as (_, urls), Client.connect(urls[0]) as client:
             async with trio.open_nursery() as nursery:
                 for i in range(3):  # no worker: these wait in the queue, as they ask
-                    nursery.start_soon(partial(client.submit, "nobody.home", i, wait_for_worker=True))
+                    nursery.start_soon(
+                        partial(client.submit, "nobody.home", i, wait_for_worker=True)
+                    )
                 await trio.sleep(0.2)
                 with pytest.raises(Busy) as info:
                     await client.submit("nobody.home", 99, wait_for_worker=True)
@@ -215,7 +222,11 @@ async def test_pubsub_queue_groups_and_retained_messages():
     with trio.fail_after(20):
         async with cluster() as (_, urls), Client.connect(urls[0]) as client:
             await client.publish("events.config", {"v": 1}, retain=True, qos=1)
-            async with client.subscribe("events.>") as all_events, client.subscribe("events.*", queue="q") as q1, client.subscribe("events.*", queue="q") as q2:
+            async with (
+                client.subscribe("events.>") as all_events,
+                client.subscribe("events.*", queue="q") as q1,
+                client.subscribe("events.*", queue="q") as q2,
+            ):
                 first = await all_events.receive()
                 assert first.retained and first.payload == {"v": 1}
                 for i in range(10):
@@ -265,7 +276,9 @@ async def test_leader_restart_workers_and_clients_reconnect():
                     await leader.run(task_status=task_status)
 
             [url] = await nursery.start(live, first_life, leader)
-            runner = WorkerRunner(echo, url, name="echo", reconnect_backoff=Backoff(base=0.05, cap=0.2))
+            runner = WorkerRunner(
+                echo, url, name="echo", reconnect_backoff=Backoff(base=0.05, cap=0.2)
+            )
             await nursery.start(runner.run)
             async with Client.connect(url, reconnect_backoff=Backoff(base=0.05, cap=0.2)) as client:
                 assert (await client.submit("echo.a", 1))["echo"] == 1

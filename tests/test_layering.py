@@ -31,7 +31,9 @@ def _is_package(path: Path) -> bool:
 
 
 SOURCES: dict[str, Path] = {
-    _module_name(path): path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
+    _module_name(path): path
+    for package in PACKAGES
+    for path in sorted((ROOT / package).rglob("*.py"))
 }
 
 
@@ -89,7 +91,9 @@ def _modules_of(package: str) -> list[str]:
 )
 def test_a_layer_never_imports_a_layer_above_it(package: str, forbidden: set[str]) -> None:
     offenders = {
-        module: sorted(name for name in imports(module, module_level_only=False) if _top(name) in forbidden)
+        module: sorted(
+            name for name in imports(module, module_level_only=False) if _top(name) in forbidden
+        )
         for module in _modules_of(package)
     }
     assert not {m: names for m, names in offenders.items() if names}

@@ -49,8 +49,8 @@ import trio
 if __name__ == "__main__":  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors import Leader  # noqa: E402
-from protocol import (  # noqa: E402
+from actors import Leader
+from protocol import (
     Assign,
     Credit,
     FrameDecoder,
@@ -160,7 +160,9 @@ def frames(messages: list[Message], max_body: int = TRIGGER_BODY) -> bytes:
 class Harness:
     """A running leader, its URL, and the peers of one test (closed at the end)."""
 
-    def __init__(self, leader: Leader, url: str, nursery: trio.Nursery, stack: contextlib.AsyncExitStack) -> None:
+    def __init__(
+        self, leader: Leader, url: str, nursery: trio.Nursery, stack: contextlib.AsyncExitStack
+    ) -> None:
         self.leader = leader
         self.url = url
         self.nursery = nursery
@@ -226,11 +228,15 @@ async def fanout_queue_group(h: Harness, subs: int = 5000, publishes: int = 4096
     looped over all N (the router grouped them first): O(N) per Publish, before the router
     kept one index entry per connection and pattern."""
     member = await h.peer(name="member")
-    await member.send([Subscribe(mid=member.mid(), sid=i, pattern=">", queue="q") for i in range(subs)])
+    await member.send(
+        [Subscribe(mid=member.mid(), sid=i, pattern=">", queue="q") for i in range(subs)]
+    )
     await member.ping()
     h.discard(member)
     publisher = await h.peer(name="publisher")
-    trigger = [Publish(mid=publisher.mid(), subject="amp.x", payload=None) for _ in range(publishes)]
+    trigger = [
+        Publish(mid=publisher.mid(), subject="amp.x", payload=None) for _ in range(publishes)
+    ]
     return await h.probe_wait(lambda: publisher.send(trigger))
 
 
@@ -242,7 +248,9 @@ async def fanout_slow_subscriber(h: Harness, subs: int = 1000, publishes: int = 
     await sleeper.send([Subscribe(mid=sleeper.mid(), sid=i, pattern=">") for i in range(subs)])
     await sleeper.ping()
     publisher = await h.peer(name="publisher")
-    trigger = [Publish(mid=publisher.mid(), subject="amp.x", payload=None) for _ in range(publishes)]
+    trigger = [
+        Publish(mid=publisher.mid(), subject="amp.x", payload=None) for _ in range(publishes)
+    ]
     return await h.probe_wait(lambda: publisher.send(trigger))
 
 
@@ -251,7 +259,10 @@ async def retained_replay(h: Harness, retained: int = 1500, subscribes: int = 50
     (the same sid again and again, so no subscription limit) costs R Delivers."""
     publisher = await h.peer(name="publisher")
     await publisher.send(
-        [Publish(mid=publisher.mid(), subject=f"amp.r.{i}", payload=None, retain=True) for i in range(retained)]
+        [
+            Publish(mid=publisher.mid(), subject=f"amp.r.{i}", payload=None, retain=True)
+            for i in range(retained)
+        ]
     )
     await publisher.ping()
     subscriber = await h.peer(name="subscriber")  # reads nothing
@@ -264,7 +275,12 @@ async def progress_fanout(h: Harness, waiters: int = 1000, progress: int = 700) 
     1000, all from one client): one Progress of 16 bytes makes 1000 messages."""
     worker = await h.peer("worker", name="w", patterns=("amp.>",), credit=10)
     client = await h.peer(name="c")
-    await client.send([Submit(mid=client.mid(), job_id="j1", subject="amp.x", payload=None) for _ in range(waiters)])
+    await client.send(
+        [
+            Submit(mid=client.mid(), job_id="j1", subject="amp.x", payload=None)
+            for _ in range(waiters)
+        ]
+    )
     await client.ping()
     await worker.expect(Assign)
     trigger = [Progress(mid=worker.mid(), job_id="j1", fraction=0.5) for _ in range(progress)]
@@ -279,13 +295,23 @@ async def conflict_resubmit(h: Harness, items: int = 700_000, resubmits: int = 1
     client = await h.peer(name="c")
     big = [0] * items
     await client.send(
-        [Submit(mid=client.mid(), job_id="big", subject="amp.nobody", payload=big, wait_for_worker=True)],
+        [
+            Submit(
+                mid=client.mid(),
+                job_id="big",
+                subject="amp.nobody",
+                payload=big,
+                wait_for_worker=True,
+            )
+        ],
         max_body=16 * MiB,
     )
     await client.ping()
     h.discard(client)
     trigger = [
-        Submit(mid=client.mid(), job_id="big", subject="amp.nobody", payload=i, wait_for_worker=True)
+        Submit(
+            mid=client.mid(), job_id="big", subject="amp.nobody", payload=i, wait_for_worker=True
+        )
         for i in range(resubmits)
     ]
     return await h.probe_wait(lambda: client.send(trigger))
@@ -306,10 +332,24 @@ async def worker_hello(h: Harness, queues: int = 10_000, patterns: int = 1024) -
     and returns its up to 1024 patterns): an 18 KiB Hello, repeatable by reconnecting."""
     client = await h.peer(name="c")  # unserved submits: answered no_route, but their queues stay
     await client.send(
-        [Submit(mid=client.mid(), job_id=f"q{i}", subject=f"a.a.a.a.a.a.a.a.a.a.s{i}", payload=None) for i in range(queues)]
+        [
+            Submit(
+                mid=client.mid(), job_id=f"q{i}", subject=f"a.a.a.a.a.a.a.a.a.a.s{i}", payload=None
+            )
+            for i in range(queues)
+        ]
     )
     await client.ping()
-    hello = encode(Hello(mid=0, role="worker", name="w", versions=(1, 2), patterns=_overlapping_patterns(patterns), credit=1))
+    hello = encode(
+        Hello(
+            mid=0,
+            role="worker",
+            name="w",
+            versions=(1, 2),
+            patterns=_overlapping_patterns(patterns),
+            credit=1,
+        )
+    )
     worker = await h.raw()
     return await h.probe_wait(lambda: worker.stream.send_all(hello))
 
@@ -319,7 +359,12 @@ async def credit_flood(h: Harness, queues: int = 10_000, credits: int = 4096) ->
     runs ``Broker._feed``, which visits every queue the worker serves: a worker serving
     ``>`` with 10,000 subject queues makes each 6-byte Credit cost 10,000 steps."""
     client = await h.peer(name="c")
-    await client.send([Submit(mid=client.mid(), job_id=f"q{i}", subject=f"amp.q{i}", payload=None) for i in range(queues)])
+    await client.send(
+        [
+            Submit(mid=client.mid(), job_id=f"q{i}", subject=f"amp.q{i}", payload=None)
+            for i in range(queues)
+        ]
+    )
     await client.ping()
     worker = await h.peer("worker", name="w", patterns=(">",), credit=100)
     await worker.ping()
@@ -327,7 +372,9 @@ async def credit_flood(h: Harness, queues: int = 10_000, credits: int = 4096) ->
     return await h.probe_wait(lambda: worker.send(trigger))
 
 
-async def new_subjects_many_workers(h: Harness, workers: int = 50, queued: int = 10_000, submits: int = 400) -> float:
+async def new_subjects_many_workers(
+    h: Harness, workers: int = 50, queued: int = 10_000, submits: int = 400
+) -> float:
     """With 10,000 subject queues (the most kept) that all hold a waiting job, a submit to
     a new subject refused ``busy`` leaves an idle queue, which the next one drops:
     ``worker.queues.remove(queue)`` for each of the W workers serving ``>``, each a scan of
@@ -335,10 +382,18 @@ async def new_subjects_many_workers(h: Harness, workers: int = 50, queued: int =
     for i in range(workers):
         await h.peer("worker", name=f"w{i}", patterns=(">",), credit=0)
     client = await h.peer(name="c")  # its queued jobs: max_queued_per_client (10,000)
-    await client.send([Submit(mid=client.mid(), job_id=f"q{i}", subject=f"amp.q{i}", payload=None) for i in range(queued)])
+    await client.send(
+        [
+            Submit(mid=client.mid(), job_id=f"q{i}", subject=f"amp.q{i}", payload=None)
+            for i in range(queued)
+        ]
+    )
     await client.ping()
     h.discard(client)
-    trigger = [Submit(mid=client.mid(), job_id=f"n{i}", subject=f"amp.new{i}", payload=None) for i in range(submits)]
+    trigger = [
+        Submit(mid=client.mid(), job_id=f"n{i}", subject=f"amp.new{i}", payload=None)
+        for i in range(submits)
+    ]
     return await h.probe_wait(lambda: client.send(trigger))
 
 
@@ -352,11 +407,16 @@ async def trie_walk(h: Harness, subs: int = 1000, depth: int = 256, publishes: i
     while len(patterns) < subs:
         patterns.add(".".join(rng.choice("a*") for _ in range(depth - 1)) + ".b")
     subscriber = await h.peer(name="s")
-    await subscriber.send([Subscribe(mid=subscriber.mid(), sid=i, pattern=p) for i, p in enumerate(sorted(patterns))])
+    await subscriber.send(
+        [Subscribe(mid=subscriber.mid(), sid=i, pattern=p) for i, p in enumerate(sorted(patterns))]
+    )
     await subscriber.ping()
     publisher = await h.peer(name="p")
     prefix = "a." * (depth - 1)
-    trigger = [Publish(mid=publisher.mid(), subject=f"{prefix}x{i}", payload=None) for i in range(publishes)]
+    trigger = [
+        Publish(mid=publisher.mid(), subject=f"{prefix}x{i}", payload=None)
+        for i in range(publishes)
+    ]
     return await h.probe_wait(lambda: publisher.send(trigger))
 
 
@@ -366,11 +426,16 @@ async def stored_result_resend(h: Harness, items: int = 1_000_000, resubmits: in
     worker = await h.peer("worker", name="w", patterns=("amp.>",), credit=10)
     client = await h.peer(name="c")
     await client.send([Submit(mid=client.mid(), job_id="r1", subject="amp.x", payload=None)])
-    (assign,) = await worker.expect(Assign)
-    await worker.send([Result(mid=worker.mid(), job_id="r1", payload=[0] * items)], max_body=16 * MiB)
+    (_assign,) = await worker.expect(Assign)
+    await worker.send(
+        [Result(mid=worker.mid(), job_id="r1", payload=[0] * items)], max_body=16 * MiB
+    )
     await client.expect(Result)
     h.discard(client)
-    trigger = [Submit(mid=client.mid(), job_id="r1", subject="amp.x", payload=None) for _ in range(resubmits)]
+    trigger = [
+        Submit(mid=client.mid(), job_id="r1", subject="amp.x", payload=None)
+        for _ in range(resubmits)
+    ]
     return await h.probe_wait(lambda: client.send(trigger))
 
 
@@ -378,43 +443,53 @@ STALLS: dict[str, tuple[Callable[..., Awaitable[float]], dict[str, int], str]] =
     # name: (scenario, its arguments at full scale, what it measured at full scale on the
     # 2-core development machine, 2026-12-07, leader in its own process)
     "fanout_queue_group": (
-        fanout_queue_group, {"subs": 10_000, "publishes": 4096},
+        fanout_queue_group,
+        {"subs": 10_000, "publishes": 4096},
         "36 KiB frame: 3.5 s with one member connection of 10,000 subscriptions (4.4 s to new subjects, and the match cache then holds 310 MiB), 12.6 s with three connections",
     ),
     "fanout_slow_subscriber": (
-        fanout_slow_subscriber, {"subs": 10_000, "publishes": 4096},
+        fanout_slow_subscriber,
+        {"subs": 10_000, "publishes": 4096},
         "36 KiB frame: 85 s (a subscriber that reads nothing); 1 KiB frame of 100 publishes to one that reads: 3.9 s",
     ),
     "retained_replay": (
-        retained_replay, {"retained": 10_000, "subscribes": 4096},
+        retained_replay,
+        {"retained": 10_000, "subscribes": 4096},
         "32 KiB frame of 4,096 Subscribe '>' against 10,000 retained messages: 112 s",
     ),
     "progress_fanout": (
-        progress_fanout, {"waiters": 1000, "progress": 4096},
+        progress_fanout,
+        {"waiters": 1000, "progress": 4096},
         "68 KiB frame of 4,096 Progress, 1,000 waiters: 10.9 s before c7c89e1, 0.01 s since",
     ),
     "conflict_resubmit": (
-        conflict_resubmit, {"items": 1_000_000, "resubmits": 200},
+        conflict_resubmit,
+        {"items": 1_000_000, "resubmits": 200},
         "6 KiB frame of 200 conflicting resubmits of a job of 1 MiB: 6.2 s before da84a52, 0.05 s since",
     ),
     "worker_hello": (
-        worker_hello, {"queues": 10_000, "patterns": 1024},
+        worker_hello,
+        {"queues": 10_000, "patterns": 1024},
         "one 18 KiB worker Hello against 10,000 queues: 1.6 s, again at every reconnection",
     ),
     "credit_flood": (
-        credit_flood, {"queues": 10_000, "credits": 4096},
+        credit_flood,
+        {"queues": 10_000, "credits": 4096},
         "28 KiB frame of 4,096 Credit: 1.4 s (59 KiB of 4,096 Nacks of unknown jobs: 1.4 s)",
     ),
     "new_subjects_many_workers": (
-        new_subjects_many_workers, {"workers": 200, "queued": 10_000, "submits": 4096},
+        new_subjects_many_workers,
+        {"workers": 200, "queued": 10_000, "submits": 4096},
         "a 130 KiB frame of 4,096 submits to new subjects, 200 workers serving '>': 47 s once 10,000 queues hold waiting jobs; 1.0 s before (each new queue checks `worker not in candidates` for each of the 200 workers: O(W^2))",
     ),
     "trie_walk": (
-        trie_walk, {"subs": 10_000, "depth": 256, "publishes": 10},
+        trie_walk,
+        {"subs": 10_000, "depth": 256, "publishes": 10},
         "5 KiB frame of 10 publishes against 10,000 subscriptions of 256 tokens: 1.9 s (0.19 s a publish; those subscriptions take 800 MiB)",
     ),
     "stored_result_resend": (
-        stored_result_resend, {"items": 1_000_000, "resubmits": 100},
+        stored_result_resend,
+        {"items": 1_000_000, "resubmits": 100},
         "3 KiB frame of 100 resubmits of a job whose result is 1 MiB of small ints: 2.3 s",
     ),
 }
@@ -434,7 +509,10 @@ async def inflight_bytes(h: Harness, jobs: int = 32, size: int = 512 * 1024) -> 
     client = await h.peer(name="c")
     payload = b"x" * size
     for i in range(jobs):
-        await client.send([Submit(mid=client.mid(), job_id=f"b{i}", subject="amp.big", payload=payload)], max_body=16 * MiB)
+        await client.send(
+            [Submit(mid=client.mid(), job_id=f"b{i}", subject="amp.big", payload=payload)],
+            max_body=16 * MiB,
+        )
         if i % 4 == 3:
             await client.ping()
             await trio.sleep(0.01)  # (the worker's reader keeps up: no slow-consumer close)
@@ -447,14 +525,21 @@ async def _failed_results(h: Harness, jobs: int, *, final: bool, text: int) -> l
     client = await h.peer(name="c")
     h.discard(client)
     ids = [f"f{i}" for i in range(jobs)]
-    await client.send([Submit(mid=client.mid(), job_id=job_id, subject="amp.f", payload=None) for job_id in ids])
+    await client.send(
+        [Submit(mid=client.mid(), job_id=job_id, subject="amp.f", payload=None) for job_id in ids]
+    )
     assigns = await worker.expect(Assign, jobs)
     for assign in assigns:
         await worker.send(
             [
                 Result(
-                    mid=worker.mid(), job_id=assign.job_id, ok=False, final=final,
-                    error_type="E" * text, error_message="M" * text, traceback="T" * text,
+                    mid=worker.mid(),
+                    job_id=assign.job_id,
+                    ok=False,
+                    final=final,
+                    error_type="E" * text,
+                    error_message="M" * text,
+                    traceback="T" * text,
                 )
             ],
             max_body=16 * MiB,
@@ -487,7 +572,8 @@ async def dead_letter_texts(h: Harness, jobs: int = 32, text: int = 128 * 1024) 
     counts each dead letter as its job's size only)."""
     await _failed_results(h, jobs, final=False, text=text)
     return sum(
-        _text_bytes(d["error_type"], d["error_message"], d["traceback"]) for d in h.leader.broker.dead_letters
+        _text_bytes(d["error_type"], d["error_message"], d["traceback"])
+        for d in h.leader.broker.dead_letters
     )
 
 
@@ -499,7 +585,10 @@ async def payload_objects(h: Harness, jobs: int = 2, items: int = 400_000) -> tu
     data = frames(
         [
             Submit(
-                mid=client.mid(), job_id=f"o{i}", subject="amp.nobody", payload=[[]] * items,
+                mid=client.mid(),
+                job_id=f"o{i}",
+                subject="amp.nobody",
+                payload=[[]] * items,
                 wait_for_worker=True,
             )
             for i in range(jobs)
@@ -520,7 +609,12 @@ async def subscription_trie(h: Harness, subs: int = 1000, tokens: int = 256) -> 
     and three dicts), some 450 bytes for the 9 or so bytes of the token."""
     subscriber = await h.peer(name="s")
     data = frames(
-        [Subscribe(mid=subscriber.mid(), sid=i, pattern=".".join(f"s{i}t{j}" for j in range(tokens))) for i in range(subs)]
+        [
+            Subscribe(
+                mid=subscriber.mid(), sid=i, pattern=".".join(f"s{i}t{j}" for j in range(tokens))
+            )
+            for i in range(subs)
+        ]
     )
 
     async def build() -> None:
@@ -535,11 +629,15 @@ async def match_cache(h: Harness, subs: int = 600, publishes: int = 4096) -> tup
     matching ``subs`` subscriptions (of one queue group: one delivery each): the index keeps
     the answer of each of the last 4,096 subjects, a tuple of every matching subscription."""
     member = await h.peer(name="member")
-    await member.send([Subscribe(mid=member.mid(), sid=i, pattern=">", queue="q") for i in range(subs)])
+    await member.send(
+        [Subscribe(mid=member.mid(), sid=i, pattern=">", queue="q") for i in range(subs)]
+    )
     await member.ping()
     h.discard(member)
     publisher = await h.peer(name="p")
-    data = frames([Publish(mid=publisher.mid(), subject=f"amp.{i}", payload=None) for i in range(publishes)])
+    data = frames(
+        [Publish(mid=publisher.mid(), subject=f"amp.{i}", payload=None) for i in range(publishes)]
+    )
 
     async def build() -> None:
         await publisher.stream.send_all(data)
@@ -548,7 +646,9 @@ async def match_cache(h: Harness, subs: int = 600, publishes: int = 4096) -> tup
     return len(data), await traced(build)
 
 
-async def pinned_outgoing(h: Harness, peers: int = 4, retained: int = 8, seconds: float = 2.5) -> int:
+async def pinned_outgoing(
+    h: Harness, peers: int = 4, retained: int = 8, seconds: float = 2.5
+) -> int:
     """Peers that never read, but ping every 0.25 s, each after one Subscribe ``>`` that
     made the leader queue every retained message (``retained`` MiB) for it. Returns how
     many of them the leader had closed after ``seconds``. Before the write deadline: none,
@@ -557,7 +657,9 @@ async def pinned_outgoing(h: Harness, peers: int = 4, retained: int = 8, seconds
     publisher = await h.peer(name="p")
     blob = b"r" * (MiB - 1024)
     for i in range(retained):
-        await publisher.send([Publish(mid=publisher.mid(), subject=f"amp.r{i}", payload=blob, retain=True)])
+        await publisher.send(
+            [Publish(mid=publisher.mid(), subject=f"amp.r{i}", payload=blob, retain=True)]
+        )
     await publisher.ping()
     sleepers = [await h.peer(name=f"z{i}") for i in range(peers)]
     for sleeper in sleepers:
@@ -680,7 +782,7 @@ async def test_subscriptions_cost_memory_in_proportion_to_their_bytes() -> None:
 
 async def test_the_match_cache_is_bounded_in_bytes() -> None:
     async with running() as h:
-        sent, kept = await match_cache(h)
+        _sent, kept = await match_cache(h)
     assert kept <= 8 * MiB
 
 
@@ -704,8 +806,11 @@ async def _run(names: list[str]) -> None:
             t0 = time.perf_counter()
             waited = await scenario(h, **kwargs)
             setup = time.perf_counter() - t0 - waited
-        print(f"{name} ({', '.join(f'{k}={v:,}' for k, v in kwargs.items())}): a client waited {waited:.2f} s"
-              f" for its Welcome (setup {setup:.1f} s); measured before: {measured}", flush=True)
+        print(
+            f"{name} ({', '.join(f'{k}={v:,}' for k, v in kwargs.items())}): a client waited {waited:.2f} s"
+            f" for its Welcome (setup {setup:.1f} s); measured before: {measured}",
+            flush=True,
+        )
 
 
 def main(argv: list[str]) -> int:

@@ -98,12 +98,31 @@ async def still_serves(url: str) -> None:
 
 HOSTILE_HELLOS = {
     "policy of a list": {"role": "worker", "pats": ["echo.>"], "cr": 1, "meta": {"policy": [1, 2]}},
-    "policy of an enormous int": {"role": "worker", "pats": ["echo.>"], "cr": 1, "meta": {"policy": 10**5000}},
-    "mode of an enormous int": {"role": "worker", "pats": ["echo.>"], "cr": 1, "meta": {"mode": 10**5000}},
-    "typed policy of an enormous int": {"role": "worker", "pats": ["echo.>"], "cr": 1, "pol": 10**5000},
+    "policy of an enormous int": {
+        "role": "worker",
+        "pats": ["echo.>"],
+        "cr": 1,
+        "meta": {"policy": 10**5000},
+    },
+    "mode of an enormous int": {
+        "role": "worker",
+        "pats": ["echo.>"],
+        "cr": 1,
+        "meta": {"mode": 10**5000},
+    },
+    "typed policy of an enormous int": {
+        "role": "worker",
+        "pats": ["echo.>"],
+        "cr": 1,
+        "pol": 10**5000,
+    },
     "typed mode of a map": {"role": "worker", "pats": ["echo.>"], "cr": 1, "mode": {"a": 1}},
     "tiny frame limit": {"role": "client", "mf": 1},
-    "a worker of a million patterns": {"role": "worker", "pats": [f"p.{i}" for i in range(20_000)], "cr": 1},
+    "a worker of a million patterns": {
+        "role": "worker",
+        "pats": [f"p.{i}" for i in range(20_000)],
+        "cr": 1,
+    },
     "a pattern of 100,000 tokens": {"role": "worker", "pats": ["a." * 100_000 + ">"], "cr": 1},
     "a huge credit": {"role": "worker", "pats": ["echo.>"], "cr": 2**63 - 1},
 }
@@ -126,8 +145,10 @@ async def test_a_tiny_announced_frame_limit_is_refused_before_it_can_hurt():
     with trio.fail_after(30):
         async with leader_with_worker(heartbeat=0.2) as (_, url):
             async with RawPeer.connect(url) as peer:
-                await peer.send({"t": 1, "i": 0, "v": [1], "role": "client", "mf": 1},
-                                {"t": 10, "i": 1, "s": "echo.x", "p": "x" * 1000})
+                await peer.send(
+                    {"t": 1, "i": 0, "v": [1], "role": "client", "mf": 1},
+                    {"t": 10, "i": 1, "s": "echo.x", "p": "x" * 1000},
+                )
                 got = await peer.until_closed()
             [error] = errors(got)
             assert error.code == ErrorCode.BAD_FIELD
@@ -169,7 +190,11 @@ async def test_a_payload_just_under_the_frame_limit_is_answered_too_large():
                 await peer.send(submit)
                 answer = await peer.next_message()
                 assert isinstance(answer, protocol.Error), answer
-                assert answer.code == ErrorCode.TOO_LARGE and answer.cid == 5 and answer.job_id == "huge"
+                assert (
+                    answer.code == ErrorCode.TOO_LARGE
+                    and answer.cid == 5
+                    and answer.job_id == "huge"
+                )
                 # The connection stays open and serves the next submit.
                 await peer.send({"t": 3, "i": 6, "j": "small", "s": "echo.small", "p": 7})
                 result = await peer.next_message()
@@ -184,7 +209,9 @@ async def test_a_result_over_the_clients_own_limit_fails_that_call_only():
             async with RawPeer.connect(url) as peer:
                 await peer.send({"t": 1, "i": 0, "v": [1], "role": "client", "mf": MIN_FRAME})
                 assert isinstance(await peer.next_message(), protocol.Welcome)
-                await peer.send({"t": 3, "i": 5, "j": "r1", "s": "echo.big", "p": b"x" * (MIN_FRAME * 2)})
+                await peer.send(
+                    {"t": 3, "i": 5, "j": "r1", "s": "echo.big", "p": b"x" * (MIN_FRAME * 2)}
+                )
                 answer = await peer.next_message()
                 assert isinstance(answer, protocol.Error), answer
                 assert answer.code == ErrorCode.TOO_LARGE and answer.cid == 5
@@ -198,8 +225,10 @@ async def test_a_deliver_over_a_subscribers_limit_is_skipped_for_it_only():
     with trio.fail_after(30):
         async with leader_with_worker() as (_, url):
             async with RawPeer.connect(url) as small, Client.connect(url) as big:
-                await small.send({"t": 1, "i": 0, "v": [1], "role": "client", "mf": MIN_FRAME},
-                                 {"t": 11, "i": 1, "sid": 1, "pat": "news.>"})
+                await small.send(
+                    {"t": 1, "i": 0, "v": [1], "role": "client", "mf": MIN_FRAME},
+                    {"t": 11, "i": 1, "sid": 1, "pat": "news.>"},
+                )
                 assert isinstance(await small.next_message(), protocol.Welcome)
                 async with big.subscribe("news.>") as sub:
                     await big.publish("news.big", b"x" * (MIN_FRAME * 2), qos=1)
@@ -213,10 +242,15 @@ async def test_a_deliver_over_a_subscribers_limit_is_skipped_for_it_only():
 
 async def test_statistics_queries_are_answered_at_most_once_a_second_and_fit_or_say_too_large():
     with trio.fail_after(30):
-        async with leader_with_worker() as (leader, url):
+        async with leader_with_worker() as (_leader, url):
             async with RawPeer.connect(url) as noisy:  # many subjects: big statistics
-                await noisy.send({"t": 1, "i": 0, "v": [1], "role": "client"},
-                                 *({"t": 3, "i": i + 1, "j": f"n{i}", "s": f"nobody.{i}", "p": i} for i in range(1300)))
+                await noisy.send(
+                    {"t": 1, "i": 0, "v": [1], "role": "client"},
+                    *(
+                        {"t": 3, "i": i + 1, "j": f"n{i}", "s": f"nobody.{i}", "p": i}
+                        for i in range(1300)
+                    ),
+                )
                 for _ in range(1301):
                     await noisy.next_message()  # (the Welcome, then a no_route each)
             async with RawPeer.connect(url) as peer:
@@ -235,8 +269,10 @@ async def test_statistics_queries_are_answered_at_most_once_a_second_and_fit_or_
                 assert len(busy) == 4095 and {b.code for b in busy} == {ErrorCode.BUSY}
             # A peer whose frame limit the statistics do not fit is told so.
             async with RawPeer.connect(url) as small:
-                await small.send({"t": 1, "i": 0, "v": [1], "role": "client", "mf": MIN_FRAME},
-                                 {"t": 23, "i": 5, "w": "stats"})
+                await small.send(
+                    {"t": 1, "i": 0, "v": [1], "role": "client", "mf": MIN_FRAME},
+                    {"t": 23, "i": 5, "w": "stats"},
+                )
                 assert isinstance(await small.next_message(), protocol.Welcome)
                 answer = await small.next_message()
                 assert isinstance(answer, protocol.Error) and answer.code == ErrorCode.TOO_LARGE

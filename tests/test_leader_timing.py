@@ -58,7 +58,9 @@ async def leader_over_memory(**kw) -> AsyncIterator[tuple[Leader, object]]:
 
         async def connect(hello: Hello) -> RawPeer:
             local, remote = trio.testing.memory_stream_pair()
-            conn = Connection(StreamWire(local), Session(side="server", heartbeat=None), "memory://peer", "tcp")
+            conn = Connection(
+                StreamWire(local), Session(side="server", heartbeat=None), "memory://peer", "tcp"
+            )
 
             async def serve() -> None:
                 async with running(conn):
@@ -114,7 +116,7 @@ async def test_unanswered_job_is_redelivered_with_backoff_then_dead_lettered(aut
 
 
 async def test_nack_delay_and_backoff_are_exact(autojump_clock):
-    async with leader_over_memory() as (leader, connect):
+    async with leader_over_memory() as (_leader, connect):
         w = await worker(connect)
         c = await client(connect)
         now = Stopwatch()
@@ -156,7 +158,7 @@ async def test_progress_extends_the_ack_deadline(autojump_clock):
 
 async def test_late_result_after_redelivery_is_delivered_once(autojump_clock):
     """The first result wins; the slow worker's late one does not reach the client again."""
-    async with leader_over_memory() as (leader, connect):
+    async with leader_over_memory() as (_leader, connect):
         slow = await worker(connect, credit=1)
         c = await client(connect)
         now = Stopwatch()
@@ -179,7 +181,10 @@ async def test_late_result_after_redelivery_is_delivered_once(autojump_clock):
 
 async def test_by_default_a_job_is_dead_lettered_after_five_attempts(autojump_clock):
     """The Leader's defaults: 5 attempts; the default backoff (0.5 s doubling, 10 % jitter)."""
-    async with leader_over_memory(max_attempts=None, retry_backoff=None, ack_timeout=1.0) as (leader, connect):
+    async with leader_over_memory(max_attempts=None, retry_backoff=None, ack_timeout=1.0) as (
+        leader,
+        connect,
+    ):
         assert leader.broker.config.max_attempts == 5
         w = await worker(connect)
         c = await client(connect)
@@ -190,7 +195,16 @@ async def test_by_default_a_job_is_dead_lettered_after_five_attempts(autojump_cl
             msg = await w.receive()
             assert type(msg) is Assign
             assigned.append((msg.attempt, now()))
-            await w.send(Result(mid=msg.attempt, cid=msg.mid, job_id="j", ok=False, error_type="OSError", error_message=f"try {msg.attempt}"))
+            await w.send(
+                Result(
+                    mid=msg.attempt,
+                    cid=msg.mid,
+                    job_id="j",
+                    ok=False,
+                    error_type="OSError",
+                    error_message=f"try {msg.attempt}",
+                )
+            )
         assert [a for a, _ in assigned] == [1, 2, 3, 4, 5]
         gaps = [b - a for (_, a), (_, b) in itertools.pairwise(assigned)]
         for gap, nominal in zip(gaps, [0.5, 1.0, 2.0, 4.0], strict=True):
@@ -206,7 +220,9 @@ async def test_redelivery_delays_are_jittered(autojump_clock):
     backoff = Backoff(base=2.0, factor=2.0, cap=30.0, jitter=0.5)
     gaps_by_seed = []
     for seed in (1, 2):
-        async with leader_over_memory(max_attempts=4, retry_backoff=backoff, rng=random.Random(seed)) as (leader, connect):
+        async with leader_over_memory(
+            max_attempts=4, retry_backoff=backoff, rng=random.Random(seed)
+        ) as (_leader, connect):
             w = await worker(connect)
             c = await client(connect)
             now = Stopwatch()
@@ -273,7 +289,9 @@ async def test_credit_sets_the_window_it_does_not_add_to_it(autojump_clock):
     async with leader_over_memory() as (leader, connect):
         w = await worker(connect, credit=1)
         c = await client(connect)
-        await c.send(*[Submit(mid=i, job_id=f"j{i}", subject="jobs.g", payload=i) for i in range(8)])
+        await c.send(
+            *[Submit(mid=i, job_id=f"j{i}", subject="jobs.g", payload=i) for i in range(8)]
+        )
 
         async def assigned() -> list[str]:
             """The job ids the worker is assigned in the next (virtual) second."""

@@ -44,7 +44,9 @@ def test_loads_a_nested_attribute(modules):
     assert issubclass(cls, Worker)
 
 
-@pytest.mark.parametrize("spec", ["tests.workers", "tests.workers:", ":Echo", "a b:C", "a:B:C", "a..b:C", ""])
+@pytest.mark.parametrize(
+    "spec", ["tests.workers", "tests.workers:", ":Echo", "a b:C", "a:B:C", "a..b:C", ""]
+)
 def test_malformed_names_are_refused(spec):
     with pytest.raises(ConfigError, match=r"expected 'module:Attribute'.*got"):
         load_object(spec)
@@ -64,7 +66,7 @@ def test_missing_module():
 
 
 def test_missing_submodule_names_the_missing_part():
-    with pytest.raises(ConfigError, match="no module named 'tests.nope'"):
+    with pytest.raises(ConfigError, match=r"no module named 'tests\.nope'"):
         load_object("tests.nope:Thing")
 
 
@@ -76,7 +78,9 @@ def test_module_whose_own_import_fails_is_reported_as_such(modules):
 
 
 def test_module_that_raises_at_import(modules):
-    with pytest.raises(ConfigError, match=r"importing module 'loader_boom' failed: RuntimeError: kaboom at import"):
+    with pytest.raises(
+        ConfigError, match=r"importing module 'loader_boom' failed: RuntimeError: kaboom at import"
+    ):
         load_object("loader_boom:Thing")
 
 
@@ -94,17 +98,32 @@ def test_missing_attribute_suggests_close_names():
 
 
 def test_missing_nested_attribute_names_the_parent(modules):
-    with pytest.raises(ConfigError, match=r"'loader_nested:Outer' has no attribute 'Innr' \(did you mean 'Inner'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'loader_nested:Outer' has no attribute 'Innr' \(did you mean 'Inner'\?\)",
+    ):
         load_object("loader_nested:Outer.Innr")
 
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ("tests.workers:NotAWorker", "'tests.workers:NotAWorker' is the class 'NotAWorker', not a Worker subclass"),
-        ("tests.workers:not_a_class", "'tests.workers:not_a_class' is the function 'not_a_class', not a Worker subclass"),
-        ("tests.workers:INSTANCE", "'tests.workers:INSTANCE' is a Echo (<tests.workers.Echo object"),
-        ("actors.worker._worker:Worker", "'actors.worker._worker:Worker' is the Worker base class itself"),
+        (
+            "tests.workers:NotAWorker",
+            "'tests.workers:NotAWorker' is the class 'NotAWorker', not a Worker subclass",
+        ),
+        (
+            "tests.workers:not_a_class",
+            "'tests.workers:not_a_class' is the function 'not_a_class', not a Worker subclass",
+        ),
+        (
+            "tests.workers:INSTANCE",
+            "'tests.workers:INSTANCE' is a Echo (<tests.workers.Echo object",
+        ),
+        (
+            "actors.worker._worker:Worker",
+            "'actors.worker._worker:Worker' is the Worker base class itself",
+        ),
     ],
 )
 def test_things_that_are_not_worker_classes(spec, expected):

@@ -60,15 +60,21 @@ class RawPeer(test_heartbeat.RawPeer):
             pass
 
 
-def server_connection(wire: runtime._wire.Wire, *, heartbeat: float | None = None, **kw: object) -> Connection:
-    return Connection(wire, Session(side="server", heartbeat=heartbeat), "memory://peer", "tcp", **kw)
+def server_connection(
+    wire: runtime._wire.Wire, *, heartbeat: float | None = None, **kw: object
+) -> Connection:
+    return Connection(
+        wire, Session(side="server", heartbeat=heartbeat), "memory://peer", "tcp", **kw
+    )
 
 
 async def open_session(peer: RawPeer, conn: Connection) -> None:
     """Hello from the peer, Welcome from the connection (read by the peer)."""
     await peer.send(Hello(mid=0, role="client"))
     assert type(await conn.receive()) is Hello
-    conn.send_nowait(Welcome(mid=conn.next_mid(), cid=0, version=1, heartbeat=conn.session.heartbeat))
+    conn.send_nowait(
+        Welcome(mid=conn.next_mid(), cid=0, version=1, heartbeat=conn.session.heartbeat)
+    )
     assert type(await peer.receive()) is Welcome
 
 
@@ -77,7 +83,11 @@ def publish(conn: Connection, size: int) -> Publish:
 
 
 def slow_consumer_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "runtime.connection" and "slow consumer" in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.name == "runtime.connection" and "slow consumer" in r.getMessage()
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -125,10 +135,13 @@ async def test_pings_from_a_peer_that_does_not_read_do_not_postpone_the_cut(
                     await peer.send(Ping(mid=mid), Publish(mid=10_000 + mid, subject="a.b"))
                     await trio.sleep(0.5)
 
-            nursery.start_soon(ping_forever)
-            with pytest.raises(runtime.ConnectionClosed) as info:
+            async def receive_until_closed() -> None:
                 while True:
                     await conn.receive()
+
+            nursery.start_soon(ping_forever)
+            with pytest.raises(runtime.ConnectionClosed) as info:
+                await receive_until_closed()
             assert trio.current_time() - began == 4.0
             nursery.cancel_scope.cancel()
     assert info.value.code == ErrorCode.SLOW_CONSUMER
@@ -144,7 +157,9 @@ class AckedWire(StreamWire):
         return self.acked
 
 
-async def test_progress_inside_one_write_postpones_the_cut(autojump_clock: trio.testing.MockClock) -> None:
+async def test_progress_inside_one_write_postpones_the_cut(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # One write the peer takes slowly (its TCP acknowledges bytes every 3 s, under the 4 s
     # deadline) until 11.5 s, then nothing: the watch looks every second (a quarter of the
     # deadline), last sees progress at 12 s, and cuts at 16 s.
@@ -167,10 +182,14 @@ async def test_progress_inside_one_write_postpones_the_cut(autojump_clock: trio.
             with pytest.raises(runtime.ConnectionClosed) as info:
                 await conn.receive()
             assert trio.current_time() - began == 16.0
-    assert info.value.code == ErrorCode.SLOW_CONSUMER and "took no bytes for 4 s" in info.value.reason
+    assert (
+        info.value.code == ErrorCode.SLOW_CONSUMER and "took no bytes for 4 s" in info.value.reason
+    )
 
 
-async def test_writes_that_end_in_time_never_reach_the_deadline(autojump_clock: trio.testing.MockClock) -> None:
+async def test_writes_that_end_in_time_never_reach_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # Each write waits 4 s for the peer (under the 5 s deadline), one after the other, for
     # 48 s in all: the deadline is per write, not per stretch of slow writes.
     a, b = trio.testing.lockstep_stream_pair()
@@ -236,7 +255,9 @@ async def connected_tcp() -> tuple[trio.SocketStream, trio.SocketStream]:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not LINUX, reason="the peer's progress inside a write is read from Linux's TCP_INFO")
+@pytest.mark.skipif(
+    not LINUX, reason="the peer's progress inside a write is read from Linux's TCP_INFO"
+)
 @pytest.mark.parametrize("kind", ["socket", "stream"])
 async def test_a_slow_steady_reader_of_a_large_write_is_not_cut_until_it_stops(kind: str) -> None:
     server, client = await connected_tcp()
@@ -360,7 +381,9 @@ async def test_the_budget_counts_back_to_zero_after_traffic() -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve)
-            async with runtime.open_connection(url, hello=hello, max_frame_size=16 * 2**20) as client:
+            async with runtime.open_connection(
+                url, hello=hello, max_frame_size=16 * 2**20
+            ) as client:
                 for _ in range(5 * 21 + 6):
                     assert type(await client.receive()) is Deliver
                 await client.send(Publish(mid=client.next_mid(), subject="done"))
@@ -381,23 +404,37 @@ async def raw_client(url: str, name: str) -> trio.SocketStream:
 
 
 @pytest.mark.e2e
-async def test_the_leader_s_budget_cuts_subscribers_that_hold_the_most(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_leader_s_budget_cuts_subscribers_that_hold_the_most(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # Four subscribers that read nothing are each replayed 24 MiB of retained messages
     # (the kernel takes a few MiB of it): the leader holds at most its 48 MiB.
     mib = 2**20
-    leader = Leader(listen=["tcp://127.0.0.1:0"], heartbeat=None, write_timeout=math.inf, max_outgoing_total=48 * mib)
+    leader = Leader(
+        listen=["tcp://127.0.0.1:0"],
+        heartbeat=None,
+        write_timeout=math.inf,
+        max_outgoing_total=48 * mib,
+    )
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             (url,) = await nursery.start(leader.run)
             publisher = await raw_client(url, "publisher")
             blob = b"r" * (mib - 1024)
-            items = [encode_item(Publish(mid=i, subject=f"r.{i}", payload=blob, retain=True)) for i in range(1, 25)]
+            items = [
+                encode_item(Publish(mid=i, subject=f"r.{i}", payload=blob, retain=True))
+                for i in range(1, 25)
+            ]
             await publisher.send_all(b"".join(bundle_frames(items, 16 * mib)))
             sleepers = [await raw_client(url, f"z{i}") for i in range(4)]
             for sleeper in sleepers:
                 await sleeper.send_all(protocol.encode(Subscribe(mid=1, sid=1, pattern="r.>")))
                 await trio.sleep(0.2)  # (its replay queued before the next one subscribes)
-            cut = [r for r in slow_consumer_records(caplog) if "outgoing budget of 50331648 bytes" in r.getMessage()]
+            cut = [
+                r
+                for r in slow_consumer_records(caplog)
+                if "outgoing budget of 50331648 bytes" in r.getMessage()
+            ]
             assert len(cut) >= 2  # (at 19 MiB or more each, at most two fit)
             assert leader.connections == 5 - len(cut)
             for stream in (publisher, *sleepers):
@@ -409,7 +446,9 @@ async def test_the_leader_s_budget_cuts_subscribers_that_hold_the_most(caplog: p
 # The leader's settings
 
 
-def test_the_leader_takes_write_timeout_and_max_outgoing_total_from_its_config(tmp_path: Path) -> None:
+def test_the_leader_takes_write_timeout_and_max_outgoing_total_from_its_config(
+    tmp_path: Path,
+) -> None:
     leader = Leader()
     assert leader.write_timeout == runtime.DEFAULT_WRITE_TIMEOUT == 10.0
     assert leader.max_outgoing_total == runtime.DEFAULT_MAX_OUTGOING_TOTAL

@@ -47,7 +47,9 @@ class Seen(Worker):
         return job.payload
 
 
-async def _cluster(nursery: trio.Nursery, worker: Worker, **leader_kw) -> tuple[Leader, str, WorkerRunner]:
+async def _cluster(
+    nursery: trio.Nursery, worker: Worker, **leader_kw
+) -> tuple[Leader, str, WorkerRunner]:
     leader = Leader(listen=["tcp://127.0.0.1:0"], **leader_kw)
     (url,) = await nursery.start(leader.run)
     runner = WorkerRunner(worker, url, name="see-0")
@@ -55,7 +57,9 @@ async def _cluster(nursery: trio.Nursery, worker: Worker, **leader_kw) -> tuple[
     return leader, url, runner
 
 
-async def test_the_leader_keeps_payloads_encoded_and_workers_and_clients_see_values(nursery: trio.Nursery) -> None:
+async def test_the_leader_keeps_payloads_encoded_and_workers_and_clients_see_values(
+    nursery: trio.Nursery,
+) -> None:
     worker = Seen()
     leader, url, _ = await _cluster(nursery, worker)
     value = {"n": [1, 2.5, None, "x", b"raw"], "nested": {"a": [[]] * 3}}
@@ -68,7 +72,9 @@ async def test_the_leader_keeps_payloads_encoded_and_workers_and_clients_see_val
     assert cbor2.loads(stored.payload.data) == value
 
 
-async def test_a_payload_sent_plain_by_a_hand_built_peer_reaches_the_worker_as_its_value(nursery: trio.Nursery) -> None:
+async def test_a_payload_sent_plain_by_a_hand_built_peer_reaches_the_worker_as_its_value(
+    nursery: trio.Nursery,
+) -> None:
     worker = Seen()
     _, url, _ = await _cluster(nursery, worker)
     with trio.fail_after(20):
@@ -109,14 +115,18 @@ async def still_serves_see(url: str) -> None:
         assert await client.submit("see.ok", "ok", timeout=10) == "ok"
 
 
-async def test_a_result_the_client_cannot_decode_fails_that_call_only(nursery: trio.Nursery) -> None:
+async def test_a_result_the_client_cannot_decode_fails_that_call_only(
+    nursery: trio.Nursery,
+) -> None:
     """A worker answers a job with bytes that are not CBOR: the leader forwards them as
     they are; the client's call fails with JobFailed, and its next call works."""
     leader = Leader(listen=["tcp://127.0.0.1:0"])
     (url,) = await nursery.start(leader.run)
     with trio.fail_after(20):
         async with RawPeer.connect(url) as rogue:
-            await rogue.send({"t": 1, "i": 0, "v": [1, 2], "role": "worker", "pats": ["rogue.>"], "cr": 4})
+            await rogue.send(
+                {"t": 1, "i": 0, "v": [1, 2], "role": "worker", "pats": ["rogue.>"], "cr": 4}
+            )
             assert isinstance(await answer(rogue), protocol.Welcome)
             async with Client.connect(url) as client:
                 async with trio.open_nursery() as calls:
@@ -158,8 +168,11 @@ async def test_a_published_message_nobody_can_decode_is_dropped_and_the_next_one
     with trio.fail_after(20):
         async with Client.connect(url) as client, client.subscribe("news.>") as sub:
             async with RawPeer.connect(url) as rogue:
-                await rogue.send(HELLO, {"t": 10, "i": 1, "s": "news.bad", "e": NOT_CBOR, "q": 1},
-                                 {"t": 10, "i": 2, "s": "news.good", "e": cbor2.dumps({"ok": 1}), "q": 1})
+                await rogue.send(
+                    HELLO,
+                    {"t": 10, "i": 1, "s": "news.bad", "e": NOT_CBOR, "q": 1},
+                    {"t": 10, "i": 2, "s": "news.good", "e": cbor2.dumps({"ok": 1}), "q": 1},
+                )
                 assert isinstance(await answer(rogue), protocol.Welcome)
                 message = await sub.receive()
             assert (message.subject, message.payload) == ("news.good", {"ok": 1})
@@ -239,7 +252,9 @@ async def test_a_version_1_peer_gets_payloads_plain_and_a_version_2_peer_encoded
     value = {"deep": [[[1]]], "s": "x"}
     with trio.fail_after(20):
         async with RawPeer.connect(url) as peer:
-            await peer.send({**HELLO, "v": versions}, {"t": 3, "i": 1, "j": "v", "s": "see.x", "p": value})
+            await peer.send(
+                {**HELLO, "v": versions}, {"t": 3, "i": 1, "j": "v", "s": "see.x", "p": value}
+            )
             welcome, result = await _raw_maps(peer.stream, 2)
     assert welcome["t"] == protocol.Welcome.KIND
     if versions == [1]:

@@ -82,7 +82,7 @@ def test_room_for_dag_messages() -> None:
 
 
 def test_hello_roles_and_version_negotiation() -> None:
-    assert ROLES == {"client", "worker", "leader", "observer"}
+    assert {"client", "worker", "leader", "observer"} == ROLES
     for role in sorted(ROLES):
         Hello(mid=1, role=role)
     with pytest.raises(ValueError, match="role"):
@@ -157,18 +157,20 @@ def test_errors_for_received_bytes_go_back_as_error_messages(data: bytes) -> Non
 
 
 @pytest.mark.parametrize(
-    "value", [2**64, 2**8000, -(2**63) - 1, -(2**8000)], ids=["2^64", "2^8000", "-2^63-1", "-2^8000"]
+    "value",
+    [2**64, 2**8000, -(2**63) - 1, -(2**8000)],
+    ids=["2^64", "2^8000", "-2^63-1", "-2^8000"],
 )
 def test_integer_fields_refuse_values_beyond_64_bits(value: int) -> None:
     # Integer fields hold what CBOR's plain integers hold; a bignum (up to MAX_BIGNUM_SIZE
     # bytes) decodes, and is then refused by the field.
     body = cbor2.dumps({"t": protocol.Ping.KIND, "i": value})
-    with pytest.raises(protocol.InvalidField, match="Ping.mid"):
+    with pytest.raises(protocol.InvalidField, match=r"Ping\.mid"):
         protocol.decode_body(body)
     with pytest.raises((TypeError, ValueError)):
         protocol.Ping(mid=value)
     body = cbor2.dumps({"t": protocol.Hello.KIND, "i": 0, "role": "client", "v": [1, value]})
-    with pytest.raises(protocol.InvalidField, match="Hello.versions"):
+    with pytest.raises(protocol.InvalidField, match=r"Hello\.versions"):
         protocol.decode_body(body)
 
 
@@ -185,6 +187,9 @@ def test_bignums_beyond_the_limit_are_refused_anywhere(value: int) -> None:
 
 
 def test_integer_fields_accept_the_64_bit_extremes() -> None:
-    assert protocol.decode_body(cbor2.dumps({"t": protocol.Ping.KIND, "i": 2**64 - 1})).mid == 2**64 - 1
+    assert (
+        protocol.decode_body(cbor2.dumps({"t": protocol.Ping.KIND, "i": 2**64 - 1})).mid
+        == 2**64 - 1
+    )
     hello = {"t": protocol.Hello.KIND, "i": 0, "role": "client", "v": [1, -(2**63)]}
     assert protocol.decode_body(cbor2.dumps(hello)).versions == (1, -(2**63))

@@ -65,7 +65,7 @@ def test_strategies_cover_every_message_kind() -> None:
 
 def test_tags_are_unique_and_match_kind() -> None:
     for tag, cls in MESSAGE_TYPES.items():
-        assert cls.KIND == tag
+        assert tag == cls.KIND
         assert issubclass(cls, Message)
     assert len({cls.KIND for cls in MESSAGE_TYPES.values()}) == len(MESSAGE_TYPES)
 
@@ -148,7 +148,7 @@ def test_wire_form_of_a_submit() -> None:
     # {"n": 7}, a1 61 6e 07.
     assert wire == {"t": 3, "i": 7, "j": "job-1", "s": "math.square", "e": b"\xa1\x61n\x07"}
     assert wire["e"] == cbor2.dumps({"n": 7})
-    assert list(wire)[0] == "t"
+    assert next(iter(wire)) == "t"
     frame = encode(SUBMIT)
     body = cbor2.dumps(
         {"t": 3, "i": 7, "j": "job-1", "s": "math.square", "e": cbor2.dumps({"n": 7})}
@@ -177,7 +177,10 @@ def test_a_payload_sent_plain_is_accepted() -> None:
         body = _body(wire)
         frame = len(body).to_bytes(4, "big") + b"\x00" + body
         assert from_wire(cbor2.loads(body)) == Submit(
-            mid=7, job_id="job-1", subject="math.square", payload=protocol.Encoded(cbor2.dumps(value))
+            mid=7,
+            job_id="job-1",
+            subject="math.square",
+            payload=protocol.Encoded(cbor2.dumps(value)),
         )
         assert protocol.decode_payload(decode_body(body).payload) == value
         assert decode(frame) == Submit(mid=7, job_id="job-1", subject="math.square", payload=value)
@@ -231,10 +234,10 @@ def test_encode_rejects_non_messages_and_unencodable_payloads() -> None:
     # A payload is encoded on its own (it travels as the bytes of its encoding): its error.
     bad = Submit(mid=1, job_id="j", subject="a", payload=object())
     for func in (encode, encode_body, to_wire, protocol.encode_item):
-        with pytest.raises(ValueError, match="^cannot encode the payload <object object"):
+        with pytest.raises(ValueError, match=r"^cannot encode the payload <object object"):
             func(bad)
     # Any other field with no CBOR encoding: the message's error.
-    with pytest.raises(ValueError, match="^cannot encode Hello: "):
+    with pytest.raises(ValueError, match=r"^cannot encode Hello: "):
         encode(Hello(mid=1, role="client", meta={"k": object()}))
 
 
@@ -558,7 +561,7 @@ def test_every_protocol_error_subclass_is_listed() -> None:
 
 def test_error_code_groups() -> None:
     codes = {v for k, v in vars(ErrorCode).items() if k.isupper() and isinstance(v, str)}
-    assert ErrorCode.CLOSING <= codes
+    assert codes >= ErrorCode.CLOSING
     assert ErrorCode.BUSY not in ErrorCode.CLOSING
     assert ErrorCode.HEARTBEAT_TIMEOUT in ErrorCode.CLOSING
     assert ErrorCode.closes_connection("bad_frame")

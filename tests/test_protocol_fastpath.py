@@ -4,7 +4,6 @@ messages, the same exceptions with the same messages; and ``Message.unchecked``.
 
 from __future__ import annotations
 
-import math
 import threading
 import zlib
 
@@ -106,45 +105,7 @@ def test_to_wire_and_encode_body_refuse_non_messages() -> None:
 # ---------------------------------------------------------------------------------------
 # Bad wire maps and bad bodies: the same exception class and the same text
 
-_odd = st.one_of(
-    sts.payloads,
-    st.sampled_from(
-        [
-            True,
-            False,
-            None,
-            -1,
-            0,
-            1,
-            2,
-            2**64,
-            -(2**70),
-            1.5,
-            -0.5,
-            math.nan,
-            math.inf,
-            -math.inf,
-            "",
-            "x",
-            "a..b",
-            "a.*",
-            "a.>",
-            ".a",
-            "a b",
-            "worker",
-            b"",
-            b"x",
-            [],
-            ["a"],
-            [["a", b"b"]],
-            [1, "2"],
-            {},
-            {"k": 1},
-            {"k": "v"},
-            {1: "v"},
-        ]
-    ),
-)
+_odd = sts.odd_values  # (every CBOR type, valid for some fields and not others)
 
 
 @st.composite
@@ -328,7 +289,7 @@ def test_threads_share_no_encoder_or_decoder() -> None:
             for _ in range(5):
                 assert [encode(m) for m in messages] == frames
                 assert FrameDecoder().feed(b"".join(frames)) == messages
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -394,7 +355,7 @@ def test_unchecked_checks_nothing() -> None:
     assert message.mid == -1 and message.subject == "not..valid"
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         message.mid = 2  # type: ignore[misc]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^Assign\.mid must be >= 0, got -1$"):
         Assign(mid=-1, job_id="", subject="not..valid", attempt=0)  # the constructor does
 
 
@@ -439,6 +400,7 @@ def test_unchecked_wants_the_required_fields_and_no_others() -> None:
         Credit.unchecked(mid=1)
     with pytest.raises(TypeError, match=r"Credit.unchecked\(\) got unexpected \['extra'\]"):
         Credit.unchecked(mid=1, credit=1, extra=2)
+
 
 # ---------------------------------------------------------------------------------------
 # Framing: the feed loop over bytes, bytearray and memoryview, compressed or not
@@ -548,8 +510,11 @@ def test_checked_error_texts_and_fresh_defaults() -> None:
         Submit.checked(mid=-1, job_id="j", subject="a")
     with pytest.raises(InvalidSubject):
         Submit.checked(mid=1, job_id="j", subject="a..b")
-    with pytest.raises(TypeError, match="Submit.headers"):
+    with pytest.raises(TypeError, match=r"Submit\.headers"):
         Submit.checked(mid=1, job_id="j", subject="a", headers={"k": 1})
-    a, b = Submit.checked(mid=1, job_id="j", subject="a"), Submit.checked(mid=1, job_id="j", subject="a")
+    a, b = (
+        Submit.checked(mid=1, job_id="j", subject="a"),
+        Submit.checked(mid=1, job_id="j", subject="a"),
+    )
     assert a.headers == {} and a.headers is not b.headers
     assert Hello.checked(mid=1, role="worker", versions=[1, 2]).versions == (1, 2)

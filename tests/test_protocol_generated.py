@@ -45,11 +45,13 @@ def test_a_traceback_through_a_generated_decoder_shows_the_line() -> None:
     assert frame.filename == "<protocol generated from_wire protocol._messages.Submit>"
     text = formatted(info.value)
     assert f'File "{frame.filename}", line {frame.lineno}, in from_wire\n' in text
-    assert "    raise InvalidField(\"Submit is missing field 'job_id' (key 'j')\") from None\n" in text
+    assert (
+        "    raise InvalidField(\"Submit is missing field 'job_id' (key 'j')\") from None\n" in text
+    )
 
 
 def test_a_traceback_through_a_generated_bundle_decoder_shows_the_line() -> None:
-    with pytest.raises(InvalidField, match="Submit.mid must be >= 0") as info:
+    with pytest.raises(InvalidField, match=r"Submit\.mid must be >= 0") as info:
         protocol.message_of([Submit.KIND, -1, "j", "a.b"])
     frame = last_frame(info.value)
     assert frame.filename == "<protocol generated from_array protocol._messages.Submit>"
@@ -62,7 +64,9 @@ def test_a_traceback_through_a_generated_constructor_shows_the_call_that_failed(
         Submit.checked(mid=1, job_id="j", subject="a..b")
     frames = traceback.extract_tb(info.value.__traceback__)
     generated = [f for f in frames if f.filename.startswith("<protocol generated")]
-    assert [f.filename for f in generated] == ["<protocol generated checked protocol._messages.Submit>"]
+    assert [f.filename for f in generated] == [
+        "<protocol generated checked protocol._messages.Submit>"
+    ]
     assert generated[0].line == "_val2(_inst, _attr2, f2)"  # f2: the subject
     assert "\n    _val2(_inst, _attr2, f2)\n" in formatted(info.value)
 

@@ -23,8 +23,8 @@ import trio
 if __name__ == "__main__":  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from protocol import Publish, Subscribe  # noqa: E402
-from tests.test_leader_amplification import STALL_LIMIT, Harness, running  # noqa: E402
+from protocol import Publish, Subscribe
+from tests.test_leader_amplification import STALL_LIMIT, Harness, running
 
 pytestmark = pytest.mark.e2e
 
@@ -33,13 +33,17 @@ async def fanout_many_queue_groups(h: Harness, groups: int = 4000, publishes: in
     """A connection's subscriptions each in a queue group of its own, all on ``>``: every
     Publish picks a member of each group (one per group, in turn), in Python, O(groups)."""
     member = await h.peer(name="member")
-    subscribes = [Subscribe(mid=member.mid(), sid=i, pattern=">", queue=f"q{i}") for i in range(groups)]
+    subscribes = [
+        Subscribe(mid=member.mid(), sid=i, pattern=">", queue=f"q{i}") for i in range(groups)
+    ]
     for start in range(0, groups, 4000):
         await member.send(subscribes[start : start + 4000])
     await member.ping()
     h.discard(member)
     publisher = await h.peer(name="publisher")
-    trigger = [Publish(mid=publisher.mid(), subject="amp.x", payload=None) for _ in range(publishes)]
+    trigger = [
+        Publish(mid=publisher.mid(), subject="amp.x", payload=None) for _ in range(publishes)
+    ]
     return await h.probe_wait(lambda: publisher.send(trigger))
 
 
@@ -53,8 +57,10 @@ async def _main() -> None:
     async with running() as h:
         t0 = time.perf_counter()
         waited = await fanout_many_queue_groups(h, groups=10_000, publishes=4096)
-        print(f"fanout_many_queue_groups (10,000 groups, 4,096 publishes): a client waited"
-              f" {waited:.2f} s for its Welcome (in all {time.perf_counter() - t0:.1f} s)")
+        print(
+            f"fanout_many_queue_groups (10,000 groups, 4,096 publishes): a client waited"
+            f" {waited:.2f} s for its Welcome (in all {time.perf_counter() - t0:.1f} s)"
+        )
 
 
 if __name__ == "__main__":

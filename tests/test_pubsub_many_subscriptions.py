@@ -35,7 +35,9 @@ async def test_a_client_gets_a_message_once_on_each_of_40_overlapping_subscripti
     with trio.fail_after(20):
         async with Client.connect(url) as client, AsyncExitStack() as stack:
             wide = [await stack.enter_async_context(client.subscribe("news.>")) for _ in range(20)]
-            narrow = [await stack.enter_async_context(client.subscribe("news.*")) for _ in range(20)]
+            narrow = [
+                await stack.enter_async_context(client.subscribe("news.*")) for _ in range(20)
+            ]
             # qos 1: acked once routed, after the Subscribes sent before it took effect.
             await client.publish("news.x", {"n": 1}, qos=1)
             await client.publish("news.a.b", {"n": 2}, qos=1)  # "news.>" only
@@ -46,7 +48,11 @@ async def test_a_client_gets_a_message_once_on_each_of_40_overlapping_subscripti
             firsts = []
             for sub in narrow:
                 first, second = await sub.receive(), await sub.receive()
-                assert (first.subject, first.payload, second.payload) == ("news.x", {"n": 1}, {"n": 3})
+                assert (first.subject, first.payload, second.payload) == (
+                    "news.x",
+                    {"n": 1},
+                    {"n": 3},
+                )
                 firsts.append(first.payload)
             assert len({id(payload) for payload in firsts}) == 20  # each its own value
             assert all(sub.dropped == 0 for sub in wide + narrow)
@@ -88,8 +94,12 @@ async def test_the_client_hands_a_deliver_to_each_subscription_it_names() -> Non
     client._subs.update(subs)
     payload = Encoded(cbor2.dumps({"k": [1]}))
     # sid 4 and 99 are not (or no longer) the client's: ignored; 6 is named for itself.
-    client._dispatch(Deliver(mid=1, sid=4, subject="a.b", payload=payload, headers={"h": "v"}, also=[6, 99, 5]))
-    client._dispatch(Deliver(mid=2, sid=6, subject="a.b", payload=Encoded(cbor2.dumps(3)), also=[7]))
+    client._dispatch(
+        Deliver(mid=1, sid=4, subject="a.b", payload=payload, headers={"h": "v"}, also=[6, 99, 5])
+    )
+    client._dispatch(
+        Deliver(mid=2, sid=6, subject="a.b", payload=Encoded(cbor2.dumps(3)), also=[7])
+    )
     client._dispatch(Deliver(mid=3, sid=6, subject="a.b", payload=Encoded(cbor2.dumps(4))))
     five = subs[5]._receive.receive_nowait()
     six = [subs[6]._receive.receive_nowait() for _ in range(2)]

@@ -36,6 +36,7 @@ def _one_deliver_per_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     SEPARATE_DELIVERS Delivers apart: see test_few_subscriptions_get_a_deliver_each)."""
     monkeypatch.setattr(_pubsub, "SEPARATE_DELIVERS", 0)
 
+
 MIB = 2**20
 
 

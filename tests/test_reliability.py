@@ -97,14 +97,18 @@ async def test_sigkilled_workers_lose_no_accepted_job(tmp_path: Path, scheme: st
                 async def submit(i: int) -> None:
                     job_id = f"job-{i}"
                     payload = {"n": i, "log": str(log), "seconds": 0.1}
-                    results[job_id].append(await client.submit("test.record", payload, job_id=job_id))
+                    results[job_id].append(
+                        await client.submit("test.record", payload, job_id=job_id)
+                    )
 
                 held: dict[int, set[str]] = {}
                 async with trio.open_nursery() as jobs:
                     for i in range(JOBS):
                         jobs.start_soon(submit, i)
                     await kill_mid_job(originals[0], log, after_done=20)
-                    await group.wait_until(lambda g: len(g.pids()) == 2 and originals[0] not in g.pids())
+                    await group.wait_until(
+                        lambda g: len(g.pids()) == 2 and originals[0] not in g.pids()
+                    )
                     # Dead and reaped: its part of the log is final.
                     held[originals[0]] = unfinished_on(originals[0], log)
                     await workers_connected(leader, 2)  # the replacement is in
@@ -136,7 +140,9 @@ async def test_sigkilled_workers_lose_no_accepted_job(tmp_path: Path, scheme: st
             assert total["redelivered"] >= sum(len(h) for h in held.values())
 
             # The group replaced both killed processes.
-            await group.wait_until(lambda g: len(g.pids()) == 2 and not set(originals) & set(g.pids()))
+            await group.wait_until(
+                lambda g: len(g.pids()) == 2 and not set(originals) & set(g.pids())
+            )
             states = group.states()
             assert [s.restarts for s in states] == [1, 1]
             assert all(s.last_exit == -signal.SIGKILL for s in states)

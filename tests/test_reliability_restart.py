@@ -83,7 +83,7 @@ async def test_leader_restart_worker_processes_and_client_reconnect_and_finish(
                 assert sorted(results) == [f"job-{i}" for i in range(6)]
                 assert all(len(r) == 1 and r[0]["n"] == int(j[4:]) for j, r in results.items())
                 assert client.connects == 2 and client.stray_results == 0
-                started, done = read_log(log)
+                _started, done = read_log(log)
                 # Each finished where it ran. (A redelivery that the new leader happens to
                 # route to the other process runs there too, at least once; the first
                 # answer wins and the other run is cancelled. The one that reaches the

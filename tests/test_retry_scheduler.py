@@ -21,12 +21,18 @@ NO_JITTER = Backoff(base=1.0, factor=2.0, cap=60.0, jitter=0.0)
 
 
 def scheduler(
-    *, backoff: Backoff = NO_JITTER, max_queue_time: float | None = None,
-    max_dead_letters: int = 1000, max_dead_letter_bytes: int = 2**20,
+    *,
+    backoff: Backoff = NO_JITTER,
+    max_queue_time: float | None = None,
+    max_dead_letters: int = 1000,
+    max_dead_letter_bytes: int = 2**20,
 ) -> RetryScheduler:
     return RetryScheduler(
-        backoff=backoff, rng=random.Random(1), max_queue_time=max_queue_time,
-        max_dead_letters=max_dead_letters, max_dead_letter_bytes=max_dead_letter_bytes,
+        backoff=backoff,
+        rng=random.Random(1),
+        max_queue_time=max_queue_time,
+        max_dead_letters=max_dead_letters,
+        max_dead_letter_bytes=max_dead_letter_bytes,
     )
 
 
@@ -34,11 +40,25 @@ def worker(name: str = "w", group: str = "") -> WorkerLink:
     return WorkerLink(name, lambda message: None, group=group or name)
 
 
-def job(job_id: str = "j", *, max_attempts: int = 3, submitted_max_attempts: int | None = None,
-        expires_at: float | None = None, size: int = 100, subject: str = "s") -> JobRecord:
+def job(
+    job_id: str = "j",
+    *,
+    max_attempts: int = 3,
+    submitted_max_attempts: int | None = None,
+    expires_at: float | None = None,
+    size: int = 100,
+    subject: str = "s",
+) -> JobRecord:
     return JobRecord(
-        job_id=job_id, subject=subject, payload=b"p", headers={}, qos=1, max_attempts=max_attempts,
-        submitted_at=0.0, expires_at=expires_at, submitted_max_attempts=submitted_max_attempts,
+        job_id=job_id,
+        subject=subject,
+        payload=b"p",
+        headers={},
+        qos=1,
+        max_attempts=max_attempts,
+        submitted_at=0.0,
+        expires_at=expires_at,
+        submitted_max_attempts=submitted_max_attempts,
         size=size,
     )
 
@@ -49,7 +69,9 @@ def assign(record: JobRecord, on: WorkerLink) -> None:
     record.worker = on
 
 
-def fail(s: RetryScheduler, record: JobRecord, now: float, delay: float | None = None) -> float | None:
+def fail(
+    s: RetryScheduler, record: JobRecord, now: float, delay: float | None = None
+) -> float | None:
     """The broker's part of a failed attempt: when it is retried (None: out of attempts)."""
     at = s.retry_at(record, now, delay)
     if at is not None:
@@ -127,7 +149,9 @@ def test_a_retry_wait_ends_at_the_wait_deadline_if_that_comes_first() -> None:
 def test_a_group_policy_overrides_the_limit_and_backoff_on_its_own_workers_only() -> None:
     s = scheduler()
     patient, other = worker("p", group="patient"), worker("o", group="other")
-    s.set_group_retry("patient", GroupRetry(max_attempts=5, backoff=Backoff(base=4.0, factor=1.0, cap=4.0)))
+    s.set_group_retry(
+        "patient", GroupRetry(max_attempts=5, backoff=Backoff(base=4.0, factor=1.0, cap=4.0))
+    )
     j = job("j", max_attempts=3)
     j.worker = patient
     assert s.policy(j) == (5, Backoff(base=4.0, factor=1.0, cap=4.0))
@@ -161,8 +185,14 @@ def test_a_dead_letter_records_the_job_and_its_last_error() -> None:
     j.last_traceback = "Traceback ..."
     record = s.dead_letter(j)
     assert record == {
-        "job_id": "j", "subject": "orders.new", "payload": b"p", "headers": {}, "attempts": 1,
-        "error_type": "ValueError", "error_message": "bad", "traceback": "Traceback ...",
+        "job_id": "j",
+        "subject": "orders.new",
+        "payload": b"p",
+        "headers": {},
+        "attempts": 1,
+        "error_type": "ValueError",
+        "error_message": "bad",
+        "traceback": "Traceback ...",
     }
     assert list(s.dead_letters) == [record]
     assert s.dead_letter_bytes == 50 + len("ValueError") + len("bad") + len("Traceback ...")

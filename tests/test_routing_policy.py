@@ -26,6 +26,7 @@ from actors.leader._routing import SubjectPolicies
 from actors.worker._runner import WorkerRunner, run_worker
 from protocol import ErrorCode, Hello, RoutingPolicy, subject_matches
 from runtime import HandshakeError, open_connection
+from tests.helpers import wait_until
 
 from .test_broker import assigns, client, finish, make_broker, submit, worker
 
@@ -46,14 +47,20 @@ from .test_broker import assigns, client, finish, make_broker, submit, worker
         ("jobs.>", "jobs.*", "jobs.*"),
     ],
 )
-def test_overlapping_patterns_of_another_policy_conflict(theirs: str, ours: str, shared: str) -> None:
+def test_overlapping_patterns_of_another_policy_conflict(
+    theirs: str, ours: str, shared: str
+) -> None:
     policies = SubjectPolicies()
     policies.add([theirs], "sticky", "first")
     others = [] if theirs == ">" else ["other.thing"]  # (a pattern that shares no subject)
     conflict = policies.conflict([*others, ours], "round_robin")
     assert conflict is not None
     assert (conflict.subjects, conflict.pattern, conflict.their_pattern) == (shared, ours, theirs)
-    assert (conflict.policy, conflict.their_policy, conflict.group) == ("round_robin", "sticky", "first")
+    assert (conflict.policy, conflict.their_policy, conflict.group) == (
+        "round_robin",
+        "sticky",
+        "first",
+    )
     assert policies.conflict([ours], "sticky") is None  # the same policy is welcome
 
 
@@ -87,13 +94,17 @@ def _share_a_subject(p: str, q: str) -> bool:
     length of the longer pattern, or one more, matches both."""
     longest = max(len(p.split(".")), len(q.split("."))) + 1
     subjects = (
-        ".".join(tokens) for n in range(1, longest + 1) for tokens in itertools.product("abc", repeat=n)
+        ".".join(tokens)
+        for n in range(1, longest + 1)
+        for tokens in itertools.product("abc", repeat=n)
     )
     return any(subject_matches(p, s) and subject_matches(q, s) for s in subjects)
 
 
 @given(theirs=st.lists(_PATTERNS, min_size=1, max_size=4), ours=_PATTERNS)
-def test_a_conflict_is_found_exactly_when_patterns_share_a_subject(theirs: list[str], ours: str) -> None:
+def test_a_conflict_is_found_exactly_when_patterns_share_a_subject(
+    theirs: list[str], ours: str
+) -> None:
     policies = SubjectPolicies()
     for i, pattern in enumerate(theirs):
         policies.add([pattern], "sticky", f"g{i}")
@@ -108,7 +119,9 @@ def test_a_conflict_is_found_exactly_when_patterns_share_a_subject(theirs: list[
     for n in range(1, 6):
         for tokens in itertools.product("abc", repeat=n):
             subject = ".".join(tokens)
-            both = subject_matches(ours, subject) and subject_matches(conflict.their_pattern, subject)
+            both = subject_matches(ours, subject) and subject_matches(
+                conflict.their_pattern, subject
+            )
             assert subject_matches(conflict.subjects, subject) == both, (subject, conflict)
 
 
@@ -142,8 +155,12 @@ def test_the_first_worker_sets_the_policy_and_another_is_refused_until_it_leaves
     assert message is not None
     for fragment in ("'jobs.a'", "'sticky'", "'round_robin'", "'resizers'", "'thumbs'"):
         assert fragment in message, message
-    assert b.policy_conflict(("jobs.b",), "round_robin", "round_robin", "thumbs") is None  # other subject
-    assert b.policy_conflict(("jobs.a",), "round_robin", "broadcast", "watchers") is None  # takes no jobs
+    assert (
+        b.policy_conflict(("jobs.b",), "round_robin", "round_robin", "thumbs") is None
+    )  # other subject
+    assert (
+        b.policy_conflict(("jobs.a",), "round_robin", "broadcast", "watchers") is None
+    )  # takes no jobs
     # Its jobs are routed by its key, at once.
     for i, key in enumerate(["k1", "k2", "k1"]):
         submit(b, c, f"j{i}", subject="jobs.a", now=1.0, headers={"key": key})
@@ -169,7 +186,9 @@ def test_the_first_worker_sets_the_policy_and_another_is_refused_until_it_leaves
 
 def test_a_broadcast_worker_neither_sets_nor_holds_a_policy() -> None:
     b = make_broker()
-    watcher = worker(b, "b1", 4, patterns=("jobs.a",), group="watchers", policy="sticky", mode="broadcast")
+    watcher = worker(
+        b, "b1", 4, patterns=("jobs.a",), group="watchers", policy="sticky", mode="broadcast"
+    )
     assert b.policy_conflict(("jobs.a",), "least_loaded", "round_robin", "g") is None
     b.worker_left(watcher, 1.0)
     w = worker(b, "w", 4, patterns=("jobs.a",), group="g", policy="least_loaded", now=2.0)
@@ -203,8 +222,12 @@ async def test_the_leader_refuses_a_worker_asking_for_another_policy(nursery: tr
         leader = Leader(listen=["tcp://127.0.0.1:0"])
         [url] = await nursery.start(leader.run)
         sticky_stop = trio.Event()
-        first = WorkerRunner(_Sticky(), url, name="s1", group="resizers", policy=RoutingPolicy.STICKY)
-        await nursery.start(lambda task_status: first.run(stop=sticky_stop, task_status=task_status))
+        first = WorkerRunner(
+            _Sticky(), url, name="s1", group="resizers", policy=RoutingPolicy.STICKY
+        )
+        await nursery.start(
+            lambda task_status: first.run(stop=sticky_stop, task_status=task_status)
+        )
 
         # The second worker's start fails with the leader's message; it does not retry.
         with pytest.raises(HandshakeError) as info:
@@ -219,7 +242,16 @@ async def test_the_leader_refuses_a_worker_asking_for_another_policy(nursery: tr
 
         # A Hello of the same policy (another group) is welcome; jobs keep their policy.
         async with open_connection(
-            url, hello=Hello(mid=0, role="worker", name="s2", patterns=("policy.a",), credit=0, group="more", policy="sticky")
+            url,
+            hello=Hello(
+                mid=0,
+                role="worker",
+                name="s2",
+                patterns=("policy.a",),
+                credit=0,
+                group="more",
+                policy="sticky",
+            ),
         ):
             assert len(leader.broker.workers) == 2
         async with Client.connect(url) as client:
@@ -227,13 +259,13 @@ async def test_the_leader_refuses_a_worker_asking_for_another_policy(nursery: tr
 
         # Once the sticky worker has left, the subject is free: the other one starts.
         sticky_stop.set()
-        with trio.fail_after(5):
-            # (polled: the leader has no event for a worker's leaving, and this is real time)
-            while leader.broker.workers:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+        # (the leader has no event for a worker's leaving, and this is real time)
+        await wait_until(lambda: not leader.broker.workers, timeout=5, what="the worker left")
         second_stop = trio.Event()
         second = WorkerRunner(_Plain(), url, name="p1", group="thumbs")
-        await nursery.start(lambda task_status: second.run(stop=second_stop, task_status=task_status))
+        await nursery.start(
+            lambda task_status: second.run(stop=second_stop, task_status=task_status)
+        )
         async with Client.connect(url) as client:
             assert await client.submit("policy.a", 2) == ["plain", 2]
         assert leader.broker.queues["policy.a"].policy == "round_robin"
@@ -241,7 +273,9 @@ async def test_the_leader_refuses_a_worker_asking_for_another_policy(nursery: tr
 
 
 @pytest.mark.e2e
-async def test_a_refused_group_instance_fails_to_start_with_the_leaders_message(nursery: trio.Nursery) -> None:
+async def test_a_refused_group_instance_fails_to_start_with_the_leaders_message(
+    nursery: trio.Nursery,
+) -> None:
     from actors.worker._group import GroupFailed, WorkerGroup
 
     with trio.fail_after(20):
@@ -254,7 +288,10 @@ async def test_a_refused_group_instance_fails_to_start_with_the_leaders_message(
             await group.run()
         reason = info.value.reason
         assert "thumbs-0 failed to start 1 times in a row: HandshakeError:" in reason, reason
-        assert "routing policy conflict on subject 'policy.a': group 'resizers' set it to 'sticky'" in reason
+        assert (
+            "routing policy conflict on subject 'policy.a': group 'resizers' set it to 'sticky'"
+            in reason
+        )
 
 
 # --------------------------------------------------------------------------- the configuration
@@ -273,7 +310,9 @@ def test_the_configuration_refuses_two_groups_of_one_subject_with_different_poli
     with pytest.raises(ConfigError) as info:
         config_from_mapping(data, source="c.toml")
     message = info.value.message
-    assert message.startswith("c.toml: groups 'resize' and 'thumbs' both serve subject 'img.resize'"), message
+    assert message.startswith(
+        "c.toml: groups 'resize' and 'thumbs' both serve subject 'img.resize'"
+    ), message
     assert "'sticky'" in message and "'round_robin'" in message
 
 
@@ -282,7 +321,12 @@ def test_the_configuration_accepts_one_policy_per_subject() -> None:
         _groups(
             {"name": "a", "subjects": ["img.resize"], "policy": "sticky"},
             {"name": "b", "subjects": ["img.*"], "policy": "sticky"},  # the same policy
-            {"name": "c", "subjects": ["img.>"], "policy": "least_loaded", "mode": "broadcast"},  # no jobs
+            {
+                "name": "c",
+                "subjects": ["img.>"],
+                "policy": "least_loaded",
+                "mode": "broadcast",
+            },  # no jobs
             {"name": "d", "subjects": ["doc.>"], "policy": "least_loaded"},  # other subjects
         ),
         source="c.toml",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import importlib
 import inspect
+import itertools
 import pkgutil
 import random
 import tracemalloc
@@ -143,7 +144,7 @@ async def test_default_restart_backoff_is_0_1_0_2_0_4(autojump_clock: trio.abc.C
         async with open_actor_system() as system:
             await system.spawn(supervisor)
             await trio.sleep(1)
-    delays = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    delays = [b - a for a, b in itertools.pairwise(starts)]
     assert delays == [at(0.1), at(0.2), at(0.4)]
     assert starts == [at(0), at(0.1), at(0.3), at(0.7)]
 
@@ -169,7 +170,7 @@ async def test_supervisor_jitter_is_reproducible_with_a_seeded_rng(
 
     with trio.fail_after(60):
         first, second = await run_once(), await run_once()
-    delays = [b - a for a, b in zip(first, first[1:], strict=False)]
+    delays = [b - a for a, b in itertools.pairwise(first)]
     assert delays == pytest.approx(expected, abs=1e-9)
     assert second == pytest.approx(first, abs=1e-9)
 

@@ -107,8 +107,8 @@ async def test_silent_peer_is_declared_dead_at_three_intervals(
                 if data is None:
                     seen.append((trio.current_time() - start, "closed"))
                     break
-                for message in decoder.feed(data):
-                    seen.append((trio.current_time() - start, message))
+                now = trio.current_time() - start
+                seen.extend((now, message) for message in decoder.feed(data))
             await wire.aclose_forcefully()
         await ended.wait()
 

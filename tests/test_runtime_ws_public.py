@@ -102,11 +102,18 @@ async def test_queued_frames_go_out_one_message_and_one_write_each(
 @pytest.mark.parametrize(
     ("value", "expected"), [("1", False), ("yes", False), ("", True), ("0", True)]
 )
-def test_the_environment_variable_forces_the_public_path_at_import(value: str, expected: bool) -> None:
+def test_the_environment_variable_forces_the_public_path_at_import(
+    value: str, expected: bool
+) -> None:
     env = {**os.environ, "ACTORS_WS_PUBLIC_ONLY": value}
     code = "import runtime._ws as ws; print(ws.USE_INTERNALS)"
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert out.stdout.strip() == str(expected)
 

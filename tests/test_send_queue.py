@@ -97,7 +97,11 @@ class FakeOwner:
 
 
 def make_queue(
-    wire: FakeWire | None = None, *, session: Session | None = None, bundling: bool = True, **kw: Any
+    wire: FakeWire | None = None,
+    *,
+    session: Session | None = None,
+    bundling: bool = True,
+    **kw: Any,
 ) -> tuple[SendQueue, FakeWire, FakeOwner]:
     wire = FakeWire() if wire is None else wire
     owner = FakeOwner()
@@ -119,7 +123,9 @@ def decode(data: bytes) -> list[protocol.Message]:
 # Queueing and writing
 
 
-async def test_queued_messages_go_out_in_one_bundle_in_one_write(autojump_clock: trio.testing.MockClock) -> None:
+async def test_queued_messages_go_out_in_one_bundle_in_one_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     session = Session(side="client")
     queue, wire, owner = make_queue(session=session)
     messages = [publish(i) for i in range(1, 6)]
@@ -181,7 +187,7 @@ async def test_a_partial_write_without_waiting_is_finished_by_the_writer_in_orde
 
 
 async def test_max_outgoing_bounds_queued_plus_written_bytes() -> None:
-    queue, wire, _ = make_queue(max_outgoing=1000)
+    queue, _wire, _ = make_queue(max_outgoing=1000)
     queue.queue_nowait(publish(1, 2000))  # alone in an empty queue: always taken
     with pytest.raises(runtime.SendBufferFull) as info:
         queue.queue_nowait(publish(2, 10))
@@ -190,10 +196,15 @@ async def test_max_outgoing_bounds_queued_plus_written_bytes() -> None:
     with pytest.raises(runtime.SendBufferFull):
         queue.send_many_nowait([publish(3), publish(4)])
     queue.send_control(Ping(mid=5))  # past the bound
-    assert decode(b"".join(protocol.bundle_frames(queue._items, 2**20))) == [publish(1, 2000), Ping(mid=5)]
+    assert decode(b"".join(protocol.bundle_frames(queue._items, 2**20))) == [
+        publish(1, 2000),
+        Ping(mid=5),
+    ]
 
 
-async def test_send_waits_for_room_then_times_out_at_send_timeout(autojump_clock: trio.testing.MockClock) -> None:
+async def test_send_waits_for_room_then_times_out_at_send_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     wire = FakeWire(gate=trio.Event())
     queue, _, _ = make_queue(wire, max_outgoing=1000, send_timeout=3.0)
     async with trio.open_nursery() as nursery:
@@ -255,7 +266,9 @@ async def test_a_write_that_takes_nothing_is_reported_write_timeout_after_it_beg
     assert held > 1000  # (the queue drops nothing itself: cutting is the owner's)
 
 
-async def test_progress_the_peer_acknowledged_postpones_the_report(autojump_clock: trio.testing.MockClock) -> None:
+async def test_progress_the_peer_acknowledged_postpones_the_report(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # The watch looks every second (a quarter of the deadline): it sees the progress made
     # at 2.5 s and 6.5 s at 3 s and 7 s, and reports at 11 s.
     wire = FakeWire(gate=trio.Event(), acked=0)
@@ -274,7 +287,9 @@ async def test_progress_the_peer_acknowledged_postpones_the_report(autojump_cloc
     assert [call[:3] for call in owner.calls] == [("stalled", began + 11.0, 4.0)]
 
 
-async def test_writes_that_end_in_time_are_never_reported(autojump_clock: trio.testing.MockClock) -> None:
+async def test_writes_that_end_in_time_are_never_reported(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     wire = FakeWire()
     queue, _, owner = make_queue(wire, write_timeout=5.0)
     async with trio.open_nursery() as nursery:
@@ -341,7 +356,11 @@ async def test_after_close_sending_raises_and_the_writer_drains_then_ends() -> N
     queue.close("closed locally", "shutting_down", True)
     with pytest.raises(runtime.ConnectionClosed) as info:
         queue.send_nowait(publish(2))
-    assert (info.value.reason, info.value.code, info.value.clean) == ("closed locally", "shutting_down", True)
+    assert (info.value.reason, info.value.code, info.value.clean) == (
+        "closed locally",
+        "shutting_down",
+        True,
+    )
     with pytest.raises(runtime.ConnectionClosed):
         queue.queue_item(Publish.item(mid=3, subject="a.b"))
     with pytest.raises(runtime.ConnectionClosed):
@@ -356,7 +375,11 @@ async def test_after_close_sending_raises_and_the_writer_drains_then_ends() -> N
 
 @pytest.mark.parametrize("where", ["flush", "writer"])
 async def test_a_lost_transport_is_told_to_the_owner(where: str) -> None:
-    wire = TryWire(fail_with=trio.BrokenResourceError("gone")) if where == "flush" else FakeWire(fail_with=trio.ClosedResourceError())
+    wire = (
+        TryWire(fail_with=trio.BrokenResourceError("gone"))
+        if where == "flush"
+        else FakeWire(fail_with=trio.ClosedResourceError())
+    )
     queue, _, owner = make_queue(wire)
     queue.queue_nowait(publish(1))
     queue.flush()

@@ -155,7 +155,9 @@ def test_client_side_error_instead_of_welcome_closes(code: str) -> None:
 
 
 def test_side_must_be_known() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"'side' must be in \('server', 'client'\) \(got 'middle'\)"
+    ):
         Session(side="middle")
 
 

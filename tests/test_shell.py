@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -58,19 +57,21 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(nursery: trio.Nursery) -> AsyncIterator[Cluster]:
+async def cluster(nursery: trio.Nursery) -> Cluster:
     leader = Leader(listen=["tcp://127.0.0.1:0"])
     [url] = await nursery.start(leader.run)
     square = Square()
     await nursery.start(WorkerRunner(square, url, name="square-1", group="square").run)
-    yield Cluster(leader, url, square)
+    return Cluster(leader, url, square)
 
 
 def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "actors", *args]
 
 
-async def run(*args: str, env: dict[str, str] | None = None, limit: float = 15) -> subprocess.CompletedProcess[bytes]:
+async def run(
+    *args: str, env: dict[str, str] | None = None, limit: float = 15
+) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(limit):
         return await trio.run_process(
             command(*args), check=False, capture_stdout=True, capture_stderr=True,
@@ -119,7 +120,14 @@ async def test_submit_to_a_subject_no_worker_serves_says_why_at_once(cluster):
 
 async def test_submit_wait_for_worker_waits_and_times_out(cluster):
     result = await run(
-        "submit", "math.cube", '{"n": 3}', "--url", cluster.url, "--wait-for-worker", "--timeout", "0.5"
+        "submit",
+        "math.cube",
+        '{"n": 3}',
+        "--url",
+        cluster.url,
+        "--wait-for-worker",
+        "--timeout",
+        "0.5",
     )
     assert result.returncode == 1
     error = json.loads(out(result))["error"]
@@ -134,7 +142,9 @@ async def test_submit_prints_results_in_input_order(cluster):
             stdin=payloads.encode(), capture_stdout=True, capture_stderr=True, check=False, cwd=ROOT,
         )  # fmt: skip
     assert result.returncode == 0, err(result)
-    assert [json.loads(line)["square"] for line in out(result).splitlines()] == [i * i for i in range(6)]
+    assert [json.loads(line)["square"] for line in out(result).splitlines()] == [
+        i * i for i in range(6)
+    ]
     assert err(result) == "6 jobs: 6 ok, 0 failed\n"
 
 
@@ -146,8 +156,12 @@ async def test_ctrl_c_during_submit_cancels_the_running_jobs(cluster):
     )  # fmt: skip
     try:
         with trio.fail_after(15):
-            await cluster.square.changes.wait_for(lambda: cluster.square.started == 16)  # the worker's window is full
-            await wait_until(lambda: cluster.leader.stats()["jobs_active"] == 64, timeout=5)  # --concurrency
+            await cluster.square.changes.wait_for(
+                lambda: cluster.square.started == 16
+            )  # the worker's window is full
+            await wait_until(
+                lambda: cluster.leader.stats()["jobs_active"] == 64, timeout=5
+            )  # --concurrency
             process.send_signal(signal.SIGINT)
             assert await process.wait() == 130
             assert process.stderr is not None
@@ -167,7 +181,7 @@ async def test_ctrl_c_during_submit_cancels_the_running_jobs(cluster):
 
 async def test_output_piped_into_head_ends_quietly_and_cancels_the_rest(cluster):
     shell = (
-        f"{sys.executable} -m actors submit math.square '{{\"n\": 2, \"sleep\": 0.05}}'"
+        f'{sys.executable} -m actors submit math.square \'{{"n": 2, "sleep": 0.05}}\''
         f" --count 2000 --no-progress --url {cluster.url} | head -2"
     )
     with trio.fail_after(15):
@@ -197,7 +211,9 @@ async def test_result_by_job_id(cluster):
 
 async def test_result_wait_for_a_running_job(cluster, nursery):
     async with Client.connect(cluster.url) as client:
-        nursery.start_soon(lambda: client.submit("math.square", {"n": 5, "sleep": 1}, job_id="job-5"))
+        nursery.start_soon(
+            lambda: client.submit("math.square", {"n": 5, "sleep": 1}, job_id="job-5")
+        )
         with trio.fail_after(5):
             await cluster.square.changes.wait_for(lambda: cluster.square.started == 1)
         result = await run("result", "job-5", "--url", cluster.url)

@@ -71,10 +71,14 @@ async def test_a_reset_peer_is_a_broken_resource() -> None:
     await right.send_frames([b"unread"])
     a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await left.aclose_forcefully()
-    with pytest.raises(trio.BrokenResourceError):
+
+    async def send_until_it_fails() -> None:
         for _ in range(100):  # the reset may take a moment to show
             await right.send_frames([b"more" * 1000])
             await trio.sleep(0.01)
+
+    with pytest.raises(trio.BrokenResourceError):
+        await send_until_it_fails()
     await right.aclose()
 
 

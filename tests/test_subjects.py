@@ -212,7 +212,10 @@ def test_long_texts_are_shortened_in_error_messages() -> None:
         (".".join(["*"] * (MAX_SUBJECT_TOKENS + 1)), "257 tokens, more than the limit of 256"),
         # 100,000 tokens: refused for its length, before any walk over its tokens
         (".".join(["a"] * 100_000), "199999 characters, longer than the limit of 4096 bytes"),
-        (".".join(["*"] * 100_000) + ".>", "200001 characters, longer than the limit of 4096 bytes"),
+        (
+            ".".join(["*"] * 100_000) + ".>",
+            "200001 characters, longer than the limit of 4096 bytes",
+        ),
         ("a" * 10**7, "10000000 characters, longer than the limit of 4096 bytes"),
     ],
 )
@@ -430,12 +433,12 @@ def test_valid_subject_matched_by_itself_and_its_wildcard_forms(
     assert subject_matches(subject, subject)
     assert subject_matches(">", subject)
     star_at = data.draw(st.integers(0, len(tokens) - 1))
-    starred = tokens[:star_at] + ["*"] + tokens[star_at + 1 :]
+    starred = [*tokens[:star_at], "*", *tokens[star_at + 1 :]]
     assert subject_matches(".".join(starred), subject)
     cut = data.draw(st.integers(0, len(tokens) - 1))
-    assert subject_matches(".".join(tokens[:cut] + [">"]), subject)
-    assert not subject_matches(".".join(tokens + [">"]), subject)
-    assert not subject_matches(".".join(tokens + ["*"]), subject)
+    assert subject_matches(".".join([*tokens[:cut], ">"]), subject)
+    assert not subject_matches(".".join([*tokens, ">"]), subject)
+    assert not subject_matches(".".join([*tokens, "*"]), subject)
 
 
 @given(sts.subjects, sts.patterns)

@@ -610,7 +610,7 @@ def test_invalid_specs_and_settings_are_refused() -> None:
 
     with pytest.raises(ValueError, match="no mailbox"):
         ChildSpec("f", function_child, mailbox_size=3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'sometimes' is not a valid Restart"):
         ChildSpec("x", Actor, restart="sometimes")
     with pytest.raises(ValueError, match="name"):
         ChildSpec("", Actor)
@@ -618,7 +618,7 @@ def test_invalid_specs_and_settings_are_refused() -> None:
         ChildSpec("x", Actor())  # an instance, not a factory
     with pytest.raises(ValueError, match="exists already"):
         Supervisor([ChildSpec("x", Actor), ChildSpec("x", Actor)])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'all_for_one' is not a valid Strategy"):
         Supervisor(strategy="all_for_one")
     with pytest.raises(ValueError, match="max_restarts"):
         Supervisor(max_restarts=-1)

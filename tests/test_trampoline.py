@@ -56,8 +56,12 @@ def step_jobs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 def test_the_flag_and_the_option_select_the_function(step_jobs: bool) -> None:
     runner = WorkerRunner(Instant(), "tcp://127.0.0.1:1", name="w")
     assert runner._run_job is (stepped if step_jobs else awaited)
-    assert WorkerRunner(Instant(), "tcp://127.0.0.1:1", name="w", step_jobs=False)._run_job is awaited
-    assert WorkerRunner(Instant(), "tcp://127.0.0.1:1", name="w", step_jobs=True)._run_job is stepped
+    assert (
+        WorkerRunner(Instant(), "tcp://127.0.0.1:1", name="w", step_jobs=False)._run_job is awaited
+    )
+    assert (
+        WorkerRunner(Instant(), "tcp://127.0.0.1:1", name="w", step_jobs=True)._run_job is stepped
+    )
 
 
 async def test_only_the_stepped_slot_knows_a_job_will_not_wait(
@@ -72,7 +76,9 @@ async def test_only_the_stepped_slot_knows_a_job_will_not_wait(
             runner._on_assign(_assign(i, "instant", i), trio.current_time())
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
-    assert {m.job_id: m.payload for _, m in sink.sent if type(m) is Result} == {f"j{i}": 2 * i for i in range(8)}
+    assert {m.job_id: m.payload for _, m in sink.sent if type(m) is Result} == {
+        f"j{i}": 2 * i for i in range(8)
+    }
     if step_jobs:
         assert (runner._slots, sink.flushes) == (1, 1)
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import re
 import ssl
 import struct
 import sys
@@ -71,7 +72,9 @@ class Env:
     def secure(self) -> bool:
         return self.scheme in ("tls", "wss")
 
-    async def serve(self, nursery: trio.Nursery, handler: Callable[..., Awaitable[Any]], **kw: Any) -> str:
+    async def serve(
+        self, nursery: trio.Nursery, handler: Callable[..., Awaitable[Any]], **kw: Any
+    ) -> str:
         ssl_context = self.certs.server if self.secure else None
         serve = functools.partial(
             runtime.serve, f"{self.scheme}://127.0.0.1:0", handler, ssl_context=ssl_context, **kw
@@ -89,7 +92,9 @@ class Env:
         """A client that bypasses the protocol layer (TCP, TLS or WebSocket only)."""
         ssl_context = self.certs.client if self.secure else None
         async with trio.open_nursery() as nursery:
-            wire, _ = await _dial(parse_url(url), nursery, ssl_context, protocol.DEFAULT_MAX_FRAME_SIZE)
+            wire, _ = await _dial(
+                parse_url(url), nursery, ssl_context, protocol.DEFAULT_MAX_FRAME_SIZE
+            )
             try:
                 yield RawClient(wire)
             finally:
@@ -134,7 +139,13 @@ def env(request: pytest.FixtureRequest, certs: Certs) -> Env:
 
 
 def welcome_for(conn: runtime.Connection, hello: Hello) -> Welcome:
-    return Welcome(mid=conn.next_mid(), cid=hello.mid, version=1, node="test-leader", heartbeat=conn.session.heartbeat)
+    return Welcome(
+        mid=conn.next_mid(),
+        cid=hello.mid,
+        version=1,
+        node="test-leader",
+        heartbeat=conn.session.heartbeat,
+    )
 
 
 @attrs.define
@@ -160,9 +171,13 @@ class EchoServer:
                     await conn.aclose()
                     return
                 if msg.subject == "ctl.error":
-                    await conn.aclose(Error(mid=conn.next_mid(), code=ErrorCode.BUSY, message="go away"))
+                    await conn.aclose(
+                        Error(mid=conn.next_mid(), code=ErrorCode.BUSY, message="go away")
+                    )
                     return
-                conn.send_nowait(Deliver(mid=conn.next_mid(), sid=0, subject=msg.subject, payload=msg.payload))
+                conn.send_nowait(
+                    Deliver(mid=conn.next_mid(), sid=0, subject=msg.subject, payload=msg.payload)
+                )
             self.endings.append("clean")
         except runtime.ConnectionClosed as exc:
             self.endings.append(exc)
@@ -221,15 +236,16 @@ async def test_large_message(env: Env, nursery: trio.Nursery) -> None:
             assert echo.payload == payload
 
 
-async def test_queued_messages_are_flushed_before_a_client_close(env: Env, nursery: trio.Nursery) -> None:
+async def test_queued_messages_are_flushed_before_a_client_close(
+    env: Env, nursery: trio.Nursery
+) -> None:
     received: list[Message] = []
     done = trio.Event()
 
     async def handler(conn: runtime.Connection) -> None:
         hello = await conn.receive()
         conn.send_nowait(welcome_for(conn, hello))
-        async for msg in conn:
-            received.append(msg)
+        received.extend([msg async for msg in conn])
         done.set()
 
     url = await env.serve(nursery, handler)
@@ -268,7 +284,9 @@ async def test_server_error_close_reaches_client(env: Env, nursery: trio.Nursery
             assert info.value.code == ErrorCode.BUSY and not info.value.clean
 
 
-async def test_bad_bytes_get_an_error_and_a_close_and_the_server_lives_on(env: Env, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_bad_bytes_get_an_error_and_a_close_and_the_server_lives_on(
+    env: Env, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     server = EchoServer()
     url = await env.serve(nursery, server)
     garbage = struct.pack(">IB", 4, 0) + b"\xff\xfe\xfd\xfc"  # a frame whose body is not CBOR
@@ -291,7 +309,9 @@ async def test_bad_bytes_get_an_error_and_a_close_and_the_server_lives_on(env: E
             assert (await conn.receive()).payload == "still here"
 
 
-async def test_first_message_must_be_hello(env: Env, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_first_message_must_be_hello(
+    env: Env, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     url = await env.serve(nursery, EchoServer())
     with trio.fail_after(10):
         async with env.raw(url) as raw:
@@ -302,7 +322,9 @@ async def test_first_message_must_be_hello(env: Env, nursery: trio.Nursery, auto
     assert "Hello" in received[0].message
 
 
-async def test_oversize_frame_is_refused(env: Env, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_oversize_frame_is_refused(
+    env: Env, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     server = EchoServer()
     url = await env.serve(nursery, server, max_frame_size=protocol.MIN_MAX_FRAME)
     big = protocol.encode(Hello(mid=0, role="client", token="x" * protocol.MAX_VALUE_LENGTH))
@@ -360,7 +382,9 @@ async def test_handler_errors_end_that_connection_only(env: Env, nursery: trio.N
             assert conn.welcome is not None
 
 
-async def test_a_peer_that_never_reads_is_cut_as_a_slow_consumer(env: Env, nursery: trio.Nursery) -> None:
+async def test_a_peer_that_never_reads_is_cut_as_a_slow_consumer(
+    env: Env, nursery: trio.Nursery
+) -> None:
     # (tests/test_outgoing.py has the rest: exact times, slow readers that are not cut.)
     ended: list[runtime.ConnectionClosed] = []
     acked: list[int | None] = []
@@ -405,7 +429,9 @@ async def test_silent_client_gets_hello_timeout(
             assert trio.current_time() - start == pytest.approx(9, abs=1e-6)
 
 
-async def test_exception_in_client_body_propagates_unwrapped(env: Env, nursery: trio.Nursery) -> None:
+async def test_exception_in_client_body_propagates_unwrapped(
+    env: Env, nursery: trio.Nursery
+) -> None:
     server = EchoServer()
     url = await env.serve(nursery, server)
     with trio.fail_after(10):
@@ -424,13 +450,18 @@ async def test_refused_connection_is_an_oserror() -> None:
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound but not listening: connections are refused
-        with trio.fail_after(10), pytest.raises(OSError):
-            async with runtime.open_connection(f"tcp://127.0.0.1:{port}", hello=Hello(mid=0, role="client")):
+        # (the message names the address; trio's error for all the attempts that failed)
+        with trio.fail_after(10), pytest.raises(OSError, match=re.escape(f"127.0.0.1:{port}")):
+            async with runtime.open_connection(
+                f"tcp://127.0.0.1:{port}", hello=Hello(mid=0, role="client")
+            ):
                 pass  # pragma: no cover
 
 
 @pytest.mark.parametrize("scheme", ["tls", "wss"])
-async def test_untrusted_certificate_fails_fast(scheme: str, certs: Certs, nursery: trio.Nursery) -> None:
+async def test_untrusted_certificate_fails_fast(
+    scheme: str, certs: Certs, nursery: trio.Nursery
+) -> None:
     url = await Env(scheme, certs).serve(nursery, EchoServer())
     with trio.fail_after(10), pytest.raises(runtime.TLSHandshakeFailed) as info:
         async with runtime.open_connection(
@@ -464,7 +495,9 @@ async def test_the_wrong_scheme_for_a_listener_says_what_answered(
     wrong = scheme + url[url.index(":") :]
     ssl_context = certs.client if scheme in ("tls", "wss") else None
     with trio.fail_after(10), pytest.raises(runtime.WrongProtocol) as info:
-        async with runtime.open_connection(wrong, hello=Hello(mid=0, role="client"), ssl_context=ssl_context):
+        async with runtime.open_connection(
+            wrong, hello=Hello(mid=0, role="client"), ssl_context=ssl_context
+        ):
             pass  # pragma: no cover
     assert isinstance(info.value, ConnectionError)
     assert info.value.answer == answer
@@ -475,7 +508,9 @@ async def test_the_wrong_scheme_for_a_listener_says_what_answered(
 
 
 @pytest.mark.parametrize("scheme", ["tls", "ws", "wss"])
-async def test_plain_tcp_garbage_to_other_schemes_does_not_hurt_the_server(scheme: str, certs: Certs, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_plain_tcp_garbage_to_other_schemes_does_not_hurt_the_server(
+    scheme: str, certs: Certs, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     env = Env(scheme, certs)
     url = await env.serve(nursery, EchoServer(), handshake_timeout=5)
     port = parse_url(url).port
@@ -492,7 +527,9 @@ async def test_plain_tcp_garbage_to_other_schemes_does_not_hurt_the_server(schem
             assert conn.welcome is not None
 
 
-async def test_ws_text_message_is_a_protocol_error(certs: Certs, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_ws_text_message_is_a_protocol_error(
+    certs: Certs, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     url = await Env("ws", certs).serve(nursery, EchoServer())
     with trio.fail_after(10):
         async with Env("ws", certs).raw(url) as raw:
@@ -535,11 +572,20 @@ def test_parse_url(text: str, expected: tuple[str, str, int, str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text",
-    ["http://h:1", "tcp://h", "tcp://:1", "tcp://h:1/path", "tcp://h:99999", "ws://h:1/?q=1", "h:1", "tcp://u@h:1"],
+    ("text", "problem"),
+    [
+        ("http://h:1", "the scheme must be one of tcp, tls, ws, wss"),
+        ("h:1", "the scheme must be one of tcp, tls, ws, wss"),
+        ("tcp://h", "has no port (write tcp://host:port)"),
+        ("tcp://:1", "has no host"),
+        ("tcp://h:1/path", "only ws:// and wss:// URLs may have a path"),
+        ("tcp://h:99999", "has an invalid port"),
+        ("ws://h:1/?q=1", "may not have a query, fragment or user info"),
+        ("tcp://u@h:1", "may not have a query, fragment or user info"),
+    ],
 )
-def test_parse_url_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
+def test_parse_url_rejects(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"{text!r}") + ".*" + re.escape(problem)):
         runtime.parse_url(text)
 
 
@@ -594,7 +640,9 @@ async def read_frames(stream: trio.abc.Stream, count: int) -> list[Message]:
     return messages
 
 
-async def test_small_messages_are_coalesced_into_few_writes(autojump_clock: trio.testing.MockClock) -> None:
+async def test_small_messages_are_coalesced_into_few_writes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     a, b = trio.testing.memory_stream_pair()
     counting = CountingStream(a)
     conn = memory_connection(counting)
@@ -607,7 +655,9 @@ async def test_small_messages_are_coalesced_into_few_writes(autojump_clock: trio
             assert counting.writes == 1  # all 1000 frames in one send_all
 
 
-async def test_writes_batch_while_the_writer_is_busy(autojump_clock: trio.testing.MockClock) -> None:
+async def test_writes_batch_while_the_writer_is_busy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # With a peer reading in lockstep, each send_all blocks; everything queued meanwhile
     # goes out together in the next one.
     a, b = trio.testing.lockstep_stream_pair()
@@ -634,10 +684,14 @@ async def test_slow_peer_fills_the_buffer_then_send_buffer_full() -> None:
     conn = memory_connection(a, max_outgoing=10_000)
     async with running(conn):
         payload = b"x" * 1000
-        with pytest.raises(runtime.SendBufferFull) as info:
+
+        async def send_until_full() -> None:
             for _ in range(100):
                 conn.send_nowait(Publish(mid=conn.next_mid(), subject="a.b", payload=payload))
                 await trio.lowlevel.checkpoint()
+
+        with pytest.raises(runtime.SendBufferFull) as info:
+            await send_until_full()
         assert info.value.limit == 10_000
         assert info.value.code == ErrorCode.SLOW_CONSUMER
         assert conn._outgoing.held <= 10_000
@@ -684,8 +738,8 @@ async def test_message_too_large_for_the_peer() -> None:
     a, _b = trio.testing.memory_stream_pair()
     conn = memory_connection(a, max_frame_size=protocol.MIN_MAX_FRAME)
     async with running(conn):
+        payload = b"x" * 2 * protocol.MIN_MAX_FRAME
         with pytest.raises(runtime.MessageTooLarge) as info:
-            payload = b"x" * 2 * protocol.MIN_MAX_FRAME
             conn.send_nowait(Publish(mid=1, subject="a.b", payload=payload))
         assert info.value.limit == protocol.MIN_MAX_FRAME
         assert info.value.size > 2 * protocol.MIN_MAX_FRAME
@@ -702,24 +756,24 @@ async def test_a_frame_limit_below_the_protocol_minimum_is_refused_at_constructi
         f"max_frame_size must be at least protocol.MIN_MAX_FRAME ({protocol.MIN_MAX_FRAME}),"
         f" got {limit}"
     )
-    with pytest.raises(ValueError) as info:
+    exactly = f"^{re.escape(message)}$"
+    with pytest.raises(ValueError, match=exactly):
         memory_connection(a, max_frame_size=limit)
-    assert str(info.value) == message
     # serve and open_connection refuse it before listening or connecting.
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match=exactly):
         await runtime.serve("tcp://127.0.0.1:0", EchoServer(), max_frame_size=limit)
-    assert str(info.value) == message
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match=exactly):
         async with runtime.open_connection(
             "tcp://127.0.0.1:1", hello=Hello(mid=0, role="client"), max_frame_size=limit
         ):
             pass  # pragma: no cover
-    assert str(info.value) == message
     # The minimum itself is fine.
     assert memory_connection(a, max_frame_size=protocol.MIN_MAX_FRAME).max_frame_size == 4096
 
 
-async def test_messages_before_a_bad_frame_are_delivered_first(autojump_clock: trio.testing.MockClock) -> None:
+async def test_messages_before_a_bad_frame_are_delivered_first(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     a, b = trio.testing.memory_stream_pair()
     conn = memory_connection(a, side="server")
     async with running(conn):
@@ -751,7 +805,9 @@ async def test_aclose_sends_queued_then_bye_and_waits_for_the_peer(
     assert await b.receive_some(100) == b""
 
 
-async def test_close_soon_from_code_that_cannot_await(autojump_clock: trio.testing.MockClock) -> None:
+async def test_close_soon_from_code_that_cannot_await(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     a, b = trio.testing.memory_stream_pair()
     conn = memory_connection(a, close_timeout=3)
     async with running(conn):
@@ -820,7 +876,9 @@ async def connected_pair() -> AsyncIterator[tuple[Connection, Connection]]:
         yield server, client
 
 
-async def test_an_error_closing_one_end_closes_the_other(autojump_clock: trio.testing.MockClock) -> None:
+async def test_an_error_closing_one_end_closes_the_other(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with connected_pair() as (server, client):
         start = trio.current_time()
         await server.aclose(Error(mid=9, code=ErrorCode.SHUTTING_DOWN, message="restart"))
@@ -861,7 +919,9 @@ async def test_closed_connection_raises_on_every_use() -> None:
         await conn.aclose()  # idempotent
 
 
-async def test_receive_is_cancellable_without_losing_messages(autojump_clock: trio.testing.MockClock) -> None:
+async def test_receive_is_cancellable_without_losing_messages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     a, b = trio.testing.memory_stream_pair()
     conn = memory_connection(a, side="server")
     async with running(conn):

@@ -75,11 +75,15 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "actors.worker" and r.levelno == logging.WARNING and "event loop" in r.getMessage()
+        if r.name == "actors.worker"
+        and r.levelno == logging.WARNING
+        and "event loop" in r.getMessage()
     ]
 
 
-async def test_an_async_handler_that_blocks_the_loop_is_named(caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_async_handler_that_blocks_the_loop_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             url, runner = await _serve(nursery, Blocking())
@@ -107,15 +111,17 @@ async def test_blocking_warning_none_turns_the_watchdog_off() -> None:
 
     runner = WorkerRunner(Quiet(), "tcp://127.0.0.1:1")
     assert runner._watchdog is None
+
+    class Bad(Blocking):
+        blocking_warning = 0
+
     with pytest.raises(ValueError, match="blocking_warning must be a number of seconds > 0"):
-
-        class Bad(Blocking):
-            blocking_warning = 0
-
         WorkerRunner(Bad(), "tcp://127.0.0.1:1")
 
 
-async def test_a_plain_def_handler_runs_in_threads_side_by_side(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_plain_def_handler_runs_in_threads_side_by_side(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     ticker = Ticker()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:

@@ -95,7 +95,9 @@ class _Unprintable(Exception):
 # --------------------------------------------------------------------------- one runner
 
 
-async def test_anything_a_handler_raises_fails_only_its_job(autojump_clock: trio.testing.MockClock) -> None:
+async def test_anything_a_handler_raises_fails_only_its_job(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with trio.open_nursery() as nursery:
         runner = WorkerRunner(Misbehaving(), "tcp://127.0.0.1:1")
         sink = _Sink()
@@ -120,19 +122,27 @@ async def test_anything_a_handler_raises_fails_only_its_job(autojump_clock: trio
     assert [(answers[f"j{i}"].ok, answers[f"j{i}"].error_type) for i in range(3)] == [
         (False, "SystemExit"), (False, "GeneratorExit"), (False, "_Custom"),
     ]  # fmt: skip
-    assert answers["j0"].error_message == "3" and answers["j2"].error_message == "a BaseException of its own"
+    assert (
+        answers["j0"].error_message == "3"
+        and answers["j2"].error_message == "a BaseException of its own"
+    )
     assert answers["j3"].ok and answers["j5"].ok
     assert type(answers["j4"]) is Nack
     long, unprintable = answers["j6"].error_message, answers["j7"].error_message
     assert len(long) == MAX_ERROR_MESSAGE and long.endswith("...")  # bounded
-    assert (answers["j7"].error_type, unprintable) == ("_Unprintable", "<_Unprintable, whose str() failed>")
+    assert (answers["j7"].error_type, unprintable) == (
+        "_Unprintable",
+        "<_Unprintable, whose str() failed>",
+    )
     assert (runner.completed, runner.failed, runner.running) == (2, 5, {})
 
 
 # --------------------------------------------------------------------------- with a leader
 
 
-async def _serve(leader: Leader, nursery: trio.Nursery, worker: Worker, **kwargs: Any) -> tuple[str, WorkerRunner]:
+async def _serve(
+    leader: Leader, nursery: trio.Nursery, worker: Worker, **kwargs: Any
+) -> tuple[str, WorkerRunner]:
     [url] = await nursery.start(leader.run)
     runner = WorkerRunner(worker, url, name="w", reconnect_backoff=FAST, **kwargs)
     await nursery.start(runner.run)
@@ -151,7 +161,9 @@ def _errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
         ("huge", "ResultTooLarge", "its result, of type bytes, encodes to"),
     ],
 )
-async def test_a_result_that_cannot_be_sent_fails_its_job_and_runs_once(what: str, error_type: str, fragment: str) -> None:
+async def test_a_result_that_cannot_be_sent_fails_its_job_and_runs_once(
+    what: str, error_type: str, fragment: str
+) -> None:
     worker = Misbehaving()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -160,7 +172,10 @@ async def test_a_result_that_cannot_be_sent_fails_its_job_and_runs_once(what: st
             async with Client.connect(url) as client:
                 with pytest.raises(JobFailed) as info:
                     await client.submit("bad.result", what, job_id="r1", timeout=15)
-                assert await client.submit("bad.result", "fine", job_id="r2", timeout=5) == {"id": "r2", "attempt": 1}
+                assert await client.submit("bad.result", "fine", job_id="r2", timeout=5) == {
+                    "id": "r2",
+                    "attempt": 1,
+                }
             nursery.cancel_scope.cancel()
     assert info.value.error_type == error_type
     assert f"job r1: {fragment}" in info.value.message
@@ -176,11 +191,17 @@ async def test_a_handler_raising_system_exit_fails_the_job_not_the_worker() -> N
         async with trio.open_nursery() as nursery:
             url, runner = await _serve(Leader(listen=["tcp://127.0.0.1:0"]), nursery, worker)
             async with Client.connect(url) as client:
-                for what, error_type in [("exit", "SystemExit"), ("generator-exit", "GeneratorExit"), ("base", "_Custom")]:
+                for what, error_type in [
+                    ("exit", "SystemExit"),
+                    ("generator-exit", "GeneratorExit"),
+                    ("base", "_Custom"),
+                ]:
                     with pytest.raises(JobFailed) as info:
                         await client.submit("bad.raise", what, max_attempts=1, timeout=5)
                     assert info.value.error_type == error_type
-                assert (await client.submit("bad.raise", "fine", job_id="after", timeout=5))["id"] == "after"
+                assert (await client.submit("bad.raise", "fine", job_id="after", timeout=5))[
+                    "id"
+                ] == "after"
             nursery.cancel_scope.cancel()
     assert runner.connects == 1
 
@@ -206,8 +227,14 @@ async def test_a_failure_handling_an_assign_ends_the_connection_not_the_worker(
             runner._on_assign = failing_once  # type: ignore[method-assign]
             async with Client.connect(url) as client:
                 # The Assign was lost with the connection: the leader gives it again.
-                assert await client.submit("bad.x", "fine", job_id="a1", timeout=10) == {"id": "a1", "attempt": 2}
-                assert await client.submit("bad.x", "fine", job_id="a2", timeout=5) == {"id": "a2", "attempt": 1}
+                assert await client.submit("bad.x", "fine", job_id="a1", timeout=10) == {
+                    "id": "a1",
+                    "attempt": 2,
+                }
+                assert await client.submit("bad.x", "fine", job_id="a2", timeout=5) == {
+                    "id": "a2",
+                    "attempt": 1,
+                }
             nursery.cancel_scope.cancel()
     assert runner.connects == 2 and worker.calls == {"a1": 1, "a2": 1}
     [record] = _errors(caplog)  # logged once, with its traceback
@@ -245,7 +272,10 @@ async def test_a_failure_handling_a_cancel_ends_the_connection_not_the_worker(
                 # The connection ended; the job it held is cancelled on the worker too.
                 await worker.cancel_seen.wait()
                 assert len(outcome) == 1 and [job for job, _ in worker.cancelled] == ["c1"]
-                assert await client.submit("bad.x", "fine", job_id="c2", timeout=5) == {"id": "c2", "attempt": 1}
+                assert await client.submit("bad.x", "fine", job_id="c2", timeout=5) == {
+                    "id": "c2",
+                    "attempt": 1,
+                }
             nursery.cancel_scope.cancel()
     assert runner.connects == 2 and runner.running == {}
     [record] = _errors(caplog)
@@ -275,7 +305,10 @@ async def test_a_failure_answering_a_job_ends_the_connection_and_frees_the_slot(
             url, runner = await _serve(leader, nursery, worker)
             async with Client.connect(url) as client:
                 # Its answer was lost with the connection: it runs again, once.
-                assert await client.submit("bad.x", "fine", job_id="f1", timeout=10) == {"id": "f1", "attempt": 2}
+                assert await client.submit("bad.x", "fine", job_id="f1", timeout=10) == {
+                    "id": "f1",
+                    "attempt": 2,
+                }
                 for _ in range(3):  # the slots serve on
                     assert (await client.submit("bad.x", "fine", timeout=5))["attempt"] == 1
             nursery.cancel_scope.cancel()
@@ -314,7 +347,9 @@ class CuttableProxy:
                     nursery.start_soon(self._pump, upstream, downstream, scope)
 
     @staticmethod
-    async def _pump(source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _pump(
+        source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
         try:
             async for chunk in source:
                 await sink.send_all(chunk)
@@ -361,7 +396,9 @@ async def _through_proxy(
 
 
 @pytest.mark.e2e
-async def test_a_worker_that_loses_its_connection_cancels_its_jobs_and_reconnects_with_its_window() -> None:
+async def test_a_worker_that_loses_its_connection_cancels_its_jobs_and_reconnects_with_its_window() -> (
+    None
+):
     worker = Misbehaving()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -370,7 +407,9 @@ async def test_a_worker_that_loses_its_connection_cancels_its_jobs_and_reconnect
                 answers: list[Any] = []
 
                 async def submit() -> None:
-                    answers.append(await client.submit("bad.x", "sleep-once", job_id="long", timeout=15))
+                    answers.append(
+                        await client.submit("bad.x", "sleep-once", job_id="long", timeout=15)
+                    )
 
                 async with trio.open_nursery() as jobs:
                     jobs.start_soon(submit)
@@ -411,10 +450,14 @@ async def test_a_job_that_ignores_the_cancellation_keeps_its_slot_out_of_the_win
     worker = Stubborn()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            leader, url, proxy, runner, credits = await _through_proxy(nursery, worker, cancel_grace=0.2)
+            leader, url, proxy, runner, credits = await _through_proxy(
+                nursery, worker, cancel_grace=0.2
+            )
             async with Client.connect(url) as client:
                 async with trio.open_nursery() as jobs:
-                    jobs.start_soon(partial(client.submit, "stubborn.x", None, job_id="s", timeout=15))
+                    jobs.start_soon(
+                        partial(client.submit, "stubborn.x", None, job_id="s", timeout=15)
+                    )
                     await worker.running.wait()
                     proxy.cut()
                     await credits.wait_for(2)  # back, after the grace period

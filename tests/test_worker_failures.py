@@ -61,9 +61,21 @@ class Picky(Worker):
         return "ok"
 
 
-def _assign(i: int, subject: str, *, attempt: int = 1, deadline: float | None = None, max_attempts: int | None = 3) -> Assign:
+def _assign(
+    i: int,
+    subject: str,
+    *,
+    attempt: int = 1,
+    deadline: float | None = None,
+    max_attempts: int | None = 3,
+) -> Assign:
     return Assign(
-        mid=i, job_id=f"j{i}", subject=subject, payload=i, attempt=attempt, deadline=deadline,
+        mid=i,
+        job_id=f"j{i}",
+        subject=subject,
+        payload=i,
+        attempt=attempt,
+        deadline=deadline,
         max_attempts=max_attempts,
     )
 
@@ -81,7 +93,11 @@ def _results(sink: _Sink) -> dict[str, Result]:
 
 
 def _failure_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "actors.worker" and re.search(r"\) failed(, attempt \d+)?", r.getMessage())]
+    return [
+        r
+        for r in caplog.records
+        if r.name == "actors.worker" and re.search(r"\) failed(, attempt \d+)?", r.getMessage())
+    ]
 
 
 # --------------------------------------------------------------------------- one runner
@@ -92,7 +108,9 @@ async def test_failed_results_say_whether_to_retry_and_carry_the_traceback(
 ) -> None:
     async with trio.open_nursery() as nursery:
         runner, sink = _runner(Picky(), nursery)
-        for i, subject in enumerate(["picky.value", "picky.key", "picky.reject", "picky.flaky", "picky.ok"]):
+        for i, subject in enumerate(
+            ["picky.value", "picky.key", "picky.reject", "picky.flaky", "picky.ok"]
+        ):
             runner._on_assign(_assign(i, subject), trio.current_time())
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
@@ -115,7 +133,9 @@ async def test_failed_results_say_whether_to_retry_and_carry_the_traceback(
     assert runner.finished.get("j3", trio.current_time()) is None
 
 
-async def test_a_long_traceback_is_cut_to_its_last_part(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_long_traceback_is_cut_to_its_last_part(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with trio.open_nursery() as nursery:
         runner, sink = _runner(Picky(), nursery)
         runner._on_assign(_assign(0, "picky.long"), trio.current_time())
@@ -159,7 +179,11 @@ async def test_each_failed_attempt_logs_one_line_and_the_traceback_once_per_subj
     assert [r.exc_info is not None for r in lines] == [True, False, False, True, False, False]
     # After the first, the traceback is at debug level only.
     debug = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info is not None]
-    assert [r.getMessage() for r in debug] == ["worker w: job j1: traceback", "worker w: job j2: traceback", "worker w: job j4: traceback"]
+    assert [r.getMessage() for r in debug] == [
+        "worker w: job j1: traceback",
+        "worker w: job j2: traceback",
+        "worker w: job j4: traceback",
+    ]
 
 
 async def test_a_failing_published_message_is_logged(
@@ -173,7 +197,10 @@ async def test_a_failing_published_message_is_logged(
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     [line] = _failure_lines(caplog)
-    assert line.getMessage() == "worker w: message deliver-7 (picky.flaky) failed: RuntimeError: flaky, attempt 1"
+    assert (
+        line.getMessage()
+        == "worker w: message deliver-7 (picky.flaky) failed: RuntimeError: flaky, attempt 1"
+    )
     assert runner.failed == 1
 
 
@@ -227,29 +254,42 @@ class Slow(Worker):
         return "done"
 
 
-async def test_the_handler_is_cancelled_at_its_deadline(autojump_clock: trio.testing.MockClock) -> None:
+async def test_the_handler_is_cancelled_at_its_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     worker = Slow()
     async with trio.open_nursery() as nursery:
         runner, sink = _runner(worker, nursery)
-        runner._on_assign(Assign(mid=1, job_id="late", subject="slow.x", payload=15, deadline=0.5), 0.0)
+        runner._on_assign(
+            Assign(mid=1, job_id="late", subject="slow.x", payload=15, deadline=0.5), 0.0
+        )
         runner._on_assign(Assign(mid=2, job_id="free", subject="slow.x", payload=1), 0.0)
         await trio.sleep(20)
         nursery.cancel_scope.cancel()
     assert worker.deadlines == {"late": 0.5, "free": None}
     assert worker.cancelled == {"late": 0.5}  # exactly at its deadline, progress or not
     got = _results(sink)
-    assert (got["late"].ok, got["late"].error_type, got["late"].final) == (False, "DeadlineExceeded", True)
+    assert (got["late"].ok, got["late"].error_type, got["late"].final) == (
+        False,
+        "DeadlineExceeded",
+        True,
+    )
     assert "ran past its deadline" in got["late"].error_message
     assert (got["free"].ok, got["free"].payload) == (True, "done")
     assert [t for t, m in sink.sent if isinstance(m, Result) and m.job_id == "late"] == [0.5]
 
 
-async def test_a_deadline_already_past_cancels_at_the_first_wait(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_deadline_already_past_cancels_at_the_first_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     worker = Slow()
     async with trio.open_nursery() as nursery:
         runner, sink = _runner(worker, nursery)
         await trio.sleep(1)
-        runner._on_assign(Assign(mid=1, job_id="j", subject="slow.x", payload=1, deadline=0.0), trio.current_time())
+        runner._on_assign(
+            Assign(mid=1, job_id="j", subject="slow.x", payload=1, deadline=0.0),
+            trio.current_time(),
+        )
         await trio.sleep(5)
         nursery.cancel_scope.cancel()
     assert worker.cancelled == {"j": 1.0}
@@ -259,7 +299,9 @@ async def test_a_deadline_already_past_cancels_at_the_first_wait(autojump_clock:
 # --------------------------------------------------------------------------- with a leader
 
 
-async def _serve(nursery: trio.Nursery, worker: Worker, **leader_kw: Any) -> tuple[Leader, str, WorkerRunner]:
+async def _serve(
+    nursery: trio.Nursery, worker: Worker, **leader_kw: Any
+) -> tuple[Leader, str, WorkerRunner]:
     leader = Leader(listen=["tcp://127.0.0.1:0"], retry_backoff=FAST, **leader_kw)
     [url] = await nursery.start(leader.run)
     runner = WorkerRunner(worker, url, name="w")
@@ -289,7 +331,9 @@ async def test_a_never_retried_exception_fails_the_job_at_once_with_its_tracebac
     )  # fmt: skip
     assert worker.calls["r1"] == 1
     # The leader has the worker's traceback, for the client and the dead letters.
-    assert stored.traceback.endswith("ValueError: bad value 7\n") and "in handle" in stored.traceback
+    assert (
+        stored.traceback.endswith("ValueError: bad value 7\n") and "in handle" in stored.traceback
+    )
     if hasattr(info.value, "traceback"):  # (the client's side of it)
         assert info.value.traceback == stored.traceback
 

@@ -80,7 +80,9 @@ async def test_past_max_jobs_the_worker_asks_for_nothing_more_and_stops(
 
 
 async def test_over_max_memory_after_a_job_the_worker_recycles(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    autojump_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="actors.worker")
     sizes = iter([500 * 2**20, 530 * 2**20])  # below, then over the limit
@@ -96,7 +98,9 @@ async def test_over_max_memory_after_a_job_the_worker_recycles(
         nursery.cancel_scope.cancel()
     assert [type(m) for _, m in sink.sent] == [Result, Credit, Result]
     assert runner.recycled == "RSS 530 MiB over max_memory 512 MiB"
-    assert [r.getMessage() for r in caplog.records] == ["worker w recycled: RSS 530 MiB over max_memory 512 MiB"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "worker w recycled: RSS 530 MiB over max_memory 512 MiB"
+    ]
 
 
 def test_limits_come_from_the_class_or_the_arguments() -> None:
@@ -121,20 +125,45 @@ def test_limits_come_from_the_class_or_the_arguments() -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [(1000, 1000), ("512MiB", 512 * 2**20), ("2GB", 2 * 10**9), ("1.5G", 3 * 2**29), (" 64 kb ", 64_000), ("7", 7)],
+    [
+        (1000, 1000),
+        ("512MiB", 512 * 2**20),
+        ("2GB", 2 * 10**9),
+        ("1.5G", 3 * 2**29),
+        (" 64 kb ", 64_000),
+        ("7", 7),
+    ],
 )
 def test_sizes(text: Any, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", [0, -5, True, 1.5, "", "MiB", "5XB", "0MiB", "1 2 MB"])
-def test_bad_sizes(text: Any) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (0, r"at least 1 byte, got 0$"),
+        (-5, r"at least 1 byte, got -5$"),
+        ("0MiB", r"at least 1 byte, got '0MiB'$"),
+        (True, r"^expected a size in bytes such as .*, got True$"),
+        (1.5, r"^expected a size in bytes such as .*, got 1\.5$"),
+        ("", r"^expected a size in bytes such as .*, got ''$"),
+        ("MiB", r"^expected a size in bytes such as .*, got 'MiB'$"),
+        ("1 2 MB", r"^expected a size in bytes such as .*, got '1 2 MB'$"),
+        ("5XB", r"^unknown unit 'XB' in '5XB'"),
+    ],
+)
+def test_bad_sizes(text: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
         parse_size(text)
 
 
 def test_format_size() -> None:
-    assert [format_size(n) for n in (900, 2048, 530 * 2**20, 3 * 2**29)] == ["900 B", "2 KiB", "530 MiB", "1.5 GiB"]
+    assert [format_size(n) for n in (900, 2048, 530 * 2**20, 3 * 2**29)] == [
+        "900 B",
+        "2 KiB",
+        "530 MiB",
+        "1.5 GiB",
+    ]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc (Linux)")
@@ -148,7 +177,9 @@ def test_current_rss_follows_allocations() -> None:
 
 
 def test_the_group_passes_its_limits_to_its_processes() -> None:
-    group = WorkerGroup("sq", "tests.workers:Echo", 1, URL, max_memory="256MiB", max_jobs=1000, python="/py")
+    group = WorkerGroup(
+        "sq", "tests.workers:Echo", 1, URL, max_memory="256MiB", max_jobs=1000, python="/py"
+    )
     argv = group.command(0)
     assert argv[argv.index("--max-memory") + 1] == str(256 * 2**20)
     assert argv[argv.index("--max-jobs") + 1] == "1000"
@@ -160,7 +191,9 @@ def test_the_group_passes_its_limits_to_its_processes() -> None:
 # --------------------------------------------------------------------------- supervision
 
 
-async def test_a_child_that_returns_recycle_is_replaced_at_once(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_child_that_returns_recycle_is_replaced_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     starts: list[float] = []
     runs = iter([1.0, 1.0, 1.0, 0.5, 100.0])
 
@@ -178,7 +211,12 @@ async def test_a_child_that_returns_recycle_is_replaced_at_once(autojump_clock: 
             await system.spawn(supervisor)
             await trio.sleep(3.2)
             info = supervisor.child("c")
-            assert (info.recycles, info.restarts, info.last_recycle, info.attempt) == (3, 0, "tired", 0)
+            assert (info.recycles, info.restarts, info.last_recycle, info.attempt) == (
+                3,
+                0,
+                "tired",
+                0,
+            )
             await trio.sleep(10)
             info = supervisor.child("c")
     # Recycled at once three times (no backoff, no intensity: max_restarts=1 holds); the
@@ -188,7 +226,9 @@ async def test_a_child_that_returns_recycle_is_replaced_at_once(autojump_clock: 
     assert isinstance(info.last_error, ValueError)
 
 
-async def test_a_temporary_child_that_recycles_is_not_replaced(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_temporary_child_that_recycles_is_not_replaced(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async def child() -> Recycle:
         return Recycle()
 

@@ -85,7 +85,9 @@ async def _runner_with(worker: Worker, nursery: trio.Nursery) -> tuple[WorkerRun
     return runner, sink
 
 
-async def test_waiting_jobs_run_side_by_side_up_to_concurrency(autojump_clock: trio.testing.MockClock) -> None:
+async def test_waiting_jobs_run_side_by_side_up_to_concurrency(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     worker = Sleeper()
     worker.started = []
     async with trio.open_nursery() as nursery:
@@ -106,7 +108,9 @@ async def test_waiting_jobs_run_side_by_side_up_to_concurrency(autojump_clock: t
     assert runner._slots == 4  # never more slot tasks than the concurrency
 
 
-async def test_a_batch_of_jobs_that_never_wait_runs_on_few_slots(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_batch_of_jobs_that_never_wait_runs_on_few_slots(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with trio.open_nursery() as nursery:
         runner, sink = await _runner_with(Instant(), nursery)
         for i in range(8):
@@ -133,7 +137,9 @@ class Mixed(Worker):
         return job.payload
 
 
-async def test_results_are_not_held_back_by_a_job_that_waits(autojump_clock: trio.testing.MockClock) -> None:
+async def test_results_are_not_held_back_by_a_job_that_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with trio.open_nursery() as nursery:
         runner, sink = await _runner_with(Mixed(), nursery)
         t0 = trio.current_time()
@@ -159,7 +165,9 @@ class Failing(Worker):
         raise ValueError(f"no {job.payload}")
 
 
-async def test_a_job_that_waits_then_fails_or_is_cancelled_is_reported(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_job_that_waits_then_fails_or_is_cancelled_is_reported(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with trio.open_nursery() as nursery:
         runner, sink = await _runner_with(Failing(), nursery)
         runner._on_assign(_assign(0, "fail", 0), trio.current_time())
@@ -195,7 +203,9 @@ async def test_credit_overrun_is_refused_not_queued(autojump_clock: trio.testing
     assert sorted(m.job_id for _, m in sink.sent if type(m) is Result) == ["j0", "j1", "j2", "j3"]
 
 
-async def test_jobs_arriving_while_slots_run_are_picked_up(autojump_clock: trio.testing.MockClock) -> None:
+async def test_jobs_arriving_while_slots_run_are_picked_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     worker = Sleeper()
     worker.started = []
     async with trio.open_nursery() as nursery:
@@ -224,7 +234,9 @@ class Returns(Worker):
         return object() if job.payload == "object" else {"nested": [1, {"a": [2.5, None]}]}
 
 
-async def test_a_result_cbor_cannot_encode_is_reported_as_a_failure(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_result_cbor_cannot_encode_is_reported_as_a_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with trio.open_nursery() as nursery:
         runner, sink = await _runner_with(Returns(), nursery)
         runner._on_assign(_assign(0, "ret", "object"), trio.current_time())
@@ -232,7 +244,12 @@ async def test_a_result_cbor_cannot_encode_is_reported_as_a_failure(autojump_clo
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     bad, good = (m for _, m in sink.sent)
-    assert (bad.job_id, bad.ok, bad.error_type, bad.final) == ("j0", False, "ResultNotSerializable", True)
+    assert (bad.job_id, bad.ok, bad.error_type, bad.final) == (
+        "j0",
+        False,
+        "ResultNotSerializable",
+        True,
+    )
     assert bad.error_message.startswith("job j0: its result, of type object, has no CBOR encoding")
     assert "cannot encode type <class 'object'>" in bad.error_message and bad.payload is None
     assert (good.job_id, good.ok, good.payload) == ("j1", True, {"nested": [1, {"a": [2.5, None]}]})
@@ -259,7 +276,9 @@ class Scoped(Worker):
         return (scope.cancelled_caught, trio.current_time())
 
 
-async def test_a_job_that_waits_keeps_its_scopes_and_task(autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_job_that_waits_keeps_its_scopes_and_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # The slot steps the job's coroutine once itself, then lets it go on in the same task:
     # scopes and nurseries the job opened before its first wait work as usual.
     async with trio.open_nursery() as nursery:

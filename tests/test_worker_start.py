@@ -35,7 +35,11 @@ DB_ERROR = "ConnectionRefusedError: cannot reach the database at db:5432"
 
 
 def _start_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "actors.group" and "failed to start" in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.name == "actors.group" and "failed to start" in r.getMessage()
+    ]
 
 
 # --------------------------------------------------------------------------- in process
@@ -62,7 +66,10 @@ async def test_a_group_whose_worker_cannot_start_gives_up_after_its_limit(
     assert [r.exc_info is not None for r in lines] == [True, False, False]  # the traceback once
 
 
-async def test_a_worker_that_connected_starts_the_count_again(fake: Any, autojump_clock: Any) -> None:  # noqa: F811
+async def test_a_worker_that_connected_starts_the_count_again(
+    fake: Any,  # noqa: F811 - the fixture imported from test_group
+    autojump_clock: Any,
+) -> None:
     fake.crash_after = 0.5  # connects, then crashes: a failure of its run, not of its start
     group = WorkerGroup(
         "g", workers.Echo, 1, "tcp://127.0.0.1:1", in_process=True, restart_backoff=EXACT,
@@ -77,9 +84,16 @@ async def test_a_worker_that_connected_starts_the_count_again(fake: Any, autojum
 
 
 def test_max_start_failures_must_be_positive_or_none() -> None:
-    with pytest.raises(ValueError, match="max_start_failures must be a positive int or None, got 0"):
+    with pytest.raises(
+        ValueError, match="max_start_failures must be a positive int or None, got 0"
+    ):
         WorkerGroup("g", workers.Echo, 1, "tcp://127.0.0.1:1", max_start_failures=0)
-    assert WorkerGroup("g", workers.Echo, 1, "tcp://127.0.0.1:1", max_start_failures=None).max_start_failures is None
+    assert (
+        WorkerGroup(
+            "g", workers.Echo, 1, "tcp://127.0.0.1:1", max_start_failures=None
+        ).max_start_failures
+        is None
+    )
 
 
 # --------------------------------------------------------------------------- processes
@@ -98,22 +112,38 @@ async def test_worker_processes_that_cannot_start_are_reported_once_each_and_the
     assert re.fullmatch(rf"db-[01] failed to start 2 times in a row: {DB_ERROR}", info.value.reason)
     lines = [r.getMessage() for r in _start_lines(caplog)]
     assert 3 <= len(lines) <= 4  # the other instance failed once or twice meanwhile
-    assert all(re.fullmatch(rf"group db: db-[01] failed to start \([12] of 2 in a row\): {DB_ERROR}; .*", line.split("\n")[0]) for line in lines)
+    assert all(
+        re.fullmatch(
+            rf"group db: db-[01] failed to start \([12] of 2 in a row\): {DB_ERROR}; .*",
+            line.split("\n")[0],
+        )
+        for line in lines
+    )
     # The traceback once, with the first line: the worker's own frames, no trio internals.
     assert ["Traceback" in line for line in lines] == [True] + [False] * (len(lines) - 1)
     traceback = lines[0].split("\n", 1)[1]
-    assert traceback.startswith("Traceback (most recent call last):") and traceback.endswith(DB_ERROR)
-    assert 'tests/workers.py", line' in traceback and "in setup" in traceback and "trio" not in traceback
+    assert traceback.startswith("Traceback (most recent call last):") and traceback.endswith(
+        DB_ERROR
+    )
+    assert (
+        'tests/workers.py", line' in traceback
+        and "in setup" in traceback
+        and "trio" not in traceback
+    )
     assert "Traceback" not in capfd.readouterr().err  # the processes themselves said nothing
     assert group.states() == []  # (stopped)
 
 
 @pytest.mark.e2e
 async def test_a_worker_process_by_hand_that_cannot_start_says_why_once() -> None:
-    result = await run("-m", "actors.worker", "--url", "tcp://127.0.0.1:1", "tests.workers:BadSetup")
+    result = await run(
+        "-m", "actors.worker", "--url", "tcp://127.0.0.1:1", "tests.workers:BadSetup"
+    )
     err = result.stderr.decode()
     assert result.returncode == 78, err
-    assert err.startswith(f"tests.workers:BadSetup: failed to start: {DB_ERROR}\nTraceback (most recent call last):")
+    assert err.startswith(
+        f"tests.workers:BadSetup: failed to start: {DB_ERROR}\nTraceback (most recent call last):"
+    )
     assert err.count("Traceback") == 1 and "ExceptionGroup" not in err and "+-+" not in err
 
 
@@ -166,14 +196,20 @@ ECHO = 'name = "echo"\nworker = "tests.workers:Echo"'
 async def test_with_fail_fast_a_group_that_cannot_start_stops_the_cluster(tmp_path: Any) -> None:
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            cluster = await _cluster(nursery, "--config", _config(tmp_path, BAD, ECHO), "--fail-fast")
+            cluster = await _cluster(
+                nursery, "--config", _config(tmp_path, BAD, ECHO), "--fail-fast"
+            )
             failed = await cluster.out.until(lambda line: line.startswith("group bad failed: "))
-            assert re.fullmatch(rf"group bad failed: bad-[01] failed to start 2 times in a row: {DB_ERROR}", failed)
+            assert re.fullmatch(
+                rf"group bad failed: bad-[01] failed to start 2 times in a row: {DB_ERROR}", failed
+            )
             await cluster.out.until(lambda line: line == "cluster stopped")
             assert await cluster.process.wait() == 1
     assert not any(line.startswith("cluster ready") for line in cluster.out.seen)
     err = "\n".join(cluster.err.seen)
-    assert re.search(rf"group bad: bad-[01] failed to start \(1 of 2 in a row\): {DB_ERROR}; restarting", err)
+    assert re.search(
+        rf"group bad: bad-[01] failed to start \(1 of 2 in a row\): {DB_ERROR}; restarting", err
+    )
     assert err.count("Traceback") == 1 and "ExceptionGroup" not in err
 
 
@@ -186,7 +222,11 @@ async def test_without_fail_fast_the_other_groups_serve_on(tmp_path: Any) -> Non
                 await cluster.out.until(lambda line: line.startswith("group bad failed: "))
                 ready = await cluster.out.until(lambda line: line.startswith("cluster ready"))
                 assert ready == "cluster ready: 2 groups, 3 workers (Ctrl-C to stop); failed: bad"
-                url = next(line.split()[-1] for line in cluster.out.seen if line.startswith("leader listening on "))
+                url = next(
+                    line.split()[-1]
+                    for line in cluster.out.seen
+                    if line.startswith("leader listening on ")
+                )
                 result = await run("-m", "actors", "submit", "test.echo", '{"n": 7}', "--url", url)
                 assert result.returncode == 0, result.stderr.decode()
                 assert await _stop(cluster) == 0
@@ -209,14 +249,20 @@ async def test_a_cluster_whose_every_group_failed_stops(tmp_path: Any) -> None:
 async def test_cluster_ready_waits_for_the_workers_to_connect() -> None:
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            cluster = await _cluster(nursery, "--worker", "tests.workers:SlowSetup=2", env={"TEST_SETUP_SECONDS": "1.5"})
+            cluster = await _cluster(
+                nursery, "--worker", "tests.workers:SlowSetup=2", env={"TEST_SETUP_SECONDS": "1.5"}
+            )
             try:
                 await cluster.out.until(lambda line: line.startswith("group slowsetup: "))
                 shown = time.monotonic()
                 ready = await cluster.out.until(lambda line: line.startswith("cluster ready"))
                 assert time.monotonic() - shown >= 1.2
                 assert ready == "cluster ready: 1 group, 2 workers (Ctrl-C to stop)"
-                url = next(line.split()[-1] for line in cluster.out.seen if line.startswith("leader listening on "))
+                url = next(
+                    line.split()[-1]
+                    for line in cluster.out.seen
+                    if line.startswith("leader listening on ")
+                )
                 result = await run("-m", "actors", "submit", "test.slow_setup", "1", "--url", url)
                 assert result.returncode == 0, result.stderr.decode()  # served at once
                 assert await _stop(cluster) == 0
@@ -226,15 +272,27 @@ async def test_cluster_ready_waits_for_the_workers_to_connect() -> None:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("fail_fast", [False, True])
-async def test_cluster_ready_after_the_start_timeout_names_the_groups_not_ready(fail_fast: bool) -> None:
+async def test_cluster_ready_after_the_start_timeout_names_the_groups_not_ready(
+    fail_fast: bool,
+) -> None:
     args = ["--worker", "tests.workers:SlowSetup", "--start-timeout", "0.5"]
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            cluster = await _cluster(nursery, *args, *(["--fail-fast"] if fail_fast else []), env={"TEST_SETUP_SECONDS": "10"})
+            cluster = await _cluster(
+                nursery,
+                *args,
+                *(["--fail-fast"] if fail_fast else []),
+                env={"TEST_SETUP_SECONDS": "10"},
+            )
             try:
                 if fail_fast:
-                    line = await cluster.out.until(lambda line: line.startswith("group slowsetup not ready"))
-                    assert line == "group slowsetup not ready after 0.5 s: 0 of 1 workers connected; --fail-fast: stopping"
+                    line = await cluster.out.until(
+                        lambda line: line.startswith("group slowsetup not ready")
+                    )
+                    assert (
+                        line
+                        == "group slowsetup not ready after 0.5 s: 0 of 1 workers connected; --fail-fast: stopping"
+                    )
                     await cluster.out.until(lambda line: line == "cluster stopped")
                     assert await cluster.process.wait() == 1
                 else:
@@ -255,14 +313,23 @@ async def test_the_workers_failure_lines_reach_the_clusters_stderr() -> None:
             cluster = await _cluster(nursery, "--worker", "tests.workers:Flaky")
             try:
                 await cluster.out.until(lambda line: line.startswith("cluster ready"))
-                url = next(line.split()[-1] for line in cluster.out.seen if line.startswith("leader listening on "))
-                result = await run("-m", "actors", "submit", "test.flaky", '{"fail": true}', "--url", url)
+                url = next(
+                    line.split()[-1]
+                    for line in cluster.out.seen
+                    if line.startswith("leader listening on ")
+                )
+                result = await run(
+                    "-m", "actors", "submit", "test.flaky", '{"fail": true}', "--url", url
+                )
                 assert result.returncode != 0
                 assert await _stop(cluster) == 0
             finally:
                 cluster.process.kill()
     err = "\n".join(cluster.err.seen)
-    assert re.search(r"worker flaky-0: job \S+ \(test.flaky\) failed, attempt 1/\d+: ValueError: asked to fail \(attempt 1\)", err)
+    assert re.search(
+        r"worker flaky-0: job \S+ \(test.flaky\) failed, attempt 1/\d+: ValueError: asked to fail \(attempt 1\)",
+        err,
+    )
     assert err.count("Traceback (most recent call last):") == 1  # the first failure only
     assert 'tests/workers.py", line' in err
 

@@ -25,8 +25,10 @@ async def _ws_pair(nursery: trio.Nursery) -> tuple[WebSocketWire, WebSocketWire,
         server.append(await server_wire(nursery, b, max_frame_size=2**20))
 
     nursery.start_soon(accept)
-    client = await client_wire(nursery, counting, parse_url("ws://127.0.0.1:1/"), max_frame_size=2**20)
-    while not server:  # noqa: ASYNC110
+    client = await client_wire(
+        nursery, counting, parse_url("ws://127.0.0.1:1/"), max_frame_size=2**20
+    )
+    while not server:
         await trio.lowlevel.checkpoint()
     return client, server[0], counting
 

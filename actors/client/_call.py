@@ -42,4 +42,3 @@ async def until_settled(call: Call) -> None:
         return trio.lowlevel.Abort.SUCCEEDED
 
     await trio.lowlevel.wait_task_rescheduled(abort)
-

@@ -351,7 +351,9 @@ class Client(ClientPubSub):
         # What does not fit the outgoing buffer now is sent as room comes (below).
         backlog: list[tuple[Call | None, Any]] = []
         for sub in self._subs.values():
-            message = Subscribe(mid=next(self._mids), sid=sub.sid, pattern=sub.pattern, queue=sub.queue)
+            message = Subscribe(
+                mid=next(self._mids), sid=sub.sid, pattern=sub.pattern, queue=sub.queue
+            )
             self._subscribing.pop(sub._mid, None)
             self._subscribing[message.mid] = sub
             sub._mid = message.mid
@@ -407,7 +409,9 @@ class Client(ClientPubSub):
                 del self._calls[mid]
                 self._settle(call, error=error)
 
-    async def _dispatch_with_backlog(self, conn: Connection, backlog: list[tuple[Call | None, Any]]) -> None:
+    async def _dispatch_with_backlog(
+        self, conn: Connection, backlog: list[tuple[Call | None, Any]]
+    ) -> None:
         """:meth:`Connection.dispatch_to` while the messages of ``backlog`` go out as the
         outgoing buffer makes room (results must be read meanwhile)."""
 
@@ -477,10 +481,16 @@ class Client(ClientPubSub):
                 try:
                     outcome = decode_payload(msg.payload)
                 except InvalidPayload as exc:  # the worker's bytes: this call fails, not the client
-                    self._settle(call, error=JobFailed(
-                        msg.job_id, "InvalidPayload", f"the job's result could not be decoded: {exc}",
-                        msg.attempts, None,
-                    ))
+                    self._settle(
+                        call,
+                        error=JobFailed(
+                            msg.job_id,
+                            "InvalidPayload",
+                            f"the job's result could not be decoded: {exc}",
+                            msg.attempts,
+                            None,
+                        ),
+                    )
                 else:
                     self._settle(call, outcome=outcome)
             else:
@@ -494,7 +504,10 @@ class Client(ClientPubSub):
                 self._settle(
                     call,
                     error=error_cls(
-                        msg.job_id, msg.error_type or "Error", msg.error_message or "", msg.attempts,
+                        msg.job_id,
+                        msg.error_type or "Error",
+                        msg.error_message or "",
+                        msg.attempts,
                         msg.traceback,
                     ),
                 )
@@ -511,7 +524,12 @@ class Client(ClientPubSub):
                     first = not self.bad_deliveries
                     self.bad_deliveries += 1 + len(more or ())
                     if first:
-                        _log.warning("client %s: dropped a message on %s: %s (logged once)", self.name, msg.subject, exc)
+                        _log.warning(
+                            "client %s: dropped a message on %s: %s (logged once)",
+                            self.name,
+                            msg.subject,
+                            exc,
+                        )
                     return
                 sub._push(Publication(msg.subject, payload, msg.headers, msg.retained))
                 if more:
@@ -553,7 +571,9 @@ class Client(ClientPubSub):
             elif code == ErrorCode.CONFLICT:
                 error = Conflict(msg.job_id or call.message.job_id, msg.message)
             elif code == ErrorCode.NOT_FOUND:
-                error = NotFound(msg.job_id or getattr(call.message, "job_id", None) or "", msg.message)
+                error = NotFound(
+                    msg.job_id or getattr(call.message, "job_id", None) or "", msg.message
+                )
             else:
                 error = RemoteError(code, msg.message)
             self._settle(call, error=error)
@@ -701,7 +721,9 @@ class Client(ClientPubSub):
         except trio.TooSlowError:
             self._stop_waiting(call, detach, f"its submit timed out after {timeout:g} s")
             job_id = call.message.job_id
-            raise SubmitTimeout(f"no result for job {job_id} within {timeout:g} s", job_id) from None
+            raise SubmitTimeout(
+                f"no result for job {job_id} within {timeout:g} s", job_id
+            ) from None
         finally:
             if not call.done:  # cancelled (or an error of ours)
                 self._stop_waiting(call, detach, "its submit was cancelled")
@@ -747,7 +769,9 @@ class Client(ClientPubSub):
                 if getattr(other.message, "job_id", None) == job_id:
                     return
         self.abandoned += 1
-        message = Cancel(mid=next(self._mids), job_id=job_id, reason=f"abandoned: {why}", abandon=True)
+        message = Cancel(
+            mid=next(self._mids), job_id=job_id, reason=f"abandoned: {why}", abandon=True
+        )
         conn = self._conn
         if conn is not None and not self._cancels:
             try:
@@ -832,7 +856,12 @@ class Client(ClientPubSub):
         )  # fmt: skip
 
     async def request(
-        self, subject: str, payload: Any = None, *, timeout: float = 5.0, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        payload: Any = None,
+        *,
+        timeout: float = 5.0,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """Request/reply: a QoS 0 job (at most once, no redelivery) with a timeout.
 

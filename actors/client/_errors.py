@@ -30,9 +30,16 @@ class JobFailed(ClientError):
     """
 
     def __init__(
-        self, job_id: str, error_type: str, message: str, attempts: int, traceback: str | None = None
+        self,
+        job_id: str,
+        error_type: str,
+        message: str,
+        attempts: int,
+        traceback: str | None = None,
     ) -> None:
-        super().__init__(f"job {job_id} failed after {attempts} attempt(s): {error_type}: {message}")
+        super().__init__(
+            f"job {job_id} failed after {attempts} attempt(s): {error_type}: {message}"
+        )
         self.job_id = job_id
         self.error_type = error_type
         self.message = message
@@ -198,7 +205,9 @@ def connect_failure(url: str, exc: BaseException) -> ClientError | None:
     elif isinstance(exc, TLSHandshakeFailed):
         error = TLSFailed(f"could not connect to {url}: {exc}")
     elif isinstance(exc, socket.gaierror):
-        error = ConnectionLost(f"could not connect to {url}: cannot resolve its host ({exc.strerror})")
+        error = ConnectionLost(
+            f"could not connect to {url}: cannot resolve its host ({exc.strerror})"
+        )
     elif _refused(exc):
         error = ConnectionRefused(
             f"could not connect to {url}: connection refused (nothing listens there: is the leader running?)"

@@ -83,7 +83,13 @@ class ClientPubSub:
           TooLarge: the message is over the leader's frame limit (at once), or (``qos=1``)
             what the leader would forward is over a subscriber's.
         """
-        fields = {"subject": subject, "payload": payload, "headers": headers or {}, "retain": retain, "qos": qos}
+        fields = {
+            "subject": subject,
+            "payload": payload,
+            "headers": headers or {},
+            "retain": retain,
+            "qos": qos,
+        }
         if qos == 0:
             await self._send(Publish(mid=next(self._mids), **fields))
             return
@@ -111,7 +117,9 @@ class ClientPubSub:
             sub._push(Publication(msg.subject, value, dict(msg.headers), msg.retained))
 
     @asynccontextmanager
-    async def subscribe(self, pattern: str, *, queue: str | None = None, max_pending: int = 1000) -> AsyncIterator[Subscription]:
+    async def subscribe(
+        self, pattern: str, *, queue: str | None = None, max_pending: int = 1000
+    ) -> AsyncIterator[Subscription]:
         """Subscribe to ``pattern`` for the duration of the ``async with`` block.
 
         With ``queue``, subscriptions sharing the queue name split the messages (each

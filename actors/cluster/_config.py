@@ -237,7 +237,9 @@ def _group_retry_from_mapping(
     _check_keys(data, _GROUP_RETRY_KEYS, where=where)
     values: dict[str, Any] = {}
     if "max_attempts" in data:
-        values["max_attempts"] = _check_int(data["max_attempts"], at=f"{where} key 'max_attempts'", minimum=1)
+        values["max_attempts"] = _check_int(
+            data["max_attempts"], at=f"{where} key 'max_attempts'", minimum=1
+        )
     values.update(_backoff_values(data, where=where))
     retry = GroupRetryConfig(**values)
     try:
@@ -273,7 +275,7 @@ def _group_from_mapping(
         # Process workers (external commands over stdio) arrive with a later issue.
         raise ConfigError(
             f"{where} key 'command': command workers are not supported yet; "
-            "use worker = \"module:Class\""
+            'use worker = "module:Class"'
         )
     worker = data["worker"]
     if not isinstance(worker, str):
@@ -282,7 +284,9 @@ def _group_from_mapping(
         )
     values["worker"] = worker
     if "instances" in data:
-        values["instances"] = _check_int(data["instances"], at=f"{where} key 'instances'", minimum=0)
+        values["instances"] = _check_int(
+            data["instances"], at=f"{where} key 'instances'", minimum=0
+        )
     for key, choices in (("mode", MODES), ("policy", POLICIES)):
         if key in data:
             values[key] = _check_choice(data[key], choices, at=f"{where} key {key!r}")

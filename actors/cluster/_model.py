@@ -88,12 +88,25 @@ class GroupRetryConfig:
 
 #: LeaderConfig keys whose None means "the leader's default".
 _OPTIONAL_LIMITS = (
-    "max_connections_per_address", "max_handshakes", "max_handshakes_per_address",
+    "max_connections_per_address",
+    "max_handshakes",
+    "max_handshakes_per_address",
     "max_queued_bytes",
-    "max_queued_per_subject", "max_queued_bytes_per_subject", "max_queued_per_client",
-    "max_queued_bytes_per_client", "max_queue_time", "max_window", "max_subscriptions",
-    "max_patterns", "max_retained_bytes", "max_dead_letter_bytes", "max_stored_bytes",
-    "route_grace", "restart_grace", "write_timeout", "max_outgoing_total",
+    "max_queued_per_subject",
+    "max_queued_bytes_per_subject",
+    "max_queued_per_client",
+    "max_queued_bytes_per_client",
+    "max_queue_time",
+    "max_window",
+    "max_subscriptions",
+    "max_patterns",
+    "max_retained_bytes",
+    "max_dead_letter_bytes",
+    "max_stored_bytes",
+    "route_grace",
+    "restart_grace",
+    "write_timeout",
+    "max_outgoing_total",
 )
 
 

@@ -221,8 +221,14 @@ async def run_cluster(
         os.environ[FAILURE_DIR_ENV] = failures
         try:
             return await _run_cluster(
-                config, drain_grace, say, stats_every=stats_every, start_timeout=start_timeout,
-                fail_fast=fail_fast, task_status=task_status, leader_class=Leader,
+                config,
+                drain_grace,
+                say,
+                stats_every=stats_every,
+                start_timeout=start_timeout,
+                fail_fast=fail_fast,
+                task_status=task_status,
+                leader_class=Leader,
             )
         finally:
             if previous is None:
@@ -242,7 +248,7 @@ async def _run_cluster(
     task_status: trio.TaskStatus[list[str]],
     leader_class: Any,
 ) -> int:
-    Leader = leader_class  # noqa: N806 -- (imported lazily by run_cluster)
+    Leader = leader_class
 
     leader = Leader(config.leader.leader_config())
     for group_config in config.groups:

@@ -130,7 +130,9 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m actors``."""
-    parser = argparse.ArgumentParser(prog="python -m actors", description="trio-actors: a shell for the cluster")
+    parser = argparse.ArgumentParser(
+        prog="python -m actors", description="trio-actors: a shell for the cluster"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Each command's --help shows every option's default.
     connection = argparse.ArgumentParser(add_help=False)
@@ -139,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the leader to connect to (the default comes from ${URL_VARIABLE} when set)",
     )  # fmt: skip
     connection.add_argument(
-        "--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the leader"
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the leader",
     )
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -151,14 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     submit = command("submit", "submit jobs and print their results as JSON lines, in input order")
     submit.add_argument("subject", help="where the jobs go (no wildcards)")
     submit.add_argument("payload", nargs="?", metavar="JSON", help="the payload, as JSON")
-    submit.add_argument("--file", metavar="PATH", help="read payloads from a JSON-lines file ('-' for stdin)")
-    submit.add_argument("--count", type=int, default=1, metavar="N", help="submit the payload(s) N times")
-    submit.add_argument("--qos", type=int, choices=(0, 1), default=1, help="0 at most once, 1 at least once")
+    submit.add_argument(
+        "--file", metavar="PATH", help="read payloads from a JSON-lines file ('-' for stdin)"
+    )
+    submit.add_argument(
+        "--count", type=int, default=1, metavar="N", help="submit the payload(s) N times"
+    )
+    submit.add_argument(
+        "--qos", type=int, choices=(0, 1), default=1, help="0 at most once, 1 at least once"
+    )
     submit.add_argument(
         "--timeout", type=float, default=30.0, metavar="S",
         help="seconds each job may take (then it is cancelled and reported as SubmitTimeout)",
     )  # fmt: skip
-    submit.add_argument("--concurrency", type=int, default=64, metavar="N", help="jobs in flight at once")
+    submit.add_argument(
+        "--concurrency", type=int, default=64, metavar="N", help="jobs in flight at once"
+    )
     submit.add_argument(
         "--wait-for-worker", action="store_true",
         help="when no worker serves the subject, queue the jobs for one still to come"
@@ -166,14 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     submit.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
-    result = command("result", "print the result of a job by its id (stored by the leader for its dedup window)")
+    result = command(
+        "result", "print the result of a job by its id (stored by the leader for its dedup window)"
+    )
     result.add_argument("job_id", metavar="JOB_ID")
     result.add_argument("--wait", action="store_true", help="wait for a job that is still running")
-    result.add_argument("--timeout", type=float, default=None, metavar="S", help="seconds to wait (default: as long as it takes)")
+    result.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds to wait (default: as long as it takes)",
+    )
 
     cancel = command("cancel", "cancel a job, whoever waits for it")
     cancel.add_argument("job_id", metavar="JOB_ID")
-    cancel.add_argument("--reason", default="cancelled from the shell", help="the reason its waiters are told")
+    cancel.add_argument(
+        "--reason", default="cancelled from the shell", help="the reason its waiters are told"
+    )
 
     status = command("status", "show the cluster: totals, worker groups, subjects")
     status.add_argument("--json", action="store_true", help="print the leader's statistics as JSON")
@@ -185,16 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = command("publish", "publish a message to the subscribers of a subject")
     publish.add_argument("subject", help="the message's subject (no wildcards)")
-    publish.add_argument("payload", nargs="?", metavar="JSON", default="null", help="the payload, as JSON")
-    publish.add_argument("--retain", action="store_true", help="keep it as the subject's last message")
     publish.add_argument(
-        "--qos", type=int, choices=(0, 1), default=1, help="1: wait until the leader has accepted it"
+        "payload", nargs="?", metavar="JSON", default="null", help="the payload, as JSON"
+    )
+    publish.add_argument(
+        "--retain", action="store_true", help="keep it as the subject's last message"
+    )
+    publish.add_argument(
+        "--qos",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="1: wait until the leader has accepted it",
     )
 
-    subscribe = command("subscribe", "print the messages published on a pattern, one line each, until Ctrl-C")
+    subscribe = command(
+        "subscribe", "print the messages published on a pattern, one line each, until Ctrl-C"
+    )
     subscribe.add_argument("pattern", help="a subject pattern: * one token, > the rest")
-    subscribe.add_argument("--queue", default=None, help="a queue group (its subscribers share the messages)")
-    subscribe.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages (0: never)")
+    subscribe.add_argument(
+        "--queue", default=None, help="a queue group (its subscribers share the messages)"
+    )
+    subscribe.add_argument(
+        "--count", type=int, default=0, metavar="N", help="stop after N messages (0: never)"
+    )
 
     commands.add_parser("version", help="print the protocol version")
     return parser
@@ -248,7 +286,9 @@ def _check_common(args: argparse.Namespace) -> None:
 
 def _check_submit_args(args: argparse.Namespace) -> None:
     if not is_valid_subject(args.subject):
-        raise ConfigError(f"invalid subject {args.subject!r} (tokens separated by '.', no wildcards)")
+        raise ConfigError(
+            f"invalid subject {args.subject!r} (tokens separated by '.', no wildcards)"
+        )
     _check_common(args)
     if (args.payload is None) == (args.file is None):
         raise ConfigError("give either a JSON payload or --file (not both)")
@@ -278,14 +318,18 @@ def _check_status_args(args: argparse.Namespace) -> None:
 
 def _check_publish_args(args: argparse.Namespace) -> None:
     if not is_valid_subject(args.subject):
-        raise ConfigError(f"invalid subject {args.subject!r} (tokens separated by '.', no wildcards)")
+        raise ConfigError(
+            f"invalid subject {args.subject!r} (tokens separated by '.', no wildcards)"
+        )
     _check_common(args)
     args.payload = _parse_json(args.payload, where="JSON argument")
 
 
 def _check_subscribe_args(args: argparse.Namespace) -> None:
     if not is_valid_pattern(args.pattern):
-        raise ConfigError(f"invalid pattern {args.pattern!r} (tokens separated by '.'; * and > wildcards)")
+        raise ConfigError(
+            f"invalid pattern {args.pattern!r} (tokens separated by '.'; * and > wildcards)"
+        )
     _check_common(args)
     if args.count < 0:
         raise ConfigError(f"--count: expected an integer >= 0, got {args.count}")
@@ -474,7 +518,10 @@ async def _publish_command(args: argparse.Namespace, stop: trio.CancelScope) -> 
 
 async def _subscribe_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
     with stop:
-        async with _connect(args) as client, client.subscribe(args.pattern, queue=args.queue) as messages:
+        async with (
+            _connect(args) as client,
+            client.subscribe(args.pattern, queue=args.queue) as messages,
+        ):
             print(f"subscribed to {args.pattern} on {args.url}; Ctrl-C to stop", file=sys.stderr)
             received = 0
             async for message in messages:
@@ -484,7 +531,9 @@ async def _subscribe_command(args: argparse.Namespace, stop: trio.CancelScope) -
                 if received == args.count:
                     break
             if messages.dropped:
-                print(f"{messages.dropped} messages dropped (not read fast enough)", file=sys.stderr)
+                print(
+                    f"{messages.dropped} messages dropped (not read fast enough)", file=sys.stderr
+                )
     return 0  # Ctrl-C is how a subscription ends
 
 
@@ -532,7 +581,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, trio.CancelScope], Awaitable[
 # --------------------------------------------------------------------------- status
 
 
-def status_lines(stats: dict[str, Any], before: dict[str, Any] | None = None, seconds: float = 0.0) -> list[str]:
+def status_lines(
+    stats: dict[str, Any], before: dict[str, Any] | None = None, seconds: float = 0.0
+) -> list[str]:
     """The leader's statistics (``Client.stats()``) as a summary and two tables.
 
     With ``before``, an earlier sample ``seconds`` before, the subjects' table has rates:
@@ -540,11 +591,15 @@ def status_lines(stats: dict[str, Any], before: dict[str, Any] | None = None, se
     """
     listen = ", ".join(stats.get("listen", [])) or "?"
     lines = [
-        f"leader {stats.get('node', '?')} on {listen}: {stats.get('connections', 0)} connections,"
-        f" {stats['workers']} workers",
-        f"jobs: {stats['jobs_active']} active ({stats['waiting']} waiting, {stats['in_flight']} in flight),"
-        f" {stats['results_stored']} results stored, {stats['dead_letters']} dead letters,"
-        f" {stats.get('retained', 0)} retained messages",
+        (
+            f"leader {stats.get('node', '?')} on {listen}: {stats.get('connections', 0)} connections,"
+            f" {stats['workers']} workers"
+        ),
+        (
+            f"jobs: {stats['jobs_active']} active ({stats['waiting']} waiting, {stats['in_flight']} in flight),"
+            f" {stats['results_stored']} results stored, {stats['dead_letters']} dead letters,"
+            f" {stats.get('retained', 0)} retained messages"
+        ),
     ]
     groups = stats["groups"]
     if groups:

@@ -20,9 +20,11 @@ def stats_lines(stats: dict[str, Any]) -> list[str]:
           group square: 2 workers, window 8, 4 in flight, 996 done, 0 failed, 1 redelivered, 0 dead
     """
     lines = [
-        f"stats: {stats['jobs_active']} active, {stats['waiting']} waiting, "
-        f"{stats['in_flight']} in flight; {stats['workers']} workers; "
-        f"{stats['dead_letters']} dead letters; {stats.get('connections', 0)} connections"
+        (
+            f"stats: {stats['jobs_active']} active, {stats['waiting']} waiting, "
+            f"{stats['in_flight']} in flight; {stats['workers']} workers; "
+            f"{stats['dead_letters']} dead letters; {stats.get('connections', 0)} connections"
+        )
     ]
     for subject, s in sorted(stats["subjects"].items()):
         lines.append(

@@ -236,7 +236,9 @@ class Broker:
 
     # ------------------------------------------------------------------ workers
 
-    def policy_conflict(self, patterns: Sequence[str], policy: str, mode: str, group: str) -> str | None:
+    def policy_conflict(
+        self, patterns: Sequence[str], policy: str, mode: str, group: str
+    ) -> str | None:
         """Why a worker of ``group`` with these may not join: the message of the
         ``conflict`` Error that refuses its Hello (it asks for another routing policy for a
         subject than the one the workers serving it have; see
@@ -282,7 +284,9 @@ class Broker:
         if stats is None:
             if len(self.group_stats) >= MAX_GROUP_STATS:
                 live = {w.group for w in self.workers}
-                for name in [g for g in self.group_stats if g not in live][: len(self.group_stats) // 10 + 1]:
+                for name in [g for g in self.group_stats if g not in live][
+                    : len(self.group_stats) // 10 + 1
+                ]:
                     del self.group_stats[name]
             stats = self.group_stats[group] = GroupStats()
         return stats
@@ -371,11 +375,15 @@ class Broker:
         job_id = msg.job_id
         job = self.jobs.get(job_id)
         if job is not None:  # in flight already: merge the waits
-            if job.subject != msg.subject or not self._same_request(job_id, job.payload, msg.payload):
+            if job.subject != msg.subject or not self._same_request(
+                job_id, job.payload, msg.payload
+            ):
                 self._conflict(client, msg)
                 return
             if len(job.waiters) >= MAX_WAITERS:
-                self._refuse_busy(client, msg, f"{MAX_WAITERS} submits already wait for job {job_id}")
+                self._refuse_busy(
+                    client, msg, f"{MAX_WAITERS} submits already wait for job {job_id}"
+                )
                 return
             job.waiters.append((client, msg.mid))
             client.waiting[job_id] = None
@@ -383,7 +391,8 @@ class Broker:
         stored = self.finished.get(job_id, now)
         if stored is not None:
             if stored.subject is not None and (
-                stored.subject != msg.subject or not self._same_request(job_id, stored.request, msg.payload)
+                stored.subject != msg.subject
+                or not self._same_request(job_id, stored.request, msg.payload)
             ):
                 self._conflict(client, msg)
                 return
@@ -398,7 +407,9 @@ class Broker:
                 size += len(key) + len(value) + 2
         if size > SURELY_FITS and not self._fits(msg, size):
             self._refuse(
-                client, msg, ErrorCode.TOO_LARGE,
+                client,
+                msg,
+                ErrorCode.TOO_LARGE,
                 f"job {job_id} is too large to forward: its Assign would be over the"
                 f" leader's frame limit of {self.config.max_frame} bytes",
             )
@@ -490,7 +501,8 @@ class Broker:
         jobs = len(self.jobs)
         if jobs >= config.max_queued or self.job_bytes + size > config.max_queued_bytes:
             self._refuse_busy(
-                client, msg,
+                client,
+                msg,
                 f"leader queue is full ({jobs} jobs, {self.job_bytes} bytes queued or running;"
                 f" limits {config.max_queued} jobs, {config.max_queued_bytes} bytes)",
             )
@@ -505,7 +517,8 @@ class Broker:
             or subject_bytes + size > config.max_queued_bytes_per_subject
         ):
             self._refuse_busy(
-                client, msg,
+                client,
+                msg,
                 f"queue of subject {msg.subject} is full ({subject_jobs} jobs,"
                 f" {subject_bytes} bytes queued or running; limits {config.max_queued_per_subject}"
                 f" jobs, {config.max_queued_bytes_per_subject} bytes per subject)",
@@ -516,7 +529,8 @@ class Broker:
             or client.job_bytes + size > config.max_queued_bytes_per_client
         ):
             self._refuse_busy(
-                client, msg,
+                client,
+                msg,
                 f"this connection has {client.jobs} jobs ({client.job_bytes} bytes)"
                 f" queued or running; limits {config.max_queued_per_client} jobs,"
                 f" {config.max_queued_bytes_per_client} bytes per client",
@@ -543,7 +557,9 @@ class Broker:
 
     def _conflict(self, client: ClientLink, msg: Submit) -> None:
         self._refuse(
-            client, msg, ErrorCode.CONFLICT,
+            client,
+            msg,
+            ErrorCode.CONFLICT,
             f"job id {msg.job_id} names another job: submitted before with another subject or"
             f" payload (a resubmission must repeat both to get the job's result)",
         )
@@ -554,19 +570,32 @@ class Broker:
         job = self.jobs.get(job_id)
         if job is not None:
             if msg.wait and len(job.waiters) >= MAX_WAITERS:
-                self._refuse(client, msg, ErrorCode.BUSY, f"{MAX_WAITERS} calls already wait for job {job_id}", retry_after=1.0)
+                self._refuse(
+                    client,
+                    msg,
+                    ErrorCode.BUSY,
+                    f"{MAX_WAITERS} calls already wait for job {job_id}",
+                    retry_after=1.0,
+                )
             elif msg.wait:
                 job.waiters.append((client, msg.mid))
                 client.waiting[job_id] = None
             else:
-                self._refuse(client, msg, ErrorCode.NOT_FOUND, f"job {job_id} has not finished yet ({job.state.value})")
+                self._refuse(
+                    client,
+                    msg,
+                    ErrorCode.NOT_FOUND,
+                    f"job {job_id} has not finished yet ({job.state.value})",
+                )
             return
         stored = self.finished.get(job_id, now)
         if stored is not None:
             self._reply(client, msg.mid, job_id, stored)
             return
         self._refuse(
-            client, msg, ErrorCode.NOT_FOUND,
+            client,
+            msg,
+            ErrorCode.NOT_FOUND,
             f"no job {job_id}: unknown here, or finished more than {self.config.dedup_window:g} s ago"
             f" (the leader's dedup_window)",
         )
@@ -577,8 +606,14 @@ class Broker:
             return False
         try:
             item = _assign_item(
-                mid=2**32, job_id=msg.job_id, subject=msg.subject, payload=msg.payload,
-                headers=msg.headers, attempt=2**16, qos=msg.qos, ack_timeout=self.config.ack_timeout,
+                mid=2**32,
+                job_id=msg.job_id,
+                subject=msg.subject,
+                payload=msg.payload,
+                headers=msg.headers,
+                attempt=2**16,
+                qos=msg.qos,
+                ack_timeout=self.config.ack_timeout,
             )
             encoded = len(encode_array(item))
         except Exception:  # (noqa: BLE001) it could not be forwarded at all
@@ -651,7 +686,10 @@ class Broker:
                 # deadline is dropped; the job goes out again after its backoff.
                 self._failed_attempt(
                     job,
-                    ("AckTimeout", f"no answer from {worker.name} within {self.config.ack_timeout} s"),
+                    (
+                        "AckTimeout",
+                        f"no answer from {worker.name} within {self.config.ack_timeout} s",
+                    ),
                     now,
                 )
                 worker.send(Cancel(mid=worker.next_mid(), job_id=job_id, reason="ack timeout"))
@@ -667,7 +705,12 @@ class Broker:
                 self._expire(job, now)
 
     def _failed_attempt(
-        self, job: JobRecord, error: tuple[str, str], now: float, *, delay: float | None = None,
+        self,
+        job: JobRecord,
+        error: tuple[str, str],
+        now: float,
+        *,
+        delay: float | None = None,
         traceback: str | None = None,
     ) -> None:
         """An attempt of ``job`` failed (an error, a Nack, a missed ack deadline, its worker
@@ -685,9 +728,17 @@ class Broker:
             if group is not None:
                 group.failed += 1
             self._finish(
-                job, JobState.DONE,
+                job,
+                JobState.DONE,
                 StoredResult(
-                    False, None, error[0], error[1], job.attempt, job.last_traceback, job.subject, job.payload
+                    False,
+                    None,
+                    error[0],
+                    error[1],
+                    job.attempt,
+                    job.last_traceback,
+                    job.subject,
+                    job.payload,
                 ),
                 now,
             )
@@ -711,8 +762,12 @@ class Broker:
         ``cancelled`` (a :class:`CancelledResult`)."""
         self._queue(job.subject).cancelled += 1
         self._finish(
-            job, JobState.CANCELLED,
-            CancelledResult(False, None, "Cancelled", reason, job.attempt, None, job.subject, job.payload), now,
+            job,
+            JobState.CANCELLED,
+            CancelledResult(
+                False, None, "Cancelled", reason, job.attempt, None, job.subject, job.payload
+            ),
+            now,
         )
 
     def _dead_letter(self, job: JobRecord, now: float) -> None:
@@ -750,13 +805,19 @@ class Broker:
             job.waiters = [w for w in job.waiters if w[0] is not client]
             if job.waiters:
                 return
-            msg = Cancel(mid=msg.mid, job_id=msg.job_id, reason=msg.reason or "abandoned: nobody waits for it")
+            msg = Cancel(
+                mid=msg.mid,
+                job_id=msg.job_id,
+                reason=msg.reason or "abandoned: nobody waits for it",
+            )
         if job.state is JobState.ASSIGNED:
             if job.worker is not None:
                 # The worker's answer ends the job (see _failed_attempt); a result
                 # that comes first still wins.
                 job.cancel_reason = msg.reason or "cancelled by client"
-                job.worker.send(Cancel(mid=job.worker.next_mid(), job_id=job.job_id, reason=msg.reason))
+                job.worker.send(
+                    Cancel(mid=job.worker.next_mid(), job_id=job.job_id, reason=msg.reason)
+                )
             return
         self._leave_waiting(job)
         self._cancelled(job, msg.reason or "cancelled by client", now)
@@ -772,7 +833,8 @@ class Broker:
             # (dict.fromkeys: a worker that serves the subject by several patterns is
             # listed once, without a scan of the candidates for each)
             queue.candidates = [
-                worker for worker in dict.fromkeys(self.worker_index.match(subject))
+                worker
+                for worker in dict.fromkeys(self.worker_index.match(subject))
                 if worker.mode != GroupMode.BROADCAST
             ]
             for worker in queue.candidates:
@@ -893,7 +955,10 @@ class Broker:
         cached = cache.get(subject)
         if cached is not None and cached[0] == self._routes_version:
             return cached[1]
-        tokens = min(SUGGESTIONS_PER_SECOND, self._suggest_tokens + (now - self._suggest_at) * SUGGESTIONS_PER_SECOND)
+        tokens = min(
+            SUGGESTIONS_PER_SECOND,
+            self._suggest_tokens + (now - self._suggest_at) * SUGGESTIONS_PER_SECOND,
+        )
         self._suggest_at = now
         if tokens < 1:
             self._suggest_tokens = tokens
@@ -970,7 +1035,9 @@ class Broker:
                     qos=job.qos,
                     ack_timeout=self.config.ack_timeout,
                     deadline=None if job.expires_at is None else max(job.expires_at - now, 0.001),
-                    max_attempts=retries.policy(job)[0] if retries.group_retry else job.max_attempts,
+                    max_attempts=retries.policy(job)[0]
+                    if retries.group_retry
+                    else job.max_attempts,
                 )
             )
         except MessageTooLarge as exc:
@@ -978,7 +1045,9 @@ class Broker:
             # retried, maybe on another worker, until its attempts run out).
             self._release(worker, job.job_id)
             self._failed_attempt(
-                job, ("TooLarge", f"the job does not fit worker {worker.name}'s frame limit: {exc}"), now
+                job,
+                ("TooLarge", f"the job does not fit worker {worker.name}'s frame limit: {exc}"),
+                now,
             )
 
     def _enqueue(self, job: JobRecord, now: float, *, front: bool = False) -> None:
@@ -1028,11 +1097,22 @@ class Broker:
                 result = msg.payload
                 size = (9 if result is None else payload_size(result)) + JOB_OVERHEAD
                 if not msg.ok:  # (its texts are kept too)
-                    size += len(msg.error_type or "") + len(msg.error_message or "") + len(msg.traceback or "")
+                    size += (
+                        len(msg.error_type or "")
+                        + len(msg.error_message or "")
+                        + len(msg.traceback or "")
+                    )
                 ok = msg.ok
                 stored = StoredResult(
-                    ok, msg.payload, msg.error_type, msg.error_message, job.attempt, msg.traceback,
-                    job.subject, job.payload, msg.final,
+                    ok,
+                    msg.payload,
+                    msg.error_type,
+                    msg.error_message,
+                    job.attempt,
+                    msg.traceback,
+                    job.subject,
+                    job.payload,
+                    msg.final,
                 )
                 size += job.size
                 if size > SURELY_FITS and not self._result_fits(job.job_id, stored):
@@ -1045,7 +1125,15 @@ class Broker:
                     self._refuse(worker, msg, ErrorCode.TOO_LARGE, text)
                     ok = False
                     stored = StoredResult(
-                        False, None, "ResultTooLarge", text, job.attempt, None, job.subject, job.payload, True
+                        False,
+                        None,
+                        "ResultTooLarge",
+                        text,
+                        job.attempt,
+                        None,
+                        job.subject,
+                        job.payload,
+                        True,
                     )
                     size = job.size + len(text)
                 count_result(job.queue or self._queue(job.subject), ok, latency)
@@ -1053,7 +1141,10 @@ class Broker:
                 self._finish(job, JobState.DONE, stored, now, size)
             elif job.state is JobState.ASSIGNED and job.worker is worker:
                 self._failed_attempt(
-                    job, (msg.error_type or "Error", msg.error_message or ""), now, traceback=msg.traceback
+                    job,
+                    (msg.error_type or "Error", msg.error_message or ""),
+                    now,
+                    traceback=msg.traceback,
                 )
         if worker.hungry or worker.backlog:
             self._feed(worker, now)
@@ -1062,8 +1153,13 @@ class Broker:
         """Whether the Result of a large answer fits the frame limit (encoded exactly)."""
         try:
             item = _result_item(
-                mid=2**32, cid=2**32, job_id=job_id, ok=stored.ok, payload=stored.payload,
-                error_type=stored.error_type, error_message=stored.error_message,
+                mid=2**32,
+                cid=2**32,
+                job_id=job_id,
+                ok=stored.ok,
+                payload=stored.payload,
+                error_type=stored.error_type,
+                error_message=stored.error_message,
                 attempts=stored.attempts,
             )
             encoded = len(encode_array(item))
@@ -1097,7 +1193,9 @@ class Broker:
         job.progress_at = now
         for client, _cid in job.waiters:
             client.send(
-                Progress(mid=client.next_mid(), job_id=job.job_id, fraction=msg.fraction, note=msg.note)
+                Progress(
+                    mid=client.next_mid(), job_id=job.job_id, fraction=msg.fraction, note=msg.note
+                )
             )
 
     def ack(self, worker: WorkerLink, msg: Ack, now: float) -> None:
@@ -1120,7 +1218,11 @@ class Broker:
             self._remove_pending(job)
 
     def _finish(
-        self, job: JobRecord, state: JobState, stored: StoredResult | None, now: float,
+        self,
+        job: JobRecord,
+        state: JobState,
+        stored: StoredResult | None,
+        now: float,
         size: int | None = None,
     ) -> None:
         """End ``job``: uncount it from the limits, store its result (``size`` bytes, for
@@ -1144,7 +1246,9 @@ class Broker:
             owner.jobs -= 1
             owner.job_bytes -= job_size
         if stored is not None:
-            self.finished.add(job.job_id, now, stored, job.size + JOB_OVERHEAD if size is None else size)
+            self.finished.add(
+                job.job_id, now, stored, job.size + JOB_OVERHEAD if size is None else size
+            )
             self._count_done(now)
         for client, cid in job.waiters:
             client.waiting.pop(job.job_id, None)
@@ -1212,7 +1316,9 @@ class Broker:
     def stats(self) -> dict[str, Any]:
         """Counters per subject and per group, and totals (see :func:`broker_stats`)."""
         return broker_stats(
-            self.workers, self.queues, self.group_stats,
+            self.workers,
+            self.queues,
+            self.group_stats,
             jobs_active=len(self.jobs),
             results_stored=len(self.finished),
             dead_letters=len(self.retries.dead_letters),

@@ -143,7 +143,9 @@ class LeaderConfig:
                 if key != "retry_backoff" or value is not None:
                     broker[key] = value
             else:
-                raise TypeError(f"{key!r} is not a setting of the leader (see LeaderConfig, BrokerConfig)")
+                raise TypeError(
+                    f"{key!r} is not a setting of the leader (see LeaderConfig, BrokerConfig)"
+                )
         return cls(**leader, broker=BrokerConfig(**broker))
 
 
@@ -172,7 +174,11 @@ class Leader:
     """
 
     def __init__(
-        self, config: LeaderConfig | None = None, *, rng: random.Random | None = None, **settings: Any
+        self,
+        config: LeaderConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+        **settings: Any,
     ) -> None:
         if settings:
             if config is not None:
@@ -182,7 +188,9 @@ class Leader:
             config = LeaderConfig()
         name = config.name
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
-            raise ValueError(f"a leader's name must be a str of 1 to {MAX_NAME_LENGTH} characters, got {name!r:.80}")
+            raise ValueError(
+                f"a leader's name must be a str of 1 to {MAX_NAME_LENGTH} characters, got {name!r:.80}"
+            )
         self.config = config
         # (read on every connection: plain attributes, copied from the config)
         self.name = name
@@ -212,7 +220,9 @@ class Leader:
         self._group_states: dict[str, str] = {}
         self.connections = 0
 
-    async def run(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve every listen URL until cancelled; ``task_status.started(bound_urls)``."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self._timer_loop)
@@ -268,7 +278,9 @@ class Leader:
 
     # ------------------------------------------------------------------ timer
 
-    async def _timer_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _timer_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         while True:
             self.broker.take_soonest()  # next_deadline() covers those
@@ -326,14 +338,20 @@ class Leader:
             subjects = stats["subjects"]
             if len(subjects) > MAX_STATS_SUBJECTS:
                 busiest = sorted(
-                    subjects, key=lambda s: (subjects[s]["queued"] + subjects[s]["in_flight"], subjects[s]["submitted"]),
+                    subjects,
+                    key=lambda s: (
+                        subjects[s]["queued"] + subjects[s]["in_flight"],
+                        subjects[s]["submitted"],
+                    ),
                     reverse=True,
                 )[:MAX_STATS_SUBJECTS]
                 stats["subjects"] = {name: subjects[name] for name in busiest}
                 stats["subjects_omitted"] = len(subjects) - MAX_STATS_SUBJECTS
             self._stats_cache = (now, stats)
         try:
-            client.send(Result(mid=client.next_mid(), cid=msg.mid, job_id="stats", ok=True, payload=stats))
+            client.send(
+                Result(mid=client.next_mid(), cid=msg.mid, job_id="stats", ok=True, payload=stats)
+            )
         except MessageTooLarge as exc:
             refuse(ErrorCode.TOO_LARGE, f"the statistics do not fit your frame limit: {exc}")
 
@@ -388,7 +406,13 @@ class Leader:
     def _close_doomed(self) -> None:
         for conn, reason in list(self._doomed.items()):
             del self._doomed[conn]
-            conn.close_soon(Error(mid=conn.next_mid(), code=ErrorCode.SLOW_CONSUMER, message=f"slow consumer: {reason}"))
+            conn.close_soon(
+                Error(
+                    mid=conn.next_mid(),
+                    code=ErrorCode.SLOW_CONSUMER,
+                    message=f"slow consumer: {reason}",
+                )
+            )
 
     async def _handle_connection(self, conn: Connection) -> None:
         self.connections += 1
@@ -547,6 +571,8 @@ class Leader:
         }
 
         try:
-            await self._dispatch(conn, link, handlers, batch, role=hello.role, flush_every=FLUSH_EVERY)
+            await self._dispatch(
+                conn, link, handlers, batch, role=hello.role, flush_every=FLUSH_EVERY
+            )
         finally:
             broker.client_left(link)

@@ -54,8 +54,8 @@ class Link:
             Error(
                 mid=self.next_mid(), cid=msg.mid, code=code, message=message,
                 job_id=getattr(msg, "job_id", None), **extra,
-            )  # fmt: skip
-        )
+            )
+        )  # fmt: skip
 
 
 @attrs.define(eq=False)

@@ -384,7 +384,9 @@ class PubSubRouter:
             return  # the same subscription again: it stands, and had its replay
         if old is None and len(subscriptions) >= self.max_subscriptions:
             client.refuse(
-                msg, ErrorCode.NOT_PERMITTED, f"subscription limit reached ({self.max_subscriptions} per connection)"
+                msg,
+                ErrorCode.NOT_PERMITTED,
+                f"subscription limit reached ({self.max_subscriptions} per connection)",
             )
             return
         replay = self._replay_for(client, msg, now)

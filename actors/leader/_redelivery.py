@@ -236,7 +236,9 @@ class RetryScheduler:
 
     # ------------------------------------------------------------------ time
 
-    def missed_acks(self, workers: Collection[WorkerLink], now: float) -> Iterator[tuple[WorkerLink, str]]:
+    def missed_acks(
+        self, workers: Collection[WorkerLink], now: float
+    ) -> Iterator[tuple[WorkerLink, str]]:
         """Take the ack deadlines passed at ``now`` from ``workers`` (each keeps its own in
         assignment order, the earliest first): the worker and job id of each. The broker
         fails the attempt if it is still that worker's (who keeps the slot until it answers)."""
@@ -294,7 +296,13 @@ class RetryScheduler:
         error_type, error_message = job.last_error or ("Error", "")
         log.warning(
             "job %s (%s) dead-lettered on %s%s after %d attempts: %s: %s",
-            job.job_id, job.subject, DLQ_PREFIX, job.subject, job.attempt, error_type, error_message,
+            job.job_id,
+            job.subject,
+            DLQ_PREFIX,
+            job.subject,
+            job.attempt,
+            error_type,
+            error_message,
         )
         record = {
             "job_id": job.job_id,

@@ -277,7 +277,7 @@ def _overlapping(
     if token == ">":  # one token or more: every pattern that goes on from here
         for key, child in node.children.items():
             if _other(child, policy):
-                yield from _below(child, subjects + [key], policy)
+                yield from _below(child, [*subjects, key], policy)
         return
     children = node.children
     rest = children.get(">")  # theirs: one token or more, and ours has tokens[i:]
@@ -288,12 +288,12 @@ def _overlapping(
     if token == "*":
         for key, child in children.items():
             if key != ">" and _other(child, policy):
-                yield from _overlapping(child, tokens, i + 1, subjects + [key], policy)
+                yield from _overlapping(child, tokens, i + 1, [*subjects, key], policy)
         return
     for key in (token, "*"):
         child = children.get(key)
         if child is not None and _other(child, policy):
-            yield from _overlapping(child, tokens, i + 1, subjects + [token], policy)
+            yield from _overlapping(child, tokens, i + 1, [*subjects, token], policy)
 
 
 def _below(node: _Node, subjects: list[str], policy: str) -> Iterator[tuple[_Claim, list[str]]]:
@@ -304,4 +304,4 @@ def _below(node: _Node, subjects: list[str], policy: str) -> Iterator[tuple[_Cla
             yield claim, subjects
     for key, child in node.children.items():
         if _other(child, policy):
-            yield from _below(child, subjects + [key], policy)
+            yield from _below(child, [*subjects, key], policy)

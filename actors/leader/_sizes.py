@@ -38,7 +38,9 @@ def payload_size(payload: Any) -> int:
     if kind is Encoded:  # as it came from the wire (the leader's case): its bytes
         return len(payload.data) + 9
     if kind is str:
-        return len(payload) + 9 if payload.isascii() else len(payload.encode("utf-8", "replace")) + 9
+        return (
+            len(payload) + 9 if payload.isascii() else len(payload.encode("utf-8", "replace")) + 9
+        )
     if kind is bytes:
         return len(payload) + 9
     if payload is None or kind is int or kind is float or kind is bool:
@@ -47,5 +49,3 @@ def payload_size(payload: Any) -> int:
         return len(_dumps(payload))
     except Exception:  # (noqa: BLE001) anything cbor2 refuses: it could not be sent on
         return 1 << 62
-
-

@@ -74,9 +74,16 @@ def broker_stats(
     for name, gs in group_stats.items():
         finished = gs.done + gs.failed
         groups[name] = {
-            "workers": 0, "in_flight": 0, "window": 0, "assigned": 0, "answered": 0,
-            "policy": None, "mode": None,
-            "done": gs.done, "failed": gs.failed, "redelivered": gs.redelivered,
+            "workers": 0,
+            "in_flight": 0,
+            "window": 0,
+            "assigned": 0,
+            "answered": 0,
+            "policy": None,
+            "mode": None,
+            "done": gs.done,
+            "failed": gs.failed,
+            "redelivered": gs.redelivered,
             "dead": gs.dead,
             "latency_avg": gs.latency_total / finished if finished else None,
             "latency_max": gs.latency_max,

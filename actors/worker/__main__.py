@@ -67,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="this worker's name (default: chosen by the leader)")
     parser.add_argument("--group", help="the group it belongs to (default: its own)")
     parser.add_argument(
-        "--policy", default=RoutingPolicy.ROUND_ROBIN.value,
+        "--policy",
+        default=RoutingPolicy.ROUND_ROBIN.value,
         help=f"routing policy of its subjects: {', '.join(_POLICIES)}",
     )
     parser.add_argument(
-        "--mode", default=GroupMode.ROUND_ROBIN.value,
+        "--mode",
+        default=GroupMode.ROUND_ROBIN.value,
         help=f"{' (takes jobs) or '.join(_MODES)}",
     )
     parser.add_argument(
@@ -115,7 +117,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, A
         if args.mode not in _MODES:
             raise ConfigError(f"--mode: expected one of {', '.join(_MODES)}; got {args.mode!r}")
         if args.policy not in _POLICIES:
-            raise ConfigError(f"--policy: expected one of {', '.join(_POLICIES)}; got {args.policy!r}")
+            raise ConfigError(
+                f"--policy: expected one of {', '.join(_POLICIES)}; got {args.policy!r}"
+            )
         if args.subjects is not None:
             args.subjects = list(check_subjects(args.subjects.split(","), at="--subjects"))
         if args.concurrency is not None and args.concurrency < 1:
@@ -244,9 +248,19 @@ def report_start_failure(error: Exception, label: str, path: str | None) -> None
     from ._failures import error_text, traceback_text
 
     if path is None:
-        logger.error("%s: failed to start: %s: %s", label, type(error).__name__, error_text(error), exc_info=error)
+        logger.error(
+            "%s: failed to start: %s: %s",
+            label,
+            type(error).__name__,
+            error_text(error),
+            exc_info=error,
+        )
         return
-    report = {"type": type(error).__name__, "message": error_text(error), "traceback": traceback_text(error)}
+    report = {
+        "type": type(error).__name__,
+        "message": error_text(error),
+        "traceback": traceback_text(error),
+    }
     try:
         with open(path, "w", encoding="utf-8") as file:
             json.dump(report, file)

@@ -161,7 +161,11 @@ class FailureLog:
             return True
         name = hashlib.sha256(repr(key).encode("utf-8", "replace")).hexdigest()[:32]
         try:
-            os.close(os.open(os.path.join(self.shared_dir, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            os.close(
+                os.open(
+                    os.path.join(self.shared_dir, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600
+                )
+            )
         except FileExistsError:
             return False
         except OSError:
@@ -193,4 +197,6 @@ class FailureLog:
                 return
         logger.warning(line, *args)
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("worker %s: %s %s: traceback", self.worker_name, what, job.id, exc_info=exc)
+            logger.debug(
+                "worker %s: %s %s: traceback", self.worker_name, what, job.id, exc_info=exc
+            )

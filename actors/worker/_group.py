@@ -278,7 +278,9 @@ class WorkerGroup:
         if max_start_failures is not None and (
             type(max_start_failures) is not int or max_start_failures < 1
         ):
-            raise ValueError(f"max_start_failures must be a positive int or None, got {max_start_failures!r}")
+            raise ValueError(
+                f"max_start_failures must be a positive int or None, got {max_start_failures!r}"
+            )
         self.name = name
         self.url = url
         self.mode = mode
@@ -336,8 +338,14 @@ class WorkerGroup:
                 continue
             infos.append(
                 InstanceInfo(
-                    index, inst.name, child.state, inst.pid, child.restarts, inst.last_exit,
-                    child.last_error, child.recycles,
+                    index,
+                    inst.name,
+                    child.state,
+                    inst.pid,
+                    child.restarts,
+                    inst.last_exit,
+                    child.last_error,
+                    child.recycles,
                 )
             )
         return infos
@@ -471,7 +479,10 @@ class WorkerGroup:
             f"group {self.name}: {inst.name} failed to start ({count}): {error_type}: {message}; "
             + ("giving up" if giving_up else "restarting")
         )
-        show = error_type not in self._traceback_types and len(self._traceback_types) < MAX_TRACEBACK_TYPES
+        show = (
+            error_type not in self._traceback_types
+            and len(self._traceback_types) < MAX_TRACEBACK_TYPES
+        )
         if show:
             self._traceback_types.add(error_type)
         if exc is not None:
@@ -540,7 +551,9 @@ class WorkerGroup:
                     return recycle
                 inst.start_failures = 0
                 pid = status.process.pid if status.process else None
-                logger.warning("group %s: %s (pid %s) exited; restarting", self.name, inst.name, pid)
+                logger.warning(
+                    "group %s: %s (pid %s) exited; restarting", self.name, inst.name, pid
+                )
             except subprocess.CalledProcessError as exc:
                 if exc.returncode == START_FAILED_EXIT_STATUS:
                     error_type, message, traceback = _read_start_report(report)
@@ -549,7 +562,10 @@ class WorkerGroup:
                 inst.start_failures = 0
                 logger.warning(
                     "group %s: %s (pid %s) %s; restarting",
-                    self.name, inst.name, inst.pid, _describe_exit(exc.returncode),
+                    self.name,
+                    inst.name,
+                    inst.pid,
+                    _describe_exit(exc.returncode),
                 )
                 raise
             finally:
@@ -595,10 +611,14 @@ class WorkerGroup:
                             except Exception as exc:
                                 if not stop.is_set():
                                     if not inst.connected:
-                                        self._start_failed(inst, type(exc).__name__, error_text(exc), exc=exc)
+                                        self._start_failed(
+                                            inst, type(exc).__name__, error_text(exc), exc=exc
+                                        )
                                     raise  # to the supervisor, which restarts the instance
                                 # Stopping anyway: a failed drain is reported, not restarted.
-                                logger.exception("group %s: %s failed while draining", self.name, inst.name)
+                                logger.exception(
+                                    "group %s: %s failed while draining", self.name, inst.name
+                                )
                         nursery.cancel_scope.cancel()
 
                     def drain() -> None:
@@ -667,7 +687,11 @@ class WorkerGroup:
 
 def _read_start_report(path: str | None) -> tuple[str, str, str | None]:
     """What a worker process that failed to start wrote: error type, message, traceback."""
-    unknown = ("StartFailed", f"exited with status {START_FAILED_EXIT_STATUS} before it connected", None)
+    unknown = (
+        "StartFailed",
+        f"exited with status {START_FAILED_EXIT_STATUS} before it connected",
+        None,
+    )
     if path is None:
         return unknown
     try:

@@ -93,7 +93,7 @@ def stepped(coro: Any, before_wait: Callable[[], None]) -> Any:
     while True:
         try:
             sent = yield trap
-        except BaseException as exc:  # noqa: BLE001 - Cancelled and the like go to the job
+        except BaseException as exc:
             try:
                 trap = coro.throw(exc)
             except StopIteration as done:

@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 _SPEC_RE = re.compile(r"^(?P<module>\w+(?:\.\w+)*):(?P<attr>\w+(?:\.\w+)*)$")
 
 
-
-
 def split_spec(spec: Any) -> tuple[str, str]:
     """Split ``"module:Attribute"`` into its two parts, checking the shape only.
 

@@ -504,14 +504,24 @@ class WorkerRunner:
             conn = self._conn
             if conn is not None:
                 try:
-                    conn.queue_item(_outcome_item(self._next_mid(), msg.mid, job_id, msg.attempt, stored))
+                    conn.queue_item(
+                        _outcome_item(self._next_mid(), msg.mid, job_id, msg.attempt, stored)
+                    )
                     conn.flush()
                 except (ConnectionClosed, SendBufferFull, MessageTooLarge):
                     pass  # lost meanwhile, or the leader's limit changed: it asks again
             return
         if len(self.running) >= self.concurrency:
             self.credit_violations += 1
-            self._send(Nack(mid=self._next_mid(), cid=msg.mid, job_id=job_id, delay=0.0, reason="no free slot"))
+            self._send(
+                Nack(
+                    mid=self._next_mid(),
+                    cid=msg.mid,
+                    job_id=job_id,
+                    delay=0.0,
+                    reason="no free slot",
+                )
+            )
             return
         deadline = msg.deadline
         try:
@@ -519,8 +529,14 @@ class WorkerRunner:
         except InvalidPayload as exc:  # the submitter's bytes: this job fails for good, at once
             payload, bad = None, exc
         job = Job(
-            job_id, msg.subject, payload, msg.headers, attempt=msg.attempt, qos=msg.qos,
-            deadline=None if deadline is None else now + deadline, max_attempts=msg.max_attempts,
+            job_id,
+            msg.subject,
+            payload,
+            msg.headers,
+            attempt=msg.attempt,
+            qos=msg.qos,
+            deadline=None if deadline is None else now + deadline,
+            max_attempts=msg.max_attempts,
             report=self._report_progress,
         )
         self.running[job_id] = job
@@ -648,7 +664,9 @@ class WorkerRunner:
         mid = self._next_mid()
         conn = self._conn
         if ok:  # (the common case, without a call: as _outcome_item does)
-            item = _result_item(mid=mid, cid=cid, job_id=job.id, payload=value, attempts=job.attempt)
+            item = _result_item(
+                mid=mid, cid=cid, job_id=job.id, payload=value, attempts=job.attempt
+            )
         else:
             item = _outcome_item(mid, cid, job.id, job.attempt, outcome)
         try:
@@ -688,7 +706,9 @@ class WorkerRunner:
         except (ConnectionClosed, SendBufferFull):
             pass
 
-    def _unsendable(self, job: Job, outcome: tuple[bool, Any], exc: Exception, kind: str) -> Failure:
+    def _unsendable(
+        self, job: Job, outcome: tuple[bool, Any], exc: Exception, kind: str
+    ) -> Failure:
         """The failure to send instead of ``outcome``, whose Result queueing refused with
         ``exc`` (a :class:`MessageTooLarge`, or a ``ValueError``: no CBOR encoding);
         ``kind`` names the type of the job's return value."""
@@ -769,7 +789,9 @@ class WorkerRunner:
 _JOB_RUNNERS = frozenset({WorkerRunner._slot.__code__, WorkerRunner._run_delivery.__code__})
 
 
-def _outcome_item(mid: int, cid: int | None, job_id: str, attempts: int, outcome: tuple[bool, Any]) -> list[Any]:
+def _outcome_item(
+    mid: int, cid: int | None, job_id: str, attempts: int, outcome: tuple[bool, Any]
+) -> list[Any]:
     """The Result bundle item that answers a job with ``outcome`` (``(True, value)`` or
     ``(False, Failure)``). Every field is of a checked type (the job's from a validated
     Assign): no checks, and no Result object either."""
@@ -815,9 +837,18 @@ async def run_worker(
       ValueError: bad subjects, concurrency, policy, mode, max_memory or max_jobs.
     """
     runner = WorkerRunner(
-        worker, url, name=name, group=group, policy=policy, mode=mode, subjects=subjects,
-        concurrency=concurrency, max_memory=max_memory, max_jobs=max_jobs,
-        ssl_context=ssl_context, token=token,
+        worker,
+        url,
+        name=name,
+        group=group,
+        policy=policy,
+        mode=mode,
+        subjects=subjects,
+        concurrency=concurrency,
+        max_memory=max_memory,
+        max_jobs=max_jobs,
+        ssl_context=ssl_context,
+        token=token,
     )
     await runner.run(stop=stop, drain_grace=drain_grace, task_status=task_status)
     return runner.recycled

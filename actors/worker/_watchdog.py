@@ -64,7 +64,9 @@ class LoopWatchdog:
         self._token = trio.lowlevel.current_trio_token()
         self._loop_thread = threading.get_ident()
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._watch, name=f"{self.label} watchdog", daemon=True)
+        self._thread = threading.Thread(
+            target=self._watch, name=f"{self.label} watchdog", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

@@ -1,0 +1,105 @@
+"""The reader's fairness (``runtime._reader._dispatch_fairly``): a batch is handed over in
+slices whose size is the connection's own, from 1 doubling while quick, halving while slow;
+never a message twice, never one dropped, never out of order.
+
+Time is faked: the handler advances a counter that stands for ``time.perf_counter``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+import runtime._reader as reader
+from runtime._reader import FAIR_SLICE, FAIR_TURN, _dispatch_fairly
+
+
+@attrs.define
+class FakeConn:
+    closed: bool = False
+
+
+@attrs.define
+class Costly:
+    """A handler whose message ``i`` costs ``costs[i]`` seconds of the fake clock."""
+
+    costs: list[float]
+    now: float = 0.0
+    slices: list[list[int]] = attrs.field(factory=list)
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, batch: list[int]) -> None:
+        self.slices.append(list(batch))
+        for i in batch:
+            self.now += self.costs[i]
+
+
+async def run(costs: list[float], size: int, monkeypatch) -> tuple[Costly, int, int]:
+    handler = Costly(costs)
+    monkeypatch.setattr(reader, "_perf_counter", handler.clock)
+    checkpoints = 0
+    real_checkpoint = trio.lowlevel.checkpoint
+
+    async def counting() -> None:
+        nonlocal checkpoints
+        checkpoints += 1
+        await real_checkpoint()
+
+    monkeypatch.setattr(trio.lowlevel, "checkpoint", counting)
+    out = list(range(len(costs)))
+    size = await _dispatch_fairly(FakeConn(), handler, out, size)  # type: ignore[arg-type]
+    return handler, size, checkpoints
+
+
+@given(
+    costs=st.lists(st.sampled_from([0.0, 1e-5, 1e-4, 2e-3, 1e-2]), min_size=1, max_size=300),
+    size=st.integers(1, FAIR_SLICE),
+)
+async def test_every_message_is_handed_over_once_in_order(costs, size) -> None:
+    with _patched() as monkeypatch:
+        handler, new_size, _ = await run(costs, size, monkeypatch)
+    assert [i for s in handler.slices for i in s] == list(range(len(costs)))
+    assert all(handler.slices)
+    assert 1 <= new_size <= FAIR_SLICE
+
+
+async def test_quick_messages_grow_the_slice_to_its_maximum(monkeypatch) -> None:
+    handler, size, checkpoints = await run([0.0] * 200, 1, monkeypatch)
+    assert [len(s) for s in handler.slices] == [1, 2, 4, 8, 16, 32, 64, 64, 9]
+    assert size == FAIR_SLICE and checkpoints == 0
+
+
+async def test_costly_messages_halve_the_slice_down_to_one(monkeypatch) -> None:
+    cost = FAIR_TURN / 2  # each message alone is over a quarter of a turn
+    handler, size, checkpoints = await run([cost] * 200, FAIR_SLICE, monkeypatch)
+    # A connection that had been quick: its first slice is a full one, then each slice is
+    # half the one before, down to one message; another task's turn after each long slice.
+    assert [len(s) for s in handler.slices] == [64, 32, 16, 8, 4, 2] + [1] * 74
+    assert size == 1
+    assert checkpoints >= 5 + 74 // 3
+
+
+async def test_a_slow_connection_starts_its_next_batch_with_small_slices(monkeypatch) -> None:
+    cost = FAIR_TURN / 2
+    handler, size, checkpoints = await run([cost] * 10, 1, monkeypatch)
+    assert [len(s) for s in handler.slices] == [1] * 10  # never more than one costly message
+    assert size == 1
+    assert checkpoints == 3  # after 3, 6 and 9 messages (each turn just over FAIR_TURN)
+
+
+class _patched:
+    """A MonkeyPatch usable inside a Hypothesis example (the fixture is function-scoped)."""
+
+    def __enter__(self):
+        import pytest
+
+        self.mp = pytest.MonkeyPatch()
+        return self.mp
+
+    def __exit__(self, *exc) -> None:
+        self.mp.undo()
