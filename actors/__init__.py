@@ -35,12 +35,13 @@ from .client import WrongProtocol as WrongProtocol
 from .cluster import ClusterConfig as ClusterConfig
 from .cluster import GroupConfig as GroupConfig
 from .cluster import GroupRetryConfig as GroupRetryConfig
-from .cluster import LeaderConfig as LeaderConfig
+from .cluster import LeaderTable as LeaderTable
 from .cluster import load_config as load_config
 from .cluster import run_cluster as run_cluster
 from .leader import DLQ_PREFIX as DLQ_PREFIX
 from .leader import GroupRetry as GroupRetry
 from .leader import Leader as Leader
+from .leader import LeaderConfig as LeaderConfig
 from .worker import DeadlineExceeded as DeadlineExceeded
 from .worker import GroupFailed as GroupFailed
 from .worker import InstanceInfo as InstanceInfo
@@ -49,3 +50,20 @@ from .worker import Reject as Reject
 from .worker import Worker as Worker
 from .worker import WorkerGroup as WorkerGroup
 from .worker import run_worker as run_worker
+
+#: Names ``actors`` exported before it had a subpackage per role, and where they live now.
+_MOVED = {
+    "Broker": "actors.leader.Broker",
+    "BrokerConfig": "actors.leader.BrokerConfig",
+    "JobState": "actors.leader.JobState",
+    "WorkerRunner": "actors.worker.WorkerRunner",
+    "StartFailed": "actors.worker.StartFailed",
+    "Message": "actors.Publication (what a subscription yields)",
+}
+
+
+def __getattr__(name: str) -> object:
+    """Say where a name that moved lives now (an AttributeError, as for any missing name)."""
+    if name in _MOVED:
+        raise AttributeError(f"actors.{name} moved: use {_MOVED[name]}")
+    raise AttributeError(f"module 'actors' has no attribute {name!r}")

@@ -37,7 +37,9 @@ ROLES = frozenset({"client", "worker", "leader", "observer"})
 
 
 class RoutingPolicy(enum.StrEnum):
-    """How the leader picks one worker of a group for a job (``Hello.policy``).
+    """How the leader picks the worker for a job of a subject (``Hello.policy``): a subject
+    has one policy, set by the first job-taking worker that serves it (a worker that asks
+    for another one for a subject already served is refused at Hello with ``conflict``).
 
     Members are strings: ``RoutingPolicy.STICKY == "sticky"``.
     """

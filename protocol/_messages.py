@@ -125,13 +125,14 @@ class Hello(Message):
       versions: the protocol versions the sender speaks; the receiver picks one.
       patterns: for a worker, the subject patterns it serves.
       credit: for a worker, how many unacknowledged jobs it may hold at once.
-      group: for a worker, the worker group it belongs to (routing inside a group).
+      group: for a worker, the worker group it belongs to (statistics, retry policies).
       token: an authentication token, when the leader asks for one.
       meta: free-form facts (process id, host, library version).
       max_frame: the largest frame body, in bytes, the sender accepts (so that the
         receiver never bundles more than that into one frame); at least
         :data:`protocol.MIN_MAX_FRAME`.
-      policy: for a worker, how its group picks a worker for a job: a
+      policy: for a worker, how the leader picks a worker for a job of its subjects (a
+        subject has one policy: a Hello asking for another is refused, ``conflict``): a
         :class:`protocol.RoutingPolicy` value (``round_robin``, ``least_loaded``, ``sticky``).
       mode: for a worker, what its group does: a :class:`protocol.GroupMode` value
         (``round_robin`` takes jobs, ``broadcast`` receives every published message).

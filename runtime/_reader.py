@@ -11,13 +11,13 @@ here -- ends this connection as an internal failure (see :mod:`runtime._connecti
 Fairness: one frame may hold thousands of messages (a bundle), and what one message costs
 the handler is the application's business. A batch is handed to a ``dispatch_to``
 handler in slices; once a batch has taken :data:`FAIR_TURN` seconds of the process, the
-reader lets every other task run (a checkpoint) before its next slice. The slice size is
-the connection's own and lasts from batch to batch: it halves while slices are slow (over a
-quarter of a turn) and doubles, from 1 up to :data:`FAIR_SLICE`, while they are quick. So a
-peer whose messages cost much (a Publish fanned out to thousands of queue groups) delays the
-others by about one turn, not by its whole batch, nor by a fresh slice of 64 such messages
-at each new frame (the process is one thread: while a handler runs, every other connection
-waits).
+reader lets every other task run (a checkpoint) before its next slice. A batch's first
+slice is small (:data:`FAIR_FIRST` messages, fewer for a connection whose messages were
+slow); slices double while quick, up to :data:`FAIR_SLICE`, and shrink in proportion when
+slow. So a peer whose messages cost much (a Publish fanned out to thousands of queue groups)
+delays the others by about one turn, not by its whole batch, nor by a large first slice
+after cheap batches (the process is one thread: while a handler runs, every other
+connection waits).
 
 The reader uses the connection through its public attributes (``closed``, ``peer``,
 ``session``, ``on_hello``, ``foreign_answer``, ``max_frame_size``, ``decode_payloads``) and
@@ -51,12 +51,14 @@ FOREIGN_ANSWER_SIZE = 256
 FAIR_TURN = 0.005
 #: Messages handed to a ``dispatch_to`` handler at once, at most (fewer while slow).
 FAIR_SLICE = 64
-#: A slice that took longer than this halves the connection's slice size; one quicker than
-#: ``_QUICK_SLICE`` doubles it back (up to FAIR_SLICE).
+#: The first slice of a batch, at most: a batch larger than this is handed over in slices
+#: growing from it (doubling while quick), so that what a peer's messages cost is seen
+#: before many of them have run, whatever its earlier batches cost.
+FAIR_FIRST = 8
+#: A slice that took longer than this shrinks the slices in proportion (to what would have
+#: taken this long); one quicker than ``_QUICK_SLICE`` lets the next one double.
 _SLOW_SLICE = FAIR_TURN / 4
 _QUICK_SLICE = FAIR_TURN / 32
-#: A new connection's first slice size: one message, doubling while quick (see above).
-FAIR_START = 1
 
 _perf_counter = time.perf_counter
 
@@ -67,13 +69,16 @@ async def _dispatch_fairly(
     out: list[protocol.Message],
     size: int,
 ) -> int:
-    """``handler(out)`` in slices of ``size`` (adapted as they go), with a checkpoint whenever
-    the batch has taken :data:`FAIR_TURN` seconds (see the module docstring); returns the
-    slice size for the connection's next batch. Stops early if the connection closes
-    meanwhile (what it had not handled is dropped with the connection)."""
+    """``handler(out)`` in slices, the first of ``min(size, FAIR_FIRST)`` messages, with a
+    checkpoint whenever the batch has taken :data:`FAIR_TURN` seconds (see the module
+    docstring); returns the slice size it ended with (the connection's ``size`` for its next
+    batch: below FAIR_FIRST while its messages are slow). Stops early if the connection
+    closes meanwhile (what it had not handled is dropped with the connection)."""
     start = _perf_counter()
     position = 0
     count = len(out)
+    if size > FAIR_FIRST:
+        size = FAIR_FIRST
     while position < count:
         began = _perf_counter()
         handler(out if not position and size >= count else out[position : position + size])
@@ -81,8 +86,7 @@ async def _dispatch_fairly(
         now = _perf_counter()
         took = now - began
         if took > _SLOW_SLICE:
-            if size > 1:
-                size //= 2
+            size = max(1, int(size * _SLOW_SLICE / took))
         elif took < _QUICK_SLICE and size < FAIR_SLICE:
             size = min(2 * size, FAIR_SLICE)
         if position >= count:
@@ -134,9 +138,7 @@ async def _read_messages(
     last_error: Error | None = None  # the last message received, when it was an Error
     # Server side: the Hello is still to come (conn.on_hello is told when it has passed).
     awaiting_hello = session.state is State.AWAITING_HELLO
-    # This connection's slice size (see _dispatch_fairly): from 1, doubling while slices
-    # are quick, so that a new peer's first batch of costly messages is not one long turn.
-    fair_size = FAIR_START
+    fair_size = FAIR_FIRST  # this connection's first slice size (see _dispatch_fairly)
     while not conn.closed:
         try:
             data = await wire.receive()
@@ -208,8 +210,8 @@ async def _read_messages(
             handler = conn._dispatch_handler
             if handler is not None:
                 try:
-                    if len(out) == 1 and fair_size == FAIR_SLICE:
-                        handler(out)  # (Connection.dispatch_to) the common case, untimed
+                    if len(out) == 1:
+                        handler(out)  # (Connection.dispatch_to) one message: no slicing
                     else:
                         fair_size = await _dispatch_fairly(conn, handler, out, fair_size)
                 except Exception as exc:

@@ -8,7 +8,7 @@ import pytest
 
 from actors._checks import check_url
 from actors.cluster._config import config_from_args, load_config, parse_worker_option
-from actors.cluster._model import ClusterConfig, GroupConfig, LeaderConfig, RetryConfig
+from actors.cluster._model import ClusterConfig, GroupConfig, LeaderTable, RetryConfig
 from actors.worker._loader import ConfigError
 from runtime import Backoff
 
@@ -69,7 +69,7 @@ def error_of(path: str) -> str:
 
 def test_full_file(write):
     config = load_config(write(FULL))
-    assert config.leader == LeaderConfig(
+    assert config.leader == LeaderTable(
         name="main",
         listen=("tcp://127.0.0.1:7700", "ws://127.0.0.1:7701/actors"),
         ack_timeout=10.0,
@@ -98,7 +98,7 @@ def test_full_file(write):
 
 def test_defaults(write):
     config = load_config(write(""))
-    assert config == ClusterConfig(leader=LeaderConfig(), groups=(), source=config.source)
+    assert config == ClusterConfig(leader=LeaderTable(), groups=(), source=config.source)
     assert config.leader.listen == ("tcp://127.0.0.1:7700",)
 
 
@@ -115,7 +115,7 @@ def test_leader_kwargs_build_the_leader_arguments(write):
         "max_connections": 10,
         "retry_backoff": Backoff(base=0.25, factor=3.0, cap=9.0, jitter=0.2),
     }
-    assert LeaderConfig().leader_kwargs()["retry_backoff"] is None
+    assert LeaderTable().leader_kwargs()["retry_backoff"] is None
 
 
 def test_the_leader_accepts_the_kwargs(write):

@@ -688,20 +688,12 @@ class Dispatch:
             self.done.set()
 
 
-@pytest.fixture
-def whole_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Connections start with full slices (runtime._reader.FAIR_START): each batch that
-    arrives is handed over whole, so that tests can name the batches."""
-    monkeypatch.setattr(runtime._reader, "FAIR_START", runtime._reader.FAIR_SLICE)
-
-
 def publishes(count: int) -> list[Publish]:
     return [Publish(mid=i, subject="a.b", payload=i) for i in range(1, count + 1)]
 
 
 async def test_dispatch_to_hands_over_what_waits_then_each_batch_in_order(
     autojump_clock: trio.testing.MockClock,
-    whole_batches: None,
 ) -> None:
     pubs = publishes(9)
     dispatch = Dispatch()
@@ -743,7 +735,6 @@ async def test_dispatch_to_hands_over_what_waits_then_each_batch_in_order(
 
 async def test_dispatch_to_raises_when_the_peer_goes_without_bye(
     autojump_clock: trio.testing.MockClock,
-    whole_batches: None,
 ) -> None:
     pubs = publishes(2)
     dispatch = Dispatch()
@@ -778,7 +769,7 @@ async def test_dispatch_to_after_the_close_hands_over_what_waits_then_raises(
 
 @pytest.mark.parametrize("when", ["waiting", "live"])
 async def test_a_handler_that_closes_the_connection_stops_dispatch(
-    when: str, autojump_clock: trio.testing.MockClock, whole_batches: None
+    when: str, autojump_clock: trio.testing.MockClock
 ) -> None:
     pubs = publishes(4)
     dispatch = Dispatch(close_on_first=True)

@@ -15,8 +15,8 @@ import attrs
 import pytest
 
 from actors import Worker
+from actors.cluster import LeaderTable
 from actors.cluster._model import GroupConfig, RetryConfig
-from actors.cluster._model import LeaderConfig as LeaderTable
 from actors.leader import BrokerConfig, Leader, LeaderConfig
 from actors.leader._broker import DEFAULT_RETRY_BACKOFF
 from actors.worker._runner import WorkerRunner
@@ -97,3 +97,14 @@ def test_workers_reconnect_by_the_one_default_backoff() -> None:
     assert runner.backoff is DEFAULT_RECONNECT_BACKOFF
     assert Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.2) == DEFAULT_RECONNECT_BACKOFF
     assert (runner.policy, runner.mode) == ("round_robin", "round_robin")
+
+
+def test_the_leader_takes_the_exported_config_and_refuses_the_clusters_table() -> None:
+    import actors
+
+    assert actors.LeaderConfig is LeaderConfig
+    leader = actors.Leader(actors.LeaderConfig(listen=["tcp://127.0.0.1:0"], name="one"))
+    assert leader.config.listen == ("tcp://127.0.0.1:0",) and leader.name == "one"
+    with pytest.raises(TypeError, match=r"table\.leader_config\(\)"):
+        actors.Leader(actors.LeaderTable())  # type: ignore[arg-type]
+    assert actors.Leader(actors.LeaderTable(name="two").leader_config()).name == "two"

@@ -10,6 +10,7 @@ functions are deliberate late imports and count for the layering only.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -163,3 +164,19 @@ def test_importing_actors_loads_no_test_or_bench_module() -> None:
     ).stdout.split()
     test_only = {"tests", "bench", "examples", "pytest", "_pytest", "hypothesis", "pytest_trio"}
     assert sorted(name for name in out if _top(name) in test_only) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [("Broker", "actors.leader.Broker"), ("WorkerRunner", "actors.worker.WorkerRunner"),
+     ("Message", "actors.Publication"), ("JobState", "actors.leader.JobState")],
+)  # fmt: skip
+def test_a_name_that_moved_says_where_it_lives_now(name: str, home: str) -> None:
+    import actors
+
+    with pytest.raises(AttributeError, match=rf"actors\.{name} moved: use {re.escape(home)}"):
+        getattr(actors, name)
+    with pytest.raises(ImportError):
+        exec(f"from actors import {name}", {})
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        actors.Nope  # noqa: B018 - the attribute access is the test

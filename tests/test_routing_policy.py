@@ -12,6 +12,7 @@ configuration that would run into it is refused when it is read.
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 import trio
@@ -343,3 +344,23 @@ def test_the_configuration_checks_the_class_subjects_too() -> None:
         config_from_mapping(data, source="c.toml")
     # Without importing the classes, their subjects are unknown: not checked.
     config_from_mapping(data, source="c.toml", import_workers=False)
+
+
+def test_a_hello_too_costly_to_check_is_refused_at_once() -> None:
+    """Patterns with ``*`` over many subjects served by another policy: the check stops after
+    MAX_POLICY_LOOKS looks of the trie and refuses the worker, instead of holding the leader
+    (20 workers of 1,000 patterns and one Hello of 1,024 ``a.*.qK`` took 25 s before)."""
+    from actors.leader._routing import MAX_POLICY_LOOKS
+
+    b = make_broker()
+    for w in range(20):
+        b.policies.add([f"a.x{w}_{j}.z" for j in range(1000)], "sticky", f"g{w}")
+    patterns = [f"a.*.q{k}" for k in range(1024)]
+    started = time.perf_counter()
+    why = b.policy_conflict(patterns, "round_robin", "round_robin", "late")
+    assert time.perf_counter() - started < 2.0
+    assert why is not None and f"within {MAX_POLICY_LOOKS} looks" in why
+    # A narrow Hello that shares nothing is still let in, and one that conflicts is named.
+    assert b.policy_conflict(["b.*"], "round_robin", "round_robin", "late") is None
+    why = b.policy_conflict(["a.x3_7.z"], "round_robin", "round_robin", "late")
+    assert why is not None and "group 'g3'" in why

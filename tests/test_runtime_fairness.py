@@ -1,6 +1,7 @@
 """The reader's fairness (``runtime._reader._dispatch_fairly``): a batch is handed over in
-slices whose size is the connection's own, from 1 doubling while quick, halving while slow;
-never a message twice, never one dropped, never out of order.
+slices, the first of at most FAIR_FIRST messages (fewer for a connection whose messages were
+slow), doubling while quick, shrinking in proportion while slow; never a message twice,
+never one dropped, never out of order.
 
 Time is faked: the handler advances a counter that stands for ``time.perf_counter``.
 """
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import runtime._reader as reader
-from runtime._reader import FAIR_SLICE, FAIR_TURN, _dispatch_fairly
+from runtime._reader import FAIR_FIRST, FAIR_SLICE, FAIR_TURN, _dispatch_fairly
 
 
 @attrs.define
@@ -68,20 +69,19 @@ async def test_every_message_is_handed_over_once_in_order(costs, size) -> None:
     assert 1 <= new_size <= FAIR_SLICE
 
 
-async def test_quick_messages_grow_the_slice_to_its_maximum(monkeypatch) -> None:
-    handler, size, checkpoints = await run([0.0] * 200, 1, monkeypatch)
-    assert [len(s) for s in handler.slices] == [1, 2, 4, 8, 16, 32, 64, 64, 9]
+async def test_quick_messages_grow_the_slice_from_the_first_to_its_maximum(monkeypatch) -> None:
+    handler, size, checkpoints = await run([0.0] * 200, FAIR_SLICE, monkeypatch)
+    assert [len(s) for s in handler.slices] == [FAIR_FIRST, 16, 32, 64, 64, 16]
     assert size == FAIR_SLICE and checkpoints == 0
 
 
-async def test_costly_messages_halve_the_slice_down_to_one(monkeypatch) -> None:
-    cost = FAIR_TURN / 2  # each message alone is over a quarter of a turn
-    handler, size, checkpoints = await run([cost] * 200, FAIR_SLICE, monkeypatch)
-    # A connection that had been quick: its first slice is a full one, then each slice is
-    # half the one before, down to one message; another task's turn after each long slice.
-    assert [len(s) for s in handler.slices] == [64, 32, 16, 8, 4, 2] + [1] * 74
+async def test_costly_messages_shrink_the_slice_in_proportion(monkeypatch) -> None:
+    cost = FAIR_TURN / 2  # each message alone is over a quarter of a turn (the slow mark)
+    handler, size, checkpoints = await run([cost] * 40, FAIR_SLICE, monkeypatch)
+    # 8 messages took 4 turns: the next slices hold one message each.
+    assert [len(s) for s in handler.slices] == [FAIR_FIRST] + [1] * 32
     assert size == 1
-    assert checkpoints >= 5 + 74 // 3
+    assert checkpoints >= 1 + 32 // 3
 
 
 async def test_a_slow_connection_starts_its_next_batch_with_small_slices(monkeypatch) -> None:
@@ -90,6 +90,19 @@ async def test_a_slow_connection_starts_its_next_batch_with_small_slices(monkeyp
     assert [len(s) for s in handler.slices] == [1] * 10  # never more than one costly message
     assert size == 1
     assert checkpoints == 3  # after 3, 6 and 9 messages (each turn just over FAIR_TURN)
+
+
+async def test_cheap_batches_between_costly_ones_do_not_buy_a_long_slice(monkeypatch) -> None:
+    """A peer alternating batches of cheap and of costly messages (the cheap ones grow the
+    slice to its maximum): each costly batch still begins with at most FAIR_FIRST."""
+    size = FAIR_FIRST
+    longest = 0.0
+    for _ in range(5):
+        _, size, _ = await run([0.0] * 200, size, monkeypatch)
+        assert size == FAIR_SLICE
+        costly, size, _ = await run([0.005] * 64, size, monkeypatch)
+        longest = max(longest, 0.005 * max(len(s) for s in costly.slices))
+    assert longest <= FAIR_FIRST * 0.005  # 40 ms, not 64 messages (320 ms)
 
 
 class _patched:

@@ -16,5 +16,5 @@ from ._config import load_config as load_config
 from ._model import ClusterConfig as ClusterConfig
 from ._model import GroupConfig as GroupConfig
 from ._model import GroupRetryConfig as GroupRetryConfig
-from ._model import LeaderConfig as LeaderConfig
+from ._model import LeaderTable as LeaderTable
 from ._run import run_cluster as run_cluster

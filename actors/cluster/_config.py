@@ -59,7 +59,7 @@ from .._checks import (
 )
 from ..leader._routing import SubjectPolicies
 from ..worker._loader import load_worker_class
-from ._model import ClusterConfig, GroupConfig, GroupRetryConfig, LeaderConfig, RetryConfig
+from ._model import ClusterConfig, GroupConfig, GroupRetryConfig, LeaderTable, RetryConfig
 
 #: Delivery modes of a group and routing policies of its subjects, in the order messages
 #: list them (the enums', the default first).
@@ -175,7 +175,7 @@ def config_from_mapping(
     return ClusterConfig(leader=leader, groups=tuple(groups), source=source)
 
 
-def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderConfig:
+def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderTable:
     where = f"{source}: [leader]"
     _check_keys(data, _LEADER_KEYS, where=where)
     values: dict[str, Any] = {}
@@ -201,7 +201,7 @@ def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderConfi
             values[key] = seconds or math.inf
         else:  # the [leader.retry] table
             values[key] = _retry_from_mapping(value, where=f"{source}: [leader.retry]")
-    return LeaderConfig(**values)
+    return LeaderTable(**values)
 
 
 def _retry_from_mapping(data: Any, *, where: str) -> RetryConfig:
@@ -406,7 +406,7 @@ def config_from_args(
       ConfigError: any option or the file is wrong.
     """
     config = load_config(config_path, import_workers=import_workers) if config_path else None
-    leader = config.leader if config is not None else LeaderConfig()
+    leader = config.leader if config is not None else LeaderTable()
     if listen:
         leader = attrs.evolve(leader, listen=check_listen(list(listen), at="--listen"))
     groups = list(config.groups) if config is not None else []

@@ -86,7 +86,7 @@ class GroupRetryConfig:
         return "retry " + ", ".join(parts)
 
 
-#: LeaderConfig keys whose None means "the leader's default".
+#: LeaderTable keys whose None means "the leader's default".
 _OPTIONAL_LIMITS = (
     "max_connections_per_address",
     "max_handshakes",
@@ -111,7 +111,7 @@ _OPTIONAL_LIMITS = (
 
 
 @attrs.frozen
-class LeaderConfig:
+class LeaderTable:
     """The ``[leader]`` table: settings of the leader, flat as a file writes them.
 
     Their meaning and defaults are those of :class:`actors.leader.LeaderConfig` and
@@ -201,6 +201,6 @@ class ClusterConfig:
         messages.
     """
 
-    leader: LeaderConfig = LeaderConfig()
+    leader: LeaderTable = LeaderTable()
     groups: tuple[GroupConfig, ...] = ()
     source: str = "command line"

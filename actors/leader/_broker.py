@@ -55,7 +55,7 @@ from ._pubsub import PubSubRouter
 from ._redelivery import DLQ_PREFIX, GroupRetry, RetryScheduler
 from ._routing import EXACT_LEAST_LOADED as EXACT_LEAST_LOADED  # (re-exported: tests)
 from ._routing import LEAST_LOADED_SAMPLES as LEAST_LOADED_SAMPLES
-from ._routing import SubjectPolicies, pick_worker
+from ._routing import MAX_POLICY_LOOKS, PolicyCheckTooCostly, SubjectPolicies, pick_worker
 from ._sizes import FORWARD_RESERVE, JOB_OVERHEAD, SURELY_FITS, payload_size
 from ._stats import broker_stats, count_result
 
@@ -245,7 +245,14 @@ class Broker:
         :class:`~actors.leader._routing.SubjectPolicies`); None if it may."""
         if mode == GroupMode.BROADCAST:
             return None  # (takes no jobs: it has no say in their routing)
-        conflict = self.policies.conflict(patterns, policy)
+        try:
+            conflict = self.policies.conflict(patterns, policy)
+        except PolicyCheckTooCostly:
+            return (
+                f"cannot check this worker's {len(patterns)} patterns against the subjects "
+                f"served by other routing policies within {MAX_POLICY_LOOKS} looks: serve "
+                f"fewer or narrower patterns, or the routing policy of the workers serving them"
+            )
         return None if conflict is None else conflict.message(group)
 
     def worker_joined(self, worker: WorkerLink, now: float) -> None:

@@ -186,6 +186,13 @@ class Leader:
             config = LeaderConfig.of(**settings)
         elif config is None:
             config = LeaderConfig()
+        elif not isinstance(config, LeaderConfig):
+            hint = ""
+            if hasattr(config, "leader_config"):  # the cluster file's [leader] table
+                hint = " (a cluster's LeaderTable gives one: table.leader_config())"
+            raise TypeError(
+                f"a Leader takes an actors.LeaderConfig, got {type(config).__name__}{hint}"
+            )
         name = config.name
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
             raise ValueError(

@@ -19,12 +19,7 @@ from protocol import Error, GroupMode, RoutingPolicy, message_of
 if TYPE_CHECKING:
     from ._jobs import JobRecord
 
-#: Routing policies inside a worker group (the protocol's :class:`~protocol.RoutingPolicy`).
-POLICIES = frozenset(policy.value for policy in RoutingPolicy)
-#: Group modes (:class:`~protocol.GroupMode`): ``round_robin`` takes jobs (one worker each);
-#: ``broadcast`` receives every published message (each member gets a copy), no jobs.
-MODES = frozenset(mode.value for mode in GroupMode)
-#: The header whose value routes a job in a ``sticky`` group.
+#: The header whose value routes a job of a ``sticky`` subject.
 STICKY_HEADER = "key"
 
 

@@ -170,6 +170,18 @@ class PolicyConflict:
         )
 
 
+#: Trie nodes one Hello's policy check may visit (tens of milliseconds), past which
+#: the worker is refused (:class:`PolicyCheckTooCostly`) instead of holding every other
+#: connection: only patterns with ``*`` or ``>`` over many served subjects of other
+#: policies come near it.
+MAX_POLICY_LOOKS = 20_000
+
+
+class PolicyCheckTooCostly(Exception):
+    """A worker's patterns would take more than :data:`MAX_POLICY_LOOKS` looks to check
+    against the subjects served by other routing policies."""
+
+
 class SubjectPolicies:
     """The routing policy of every subject that connected job-taking workers serve.
 
@@ -190,14 +202,21 @@ class SubjectPolicies:
 
     def conflict(self, patterns: Iterable[str], policy: str) -> PolicyConflict | None:
         """Whether some of ``patterns`` share subjects with patterns served by another
-        policy than ``policy``: for the first such pattern, the subjects it shares with
-        the oldest of those (whose first group set their policy); None if there is none."""
+        policy than ``policy``: for the first such pattern, the subjects it shares with the
+        oldest of those (whose first group set their policy); None if there is none.
+
+        Raises:
+          PolicyCheckTooCostly: the check visited :data:`MAX_POLICY_LOOKS` nodes of the
+            trie (patterns with ``*`` over many served subjects of other policies) without
+            an answer: the Hello is refused rather than holding the leader.
+        """
         root = self._root
+        looks = [MAX_POLICY_LOOKS]  # (the trie nodes this check may still visit)
         for pattern in patterns:
             if not _other(root, policy):
                 return None
             found = min(
-                _overlapping(root, pattern.split("."), 0, [], policy),
+                _overlapping(root, pattern.split("."), 0, [], policy, looks),
                 key=lambda pair: pair[0].since,
                 default=None,
             )
@@ -263,11 +282,15 @@ def _other(node: _Node, policy: str) -> bool:
 
 
 def _overlapping(
-    node: _Node, tokens: list[str], i: int, subjects: list[str], policy: str
+    node: _Node, tokens: list[str], i: int, subjects: list[str], policy: str, looks: list[int]
 ) -> Iterator[tuple[_Claim, list[str]]]:
     """The claims of another policy than ``policy`` at or below ``node`` whose patterns
     (from this depth) share a subject with ``tokens[i:]``, each with the shared subjects
-    as a pattern (``subjects`` holds its first tokens)."""
+    as a pattern (``subjects`` holds its first tokens). Each node visited costs one of
+    ``looks``; past the last, :class:`PolicyCheckTooCostly`."""
+    looks[0] -= 1
+    if looks[0] < 0:
+        raise PolicyCheckTooCostly
     if i == len(tokens):
         for claim in node.claims.values():
             if claim.policy != policy:
@@ -277,7 +300,7 @@ def _overlapping(
     if token == ">":  # one token or more: every pattern that goes on from here
         for key, child in node.children.items():
             if _other(child, policy):
-                yield from _below(child, [*subjects, key], policy)
+                yield from _below(child, [*subjects, key], policy, looks)
         return
     children = node.children
     rest = children.get(">")  # theirs: one token or more, and ours has tokens[i:]
@@ -288,20 +311,25 @@ def _overlapping(
     if token == "*":
         for key, child in children.items():
             if key != ">" and _other(child, policy):
-                yield from _overlapping(child, tokens, i + 1, [*subjects, key], policy)
+                yield from _overlapping(child, tokens, i + 1, [*subjects, key], policy, looks)
         return
     for key in (token, "*"):
         child = children.get(key)
         if child is not None and _other(child, policy):
-            yield from _overlapping(child, tokens, i + 1, [*subjects, token], policy)
+            yield from _overlapping(child, tokens, i + 1, [*subjects, token], policy, looks)
 
 
-def _below(node: _Node, subjects: list[str], policy: str) -> Iterator[tuple[_Claim, list[str]]]:
+def _below(
+    node: _Node, subjects: list[str], policy: str, looks: list[int]
+) -> Iterator[tuple[_Claim, list[str]]]:
     """Every claim of another policy than ``policy`` at or below ``node`` (``subjects``:
-    the tokens that lead to it)."""
+    the tokens that lead to it), a look each node (see :func:`_overlapping`)."""
+    looks[0] -= 1
+    if looks[0] < 0:
+        raise PolicyCheckTooCostly
     for claim in node.claims.values():
         if claim.policy != policy:
             yield claim, subjects
     for key, child in node.children.items():
         if _other(child, policy):
-            yield from _below(child, [*subjects, key], policy)
+            yield from _below(child, [*subjects, key], policy, looks)
