@@ -11,13 +11,16 @@ here -- ends this connection as an internal failure (see :mod:`runtime._connecti
 Fairness: one frame may hold thousands of messages (a bundle), and what one message costs
 the handler is the application's business. A batch is handed to a ``dispatch_to``
 handler in slices; once a batch has taken :data:`FAIR_TURN` seconds of the process, the
-reader lets every other task run (a checkpoint) before its next slice. A batch's first
-slice is small (:data:`FAIR_FIRST` messages, fewer for a connection whose messages were
-slow); slices double while quick, up to :data:`FAIR_SLICE`, and shrink in proportion when
-slow. So a peer whose messages cost much (a Publish fanned out to thousands of queue groups)
-delays the others by about one turn, not by its whole batch, nor by a large first slice
-after cheap batches (the process is one thread: while a handler runs, every other
-connection waits).
+reader lets every other task run (a checkpoint) before its next slice. Slices double while
+quick, up to :data:`FAIR_SLICE`, and shrink in proportion when slow. A batch's first slice
+is small (:data:`FAIR_FIRST` messages) until the connection has earned trust: a new
+connection's first :data:`FAIR_TRUST` batches of more than one message, and again after any
+slow slice, when the batches it must pass before its next full first slice double. So a peer
+whose messages cost much (a Publish fanned out to thousands of queue groups) delays the
+others by about one turn, not by its whole batch; cheap batches cannot buy it more than one
+long slice, each time dearer; and a peer whose messages are cheap has its batches handed over
+whole (the process is one thread: while a handler runs, every other connection
+waits).
 
 The reader uses the connection through its public attributes (``closed``, ``peer``,
 ``session``, ``on_hello``, ``foreign_answer``, ``max_frame_size``, ``decode_payloads``) and
@@ -51,16 +54,45 @@ FOREIGN_ANSWER_SIZE = 256
 FAIR_TURN = 0.005
 #: Messages handed to a ``dispatch_to`` handler at once, at most (fewer while slow).
 FAIR_SLICE = 64
-#: The first slice of a batch, at most: a batch larger than this is handed over in slices
-#: growing from it (doubling while quick), so that what a peer's messages cost is seen
-#: before many of them have run, whatever its earlier batches cost.
+#: The first slice of a batch, at most, while the connection is not trusted (see the module
+#: docstring): what its messages cost is seen before many of them have run.
 FAIR_FIRST = 8
+#: Batches (of more than one message) a new connection passes quick before its batches are
+#: handed over whole; doubled after each slow slice.
+FAIR_TRUST = 4
 #: A slice that took longer than this shrinks the slices in proportion (to what would have
 #: taken this long); one quicker than ``_QUICK_SLICE`` lets the next one double.
 _SLOW_SLICE = FAIR_TURN / 4
 _QUICK_SLICE = FAIR_TURN / 32
+_MAX_TRUST_AFTER = 1 << 30
 
 _perf_counter = time.perf_counter
+
+
+class Fairness:
+    """One connection's share of the reader's turns (see the module docstring): the size of
+    its slices, and the quick batches it passed since its last slow slice against those it
+    takes to be trusted with a full first slice."""
+
+    __slots__ = ("quick", "size", "trust_after")
+
+    def __init__(self) -> None:
+        self.size = FAIR_SLICE
+        self.quick = 0
+        self.trust_after = FAIR_TRUST
+
+    def first_slice(self) -> int:
+        """The first slice of the next batch."""
+        return self.size if self.quick >= self.trust_after else min(self.size, FAIR_FIRST)
+
+    def passed(self, size: int, slow: bool) -> None:
+        """A batch was handed over: it ended with slices of ``size``, ``slow`` or not."""
+        self.size = size
+        if slow:
+            self.quick = 0
+            self.trust_after = min(2 * self.trust_after, _MAX_TRUST_AFTER)
+        else:
+            self.quick += 1
 
 
 async def _dispatch_fairly(
@@ -68,17 +100,15 @@ async def _dispatch_fairly(
     handler: Callable[[list[protocol.Message]], None],
     out: list[protocol.Message],
     size: int,
-) -> int:
-    """``handler(out)`` in slices, the first of ``min(size, FAIR_FIRST)`` messages, with a
-    checkpoint whenever the batch has taken :data:`FAIR_TURN` seconds (see the module
-    docstring); returns the slice size it ended with (the connection's ``size`` for its next
-    batch: below FAIR_FIRST while its messages are slow). Stops early if the connection
+) -> tuple[int, bool]:
+    """``handler(out)`` in slices, the first of ``size`` messages, with a checkpoint whenever
+    the batch has taken :data:`FAIR_TURN` seconds (see the module docstring). Returns the
+    slice size it ended with and whether a slice was slow. Stops early if the connection
     closes meanwhile (what it had not handled is dropped with the connection)."""
     start = _perf_counter()
     position = 0
     count = len(out)
-    if size > FAIR_FIRST:
-        size = FAIR_FIRST
+    slow = False
     while position < count:
         began = _perf_counter()
         handler(out if not position and size >= count else out[position : position + size])
@@ -87,16 +117,17 @@ async def _dispatch_fairly(
         took = now - began
         if took > _SLOW_SLICE:
             size = max(1, int(size * _SLOW_SLICE / took))
+            slow = True
         elif took < _QUICK_SLICE and size < FAIR_SLICE:
             size = min(2 * size, FAIR_SLICE)
         if position >= count:
-            return size
+            break
         if now - start > FAIR_TURN:
             await trio.lowlevel.checkpoint()
             if conn.closed:
-                return size
+                break
             start = _perf_counter()
-    return size
+    return size, slow
 
 
 async def run_reader(conn: Connection, wire: Wire) -> None:
@@ -138,7 +169,7 @@ async def _read_messages(
     last_error: Error | None = None  # the last message received, when it was an Error
     # Server side: the Hello is still to come (conn.on_hello is told when it has passed).
     awaiting_hello = session.state is State.AWAITING_HELLO
-    fair_size = FAIR_FIRST  # this connection's first slice size (see _dispatch_fairly)
+    fairness = Fairness()
     while not conn.closed:
         try:
             data = await wire.receive()
@@ -213,7 +244,9 @@ async def _read_messages(
                     if len(out) == 1:
                         handler(out)  # (Connection.dispatch_to) one message: no slicing
                     else:
-                        fair_size = await _dispatch_fairly(conn, handler, out, fair_size)
+                        fairness.passed(
+                            *await _dispatch_fairly(conn, handler, out, fairness.first_slice())
+                        )
                 except Exception as exc:
                     # Whatever it raises (even a ConnectionClosed or a ProtocolError of
                     # some other connection's) is the application's failure: this

@@ -1,7 +1,8 @@
-"""The reader's fairness (``runtime._reader._dispatch_fairly``): a batch is handed over in
-slices, the first of at most FAIR_FIRST messages (fewer for a connection whose messages were
-slow), doubling while quick, shrinking in proportion while slow; never a message twice,
-never one dropped, never out of order.
+"""The reader's fairness (``runtime._reader``): a batch is handed over in slices
+(``_dispatch_fairly``), doubling while quick, shrinking in proportion while slow; never a
+message twice, never one dropped, never out of order. A connection's first slice is small
+until it has passed FAIR_TRUST quick batches, a number that doubles after each slow slice
+(``Fairness``).
 
 Time is faked: the handler advances a counter that stands for ``time.perf_counter``.
 """
@@ -15,7 +16,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import runtime._reader as reader
-from runtime._reader import FAIR_FIRST, FAIR_SLICE, FAIR_TURN, _dispatch_fairly
+from runtime._reader import (
+    FAIR_FIRST,
+    FAIR_SLICE,
+    FAIR_TRUST,
+    FAIR_TURN,
+    Fairness,
+    _dispatch_fairly,
+)
 
 
 @attrs.define
@@ -30,6 +38,7 @@ class Costly:
     costs: list[float]
     now: float = 0.0
     slices: list[list[int]] = attrs.field(factory=list)
+    slow: bool = False
 
     def clock(self) -> float:
         return self.now
@@ -53,7 +62,8 @@ async def run(costs: list[float], size: int, monkeypatch) -> tuple[Costly, int, 
 
     monkeypatch.setattr(trio.lowlevel, "checkpoint", counting)
     out = list(range(len(costs)))
-    size = await _dispatch_fairly(FakeConn(), handler, out, size)  # type: ignore[arg-type]
+    size, slow = await _dispatch_fairly(FakeConn(), handler, out, size)  # type: ignore[arg-type]
+    handler.slow = slow
     return handler, size, checkpoints
 
 
@@ -69,18 +79,20 @@ async def test_every_message_is_handed_over_once_in_order(costs, size) -> None:
     assert 1 <= new_size <= FAIR_SLICE
 
 
-async def test_quick_messages_grow_the_slice_from_the_first_to_its_maximum(monkeypatch) -> None:
-    handler, size, checkpoints = await run([0.0] * 200, FAIR_SLICE, monkeypatch)
+async def test_quick_messages_grow_the_slice_to_its_maximum(monkeypatch) -> None:
+    handler, size, checkpoints = await run([0.0] * 200, FAIR_FIRST, monkeypatch)
     assert [len(s) for s in handler.slices] == [FAIR_FIRST, 16, 32, 64, 64, 16]
-    assert size == FAIR_SLICE and checkpoints == 0
+    assert size == FAIR_SLICE and checkpoints == 0 and not handler.slow
+    handler, size, _ = await run([0.0] * 200, FAIR_SLICE, monkeypatch)
+    assert [len(s) for s in handler.slices] == [64, 64, 64, 8]
 
 
 async def test_costly_messages_shrink_the_slice_in_proportion(monkeypatch) -> None:
     cost = FAIR_TURN / 2  # each message alone is over a quarter of a turn (the slow mark)
-    handler, size, checkpoints = await run([cost] * 40, FAIR_SLICE, monkeypatch)
+    handler, size, checkpoints = await run([cost] * 40, FAIR_FIRST, monkeypatch)
     # 8 messages took 4 turns: the next slices hold one message each.
     assert [len(s) for s in handler.slices] == [FAIR_FIRST] + [1] * 32
-    assert size == 1
+    assert size == 1 and handler.slow
     assert checkpoints >= 1 + 32 // 3
 
 
@@ -92,17 +104,36 @@ async def test_a_slow_connection_starts_its_next_batch_with_small_slices(monkeyp
     assert checkpoints == 3  # after 3, 6 and 9 messages (each turn just over FAIR_TURN)
 
 
-async def test_cheap_batches_between_costly_ones_do_not_buy_a_long_slice(monkeypatch) -> None:
-    """A peer alternating batches of cheap and of costly messages (the cheap ones grow the
-    slice to its maximum): each costly batch still begins with at most FAIR_FIRST."""
-    size = FAIR_FIRST
-    longest = 0.0
-    for _ in range(5):
-        _, size, _ = await run([0.0] * 200, size, monkeypatch)
-        assert size == FAIR_SLICE
-        costly, size, _ = await run([0.005] * 64, size, monkeypatch)
-        longest = max(longest, 0.005 * max(len(s) for s in costly.slices))
-    assert longest <= FAIR_FIRST * 0.005  # 40 ms, not 64 messages (320 ms)
+def test_a_connection_is_trusted_with_whole_batches_after_quick_ones() -> None:
+    fair = Fairness()
+    firsts = []
+    for _ in range(FAIR_TRUST + 1):
+        firsts.append(fair.first_slice())
+        fair.passed(FAIR_SLICE, slow=False)
+    assert firsts == [FAIR_FIRST] * FAIR_TRUST + [FAIR_SLICE]
+    fair.passed(1, slow=True)  # a slow slice: small first slices again, trust twice as dear
+    assert fair.first_slice() == 1
+    for _ in range(2 * FAIR_TRUST):
+        fair.passed(FAIR_SLICE, slow=False)
+        assert fair.first_slice() in (FAIR_FIRST, FAIR_SLICE)
+    assert fair.first_slice() == FAIR_SLICE and fair.trust_after == 2 * FAIR_TRUST
+
+
+async def test_cheap_batches_between_costly_ones_buy_ever_fewer_long_slices(monkeypatch) -> None:
+    """A peer alternating runs of cheap batches and a costly one: a long first slice only
+    once it has passed twice as many cheap batches as the time before."""
+    fair = Fairness()
+    long_slices = []
+    for cheap_run in range(40):
+        for _ in range(3):  # three cheap batches, then a costly one
+            _, size, _ = await run([0.0] * 64, fair.first_slice(), monkeypatch)
+            fair.passed(size, slow=False)
+        costly, size, _ = await run([0.005] * 64, fair.first_slice(), monkeypatch)
+        fair.passed(size, costly.slow)
+        if len(costly.slices[0]) > FAIR_FIRST:
+            long_slices.append(cheap_run)
+    # Trusted after 4 quick batches, then 8, 16, 32...: 3 per round buys only a few.
+    assert len(long_slices) <= 3, long_slices
 
 
 class _patched:
