@@ -90,6 +90,15 @@ def stepped(coro: Any, before_wait: Callable[[], None]) -> Any:
     except StopIteration as done:
         return done.value
     before_wait()
+    return (yield from resume(coro, trap))
+
+
+@types.coroutine
+def resume(coro: Any, trap: Any) -> Any:
+    """The trampoline proper: ``coro`` yielded ``trap`` (trio's own, private, objects) to
+    the event loop; pass it up, and what the loop sends or throws back down, until ``coro``
+    returns. The one place that forwards trio's traps by hand: if trio changed how a task
+    waits, this is what would break (the worker tests run with and without it)."""
     while True:
         try:
             sent = yield trap

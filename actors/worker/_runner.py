@@ -91,7 +91,15 @@ from runtime import (
 )
 
 from ._failures import Failure, FailureLog, check_never_retry, error_text, failure_of
-from ._handlers import CoroutineType, awaited, handler_of, must_propagate, stepped, until_deadline
+from ._handlers import (
+    CoroutineType,
+    awaited,
+    handler_of,
+    must_propagate,
+    resume,
+    stepped,
+    until_deadline,
+)
 from ._job import Job
 from ._limits import RecycleLimits
 from ._watchdog import LoopWatchdog
@@ -602,8 +610,19 @@ class WorkerRunner:
                             value = await until_deadline(job, coro)
                         elif type(coro) is CoroutineType:
                             # (stepped: a job that finishes without waiting needs neither
-                            # another slot nor a flush; see _handlers.stepped)
-                            value = await run_job(coro, before_wait)
+                            # another slot nor a flush; see _handlers.stepped, whose first
+                            # step is written out here: most jobs end in it, and a
+                            # generator per job would cost them about 4 % of the worker)
+                            if run_job is stepped:
+                                try:
+                                    trap = coro.send(None)
+                                except StopIteration as done:
+                                    value = done.value
+                                else:
+                                    before_wait()
+                                    value = await resume(coro, trap)
+                            else:
+                                value = await run_job(coro, before_wait)
                         else:  # in a thread: it waits
                             before_wait()
                             value = await coro
