@@ -12,7 +12,7 @@ Fairness: one frame may hold thousands of messages (a bundle), and what one mess
 the handler is the application's business. A batch is handed to a ``dispatch_to``
 handler in slices; once a batch has taken :data:`FAIR_TURN` seconds of the process, the
 reader lets every other task run (a checkpoint) before its next slice. Slices double while
-quick, up to :data:`FAIR_SLICE`, and shrink in proportion when slow. A batch's first slice
+quick, up to :data:`FAIR_SLICE`, and shrink in proportion when one takes more than a turn. A batch's first slice
 is small (:data:`FAIR_FIRST` messages) until the connection has earned trust: a new
 connection's first :data:`FAIR_TRUST` batches of more than one message, and again after any
 slow slice, when the batches it must pass before its next full first slice double. So a peer
@@ -60,8 +60,8 @@ FAIR_FIRST = 8
 #: Batches (of more than one message) a new connection passes quick before its batches are
 #: handed over whole; doubled after each slow slice.
 FAIR_TRUST = 4
-#: A slice that took longer than this shrinks the slices in proportion (to what would have
-#: taken this long); one quicker than ``_QUICK_SLICE`` lets the next one double.
+#: A slice longer than a whole turn is slow: the next ones shrink in proportion (to what
+#: would take ``_SLOW_SLICE``); one quicker than ``_QUICK_SLICE`` lets the next one double.
 _SLOW_SLICE = FAIR_TURN / 4
 _QUICK_SLICE = FAIR_TURN / 32
 _MAX_TRUST_AFTER = 1 << 30
@@ -115,7 +115,7 @@ async def _dispatch_fairly(
         position += size
         now = _perf_counter()
         took = now - began
-        if took > _SLOW_SLICE:
+        if took > FAIR_TURN:  # (a full slice of cheap messages takes about a millisecond)
             size = max(1, int(size * _SLOW_SLICE / took))
             slow = True
         elif took < _QUICK_SLICE and size < FAIR_SLICE:
