@@ -91,7 +91,7 @@ async def test_a_peer_of_either_version_gets_each_subscription_named_once(
 async def test_the_client_hands_a_deliver_to_each_subscription_it_names() -> None:
     client = Client("tcp://127.0.0.1:1")
     subs = {sid: Subscription(sid, ">", None, max_pending=2) for sid in (5, 6, 7)}
-    client._subs.update(subs)
+    client._subs._by_sid.update(subs)
     payload = Encoded(cbor2.dumps({"k": [1]}))
     # sid 4 and 99 are not (or no longer) the client's: ignored; 6 is named for itself.
     client._dispatch(

@@ -7,8 +7,7 @@ module             concept
 ``_client``        :class:`Client`: connection, submit, result, cancel, query
 ``_call``          one outstanding call and waiting for it to settle
 ``_map``           :class:`JobMap`, ``Client.map``'s bounded iterator
-``_pubsub``        publish and subscribe (the client's half)
-``_subscription``  :class:`Subscription` and the :class:`Publication` it yields
+``_subscription``  :class:`Subscription`, the :class:`Publication` it yields, the table
 ``_errors``        the exceptions a client raises
 =================  ==========================================================
 """

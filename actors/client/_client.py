@@ -54,10 +54,11 @@ from protocol import (
     Hello,
     InvalidPayload,
     Progress,
+    Publish,
     Query,
     Result,
     Submit,
-    Subscribe,
+    Unsubscribe,
     decode_payload,
 )
 from runtime import (
@@ -91,8 +92,7 @@ from ._errors import (
     too_large,
 )
 from ._map import JobMap
-from ._pubsub import ClientPubSub
-from ._subscription import Publication, Subscription
+from ._subscription import Subscription, Subscriptions
 
 _log = logging.getLogger("actors.client")
 
@@ -107,7 +107,7 @@ CLOSE_TIMEOUT = 2.0
 MAX_QUEUED_CANCELS = 100_000
 
 
-class Client(ClientPubSub):
+class Client:
     """A connection to a leader for submitting jobs and publishing messages.
 
     Build it with :meth:`connect`::
@@ -115,8 +115,8 @@ class Client(ClientPubSub):
         async with Client.connect("tcp://127.0.0.1:7700") as client:
             result = await client.submit("math.square", {"n": 7})
 
-    ``map`` hands its work to :class:`~actors.client._map.JobMap`; publish and subscribe
-    come from :class:`~actors.client._pubsub.ClientPubSub`.
+    ``map`` hands its work to :class:`~actors.client._map.JobMap`; the subscriptions are a
+    :class:`~actors.client._subscription.Subscriptions` of its own.
     """
 
     def __init__(
@@ -147,7 +147,6 @@ class Client(ClientPubSub):
         #: first one is logged, on logger ``actors.client``).
         self.bad_deliveries = 0
         # Subscriptions by the mid of the Subscribe last sent for each (a refusal names it).
-        self._subscribing: dict[int, Subscription] = {}
         #: Jobs abandoned (see the module docstring): cancels sent or queued, and those
         #: dropped because more than ``MAX_QUEUED_CANCELS`` could not be sent.
         self.abandoned = 0
@@ -169,8 +168,7 @@ class Client(ClientPubSub):
         self._mids = itertools.count(1)
         self._calls: dict[int, Call] = {}  # by the mid of the frame on the current connection
         self._progress: dict[str, Call] = {}
-        self._subs: dict[int, Subscription] = {}
-        self._sids = itertools.count(1)
+        self._subs = Subscriptions()
         # Job ids: a random prefix per client and a counter (cheaper than a uuid per job).
         self._id_prefix = uuid.uuid4().hex[:16]
         self._job_numbers = itertools.count(1)
@@ -350,13 +348,7 @@ class Client(ClientPubSub):
         self._calls = {}
         # What does not fit the outgoing buffer now is sent as room comes (below).
         backlog: list[tuple[Call | None, Any]] = []
-        for sub in self._subs.values():
-            message = Subscribe(
-                mid=next(self._mids), sid=sub.sid, pattern=sub.pattern, queue=sub.queue
-            )
-            self._subscribing.pop(sub._mid, None)
-            self._subscribing[message.mid] = sub
-            sub._mid = message.mid
+        for message in list(self._subs.renewals(self._mids.__next__)):
             try:
                 conn.send_nowait(message)
             except SendBufferFull:
@@ -464,6 +456,94 @@ class Client(ClientPubSub):
         except ConnectionClosed:
             pass  # registered: the session's clean-up settles it or the next one resends it
 
+    # -- publish and subscribe (at most once; see actors.leader._pubsub) ---------------
+
+    async def _send(self, message: Any) -> None:
+        """Send ``message`` once connected, and once the outgoing buffer has room for it
+        (also :meth:`Client.cancel`'s way out).
+
+        Raises:
+          TooLarge: the message is over the leader's frame limit.
+          ConnectionLost: the client gave up (see :class:`~actors.Client`).
+        """
+        while True:
+            conn = self._conn
+            if conn is None:
+                if self._failure is not None:
+                    raise self._failure
+                await self._connected.wait()
+                continue
+            try:
+                await conn.send(message, timeout=math.inf)
+                return
+            except ConnectionClosed:
+                await trio.lowlevel.checkpoint()
+            except MessageTooLarge as exc:
+                raise too_large(message, exc) from None
+
+    async def publish(
+        self,
+        subject: str,
+        payload: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        retain: bool = False,
+        qos: int = 0,
+    ) -> None:
+        """Publish to every subscriber of ``subject``.
+
+        With ``retain=True`` the leader keeps it as the subject's last message for later
+        subscribers. ``qos=1`` waits until the leader has accepted it (and sends it again
+        after a reconnect until then); delivery to subscribers is at most once. A message
+        that does not fit the outgoing buffer right now waits for room.
+
+        Raises:
+          TooLarge: the message is over the leader's frame limit (at once), or (``qos=1``)
+            what the leader would forward is over a subscriber's.
+        """
+        fields = {
+            "subject": subject,
+            "payload": payload,
+            "headers": headers or {},
+            "retain": retain,
+            "qos": qos,
+        }
+        if qos == 0:
+            await self._send(Publish(mid=next(self._mids), **fields))
+            return
+        call = Call(Publish(mid=next(self._mids), **fields))
+        full = self._start(call)
+        if full is not None:
+            await self._send_when_room(full, call)
+        await until_settled(call)
+        if call.error is not None:
+            raise call.error
+
+    @asynccontextmanager
+    async def subscribe(
+        self, pattern: str, *, queue: str | None = None, max_pending: int = 1000
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe to ``pattern`` for the duration of the ``async with`` block.
+
+        With ``queue``, subscriptions sharing the queue name split the messages (each
+        goes to one of them). Retained messages matching the pattern arrive first. If the
+        leader refuses the subscription (``max_subscriptions``, or ``busy`` when its replay
+        of retained messages is over the connection's allowance), receiving from it raises
+        the error (:class:`Busy` with ``retry_after``, or :class:`RemoteError`).
+        """
+        sub, message = self._subs.open(pattern, queue, max_pending, next(self._mids))
+        try:
+            await self._send(message)
+            yield sub
+        finally:
+            self._subs.close(sub)  # (already gone if the leader refused it)
+            conn = self._conn
+            if conn is not None:
+                try:
+                    conn.send_nowait(Unsubscribe(mid=next(self._mids), sid=sub.sid))
+                except (ConnectionClosed, SendBufferFull):
+                    pass  # (what the leader still delivers to ``sid`` is dropped here)
+
     def _on_batch(self, batch: list[Any]) -> None:
         for msg in batch:
             self._dispatch(msg)
@@ -513,16 +593,13 @@ class Client(ClientPubSub):
                 )
         elif kind is Deliver:
             # For subscription `sid` and each one in `also`, as if each had its own Deliver.
-            sub = self._subs.get(msg.sid)
-            more = self._also_subscriptions(msg) if msg.also else None
-            if sub is None and more:
-                sub = more.pop(0)
-            if sub is not None:
+            subs = self._subs.targets(msg)
+            if subs:
                 try:
                     payload = decode_payload(msg.payload)
                 except InvalidPayload as exc:  # a publisher's bytes: dropped, the rest go on
                     first = not self.bad_deliveries
-                    self.bad_deliveries += 1 + len(more or ())
+                    self.bad_deliveries += len(subs)
                     if first:
                         _log.warning(
                             "client %s: dropped a message on %s: %s (logged once)",
@@ -531,9 +608,7 @@ class Client(ClientPubSub):
                             exc,
                         )
                     return
-                sub._push(Publication(msg.subject, payload, msg.headers, msg.retained))
-                if more:
-                    self._push_copies(more, msg, payload)
+                self._subs.push(subs, msg, payload)
         elif kind is Progress:
             call = self._progress.get(msg.job_id)
             if call is not None and call.on_progress is not None:
@@ -550,14 +625,13 @@ class Client(ClientPubSub):
         elif kind is Error:
             call = self._calls.pop(msg.cid, None) if msg.cid is not None else None
             if call is None:
-                sub = self._subscribing.pop(msg.cid, None) if msg.cid is not None else None
-                if sub is not None:  # a Subscribe refused: that subscription ends with it
-                    self._subs.pop(sub.sid, None)
-                    sub._fail(
-                        Busy(msg.message, msg.retry_after)
-                        if msg.code == ErrorCode.BUSY
-                        else RemoteError(msg.code, msg.message)
-                    )
+                # A Subscribe refused: that subscription ends with it (else: nothing of ours).
+                self._subs.refused(
+                    msg.cid,
+                    Busy(msg.message, msg.retry_after)
+                    if msg.code == ErrorCode.BUSY
+                    else RemoteError(msg.code, msg.message),
+                )
                 return
             code = msg.code
             if code == ErrorCode.BUSY:
