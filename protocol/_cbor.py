@@ -45,3 +45,24 @@ DECODER_OPTIONS: dict[str, Any] = {
     "allow_duplicate_keys": False,
     "max_depth": MAX_DEPTH,
 }
+
+#: Longest decoder message quoted in an error (MalformedFrame, InvalidPayload).
+REASON_LIMIT = 160
+
+
+def decode_error_reason(exc: Exception) -> str:
+    """What cbor2's decoding error ``exc`` says, cut short: its message may quote the input
+    (a duplicated key); for a tag refused by one of our decoders it says only "error
+    decoding semantic tag 2", so the refusal's own reason is added."""
+    reason = str(exc)
+    cause = exc.__cause__
+    if (
+        type(cause) is ValueError
+        and cause.args
+        and type(cause.args[0]) is str
+        and cause.args[0] not in reason
+    ):
+        reason = f"{reason}: {cause.args[0]}"
+    if len(reason) > REASON_LIMIT:
+        reason = reason[: REASON_LIMIT - 3] + "..."
+    return reason

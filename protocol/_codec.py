@@ -35,16 +35,12 @@ from typing import Any
 
 import cbor2
 
-from ._cbor import DECODER_OPTIONS
+from ._cbor import DECODER_OPTIONS, decode_error_reason
 from ._errors import InvalidField, MalformedFrame, UnknownMessage, safe_repr
 from ._fastcodec import FROM_WIRE, TO_WIRE, TO_WIRE_PLAIN
 from ._limits import MAX_DEPTH
 from ._messages import Message
 from ._payload import splice
-
-#: Longest decoder message quoted in a MalformedFrame error.
-_REASON_LIMIT = 160
-
 
 _DECODER_OPTIONS = DECODER_OPTIONS
 #: For a body that is an array (a bundle): one more level, for the bundle's own array.
@@ -163,20 +159,7 @@ def encode_wire(wire: Any, name: str) -> bytes:
 
 
 def _malformed(exc: Exception) -> MalformedFrame:
-    # cbor2's message may quote the input (a duplicated key): keep it short. For a tag
-    # refused by one of our decoders it says only "error decoding semantic tag 2": add why.
-    reason = str(exc)
-    cause = exc.__cause__
-    if (
-        type(cause) is ValueError
-        and cause.args
-        and type(cause.args[0]) is str
-        and cause.args[0] not in reason
-    ):
-        reason = f"{reason}: {cause.args[0]}"
-    if len(reason) > _REASON_LIMIT:
-        reason = reason[: _REASON_LIMIT - 3] + "..."
-    return MalformedFrame(f"frame body is not valid CBOR: {reason}")
+    return MalformedFrame(f"frame body is not valid CBOR: {decode_error_reason(exc)}")
 
 
 def decode_body(body: bytes) -> Message:

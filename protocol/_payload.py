@@ -27,7 +27,7 @@ from typing import Any
 
 import cbor2
 
-from ._cbor import DECODER_OPTIONS
+from ._cbor import DECODER_OPTIONS, decode_error_reason
 from ._errors import InvalidField, safe_repr
 
 #: The wire map's key of an encoded payload (``p``, the field's own key, holds one sent plain).
@@ -90,8 +90,6 @@ class Encoded:
 _OPTIONS = DECODER_OPTIONS
 _dumps = cbor2.dumps
 _CBOREncodeError = cbor2.CBOREncodeError
-#: Longest decoder message quoted in an InvalidPayload.
-_REASON_LIMIT = 160
 
 
 def splice(encoder: Any, value: Any) -> None:
@@ -128,18 +126,7 @@ def _decode(data: bytes) -> Any:
     try:
         value = cbor2.CBORDecoder(fp, **_OPTIONS).decode()
     except Exception as exc:
-        reason = str(exc)
-        cause = exc.__cause__
-        if (
-            type(cause) is ValueError
-            and cause.args
-            and type(cause.args[0]) is str
-            and cause.args[0] not in reason
-        ):
-            reason = f"{reason}: {cause.args[0]}"
-        if len(reason) > _REASON_LIMIT:
-            reason = reason[: _REASON_LIMIT - 3] + "..."
-        raise InvalidPayload(f"the payload is not valid CBOR: {reason}") from None
+        raise InvalidPayload(f"the payload is not valid CBOR: {decode_error_reason(exc)}") from None
     if fp.tell() != len(data):
         raise InvalidPayload(
             f"the payload has {len(data) - fp.tell()} bytes of trailing data after its CBOR item"

@@ -146,7 +146,6 @@ class Client:
         #: Published messages dropped because their payload could not be decoded (the
         #: first one is logged, on logger ``actors.client``).
         self.bad_deliveries = 0
-        # Subscriptions by the mid of the Subscribe last sent for each (a refusal names it).
         #: Jobs abandoned (see the module docstring): cancels sent or queued, and those
         #: dropped because more than ``MAX_QUEUED_CANCELS`` could not be sent.
         self.abandoned = 0
