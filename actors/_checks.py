@@ -12,8 +12,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from protocol import is_valid_pattern
+from protocol import GroupMode, RoutingPolicy, is_valid_pattern
 from runtime import parse_url
+
+#: The values a configuration or a command line may give a group's ``mode`` and its
+#: ``policy``, in the enums' order (the default first), for checks and help texts.
+MODE_CHOICES = tuple(mode.value for mode in GroupMode)
+POLICY_CHOICES = tuple(policy.value for policy in RoutingPolicy)
 
 
 class ConfigError(Exception):

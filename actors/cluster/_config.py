@@ -42,9 +42,11 @@ from typing import Any
 
 import attrs
 
-from protocol import GroupMode, RoutingPolicy, is_valid_subject
+from protocol import GroupMode, is_valid_subject
 
 from .._checks import (
+    MODE_CHOICES,
+    POLICY_CHOICES,
     ConfigError,
     _check_choice,
     _check_int,
@@ -63,8 +65,6 @@ from ._model import ClusterConfig, GroupConfig, GroupRetryConfig, LeaderTable, R
 
 #: Delivery modes of a group and routing policies of its subjects, in the order messages
 #: list them (the enums', the default first).
-MODES = tuple(mode.value for mode in GroupMode)
-POLICIES = tuple(policy.value for policy in RoutingPolicy)
 
 
 # --------------------------------------------------------------------------- TOML files
@@ -287,7 +287,7 @@ def _group_from_mapping(
         values["instances"] = _check_int(
             data["instances"], at=f"{where} key 'instances'", minimum=0
         )
-    for key, choices in (("mode", MODES), ("policy", POLICIES)):
+    for key, choices in (("mode", MODE_CHOICES), ("policy", POLICY_CHOICES)):
         if key in data:
             values[key] = _check_choice(data[key], choices, at=f"{where} key {key!r}")
     if "subjects" in data:

@@ -40,14 +40,19 @@ import trio
 
 from protocol import GroupMode, RoutingPolicy
 
-from .._checks import ConfigError, check_size, check_subjects, check_url
+from .._checks import (
+    MODE_CHOICES,
+    POLICY_CHOICES,
+    ConfigError,
+    check_size,
+    check_subjects,
+    check_url,
+)
 from ._loader import load_worker_class
 
 #: Where a worker connects when ``--url`` is not given.
 DEFAULT_URL = "tcp://127.0.0.1:7700"
 #: The values of ``--mode`` and ``--policy`` (the default first).
-_MODES = tuple(mode.value for mode in GroupMode)
-_POLICIES = tuple(policy.value for policy in RoutingPolicy)
 #: Seconds between checks that the parent process (a cluster) is still alive.
 PARENT_POLL_INTERVAL = 1.0
 #: Seconds past the drain grace after which a draining worker is cancelled outright.
@@ -69,12 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--policy",
         default=RoutingPolicy.ROUND_ROBIN.value,
-        help=f"routing policy of its subjects: {', '.join(_POLICIES)}",
+        help=f"routing policy of its subjects: {', '.join(POLICY_CHOICES)}",
     )
     parser.add_argument(
         "--mode",
         default=GroupMode.ROUND_ROBIN.value,
-        help=f"{' (takes jobs) or '.join(_MODES)}",
+        help=f"{' (takes jobs) or '.join(MODE_CHOICES)}",
     )
     parser.add_argument(
         "--subjects", help="comma-separated patterns, overriding the class's subjects"
@@ -114,11 +119,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, A
     args = parser.parse_args(argv)
     try:
         check_url(args.url, at="--url")
-        if args.mode not in _MODES:
-            raise ConfigError(f"--mode: expected one of {', '.join(_MODES)}; got {args.mode!r}")
-        if args.policy not in _POLICIES:
+        if args.mode not in MODE_CHOICES:
             raise ConfigError(
-                f"--policy: expected one of {', '.join(_POLICIES)}; got {args.policy!r}"
+                f"--mode: expected one of {', '.join(MODE_CHOICES)}; got {args.mode!r}"
+            )
+        if args.policy not in POLICY_CHOICES:
+            raise ConfigError(
+                f"--policy: expected one of {', '.join(POLICY_CHOICES)}; got {args.policy!r}"
             )
         if args.subjects is not None:
             args.subjects = list(check_subjects(args.subjects.split(","), at="--subjects"))
