@@ -87,6 +87,15 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
         "When no worker serves the subject: queue the job for one that will come (until its"
         " `timeout` or the leader's `max_queue_time`) instead of answering `no_route`."
     ),
+    ("Submit", "enqueue"): (
+        "Answer with an Ack (`cid` = this `mid`, `job_id`) once the job is accepted (written"
+        " to the leader's journal) instead of with its Result; the submitter does not wait"
+        " for the job (a Query `result` with `wait` does). QoS 1 only."
+    ),
+    ("Submit", "delay"): (
+        "Seconds after its acceptance before the job may run (at most a year); it waits for"
+        " a worker yet to come, and its `timeout` counts from the submit."
+    ),
     ("Assign", "subject"): "The subject the job was submitted to.",
     ("Assign", "attempt"): "1 for the first delivery, then 2, 3, ... on redelivery.",
     ("Assign", "qos"): "The job's QoS, as submitted.",
@@ -144,6 +153,11 @@ FIELD_DOCS: dict[tuple[str, str], str] = {
         "`result`: the result of job `job_id` (answered `not_found` when the leader has no"
         " such job; for a job still running, its Result when it ends with `wait`, else"
         " `not_found`). `stats`: the leader's statistics as the Result's payload."
+        " `dead_letters`: the dead letters kept, newest first (at most 1000), without"
+        " payloads. `dead_letter`: dead letter `job_id` whole (payload, attempts, last error,"
+        " traceback). `retry_dead_letter`: submit dead letter `job_id` (every one when absent)"
+        " again under its id, attempts reset; payload `{retried: n}`. `purge_dead_letters`:"
+        " forget dead letter `job_id` (every one when absent); payload `{purged: n}`."
     ),
     ("Query", "job_id"): "For `result`: the job.",
     ("Query", "wait"): "For `result`: wait for a job that is still running.",
@@ -207,6 +221,7 @@ _TYPES: dict[tuple[str, ...], str] = {
     ("_opt_frame_limit",): "uint ≥ 4096 / null",
     ("_bool",): "bool",
     ("_opt_seconds",): "seconds / null",
+    ("_opt_delay",): "seconds (at most a year) / null",
     ("_opt_fraction",): "number 0..1 / null",
     ("_qos",): "0 or 1",
     ("_headers",): "headers",

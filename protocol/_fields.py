@@ -287,6 +287,20 @@ def _opt_seconds(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         )
 
 
+#: The longest delay a Submit may ask for: a year (in seconds).
+MAX_DELAY = 366 * 86400.0
+
+
+def _opt_delay(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    """None, or seconds from 0 to :data:`MAX_DELAY`."""
+    _opt_seconds(inst, attr, value)
+    if value is not None and value > MAX_DELAY:
+        raise ValueError(
+            f"{type(inst).__name__}.{attr.name} must be at most {MAX_DELAY:g} s (a year),"
+            f" got {safe_repr(value)}"
+        )
+
+
 def _opt_fraction(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
@@ -501,7 +515,16 @@ def payload_field() -> Any:
 
 
 #: What a :class:`~protocol.Query` may ask for.
-QUERIES = ("result", "stats")
+QUERIES = (
+    "result",
+    "stats",
+    "dead_letters",
+    "dead_letter",
+    "retry_dead_letter",
+    "purge_dead_letters",
+)
+#: Dead letters one ``dead_letters`` query lists at most (the newest).
+MAX_LISTED = 1000
 
 
 def _query_what(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:

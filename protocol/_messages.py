@@ -30,6 +30,7 @@ from ._fields import (
     _opt_fraction,
     _opt_frame_limit,
     _opt_pos_int,
+    _opt_delay,
     _opt_seconds,
     _opt_short_str,
     _opt_str,
@@ -288,6 +289,13 @@ class Submit(Message):
       wait_for_worker: when no worker serves the subject, queue the job for one that
         will come (until its timeout or the leader's ``max_queue_time``) instead of the
         leader's ``no_route`` answer.
+      enqueue: answer with an Ack (``cid`` = this ``mid``, the ``job_id``) as soon as the
+        job is accepted (written to the leader's journal, when it has one) instead of with
+        its Result; the submitter does not wait for the job (a Query ``result`` with
+        ``wait`` does). QoS 1 only.
+      delay: seconds after its acceptance before the job may run (at most
+        :data:`MAX_DELAY`); a delayed job waits for a worker that is yet to come, as with
+        ``wait_for_worker``, and its ``timeout`` counts from the submit.
     """
 
     KIND: ClassVar[int] = 3
@@ -305,6 +313,10 @@ class Submit(Message):
     )
     wait_for_worker: bool = attrs.field(
         default=False, validator=_bool, metadata=_key("ww"), kw_only=True
+    )
+    enqueue: bool = attrs.field(default=False, validator=_bool, metadata=_key("enq"), kw_only=True)
+    delay: float | None = attrs.field(
+        default=None, validator=_opt_delay, metadata=_key("dl"), kw_only=True
     )
 
 
@@ -466,7 +478,16 @@ class Query(Message):
         answered ``not_found`` when the leader has no such job, or, for a job still
         running, its Result when it finishes (``wait``) or ``not_found`` at once.
         ``stats``: the leader's statistics as the Result's payload.
-      job_id: the job, for ``result``.
+        ``dead_letters``: the dead letters kept (newest first, at most
+        :data:`MAX_LISTED`), as a list of maps without payloads or tracebacks.
+        ``dead_letter``: dead letter ``job_id`` whole (its payload as the leader keeps it,
+        attempts, last error and traceback); ``not_found`` if there is none.
+        ``retry_dead_letter``: submit dead letter ``job_id`` again (every one when
+        ``job_id`` is None) as a new job under the same id, with its attempts reset; the
+        payload is ``{"retried": n}``.
+        ``purge_dead_letters``: forget dead letter ``job_id`` (every one when None); the
+        payload is ``{"purged": n}``.
+      job_id: the job, for ``result`` and the dead-letter queries.
       wait: for ``result``: wait for a job that is still running.
     """
 

@@ -816,6 +816,8 @@ def _number_fields() -> list[Any]:
             values = None
             if name == "_opt_seconds":
                 values = _SECONDS_VALUES
+            elif name == "_opt_delay":
+                values = [*_SECONDS_VALUES, 366 * 86400.0 + 1]
             elif name == "_opt_fraction":
                 values = [-0.1, 1.5, math.nan, math.inf, 10**400]
             elif name in (
