@@ -14,12 +14,17 @@ Two profiles, chosen by the environment when the suite starts:
 
 ``HYPOTHESIS_PROFILE=<name>`` picks a profile explicitly (as does pytest's
 ``--hypothesis-profile``).
+
+And the leaders' data: every test gets its own ``ACTORS_DATA_DIR`` (a temporary directory),
+so that a leader (or a cluster process the test starts) with the default data directory
+journals there, never in the user's home, and two tests never share a journal.
 """
 
 from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 _RELAXED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
@@ -35,3 +40,11 @@ def _profile_from_environment() -> str:
 
 
 settings.load_profile(_profile_from_environment())
+
+
+@pytest.fixture(autouse=True)
+def _actors_data_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test's leaders journal in a directory of their own (see the module's text)."""
+    monkeypatch.setenv("ACTORS_DATA_DIR", str(tmp_path_factory.mktemp("actors-data")))

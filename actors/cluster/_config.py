@@ -36,6 +36,7 @@ import is reported at load time, before anything starts.
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -59,6 +60,7 @@ from .._checks import (
     check_size,
     check_subjects,
 )
+from ..leader._journal import SYNC_MODES
 from ..leader._routing import SubjectPolicies
 from ..worker._loader import load_worker_class
 from ._model import ClusterConfig, GroupConfig, GroupRetryConfig, LeaderTable, RetryConfig
@@ -98,6 +100,11 @@ _LEADER_KEYS = {
     "restart_grace": "seconds",
     "write_timeout": "seconds_or_off",
     "max_outgoing_total": "size",
+    "data_dir": "path",
+    "memory": "bool",
+    "sync": "sync",
+    "max_journal_bytes": "size",
+    "dead_letter_retention": "positive",
     "retry": "table",
 }
 _RETRY_KEYS = ("base", "factor", "cap", "jitter")
@@ -186,6 +193,18 @@ def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderTable
         at = f"{where} key {key!r}"
         if kind == "str":
             values[key] = _check_name(value, at=at)
+        elif kind == "path":
+            if not isinstance(value, str) or not value:
+                raise ConfigError(
+                    f"{at}: expected a directory path (a non-empty string), got {_show(value)}"
+                )
+            values[key] = os.path.expanduser(value)
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{at}: expected true or false, got {_show(value)}")
+            values[key] = value
+        elif kind == "sync":
+            values[key] = _check_choice(value, SYNC_MODES, at=at)
         elif kind == "listen":
             values[key] = check_listen(value, at=at)
         elif kind == "positive":
@@ -394,13 +413,17 @@ def config_from_args(
     import_workers: bool = True,
     max_memory: str | None = None,
     max_jobs: int | None = None,
+    data_dir: str | None = None,
+    memory: bool = False,
+    sync: str | None = None,
 ) -> ClusterConfig:
     """Build the cluster configuration from the ``python -m actors.cluster`` options.
 
     With ``config_path`` the file is read first; ``listen`` then replaces its listen
     addresses, each ``--worker`` adds a group, and ``in_process`` runs every group in
     process. ``max_memory`` (a size such as ``"512MiB"``) and ``max_jobs``, when given,
-    apply to every group, replacing the file's.
+    apply to every group, replacing the file's. ``data_dir``, ``memory`` and ``sync``
+    replace the file's journal settings (``memory`` and ``data_dir`` together: an error).
 
     Raises:
       ConfigError: any option or the file is wrong.
@@ -409,6 +432,14 @@ def config_from_args(
     leader = config.leader if config is not None else LeaderTable()
     if listen:
         leader = attrs.evolve(leader, listen=check_listen(list(listen), at="--listen"))
+    if memory and data_dir:
+        raise ConfigError("--memory and --data-dir: choose one (--memory keeps no journal)")
+    if data_dir:
+        leader = attrs.evolve(leader, data_dir=os.path.expanduser(data_dir), memory=False)
+    elif memory:
+        leader = attrs.evolve(leader, memory=True)
+    if sync is not None:
+        leader = attrs.evolve(leader, sync=_check_choice(sync, SYNC_MODES, at="--sync"))
     groups = list(config.groups) if config is not None else []
     for option in workers:
         group = parse_worker_option(option)

@@ -107,6 +107,9 @@ _OPTIONAL_LIMITS = (
     "restart_grace",
     "write_timeout",
     "max_outgoing_total",
+    "data_dir",
+    "max_journal_bytes",
+    "dead_letter_retention",
 )
 
 
@@ -149,6 +152,12 @@ class LeaderTable:
     restart_grace: float | None = None
     write_timeout: float | None = None  # (math.inf: never; ``0`` in a file)
     max_outgoing_total: int | None = None
+    # The journal (see LeaderConfig): None leaves the leader's default.
+    data_dir: str | None = None
+    memory: bool = False
+    sync: str = _LEADER_DEFAULTS.sync
+    max_journal_bytes: int | None = None
+    dead_letter_retention: float | None = None
 
     def leader_config(self) -> LeaderSettings:
         """The :class:`actors.leader.LeaderConfig` these settings describe (for

@@ -49,6 +49,7 @@ from typing import Any, TextIO
 import trio
 
 from .._checks import ConfigError
+from ..leader._journal import JournalError
 from ..worker._group import GroupFailed, WorkerGroup
 from ._config import config_from_args
 from ._model import ClusterConfig
@@ -84,6 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="a group of N instances of a Worker subclass (repeatable)",
     )
     parser.add_argument("--config", metavar="FILE", help="a cluster.toml file")
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where the leader journals the jobs it accepts (default: $ACTORS_DATA_DIR/<name>,"
+        " else ~/.local/share/trio-actors/<name>; printed at start)",
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="keep no journal: accepted jobs are lost when the leader stops (tests, benchmarks)",
+    )
+    parser.add_argument(
+        "--sync",
+        choices=("full", "normal"),
+        default=None,
+        help="full (default): an accepted job survives power loss; normal: it survives a"
+        " crash of the process only, and accepting is cheaper",
+    )
     parser.add_argument(
         "--in-process", action="store_true", help="run every group's workers in this process"
     )
@@ -150,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_path=args.config,
             max_memory=args.max_memory,
             max_jobs=args.max_jobs,
+            data_dir=args.data_dir,
+            memory=args.memory,
+            sync=args.sync,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
@@ -164,9 +186,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
     except* ListenError as group:  # e.g. the listen address is in use
         print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
+    except* JournalError as group:  # another leader holds the data dir, a read-only file...
+        print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
+        status = 2
     except* OSError as group:  # a worker process that cannot be started, say
         print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
     return status
+
+
+def _journal_line(leader: Any) -> str:
+    """What the cluster says of its journal at start."""
+    if leader.journal is None:
+        return "journal: none (--memory): accepted jobs are lost when the leader stops"
+    line = f"journal: {leader.journal_path} (sync={leader.journal.sync})"
+    recovered = leader.recovered or {}
+    if recovered.get("jobs") or recovered.get("results") or recovered.get("dead_letters"):
+        line += (
+            f"; recovered {recovered['jobs']} unfinished jobs, {recovered['results']} results,"
+            f" {recovered['dead_letters']} dead letters in {recovered['seconds']:g} s"
+        )
+    return line
 
 
 class ListenError(Exception):
@@ -266,6 +305,7 @@ async def _run_cluster(
                 raise ListenError(f"cannot listen on {where}: {_first(group)}") from None
             for url in urls:
                 say(f"leader listening on {url}")
+            say(_journal_line(leader))
             if stats_every > 0:
                 leader_nursery.start_soon(_print_stats, leader, stats_every, say)
             groups = [

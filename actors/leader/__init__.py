@@ -7,6 +7,7 @@ module             concept
 ``_leader``        :class:`Leader`: listeners, one task per connection, timers
 ``_broker``        :class:`Broker`: jobs, queues, credit, acks (sans-I/O)
 ``_jobs``          a job's record and its state machine
+``_journal``       the journal: accepted jobs and outcomes in SQLite, group commit
 ``_links``         the broker's view of connected peers and subject queues
 ``_routing``       which worker of a queue takes the next job
 ``_redelivery``    the retry scheduler: backoff, expiry, ack deadlines, dead letters
@@ -20,6 +21,9 @@ module             concept
 from ._broker import Broker as Broker
 from ._broker import BrokerConfig as BrokerConfig
 from ._jobs import JobState as JobState
+from ._journal import JournalError as JournalError
+from ._journal import SqliteJournal as SqliteJournal
+from ._journal import default_data_dir as default_data_dir
 from ._leader import Leader as Leader
 from ._leader import LeaderConfig as LeaderConfig
 from ._redelivery import DLQ_PREFIX as DLQ_PREFIX

@@ -49,7 +49,9 @@ from protocol import (
 )
 from runtime import Backoff, DedupCache, MessageTooLarge
 
-from ._jobs import JobRecord, JobState, Journal, StoredResult, Submitter
+from ._jobs import CancelledResult as CancelledResult  # (re-exported)
+from ._jobs import JobRecord, JobState, StoredResult, Submitter
+from ._journal import JobJournal, Recovered
 from ._links import ClientLink, GroupStats, PatternSet, SubjectQueue, WorkerLink
 from ._pubsub import PubSubRouter
 from ._redelivery import DLQ_PREFIX, GroupRetry, RetryScheduler
@@ -85,15 +87,6 @@ DEFAULT_RETRY_BACKOFF = Backoff(base=0.5, factor=2.0, cap=30.0, jitter=0.1)
 
 _assign_item = Assign.item  # type: ignore[attr-defined]
 _result_item = Result.item  # type: ignore[attr-defined]
-
-
-class CancelledResult(StoredResult):
-    """The stored result of a job a client cancelled: its Result, to the waiting clients
-    and to later resubmissions and queries, carries ``error_code`` ``cancelled``. The
-    type is the mark, so that a worker's failure (whatever its ``error_type``) never
-    carries it, and the results of other jobs cost nothing more."""
-
-    __slots__ = ()
 
 
 @attrs.define
@@ -173,7 +166,10 @@ class Broker:
     Args:
       config: delivery settings.
       rng: the random source of backoff jitter (seed it in tests).
-      journal: called on every job state transition (for persistence).
+      journal: where accepted jobs, their attempts and outcomes are written (None: they
+        live in memory only). With one, what the broker says to clients about a job (its
+        acceptance, its result) is held (:meth:`take_held`) until the journal has written
+        what it reports, and a worker's slot frees once its result is written.
     """
 
     def __init__(
@@ -181,11 +177,18 @@ class Broker:
         config: BrokerConfig | None = None,
         *,
         rng: random.Random | None = None,
-        journal: Journal | None = None,
+        journal: JobJournal | None = None,
     ) -> None:
         self.config = config or BrokerConfig()
         self.rng = rng or random.Random()
         self.journal = journal
+        # Answers held until the journal's next commit (see take_held), and the workers
+        # whose slots it frees then (one entry per result).
+        self._held: list[tuple[Any, tuple[Any, ...]]] = []
+        self._held_slots: list[WorkerLink] = []
+        #: Wall-clock time minus the ``now`` the broker is given (set by the leader): the
+        #: ``dead_at`` of dead letters.
+        self.clock_offset = 0.0
         self.jobs: dict[str, JobRecord] = {}
         self.finished = DedupCache(
             capacity=self.config.dedup_capacity,
@@ -266,7 +269,7 @@ class Broker:
             self.policies.add(worker.patterns, worker.policy, worker.group)
         self.workers[worker] = None
         self._routes_version += 1
-        worker.window = min(worker.window, self.config.max_window)
+        worker.window = worker.granted = min(worker.window, self.config.max_window)
         worker.stats = self._group_stats(worker.group)
         for pattern in worker.patterns:
             self.worker_index.add(pattern, worker)
@@ -340,7 +343,8 @@ class Broker:
 
     def set_window(self, worker: WorkerLink, credit: int, now: float) -> None:
         """A worker changed its credit window (0 = send nothing more)."""
-        worker.window = min(credit, self.config.max_window)
+        worker.granted = min(credit, self.config.max_window)
+        worker.window = max(0, worker.granted - worker.held)
         self._feed(worker, now)
 
     # ------------------------------------------------------------------ clients
@@ -380,12 +384,24 @@ class Broker:
         in total, of its subject or from this client are at their limit in count or bytes.
         """
         job_id = msg.job_id
+        enqueue = msg.enqueue
+        if enqueue and msg.qos != 1:
+            self._refuse(
+                client,
+                msg,
+                ErrorCode.BAD_FIELD,
+                "enqueue is for QoS 1 jobs (qos 0 is never stored)",
+            )
+            return
         job = self.jobs.get(job_id)
         if job is not None:  # in flight already: merge the waits
             if job.subject != msg.subject or not self._same_request(
                 job_id, job.payload, msg.payload
             ):
                 self._conflict(client, msg)
+                return
+            if enqueue:  # accepted before: told so (once what accepted it is written)
+                self._accepted_ack(client, msg)
                 return
             if len(job.waiters) >= MAX_WAITERS:
                 self._refuse_busy(
@@ -403,7 +419,14 @@ class Broker:
             ):
                 self._conflict(client, msg)
                 return
-            self._reply(client, msg.mid, job_id, stored)
+            if enqueue:
+                self._accepted_ack(client, msg)
+            else:
+                self._answer(self._reply, client, msg.mid, job_id, stored)
+            return
+        journal = self.journal
+        if journal is not None and journal.refusal is not None:
+            self._refuse_busy(client, msg, journal.refusal)
             return
         payload = msg.payload
         subject = msg.subject
@@ -431,7 +454,8 @@ class Broker:
             queue = self._queue(subject)
         config = self.config
         route_until = 0.0
-        if not queue.candidates and not msg.wait_for_worker:
+        delay = msg.delay
+        if not queue.candidates and not msg.wait_for_worker and not delay:
             route_until = self._route_expected_until(subject, now)
             if route_until <= now:
                 self._refuse(client, msg, ErrorCode.NO_ROUTE, self._no_route_text(subject, now))
@@ -451,7 +475,14 @@ class Broker:
             owner=client,
             queue=queue,
         )
-        self._accepted(job, client, msg.mid, queue)
+        retries = self.retries
+        if delay:  # it waits as a retry does, and for its worker from when it is due
+            job.state = JobState.RETRY_WAIT
+            job.retry_at = now + delay
+            self._accepted(job, client, msg, queue, now)
+            retries.wait_retry(job, now, since=job.retry_at)
+            return
+        self._accepted(job, client, msg, queue, now)
         worker = None
         if not route_until and not queue.pending:
             # Nothing queued ahead of it: straight to a worker with room, if there is one
@@ -460,7 +491,6 @@ class Broker:
             if worker is not None and len(worker.inflight) < worker.window:
                 self._assign(job, worker, now)
                 return
-        retries = self.retries
         job.wait_deadline = retries.wait_deadline(job, now)
         if route_until:  # no worker yet, but one may come: it waits that long for one
             job.awaiting_route = True
@@ -481,11 +511,19 @@ class Broker:
             return
         self._dispatch(queue, now)
 
-    def _accepted(self, job: JobRecord, client: ClientLink, mid: int, queue: SubjectQueue) -> None:
-        """Register a job just accepted: its first waiter, the journal, the counters (the
-        limits count it until it finishes: see :meth:`_finish`)."""
-        job.waiters.append((client, mid))
-        client.waiting[job.job_id] = None
+    def _accepted(
+        self, job: JobRecord, client: ClientLink, msg: Submit, queue: SubjectQueue, now: float
+    ) -> None:
+        """Register a job just accepted: its first waiter (or, for an ``enqueue``, the Ack
+        that says it is accepted), the journal, the counters (the limits count it until it
+        finishes: see :meth:`_finish`)."""
+        if self.journal is not None:
+            self.journal.accept(job, now)
+        if msg.enqueue:
+            self._accepted_ack(client, msg)
+        else:
+            job.waiters.append((client, msg.mid))
+            client.waiting[job.job_id] = None
         self.jobs[job.job_id] = job
         size = job.size
         self.job_bytes += size
@@ -493,9 +531,51 @@ class Broker:
         queue.job_bytes += size
         client.jobs += 1
         client.job_bytes += size
-        if self.journal is not None:
-            self.journal(job, JobState.QUEUED, JobState.QUEUED)
         queue.submitted += 1
+
+    def _accepted_ack(self, client: ClientLink, msg: Submit) -> None:
+        """Tell the client of an ``enqueue`` submit that its job is accepted (once written)."""
+        self._answer(client.send, Ack(mid=client.next_mid(), cid=msg.mid, job_id=msg.job_id))
+
+    def _answer(self, send: Any, *args: Any) -> None:
+        """``send(*args)``: at once without a journal, else once the journal has written
+        what is pending now (so that no client hears of an acceptance or a result that a
+        crash could undo)."""
+        if self.journal is None:
+            send(*args)
+        else:
+            self._held.append((send, args))
+
+    @property
+    def holding(self) -> bool:
+        """Whether answers or worker slots wait for the journal's next commit."""
+        return bool(self._held or self._held_slots)
+
+    def take_held(self) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[WorkerLink]]:
+        """The answers and worker slots held so far, to release with :meth:`release` once
+        the journal has written what was pending when they were taken."""
+        held, slots = self._held, self._held_slots
+        self._held = []
+        self._held_slots = []
+        return held, slots
+
+    def release(
+        self, held: tuple[list[tuple[Any, tuple[Any, ...]]], list[WorkerLink]], now: float
+    ) -> None:
+        """The journal has written what these wait for: send the answers, free the slots
+        (and give those workers more work)."""
+        answers, slots = held
+        for send, args in answers:
+            send(*args)
+        freed: dict[WorkerLink, None] = {}
+        for worker in slots:
+            worker.held -= 1
+            freed[worker] = None
+        workers = self.workers
+        for worker in freed:
+            worker.window = max(0, worker.granted - worker.held)
+            if worker in workers and (worker.hungry or worker.backlog):
+                self._feed(worker, now)
 
     def _over_limits(
         self, client: ClientLink, msg: Submit, queue: SubjectQueue | None, size: int
@@ -597,7 +677,7 @@ class Broker:
             return
         stored = self.finished.get(job_id, now)
         if stored is not None:
-            self._reply(client, msg.mid, job_id, stored)
+            self._answer(self._reply, client, msg.mid, job_id, stored)
             return
         self._refuse(
             client,
@@ -704,7 +784,7 @@ class Broker:
             if job.wait_deadline <= now:
                 self._expire(job, now)
                 continue
-            job.move(JobState.QUEUED, self.journal)
+            job.move(JobState.QUEUED)
             self._enqueue(job, now)
         for job in retries.due_expiries(now):
             if not self._route_came(job, now):
@@ -759,10 +839,12 @@ class Broker:
         queue.redelivered += 1
         if group is not None:
             group.redelivered += 1
-        job.move(JobState.RETRY_WAIT, self.journal)
+        job.move(JobState.RETRY_WAIT)
         job.worker = None
         job.retry_at = retry_at
         self.retries.wait_retry(job, now)  # (the limits count it still: it is not finished)
+        if self.journal is not None:
+            self.journal.retry(job)
 
     def _cancelled(self, job: JobRecord, reason: str, now: float) -> None:
         """End ``job`` as cancelled by a client: its waiters get a failure marked
@@ -782,6 +864,9 @@ class Broker:
         on ``$dlq.<subject>``."""
         self._queue(job.subject).dead += 1
         record = self.retries.dead_letter(job)
+        record["dead_at"] = now + self.clock_offset
+        if self.journal is not None:
+            self.journal.dead_letter(job, record, now)
         self._finish(
             job,
             JobState.DEAD,
@@ -1013,8 +1098,10 @@ class Broker:
             queue.starved = False  # (so that its next jobs with no room tell every worker)
 
     def _assign(self, job: JobRecord, worker: WorkerLink, now: float) -> None:
-        job.move(JobState.ASSIGNED, self.journal)
+        job.move(JobState.ASSIGNED)
         job.attempt += 1
+        if self.journal is not None:
+            self.journal.assign(job)
         job.worker = worker
         job.assigned_at = now
         deadline = now + self.config.ack_timeout
@@ -1093,6 +1180,11 @@ class Broker:
         """A worker finished a job (or failed it). The first answer wins; a late one from
         a worker whose attempt already timed out still frees its slot."""
         job = self._release(worker, msg.job_id)
+        if job is not None and self.journal is not None:
+            # Its slot frees once the result is written (see release).
+            worker.held += 1
+            worker.window = max(0, worker.granted - worker.held)
+            self._held_slots.append(worker)
         if job is not None and not job.state.final:
             worker.done_total += 1
             if msg.ok or job.qos == 0 or msg.final:
@@ -1235,7 +1327,9 @@ class Broker:
         """End ``job``: uncount it from the limits, store its result (``size`` bytes, for
         the stored results' limit; by default the job's own size) and answer every client
         waiting for it."""
-        job.move(state, self.journal)
+        job.move(state)
+        if self.journal is not None:
+            self.journal.finish(job, state, stored, now)
         job.worker = None
         job.payload = None  # (entries of the expiry queues may keep the record a while)
         self.jobs.pop(job.job_id, None)
@@ -1257,20 +1351,22 @@ class Broker:
                 job.job_id, now, stored, job.size + JOB_OVERHEAD if size is None else size
             )
             self._count_done(now)
+        answer = self._answer
         for client, cid in job.waiters:
             client.waiting.pop(job.job_id, None)
             if stored is None:
-                client.send(
+                answer(
+                    client.send,
                     Error(
                         mid=client.next_mid(),
                         cid=cid,
                         code=ErrorCode.NO_ROUTE if job.awaiting_route else ErrorCode.TIMEOUT,
                         message=self._expired_text(job, now),
                         job_id=job.job_id,
-                    )
+                    ),
                 )
             else:
-                self._reply(client, cid, job.job_id, stored)
+                answer(self._reply, client, cid, job.job_id, stored)
         job.waiters = []
 
     @staticmethod
@@ -1317,6 +1413,121 @@ class Broker:
             f"job {job.job_id} expired: it waited {self.config.max_queue_time:g} s for a"
             f" worker (the leader's max_queue_time)"
         )
+
+    # ------------------------------------------------------------------ restarts
+
+    def restore(self, recovered: Recovered, now: float, offset: float) -> None:
+        """Take back what the journal held when the leader started (``offset``: wall-clock
+        time minus the broker's clock): unfinished jobs queue again (those waiting for a
+        retry or their delay wait on; those a worker held when the leader stopped count
+        that attempt and are redelivered, or dead-lettered when it was their last), results
+        finished within the dedup window answer resubmissions and queries again, and the
+        newest dead letters are kept in memory. Nobody waits for a restored job until a
+        client submits its id again or asks for its result."""
+        finished = self.finished
+        for job_id, finished_at, stored, size in recovered.results:
+            finished.add(job_id, min(now, finished_at - offset), stored, size)
+        retries = self.retries
+        for record in recovered.dead_letters:
+            size = record.get("size", 0)
+            record = dict(record)
+            record.pop("size", None)
+            record.pop("max_attempts", None)
+            retries.keep_dead_letter(record, size)
+        jobs = self.jobs
+        for rec in recovered.jobs:
+            queue = self._queue(rec.subject)
+            job = JobRecord(
+                job_id=rec.job_id,
+                subject=rec.subject,
+                payload=rec.payload,
+                headers=rec.headers,
+                qos=rec.qos,
+                max_attempts=rec.max_attempts,
+                submitted_at=rec.submitted_at - offset,
+                expires_at=None if rec.expires_at is None else rec.expires_at - offset,
+                submitted_max_attempts=rec.submitted_max_attempts,
+                attempt=rec.attempt,
+                last_error=rec.last_error,
+                last_traceback=rec.last_traceback,
+                size=rec.size,
+                queue=queue,
+            )
+            jobs[job.job_id] = job
+            self.job_bytes += job.size
+            queue.jobs += 1
+            queue.job_bytes += job.size
+            if rec.state is JobState.ASSIGNED:
+                job.state = JobState.ASSIGNED
+                self._failed_attempt(
+                    job,
+                    ("LeaderRestarted", "the leader stopped while a worker held the job"),
+                    now,
+                )
+            elif rec.state is JobState.RETRY_WAIT and rec.retry_at is not None:
+                job.state = JobState.RETRY_WAIT
+                job.retry_at = rec.retry_at - offset
+                retries.wait_retry(job, now, since=max(now, job.retry_at))
+            else:
+                job.wait_deadline = retries.wait_deadline(job, now)
+                queue.pending.append(job)
+                retries.watch_expiry(job, len(jobs))
+                if queue.candidates and not queue.starved:
+                    self._starve(queue)
+
+    # ------------------------------------------------------------------ dead letters
+
+    def requeue_dead_letter(self, record: Mapping[str, Any], now: float) -> str | None:
+        """Submit dead letter ``record`` (a whole one, with its payload) again as a new job
+        under its id, its attempts reset, and forget the dead letter. Returns why it could
+        not (its id names a job still running, or the leader's queue is full), or None."""
+        job_id = record["job_id"]
+        if job_id in self.jobs:
+            return f"job {job_id} is running again already"
+        subject = record["subject"]
+        payload = record.get("payload")
+        headers = dict(record.get("headers") or {})
+        size = (9 if payload is None else payload_size(payload)) + len(subject) + JOB_OVERHEAD
+        for key, value in headers.items():
+            size += len(key) + len(value) + 2
+        config = self.config
+        if len(self.jobs) >= config.max_queued or self.job_bytes + size > config.max_queued_bytes:
+            return f"the leader's queue is full ({len(self.jobs)} jobs)"
+        max_attempts = record.get("max_attempts")
+        queue = self._queue(subject)
+        job = JobRecord(
+            job_id=job_id,
+            subject=subject,
+            payload=payload,
+            headers=headers,
+            qos=1,
+            max_attempts=max_attempts or config.max_attempts,
+            submitted_at=now,
+            submitted_max_attempts=max_attempts,
+            size=size,
+            queue=queue,
+        )
+        self.finished.discard(job_id)
+        if self.journal is not None:
+            self.journal.accept(job, now)
+        self.jobs[job_id] = job
+        self.job_bytes += size
+        queue.jobs += 1
+        queue.job_bytes += size
+        queue.submitted += 1
+        self.forget_dead_letters({job_id})
+        job.wait_deadline = self.retries.wait_deadline(job, now)
+        self._enqueue(job, now)
+        return None
+
+    def forget_dead_letters(self, job_ids: set[str] | None) -> int:
+        """Forget the dead letters of ``job_ids`` (every one when None) kept in memory and,
+        by id, in the journal (the leader purges a journal's whole table itself). Returns
+        how many of those kept in memory went."""
+        count = self.retries.forget_dead_letters(job_ids)
+        if self.journal is not None and job_ids is not None:
+            self.journal.forget_dead_letters(job_ids)
+        return count
 
     # ------------------------------------------------------------------ statistics
 

@@ -4,7 +4,8 @@ A job moves ``queued -> assigned -> done``; a missed ack deadline, a Nack, a fai
 worker that goes away sends it to ``retry_wait`` (then back to ``queued``) until its
 attempts run out and it is ``dead``. A queued job whose client deadline passed is
 ``expired``. Every change goes through :meth:`JobRecord.move`, which checks the table and
-calls the journal hook, so that the durability issue can write each transition to disk.
+the broker tells its journal (:mod:`actors.leader._journal`) of each change that matters
+after a restart.
 """
 
 from __future__ import annotations
@@ -62,9 +63,6 @@ del _i, _state
 
 class IllegalTransition(RuntimeError):
     """A bug: code tried to move a job along a transition the table does not allow."""
-
-
-Journal = Callable[["JobRecord", JobState, JobState], None]
 
 
 # What a job refers to, as the broker reaches it through the job. The links and queues
@@ -168,14 +166,12 @@ class JobRecord:
     #: When a Progress of it was last forwarded to its clients.
     progress_at: float = float("-inf")
 
-    def move(self, new: JobState, journal: Journal | None = None) -> None:
-        """Change state along an allowed transition, telling the journal."""
+    def move(self, new: JobState) -> None:
+        """Change state along an allowed transition."""
         old = self.state
         if not old._allowed & new._bit:  # type: ignore[attr-defined]  # TRANSITIONS, as masks
             raise IllegalTransition(f"job {self.job_id}: {old.value} -> {new.value} is not allowed")
         self.state = new
-        if journal is not None:
-            journal(self, old, new)
 
 
 class StoredResult(NamedTuple):
@@ -199,3 +195,12 @@ class StoredResult(NamedTuple):
     #: a failure that is the job's outcome by the worker's word (not retried): the
     #: client gets JobFailed rather than DeadLettered
     final: bool = False
+
+
+class CancelledResult(StoredResult):
+    """The stored result of a job a client cancelled: its Result, to the waiting clients
+    and to later resubmissions and queries, carries ``error_code`` ``cancelled``. The
+    type is the mark, so that a worker's failure (whatever its ``error_type``) never
+    carries it, and the results of other jobs cost nothing more."""
+
+    __slots__ = ()

@@ -13,6 +13,7 @@ import itertools
 import logging
 import random
 import ssl
+import time
 import uuid
 from functools import partial
 from typing import Any
@@ -22,6 +23,7 @@ import trio
 
 from protocol import (
     DEFAULT_MAX_FRAME_SIZE,
+    MAX_LISTED,
     MAX_NAME_LENGTH,
     Ack,
     Cancel,
@@ -56,6 +58,14 @@ from runtime import (
 )
 
 from ._broker import Broker, BrokerConfig
+from ._journal import (
+    PRUNE_BATCH,
+    SYNC_MODES,
+    Batch,
+    JournalError,
+    SqliteJournal,
+    default_data_dir,
+)
 from ._links import ClientLink, WorkerLink
 
 #: Messages of one received batch handled before what they queued is written out, so
@@ -67,6 +77,12 @@ MAX_PATTERNS = 1024
 STATS_INTERVAL = 1.0
 #: Subjects listed in a statistics answer at most (the busiest).
 MAX_STATS_SUBJECTS = 1000
+#: Seconds between two steps of pruning the journal when there is little to prune.
+PRUNE_INTERVAL = 1.0
+#: Dead-letter queries answered from the journal at once (more are answered ``busy``).
+MAX_ADMIN_QUERIES = 4
+#: The fields of a dead letter in a ``dead_letters`` listing.
+DEAD_LETTER_SUMMARY = ("job_id", "subject", "attempts", "error_type", "error_message", "dead_at")
 
 log = logging.getLogger("actors.leader")
 
@@ -108,6 +124,19 @@ class LeaderConfig:
       max_patterns: subject patterns one worker may serve; a Hello with more is refused.
       broker: the delivery settings (ack timeout, attempts, backoff, queue limits, route
         grace): see :class:`BrokerConfig`.
+      data_dir: where the journal of accepted jobs is kept (``journal.sqlite3`` in it;
+        created if missing; one leader at a time). None: the per-user default,
+        ``$ACTORS_DATA_DIR/<name>``, else ``$XDG_DATA_HOME/trio-actors/<name>``, else
+        ``~/.local/share/trio-actors/<name>`` (see :attr:`Leader.journal_path`).
+      memory: keep jobs in memory only, with no journal: a leader that stops loses the
+        jobs it accepted (for tests and benchmarks).
+      sync: ``"full"`` (default): a job is acknowledged once its commit is on disk, and
+        survives power loss; ``"normal"``: it survives a crash of the leader's process
+        (kill -9), but the last commits may be lost if the machine loses power.
+      max_journal_bytes: the journal's size (its live pages) past which submits are
+        answered ``busy`` with the reason (finished jobs are pruned after the dedup window).
+      dead_letter_retention: seconds a dead letter is kept in the journal unless purged
+        or retried.
     """
 
     name: str = "leader"
@@ -124,6 +153,16 @@ class LeaderConfig:
     token: str | None = None
     max_patterns: int = MAX_PATTERNS
     broker: BrokerConfig = attrs.field(factory=BrokerConfig)
+    data_dir: str | None = attrs.field(default=None, converter=attrs.converters.optional(str))
+    memory: bool = False
+    sync: str = attrs.field(default="full")
+    max_journal_bytes: int = 4 * 2**30
+    dead_letter_retention: float = 7 * 86400.0
+
+    @sync.validator
+    def _check_sync(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, got {value!r}")
 
     @classmethod
     def of(cls, **settings: Any) -> LeaderConfig:
@@ -213,7 +252,28 @@ class Leader:
         self.max_handshakes_per_address = config.max_handshakes_per_address
         self.token = config.token
         self.max_patterns = config.max_patterns
-        self.broker = Broker(config.broker, rng=rng)
+        #: The journal of accepted jobs (None with ``memory``).
+        self.journal: SqliteJournal | None = None
+        if not config.memory:
+            broker_config = config.broker
+            self.journal = SqliteJournal(
+                config.data_dir or default_data_dir(name),
+                sync=config.sync,
+                max_bytes=config.max_journal_bytes,
+                dedup_window=broker_config.dedup_window,
+                dedup_capacity=broker_config.dedup_capacity,
+                dead_letter_retention=config.dead_letter_retention,
+                max_dead_letters=broker_config.max_dead_letters,
+            )
+        self.broker = Broker(config.broker, rng=rng, journal=self.journal)
+        self._journal_wake = trio.Event()
+        self._db_lock = trio.Lock()
+        # A batch whose write failed, with the answers it holds, to write again first.
+        self._unwritten: tuple[Batch, Any] | None = None
+        self._admin_queries = 0
+        self._nursery: trio.Nursery | None = None
+        #: What the journal held when the leader started (counts), once it has.
+        self.recovered: dict[str, Any] | None = None
         self.urls: list[str] = []
         self._timer_scope: trio.CancelScope | None = None
         self._session_ids = itertools.count(1)
@@ -230,31 +290,79 @@ class Leader:
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve every listen URL until cancelled; ``task_status.started(bound_urls)``."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self._timer_loop)
-            urls = []
-            for url in self.listen:
-                bound = await nursery.start(
-                    partial(
-                        serve,
-                        url,
-                        self._handle_connection,
-                        ssl_context=self.ssl_context,
-                        heartbeat=self.heartbeat,
-                        max_connections=self.max_connections,
-                        max_outgoing=self.max_outgoing,
-                        write_timeout=self.write_timeout,
-                        max_outgoing_total=self.max_outgoing_total,
-                        max_connections_per_address=self.max_connections_per_address,
-                        max_handshakes=self.max_handshakes,
-                        max_handshakes_per_address=self.max_handshakes_per_address,
-                        decode_payloads=False,  # forwarded as they came (protocol._payload)
-                    )
+        """Serve every listen URL until cancelled; ``task_status.started(bound_urls)``.
+
+        With a journal, it is opened and read back first (what it holds queues again).
+
+        Raises:
+          JournalError: the journal cannot be used (its message names the file and what
+            to do: another leader holds the data directory, it is read-only, corrupt...).
+        """
+        journal = self.journal
+        try:
+            if journal is not None:
+                await self._recover(journal)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._serve(nursery, task_status)
+        finally:
+            if journal is not None:
+                with trio.CancelScope(shield=True):
+                    async with self._db_lock:
+                        journal.close()
+
+    @property
+    def journal_path(self) -> str | None:
+        """The journal's file (None for a leader with ``memory``)."""
+        return None if self.journal is None else str(self.journal.path)
+
+    async def _recover(self, journal: SqliteJournal) -> None:
+        offset = time.time() - trio.current_time()
+        journal.clock_offset = self.broker.clock_offset = offset
+        recovered = await trio.to_thread.run_sync(journal.open)
+        self.broker.restore(recovered, trio.current_time(), offset)
+        self.recovered = {
+            "jobs": len(recovered.jobs),
+            "results": len(recovered.results),
+            "dead_letters": len(recovered.dead_letters),
+            "seconds": round(recovered.seconds, 3),
+        }
+        if recovered.jobs or recovered.results:
+            log.info(
+                "leader %s: journal %s: %d unfinished jobs queued again, %d results kept (%.3f s)",
+                self.name,
+                journal.path,
+                len(recovered.jobs),
+                len(recovered.results),
+                recovered.seconds,
+            )
+
+    async def _serve(self, nursery: trio.Nursery, task_status: trio.TaskStatus[list[str]]) -> None:
+        if self.journal is not None:
+            await nursery.start(self._journal_loop, self.journal)
+        await nursery.start(self._timer_loop)
+        urls = []
+        for url in self.listen:
+            bound = await nursery.start(
+                partial(
+                    serve,
+                    url,
+                    self._handle_connection,
+                    ssl_context=self.ssl_context,
+                    heartbeat=self.heartbeat,
+                    max_connections=self.max_connections,
+                    max_outgoing=self.max_outgoing,
+                    write_timeout=self.write_timeout,
+                    max_outgoing_total=self.max_outgoing_total,
+                    max_connections_per_address=self.max_connections_per_address,
+                    max_handshakes=self.max_handshakes,
+                    max_handshakes_per_address=self.max_handshakes_per_address,
+                    decode_payloads=False,  # forwarded as they came (protocol._payload)
                 )
-                urls.append(bound)
-            self.urls = urls
-            task_status.started(urls)
+            )
+            urls.append(bound)
+        self.urls = urls
+        task_status.started(urls)
 
     def set_group_state(self, group: str, state: str | None) -> None:
         """Say what a worker group the leader cannot see is doing (``starting``,
@@ -280,6 +388,21 @@ class Leader:
             group["state"] = state
         stats["node"] = self.name
         stats["connections"] = self.connections
+        journal = self.journal
+        stats["journal"] = (
+            None
+            if journal is None
+            else {
+                "path": str(journal.path),
+                "sync": journal.sync,
+                "bytes": journal.size,
+                "max_bytes": journal.max_bytes,
+                "commits": journal.commits,
+                "rows_written": journal.rows_written,
+                "refusal": journal.refusal,
+                "recovered": self.recovered,
+            }
+        )
         stats["listen"] = list(self.urls)
         return stats
 
@@ -310,6 +433,76 @@ class Leader:
             if failed:
                 await trio.sleep(1.0)
 
+    # ------------------------------------------------------------------ journal
+
+    async def _journal_loop(
+        self,
+        journal: SqliteJournal,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Write what the broker journalled, a batch per transaction (group commit: what
+        piles up while one commit runs goes in the next), in a worker thread; then release
+        the answers and worker slots that waited for it. Between commits, prune finished
+        jobs in small steps. A failed write is tried again (every 0.1 s, then less often,
+        up to 5 s) until it succeeds; meanwhile submits are answered ``busy`` with the
+        reason, and nothing it holds is acknowledged."""
+        task_status.started()
+        broker = self.broker
+        prune_at = 0.0
+        more_to_prune = False
+        failures = 0
+        while True:
+            if not (journal.dirty or broker.holding or self._unwritten or more_to_prune):
+                with trio.move_on_after(PRUNE_INTERVAL):
+                    await self._journal_wake.wait()
+                self._journal_wake = trio.Event()
+            async with self._db_lock:
+                written = await self._commit_once(journal)
+            if not written:
+                failures += 1
+                await trio.sleep(min(5.0, 0.1 * 2 ** min(failures - 1, 6)))
+                continue
+            failures = 0
+            now = trio.current_time()
+            if more_to_prune or now >= prune_at:
+                prune_at = now + PRUNE_INTERVAL
+                async with self._db_lock:
+                    try:
+                        pruned = await trio.to_thread.run_sync(journal.prune, time.time())
+                    except JournalError as exc:
+                        log.warning("leader %s: pruning the journal failed: %s", self.name, exc)
+                        pruned = 0
+                more_to_prune = pruned >= PRUNE_BATCH
+
+    async def _commit_once(self, journal: SqliteJournal) -> bool:
+        """Write the pending batch (a failed one first) and release what waited for it;
+        False if the write failed (it is kept, to be written again)."""
+        if self._unwritten is not None:
+            batch, held = self._unwritten
+            self._unwritten = None
+        else:
+            batch, held = journal.take(), self.broker.take_held()
+        if len(batch):
+            try:
+                await trio.to_thread.run_sync(journal.write, batch)
+            except JournalError as exc:
+                if journal.failure != str(exc):
+                    log.error("leader %s: %s (submits are refused until it works)", self.name, exc)
+                journal.failed(str(exc))
+                self._unwritten = (batch, held)
+                return False
+            if journal.failure is not None:
+                log.warning("leader %s: journal %s written again", self.name, journal.path)
+                journal.failed(None)
+        self._batching = True
+        try:
+            self.broker.release(held, trio.current_time())
+        finally:
+            self._flush()
+        self._end_batch()
+        return True
+
     def _rearm(self) -> None:
         # Only ever brought forward: a timer that fires early finds nothing due and re-arms
         # itself at the true next deadline. (Moving a scope's deadline is a heap operation
@@ -327,8 +520,11 @@ class Leader:
         :data:`STATS_INTERVAL` for everyone, a connection is answered at most once per
         interval (``busy`` before), and they list the :data:`MAX_STATS_SUBJECTS` busiest
         subjects (``subjects_omitted`` counts the others)."""
-        if msg.what != "stats":
+        if msg.what == "result":
             self.broker.query_result(client, msg, now)
+            return
+        if msg.what != "stats":
+            self._dead_letter_query(client, msg, now)
             return
 
         def refuse(code: str, text: str, **extra: Any) -> None:
@@ -361,6 +557,114 @@ class Leader:
             )
         except MessageTooLarge as exc:
             refuse(ErrorCode.TOO_LARGE, f"the statistics do not fit your frame limit: {exc}")
+
+    def _dead_letter_query(self, client: ClientLink, msg: Query, now: float) -> None:
+        """Answer a Query about dead letters: from memory, or from the journal (in a task,
+        at most :data:`MAX_ADMIN_QUERIES` at once: ``busy`` beyond)."""
+        if self.journal is None:
+            letters = list(self.broker.retries.dead_letters)
+            if msg.job_id is not None:
+                letters = [r for r in letters if r["job_id"] == msg.job_id]
+            self._dead_letters_answer(client, msg, now, letters, len(letters))
+            return
+        if self._admin_queries >= MAX_ADMIN_QUERIES or self._nursery is None:
+            client.refuse(
+                msg, ErrorCode.BUSY, "too many dead-letter queries at once", retry_after=1.0
+            )
+            return
+        self._admin_queries += 1
+        self._nursery.start_soon(self._journal_dead_letter_query, self.journal, client, msg)
+
+    async def _journal_dead_letter_query(
+        self, journal: SqliteJournal, client: ClientLink, msg: Query
+    ) -> None:
+        try:
+            async with self._db_lock:
+                # (what is pending, dead letters among it, is in the file before it is read)
+                if not await self._commit_once(journal):
+                    client.refuse(msg, ErrorCode.BUSY, journal.refusal or "", retry_after=1.0)
+                    self._flush()
+                    return
+                what = msg.what
+                if what == "dead_letters":
+                    letters = await trio.to_thread.run_sync(journal.list_dead_letters, MAX_LISTED)
+                    total = await trio.to_thread.run_sync(journal.count_dead_letters)
+                elif what == "purge_dead_letters" and msg.job_id is None:
+                    total = await trio.to_thread.run_sync(journal.purge_dead_letters)
+                    letters = []
+                else:
+                    letters = await trio.to_thread.run_sync(
+                        journal.get_dead_letters, msg.job_id, MAX_LISTED
+                    )
+                    total = len(letters)
+            self._batching = True
+            try:
+                self._dead_letters_answer(client, msg, trio.current_time(), letters, total)
+            finally:
+                self._flush()
+            self._end_batch()
+        except JournalError as exc:
+            client.refuse(msg, ErrorCode.BUSY, str(exc), retry_after=1.0)
+            self._flush()
+        finally:
+            self._admin_queries -= 1
+
+    def _dead_letters_answer(
+        self,
+        client: ClientLink,
+        msg: Query,
+        now: float,
+        letters: list[dict[str, Any]],
+        total: int,
+    ) -> None:
+        """Answer a dead-letter Query with ``letters`` (all those it concerns, or for
+        ``dead_letters`` the newest; ``total``: how many there are, or for a purge of all
+        in a journal how many went)."""
+        broker = self.broker
+        what = msg.what
+
+        def answer(payload: Any) -> None:
+            broker._answer(
+                client.send,
+                Result(mid=client.next_mid(), cid=msg.mid, job_id=what, ok=True, payload=payload),
+            )
+
+        if what == "dead_letters":
+            newest = sorted(letters, key=lambda r: r.get("dead_at") or 0.0, reverse=True)
+            answer(
+                {
+                    "total": total,
+                    "dead_letters": [
+                        {key: r.get(key) for key in DEAD_LETTER_SUMMARY}
+                        for r in newest[:MAX_LISTED]
+                    ],
+                }
+            )
+        elif what == "dead_letter":
+            if not letters:
+                client.refuse(msg, ErrorCode.NOT_FOUND, f"no dead letter {msg.job_id}")
+                return
+            answer(letters[0])
+        elif what == "retry_dead_letter":
+            if msg.job_id is not None and not letters:
+                client.refuse(msg, ErrorCode.NOT_FOUND, f"no dead letter {msg.job_id}")
+                return
+            retried = 0
+            refused: list[str] = []
+            for record in letters:
+                why = broker.requeue_dead_letter(record, now)
+                if why is None:
+                    retried += 1
+                elif len(refused) < 10:
+                    refused.append(why)
+            answer({"retried": retried, "refused": refused})
+        else:  # purge_dead_letters
+            if msg.job_id is None:
+                count = broker.forget_dead_letters(None)
+                answer({"purged": total if self.journal is not None else count})
+            else:
+                broker.forget_dead_letters({msg.job_id})
+                answer({"purged": len(letters)})
 
     # ------------------------------------------------------------------ connections
 
@@ -404,6 +708,9 @@ class Leader:
             for conn in dirty:
                 conn.flush()
             dirty.clear()
+        journal = self.journal
+        if journal is not None and (journal.dirty or self.broker.holding):
+            self._journal_wake.set()
 
     def _end_batch(self) -> None:
         self._rearm()

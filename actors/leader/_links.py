@@ -76,7 +76,11 @@ class WorkerLink(Link):
     """A worker: its patterns, credit window and the jobs it holds unacknowledged."""
 
     patterns: tuple[str, ...] = ()
+    #: Jobs it may hold at once: its credit (``granted``, within the leader's
+    #: ``max_window``) less the slots whose results wait for the journal (``held``).
     window: int = 0
+    granted: int = 0
+    held: int = 0
     group: str = ""
     policy: str = RoutingPolicy.ROUND_ROBIN.value
     mode: str = GroupMode.ROUND_ROBIN.value

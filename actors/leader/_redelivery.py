@@ -172,11 +172,12 @@ class RetryScheduler:
             deadline = expires
         return deadline
 
-    def wait_retry(self, job: JobRecord, now: float) -> None:
+    def wait_retry(self, job: JobRecord, now: float, *, since: float | None = None) -> None:
         """``job``, moved to retry_wait at ``now`` with its ``retry_at`` set, waits out its
         backoff: :meth:`due_retries` gives it back then, or at its wait deadline if that
-        comes first (to expire: a long Nack delay cannot outlast it)."""
-        job.wait_deadline = deadline = self.wait_deadline(job, now)
+        comes first (to expire: a long Nack delay cannot outlast it). ``since``: when its
+        wait for a worker counts from (default ``now``; a delayed job's: when it is due)."""
+        job.wait_deadline = deadline = self.wait_deadline(job, now if since is None else since)
         wake = min(job.retry_at, deadline)
         heapq.heappush(self._retry_heap, (wake, next(self._seq), job))
         if wake < self.soonest:
@@ -315,6 +316,12 @@ class RetryScheduler:
             "traceback": job.last_traceback,
         }
         size = job.size + len(error_type) + len(error_message) + len(job.last_traceback or "")
+        self.keep_dead_letter(record, size)
+        return record
+
+    def keep_dead_letter(self, record: dict[str, Any], size: int) -> None:
+        """Keep ``record`` (of ``size`` bytes) as the newest dead letter, within the count
+        and byte limits."""
         if size <= self.max_dead_letter_bytes and self.max_dead_letters > 0:
             letters = self.dead_letters
             sizes = self._dead_letter_sizes
@@ -327,4 +334,29 @@ class RetryScheduler:
             letters.append(record)
             sizes.append(size)
             self.dead_letter_bytes += size
-        return record
+
+    def forget_dead_letters(self, job_ids: set[str] | None) -> int:
+        """Drop the dead letters of ``job_ids`` (all when None) from those kept; returns how
+        many went."""
+        letters = self.dead_letters
+        if job_ids is None:
+            count = len(letters)
+            letters.clear()
+            self._dead_letter_sizes.clear()
+            self.dead_letter_bytes = 0
+            return count
+        kept = [
+            (record, size)
+            for record, size in zip(letters, self._dead_letter_sizes, strict=True)
+            if record["job_id"] not in job_ids
+        ]
+        count = len(letters) - len(kept)
+        if count:
+            letters.clear()
+            self._dead_letter_sizes.clear()
+            self.dead_letter_bytes = 0
+            for record, size in kept:
+                letters.append(record)
+                self._dead_letter_sizes.append(size)
+                self.dead_letter_bytes += size
+        return count

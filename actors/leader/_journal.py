@@ -1,0 +1,794 @@
+"""The leader's journal: accepted jobs, their attempts and outcomes, and dead letters, in
+SQLite (the stdlib :mod:`sqlite3`, WAL mode), so that an accepted job outlives the process.
+
+The broker tells the journal of each change as it makes it (:meth:`SqliteJournal.accept`,
+:meth:`~SqliteJournal.assign`, :meth:`~SqliteJournal.retry`, :meth:`~SqliteJournal.finish`,
+:meth:`~SqliteJournal.dead_letter`): O(1) each, on the event loop, no I/O. The changes of a
+job are merged while they wait (a job accepted, assigned and finished between two commits
+is one row written once). The leader's writer task then takes what is pending
+(:meth:`~SqliteJournal.take`) and commits it in one transaction in a worker thread
+(:meth:`~SqliteJournal.write`): group commit, one fsync for a batch of any size. What the
+broker must not say before it is stored (a job's acceptance, a result) waits for that
+commit (see :class:`~actors.leader.Leader`).
+
+Times in the file are wall-clock seconds (``time.time()``), so that they mean something
+after a restart; the broker's are trio's clock, converted with :attr:`clock_offset`.
+
+The file's schema and the choices behind it are described in ``docs/durability.md``. This
+class is the one interface the broker sees (:class:`JobJournal`), so that another store (the
+JetStream backend of a later issue) can take its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import cbor2
+
+from protocol import Encoded
+
+from ._jobs import CancelledResult, JobRecord, JobState, StoredResult
+
+log = logging.getLogger("actors.leader.journal")
+
+#: The journal's file name in its data directory.
+JOURNAL_FILE = "journal.sqlite3"
+#: The lock file that keeps a second leader off the same data directory.
+LOCK_FILE = "leader.lock"
+#: The schema's version (stored in ``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+#: Finished rows deleted at most per pruning step (each a short transaction).
+PRUNE_BATCH = 2000
+#: Sync tiers: ``full`` survives power loss, ``normal`` a process crash only.
+SYNC_MODES = ("full", "normal")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    payload BLOB,
+    headers BLOB,
+    qos INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    submitted_max_attempts INTEGER,
+    submitted_at REAL NOT NULL,
+    expires_at REAL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    retry_at REAL,
+    error_type TEXT,
+    error_message TEXT,
+    traceback TEXT,
+    finished_at REAL,
+    ok INTEGER,
+    result BLOB,
+    final INTEGER,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    job_id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    payload BLOB,
+    headers BLOB,
+    submitted_max_attempts INTEGER,
+    attempts INTEGER NOT NULL,
+    error_type TEXT,
+    error_message TEXT,
+    traceback TEXT,
+    dead_at REAL NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters (dead_at);
+"""
+
+_INSERT = (
+    "INSERT OR REPLACE INTO jobs (job_id, subject, payload, headers, qos, max_attempts,"
+    " submitted_max_attempts, submitted_at, expires_at, state, attempt, retry_at, error_type,"
+    " error_message, traceback, finished_at, ok, result, final, size)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE = (
+    "UPDATE jobs SET state = ?, attempt = ?, retry_at = ?, error_type = ?, error_message = ?,"
+    " traceback = ?, finished_at = ?, ok = ?, result = ?, final = ? WHERE job_id = ?"
+)
+_INSERT_DEAD = (
+    "INSERT OR REPLACE INTO dead_letters (job_id, subject, payload, headers,"
+    " submitted_max_attempts, attempts, error_type, error_message, traceback, dead_at, size)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_DEAD_COLUMNS = (
+    "job_id, subject, payload, headers, submitted_max_attempts, attempts, error_type,"
+    " error_message, traceback, dead_at, size"
+)
+
+# Positions in a pending row (the _INSERT order; an update uses the mutable tail).
+_STATE, _ATTEMPT, _RETRY_AT, _ERR_TYPE, _ERR_MSG, _TB, _FINISHED, _OK, _RESULT, _FINAL = range(
+    9, 19
+)
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written: the message names the file, what went
+    wrong and what to do about it."""
+
+
+class JobJournal(Protocol):
+    """What the broker needs of a journal (see :class:`SqliteJournal`)."""
+
+    #: Why submits are refused now (the journal is full or failing), or None.
+    refusal: str | None
+
+    def accept(self, job: JobRecord, now: float) -> None: ...
+    def assign(self, job: JobRecord) -> None: ...
+    def retry(self, job: JobRecord) -> None: ...
+    def finish(
+        self, job: JobRecord, state: JobState, stored: StoredResult | None, now: float
+    ) -> None: ...
+    def dead_letter(self, job: JobRecord, record: dict[str, Any], now: float) -> None: ...
+    def forget_dead_letters(self, job_ids: Iterable[str]) -> None: ...
+
+
+@attrs.define
+class RecoveredJob:
+    """An unfinished job read back from the journal (times are wall-clock)."""
+
+    job_id: str
+    subject: str
+    payload: Any
+    headers: dict[str, str]
+    qos: int
+    max_attempts: int
+    submitted_max_attempts: int | None
+    submitted_at: float
+    expires_at: float | None
+    state: JobState
+    attempt: int
+    retry_at: float | None
+    last_error: tuple[str, str] | None
+    last_traceback: str | None
+    size: int
+
+
+@attrs.define
+class Recovered:
+    """What a journal holds when the leader starts."""
+
+    #: unfinished jobs, in the order they were accepted
+    jobs: list[RecoveredJob] = attrs.Factory(list)
+    #: ``(job_id, finished_at, result, size)`` of the jobs finished within the dedup
+    #: window, oldest first
+    results: list[tuple[str, float, StoredResult, int]] = attrs.Factory(list)
+    #: the newest dead letters (records as the broker keeps them), oldest first
+    dead_letters: list[dict[str, Any]] = attrs.Factory(list)
+    #: seconds the reading took
+    seconds: float = 0.0
+
+
+@attrs.define
+class Batch:
+    """Changes taken from a journal, to be written in one transaction."""
+
+    inserts: list[list[Any]]
+    updates: list[list[Any]]
+    dead: list[tuple[Any, ...]]
+    forget: list[str]
+
+    def __len__(self) -> int:
+        return len(self.inserts) + len(self.updates) + len(self.dead) + len(self.forget)
+
+
+def _blob(value: Any) -> bytes | None:
+    """A payload as CBOR bytes (a payload from the wire is kept as it came)."""
+    if value is None:
+        return None
+    if type(value) is Encoded:
+        return value.data
+    return cbor2.dumps(value)
+
+
+def _value(blob: bytes | None) -> Any:
+    """A payload read back: the CBOR bytes as :class:`~protocol.Encoded`, forwarded as
+    they are (the leader never decodes a payload)."""
+    return None if blob is None else Encoded(bytes(blob))
+
+
+def default_data_dir(name: str) -> Path:
+    """The data directory of a leader called ``name`` when none is given:
+    ``$ACTORS_DATA_DIR/<name>``, else ``$XDG_DATA_HOME/trio-actors/<name>``, else
+    ``~/.local/share/trio-actors/<name>``."""
+    base = os.environ.get("ACTORS_DATA_DIR")
+    if base:
+        return Path(base) / name
+    xdg = os.environ.get("XDG_DATA_HOME")
+    root = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return root / "trio-actors" / name
+
+
+def explain(error: BaseException, path: Path | str) -> str:
+    """The words of a journal failure: the file, what SQLite or the OS said, what to do."""
+    text = str(error) or type(error).__name__
+    low = text.lower()
+    if "full" in low or getattr(error, "errno", None) == errno.ENOSPC:
+        advice = (
+            "the disk is full (or the journal reached SQLite's page limit): free space on it"
+            " or move data_dir; nothing not written was acknowledged"
+        )
+    elif "readonly" in low or "read-only" in low or "permission" in low:
+        advice = (
+            "the leader may not write it: make the file, its -wal/-shm files and its"
+            " directory writable by the leader's user"
+        )
+    elif "malformed" in low or "not a database" in low or "corrupt" in low:
+        advice = (
+            "the file is corrupt: stop the leader, move the file aside (keep it: `sqlite3"
+            " FILE .recover` may save its jobs) and start again with an empty journal, or"
+            " restore a backup"
+        )
+    elif "locked" in low or "busy" in low:
+        advice = "another process holds the file: is another leader using this data_dir?"
+    else:
+        advice = "check the file and its directory"
+    return f"journal {path}: {text}: {advice}"
+
+
+class SqliteJournal:
+    """The journal of a leader, in ``<data_dir>/journal.sqlite3``.
+
+    Args:
+      data_dir: the directory (created if missing); a lock file in it keeps a second
+        leader out.
+      sync: ``"full"`` (default: a commit survives power loss) or ``"normal"`` (survives a
+        crash of the process; the last commits may roll back on power loss).
+      max_bytes: the size of the file's live pages past which submits are refused
+        (:attr:`refusal`; finished jobs are pruned after the dedup window).
+      dedup_window: seconds a finished job is kept (for resubmissions and queries).
+      dedup_capacity: finished jobs read back at start, at most (the newest).
+      dead_letter_retention: seconds a dead letter is kept unless purged.
+      max_dead_letters: dead letters read back into memory at start (the newest).
+
+    Raises:
+      JournalError: from :meth:`open`, when the directory or file cannot be used.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        sync: str = "full",
+        max_bytes: int = 4 * 2**30,
+        dedup_window: float = 600.0,
+        dedup_capacity: int = 100_000,
+        dead_letter_retention: float = 7 * 86400.0,
+        max_dead_letters: int = 1000,
+    ) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, got {sync!r}")
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / JOURNAL_FILE
+        self.sync = sync
+        self.max_bytes = max_bytes
+        self.dedup_window = dedup_window
+        self.dedup_capacity = dedup_capacity
+        self.dead_letter_retention = dead_letter_retention
+        self.max_dead_letters = max_dead_letters
+        #: wall-clock time minus the broker's clock (set by the leader when it starts)
+        self.clock_offset = 0.0
+        #: why submits are refused now: the journal is over ``max_bytes`` or its last
+        #: write failed (None: they are not)
+        self.refusal: str | None = None
+        self.full = False
+        self.failure: str | None = None
+        #: bytes of live pages, as of the last write
+        self.size = 0
+        self.commits = 0
+        self.rows_written = 0
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._inserts: dict[str, list[Any]] = {}
+        self._updates: dict[str, list[Any]] = {}
+        self._dead: dict[str, tuple[Any, ...]] = {}
+        self._forget: dict[str, None] = {}
+
+    # ------------------------------------------------------------------ opening
+
+    def open(self, now_wall: float | None = None) -> Recovered:
+        """Lock the data directory, open (or create) the file and read back what it holds
+        (blocking: the leader calls it in a thread).
+
+        Raises:
+          JournalError: the directory cannot be made or locked (another leader uses it),
+            the file is read-only, corrupt or of an unknown schema.
+        """
+        started = time.perf_counter()
+        now_wall = time.time() if now_wall is None else now_wall
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot create the data directory {self.data_dir}: {exc}"
+                " (give the leader another data_dir, or --memory)"
+            ) from exc
+        self._lock()
+        try:
+            recovered = self._open_db(now_wall)
+        except sqlite3.Error as exc:
+            self.close()
+            raise JournalError(explain(exc, self.path)) from exc
+        except BaseException:
+            self.close()
+            raise
+        recovered.seconds = time.perf_counter() - started
+        return recovered
+
+    def _lock(self) -> None:
+        lock_path = self.data_dir / LOCK_FILE
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise JournalError(f"cannot open the lock file {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise JournalError(
+                f"the data directory {self.data_dir} is in use by another leader (pid {holder}):"
+                " stop it, or give this one another data_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _open_db(self, now_wall: float) -> Recovered:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        self._db = db
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot use WAL mode (journal_mode is {mode})")
+        db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+        db.execute("PRAGMA temp_store=MEMORY")
+        db.execute("PRAGMA journal_size_limit=67108864")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise JournalError(
+                f"journal {self.path} has schema version {version}; this leader reads"
+                f" version {SCHEMA_VERSION}: use the trio-actors release that wrote it, or"
+                " another data_dir"
+            )
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._prune_all(now_wall)
+        recovered = self._read(now_wall)
+        self._measure()
+        return recovered
+
+    def _read(self, now_wall: float) -> Recovered:
+        db = self._db
+        assert db is not None
+        recovered = Recovered()
+        rows = db.execute(
+            "SELECT job_id, subject, payload, headers, qos, max_attempts, submitted_max_attempts,"
+            " submitted_at, expires_at, state, attempt, retry_at, error_type, error_message,"
+            " traceback, size FROM jobs WHERE finished_at IS NULL ORDER BY rowid"
+        )
+        for (
+            job_id,
+            subject,
+            payload,
+            headers,
+            qos,
+            max_attempts,
+            submitted_max,
+            submitted_at,
+            expires_at,
+            state,
+            attempt,
+            retry_at,
+            error_type,
+            error_message,
+            traceback,
+            size,
+        ) in rows:
+            recovered.jobs.append(
+                RecoveredJob(
+                    job_id=job_id,
+                    subject=subject,
+                    payload=_value(payload),
+                    headers=cbor2.loads(headers) if headers else {},
+                    qos=qos,
+                    max_attempts=max_attempts,
+                    submitted_max_attempts=submitted_max,
+                    submitted_at=submitted_at,
+                    expires_at=expires_at,
+                    state=JobState(state),
+                    attempt=attempt,
+                    retry_at=retry_at,
+                    last_error=None if error_type is None else (error_type, error_message or ""),
+                    last_traceback=traceback,
+                    size=size,
+                )
+            )
+        rows = db.execute(
+            "SELECT * FROM (SELECT job_id, finished_at, state, ok, result, error_type,"
+            " error_message, traceback, attempt, subject, payload, final, size FROM jobs"
+            " WHERE finished_at >= ? AND state != 'expired' ORDER BY finished_at DESC LIMIT ?)"
+            " ORDER BY finished_at",
+            (now_wall - self.dedup_window, self.dedup_capacity),
+        )
+        for (
+            job_id,
+            finished_at,
+            state,
+            ok,
+            result,
+            error_type,
+            error_message,
+            traceback,
+            attempt,
+            subject,
+            payload,
+            final,
+            size,
+        ) in rows:
+            kind = CancelledResult if state == JobState.CANCELLED.value else StoredResult
+            stored = kind(
+                bool(ok),
+                _value(result),
+                error_type,
+                error_message,
+                attempt,
+                traceback,
+                subject,
+                _value(payload),
+                bool(final),
+            )
+            recovered.results.append((job_id, finished_at, stored, size))
+        rows = db.execute(
+            f"SELECT * FROM (SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at DESC"
+            " LIMIT ?) ORDER BY dead_at",
+            (self.max_dead_letters,),
+        )
+        recovered.dead_letters = [self._dead_record(row, whole=True) for row in rows]
+        return recovered
+
+    @staticmethod
+    def _dead_record(row: Sequence[Any], *, whole: bool) -> dict[str, Any]:
+        (
+            job_id,
+            subject,
+            payload,
+            headers,
+            submitted_max,
+            attempts,
+            error_type,
+            error_message,
+            traceback,
+            dead_at,
+            size,
+        ) = row
+        record: dict[str, Any] = {
+            "job_id": job_id,
+            "subject": subject,
+            "attempts": attempts,
+            "error_type": error_type,
+            "error_message": error_message,
+            "dead_at": dead_at,
+            "size": size,
+        }
+        if whole:
+            record["payload"] = _value(payload)
+            record["headers"] = cbor2.loads(headers) if headers else {}
+            record["traceback"] = traceback
+            record["max_attempts"] = submitted_max
+        return record
+
+    def close(self) -> None:
+        """Close the file and release the data directory (what is pending is not written)."""
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ changes (event loop)
+
+    @property
+    def dirty(self) -> bool:
+        """Whether changes wait to be written."""
+        return bool(self._inserts or self._updates or self._dead or self._forget)
+
+    def accept(self, job: JobRecord, now: float) -> None:
+        """``job`` was accepted at ``now`` (the broker's clock). QoS 0 jobs are not written
+        (at most once: a crash may drop them), here and in the methods below."""
+        if not job.qos:
+            return
+        offset = self.clock_offset
+        headers = job.headers
+        self._inserts[job.job_id] = [
+            job.job_id,
+            job.subject,
+            _blob(job.payload),
+            cbor2.dumps(headers) if headers else None,
+            job.qos,
+            job.max_attempts,
+            job.submitted_max_attempts,
+            now + offset,
+            None if job.expires_at is None else job.expires_at + offset,
+            job.state.value,
+            job.attempt,
+            job.retry_at + offset if job.state is JobState.RETRY_WAIT else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            job.size,
+        ]
+
+    def _row(self, job_id: str) -> list[Any]:
+        """The pending row of ``job_id``: its insert (accepted since the last take) or its
+        update, made on first use."""
+        row = self._inserts.get(job_id)
+        if row is None:
+            row = self._updates.get(job_id)
+            if row is None:
+                row = self._updates[job_id] = [None] * 9 + [None] * 10 + [job_id]
+        return row
+
+    def assign(self, job: JobRecord) -> None:
+        """``job`` was sent to a worker (its ``attempt`` counted)."""
+        if not job.qos:
+            return
+        row = self._row(job.job_id)
+        row[_STATE] = "assigned"
+        row[_ATTEMPT] = job.attempt
+        row[_RETRY_AT] = None
+
+    def retry(self, job: JobRecord) -> None:
+        """An attempt of ``job`` failed: it waits until its ``retry_at``."""
+        if not job.qos:
+            return
+        row = self._row(job.job_id)
+        row[_STATE] = "retry_wait"
+        row[_ATTEMPT] = job.attempt
+        row[_RETRY_AT] = job.retry_at + self.clock_offset
+        error = job.last_error
+        if error is not None:
+            row[_ERR_TYPE], row[_ERR_MSG] = error
+        row[_TB] = job.last_traceback
+
+    def finish(
+        self, job: JobRecord, state: JobState, stored: StoredResult | None, now: float
+    ) -> None:
+        """``job`` ended (``stored``: its outcome; None for an expired job)."""
+        if not job.qos:
+            return
+        row = self._row(job.job_id)
+        row[_STATE] = state.value
+        row[_ATTEMPT] = job.attempt
+        row[_RETRY_AT] = None
+        row[_FINISHED] = now + self.clock_offset
+        if stored is None:
+            row[_OK] = 0
+            row[_ERR_TYPE] = "Expired"
+            row[_ERR_MSG] = row[_TB] = row[_RESULT] = None
+            row[_FINAL] = 1
+        else:
+            row[_OK] = 1 if stored.ok else 0
+            row[_RESULT] = _blob(stored.payload)
+            row[_ERR_TYPE] = stored.error_type
+            row[_ERR_MSG] = stored.error_message
+            row[_TB] = stored.traceback
+            row[_FINAL] = 1 if stored.final else 0
+
+    def dead_letter(self, job: JobRecord, record: dict[str, Any], now: float) -> None:
+        """``job`` ran out of attempts: keep its dead letter (until purged or retried, or
+        past ``dead_letter_retention``)."""
+        job_id = job.job_id
+        self._forget.pop(job_id, None)
+        headers = job.headers
+        self._dead[job_id] = (
+            job_id,
+            job.subject,
+            _blob(job.payload),
+            cbor2.dumps(headers) if headers else None,
+            job.submitted_max_attempts,
+            record["attempts"],
+            record["error_type"],
+            record["error_message"],
+            record["traceback"],
+            now + self.clock_offset,
+            job.size,
+        )
+
+    def forget_dead_letters(self, job_ids: Iterable[str]) -> None:
+        """Delete these dead letters (purged, or retried as new jobs)."""
+        for job_id in job_ids:
+            self._dead.pop(job_id, None)
+            self._forget[job_id] = None
+
+    def take(self) -> Batch:
+        """What is pending, for :meth:`write`; the journal starts a new batch."""
+        batch = Batch(
+            list(self._inserts.values()),
+            list(self._updates.values()),
+            list(self._dead.values()),
+            list(self._forget),
+        )
+        self._inserts = {}
+        self._updates = {}
+        self._dead = {}
+        self._forget = {}
+        return batch
+
+    # ------------------------------------------------------------------ writing (thread)
+
+    def write(self, batch: Batch) -> None:
+        """Commit ``batch`` in one transaction (blocking: in a thread).
+
+        Raises:
+          JournalError: it could not be written (nothing of it is then stored; the caller
+            keeps it and tries again).
+        """
+        db = self._db
+        if db is None:
+            raise JournalError(f"journal {self.path} is closed")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if batch.inserts:
+                    db.executemany(_INSERT, batch.inserts)
+                if batch.updates:
+                    db.executemany(_UPDATE, [row[9:] for row in batch.updates])
+                if batch.forget:
+                    db.executemany(
+                        "DELETE FROM dead_letters WHERE job_id = ?", [(i,) for i in batch.forget]
+                    )
+                if batch.dead:
+                    db.executemany(_INSERT_DEAD, batch.dead)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise JournalError(explain(exc, self.path)) from exc
+        self.commits += 1
+        self.rows_written += len(batch)
+
+    def prune(self, now_wall: float) -> int:
+        """Delete up to :data:`PRUNE_BATCH` finished jobs older than the dedup window, and
+        expired dead letters, in one short transaction (blocking: in a thread); update
+        :attr:`size`. Returns how many rows went."""
+        db = self._db
+        if db is None:
+            return 0
+        try:
+            cursor = db.execute(
+                "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs WHERE finished_at < ?"
+                " LIMIT ?)",
+                (now_wall - self.dedup_window, PRUNE_BATCH),
+            )
+            deleted = cursor.rowcount
+            cursor = db.execute(
+                "DELETE FROM dead_letters WHERE job_id IN (SELECT job_id FROM dead_letters"
+                " WHERE dead_at < ? LIMIT ?)",
+                (now_wall - self.dead_letter_retention, PRUNE_BATCH),
+            )
+            deleted += cursor.rowcount
+            self._measure()
+        except sqlite3.Error as exc:
+            raise JournalError(explain(exc, self.path)) from exc
+        return deleted
+
+    def _prune_all(self, now_wall: float) -> None:
+        while self.prune(now_wall) >= PRUNE_BATCH:
+            pass
+
+    def _measure(self) -> None:
+        """Read the size of the live pages; past ``max_bytes``, submits are refused."""
+        db = self._db
+        assert db is not None
+        pages, free, page_size = (
+            db.execute("PRAGMA page_count").fetchone()[0],
+            db.execute("PRAGMA freelist_count").fetchone()[0],
+            db.execute("PRAGMA page_size").fetchone()[0],
+        )
+        self.size = (pages - free) * page_size
+        self.full = self.size > self.max_bytes
+        self._set_refusal()
+
+    def failed(self, message: str | None) -> None:
+        """Record that writing fails (``message``) or works again (None)."""
+        self.failure = message
+        self._set_refusal()
+
+    def _set_refusal(self) -> None:
+        if self.failure is not None:
+            self.refusal = f"the leader cannot write its journal: {self.failure}"
+        elif self.full:
+            self.refusal = (
+                f"the leader's journal {self.path} holds {self.size} bytes, over its limit of"
+                f" {self.max_bytes} (max_journal_bytes): finished jobs are pruned after the"
+                " dedup window; retry later, or raise the limit"
+            )
+        else:
+            self.refusal = None
+
+    # ------------------------------------------------------------------ dead letters (thread)
+
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter (blocking); returns how many went."""
+        db = self._checked_db()
+        try:
+            return int(db.execute("DELETE FROM dead_letters").rowcount)
+        except sqlite3.Error as exc:
+            raise JournalError(explain(exc, self.path)) from exc
+
+    def list_dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` dead letters, without payloads (blocking)."""
+        return self._select_dead(
+            f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at DESC LIMIT ?",
+            (limit,),
+            whole=False,
+        )
+
+    def count_dead_letters(self) -> int:
+        """How many dead letters the journal holds (blocking)."""
+        db = self._checked_db()
+        try:
+            return int(db.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise JournalError(explain(exc, self.path)) from exc
+
+    def get_dead_letters(self, job_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Dead letter ``job_id`` whole (a list of one, or empty), or the oldest ``limit``
+        of them when ``job_id`` is None (blocking)."""
+        if job_id is None:
+            return self._select_dead(
+                f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at LIMIT ?",
+                (limit,),
+                whole=True,
+            )
+        return self._select_dead(
+            f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE job_id = ?", (job_id,), whole=True
+        )
+
+    def _checked_db(self) -> sqlite3.Connection:
+        db = self._db
+        if db is None:
+            raise JournalError(f"journal {self.path} is closed")
+        return db
+
+    def _select_dead(self, sql: str, args: tuple[Any, ...], *, whole: bool) -> list[dict[str, Any]]:
+        db = self._checked_db()
+        try:
+            rows = db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(explain(exc, self.path)) from exc
+        return [self._dead_record(row, whole=whole) for row in rows]
