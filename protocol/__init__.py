@@ -28,9 +28,9 @@ from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._errors import safe_repr as safe_repr
 from ._fields import MAX_DELAY as MAX_DELAY
 from ._fields import MAX_LISTED as MAX_LISTED
-from ._fields import QUERIES as QUERIES
 from ._fields import MODE_VALUES as MODE_VALUES
 from ._fields import POLICY_VALUES as POLICY_VALUES
+from ._fields import QUERIES as QUERIES
 from ._fields import ROLES as ROLES
 from ._fields import GroupMode as GroupMode
 from ._fields import RoutingPolicy as RoutingPolicy

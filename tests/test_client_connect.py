@@ -51,10 +51,12 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
 @pytest.fixture
 async def urls(nursery: trio.Nursery, ca: trustme.CA) -> dict[str, str]:
     """Leaders listening on each scheme, by scheme (one plain, one secure)."""
-    plain = Leader(listen=["tcp://127.0.0.1:0", "ws://127.0.0.1:0"])
+    plain = Leader(name="plain", listen=["tcp://127.0.0.1:0", "ws://127.0.0.1:0"])
     secure = Leader(
-        listen=["tls://127.0.0.1:0", "wss://127.0.0.1:0"], ssl_context=server_context(ca)
-    )
+        name="secure",
+        listen=["tls://127.0.0.1:0", "wss://127.0.0.1:0"],
+        ssl_context=server_context(ca),
+    )  # (two names: two data directories)
     found = [*await nursery.start(plain.run), *await nursery.start(secure.run)]
     return {url.split(":", 1)[0]: url for url in found}
 

@@ -52,7 +52,7 @@ async def leader_over_memory(**kw) -> AsyncIterator[tuple[Leader, object]]:
     }
     if kw["max_attempts"] is None:  # the Leader's own default
         del kw["max_attempts"]
-    leader = Leader(listen=[], **kw)
+    leader = Leader(listen=[], memory=True, **kw)  # (its run() is not used: no journal)
     async with trio.open_nursery() as nursery:
         await nursery.start(leader._timer_loop)
 

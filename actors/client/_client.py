@@ -6,6 +6,11 @@ the connection drops and then resends every QoS 1 submit still waiting, under th
 job id: the leader merges it with the running job or answers from its stored results,
 so each call gets its result exactly once. Subscriptions are renewed too.
 
+``enqueue`` sends the same QoS 1 Submit marked ``enqueue``: the leader answers it with an
+Ack once the job is accepted (journalled), and ``result`` (a Query that may wait) fetches
+the outcome later, from any client. A job may be delayed (``delay``, ``at``). The dead
+letters the leader keeps are listed, shown, retried and purged with Queries too.
+
 Sending never fails for a full outgoing buffer: a message that does not fit right now (a
 burst of large payloads) waits for room -- only those; a small submit into a buffer with
 room is queued without waiting. A message over the leader's frame limit fails at once
@@ -31,11 +36,13 @@ timeout (:class:`ConnectTimeout`).
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import itertools
 import logging
 import math
 import random
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -45,6 +52,7 @@ import attrs
 import trio
 
 from protocol import (
+    MAX_DELAY,
     SUPPORTED_VERSIONS,
     Ack,
     Cancel,
@@ -105,6 +113,62 @@ CLOSE_TIMEOUT = 2.0
 #: Cancels of abandoned jobs kept while they cannot be sent (no connection, a full
 #: outgoing buffer); past this, the oldest are dropped (those jobs run on).
 MAX_QUEUED_CANCELS = 100_000
+
+
+def delay_of(
+    delay: float | dt.timedelta | None,
+    at: dt.datetime | None,
+    timeout: float | None = None,
+) -> float | None:
+    """The ``Submit.delay`` for a call's ``delay`` or ``at`` (None: neither).
+
+    ``at`` (a timezone-aware :class:`~datetime.datetime`) becomes the seconds from now
+    (``time.time()``) until then, 0 if it has passed.
+
+    Raises:
+      TypeError: both given; ``delay`` not a number or timedelta; ``at`` not a datetime.
+      ValueError: ``at`` naive (no timezone); a negative or infinite ``delay``; a delay over
+        :data:`protocol.MAX_DELAY` (a year); a ``timeout`` that ends before the delay does
+        (the job would expire before it may run).
+    """
+    if at is not None:
+        if delay is not None:
+            raise TypeError("give delay or at, not both")
+        if not isinstance(at, dt.datetime):
+            raise TypeError(f"at must be a datetime, got {type(at).__name__}")
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError(
+                f"at must be a timezone-aware datetime, got the naive {at.isoformat()}"
+                " (for example datetime.now(timezone.utc) + timedelta(minutes=5))"
+            )
+        seconds = max(0.0, at.timestamp() - time.time())
+        if seconds > MAX_DELAY:
+            raise ValueError(
+                f"at must be at most {MAX_DELAY / 86400:g} days ahead, got {at.isoformat()}"
+            )
+    elif delay is None:
+        return None
+    else:
+        if isinstance(delay, dt.timedelta):
+            seconds = delay.total_seconds()
+        elif isinstance(delay, int | float) and not isinstance(delay, bool):
+            seconds = float(delay)
+        else:
+            raise TypeError(
+                f"delay must be a number of seconds or a timedelta, got {type(delay).__name__}"
+            )
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+        if seconds > MAX_DELAY:
+            raise ValueError(
+                f"delay must be at most {MAX_DELAY:.0f} s ({MAX_DELAY / 86400:g} days), got {delay!r}"
+            )
+    if timeout is not None and timeout <= seconds:
+        raise ValueError(
+            f"timeout ({timeout:g} s) ends before the delay ({seconds:g} s): the job would"
+            " expire before it may run (the timeout counts from the submit)"
+        )
+    return seconds
 
 
 class Client:
@@ -700,6 +764,8 @@ class Client:
         headers: dict[str, str] | None,
         max_attempts: int | None,
         wait_for_worker: bool = False,
+        enqueue: bool = False,
+        delay: float | None = None,
     ) -> Call:
         return Call(  # the constructor validates the arguments now
             _submit_checked(
@@ -712,6 +778,8 @@ class Client:
                 timeout=timeout,
                 max_attempts=max_attempts,
                 wait_for_worker=wait_for_worker,
+                enqueue=enqueue,
+                delay=delay,
             )
         )
 
@@ -728,6 +796,8 @@ class Client:
         on_progress: Callable[[float | None, str | None], None] | None = None,
         wait_for_worker: bool = False,
         detach: bool = False,
+        delay: float | dt.timedelta | None = None,
+        at: dt.datetime | None = None,
     ) -> Any:
         """Submit a job and wait for its result.
 
@@ -751,6 +821,14 @@ class Client:
           detach: when this call stops waiting (its timeout, a cancellation, an exception
             from ``on_progress``), leave the job running; by default it is cancelled then,
             unless another client waits for it too.
+          delay: seconds (or a :class:`~datetime.timedelta`) after the leader accepts the
+            job before it may run, at most :data:`protocol.MAX_DELAY` (a year). A journalled
+            leader keeps it across restarts. A delayed job waits for a worker still to come
+            (as with ``wait_for_worker``); ``timeout`` counts from the submit, so it must
+            be longer than the delay.
+          at: when the job may run, a timezone-aware :class:`~datetime.datetime` (a naive
+            one is refused): the same as ``delay=at - now`` (0 if it has passed), measured
+            with the wall clock (``time.time()``) when the call is made. Not with ``delay``.
 
         Returns:
           The job's result.
@@ -771,11 +849,13 @@ class Client:
           SubmitTimeout: no result within ``timeout``.
           ConnectionLost: a QoS 0 job's connection dropped, or the connection ended with
             an internal error.
-          ValueError, TypeError: bad subject, headers or qos.
+          ValueError, TypeError: bad subject, headers, qos, ``delay`` or ``at`` (see
+            :meth:`enqueue`).
         """
         call = self._submit_call(
             subject, payload, qos=qos, timeout=timeout, job_id=job_id, headers=headers,
             max_attempts=max_attempts, wait_for_worker=wait_for_worker,
+            delay=delay_of(delay, at, timeout),
         )  # fmt: skip
         call.on_progress = on_progress
         if on_progress is not None:
@@ -806,6 +886,99 @@ class Client:
                 self._abandon(call, f"on_progress raised {type(error).__name__}")
             raise error
         return call.outcome
+
+    async def enqueue(
+        self,
+        subject: str,
+        payload: Any = None,
+        *,
+        job_id: str | None = None,
+        delay: float | dt.timedelta | None = None,
+        at: dt.datetime | None = None,
+        timeout: float | None = None,
+        headers: dict[str, str] | None = None,
+        max_attempts: int | None = None,
+        wait_for_worker: bool = False,
+        accept_timeout: float | None = None,
+    ) -> str:
+        """Submit a QoS 1 job without waiting for its outcome: return its id once the
+        leader has accepted it (Celery's ``apply_async``).
+
+        *Accepted* means written to the leader's journal (kept in memory, for a leader run
+        with ``memory=True``): from then on the job runs to a result, a dead letter, an
+        expiry or a cancel, across restarts of the leader. Wait for its outcome later,
+        from this client or any other, with :meth:`result` (``wait=True``).
+
+        The call survives reconnects as :meth:`submit` does: it is sent again under the
+        same job id until the leader acknowledges it. Enqueueing an id the leader already
+        knows (queued, running or finished within its dedup window) is acknowledged
+        without a second job: to be sure a job was accepted after an error or a timeout,
+        enqueue it again with the same ``job_id``.
+
+        Args:
+          subject: where to send it (no wildcards).
+          payload: any CBOR value.
+          job_id: the job's id (default: a random per-client prefix and a counter); give
+            your own to make the call idempotent across processes.
+          delay, at: when the job may run: seconds (or a timedelta) after its acceptance,
+            or a timezone-aware datetime (not both; see :meth:`submit`).
+          timeout: the job's deadline, in seconds from now: if no worker has taken it by
+            then it expires, and past it on its worker the handler is cancelled. It is not
+            how long this call waits (that is ``accept_timeout``). Default: none.
+          headers: str to str metadata (``key`` routes sticky groups).
+          max_attempts: deliveries before the job is dead-lettered.
+          wait_for_worker: when no connected worker serves ``subject``, accept the job for
+            one still to come (until ``timeout`` or the leader's ``max_queue_time``)
+            instead of :class:`NoRoute`. A delayed job always waits so.
+          accept_timeout: seconds to wait for the leader's acknowledgement (default: as
+            long as it takes, across reconnects).
+
+        Returns:
+          The job's id.
+
+        Leaving this call early (``accept_timeout``, a cancellation) never cancels the
+        job: it may have been accepted already.
+
+        Raises:
+          NoRoute: no connected worker serves ``subject`` (and no ``wait_for_worker`` or
+            ``delay``).
+          Busy: the leader's queue (or journal) is full; ``retry_after`` says when to try
+            again.
+          Conflict: ``job_id`` names a job with another subject or payload.
+          TooLarge: the job's message is over the leader's frame limit.
+          SubmitTimeout: no acknowledgement within ``accept_timeout`` (the job may or may
+            not have been accepted).
+          ConnectionLost: the connection ended with an internal error, or the client gave
+            up.
+          ValueError, TypeError: bad subject, headers, ``delay`` or ``at`` (naive, both
+            given, negative, over a year, or a ``timeout`` that ends before the delay).
+        """
+        if accept_timeout is not None and not accept_timeout > 0:
+            raise ValueError(f"accept_timeout must be a number > 0, got {accept_timeout!r}")
+        call = self._submit_call(
+            subject, payload, qos=1, timeout=timeout, job_id=job_id, headers=headers,
+            max_attempts=max_attempts, wait_for_worker=wait_for_worker, enqueue=True,
+            delay=delay_of(delay, at, timeout),
+        )  # fmt: skip
+        job_id = call.message.job_id
+        full = self._start(call)
+        try:
+            with trio.fail_after(math.inf if accept_timeout is None else accept_timeout):
+                if full is not None:
+                    await self._send_when_room(full, call)
+                await until_settled(call)
+        except trio.TooSlowError:
+            raise SubmitTimeout(
+                f"job {job_id} not acknowledged within {accept_timeout:g} s (it may have been"
+                " accepted: enqueue it again with the same job_id to be sure)",
+                job_id,
+            ) from None
+        finally:
+            if not call.done:  # (never abandoned: the leader may have accepted it)
+                self._forget(call)
+        if call.error is not None:
+            raise call.error
+        return job_id
 
     def _stop_waiting(self, call: Call, detach: bool, why: str) -> None:
         """The caller stops waiting for ``call``: forget it, and abandon its job unless
@@ -950,12 +1123,18 @@ class Client:
 
     async def result(self, job_id: str, *, wait: bool = False, timeout: float | None = None) -> Any:
         """The result of job ``job_id``, submitted by any client, from the leader's stored
-        results (kept for its dedup window).
+        results (kept for its dedup window): the counterpart of :meth:`enqueue`, as
+        Celery's ``AsyncResult.get`` is of ``apply_async``.
+
+        ``await client.result(job_id, wait=True)`` waits for a job that is queued, delayed
+        or running, from any client and in any process; the question is asked again after
+        a reconnect (a journalled leader that restarted still knows the job). Leaving the
+        call early (``timeout``, a cancellation) leaves the job alone.
 
         Args:
           job_id: the job.
-          wait: for a job still running, wait for it to finish (else :class:`NotFound`).
-          timeout: seconds to wait for the answer.
+          wait: for a job not finished yet, wait for it to finish (else :class:`NotFound`).
+          timeout: seconds to wait for the answer (default: as long as it takes).
 
         Returns:
           The job's result.
@@ -963,8 +1142,9 @@ class Client:
         Raises:
           JobFailed: the job failed (``JobCancelled``: it was cancelled).
           NotFound: the leader does not know the job: unknown, finished longer ago than
-            its dedup window, or (without ``wait``) still running.
-          SubmitTimeout: no answer within ``timeout``.
+            its dedup window, or (without ``wait``) not finished yet.
+          SubmitTimeout: no answer within ``timeout``; or the job expired (its own
+            ``timeout`` passed before a worker took it).
         """
         call = Call(Query(mid=next(self._mids), what="result", job_id=job_id, wait=wait))
         return await self._ask(call, timeout, f"no result for job {job_id} within {timeout} s")
@@ -982,6 +1162,90 @@ class Client:
         call = Call(Query(mid=next(self._mids), what="stats"))
         stats: dict[str, Any] = await self._ask(call, timeout, f"no statistics within {timeout} s")
         return stats
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def dead_letters(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """The dead letters the leader keeps (QoS 1 jobs that used up their attempts),
+        newest first, at most :data:`protocol.MAX_LISTED` (1000).
+
+        Returns:
+          A map per dead letter: ``job_id``, ``subject``, ``attempts``, ``error_type``,
+          ``error_message``, ``dead_at`` (when, in seconds since the epoch) and, when the
+          leader says, ``size`` (its payload's bytes); no payload or traceback (see
+          :meth:`dead_letter`).
+
+        Raises:
+          SubmitTimeout: no answer within ``timeout``.
+        """
+        letters, _ = await self.dead_letters_listed(timeout=timeout)
+        return letters
+
+    async def dead_letters_listed(
+        self, *, timeout: float | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """:meth:`dead_letters`, and how many dead letters there are in all (more than
+        those listed past :data:`protocol.MAX_LISTED`), or None if the leader does not say."""
+        answer = await self._dead_letter_query("dead_letters", None, timeout)
+        if isinstance(answer, dict):  # {"dead_letters": [...], "total": n}
+            letters = answer.get("dead_letters") or []
+            total = answer.get("total")
+            return letters, total if isinstance(total, int) else None
+        return list(answer or []), None
+
+    async def dead_letter(self, job_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Dead letter ``job_id`` whole: what :meth:`dead_letters` lists of it, and its
+        ``payload`` (decoded), ``headers`` and ``traceback`` (the last attempt's, or None).
+
+        Raises:
+          NotFound: there is no dead letter ``job_id`` (never one, retried or purged).
+          SubmitTimeout: no answer within ``timeout``.
+        """
+        letter: dict[str, Any] = await self._dead_letter_query("dead_letter", job_id, timeout)
+        return letter
+
+    async def retry_dead_letters(
+        self, job_id: str | None = None, *, timeout: float | None = None
+    ) -> int:
+        """Submit dead letter ``job_id`` again (every dead letter when None), each as a new
+        job under its id with its attempts reset; it leaves the dead letters. Wait for its
+        outcome with :meth:`result`.
+
+        Returns:
+          How many were queued again: 0 when there was no such dead letter, or when the
+          leader could not queue it (its id names a job running again, its queue is full).
+
+        Raises:
+          SubmitTimeout: no answer within ``timeout``.
+        """
+        answer = await self._dead_letter_query("retry_dead_letter", job_id, timeout)
+        return int(answer.get("retried", 0)) if answer is not None else 0
+
+    async def purge_dead_letters(
+        self, job_id: str | None = None, *, timeout: float | None = None
+    ) -> int:
+        """Forget dead letter ``job_id`` (every dead letter when None) for good.
+
+        Returns:
+          How many were purged (0 when there was no such dead letter).
+
+        Raises:
+          SubmitTimeout: no answer within ``timeout``.
+        """
+        answer = await self._dead_letter_query("purge_dead_letters", job_id, timeout)
+        return int(answer.get("purged", 0)) if answer is not None else 0
+
+    async def _dead_letter_query(self, what: str, job_id: str | None, timeout: float | None) -> Any:
+        """The leader's answer (the Result's payload, decoded) to a dead-letter Query;
+        None for a retry or a purge of a ``job_id`` it has no dead letter of."""
+        call = Call(Query(mid=next(self._mids), what=what, job_id=job_id))
+        about = f"dead letter {job_id}" if job_id is not None else "the dead letters"
+        try:
+            return await self._ask(call, timeout, f"no answer about {about} within {timeout} s")
+        except NotFound:
+            if what == "dead_letter":
+                raise
+            return None
 
     async def _ask(self, call: Call, timeout: float | None, too_slow: str) -> Any:
         """Send the Query of ``call`` and return the Result's payload (or raise its error)."""

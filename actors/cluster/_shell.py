@@ -8,6 +8,12 @@
     producer | python -m actors submit math.square --file -        # payloads from stdin
     python -m actors status                                        # groups, subjects, totals
     python -m actors result JOB_ID --wait                          # a job's result by id
+    python -m actors enqueue mail.send '{"to": "a@b"}' --delay 60  # prints the job id once accepted
+    python -m actors enqueue report.build --file jobs.jsonl --at 2026-12-08T06:00Z
+    python -m actors dlq list                                      # the dead letters, newest first
+    python -m actors dlq show JOB_ID                               # one, with payload and traceback
+    python -m actors dlq retry JOB_ID                              # queue it again (or --all)
+    python -m actors dlq purge --all                               # forget them
     python -m actors cancel JOB_ID
     python -m actors publish events.order '{"id": 1}' --retain
     python -m actors subscribe 'events.>'                          # until Ctrl-C
@@ -21,10 +27,22 @@ most ``--concurrency`` jobs are in flight or waiting to be printed). A failed jo
 Runs of more than one job show a progress bar on stderr and end with a summary there. A
 subject no worker serves stops the run with the leader's reason (``no worker serves subject
 math.sqare (did you mean math.square?)``), unless ``--wait-for-worker``. Bytes in results
-are printed as ``{"$bytes": "<base64>"}``.
+are printed as ``{"$bytes": "<base64>"}``. ``--delay S`` or ``--at ISO-8601`` (with a UTC
+offset, or ``Z``) hold each job back until then; ``--timeout`` must outlast the delay.
 
-Exit status: 0 when the command succeeded (every job, for ``submit``); 1 when a job failed,
-a result was not found, or the leader could not be reached (one line on stderr says why),
+``enqueue`` prints the id of each job the leader accepted, one a line, in input order,
+without waiting for the jobs to run (``result JOB_ID --wait`` waits for one later). With
+``--job-id ID`` one job gets that id, and a run of several gets ``ID-1``, ``ID-2``... in
+input order, so that running the same command again enqueues nothing twice. A job the
+leader refused is reported on stderr (and the status is 1); the others go on.
+
+``dlq list`` shows the dead letters (``--json``: as the leader lists them), ``dlq show``
+one of them whole as JSON, ``dlq retry`` and ``dlq purge`` act on one (``JOB_ID``) or on
+every one (``--all``, asked for explicitly, never by default).
+
+Exit status: 0 when the command succeeded (every job, for ``submit`` and ``enqueue``); 1
+when a job failed or was refused, a result or a dead letter was not found, or the leader
+could not be reached (one line on stderr says why),
 or stdout was closed early (``| head``: quietly, the jobs still running cancelled); 2 for
 bad arguments or input; 130 on Ctrl-C, which cancels the jobs still running (the leader
 cancels each one no other client waits for), except for ``subscribe``, which Ctrl-C ends
@@ -36,19 +54,30 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import datetime as dt
 import itertools
 import json
+import math
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import attrs
 import trio
 from tqdm import tqdm
 
-from protocol import PROTOCOL_VERSION, is_valid_pattern, is_valid_subject
+from protocol import (
+    MAX_DELAY,
+    MAX_LISTED,
+    PROTOCOL_VERSION,
+    Submit,
+    is_valid_pattern,
+    is_valid_subject,
+)
 
 from .._checks import ConfigError, check_url
 
@@ -62,6 +91,10 @@ MAX_LINE_BYTES = 64 * 1024 * 1024
 READ_CHUNK = 64 * 1024
 #: The exit status after Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED = 130
+#: Characters of a dead letter's error shown in ``dlq list``'s table.
+ERROR_WIDTH = 60
+
+_T = TypeVar("_T")
 
 
 class InputError(Exception):
@@ -178,7 +211,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="when no worker serves the subject, queue the jobs for one still to come"
         " (instead of stopping with the leader's reason)",
     )  # fmt: skip
+    _when_options(submit)
     submit.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+
+    enqueue = command(
+        "enqueue",
+        "enqueue jobs without waiting for them: print each job's id once the leader accepted it",
+    )
+    enqueue.add_argument("subject", help="where the jobs go (no wildcards)")
+    enqueue.add_argument("payload", nargs="?", metavar="JSON", help="the payload, as JSON")
+    enqueue.add_argument(
+        "--file", metavar="PATH", help="read payloads from a JSON-lines file ('-' for stdin)"
+    )
+    enqueue.add_argument(
+        "--count", type=int, default=1, metavar="N", help="enqueue the payload(s) N times"
+    )
+    enqueue.add_argument(
+        "--job-id", metavar="ID",
+        help="the job's id; several jobs get ID-1, ID-2... in input order (enqueueing an id"
+        " again adds no job)",
+    )  # fmt: skip
+    _when_options(enqueue)
+    enqueue.add_argument(
+        "--timeout", type=float, default=None, metavar="S",
+        help="each job's deadline, in seconds from now: it expires if no worker took it by then"
+        " (default: none)",
+    )  # fmt: skip
+    enqueue.add_argument(
+        "--accept-timeout", type=float, default=30.0, metavar="S",
+        help="seconds to wait for the leader to accept each job",
+    )  # fmt: skip
+    enqueue.add_argument(
+        "--concurrency", type=int, default=64, metavar="N", help="jobs being enqueued at once"
+    )
+    enqueue.add_argument(
+        "--wait-for-worker", action="store_true",
+        help="when no worker serves the subject, accept the jobs for one still to come"
+        " (instead of stopping with the leader's reason)",
+    )  # fmt: skip
+    enqueue.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
     result = command(
         "result", "print the result of a job by its id (stored by the leader for its dedup window)"
@@ -234,8 +305,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--count", type=int, default=0, metavar="N", help="stop after N messages (0: never)"
     )
 
+    dlq_help = "list, show, retry or purge the dead letters (jobs that used up their attempts)"
+    dlq = commands.add_parser("dlq", help=dlq_help, description=dlq_help)
+    actions = dlq.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return actions.add_parser(
+            name, help=help, description=help, parents=[connection],
+            formatter_class=_DefaultsShown,
+        )  # fmt: skip
+
+    dlq_list = action(
+        "list", f"show the dead letters, newest first (at most {MAX_LISTED}): job id, subject,"
+        " attempts, last error, when",
+    )  # fmt: skip
+    dlq_list.add_argument("--json", action="store_true", help="print them as a JSON array")
+    dlq_show = action("show", "print a dead letter as JSON: payload, attempts, error, traceback")
+    dlq_show.add_argument("job_id", metavar="JOB_ID", help="the dead letter's job id")
+    for name, what in (
+        ("retry", "queue a dead letter again as a new job under its id, its attempts reset"),
+        ("purge", "forget a dead letter for good"),
+    ):
+        sub = action(name, f"{what} (or every one, with --all)")
+        sub.add_argument("job_id", nargs="?", metavar="JOB_ID", help="the dead letter's job id")
+        sub.add_argument("--all", action="store_true", help="every dead letter")
+
     commands.add_parser("version", help="print the protocol version")
     return parser
+
+
+def _when_options(parser: argparse.ArgumentParser) -> None:
+    """``--delay`` and ``--at``, one or the other, of ``submit`` and ``enqueue``."""
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument(
+        "--delay", type=float, default=None, metavar="S",
+        help="seconds after its acceptance before each job may run",
+    )  # fmt: skip
+    when.add_argument(
+        "--at", default=None, metavar="ISO-8601",
+        help="when the jobs may run, with a UTC offset (2026-12-08T09:30+01:00, or Z for UTC)",
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,10 +407,93 @@ def _check_submit_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--concurrency: expected an integer >= 1, got {args.concurrency}")
     if not args.timeout > 0:
         raise ConfigError(f"--timeout: expected a number > 0, got {args.timeout}")
+    _check_when(args)
+    _check_payload_args(args)
+
+
+def _check_payload_args(args: argparse.Namespace) -> None:
+    """Parse the JSON payload argument, or check that the ``--file`` exists."""
     if args.payload is not None:
         args.payload = _parse_json(args.payload, where="JSON argument")
     elif args.file != "-" and not os.path.isfile(args.file):
         raise ConfigError(f"--file: {args.file}: no such file")
+
+
+def _check_when(args: argparse.Namespace) -> None:
+    """Check ``--delay`` or ``--at`` (which becomes a datetime) against ``--timeout``."""
+    seconds: float | None = None
+    if args.delay is not None:
+        seconds = args.delay
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise ConfigError(f"--delay: expected a number of seconds >= 0, got {args.delay}")
+        if seconds > MAX_DELAY:
+            raise ConfigError(
+                f"--delay: at most {MAX_DELAY:.0f} s ({MAX_DELAY / 86400:g} days), got {args.delay:g}"
+            )
+    elif args.at is not None:
+        try:
+            at = dt.datetime.fromisoformat(args.at)
+        except ValueError:
+            raise ConfigError(
+                f"--at: expected an ISO 8601 time such as 2026-12-08T09:30+01:00, got {args.at!r}"
+            ) from None
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ConfigError(
+                f"--at: {args.at} has no UTC offset: add one (2026-12-08T09:30+01:00, or Z for UTC)"
+            )
+        seconds = max(0.0, at.timestamp() - time.time())
+        if seconds > MAX_DELAY:
+            raise ConfigError(f"--at: at most {MAX_DELAY / 86400:g} days ahead, got {args.at}")
+        args.at = at
+    if seconds is not None and args.timeout is not None and args.timeout <= seconds:
+        raise ConfigError(
+            f"--timeout ({args.timeout:g} s) must be longer than the delay ({seconds:g} s):"
+            " the jobs would expire before they may run"
+        )
+
+
+def _check_enqueue_args(args: argparse.Namespace) -> None:
+    if not is_valid_subject(args.subject):
+        raise ConfigError(
+            f"invalid subject {args.subject!r} (tokens separated by '.', no wildcards)"
+        )
+    _check_common(args)
+    if (args.payload is None) == (args.file is None):
+        raise ConfigError("give either a JSON payload or --file (not both)")
+    if args.count < 1:
+        raise ConfigError(f"--count: expected an integer >= 1, got {args.count}")
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency: expected an integer >= 1, got {args.concurrency}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ConfigError(f"--timeout: expected a number > 0, got {args.timeout}")
+    if not args.accept_timeout > 0:
+        raise ConfigError(f"--accept-timeout: expected a number > 0, got {args.accept_timeout}")
+    if args.job_id is not None:
+        try:
+            Submit(mid=1, job_id=str(_job_id(args, 0)), subject=args.subject)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"--job-id: {exc}") from None
+    _check_when(args)
+    _check_payload_args(args)
+
+
+def _job_id(args: argparse.Namespace, index: int) -> str | None:
+    """The id of job ``index`` (from 0, in input order) of an ``enqueue``: ``--job-id`` for
+    a single job, numbered from 1 for a run of several, None (the client's) without it."""
+    if args.job_id is None:
+        return None
+    if args.file is None and args.count == 1:
+        return str(args.job_id)
+    return f"{args.job_id}-{index + 1}"
+
+
+def _check_dlq_args(args: argparse.Namespace) -> None:
+    _check_common(args)
+    if args.action in ("retry", "purge"):
+        if args.job_id is None and not args.all:
+            raise ConfigError(f"dlq {args.action}: give the JOB_ID of a dead letter, or --all")
+        if args.job_id is not None and args.all:
+            raise ConfigError(f"dlq {args.action}: give a JOB_ID or --all, not both")
 
 
 def _check_result_args(args: argparse.Namespace) -> None:
@@ -337,6 +529,8 @@ def _check_subscribe_args(args: argparse.Namespace) -> None:
 
 _CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "submit": _check_submit_args,
+    "enqueue": _check_enqueue_args,
+    "dlq": _check_dlq_args,
     "result": _check_result_args,
     "cancel": _check_common,
     "status": _check_status_args,
@@ -371,6 +565,8 @@ async def _interruptible(run: Callable[[trio.CancelScope], Awaitable[int]]) -> i
     client closes its connection gracefully.
     """
     stop = trio.CancelScope()
+    if threading.current_thread() is not threading.main_thread():
+        return await run(stop)  # (run in a thread, as tests do: signals are the main thread's)
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -434,15 +630,27 @@ async def _submit_command(args: argparse.Namespace, stop: trio.CancelScope) -> i
     try:
         with stop:
             async with _connect(args) as client:
-                async with client.map(
-                    args.subject, payloads(), limit=args.concurrency, qos=args.qos,
-                    timeout=args.timeout, wait_for_worker=args.wait_for_worker,
-                    return_exceptions=True,
-                ) as results:  # fmt: skip
-                    async for result in results:
-                        if isinstance(result, NoRoute):
-                            raise result  # the same for every job: say it once
-                        show(Outcome.of(result))
+                if args.delay is not None or args.at is not None:
+                    # (Client.map sends no delay: a submit per job, results in input order)
+                    async def one(index: int, payload: Any) -> Outcome:
+                        result = await _unless_busy(
+                            client.submit, args.subject, payload, qos=args.qos,
+                            timeout=args.timeout, wait_for_worker=args.wait_for_worker,
+                            delay=args.delay, at=args.at,
+                        )  # fmt: skip
+                        return Outcome.of(result)
+
+                    await _in_order(payloads(), args.concurrency, one, show)
+                else:
+                    async with client.map(
+                        args.subject, payloads(), limit=args.concurrency, qos=args.qos,
+                        timeout=args.timeout, wait_for_worker=args.wait_for_worker,
+                        return_exceptions=True,
+                    ) as results:  # fmt: skip
+                        async for result in results:
+                            if isinstance(result, NoRoute):
+                                raise result  # the same for every job: say it once
+                            show(Outcome.of(result))
     finally:
         progress.close()
     sys.stdout.flush()
@@ -558,18 +766,209 @@ async def _status_command(args: argparse.Namespace, stop: trio.CancelScope) -> i
 async def _stats(client: Any) -> dict[str, Any]:
     """The leader's statistics; it answers a connection once per second at most (``busy``
     before, with the time left): then ask again when told."""
+    stats: dict[str, Any] = await _patiently(client.stats)
+    return stats
+
+
+async def _patiently(ask: Callable[[], Awaitable[_T]]) -> _T:
+    """``await ask()``, asked again after each ``busy`` answer's ``retry_after``."""
     from ..client._errors import Busy
 
     while True:
         try:
-            stats: dict[str, Any] = await client.stats()
-            return stats
+            return await ask()
         except Busy as exc:
             await trio.sleep(exc.retry_after or 1.0)
 
 
+async def _unless_busy(ask: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    """What ``await ask(*args, **kwargs)`` (a job's call) returns, or the
+    :class:`ClientError` it raises: asked again after a ``busy`` answer's ``retry_after``;
+    :class:`NoRoute`, the same for every job, is raised."""
+    from ..client._errors import Busy, ClientError, NoRoute
+
+    while True:
+        try:
+            return await ask(*args, **kwargs)
+        except Busy as exc:
+            await trio.sleep(exc.retry_after or 0.1)
+        except NoRoute:
+            raise
+        except ClientError as exc:
+            return exc
+
+
+async def _in_order(
+    items: AsyncIterator[Any],
+    limit: int,
+    work: Callable[[int, Any], Awaitable[_T]],
+    emit: Callable[[_T], None],
+) -> None:
+    """``work(index, item)`` for each of ``items``, at most ``limit`` at once, and
+    ``emit`` of each outcome in input order (at most ``limit`` running or held back for an
+    earlier one). An exception out of ``work`` or ``emit`` ends it (the rest cancelled)."""
+    done: dict[int, _T] = {}
+    room = trio.Semaphore(limit)
+    head = 0
+
+    async def one(index: int, item: Any) -> None:
+        nonlocal head
+        done[index] = await work(index, item)
+        while head in done:
+            outcome = done.pop(head)
+            head += 1
+            room.release()
+            emit(outcome)
+
+    async with trio.open_nursery() as nursery:
+        index = 0
+        async for item in items:
+            await room.acquire()
+            nursery.start_soon(one, index, item)
+            index += 1
+
+
+async def _enqueue_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    total: int | None
+    if args.payload is not None:
+        total = args.count
+    elif args.file == "-":
+        total = None
+    else:
+        total = await _count_payload_lines(args.file) * args.count
+    progress = tqdm(
+        total=total, unit="job", file=sys.stderr, dynamic_ncols=True,
+        disable=args.no_progress or total == 1,
+    )  # fmt: skip
+    share_terminal = not progress.disable and sys.stdout.isatty() and sys.stderr.isatty()
+    counts: collections.Counter[str] = collections.Counter()
+
+    def show(outcome: tuple[int, Any]) -> None:
+        index, answer = outcome
+        if isinstance(answer, str):
+            counts["ok"] += 1
+            if share_terminal:
+                progress.write(answer, file=sys.stdout)
+            else:
+                print(answer)
+        else:
+            counts[type(answer).__name__] += 1
+            job = getattr(answer, "job_id", None) or _job_id(args, index) or f"#{index + 1}"
+            line = f"python -m actors: job {job} not enqueued: {type(answer).__name__}: {answer}"
+            progress.write(line, file=sys.stderr)
+        progress.update(1)
+
+    input_error: InputError | None = None
+
+    async def payloads() -> AsyncIterator[Any]:
+        nonlocal input_error
+        try:
+            async for payload in _payloads(args):
+                yield payload
+        except InputError as exc:
+            input_error = exc
+
+    try:
+        with stop:
+            async with _connect(args) as client:
+
+                async def one(index: int, payload: Any) -> tuple[int, Any]:
+                    answer = await _unless_busy(
+                        client.enqueue, args.subject, payload, job_id=_job_id(args, index),
+                        delay=args.delay, at=args.at, timeout=args.timeout,
+                        wait_for_worker=args.wait_for_worker, accept_timeout=args.accept_timeout,
+                    )  # fmt: skip
+                    return index, answer
+
+                await _in_order(payloads(), args.concurrency, one, show)
+    finally:
+        progress.close()
+    sys.stdout.flush()
+    jobs = sum(counts.values())
+    refused = jobs - counts["ok"]
+    if jobs > 1 or refused or stop.cancelled_caught:
+        text = f"{jobs} job{'s' if jobs != 1 else ''}: {counts['ok']} enqueued, {refused} refused"
+        kinds = [f"{kind}: {n}" for kind, n in counts.most_common() if kind != "ok"]
+        print(text + (f" ({', '.join(kinds)})" if kinds else ""), file=sys.stderr)
+    if stop.cancelled_caught:
+        print(
+            "interrupted: the jobs not acknowledged yet may or may not have been accepted",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    if input_error is not None:
+        raise input_error
+    return 1 if refused else 0
+
+
+async def _dlq_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    with stop:
+        async with _connect(args) as client:
+            if args.action == "list":
+                letters, total = await _patiently(client.dead_letters_listed)
+                if args.json:
+                    print(json.dumps(letters, indent=2, default=_json_default))
+                elif not letters:
+                    print("no dead letters")
+                else:
+                    print("\n".join(dead_letter_lines(letters)))
+                    if total is not None and total > len(letters):
+                        print(f"(the newest {len(letters)} of {total} dead letters)")
+                return 0
+            if args.action == "show":
+                letter = await _patiently(lambda: client.dead_letter(args.job_id))
+                print(json.dumps(letter, indent=2, default=_json_default))
+                return 0
+            answer: Any = None
+            if args.action == "retry":
+                answer = await _patiently(
+                    lambda: client._dead_letter_query("retry_dead_letter", args.job_id, None)
+                )
+                count = int(answer.get("retried", 0)) if answer else 0
+                for why in (answer or {}).get("refused") or []:
+                    print(f"not retried: {why}", file=sys.stderr)
+                done = "retried (queued again)"
+            else:
+                count = await _patiently(lambda: client.purge_dead_letters(args.job_id))
+                done = "purged"
+            if args.job_id is not None:
+                if not count:
+                    if not (answer or {}).get("refused"):  # (else: said why above)
+                        print(
+                            f"python -m actors: error: no dead letter {args.job_id}",
+                            file=sys.stderr,
+                        )
+                    return 1
+                print(f"{done}: dead letter {args.job_id}", file=sys.stderr)
+            else:
+                print(f"{done}: {count} dead letter{'s' if count != 1 else ''}", file=sys.stderr)
+            return 0
+    return INTERRUPTED
+
+
+def dead_letter_lines(letters: list[dict[str, Any]]) -> list[str]:
+    """``Client.dead_letters()`` as a table: job id, subject, attempts, error, when."""
+    rows = []
+    for letter in letters:
+        error = f"{letter.get('error_type') or 'Error'}: {letter.get('error_message') or ''}"
+        error = " ".join(error.split())  # one line
+        if len(error) > ERROR_WIDTH:
+            error = error[: ERROR_WIDTH - 1] + "…"
+        dead_at = letter.get("dead_at")
+        when = (
+            dt.datetime.fromtimestamp(dead_at).astimezone().isoformat(sep=" ", timespec="seconds")
+            if isinstance(dead_at, int | float)
+            else "?"
+        )
+        rows.append([letter.get("job_id", "?"), letter.get("subject", "?"),
+                     letter.get("attempts", 0), error, when])  # fmt: skip
+    return _table(["JOB ID", "SUBJECT", "ATTEMPTS", "ERROR", "WHEN"], rows)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, trio.CancelScope], Awaitable[int]]] = {
     "submit": _submit_command,
+    "enqueue": _enqueue_command,
+    "dlq": _dlq_command,
     "result": _result_command,
     "cancel": _cancel_command,
     "status": _status_command,

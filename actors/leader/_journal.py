@@ -680,6 +680,10 @@ class SqliteJournal:
             raise JournalError(explain(exc, self.path)) from exc
         self.commits += 1
         self.rows_written += len(batch)
+        try:
+            self._measure()  # (past max_bytes, the next submits are refused)
+        except sqlite3.Error as exc:
+            raise JournalError(explain(exc, self.path)) from exc
 
     def prune(self, now_wall: float) -> int:
         """Delete up to :data:`PRUNE_BATCH` finished jobs older than the dedup window, and

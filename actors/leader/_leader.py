@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 import trio
+import trio.testing
 
 from protocol import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -299,6 +300,7 @@ class Leader:
             to do: another leader holds the data directory, it is read-only, corrupt...).
         """
         journal = self.journal
+        self.broker.clock_offset = time.time() - trio.current_time()
         try:
             if journal is not None:
                 await self._recover(journal)
@@ -311,16 +313,25 @@ class Leader:
                     async with self._db_lock:
                         journal.close()
 
+    async def _blocking(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, which blocks on the journal's file, in a worker thread; or, under
+        a virtual clock (:class:`trio.testing.MockClock`, as tests use), on the event loop:
+        trio's clock would otherwise jump ahead while SQLite works, as if it took hours."""
+        if isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args)
+
     @property
     def journal_path(self) -> str | None:
         """The journal's file (None for a leader with ``memory``)."""
         return None if self.journal is None else str(self.journal.path)
 
     async def _recover(self, journal: SqliteJournal) -> None:
-        offset = time.time() - trio.current_time()
-        journal.clock_offset = self.broker.clock_offset = offset
-        recovered = await trio.to_thread.run_sync(journal.open)
+        offset = journal.clock_offset = self.broker.clock_offset
+        started = time.perf_counter()
+        recovered = await self._blocking(journal.open)
         self.broker.restore(recovered, trio.current_time(), offset)
+        recovered.seconds = time.perf_counter() - started  # (reading and queueing again)
         self.recovered = {
             "jobs": len(recovered.jobs),
             "results": len(recovered.results),
@@ -469,7 +480,7 @@ class Leader:
                 prune_at = now + PRUNE_INTERVAL
                 async with self._db_lock:
                     try:
-                        pruned = await trio.to_thread.run_sync(journal.prune, time.time())
+                        pruned = await self._blocking(journal.prune, time.time())
                     except JournalError as exc:
                         log.warning("leader %s: pruning the journal failed: %s", self.name, exc)
                         pruned = 0
@@ -485,7 +496,7 @@ class Leader:
             batch, held = journal.take(), self.broker.take_held()
         if len(batch):
             try:
-                await trio.to_thread.run_sync(journal.write, batch)
+                await self._blocking(journal.write, batch)
             except JournalError as exc:
                 if journal.failure != str(exc):
                     log.error("leader %s: %s (submits are refused until it works)", self.name, exc)
@@ -587,15 +598,13 @@ class Leader:
                     return
                 what = msg.what
                 if what == "dead_letters":
-                    letters = await trio.to_thread.run_sync(journal.list_dead_letters, MAX_LISTED)
-                    total = await trio.to_thread.run_sync(journal.count_dead_letters)
+                    letters = await self._blocking(journal.list_dead_letters, MAX_LISTED)
+                    total = await self._blocking(journal.count_dead_letters)
                 elif what == "purge_dead_letters" and msg.job_id is None:
-                    total = await trio.to_thread.run_sync(journal.purge_dead_letters)
+                    total = await self._blocking(journal.purge_dead_letters)
                     letters = []
                 else:
-                    letters = await trio.to_thread.run_sync(
-                        journal.get_dead_letters, msg.job_id, MAX_LISTED
-                    )
+                    letters = await self._blocking(journal.get_dead_letters, msg.job_id, MAX_LISTED)
                     total = len(letters)
             self._batching = True
             try:
