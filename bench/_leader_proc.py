@@ -3,6 +3,11 @@
 ``python bench/_leader_proc.py [--heartbeat S] [--parent-pid PID]`` listens on a free
 loopback port, prints ``leader listening on tcp://127.0.0.1:PORT`` on stdout, and serves
 until SIGINT or SIGTERM (or until the process ``PID`` is gone), then exits 0.
+
+Where it keeps its jobs: ``--data-dir DIR`` and ``--sync {full,normal}``: a journal in
+``DIR``; without ``--data-dir``, in memory (``--memory``, the default here: what
+``bench/bench_jobs.py`` measures, and no journal left in the user's data directory).
+It prints ``leader journal: PATH`` (or ``leader journal: none (memory)``) before it listens.
 """
 
 from __future__ import annotations
@@ -11,18 +16,25 @@ import argparse
 import os
 import signal
 import sys
+from typing import Any
 
 import trio
 
 from actors import Leader
 
 
-async def serve(heartbeat: float | None, parent_pid: int | None) -> None:
+async def serve(
+    heartbeat: float | None, parent_pid: int | None, storage: dict[str, Any] | None = None
+) -> None:
     """Run a leader on ``tcp://127.0.0.1:0`` and print its bound URL once it listens.
 
+    ``storage``: the leader's ``memory``, ``data_dir`` and ``sync`` settings (those given).
     Returns on SIGINT / SIGTERM, or when ``parent_pid`` (if given) is no longer our parent.
     """
-    leader = Leader(name="bench-leader", listen=["tcp://127.0.0.1:0"], heartbeat=heartbeat)
+    leader = Leader(
+        name="bench-leader", listen=["tcp://127.0.0.1:0"], heartbeat=heartbeat, **(storage or {})
+    )
+    print(f"leader journal: {leader.journal_path or 'none (memory)'}", flush=True)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             urls = await nursery.start(leader.run)
@@ -47,8 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         "--heartbeat", type=float, default=5.0, help="seconds between heartbeats (0: none)"
     )
     parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    parser.add_argument("--memory", action="store_true", help="no journal (the default)")
+    parser.add_argument("--data-dir", help="the journal's directory")
+    parser.add_argument("--sync", choices=("full", "normal"), help="the journal's sync tier")
     args = parser.parse_args(argv)
-    trio.run(serve, args.heartbeat or None, args.parent_pid)
+    if args.memory and args.data_dir is not None:
+        parser.error("--memory and --data-dir exclude each other")
+    storage: dict[str, Any] = {"memory": True}
+    if args.data_dir is not None:
+        storage = {"data_dir": args.data_dir}
+    if args.sync is not None:
+        storage["sync"] = args.sync
+    trio.run(serve, args.heartbeat or None, args.parent_pid, storage)
     return 0
 
 

@@ -23,6 +23,7 @@ journals there, never in the user's home, and two tests never share a journal.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -40,6 +41,14 @@ def _profile_from_environment() -> str:
 
 
 settings.load_profile(_profile_from_environment())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _actors_module_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for what a module's own fixtures start (a cluster serving a whole module)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ACTORS_DATA_DIR", str(tmp_path_factory.mktemp("actors-module-data")))
+        yield
 
 
 @pytest.fixture(autouse=True)

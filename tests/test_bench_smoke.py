@@ -188,3 +188,52 @@ def test_the_leader_replay_runs_and_routes_every_job() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "leader work per job, without I/O:" in proc.stdout
+
+
+@pytest.mark.e2e
+def test_durable_bench_runs_ours_in_memory_and_journalled(tmp_path: Path) -> None:
+    # bench_durable.py with tiny counts, our three variants (no JetStream): each row is
+    # measured, the journalled ones really committed to a journal of their sync tier, the
+    # ratios are those of the medians, and every process and data directory is gone.
+    data_root = tmp_path / "journals"
+    data_root.mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_durable.py"),
+            "--only",
+            "ours",
+            "--jobs",
+            "200",
+            "--warmup",
+            "20",
+            "--data-root",
+            str(data_root),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    results = _results(proc)
+    median = results["median"]
+    assert list(median) == ["memory", "full", "normal"]
+    for variant, row in median.items():
+        _check_row(row, variant, 200)
+        assert set(row["cpu_s"]) == {"leader", "worker", "client"}
+    assert median["memory"]["journal"] is None
+    for variant in ("full", "normal"):
+        journal = median[variant]["journal"]
+        assert journal["sync"] == variant
+        assert journal["commits"] > 0 and journal["rows_written"] >= 220
+        assert journal["path"].startswith(str(data_root))
+    ratio = results["ratio"]
+    assert set(ratio) == {"full/memory", "normal/memory"}
+    assert ratio["full/memory"]["jobs_per_s"] == pytest.approx(
+        median["full"]["jobs_per_s"] / median["memory"]["jobs_per_s"]
+    )
+    assert "full/memory:" in proc.stdout and "goal >= 0.70x" in proc.stdout
+    assert list(data_root.iterdir()) == []
+    assert [pid for pid in results["children"] if _alive(pid)] == []

@@ -411,18 +411,51 @@ def test_transition_table_refuses_illegal_moves():
         job.move(JobState.QUEUED)
 
 
-def test_journal_sees_every_transition():
-    seen = []
-    b = make_broker()
-    b.journal = lambda job, old, new: seen.append((job.job_id, old.value, new.value))
+class RecordingJournal:
+    """A :class:`~actors.leader._journal.JobJournal` that lists the calls it gets."""
+
+    refusal = None
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, ...]] = []
+
+    def accept(self, job, now):
+        self.seen.append(("accept", job.job_id, job.state.value))
+
+    def assign(self, job):
+        self.seen.append(("assign", job.job_id, str(job.attempt)))
+
+    def retry(self, job):
+        self.seen.append(("retry", job.job_id, str(job.attempt)))
+
+    def finish(self, job, state, stored, now):
+        self.seen.append(("finish", job.job_id, state.value))
+
+    def dead_letter(self, job, record, now):
+        self.seen.append(("dead_letter", job.job_id, record["error_type"]))
+
+    def forget_dead_letters(self, job_ids):
+        self.seen.append(("forget", *sorted(job_ids)))
+
+
+def test_the_journal_is_told_of_every_change_and_answers_wait_for_it():
+    journal = RecordingJournal()
+    b = Broker(BrokerConfig(), rng=random.Random(0), journal=journal)
     w = worker(b, "w", 1)
-    submit(b, client(), "j")
+    c = client()
+    submit(b, c, "j")
     finish(b, w, "j", 1.0)
-    assert seen == [
-        ("j", "queued", "queued"),
-        ("j", "queued", "assigned"),
-        ("j", "assigned", "done"),
+    assert journal.seen == [
+        ("accept", "j", "queued"),
+        ("assign", "j", "1"),
+        ("finish", "j", "done"),
     ]
+    assert not c.out  # the result waits for the journal's commit
+    held = b.take_held()
+    assert w.window == 0  # (and so does the worker's slot)
+    b.release(held, 1.0)
+    assert [type(m).__name__ for m in c.out] == ["Result"]
+    assert w.window == 1
 
 
 def checked_worker(broker: Broker, name: str, window: int, now: float) -> WorkerLink:

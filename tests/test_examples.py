@@ -8,6 +8,7 @@ each test is capped with ``fail_after``.
 
 from __future__ import annotations
 
+import time
 import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -181,6 +182,7 @@ async def test_flaky_example_retries_then_dead_letters():
             assert (poison_runner.failed, poison_runner.completed) == (3, 0)
             record = dict(report.dead_letter)
             assert "ValueError: cannot process {'order': 7}" in record.pop("traceback")
+            assert abs(record.pop("dead_at") - time.time()) < 60  # (wall clock)
             assert record == {
                 "job_id": dead.job_id,
                 "subject": flaky.POISON_SUBJECT,

@@ -253,6 +253,7 @@ def _config(directory: Path, text: str) -> str:
 
 GRACE_AND_BAD = """
 [leader]
+name = "grace"  # (its own data directory: the main cluster runs meanwhile)
 route_grace = 2.0
 
 [[groups]]

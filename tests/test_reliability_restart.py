@@ -171,7 +171,8 @@ async def test_a_worker_reconnecting_with_jobs_in_hand_grants_only_its_free_slot
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             first_life = trio.CancelScope()
-            first = Leader(listen=["tcp://127.0.0.1:0"], retry_backoff=fast)
+            # (in memory: the jobs of the first leader are not the second one's to redeliver)
+            first = Leader(listen=["tcp://127.0.0.1:0"], retry_backoff=fast, memory=True)
             [url] = await nursery.start(_live, first_life, first)
             worker = _Slow()
             runner = WorkerRunner(worker, url, name="w", reconnect_backoff=fast)
@@ -183,7 +184,7 @@ async def test_a_worker_reconnecting_with_jobs_in_hand_grants_only_its_free_slot
                 old_jobs.cancel_scope.cancel()
             first_life.cancel()
             await trio.sleep(0.2)
-            second = Leader(listen=[url], retry_backoff=fast)
+            second = Leader(listen=[url], retry_backoff=fast, memory=True)
             await nursery.start(_live, trio.CancelScope(), second)
             await workers_connected(second, 1)
             async with Client.connect(url) as client, trio.open_nursery() as jobs:

@@ -6,6 +6,8 @@ The TOML shape (every key but ``[[groups]]`` name/worker is optional)::
     listen = ["tcp://127.0.0.1:7700", "ws://127.0.0.1:7701"]
     ack_timeout = 30.0        # also: name, max_attempts, max_queued, dedup_window,
                               #       heartbeat, max_connections
+    data_dir = "/var/lib/actors"  # the journal (default: per user); or memory = true
+    sync = "full"             # or "normal"; also max_journal_bytes, dead_letter_retention
     [leader.retry]            # redelivery backoff: base, factor, cap, jitter
     base = 0.5
 

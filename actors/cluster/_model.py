@@ -108,6 +108,8 @@ _OPTIONAL_LIMITS = (
     "write_timeout",
     "max_outgoing_total",
     "data_dir",
+    "memory",
+    "sync",
     "max_journal_bytes",
     "dead_letter_retention",
 )
@@ -154,8 +156,8 @@ class LeaderTable:
     max_outgoing_total: int | None = None
     # The journal (see LeaderConfig): None leaves the leader's default.
     data_dir: str | None = None
-    memory: bool = False
-    sync: str = _LEADER_DEFAULTS.sync
+    memory: bool | None = None
+    sync: str | None = None
     max_journal_bytes: int | None = None
     dead_letter_retention: float | None = None
 
