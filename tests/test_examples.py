@@ -8,8 +8,8 @@ each test is capped with ``fail_after``.
 
 from __future__ import annotations
 
-import time
 import io
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
