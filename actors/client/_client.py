@@ -1218,8 +1218,15 @@ class Client:
         Raises:
           SubmitTimeout: no answer within ``timeout``.
         """
-        answer = await self._dead_letter_query("retry_dead_letter", job_id, timeout)
-        return int(answer.get("retried", 0)) if answer is not None else 0
+        retried = 0
+        while True:  # (the leader takes those of a journal a page at a time)
+            answer = await self._dead_letter_query("retry_dead_letter", job_id, timeout)
+            if answer is None:
+                return retried
+            now = int(answer.get("retried", 0))
+            retried += now
+            if job_id is not None or not now or not answer.get("remaining"):
+                return retried
 
     async def purge_dead_letters(
         self, job_id: str | None = None, *, timeout: float | None = None

@@ -18,6 +18,7 @@ queues are dropped by dict, a scan at most every thousand new subjects.
 from __future__ import annotations
 
 import difflib
+import logging
 import random
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -85,8 +86,26 @@ MAX_SUGGESTED_LENGTH = 128
 #: jitter (``[leader.retry]`` of a cluster file starts from these).
 DEFAULT_RETRY_BACKOFF = Backoff(base=0.5, factor=2.0, cap=30.0, jitter=0.1)
 
+log = logging.getLogger("actors.leader")
+
 _assign_item = Assign.item  # type: ignore[attr-defined]
 _result_item = Result.item  # type: ignore[attr-defined]
+
+
+def send_to(client: Submitter, message: Any) -> None:
+    """Send ``message`` (an answer with a ``cid``) to ``client``; one over the client's
+    own frame limit is answered ``too_large`` instead."""
+    try:
+        client.send(message)
+    except MessageTooLarge as exc:
+        client.send(
+            Error(
+                mid=client.next_mid(),
+                cid=message.cid,
+                code=ErrorCode.TOO_LARGE,
+                message=f"the answer does not fit your frame limit: {exc}",
+            )
+        )
 
 
 @attrs.define
@@ -535,7 +554,7 @@ class Broker:
 
     def _accepted_ack(self, client: ClientLink, msg: Submit) -> None:
         """Tell the client of an ``enqueue`` submit that its job is accepted (once written)."""
-        self._answer(client.send, Ack(mid=client.next_mid(), cid=msg.mid, job_id=msg.job_id))
+        self._answer(send_to, client, Ack(mid=client.next_mid(), cid=msg.mid, job_id=msg.job_id))
 
     def _answer(self, send: Any, *args: Any) -> None:
         """``send(*args)``: at once without a journal, else once the journal has written
@@ -566,7 +585,10 @@ class Broker:
         (and give those workers more work)."""
         answers, slots = held
         for send, args in answers:
-            send(*args)
+            try:
+                send(*args)
+            except Exception:  # (a bug: the other answers and the slots must go on)
+                log.exception("an answer held for the journal could not be sent")
         freed: dict[WorkerLink, None] = {}
         for worker in slots:
             worker.held -= 1
@@ -1356,7 +1378,8 @@ class Broker:
             client.waiting.pop(job.job_id, None)
             if stored is None:
                 answer(
-                    client.send,
+                    send_to,
+                    client,
                     Error(
                         mid=client.next_mid(),
                         cid=cid,
@@ -1484,6 +1507,8 @@ class Broker:
         job_id = record["job_id"]
         if job_id in self.jobs:
             return f"job {job_id} is running again already"
+        if self.journal is not None and self.journal.refusal is not None:
+            return self.journal.refusal
         subject = record["subject"]
         payload = record.get("payload")
         headers = dict(record.get("headers") or {})

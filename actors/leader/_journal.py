@@ -49,6 +49,9 @@ LOCK_FILE = "leader.lock"
 SCHEMA_VERSION = 1
 #: Finished rows deleted at most per pruning step (each a short transaction).
 PRUNE_BATCH = 2000
+#: The largest integer written (SQLite's are signed 64-bit; a protocol count may be larger,
+#: and no job makes that many attempts).
+MAX_STORED_INT = 2**62
 #: Sync tiers: ``full`` survives power loss, ``normal`` a process crash only.
 SYNC_MODES = ("full", "normal")
 
@@ -325,6 +328,10 @@ class SqliteJournal:
         except sqlite3.Error as exc:
             self.close()
             raise JournalError(explain(exc, self.path)) from exc
+        except (ValueError, TypeError, cbor2.CBORDecodeError) as exc:  # a row it cannot read
+            self.close()
+            corrupt = sqlite3.DatabaseError(f"corrupt row: {exc}")
+            raise JournalError(explain(corrupt, self.path)) from exc
         except BaseException:
             self.close()
             raise
@@ -527,14 +534,17 @@ class SqliteJournal:
             return
         offset = self.clock_offset
         headers = job.headers
-        self._inserts[job.job_id] = [
-            job.job_id,
+        submitted_max = job.submitted_max_attempts
+        job_id = job.job_id
+        self._updates.pop(job_id, None)  # (of an earlier job under this id: this one is new)
+        self._inserts[job_id] = [
+            job_id,
             job.subject,
             _blob(job.payload),
             cbor2.dumps(headers) if headers else None,
             job.qos,
-            job.max_attempts,
-            job.submitted_max_attempts,
+            min(job.max_attempts, MAX_STORED_INT),
+            None if submitted_max is None else min(submitted_max, MAX_STORED_INT),
             now + offset,
             None if job.expires_at is None else job.expires_at + offset,
             job.state.value,
@@ -676,7 +686,7 @@ class SqliteJournal:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
             raise JournalError(explain(exc, self.path)) from exc
         self.commits += 1
         self.rows_written += len(batch)

@@ -58,7 +58,7 @@ from runtime import (
     serve,
 )
 
-from ._broker import Broker, BrokerConfig
+from ._broker import Broker, BrokerConfig, send_to
 from ._journal import (
     PRUNE_BATCH,
     SYNC_MODES,
@@ -82,6 +82,8 @@ MAX_STATS_SUBJECTS = 1000
 PRUNE_INTERVAL = 1.0
 #: Dead-letter queries answered from the journal at once (more are answered ``busy``).
 MAX_ADMIN_QUERIES = 4
+#: Dead letters a ``retry_dead_letter`` of them all takes from the journal at once.
+RETRY_PAGE = 100
 #: The fields of a dead letter in a ``dead_letters`` listing.
 DEAD_LETTER_SUMMARY = ("job_id", "subject", "attempts", "error_type", "error_message", "dead_at")
 
@@ -573,6 +575,9 @@ class Leader:
     def _dead_letter_query(self, client: ClientLink, msg: Query, now: float) -> None:
         """Answer a Query about dead letters: from memory, or from the journal (in a task,
         at most :data:`MAX_ADMIN_QUERIES` at once: ``busy`` beyond)."""
+        if msg.what == "dead_letter" and msg.job_id is None:
+            client.refuse(msg, ErrorCode.BAD_FIELD, "a dead_letter query names its job_id")
+            return
         if self.journal is None:
             letters = list(self.broker.retries.dead_letters)
             if msg.job_id is not None:
@@ -604,6 +609,11 @@ class Leader:
                 elif what == "purge_dead_letters" and msg.job_id is None:
                     total = await self._blocking(journal.purge_dead_letters)
                     letters = []
+                elif what == "retry_dead_letter" and msg.job_id is None:
+                    # (a page at a time: payloads may be large; the answer says how many
+                    # are left, and the client asks again)
+                    total = await self._blocking(journal.count_dead_letters)
+                    letters = await self._blocking(journal.get_dead_letters, None, RETRY_PAGE)
                 else:
                     letters = await self._blocking(journal.get_dead_letters, msg.job_id, MAX_LISTED)
                     total = len(letters)
@@ -635,7 +645,8 @@ class Leader:
 
         def answer(payload: Any) -> None:
             broker._answer(
-                client.send,
+                send_to,
+                client,
                 Result(mid=client.next_mid(), cid=msg.mid, job_id=what, ok=True, payload=payload),
             )
 
@@ -667,7 +678,7 @@ class Leader:
                     retried += 1
                 elif len(refused) < 10:
                     refused.append(why)
-            answer({"retried": retried, "refused": refused})
+            answer({"retried": retried, "refused": refused, "remaining": total - retried})
         else:  # purge_dead_letters
             if msg.job_id is None:
                 count = broker.forget_dead_letters(None)
