@@ -502,3 +502,32 @@ def test_explain_words_corruption_and_locks_and_the_rest():
     assert explain(sqlite3.OperationalError("something else"), "/j") == (
         "journal /j: something else: check the file and its directory"
     )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_commits_never_checkpoint_and_checkpoint_moves_the_log_into_the_file(tmp_path):
+    """The leader checkpoints on a connection of its own (in a thread): a commit only
+    appends to the write-ahead log, whatever its size; :meth:`checkpoint` moves it into
+    the file, and the next commits reuse the log from its start."""
+    j = opened(tmp_path)
+    try:
+        before = j.path.stat().st_size
+        for i in range(2000):
+            j.accept(job(f"c{i}", payload=b"x" * 512), 0.0)
+        commit(j)
+        assert j.wal_bytes > 1_000_000  # all in the log (no automatic checkpoint)
+        assert j.path.stat().st_size == before
+        j.checkpoint()
+        assert j.path.stat().st_size > before + 1_000_000
+        size = j.wal_bytes
+        for i in range(10):
+            j.accept(job(f"d{i}"), 0.0)
+        commit(j)
+        assert j.wal_bytes == size  # (reused from its start: it did not grow)
+    finally:
+        j.close()
+    assert not (tmp_path / "journal.sqlite3-wal").exists() or (
+        (tmp_path / "journal.sqlite3-wal").stat().st_size == 0
+    )

@@ -6,8 +6,8 @@ The broker tells the journal of each change as it makes it (:meth:`SqliteJournal
 :meth:`~SqliteJournal.dead_letter`): O(1) each, on the event loop, no I/O. The changes of a
 job are merged while they wait (a job accepted, assigned and finished between two commits
 is one row written once). The leader's writer task then takes what is pending
-(:meth:`~SqliteJournal.take`) and commits it in one transaction in a worker thread
-(:meth:`~SqliteJournal.write`): group commit, one fsync for a batch of any size. What the
+(:meth:`~SqliteJournal.take`) and commits it in one transaction, in a worker thread when
+the commit waits for the disk (:meth:`~SqliteJournal.write`): group commit, one fsync for a batch of any size. What the
 broker must not say before it is stored (a job's acceptance, a result) waits for that
 commit (see :class:`~actors.leader.Leader`).
 
@@ -297,6 +297,7 @@ class SqliteJournal:
         self.commits = 0
         self.rows_written = 0
         self._db: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._inserts: dict[str, list[Any]] = {}
         self._updates: dict[str, list[Any]] = {}
@@ -368,6 +369,9 @@ class SqliteJournal:
         db.execute(f"PRAGMA synchronous={self.sync.upper()}")
         db.execute("PRAGMA temp_store=MEMORY")
         db.execute("PRAGMA journal_size_limit=67108864")
+        # Checkpoints are the leader's (see checkpoint): on its own connection, in a
+        # thread, so that no commit ever copies the WAL into the file (and fsyncs it).
+        db.execute("PRAGMA wal_autocheckpoint=0")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
             raise JournalError(
@@ -510,9 +514,40 @@ class SqliteJournal:
             record["max_attempts"] = submitted_max
         return record
 
+    @property
+    def wal_bytes(self) -> int:
+        """The size of the write-ahead log (what a :meth:`checkpoint` moves into the file)."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the file (blocking: in a thread), on a connection
+        of its own so that commits go on meanwhile (SQLite's passive checkpoint). The log is
+        then reused from its start, and truncated to 64 MiB at most."""
+        db = self._checkpointer
+        if db is None:
+            db = self._checkpointer = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+            db.execute("PRAGMA journal_size_limit=67108864")
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(explain(exc, self.path)) from exc
+
     def close(self) -> None:
         """Close the file and release the data directory (what is pending is not written)."""
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                checkpointer.close()
         db, self._db = self._db, None
+        if db is not None and self._lock_fd is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         if db is not None:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
@@ -659,11 +694,22 @@ class SqliteJournal:
     # ------------------------------------------------------------------ writing (thread)
 
     def write(self, batch: Batch) -> None:
-        """Commit ``batch`` in one transaction (blocking: in a thread).
+        """Commit ``batch`` in one transaction: :meth:`stage` then :meth:`commit` (blocking).
 
         Raises:
           JournalError: it could not be written (nothing of it is then stored; the caller
             keeps it and tries again).
+        """
+        self.stage(batch)
+        self.commit(len(batch))
+
+    def stage(self, batch: Batch) -> None:
+        """Open a transaction and run the statements of ``batch`` in it, uncommitted (quick:
+        the leader runs it on its event loop, and :meth:`commit`, which waits for the disk,
+        in a thread; SQLite's statements would only contend for the GIL there).
+
+        Raises:
+          JournalError: as :meth:`write` (the transaction is rolled back).
         """
         db = self._db
         if db is None:
@@ -681,16 +727,32 @@ class SqliteJournal:
                     )
                 if batch.dead:
                     db.executemany(_INSERT_DEAD, batch.dead)
-                db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
         except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
             raise JournalError(explain(exc, self.path)) from exc
-        self.commits += 1
-        self.rows_written += len(batch)
+
+    def commit(self, rows: int = 0) -> None:
+        """Commit the transaction :meth:`stage` opened, ``rows`` rows (blocking: with
+        ``sync = "full"`` it waits for the disk), then measure the file's size.
+
+        Raises:
+          JournalError: as :meth:`write` (the transaction is rolled back).
+        """
+        db = self._db
+        if db is None:
+            raise JournalError(f"journal {self.path} is closed")
         try:
+            try:
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            self.commits += 1
+            self.rows_written += rows
             self._measure()  # (past max_bytes, the next submits are refused)
         except sqlite3.Error as exc:
             raise JournalError(explain(exc, self.path)) from exc

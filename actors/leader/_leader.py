@@ -80,6 +80,8 @@ STATS_INTERVAL = 1.0
 MAX_STATS_SUBJECTS = 1000
 #: Seconds between two steps of pruning the journal when there is little to prune.
 PRUNE_INTERVAL = 1.0
+#: Bytes of write-ahead log past which the leader checkpoints it (in a thread).
+CHECKPOINT_BYTES = 16 * 2**20
 #: Dead-letter queries answered from the journal at once (more are answered ``busy``).
 MAX_ADMIN_QUERIES = 4
 #: Dead letters a ``retry_dead_letter`` of them all takes from the journal at once.
@@ -274,6 +276,7 @@ class Leader:
         # A batch whose write failed, with the answers it holds, to write again first.
         self._unwritten: tuple[Batch, Any] | None = None
         self._admin_queries = 0
+        self._checkpointing = False
         self._nursery: trio.Nursery | None = None
         #: What the journal held when the leader started (counts), once it has.
         self.recovered: dict[str, Any] | None = None
@@ -456,7 +459,8 @@ class Leader:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Write what the broker journalled, a batch per transaction (group commit: what
-        piles up while one commit runs goes in the next), in a worker thread; then release
+        piles up while one commit runs goes in the next), in a worker thread when it waits
+        for the disk (``sync="full"``), else on the loop; then release
         the answers and worker slots that waited for it. Between commits, prune finished
         jobs in small steps. A failed write is tried again (every 0.1 s, then less often,
         up to 5 s) until it succeeds; meanwhile submits are answered ``busy`` with the
@@ -499,7 +503,10 @@ class Leader:
             batch, held = journal.take(), self.broker.take_held()
         if len(batch):
             try:
-                await self._blocking(journal.write, batch)
+                if journal.sync == "full":  # (the commit waits for the disk: in a thread)
+                    await self._blocking(journal.write, batch)
+                else:  # (no fsync: on the loop, cheaper than two trips to a thread)
+                    journal.write(batch)
             except JournalError as exc:
                 if journal.failure != str(exc):
                     log.error("leader %s: %s (submits are refused until it works)", self.name, exc)
@@ -509,6 +516,10 @@ class Leader:
             if journal.failure is not None:
                 log.warning("leader %s: journal %s written again", self.name, journal.path)
                 journal.failed(None)
+            if journal.wal_bytes > CHECKPOINT_BYTES and not self._checkpointing:
+                self._checkpointing = True
+                assert self._nursery is not None
+                self._nursery.start_soon(self._checkpoint, journal)
         self._batching = True
         try:
             self.broker.release(held, trio.current_time())
@@ -516,6 +527,15 @@ class Leader:
             self._flush()
         self._end_batch()
         return True
+
+    async def _checkpoint(self, journal: SqliteJournal) -> None:
+        """Move the write-ahead log into the file, in a thread, while commits go on."""
+        try:
+            await self._blocking(journal.checkpoint)
+        except JournalError as exc:
+            log.warning("leader %s: checkpoint failed: %s", self.name, exc)
+        finally:
+            self._checkpointing = False
 
     def _rearm(self) -> None:
         # Only ever brought forward: a timer that fires early finds nothing due and re-arms
