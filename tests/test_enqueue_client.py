@@ -461,6 +461,30 @@ async def test_a_delayed_job_does_not_run_before_its_time():
 
 
 @pytest.mark.e2e
+async def test_map_delays_every_job():
+    mail = Mail()
+    with trio.fail_after(15):
+        async with real_cluster(mail, memory=True) as (_leader, url, _n):
+            async with Client.connect(url) as client:
+                before = time.time()
+                results = [
+                    r async for r in client.map("mail.send", [{"n": 1}, {"n": 2}], delay=0.3)
+                ]
+                assert results == [{"sent": 1}, {"sent": 2}]
+                at = dt.datetime.now(UTC) + dt.timedelta(seconds=0.3)
+                results = [r async for r in client.map("mail.send", [{"n": 3}], at=at)]
+                assert results == [{"sent": 3}]
+                with pytest.raises(ValueError, match="delay"):
+                    client.map("mail.send", [{"n": 4}], delay=-1)
+                with pytest.raises(TypeError, match="not both"):
+                    client.map("mail.send", [{"n": 4}], delay=1, at=at)
+    starts = {payload["n"]: when for payload, when in mail.runs}
+    assert min(starts[1], starts[2]) - before >= 0.29
+    assert starts[3] >= at.timestamp() - 0.01
+    assert 4 not in starts
+
+
+@pytest.mark.e2e
 async def test_a_journalled_leader_keeps_an_enqueued_job_across_a_restart(tmp_path):
     """Accepted by one leader, which stops before any worker comes; run by the next one on
     the same data directory, and its result asked for from a new client."""

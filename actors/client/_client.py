@@ -236,6 +236,9 @@ class Client:
         self._id_prefix = uuid.uuid4().hex[:16]
         self._job_numbers = itertools.count(1)
 
+    #: A Submit's delay from a call's ``delay`` or ``at`` (see :func:`delay_of`).
+    delay_of = staticmethod(delay_of)
+
     @classmethod
     @asynccontextmanager
     async def connect(
@@ -1068,6 +1071,8 @@ class Client:
         max_attempts: int | None = None,
         wait_for_worker: bool = False,
         detach: bool = False,
+        delay: float | dt.timedelta | None = None,
+        at: dt.datetime | None = None,
     ) -> JobMap:
         """Submit a job per payload, at most ``limit`` at once, and iterate their results.
 
@@ -1083,6 +1088,8 @@ class Client:
           return_exceptions: put a failed job's exception in its place instead of raising
             it from the iteration (which ends the map).
           qos, headers, max_attempts, wait_for_worker, detach: as for :meth:`submit`.
+          delay, at: as for :meth:`submit`, for every job (``at``: each job's delay is
+            worked out when it is sent).
           timeout: seconds each job may take, from when it is sent (as for
             :meth:`submit`); a job past it fails with :class:`SubmitTimeout`.
 
@@ -1098,7 +1105,7 @@ class Client:
         return JobMap(
             self, subject, payloads, limit=limit, ordered=ordered, return_exceptions=return_exceptions,
             qos=qos, timeout=timeout, headers=headers, max_attempts=max_attempts,
-            wait_for_worker=wait_for_worker, detach=detach,
+            wait_for_worker=wait_for_worker, detach=detach, delay=delay, at=at,
         )  # fmt: skip
 
     async def request(

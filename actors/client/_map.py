@@ -41,6 +41,9 @@ class MapClient(Protocol):
 
     def _start(self, call: Call) -> Any: ...
 
+    #: :func:`actors.client._client.delay_of`: a Submit's delay from ``delay`` or ``at``.
+    delay_of: Callable[..., float | None]
+
     async def _send_when_room(self, conn: Any, call: Call) -> None: ...
 
     def _forget(self, call: Call) -> None: ...
@@ -78,6 +81,8 @@ class JobMap:
         max_attempts: int | None,
         wait_for_worker: bool,
         detach: bool,
+        delay: Any = None,
+        at: Any = None,
     ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -94,6 +99,11 @@ class JobMap:
         self._max_attempts = max_attempts
         self._wait_for_worker = wait_for_worker
         self._detach = detach
+        # The delay, checked now (``at``: a moment, so each job's delay is worked out as it
+        # is sent).
+        self._job_delay = delay
+        self._job_at = at
+        client.delay_of(delay, at, timeout)
         # A plain iterable is read directly; an async one through its iterator.
         self._items: Iterator[Any] | None = None
         self._source: AsyncIterator[Any] | None = None
@@ -214,6 +224,8 @@ class JobMap:
         send = self._send
         subject, qos, headers = self._subject, self._qos, self._headers
         max_attempts, wait_for_worker = self._max_attempts, self._wait_for_worker
+        at = self._job_at
+        delay = None if at is not None else client.delay_of(self._job_delay, None, timeout)
         for _ in range(room):
             try:
                 payload = next(items) if items is not None else await self._source.__anext__()  # type: ignore[union-attr]
@@ -223,6 +235,7 @@ class JobMap:
             call = submit_call(
                 subject, payload, qos=qos, timeout=timeout, job_id=None, headers=headers,
                 max_attempts=max_attempts, wait_for_worker=wait_for_worker,
+                delay=delay if at is None else client.delay_of(None, at, timeout),
             )  # fmt: skip
             call.channel = send
             call.index = self._next_index
