@@ -305,6 +305,26 @@ async def test_dlq_retry_all_queues_every_dead_letter_again(shell):
                 assert await client.dead_letters() == []
 
 
+async def test_dlq_list_and_show_read_a_stopped_leaders_journal(shell, tmp_path):
+    mail = Mail()
+    with trio.fail_after(20):
+        async with cluster(mail, max_attempts=1, memory=False, data_dir=str(tmp_path)) as url:
+            await make_dead_letters(url, 1, 2)
+        # The leader is gone: the journal is read directly.
+        status, out, err = await shell("dlq", "list", "--data-dir", str(tmp_path))
+        assert status == 0, err
+        assert "d-1" in out and "d-2" in out and "ValueError: cannot send" in out
+        status, out, err = await shell("dlq", "show", "d-2", "--data-dir", str(tmp_path))
+        assert status == 0, err
+        letter = json.loads(out)
+        assert letter["payload"] == {"n": 2, "fail": True}
+        assert letter["attempts"] == 1 and "ValueError" in letter["traceback"]
+        status, out, err = await shell("dlq", "show", "nope", "--data-dir", str(tmp_path))
+        assert status == 1 and "no dead letter nope" in err
+        status, out, err = await shell("dlq", "list", "--data-dir", str(tmp_path / "elsewhere"))
+        assert status == 1 and "no journal at" in err
+
+
 async def test_the_real_command_line(tmp_path):
     """``python -m actors dlq list`` and ``enqueue`` as processes (signals, exit codes)."""
     mail = Mail()

@@ -322,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_list.add_argument("--json", action="store_true", help="print them as a JSON array")
     dlq_show = action("show", "print a dead letter as JSON: payload, attempts, error, traceback")
     dlq_show.add_argument("job_id", metavar="JOB_ID", help="the dead letter's job id")
+    for sub in (dlq_list, dlq_show):
+        sub.add_argument(
+            "--data-dir", metavar="DIR",
+            help="read the journal in the leader's data directory DIR directly (read-only;"
+            " no leader needed) instead of asking the leader at --url",
+        )  # fmt: skip
     for name, what in (
         ("retry", "queue a dead letter again as a new job under its id, its attempts reset"),
         ("purge", "forget a dead letter for good"),
@@ -901,7 +907,37 @@ async def _enqueue_command(args: argparse.Namespace, stop: trio.CancelScope) -> 
     return 1 if refused else 0
 
 
+def _dlq_from_journal(args: argparse.Namespace) -> int:
+    """``dlq list|show --data-dir DIR``: from the journal file, without a leader."""
+    from ..leader._journal import JournalError, read_dead_letters
+
+    try:
+        if args.action == "list":
+            letters, total = read_dead_letters(args.data_dir, None, MAX_LISTED)
+        else:
+            letters, total = read_dead_letters(args.data_dir, args.job_id)
+    except JournalError as exc:
+        print(f"python -m actors: error: {exc}", file=sys.stderr)
+        return 1
+    if args.action == "show":
+        if not letters:
+            print(f"python -m actors: error: no dead letter {args.job_id}", file=sys.stderr)
+            return 1
+        print(json.dumps(letters[0], indent=2, default=_json_default))
+    elif args.json:
+        print(json.dumps(letters, indent=2, default=_json_default))
+    elif not letters:
+        print("no dead letters")
+    else:
+        print("\n".join(dead_letter_lines(letters)))
+        if total > len(letters):
+            print(f"(the newest {len(letters)} of {total} dead letters)")
+    return 0
+
+
 async def _dlq_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    if getattr(args, "data_dir", None):
+        return _dlq_from_journal(args)
     with stop:
         async with _connect(args) as client:
             if args.action == "list":

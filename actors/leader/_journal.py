@@ -218,6 +218,44 @@ def default_data_dir(name: str) -> Path:
     return root / "trio-actors" / name
 
 
+def read_dead_letters(
+    data_dir: str | os.PathLike[str], job_id: str | None = None, limit: int = 1000
+) -> tuple[list[dict[str, Any]], int]:
+    """The dead letters of the journal in ``data_dir``, read directly and read-only (for
+    ``python -m actors dlq list --data-dir``, with the leader stopped or running): dead
+    letter ``job_id`` whole (payload decoded), or the newest ``limit`` without payloads;
+    and how many there are in all.
+
+    Raises:
+      JournalError: no journal there, or one that cannot be read.
+    """
+    path = Path(data_dir) / JOURNAL_FILE
+    if not path.exists():
+        raise JournalError(f"no journal at {path} (is DIR the leader's data directory?)")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            total = int(db.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
+            if job_id is None:
+                rows = db.execute(
+                    f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+                return [SqliteJournal._dead_record(row, whole=False) for row in rows], total
+            rows = db.execute(
+                f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE job_id = ?", (job_id,)
+            ).fetchall()
+        finally:
+            db.close()
+        letters = [SqliteJournal._dead_record(row, whole=True) for row in rows]
+        for letter in letters:
+            payload = letter["payload"]
+            letter["payload"] = None if payload is None else cbor2.loads(payload.data)
+        return letters, total
+    except (sqlite3.Error, ValueError, cbor2.CBORDecodeError) as exc:
+        raise JournalError(explain(exc, path)) from exc
+
+
 def explain(error: BaseException, path: Path | str) -> str:
     """The words of a journal failure: the file, what SQLite or the OS said, what to do."""
     text = str(error) or type(error).__name__
