@@ -347,3 +347,21 @@ async def test_the_real_command_line(tmp_path):
             assert (result.returncode, result.stdout) == (0, b"p-6\n"), result.stderr.decode()
             async with Client.connect(url) as client:
                 assert await client.result("p-6", wait=True) == {"sent": 6}
+
+
+async def test_enqueue_gives_up_on_a_full_journal_after_its_accept_timeout(shell, tmp_path):
+    """A leader whose journal is over ``max_journal_bytes`` answers ``busy``: the shell says
+    why once, retries within ``--accept-timeout``, then counts the job refused (exit 1)."""
+    with trio.fail_after(30):
+        leader = Leader(listen=["tcp://127.0.0.1:0"], data_dir=str(tmp_path), max_journal_bytes=1)
+        async with trio.open_nursery() as nursery:
+            [url] = await nursery.start(leader.run)
+            started = trio.current_time()
+            status, out, err = await shell(
+                "enqueue", "mail.send", '{"n": 1}', "--wait-for-worker", "--accept-timeout", "1",
+                "--url", url,
+            )  # fmt: skip
+            assert trio.current_time() - started < 20
+            assert status == 1 and out == ""
+            assert "max_journal_bytes" in err
+            nursery.cancel_scope.cancel()

@@ -187,6 +187,10 @@ def config_from_mapping(
 def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderTable:
     where = f"{source}: [leader]"
     _check_keys(data, _LEADER_KEYS, where=where)
+    if data.get("memory") is True and "data_dir" in data:
+        raise ConfigError(
+            f"{where}: 'memory = true' and 'data_dir': choose one (memory keeps no journal)"
+        )
     values: dict[str, Any] = {}
     for key, kind in _LEADER_KEYS.items():
         if key not in data:

@@ -787,17 +787,39 @@ async def _patiently(ask: Callable[[], Awaitable[_T]]) -> _T:
             await trio.sleep(exc.retry_after or 1.0)
 
 
-async def _unless_busy(ask: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+_BUSY_SAID: set[str] = set()
+
+
+def _say_busy(exc: BaseException, retry_after: float) -> None:
+    """Tell the user, once per reason, that the leader is busy and why."""
+    text = str(exc)
+    if text not in _BUSY_SAID and len(_BUSY_SAID) < 10:
+        _BUSY_SAID.add(text)
+        print(f"leader busy: {text}; retrying in {retry_after:g} s", file=sys.stderr)
+
+
+async def _unless_busy(
+    ask: Callable[..., Awaitable[Any]],
+    *args: Any,
+    give_up_after: float | None = None,
+    **kwargs: Any,
+) -> Any:
     """What ``await ask(*args, **kwargs)`` (a job's call) returns, or the
-    :class:`ClientError` it raises: asked again after a ``busy`` answer's ``retry_after``;
-    :class:`NoRoute`, the same for every job, is raised."""
+    :class:`ClientError` it raises: asked again after a ``busy`` answer's ``retry_after``
+    (each reason said once on stderr), until ``give_up_after`` seconds have passed (then
+    the Busy is the answer); :class:`NoRoute`, the same for every job, is raised."""
     from ..client._errors import Busy, ClientError, NoRoute
 
+    until = None if give_up_after is None else trio.current_time() + give_up_after
     while True:
         try:
             return await ask(*args, **kwargs)
         except Busy as exc:
-            await trio.sleep(exc.retry_after or 0.1)
+            wait = exc.retry_after or 0.1
+            if until is not None and trio.current_time() + wait > until:
+                return exc
+            _say_busy(exc, wait)
+            await trio.sleep(wait)
         except NoRoute:
             raise
         except ClientError as exc:
@@ -883,6 +905,7 @@ async def _enqueue_command(args: argparse.Namespace, stop: trio.CancelScope) -> 
                         client.enqueue, args.subject, payload, job_id=_job_id(args, index),
                         delay=args.delay, at=args.at, timeout=args.timeout,
                         wait_for_worker=args.wait_for_worker, accept_timeout=args.accept_timeout,
+                        give_up_after=args.accept_timeout,
                     )  # fmt: skip
                     return index, answer
 

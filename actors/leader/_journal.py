@@ -235,6 +235,13 @@ def read_dead_letters(
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         try:
+            db.execute("SELECT count(*) FROM dead_letters").fetchone()
+        except sqlite3.OperationalError:
+            db.close()
+            # (a read-only directory: SQLite cannot make the -shm file a WAL reader needs;
+            # a journal nobody writes can be read as it is)
+            db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, timeout=5.0)
+        try:
             total = int(db.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
             if job_id is None:
                 rows = db.execute(

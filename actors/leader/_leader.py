@@ -492,6 +492,10 @@ class Leader:
                         log.warning("leader %s: pruning the journal failed: %s", self.name, exc)
                         pruned = 0
                 more_to_prune = pruned >= PRUNE_BATCH
+                # (those kept in memory go with them: statistics count them)
+                broker.retries.forget_dead_letters_before(
+                    time.time() - journal.dead_letter_retention
+                )
 
     async def _commit_once(self, journal: SqliteJournal) -> bool:
         """Write the pending batch (a failed one first) and release what waited for it;

@@ -335,6 +335,18 @@ class RetryScheduler:
             sizes.append(size)
             self.dead_letter_bytes += size
 
+    def forget_dead_letters_before(self, cutoff: float) -> int:
+        """Drop the dead letters kept whose ``dead_at`` (wall clock) is before ``cutoff``
+        (past the journal's retention); returns how many went."""
+        letters = self.dead_letters
+        sizes = self._dead_letter_sizes
+        count = 0
+        while letters and (letters[0].get("dead_at") or 0.0) < cutoff:
+            letters.popleft()
+            self.dead_letter_bytes -= sizes.popleft()
+            count += 1
+        return count
+
     def forget_dead_letters(self, job_ids: set[str] | None) -> int:
         """Drop the dead letters of ``job_ids`` (all when None) from those kept; returns how
         many went."""
