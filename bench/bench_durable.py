@@ -61,6 +61,8 @@ from bench.bench_jobs import (  # noqa: E402 (after the sys.path line above)
     _check_loopback,
     _describe,
     _drive,
+    _log_dir,
+    _raise_system_exit,
     find_nats_server,
     format_cpu,
     median_run,
@@ -391,19 +393,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> li
     return _variants(parser, args)
 
 
-@contextlib.contextmanager
-def _log_dir(keep: str | None) -> Any:
-    if keep is not None:
-        yield Path(keep)
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-durable-logs-") as tmp:
-        yield Path(tmp)
-
-
-def _raise_system_exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # runs the finally blocks: every child is stopped
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table, CPU per job and the ratios. Exit 1 on a failure."""
     parser = build_parser()
@@ -436,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     try:
-        with _log_dir(args.logs) as log_dir, Processes(log_dir) as procs:
+        with _log_dir(args.logs, "bench-durable-logs-") as log_dir, Processes(log_dir) as procs:
             jetstream = JetStreamRuns(args, procs)
             try:
                 # Runs alternate between the variants, so that load from elsewhere on the

@@ -767,11 +767,12 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 @contextlib.contextmanager
-def _log_dir(keep: str | None) -> Iterator[Path]:
+def _log_dir(keep: str | None, prefix: str = "bench-jobs-") -> Iterator[Path]:
+    """The directory of the processes' logs: ``keep``, or a temporary one (deleted)."""
     if keep is not None:
         yield Path(keep)
         return
-    with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield Path(tmp)
 
 

@@ -636,27 +636,15 @@ async def _submit_command(args: argparse.Namespace, stop: trio.CancelScope) -> i
     try:
         with stop:
             async with _connect(args) as client:
-                if args.delay is not None or args.at is not None:
-                    # (Client.map sends no delay: a submit per job, results in input order)
-                    async def one(index: int, payload: Any) -> Outcome:
-                        result = await _unless_busy(
-                            client.submit, args.subject, payload, qos=args.qos,
-                            timeout=args.timeout, wait_for_worker=args.wait_for_worker,
-                            delay=args.delay, at=args.at,
-                        )  # fmt: skip
-                        return Outcome.of(result)
-
-                    await _in_order(payloads(), args.concurrency, one, show)
-                else:
-                    async with client.map(
-                        args.subject, payloads(), limit=args.concurrency, qos=args.qos,
-                        timeout=args.timeout, wait_for_worker=args.wait_for_worker,
-                        return_exceptions=True,
-                    ) as results:  # fmt: skip
-                        async for result in results:
-                            if isinstance(result, NoRoute):
-                                raise result  # the same for every job: say it once
-                            show(Outcome.of(result))
+                async with client.map(
+                    args.subject, payloads(), limit=args.concurrency, qos=args.qos,
+                    timeout=args.timeout, wait_for_worker=args.wait_for_worker,
+                    delay=args.delay, at=args.at, return_exceptions=True,
+                ) as results:  # fmt: skip
+                    async for result in results:
+                        if isinstance(result, NoRoute):
+                            raise result  # the same for every job: say it once
+                        show(Outcome.of(result))
     finally:
         progress.close()
     sys.stdout.flush()

@@ -92,6 +92,16 @@ _assign_item = Assign.item  # type: ignore[attr-defined]
 _result_item = Result.item  # type: ignore[attr-defined]
 
 
+def job_size(payload: Any, subject: str, headers: Mapping[str, str]) -> int:
+    """Bytes a job is charged in the queue limits: its payload, subject and headers as
+    encoded, plus :data:`JOB_OVERHEAD` for the leader's record of it."""
+    size = (9 if payload is None else payload_size(payload)) + len(subject) + JOB_OVERHEAD
+    if headers:
+        for key, value in headers.items():
+            size += len(key) + len(value) + 2
+    return size
+
+
 def send_to(client: Submitter, message: Any) -> None:
     """Send ``message`` (an answer with a ``cid``) to ``client``; one over the client's
     own frame limit is answered ``too_large`` instead."""
@@ -449,11 +459,8 @@ class Broker:
             return
         payload = msg.payload
         subject = msg.subject
-        size = (9 if payload is None else payload_size(payload)) + len(subject) + JOB_OVERHEAD
         headers = msg.headers
-        if headers:
-            for key, value in headers.items():
-                size += len(key) + len(value) + 2
+        size = job_size(payload, subject, headers)
         if size > SURELY_FITS and not self._fits(msg, size):
             self._refuse(
                 client,
@@ -543,14 +550,19 @@ class Broker:
         else:
             job.waiters.append((client, msg.mid))
             client.waiting[job.job_id] = None
+        self._count_in(job, queue)
+        client.jobs += 1
+        client.job_bytes += job.size
+        queue.submitted += 1
+
+    def _count_in(self, job: JobRecord, queue: SubjectQueue) -> None:
+        """Hold ``job`` as accepted and not finished: the limits in total and of its
+        subject's ``queue`` count it until :meth:`_finish` (its client's, the caller's)."""
         self.jobs[job.job_id] = job
         size = job.size
         self.job_bytes += size
         queue.jobs += 1
         queue.job_bytes += size
-        client.jobs += 1
-        client.job_bytes += size
-        queue.submitted += 1
 
     def _accepted_ack(self, client: ClientLink, msg: Submit) -> None:
         """Tell the client of an ``enqueue`` submit that its job is accepted (once written)."""
@@ -1476,10 +1488,7 @@ class Broker:
                 size=rec.size,
                 queue=queue,
             )
-            jobs[job.job_id] = job
-            self.job_bytes += job.size
-            queue.jobs += 1
-            queue.job_bytes += job.size
+            self._count_in(job, queue)
             if rec.state is JobState.ASSIGNED:
                 job.state = JobState.ASSIGNED
                 self._failed_attempt(
@@ -1512,9 +1521,7 @@ class Broker:
         subject = record["subject"]
         payload = record.get("payload")
         headers = dict(record.get("headers") or {})
-        size = (9 if payload is None else payload_size(payload)) + len(subject) + JOB_OVERHEAD
-        for key, value in headers.items():
-            size += len(key) + len(value) + 2
+        size = job_size(payload, subject, headers)
         config = self.config
         if len(self.jobs) >= config.max_queued or self.job_bytes + size > config.max_queued_bytes:
             return f"the leader's queue is full ({len(self.jobs)} jobs)"
@@ -1535,10 +1542,7 @@ class Broker:
         self.finished.discard(job_id)
         if self.journal is not None:
             self.journal.accept(job, now)
-        self.jobs[job_id] = job
-        self.job_bytes += size
-        queue.jobs += 1
-        queue.job_bytes += size
+        self._count_in(job, queue)
         queue.submitted += 1
         self.forget_dead_letters({job_id})
         job.wait_deadline = self.retries.wait_deadline(job, now)

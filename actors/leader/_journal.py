@@ -114,6 +114,10 @@ _DEAD_COLUMNS = (
     "job_id, subject, payload, headers, submitted_max_attempts, attempts, error_type,"
     " error_message, traceback, dead_at, size"
 )
+_DEAD_NEWEST = f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at DESC LIMIT ?"
+_DEAD_OLDEST = f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at LIMIT ?"
+_DEAD_BY_ID = f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE job_id = ?"
+_DEAD_COUNT = "SELECT count(*) FROM dead_letters"
 
 # Positions in a pending row (the _INSERT order; an update uses the mutable tail).
 _STATE, _ATTEMPT, _RETRY_AT, _ERR_TYPE, _ERR_MSG, _TB, _FINISHED, _OK, _RESULT, _FINAL = range(
@@ -235,23 +239,18 @@ def read_dead_letters(
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         try:
-            db.execute("SELECT count(*) FROM dead_letters").fetchone()
+            db.execute(_DEAD_COUNT).fetchone()
         except sqlite3.OperationalError:
             db.close()
             # (a read-only directory: SQLite cannot make the -shm file a WAL reader needs;
             # a journal nobody writes can be read as it is)
             db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, timeout=5.0)
         try:
-            total = int(db.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
+            total = int(db.execute(_DEAD_COUNT).fetchone()[0])
             if job_id is None:
-                rows = db.execute(
-                    f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at DESC LIMIT ?",
-                    (limit,),
-                ).fetchall()
+                rows = db.execute(_DEAD_NEWEST, (limit,)).fetchall()
                 return [SqliteJournal._dead_record(row, whole=False) for row in rows], total
-            rows = db.execute(
-                f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE job_id = ?", (job_id,)
-            ).fetchall()
+            rows = db.execute(_DEAD_BY_ID, (job_id,)).fetchall()
         finally:
             db.close()
         letters = [SqliteJournal._dead_record(row, whole=True) for row in rows]
@@ -739,26 +738,14 @@ class SqliteJournal:
     # ------------------------------------------------------------------ writing (thread)
 
     def write(self, batch: Batch) -> None:
-        """Commit ``batch`` in one transaction: :meth:`stage` then :meth:`commit` (blocking).
+        """Commit ``batch`` in one transaction (blocking: with ``sync = "full"`` it waits for
+        the disk), then measure the file's size.
 
         Raises:
           JournalError: it could not be written (nothing of it is then stored; the caller
             keeps it and tries again).
         """
-        self.stage(batch)
-        self.commit(len(batch))
-
-    def stage(self, batch: Batch) -> None:
-        """Open a transaction and run the statements of ``batch`` in it, uncommitted (quick:
-        the leader runs it on its event loop, and :meth:`commit`, which waits for the disk,
-        in a thread; SQLite's statements would only contend for the GIL there).
-
-        Raises:
-          JournalError: as :meth:`write` (the transaction is rolled back).
-        """
-        db = self._db
-        if db is None:
-            raise JournalError(f"journal {self.path} is closed")
+        db = self._checked_db()
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -772,34 +759,15 @@ class SqliteJournal:
                     )
                 if batch.dead:
                     db.executemany(_INSERT_DEAD, batch.dead)
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
-        except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
-            raise JournalError(explain(exc, self.path)) from exc
-
-    def commit(self, rows: int = 0) -> None:
-        """Commit the transaction :meth:`stage` opened, ``rows`` rows (blocking: with
-        ``sync = "full"`` it waits for the disk), then measure the file's size.
-
-        Raises:
-          JournalError: as :meth:`write` (the transaction is rolled back).
-        """
-        db = self._db
-        if db is None:
-            raise JournalError(f"journal {self.path} is closed")
-        try:
-            try:
                 db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
             self.commits += 1
-            self.rows_written += rows
+            self.rows_written += len(batch)
             self._measure()  # (past max_bytes, the next submits are refused)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:
             raise JournalError(explain(exc, self.path)) from exc
 
     def prune(self, now_wall: float) -> int:
@@ -873,17 +841,13 @@ class SqliteJournal:
 
     def list_dead_letters(self, limit: int) -> list[dict[str, Any]]:
         """The newest ``limit`` dead letters, without payloads (blocking)."""
-        return self._select_dead(
-            f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at DESC LIMIT ?",
-            (limit,),
-            whole=False,
-        )
+        return self._select_dead(_DEAD_NEWEST, (limit,), whole=False)
 
     def count_dead_letters(self) -> int:
         """How many dead letters the journal holds (blocking)."""
         db = self._checked_db()
         try:
-            return int(db.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
+            return int(db.execute(_DEAD_COUNT).fetchone()[0])
         except sqlite3.Error as exc:
             raise JournalError(explain(exc, self.path)) from exc
 
@@ -891,14 +855,8 @@ class SqliteJournal:
         """Dead letter ``job_id`` whole (a list of one, or empty), or the oldest ``limit``
         of them when ``job_id`` is None (blocking)."""
         if job_id is None:
-            return self._select_dead(
-                f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at LIMIT ?",
-                (limit,),
-                whole=True,
-            )
-        return self._select_dead(
-            f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE job_id = ?", (job_id,), whole=True
-        )
+            return self._select_dead(_DEAD_OLDEST, (limit,), whole=True)
+        return self._select_dead(_DEAD_BY_ID, (job_id,), whole=True)
 
     def _checked_db(self) -> sqlite3.Connection:
         db = self._db
