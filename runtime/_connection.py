@@ -139,6 +139,11 @@ class Connection:
       foreign_answer: client side, before the Welcome: the first bytes the server sent
         when they were not frames of this protocol (``b""``: it closed without a word), for
         :func:`runtime.open_connection` to say what answered; None otherwise.
+      peer_certificate: server side, ``tls`` and ``wss``: the certificate the peer
+        presented and the server's ``ssl_context`` verified, as
+        :meth:`ssl.SSLSocket.getpeercert` gives it (``subject``, ``subjectAltName``,
+        ``notAfter``...); None when the peer presented none, the context asks for none
+        (``CERT_NONE``), or over ``tcp`` and ``ws`` (and on the client side). Keyword only.
     """
 
     _wire: Wire
@@ -155,6 +160,7 @@ class Connection:
     hello_timeout: float | None = None
     on_hello: Callable[[], object] | None = None
     decode_payloads: bool = True
+    peer_certificate: dict[str, Any] | None = attrs.field(default=None, kw_only=True)
     welcome: Welcome | None = attrs.field(default=None, init=False)
     failure: Exception | None = attrs.field(default=None, init=False)
     foreign_answer: bytes | None = attrs.field(default=None, init=False)

@@ -18,7 +18,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -370,6 +370,7 @@ async def serve(
     decode_payloads: bool = True,
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     max_outgoing_total: float = DEFAULT_MAX_OUTGOING_TOTAL,
+    allowed_origins: Callable[[str], bool] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``url`` and run ``await handler(conn)`` for each accepted connection.
@@ -410,7 +411,21 @@ async def serve(
         ``write_timeout``), or gets :class:`SendBufferFull` if that is not enough; so that
         many peers that stop reading at once cannot each hold ``max_outgoing``.
         ``math.inf``: no bound.
+      allowed_origins: ``ws://`` and ``wss://``: ``allowed_origins(origin)`` says whether
+        a WebSocket upgrade carrying that ``Origin`` header (which browsers send: the
+        origin of the page, e.g. ``"http://localhost:8080"``) is accepted. One refused is
+        answered ``403 Forbidden`` with a plain-text body naming the origin and how to
+        allow it, logged (a warning, at most one line a second per listener, counting
+        those not logged) and closed; the listener serves on. An upgrade without
+        ``Origin`` (a client that is not a browser) is always accepted. None: no check.
+        Not used by ``tcp://`` and ``tls://``.
       task_status: receives the URL actually bound (with the real port) once listening.
+
+    A ``tls://`` or ``wss://`` listener whose ``ssl_context`` asks for client certificates
+    (``verify_mode`` ``CERT_OPTIONAL`` or ``CERT_REQUIRED``, with the CAs that issue them
+    loaded) verifies them in the TLS handshake: one that fails is refused there (the
+    handler never sees it), and a verified one is the connection's
+    :attr:`Connection.peer_certificate`.
 
     A connection over one of the limits is refused as soon as it is accepted, before any
     handshake of its own: over TCP it is sent ``Error(code="busy", retry_after=...)`` at
@@ -453,6 +468,10 @@ async def serve(
     )
     listeners = await trio.open_tcp_listeners(parsed.port, host=parsed.host)
     port = listeners[0].socket.getsockname()[1]
+    bound = str(parsed.with_port(port))
+    origins = None
+    if parsed.websocket and allowed_origins is not None:
+        origins = _ws.OriginPolicy(allowed_origins, listener=bound)
 
     async def serve_admitted(stream: trio.SocketStream, ticket: Ticket) -> None:
         peer = _peer_name(parsed.scheme, stream)
@@ -460,11 +479,12 @@ async def serve(
             # The nursery holds the connection's tasks (and trio-websocket's reader);
             # every one of them ends when the connection is closed.
             async with trio.open_nursery() as nursery:
-                wire = await _accept(
-                    parsed, stream, nursery, ssl_context, max_frame_size, handshake_timeout
+                accepted = await _accept(
+                    parsed, stream, nursery, ssl_context, max_frame_size, handshake_timeout, origins
                 )
-                if wire is None:
+                if accepted is None:
                     return
+                wire, peer_certificate = accepted
                 conn = Connection(
                     wire,
                     protocol.Session(side="server", heartbeat=heartbeat),
@@ -479,6 +499,7 @@ async def serve(
                     hello_timeout=handshake_timeout,
                     on_hello=ticket.hello_passed,
                     decode_payloads=decode_payloads,
+                    peer_certificate=peer_certificate,
                 )
                 async with running(conn):
                     try:
@@ -519,7 +540,7 @@ async def serve(
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(_accept_loop, listener, admit, nursery)
-        task_status.started(str(parsed.with_port(port)))
+        task_status.started(bound)
 
 
 @attrs.define(eq=False)
@@ -682,20 +703,33 @@ async def _accept(
     ssl_context: ssl.SSLContext | None,
     max_frame_size: int,
     handshake_timeout: float,
-) -> Wire | None:
-    """The TLS and WebSocket handshakes of an accepted socket; None if they failed."""
+    origins: _ws.OriginPolicy | None = None,
+) -> tuple[Wire, dict[str, Any] | None] | None:
+    """The TLS and WebSocket handshakes of an accepted socket: the wire and the peer's
+    verified certificate (None without one, or without TLS); None if they failed."""
     stream: trio.abc.Stream = tcp
+    peer_certificate: dict[str, Any] | None = None
     with trio.move_on_after(handshake_timeout):
         try:
             if url.secure:
                 assert ssl_context is not None
-                stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
-                await stream.do_handshake()
+                tls = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
+                await tls.do_handshake()
+                # ({} when the context did not verify it: CERT_NONE asks for none.)
+                peer_certificate = tls.getpeercert() or None
+                stream = tls
             if url.websocket:
-                return await _ws.server_wire(nursery, stream, max_frame_size=max_frame_size)
-            if stream is tcp:
-                return SocketWire.take(tcp)
-            return StreamWire(stream)
+                wire: Wire = await _ws.server_wire(
+                    nursery, stream, max_frame_size=max_frame_size, origins=origins
+                )
+            elif stream is tcp:
+                wire = SocketWire.take(tcp)
+            else:
+                wire = StreamWire(stream)
+            return wire, peer_certificate
+        except _ws.OriginRefused as exc:
+            assert origins is not None
+            origins.log_refusal(exc.origin, _peer_name(url.scheme, tcp))
         except (trio.BrokenResourceError, ConnectionError):
             pass
     await trio.aclose_forcefully(tcp)

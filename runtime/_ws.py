@@ -23,16 +23,24 @@ A server over its connection limits answers the HTTP upgrade with ``503 Service
 Unavailable``, a ``Retry-After`` header and the reason as the body (:func:`refuse`); the
 client turns that answer into ``HandshakeError(code="busy")``, as a ``busy`` Error frame
 would be over TCP.
+
+A server given an :class:`OriginPolicy` answers an upgrade whose ``Origin`` header the
+policy refuses with ``403 Forbidden`` and a plain-text body naming the origin and how to
+allow it (:func:`server_wire`): a web page in a browser, which always sends the page's
+origin, cannot open a WebSocket to a listener that did not allow it. An upgrade without
+``Origin`` (any client that is not a browser) is not checked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+import attrs
 import trio
 import trio_websocket
 from wsproto.events import BytesMessage
@@ -61,6 +69,83 @@ RECEIVE_BUFFER_SIZE = 64 * 1024
 _MESSAGE_TOO_BIG = 1009
 #: The HTTP status of an upgrade refused for the server's connection limits.
 BUSY_STATUS = 503
+#: The HTTP status of an upgrade refused for its ``Origin`` (see :class:`OriginPolicy`).
+FORBIDDEN_STATUS = 403
+#: What the body of a ``403`` says to do about a refused origin.
+ALLOW_ORIGIN_HINT = "allow it with --allow-origin or [leader] allowed_origins"
+#: Seconds between two log lines about refused origins on one listener (the refusals in
+#: between are counted, and the next line says how many).
+ORIGIN_LOG_INTERVAL = 1.0
+# How much of a refused Origin is quoted back (h11 bounds the whole request anyway).
+_ORIGIN_QUOTED = 200
+
+#: Where refused origins are logged (the logger of the connections).
+logger = logging.getLogger("runtime.connection")
+
+
+class OriginRefused(ConnectionError):
+    """A WebSocket upgrade was answered ``403``: its ``Origin`` is not allowed.
+
+    Attributes:
+      origin: the refused ``Origin`` header's value.
+    """
+
+    def __init__(self, origin: str) -> None:
+        super().__init__(f"the WebSocket upgrade's Origin {origin!r} is not allowed")
+        self.origin = origin
+
+
+@attrs.define(eq=False)
+class OriginPolicy:
+    """Which browser origins may open a WebSocket on one listener; logs the refusals.
+
+    Attributes:
+      allowed: ``allowed(origin)`` is True for an ``Origin`` header value that may open a
+        WebSocket (e.g. ``"http://localhost:8080"``).
+      listener: the listening URL, named in the log.
+    """
+
+    allowed: Callable[[str], bool]
+    listener: str = ""
+    # The trio time before which no refusal is logged, and the refusals not logged since.
+    _quiet_until: float = attrs.field(default=-math.inf, init=False)
+    _suppressed: int = attrs.field(default=0, init=False)
+
+    def refused(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+        """The first ``Origin`` among an upgrade request's ``headers`` that is not allowed,
+        or None (none refused, or no ``Origin`` at all: not a browser)."""
+        for name, value in headers:
+            if name.lower() == b"origin":
+                origin = value.decode("utf-8", "replace")
+                if not self.allowed(origin):
+                    return origin
+        return None
+
+    def log_refusal(self, origin: str, peer: str) -> None:
+        """Log that ``peer``'s upgrade carrying ``origin`` was refused: at most once per
+        :data:`ORIGIN_LOG_INTERVAL` (a line then counts the refusals not logged since)."""
+        now = trio.current_time()
+        if now < self._quiet_until:
+            self._suppressed += 1
+            return
+        self._quiet_until = now + ORIGIN_LOG_INTERVAL
+        suppressed, self._suppressed = self._suppressed, 0
+        logger.warning(
+            "%s: refused a WebSocket upgrade from %s: Origin %r is not allowed (%s)%s",
+            self.listener or "listener",
+            peer,
+            origin[:_ORIGIN_QUOTED],
+            ALLOW_ORIGIN_HINT,
+            f"; {suppressed} more refused since the last such line" if suppressed else "",
+        )
+
+
+def forbidden_body(origin: str) -> bytes:
+    """The body of the ``403`` answering an upgrade whose ``origin`` is refused."""
+    quoted = origin if len(origin) <= _ORIGIN_QUOTED else origin[:_ORIGIN_QUOTED] + "..."
+    return (
+        f"WebSocket connections from origin {quoted!r} are not allowed here; {ALLOW_ORIGIN_HINT}\n"
+    ).encode()
 
 
 class _ReaderGuard:
@@ -235,10 +320,17 @@ async def client_wire(
             "the server did not answer the WebSocket upgrade in HTTP",
             f"a {plain}:// listener? use {plain}:// for it",
         )
+    if url.secure:
+        # Past the TLS handshake: a TLS listener, which closed at once. A server verifying
+        # client certificates refuses one only then (under TLS 1.3, without a word).
+        hint = (
+            "if it verifies client certificates, it refused this one (none given, or not"
+            " issued by a CA it trusts); else not a trio-actors wss:// listener"
+        )
+    else:
+        hint = "not a trio-actors ws:// listener (a wss:// or tls:// one?)"
     raise WrongProtocol(
-        str(url),
-        "the server closed the connection without answering the WebSocket upgrade",
-        f"not a trio-actors {url.scheme}:// listener ({'a wss:// or tls:// one?' if url.scheme == 'ws' else 'a ws:// or tcp:// one?'})",
+        str(url), "the server closed the connection without answering the WebSocket upgrade", hint
     )
 
 
@@ -255,14 +347,25 @@ def _retry_after(headers: tuple[tuple[bytes, bytes], ...]) -> float | None:
 
 
 async def server_wire(
-    nursery: trio.Nursery, stream: trio.abc.Stream, *, max_frame_size: int
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    *,
+    max_frame_size: int,
+    origins: OriginPolicy | None = None,
 ) -> WebSocketWire:
     """Run the server side of the WebSocket opening handshake (any path is accepted).
 
+    Args:
+      origins: which ``Origin`` headers are allowed; an upgrade carrying one it refuses is
+        answered ``403`` with :func:`forbidden_body` (the caller logs it, see
+        :meth:`OriginPolicy.log_refusal`). None: any.
+
     Raises:
+      OriginRefused: the upgrade was answered ``403`` for its ``Origin``.
       ConnectionError: the peer did not complete a WebSocket handshake.
     """
     guard = _ReaderGuard(nursery)
+    refused: str | None = None  # (known before the answer: a cancelled one still counts)
     with guard.handshake_scope, guard.cancel_on_error():
         try:
             request = await trio_websocket.wrap_server_stream(
@@ -272,13 +375,25 @@ async def server_wire(
                 max_message_size=max_frame_size + protocol.HEADER_SIZE,
                 receive_buffer_size=RECEIVE_BUFFER_SIZE,
             )
-            ws = await request.accept()
+            if origins is not None:
+                refused = origins.refused(request.headers)
+            if refused is None:
+                ws = await request.accept()
+            else:
+                await request.reject(
+                    FORBIDDEN_STATUS,
+                    extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
+                    body=forbidden_body(refused),
+                )
         except trio_websocket.ConnectionClosed:
             pass
         else:
-            guard.handshaking = False
-            return WebSocketWire(ws, stream, guard)
+            if refused is None:
+                guard.handshaking = False
+                return WebSocketWire(ws, stream, guard)
     guard.task_scope.cancel()
+    if refused is not None:
+        raise OriginRefused(refused)
     raise ConnectionError("the peer did not complete a WebSocket handshake")
 
 
