@@ -12,6 +12,10 @@ their subpackages.
 """
 
 from ._checks import ConfigError as ConfigError
+from ._tls import TLSConfigError as TLSConfigError
+from ._tls import client_ssl_context as client_ssl_context
+from ._tls import server_ssl_context as server_ssl_context
+from .client import AuthFailed as AuthFailed
 from .client import Busy as Busy
 from .client import Client as Client
 from .client import ClientError as ClientError
@@ -25,6 +29,7 @@ from .client import JobFailed as JobFailed
 from .client import JobMap as JobMap
 from .client import NoRoute as NoRoute
 from .client import NotFound as NotFound
+from .client import NotPermitted as NotPermitted
 from .client import Publication as Publication
 from .client import RemoteError as RemoteError
 from .client import SubmitTimeout as SubmitTimeout
@@ -39,9 +44,12 @@ from .cluster import LeaderTable as LeaderTable
 from .cluster import load_config as load_config
 from .cluster import run_cluster as run_cluster
 from .leader import DLQ_PREFIX as DLQ_PREFIX
+from .leader import AuthConfig as AuthConfig
 from .leader import GroupRetry as GroupRetry
 from .leader import Leader as Leader
 from .leader import LeaderConfig as LeaderConfig
+from .leader import Token as Token
+from .leader import User as User
 from .worker import DeadlineExceeded as DeadlineExceeded
 from .worker import GroupFailed as GroupFailed
 from .worker import InstanceInfo as InstanceInfo

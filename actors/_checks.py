@@ -33,20 +33,20 @@ class ConfigError(Exception):
         self.message = message
 
 
-#: URL schemes a leader can listen on from a configuration (TLS needs certificates, which
-#: the configuration cannot name yet).
-LISTEN_SCHEMES = ("tcp", "ws")
-#: URL schemes a client or worker can connect to (see :func:`runtime.parse_url`).
+#: URL schemes a client or worker can connect to (see :func:`runtime.parse_url`), and a
+#: leader listen on (``tls``/``wss`` with a certificate: the cluster's loader checks that).
 CONNECT_SCHEMES = ("tcp", "tls", "ws", "wss")
+LISTEN_SCHEMES = CONNECT_SCHEMES
 
 
 def check_listen(value: Any, *, at: str) -> tuple[str, ...]:
-    """Check a list of listen URLs (``tcp://host:port``, ``ws://host:port[/path]``).
+    """Check a list of listen URLs (``tcp://host:port``, ``ws://host:port[/path]``,
+    ``tls://``, ``wss://``).
 
     Port 0 asks the system for a free port.
 
     Raises:
-      ConfigError: not a non-empty list of strings, a scheme other than tcp or ws, no host,
+      ConfigError: not a non-empty list of strings, an unknown scheme, no host,
         or a missing or out-of-range port.
     """
     urls = _check_str_list(value, at=at)
@@ -85,9 +85,7 @@ def _url_problem(url: str, schemes: Sequence[str]) -> str | None:
     except ValueError as exc:
         return str(exc)
     if parsed.scheme not in schemes:
-        return (
-            f"{url!r}: scheme '{parsed.scheme}' needs certificates, which cannot be configured yet"
-        )
+        return f"{url!r}: scheme '{parsed.scheme}' is not one of {', '.join(schemes)}"
     return None
 
 

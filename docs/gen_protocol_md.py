@@ -256,10 +256,17 @@ _ERROR_DOCS = {
     ErrorCode.UNSUPPORTED_VERSION: "No protocol version in common (answer to Hello).",
     ErrorCode.BUSY: "A queue or mailbox is full; `retry_after` says when to try again.",
     ErrorCode.NOT_PERMITTED: (
-        "The leader does not serve this: a kind reserved for the sender's role (see *What each"
-        " role may send*), or a Subscribe past the connection's `max_subscriptions`."
+        "Not done, with no effect: the sender's identity may not do this (submit to, publish"
+        " to, subscribe to or serve the subject named; act on a job another identity"
+        " submitted; act on dead letters without `admin`), the subject is reserved for the"
+        " system (`$...`), a kind reserved for the sender's role (see *What each role may"
+        " send*), or a Subscribe past the connection's `max_subscriptions`."
     ),
-    ErrorCode.AUTH_FAILED: "Authentication failed (answer to Hello).",
+    ErrorCode.AUTH_FAILED: (
+        "Authentication failed (answer to Hello: no credentials, a wrong or expired token, a"
+        " client certificate that names no user); or, later, the connection's credentials"
+        " expired or were revoked (the leader closes it)."
+    ),
     ErrorCode.NO_ROUTE: (
         "No worker serves the job's subject (answering a Submit at once, or once the"
         " leader's `route_grace` or `restart_grace` passed with none coming)."

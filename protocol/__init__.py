@@ -83,6 +83,10 @@ from ._payload import Encoded as Encoded
 from ._payload import InvalidPayload as InvalidPayload
 from ._payload import decode_payload as decode_payload
 from ._payload import encode_payload as encode_payload
+from ._permissions import Permissions as Permissions
+from ._permissions import is_reserved as is_reserved
+from ._permissions import pattern_covers as pattern_covers
+from ._permissions import patterns_overlap as patterns_overlap
 from ._session import ALLOWED as ALLOWED
 from ._session import Session as Session
 from ._session import State as State

@@ -118,7 +118,8 @@ class ErrorCode:
 
     # Application answers: the request was understood but not served.
     BUSY = "busy"  #: a queue or mailbox is full; ``retry_after`` says when to try again
-    #: the leader does not serve this: a kind reserved for the sender's role, or a
+    #: not done: the sender's identity may not (a subject its permissions deny, a job of
+    #: another identity), a ``$`` subject, a kind reserved for the sender's role, or a
     #: Subscribe past the connection's subscription limit
     NOT_PERMITTED = "not_permitted"
     AUTH_FAILED = "auth_failed"

@@ -187,7 +187,7 @@ def test_invalid_toml(write):
         ),
         (
             '[leader]\nlisten = ["tls://127.0.0.1:80"]\n',
-            "[leader] key 'listen': 'tls://127.0.0.1:80': scheme 'tls' needs certificates, which cannot be configured yet",
+            "[leader] key 'listen': 'tls://127.0.0.1:80' needs a certificate: set tls_cert and tls_key in [leader] (or --tls-cert and --tls-key), or listen on tcp:// or ws://",
         ),
         (
             '[leader]\nlisten = ["tcp://127.0.0.1"]\n',

@@ -13,6 +13,7 @@ module             concept
 """
 
 from ._client import Client as Client
+from ._errors import AuthFailed as AuthFailed
 from ._errors import Busy as Busy
 from ._errors import ClientError as ClientError
 from ._errors import Conflict as Conflict
@@ -24,6 +25,7 @@ from ._errors import JobCancelled as JobCancelled
 from ._errors import JobFailed as JobFailed
 from ._errors import NoRoute as NoRoute
 from ._errors import NotFound as NotFound
+from ._errors import NotPermitted as NotPermitted
 from ._errors import RemoteError as RemoteError
 from ._errors import SubmitTimeout as SubmitTimeout
 from ._errors import TLSFailed as TLSFailed

@@ -29,8 +29,13 @@ connection closes, and after a reconnect if it dropped.
 
 Connecting fails fast with a :class:`ConnectionLost` subclass saying why: nothing listens
 (:class:`ConnectionRefused`), the TLS handshake failed (:class:`TLSFailed`), something
-else answers there (:class:`WrongProtocol`); other failures are retried until the connect
-timeout (:class:`ConnectTimeout`).
+else answers there (:class:`WrongProtocol`), the leader refused the token
+(:class:`AuthFailed`); other failures are retried until the connect timeout
+(:class:`ConnectTimeout`).
+
+The token may come from a provider, asked again for every connection attempt (see
+:mod:`actors._credentials`): a rotated token is used from the next reconnect on. What the
+leader does not let this client do is refused with :class:`NotPermitted`.
 """
 
 from __future__ import annotations
@@ -71,18 +76,21 @@ from protocol import (
 )
 from runtime import (
     DEFAULT_RECONNECT_BACKOFF,
+    FATAL_HANDSHAKE_CODES,
     Backoff,
     Connection,
     ConnectionClosed,
+    HandshakeError,
     MessageTooLarge,
     ReconnectEvent,
     SendBufferFull,
-    run_reconnecting,
 )
 from runtime._transports import reraise_alone
 
+from .._credentials import TokenSource, reconnecting
 from ._call import Call, until_settled
 from ._errors import (
+    AuthFailed,
     Busy,
     ClientError,
     Conflict,
@@ -93,10 +101,12 @@ from ._errors import (
     JobFailed,
     NoRoute,
     NotFound,
+    NotPermitted,
     RemoteError,
     SubmitTimeout,
     TooLarge,
     connect_failure,
+    refused_for_good,
     too_large,
 )
 from ._map import JobMap
@@ -189,7 +199,7 @@ class Client:
         *,
         name: str = "client",
         ssl_context: ssl.SSLContext | None = None,
-        token: str | None = None,
+        token: TokenSource = None,
         reconnect_backoff: Backoff | None = None,
         rng: random.Random | None = None,
         connect_timeout: float = 10.0,
@@ -214,6 +224,10 @@ class Client:
         #: dropped because more than ``MAX_QUEUED_CANCELS`` could not be sent.
         self.abandoned = 0
         self.cancels_dropped = 0
+        #: Errors of the leader that answered no waiting call (a QoS 0 publish or a cancel
+        #: it refused, ``not_permitted`` say): the first of each code is logged.
+        self.unanswered_errors = 0
+        self._codes_logged: set[str] = set()
         self._conn: Connection | None = None
         self._connected = trio.Event()  # (also set when the client gives up: see _failure)
         # Why the client cannot go on, once it cannot: every call then raises it.
@@ -247,7 +261,7 @@ class Client:
         *,
         name: str = "client",
         ssl_context: ssl.SSLContext | None = None,
-        token: str | None = None,
+        token: TokenSource = None,
         connect_timeout: float = 10.0,
         reconnect_backoff: Backoff | None = None,
     ) -> AsyncIterator[Client]:
@@ -256,6 +270,20 @@ class Client:
         The first connection fails fast when retrying cannot help; its other failures
         (a connection lost in the handshake, ``busy``...) are retried until
         ``connect_timeout``. Once connected, a lost connection is retried for ever.
+
+        Args:
+          url: the leader (``tcp://``, ``tls://``, ``ws://``, ``wss://``).
+          name: this client's name, in the leader's statistics and logs.
+          ssl_context: for ``tls://`` and ``wss://``: the system's trust when None (see
+            :func:`actors.client_ssl_context` for a CA of your own, or a client
+            certificate).
+          token: the token the leader asks for: a ``str``, or a token provider, a callable
+            returning it (or an awaitable of it), called for every connection attempt, so
+            that a rotated token is used from the next reconnect on. A provider that
+            raises fails that attempt (logged on ``actors.client``; retried like a lost
+            connection, until ``connect_timeout`` for the first one).
+          connect_timeout: seconds the first connection may take (and each attempt).
+          reconnect_backoff: the delays between reconnects.
 
         Raises:
           Busy: the leader refused the connection for its connection limits (at once, with
@@ -266,10 +294,13 @@ class Client:
           WrongProtocol: something else answers there: an HTTP server, a WebSocket
             listener reached with ``tcp://``, a TCP one with ``ws://``, a plain one with
             ``tls://`` or ``wss://``...
+          AuthFailed: the leader refused the token (at once for a ``str``; for a provider,
+            once it gives again the token refused, or at ``connect_timeout``).
           ConnectTimeout: no connection within ``connect_timeout`` (the message gives the
             last attempt's error).
-          ConnectionLost: the leader refused the connection for good (``auth_failed``...),
-            or the host name cannot be resolved. (The four above are ConnectionLost too.)
+          ConnectionLost: the leader refused the connection for good
+            (``unsupported_version``...), or the host name cannot be resolved. (The five
+            above are ConnectionLost too.)
 
         Exceptions come out as themselves, not in an exception group.
 
@@ -326,16 +357,20 @@ class Client:
         """Connect and reconnect until :meth:`_close`; never raises (a failure is
         :meth:`_give_up`)."""
         try:
-            await run_reconnecting(
+            await reconnecting(
                 self.url,
                 self._session,
-                hello_factory=lambda: Hello(
+                token=self.token,
+                hello=lambda token: Hello(
                     mid=next(self._mids),
                     role="client",
                     name=self.name,
                     versions=SUPPORTED_VERSIONS,
-                    token=self.token,
+                    token=token,
                 ),
+                fatal_codes=FATAL_HANDSHAKE_CODES,
+                logger=_log,
+                who=f"client {self.name}",
                 backoff=self.backoff,
                 rng=self.rng,
                 ssl_context=self.ssl_context,
@@ -344,12 +379,7 @@ class Client:
                 decode_payloads=False,  # each result and message decoded by itself
             )
         except Exception as exc:  # a refusal retrying cannot cure, or a bug: not the user's
-            if self.connects == 0:
-                error = ConnectionLost(f"could not connect to {self.url}: {exc}")
-            else:
-                error = ConnectionLost(f"connection to {self.url} lost for good: {exc}")
-            error.__cause__ = exc
-            self._give_up(error)
+            self._give_up(refused_for_good(self.url, exc, connected=self.connects > 0))
         except BaseExceptionGroup as group:
             # Cancelled (connect() is ending) while an attempt failed: only the
             # cancellation matters (its scope takes it; the failure would reach the user).
@@ -369,10 +399,18 @@ class Client:
             if failure is not None:
                 self._give_up(failure)
 
-    def _timed_out(self) -> ConnectTimeout:
-        """connect()'s error when ``connect_timeout`` passed without a connection."""
+    def _timed_out(self) -> ConnectionLost:
+        """connect()'s error when ``connect_timeout`` passed without a connection
+        (:class:`AuthFailed` if the leader refused the last attempt's token)."""
         text = f"could not connect to {self.url} within {self.connect_timeout:g} s"
         last = self._connect_error
+        if isinstance(last, HandshakeError) and last.code == ErrorCode.AUTH_FAILED:
+            failed = AuthFailed(
+                f"{text}: the leader refused the credentials (auth_failed): {last.message}",
+                last.message,
+            )
+            failed.__cause__ = last
+            return failed
         if last is None:
             text += " (no answer: a wrong address, a firewall, or a server that does not answer the Hello?)"
         else:
@@ -692,12 +730,15 @@ class Client:
             call = self._calls.pop(msg.cid, None) if msg.cid is not None else None
             if call is None:
                 # A Subscribe refused: that subscription ends with it (else: nothing of ours).
-                self._subs.refused(
-                    msg.cid,
-                    Busy(msg.message, msg.retry_after)
-                    if msg.code == ErrorCode.BUSY
-                    else RemoteError(msg.code, msg.message),
-                )
+                refusal: ClientError
+                if msg.code == ErrorCode.BUSY:
+                    refusal = Busy(msg.message, msg.retry_after)
+                elif msg.code == ErrorCode.NOT_PERMITTED:
+                    refusal = NotPermitted(msg.message)
+                else:
+                    refusal = RemoteError(msg.code, msg.message)
+                if not self._subs.refused(msg.cid, refusal) and msg.cid is not None:
+                    self._unanswered(msg)
                 return
             code = msg.code
             if code == ErrorCode.BUSY:
@@ -714,9 +755,27 @@ class Client:
                 error = NotFound(
                     msg.job_id or getattr(call.message, "job_id", None) or "", msg.message
                 )
+            elif code == ErrorCode.NOT_PERMITTED:
+                error = NotPermitted(
+                    msg.message,
+                    subject=getattr(call.message, "subject", None),
+                    job_id=msg.job_id or getattr(call.message, "job_id", None),
+                )
             else:
                 error = RemoteError(code, msg.message)
             self._settle(call, error=error)
+
+    def _unanswered(self, msg: Error) -> None:
+        """An Error that answers no call waiting (a QoS 0 publish or a cancel the leader
+        refused: they wait for no answer): counted, and logged once per code."""
+        self.unanswered_errors += 1
+        if msg.code not in self._codes_logged and len(self._codes_logged) < 32:
+            self._codes_logged.add(msg.code)
+            _log.warning(
+                "client %s: the leader refused a message that waits for no answer: %s: %s"
+                " (logged once per code)",
+                self.name, msg.code, msg.message,
+            )  # fmt: skip
 
     @staticmethod
     def _settle(call: Call, *, outcome: Any = None, error: BaseException | None = None) -> None:

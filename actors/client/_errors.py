@@ -171,6 +171,26 @@ class ConnectionRefused(ConnectionLost):
     leader is not running, or listens elsewhere). Raised at once, not retried."""
 
 
+class AuthFailed(ConnectionRefused):
+    """The leader refused the client's credentials (``auth_failed``): a missing, wrong or
+    expired token, or a client certificate it does not know. The message is the leader's
+    (it never echoes the token).
+
+    :meth:`~actors.Client.connect` raises it at once for a static token (sending it again
+    cannot help), and for a token provider that gives again the token just refused. Once
+    connected, a static token refused on a reconnect (revoked by a rotation) ends the
+    client: every waiting and later call raises this. A provider is asked again instead,
+    with backoff, for as long as the client runs.
+
+    Attributes:
+      message: the leader's words (``missing or wrong token``, ``token expired``...).
+    """
+
+    def __init__(self, text: str, message: str) -> None:
+        super().__init__(text)
+        self.message = message
+
+
 class ConnectTimeout(ConnectionLost, TimeoutError):
     """:meth:`~actors.Client.connect`: no connection within ``connect_timeout`` (no answer
     at all: a firewall, a wrong address; or no Welcome: an overloaded leader). The message
@@ -238,3 +258,45 @@ class RemoteError(ClientError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class NotPermitted(RemoteError):
+    """The leader does not let this client do that (``not_permitted``): its identity may
+    not submit, publish or subscribe to the subject, the job belongs to another identity,
+    or (for a subscription) the connection is at its ``max_subscriptions``. The message is
+    the leader's, naming the identity, the action and the subject
+    (``"web" may not submit to admin.reset``). Not retried: the same call would be refused
+    again.
+
+    Attributes:
+      code: ``not_permitted``.
+      message: the leader's words (also ``str()`` of the error).
+      subject: the subject or pattern of the call refused, when it had one.
+      job_id: the job of the call refused, when it had one.
+    """
+
+    def __init__(
+        self, message: str, *, subject: str | None = None, job_id: str | None = None
+    ) -> None:
+        super().__init__(ErrorCode.NOT_PERMITTED, message)
+        self.args = (message,)  # (str() is the leader's words, without the code)
+        self.subject = subject
+        self.job_id = job_id
+
+
+def refused_for_good(url: str, exc: BaseException, *, connected: bool) -> ConnectionLost:
+    """The error of a client that :func:`runtime.run_reconnecting` gave up on with ``exc``
+    (a refusal retrying cannot cure, or a bug), before its first connection or after."""
+    error: ConnectionLost
+    if isinstance(exc, HandshakeError) and exc.code == ErrorCode.AUTH_FAILED:
+        if connected:
+            text = f"connection to {url} lost for good: the leader refused the credentials on reconnecting (auth_failed): {exc.message}"
+        else:
+            text = f"could not connect to {url}: the leader refused the credentials (auth_failed): {exc.message}"
+        error = AuthFailed(text, exc.message)
+    elif connected:
+        error = ConnectionLost(f"connection to {url} lost for good: {exc}")
+    else:
+        error = ConnectionLost(f"could not connect to {url}: {exc}")
+    error.__cause__ = exc
+    return error

@@ -8,8 +8,37 @@ The TOML shape (every key but ``[[groups]]`` name/worker is optional)::
                               #       heartbeat, max_connections
     data_dir = "/var/lib/actors"  # the journal (default: per user); or memory = true
     sync = "full"             # or "normal"; also max_journal_bytes, dead_letter_retention
+    insecure = false          # listen beyond loopback without [auth] (not advised)
+    allowed_origins = ["https://app.example"]  # Origin values a browser may send ("*": any)
+    handshake_timeout = 10.0  # seconds a connection has to say Hello
+    tls_cert = "leader.pem"   # and tls_key: the certificate of tls:// and wss:// listeners
+    tls_key = "leader.key"
+    tls_client_ca = "clients-ca.pem"  # check client certificates (mTLS) against this CA
+    tls_verify_clients = "optional"   # or "required": no connection without one
+    tls_ca = "ca.pem"         # the CA that signed tls_cert, for the cluster's own groups
+                              #   (default: tls_cert, self-signed); tls_key may be left out
+                              #   when tls_cert's file holds the key
     [leader.retry]            # redelivery backoff: base, factor, cap, jitter
     base = 0.5
+
+    [auth]                    # once present, every connection needs credentials
+    max_connections = 256     # defaults for every user: connections, bytes of a payload,
+    max_payload = "1MiB"      #   submits per second and their burst (0: no limit)
+    submit_rate = 10000
+    submit_burst = 20000
+    [[auth.users]]
+    name = "web"
+    token_env = "WEB_TOKEN"   # or token_file = "...", or token = "..." (tests only; warned)
+    token_expires = 2030-01-01T00:00:00Z   # or a unix time; the tokens are refused after it
+    submit = ["img.>"]        # patterns; a leading "!" denies
+    publish = ["events.web.>"]
+    subscribe = ["events.>", "!events.audit.>"]
+    serve = []
+    admin = false             # others' jobs, dead letters, scaling
+    [[auth.users]]
+    name = "resizer"
+    cert_subject = "CN=resizer"  # the identity of a client certificate (mTLS)
+    serve = ["img.>"]
 
     [[groups]]
     name = "square"
@@ -32,20 +61,35 @@ The TOML shape (every key but ``[[groups]]`` name/worker is optional)::
 Every mistake raises :class:`ConfigError` with a message that names the file, the table and
 the key (``cluster.toml: [[groups]] #1 'square': key 'instances': expected an integer >= 0,
 got -1``). Worker classes are imported while the file is read, so a name that does not
-import is reported at load time, before anything starts.
+import is reported at load time, before anything starts; so are the tokens (from their
+environment variables and files) and the certificate files. No message or log line ever
+shows a token.
+
+Files named in the configuration (``token_file``, ``tls_*``, ``data_dir``) are relative to
+the working directory; ``~`` is expanded.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import math
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from protocol import GroupMode, is_valid_subject
+from protocol import (
+    MAX_NAME_LENGTH,
+    GroupMode,
+    InvalidSubject,
+    Permissions,
+    is_reserved,
+    is_valid_subject,
+)
 
 from .._checks import (
     MODE_CHOICES,
@@ -62,13 +106,23 @@ from .._checks import (
     check_size,
     check_subjects,
 )
+from ..leader._auth import MIN_TOKEN_LENGTH, parse_dn
 from ..leader._journal import SYNC_MODES
 from ..leader._routing import SubjectPolicies
 from ..worker._loader import load_worker_class
-from ._model import ClusterConfig, GroupConfig, GroupRetryConfig, LeaderTable, RetryConfig
+from ._model import (
+    VERIFY_CLIENTS_CHOICES,
+    ClusterConfig,
+    GroupConfig,
+    GroupRetryConfig,
+    LeaderTable,
+    RetryConfig,
+)
 
-#: Delivery modes of a group and routing policies of its subjects, in the order messages
-#: list them (the enums', the default first).
+if TYPE_CHECKING:
+    from ..leader import AuthConfig, User
+
+logger = logging.getLogger("actors.cluster")
 
 
 # --------------------------------------------------------------------------- TOML files
@@ -107,6 +161,14 @@ _LEADER_KEYS = {
     "sync": "sync",
     "max_journal_bytes": "size",
     "dead_letter_retention": "positive",
+    "insecure": "bool",
+    "allowed_origins": "origins",
+    "handshake_timeout": "positive",
+    "tls_cert": "file",
+    "tls_key": "file",
+    "tls_client_ca": "file",
+    "tls_verify_clients": "verify",
+    "tls_ca": "file",
     "retry": "table",
 }
 _RETRY_KEYS = ("base", "factor", "cap", "jitter")
@@ -143,29 +205,67 @@ def load_config(path: str, *, import_workers: bool = True) -> ClusterConfig:
       ConfigError: the file cannot be read, is not valid TOML, or any table or key is
         wrong; the message names the file, the table and the key.
     """
+    return _load(path, import_workers=import_workers, check_tls=True)
+
+
+def _load(path: str, *, import_workers: bool, check_tls: bool) -> ClusterConfig:
+    config = config_from_mapping(
+        _read_toml(path), source=path, import_workers=import_workers, check_tls=check_tls
+    )
+    return attrs.evolve(config, path=path)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as file:
-            data = tomllib.load(file)
+            return tomllib.load(file)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return config_from_mapping(data, source=path, import_workers=import_workers)
+
+
+def load_auth(path: str) -> AuthConfig | None:
+    """Read only the ``[auth]`` table of a cluster configuration file (what the cluster
+    does on SIGHUP: the users, their tokens and permissions, again).
+
+    Returns:
+      The file's users and limits; None when the file has no ``[auth]`` table.
+
+    Raises:
+      ConfigError: as :func:`load_config`, for the file and its ``[auth]`` table.
+    """
+    data = _read_toml(path)
+    if "auth" not in data:
+        return None
+    return _auth_from_mapping(data["auth"], source=path)
 
 
 def config_from_mapping(
-    data: Mapping[str, Any], *, source: str = "<config>", import_workers: bool = True
+    data: Mapping[str, Any],
+    *,
+    source: str = "<config>",
+    import_workers: bool = True,
+    check_tls: bool = True,
 ) -> ClusterConfig:
     """Check an already parsed configuration (the dict ``tomllib`` returns).
+
+    Args:
+      check_tls: check that ``tls://`` and ``wss://`` listeners have a certificate and
+        that the certificate files load (off while options may still add them).
 
     Raises:
       ConfigError: as :func:`load_config`, naming ``source`` as the file.
     """
-    _check_keys(data, ("leader", "groups"), where=f"{source}: top level")
+    _check_keys(data, ("leader", "groups", "auth"), where=f"{source}: top level")
     leader_data = data.get("leader", {})
     if not isinstance(leader_data, Mapping):
         raise ConfigError(f"{source}: 'leader' must be a table ([leader])")
     leader = _leader_from_mapping(leader_data, source=source)
+    if "auth" in data:
+        leader = attrs.evolve(leader, auth=_auth_from_mapping(data["auth"], source=source))
+    if check_tls:
+        check_tls_settings(leader, where=f"{source}: [leader]")
     groups_data = data.get("groups", [])
     if not isinstance(groups_data, list):
         raise ConfigError(f"{source}: 'groups' must be an array of tables ([[groups]])")
@@ -199,12 +299,15 @@ def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderTable
         at = f"{where} key {key!r}"
         if kind == "str":
             values[key] = _check_name(value, at=at)
-        elif kind == "path":
+        elif kind in ("path", "file"):
+            what = "a directory path" if kind == "path" else "a file path"
             if not isinstance(value, str) or not value:
-                raise ConfigError(
-                    f"{at}: expected a directory path (a non-empty string), got {_show(value)}"
-                )
+                raise ConfigError(f"{at}: expected {what} (a non-empty string), got {_show(value)}")
             values[key] = os.path.expanduser(value)
+        elif kind == "origins":
+            values[key] = check_origins(value, at=at)
+        elif kind == "verify":
+            values[key] = _check_choice(value, VERIFY_CLIENTS_CHOICES, at=at)
         elif kind == "bool":
             if not isinstance(value, bool):
                 raise ConfigError(f"{at}: expected true or false, got {_show(value)}")
@@ -212,7 +315,7 @@ def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderTable
         elif kind == "sync":
             values[key] = _check_choice(value, SYNC_MODES, at=at)
         elif kind == "listen":
-            values[key] = check_listen(value, at=at)
+            values[key] = check_listen_urls(value, at=at)
         elif kind == "positive":
             values[key] = _check_number(value, at=at, minimum=0.0, exclusive=True)
         elif kind == "count":
@@ -369,6 +472,398 @@ def check_worker(group: GroupConfig, *, at: str) -> None:
         )
 
 
+# --------------------------------------------------------------------------- [auth]
+
+
+_LIMIT_KEYS = ("max_connections", "max_payload", "submit_rate", "submit_burst")
+_AUTH_KEYS = (*_LIMIT_KEYS, "users")
+_PERMISSION_KEYS = ("submit", "publish", "subscribe", "serve")
+_USER_KEYS = (
+    "name",
+    "token_env",
+    "token_file",
+    "token",
+    "token_expires",
+    "cert_subject",
+    *_PERMISSION_KEYS,
+    "admin",
+    *_LIMIT_KEYS,
+)
+#: Characters of a token file read at most: a bigger file holds no token.
+MAX_TOKEN_FILE = 4096
+#: The names of the identities the cluster gives its own groups (``group:<name>``); no
+#: user of the file may take one.
+GROUP_USER_PREFIX = "group:"
+
+
+def _auth_from_mapping(data: Any, *, source: str) -> AuthConfig:
+    """The ``[auth]`` table: the limits every user gets by default, and the users."""
+    from ..leader import AuthConfig
+
+    where = f"{source}: [auth]"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: 'auth' must be a table ([auth] and [[auth.users]])")
+    _check_keys(data, _AUTH_KEYS, where=where)
+    defaults = _limits_from_mapping(data, where=where)
+    users_data = data.get("users", [])
+    if not isinstance(users_data, list):
+        raise ConfigError(f"{where} key 'users': must be an array of tables ([[auth.users]])")
+    if not users_data:
+        raise ConfigError(
+            f"{where}: no users: add a [[auth.users]] table per identity (name, token_env or "
+            "cert_subject, its permissions), or remove [auth]"
+        )
+    users: list[User] = []
+    names: dict[str, int] = {}
+    secrets: dict[str, int] = {}
+    cert_subjects: dict[Any, int] = {}
+    for number, user_data in enumerate(users_data, start=1):
+        at = f"{source}: [[auth.users]] #{number}"
+        user, user_secrets = _user_from_mapping(user_data, where=at)
+        at = f"{at} {user.name!r}"
+        if user.name in names:
+            raise ConfigError(
+                f"{at}: [[auth.users]] #{names[user.name]} has the same name; names are unique"
+            )
+        names[user.name] = number
+        for secret in user_secrets:
+            if secret in secrets:  # (the token itself is never shown)
+                raise ConfigError(
+                    f"{at}: its token is also [[auth.users]] #{secrets[secret]}'s; a token "
+                    "names one user: give each user its own"
+                )
+            secrets[secret] = number
+        if user.cert_names is not None:
+            if user.cert_names in cert_subjects:
+                raise ConfigError(
+                    f"{at} key 'cert_subject': [[auth.users]] #{cert_subjects[user.cert_names]}"
+                    f" has the same one ({user.cert_subject!r}); a certificate names one user"
+                )
+            cert_subjects[user.cert_names] = number
+        users.append(user)
+    try:
+        return AuthConfig(users=users, **defaults)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _user_from_mapping(data: Any, *, where: str) -> tuple[User, list[str]]:
+    """One ``[[auth.users]]`` table: the user, and its tokens in clear (to compare them)."""
+    from ..leader import Token, User
+
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    if "name" not in data:
+        _check_keys(data, _USER_KEYS, where=where)
+        raise ConfigError(f"{where}: missing key 'name'")
+    name = _check_user_name(data["name"], at=f"{where} key 'name'")
+    where = f"{where} {name!r}"
+    _check_keys(data, _USER_KEYS, where=where)
+    secrets = _user_secrets(data, name=name, where=where)
+    expires_at: float | None = None
+    if "token_expires" in data:
+        at = f"{where} key 'token_expires'"
+        if not secrets:
+            raise ConfigError(
+                f"{at}: {name!r} has no token to expire (token_env, token_file or token)"
+            )
+        expires_at = _check_expiry(data["token_expires"], at=at)
+    cert_subject = None
+    if "cert_subject" in data:
+        cert_subject = check_cert_subject(data["cert_subject"], at=f"{where} key 'cert_subject'")
+    if not secrets and cert_subject is None:
+        raise ConfigError(
+            f"{where}: no credential: give token_env or token_file (token, for tests), "
+            "or cert_subject for a client certificate"
+        )
+    values: dict[str, Any] = {
+        "name": name,
+        "tokens": tuple(Token(secret=secret, expires_at=expires_at) for secret in secrets),
+        "cert_subject": cert_subject,
+    }
+    for key in _PERMISSION_KEYS:
+        if key in data:
+            values[key] = check_permissions(data[key], at=f"{where} key {key!r}", what=key)
+    if "admin" in data:
+        if not isinstance(data["admin"], bool):
+            raise ConfigError(
+                f"{where} key 'admin': expected true or false, got {_show(data['admin'])}"
+            )
+        values["admin"] = data["admin"]
+    values.update(_limits_from_mapping(data, where=where))
+    try:
+        user = User(**values)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return user, secrets
+
+
+def _user_secrets(data: Mapping[str, Any], *, name: str, where: str) -> list[str]:
+    """The tokens of a user: from ``token_env``, ``token_file`` and ``token`` (each that is
+    given; several are accepted at once, so that one can replace another)."""
+    secrets: list[str] = []
+    if "token_env" in data:
+        at = f"{where} key 'token_env'"
+        variable = data["token_env"]
+        if not isinstance(variable, str) or not variable or "=" in variable:
+            raise ConfigError(
+                f"{at}: expected the name of an environment variable, got {_show(variable)}"
+            )
+        secret = os.environ.get(variable, "").strip()
+        if not secret:
+            raise ConfigError(
+                f"{at}: the environment variable {variable!r} is not set (or empty); "
+                f"set it to {name!r}'s token before starting the cluster"
+            )
+        secrets.append(secret)
+    if "token_file" in data:
+        secrets.append(_read_token_file(data["token_file"], at=f"{where} key 'token_file'"))
+    if "token" in data:
+        at = f"{where} key 'token'"
+        secret = data["token"]
+        if not isinstance(secret, str) or not secret.strip():
+            # (what it holds is not shown: it may be a token all the same)
+            raise ConfigError(f"{at}: expected the token, a non-empty string")
+        logger.warning("%s: a token in the file: for tests only; use token_env or token_file", at)
+        secrets.append(secret.strip())
+    if any(len(secret) < MIN_TOKEN_LENGTH for secret in secrets):
+        logger.warning(
+            "%s: a token shorter than %d characters is easy to guess; make a longer one "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            where,
+            MIN_TOKEN_LENGTH,
+        )
+    return list(dict.fromkeys(secrets))
+
+
+def _read_token_file(value: Any, *, at: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{at}: expected a file path (a non-empty string), got {_show(value)}")
+    path = os.path.expanduser(value)
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read(MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"{at}: cannot read {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{at}: {path!r} is not text; a token file holds the token on one line"
+        ) from None
+    secret = text.strip()
+    if len(text) > MAX_TOKEN_FILE or "\n" in secret:
+        raise ConfigError(
+            f"{at}: {path!r} is not a token file: it should hold the token on one line"
+        )
+    if not secret:
+        raise ConfigError(f"{at}: {path!r} is empty; write the user's token in it")
+    return secret
+
+
+def _check_user_name(value: Any, *, at: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{at}: expected a string, got {_show(value)}")
+    if not 0 < len(value) <= MAX_NAME_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(
+            f"{at}: {value[:80]!r} is not a valid user name (1 to {MAX_NAME_LENGTH} "
+            "characters, no control characters)"
+        )
+    if value.startswith(GROUP_USER_PREFIX):
+        raise ConfigError(
+            f"{at}: names starting with {GROUP_USER_PREFIX!r} are the identities the cluster "
+            "gives its own groups; choose another"
+        )
+    return value
+
+
+def _check_expiry(value: Any, *, at: str) -> float:
+    """A unix time from a TOML date-time (without an offset: local time) or a number."""
+    if isinstance(value, dt.datetime):
+        expires_at = value.timestamp()
+    elif (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
+        expires_at = float(value)
+    else:
+        raise ConfigError(
+            f"{at}: expected a date and time (2030-01-01T00:00:00Z) or a unix time in "
+            f"seconds, got {_show(value)}"
+        )
+    if expires_at <= dt.datetime.now().timestamp():
+        logger.warning("%s: %s is past: these tokens are refused", at, value)
+    return expires_at
+
+
+def check_cert_subject(value: Any, *, at: str) -> str:
+    """Check a ``cert_subject``: a distinguished name (``"CN=resizer,O=Acme"``) or a
+    subject alternative name (``"DNS:resizer.internal"``, ``"email:a@b"``,
+    ``"URI:spiffe://..."``, ``"IP:10.0.0.1"``).
+
+    Raises:
+      ConfigError: anything else.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{at}: expected a string such as 'CN=resizer', got {_show(value)}")
+    try:
+        parse_dn(value)
+    except ValueError as exc:
+        raise ConfigError(f"{at}: {exc}") from None
+    return value
+
+
+def check_permissions(value: Any, *, at: str, what: str) -> tuple[str, ...]:
+    """Check a permission list: subject patterns, a leading ``!`` denying.
+
+    Raises:
+      ConfigError: not a list of strings, a bad pattern, or one granting a reserved
+        ``$`` subject.
+    """
+    patterns = _check_str_list(value, at=at)
+    for pattern in patterns:
+        if is_reserved(pattern):
+            raise ConfigError(
+                f"{at}: {pattern!r}: subjects starting with '$' are the system's, and no "
+                "permission grants them"
+            )
+    try:
+        Permissions.parse(patterns, what=what)
+    except InvalidSubject as exc:
+        raise ConfigError(
+            f"{at}: {str(exc).removeprefix(f'{what}: ')} (tokens separated by '.', '*' for "
+            "one token, '>' only as the last token, a leading '!' denies)"
+        ) from None
+    return tuple(patterns)
+
+
+def _limits_from_mapping(data: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    """The limits keys of ``[auth]`` or of a user, each checked."""
+    values: dict[str, Any] = {}
+    for key in _LIMIT_KEYS:
+        if key not in data:
+            continue
+        value, at = data[key], f"{where} key {key!r}"
+        if key == "max_payload":
+            values[key] = check_size(value, at=at)
+        elif key == "submit_rate":  # 0 (or inf): no limit, as elsewhere in a file
+            if isinstance(value, float) and value == math.inf:
+                values[key] = math.inf
+            else:
+                values[key] = _check_number(value, at=at, minimum=0.0) or math.inf
+        else:
+            values[key] = _check_int(value, at=at, minimum=1)
+    return values
+
+
+# --------------------------------------------------------------------------- TLS, origins
+
+
+#: For each TLS scheme, the plain one with the same address rules.
+_PLAIN_SCHEMES = {"tls": "tcp", "wss": "ws"}
+TLS_SCHEMES = tuple(_PLAIN_SCHEMES)
+
+
+def check_listen_urls(value: Any, *, at: str) -> tuple[str, ...]:
+    """Check listen URLs as :func:`~actors._checks.check_listen` does, ``tls://`` and
+    ``wss://`` included (whose certificate :func:`check_tls_settings` checks).
+
+    Raises:
+      ConfigError: naming the first bad URL.
+    """
+    return check_listen(value, at=at)
+
+
+#: The LeaderTable key of each argument of actors._tls's functions (what TLSConfigError names).
+_TLS_ARGUMENTS = {
+    "cert": "tls_cert",
+    "key": "tls_key",
+    "client_ca": "tls_client_ca",
+    "require_client_cert": "tls_verify_clients",
+    "ca": "tls_ca",
+}
+
+
+def check_tls_settings(
+    leader: LeaderTable, *, where: str, options: Mapping[str, str] | None = None
+) -> None:
+    """Check the TLS keys of ``leader`` together: what needs a certificate has one, and
+    every file loads.
+
+    Args:
+      where: the table, for messages (``"cluster.toml: [leader]"``).
+      options: for keys that came from the command line, the option to name instead
+        (``{"tls_cert": "--tls-cert", "listen": "--listen"}``).
+
+    Raises:
+      ConfigError: the key (or option), the file and the problem.
+    """
+    options = options or {}
+
+    def name(key: str) -> str:
+        return options.get(key, f"{where} key {key!r}")
+
+    tls_urls = [url for url in leader.listen if url.partition("://")[0] in TLS_SCHEMES]
+    if leader.tls_cert is None:
+        for key in ("tls_key", "tls_client_ca", "tls_verify_clients", "tls_ca"):
+            if getattr(leader, key) is not None:
+                raise ConfigError(
+                    f"{name(key)}: needs a certificate: set tls_cert (--tls-cert) too"
+                )
+        if tls_urls:
+            raise ConfigError(
+                f"{name('listen')}: {tls_urls[0]!r} needs a certificate: set tls_cert and "
+                "tls_key in [leader] (or --tls-cert and --tls-key), or listen on tcp:// or ws://"
+            )
+        return
+    if leader.tls_verify_clients is not None and leader.tls_client_ca is None:
+        raise ConfigError(
+            f"{name('tls_verify_clients')}: needs tls_client_ca, the CA that signs the client "
+            "certificates"
+        )
+    from .._tls import TLSConfigError, client_ssl_context
+
+    try:
+        leader.tls_context()
+        if leader.tls_ca is not None:
+            client_ssl_context(ca=leader.tls_ca)
+    except TLSConfigError as exc:
+        key = _TLS_ARGUMENTS.get(exc.option, exc.option)
+        where_file = name(key) if exc.path is None else f"{name(key)}: {exc.path}"
+        raise ConfigError(f"{where_file}: {exc.problem}") from None
+
+
+def check_origins(value: Any, *, at: str) -> tuple[str, ...]:
+    """Check ``allowed_origins``: ``scheme://host[:port]`` values (what a browser sends in
+    its ``Origin`` header, such as ``"https://app.example"``), or ``"*"`` for any.
+
+    Raises:
+      ConfigError: naming the first value that is no origin.
+    """
+    origins = _check_str_list(value, at=at)
+    for origin in origins:
+        if origin == "*":
+            continue
+        try:
+            parsed = urllib.parse.urlsplit(origin)
+            parsed.port  # noqa: B018  (raises for a bad port)
+        except ValueError:
+            parsed = urllib.parse.urlsplit("")
+        if (
+            not parsed.scheme
+            or not parsed.hostname
+            or parsed.username is not None
+            or parsed.path
+            or parsed.query
+            or parsed.fragment
+        ):
+            raise ConfigError(
+                f"{at}: {origin!r} is not an origin: expected scheme://host[:port] with no "
+                "path, such as 'https://app.example' or 'http://localhost:8080', or '*' for any"
+            )
+    return tuple(dict.fromkeys(origins))
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -422,6 +917,11 @@ def config_from_args(
     data_dir: str | None = None,
     memory: bool = False,
     sync: str | None = None,
+    insecure: bool = False,
+    allow_origins: Sequence[str] = (),
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_client_ca: str | None = None,
 ) -> ClusterConfig:
     """Build the cluster configuration from the ``python -m actors.cluster`` options.
 
@@ -430,14 +930,19 @@ def config_from_args(
     process. ``max_memory`` (a size such as ``"512MiB"``) and ``max_jobs``, when given,
     apply to every group, replacing the file's. ``data_dir``, ``memory`` and ``sync``
     replace the file's journal settings (``memory`` and ``data_dir`` together: an error).
+    ``insecure`` allows listening beyond loopback without ``[auth]``; ``allow_origins`` are
+    added to the file's ``allowed_origins``; ``tls_cert``, ``tls_key`` and
+    ``tls_client_ca`` replace the file's.
 
     Raises:
       ConfigError: any option or the file is wrong.
     """
-    config = load_config(config_path, import_workers=import_workers) if config_path else None
+    config = (
+        _load(config_path, import_workers=import_workers, check_tls=False) if config_path else None
+    )
     leader = config.leader if config is not None else LeaderTable()
     if listen:
-        leader = attrs.evolve(leader, listen=check_listen(list(listen), at="--listen"))
+        leader = attrs.evolve(leader, listen=check_listen_urls(list(listen), at="--listen"))
     if memory and data_dir:
         raise ConfigError("--memory and --data-dir: choose one (--memory keeps no journal)")
     if data_dir:
@@ -446,6 +951,33 @@ def config_from_args(
         leader = attrs.evolve(leader, memory=True)
     if sync is not None:
         leader = attrs.evolve(leader, sync=_check_choice(sync, SYNC_MODES, at="--sync"))
+    if insecure:
+        leader = attrs.evolve(leader, insecure=True)
+    if allow_origins:
+        origins = check_origins(list(allow_origins), at="--allow-origin")
+        leader = attrs.evolve(
+            leader, allowed_origins=tuple(dict.fromkeys((*leader.allowed_origins, *origins)))
+        )
+    tls_options: dict[str, Any] = {
+        key: os.path.expanduser(value)
+        for key, value in (
+            ("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_client_ca", tls_client_ca)
+        )
+        if value is not None
+    }  # fmt: skip
+    for key, value in tls_options.items():
+        if not value:
+            raise ConfigError(f"--{key.replace('_', '-')}: expected a file path, got ''")
+    leader = attrs.evolve(leader, **tls_options)
+    source = config.source if config is not None else "command line"
+    options = {key: f"--{key.replace('_', '-')}" for key in tls_options}
+    if listen:
+        options["listen"] = "--listen"
+    check_tls_settings(
+        leader,
+        where=f"{source}: [leader]" if config is not None else "command line",
+        options=options,
+    )
     groups = list(config.groups) if config is not None else []
     for option in workers:
         group = parse_worker_option(option)
@@ -461,10 +993,11 @@ def config_from_args(
         limits["max_jobs"] = _check_int(max_jobs, at="--max-jobs", minimum=1)
     if limits:
         groups = [attrs.evolve(group, **limits) for group in groups]
-    source = config.source if config is not None else "command line"
     _check_unique_names(groups, source=source)
     _check_policies(groups, source=source, import_workers=import_workers)
-    return ClusterConfig(leader=leader, groups=tuple(groups), source=source)
+    return ClusterConfig(
+        leader=leader, groups=tuple(groups), source=source, path=config_path or None
+    )
 
 
 # --------------------------------------------------------------------------- value checks

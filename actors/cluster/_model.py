@@ -6,6 +6,7 @@ the command line and checks every value on the way.
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -19,6 +20,7 @@ from ..leader._leader import DEFAULT_LISTEN as DEFAULT_LISTEN
 if TYPE_CHECKING:
     import runtime
 
+    from ..leader import AuthConfig
     from ..leader._redelivery import GroupRetry
 
 # The defaults below are the leader's own (one home: actors.leader's config classes).
@@ -112,7 +114,14 @@ _OPTIONAL_LIMITS = (
     "sync",
     "max_journal_bytes",
     "dead_letter_retention",
+    "auth",
+    "handshake_timeout",
 )
+#: LeaderTable keys that describe the TLS listeners: :meth:`LeaderTable.tls_context` turns
+#: them into the leader's ``ssl_context`` (``tls_ca`` is for the cluster's own groups).
+_TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "tls_verify_clients", "tls_ca")
+#: How a TLS listener checks client certificates (``tls_verify_clients``).
+VERIFY_CLIENTS_CHOICES = ("optional", "required")
 
 
 @attrs.frozen
@@ -160,6 +169,43 @@ class LeaderTable:
     sync: str | None = None
     max_journal_bytes: int | None = None
     dead_letter_retention: float | None = None
+    # Security (see LeaderConfig). ``auth`` is the file's top-level [auth] table.
+    auth: AuthConfig | None = None
+    insecure: bool = False
+    allowed_origins: tuple[str, ...] = ()
+    handshake_timeout: float | None = None
+    # The certificate of tls:// and wss:// listeners (files; see tls_context()).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_verify_clients: str | None = None  # "optional" (the default) or "required"
+    tls_ca: str | None = None  # the CA that signed tls_cert, for the cluster's groups
+
+    @property
+    def group_ca(self) -> str | None:
+        """The CA file with which the cluster's groups check a TLS listener's certificate:
+        ``tls_ca``, else ``tls_cert`` itself (a self-signed certificate is its own CA)."""
+        return self.tls_ca or self.tls_cert
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server context of the ``tls://`` and ``wss://`` listeners: ``tls_cert`` and
+        ``tls_key`` (None: the key is in ``tls_cert``'s file), and with ``tls_client_ca`` the check of client certificates (optional,
+        or required with ``tls_verify_clients = "required"``). None without ``tls_cert``.
+
+        Raises:
+          actors.TLSConfigError: a file is missing, unreadable or not what it should be
+            (named in the message).
+        """
+        if self.tls_cert is None:
+            return None
+        from .._tls import server_ssl_context
+
+        return server_ssl_context(
+            cert=self.tls_cert,
+            key=self.tls_key,
+            client_ca=self.tls_client_ca,
+            require_client_cert=self.tls_verify_clients == "required",
+        )
 
     def leader_config(self) -> LeaderSettings:
         """The :class:`actors.leader.LeaderConfig` these settings describe (for
@@ -168,13 +214,27 @@ class LeaderTable:
 
     def leader_kwargs(self) -> dict[str, Any]:
         """These settings as keyword arguments of :class:`actors.Leader` (the limits left
-        unset are left out: the leader's defaults apply)."""
+        unset are left out: the leader's defaults apply; the TLS files become its
+        ``ssl_context``, read now).
+
+        Raises:
+          actors.TLSConfigError: see :meth:`tls_context`.
+        """
         kwargs = attrs.asdict(self, recurse=False)
         retry = kwargs.pop("retry")
         kwargs["retry_backoff"] = retry.backoff() if retry is not None else None
         for key in _OPTIONAL_LIMITS:
             if kwargs[key] is None:
                 del kwargs[key]
+        for key in _TLS_KEYS:
+            del kwargs[key]
+        context = self.tls_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        if not kwargs["insecure"]:
+            del kwargs["insecure"]
+        if not kwargs["allowed_origins"]:
+            del kwargs["allowed_origins"]
         return kwargs
 
 
@@ -210,8 +270,11 @@ class ClusterConfig:
     Attributes:
       source: where the configuration came from (a file name or ``"command line"``), for
         messages.
+      path: the file it was read from (None: built otherwise); the cluster re-reads its
+        ``[auth]`` table on SIGHUP.
     """
 
     leader: LeaderTable = LeaderTable()
     groups: tuple[GroupConfig, ...] = ()
     source: str = "command line"
+    path: str | None = attrs.field(default=None, eq=False)

@@ -32,6 +32,16 @@ with a message on stderr; a leader that cannot listen exits 1.
 The leader's statistics (per subject and per group: done, failed, redelivered, dead, in
 flight, latency) are printed when the cluster stops, and with ``--stats S`` every S seconds
 while they change.
+
+Security: without ``[auth]`` users the leader listens on loopback addresses only; another
+address is refused (exit status 2) unless ``--insecure``. ``--tls-cert`` and ``--tls-key``
+(or ``[leader] tls_cert``/``tls_key``) give ``tls://`` and ``wss://`` listeners their
+certificate, ``--tls-client-ca`` checks client certificates; ``--allow-origin`` adds an
+``Origin`` a browser page may open a WebSocket from. With users, each group gets an
+identity of its own (``group:<name>``, a fresh token that may serve its subjects: see
+:func:`group_identities`). A cluster started with ``--config`` re-reads the file's
+``[auth]`` on SIGHUP (users added, removed, tokens rotated; the groups' identities stay)
+and says ``auth reloaded: N users (...)``, or why not, keeping the users it had.
 """
 
 from __future__ import annotations
@@ -39,21 +49,30 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+import attrs
 import trio
+
+from runtime import parse_url
 
 from .._checks import ConfigError
 from ..leader._journal import JournalError
+from ..leader._leader import is_loopback
 from ..worker._group import GroupFailed, WorkerGroup
-from ._config import config_from_args
+from ..worker._loader import load_worker_class
+from ._config import GROUP_USER_PREFIX, config_from_args, load_auth
 from ._model import ClusterConfig
 from ._stats_text import stats_lines
+
+if TYPE_CHECKING:
+    from ..leader import AuthConfig, User
 
 PROG = "python -m actors.cluster"
 #: Seconds the cluster waits for every worker to connect before it says it is ready anyway.
@@ -74,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen",
         action="append",
         metavar="URL",
-        help="where the leader listens (repeatable; tcp:// or ws://; port 0 picks a free "
-        "port; default tcp://127.0.0.1:7700)",
+        help="where the leader listens (repeatable; tcp://, ws://, or tls:// and wss:// "
+        "with --tls-cert; port 0 picks a free port; default tcp://127.0.0.1:7700; an address "
+        "beyond loopback needs [auth] users or --insecure)",
     )
     parser.add_argument(
         "--worker",
@@ -105,6 +125,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--in-process", action="store_true", help="run every group's workers in this process"
+    )
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="listen beyond loopback without authentication (anyone who can reach the "
+        "leader may submit, serve and subscribe); configure [auth] users instead",
+    )
+    security.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an Origin a browser page may open a WebSocket from, such as "
+        "https://app.example (repeatable; '*': any; added to [leader] allowed_origins)",
+    )
+    security.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="the certificate (PEM, with its chain) of the tls:// and wss:// listeners",
+    )
+    security.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    security.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="check client certificates (mTLS) against this CA; a certificate's subject "
+        "then proves an [[auth.users]] cert_subject",
     )
     parser.add_argument(
         "--stats",
@@ -172,6 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir=args.data_dir,
             memory=args.memory,
             sync=args.sync,
+            insecure=args.insecure,
+            allow_origins=args.allow_origin,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
@@ -186,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
     except* ListenError as group:  # e.g. the listen address is in use
         print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
+    except* ConfigError as group:  # the leader refused its settings (no auth beyond loopback)
+        print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
+        status = 2
     except* JournalError as group:  # another leader holds the data dir, a read-only file...
         print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
         status = 2
@@ -289,14 +344,34 @@ async def _run_cluster(
 ) -> int:
     Leader = leader_class
 
-    leader = Leader(config.leader.leader_config())
+    auth = config.leader.auth
+    # Groups get identities of their own when the leader has users (see group_identities).
+    identities = group_identities(config) if auth is not None else {}
+    group_url = _group_url(list(config.leader.listen))
+    if config.groups and config.leader.tls_verify_clients == "required" and _is_tls(group_url):
+        raise ConfigError(
+            f"the groups would connect to {group_url}, which requires client certificates "
+            '(tls_verify_clients = "required"), and the cluster has none to give them; add a '
+            "tcp://127.0.0.1 listener: the groups use it"
+        )
+    try:
+        leader = Leader(
+            attrs.evolve(config.leader, auth=_with_groups(auth, identities)).leader_config()
+        )
+    except ValueError as exc:  # no auth beyond loopback, an unreadable certificate, ...
+        raise ConfigError(str(exc)) from None
     for group_config in config.groups:
         if group_config.retry is not None:
             leader.broker.set_group_retry(
                 group_config.name, group_config.retry.policy(config.leader.retry)
             )
     groups: list[WorkerGroup] = []
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    handled = [signal.SIGINT, signal.SIGTERM]
+    reload = None
+    if config.path is not None:  # SIGHUP re-reads the file's [auth]
+        handled.append(signal.SIGHUP)
+        reload = partial(_AuthReload(config.path, auth, identities, say).reload, leader)
+    with trio.open_signal_receiver(*handled) as signals:
         async with trio.open_nursery() as leader_nursery:
             try:
                 urls: list[str] = await leader_nursery.start(leader.run)
@@ -313,7 +388,7 @@ async def _run_cluster(
                     group.name,
                     group.worker,  # type: ignore[arg-type]  # command groups are refused at load
                     group.instances,
-                    urls[0],
+                    _group_url(urls),
                     mode=group.mode,
                     policy=group.policy,
                     subjects=group.subjects,
@@ -323,11 +398,12 @@ async def _run_cluster(
                     in_process=group.in_process,
                     drain_grace=drain_grace,
                     **_start_failures(group.max_start_failures),
+                    **_credentials(identities.get(group.name), config.leader.group_ca),
                 )
                 for group in config.groups
             ]
             groups_scope = trio.CancelScope()
-            leader_nursery.start_soon(_watch_signals, signals, groups_scope, groups, say)
+            leader_nursery.start_soon(_watch_signals, signals, groups_scope, groups, say, reload)
             status = 0
             failed: dict[str, str] = {}
 
@@ -372,6 +448,119 @@ async def _run_cluster(
         say(line)
     say("cluster stopped")
     return status
+
+
+def group_identities(config: ClusterConfig) -> dict[str, User]:
+    """The identity of each group of ``config``, by group name, for a leader with users.
+
+    Each is a user ``group:<name>`` with a token of its own, fresh at every start
+    (:func:`secrets.token_urlsafe`, 32 bytes), that may serve and publish to the group's
+    subjects (its ``subjects``, else its worker class's) and nothing else. The groups'
+    instances prove it with that token: in process they are handed it, and processes find
+    it in their environment (see :class:`~actors.WorkerGroup`).
+    """
+    from ..leader import User
+
+    users = {}
+    for group in config.groups:
+        subjects = group.subjects
+        if subjects is None:
+            assert group.worker is not None  # (command groups are refused at load)
+            subjects = tuple(getattr(load_worker_class(group.worker), "subjects", None) or ())
+        users[group.name] = User(
+            name=f"{GROUP_USER_PREFIX}{group.name}",
+            tokens=(secrets.token_urlsafe(32),),
+            serve=subjects,
+            publish=subjects,
+        )
+    return users
+
+
+def _with_groups(auth: AuthConfig | None, identities: Mapping[str, User]) -> AuthConfig | None:
+    """``auth`` with the groups' identities added (None stays None: no users, no checks)."""
+    return None if auth is None else auth.with_users(*identities.values())
+
+
+def _credentials(identity: User | None, ca: str | None) -> dict[str, Any]:
+    """WorkerGroup's ``token`` and ``tls_ca`` keywords for a group with ``identity``."""
+    credentials: dict[str, Any] = {"tls_ca": ca}
+    if identity is not None:
+        credentials["token"] = identity.tokens[0].secret
+    return credentials
+
+
+def _is_tls(url: str) -> bool:
+    return url.partition("://")[0] in ("tls", "wss")
+
+
+def _group_url(urls: Sequence[str]) -> str:
+    """The leader URL the cluster's groups connect to: its first ``tcp://`` listener on a
+    loopback address when it has one (the groups run on this machine: no TLS to set up, no
+    WebSocket framing), else its first URL (then a ``tls://`` or ``wss://`` one is checked
+    with ``[leader] tls_ca``, else ``tls_cert``)."""
+    for url in urls:
+        parsed = parse_url(url)
+        if parsed.scheme == "tcp" and is_loopback(parsed.host):
+            return url
+    return urls[0]
+
+
+@attrs.define(eq=False)
+class _AuthReload:
+    """What SIGHUP does: the file's ``[auth]`` again, with the groups' identities kept."""
+
+    path: str
+    current: AuthConfig | None
+    identities: Mapping[str, User]
+    say: Callable[[str], None]
+
+    def reload(self, leader: Any) -> None:
+        """Read the users again and give them to ``leader``; say what changed, or why
+        nothing did (the current users stay)."""
+        not_reloaded = "SIGHUP: auth not reloaded, the current users stay"
+        if self.current is None:
+            self.say(
+                "SIGHUP: nothing to reload: the cluster started without [auth] "
+                "(restart it to turn authentication on)"
+            )
+            return
+        try:
+            new = load_auth(self.path)
+        except ConfigError as exc:
+            self.say(f"{not_reloaded}: {exc.message}")
+            return
+        if new is None:
+            self.say(
+                f"{not_reloaded}: {self.path} has no [auth] table any more (restart the "
+                "cluster to turn authentication off)"
+            )
+            return
+        try:
+            leader.set_auth(_with_groups(new, self.identities))
+        except ValueError as exc:
+            self.say(f"{not_reloaded}: {exc}")
+            return
+        old, self.current = self.current, new
+        count = len(new.users)
+        self.say(f"auth reloaded: {count} user{'s' if count != 1 else ''} ({_changes(old, new)})")
+
+
+def _changes(old: AuthConfig, new: AuthConfig) -> str:
+    """What a reload changed: users added, removed or changed (tokens, rights, limits), by
+    name, and the [auth] table's own limits."""
+    before = {user.name: user for user in old.users}
+    after = {user.name: user for user in new.users}
+    parts = []
+    for what, names in (
+        ("added", [name for name in after if name not in before]),
+        ("removed", [name for name in before if name not in after]),
+        ("changed", [name for name in after if name in before and after[name] != before[name]]),
+    ):
+        if names:
+            parts.append(f"{what}: {', '.join(names)}")
+    if attrs.evolve(old, users=()) != attrs.evolve(new, users=()):
+        parts.append("[auth] limits changed")
+    return "; ".join(parts) or "no change"
 
 
 def _start_failures(limit: int | None) -> dict[str, Any]:
@@ -456,10 +645,15 @@ async def _watch_signals(
     groups_scope: trio.CancelScope,
     groups: list[WorkerGroup],
     say: Callable[[str], None],
+    reload: Callable[[], None] | None = None,
 ) -> None:
-    """First SIGINT/SIGTERM: stop the groups (they drain). Second SIGINT: kill and exit."""
+    """First SIGINT/SIGTERM: stop the groups (they drain). Second SIGINT: kill and exit.
+    SIGHUP: ``reload`` (the users of the file's ``[auth]``)."""
     async for signum in signals:
-        if not groups_scope.cancel_called:
+        if signum == signal.SIGHUP:
+            if reload is not None:
+                reload()
+        elif not groups_scope.cancel_called:
             name = signal.Signals(signum).name
             say(f"{name}: stopping; workers are draining (Ctrl-C again to kill them)")
             groups_scope.cancel()

@@ -19,7 +19,12 @@
     python -m actors subscribe 'events.>'                          # until Ctrl-C
 
 Every command takes ``--url`` (default: the ``ACTORS_URL`` environment variable, else
-``tcp://127.0.0.1:7700``) and ``--connect-timeout``.
+``tcp://127.0.0.1:7700``) and ``--connect-timeout``; and, for a leader that asks for a
+token, ``--token-env NAME`` (the token is in environment variable NAME; without it,
+``$ACTORS_TOKEN`` when set) or ``--token-file PATH`` (its first line) -- never the token
+itself, which any user of the host could read off the command line; for a ``tls://`` or
+``wss://`` leader, ``--tls-ca FILE`` (a CA to trust instead of the system's),
+``--tls-cert FILE`` and ``--tls-key FILE`` (a client certificate).
 
 ``submit`` prints the results on stdout as JSON lines, one per job, **in input order** (at
 most ``--concurrency`` jobs are in flight or waiting to be printed). A failed job prints
@@ -41,10 +46,12 @@ one of them whole as JSON, ``dlq retry`` and ``dlq purge`` act on one (``JOB_ID`
 every one (``--all``, asked for explicitly, never by default).
 
 Exit status: 0 when the command succeeded (every job, for ``submit`` and ``enqueue``); 1
-when a job failed or was refused, a result or a dead letter was not found, or the leader
-could not be reached (one line on stderr says why),
+when a job failed or was refused, a result or a dead letter was not found, the leader
+could not be reached or refused the token, or it does not let this identity do that (one
+line on stderr says why, in the leader's words),
 or stdout was closed early (``| head``: quietly, the jobs still running cancelled); 2 for
-bad arguments or input; 130 on Ctrl-C, which cancels the jobs still running (the leader
+bad arguments or input (a token variable that is not set, a token or TLS file that cannot
+be read); 130 on Ctrl-C, which cancels the jobs still running (the leader
 cancels each one no other client waits for), except for ``subscribe``, which Ctrl-C ends
 normally (0). A second Ctrl-C stops at once.
 """
@@ -80,6 +87,7 @@ from protocol import (
 )
 
 from .._checks import ConfigError, check_url
+from .._credentials import add_credential_options, credentials_from_args
 
 #: Where commands connect when neither ``--url`` nor ``ACTORS_URL`` says.
 DEFAULT_URL = "tcp://127.0.0.1:7700"
@@ -180,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for the leader",
     )
+    add_credential_options(connection)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return commands.add_parser(
@@ -397,6 +406,7 @@ def _check_common(args: argparse.Namespace) -> None:
     check_url(args.url, at="--url")
     if not args.connect_timeout > 0:
         raise ConfigError(f"--connect-timeout: expected a number > 0, got {args.connect_timeout}")
+    args.credentials = credentials_from_args(args, url=args.url)
 
 
 def _check_submit_args(args: argparse.Namespace) -> None:
@@ -591,11 +601,14 @@ async def _interruptible(run: Callable[[trio.CancelScope], Awaitable[int]]) -> i
 def _connect(args: argparse.Namespace) -> Any:
     from ..client._client import Client
 
-    return Client.connect(args.url, name="shell", connect_timeout=args.connect_timeout)
+    return Client.connect(
+        args.url, name="shell", connect_timeout=args.connect_timeout,
+        token=args.credentials.token, ssl_context=args.credentials.ssl_context,
+    )  # fmt: skip
 
 
 async def _submit_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
-    from ..client._errors import NoRoute
+    from ..client._errors import NoRoute, NotPermitted
 
     total: int | None
     if args.payload is not None:
@@ -642,7 +655,7 @@ async def _submit_command(args: argparse.Namespace, stop: trio.CancelScope) -> i
                     delay=args.delay, at=args.at, return_exceptions=True,
                 ) as results:  # fmt: skip
                     async for result in results:
-                        if isinstance(result, NoRoute):
+                        if isinstance(result, NoRoute | NotPermitted):
                             raise result  # the same for every job: say it once
                         show(Outcome.of(result))
     finally:
@@ -687,7 +700,7 @@ async def _result_command(args: argparse.Namespace, stop: trio.CancelScope) -> i
 
 
 async def _cancel_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
-    from ..client._errors import ClientError, NotFound
+    from ..client._errors import ClientError, NotFound, NotPermitted
 
     with stop:
         async with _connect(args) as client:
@@ -698,6 +711,8 @@ async def _cancel_command(args: argparse.Namespace, stop: trio.CancelScope) -> i
                 if "has not finished yet" not in str(exc):
                     print(f"nothing to cancel: {exc}", file=sys.stderr)
                     return 1
+            except NotPermitted:  # another identity's job: said by main()
+                raise
             except ClientError as exc:  # it finished, and failed
                 print(f"nothing to cancel: job {args.job_id} has finished ({exc})", file=sys.stderr)
                 return 1
@@ -795,8 +810,9 @@ async def _unless_busy(
     """What ``await ask(*args, **kwargs)`` (a job's call) returns, or the
     :class:`ClientError` it raises: asked again after a ``busy`` answer's ``retry_after``
     (each reason said once on stderr), until ``give_up_after`` seconds have passed (then
-    the Busy is the answer); :class:`NoRoute`, the same for every job, is raised."""
-    from ..client._errors import Busy, ClientError, NoRoute
+    the Busy is the answer); :class:`NoRoute` and :class:`NotPermitted`, the same for
+    every job, are raised."""
+    from ..client._errors import Busy, ClientError, NoRoute, NotPermitted
 
     until = None if give_up_after is None else trio.current_time() + give_up_after
     while True:
@@ -808,7 +824,7 @@ async def _unless_busy(
                 return exc
             _say_busy(exc, wait)
             await trio.sleep(wait)
-        except NoRoute:
+        except (NoRoute, NotPermitted):
             raise
         except ClientError as exc:
             return exc

@@ -18,6 +18,9 @@ module             concept
 =================  ==========================================================
 """
 
+from ._auth import AuthConfig as AuthConfig
+from ._auth import Token as Token
+from ._auth import User as User
 from ._broker import Broker as Broker
 from ._broker import BrokerConfig as BrokerConfig
 from ._jobs import JobState as JobState

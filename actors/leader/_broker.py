@@ -424,6 +424,9 @@ class Broker:
             return
         job = self.jobs.get(job_id)
         if job is not None:  # in flight already: merge the waits
+            if job.identity != client.identity and not client.admin:
+                self._not_owner(client, msg, "resubmit")
+                return
             if job.subject != msg.subject or not self._same_request(
                 job_id, job.payload, msg.payload
             ):
@@ -442,6 +445,9 @@ class Broker:
             return
         stored = self.finished.get(job_id, now)
         if stored is not None:
+            if stored.identity != client.identity and not client.admin:
+                self._not_owner(client, msg, "resubmit")
+                return
             if stored.subject is not None and (
                 stored.subject != msg.subject
                 or not self._same_request(job_id, stored.request, msg.payload)
@@ -500,6 +506,7 @@ class Broker:
             size=size,
             owner=client,
             queue=queue,
+            identity=client.identity,
         )
         retries = self.retries
         if delay:  # it waits as a retry does, and for its worker from when it is due
@@ -676,6 +683,16 @@ class Broker:
         except Exception:  # (noqa: BLE001) not encodable: nothing is the same
             return False
 
+    def _not_owner(self, client: ClientLink, msg: Any, action: str) -> None:
+        """Refuse ``msg``: its job belongs to another identity (nothing about the job is
+        told, not even whether it runs)."""
+        self._refuse(
+            client,
+            msg,
+            ErrorCode.NOT_PERMITTED,
+            f"{client.identity!r} may not {action} job {msg.job_id}: it belongs to another identity",
+        )
+
     def _conflict(self, client: ClientLink, msg: Submit) -> None:
         self._refuse(
             client,
@@ -690,7 +707,9 @@ class Broker:
         job_id = msg.job_id or ""
         job = self.jobs.get(job_id)
         if job is not None:
-            if msg.wait and len(job.waiters) >= MAX_WAITERS:
+            if job.identity != client.identity and not client.admin:
+                self._not_owner(client, msg, "read")
+            elif msg.wait and len(job.waiters) >= MAX_WAITERS:
                 self._refuse(
                     client,
                     msg,
@@ -711,6 +730,9 @@ class Broker:
             return
         stored = self.finished.get(job_id, now)
         if stored is not None:
+            if stored.identity != client.identity and not client.admin:
+                self._not_owner(client, msg, "read")
+                return
             self._answer(self._reply, client, msg.mid, job_id, stored)
             return
         self._refuse(
@@ -925,6 +947,9 @@ class Broker:
         on its worker (whose answer then finishes it)."""
         job = self.jobs.get(msg.job_id)
         if job is None or job.state.final:
+            return
+        if job.identity != client.identity and not client.admin:
+            self._not_owner(client, msg, "cancel")
             return
         if msg.abandon:  # this client no longer waits: the job ends only if nobody does
             client.waiting.pop(job.job_id, None)
@@ -1381,6 +1406,8 @@ class Broker:
             owner.jobs -= 1
             owner.job_bytes -= job_size
         if stored is not None:
+            if job.identity is not None:
+                stored = stored._replace(identity=job.identity)
             self.finished.add(
                 job.job_id, now, stored, job.size + JOB_OVERHEAD if size is None else size
             )
@@ -1487,6 +1514,7 @@ class Broker:
                 last_traceback=rec.last_traceback,
                 size=rec.size,
                 queue=queue,
+                identity=rec.identity,
             )
             self._count_in(job, queue)
             if rec.state is JobState.ASSIGNED:
@@ -1538,6 +1566,7 @@ class Broker:
             submitted_max_attempts=max_attempts,
             size=size,
             queue=queue,
+            identity=record.get("identity"),
         )
         self.finished.discard(job_id)
         if self.journal is not None:

@@ -165,6 +165,9 @@ class JobRecord:
     awaiting_route: bool = False
     #: When a Progress of it was last forwarded to its clients.
     progress_at: float = float("-inf")
+    #: The identity that submitted it (None without authentication): who may resubmit,
+    #: read or cancel it, besides admins.
+    identity: str | None = None
 
     def move(self, new: JobState) -> None:
         """Change state along an allowed transition."""
@@ -195,6 +198,8 @@ class StoredResult(NamedTuple):
     #: a failure that is the job's outcome by the worker's word (not retried): the
     #: client gets JobFailed rather than DeadLettered
     final: bool = False
+    #: the identity that submitted the job (None without authentication)
+    identity: str | None = None
 
 
 class CancelledResult(StoredResult):

@@ -46,7 +46,7 @@ JOURNAL_FILE = "journal.sqlite3"
 #: The lock file that keeps a second leader off the same data directory.
 LOCK_FILE = "leader.lock"
 #: The schema's version (stored in ``PRAGMA user_version``).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Finished rows deleted at most per pruning step (each a short transaction).
 PRUNE_BATCH = 2000
 #: The largest integer written (SQLite's are signed 64-bit; a protocol count may be larger,
@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     ok INTEGER,
     result BLOB,
     final INTEGER,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    identity TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -90,7 +91,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error_message TEXT,
     traceback TEXT,
     dead_at REAL NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    identity TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters (dead_at);
 """
@@ -98,8 +100,8 @@ CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters (dead_at);
 _INSERT = (
     "INSERT OR REPLACE INTO jobs (job_id, subject, payload, headers, qos, max_attempts,"
     " submitted_max_attempts, submitted_at, expires_at, state, attempt, retry_at, error_type,"
-    " error_message, traceback, finished_at, ok, result, final, size)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " error_message, traceback, finished_at, ok, result, final, size, identity)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE = (
     "UPDATE jobs SET state = ?, attempt = ?, retry_at = ?, error_type = ?, error_message = ?,"
@@ -107,12 +109,12 @@ _UPDATE = (
 )
 _INSERT_DEAD = (
     "INSERT OR REPLACE INTO dead_letters (job_id, subject, payload, headers,"
-    " submitted_max_attempts, attempts, error_type, error_message, traceback, dead_at, size)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " submitted_max_attempts, attempts, error_type, error_message, traceback, dead_at, size,"
+    " identity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DEAD_COLUMNS = (
     "job_id, subject, payload, headers, submitted_max_attempts, attempts, error_type,"
-    " error_message, traceback, dead_at, size"
+    " error_message, traceback, dead_at, size, identity"
 )
 _DEAD_NEWEST = f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at DESC LIMIT ?"
 _DEAD_OLDEST = f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at LIMIT ?"
@@ -165,6 +167,7 @@ class RecoveredJob:
     last_error: tuple[str, str] | None
     last_traceback: str | None
     size: int
+    identity: str | None = None
 
 
 @attrs.define
@@ -417,7 +420,7 @@ class SqliteJournal:
         # thread, so that no commit ever copies the WAL into the file (and fsyncs it).
         db.execute("PRAGMA wal_autocheckpoint=0")
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             raise JournalError(
                 f"journal {self.path} has schema version {version}; this leader reads"
                 f" version {SCHEMA_VERSION}: use the trio-actors release that wrote it, or"
@@ -428,6 +431,9 @@ class SqliteJournal:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if version == 1:  # (written before jobs had owners: they have none)
+                db.execute("ALTER TABLE jobs ADD COLUMN identity TEXT")
+                db.execute("ALTER TABLE dead_letters ADD COLUMN identity TEXT")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -445,7 +451,7 @@ class SqliteJournal:
         rows = db.execute(
             "SELECT job_id, subject, payload, headers, qos, max_attempts, submitted_max_attempts,"
             " submitted_at, expires_at, state, attempt, retry_at, error_type, error_message,"
-            " traceback, size FROM jobs WHERE finished_at IS NULL ORDER BY rowid"
+            " traceback, size, identity FROM jobs WHERE finished_at IS NULL ORDER BY rowid"
         )
         for (
             job_id,
@@ -464,6 +470,7 @@ class SqliteJournal:
             error_message,
             traceback,
             size,
+            identity,
         ) in rows:
             recovered.jobs.append(
                 RecoveredJob(
@@ -482,11 +489,12 @@ class SqliteJournal:
                     last_error=None if error_type is None else (error_type, error_message or ""),
                     last_traceback=traceback,
                     size=size,
+                    identity=identity,
                 )
             )
         rows = db.execute(
             "SELECT * FROM (SELECT job_id, finished_at, state, ok, result, error_type,"
-            " error_message, traceback, attempt, subject, payload, final, size FROM jobs"
+            " error_message, traceback, attempt, subject, payload, final, size, identity FROM jobs"
             " WHERE finished_at >= ? AND state != 'expired' ORDER BY finished_at DESC LIMIT ?)"
             " ORDER BY finished_at",
             (now_wall - self.dedup_window, self.dedup_capacity),
@@ -505,6 +513,7 @@ class SqliteJournal:
             payload,
             final,
             size,
+            identity,
         ) in rows:
             kind = CancelledResult if state == JobState.CANCELLED.value else StoredResult
             stored = kind(
@@ -517,6 +526,7 @@ class SqliteJournal:
                 subject,
                 _value(payload),
                 bool(final),
+                identity,
             )
             recovered.results.append((job_id, finished_at, stored, size))
         rows = db.execute(
@@ -541,6 +551,7 @@ class SqliteJournal:
             traceback,
             dead_at,
             size,
+            identity,
         ) = row
         record: dict[str, Any] = {
             "job_id": job_id,
@@ -551,6 +562,8 @@ class SqliteJournal:
             "dead_at": dead_at,
             "size": size,
         }
+        if identity is not None:
+            record["identity"] = identity
         if whole:
             record["payload"] = _value(payload)
             record["headers"] = cbor2.loads(headers) if headers else {}
@@ -637,6 +650,7 @@ class SqliteJournal:
             None,
             None,
             job.size,
+            job.identity,
         ]
 
     def _row(self, job_id: str) -> list[Any]:
@@ -713,6 +727,7 @@ class SqliteJournal:
             record["traceback"],
             now + self.clock_offset,
             job.size,
+            job.identity,
         )
 
     def forget_dead_letters(self, job_ids: Iterable[str]) -> None:

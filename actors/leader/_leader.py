@@ -9,6 +9,7 @@ until the broker's next deadline (ack timeouts, backoff) and is re-armed after e
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 import random
@@ -33,6 +34,7 @@ from protocol import (
     ErrorCode,
     Hello,
     Nack,
+    Permissions,
     Progress,
     Publish,
     Query,
@@ -45,6 +47,7 @@ from protocol import (
     negotiate_version,
 )
 from runtime import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_HANDSHAKES,
@@ -55,9 +58,11 @@ from runtime import (
     ConnectionClosed,
     MessageTooLarge,
     SendBufferFull,
+    parse_url,
     serve,
 )
 
+from ._auth import AuthConfig, Authenticator, AuthFailure, Principal, token_digest
 from ._broker import Broker, BrokerConfig, send_to
 from ._journal import (
     PRUNE_BATCH,
@@ -67,7 +72,8 @@ from ._journal import (
     SqliteJournal,
     default_data_dir,
 )
-from ._links import ClientLink, WorkerLink
+from ._links import ClientLink, Link, WorkerLink
+from ._sizes import payload_size
 
 #: Messages of one received batch handled before what they queued is written out, so
 #: that the next process in the pipeline starts working sooner.
@@ -94,6 +100,36 @@ log = logging.getLogger("actors.leader")
 
 #: Where a leader listens unless told otherwise.
 DEFAULT_LISTEN = "tcp://127.0.0.1:7700"
+#: Seconds between two log lines about refused credentials or denied actions (of one
+#: identity); those in between are counted in the next line.
+DENIAL_LOG_INTERVAL = 1.0
+#: The Query kinds that act on dead letters: for admins only.
+ADMIN_QUERIES = frozenset(
+    ("dead_letters", "dead_letter", "retry_dead_letter", "purge_dead_letters")
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen URL's ``host`` is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@attrs.define(eq=False)
+class _Credentials:
+    """What a connection proved, kept to check it again when the users change."""
+
+    principal: Principal | None
+    digest: bytes | None
+    certificate: dict[str, Any] | None
+    scope: trio.CancelScope
+    link: Link | None = None
+    #: why the leader ended it (the message of its auth_failed)
+    ended: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -125,7 +161,21 @@ class LeaderConfig:
         Hello at once, per listener; more are answered ``busy``.
       max_handshakes_per_address: the same, from one peer address (so that one host's
         silent connections cannot take every handshake slot).
-      token: when set, every Hello must carry it.
+      token: when set, every Hello must carry it (one identity, ``token``, that may do
+        everything: ``AuthConfig.shared_token``); give ``auth`` for more.
+      auth: the identities the leader accepts and what each may do (see
+        :class:`AuthConfig`); every connection must then prove one (``auth_failed``), and
+        every action is checked (``not_permitted``). None: anyone who reaches a listener
+        may do anything, so a leader without it listens on loopback addresses only
+        (unless ``insecure``).
+      insecure: allow listening beyond loopback without ``auth`` (anyone who can reach
+        the port can then take and submit jobs).
+      allowed_origins: the ``Origin`` values (``"https://app.example.com"``) with which a
+        browser page may open a WebSocket to the leader; ``"*"``: any. A WebSocket
+        upgrade from a page of any other origin is refused (403), against cross-site
+        pages and DNS rebinding; clients that send no Origin (not browsers) are let in.
+      handshake_timeout: seconds a new connection has for its TLS and WebSocket
+        handshakes and its Hello.
       max_patterns: subject patterns one worker may serve; a Hello with more is refused.
       broker: the delivery settings (ack timeout, attempts, backoff, queue limits, route
         grace): see :class:`BrokerConfig`.
@@ -155,7 +205,11 @@ class LeaderConfig:
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     max_handshakes_per_address: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
-    token: str | None = None
+    token: str | None = attrs.field(default=None, repr=False)
+    auth: AuthConfig | None = None
+    insecure: bool = False
+    allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_patterns: int = MAX_PATTERNS
     broker: BrokerConfig = attrs.field(factory=BrokerConfig)
     data_dir: str | None = attrs.field(default=None, converter=attrs.converters.optional(str))
@@ -255,8 +309,30 @@ class Leader:
         self.max_connections_per_address = config.max_connections_per_address
         self.max_handshakes = config.max_handshakes
         self.max_handshakes_per_address = config.max_handshakes_per_address
-        self.token = config.token
         self.max_patterns = config.max_patterns
+        auth = config.auth
+        if config.token is not None:
+            if auth is not None:
+                raise TypeError("give the leader a token or an auth config, not both")
+            auth = AuthConfig.shared_token(config.token)
+        #: Who may connect, and what each may do (None: anyone, anything).
+        self.authenticator: Authenticator | None = None if auth is None else Authenticator(auth)
+        if auth is None and not config.insecure:
+            for url in self.listen:
+                host = parse_url(url).host
+                if not is_loopback(host):
+                    raise ValueError(
+                        f"refusing to listen on {url} without authentication: anyone who can"
+                        " reach it could take and submit jobs. Configure users ([auth] in"
+                        " cluster.toml, LeaderConfig(auth=...)), listen on 127.0.0.1, or say"
+                        " --insecure (insecure=True) to serve everyone who can reach it"
+                    )
+        origins = {o.rstrip("/").lower() for o in config.allowed_origins}
+        self._any_origin = "*" in origins
+        self._origins = frozenset(origins)
+        self._credentials: dict[Connection, _Credentials] = {}
+        self._auth_log_at = float("-inf")
+        self._auth_unlogged = 0
         #: The journal of accepted jobs (None with ``memory``).
         self.journal: SqliteJournal | None = None
         if not config.memory:
@@ -365,7 +441,7 @@ class Leader:
                     serve,
                     url,
                     self._handle_connection,
-                    ssl_context=self.ssl_context,
+                    ssl_context=self.ssl_context if parse_url(url).secure else None,
                     heartbeat=self.heartbeat,
                     max_connections=self.max_connections,
                     max_outgoing=self.max_outgoing,
@@ -374,6 +450,8 @@ class Leader:
                     max_connections_per_address=self.max_connections_per_address,
                     max_handshakes=self.max_handshakes,
                     max_handshakes_per_address=self.max_handshakes_per_address,
+                    handshake_timeout=self.config.handshake_timeout,
+                    allowed_origins=self.origin_allowed,
                     decode_payloads=False,  # forwarded as they came (protocol._payload)
                 )
             )
@@ -773,41 +851,189 @@ class Leader:
                 )
             )
 
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether a browser page of ``origin`` may open a WebSocket to this leader (see
+        :attr:`LeaderConfig.allowed_origins`)."""
+        return self._any_origin or origin.rstrip("/").lower() in self._origins
+
+    def set_auth(self, auth: AuthConfig | None) -> None:
+        """Change who may connect and what each may do, at once (a rotation of tokens, a
+        user added or removed). Connections whose credentials no longer prove the same
+        identity are closed with ``auth_failed``; the others take the new permissions and
+        limits. None turns authentication off (only if the leader listens on loopback
+        addresses, or is ``insecure``).
+
+        Raises:
+          ValueError: ``None`` for a leader that listens beyond loopback, not insecure.
+        """
+        if auth is None:
+            if not self.config.insecure and not all(
+                is_loopback(parse_url(url).host) for url in self.listen
+            ):
+                raise ValueError("a leader listening beyond loopback keeps its authentication")
+            self.authenticator = None
+        else:
+            self.authenticator = Authenticator(auth)
+        authenticator = self.authenticator
+        if authenticator is None:
+            return  # (connections keep the identities and permissions they had)
+        for credentials in list(self._credentials.values()):
+            old = credentials.principal
+            principal = None
+            if old is not None:
+                principal = authenticator.still_valid(
+                    old, credentials.digest, credentials.certificate
+                )
+            if principal is None:
+                credentials.ended = (
+                    "credentials revoked: the leader's users changed"
+                    if old is not None
+                    else "the leader now requires authentication: connect again with a token"
+                )
+                credentials.scope.cancel()
+                continue
+            old.connections -= 1
+            principal.connections += 1
+            credentials.principal = principal
+            if credentials.link is not None:
+                self._authorize(credentials.link, principal)
+
+    def _authorize(self, link: Link, principal: Principal | None) -> None:
+        """Give ``link`` the identity, admin right and delivery filter of ``principal``."""
+        link.principal = principal
+        if principal is None:
+            link.identity, link.admin = None, True
+            return
+        link.identity = principal.name
+        link.admin = principal.user.admin
+        if isinstance(link, ClientLink):
+            # What a subscription may receive: filtered, unless everything is allowed
+            # (an admin also receives the system's $ subjects, such as dead letters).
+            subscribe = principal.user.subscribe
+            link.receive_filter = None if link.admin else subscribe
+
+    def _log_refusal(self, principal: Principal | None, text: str, *args: Any) -> None:
+        """Log a refused Hello or a denied action, at most once per
+        :data:`DENIAL_LOG_INTERVAL` per identity (per leader for refused Hellos)."""
+        now = trio.current_time()
+        if principal is None:
+            if now - self._auth_log_at < DENIAL_LOG_INTERVAL:
+                self._auth_unlogged += 1
+                return
+            self._auth_log_at, more, self._auth_unlogged = now, self._auth_unlogged, 0
+        else:
+            if now - principal.denied_logged_at < DENIAL_LOG_INTERVAL:
+                principal.denied_unlogged += 1
+                return
+            principal.denied_logged_at, more = now, principal.denied_unlogged
+            principal.denied_unlogged = 0
+        suffix = f" ({more} more since the last such line)" if more else ""
+        log.warning("leader %s: %s%s", self.name, text % args, suffix)
+
     async def _handle_connection(self, conn: Connection) -> None:
         self.connections += 1
+        credentials: _Credentials | None = None
         try:
             batch = await conn.receive_some()
             hello = batch[0]
             assert isinstance(hello, Hello)  # the connection's Session guarantees it
-            if not self._accept(conn, hello):
+            accepted = self._accept(conn, hello)
+            if accepted is None:
                 return
-            if hello.role == "worker":
-                await self._serve_worker(conn, hello, batch[1:])
-            else:
-                await self._serve_client(conn, hello, batch[1:])
+            principal, expires_at = accepted
+            scope = trio.CancelScope()
+            credentials = self._credentials[conn] = _Credentials(
+                principal,
+                None if hello.token is None else token_digest(hello.token),
+                conn.peer_certificate,
+                scope,
+            )
+            if principal is not None:
+                principal.connections += 1
+            if expires_at is not None:
+                scope.deadline = trio.current_time() + max(0.0, expires_at - time.time())
+            with scope:
+                if hello.role == "worker":
+                    await self._serve_worker(conn, hello, batch[1:], credentials)
+                else:
+                    await self._serve_client(conn, hello, batch[1:], credentials)
+            if scope.cancelled_caught:
+                why = (
+                    credentials.ended
+                    or f"the credentials of {credentials.link and credentials.link.identity!r} expired"
+                )
+                conn.close_soon(Error(mid=conn.next_mid(), code=ErrorCode.AUTH_FAILED, message=why))
         except ConnectionClosed:
             pass
         finally:
             self.connections -= 1
             self._doomed.pop(conn, None)
+            if credentials is not None:
+                del self._credentials[conn]
+                if credentials.principal is not None:
+                    credentials.principal.connections -= 1
 
-    def _accept(self, conn: Connection, hello: Hello) -> bool:
-        def refuse(code: str, message: str) -> bool:
-            conn.close_soon(Error(mid=conn.next_mid(), cid=hello.mid, code=code, message=message))
-            return False
+    def _accept(
+        self, conn: Connection, hello: Hello
+    ) -> tuple[Principal | None, float | None] | None:
+        """Welcome ``hello``'s peer and say who it is (and when its proof expires); or
+        refuse it (None)."""
+
+        def refuse(code: str, message: str, **extra: Any) -> None:
+            conn.close_soon(
+                Error(mid=conn.next_mid(), cid=hello.mid, code=code, message=message, **extra)
+            )
 
         try:
             version = negotiate_version(hello.versions)
         except UnsupportedVersion as exc:
             return refuse(exc.code, exc.message)
-        if self.token is not None and hello.token != self.token:
-            return refuse(ErrorCode.AUTH_FAILED, "missing or wrong token")
+        principal: Principal | None = None
+        expires_at: float | None = None
+        authenticator = self.authenticator
+        if authenticator is not None:
+            try:
+                principal, expires_at = authenticator.authenticate(
+                    hello.token, conn.peer_certificate, time.time()
+                )
+            except AuthFailure as exc:
+                self._log_refusal(None, "refused %s: %s", conn.peer, exc)
+                return refuse(ErrorCode.AUTH_FAILED, f"authentication failed: {exc}")
+            if principal.connections >= principal.max_connections:
+                self._log_refusal(
+                    principal,
+                    "refused %s: %r is at its connection limit",
+                    conn.peer,
+                    principal.name,
+                )
+                return refuse(
+                    ErrorCode.BUSY,
+                    f"{principal.name!r} has {principal.connections} connections, its limit",
+                    retry_after=1.0,
+                )
         if hello.role == "worker":
             if len(hello.patterns) > self.max_patterns:
                 return refuse(
                     ErrorCode.BAD_FIELD,
                     f"a worker may serve at most {self.max_patterns} patterns, not {len(hello.patterns)}",
                 )
+            for pattern in hello.patterns:
+                if pattern.startswith("$"):
+                    return refuse(
+                        ErrorCode.NOT_PERMITTED,
+                        f"{pattern} is reserved for the system: no worker may serve it",
+                    )
+                if principal is not None and not principal.user.serve.covers(pattern):
+                    self._log_refusal(
+                        principal,
+                        "%r may not serve %s (from %s)",
+                        principal.name,
+                        pattern,
+                        conn.peer,
+                    )
+                    return refuse(
+                        ErrorCode.NOT_PERMITTED, f"{principal.name!r} may not serve {pattern}"
+                    )
             # (no checkpoint from here to worker_joined: nobody can take a subject between)
             conflict = self.broker.policy_conflict(
                 hello.patterns, hello.policy, hello.mode, hello.group or hello.name or conn.peer
@@ -824,9 +1050,146 @@ class Leader:
                 heartbeat=self.heartbeat,
             )
         )
-        return True
+        return principal, expires_at
 
-    async def _serve_worker(self, conn: Connection, hello: Hello, batch: list[Any]) -> None:
+    def _deny(self, link: Link, msg: Any, action: str, subject: str) -> None:
+        """Answer ``msg`` ``not_permitted``: ``link``'s identity may not ``action``
+        ``subject`` (nothing was done)."""
+        principal = link.principal
+        if subject.startswith("$"):
+            text = f"{subject} is reserved for the system: no client may {action} it"
+        else:
+            text = f"{link.identity!r} may not {action} {subject}"
+        if principal is not None:
+            self._log_refusal(principal, "denied: %s", text)
+        link.refuse(msg, ErrorCode.NOT_PERMITTED, text)
+
+    def _guarded(self, link: Link, handlers: dict[type, Any]) -> dict[type, Any]:
+        """``handlers`` with the checks of ``link``'s identity in front of the ones that
+        need them: subjects its permissions allow, its payload size and submit rate (and,
+        for everyone, that ``$`` subjects are the system's)."""
+        deny = self._deny
+        guarded = dict(handlers)
+        submit = handlers.get(Submit)
+        publish = handlers.get(Publish)
+        subscribe = handlers.get(Subscribe)
+        query = handlers.get(Query)
+
+        if link.principal is None:  # (no authentication: only the reserved subjects)
+            if submit is not None:
+
+                def open_submit(link: Any, msg: Submit, now: float) -> None:
+                    if msg.subject[0] == "$":
+                        deny(link, msg, "submit to", msg.subject)
+                    else:
+                        submit(link, msg, now)
+
+                guarded[Submit] = open_submit
+            if publish is not None:
+
+                def open_publish(link: Any, msg: Publish, now: float) -> None:
+                    if msg.subject[0] == "$":
+                        deny(link, msg, "publish to", msg.subject)
+                    else:
+                        publish(link, msg, now)
+
+                guarded[Publish] = open_publish
+            return guarded
+
+        def too_large(link: Link, msg: Any, what: str) -> bool:
+            limit = link.principal.max_payload
+            if limit is not None and msg.payload is not None:
+                size = payload_size(msg.payload)
+                if size > limit:
+                    link.refuse(
+                        msg,
+                        ErrorCode.TOO_LARGE,
+                        f"{link.identity!r} may {what} payloads of {limit} bytes at most, not {size}",
+                    )
+                    return True
+            return False
+
+        if submit is not None:
+
+            def checked_submit(link: Any, msg: Submit, now: float) -> None:
+                principal = link.principal
+                if not principal.user.submit.allows(msg.subject):
+                    deny(link, msg, "submit to", msg.subject)
+                elif too_large(link, msg, "submit"):
+                    pass
+                else:
+                    wait = principal.take_submit(now)
+                    if wait is not None:
+                        link.refuse(
+                            msg,
+                            ErrorCode.BUSY,
+                            f"{principal.name!r} submits faster than its rate of"
+                            f" {principal.submit_rate:g} per second",
+                            retry_after=wait,
+                        )
+                    else:
+                        submit(link, msg, now)
+
+            guarded[Submit] = checked_submit
+        if publish is not None:
+
+            def checked_publish(link: Any, msg: Publish, now: float) -> None:
+                if not link.principal.user.publish.allows(msg.subject):
+                    deny(link, msg, "publish to", msg.subject)
+                elif not too_large(link, msg, "publish"):
+                    publish(link, msg, now)
+
+            guarded[Publish] = checked_publish
+        if subscribe is not None:
+
+            def checked_subscribe(link: Any, msg: Subscribe, now: float) -> None:
+                pattern = msg.pattern
+                allowed: Permissions = link.principal.user.subscribe
+                if link.admin and pattern.startswith("$"):
+                    pass  # (an admin may watch the system's subjects: dead letters)
+                elif not allowed.may_subscribe(pattern):
+                    deny(link, msg, "subscribe to", pattern)
+                    return
+                elif (
+                    msg.queue is not None
+                    and link.receive_filter is not None
+                    and (allowed.filters(pattern) or pattern[0] in "*>")
+                ):
+                    # (a queue group shares its messages among connections: one that
+                    # must not receive some of them cannot be a member)
+                    link.refuse(
+                        msg,
+                        ErrorCode.NOT_PERMITTED,
+                        f"{link.identity!r} may not join a queue group on {pattern}: some of"
+                        " what it matches is denied to it (subscribe to a narrower pattern)",
+                    )
+                    return
+                subscribe(link, msg, now)
+
+            guarded[Subscribe] = checked_subscribe
+        if query is not None:
+
+            def checked_query(link: Any, msg: Query, now: float) -> None:
+                if msg.what in ADMIN_QUERIES and not link.admin:
+                    link.refuse(
+                        msg,
+                        ErrorCode.NOT_PERMITTED,
+                        f"{link.identity!r} may not {msg.what.replace('_', ' ')}: dead letters are"
+                        " for admins",
+                    )
+                else:
+                    query(link, msg, now)
+
+            guarded[Query] = checked_query
+        return guarded
+
+    async def _serve_worker(
+        self,
+        conn: Connection,
+        hello: Hello,
+        batch: list[Any],
+        credentials: _Credentials | None = None,
+    ) -> None:
         broker = self.broker
         link = WorkerLink(
             hello.name or conn.peer,
@@ -838,6 +1201,9 @@ class Leader:
             mode=hello.mode,
             next_mid=conn.next_mid,
         )
+        if credentials is not None:
+            self._authorize(link, credentials.principal)
+            credentials.link = link
         self._batching = True
         try:
             broker.worker_joined(link, trio.current_time())
@@ -851,6 +1217,7 @@ class Leader:
             Publish: broker.publish,
             Credit: lambda w, m, now: broker.set_window(w, m.credit, now),
         }
+        handlers = self._guarded(link, handlers)
 
         coming_back = True
         try:
@@ -917,9 +1284,18 @@ class Leader:
             on_batch(batch)
         await conn.dispatch_to(on_batch)  # the reader task runs on_batch from now on
 
-    async def _serve_client(self, conn: Connection, hello: Hello, batch: list[Any]) -> None:
+    async def _serve_client(
+        self,
+        conn: Connection,
+        hello: Hello,
+        batch: list[Any],
+        credentials: _Credentials | None = None,
+    ) -> None:
         broker = self.broker
         link = ClientLink(hello.name or conn.peer, **self._sender(conn), next_mid=conn.next_mid)
+        if credentials is not None:
+            self._authorize(link, credentials.principal)
+            credentials.link = link
         handlers = {
             Submit: broker.submit,
             Cancel: broker.cancel,
@@ -928,6 +1304,7 @@ class Leader:
             Unsubscribe: lambda c, m, now: broker.unsubscribe(c, m),
             Query: self._query,
         }
+        handlers = self._guarded(link, handlers)
 
         try:
             await self._dispatch(

@@ -37,6 +37,13 @@ class Link:
     #: builds the message (its payload decoded, as its receiver would see it) and calls
     #: ``send``.
     send_item: Callable[[list[Any]], None] = attrs.field(kw_only=True, default=None)
+    #: The identity it proved (None on a leader without authentication): it owns the jobs
+    #: it submits; only it (or an admin) may resubmit, read or cancel them.
+    identity: str | None = attrs.field(kw_only=True, default=None)
+    #: Whether it may act on other identities' jobs and on dead letters.
+    admin: bool = attrs.field(kw_only=True, default=True)
+    #: Its :class:`~actors.leader._auth.Principal` (permissions, limits), if authenticated.
+    principal: Any = attrs.field(kw_only=True, default=None)
 
     def __attrs_post_init__(self) -> None:
         if self.send_item is None:
@@ -121,6 +128,9 @@ class ClientLink(Link):
     job_bytes: int = 0
     #: when it was last sent the statistics (a Query), to answer it at most so often
     stats_at: float = float("-inf")
+    #: Subjects it may receive (its subscribe permissions) when some of what its patterns
+    #: match is denied to it: deliveries are filtered with it. None: no filter.
+    receive_filter: Any = None
 
 
 @attrs.define(eq=False)

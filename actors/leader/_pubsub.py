@@ -319,6 +319,9 @@ class PubSubRouter:
         groups: dict[str, list[_QueueGroup]] = {}  # by name
         matches: tuple[Any, ...] = self._index.match(subject)
         for entry in matches:
+            allowed = entry.link.receive_filter
+            if allowed is not None and not allowed.allows(subject):
+                continue  # (its permissions deny it this subject: never delivered)
             if entry.sids:
                 found = segments.get(entry.link)
                 if found is None:
@@ -418,6 +421,9 @@ class PubSubRouter:
         if charged is not None:
             left = min(full, charged[0] + max(0.0, now - charged[1]) * full / REPLAY_REFILL)
         subjects = retained.matching(msg.pattern, limit=int(left) + 1)
+        allowed = client.receive_filter
+        if allowed is not None:
+            subjects = [s for s in subjects if allowed.allows(s)]
         if len(subjects) > left:
             client.refuse(
                 msg,

@@ -315,6 +315,8 @@ class RetryScheduler:
             "error_message": error_message,
             "traceback": job.last_traceback,
         }
+        if job.identity is not None:
+            record["identity"] = job.identity
         size = job.size + len(error_type) + len(error_message) + len(job.last_traceback or "")
         self.keep_dead_letter(record, size)
         return record

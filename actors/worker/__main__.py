@@ -22,6 +22,16 @@ worker's lines, among them one per failed job attempt.
 the worker: past either, it drains the same way and exits with
 :data:`~actors.worker._worker.RECYCLE_EXIT_STATUS` (75), which tells its group to start a fresh one
 at once.
+
+The token the leader may ask for comes from ``--token-env NAME`` (an environment variable;
+``$ACTORS_TOKEN`` by default, when set) or ``--token-file PATH`` (its first line), read
+again on each reconnect so that a rotated token is picked up; never from an option's value
+(command lines are visible to every user of the host). ``--tls-ca``, ``--tls-cert`` and
+``--tls-key`` name the PEM files of a ``tls://`` or ``wss://`` connection. A variable that
+is not set, a file that cannot be read, or a wrong TLS file exits 2 naming it. The leader
+refusing the token before the worker first connected is a failure to start (status 78,
+one line); refusing it on a reconnect (a static token revoked) ends the worker with one
+line and status 1.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from .._checks import (
     check_subjects,
     check_url,
 )
+from .._credentials import add_credential_options, credentials_from_args
 from ._loader import load_worker_class
 
 #: Where a worker connects when ``--url`` is not given.
@@ -99,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="recycle past this resident memory after a job (bytes, or 512MiB, 2GB, ...)",
     )
     parser.add_argument("--max-jobs", type=int, metavar="N", help="recycle after handling N jobs")
+    add_credential_options(parser)
     # Set by WorkerGroup: exit (draining) when the cluster that started us goes away.
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     # Set by WorkerGroup: where to say why the worker could not start (see the docstring).
@@ -119,6 +131,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, A
     args = parser.parse_args(argv)
     try:
         check_url(args.url, at="--url")
+        args.credentials = credentials_from_args(args, url=args.url)
         if args.mode not in MODE_CHOICES:
             raise ConfigError(
                 f"--mode: expected one of {', '.join(MODE_CHOICES)}; got {args.mode!r}"
@@ -155,8 +168,12 @@ async def serve(args: argparse.Namespace, worker: Any) -> int:
 
     Returns:
       The exit status: 0 after a drain, :data:`RECYCLE_EXIT_STATUS` after a recycle,
-      :data:`START_FAILED_EXIT_STATUS` when it failed before it first connected.
+      :data:`START_FAILED_EXIT_STATUS` when it failed before it first connected (the
+      leader refusing its token among the reasons), 1 when the leader refused it for good
+      on a reconnect (a static token revoked, say).
     """
+    from runtime import HandshakeError
+
     from ._runner import run_worker
     from ._worker import RECYCLE_EXIT_STATUS, START_FAILED_EXIT_STATUS
 
@@ -166,9 +183,10 @@ async def serve(args: argparse.Namespace, worker: Any) -> int:
     connected = False
     recycled: str | None = None
     start_error: Exception | None = None
+    refused: HandshakeError | None = None  # on a reconnect, for good
 
     async def work(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        nonlocal recycled, start_error
+        nonlocal recycled, start_error, refused
         welcomed = False
 
         def started(value: object = None) -> None:
@@ -188,10 +206,17 @@ async def serve(args: argparse.Namespace, worker: Any) -> int:
                 concurrency=args.concurrency,
                 max_memory=args.max_memory,
                 max_jobs=args.max_jobs,
+                ssl_context=args.credentials.ssl_context,
+                token=args.credentials.token,
                 stop=stop,
                 drain_grace=args.drain_grace,
                 task_status=types.SimpleNamespace(started=started),  # type: ignore[arg-type]
             )
+        except HandshakeError as exc:
+            if not welcomed:
+                start_error = exc
+                raise _NotStarted from None
+            refused = exc  # (said below, in one line: no traceback helps)
         except Exception as exc:
             if welcomed:
                 raise
@@ -243,7 +268,19 @@ async def serve(args: argparse.Namespace, worker: Any) -> int:
     if start_error is not None:
         report_start_failure(start_error, label, args.start_report)
         return START_FAILED_EXIT_STATUS
+    if refused is not None:
+        logger.error(
+            "%s: the leader refused the worker on reconnecting, for good: %s", label, refused
+        )
+        return 1
     return 0 if recycled is None else RECYCLE_EXIT_STATUS
+
+
+def _refusal(error: BaseException) -> bool:
+    """Whether ``error`` is the leader refusing the worker's Hello (a wrong token...)."""
+    from runtime import HandshakeError
+
+    return isinstance(error, HandshakeError)
 
 
 class _NotStarted(Exception):
@@ -260,7 +297,7 @@ def report_start_failure(error: Exception, label: str, path: str | None) -> None
             label,
             type(error).__name__,
             error_text(error),
-            exc_info=error,
+            exc_info=None if _refusal(error) else error,  # (a refusal's traceback is noise)
         )
         return
     report = {

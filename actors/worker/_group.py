@@ -23,6 +23,12 @@ is restarted with backoff like any exit, until it has failed ``max_start_failure
 in a row: then the group gives up (:class:`GroupFailed`), since a worker that cannot start
 will not serve by trying faster.
 
+With a ``token`` (the identity the cluster gives the group when its leader has users), an
+instance process finds it in its environment, :data:`GROUP_TOKEN_ENV`, named by
+``--token-env``: never on its command line, which other users of the machine can read. A
+group connecting to a ``tls://`` or ``wss://`` URL checks the leader's certificate with
+``tls_ca`` (``--tls-ca``).
+
 Stopping an instance drains it: a process gets SIGTERM (its worker finishes the jobs in
 hand, says Bye and exits 0) and SIGKILL if it still runs ``stop_timeout`` seconds later;
 an in-process worker gets its ``stop`` event and is cancelled after ``stop_timeout``.
@@ -36,6 +42,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -81,6 +88,10 @@ MAX_START_REPORT = 64 * 1024
 #: Error types whose traceback a group logs once each, at most; later new ones get the
 #: one line only (the first tracebacks are the ones that explain).
 MAX_TRACEBACK_TYPES = 64
+#: The environment variable that carries a group's token to its instance processes.
+GROUP_TOKEN_ENV = "ACTORS_GROUP_TOKEN"
+#: URL schemes whose connections are TLS (the leader's certificate is checked with ``tls_ca``).
+_TLS_SCHEMES = ("tls", "wss")
 
 logger = logging.getLogger("actors.group")
 
@@ -222,6 +233,10 @@ class WorkerGroup:
         that connected to the leader, or (a process) exited any other way, starts the
         count again.
       python: the interpreter that runs instance processes.
+      token: the token its instances prove their identity with (processes get it in
+        their environment, :data:`GROUP_TOKEN_ENV`, never in their arguments).
+      tls_ca: a CA certificate file to check the leader's certificate with, when ``url``
+        is ``tls://`` or ``wss://`` (None: the system's CAs).
 
     Raises:
       ValueError: a bad name, count, mode, policy, subject pattern, concurrency,
@@ -256,6 +271,8 @@ class WorkerGroup:
         within: float = 60.0,
         max_start_failures: int | None = DEFAULT_MAX_START_FAILURES,
         python: str = sys.executable,
+        token: str | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
             raise ValueError(f"group name {name!r}: use letters, digits, '_' and '-' only")
@@ -294,6 +311,8 @@ class WorkerGroup:
         self.drain_grace = drain_grace
         self.stop_timeout = drain_grace + STOP_MARGIN if stop_timeout is None else stop_timeout
         self.python = python
+        self.token = token
+        self.tls_ca = tls_ca
         self._worker_class: type | None
         if isinstance(worker, str):
             self.worker_spec = worker
@@ -605,7 +624,8 @@ class WorkerGroup:
                                     policy=self.policy, mode=self.mode, subjects=self.subjects,
                                     concurrency=self.concurrency, max_memory=self.max_memory,
                                     max_jobs=self.max_jobs, stop=stop,
-                                    drain_grace=self.drain_grace,
+                                    drain_grace=self.drain_grace, token=self.token,
+                                    ssl_context=self._ssl_context(),
                                     task_status=_Connected(self, inst),  # type: ignore[arg-type]
                                 )  # fmt: skip
                             except Exception as exc:
@@ -664,11 +684,27 @@ class WorkerGroup:
             argv += ["--max-memory", str(self.max_memory)]
         if self.max_jobs is not None:
             argv += ["--max-jobs", str(self.max_jobs)]
+        if self.token is not None:  # (the token itself is in the environment)
+            argv += ["--token-env", GROUP_TOKEN_ENV]
+        if self.tls_ca is not None and self._uses_tls():
+            argv += ["--tls-ca", self.tls_ca]
         report = self._report_path(f"{self.name}-{index}")
         if report is not None:
             argv += ["--start-report", report]
         argv.append(self.worker_spec)
         return argv
+
+    def _uses_tls(self) -> bool:
+        return self.url.partition("://")[0] in _TLS_SCHEMES
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        """In process: the client context that checks the leader's certificate with
+        ``tls_ca`` (None: not TLS, or the runner's default, the system's CAs)."""
+        if self.tls_ca is None or not self._uses_tls():
+            return None
+        from .._tls import client_ssl_context
+
+        return client_ssl_context(ca=self.tls_ca)
 
     def _report_path(self, name: str) -> str | None:
         """Where instance ``name``'s process writes why it failed to start (while running)."""
@@ -677,8 +713,12 @@ class WorkerGroup:
         return os.path.join(self._report_dir, f"{name}.json")
 
     def _environment(self) -> dict[str, str]:
-        """This process's environment, with the directory holding ``actors`` importable."""
+        """This process's environment, with the directory holding ``actors`` importable
+        and the group's token in :data:`GROUP_TOKEN_ENV`."""
         env = dict(os.environ)
+        env.pop(GROUP_TOKEN_ENV, None)  # (not another group's, from an outer cluster)
+        if self.token is not None:
+            env[GROUP_TOKEN_ENV] = self.token
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         paths = [root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

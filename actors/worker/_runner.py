@@ -87,9 +87,9 @@ from runtime import (
     HandshakeError,
     MessageTooLarge,
     SendBufferFull,
-    run_reconnecting,
 )
 
+from .._credentials import TokenSource, reconnecting
 from ._failures import Failure, FailureLog, check_never_retry, error_text, failure_of
 from ._handlers import (
     CoroutineType,
@@ -123,6 +123,8 @@ STEP_JOBS = True
 #: Refusals of the Hello that retrying cannot cure: raised from :meth:`WorkerRunner.run`
 #: (a failure to start, before the first Welcome), not retried. ``conflict``: the worker
 #: asks for another routing policy for a subject than the workers serving it have.
+#: (``auth_failed`` is retried with a token provider, which may give a new token: see
+#: :mod:`actors._credentials`.)
 FATAL_CODES = FATAL_HANDSHAKE_CODES | {ErrorCode.CONFLICT}
 logger = logging.getLogger("actors.worker")
 
@@ -136,7 +138,8 @@ class WorkerRunner:
     ``cancel_grace`` bounds the wait for the cancelled jobs of a lost connection.
     ``step_jobs`` (default :data:`STEP_JOBS`): whether a slot steps a job's coroutine
     itself, to learn whether it waits (see :func:`~actors.worker._handlers.stepped`), or
-    awaits it plainly.
+    awaits it plainly. ``token``: a ``str``, or a token provider called for every
+    connection attempt (as for :meth:`actors.Client.connect`).
     """
 
     def __init__(
@@ -151,7 +154,7 @@ class WorkerRunner:
         subjects: Sequence[str] | None = None,
         concurrency: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
-        token: str | None = None,
+        token: TokenSource = None,
         reconnect_backoff: Backoff | None = None,
         dedup_capacity: int = 10_000,
         dedup_ttl: float = 600.0,
@@ -289,10 +292,13 @@ class WorkerRunner:
                         self._conn = None
 
                 try:
-                    await run_reconnecting(
+                    await reconnecting(
                         self.url,
                         session,
-                        hello_factory=self._hello,
+                        token=self.token,
+                        hello=self._hello,
+                        logger=logger,
+                        who=f"worker {self.name}",
                         backoff=self.backoff,
                         rng=self.rng,
                         ssl_context=self.ssl_context,
@@ -310,7 +316,7 @@ class WorkerRunner:
             with trio.CancelScope(shield=True):
                 await self.worker.teardown()
 
-    def _hello(self) -> Hello:
+    def _hello(self, token: str | None) -> Hello:
         # Whatever runs now was taken on an earlier connection (each Hello starts one).
         self._orphans = set(self.running)
         return Hello(
@@ -321,7 +327,7 @@ class WorkerRunner:
             patterns=self.subjects,
             credit=0 if self._draining else self._free_credit(),
             group=self.group,
-            token=self.token,
+            token=token,
             policy=self.policy,
             mode=self.mode,
             meta={"pid": os.getpid()},
@@ -836,7 +842,7 @@ async def run_worker(
     max_memory: int | str | None = None,
     max_jobs: int | None = None,
     ssl_context: ssl.SSLContext | None = None,
-    token: str | None = None,
+    token: TokenSource = None,
     stop: trio.Event | None = None,
     drain_grace: float = 30.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -848,12 +854,21 @@ async def run_worker(
     or after it recycled itself (past ``max_memory`` or ``max_jobs``, which override the
     class's) and drained (see :meth:`WorkerRunner.run`); runs until cancelled otherwise.
 
+    ``token`` is a ``str``, or a token provider (a callable returning the token, or an
+    awaitable of it) called for every connection attempt, so that a rotated token is used
+    from the next reconnect on; a provider that raises fails that attempt, logged and
+    retried with backoff. ``ssl_context``: see :func:`actors.client_ssl_context`.
+
     Returns:
       Why the worker recycled itself (``"handled 1000 jobs (max_jobs)"``), or None after
       a drain that ``stop`` asked for.
 
     Raises:
       ValueError: bad subjects, concurrency, policy, mode, max_memory or max_jobs.
+      runtime.HandshakeError: the leader refused the Hello for good: ``auth_failed`` for
+        a static token (for a provider: before the first Welcome, when it gives again the
+        token refused), ``not_permitted`` (subjects this identity may not serve),
+        ``conflict``...
     """
     runner = WorkerRunner(
         worker,
