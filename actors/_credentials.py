@@ -128,24 +128,13 @@ class FileToken:
 # --------------------------------------------------------------------------- reconnecting
 
 
-class _TokenNeeded(Exception):
-    """Out of :func:`run_reconnecting` from the Hello factory: the next attempt's token is
-    to be fetched first (the factory cannot wait for a provider)."""
+class _FinalRefusal(Exception):
+    """Out of the Hello factory: the provider gave again the token the leader refused
+    before any connection was made (a wrong token, not a rotation): ends the loop."""
 
-
-@attrs.define
-class _ShiftedBackoff:
-    """A backoff that counts ``earlier`` failures too (those of earlier rounds of
-    :func:`run_reconnecting`, each of which makes one attempt)."""
-
-    inner: BackoffPolicy
-    earlier: int = 0
-
-    def delay(self, attempt: int, rng: Any = None) -> float:
-        return self.inner.delay(attempt + self.earlier, rng)
-
-    def exhausted(self, attempt: int) -> bool:
-        return self.inner.exhausted(attempt + self.earlier)
+    def __init__(self, error: HandshakeError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 async def reconnecting(
@@ -172,8 +161,7 @@ async def reconnecting(
       hello: builds the Hello of an attempt from its token.
       logger, who: where and under what name the retried failures are logged.
       url, session_fn, fatal_codes, on_state, backoff, kwargs: as for
-        :func:`runtime.run_reconnecting` (attempts are counted across the provider's
-        calls, so the backoff grows as it would there).
+        :func:`runtime.run_reconnecting`.
 
     Raises:
       HandshakeError: as :func:`runtime.run_reconnecting`; with a provider, ``auth_failed``
@@ -185,31 +173,34 @@ async def reconnecting(
             url, session_fn, hello_factory=lambda: hello(static), fatal_codes=fatal_codes,
             on_state=on_state, backoff=backoff, **kwargs,
         )  # fmt: skip
-    # A provider: each round of run_reconnecting makes one attempt with a fetched token,
-    # then (after its backoff delay) its Hello factory asks for the next token.
-    shifted = _ShiftedBackoff(backoff)
-    ready: list[str | TokenUnavailable | None] = []  # the next attempt's token, once fetched
+    provider = token
     used: str | None = None  # the token of the last attempt
     refused: tuple[str | None, HandshakeError] | None = None  # it, if the leader refused it
     welcomed = False
 
-    def factory() -> Hello:
+    async def factory() -> Hello:
         nonlocal used
-        if not ready:
-            raise _TokenNeeded
-        value = ready.pop()
-        if isinstance(value, TokenUnavailable):
-            raise value
+        try:
+            value = await fetch_token(provider)
+        except TokenUnavailable as exc:
+            logger.warning("%s: %s; trying again after the reconnect delay", who, exc)
+            raise
+        if refused is not None:
+            token_refused, error = refused
+            if not welcomed and value == token_refused:
+                raise _FinalRefusal(error)  # a wrong token: as final as a static one
+            logger.warning(
+                "%s: %s refused the token (%s); %s", who, url, error.message,
+                "trying the provider's new one" if value != token_refused
+                else "the provider gives the same one: trying it again (a rotation under way?)",
+            )  # fmt: skip
         used = value
         return hello(value)
 
     def state(event: ReconnectEvent) -> None:
         nonlocal refused, welcomed
-        if event.state == "connecting" and not ready:
-            return  # (no attempt: the factory asks for a token first)
         if event.state == "connected":
             welcomed = True
-            shifted.earlier = 0
             refused = None
         elif event.state == "disconnected":
             error = event.error
@@ -217,33 +208,16 @@ async def reconnecting(
             if isinstance(error, HandshakeError) and error.code == ErrorCode.AUTH_FAILED:
                 refused = (used, error)
         if on_state is not None:
-            on_state(attrs.evolve(event, attempt=event.attempt + shifted.earlier))
+            on_state(event)
 
-    fatal = frozenset(fatal_codes) - {ErrorCode.AUTH_FAILED}
-    while True:
-        try:
-            value = await fetch_token(token)
-        except TokenUnavailable as exc:
-            logger.warning("%s: %s; trying again after the reconnect delay", who, exc)
-            ready.append(exc)
-        else:
-            if refused is not None:
-                token_refused, error = refused
-                if not welcomed and value == token_refused:
-                    raise error  # a wrong token, not a rotation: as final as a static one
-                logger.warning(
-                    "%s: %s refused the token (%s); %s", who, url, error.message,
-                    "trying the provider's new one" if value != token_refused
-                    else "the provider gives the same one: trying it again (a rotation under way?)",
-                )  # fmt: skip
-            ready.append(value)
-        try:
-            return await run_reconnecting(
-                url, session_fn, hello_factory=factory, fatal_codes=fatal, on_state=state,
-                backoff=shifted, **kwargs,
-            )  # fmt: skip
-        except _TokenNeeded:
-            shifted.earlier += 1
+    try:
+        return await run_reconnecting(
+            url, session_fn, hello_factory=factory,
+            fatal_codes=frozenset(fatal_codes) - {ErrorCode.AUTH_FAILED}, on_state=state,
+            backoff=backoff, **kwargs,
+        )  # fmt: skip
+    except _FinalRefusal as exc:
+        raise exc.error from None
 
 
 # --------------------------------------------------------------------------- command lines

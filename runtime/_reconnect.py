@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Collection
@@ -80,7 +81,7 @@ async def run_reconnecting(
     url: str,
     session_fn: Callable[[Connection], Awaitable[T]],
     *,
-    hello_factory: Callable[[], protocol.Hello],
+    hello_factory: Callable[[], protocol.Hello | Awaitable[protocol.Hello]],
     backoff: BackoffPolicy = DEFAULT_RECONNECT_BACKOFF,
     rng: random.Random | None = None,
     ssl_context: ssl.SSLContext | None = None,
@@ -108,7 +109,9 @@ async def run_reconnecting(
       session_fn: the work to do over each connection. Its normal return ends the loop.
         Let :class:`ConnectionClosed` out of it to reconnect (note that ``async for msg
         in conn`` ends quietly when the server says Bye; ``conn.receive()`` raises).
-      hello_factory: builds the Hello of each attempt (``mid=0``).
+      hello_factory: builds the Hello of each attempt (``mid=0``); may be async (to fetch
+        a fresh credential). What it raises fails the attempt: retried if retryable (an
+        ``OSError``, say), else raised.
       backoff: the delay policy (default :data:`DEFAULT_RECONNECT_BACKOFF`); when
         ``backoff.exhausted(n)`` the last error is raised.
       rng: the source of jitter (a seeded ``random.Random`` in tests).
@@ -134,9 +137,12 @@ async def run_reconnecting(
         report("connecting", failures + 1)
         connected = False
         try:
+            hello = hello_factory()
+            if inspect.isawaitable(hello):
+                hello = await hello
             async with open_connection(
                 url,
-                hello=hello_factory(),
+                hello=hello,
                 ssl_context=ssl_context,
                 heartbeat=heartbeat,
                 max_frame_size=max_frame_size,
