@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 import attrs
+import trio
 
 from protocol import ErrorCode, Hello
 from runtime import (
@@ -178,10 +179,17 @@ async def reconnecting(
     refused: tuple[str | None, HandshakeError] | None = None  # it, if the leader refused it
     welcomed = False
 
+    patience = float(kwargs.get("connect_timeout", 10))
+
     async def factory() -> Hello:
         nonlocal used
         try:
-            value = await fetch_token(provider)
+            with trio.move_on_after(patience) as waited:
+                value = await fetch_token(provider)
+            if waited.cancelled_caught:
+                raise TokenUnavailable(
+                    f"the token provider {provider!r} gave no token within {patience:g} s"
+                )
         except TokenUnavailable as exc:
             logger.warning("%s: %s; trying again after the reconnect delay", who, exc)
             raise

@@ -620,3 +620,119 @@ async def test_ownership_survives_a_restart_of_a_journalled_leader(tmp_path):
 
 
 _ = functools
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+async def test_dead_letters_never_reach_workers_through_wildcards():
+    from protocol import Assign, Nack
+
+    auth = AuthConfig(
+        users=(
+            User(name="web", tokens=("a" * 20,), submit=["img.>"]),
+            User(name="wild", tokens=("b" * 20,), serve=["*.img.a", ">"]),
+            User(name="img", tokens=("c" * 20,), serve=["img.a"]),
+        )
+    )
+    async with leader_with(auth, max_attempts=1) as (_leader, url):
+        async with (
+            raw(url, "b" * 20, role="worker", patterns=("*.img.a", "zzz.>"), credit=1) as wild,
+            raw(url, "c" * 20, role="worker", patterns=("img.a",), credit=1) as img,
+            raw(url, "a" * 20) as web,
+        ):
+            s = Submit(mid=web.next_mid(), job_id="p", subject="img.a", payload={"pw": 1}, qos=1)
+            await web.send(s)
+            with trio.fail_after(5):
+                while not [m for m in await img.receive_some() if isinstance(m, Assign)]:
+                    pass
+            await img.send(Nack(mid=img.next_mid(), job_id="p", reason="no"))
+            answer = await answer_to(web, s.mid)
+            assert isinstance(answer, Result) and not answer.ok
+            got = await nothing_more(wild, 0.5)
+            assert not [m for m in got if isinstance(m, Deliver)]
+
+
+async def test_rotation_takes_back_serve_rights_from_a_connected_worker():
+    async with leader_with(users()) as (leader, url):
+        async with raw(url, RESIZER, role="worker", patterns=("img.>",), credit=1) as worker:
+            assert leader.stats()["workers"] == 1
+            leader.set_auth(attrs_evolve(users(), "resizer", serve=["img.small.>"]))
+            got = await nothing_more(worker, 1.0)
+            errors = [m for m in got if isinstance(m, Error)]
+            assert errors and errors[0].code == ErrorCode.NOT_PERMITTED
+            assert "may no longer serve img.>" in errors[0].message
+        await wait_until(lambda: leader.stats()["workers"] == 0, timeout=5)
+
+
+async def test_rotation_filters_what_live_subscriptions_receive_at_once():
+    async with leader_with(users()) as (leader, url):
+        async with raw(url, WEB) as web, raw(url, OPS) as ops:
+            await web.send(Subscribe(mid=web.next_mid(), sid=1, pattern="events.>"))
+            await trio.sleep(0.05)
+            await ops.send(Publish(mid=ops.next_mid(), subject="events.x", payload=1))
+            assert [m.subject for m in await nothing_more(web) if isinstance(m, Deliver)] == [
+                "events.x"
+            ]
+            leader.set_auth(
+                attrs_evolve(users(), "web", subscribe=["events.>", "!events.audit.>", "!events.x"])
+            )
+            await ops.send(Publish(mid=ops.next_mid(), subject="events.x", payload=2))
+            await ops.send(Publish(mid=ops.next_mid(), subject="events.y", payload=3))
+            got = [m.subject for m in await nothing_more(web) if isinstance(m, Deliver)]
+            assert got == ["events.y"]
+
+
+async def test_an_admins_denied_subjects_are_filtered_too():
+    auth = AuthConfig(
+        users=(
+            User(
+                name="boss",
+                tokens=("a" * 20,),
+                subscribe=["events.>", "!events.audit.>"],
+                publish=[">"],
+                admin=True,
+            ),
+        )
+    )
+    async with leader_with(auth) as (_leader, url):
+        async with raw(url, "a" * 20) as boss:
+            await boss.send(Subscribe(mid=boss.next_mid(), sid=1, pattern="events.>"))
+            await trio.sleep(0.05)
+            for subject in ("events.audit.a", "events.b"):
+                await boss.send(Publish(mid=boss.next_mid(), subject=subject, payload=1))
+            got = [m.subject for m in await nothing_more(boss) if isinstance(m, Deliver)]
+            assert got == ["events.b"]
+
+
+async def test_rotation_that_sets_an_expiry_closes_the_connection_then():
+    async with leader_with(users()) as (leader, url):
+        async with raw(url, WEB) as web:
+            soon = Token(secret=WEB, expires_at=time.time() + 0.4)
+            leader.set_auth(attrs_evolve(users(), "web", tokens=(soon,)))
+            got = await nothing_more(web, 3.0)
+            errors = [m for m in got if isinstance(m, Error)]
+            assert errors and errors[0].code == ErrorCode.AUTH_FAILED
+            assert "'web' expired" in errors[0].message
+
+
+def attrs_evolve(auth: AuthConfig, name: str, **changes: Any) -> AuthConfig:
+    import attrs
+
+    return attrs.evolve(
+        auth,
+        users=tuple(attrs.evolve(u, **changes) if u.name == name else u for u in auth.users),
+    )
+
+
+async def test_a_token_provider_that_hangs_cannot_hang_the_connect():
+    async def hangs() -> str:
+        await trio.sleep_forever()
+        return ""
+
+    from actors import ConnectTimeout
+
+    async with leader_with(users()) as (_leader, url):
+        with trio.fail_after(10), pytest.raises(ConnectTimeout):
+            async with Client.connect(url, token=hangs, connect_timeout=0.3):
+                pass

@@ -399,6 +399,7 @@ async def _run_cluster(
                     drain_grace=drain_grace,
                     **_start_failures(group.max_start_failures),
                     **_credentials(identities.get(group.name), config.leader.group_ca),
+                    hide_secrets=_secrets(auth),
                 )
                 for group in config.groups
             ]
@@ -448,6 +449,13 @@ async def _run_cluster(
         say(line)
     say("cluster stopped")
     return status
+
+
+def _secrets(auth: AuthConfig | None) -> frozenset[bytes]:
+    """The digests of the users' tokens, which no worker process may see."""
+    if auth is None:
+        return frozenset()
+    return frozenset(token.digest for user in auth.users for token in user.tokens)
 
 
 def group_identities(config: ClusterConfig) -> dict[str, User]:

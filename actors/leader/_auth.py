@@ -406,14 +406,14 @@ class Authenticator:
         principal: Principal,
         digest: bytes | None,
         certificate: Mapping[str, Any] | None,
-    ) -> Principal | None:
+    ) -> tuple[Principal, float | None] | None:
         """After a rotation: the principal the same credentials (the token's ``digest``)
-        prove now, if any."""
+        prove now, and when that proof expires; None if they prove no longer the same."""
         try:
-            found, _ = self.authenticate_digest(digest, certificate, time.time())
+            found, expires_at = self.authenticate_digest(digest, certificate, time.time())
         except AuthFailure:
             return None
-        return found if found.name == principal.name else None
+        return (found, expires_at) if found.name == principal.name else None
 
 
 def _not_after(certificate: Mapping[str, Any]) -> float | None:

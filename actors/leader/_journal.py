@@ -250,10 +250,17 @@ def read_dead_letters(
             db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, timeout=5.0)
         try:
             total = int(db.execute(_DEAD_COUNT).fetchone()[0])
+            newest, by_id = _DEAD_NEWEST, _DEAD_BY_ID
+            if db.execute("PRAGMA user_version").fetchone()[0] == 1:
+                # (written before jobs had owners, and not migrated: read-only here)
+                newest, by_id = (
+                    sql.replace(", identity FROM", ", NULL AS identity FROM")
+                    for sql in (newest, by_id)
+                )
             if job_id is None:
-                rows = db.execute(_DEAD_NEWEST, (limit,)).fetchall()
+                rows = db.execute(newest, (limit,)).fetchall()
                 return [SqliteJournal._dead_record(row, whole=False) for row in rows], total
-            rows = db.execute(_DEAD_BY_ID, (job_id,)).fetchall()
+            rows = db.execute(by_id, (job_id,)).fetchall()
         finally:
             db.close()
         letters = [SqliteJournal._dead_record(row, whole=True) for row in rows]

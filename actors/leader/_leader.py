@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
+import math
 import random
 import ssl
 import sys
@@ -128,8 +129,24 @@ class _Credentials:
     certificate: dict[str, Any] | None
     scope: trio.CancelScope
     link: Link | None = None
-    #: why the leader ended it (the message of its auth_failed)
-    ended: str = ""
+    #: why the leader ended it: the code and message of the Error it is closed with
+    ended: tuple[str, str] | None = None
+
+    def end(self, code: str, message: str) -> None:
+        """Close the connection with Error ``code`` (from its handler's task)."""
+        self.ended = (code, message)
+        self.scope.cancel()
+
+
+@attrs.frozen
+class _AdminFilter:
+    """What an admin's subscriptions may receive: the system's subjects, and what its
+    subscribe permissions allow."""
+
+    allowed: Permissions
+
+    def allows(self, subject: str) -> bool:
+        return subject[0] == "$" or self.allowed.allows(subject)
 
 
 @attrs.frozen(kw_only=True)
@@ -676,7 +693,10 @@ class Leader:
 
     def _dead_letter_query(self, client: ClientLink, msg: Query, now: float) -> None:
         """Answer a Query about dead letters: from memory, or from the journal (in a task,
-        at most :data:`MAX_ADMIN_QUERIES` at once: ``busy`` beyond)."""
+        at most :data:`MAX_ADMIN_QUERIES` at once: ``busy`` beyond). For admins only."""
+        if not client.admin:  # (checked before too: this one fails closed for new kinds)
+            client.refuse(msg, ErrorCode.NOT_PERMITTED, f"{msg.what}: for admins only")
+            return
         if msg.what == "dead_letter" and msg.job_id is None:
             client.refuse(msg, ErrorCode.BAD_FIELD, "a dead_letter query names its job_id")
             return
@@ -879,24 +899,55 @@ class Leader:
             return  # (connections keep the identities and permissions they had)
         for credentials in list(self._credentials.values()):
             old = credentials.principal
-            principal = None
+            proof = None
             if old is not None:
-                principal = authenticator.still_valid(
-                    old, credentials.digest, credentials.certificate
-                )
-            if principal is None:
-                credentials.ended = (
+                proof = authenticator.still_valid(old, credentials.digest, credentials.certificate)
+            if old is None or proof is None:
+                credentials.end(
+                    ErrorCode.AUTH_FAILED,
                     "credentials revoked: the leader's users changed"
                     if old is not None
-                    else "the leader now requires authentication: connect again with a token"
+                    else "the leader now requires authentication: connect again with credentials",
                 )
-                credentials.scope.cancel()
                 continue
+            principal, expires_at = proof
             old.connections -= 1
             principal.connections += 1
             credentials.principal = principal
-            if credentials.link is not None:
-                self._authorize(credentials.link, principal)
+            credentials.scope.deadline = (
+                math.inf
+                if expires_at is None
+                else trio.current_time() + max(0.0, expires_at - time.time())
+            )
+            link = credentials.link
+            if link is None:
+                continue
+            self._authorize(link, principal)
+            # What it holds already must still be allowed: else it goes, and finds out
+            # what it may do now when it connects again.
+            problem = None
+            if isinstance(link, WorkerLink):
+                problem = next(
+                    (
+                        f"{principal.name!r} may no longer serve {p}"
+                        for p in link.patterns
+                        if not principal.user.serve.covers(p)
+                    ),
+                    None,
+                )
+            elif isinstance(link, ClientLink):
+                problem = next(
+                    (
+                        text
+                        for sub in link.subscriptions.values()
+                        if (text := self._subscription_problem(link, sub.pattern, sub.queue))
+                    ),
+                    None,
+                )
+            if problem is not None:
+                credentials.end(ErrorCode.NOT_PERMITTED, f"permissions changed: {problem}")
+        # (routes worked out with the old delivery filters)
+        self.broker.pubsub.forget_routes()
 
     def _authorize(self, link: Link, principal: Principal | None) -> None:
         """Give ``link`` the identity, admin right and delivery filter of ``principal``."""
@@ -907,10 +958,13 @@ class Leader:
         link.identity = principal.name
         link.admin = principal.user.admin
         if isinstance(link, ClientLink):
-            # What a subscription may receive: filtered, unless everything is allowed
-            # (an admin also receives the system's $ subjects, such as dead letters).
+            # What a subscription may receive, filtered by its subscribe permissions (an
+            # admin also receives the system's $ subjects, such as dead letters).
             subscribe = principal.user.subscribe
-            link.receive_filter = None if link.admin else subscribe
+            if not link.admin:
+                link.receive_filter = subscribe
+            else:
+                link.receive_filter = None if subscribe.everything else _AdminFilter(subscribe)
 
     def _log_refusal(self, principal: Principal | None, text: str, *args: Any) -> None:
         """Log a refused Hello or a denied action, at most once per
@@ -958,11 +1012,11 @@ class Leader:
                 else:
                     await self._serve_client(conn, hello, batch[1:], credentials)
             if scope.cancelled_caught:
-                why = (
-                    credentials.ended
-                    or f"the credentials of {credentials.link and credentials.link.identity!r} expired"
+                code, why = credentials.ended or (
+                    ErrorCode.AUTH_FAILED,
+                    f"the credentials of {principal.name if principal else None!r} expired",
                 )
-                conn.close_soon(Error(mid=conn.next_mid(), code=ErrorCode.AUTH_FAILED, message=why))
+                conn.close_soon(Error(mid=conn.next_mid(), code=code, message=why))
         except ConnectionClosed:
             pass
         finally:
@@ -1051,6 +1105,32 @@ class Leader:
             )
         )
         return principal, expires_at
+
+    def _subscription_problem(
+        self, link: ClientLink, pattern: str, queue: str | None
+    ) -> str | None:
+        """Why ``link``'s identity may not subscribe to ``pattern`` (in ``queue``), or None.
+        (``"!"``: its permissions do not allow the pattern.)"""
+        principal = link.principal
+        if principal is None:
+            return None
+        allowed: Permissions = principal.user.subscribe
+        if link.admin and pattern[0] == "$":
+            return None  # (an admin may watch the system's subjects: dead letters)
+        if not allowed.may_subscribe(pattern):
+            return "!"
+        if (
+            queue is not None
+            and link.receive_filter is not None
+            and (allowed.filters(pattern) or (not link.admin and pattern[0] in "*>"))
+        ):
+            # (a queue group shares its messages among connections: one that must not
+            # receive some of them cannot be a member)
+            return (
+                f"{link.identity!r} may not join a queue group on {pattern}: some of what it"
+                " matches is denied to it (subscribe to a narrower pattern)"
+            )
+        return None
 
     def _deny(self, link: Link, msg: Any, action: str, subject: str) -> None:
         """Answer ``msg`` ``not_permitted``: ``link``'s identity may not ``action``
@@ -1143,28 +1223,14 @@ class Leader:
         if subscribe is not None:
 
             def checked_subscribe(link: Any, msg: Subscribe, now: float) -> None:
-                pattern = msg.pattern
-                allowed: Permissions = link.principal.user.subscribe
-                if link.admin and pattern.startswith("$"):
-                    pass  # (an admin may watch the system's subjects: dead letters)
-                elif not allowed.may_subscribe(pattern):
-                    deny(link, msg, "subscribe to", pattern)
-                    return
-                elif (
-                    msg.queue is not None
-                    and link.receive_filter is not None
-                    and (allowed.filters(pattern) or pattern[0] in "*>")
-                ):
-                    # (a queue group shares its messages among connections: one that
-                    # must not receive some of them cannot be a member)
-                    link.refuse(
-                        msg,
-                        ErrorCode.NOT_PERMITTED,
-                        f"{link.identity!r} may not join a queue group on {pattern}: some of"
-                        " what it matches is denied to it (subscribe to a narrower pattern)",
-                    )
-                    return
-                subscribe(link, msg, now)
+                problem = self._subscription_problem(link, msg.pattern, msg.queue)
+                if problem is None:
+                    subscribe(link, msg, now)
+                elif problem.startswith("!"):
+                    deny(link, msg, "subscribe to", msg.pattern)
+                else:
+                    self._log_refusal(link.principal, "denied: %s", problem)
+                    link.refuse(msg, ErrorCode.NOT_PERMITTED, problem)
 
             guarded[Subscribe] = checked_subscribe
         if query is not None:

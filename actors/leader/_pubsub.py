@@ -305,7 +305,8 @@ class PubSubRouter:
         else:
             for target in route.targets:
                 delivery.to_all(target.link, target.parts, target.segments)
-        self._route_to_workers(subject, delivery)
+        if subject[0] != "$":  # (the system's subjects, dead letters, go to clients only)
+            self._route_to_workers(subject, delivery)
 
     def _route_of(self, subject: str) -> _Route:
         """What a Publish to ``subject`` does: each connection's matching plain
@@ -349,6 +350,10 @@ class PubSubRouter:
             routes[subject] = route
             self._routes_size += size
         return route
+
+    def forget_routes(self) -> None:
+        """Work every route out again (the delivery filters of connections changed)."""
+        self._forget_routes()
 
     def _forget_routes(self) -> None:
         if self._routes:
@@ -420,10 +425,11 @@ class PubSubRouter:
         charged = self._replays.get(client)
         if charged is not None:
             left = min(full, charged[0] + max(0.0, now - charged[1]) * full / REPLAY_REFILL)
-        subjects = retained.matching(msg.pattern, limit=int(left) + 1)
         allowed = client.receive_filter
-        if allowed is not None:
-            subjects = [s for s in subjects if allowed.allows(s)]
+        if allowed is None:
+            subjects = retained.matching(msg.pattern, limit=int(left) + 1)
+        else:  # (what it may not receive neither counts nor hides what it may)
+            subjects = [s for s in retained.matching(msg.pattern, limit=full) if allowed.allows(s)]
         if len(subjects) > left:
             client.refuse(
                 msg,

@@ -37,6 +37,7 @@ an in-process worker gets its ``stop`` event and is cancelled after ``stop_timeo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from typing import Any
 
@@ -235,6 +236,9 @@ class WorkerGroup:
       python: the interpreter that runs instance processes.
       token: the token its instances prove their identity with (processes get it in
         their environment, :data:`GROUP_TOKEN_ENV`, never in their arguments).
+      hide_secrets: SHA-256 digests of tokens (the leader's users'): a variable of this
+        process's environment holding one is not passed to instance processes, so that a
+        worker cannot take an identity other than its group's (``token_env`` of an admin).
       tls_ca: a CA certificate file to check the leader's certificate with, when ``url``
         is ``tls://`` or ``wss://`` (None: the system's CAs).
 
@@ -273,6 +277,7 @@ class WorkerGroup:
         python: str = sys.executable,
         token: str | None = None,
         tls_ca: str | None = None,
+        hide_secrets: Collection[bytes] = (),
     ) -> None:
         if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
             raise ValueError(f"group name {name!r}: use letters, digits, '_' and '-' only")
@@ -313,6 +318,7 @@ class WorkerGroup:
         self.python = python
         self.token = token
         self.tls_ca = tls_ca
+        self.hide_secrets = frozenset(hide_secrets)
         self._worker_class: type | None
         if isinstance(worker, str):
             self.worker_spec = worker
@@ -717,6 +723,14 @@ class WorkerGroup:
         and the group's token in :data:`GROUP_TOKEN_ENV`."""
         env = dict(os.environ)
         env.pop(GROUP_TOKEN_ENV, None)  # (not another group's, from an outer cluster)
+        if self.hide_secrets:  # (the users' tokens, from token_env: not the workers')
+            hidden = self.hide_secrets
+            env = {
+                name: value
+                for name, value in env.items()
+                if hashlib.sha256(value.strip().encode("utf-8", "surrogateescape")).digest()
+                not in hidden
+            }
         if self.token is not None:
             env[GROUP_TOKEN_ENV] = self.token
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
