@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from protocol import ErrorCode, Hello
+from protocol import MAX_VALUE_LENGTH, ErrorCode, Hello
 from runtime import (
     DEFAULT_RECONNECT_BACKOFF,
     Connection,
@@ -84,6 +84,11 @@ async def fetch_token(token: TokenSource) -> str | None:
         what = "an empty str" if value == "" else f"a {type(value).__name__}"  # (never its value)
         raise TokenUnavailable(
             f"the token provider {token!r} gave {what}, not a token (a non-empty str)"
+        )
+    if len(value) > MAX_VALUE_LENGTH:
+        raise TokenUnavailable(
+            f"the token provider {token!r} gave {len(value)} characters: a token is at most"
+            f" {MAX_VALUE_LENGTH} (the protocol's limit)"
         )
     return value
 

@@ -77,7 +77,7 @@ CERT = {
 def test_certificate_subjects_and_sans():
     names = certificate_names(CERT)
     assert parse_dn("O=Acme, CN=resizer") in names
-    assert parse_dn("CN=resizer") not in names  # (the whole subject, not a part of it)
+    assert parse_dn("CN=resizer") <= parse_dn("CN=resizer,O=Acme")
     assert parse_dn("DNS:resizer.internal") in names
     assert parse_dn("URI:spiffe://acme/resizer") in names
     auth = Authenticator(
@@ -92,6 +92,19 @@ def test_certificate_subjects_and_sans():
     assert principal.name == "r" and expires is not None and expires > time.time()
     with pytest.raises(AuthFailure, match="names no user"):
         auth.authenticate(None, {"subject": ((("commonName", "mallory"),),)}, time.time())
+    # Every attribute given must be in the subject; a part of it is enough.
+    part = Authenticator(AuthConfig(users=(User(name="p", cert_subject="CN=resizer"),)))
+    assert part.authenticate(None, CERT, time.time())[0].name == "p"
+    other_o = Authenticator(AuthConfig(users=(User(name="p", cert_subject="CN=resizer,O=Evil"),)))
+    with pytest.raises(AuthFailure, match="names no user"):
+        other_o.authenticate(None, CERT, time.time())
+    both = Authenticator(
+        AuthConfig(
+            users=(User(name="a", cert_subject="CN=resizer"), User(name="b", cert_subject="O=Acme"))
+        )
+    )
+    with pytest.raises(AuthFailure, match="several users"):
+        both.authenticate(None, CERT, time.time())
     # A token, when given, decides: a wrong one fails even with a good certificate.
     with pytest.raises(AuthFailure, match="wrong token"):
         auth.authenticate("x" * 20, CERT, time.time())

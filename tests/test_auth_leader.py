@@ -594,6 +594,8 @@ async def test_a_websocket_from_a_foreign_origin_is_refused_by_the_leader():
         async with Client.connect(url) as client:  # (no Origin: not a browser)
             await client.stats()
         assert not leader.origin_allowed("null")
+        assert leader.origin_allowed("http://app.example:80")
+        assert not leader.origin_allowed("http://app.example:8080")
 
 
 # --------------------------------------------------------------------------- restart

@@ -213,3 +213,23 @@ async def test_a_worker_with_bad_credential_options_exits_2(args: list[str], fra
     status, _, err = await run(*args, "tests.workers:Echo", module="actors.worker", limit=10)
     assert status == 2
     assert fragment in error_line(err, prog="python -m actors.worker")
+
+
+async def test_a_worker_that_does_not_trust_the_leaders_certificate_fails_to_start(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    import ssl
+
+    ca, other = trustme.CA(), trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    leader = Leader(listen=["tls://127.0.0.1:0"], ssl_context=server, memory=True, token=TOKEN)
+    [url] = await nursery.start(leader.run)
+    wrong_ca = tmp_path / "other.pem"
+    other.cert_pem.write_to_path(str(wrong_ca))
+    status, _, err = await run(
+        "--url", url, "--tls-ca", str(wrong_ca), "--subjects", "solo.echo", "tests.workers:Echo",
+        module="actors.worker", env=environment(ACTORS_TOKEN=TOKEN), limit=15,
+    )  # fmt: skip
+    assert status == START_FAILED_EXIT_STATUS
+    assert "certificate verify failed" in err

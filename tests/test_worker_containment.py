@@ -385,8 +385,8 @@ async def _through_proxy(
     credits = _HelloCredits()
     hello = runner._hello
 
-    def noting_credit() -> Any:
-        message = hello()
+    def noting_credit(token: str | None) -> Any:
+        message = hello(token)
         credits.append(message.credit)
         return message
 

@@ -650,7 +650,12 @@ def _read_token_file(value: Any, *, at: str) -> str:
             f"{at}: {path!r} is not text; a token file holds the token on one line"
         ) from None
     secret = text.strip()
-    if len(text) > MAX_TOKEN_FILE or "\n" in secret:
+    if len(secret) > MAX_TOKEN_FILE:
+        raise ConfigError(
+            f"{at}: {path!r} holds more than {MAX_TOKEN_FILE} characters: a token is at most"
+            f" {MAX_TOKEN_FILE} (the protocol's limit)"
+        )
+    if "\n" in secret:
         raise ConfigError(
             f"{at}: {path!r} is not a token file: it should hold the token on one line"
         )

@@ -179,9 +179,10 @@ class User:
         jobs it submits).
       tokens: secrets that prove it (several during a rotation); a string is a
         :class:`Token` that never expires.
-      cert_subject: a TLS client certificate proves it when its subject is this
-        distinguished name (``"CN=resizer,O=Acme"``, attributes in any order, all of them)
-        or one of its subject alternative names is this (``"DNS:resizer.internal"``,
+      cert_subject: a TLS client certificate proves it when its subject has every
+        attribute of this distinguished name (``"CN=resizer"`` matches ``CN=resizer,
+        O=Acme,OU=ops``; ``"CN=resizer,O=Acme"`` needs both) or one of its subject
+        alternative names is this (``"DNS:resizer.internal"``,
         ``"email:ops@example.com"``, ``"URI:spiffe://example/resizer"``, ``"IP:10.0.0.5"``).
       submit: subject patterns it may submit jobs to (a leading ``!`` denies).
       publish: subject patterns it may publish messages to.
@@ -390,13 +391,27 @@ class Authenticator:
                 raise AuthFailure("wrong token")
             known, principal = found
             if known.expires_at is not None and known.expires_at <= now_wall:
-                raise AuthFailure(f"token of {principal.name!r} expired")
+                raise AuthFailure("the token has expired")
             return principal, known.expires_at
         if certificate:
             names = certificate_names(certificate)
-            for cert_names, principal in self._certs:
-                if cert_names in names:
-                    return principal, _not_after(certificate)
+            subject = next((n for n in names if isinstance(n, frozenset)), frozenset())
+            found_by_cert = [
+                principal
+                for cert_names, principal in self._certs
+                if (
+                    cert_names <= subject
+                    if isinstance(cert_names, frozenset)
+                    else cert_names in names
+                )
+            ]
+            if len(found_by_cert) == 1:
+                return found_by_cert[0], _not_after(certificate)
+            if found_by_cert:
+                raise AuthFailure(
+                    "the client certificate matches the cert_subject of several users: "
+                    + ", ".join(repr(p.name) for p in found_by_cert)
+                )
             subject = ",".join(f"{k}={v}" for k, v in sorted(next(iter(names), frozenset()) or ()))
             raise AuthFailure(f"the client certificate ({subject or 'no subject'}) names no user")
         raise AuthFailure("this leader needs a token or a client certificate")

@@ -105,9 +105,22 @@ DEFAULT_LISTEN = "tcp://127.0.0.1:7700"
 #: identity); those in between are counted in the next line.
 DENIAL_LOG_INTERVAL = 1.0
 #: The Query kinds that act on dead letters: for admins only.
-ADMIN_QUERIES = frozenset(
-    ("dead_letters", "dead_letter", "retry_dead_letter", "purge_dead_letters")
-)
+ADMIN_QUERIES = {
+    "dead_letters": "list dead letters",
+    "dead_letter": "read a dead letter",
+    "retry_dead_letter": "retry dead letters",
+    "purge_dead_letters": "purge dead letters",
+}
+
+
+def origin_key(origin: str) -> str:
+    """An ``Origin`` as it is compared: lower case, no trailing slash, no default port
+    (``https://App.example:443/`` is ``https://app.example``)."""
+    key = origin.strip().rstrip("/").lower()
+    for scheme, port in (("https://", ":443"), ("http://", ":80")):
+        if key.startswith(scheme) and key.endswith(port):
+            return key[: -len(port)]
+    return key
 
 
 def is_loopback(host: str) -> bool:
@@ -344,7 +357,7 @@ class Leader:
                         " cluster.toml, LeaderConfig(auth=...)), listen on 127.0.0.1, or say"
                         " --insecure (insecure=True) to serve everyone who can reach it"
                     )
-        origins = {o.rstrip("/").lower() for o in config.allowed_origins}
+        origins = {origin_key(o) for o in config.allowed_origins}
         self._any_origin = "*" in origins
         self._origins = frozenset(origins)
         self._credentials: dict[Connection, _Credentials] = {}
@@ -874,7 +887,7 @@ class Leader:
     def origin_allowed(self, origin: str) -> bool:
         """Whether a browser page of ``origin`` may open a WebSocket to this leader (see
         :attr:`LeaderConfig.allowed_origins`)."""
-        return self._any_origin or origin.rstrip("/").lower() in self._origins
+        return self._any_origin or origin_key(origin) in self._origins
 
     def set_auth(self, auth: AuthConfig | None) -> None:
         """Change who may connect and what each may do, at once (a rotation of tokens, a
@@ -1240,7 +1253,7 @@ class Leader:
                     link.refuse(
                         msg,
                         ErrorCode.NOT_PERMITTED,
-                        f"{link.identity!r} may not {msg.what.replace('_', ' ')}: dead letters are"
+                        f"{link.identity!r} may not {ADMIN_QUERIES[msg.what]}: dead letters are"
                         " for admins",
                     )
                 else:

@@ -86,7 +86,9 @@ from runtime import (
     DedupCache,
     HandshakeError,
     MessageTooLarge,
+    ReconnectEvent,
     SendBufferFull,
+    TLSHandshakeFailed,
 )
 
 from .._credentials import TokenSource, reconnecting
@@ -291,12 +293,28 @@ class WorkerRunner:
                     finally:
                         self._conn = None
 
+                def on_state(event: ReconnectEvent) -> None:
+                    if event.state != "disconnected" or event.error is None:
+                        return
+                    error = event.error
+                    if isinstance(error, TLSHandshakeFailed) and not started:
+                        raise error  # (a certificate not trusted: retrying cannot help)
+                    if not isinstance(error, HandshakeError):  # (refusals: said elsewhere)
+                        logger.warning(
+                            "worker %s: cannot %s %s: %s (trying again)",
+                            self.name,
+                            "reach" if not started else "reconnect to",
+                            self.url,
+                            error,
+                        )
+
                 try:
                     await reconnecting(
                         self.url,
                         session,
                         token=self.token,
                         hello=self._hello,
+                        on_state=on_state,
                         logger=logger,
                         who=f"worker {self.name}",
                         backoff=self.backoff,
