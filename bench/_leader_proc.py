@@ -8,6 +8,11 @@ Where it keeps its jobs: ``--data-dir DIR`` and ``--sync {full,normal}``: a jour
 ``DIR``; without ``--data-dir``, in memory (``--memory``, the default here: what
 ``bench/bench_jobs.py`` measures, and no journal left in the user's data directory).
 It prints ``leader journal: PATH`` (or ``leader journal: none (memory)``) before it listens.
+
+``--auth``: the leader has two users, ``bench-client`` (may submit to ``bench.>``) and
+``bench-worker`` (may serve ``bench.>``), whose tokens are the environment variables
+``BENCH_CLIENT_TOKEN`` and ``BENCH_WORKER_TOKEN`` (what ``bench_jobs.py --auth`` measures:
+every connection authenticated, every submit and worker checked).
 """
 
 from __future__ import annotations
@@ -23,8 +28,27 @@ import trio
 from actors import Leader
 
 
+def bench_auth() -> Any:
+    """The users of ``--auth`` (tokens from the environment)."""
+    from actors import AuthConfig, User
+
+    return AuthConfig(
+        users=(
+            User(
+                name="bench-client", tokens=(os.environ["BENCH_CLIENT_TOKEN"],), submit=["bench.>"]
+            ),
+            User(
+                name="bench-worker", tokens=(os.environ["BENCH_WORKER_TOKEN"],), serve=["bench.>"]
+            ),
+        )
+    )
+
+
 async def serve(
-    heartbeat: float | None, parent_pid: int | None, storage: dict[str, Any] | None = None
+    heartbeat: float | None,
+    parent_pid: int | None,
+    storage: dict[str, Any] | None = None,
+    auth: Any = None,
 ) -> None:
     """Run a leader on ``tcp://127.0.0.1:0`` and print its bound URL once it listens.
 
@@ -32,7 +56,11 @@ async def serve(
     Returns on SIGINT / SIGTERM, or when ``parent_pid`` (if given) is no longer our parent.
     """
     leader = Leader(
-        name="bench-leader", listen=["tcp://127.0.0.1:0"], heartbeat=heartbeat, **(storage or {})
+        name="bench-leader",
+        listen=["tcp://127.0.0.1:0"],
+        heartbeat=heartbeat,
+        auth=auth,
+        **(storage or {}),
     )
     print(f"leader journal: {leader.journal_path or 'none (memory)'}", flush=True)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -62,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="no journal (the default)")
     parser.add_argument("--data-dir", help="the journal's directory")
     parser.add_argument("--sync", choices=("full", "normal"), help="the journal's sync tier")
+    parser.add_argument("--auth", action="store_true", help="users from BENCH_*_TOKEN")
     args = parser.parse_args(argv)
     if args.memory and args.data_dir is not None:
         parser.error("--memory and --data-dir exclude each other")
@@ -70,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         storage = {"data_dir": args.data_dir}
     if args.sync is not None:
         storage["sync"] = args.sync
-    trio.run(serve, args.heartbeat or None, args.parent_pid, storage)
+    auth = bench_auth() if args.auth else None
+    trio.run(serve, args.heartbeat or None, args.parent_pid, storage, auth)
     return 0
 
 

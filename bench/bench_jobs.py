@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -427,7 +428,8 @@ async def _ours_client(
     from actors import Client
 
     rows = []
-    async with Client.connect(url, name="bench") as client:
+    token = os.environ.get("BENCH_CLIENT_TOKEN") if args.auth else None
+    async with Client.connect(url, name="bench", token=token) as client:
         await _drive(client, args.warmup, args.inflight, args.timeout or None, None)
         for name, pid in pids.items():
             profilers.attach(name, pid)
@@ -472,6 +474,11 @@ class OursSide:
         python = self.profilers.python_prefix
         parent = ["--parent-pid", str(os.getpid())]
         leader = [str(HERE / "_leader_proc.py"), "--heartbeat", str(args.heartbeat), *parent]
+        if args.auth:  # (tokens in the environment, never on a command line)
+            leader.append("--auth")
+            procs.env.setdefault("BENCH_CLIENT_TOKEN", secrets.token_urlsafe(24))
+            procs.env.setdefault("BENCH_WORKER_TOKEN", secrets.token_urlsafe(24))
+            os.environ["BENCH_CLIENT_TOKEN"] = procs.env["BENCH_CLIENT_TOKEN"]
         procs.start("leader", [*python("leader"), *leader])
         line = procs.wait_for("leader", "leader listening on ")
         self.url = line.split("leader listening on ", 1)[1].strip()
@@ -479,6 +486,8 @@ class OursSide:
         names = [f"worker-{i}" for i in range(1, args.workers + 1)]
         for i, name in enumerate(names, 1):
             worker = ["-m", "actors.worker", "--url", self.url, "--name", f"noop-{i}", *parent]
+            if args.auth:
+                worker += ["--token-env", "BENCH_WORKER_TOKEN"]
             procs.start(name, [*python(name), *worker, "bench.noop:Noop"])
         for name in names:
             procs.wait_for(name, "connected to", stream="err")
@@ -715,6 +724,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--only", choices=("ours", "nats"), help="run one system only")
     parser.add_argument("--map", action="store_true", help="also time client.map (throughput only)")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="ours with users: every connection authenticated, every submit checked",
+    )
     parser.add_argument("--nats-url", default=DEFAULT_NATS_URL, help=f"({DEFAULT_NATS_URL})")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="leader heartbeat s (0: none)")
     parser.add_argument(

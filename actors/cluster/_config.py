@@ -24,8 +24,8 @@ The TOML shape (every key but ``[[groups]]`` name/worker is optional)::
     [auth]                    # once present, every connection needs credentials
     max_connections = 256     # defaults for every user: connections, bytes of a payload,
     max_payload = "1MiB"      #   submits per second and their burst (0: no limit)
-    submit_rate = 10000
-    submit_burst = 20000
+    submit_rate = 1000
+    submit_burst = 2000
     [[auth.users]]
     name = "web"
     token_env = "WEB_TOKEN"   # or token_file = "...", or token = "..." (tests only; warned)
