@@ -1169,24 +1169,20 @@ class Leader:
         query = handlers.get(Query)
 
         if link.principal is None:  # (no authentication: only the reserved subjects)
+
+            def unreserved(handler: Any, action: str) -> Any:
+                def check(link: Any, msg: Any, now: float) -> None:
+                    if msg.subject[0] == "$":
+                        deny(link, msg, action, msg.subject)
+                    else:
+                        handler(link, msg, now)
+
+                return check
+
             if submit is not None:
-
-                def open_submit(link: Any, msg: Submit, now: float) -> None:
-                    if msg.subject[0] == "$":
-                        deny(link, msg, "submit to", msg.subject)
-                    else:
-                        submit(link, msg, now)
-
-                guarded[Submit] = open_submit
+                guarded[Submit] = unreserved(submit, "submit to")
             if publish is not None:
-
-                def open_publish(link: Any, msg: Publish, now: float) -> None:
-                    if msg.subject[0] == "$":
-                        deny(link, msg, "publish to", msg.subject)
-                    else:
-                        publish(link, msg, now)
-
-                guarded[Publish] = open_publish
+                guarded[Publish] = unreserved(publish, "publish to")
             return guarded
 
         def too_large(link: Link, msg: Any, what: str) -> bool:
