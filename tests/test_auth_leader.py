@@ -738,3 +738,26 @@ async def test_a_token_provider_that_hangs_cannot_hang_the_connect():
         with trio.fail_after(10), pytest.raises(ConnectTimeout):
             async with Client.connect(url, token=hangs, connect_timeout=0.3):
                 pass
+
+
+async def test_repeated_denials_are_logged_once_a_second_with_a_count(caplog):
+    async with leader_with(users()) as (_leader, url):
+        async with raw(url, WEB) as conn:
+            with caplog.at_level("WARNING", logger="actors.leader"):
+                mids = []
+                for i in range(20):
+                    s = Submit(
+                        mid=conn.next_mid(), job_id=f"d{i}", subject="admin.x", payload=i, qos=1
+                    )
+                    await conn.send(s)
+                    mids.append(s.mid)
+                got = await nothing_more(conn, 0.5)  # every one answered
+                assert sorted(m.cid for m in got if m.code == ErrorCode.NOT_PERMITTED) == mids
+                lines = [r.getMessage() for r in caplog.records if "denied" in r.getMessage()]
+                assert len(lines) == 1 and "'web' may not submit to admin.x" in lines[0]
+                await trio.sleep(1.05)
+                s = Submit(mid=conn.next_mid(), job_id="late", subject="admin.x", payload=0, qos=1)
+                await conn.send(s)
+                await answer_to(conn, s.mid)
+                lines = [r.getMessage() for r in caplog.records if "denied" in r.getMessage()]
+                assert len(lines) == 2 and "(19 more since the last such line)" in lines[1]
