@@ -1,0 +1,223 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import { Backoff } from "../src/backoff.js";
+import { decodeFrame, encodeMessage } from "../src/protocol.js";
+import { errorOf, Busy, NoRoute, SubmitTimeout, Conflict, NotFound, NotPermitted, RemoteError, ProtocolError } from "../src/errors.js";
+import { AuthFailed, Client, ConnectionLost, DeadLettered, JobCancelled, WrongProtocol } from "../actors.js";
+import { FakeWS, encodePayload, refusedFetch, sleep, until } from "./fake.mjs";
+
+const hex = (s) => Uint8Array.from(s.match(/../g).map((b) => parseInt(b, 16)));
+const toHex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+const opts = (extra = {}) => ({ WebSocket: FakeWS, fetch: refusedFetch, reconnect: { base: 20, cap: 40 }, ...extra });
+
+test("backoff: full jitter under a capped exponential ceiling", () => {
+  const hi = new Backoff({ base: 100, factor: 2, cap: 1000, random: () => 0.999999 });
+  const ceilings = [100, 200, 400, 800, 1000, 1000, 1000];
+  for (const c of ceilings) {
+    const d = hi.next();
+    assert.ok(d < c && d > c * 0.99, `${d} under ${c}`);
+  }
+  const lo = new Backoff({ random: () => 0 });
+  for (let i = 0; i < 10; i++) assert.equal(lo.next(), 0);
+  const real = new Backoff({ base: 10, cap: 50 });
+  for (let i = 0; i < 200; i++) {
+    const n = real.attempt;
+    const d = real.next();
+    assert.ok(d >= 0 && d < real.ceiling(n) && d < 50);
+  }
+  real.reset();
+  assert.equal(real.attempt, 0);
+  assert.throws(() => new Backoff({ base: 0 }), RangeError);
+});
+
+test("frames: the doc's Submit example encodes byte for byte and decodes back", () => {
+  const frame = encodeMessage("Submit", { mid: 7, job_id: "job-1", subject: "math.square", payload: encodePayload({ n: 7 }), headers: {}, qos: 1 });
+  assert.equal(toHex(frame), "0000002400a5617403616907616a656a6f622d3161736b6d6174682e737175617265616544a1616e07");
+  const [msg] = decodeFrame(frame);
+  assert.equal(msg.kind, "Submit");
+  assert.equal(msg.job_id, "job-1");
+  assert.equal(msg.qos, 1);
+  assert.equal(msg.timeout, null);
+});
+
+test("bundles: the doc's example decodes to Progress then Result", () => {
+  const msgs = decodeFrame(hex("0000002200" + "82850708656a6f622d31f6687371756172696e6786080907656a6f622d31f5421831"));
+  assert.deepEqual(msgs.map((m) => m.kind), ["Progress", "Result"]);
+  assert.equal(msgs[0].note, "squaring");
+  assert.equal(msgs[0].fraction, null);
+  assert.equal(msgs[1].cid, 7);
+  assert.equal(msgs[1].attempts, 1);
+  assert.deepEqual(msgs[1].payload, hex("1831"));
+});
+
+test("frames: what is refused, with the protocol's codes", () => {
+  const code = (bytes) => { try { decodeFrame(bytes); } catch (e) { assert.ok(e instanceof ProtocolError); return e.code; } return "accepted"; };
+  const ping = encodeMessage("Ping", { mid: 1 });
+  assert.equal(code(ping), "accepted");
+  const flagged = ping.slice(); flagged[4] = 2;
+  assert.equal(code(flagged), "bad_frame");
+  const zipped = ping.slice(); zipped[4] = 1;
+  assert.equal(code(zipped), "bad_frame");
+  assert.equal(code(hex("ff00000000")), "frame_too_large");
+  assert.equal(code(hex("0000")), "bad_frame");
+  assert.equal(code(hex("0000000500a1617418")), "bad_frame"); // length says 5, 4 follow
+  assert.equal(code(hex("0000000400a1617413")), "unknown_kind"); // {"t": 19}
+  assert.equal(code(hex("000000020081" + "80")), "bad_field"); // [[]]
+  assert.equal(code(hex("0000000800" + "81a261740f616901")), "bad_field"); // [{"t": 15, "i": 1}]: a map in a bundle
+  assert.equal(code(hex("00000005008183" + "0f0102")), "bad_field"); // Ping with an extra field
+  assert.equal(code(hex("0000000400a1617401")), "bad_field"); // Hello without mid
+  assert.equal(code(hex("000000090082a2617401616901")), "bad_frame"); // truncated
+  assert.throws(() => decodeFrame(ping, { maxFrame: 1 }), /frame_too_large/);
+});
+
+test("errors: leader codes map to typed errors", () => {
+  const busy = errorOf({ code: "busy", message: "full", retry_after: 1.5 });
+  assert.ok(busy instanceof Busy && busy.retryAfter === 1500);
+  assert.ok(errorOf({ code: "no_route", message: "x" }, { subject: "a.b" }) instanceof NoRoute);
+  assert.equal(errorOf({ code: "no_route", message: "x" }, { subject: "a.b" }).subject, "a.b");
+  assert.ok(errorOf({ code: "timeout", message: "x", job_id: "j" }) instanceof SubmitTimeout);
+  assert.equal(errorOf({ code: "conflict", message: "x" }, { job_id: "j" }).jobId, "j");
+  assert.ok(errorOf({ code: "conflict", message: "x" }) instanceof Conflict);
+  assert.ok(errorOf({ code: "not_found", message: "x" }) instanceof NotFound);
+  const np = errorOf({ code: "not_permitted", message: "web may not" }, { subject: "s" });
+  assert.ok(np instanceof NotPermitted && np instanceof RemoteError && np.subject === "s" && np.message === "web may not");
+  const other = errorOf({ code: "weird", message: "m" });
+  assert.ok(other instanceof RemoteError && other.code === "weird");
+  assert.equal(new DeadLettered("j", "E", "m", 3).name, "DeadLettered");
+});
+
+test("client: submit, pong, a result delivered once across a reconnect", async () => {
+  FakeWS.instances = [];
+  FakeWS.behave = (ws) => ws.acceptAsLeader();
+  const client = await Client.connect("ws://leader", opts({ name: "t" }));
+  const ws = FakeWS.instances[0];
+  assert.equal(ws.hello.role, "client");
+  assert.deepEqual(ws.hello.versions, [2, 1]);
+  ws.deliver("Ping");
+  assert.equal(ws.sent.at(-1).kind, "Pong");
+  const handle = client.job("math.square", { n: 7 }, { jobId: "j1" });
+  const submit = ws.sent.at(-1);
+  assert.equal(submit.kind, "Submit");
+  ws.deliver("Progress", { job_id: "j1", fraction: 0.5 });
+  const first = await handle.progress.next();
+  assert.equal(first.value.fraction, 0.5);
+  ws.drop(); // the connection drops before the result
+  await until(() => FakeWS.instances.length === 2 && FakeWS.instances[1].sent.some((m) => m.kind === "Submit"));
+  const again = FakeWS.instances[1].sent.find((m) => m.kind === "Submit");
+  assert.equal(again.job_id, "j1");
+  assert.equal(again.wait_for_worker, true);
+  FakeWS.instances[1].deliver("Result", { cid: again.mid, job_id: "j1", payload: encodePayload(49) });
+  FakeWS.instances[1].deliver("Result", { cid: again.mid, job_id: "j1", payload: encodePayload(50) });
+  assert.equal(await handle.result, 49);
+  assert.equal(client.strayResults, 1);
+  assert.equal(client.connects, 2);
+  // failures: dead-lettered, cancelled, a leader's error
+  const dl = client.submit("x.y", null, { jobId: "j2" });
+  const cx = client.submit("x.y", null, { jobId: "j3" });
+  const nr = client.submit("x.z", null, { jobId: "j4" });
+  await sleep(0);
+  const [s2, s3, s4] = FakeWS.instances[1].sent.slice(-3);
+  FakeWS.instances[1].deliver("Result", { cid: s2.mid, job_id: "j2", ok: false, error_type: "ValueError", error_message: "bad", attempts: 3, traceback: "tb" });
+  FakeWS.instances[1].deliver("Result", { cid: s3.mid, job_id: "j3", ok: false, error_type: "Cancelled", error_code: "cancelled" });
+  FakeWS.instances[1].deliver("Error", { cid: s4.mid, code: "no_route", message: "no worker serves x.z" });
+  await assert.rejects(dl, (e) => e instanceof DeadLettered && e.errorType === "ValueError" && e.traceback === "tb" && e.attempts === 3);
+  await assert.rejects(cx, JobCancelled);
+  await assert.rejects(nr, (e) => e instanceof NoRoute && e.subject === "x.z");
+  // timeout and abort abandon the job
+  await assert.rejects(client.submit("x.y", null, { timeout: 10, jobId: "j5" }), SubmitTimeout);
+  assert.deepEqual([FakeWS.instances[1].sent.at(-1).kind, FakeWS.instances[1].sent.at(-1).abandon], ["Cancel", true]);
+  const ac = new AbortController();
+  const aborted = client.submit("x.y", null, { signal: ac.signal });
+  await sleep(0);
+  ac.abort();
+  await assert.rejects(aborted, { name: "AbortError" });
+  const pending = client.submit("x.y");
+  await client.close();
+  await assert.rejects(pending, ConnectionLost);
+  assert.equal(await client.closed, null);
+});
+
+test("client: one reconnect attempt at a time, at once on online", async () => {
+  FakeWS.instances = [];
+  let accept = true;
+  FakeWS.behave = (ws) => (accept ? ws.acceptAsLeader() : ws.fail());
+  const events = new EventTarget();
+  globalThis.addEventListener = events.addEventListener.bind(events);
+  globalThis.removeEventListener = events.removeEventListener.bind(events);
+  try {
+    const client = await Client.connect("ws://leader", opts({ reconnect: { base: 60_000, cap: 60_000, random: () => 1 } }));
+    const status = client.status();
+    accept = false;
+    FakeWS.instances[0].drop();
+    const seen = [];
+    for await (const e of status) { seen.push(e); if (e.type === "reconnecting") break; }
+    assert.ok(seen[1].delay >= 59_000, "a long backoff");
+    // 'online' many times: each wakes the one sleeping attempt; never two at once
+    for (let i = 0; i < 5; i++) {
+      for (let k = 0; k < 10; k++) events.dispatchEvent(new Event("online"));
+      const before = FakeWS.instances.length;
+      await until(() => FakeWS.instances.length === before + 1);
+      await sleep(5);
+      assert.equal(FakeWS.instances.filter((w) => w.live).length <= 1, true);
+      assert.equal(FakeWS.instances.length, before + 1, "one attempt per wake-up");
+    }
+    accept = true;
+    events.dispatchEvent(new Event("online"));
+    for await (const e of status) if (e.type === "connected") break;
+    await client.close();
+  } finally {
+    delete globalThis.addEventListener;
+    delete globalThis.removeEventListener;
+  }
+});
+
+test("client: a silent connection is dead after 3 heartbeats", async () => {
+  FakeWS.instances = [];
+  FakeWS.behave = (ws) => ws.acceptAsLeader({ heartbeat: 0.02 });
+  const client = await Client.connect("ws://leader", opts());
+  const status = client.status();
+  for await (const e of status) if (e.type === "disconnected") { assert.match(e.error.message, /3 heartbeats/); break; }
+  assert.equal(FakeWS.instances[0].sent.at(-1).code, "heartbeat_timeout");
+  await client.close();
+});
+
+test("client: subscriptions are bounded, report slow consumers, drain", async () => {
+  FakeWS.instances = [];
+  FakeWS.behave = (ws) => ws.acceptAsLeader();
+  const client = await Client.connect("ws://leader", opts());
+  const ws = FakeWS.instances[0];
+  const status = client.status();
+  const sub = client.subscribe("a.*", { maxPending: 3 });
+  const { sid } = ws.sent.at(-1);
+  for (let i = 0; i < 10; i++) ws.deliver("Deliver", { sid, subject: "a.b", payload: encodePayload(i) });
+  for await (const e of status) if (e.type === "slow_consumer") { assert.equal(e.sid, sid); break; }
+  assert.equal(sub.dropped, 7);
+  ws.deliver("Deliver", { sid: 999, also: [sid], subject: "a.c", payload: encodePayload("x") }); // still full
+  await sub.drain();
+  assert.equal(ws.sent.at(-1).kind, "Unsubscribe");
+  const got = [];
+  for await (const m of sub) got.push(m.payload);
+  assert.deepEqual(got, [0, 1, 2]);
+  // a refused Subscribe ends its iteration with the error
+  const refused = client.subscribe("b.>");
+  ws.deliver("Error", { cid: ws.sent.at(-1).mid, code: "busy", message: "replay", retry_after: 1 });
+  await assert.rejects(refused.next(), Busy);
+  await client.close();
+});
+
+test("client: a URL that is not a leader's WebSocket, and a refused token", async () => {
+  FakeWS.behave = (ws) => { ws.open(); ws.raw("HTTP/1.1 200 OK"); };
+  await assert.rejects(Client.connect("ws://web", opts()), (e) => e instanceof WrongProtocol && /does not speak the protocol/.test(e.message));
+  FakeWS.behave = (ws) => ws.fail();
+  const http = async () => ({ status: 404, body: null });
+  await assert.rejects(Client.connect("ws://web", opts({ fetch: http })), (e) => e instanceof WrongProtocol && /HTTP 404/.test(e.message));
+  const tcp = async () => { throw Object.assign(new TypeError("fetch failed"), { cause: { code: "HPE_INVALID_CONSTANT" } }); };
+  await assert.rejects(Client.connect("ws://tcp", opts({ fetch: tcp })), (e) => e instanceof WrongProtocol && /tcp:\/\/ listener/.test(e.message));
+  FakeWS.behave = (ws) => { ws.onSent = (m) => ws.deliver("Error", { cid: m.mid, code: "auth_failed", message: "missing or wrong token" }); ws.open(); };
+  await assert.rejects(Client.connect("ws://leader", opts({ token: "bad" })), (e) => e instanceof AuthFailed && e.reason === "missing or wrong token");
+  let asked = 0;
+  await assert.rejects(Client.connect("ws://leader", opts({ token: async () => { asked++; return "bad"; } })), AuthFailed);
+  assert.equal(asked, 2, "a provider is asked again once, then the same refused token is final");
+  assert.throws(() => new Client("http://x", opts()), TypeError);
+});
