@@ -103,7 +103,8 @@ class Session:
 
     Args:
       side: ``"server"`` (expects Hello first) or ``"client"`` (sent Hello, expects Welcome).
-      heartbeat: seconds between pings when the line is idle; None disables heartbeats.
+      heartbeat: seconds of hearing nothing from the peer after which this side pings it
+        (at most once per heartbeat, whatever it sends meanwhile); None disables heartbeats.
       dead_after: missed heartbeat intervals after which the peer is declared dead.
       worker_may_submit: a worker peer may also Submit and Cancel jobs
         (:data:`WORKER_SUBMIT`). The package's leader never sets it.
@@ -120,6 +121,8 @@ class Session:
     peer_max_frame: int | None = attrs.field(init=False, default=None)
     last_received: float = attrs.field(init=False, default=0.0)
     last_sent: float = attrs.field(init=False, default=0.0)
+    #: when this side last sent a Ping (it pings at most once per heartbeat)
+    last_pinged: float = attrs.field(init=False, default=float("-inf"))
     _allowed: frozenset[type[Message]] = attrs.field(init=False, default=frozenset())
 
     def __attrs_post_init__(self) -> None:
@@ -185,7 +188,7 @@ class Session:
         """The time at which :meth:`handle_timer` next has something to do (inf if never)."""
         if self.heartbeat is None or self.state is State.CLOSED:
             return float("inf")
-        ping_at = max(self.last_sent, self.last_received) + self.heartbeat
+        ping_at = max(self.last_received, self.last_pinged) + self.heartbeat
         dead_at = self.last_received + self.heartbeat * self.dead_after
         return min(ping_at, dead_at)
 
@@ -196,7 +199,10 @@ class Session:
         if now >= self.last_received + self.heartbeat * self.dead_after:
             self.state = State.CLOSED
             return TimerAction.DEAD
-        if now >= max(self.last_sent, self.last_received) + self.heartbeat:
-            self.last_sent = now
+        if now >= max(self.last_received, self.last_pinged) + self.heartbeat:
+            # Nothing heard for a heartbeat: ask (whatever this side sends meanwhile: a
+            # worker that only sends Progress hears nothing else, and must not declare a
+            # live leader dead). The answer, or anything, resets the clock.
+            self.last_sent = self.last_pinged = now
             return TimerAction.SEND_PING
         return None

@@ -277,3 +277,30 @@ async def test_heartbeat_death_over_tcp(
                 assert info.value.code == ErrorCode.HEARTBEAT_TIMEOUT
                 assert now() - start == pytest.approx(6.0, abs=1e-6)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.e2e
+async def test_a_worker_that_only_sends_progress_is_not_declared_dead():
+    """A long job reporting progress more often than the heartbeat: the worker hears
+    nothing but must not give up on the leader (it pings when it has heard nothing for a
+    heartbeat, whatever it sends), and the job completes on its first attempt."""
+    from actors import Client, Leader, Worker
+    from actors.worker import WorkerRunner
+
+    class Chatty(Worker):
+        subjects = ["long.job"]
+
+        async def handle(self, job):
+            for _ in range(12):
+                await job.progress(note="working")
+                await trio.sleep(0.25)
+            return job.attempt
+
+    leader = Leader(listen=["tcp://127.0.0.1:0"], memory=True, heartbeat=0.5, ack_timeout=2.0)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            [url] = await nursery.start(leader.run)
+            await nursery.start(WorkerRunner(Chatty(), url, name="chatty").run)
+            async with Client.connect(url) as client:
+                assert await client.submit("long.job", None) == 1
+            nursery.cancel_scope.cancel()

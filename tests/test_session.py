@@ -327,14 +327,29 @@ def test_receiving_resets_the_silence() -> None:
     assert session.handle_timer(74.0) is TimerAction.DEAD
 
 
-def test_sending_postpones_the_ping_but_not_death() -> None:
+def test_sending_postpones_neither_the_ping_nor_death() -> None:
+    # A side that only sends (a worker reporting Progress) hears nothing else: it must ask,
+    # or it would declare a live peer dead after dead_after heartbeats.
     session = open_server("client", heartbeat=10.0, dead_after=2)
     session.sent(now=8.0)
-    assert session.next_deadline() == 18.0
-    assert session.handle_timer(10.0) is None
+    assert session.next_deadline() == 10.0
+    assert session.handle_timer(10.0) is TimerAction.SEND_PING
     session.sent(now=17.0)
-    assert session.next_deadline() == 20.0  # dead_after * heartbeat of silence from the peer
+    assert session.next_deadline() == 20.0  # one ping per heartbeat; death at 2 x 10 s
     assert session.handle_timer(20.0) is TimerAction.DEAD
+
+
+def test_a_ping_answered_keeps_a_one_way_line_alive() -> None:
+    session = open_server("client", heartbeat=1.0, dead_after=3)
+    now = 0.0
+    for _ in range(100):  # the side sends every 0.3 s; the peer answers each ping at once
+        now = round(now + 0.3, 6)
+        session.sent(now=now)
+        action = session.handle_timer(now)
+        assert action is not TimerAction.DEAD
+        if action is TimerAction.SEND_PING:
+            session.receive(Pong(mid=1), now=now)
+    assert session.state is not State.CLOSED
 
 
 def test_late_timer_call_reports_death_not_a_ping() -> None:
