@@ -11,6 +11,8 @@ The TOML shape (every key but ``[[groups]]`` name/worker is optional)::
     insecure = false          # listen beyond loopback without [auth] (not advised)
     allowed_origins = ["https://app.example"]  # Origin values a browser may send ("*": any)
     handshake_timeout = 10.0  # seconds a connection has to say Hello
+    http = "127.0.0.1:7780"   # HTTP: /healthz, /readyz, /actors.js (default: none; the
+                              #   dashboard and API come later)
     tls_cert = "leader.pem"   # and tls_key: the certificate of tls:// and wss:// listeners
     tls_key = "leader.key"
     tls_client_ca = "clients-ca.pem"  # check client certificates (mTLS) against this CA
@@ -164,6 +166,7 @@ _LEADER_KEYS = {
     "insecure": "bool",
     "allowed_origins": "origins",
     "handshake_timeout": "positive",
+    "http": "http",
     "tls_cert": "file",
     "tls_key": "file",
     "tls_client_ca": "file",
@@ -306,6 +309,8 @@ def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderTable
             values[key] = os.path.expanduser(value)
         elif kind == "origins":
             values[key] = check_origins(value, at=at)
+        elif kind == "http":
+            values[key] = check_http_address(value, at=at)
         elif kind == "verify":
             values[key] = _check_choice(value, VERIFY_CLIENTS_CHOICES, at=at)
         elif kind == "bool":
@@ -838,6 +843,22 @@ def check_tls_settings(
         raise ConfigError(f"{where_file}: {exc.problem}") from None
 
 
+def check_http_address(value: Any, *, at: str) -> str:
+    """Check the leader's HTTP address (``HOST:PORT``; see
+    :func:`actors.leader._http.parse_http_address`).
+
+    Raises:
+      ConfigError: naming what is expected.
+    """
+    from ..leader._http import parse_http_address
+
+    try:
+        parse_http_address(value)
+    except ValueError as exc:
+        raise ConfigError(f"{at}: {exc}") from None
+    return str(value).strip()
+
+
 def check_origins(value: Any, *, at: str) -> tuple[str, ...]:
     """Check ``allowed_origins``: ``scheme://host[:port]`` values (what a browser sends in
     its ``Origin`` header, such as ``"https://app.example"``), or ``"*"`` for any.
@@ -927,6 +948,7 @@ def config_from_args(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     tls_client_ca: str | None = None,
+    http: str | None = None,
 ) -> ClusterConfig:
     """Build the cluster configuration from the ``python -m actors.cluster`` options.
 
@@ -937,7 +959,7 @@ def config_from_args(
     replace the file's journal settings (``memory`` and ``data_dir`` together: an error).
     ``insecure`` allows listening beyond loopback without ``[auth]``; ``allow_origins`` are
     added to the file's ``allowed_origins``; ``tls_cert``, ``tls_key`` and
-    ``tls_client_ca`` replace the file's.
+    ``tls_client_ca`` replace the file's; ``http`` replaces its HTTP address.
 
     Raises:
       ConfigError: any option or the file is wrong.
@@ -958,6 +980,8 @@ def config_from_args(
         leader = attrs.evolve(leader, sync=_check_choice(sync, SYNC_MODES, at="--sync"))
     if insecure:
         leader = attrs.evolve(leader, insecure=True)
+    if http is not None:
+        leader = attrs.evolve(leader, http=check_http_address(http, at="--http"))
     if allow_origins:
         origins = check_origins(list(allow_origins), at="--allow-origin")
         leader = attrs.evolve(

@@ -174,6 +174,8 @@ class LeaderTable:
     insecure: bool = False
     allowed_origins: tuple[str, ...] = ()
     handshake_timeout: float | None = None
+    # HTTP: /healthz, /readyz, the JavaScript client ("127.0.0.1:7780"; None: none).
+    http: str | None = None
     # The certificate of tls:// and wss:// listeners (files; see tls_context()).
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -235,6 +237,8 @@ class LeaderTable:
             del kwargs["insecure"]
         if not kwargs["allowed_origins"]:
             del kwargs["allowed_origins"]
+        if kwargs["http"] is None:
+            del kwargs["http"]
         return kwargs
 
 

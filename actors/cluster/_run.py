@@ -29,6 +29,11 @@ send their results) while the leader still runs, then the leader stops; exit sta
 second Ctrl-C kills the workers and exits at once (status 1). A bad configuration exits 2
 with a message on stderr; a leader that cannot listen exits 1.
 
+``--http ADDR`` (or ``[leader] http``; default: none) serves HTTP on ``ADDR``
+(``127.0.0.1:7780``; ``:0`` picks a free loopback port): ``/healthz``, ``/readyz`` and the
+JavaScript client at ``/actors.js``; it prints ``http listening on URL``. Until its groups
+have a worker connected, ``/readyz`` says each is ``starting``.
+
 The leader's statistics (per subject and per group: done, failed, redelivered, dead, in
 flight, latency) are printed when the cluster stops, and with ``--stats S`` every S seconds
 while they change.
@@ -154,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         "then proves an [[auth.users]] cert_subject",
     )
     parser.add_argument(
+        "--http",
+        metavar="ADDR",
+        help="serve HTTP on ADDR (127.0.0.1:7780; :0 picks a free loopback port): /healthz,"
+        " /readyz and the JavaScript client at /actors.js (default: none; the dashboard and"
+        " API come later; beyond loopback needs [auth] users or --insecure)",
+    )
+    parser.add_argument(
         "--stats",
         type=float,
         default=0.0,
@@ -224,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
+            http=args.http,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
@@ -380,6 +393,8 @@ async def _run_cluster(
                 raise ListenError(f"cannot listen on {where}: {_first(group)}") from None
             for url in urls:
                 say(f"leader listening on {url}")
+            if leader.http_url is not None:
+                say(f"http listening on {leader.http_url}")
             say(_journal_line(leader))
             if stats_every > 0:
                 leader_nursery.start_soon(_print_stats, leader, stats_every, say)
@@ -403,6 +418,11 @@ async def _run_cluster(
                 )
                 for group in config.groups
             ]
+            # Until a worker of a group connects, /readyz and `status` say it is starting.
+            starting = {group.name for group in groups if group.desired > 0}
+            for name in starting:
+                leader.set_group_state(name, "starting")
+            leader_nursery.start_soon(_clear_starting, leader, starting)
             groups_scope = trio.CancelScope()
             leader_nursery.start_soon(_watch_signals, signals, groups_scope, groups, say, reload)
             status = 0
@@ -427,6 +447,7 @@ async def _run_cluster(
                             line = f"{line[:-1]}, {group_config.retry.describe()})"
                         say(line)
                     not_ready = await _wait_for_workers(leader, groups, failed, start_timeout)
+                    _forget_starting(leader, starting)
                     if not_ready and fail_fast:
                         for name, connected, desired in not_ready:
                             say(
@@ -602,6 +623,28 @@ async def _wait_for_workers(
         while _not_ready(leader, groups, failed):  # noqa: ASYNC110
             await trio.sleep(READY_POLL_INTERVAL)
     return _not_ready(leader, groups, failed)
+
+
+async def _clear_starting(leader: Any, starting: set[str]) -> None:
+    """Forget the ``starting`` state of each group of ``starting`` once a worker of it
+    has connected, however late (see :func:`_forget_starting`)."""
+    while starting:
+        _forget_starting(leader, starting)
+        await trio.sleep(READY_POLL_INTERVAL)
+
+
+def _forget_starting(leader: Any, starting: set[str]) -> None:
+    """Forget the ``starting`` state of the groups of ``starting`` that have a worker
+    connected (and take them out of it, with those whose state changed: a failed group's
+    state is its failure, kept)."""
+    groups = leader.stats()["groups"]
+    for name in list(starting):
+        group = groups.get(name, {})
+        if group.get("state") != "starting":
+            starting.discard(name)
+        elif group["workers"] > 0:
+            leader.set_group_state(name, None)
+            starting.discard(name)
 
 
 def _not_ready(

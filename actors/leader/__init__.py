@@ -6,6 +6,7 @@ module             concept
 =================  ==========================================================
 ``_leader``        :class:`Leader`: listeners, one task per connection, timers
 ``_broker``        :class:`Broker`: jobs, queues, credit, acks (sans-I/O)
+``_http``          the HTTP side: health, readiness, the JS client (hypercorn)
 ``_jobs``          a job's record and its state machine
 ``_journal``       the journal: accepted jobs and outcomes in SQLite, group commit
 ``_links``         the broker's view of connected peers and subject queues

@@ -206,6 +206,11 @@ class LeaderConfig:
         pages and DNS rebinding; clients that send no Origin (not browsers) are let in.
       handshake_timeout: seconds a new connection has for its TLS and WebSocket
         handshakes and its Hello.
+      http: where to serve HTTP (``"127.0.0.1:7780"``; ``":7780"`` is loopback; port 0
+        picks a free one, see :attr:`Leader.http_url`): ``/healthz``, ``/readyz`` and the
+        JavaScript client (``actors/leader/_http.py``). Beyond loopback, as ``listen``:
+        only with ``auth`` or ``insecure``. Its own origin is then allowed too. None: no
+        HTTP.
       max_patterns: subject patterns one worker may serve; a Hello with more is refused.
       broker: the delivery settings (ack timeout, attempts, backoff, queue limits, route
         grace): see :class:`BrokerConfig`.
@@ -240,6 +245,7 @@ class LeaderConfig:
     insecure: bool = False
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    http: str | None = None
     max_patterns: int = MAX_PATTERNS
     broker: BrokerConfig = attrs.field(factory=BrokerConfig)
     data_dir: str | None = attrs.field(default=None, converter=attrs.converters.optional(str))
@@ -357,6 +363,18 @@ class Leader:
                         " cluster.toml, LeaderConfig(auth=...)), listen on 127.0.0.1, or say"
                         " --insecure (insecure=True) to serve everyone who can reach it"
                     )
+        #: Where HTTP is served (host, port), and its URL once bound (None: no HTTP).
+        self.http_address: tuple[str, int] | None = None
+        self.http_url: str | None = None
+        if config.http is not None:
+            from ._http import parse_http_address  # (the HTTP side loads only when asked)
+
+            self.http_address = parse_http_address(config.http)
+            if auth is None and not config.insecure and not is_loopback(self.http_address[0]):
+                raise ValueError(
+                    f"refusing to serve HTTP on {config.http} without authentication: configure"
+                    " users, serve it on 127.0.0.1, or say --insecure (insecure=True)"
+                )
         origins = {origin_key(o) for o in config.allowed_origins}
         self._any_origin = "*" in origins
         self._origins = frozenset(origins)
@@ -487,6 +505,16 @@ class Leader:
             )
             urls.append(bound)
         self.urls = urls
+        if self.http_address is not None:
+            from ._http import HttpApp, serve_http
+
+            host, port = self.http_address
+            app = HttpApp(self, host=host)
+            self.http_url = await nursery.start(serve_http, app, host, port)
+            own = {self.http_url}  # (its pages may open WebSockets to the leader)
+            if is_loopback(host):
+                own.add(f"http://localhost:{self.http_url.rpartition(':')[2]}")
+            self._origins = self._origins | {origin_key(o) for o in own}
         task_status.started(urls)
 
     def set_group_state(self, group: str, state: str | None) -> None:
@@ -900,9 +928,10 @@ class Leader:
           ValueError: ``None`` for a leader that listens beyond loopback, not insecure.
         """
         if auth is None:
-            if not self.config.insecure and not all(
-                is_loopback(parse_url(url).host) for url in self.listen
-            ):
+            hosts = [parse_url(url).host for url in self.listen]
+            if self.http_address is not None:
+                hosts.append(self.http_address[0])
+            if not self.config.insecure and not all(is_loopback(host) for host in hosts):
                 raise ValueError("a leader listening beyond loopback keeps its authentication")
             self.authenticator = None
         else:

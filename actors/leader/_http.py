@@ -1,0 +1,571 @@
+"""The leader's HTTP side: health and readiness, and the JavaScript client for pages.
+
+:class:`HttpApp` is a plain ASGI application; :func:`serve_http` serves it with hypercorn's
+Trio worker inside the leader's nursery (``LeaderConfig.http``), so that no HTTP parsing
+is written here. Routes:
+
+==========================  ============================================================
+``GET /healthz``            200 ``{"status": "ok", "node": ...}``: the leader is up
+``GET /readyz``             200 when every group the leader knows has a worker connected
+                            and the journal (if any) is writable, else 503 saying what is
+                            not ready
+``GET /actors.js``,         the files of ``clients/js`` (an allow-list made at start from
+``GET /src/<name>.js``      its listing: nothing else is ever read), with ETag and 304
+==========================  ============================================================
+
+Anything else is 404; a known path with a method it does not take is 405 with ``Allow``.
+
+Security, on every request, before any route runs:
+
+- every response says ``X-Content-Type-Options: nosniff``;
+- a request with an ``Origin`` the leader does not allow (:meth:`Leader.origin_allowed`:
+  ``allowed_origins``, and this server's own origin, which the leader adds once bound) is
+  refused 403, except a GET or HEAD of the JavaScript files (public code that pages of
+  other origins load; those of allowed origins get ``Access-Control-Allow-Origin``);
+- a server bound to a loopback address answers only requests whose ``Host`` names a
+  loopback address, ``localhost`` or an allowed origin's host (403 otherwise: DNS
+  rebinding, where a page's own origin resolves to 127.0.0.1 and sends no ``Origin``);
+- at most :data:`MAX_HEADERS` headers (431), :data:`MAX_HEADER_BYTES` bytes of request line
+  and headers (hypercorn's ``h11_max_incomplete_size``), :data:`MAX_BODY` bytes of body
+  (413); idle connections close after :data:`KEEP_ALIVE_TIMEOUT` seconds, reads wait at
+  most :data:`READ_TIMEOUT`, and at most :data:`BACKLOG` connections wait to be accepted;
+- a method that may change state (anything but GET and HEAD) is served only to a request
+  that proves an identity (:meth:`HttpApp.authenticate`: ``Authorization: Bearer
+  <token>``, checked by the leader's :class:`Authenticator` as a Hello's token is), else
+  401; a leader without users needs none, as on its other listeners.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._auth import AuthFailure, Principal
+from ._leader import is_loopback
+
+if TYPE_CHECKING:
+    from ._leader import Leader
+
+log = logging.getLogger("actors.leader.http")
+
+#: The JavaScript client's directory (``actors.js`` and ``src/*.js`` are served from it).
+CLIENT_JS_DIR = Path(__file__).resolve().parents[2] / "clients" / "js"
+#: Headers one request may carry (more: 431).
+MAX_HEADERS = 64
+#: Bytes of a request's headers (more: 431; hypercorn's ``h11_max_incomplete_size`` too,
+#: which refuses a request line and headers that arrive in pieces over this with 400).
+MAX_HEADER_BYTES = 16 * 1024
+#: Bytes of a request's body (more: 413).
+MAX_BODY = 1 * 2**20
+#: Connections waiting to be accepted (the listening socket's backlog).
+BACKLOG = 128
+#: Seconds an idle connection is kept open (no request in progress).
+KEEP_ALIVE_TIMEOUT = 5.0
+#: Seconds one read from a connection may wait (a request that stalls is dropped).
+READ_TIMEOUT = 10.0
+#: Streams at once on one HTTP/2 connection.
+MAX_H2_STREAMS = 16
+#: Bytes of one served file at most (a bigger one is left out of the allow-list).
+MAX_FILE_BYTES = 4 * 2**20
+#: Groups a 503 from ``/readyz`` names at most (the count says how many in all).
+MAX_NOT_READY_LISTED = 100
+#: The methods that change nothing: served without authentication.
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: The name of a file ``/src/`` serves.
+_JS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\.js\Z")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
+
+Handler = Callable[["Request"], Awaitable["Response"]]
+
+
+def parse_http_address(text: Any) -> tuple[str, int]:
+    """``HOST:PORT`` (``127.0.0.1:7780``, ``[::1]:7780``, ``localhost:0``; ``:PORT`` is
+    loopback, ``127.0.0.1:PORT``; an ``http://`` prefix is allowed) as ``(host, port)``.
+    Port 0 picks a free port.
+
+    Raises:
+      ValueError: not that shape (the message shows what is expected).
+    """
+    expected = (
+        f"http address {text!r:.100}: expected HOST:PORT, such as 127.0.0.1:7780, [::1]:7780"
+        " or :7780 (loopback); port 0 picks a free port"
+    )
+    if not isinstance(text, str):
+        raise ValueError(expected)
+    rest = text.strip()
+    if rest[:7].lower() == "http://":
+        rest = rest[7:].rstrip("/")
+    host, colon, port_text = rest.rpartition(":")
+    if not colon or not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
+        raise ValueError(expected)
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(expected)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError(expected)
+        except ValueError:
+            raise ValueError(expected) from None
+    elif not host:
+        host = "127.0.0.1"
+    elif not _HOSTNAME.match(host):  # (an IPv6 address goes in brackets)
+        raise ValueError(expected)
+    return host, port
+
+
+def url_of(host: str, port: int) -> str:
+    """``http://host:port``, with an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def client_files(directory: str | os.PathLike[str] | None) -> dict[str, Path]:
+    """The allow-list of JavaScript files: ``/actors.js`` and ``/src/<name>.js`` by URL
+    path, for the regular files (not links) of ``directory`` with such names; empty when
+    it is missing (an installed package without the client's sources)."""
+    files: dict[str, Path] = {}
+    if directory is None:
+        return files
+    root = Path(directory)
+    for folder, prefix in ((root, "/"), (root / "src", "/src/")):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if prefix == "/" and entry.name != "actors.js":
+                continue
+            try:
+                if (
+                    _JS_NAME.match(entry.name)
+                    and entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_size <= MAX_FILE_BYTES
+                ):
+                    files[prefix + entry.name] = Path(entry.path)
+            except OSError:
+                continue
+    return files
+
+
+@attrs.frozen
+class Response:
+    """What a handler answers: a status, a body and its type, and more headers."""
+
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def json_response(status: int, value: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    """``value`` as a JSON response (not to be cached)."""
+    body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(status, body, "application/json", (("cache-control", "no-store"), *headers))
+
+
+def error_response(
+    status: int, error: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    """``{"error": error, "message": message}`` with ``status``."""
+    return json_response(status, {"error": error, "message": message}, headers)
+
+
+class BodyTooLarge(Exception):
+    """A request's body is over the server's limit (answered 413)."""
+
+
+@attrs.define(eq=False)
+class Request:
+    """One HTTP request as a handler sees it.
+
+    ``headers`` are by lower-case name (repeated ones joined with ``", "``); ``principal``
+    is the identity it proved (None for GET and HEAD, which are not asked, and on a leader
+    without users).
+    """
+
+    scope: Mapping[str, Any]
+    method: str
+    path: str
+    headers: dict[str, str]
+    receive: Callable[[], Awaitable[dict[str, Any]]]
+    max_body: int
+    principal: Principal | None = None
+
+    async def body(self) -> bytes:
+        """The request's body, read whole.
+
+        Raises:
+          BodyTooLarge: over the server's limit (the handler's caller answers 413).
+        """
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":  # http.disconnect
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise BodyTooLarge(f"the body is over {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+@attrs.define(eq=False)
+class Route:
+    """A path's handlers by method; ``public``: its GETs are served whatever the
+    ``Origin`` (public files that pages of other origins load)."""
+
+    handlers: dict[str, Handler]
+    public: bool = False
+
+    @property
+    def allow(self) -> str:
+        methods = set(self.handlers)
+        if "GET" in methods:
+            methods.add("HEAD")
+        return ", ".join(sorted(methods))
+
+
+class HttpApp:
+    """The leader's ASGI application (see the module's text).
+
+    Args:
+      leader: the leader it answers for (its statistics, origins and users).
+      host: the address the server listens on (a loopback one turns on the ``Host`` check).
+      client_dir: the JavaScript client's directory (None: serve no files).
+      max_body: bytes of a request's body at most.
+    """
+
+    def __init__(
+        self,
+        leader: Leader,
+        *,
+        host: str = "127.0.0.1",
+        client_dir: str | os.PathLike[str] | None = CLIENT_JS_DIR,
+        max_body: int = MAX_BODY,
+    ) -> None:
+        self.leader = leader
+        self.local_only = is_loopback(host)
+        self.max_body = max_body
+        self.files = client_files(client_dir)
+        self._file_cache: dict[str, tuple[tuple[int, int, int], bytes, str]] = {}
+        self.routes: dict[str, Route] = {
+            "/healthz": Route({"GET": self._healthz}),
+            "/readyz": Route({"GET": self._readyz}),
+        }
+        for path in self.files:
+            self.routes[path] = Route({"GET": self._file}, public=True)
+
+    def add_route(
+        self, path: str, handlers: Mapping[str, Handler], *, public: bool = False
+    ) -> None:
+        """Serve ``path``: ``handlers`` by method (``"GET"`` also answers HEAD). Methods
+        other than GET and HEAD get an authenticated :class:`Request` (or 401)."""
+        self.routes[path] = Route({m.upper(): h for m, h in handlers.items()}, public=public)
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(
+        self,
+        scope: Mapping[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            response = await self.respond(scope, receive)
+            try:
+                await self._send(send, response, head=scope["method"] == "HEAD")
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                # The peer went away. (hypercorn closes a connection the peer closed
+                # without its send lock: a last write racing that close is "busy".)
+                pass
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        elif kind == "websocket":  # (the leader's WebSockets are on its ws:// listeners)
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _send(
+        self, send: Callable[[dict[str, Any]], Awaitable[None]], response: Response, head: bool
+    ) -> None:
+        headers = [(b"x-content-type-options", b"nosniff")]
+        if response.content_type is not None:
+            headers.append((b"content-type", response.content_type.encode("latin-1")))
+        if response.status != 304:
+            headers.append((b"content-length", str(len(response.body)).encode()))
+        headers.extend(
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers
+        )
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        body = b"" if head or response.status == 304 else response.body
+        await send({"type": "http.response.body", "body": body})
+
+    async def respond(
+        self, scope: Mapping[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> Response:
+        """The response to an ``http`` request (its checks, then its route)."""
+        method = scope["method"]
+        path = scope["path"]
+        raw_headers = scope["headers"]
+        if len(raw_headers) > MAX_HEADERS:
+            return error_response(
+                431, "too_many_headers", f"at most {MAX_HEADERS} headers, not {len(raw_headers)}"
+            )
+        # (hypercorn's h11_max_incomplete_size binds only headers that come in pieces)
+        size = sum(len(name) + len(value) + 4 for name, value in raw_headers)
+        if size > MAX_HEADER_BYTES:
+            return error_response(
+                431, "headers_too_large", f"at most {MAX_HEADER_BYTES} bytes of headers, not {size}"
+            )
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in raw_headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        host = headers.get("host")
+        if host is not None and not self.host_allowed(host):
+            return error_response(
+                403, "forbidden_host", f"this server does not answer for Host {host!r:.100}"
+            )
+        route = self.routes.get(path)
+        origin = headers.get("origin")
+        safe = method in SAFE_METHODS
+        if (
+            origin is not None
+            and not (route is not None and route.public and safe)
+            and not self.leader.origin_allowed(origin)
+        ):
+            return error_response(
+                403,
+                "forbidden_origin",
+                f"requests from pages of {origin!r:.100} are not allowed (allowed_origins)",
+            )
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return error_response(
+                413, "too_large", f"the body is over {self.max_body} bytes ({length})"
+            )
+        if route is None:
+            return error_response(404, "not_found", f"nothing at {path!r:.200}")
+        handler = route.handlers.get("GET" if method == "HEAD" else method)
+        if handler is None:
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{path} takes {route.allow}, not {method:.20}",
+                (("allow", route.allow),),
+            )
+        request = Request(scope, method, path, headers, receive, self.max_body)
+        if not safe:
+            try:
+                request.principal = self.authenticate(scope)
+            except AuthFailure as exc:
+                return error_response(
+                    401,
+                    "auth_failed",
+                    f"authentication failed: {exc}",
+                    (("www-authenticate", 'Bearer realm="trio-actors"'),),
+                )
+        try:
+            return await handler(request)
+        except BodyTooLarge as exc:
+            return error_response(413, "too_large", str(exc))
+        except Exception:
+            log.exception("leader %s: HTTP %s %s failed", self.leader.name, method, path)
+            return error_response(500, "internal", "the leader failed to answer (see its log)")
+
+    # ------------------------------------------------------------------ checks
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a request's ``Host`` names this server: any, unless it listens on
+        loopback; then a loopback address, ``localhost``, or an allowed origin's host."""
+        if not self.local_only:
+            return True
+        name = host.strip()
+        if name.startswith("["):
+            name = name[1 : name.find("]")] if "]" in name else name
+        elif name.count(":") == 1:
+            name = name.partition(":")[0]
+        if is_loopback(name.rstrip(".")):
+            return True
+        allowed = self.leader.origin_allowed
+        return allowed(f"http://{host}") or allowed(f"https://{host}")
+
+    def authenticate(self, scope: Mapping[str, Any]) -> Principal | None:
+        """The identity a request proves with ``Authorization: Bearer <token>`` (checked by
+        the leader's :class:`Authenticator`, as a Hello's token); None on a leader without
+        users (anyone may do anything, as on its other listeners).
+
+        Raises:
+          AuthFailure: no such header, another scheme, a wrong or expired token (the
+            message says which, never the token).
+        """
+        authenticator = self.leader.authenticator
+        if authenticator is None:
+            return None
+        values = [v for n, v in scope["headers"] if n.lower() == b"authorization"]
+        try:
+            if not values:
+                raise AuthFailure("this leader needs a token: Authorization: Bearer <token>")
+            if len(values) > 1:
+                raise AuthFailure("more than one Authorization header")
+            scheme, _, token = values[0].decode("latin-1").strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token or " " in token:
+                raise AuthFailure("expected Authorization: Bearer <token>")
+            principal, _expires_at = authenticator.authenticate(token, None, time.time())
+        except AuthFailure as exc:
+            client = scope.get("client")
+            peer = f"{client[0]}:{client[1]}" if client else "?"
+            self.leader._log_refusal(None, "refused HTTP %s from %s: %s", scope["path"], peer, exc)
+            raise
+        return principal
+
+    # ------------------------------------------------------------------ routes
+
+    async def _healthz(self, request: Request) -> Response:
+        return json_response(200, {"status": "ok", "node": self.leader.name})
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the leader is ready (every group it knows, those it has seen and those
+        a cluster told it of with :meth:`Leader.set_group_state`, has a worker connected;
+        its journal, if any, takes writes), and the body of ``/readyz`` saying so."""
+        stats = self.leader.stats()
+        groups = stats["groups"]
+        not_ready = {
+            name: group.get("state") or "no worker connected"
+            for name, group in groups.items()
+            if group["workers"] < 1
+        }
+        journal = stats["journal"]
+        problem = None if journal is None else journal["refusal"]
+        ready = not not_ready and problem is None
+        body: dict[str, Any] = {
+            "status": "ready" if ready else "not ready",
+            "node": self.leader.name,
+            "groups": len(groups),
+            "groups_not_ready": dict(list(not_ready.items())[:MAX_NOT_READY_LISTED]),
+            "groups_not_ready_total": len(not_ready),
+            "journal": (
+                None if journal is None else {"writable": problem is None, "problem": problem}
+            ),
+        }
+        return ready, body
+
+    async def _readyz(self, request: Request) -> Response:
+        ready, body = self.readiness()
+        return json_response(200 if ready else 503, body)
+
+    async def _file(self, request: Request) -> Response:
+        path = request.path
+        data_etag = self._read(path)
+        if data_etag is None:
+            return error_response(404, "not_found", f"nothing at {path!r}")
+        data, etag = data_etag
+        headers: list[tuple[str, str]] = [
+            ("etag", etag),
+            ("cache-control", "no-cache"),
+            ("vary", "Origin"),
+        ]
+        origin = request.headers.get("origin")
+        if origin is not None and self.leader.origin_allowed(origin):
+            headers.append(("access-control-allow-origin", origin))
+        if _etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(304, headers=tuple(headers))
+        return Response(200, data, "text/javascript; charset=utf-8", tuple(headers))
+
+    def _read(self, path: str) -> tuple[bytes, str] | None:
+        """An allow-listed file's bytes and ETag, read again only when it changed (a stat
+        per request; the files are small)."""
+        file = self.files[path]
+        try:
+            st = os.stat(file, follow_symlinks=False)
+            key = (st.st_mtime_ns, st.st_size, st.st_ino)
+            cached = self._file_cache.get(path)
+            if cached is not None and cached[0] == key:
+                return cached[1], cached[2]
+            if st.st_size > MAX_FILE_BYTES:
+                return None
+            data = file.read_bytes()
+        except OSError:
+            return None
+        etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+        self._file_cache[path] = (key, data, etag)
+        return data, etag
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match: header`` names ``etag`` (weak comparison, or ``*``)."""
+    if header is None:
+        return False
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+async def serve_http(
+    app: HttpApp,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``host:port`` with hypercorn's Trio worker until cancelled;
+    ``task_status.started(url)`` with the bound URL (``http://127.0.0.1:54321``).
+
+    Raises:
+      OSError: the address cannot be listened on (in use, not local).
+    """
+    from hypercorn.config import Config
+    from hypercorn.logging import Logger
+    from hypercorn.trio import serve
+
+    class _Log(Logger):
+        async def info(self, message: str, *args: Any, **kwargs: Any) -> None:
+            # ("Running on ...": the leader says where it listens itself)
+            if self.error_logger is not None:
+                self.error_logger.debug(message, *args, **kwargs)
+
+    config = Config()
+    config.bind = [url_of(host, port).removeprefix("http://")]
+    config.accesslog = None
+    config.errorlog = log
+    config.logger_class = _Log
+    config.backlog = BACKLOG
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
+    config.read_timeout = int(READ_TIMEOUT)
+    config.h11_max_incomplete_size = MAX_HEADER_BYTES
+    config.h2_max_header_list_size = MAX_HEADER_BYTES
+    config.h2_max_concurrent_streams = MAX_H2_STREAMS
+    config.include_server_header = False
+    config.graceful_timeout = 1.0
+    async with trio.open_nursery() as nursery:
+        # (an ASGI callable: hypercorn types the scope and events as its TypedDicts)
+        asgi: Any = app
+        binds: list[str] = await nursery.start(partial(serve, asgi, config, mode="asgi"))
+        task_status.started(binds[0])
