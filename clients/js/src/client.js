@@ -4,13 +4,15 @@
 // and full jitter, one attempt at a time (at once on `online`, `pageshow` and a page made
 // visible), and then sends again every QoS 1 submit still waiting, under the same job id:
 // the leader merges it with the running job or answers from its stored results, so each
-// call gets its outcome exactly once. Subscriptions are renewed too. Liveness comes from
-// the leader's pings (answered at once): a connection silent for 3 heartbeats is dead.
+// call gets its outcome exactly once. Subscriptions are renewed too. Liveness: nothing
+// heard for a heartbeat, it pings; nothing heard for 3, the connection is dead. A closing
+// Error from the leader ends the connection at once, and one that a call may have caused
+// (bad_field, internal...) settles the calls sent on it with ConnectionLost, never resent.
 //
 // Durations in this API are milliseconds (the wire's seconds are converted).
 
 import { Backoff } from "./backoff.js";
-import { decodeFrame, encodeMessage, encodePayload, payloadOf, CLOSING_CODES, DEFAULT_MAX_FRAME, VERSIONS, cut } from "./protocol.js";
+import { checkFields, decodeFrame, encodeMessage, encodePayload, payloadOf, CLOSING_CODES, DEFAULT_MAX_FRAME, VERSIONS, cut } from "./protocol.js";
 import {
   AuthFailed, Busy, ClientError, ConnectionLost, ConnectionRefused, DeadLettered, JobCancelled, JobFailed,
   ProtocolError, RemoteError, SubmitTimeout, TooLarge, WrongProtocol, errorOf,
@@ -21,12 +23,25 @@ export const HIGH_WATER = 1024 * 1024;
 /** Heartbeats missed before a connection is dead. */
 export const MISSED_HEARTBEATS = 3;
 const MAX_QUEUED_CANCELS = 100_000;
+/** Codes after which the calls sent on the connection are not sent again: they may be the cause. */
+const POISON = new Set(["bad_field", "bad_subject", "unknown_kind", "protocol_violation", "frame_too_large", "internal"]);
+
+/** A random UUID (v4), also where crypto.randomUUID is missing (a page not served over https). */
+export function uuid() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
 
 /**
  * @typedef {string | (() => string | Promise<string>)} TokenSource
  * @typedef {{type: "connecting", attempt: number} | {type: "connected", url: string, version: number, heartbeat: number|null}
  *   | {type: "disconnected", error: Error|null} | {type: "reconnecting", delay: number, attempt: number}
- *   | {type: "closed", error: Error|null} | {type: "slow_consumer", sid: number, pattern: string, dropped: number}} StatusEvent
+ *   | {type: "closed", error: Error|null} | {type: "slow_consumer", sid: number, pattern: string, dropped: number}
+ *   | {type: "message_failed", subject: string, error: any}} StatusEvent (the last: a worker's onMessage threw or rejected)
  */
 
 // ------------------------------------------------------------------ a bounded async queue
@@ -155,15 +170,19 @@ export async function explainFailure(url, fetchFn) {
 export class Link {
   /**
    * Open a connection and say Hello; resolves once the Welcome came.
-   * @param {string} url @param {LinkOptions} options @returns {Promise<Link>}
+   * @param {string} url @param {LinkOptions} options @param {(link: Link) => void} [onLink] given the link at once
+   * @returns {Promise<Link>}
    */
-  static open(url, options) {
+  static open(url, options, onLink) {
     const link = new Link(url, options);
+    onLink?.(link);
     return link.#opened.then(() => link);
   }
 
   /** @type {Promise<void>} */ #opened;
   /** @type {Function} */ #resolveClosed = () => {};
+  /** @type {(error: Error) => void} */ #failOpen = () => {};
+  #lastPing = 0;
   #mid = 0;
   /** @type {Uint8Array[]} */ #queue = [];
   #pumping = false;
@@ -194,6 +213,7 @@ export class Link {
         this.#close(error);
         reject(error);
       };
+      this.#failOpen = fail;
       const timer = setTimeout(() => fail(new ConnectionLost(`could not connect to ${url}: no Welcome within ${options.connectTimeout ?? 10000} ms`)), options.connectTimeout ?? 10000);
       let ws;
       try {
@@ -238,6 +258,7 @@ export class Link {
           const first = msgs[0];
           if (first.kind === "Error") return fail(new HandshakeError(first.code, first.message, first.retry_after == null ? null : first.retry_after * 1000));
           if (first.kind !== "Welcome") return fail(new WrongProtocol(`could not connect to ${url}: it answered the Hello with a ${first.kind}, not a Welcome`));
+          if ((first.cid != null && first.cid !== 1) || !VERSIONS.includes(first.version)) return fail(new WrongProtocol(`could not connect to ${url}: a Welcome for cid ${first.cid}, version ${first.version} (this client speaks ${VERSIONS})`));
           settled = true;
           clearTimeout(timer);
           this.welcome = first;
@@ -248,6 +269,7 @@ export class Link {
           return;
         }
         this.#receive(event.data);
+        if (this.#pumping) this.#pump(true);
       };
     });
   }
@@ -256,13 +278,17 @@ export class Link {
   #startLiveness(heartbeat) {
     if (!heartbeat) return;
     const ms = heartbeat * 1000;
-    // A check only: it never sends on its own, so throttled page timers cannot kill a
-    // live connection (what the leader sends, its pings among it, keeps it alive).
+    // The protocol's rule: nothing heard for H, ask (a Ping, at most one per H; what this
+    // side sends does not count); nothing heard for 3H, the leader is dead.
     this.#timer = setInterval(() => {
-      if (Date.now() - this.#lastHeard > MISSED_HEARTBEATS * ms) {
+      const now = Date.now();
+      if (now - this.#lastHeard > MISSED_HEARTBEATS * ms) {
         this.abort(new ConnectionLost(`connection to ${this.url} dead: nothing heard from the leader for ${MISSED_HEARTBEATS} heartbeats (${MISSED_HEARTBEATS * heartbeat} s)`), "heartbeat_timeout");
+      } else if (now - this.#lastHeard >= ms && now - this.#lastPing >= ms) {
+        this.#lastPing = now;
+        this.ping();
       }
-    }, ms);
+    }, ms / 4);
     this.#timer?.unref?.();
   }
 
@@ -291,10 +317,15 @@ export class Link {
       if (this.isClosed) return;
       if (msg.kind === "Ping") this.send("Pong", { cid: msg.mid });
       else if (msg.kind === "Pong") continue;
-      else if (msg.kind === "Error" && msg.cid == null && CLOSING_CODES.has(msg.code)) {
-        this.error = msg.code === "auth_failed" ? new HandshakeError(msg.code, msg.message, null) : new ConnectionLost(`connection to ${this.url} closed by the leader: ${msg.code}: ${msg.message}`);
+      else if (msg.kind === "Error" && (CLOSING_CODES.has(msg.code) || (msg.code === "internal" && msg.cid == null))) {
+        // The leader closes after it: so does this side, at once.
+        const error = msg.code === "auth_failed" ? new HandshakeError(msg.code, msg.message, null) : new ConnectionLost(`connection to ${this.url} closed by the leader: ${msg.code}: ${msg.message}`);
+        if (POISON.has(msg.code)) /** @type {any} */ (error).poisoned = msg.code;
+        this.#close(error);
+        return;
       } else if (msg.kind === "Bye") {
-        this.error = new ConnectionLost(`connection to ${this.url} ended by the leader${msg.reason ? `: ${msg.reason}` : ""}`);
+        this.#close(new ConnectionLost(`connection to ${this.url} ended by the leader${msg.reason ? `: ${msg.reason}` : ""}`));
+        return;
       } else {
         try {
           this.options.onMessage(msg, this);
@@ -335,15 +366,24 @@ export class Link {
     return new Promise((resolve) => { this.#roomWaiters.push(resolve); this.#pump(); });
   }
 
-  #pump() {
-    if (this.#pumping) return;
+  /** @type {any} */ #poll = null;
+  #pollMs = 10;
+
+  /** @param {boolean} [kick] a message came in: look at bufferedAmount again now */
+  #pump(kick = false) {
+    if (this.#pumping && !kick) return;
     this.#pumping = true;
+    clearTimeout(this.#poll);
+    // No drain event on a WebSocket: poll bufferedAmount, from 10 ms up to 250 ms apart
+    // (and at once when a message comes in).
+    const later = () => {
+      this.#poll = setTimeout(step, this.#pollMs);
+      this.#pollMs = Math.min(250, this.#pollMs * 2);
+    };
     const step = () => {
       while (this.#queue.length && !this.isClosed) {
-        if ((this.ws?.bufferedAmount ?? 0) > HIGH_WATER) {
-          setTimeout(step, 10); // (no drain event on a WebSocket: poll)
-          return;
-        }
+        if ((this.ws?.bufferedAmount ?? 0) > HIGH_WATER) return later();
+        this.#pollMs = 10;
         try {
           this.ws.send(/** @type {Uint8Array} */ (this.#queue.shift()));
         } catch (exc) {
@@ -356,7 +396,7 @@ export class Link {
         for (const wake of this.#roomWaiters.splice(0)) wake();
       } else if (this.#roomWaiters.length) {
         this.#pumping = true;
-        setTimeout(step, 10);
+        later();
       }
     };
     step();
@@ -381,7 +421,9 @@ export class Link {
   async close(reason = "closed", timeout = 2000) {
     if (this.isClosed) return;
     try { this.send("Bye", { reason: cut(reason) }); } catch { /* closing anyway */ }
-    await Promise.race([this.room(), new Promise((r) => setTimeout(r, timeout))]);
+    /** @type {any} */ let timer;
+    await Promise.race([this.room(), new Promise((r) => { timer = setTimeout(r, timeout); })]);
+    clearTimeout(timer);
     this.#close(new ConnectionLost(`connection to ${this.url} closed`), 1000, reason);
   }
 
@@ -391,7 +433,9 @@ export class Link {
     this.isClosed = true;
     this.error ??= error;
     clearInterval(this.#timer);
+    clearTimeout(this.#poll);
     this.#queue = [];
+    this.#failOpen(this.error);
     for (const wake of this.#roomWaiters.splice(0)) wake();
     try { this.ws?.close(code, reason.slice(0, 100)); } catch { /* already closed */ }
     this.#resolveClosed(this.error);
@@ -408,6 +452,7 @@ export class Link {
  * @property {{base?: number, factor?: number, cap?: number, random?: () => number}} [reconnect] backoff, in ms
  * @property {number} [connectTimeout] ms for the first connection (and each attempt; default 10000)
  * @property {number} [maxFrame] the largest frame body accepted from the leader
+ * @property {number} [maxPending] calls that may wait for their answer at once (default 10000): past them submit, enqueue and publish wait, job() and queries throw Busy
  * @property {any} [WebSocket] the WebSocket class (default: the global one)
  * @property {typeof fetch} [fetch] used to explain a failure to connect (default: the global one)
  */
@@ -424,6 +469,9 @@ export class Connector {
   /** @type {Set<Channel<StatusEvent>>} */ #watchers = new Set();
   /** @type {(() => void)|null} */ #wakeSleep = null;
   /** @type {Array<[any, string, EventListener]>} */ #listeners = [];
+  /** @type {Link|null} a connection being opened */ #opening = null;
+  /** @type {Error|null} why close() was called (an abort signal's reason) */ #closeReason = null;
+  /** @type {Array<() => void>} woken on connected and on closed */ #waiters = [];
 
   /**
    * @param {string} url
@@ -516,11 +564,14 @@ export class Connector {
       /** @type {Link|null} */ let link = null;
       try {
         token = await this.#token();
+        if (this.closing) break;
         link = await Link.open(this.url, {
           WebSocket: this.options.WebSocket, fetch: this.options.fetch, connectTimeout, maxFrame: this.options.maxFrame,
           hello: this.options.hello(token), onMessage: (msg, link) => this.options.onMessage(msg, link),
-        });
+        }, (l) => { this.#opening = l; });
       } catch (exc) {
+        this.#opening = null;
+        if (this.closing) break;
         const error = /** @type {Error} */ (exc);
         const fatal = this.#fatal(error, token, refused);
         if (error instanceof HandshakeError && error.code === "auth_failed") refused = token;
@@ -542,11 +593,12 @@ export class Connector {
         await this.#sleep(delay);
         continue;
       }
+      this.#opening = null;
       if (this.closing) {
         await link.close("client closed");
         break;
       }
-      this.backoff.reset();
+      const upSince = Date.now();
       attempt = 0;
       refused = undefined;
       this.connects++;
@@ -554,8 +606,12 @@ export class Connector {
       this.emit({ type: "connected", url: this.url, version: /** @type {any} */ (link.welcome).version, heartbeat: /** @type {any} */ (link.welcome).heartbeat });
       this.options.onConnected(link);
       resolve();
+      for (const wake of this.#waiters.splice(0)) wake();
       const why = await link.closed;
       this.link = null;
+      // A link that stayed up for a while resets the backoff; one that drops at once
+      // (a leader that accepts, then fails) does not: no reconnect storm.
+      if (Date.now() - upSince >= this.backoff.cap) this.backoff.reset();
       if (this.closing) break;
       if (why instanceof HandshakeError && why.code === "auth_failed" && typeof this.options.token !== "function") {
         this.#giveUp(new AuthFailed(`connection to ${this.url} lost for good: the leader refused the credentials (auth_failed): ${why.reason}`, why.reason));
@@ -563,11 +619,19 @@ export class Connector {
       }
       this.options.onDisconnected(why);
       this.emit({ type: "disconnected", error: why });
+      if (this.closing) break;
       const delay = this.backoff.next();
       this.emit({ type: "reconnecting", delay, attempt: 1 });
       await this.#sleep(delay);
     }
+    if (!this.connects) reject(this.#closeReason ?? new ConnectionLost(`could not connect to ${this.url}: closed before connecting`));
     this.#finish(null);
+  }
+
+  /** Resolves once connected (at once if connected now) or closed for good. @returns {Promise<void>} */
+  connected() {
+    if ((this.link && !this.link.isClosed) || this.closing || this.failure) return Promise.resolve();
+    return new Promise((resolve) => this.#waiters.push(resolve));
   }
 
   /**
@@ -598,6 +662,7 @@ export class Connector {
 
   /** @param {Error|null} error */
   #finish(error) {
+    for (const wake of this.#waiters.splice(0)) wake();
     for (const [t, type, fn] of this.#listeners.splice(0)) t?.removeEventListener?.(type, fn);
     this.emit({ type: "closed", error });
     for (const watcher of this.#watchers) watcher.end();
@@ -605,10 +670,13 @@ export class Connector {
     this.resolveClosed(error);
   }
 
-  /** Close for good (gracefully: what is queued goes out first). */
-  async close() {
+  /** Close for good (gracefully: what is queued goes out first). @param {any} [reason] why (before the first connection: connect() rejects with it) */
+  async close(reason) {
     if (this.closing) return this.closed;
     this.closing = true;
+    if (reason != null) this.#closeReason = reason;
+    for (const wake of this.#waiters.splice(0)) wake();
+    this.#opening?.abort(new ConnectionLost(`could not connect to ${this.url}: closed before connecting`));
     if (this.#wakeSleep) this.#wakeSleep();
     const link = this.link;
     if (link) await link.close("client closed");
@@ -714,6 +782,7 @@ export class Client {
   /** @type {Map<number, Subscription>} */ #subs = new Map();
   /** @type {Map<number, Subscription>} subscriptions by their Subscribe's mid */ #subMids = new Map();
   /** @type {Array<Record<string, any>>} */ #cancels = [];
+  /** @type {Array<() => void>} */ #slotWaiters = [];
   #sids = 0;
 
   /** @param {string} url @param {ConnectOptions} [options] */
@@ -729,12 +798,15 @@ export class Client {
       hello: (token) => ({ role: "client", name: this.name, token }),
       onMessage: (msg) => this.#dispatch(msg),
       onConnected: (link) => this.#onConnected(link),
-      onDisconnected: () => this.#onDisconnected(),
+      onDisconnected: (why) => this.#onDisconnected(why),
       onFailure: (error) => this.#fail(error),
     });
     /** @type {Promise<Error|null>} resolves when the client is closed: null by close(), else why it gave up */
     this.closed = this.#connector.closed;
-    options.signal?.addEventListener("abort", () => this.close(), { once: true });
+    this.maxPending = options.maxPending ?? 10_000;
+    const signal = options.signal;
+    if (signal?.aborted) this.#close(signal.reason);
+    else signal?.addEventListener("abort", () => this.#close(signal.reason), { once: true });
   }
 
   /** Connections made so far (more than 1 after a reconnect). */
@@ -748,8 +820,13 @@ export class Client {
   }
 
   /** Close: queued messages go out, then Bye; waiting calls reject with ConnectionLost. */
-  async close() {
-    const closing = this.#connector.close();
+  close() {
+    return this.#close();
+  }
+
+  /** @param {any} [reason] */
+  async #close(reason) {
+    const closing = this.#connector.close(reason);
     const error = new ConnectionLost(`client closed (${this.url})`);
     this.#fail(error);
     await closing;
@@ -759,6 +836,7 @@ export class Client {
 
   /** @param {Link} link */
   #onConnected(link) {
+    this.#subMids.clear(); // (mids start again at 1 on each link)
     for (const sub of this.#subs.values()) this.#sendSubscribe(link, sub);
     for (const cancel of this.#cancels.splice(0)) link.send("Cancel", cancel);
     const calls = [...this.#calls.values(), ...this.#unsent];
@@ -767,10 +845,14 @@ export class Client {
     for (const call of calls) if (!call.done) this.#transmit(link, call);
   }
 
-  #onDisconnected() {
+  /** @param {any} why */
+  #onDisconnected(why) {
     for (const [mid, call] of this.#calls) {
       this.#calls.delete(mid);
-      if (call.kind === "Submit" && call.fields.qos === 0) {
+      if (why?.poisoned) {
+        // One of these may have caused it: sending them again could repeat it for ever.
+        this.#settle(call, new ConnectionLost(`connection to ${this.url} ended by the leader's ${why.poisoned} error; the call was not sent again`, { cause: why }));
+      } else if (call.kind === "Submit" && call.fields.qos === 0) {
         this.#settle(call, new ConnectionLost(`connection to ${this.url} lost (a QoS 0 job is never sent again)`));
       } else if (!call.done) {
         this.#unsent.add(call);
@@ -791,6 +873,7 @@ export class Client {
   #settle(call, error, value) {
     if (call.done) return;
     call.done = true;
+    queueMicrotask(() => { for (const wake of this.#slotWaiters.splice(0)) wake(); });
     if (call.kind === "Submit" && this.#progress.get(call.fields.job_id) === call) this.#progress.delete(call.fields.job_id);
     call.progress?.end();
     if (error) call.reject(error);
@@ -799,7 +882,7 @@ export class Client {
 
   /** @param {Link} link @param {Call} call */
   #transmit(link, call) {
-    if (call.sent && call.kind === "Submit" && !call.fields.enqueue) {
+    if (call.sent && call.kind === "Submit") {
       // A leader took it before: one that restarted has no workers yet (they reconnect
       // too), and must not answer no_route for a job that had a route.
       call.fields = { ...call.fields, wait_for_worker: true };
@@ -828,6 +911,7 @@ export class Client {
   /** @param {Call} call */
   #forget(call) {
     call.done = true;
+    queueMicrotask(() => { for (const wake of this.#slotWaiters.splice(0)) wake(); });
     if (call.mid !== undefined && this.#calls.get(call.mid) === call) this.#calls.delete(call.mid);
     this.#unsent.delete(call);
     if (this.#progress.get(call.fields.job_id) === call) this.#progress.delete(call.fields.job_id);
@@ -844,6 +928,23 @@ export class Client {
     else {
       if (this.#cancels.length >= MAX_QUEUED_CANCELS) this.#cancels.shift();
       this.#cancels.push(cancel);
+    }
+  }
+
+  /** Calls waiting (sent or not) for their answer. */
+  get pending() {
+    return this.#calls.size + this.#unsent.size;
+  }
+
+  /** Throws Busy when `maxPending` calls already wait (for job(), which cannot wait). */
+  #pendingCheck() {
+    if (this.pending >= this.maxPending) throw new Busy(`${this.pending} calls already wait for their answer (maxPending ${this.maxPending})`, null);
+  }
+
+  /** Waits while `maxPending` calls wait (submit, enqueue, publish): woken as calls end. */
+  async #pendingRoom() {
+    while (this.pending >= this.maxPending && !this.#connector.closing && !this.#connector.failure) {
+      await new Promise((r) => this.#slotWaiters.push(r));
     }
   }
 
@@ -937,14 +1038,15 @@ export class Client {
    */
   job(subject, payload = null, options = {}) {
     const { qos = 1, timeout, jobId, signal, headers, maxAttempts, waitForWorker = false, enqueue = false } = options;
-    if (typeof subject !== "string" || !subject) throw new TypeError("subject must be a non-empty string");
     if (qos !== 0 && qos !== 1) throw new RangeError(`qos must be 0 or 1, got ${qos}`);
-    if (timeout !== undefined && !(timeout > 0)) throw new RangeError(`timeout must be a number of ms > 0, got ${timeout}`);
+    if (timeout !== undefined && !(timeout > 0 && timeout < 2 ** 31)) throw new RangeError(`timeout must be a number of ms > 0, got ${timeout}`);
     const fields = {
-      job_id: jobId ?? crypto.randomUUID(), subject, payload: payload == null ? null : encodePayload(payload),
+      job_id: jobId ?? uuid(), subject, payload: payload == null ? null : encodePayload(payload),
       headers: headers ?? {}, qos, timeout: timeout === undefined ? null : timeout / 1000,
       max_attempts: maxAttempts ?? null, wait_for_worker: waitForWorker, enqueue,
     };
+    checkFields("Submit", fields);
+    this.#pendingCheck();
     /** @type {Call} */
     const call = /** @type {any} */ ({ kind: "Submit", fields, done: false, sent: false, progress: new Channel(100, true) });
     const result = new Promise((resolve, reject) => {
@@ -952,7 +1054,6 @@ export class Client {
       call.reject = reject;
     });
     result.catch(() => {}); // (the caller may only look at progress: no unhandled rejection)
-    this.#progress.set(fields.job_id, call);
     /** @type {any} */ let timer;
     const onAbort = () => {
       if (call.done) return;
@@ -962,8 +1063,10 @@ export class Client {
     if (signal?.aborted) {
       call.done = true;
       call.reject(signal.reason ?? new DOMException("aborted", "AbortError"));
+      call.progress?.end();
       return new JobHandle(this, call, result);
     }
+    this.#progress.set(fields.job_id, call);
     signal?.addEventListener("abort", onAbort, { once: true });
     if (timeout !== undefined) {
       timer = setTimeout(() => {
@@ -984,6 +1087,7 @@ export class Client {
    */
   async submit(subject, payload = null, options = {}) {
     await this.#room();
+    await this.#pendingRoom();
     return this.job(subject, payload, options).result;
   }
 
@@ -996,6 +1100,7 @@ export class Client {
   async enqueue(subject, payload = null, options = {}) {
     const { jobId, headers, maxAttempts, waitForWorker } = options;
     await this.#room();
+    await this.#pendingRoom();
     return this.job(subject, payload, { jobId, headers, maxAttempts, waitForWorker, qos: 1, enqueue: true }).result;
   }
 
@@ -1009,6 +1114,7 @@ export class Client {
   async *map(subject, payloads, options = {}) {
     const { limit = 64, signal, ...rest } = options;
     if (!(limit >= 1)) throw new RangeError(`limit must be at least 1, got ${limit}`);
+    signal?.throwIfAborted();
     const stop = new AbortController();
     const onAbort = () => stop.abort(signal?.reason);
     signal?.addEventListener("abort", onAbort, { once: true });
@@ -1020,7 +1126,12 @@ export class Client {
           return { ok: true, value: await this.job(subject, payload, { ...rest, signal: stop.signal }).result };
         } catch (error) {
           if (error instanceof Busy && !stop.signal.aborted) {
-            await new Promise((r) => setTimeout(r, error.retryAfter ?? 100));
+            await new Promise((r) => {
+              const timer = setTimeout(done, error.retryAfter ?? 100);
+              function done() { clearTimeout(timer); stop.signal.removeEventListener("abort", done); r(undefined); }
+              stop.signal.addEventListener("abort", done, { once: true });
+            });
+            if (stop.signal.aborted) return { ok: false, error: stop.signal.reason };
             continue;
           }
           return { ok: false, error };
@@ -1061,7 +1172,9 @@ export class Client {
    * @param {string} jobId @param {string} [reason]
    */
   async cancel(jobId, reason = "") {
-    await this.#send("Cancel", { job_id: jobId, reason: cut(reason) });
+    const fields = { job_id: jobId, reason: cut(reason) };
+    checkFields("Cancel", fields);
+    await this.#send("Cancel", fields);
   }
 
   /**
@@ -1080,6 +1193,8 @@ export class Client {
 
   /** @param {Record<string, any>} fields @param {number|undefined} timeout @param {string} tooSlow */
   #ask(fields, timeout, tooSlow) {
+    checkFields("Query", fields);
+    this.#pendingCheck();
     /** @type {Call} */
     const call = /** @type {any} */ ({ kind: "Query", fields, done: false, sent: false });
     const result = new Promise((resolve, reject) => {
@@ -1109,7 +1224,7 @@ export class Client {
         link.send(kind, fields);
         return;
       }
-      await new Promise((r) => setTimeout(r, 50));
+      await this.#connector.connected();
     }
   }
 
@@ -1123,8 +1238,10 @@ export class Client {
    */
   async publish(subject, payload = null, { headers, retain = false, qos = 0 } = {}) {
     const fields = { subject, payload: payload == null ? null : encodePayload(payload), headers: headers ?? {}, retain, qos };
+    checkFields("Publish", fields);
     if (qos === 0) return this.#send("Publish", fields);
     await this.#room();
+    await this.#pendingRoom();
     /** @type {Call} */
     const call = /** @type {any} */ ({ kind: "Publish", fields, done: false, sent: false });
     const result = new Promise((resolve, reject) => {
@@ -1144,7 +1261,7 @@ export class Client {
    * @returns {Subscription}
    */
   subscribe(pattern, { queue, maxPending = 1000 } = {}) {
-    if (typeof pattern !== "string" || !pattern) throw new TypeError("pattern must be a non-empty string");
+    checkFields("Subscribe", { sid: 1, pattern, queue: queue ?? null });
     if (this.#connector.failure) throw this.#connector.failure;
     const sub = new Subscription(this, ++this.#sids, pattern, queue ?? null, maxPending);
     this.#subs.set(sub.sid, sub);

@@ -94,6 +94,72 @@ export function payloadOf(msg) {
   return p.plain;
 }
 
+// Outgoing checks (docs/protocol.md, Limits and Subjects): by field name, for the fields a
+// client or worker builds from its caller's values. A bad one throws TypeError/RangeError
+// here, before anything is sent: the leader would close the connection over it.
+const IDS = new Set(["job_id", "cache_id", "transfer_id"]);
+const NAMES = new Set(["name", "group", "queue", "node", "session"]);
+const SUBJECTS = new Set(["subject"]);
+const PATTERNS = new Set(["pattern", "target"]);
+const SPACE = /[ \t\r\n\f\0]/;
+const chars = (/** @type {string} */ s) => (s.length <= 256 ? s.length : [...s].length);
+
+/**
+ * Throws TypeError (wrong type) or RangeError (out of the protocol's limits) for a field
+ * `name` of `kind` that the leader would refuse; `pattern`: wildcards allowed.
+ * @param {string} what a subject or pattern @param {boolean} pattern @param {string} [label]
+ */
+export function checkSubject(what, pattern, label = pattern ? "pattern" : "subject") {
+  if (typeof what !== "string") throw new TypeError(`${label} must be a string, got ${typeof what}`);
+  const tokens = what.split(".");
+  const why = !what ? "is empty" : SPACE.test(what) ? "holds whitespace or NUL" : tokens.includes("") ? "has an empty token" :
+    tokens.length > 256 ? "has more than 256 tokens" : new TextEncoder().encode(what).length > 4096 ? "is over 4096 bytes" :
+    !pattern && (tokens.includes("*") || tokens.includes(">")) ? "holds a wildcard (a subject may not)" :
+    tokens.slice(0, -1).includes(">") ? "has > before its last token" : null;
+  if (why) throw new TypeError(`bad ${label} ${JSON.stringify(what.slice(0, 100))}: it ${why} (see docs/protocol.md, Subjects)`);
+}
+
+/** @param {string} kind @param {Record<string, any>} fields */
+export function checkFields(kind, fields) {
+  const table = KINDS[kind]?.[1];
+  if (!table) throw new TypeError(`unknown message kind ${kind}`);
+  for (const [name, , type, dflt] of table) {
+    const v = fields[name];
+    const label = `${kind}.${name}`;
+    if (v === undefined || (v === null && dflt === null)) {
+      if (dflt === D && name !== "mid") throw new TypeError(`${label} is required`);
+      continue;
+    }
+    const text = (/** @type {number} */ max, min = 0) => {
+      if (typeof v !== "string") throw new TypeError(`${label} must be a string, got ${typeof v}`);
+      const n = chars(v);
+      if (n < min || n > max) throw new RangeError(`${label} must hold ${min} to ${max} characters, got ${n}`);
+    };
+    if (IDS.has(name) && dflt === D) text(256, 1);
+    else if (IDS.has(name) || NAMES.has(name)) text(256);
+    else if (name === "token" || name === "code") text(name === "code" ? 64 : 4096, name === "code" ? 1 : 0);
+    else if (SUBJECTS.has(name)) checkSubject(v, false, label);
+    else if (PATTERNS.has(name)) checkSubject(v, true, label);
+    else if (name === "patterns") { if (!Array.isArray(v) || v.length > 4096) throw new RangeError(`${label}: an array of at most 4096 patterns`); v.forEach((p) => checkSubject(p, true, label)); }
+    else if (type === "h") {
+      if (!v || typeof v !== "object" || Array.isArray(v)) throw new TypeError(`${label} must be an object of text to text`);
+      const entries = Object.entries(v);
+      if (entries.length > 64) throw new RangeError(`${label}: at most 64 headers, got ${entries.length}`);
+      for (const [k, x] of entries) {
+        if (typeof x !== "string") throw new TypeError(`${label}.${k} must be a string`);
+        if (chars(k) > 256 || chars(x) > 4096) throw new RangeError(`${label}: a header name is at most 256 characters, a value 4096`);
+      }
+    } else if (type[0] === "u") {
+      const min = type === "u1" || name === "max_attempts" ? 1 : 0;
+      if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > Number.MAX_SAFE_INTEGER) throw new RangeError(`${label} must be an integer >= ${min}, got ${v}`);
+      if (name === "qos" && v > 1) throw new RangeError(`${label} must be 0 or 1, got ${v}`);
+    } else if (type === "n?" || type === "f?") {
+      if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || (type === "f?" && v > 1) || (name === "delay" && kind === "Submit" && v > 366 * 86400)) throw new RangeError(`${label} out of range: ${v}`);
+    } else if (type === "b" && typeof v !== "boolean") throw new TypeError(`${label} must be a boolean, got ${typeof v}`);
+    else if ((type === "t" || type === "t?") && typeof v !== "string") throw new TypeError(`${label} must be a string, got ${typeof v}`);
+  }
+}
+
 /**
  * One frame holding message `kind` with `fields` (Python field names; payloads already
  * encoded: a Uint8Array, or null). Fields at their default are left out.
@@ -103,6 +169,7 @@ export function payloadOf(msg) {
  */
 export function encodeMessage(kind, fields) {
   const [tag, table] = KINDS[kind];
+  checkFields(kind, fields);
   /** @type {Record<string, any>} */
   const map = { t: tag };
   for (const [name, key, , dflt] of table) {
@@ -159,7 +226,8 @@ export function decodeFrame(data, { maxFrame = DEFAULT_MAX_FRAME } = {}) {
   }
   let body;
   try {
-    body = decode(bytes.subarray(HEADER), { maxDepth: MAX_DEPTH + 1 });
+    // A map body counts towards the 64 levels; a bundle's own array does not.
+    body = decode(bytes.subarray(HEADER), { maxDepth: bytes[HEADER] >> 5 === 4 ? MAX_DEPTH + 1 : MAX_DEPTH });
   } catch (exc) {
     throw new ProtocolError("bad_frame", `body is not one acceptable CBOR item: ${/** @type {Error} */ (exc).message}`);
   }

@@ -175,11 +175,16 @@ test("client: one reconnect attempt at a time, at once on online", async () => {
 test("client: a silent connection is dead after 3 heartbeats", async () => {
   FakeWS.instances = [];
   FakeWS.behave = (ws) => ws.acceptAsLeader({ heartbeat: 0.02 });
+  const keep = setTimeout(() => {}, 5000); // (the liveness timer is unref'd, the fake socket holds nothing)
   const client = await Client.connect("ws://leader", opts());
   const status = client.status();
   for await (const e of status) if (e.type === "disconnected") { assert.match(e.error.message, /3 heartbeats/); break; }
+  // Nothing heard for H: it asks (a Ping, at most one per H), then gives up after 3H.
+  const kinds = FakeWS.instances[0].kinds();
+  assert.ok(kinds.filter((k) => k === "Ping").length >= 1 && kinds.filter((k) => k === "Ping").length <= 3, String(kinds));
   assert.equal(FakeWS.instances[0].sent.at(-1).code, "heartbeat_timeout");
   await client.close();
+  clearTimeout(keep);
 });
 
 test("client: subscriptions are bounded, report slow consumers, drain", async () => {
@@ -220,4 +225,106 @@ test("client: a URL that is not a leader's WebSocket, and a refused token", asyn
   await assert.rejects(Client.connect("ws://leader", opts({ token: async () => { asked++; return "bad"; } })), AuthFailed);
   assert.equal(asked, 2, "a provider is asked again once, then the same refused token is final");
   assert.throws(() => new Client("http://x", opts()), TypeError);
+});
+
+test("client: bad fields throw at once; a closing error ends the link and its calls, never resent", async () => {
+  FakeWS.instances = [];
+  FakeWS.behave = (ws) => ws.acceptAsLeader();
+  const client = await Client.connect("ws://leader", opts());
+  assert.throws(() => client.job("math.x", 1, { jobId: "x".repeat(257) }), RangeError);
+  assert.throws(() => client.job("math.x", 1, { jobId: "" }), RangeError);
+  assert.throws(() => client.job("bad subject", 1), TypeError);
+  assert.throws(() => client.job("a.*", 1), TypeError);
+  assert.throws(() => client.job("math.x", 1, { maxAttempts: 0 }), RangeError);
+  assert.throws(() => client.job("math.x", 1, { headers: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`h${i}`, "v"])) }), RangeError);
+  assert.throws(() => client.job("math.x", 1, { headers: { h: "v".repeat(4097) } }), RangeError);
+  assert.throws(() => client.subscribe("a..b"), TypeError);
+  assert.throws(() => client.subscribe("a.>.b"), TypeError);
+  client.subscribe("a.*.>").return();
+  await assert.rejects(client.publish("a b", 1), TypeError);
+  assert.ok(!FakeWS.instances[0].sent.some((m) => ["Submit", "Publish"].includes(m.kind)));
+  // The leader refuses something with a closing code: the link closes at once, the call
+  // sent on it settles with ConnectionLost and is not sent again on the next link.
+  const p = client.submit("math.x", 1, { jobId: "poison" });
+  await until(() => FakeWS.instances[0].sent.some((m) => m.kind === "Submit"));
+  FakeWS.instances[0].deliver("Error", { code: "bad_field", message: "Submit.x: wrong" });
+  await assert.rejects(p, (e) => e instanceof ConnectionLost && /bad_field/.test(e.message));
+  await until(() => FakeWS.instances.length === 2 && FakeWS.instances[1].hello);
+  await sleep(10);
+  assert.ok(!FakeWS.instances[1].sent.some((m) => m.kind === "Submit"));
+  // A Bye closes at once too (and a call on it is sent again: Bye poisons nothing).
+  const q = client.submit("math.x", 2, { jobId: "again" });
+  FakeWS.instances[1].deliver("Bye", { reason: "restart" });
+  await until(() => FakeWS.instances.length === 3 && FakeWS.instances[2].sent.some((m) => m.kind === "Submit"));
+  const s = FakeWS.instances[2].sent.find((m) => m.kind === "Submit");
+  FakeWS.instances[2].deliver("Result", { cid: s.mid, job_id: "again", payload: encodePayload(4) });
+  assert.equal(await q, 4);
+  await client.close();
+});
+
+test("client: closed before connecting rejects connect() (with the signal's reason); close() exits at once", async () => {
+  FakeWS.instances = [];
+  FakeWS.behave = () => {}; // never opens
+  const controller = new AbortController();
+  const connecting = Client.connect("ws://leader", opts({ signal: controller.signal }));
+  await sleep(5);
+  controller.abort(new Error("user left"));
+  await assert.rejects(connecting, /user left/);
+  const c2 = Client.connect("ws://leader", opts({ signal: AbortSignal.abort(new Error("already")) }));
+  await assert.rejects(c2, /already/);
+  FakeWS.behave = (ws) => ws.acceptAsLeader();
+  const client = await Client.connect("ws://leader", opts());
+  const t0 = Date.now();
+  await client.close();
+  assert.ok(Date.now() - t0 < 500);
+});
+
+test("client: one-way traffic stays alive by pinging; subscribe mids are per link; map honours an aborted signal", async () => {
+  FakeWS.instances = [];
+  FakeWS.behave = (ws) => {
+    ws.acceptAsLeader({ heartbeat: 0.02 });
+    const prev = ws.onSent;
+    ws.onSent = (m) => { prev(m); if (m.kind === "Ping") ws.deliver("Pong", { cid: m.mid }); };
+  };
+  const keep = setTimeout(() => {}, 5000);
+  const client = await Client.connect("ws://leader", opts());
+  await sleep(150); // 7 heartbeats, the leader only answers
+  assert.equal(client.connects, 1);
+  assert.ok(FakeWS.instances[0].kinds().includes("Ping"));
+  // A Subscribe's mid on a new link may equal an old call's: an Error for it ends only its own.
+  const sub = client.subscribe("a.>");
+  FakeWS.instances[0].drop();
+  await until(() => FakeWS.instances.length === 2 && FakeWS.instances[1].sent.some((m) => m.kind === "Subscribe"));
+  const old = FakeWS.instances[0].sent.find((m) => m.kind === "Subscribe");
+  const sub2 = client.subscribe("b.>");
+  const fresh = FakeWS.instances[1].sent.filter((m) => m.kind === "Subscribe").at(-1);
+  assert.equal(fresh.pattern, "b.>");
+  if (old.mid !== fresh.mid) FakeWS.instances[1].deliver("Error", { cid: old.mid, code: "not_permitted", message: "stale" });
+  FakeWS.instances[1].deliver("Error", { cid: fresh.mid, code: "not_permitted", message: "no" });
+  await assert.rejects(sub2.next(), /no/);
+  assert.ok(!sub.ended);
+  await assert.rejects(async () => { for await (const _ of client.map("math.x", [1, 2], { signal: AbortSignal.abort(new Error("stop")) })) { /* none */ } }, /stop/);
+  assert.ok(!FakeWS.instances[1].sent.some((m) => m.kind === "Submit"));
+  await client.close();
+  clearTimeout(keep);
+});
+
+test("client: maxPending bounds the calls waiting: job() throws Busy, submit() waits", async () => {
+  FakeWS.instances = [];
+  FakeWS.behave = (ws) => ws.acceptAsLeader();
+  const client = await Client.connect("ws://leader", opts({ maxPending: 2 }));
+  const ws = FakeWS.instances[0];
+  const a = client.job("math.x", 1, { jobId: "a" });
+  client.job("math.x", 2, { jobId: "b" });
+  assert.throws(() => client.job("math.x", 3), Busy);
+  let sent = false;
+  const c = client.submit("math.x", 3, { jobId: "c" }).then((v) => { sent = true; return v; });
+  await sleep(10);
+  assert.ok(!ws.sent.some((m) => m.job_id === "c"));
+  ws.deliver("Result", { cid: ws.sent.find((m) => m.job_id === "a").mid, job_id: "a" });
+  await a.result;
+  await until(() => ws.sent.some((m) => m.job_id === "c"));
+  assert.ok(!sent);
+  await client.close();
+  await assert.rejects(c, ConnectionLost);
 });

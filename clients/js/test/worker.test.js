@@ -89,3 +89,59 @@ test("worker: a lost connection aborts the jobs in hand and reconnects", async (
   assert.equal(FakeWS.instances[1].hello.credit, 2);
   await running.stop();
 });
+
+test("worker: a duplicate Assign is answered when the running attempt ends; orphans lower the credit; deadline fails final", async () => {
+  FakeWS.instances = [];
+  FakeWS.behave = (ws) => ws.acceptAsLeader();
+  /** @type {Array<() => void>} */ const release = [];
+  class Stubborn extends Worker {
+    subjects = ["s.>"];
+    concurrency = 2;
+    async handle(job) {
+      if (job.subject === "s.deadline") return new Promise(() => {});
+      await new Promise((r) => release.push(r)); // ignores its signal
+      return job.id;
+    }
+  }
+  const running = runWorker("ws://leader", new Stubborn(), opts);
+  await running.ready;
+  const ws = FakeWS.instances[0];
+  ws.deliver("Assign", { job_id: "d", subject: "s.x" });
+  ws.deliver("Assign", { job_id: "d", subject: "s.x", attempt: 2 });
+  await until(() => release.length === 1);
+  assert.ok(!ws.sent.some((m) => m.kind === "Nack"));
+  release.shift()();
+  await until(() => ws.sent.filter((m) => m.kind === "Result").length === 2);
+  assert.deepEqual(ws.sent.filter((m) => m.kind === "Result").map((m) => m.cid), [2, 3]);
+  // An orphan: the connection drops under a handler that goes on; the next Hello has credit 1.
+  ws.deliver("Assign", { job_id: "o", subject: "s.x" });
+  await until(() => release.length === 1);
+  ws.drop();
+  await until(() => FakeWS.instances.length === 2 && FakeWS.instances[1].hello);
+  const ws2 = FakeWS.instances[1];
+  assert.equal(ws2.hello.credit, 1);
+  release.shift()(); // it ends late: kept, then a redelivery is answered from it
+  await until(() => ws2.sent.some((m) => m.kind === "Credit"));
+  assert.equal(ws2.sent.find((m) => m.kind === "Credit").credit, 2);
+  ws2.deliver("Assign", { job_id: "o", subject: "s.x", attempt: 2 });
+  await until(() => ws2.sent.some((m) => m.kind === "Result"));
+  assert.equal(payloadOf(ws2.sent.find((m) => m.kind === "Result")), "o");
+  assert.equal(release.length, 0);
+  // Past its deadline: a final DeadlineExceeded failure, not a Nack.
+  ws2.deliver("Assign", { job_id: "late", subject: "s.deadline", deadline: 0.02 });
+  await until(() => ws2.sent.some((m) => m.kind === "Result" && m.job_id === "late"));
+  const late = ws2.sent.find((m) => m.job_id === "late");
+  assert.equal(late.error_type, "DeadlineExceeded");
+  assert.equal(late.final, true);
+  await running.stop();
+});
+
+test("worker: stopped before connecting: ready rejects", async () => {
+  FakeWS.instances = [];
+  FakeWS.behave = () => {};
+  class W extends Worker { subjects = ["x"]; }
+  const running = runWorker("ws://leader", new W(), opts);
+  await sleep(5);
+  await running.stop();
+  await assert.rejects(running.ready, /closed before connecting/);
+});
