@@ -11,6 +11,12 @@ is written here. Routes:
                             not ready
 ``GET /actors.js``,         the files of ``clients/js`` (an allow-list made at start from
 ``GET /src/<name>.js``      its listing: nothing else is ever read), with ETag and 304
+``GET /examples/<name>``    the browser examples (``examples/browser/*.html``, ``.js``,
+                            ``.css``; an allow-list made at start the same way), with a
+                            strict ``Content-Security-Policy``: scripts and styles only
+                            from this server, WebSockets only to the leader's ``ws://`` and
+                            ``wss://`` listeners (see :meth:`HttpApp.content_security_policy`)
+``GET /``                   a page linking to the examples' pages (until the dashboard)
 ==========================  ============================================================
 
 Anything else is 404; a known path with a method it does not take is 405 with ``Allow``.
@@ -38,6 +44,7 @@ Security, on every request, before any route runs:
 from __future__ import annotations
 
 import hashlib
+import html
 import ipaddress
 import json
 import logging
@@ -62,6 +69,16 @@ log = logging.getLogger("actors.leader.http")
 
 #: The JavaScript client's directory (``actors.js`` and ``src/*.js`` are served from it).
 CLIENT_JS_DIR = Path(__file__).resolve().parents[2] / "clients" / "js"
+#: The browser examples' directory (served at ``/examples/<name>``).
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "browser"
+#: The content types of the examples' files, by suffix (other files are not served).
+EXAMPLE_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+#: In an example page, the tag whose ``content`` is filled with the leader's WebSocket URL.
+LEADER_META = b'<meta name="actors-leader" content="">'
 #: Headers one request may carry (more: 431).
 MAX_HEADERS = 64
 #: Bytes of a request's headers (more: 431; hypercorn's ``h11_max_incomplete_size`` too,
@@ -85,6 +102,8 @@ MAX_NOT_READY_LISTED = 100
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 #: The name of a file ``/src/`` serves.
 _JS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\.js\Z")
+#: The name of a file ``/examples/`` serves.
+_EXAMPLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\.(html|js|css)\Z")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
 
 Handler = Callable[["Request"], Awaitable["Response"]]
@@ -157,6 +176,30 @@ def client_files(directory: str | os.PathLike[str] | None) -> dict[str, Path]:
                     files[prefix + entry.name] = Path(entry.path)
             except OSError:
                 continue
+    return files
+
+
+def example_files(directory: str | os.PathLike[str] | None) -> dict[str, Path]:
+    """The allow-list of the browser examples: ``/examples/<name>`` by URL path, for the
+    regular files (not links) of ``directory`` named ``<name>.html``, ``.js`` or ``.css``
+    (letters, digits, ``_`` and ``-``); empty when it is missing (an installed package)."""
+    files: dict[str, Path] = {}
+    if directory is None:
+        return files
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return files
+    for entry in entries:
+        try:
+            if (
+                _EXAMPLE_NAME.match(entry.name)
+                and entry.is_file(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_size <= MAX_FILE_BYTES
+            ):
+                files["/examples/" + entry.name] = Path(entry.path)
+        except OSError:
+            continue
     return files
 
 
@@ -249,6 +292,7 @@ class HttpApp:
       leader: the leader it answers for (its statistics, origins and users).
       host: the address the server listens on (a loopback one turns on the ``Host`` check).
       client_dir: the JavaScript client's directory (None: serve no files).
+      examples_dir: the browser examples' directory (None: serve none).
       max_body: bytes of a request's body at most.
     """
 
@@ -258,6 +302,7 @@ class HttpApp:
         *,
         host: str = "127.0.0.1",
         client_dir: str | os.PathLike[str] | None = CLIENT_JS_DIR,
+        examples_dir: str | os.PathLike[str] | None = EXAMPLES_DIR,
         max_body: int = MAX_BODY,
     ) -> None:
         self.leader = leader
@@ -271,6 +316,11 @@ class HttpApp:
         }
         for path in self.files:
             self.routes[path] = Route({"GET": self._file}, public=True)
+        self.examples = example_files(examples_dir)
+        for path in self.examples:
+            self.routes[path] = Route({"GET": self._example})
+        if any(path.endswith(".html") for path in self.examples):
+            self.routes["/"] = Route({"GET": self._index})  # (until the dashboard)
 
     def add_route(
         self, path: str, handlers: Mapping[str, Handler], *, public: bool = False
@@ -497,10 +547,73 @@ class HttpApp:
             return Response(304, headers=tuple(headers))
         return Response(200, data, "text/javascript; charset=utf-8", tuple(headers))
 
+    def leader_ws_urls(self) -> list[str]:
+        """The leader's bound ``ws://`` and ``wss://`` listen URLs."""
+        return [url for url in self.leader.urls if url.startswith(("ws://", "wss://"))]
+
+    def content_security_policy(self) -> str:
+        """The policy of the example pages: nothing from elsewhere, scripts and styles
+        from this server only (no inline ones), WebSockets to the leader's ``ws://`` and
+        ``wss://`` listeners only (any host for one bound to an unspecified address)."""
+        sources = []
+        for url in self.leader_ws_urls():
+            scheme, _, rest = url.partition("://")
+            authority = rest.split("/", 1)[0]
+            host, _, port = authority.rpartition(":")
+            if host in ("0.0.0.0", "[::]", "::"):
+                authority = f"*:{port}"
+            sources.append(f"{scheme}://{authority}")
+        connect = " ".join(dict.fromkeys(sources)) or "'none'"
+        return (
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+            f" connect-src {connect}; base-uri 'none'; form-action 'none';"
+            " frame-ancestors 'none'"
+        )
+
+    def _page_headers(self) -> list[tuple[str, str]]:
+        return [
+            ("content-security-policy", self.content_security_policy()),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-cache"),
+        ]
+
+    async def _example(self, request: Request) -> Response:
+        path = request.path
+        data_etag = self._read(path)
+        if data_etag is None:
+            return error_response(404, "not_found", f"nothing at {path!r}")
+        data, etag = data_etag
+        content_type = EXAMPLE_TYPES[Path(path).suffix]
+        if path.endswith(".html") and LEADER_META in data:
+            # The page's default leader: this leader's first WebSocket listener.
+            urls = self.leader_ws_urls()
+            if urls:
+                url = urls[0].replace("&", "&amp;").replace('"', "&quot;").encode()
+                data = data.replace(LEADER_META, LEADER_META[:-2] + url + b'">', 1)
+                etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+        headers = [("etag", etag), *self._page_headers()]
+        if _etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(304, headers=tuple(headers))
+        return Response(200, data, content_type, tuple(headers))
+
+    async def _index(self, request: Request) -> Response:
+        links = "".join(
+            f'<li><a href="{path}">{path.removeprefix("/examples/")}</a></li>'
+            for path in sorted(self.examples)
+            if path.endswith(".html")
+        )
+        body = (
+            '<!doctype html><html lang="en"><meta charset="utf-8"><title>trio-actors</title>'
+            f"<h1>trio-actors: {html.escape(self.leader.name)}</h1>"
+            f"<p>Browser examples (<code>examples/browser/</code>):</p><ul>{links}</ul>"
+            '<p><a href="/readyz">/readyz</a> · <a href="/actors.js">/actors.js</a></p></html>'
+        )
+        return Response(200, body.encode(), "text/html; charset=utf-8", tuple(self._page_headers()))
+
     def _read(self, path: str) -> tuple[bytes, str] | None:
         """An allow-listed file's bytes and ETag, read again only when it changed (a stat
         per request; the files are small)."""
-        file = self.files[path]
+        file = self.files.get(path) or self.examples[path]
         try:
             st = os.stat(file, follow_symlinks=False)
             key = (st.st_mtime_ns, st.st_size, st.st_ino)
