@@ -28,6 +28,7 @@ import pytest
 
 from actors.leader import Leader
 from actors.leader._http import EXAMPLES_DIR, HttpApp, example_files
+from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS
 from tests.test_http import request
 
 try:
@@ -36,14 +37,6 @@ except ImportError:  # (the browser tests skip)
     expect = None  # type: ignore[assignment]
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 # --------------------------------------------------------------------------- served
@@ -138,8 +131,8 @@ async def test_the_allow_list_takes_regular_files_with_safe_names(tmp_path, nurs
 
 
 def _chromium_reason() -> str | None:
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"no Chromium at {CHROMIUM} (Debian's chromium package)"
+    if CHROMIUM is None or not os.access(CHROMIUM, os.X_OK):
+        return "no Chromium at /usr/bin/chromium or on PATH (Debian's chromium package)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:

@@ -635,22 +635,13 @@ async def _submit_command(args: argparse.Namespace, stop: trio.CancelScope) -> i
             print(outcome.to_json())
         progress.update(1)
 
-    # A bad line ends the input there: the jobs before it finish and are printed first.
-    input_error: InputError | None = None
-
-    async def payloads() -> AsyncIterator[Any]:
-        nonlocal input_error
-        try:
-            async for payload in _payloads(args):
-                yield payload
-        except InputError as exc:
-            input_error = exc
+    payloads = _Payloads(args)  # (a bad line ends the input there)
 
     try:
         with stop:
             async with _connect(args) as client:
                 async with client.map(
-                    args.subject, payloads(), limit=args.concurrency, qos=args.qos,
+                    args.subject, payloads.read(), limit=args.concurrency, qos=args.qos,
                     timeout=args.timeout, wait_for_worker=args.wait_for_worker,
                     delay=args.delay, at=args.at, return_exceptions=True,
                 ) as results:  # fmt: skip
@@ -668,8 +659,7 @@ async def _submit_command(args: argparse.Namespace, stop: trio.CancelScope) -> i
     if stop.cancelled_caught:
         print("interrupted: the jobs still running were cancelled", file=sys.stderr)
         return INTERRUPTED
-    if input_error is not None:
-        raise input_error
+    payloads.check()
     return 1 if failed else 0
 
 
@@ -890,15 +880,7 @@ async def _enqueue_command(args: argparse.Namespace, stop: trio.CancelScope) -> 
             progress.write(line, file=sys.stderr)
         progress.update(1)
 
-    input_error: InputError | None = None
-
-    async def payloads() -> AsyncIterator[Any]:
-        nonlocal input_error
-        try:
-            async for payload in _payloads(args):
-                yield payload
-        except InputError as exc:
-            input_error = exc
+    payloads = _Payloads(args)
 
     try:
         with stop:
@@ -913,7 +895,7 @@ async def _enqueue_command(args: argparse.Namespace, stop: trio.CancelScope) -> 
                     )  # fmt: skip
                     return index, answer
 
-                await _in_order(payloads(), args.concurrency, one, show)
+                await _in_order(payloads.read(), args.concurrency, one, show)
     finally:
         progress.close()
     sys.stdout.flush()
@@ -929,8 +911,7 @@ async def _enqueue_command(args: argparse.Namespace, stop: trio.CancelScope) -> 
             file=sys.stderr,
         )
         return INTERRUPTED
-    if input_error is not None:
-        raise input_error
+    payloads.check()
     return 1 if refused else 0
 
 
@@ -1133,6 +1114,28 @@ def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- payloads
+
+
+@attrs.define
+class _Payloads:
+    """The payloads of a ``submit`` or ``enqueue`` command (:func:`_payloads`), ended at
+    the first bad line: the jobs before it finish and are printed first, then
+    :meth:`check` raises its :class:`InputError`."""
+
+    args: argparse.Namespace
+    error: InputError | None = None
+
+    async def read(self) -> AsyncIterator[Any]:
+        try:
+            async for payload in _payloads(self.args):
+                yield payload
+        except InputError as exc:
+            self.error = exc
+
+    def check(self) -> None:
+        """Raise the bad line's error, if the input had one."""
+        if self.error is not None:
+            raise self.error
 
 
 async def _payloads(args: argparse.Namespace) -> AsyncIterator[Any]:

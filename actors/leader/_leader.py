@@ -145,6 +145,14 @@ class _Credentials:
     #: why the leader ended it: the code and message of the Error it is closed with
     ended: tuple[str, str] | None = None
 
+    def expire_at(self, expires_at: float | None) -> None:
+        """End the connection when its proof expires (Unix time; None: never)."""
+        self.scope.deadline = (
+            math.inf
+            if expires_at is None
+            else trio.current_time() + max(0.0, expires_at - time.time())
+        )
+
     def end(self, code: str, message: str) -> None:
         """Close the connection with Error ``code`` (from its handler's task)."""
         self.ended = (code, message)
@@ -956,11 +964,7 @@ class Leader:
             old.connections -= 1
             principal.connections += 1
             credentials.principal = principal
-            credentials.scope.deadline = (
-                math.inf
-                if expires_at is None
-                else trio.current_time() + max(0.0, expires_at - time.time())
-            )
+            credentials.expire_at(expires_at)
             link = credentials.link
             if link is None:
                 continue
@@ -1046,8 +1050,7 @@ class Leader:
             )
             if principal is not None:
                 principal.connections += 1
-            if expires_at is not None:
-                scope.deadline = trio.current_time() + max(0.0, expires_at - time.time())
+            credentials.expire_at(expires_at)
             with scope:
                 if hello.role == "worker":
                     await self._serve_worker(conn, hello, batch[1:], credentials)
