@@ -124,7 +124,7 @@ async def test_the_allow_list_takes_regular_files_with_safe_names(tmp_path, nurs
     app = HttpApp(leader, examples_dir=tmp_path)
     assert "connect-src 'none';" in app.content_security_policy()
     assert "/" in app.routes
-    assert "/" not in HttpApp(leader, examples_dir=None).routes
+    assert "/" not in HttpApp(leader, examples_dir=None, dashboard_dir=None).routes
 
 
 # --------------------------------------------------------------------------- in Chromium

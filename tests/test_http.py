@@ -447,7 +447,13 @@ async def test_the_cluster_serves_http_and_prints_its_url():
             [line] = [line for line in lines if line.startswith("http listening on ")]
             url = line.removeprefix("http listening on ")
             assert url.startswith("http://127.0.0.1:")
-            assert lines.index(line) == 1  # (after the leader's listen line)
+            # (after the leader's listen lines: its tcp listener, and the ws listener added
+            # for the dashboard since the cluster has none)
+            before = lines[: lines.index(line)]
+            assert [b.split("://")[0] for b in before] == [
+                "leader listening on tcp",
+                "leader listening on ws",
+            ]
             assert (await request(url, "/healthz")).status == 200
             reply = await request(url, "/readyz")
             assert reply.status == 200, reply.body

@@ -11,8 +11,9 @@ The TOML shape (every key but ``[[groups]]`` name/worker is optional)::
     insecure = false          # listen beyond loopback without [auth] (not advised)
     allowed_origins = ["https://app.example"]  # Origin values a browser may send ("*": any)
     handshake_timeout = 10.0  # seconds a connection has to say Hello
-    http = "127.0.0.1:7780"   # HTTP: /healthz, /readyz, /actors.js (default: none; the
-                              #   dashboard and API come later)
+    http = "127.0.0.1:7780"   # HTTP: /healthz, /readyz, /metrics, the dashboard at /, the
+                              #   JSON API at /api (default: none)
+    http_read_only = false    # true: HTTP serves GET and HEAD only (no retry, cancel, scale)
     tls_cert = "leader.pem"   # and tls_key: the certificate of tls:// and wss:// listeners
     tls_key = "leader.key"
     tls_client_ca = "clients-ca.pem"  # check client certificates (mTLS) against this CA
@@ -167,6 +168,7 @@ _LEADER_KEYS = {
     "allowed_origins": "origins",
     "handshake_timeout": "positive",
     "http": "http",
+    "http_read_only": "bool",
     "tls_cert": "file",
     "tls_key": "file",
     "tls_client_ca": "file",
@@ -949,6 +951,7 @@ def config_from_args(
     tls_key: str | None = None,
     tls_client_ca: str | None = None,
     http: str | None = None,
+    http_read_only: bool = False,
 ) -> ClusterConfig:
     """Build the cluster configuration from the ``python -m actors.cluster`` options.
 
@@ -959,7 +962,8 @@ def config_from_args(
     replace the file's journal settings (``memory`` and ``data_dir`` together: an error).
     ``insecure`` allows listening beyond loopback without ``[auth]``; ``allow_origins`` are
     added to the file's ``allowed_origins``; ``tls_cert``, ``tls_key`` and
-    ``tls_client_ca`` replace the file's; ``http`` replaces its HTTP address.
+    ``tls_client_ca`` replace the file's; ``http`` replaces its HTTP address;
+    ``http_read_only`` makes its HTTP read-only (a file's ``true`` stays).
 
     Raises:
       ConfigError: any option or the file is wrong.
@@ -982,6 +986,8 @@ def config_from_args(
         leader = attrs.evolve(leader, insecure=True)
     if http is not None:
         leader = attrs.evolve(leader, http=check_http_address(http, at="--http"))
+    if http_read_only:
+        leader = attrs.evolve(leader, http_read_only=True)
     if allow_origins:
         origins = check_origins(list(allow_origins), at="--allow-origin")
         leader = attrs.evolve(

@@ -176,6 +176,8 @@ class LeaderTable:
     handshake_timeout: float | None = None
     # HTTP: /healthz, /readyz, the JavaScript client ("127.0.0.1:7780"; None: none).
     http: str | None = None
+    # Only GET and HEAD over HTTP (the API reads, and changes nothing).
+    http_read_only: bool = False
     # The certificate of tls:// and wss:// listeners (files; see tls_context()).
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -239,6 +241,8 @@ class LeaderTable:
             del kwargs["allowed_origins"]
         if kwargs["http"] is None:
             del kwargs["http"]
+        if not kwargs["http_read_only"]:
+            del kwargs["http_read_only"]
         return kwargs
 
 

@@ -30,9 +30,14 @@ second Ctrl-C kills the workers and exits at once (status 1). A bad configuratio
 with a message on stderr; a leader that cannot listen exits 1.
 
 ``--http ADDR`` (or ``[leader] http``; default: none) serves HTTP on ``ADDR``
-(``127.0.0.1:7780``; ``:0`` picks a free loopback port): ``/healthz``, ``/readyz`` and the
-JavaScript client at ``/actors.js``; it prints ``http listening on URL``. Until its groups
-have a worker connected, ``/readyz`` says each is ``starting``.
+(``127.0.0.1:7780``; ``:0`` picks a free loopback port): ``/healthz``, ``/readyz``, the
+JSON API under ``/api`` (see ``actors/leader/_api.py``) and the JavaScript client at
+``/actors.js``; it prints ``http listening on URL``. Until its groups have a worker
+connected, ``/readyz`` says each is ``starting``. Through the API an admin changes a
+group's instance count (``PUT /api/groups/NAME``, 0 to 1,000): the cluster starts the new
+instances, or drains and stops the highest-numbered ones, in the background, and says
+``group NAME: N instances``. ``--http-read-only`` (``[leader] http_read_only = true``)
+serves GET and HEAD only: nothing changes over HTTP.
 
 The leader's statistics (per subject and per group: done, failed, redelivered, dead, in
 flight, latency) are printed when the cluster stops, and with ``--stats S`` every S seconds
@@ -68,6 +73,7 @@ import trio
 from runtime import parse_url
 
 from .._checks import ConfigError
+from ..leader._admin import MAX_INSTANCES
 from ..leader._journal import JournalError
 from ..leader._leader import is_loopback
 from ..worker._group import GroupFailed, WorkerGroup
@@ -162,8 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--http",
         metavar="ADDR",
         help="serve HTTP on ADDR (127.0.0.1:7780; :0 picks a free loopback port): /healthz,"
-        " /readyz and the JavaScript client at /actors.js (default: none; the dashboard and"
-        " API come later; beyond loopback needs [auth] users or --insecure)",
+        " /readyz, the dashboard, the JSON API under /api and the JavaScript client at"
+        " /actors.js (default: none; beyond loopback needs [auth] users or --insecure)",
+    )
+    parser.add_argument(
+        "--http-read-only",
+        action="store_true",
+        help="serve GET and HEAD only over HTTP: the API shows, and changes nothing (no"
+        " retry, cancel, purge or scaling)",
     )
     parser.add_argument(
         "--stats",
@@ -237,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             http=args.http,
+            http_read_only=args.http_read_only,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
@@ -427,6 +440,14 @@ async def _run_cluster(
             leader_nursery.start_soon(_watch_signals, signals, groups_scope, groups, say, reload)
             status = 0
             failed: dict[str, str] = {}
+            # (the API's PUT /api/groups/NAME; scaling runs among the groups' tasks)
+            scaler = GroupScaler(
+                {group.name: group for group in groups},
+                failed,
+                say,
+                stopping=lambda: groups_scope.cancel_called,
+            )
+            leader.scaler = scaler
 
             def group_failed(group: WorkerGroup, reason: str) -> None:
                 nonlocal status
@@ -440,6 +461,7 @@ async def _run_cluster(
 
             with groups_scope:
                 async with trio.open_nursery() as group_nursery:
+                    scaler.nursery = group_nursery
                     for group, group_config in zip(groups, config.groups, strict=True):
                         await group_nursery.start(_run_group, group, group_failed)
                         line = group.describe()
@@ -461,6 +483,7 @@ async def _run_cluster(
                         task_status.started(urls)
                     if not groups:
                         await trio.sleep_forever()  # a bare leader: serve until signalled
+                scaler.nursery = None
             if not groups_scope.cancel_called:  # every group's run ended: they all failed
                 say("every group failed: stopping")
                 status = 1
@@ -470,6 +493,71 @@ async def _run_cluster(
         say(line)
     say("cluster stopped")
     return status
+
+
+@attrs.define(eq=False)
+class GroupScaler:
+    """Changes the instance counts of a cluster's groups, for its leader
+    (:attr:`Leader.scaler <actors.leader.Leader>`: the API's ``PUT /api/groups/NAME``).
+
+    ``await scaler(name, n)`` records the count and returns it at once; one task per group
+    (in :attr:`nursery`, among the groups' tasks) then scales the group to the latest
+    count asked, one change at a time (:meth:`WorkerGroup.scale`: new instances start,
+    the highest-numbered ones drain and stop); a count asked while one is made is taken
+    next, those in between skipped. :meth:`groups` says the count each group is to have.
+
+    Raises (from a call):
+      LookupError: the cluster runs no such group.
+      ValueError: a count that is not an int from 0 to :data:`MAX_INSTANCES`.
+      RuntimeError: the group failed (restart the cluster to run it again), or the
+        cluster stops.
+    """
+
+    members: Mapping[str, WorkerGroup]
+    failed: Mapping[str, str]
+    say: Callable[[str], None]
+    stopping: Callable[[], bool] = lambda: False
+    #: Where the scaling tasks run (None: not yet, or no more).
+    nursery: trio.Nursery | None = None
+    _wanted: dict[str, int] = attrs.field(init=False, factory=dict)
+    _scaling: set[str] = attrs.field(init=False, factory=set)
+
+    async def __call__(self, name: str, instances: int) -> int:
+        group = self.members.get(name)
+        if group is None:
+            raise LookupError(f"the cluster runs no group {name!r}")
+        if type(instances) is not int or not 0 <= instances <= MAX_INSTANCES:
+            raise ValueError(f"instances must be an int from 0 to {MAX_INSTANCES}")
+        if name in self.failed:
+            raise RuntimeError(
+                f"group {name} failed ({self.failed[name]}): restart the cluster to run it again"
+            )
+        nursery = self.nursery
+        if nursery is None or self.stopping():
+            raise RuntimeError("the cluster is not running its groups (it starts or stops)")
+        before = self._wanted.get(name, group.desired)
+        self._wanted[name] = instances
+        if before != instances:
+            self.say(f"group {name}: scaling from {before} to {instances} instances")
+        if name not in self._scaling:
+            self._scaling.add(name)
+            nursery.start_soon(self._scale, name, group)
+        await trio.lowlevel.checkpoint()
+        return instances
+
+    def groups(self) -> dict[str, int]:
+        """The instances each group is to have, by name."""
+        return {name: self._wanted.get(name, g.desired) for name, g in self.members.items()}
+
+    async def _scale(self, name: str, group: WorkerGroup) -> None:
+        try:
+            while (target := self._wanted[name]) != group.desired:
+                await group.scale(target)
+                self.say(f"group {name}: {target} instance{'s' if target != 1 else ''}")
+        except (RuntimeError, OSError) as exc:  # (it stopped running; a process did not start)
+            self.say(f"group {name}: not scaled to {self._wanted[name]}: {exc}")
+        finally:
+            self._scaling.discard(name)
 
 
 def _secrets(auth: AuthConfig | None) -> frozenset[bytes]:

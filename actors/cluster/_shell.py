@@ -7,6 +7,9 @@
     python -m actors submit math.square --file payloads.jsonl      # one JSON payload a line
     producer | python -m actors submit math.square --file -        # payloads from stdin
     python -m actors status                                        # groups, subjects, totals
+    python -m actors status --http                                 # the same from the HTTP API,
+                                                                   # with readiness and workers
+    python -m actors top                                           # live, until q or Ctrl-C
     python -m actors result JOB_ID --wait                          # a job's result by id
     python -m actors enqueue mail.send '{"to": "a@b"}' --delay 60  # prints the job id once accepted
     python -m actors enqueue report.build --file jobs.jsonl --at 2026-12-08T06:00Z
@@ -53,7 +56,9 @@ or stdout was closed early (``| head``: quietly, the jobs still running cancelle
 bad arguments or input (a token variable that is not set, a token or TLS file that cannot
 be read); 130 on Ctrl-C, which cancels the jobs still running (the leader
 cancels each one no other client waits for), except for ``subscribe``, which Ctrl-C ends
-normally (0). A second Ctrl-C stops at once.
+normally (0). A second Ctrl-C stops at once. ``status --http`` and ``top`` read the
+leader's HTTP API instead (see :mod:`actors.cluster._status`): their status is 0 when the
+leader is ready, 1 when it is not, 2 when it cannot be reached or refuses the token.
 """
 
 from __future__ import annotations
@@ -88,6 +93,13 @@ from protocol import (
 
 from .._checks import ConfigError, check_url
 from .._credentials import add_credential_options, credentials_from_args
+from ._status import (
+    add_http_option,
+    add_top_parser,
+    check_http_args,
+    status_command,
+    top_command,
+)
 
 #: Where commands connect when neither ``--url`` nor ``ACTORS_URL`` says.
 DEFAULT_URL = "tcp://127.0.0.1:7700"
@@ -286,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between two samples, for the rates (0: one sample, no rates; the leader"
         " answers a connection once a second at most)",
     )  # fmt: skip
+    add_http_option(status)
 
     publish = command("publish", "publish a message to the subscribers of a subject")
     publish.add_argument("subject", help="the message's subject (no wildcards)")
@@ -345,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("job_id", nargs="?", metavar="JOB_ID", help="the dead letter's job id")
         sub.add_argument("--all", action="store_true", help="every dead letter")
 
+    add_top_parser(commands, _DefaultsShown)
     commands.add_parser("version", help="print the protocol version")
     return parser
 
@@ -519,7 +533,10 @@ def _check_result_args(args: argparse.Namespace) -> None:
 
 
 def _check_status_args(args: argparse.Namespace) -> None:
-    _check_common(args)
+    if args.http is not None:  # (the HTTP API's checks: see actors.cluster._status)
+        check_http_args(args)
+    else:
+        _check_common(args)
     if not args.sample >= 0:
         raise ConfigError(f"--sample: expected a number >= 0, got {args.sample}")
 
@@ -552,6 +569,7 @@ _CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "status": _check_status_args,
     "publish": _check_publish_args,
     "subscribe": _check_subscribe_args,
+    "top": check_http_args,
 }
 
 
@@ -745,6 +763,8 @@ async def _subscribe_command(args: argparse.Namespace, stop: trio.CancelScope) -
 
 
 async def _status_command(args: argparse.Namespace, stop: trio.CancelScope) -> int:
+    if args.http is not None:
+        return await status_command(args, stop)
     with stop:
         async with _connect(args) as client:
             first = await _stats(client)
@@ -1018,6 +1038,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, trio.CancelScope], Awaitable[
     "status": _status_command,
     "publish": _publish_command,
     "subscribe": _subscribe_command,
+    "top": top_command,
 }
 
 

@@ -7,6 +7,8 @@ module             concept
 ``_leader``        :class:`Leader`: listeners, one task per connection, timers
 ``_broker``        :class:`Broker`: jobs, queues, credit, acks (sans-I/O)
 ``_http``          the HTTP side: health, readiness, the JS client (hypercorn)
+``_api``           the JSON API under ``/api`` and its OpenAPI document
+``_admin``         an operator's actions: job lookup, dead letters, cancel, scale
 ``_jobs``          a job's record and its state machine
 ``_journal``       the journal: accepted jobs and outcomes in SQLite, group commit
 ``_links``         the broker's view of connected peers and subject queues
@@ -19,6 +21,8 @@ module             concept
 =================  ==========================================================
 """
 
+from ._admin import AdminError as AdminError
+from ._admin import LeaderAdmin as LeaderAdmin
 from ._auth import AuthConfig as AuthConfig
 from ._auth import Token as Token
 from ._auth import User as User

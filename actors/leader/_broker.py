@@ -743,6 +743,76 @@ class Broker:
             f" (the leader's dedup_window)",
         )
 
+    def describe_job(self, job_id: str, now: float) -> dict[str, Any] | None:
+        """What the broker knows of job ``job_id``, for an operator: an unfinished job, or
+        the result of one finished within the dedup window; None when neither.
+
+        Returns a dict: ``job_id``, ``subject``, ``state`` (``queued``, ``running`` or
+        ``retrying``, a job submitted with a delay being ``queued``; ``done``, ``failed``
+        or ``cancelled``), ``attempts``, ``max_attempts`` (None for a finished job),
+        ``worker`` (the name of the one running it), ``submitted_at``, ``started_at`` (of
+        its attempt that runs or ran last), ``retry_at`` (when it is next queued),
+        ``finished_at`` (all wall-clock times, None when unknown), ``cancelling`` (the
+        reason a running job was asked to stop with), ``ok``, ``result`` (the payload as
+        it is kept: usually :class:`~protocol.Encoded`), ``error`` (``(type, message)`` of
+        its failure, or of its last failed attempt), ``traceback`` and ``identity`` (its
+        owner). Payloads are not copied: show them, do not keep them.
+        """
+        offset = self.clock_offset
+        job = self.jobs.get(job_id)
+        if job is not None:
+            state = job.state
+            if state is JobState.ASSIGNED:
+                shown = "running"
+            elif state is JobState.RETRY_WAIT and job.attempt:
+                shown = "retrying"
+            else:
+                shown = "queued"
+            worker = job.worker
+            return {
+                "job_id": job_id,
+                "subject": job.subject,
+                "state": shown,
+                "attempts": job.attempt,
+                "max_attempts": self.retries.policy(job)[0],
+                "worker": getattr(worker, "name", None) if state is JobState.ASSIGNED else None,
+                "submitted_at": job.submitted_at + offset,
+                "started_at": job.assigned_at + offset if job.attempt else None,
+                "retry_at": job.retry_at + offset if state is JobState.RETRY_WAIT else None,
+                "finished_at": None,
+                "cancelling": job.cancel_reason if state is JobState.ASSIGNED else None,
+                "ok": None,
+                "result": None,
+                "error": job.last_error,
+                "traceback": job.last_traceback,
+                "identity": job.identity,
+            }
+        stored = self.finished.get(job_id, now)
+        if stored is None:
+            return None
+        if type(stored) is CancelledResult:
+            shown = "cancelled"
+        else:
+            shown = "done" if stored.ok else "failed"
+        return {
+            "job_id": job_id,
+            "subject": stored.subject,
+            "state": shown,
+            "attempts": stored.attempts,
+            "max_attempts": None,
+            "worker": None,
+            "submitted_at": None,
+            "started_at": None,
+            "retry_at": None,
+            "finished_at": None,
+            "cancelling": None,
+            "ok": stored.ok,
+            "result": stored.payload,
+            "error": None if stored.ok else (stored.error_type, stored.error_message),
+            "traceback": stored.traceback,
+            "identity": stored.identity,
+        }
+
     def _fits(self, msg: Submit, size: int) -> bool:
         """Whether the Assign of a large submit fits the frame limit (encoded exactly)."""
         if size >= 1 << 62:
@@ -867,9 +937,9 @@ class Broker:
         queue = self._queue(job.subject)
         group = job.worker.stats if job.worker is not None else None
         if job.qos == 0:
-            queue.failed += 1
+            count_result(queue, False, now - job.submitted_at)
             if group is not None:
-                group.failed += 1
+                count_result(group, False, now - job.submitted_at)
             self._finish(
                 job,
                 JobState.DONE,
@@ -961,17 +1031,34 @@ class Broker:
                 job_id=msg.job_id,
                 reason=msg.reason or "abandoned: nobody waits for it",
             )
+        self._cancel(job, msg.reason, now)
+
+    def cancel_job(self, job_id: str, reason: str | None, now: float) -> JobState | None:
+        """Cancel job ``job_id`` as a client's Cancel does, for a caller with no link (an
+        operator over HTTP), who has checked that it may (its owner, or an admin).
+
+        Returns:
+          The job's state after: ``CANCELLED`` (it ended: its waiters are answered),
+          ``ASSIGNED`` (its worker is asked to stop, and its answer ends it; a result that
+          comes first still wins), or None when no unfinished job has that id.
+        """
+        job = self.jobs.get(job_id)
+        if job is None or job.state.final:
+            return None
+        self._cancel(job, reason, now)
+        return job.state
+
+    def _cancel(self, job: JobRecord, reason: str | None, now: float) -> None:
+        """End ``job`` (unfinished) as cancelled, or ask its worker to stop it."""
         if job.state is JobState.ASSIGNED:
             if job.worker is not None:
                 # The worker's answer ends the job (see _failed_attempt); a result
                 # that comes first still wins.
-                job.cancel_reason = msg.reason or "cancelled by client"
-                job.worker.send(
-                    Cancel(mid=job.worker.next_mid(), job_id=job.job_id, reason=msg.reason)
-                )
+                job.cancel_reason = reason or "cancelled by client"
+                job.worker.send(Cancel(mid=job.worker.next_mid(), job_id=job.job_id, reason=reason))
             return
         self._leave_waiting(job)
-        self._cancelled(job, msg.reason or "cancelled by client", now)
+        self._cancelled(job, reason or "cancelled by client", now)
 
     # ------------------------------------------------------------------ routing
 
@@ -1537,10 +1624,14 @@ class Broker:
 
     # ------------------------------------------------------------------ dead letters
 
-    def requeue_dead_letter(self, record: Mapping[str, Any], now: float) -> str | None:
+    def requeue_dead_letter(
+        self, record: Mapping[str, Any], now: float, *, forget: bool = True
+    ) -> str | None:
         """Submit dead letter ``record`` (a whole one, with its payload) again as a new job
-        under its id, its attempts reset, and forget the dead letter. Returns why it could
-        not (its id names a job still running, or the leader's queue is full), or None."""
+        under its id, its attempts reset, and forget the dead letter (unless ``forget`` is
+        false: the caller forgets a page of them at once, with :meth:`forget_dead_letters`,
+        which costs a pass over those kept in memory). Returns why it could not (its id
+        names a job still running, or the leader's queue is full), or None."""
         job_id = record["job_id"]
         if job_id in self.jobs:
             return f"job {job_id} is running again already"
@@ -1573,7 +1664,8 @@ class Broker:
             self.journal.accept(job, now)
         self._count_in(job, queue)
         queue.submitted += 1
-        self.forget_dead_letters({job_id})
+        if forget:
+            self.forget_dead_letters({job_id})
         job.wait_deadline = self.retries.wait_deadline(job, now)
         self._enqueue(job, now)
         return None

@@ -16,10 +16,19 @@ is written here. Routes:
                             strict ``Content-Security-Policy``: scripts and styles only
                             from this server, WebSockets only to the leader's ``ws://`` and
                             ``wss://`` listeners (see :meth:`HttpApp.content_security_policy`)
-``GET /``                   a page linking to the examples' pages (until the dashboard)
+``GET /``,                  the dashboard (``actors/leader/dashboard/``: its page, script
+``GET /dashboard/<name>``   and stylesheet; an allow-list made at start), under the same
+                            policy, which also lets it ``fetch`` the API from this server;
+                            the page is told the leader's WebSocket URL, whether it needs a
+                            token, and links to the examples' pages
 ==========================  ============================================================
 
 Anything else is 404; a known path with a method it does not take is 405 with ``Allow``.
+A route's path may hold ``{name}`` segments (``/api/jobs/{job_id}/cancel``): each matches
+one non-empty segment of the request's path, percent-decoded (so a job id with a ``/`` in
+it is ``%2F``), handed to the handler in :attr:`Request.params` (see :class:`PathTemplate`);
+exact paths win over templates. The JSON API's routes (``actors/leader/_api.py``) are added
+so by the leader.
 
 Security, on every request, before any route runs:
 
@@ -35,10 +44,13 @@ Security, on every request, before any route runs:
   and headers (hypercorn's ``h11_max_incomplete_size``), :data:`MAX_BODY` bytes of body
   (413); idle connections close after :data:`KEEP_ALIVE_TIMEOUT` seconds, reads wait at
   most :data:`READ_TIMEOUT`, and at most :data:`BACKLOG` connections wait to be accepted;
-- a method that may change state (anything but GET and HEAD) is served only to a request
-  that proves an identity (:meth:`HttpApp.authenticate`: ``Authorization: Bearer
-  <token>``, checked by the leader's :class:`Authenticator` as a Hello's token is), else
-  401; a leader without users needs none, as on its other listeners.
+- a leader with ``http_read_only`` answers every method but GET and HEAD 403
+  ``{"error": "read_only"}`` (after 404 and 405, before anything else is asked);
+- a method that may change state (anything but GET and HEAD), and every method of a route
+  added with ``authenticated=True`` (the API), is served only to a request that proves an
+  identity (:meth:`HttpApp.authenticate`: ``Authorization: Bearer <token>``, checked by
+  the leader's :class:`Authenticator` as a Hello's token is), else 401; a leader without
+  users needs none, as on its other listeners.
 """
 
 from __future__ import annotations
@@ -51,10 +63,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import attrs
 import trio
@@ -79,6 +92,13 @@ EXAMPLE_TYPES = {
 }
 #: In an example page, the tag whose ``content`` is filled with the leader's WebSocket URL.
 LEADER_META = b'<meta name="actors-leader" content="">'
+#: The dashboard's directory (its page served at ``/``, its files at ``/dashboard/<name>``).
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+#: In the dashboard's page, the tag whose ``content`` says whether the leader asks for a
+#: token (``token``) or not (``none``).
+AUTH_META = b'<meta name="actors-auth" content="">'
+#: In the dashboard's page, the place of the links to the browser examples' pages.
+EXAMPLES_MARK = b"<!--examples-->"
 #: Headers one request may carry (more: 431).
 MAX_HEADERS = 64
 #: Bytes of a request's headers (more: 431; hypercorn's ``h11_max_incomplete_size`` too,
@@ -105,6 +125,10 @@ _JS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\.js\Z")
 #: The name of a file ``/examples/`` serves.
 _EXAMPLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\.(html|js|css)\Z")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
+#: A ``{name}`` segment of a route's path.
+_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}\Z")
+#: Bytes of a request's path matched against the routes' templates at most (longer: 404).
+MAX_PATH_BYTES = 4096
 
 Handler = Callable[["Request"], Awaitable["Response"]]
 
@@ -179,10 +203,13 @@ def client_files(directory: str | os.PathLike[str] | None) -> dict[str, Path]:
     return files
 
 
-def example_files(directory: str | os.PathLike[str] | None) -> dict[str, Path]:
-    """The allow-list of the browser examples: ``/examples/<name>`` by URL path, for the
-    regular files (not links) of ``directory`` named ``<name>.html``, ``.js`` or ``.css``
-    (letters, digits, ``_`` and ``-``); empty when it is missing (an installed package)."""
+def example_files(
+    directory: str | os.PathLike[str] | None, *, prefix: str = "/examples/"
+) -> dict[str, Path]:
+    """The allow-list of the browser examples (or the dashboard's files, with ``prefix``
+    ``/dashboard/``): ``/examples/<name>`` by URL path, for the regular files (not links)
+    of ``directory`` named ``<name>.html``, ``.js`` or ``.css`` (letters, digits, ``_``
+    and ``-``); empty when it is missing (an installed package)."""
     files: dict[str, Path] = {}
     if directory is None:
         return files
@@ -197,7 +224,7 @@ def example_files(directory: str | os.PathLike[str] | None) -> dict[str, Path]:
                 and entry.is_file(follow_symlinks=False)
                 and entry.stat(follow_symlinks=False).st_size <= MAX_FILE_BYTES
             ):
-                files["/examples/" + entry.name] = Path(entry.path)
+                files[prefix + entry.name] = Path(entry.path)
         except OSError:
             continue
     return files
@@ -230,6 +257,76 @@ class BodyTooLarge(Exception):
     """A request's body is over the server's limit (answered 413)."""
 
 
+class HttpError(Exception):
+    """What a handler raises to answer ``{"error": code, "message": message}`` with
+    ``status`` (and more ``headers``), from however deep it is."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+    def response(self) -> Response:
+        """The error as a response."""
+        return error_response(self.status, self.code, self.message, self.headers)
+
+
+@attrs.frozen
+class PathTemplate:
+    """A route's path with ``{name}`` segments: ``/api/jobs/{job_id}``.
+
+    Raises:
+      ValueError: not an absolute path, an empty segment, a name used twice, or braces
+        that are not a whole ``{name}`` segment.
+    """
+
+    path: str
+    #: literal segments as they are, parameters as None
+    segments: tuple[str | None, ...] = attrs.field(init=False)
+    names: tuple[str, ...] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"a route's path starts with '/': {self.path!r}")
+        segments: list[str | None] = []
+        names: list[str] = []
+        for part in self.path[1:].split("/"):
+            match = _PARAM.match(part)
+            if match is not None:
+                if match[1] in names:
+                    raise ValueError(f"{self.path!r} names {match[1]!r} twice")
+                names.append(match[1])
+                segments.append(None)
+            elif not part or "{" in part or "}" in part:
+                raise ValueError(f"{self.path!r}: bad segment {part!r}")
+            else:
+                segments.append(part)
+        object.__setattr__(self, "segments", tuple(segments))
+        object.__setattr__(self, "names", tuple(names))
+
+    def match(self, parts: Sequence[str]) -> dict[str, str] | None:
+        """The parameters of a request path split on ``/`` (its segments percent-decoded
+        already), or None when it does not match (a parameter matches one non-empty
+        segment)."""
+        segments = self.segments
+        if len(parts) != len(segments):
+            return None
+        params: dict[str, str] = {}
+        names = iter(self.names)
+        for part, segment in zip(parts, segments, strict=True):
+            if segment is None:
+                if not part:
+                    return None
+                params[next(names)] = part
+            elif part != segment:
+                return None
+        return params
+
+
 @attrs.define(eq=False)
 class Request:
     """One HTTP request as a handler sees it.
@@ -246,13 +343,27 @@ class Request:
     receive: Callable[[], Awaitable[dict[str, Any]]]
     max_body: int
     principal: Principal | None = None
+    #: the values of the route's ``{name}`` segments, percent-decoded
+    params: dict[str, str] = attrs.field(factory=dict)
 
-    async def body(self) -> bytes:
+    @property
+    def query_string(self) -> bytes:
+        """The raw query string (after ``?``; empty when none)."""
+        return bytes(self.scope.get("query_string", b""))
+
+    async def body(self, limit: int | None = None) -> bytes:
         """The request's body, read whole.
 
+        Args:
+          limit: bytes at most, when below the server's limit (a route's own).
+
         Raises:
-          BodyTooLarge: over the server's limit (the handler's caller answers 413).
+          BodyTooLarge: over the limit (the handler's caller answers 413).
         """
+        max_body = self.max_body if limit is None else min(limit, self.max_body)
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            raise BodyTooLarge(f"the body is over {max_body} bytes ({declared})")
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -261,8 +372,8 @@ class Request:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                raise BodyTooLarge(f"the body is over {self.max_body} bytes")
+            if size > max_body:
+                raise BodyTooLarge(f"the body is over {max_body} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -272,10 +383,12 @@ class Request:
 @attrs.define(eq=False)
 class Route:
     """A path's handlers by method; ``public``: its GETs are served whatever the
-    ``Origin`` (public files that pages of other origins load)."""
+    ``Origin`` (public files that pages of other origins load); ``authenticated``: every
+    method, GET and HEAD too, asks for an identity (the API's routes)."""
 
     handlers: dict[str, Handler]
     public: bool = False
+    authenticated: bool = False
 
     @property
     def allow(self) -> str:
@@ -293,6 +406,8 @@ class HttpApp:
       host: the address the server listens on (a loopback one turns on the ``Host`` check).
       client_dir: the JavaScript client's directory (None: serve no files).
       examples_dir: the browser examples' directory (None: serve none).
+      dashboard_dir: the dashboard's directory (None: serve no dashboard, and nothing at
+        ``/``).
       max_body: bytes of a request's body at most.
     """
 
@@ -303,11 +418,16 @@ class HttpApp:
         host: str = "127.0.0.1",
         client_dir: str | os.PathLike[str] | None = CLIENT_JS_DIR,
         examples_dir: str | os.PathLike[str] | None = EXAMPLES_DIR,
+        dashboard_dir: str | os.PathLike[str] | None = DASHBOARD_DIR,
         max_body: int = MAX_BODY,
     ) -> None:
         self.leader = leader
         self.local_only = is_loopback(host)
         self.max_body = max_body
+        #: Only GET and HEAD are served (``LeaderConfig.http_read_only``).
+        self.read_only = bool(getattr(leader.config, "http_read_only", False))
+        # Routes whose path has {name} segments, tried in order after the exact ones.
+        self.templates: list[tuple[PathTemplate, Route]] = []
         self.files = client_files(client_dir)
         self._file_cache: dict[str, tuple[tuple[int, int, int], bytes, str]] = {}
         self.routes: dict[str, Route] = {
@@ -319,15 +439,78 @@ class HttpApp:
         self.examples = example_files(examples_dir)
         for path in self.examples:
             self.routes[path] = Route({"GET": self._example})
-        if any(path.endswith(".html") for path in self.examples):
-            self.routes["/"] = Route({"GET": self._index})  # (until the dashboard)
+        self.dashboard = example_files(dashboard_dir, prefix="/dashboard/")
+        for path in self.dashboard:
+            self.routes[path] = Route({"GET": self._dashboard_file})
+        if "/dashboard/index.html" in self.dashboard:
+            self.routes["/"] = Route({"GET": self._dashboard_file})
+        from ._metrics import metrics_handler  # (it loads prometheus_client, and imports this)
+
+        self.add_route("/metrics", {"GET": metrics_handler(self)}, authenticated=True)
 
     def add_route(
-        self, path: str, handlers: Mapping[str, Handler], *, public: bool = False
+        self,
+        path: str,
+        handlers: Mapping[str, Handler],
+        *,
+        public: bool = False,
+        authenticated: bool = False,
     ) -> None:
         """Serve ``path``: ``handlers`` by method (``"GET"`` also answers HEAD). Methods
-        other than GET and HEAD get an authenticated :class:`Request` (or 401)."""
-        self.routes[path] = Route({m.upper(): h for m, h in handlers.items()}, public=public)
+        other than GET and HEAD get an authenticated :class:`Request` (or 401); with
+        ``authenticated``, every method does. A path with ``{name}`` segments is a
+        :class:`PathTemplate` (its values in :attr:`Request.params`); adding a path again
+        replaces its route.
+
+        Raises:
+          ValueError: a bad template (see :class:`PathTemplate`).
+        """
+        route = Route(
+            {m.upper(): h for m, h in handlers.items()}, public=public, authenticated=authenticated
+        )
+        if "{" not in path and "}" not in path:
+            self.routes[path] = route
+            return
+        template = PathTemplate(path)
+        self.templates = [(t, r) for t, r in self.templates if t.path != path]
+        self.templates.append((template, route))
+
+    def match(self, scope: Mapping[str, Any]) -> tuple[Route, dict[str, str]] | None:
+        """The route of a request's path, and the values of its ``{name}`` segments; None
+        when no route has that path. The exact paths first, then the templates, against
+        the request's raw path split on ``/`` and each segment percent-decoded (a segment
+        that is not UTF-8 matches nothing). Of the routes that match, the first that takes
+        the request's method (so that ``POST /api/dead-letters/retry`` and ``GET
+        /api/dead-letters/{job_id}`` share a path); when none does, the first (405)."""
+        method = scope.get("method", "GET")
+        wanted = "GET" if method == "HEAD" else method
+        first: tuple[Route, dict[str, str]] | None = None
+        route = self.routes.get(scope["path"])
+        if route is not None:
+            if wanted in route.handlers or not self.templates:
+                return route, {}
+            first = (route, {})
+        if not self.templates:
+            return None
+        raw = scope.get("raw_path")
+        if isinstance(raw, bytes):
+            raw_path = raw.decode("latin-1").partition("?")[0]
+        else:
+            raw_path = quote(scope["path"], safe="/:@!$&'()*+,;=")
+        if len(raw_path) > MAX_PATH_BYTES or not raw_path.startswith("/"):
+            return first
+        try:
+            parts = [unquote(part, errors="strict") for part in raw_path[1:].split("/")]
+        except UnicodeDecodeError:
+            return first
+        for template, route in self.templates:
+            params = template.match(parts)
+            if params is not None:
+                if wanted in route.handlers:
+                    return route, params
+                if first is None:
+                    first = (route, params)
+        return first
 
     # ------------------------------------------------------------------ ASGI
 
@@ -400,7 +583,8 @@ class HttpApp:
             return error_response(
                 403, "forbidden_host", f"this server does not answer for Host {host!r:.100}"
             )
-        route = self.routes.get(path)
+        matched = self.match(scope)
+        route, params = matched if matched is not None else (None, {})
         origin = headers.get("origin")
         safe = method in SAFE_METHODS
         if (
@@ -428,8 +612,14 @@ class HttpApp:
                 f"{path} takes {route.allow}, not {method:.20}",
                 (("allow", route.allow),),
             )
-        request = Request(scope, method, path, headers, receive, self.max_body)
-        if not safe:
+        if not safe and self.read_only:
+            return error_response(
+                403,
+                "read_only",
+                f"this leader's HTTP is read-only (http_read_only): {method:.20} is not served",
+            )
+        request = Request(scope, method, path, headers, receive, self.max_body, params=params)
+        if not safe or route.authenticated:
             try:
                 request.principal = self.authenticate(scope)
             except AuthFailure as exc:
@@ -441,6 +631,8 @@ class HttpApp:
                 )
         try:
             return await handler(request)
+        except HttpError as exc:
+            return exc.response()
         except BodyTooLarge as exc:
             return error_response(413, "too_large", str(exc))
         except Exception:
@@ -501,14 +693,18 @@ class HttpApp:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether the leader is ready (every group it knows, those it has seen and those
-        a cluster told it of with :meth:`Leader.set_group_state`, has a worker connected;
-        its journal, if any, takes writes), and the body of ``/readyz`` saying so."""
+        a cluster told it of with :meth:`Leader.set_group_state`, has a worker connected,
+        unless its cluster runs it with no instance; its journal, if any, takes writes),
+        and the body of ``/readyz`` saying so."""
         stats = self.leader.stats()
         groups = stats["groups"]
+        # (a group its cluster was told to run with no instance needs none connected)
+        listing = getattr(self.leader.scaler, "groups", None)
+        stopped = {name for name, n in listing().items() if n == 0} if callable(listing) else ()
         not_ready = {
             name: group.get("state") or "no worker connected"
             for name, group in groups.items()
-            if group["workers"] < 1
+            if group["workers"] < 1 and name not in stopped
         }
         journal = stats["journal"]
         problem = None if journal is None else journal["refusal"]
@@ -551,10 +747,11 @@ class HttpApp:
         """The leader's bound ``ws://`` and ``wss://`` listen URLs."""
         return [url for url in self.leader.urls if url.startswith(("ws://", "wss://"))]
 
-    def content_security_policy(self) -> str:
+    def content_security_policy(self, *, fetch_self: bool = False) -> str:
         """The policy of the example pages: nothing from elsewhere, scripts and styles
         from this server only (no inline ones), WebSockets to the leader's ``ws://`` and
-        ``wss://`` listeners only (any host for one bound to an unspecified address)."""
+        ``wss://`` listeners only (any host for one bound to an unspecified address);
+        with ``fetch_self`` (the dashboard), requests to this server too (its API)."""
         sources = []
         for url in self.leader_ws_urls():
             scheme, _, rest = url.partition("://")
@@ -563,6 +760,8 @@ class HttpApp:
             if host in ("0.0.0.0", "[::]", "::"):
                 authority = f"*:{port}"
             sources.append(f"{scheme}://{authority}")
+        if fetch_self:
+            sources.insert(0, "'self'")
         connect = " ".join(dict.fromkeys(sources)) or "'none'"
         return (
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
@@ -570,9 +769,9 @@ class HttpApp:
             " frame-ancestors 'none'"
         )
 
-    def _page_headers(self) -> list[tuple[str, str]]:
+    def _page_headers(self, *, fetch_self: bool = False) -> list[tuple[str, str]]:
         return [
-            ("content-security-policy", self.content_security_policy()),
+            ("content-security-policy", self.content_security_policy(fetch_self=fetch_self)),
             ("referrer-policy", "no-referrer"),
             ("cache-control", "no-cache"),
         ]
@@ -584,36 +783,54 @@ class HttpApp:
             return error_response(404, "not_found", f"nothing at {path!r}")
         data, etag = data_etag
         content_type = EXAMPLE_TYPES[Path(path).suffix]
-        if path.endswith(".html") and LEADER_META in data:
-            # The page's default leader: this leader's first WebSocket listener.
-            urls = self.leader_ws_urls()
-            if urls:
-                url = urls[0].replace("&", "&amp;").replace('"', "&quot;").encode()
-                data = data.replace(LEADER_META, LEADER_META[:-2] + url + b'">', 1)
-                etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+        if path.endswith(".html"):
+            data, etag = self._filled(data, etag)
         headers = [("etag", etag), *self._page_headers()]
         if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(304, headers=tuple(headers))
         return Response(200, data, content_type, tuple(headers))
 
-    async def _index(self, request: Request) -> Response:
-        links = "".join(
-            f'<li><a href="{path}">{path.removeprefix("/examples/")}</a></li>'
-            for path in sorted(self.examples)
-            if path.endswith(".html")
-        )
-        body = (
-            '<!doctype html><html lang="en"><meta charset="utf-8"><title>trio-actors</title>'
-            f"<h1>trio-actors: {html.escape(self.leader.name)}</h1>"
-            f"<p>Browser examples (<code>examples/browser/</code>):</p><ul>{links}</ul>"
-            '<p><a href="/readyz">/readyz</a> · <a href="/actors.js">/actors.js</a></p></html>'
-        )
-        return Response(200, body.encode(), "text/html; charset=utf-8", tuple(self._page_headers()))
+    async def _dashboard_file(self, request: Request) -> Response:
+        path = "/dashboard/index.html" if request.path == "/" else request.path
+        data_etag = self._read(path)
+        if data_etag is None:
+            return error_response(404, "not_found", f"nothing at {request.path!r}")
+        data, etag = data_etag
+        if path.endswith(".html"):
+            data, etag = self._filled(data, etag)
+        headers = [("etag", etag), *self._page_headers(fetch_self=True)]
+        if _etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(304, headers=tuple(headers))
+        return Response(200, data, EXAMPLE_TYPES[Path(path).suffix], tuple(headers))
+
+    def _filled(self, page: bytes, etag: str) -> tuple[bytes, str]:
+        """``page`` (HTML) with what it is told of this leader, and its ETag: its default
+        WebSocket URL (:data:`LEADER_META`: the first ``ws://`` or ``wss://`` listener),
+        whether it asks for a token (:data:`AUTH_META`), the links to the examples' pages
+        (:data:`EXAMPLES_MARK`)."""
+        data = page
+        urls = self.leader_ws_urls()
+        if urls and LEADER_META in data:
+            url = html.escape(urls[0], quote=True).encode()
+            data = data.replace(LEADER_META, LEADER_META[:-2] + url + b'">', 1)
+        if AUTH_META in data:
+            auth = b"none" if self.leader.authenticator is None else b"token"
+            data = data.replace(AUTH_META, AUTH_META[:-2] + auth + b'">', 1)
+        if EXAMPLES_MARK in data:
+            links = "".join(
+                f'<li><a href="{html.escape(path)}">{html.escape(path.removeprefix("/examples/"))}</a></li>'
+                for path in sorted(self.examples)
+                if path.endswith(".html")
+            )
+            data = data.replace(EXAMPLES_MARK, links.encode(), 1)
+        if data is page:
+            return page, etag
+        return data, f'"{hashlib.sha256(data).hexdigest()[:32]}"'
 
     def _read(self, path: str) -> tuple[bytes, str] | None:
         """An allow-listed file's bytes and ETag, read again only when it changed (a stat
         per request; the files are small)."""
-        file = self.files.get(path) or self.examples[path]
+        file = self.files.get(path) or self.examples.get(path) or self.dashboard[path]
         try:
             st = os.stat(file, follow_symlinks=False)
             key = (st.st_mtime_ns, st.st_size, st.st_ino)

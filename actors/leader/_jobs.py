@@ -65,6 +65,20 @@ class IllegalTransition(RuntimeError):
     """A bug: code tried to move a job along a transition the table does not allow."""
 
 
+#: The upper bounds (seconds, inclusive: Prometheus' ``le``) of the latency histograms'
+#: buckets, from submit to result; one more bucket counts what is over the last (``+Inf``).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+def latency_counts() -> list[int]:
+    """An empty latency histogram: a count per bucket of :data:`LATENCY_BUCKETS`, and
+    one for ``+Inf``."""
+    return [0] * (len(LATENCY_BUCKETS) + 1)
+
+
 # What a job refers to, as the broker reaches it through the job. The links and queues
 # (actors.leader._links) hold jobs, so they import this module and not the other way round:
 # these describe them structurally, each by the members used through a job.
@@ -79,6 +93,8 @@ class Counters(Protocol):
     dead: int
     latency_total: float
     latency_max: float
+    #: Finished jobs by latency bucket (see :data:`LATENCY_BUCKETS`).
+    latency_counts: list[int]
 
 
 class Holder(Protocol):

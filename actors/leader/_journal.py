@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     identity TEXT
 );
 CREATE INDEX IF NOT EXISTS dead_letters_at ON dead_letters (dead_at);
+CREATE INDEX IF NOT EXISTS dead_letters_subject ON dead_letters (subject, dead_at);
 """
 
 _INSERT = (
@@ -120,6 +121,33 @@ _DEAD_NEWEST = f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at DESC 
 _DEAD_OLDEST = f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at LIMIT ?"
 _DEAD_BY_ID = f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE job_id = ?"
 _DEAD_COUNT = "SELECT count(*) FROM dead_letters"
+# Pages of summaries (no payload, headers or traceback read), newest first, by an index
+# (whose entries hold the rowid: the order of ties, without a sort).
+_SUMMARY_COLUMNS = "job_id, subject, attempts, error_type, error_message, dead_at, size, identity"
+_DEAD_PAGE = (
+    f"SELECT {_SUMMARY_COLUMNS} FROM dead_letters ORDER BY dead_at DESC, rowid DESC"
+    " LIMIT ? OFFSET ?"
+)
+_DEAD_PAGE_OF_SUBJECT = (
+    f"SELECT {_SUMMARY_COLUMNS} FROM dead_letters WHERE subject = ?"
+    " ORDER BY dead_at DESC, rowid DESC LIMIT ? OFFSET ?"
+)
+_DEAD_COUNT_OF_SUBJECT = "SELECT count(*) FROM dead_letters WHERE subject = ?"
+_DEAD_OLDEST_FROM = f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY dead_at LIMIT ? OFFSET ?"
+# One dead letter or job to show, with the first bytes of its blobs, the last characters
+# of its traceback (where the exception is) and their lengths: a payload or result of
+# megabytes is not read to show a few kilobytes of it.
+_DEAD_VIEW = (
+    "SELECT job_id, subject, substr(payload, 1, ?), length(payload), headers,"
+    " submitted_max_attempts, attempts, error_type, error_message, substr(traceback, -?),"
+    " length(traceback), dead_at, size, identity FROM dead_letters WHERE job_id = ?"
+)
+_JOB_VIEW = (
+    "SELECT job_id, subject, qos, max_attempts, submitted_at, expires_at, state, attempt,"
+    " retry_at, error_type, error_message, substr(traceback, -?), length(traceback),"
+    " finished_at, ok, substr(result, 1, ?), length(result), final, identity FROM jobs"
+    " WHERE job_id = ?"
+)
 
 # Positions in a pending row (the _INSERT order; an update uses the mutable tail).
 _STATE, _ATTEMPT, _RETRY_AT, _ERR_TYPE, _ERR_MSG, _TB, _FINISHED, _OK, _RESULT, _FINAL = range(
@@ -861,24 +889,164 @@ class SqliteJournal:
         except sqlite3.Error as exc:
             raise JournalError(explain(exc, self.path)) from exc
 
-    def list_dead_letters(self, limit: int) -> list[dict[str, Any]]:
-        """The newest ``limit`` dead letters, without payloads (blocking)."""
-        return self._select_dead(_DEAD_NEWEST, (limit,), whole=False)
-
-    def count_dead_letters(self) -> int:
-        """How many dead letters the journal holds (blocking)."""
+    def list_dead_letters(
+        self, limit: int, offset: int = 0, subject: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` dead letters after the newest ``offset`` (of ``subject``
+        only, when given), without payloads, headers or tracebacks (blocking). Newest
+        first (ties: the later written first): a page costs its size plus the rows
+        skipped, in an index, never the table's payloads."""
+        if subject is None:
+            sql, args = _DEAD_PAGE, (limit, offset)
+        else:
+            sql, args = _DEAD_PAGE_OF_SUBJECT, (subject, limit, offset)
         db = self._checked_db()
         try:
-            return int(db.execute(_DEAD_COUNT).fetchone()[0])
+            rows = db.execute(sql, args).fetchall()
+        except (sqlite3.Error, OverflowError) as exc:
+            raise JournalError(explain(exc, self.path)) from exc
+        letters = []
+        for job_id, subject_, attempts, error_type, error_message, dead_at, size, identity in rows:
+            record = {
+                "job_id": job_id,
+                "subject": subject_,
+                "attempts": attempts,
+                "error_type": error_type,
+                "error_message": error_message,
+                "dead_at": dead_at,
+                "size": size,
+            }
+            if identity is not None:
+                record["identity"] = identity
+            letters.append(record)
+        return letters
+
+    def count_dead_letters(self, subject: str | None = None) -> int:
+        """How many dead letters the journal holds (of ``subject`` only, when given;
+        blocking)."""
+        db = self._checked_db()
+        try:
+            if subject is None:
+                return int(db.execute(_DEAD_COUNT).fetchone()[0])
+            return int(db.execute(_DEAD_COUNT_OF_SUBJECT, (subject,)).fetchone()[0])
         except sqlite3.Error as exc:
             raise JournalError(explain(exc, self.path)) from exc
 
-    def get_dead_letters(self, job_id: str | None, limit: int) -> list[dict[str, Any]]:
+    def get_dead_letters(
+        self, job_id: str | None, limit: int, offset: int = 0
+    ) -> list[dict[str, Any]]:
         """Dead letter ``job_id`` whole (a list of one, or empty), or the oldest ``limit``
-        of them when ``job_id`` is None (blocking)."""
+        of them after the oldest ``offset`` when ``job_id`` is None (blocking)."""
         if job_id is None:
+            if offset:
+                return self._select_dead(_DEAD_OLDEST_FROM, (limit, offset), whole=True)
             return self._select_dead(_DEAD_OLDEST, (limit,), whole=True)
         return self._select_dead(_DEAD_BY_ID, (job_id,), whole=True)
+
+    def view_dead_letter(self, job_id: str, max_bytes: int) -> dict[str, Any] | None:
+        """Dead letter ``job_id`` to show (blocking): as :meth:`get_dead_letters` gives
+        it whole, but its payload cut to its first ``max_bytes`` (``payload``: those
+        bytes of its CBOR, ``payload_bytes``: its length) and its traceback to its last
+        ``max_bytes`` characters (``traceback_chars``: its length); None when there is
+        none. (``max_bytes`` at least 1: SQLite reads 0 as "all" from the end.)"""
+        db = self._checked_db()
+        try:
+            row = db.execute(_DEAD_VIEW, (max_bytes, max_bytes, job_id)).fetchone()
+            if row is None:
+                return None
+            (
+                job_id,
+                subject,
+                payload,
+                payload_bytes,
+                headers,
+                submitted_max,
+                attempts,
+                error_type,
+                error_message,
+                traceback,
+                traceback_chars,
+                dead_at,
+                size,
+                identity,
+            ) = row
+            record: dict[str, Any] = {
+                "job_id": job_id,
+                "subject": subject,
+                "payload": None if payload is None else bytes(payload),
+                "payload_bytes": payload_bytes,
+                "headers": cbor2.loads(headers) if headers else {},
+                "max_attempts": submitted_max,
+                "attempts": attempts,
+                "error_type": error_type,
+                "error_message": error_message,
+                "traceback": traceback,
+                "traceback_chars": traceback_chars,
+                "dead_at": dead_at,
+                "size": size,
+            }
+        except (sqlite3.Error, ValueError, cbor2.CBORDecodeError) as exc:
+            raise JournalError(explain(exc, self.path)) from exc
+        if identity is not None:
+            record["identity"] = identity
+        return record
+
+    def view_job(self, job_id: str, max_bytes: int) -> dict[str, Any] | None:
+        """Job ``job_id`` as its row holds it (blocking; QoS 1 jobs, unfinished or
+        finished within the dedup window): its state, attempts and times (wall clock),
+        its error, its result cut to its first ``max_bytes`` (``result``: those bytes of
+        its CBOR, ``result_bytes``: its length) and its traceback to its last
+        ``max_bytes`` characters (``traceback_chars``: its length); None when there is no
+        such row."""
+        db = self._checked_db()
+        try:
+            row = db.execute(_JOB_VIEW, (max_bytes, max_bytes, job_id)).fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(explain(exc, self.path)) from exc
+        if row is None:
+            return None
+        (
+            job_id,
+            subject,
+            qos,
+            max_attempts,
+            submitted_at,
+            expires_at,
+            state,
+            attempt,
+            retry_at,
+            error_type,
+            error_message,
+            traceback,
+            traceback_chars,
+            finished_at,
+            ok,
+            result,
+            result_bytes,
+            final,
+            identity,
+        ) = row
+        return {
+            "job_id": job_id,
+            "subject": subject,
+            "qos": qos,
+            "max_attempts": max_attempts,
+            "submitted_at": submitted_at,
+            "expires_at": expires_at,
+            "state": state,
+            "attempt": attempt,
+            "retry_at": retry_at,
+            "error_type": error_type,
+            "error_message": error_message,
+            "traceback": traceback,
+            "traceback_chars": traceback_chars,
+            "finished_at": finished_at,
+            "ok": None if ok is None else bool(ok),
+            "result": None if result is None else bytes(result),
+            "result_bytes": result_bytes,
+            "final": bool(final),
+            "identity": identity,
+        }
 
     def _checked_db(self) -> sqlite3.Connection:
         db = self._db

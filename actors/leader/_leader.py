@@ -63,8 +63,18 @@ from runtime import (
     serve,
 )
 
+from ._admin import (
+    MAX_ADMIN_QUERIES,
+    RETRY_PAGE,
+    AdminError,
+    Scaler,
+    dead_letter_summary,
+    read_journal,
+    retry_dead_letters,
+)
 from ._auth import AuthConfig, Authenticator, AuthFailure, Principal, token_digest
 from ._broker import Broker, BrokerConfig, send_to
+from ._dashboard import DASHBOARD_SUBJECT, DashboardFeed
 from ._journal import (
     PRUNE_BATCH,
     SYNC_MODES,
@@ -73,8 +83,9 @@ from ._journal import (
     SqliteJournal,
     default_data_dir,
 )
-from ._links import ClientLink, Link, WorkerLink
+from ._links import ClientLink, Link, WorkerLink, peer_address
 from ._sizes import payload_size
+from ._workers import DepartedWorkers, count_worker_states, worker_list
 
 #: Messages of one received batch handled before what they queued is written out, so
 #: that the next process in the pipeline starts working sooner.
@@ -89,12 +100,6 @@ MAX_STATS_SUBJECTS = 1000
 PRUNE_INTERVAL = 1.0
 #: Bytes of write-ahead log past which the leader checkpoints it (in a thread).
 CHECKPOINT_BYTES = 16 * 2**20
-#: Dead-letter queries answered from the journal at once (more are answered ``busy``).
-MAX_ADMIN_QUERIES = 4
-#: Dead letters a ``retry_dead_letter`` of them all takes from the journal at once.
-RETRY_PAGE = 100
-#: The fields of a dead letter in a ``dead_letters`` listing.
-DEAD_LETTER_SUMMARY = ("job_id", "subject", "attempts", "error_type", "error_message", "dead_at")
 
 log = logging.getLogger("actors.leader")
 
@@ -216,9 +221,15 @@ class LeaderConfig:
         handshakes and its Hello.
       http: where to serve HTTP (``"127.0.0.1:7780"``; ``":7780"`` is loopback; port 0
         picks a free one, see :attr:`Leader.http_url`): ``/healthz``, ``/readyz`` and the
-        JavaScript client (``actors/leader/_http.py``). Beyond loopback, as ``listen``:
-        only with ``auth`` or ``insecure``. Its own origin is then allowed too. None: no
-        HTTP.
+        JavaScript client (``actors/leader/_http.py``), the API and the dashboard's page
+        at ``/``. Beyond loopback, as ``listen``: only with ``auth`` or ``insecure``. Its
+        own origin is then allowed too. The page talks to the leader over a WebSocket: when
+        ``listen`` has no ``ws://`` or ``wss://`` URL, ``ws://HOST:0`` is added, HOST being
+        HTTP's (a free port; see :attr:`Leader.urls`, logged at start). None: no HTTP.
+      http_read_only: the HTTP server changes nothing: every request but GET and HEAD is
+        answered 403 ``{"error": "read_only"}`` (the API's retry, purge, cancel and scale
+        with them), whoever asks; statistics, workers, jobs and dead letters stay readable
+        (to those allowed to read them).
       max_patterns: subject patterns one worker may serve; a Hello with more is refused.
       broker: the delivery settings (ack timeout, attempts, backoff, queue limits, route
         grace): see :class:`BrokerConfig`.
@@ -254,6 +265,7 @@ class LeaderConfig:
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     http: str | None = None
+    http_read_only: bool = False
     max_patterns: int = MAX_PATTERNS
     broker: BrokerConfig = attrs.field(factory=BrokerConfig)
     data_dir: str | None = attrs.field(default=None, converter=attrs.converters.optional(str))
@@ -373,6 +385,8 @@ class Leader:
                     )
         #: Where HTTP is served (host, port), and its URL once bound (None: no HTTP).
         self.http_address: tuple[str, int] | None = None
+        #: The ``ws://`` listen URL added for the dashboard's page (None: none added).
+        self.dashboard_listener: str | None = None
         self.http_url: str | None = None
         if config.http is not None:
             from ._http import parse_http_address  # (the HTTP side loads only when asked)
@@ -383,6 +397,12 @@ class Leader:
                     f"refusing to serve HTTP on {config.http} without authentication: configure"
                     " users, serve it on 127.0.0.1, or say --insecure (insecure=True)"
                 )
+            if not any(parse_url(url).scheme in ("ws", "wss") for url in self.listen):
+                # The dashboard's page needs a WebSocket to the leader: one on the HTTP
+                # server's host, on a free port (its URL is in self.urls once bound).
+                host = self.http_address[0]
+                self.listen.append(f"ws://[{host}]:0" if ":" in host else f"ws://{host}:0")
+                self.dashboard_listener = self.listen[-1]
         origins = {origin_key(o) for o in config.allowed_origins}
         self._any_origin = "*" in origins
         self._origins = frozenset(origins)
@@ -424,6 +444,20 @@ class Leader:
         self._stats_cache: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
         self._group_states: dict[str, str] = {}
         self.connections = 0
+        #: Changes the instance count of a worker group this leader's process runs
+        #: (``await scaler(group, instances)`` returns the count it keeps now; see
+        #: :data:`actors.leader._admin.Scaler`): a cluster sets it. None: the leader does not
+        #: manage its groups (``PUT /api/groups/{name}`` is answered 409 ``not_managed``).
+        self.scaler: Scaler | None = None
+        #: The workers that left lately (offline in :meth:`worker_list`).
+        self.departed_workers = DepartedWorkers()
+        #: Sends the dashboard's snapshots on ``$sys.dashboard`` (see ``_dashboard.py``).
+        self.dashboard = DashboardFeed(
+            self,
+            keep_history=self.http_address is not None,
+            read_only=config.http_read_only,
+            after_send=self._close_doomed,
+        )
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
@@ -513,11 +547,21 @@ class Leader:
             )
             urls.append(bound)
         self.urls = urls
+        if self.dashboard_listener is not None:
+            log.info(
+                "leader %s: listening on %s for the dashboard's page (HTTP is served and no"
+                " ws:// listener was configured)",
+                self.name,
+                urls[self.listen.index(self.dashboard_listener)],
+            )
+        await nursery.start(self.dashboard.run)
         if self.http_address is not None:
+            from ._api import add_api_routes
             from ._http import HttpApp, serve_http
 
             host, port = self.http_address
             app = HttpApp(self, host=host)
+            add_api_routes(app)
             self.http_url = await nursery.start(serve_http, app, host, port)
             own = {self.http_url}  # (its pages may open WebSockets to the leader)
             if is_loopback(host):
@@ -545,6 +589,7 @@ class Leader:
                     "workers": 0, "in_flight": 0, "window": 0, "assigned": 0, "answered": 0,
                     "policy": None, "mode": None, "done": 0, "failed": 0, "redelivered": 0,
                     "dead": 0, "latency_avg": None, "latency_max": 0.0, "patterns": [],
+                    "latency_p50": None, "latency_p99": None,
                 }  # fmt: skip
             group["state"] = state
         stats["node"] = self.name
@@ -565,7 +610,28 @@ class Leader:
             }
         )
         stats["listen"] = list(self.urls)
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # (outside trio: no clock to measure silence by)
+            now = -math.inf
+        states = count_worker_states(self.broker.workers, now, self.heartbeat)
+        for name, group in groups.items():
+            group["workers_stale"] = states.get(name, {}).get("stale", 0)
+        stats["workers_online"] = sum(s["online"] for s in states.values())
+        stats["workers_stale"] = sum(s["stale"] for s in states.values())
         return stats
+
+    def worker_list(
+        self,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        group: str | None = None,
+        state: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of the workers, connected (online or stale) and lately departed
+        (offline): see :func:`actors.leader._workers.worker_list`."""
+        return worker_list(self, offset=offset, limit=limit, group=group, state=state)
 
     # ------------------------------------------------------------------ timer
 
@@ -766,36 +832,33 @@ class Leader:
     async def _journal_dead_letter_query(
         self, journal: SqliteJournal, client: ClientLink, msg: Query
     ) -> None:
+        what = msg.what
+        job_id = msg.job_id
+
+        def read(journal: SqliteJournal) -> tuple[list[dict[str, Any]], int]:
+            if what == "dead_letters":
+                return journal.list_dead_letters(MAX_LISTED), journal.count_dead_letters()
+            if what == "purge_dead_letters" and job_id is None:
+                return [], journal.purge_dead_letters()
+            if what == "retry_dead_letter" and job_id is None:
+                # (a page at a time: payloads may be large; the answer says how many are
+                # left, and the client asks again)
+                total = journal.count_dead_letters()
+                return journal.get_dead_letters(None, RETRY_PAGE), total
+            letters = journal.get_dead_letters(job_id, MAX_LISTED)
+            return letters, len(letters)
+
         try:
-            async with self._db_lock:
-                # (what is pending, dead letters among it, is in the file before it is read)
-                if not await self._commit_once(journal):
-                    client.refuse(msg, ErrorCode.BUSY, journal.refusal or "", retry_after=1.0)
-                    self._flush()
-                    return
-                what = msg.what
-                if what == "dead_letters":
-                    letters = await self._blocking(journal.list_dead_letters, MAX_LISTED)
-                    total = await self._blocking(journal.count_dead_letters)
-                elif what == "purge_dead_letters" and msg.job_id is None:
-                    total = await self._blocking(journal.purge_dead_letters)
-                    letters = []
-                elif what == "retry_dead_letter" and msg.job_id is None:
-                    # (a page at a time: payloads may be large; the answer says how many
-                    # are left, and the client asks again)
-                    total = await self._blocking(journal.count_dead_letters)
-                    letters = await self._blocking(journal.get_dead_letters, None, RETRY_PAGE)
-                else:
-                    letters = await self._blocking(journal.get_dead_letters, msg.job_id, MAX_LISTED)
-                    total = len(letters)
+            # (what is pending, dead letters among it, is in the file before it is read)
+            letters, total = await read_journal(self, journal, read)
             self._batching = True
             try:
                 self._dead_letters_answer(client, msg, trio.current_time(), letters, total)
             finally:
                 self._flush()
             self._end_batch()
-        except JournalError as exc:
-            client.refuse(msg, ErrorCode.BUSY, str(exc), retry_after=1.0)
+        except AdminError as exc:
+            client.refuse(msg, ErrorCode.BUSY, exc.message, retry_after=1.0)
             self._flush()
         finally:
             self._admin_queries -= 1
@@ -826,10 +889,7 @@ class Leader:
             answer(
                 {
                     "total": total,
-                    "dead_letters": [
-                        {key: r.get(key) for key in DEAD_LETTER_SUMMARY}
-                        for r in newest[:MAX_LISTED]
-                    ],
+                    "dead_letters": [dead_letter_summary(r) for r in newest[:MAX_LISTED]],
                 }
             )
         elif what == "dead_letter":
@@ -841,14 +901,8 @@ class Leader:
             if msg.job_id is not None and not letters:
                 client.refuse(msg, ErrorCode.NOT_FOUND, f"no dead letter {msg.job_id}")
                 return
-            retried = 0
             refused: list[str] = []
-            for record in letters:
-                why = broker.requeue_dead_letter(record, now)
-                if why is None:
-                    retried += 1
-                elif len(refused) < 10:
-                    refused.append(why)
+            retried = retry_dead_letters(broker, letters, now, refused)
             answer({"retried": retried, "refused": refused, "remaining": total - retried})
         else:  # purge_dead_letters
             if msg.job_id is None:
@@ -891,6 +945,18 @@ class Leader:
             return send
 
         return {"send": sending(conn.queue_nowait), "send_item": sending(conn.queue_item)}
+
+    def _link_facts(self, conn: Connection, hello: Hello) -> dict[str, Any]:
+        """What a link on ``conn`` records of its peer (keyword arguments): when it
+        connected, its address, its Hello's ``meta`` (sanitized by the link) and when it
+        was last heard from."""
+        session = conn.session
+        return {
+            "connected_at": time.time(),
+            "peer": peer_address(conn.peer),
+            "meta": hello.meta,
+            "last_heard": lambda: session.last_received,
+        }
 
     def _flush(self) -> None:
         """Write out what the batch just handled queued, one flush per connection."""
@@ -1159,6 +1225,8 @@ class Leader:
         principal = link.principal
         if principal is None:
             return None
+        if pattern == DASHBOARD_SUBJECT:
+            return None  # (every identity may watch the dashboard: statistics are open to all)
         allowed: Permissions = principal.user.subscribe
         if link.admin and pattern[0] == "$":
             return None  # (an admin may watch the system's subjects: dead letters)
@@ -1176,6 +1244,23 @@ class Leader:
                 " matches is denied to it (subscribe to a narrower pattern)"
             )
         return None
+
+    def _subscribe(self, link: ClientLink, msg: Subscribe, now: float) -> None:
+        """Take a (permitted) Subscribe; one to exactly ``$sys.dashboard`` is also fed the
+        dashboard's snapshots (:class:`DashboardFeed`), and refused in a queue group."""
+        if msg.pattern != DASHBOARD_SUBJECT:
+            self.broker.subscribe(link, msg, now)
+        elif msg.queue is not None:
+            link.refuse(
+                msg,
+                ErrorCode.BAD_FIELD,
+                f"{DASHBOARD_SUBJECT} takes no queue group: each subscription gets every snapshot",
+            )
+        else:
+            self.broker.subscribe(link, msg, now)
+            sub = link.subscriptions.get(msg.sid)
+            if sub is not None and sub.pattern == DASHBOARD_SUBJECT:  # (not refused)
+                self.dashboard.watch(link, msg.sid)
 
     def _deny(self, link: Link, msg: Any, action: str, subject: str) -> None:
         """Answer ``msg`` ``not_permitted``: ``link``'s identity may not ``action``
@@ -1307,6 +1392,7 @@ class Leader:
             policy=hello.policy,  # (checked by the protocol layer: a RoutingPolicy value)
             mode=hello.mode,
             next_mid=conn.next_mid,
+            **self._link_facts(conn, hello),
         )
         if credentials is not None:
             self._authorize(link, credentials.principal)
@@ -1314,6 +1400,7 @@ class Leader:
         self._batching = True
         try:
             broker.worker_joined(link, trio.current_time())
+            self.departed_workers.forget(link.group, link.name)
         finally:
             self._flush()
         handlers = {
@@ -1338,6 +1425,7 @@ class Leader:
             self._batching = True
             try:
                 broker.worker_left(link, trio.current_time(), coming_back=coming_back)
+                self.departed_workers.add(link, trio.current_time(), time.time())
             finally:
                 self._flush()
             self._rearm()
@@ -1399,7 +1487,12 @@ class Leader:
         credentials: _Credentials | None = None,
     ) -> None:
         broker = self.broker
-        link = ClientLink(hello.name or conn.peer, **self._sender(conn), next_mid=conn.next_mid)
+        link = ClientLink(
+            hello.name or conn.peer,
+            **self._sender(conn),
+            next_mid=conn.next_mid,
+            **self._link_facts(conn, hello),
+        )
         if credentials is not None:
             self._authorize(link, credentials.principal)
             credentials.link = link
@@ -1407,7 +1500,7 @@ class Leader:
             Submit: broker.submit,
             Cancel: broker.cancel,
             Publish: broker.publish,
-            Subscribe: broker.subscribe,
+            Subscribe: self._subscribe,
             Unsubscribe: lambda c, m, now: broker.unsubscribe(c, m),
             Query: self._query,
         }

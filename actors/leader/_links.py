@@ -8,6 +8,7 @@ A link holds a ``send`` callable (the connection's ``send_nowait`` in the leader
 from __future__ import annotations
 
 import itertools
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -16,11 +17,49 @@ import attrs
 
 from protocol import Error, GroupMode, RoutingPolicy, message_of
 
+from ._jobs import latency_counts
+
 if TYPE_CHECKING:
     from ._jobs import JobRecord
 
 #: The header whose value routes a job of a ``sticky`` subject.
 STICKY_HEADER = "key"
+#: Characters of a peer's ``host`` (in its Hello's ``meta``) kept at most: a longer one
+#: is dropped (a DNS name has 253 at most).
+MAX_META_HOST = 255
+#: The largest ``pid`` kept from a Hello's ``meta`` (Linux's limit is 2**22; others less
+#: than 2**32).
+MAX_META_PID = 2**32
+
+
+def sanitized_meta(meta: Any) -> dict[str, Any]:
+    """What the leader keeps of a Hello's free-form ``meta``: ``host`` (a printable str
+    of 1 to :data:`MAX_META_HOST` characters) and ``pid`` (an int from 0 to
+    :data:`MAX_META_PID`); anything else, and either of those in another shape, is
+    dropped. A peer's meta is shown to operators (the dashboard, ``/api/workers``): it is
+    never kept raw, whatever its size or content."""
+    kept: dict[str, Any] = {}
+    if type(meta) is not dict:
+        return kept
+    host = meta.get("host")
+    if type(host) is str and 0 < len(host) <= MAX_META_HOST and host.isprintable():
+        kept["host"] = host
+    pid = meta.get("pid")
+    if type(pid) is int and 0 <= pid <= MAX_META_PID:
+        kept["pid"] = pid
+    return kept
+
+
+def peer_address(url: str) -> str | None:
+    """A connection's peer as ``host:port`` (``tcp://127.0.0.1:5341`` is
+    ``127.0.0.1:5341``); None when its address is unknown."""
+    address = url.partition("://")[2]
+    return address if address and "?" not in address else None
+
+
+def _never_silent() -> float:
+    # (a link built without a connection, as tests do: nothing to measure its silence by)
+    return math.inf
 
 
 @attrs.define(eq=False)
@@ -44,6 +83,16 @@ class Link:
     admin: bool = attrs.field(kw_only=True, default=True)
     #: Its :class:`~actors.leader._auth.Principal` (permissions, limits), if authenticated.
     principal: Any = attrs.field(kw_only=True, default=None)
+    #: When it connected (Unix time; 0.0 for a link built without a connection).
+    connected_at: float = attrs.field(kw_only=True, default=0.0)
+    #: What its Hello's ``meta`` said of it, as :func:`sanitized_meta` keeps it
+    #: (``host``, ``pid``).
+    meta: dict[str, Any] = attrs.field(kw_only=True, factory=dict, converter=sanitized_meta)
+    #: Its address, ``host:port`` (None when unknown).
+    peer: str | None = attrs.field(kw_only=True, default=None)
+    #: Returns when (trio's clock) the last frame came from it, a Ping's answer included
+    #: (infinity for a link built without a connection: never counted silent).
+    last_heard: Callable[[], float] = attrs.field(kw_only=True, default=_never_silent)
 
     def __attrs_post_init__(self) -> None:
         if self.send_item is None:
@@ -76,6 +125,8 @@ class GroupStats:
     dead: int = 0
     latency_total: float = 0.0
     latency_max: float = 0.0
+    #: Finished jobs by latency bucket (see :func:`~actors.leader._stats.count_result`).
+    latency_counts: list[int] = attrs.field(factory=latency_counts)
 
 
 @attrs.define(eq=False)
@@ -175,6 +226,8 @@ class SubjectQueue:
     cancelled: int = 0
     latency_total: float = 0.0
     latency_max: float = 0.0
+    #: Finished jobs by latency bucket (see :func:`~actors.leader._stats.count_result`).
+    latency_counts: list[int] = attrs.field(factory=latency_counts)
 
     @property
     def policy(self) -> str | None:

@@ -1,13 +1,19 @@
 """The leader's statistics: counters per subject and per worker group, and totals.
 
 Read on demand (O(subjects + workers + jobs in flight)); the broker only bumps counters on
-its hot path (:func:`count_result` for each finished job).
+its hot path (:func:`count_result` for each finished job, which also counts its latency in
+a fixed-bucket histogram: a bisection of :data:`LATENCY_BUCKETS` and one list increment).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
+
+# (the histograms' shape is the counters', defined with them; also imported from here)
+from ._jobs import LATENCY_BUCKETS as LATENCY_BUCKETS
+from ._jobs import latency_counts as latency_counts
 
 if TYPE_CHECKING:
     from ._jobs import Counters
@@ -15,7 +21,8 @@ if TYPE_CHECKING:
 
 
 def count_result(counters: Counters, ok: bool, latency: float) -> None:
-    """Count a finished job in a subject's or a group's statistics."""
+    """Count a finished job in a subject's or a group's statistics (and its latency in
+    their histogram)."""
     if ok:
         counters.done += 1
     else:
@@ -23,6 +30,29 @@ def count_result(counters: Counters, ok: bool, latency: float) -> None:
     counters.latency_total += latency
     if latency > counters.latency_max:
         counters.latency_max = latency
+    counters.latency_counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
+
+
+def latency_quantile(counters: Counters, q: float) -> float | None:
+    """The ``q``-quantile (0 to 1) of the latencies ``counters`` counted, estimated from
+    their histogram as Prometheus' ``histogram_quantile`` does: linearly within the bucket
+    it falls in (from 0 for the first; the ``+Inf`` bucket ends at the largest latency
+    seen), and never over that largest latency. None when nothing was counted."""
+    counts = counters.latency_counts
+    total = sum(counts)
+    if not total:
+        return None
+    highest = counters.latency_max
+    rank = q * total
+    below = 0
+    for i, count in enumerate(counts):
+        if count and below + count >= rank:
+            lower = LATENCY_BUCKETS[i - 1] if i else 0.0
+            upper = LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else max(highest, lower)
+            estimate = lower + (upper - lower) * max(0.0, rank - below) / count
+            return min(estimate, highest)
+        below += count
+    return highest  # (not reached: rank <= total)
 
 
 def broker_stats(
@@ -69,6 +99,8 @@ def broker_stats(
             "workers": len(q.candidates),
             "latency_avg": q.latency_total / finished if finished else None,
             "latency_max": q.latency_max,
+            "latency_p50": latency_quantile(q, 0.5),
+            "latency_p99": latency_quantile(q, 0.99),
         }
     groups: dict[str, dict[str, Any]] = {}
     for name, gs in group_stats.items():
@@ -87,6 +119,8 @@ def broker_stats(
             "dead": gs.dead,
             "latency_avg": gs.latency_total / finished if finished else None,
             "latency_max": gs.latency_max,
+            "latency_p50": latency_quantile(gs, 0.5),
+            "latency_p99": latency_quantile(gs, 0.99),
         }
     for worker in workers:
         g = groups[worker.group]

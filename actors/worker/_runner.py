@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import random
+import socket
 import ssl
 import types
 from collections.abc import Sequence
@@ -348,7 +349,7 @@ class WorkerRunner:
             token=token,
             policy=self.policy,
             mode=self.mode,
-            meta={"pid": os.getpid()},
+            meta={"pid": os.getpid(), "host": socket.gethostname()},
         )
 
     def _free_credit(self) -> int:
