@@ -11,6 +11,7 @@ Skipped, with the reason, when ``node`` (20 or later) is not installed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,14 +20,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 import trio
 
+import protocol
 from actors import AuthFailed, Client, Job, JobFailed, Leader, Worker
 from actors.worker import WorkerRunner
 from runtime import Backoff
 
-JS = Path(__file__).resolve().parent.parent / "clients" / "js"
+ROOT = Path(__file__).resolve().parent.parent
+JS = ROOT / "clients" / "js"
 E2E = JS / "test" / "e2e"
 FAST_RETRY = Backoff(base=0.01, factor=2.0, cap=0.05, jitter=0.0)
 NODE = shutil.which("node")
@@ -111,6 +115,51 @@ def test_node_unit_tests() -> None:
             "--no-warnings",
             *sorted(str(p) for p in (JS / "test").glob("*.test.js")),
         ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+TSC = JS / "node_modules" / ".bin" / "tsc"
+
+
+def test_bundle_items_read_by_the_python_side() -> None:
+    """Every message of the golden vectors (each kind), re-encoded by the JavaScript client
+    as a bundle item, is the same message to Python's bundle decoder, trimmed alike."""
+    vectors = json.loads((ROOT / "tests" / "data" / "cbor_vectors.json").read_text("utf-8"))
+    bodies = [
+        bytes.fromhex(v["hex"]) for v in vectors["vectors"] if v["name"].startswith("message ")
+    ]
+    messages = [protocol.decode_body(body) for body in bodies]
+    assert {type(m) for m in messages} == set(protocol.MESSAGE_TYPES.values())
+    frames = [(len(body).to_bytes(4, "big") + b"\0" + body).hex() for body in bodies]
+    done = subprocess.run(
+        [NODE or "node", str(E2E / "reencode.mjs")],
+        env={**os.environ, "FRAMES": json.dumps(frames)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    items = [cbor2.loads(bytes.fromhex(h)) for h in json.loads(done.stdout)]
+    for message, item in zip(messages, items, strict=True):
+        assert protocol.message_of(item) == message
+        assert len(item) == len(protocol.to_array(message)), (item, message)
+    [frame] = protocol.bundle_frames([cbor2.dumps(item) for item in items[:2]], 4096)
+    assert protocol.FrameDecoder(decode_payloads=False).feed(frame) == messages[:2]
+
+
+@pytest.mark.skipif(
+    not TSC.exists(),
+    reason="TypeScript is not installed: run `npm ci --prefix clients/js` (as .ci/run does)",
+)
+def test_typecheck() -> None:
+    """``tsc --checkJs`` (clients/js/tsconfig.json) finds no error in the JSDoc types."""
+    done = subprocess.run(
+        [str(TSC), "-p", str(JS / "tsconfig.json")],
         capture_output=True,
         text=True,
         timeout=120,

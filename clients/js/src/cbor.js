@@ -109,9 +109,10 @@ const SAFE = Number.MAX_SAFE_INTEGER;
 const utf8In = new TextEncoder();
 const utf8Out = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+/** A string with ES2024's isWellFormed (the checked library is ES2022: older browsers lack it). @typedef {string & {isWellFormed(): boolean}} Es2024String */
 /** @type {(s: string) => boolean} */
-const wellFormed = typeof "".isWellFormed === "function"
-  ? (s) => s.isWellFormed()
+const wellFormed = typeof /** @type {Partial<Es2024String>} */ ("").isWellFormed === "function"
+  ? (s) => /** @type {Es2024String} */ (s).isWellFormed()
   : (s) => !LONE_SURROGATE.test(s);
 
 // ---------------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ function tooDeep(w) {
   throw new CborError(`cannot encode a value nested deeper than ${w.max} levels (or holding a cycle)`);
 }
 
-/** @param {Writer} w @param {unknown} v @param {number} depth */
+/** @param {Writer} w @param {unknown} v @param {number} depth @returns {void} */
 function item(w, v, depth) {
   switch (typeof v) {
     case "number":
@@ -361,7 +362,7 @@ function item(w, v, depth) {
   }
 }
 
-/** @param {Writer} w @param {object} v @param {number} depth */
+/** @param {Writer} w @param {object} v @param {number} depth @returns {void} */
 function object(w, v, depth) {
   if (Array.isArray(v)) {
     const n = v.length;
@@ -571,14 +572,14 @@ function utf8(r, n, at) {
   }
 }
 
+const MIN_CODE_POINT = [0, 0x80, 0x800, 0x10000];
+
 /**
  * Strict UTF-8 of fewer than 64 bytes, decoded here (a call of TextDecoder costs more):
  * the string, or null when the bytes are not valid UTF-8 (an overlong form, a surrogate, a
  * code point over U+10FFFF, a truncated or stray continuation byte).
  * @param {Uint8Array} b @param {number} i @param {number} end @returns {string|null}
  */
-const MIN_CODE_POINT = [0, 0x80, 0x800, 0x10000];
-
 function shortUtf8(b, i, end) {
   /** @type {number[]} */
   const units = [];
@@ -650,6 +651,7 @@ function chunks(r, major) {
 /** @param {Reader} r @param {number|bigint} n @param {number} depth @param {number} at */
 function array(r, n, depth, at) {
   if (n === -1) {
+    /** @type {unknown[]} */
     const out = [];
     if (brk(r)) return out;
     if (depth >= r.max) tooDeepAt(r, at);

@@ -138,10 +138,12 @@ export class NotPermitted extends RemoteError {
   }
 }
 
+/** @typedef {{code: string, message: string, job_id?: string|null, retry_after?: number|null}} ErrorFields the fields of an Error message */
+
 /**
  * The error for the leader's Error message `err` answering `request` (a Submit, Query or
  * Publish, as sent: short field names of protocol.js).
- * @param {{code: string, message: string, job_id?: string|null, retry_after?: number|null}} err
+ * @param {ErrorFields} err
  * @param {{subject?: string, job_id?: string}} [request]
  * @returns {ClientError}
  */

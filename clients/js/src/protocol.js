@@ -1,5 +1,6 @@
 // The wire protocol (docs/protocol.md, version 2): frames, message kinds and their short
-// keys, bundles, and the checks of what comes in. Sans-I/O: bytes in, messages out.
+// keys, bundles (encoded and decoded), and the checks of what comes in. Sans-I/O: bytes in,
+// messages out; messages in, bytes out.
 //
 // A decoded message is a plain object `{kind, mid, ...}` with the field names of the
 // protocol's tables (snake_case, as in docs/protocol.md). A payload stays encoded
@@ -21,6 +22,10 @@ export const MIN_MAX_FRAME = 4096;
 /** Nesting of a body and of a payload (protocol/_limits.py MAX_DEPTH). */
 export const MAX_DEPTH = 64;
 export const MAX_BUNDLE_ITEMS = 4096;
+/** The first protocol version whose peers may be sent bundles. */
+export const BUNDLE_VERSION = 2;
+/** The most bytes a bundle adds around its messages: the frame header (5), the array head (at most 5). */
+export const BUNDLE_OVERHEAD = 10;
 export const MAX_NAME_LENGTH = 256;
 export const MAX_REASON_SIZE = 2048;
 const HEADER = 5;
@@ -103,6 +108,9 @@ const SUBJECTS = new Set(["subject"]);
 const PATTERNS = new Set(["pattern", "target"]);
 const SPACE = /[ \t\r\n\f\0]/;
 const chars = (/** @type {string} */ s) => (s.length <= 256 ? s.length : [...s].length);
+const UTF8 = new TextEncoder();
+/** Whether `s` is over `max` bytes of UTF-8 (counted only when it may be: at most 3 bytes a UTF-16 unit). @param {string} s @param {number} max */
+const utf8Over = (s, max) => s.length * 3 > max && UTF8.encode(s).length > max;
 
 /**
  * Throws TypeError (wrong type) or RangeError (out of the protocol's limits) for a field
@@ -113,7 +121,7 @@ export function checkSubject(what, pattern, label = pattern ? "pattern" : "subje
   if (typeof what !== "string") throw new TypeError(`${label} must be a string, got ${typeof what}`);
   const tokens = what.split(".");
   const why = !what ? "is empty" : SPACE.test(what) ? "holds whitespace or NUL" : tokens.includes("") ? "has an empty token" :
-    tokens.length > 256 ? "has more than 256 tokens" : new TextEncoder().encode(what).length > 4096 ? "is over 4096 bytes" :
+    tokens.length > 256 ? "has more than 256 tokens" : utf8Over(what, 4096) ? "is over 4096 bytes" :
     !pattern && (tokens.includes("*") || tokens.includes(">")) ? "holds a wildcard (a subject may not)" :
     tokens.slice(0, -1).includes(">") ? "has > before its last token" : null;
   if (why) throw new TypeError(`bad ${label} ${JSON.stringify(what.slice(0, 100))}: it ${why} (see docs/protocol.md, Subjects)`);
@@ -183,6 +191,68 @@ export function encodeMessage(kind, fields) {
     map[key] = value;
   }
   return frameOf(encode(map));
+}
+
+/**
+ * The bundle item of message `kind` with `fields`, encoded: `[tag, field, ...]`, the fields
+ * by position in the order of the kind's table, a field in the middle always written (at
+ * its default too), the trailing ones at their defaults left out (docs/protocol.md, Bundles).
+ * @param {string} kind @param {Record<string, any>} fields (Python field names; payloads already encoded)
+ * @returns {Uint8Array} the item's CBOR, to be put in a bundle with `bundleFrames`
+ */
+export function encodeItem(kind, fields) {
+  const entry = KINDS[kind];
+  if (!entry) throw new TypeError(`unknown message kind ${kind}`);
+  checkFields(kind, fields);
+  const [tag, table] = entry;
+  /** @type {any[]} */
+  const values = [tag];
+  let end = 1; // (the values up to the last one not at its default)
+  for (const [name, , , dflt] of table) {
+    let value = fields[name];
+    if (value === undefined) {
+      if (dflt === D) throw new TypeError(`${kind}.${name} is required`);
+      value = dflt;
+    }
+    values.push(value);
+    if (!isDefault(value, dflt)) end = values.length;
+  }
+  values.length = end;
+  return encode(values);
+}
+
+/**
+ * Whole frames carrying the bundle `items` (from `encodeItem`), in order, as few as fit:
+ * each body one bundle of at most `maxBody` bytes and MAX_BUNDLE_ITEMS messages.
+ * @param {Uint8Array[]} items @param {number} maxBody the receiver's frame limit
+ * @returns {Uint8Array[]}
+ * @throws {RangeError} an item over `maxBody - BUNDLE_OVERHEAD` bytes (check sizes on the way in)
+ */
+export function bundleFrames(items, maxBody) {
+  /** @type {Uint8Array[]} */
+  const frames = [];
+  const room = maxBody - BUNDLE_OVERHEAD;
+  let start = 0;
+  while (start < items.length) {
+    const stop = Math.min(items.length, start + MAX_BUNDLE_ITEMS);
+    let size = 0;
+    let end = start;
+    while (end < stop && size + items[end].length <= room) size += items[end++].length;
+    if (end === start) throw new RangeError(`a bundled message of ${items[start].length} bytes is over ${room} bytes`);
+    const count = end - start; // (at most 4096: a head of 1 to 3 bytes)
+    const head = count < 24 ? [0x80 | count] : count < 256 ? [0x98, count] : [0x99, count >> 8, count & 0xff];
+    const frame = new Uint8Array(HEADER + head.length + size);
+    new DataView(frame.buffer).setUint32(0, head.length + size);
+    frame.set(head, HEADER);
+    let at = HEADER + head.length;
+    for (let i = start; i < end; i++) {
+      frame.set(items[i], at);
+      at += items[i].length;
+    }
+    frames.push(frame);
+    start = end;
+  }
+  return frames;
 }
 
 /** @param {any} value @param {any} dflt */
@@ -362,7 +432,7 @@ function check(kind, name, type, dflt, value, _inMap) {
  * @param {string} text @param {number} [size] @returns {string}
  */
 export function cut(text, size = MAX_REASON_SIZE) {
-  const bytes = new TextEncoder().encode(text);
+  const bytes = UTF8.encode(text);
   if (bytes.length <= size) return text;
   return new TextDecoder().decode(bytes.subarray(0, size - 3)).replace(/\uFFFD$/, "") + "...";
 }

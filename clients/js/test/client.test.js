@@ -2,10 +2,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { Backoff } from "../src/backoff.js";
-import { decodeFrame, encodeMessage } from "../src/protocol.js";
+import { BUNDLE_OVERHEAD, MAX_BUNDLE_ITEMS, bundleFrames, decodeFrame, encodeItem, encodeMessage } from "../src/protocol.js";
 import { errorOf, Busy, NoRoute, SubmitTimeout, Conflict, NotFound, NotPermitted, RemoteError, ProtocolError } from "../src/errors.js";
-import { AuthFailed, Client, ConnectionLost, DeadLettered, JobCancelled, WrongProtocol } from "../actors.js";
-import { FakeWS, encodePayload, refusedFetch, sleep, until } from "./fake.mjs";
+import { AuthFailed, Client, ConnectionLost, DeadLettered, JobCancelled, TooLarge, WrongProtocol } from "../actors.js";
+import { FakeWS, encodePayload, flushed, refusedFetch, sleep, until } from "./fake.mjs";
 
 const hex = (s) => Uint8Array.from(s.match(/../g).map((b) => parseInt(b, 16)));
 const toHex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -49,6 +49,30 @@ test("bundles: the doc's example decodes to Progress then Result", () => {
   assert.equal(msgs[1].cid, 7);
   assert.equal(msgs[1].attempts, 1);
   assert.deepEqual(msgs[1].payload, hex("1831"));
+});
+
+test("bundles: the doc's example encodes byte for byte; frames split by size and count", () => {
+  const progress = encodeItem("Progress", { mid: 8, job_id: "job-1", note: "squaring" });
+  const result = encodeItem("Result", { mid: 9, cid: 7, job_id: "job-1", payload: encodePayload(49) });
+  assert.equal(toHex(progress), "850708656a6f622d31f6687371756172696e67"); // fraction null: a middle field, written
+  assert.equal(toHex(result), "86080907656a6f622d31f5421831"); // ok true written, the trailing defaults left out
+  const [frame] = bundleFrames([progress, result], 16 << 20);
+  assert.equal(toHex(frame), "0000002200" + "82850708656a6f622d31f6687371756172696e6786080907656a6f622d31f5421831");
+  // Assign, second attempt, no payload: payload and headers written at their defaults
+  assert.equal(toHex(encodeItem("Assign", { mid: 1, job_id: "j", subject: "s", attempt: 2 })), "870401616a6173f6a002");
+  assert.equal(toHex(encodeItem("Ping", { mid: 1 })), "820f01");
+  assert.throws(() => encodeItem("Submit", { mid: 1, job_id: "", subject: "s" }), RangeError);
+  // split by size: each body at most maxBody bytes, the items in order across frames
+  const items = Array.from({ length: 10 }, (_, i) => encodeItem("Publish", { mid: i + 1, subject: "a.b", payload: encodePayload("x".repeat(1000)) }));
+  const frames = bundleFrames(items, 4096);
+  assert.ok(frames.length === 3 && frames.every((f) => f.length - 5 <= 4096));
+  assert.deepEqual(frames.flatMap((f) => decodeFrame(f)).map((m) => m.mid), items.map((_, i) => i + 1));
+  // split by count: at most MAX_BUNDLE_ITEMS messages in one bundle (array heads of 1, 2 and 3 bytes)
+  const pings = Array.from({ length: MAX_BUNDLE_ITEMS + 30 }, (_, i) => encodeItem("Ping", { mid: i + 1 }));
+  assert.deepEqual(bundleFrames(pings, 16 << 20).map((f) => decodeFrame(f).length), [MAX_BUNDLE_ITEMS, 30]);
+  assert.deepEqual(bundleFrames(pings.slice(0, 23), 4096).map((f) => decodeFrame(f).length), [23]);
+  assert.deepEqual(bundleFrames(pings.slice(0, 300), 4096).map((f) => decodeFrame(f).length), [300]);
+  assert.throws(() => bundleFrames([items[0]], 1000 + BUNDLE_OVERHEAD), RangeError);
 });
 
 test("frames: what is refused, with the protocol's codes", () => {
@@ -95,8 +119,10 @@ test("client: submit, pong, a result delivered once across a reconnect", async (
   assert.equal(ws.hello.role, "client");
   assert.deepEqual(ws.hello.versions, [2, 1]);
   ws.deliver("Ping");
+  await flushed();
   assert.equal(ws.sent.at(-1).kind, "Pong");
   const handle = client.job("math.square", { n: 7 }, { jobId: "j1" });
+  await flushed();
   const submit = ws.sent.at(-1);
   assert.equal(submit.kind, "Submit");
   ws.deliver("Progress", { job_id: "j1", fraction: 0.5 });
@@ -126,6 +152,7 @@ test("client: submit, pong, a result delivered once across a reconnect", async (
   await assert.rejects(nr, (e) => e instanceof NoRoute && e.subject === "x.z");
   // timeout and abort abandon the job
   await assert.rejects(client.submit("x.y", null, { timeout: 10, jobId: "j5" }), SubmitTimeout);
+  await flushed();
   assert.deepEqual([FakeWS.instances[1].sent.at(-1).kind, FakeWS.instances[1].sent.at(-1).abandon], ["Cancel", true]);
   const ac = new AbortController();
   const aborted = client.submit("x.y", null, { signal: ac.signal });
@@ -194,18 +221,21 @@ test("client: subscriptions are bounded, report slow consumers, drain", async ()
   const ws = FakeWS.instances[0];
   const status = client.status();
   const sub = client.subscribe("a.*", { maxPending: 3 });
+  await flushed();
   const { sid } = ws.sent.at(-1);
   for (let i = 0; i < 10; i++) ws.deliver("Deliver", { sid, subject: "a.b", payload: encodePayload(i) });
   for await (const e of status) if (e.type === "slow_consumer") { assert.equal(e.sid, sid); break; }
   assert.equal(sub.dropped, 7);
   ws.deliver("Deliver", { sid: 999, also: [sid], subject: "a.c", payload: encodePayload("x") }); // still full
   await sub.drain();
+  await flushed();
   assert.equal(ws.sent.at(-1).kind, "Unsubscribe");
   const got = [];
   for await (const m of sub) got.push(m.payload);
   assert.deepEqual(got, [0, 1, 2]);
   // a refused Subscribe ends its iteration with the error
   const refused = client.subscribe("b.>");
+  await flushed();
   ws.deliver("Error", { cid: ws.sent.at(-1).mid, code: "busy", message: "replay", retry_after: 1 });
   await assert.rejects(refused.next(), Busy);
   await client.close();
@@ -293,10 +323,12 @@ test("client: one-way traffic stays alive by pinging; subscribe mids are per lin
   assert.ok(FakeWS.instances[0].kinds().includes("Ping"));
   // A Subscribe's mid on a new link may equal an old call's: an Error for it ends only its own.
   const sub = client.subscribe("a.>");
+  await flushed();
   FakeWS.instances[0].drop();
   await until(() => FakeWS.instances.length === 2 && FakeWS.instances[1].sent.some((m) => m.kind === "Subscribe"));
   const old = FakeWS.instances[0].sent.find((m) => m.kind === "Subscribe");
   const sub2 = client.subscribe("b.>");
+  await flushed();
   const fresh = FakeWS.instances[1].sent.filter((m) => m.kind === "Subscribe").at(-1);
   assert.equal(fresh.pattern, "b.>");
   if (old.mid !== fresh.mid) FakeWS.instances[1].deliver("Error", { cid: old.mid, code: "not_permitted", message: "stale" });
@@ -327,4 +359,49 @@ test("client: maxPending bounds the calls waiting: job() throws Busy, submit() w
   assert.ok(!sent);
   await client.close();
   await assert.rejects(c, ConnectionLost);
+});
+
+test("client: the messages of one turn go out as one bundle, split at the leader's frame limit", async () => {
+  FakeWS.instances = [];
+  FakeWS.behave = (ws) => ws.acceptAsLeader({ maxFrame: 4096 });
+  const client = await Client.connect("ws://leader", opts());
+  const ws = FakeWS.instances[0];
+  assert.deepEqual(ws.frames, [1]); // the Hello, alone (before the Welcome, in a map)
+  // 64 submits in one turn: one frame, a bundle of 64, in order
+  const small = Array.from({ length: 64 }, (_, i) => client.submit("math.x", i, { jobId: `s${i}` }));
+  await until(() => ws.sent.length === 65);
+  assert.deepEqual(ws.frames, [1, 64]);
+  assert.deepEqual(ws.sent.slice(1).map((m) => m.job_id), small.map((_, i) => `s${i}`));
+  // the results of one frame: the next submits of their callers make one frame again
+  const again = small.map(async (p, i) => { await p; return client.submit("math.x", i, { jobId: `t${i}` }); });
+  const frame = bundleFrames(ws.sent.slice(1).map((m) => encodeItem("Result", { mid: m.mid + 1000, cid: m.mid, job_id: m.job_id })), 16 << 20)[0];
+  ws.raw(frame.buffer);
+  await until(() => ws.sent.length === 129);
+  assert.deepEqual(ws.frames, [1, 64, 64]);
+  // map: a chain of awaits between its submits, sent together all the same
+  const mapped = (async () => { for await (const _ of client.map("math.x", Array.from({ length: 16 }, (_, i) => i), { limit: 16 })) { /* none */ } })();
+  await until(() => ws.sent.length === 145);
+  assert.deepEqual(ws.frames, [1, 64, 64, 16]);
+  const mapFrame = bundleFrames(ws.sent.slice(-16).map((m) => encodeItem("Result", { mid: m.mid + 1000, cid: m.mid, job_id: m.job_id })), 16 << 20)[0];
+  ws.raw(mapFrame.buffer);
+  await mapped;
+  // over the leader's 4096 bytes: split in frames that each fit, nothing lost or reordered
+  const big = Array.from({ length: 10 }, (_, i) => client.job("math.x", "x".repeat(1000), { jobId: `b${i}` }));
+  await until(() => ws.sent.length === 155);
+  assert.ok(ws.frames.length > 5 && ws.bytes.every((n) => n - 5 <= 4096), `${ws.bytes}`);
+  assert.deepEqual(ws.sent.slice(-10).map((m) => m.job_id), big.map((h) => h.id));
+  // one message over the limit is refused at once, nothing sent
+  await assert.rejects(client.submit("math.x", "x".repeat(5000)), (e) => e instanceof TooLarge && e.limit === 4096);
+  await flushed();
+  assert.equal(ws.sent.length, 155);
+  // a leader of version 1 is sent no bundle
+  FakeWS.behave = (w) => w.acceptAsLeader({ version: 1 });
+  const old = await Client.connect("ws://leader", opts());
+  const ws1 = FakeWS.instances[1];
+  for (let i = 0; i < 5; i++) old.job("math.x", i);
+  await until(() => ws1.sent.length === 6);
+  assert.deepEqual(ws1.frames, [1, 1, 1, 1, 1, 1]);
+  await old.close();
+  await client.close();
+  await Promise.allSettled([...small, ...again]);
 });

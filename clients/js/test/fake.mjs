@@ -10,6 +10,10 @@ export class FakeWS {
   constructor(url) {
     this.url = url;
     this.sent = [];
+    /** The number of messages in each frame sent (a bundle: more than 1). */
+    this.frames = [];
+    /** The size of each frame sent, header included. */
+    this.bytes = [];
     this.bufferedAmount = 0;
     this.readyState = 0;
     this.mid = 0;
@@ -19,9 +23,13 @@ export class FakeWS {
   }
   get live() { return this.readyState < 2; }
   send(frame) {
-    const [msg] = decodeFrame(frame);
-    this.sent.push(msg);
-    this.onSent?.(msg);
+    this.bytes.push(frame.length);
+    const msgs = decodeFrame(frame);
+    this.frames.push(msgs.length);
+    for (const msg of msgs) {
+      this.sent.push(msg);
+      this.onSent?.(msg);
+    }
   }
   close(code = 1000, reason = "") {
     if (this.readyState === 3) return;
@@ -38,11 +46,11 @@ export class FakeWS {
   }
   raw(data) { this.onmessage?.({ data }); }
   /** Open, and answer the Hello with a Welcome (then `then(hello)`). */
-  acceptAsLeader({ heartbeat = null, then } = {}) {
+  acceptAsLeader({ heartbeat = null, then, version = 2, maxFrame = null } = {}) {
     this.onSent = (msg) => {
       if (msg.kind === "Hello") {
         this.hello = msg;
-        this.deliver("Welcome", { cid: msg.mid, version: 2, heartbeat });
+        this.deliver("Welcome", { cid: msg.mid, version, heartbeat, max_frame: maxFrame });
         then?.(msg);
       }
     };
@@ -53,6 +61,9 @@ export class FakeWS {
 
 /** A fetch that explains failures as a refused connection. */
 export const refusedFetch = async () => { throw Object.assign(new TypeError("fetch failed"), { cause: { code: "ECONNREFUSED" } }); };
+
+/** Resolves once what was sent in this task went out (a link sends it from microtasks: see Link.send). */
+export const flushed = () => new Promise((r) => setImmediate(r));
 
 /** Resolves after `ms`. */
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
