@@ -422,6 +422,11 @@ def test_the_cluster_file_and_options_take_an_http_address():
     with pytest.raises(ConfigError, match="--http: http address"):
         config_from_args(http="nope")
     assert "--http" in build_parser().format_help()
+    # --http alone: the default address, on loopback; no --http: no HTTP at all
+    parser = build_parser()
+    assert parser.parse_args(["--http", "--worker", "m:C"]).http == "127.0.0.1:7780"
+    assert parser.parse_args(["--http", ":0"]).http == ":0"
+    assert parser.parse_args([]).http is None
 
 
 def test_the_cluster_refuses_a_bad_http_address(capsys):

@@ -29,10 +29,12 @@ send their results) while the leader still runs, then the leader stops; exit sta
 second Ctrl-C kills the workers and exits at once (status 1). A bad configuration exits 2
 with a message on stderr; a leader that cannot listen exits 1.
 
-``--http ADDR`` (or ``[leader] http``; default: none) serves HTTP on ``ADDR``
-(``127.0.0.1:7780``; ``:0`` picks a free loopback port): ``/healthz``, ``/readyz``, the
+``--http [ADDR]`` (or ``[leader] http``; default: none) serves HTTP on ``ADDR``
+(:data:`DEFAULT_HTTP`, ``127.0.0.1:7780``, when ``--http`` names none; ``:0`` picks a free
+loopback port): ``/healthz``, ``/readyz``, the live dashboard at ``/``, ``/metrics``, the
 JSON API under ``/api`` (see ``actors/leader/_api.py``) and the JavaScript client at
-``/actors.js``; it prints ``http listening on URL``. Until its groups have a worker
+``/actors.js``; it prints ``http listening on URL``. A cluster without a ``ws://``
+listener gets one on the HTTP host (a free port, printed), for the dashboard's updates. Until its groups have a worker
 connected, ``/readyz`` says each is ``starting``. Through the API an admin changes a
 group's instance count (``PUT /api/groups/NAME``, 0 to 1,000): the cluster starts the new
 instances, or drains and stops the highest-numbered ones, in the background, and says
@@ -88,6 +90,8 @@ if TYPE_CHECKING:
 PROG = "python -m actors.cluster"
 #: Seconds the cluster waits for every worker to connect before it says it is ready anyway.
 DEFAULT_START_TIMEOUT = 30.0
+#: Where ``--http`` with no address serves (loopback: see docs/security.md).
+DEFAULT_HTTP = "127.0.0.1:7780"
 #: Seconds between looks at the leader's statistics while waiting for the workers.
 READY_POLL_INTERVAL = 0.05
 
@@ -167,9 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--http",
         metavar="ADDR",
-        help="serve HTTP on ADDR (127.0.0.1:7780; :0 picks a free loopback port): /healthz,"
-        " /readyz, the dashboard, the JSON API under /api and the JavaScript client at"
-        " /actors.js (default: none; beyond loopback needs [auth] users or --insecure)",
+        nargs="?",
+        const=DEFAULT_HTTP,
+        help=f"serve HTTP on ADDR ({DEFAULT_HTTP} when none is given; :0 picks a free loopback"
+        " port): /healthz, /readyz, the live dashboard at /, /metrics, the JSON API under /api"
+        " and the JavaScript client at /actors.js (default: no HTTP; beyond loopback needs"
+        " [auth] users or --insecure)",
     )
     parser.add_argument(
         "--http-read-only",
