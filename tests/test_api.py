@@ -27,6 +27,7 @@ from actors.cluster._run import GroupScaler, build_parser
 from actors.leader._admin import (
     MAX_DECODED,
     MAX_SHOWN,
+    MAX_USER_QUERIES,
     AdminError,
     LeaderAdmin,
     json_safe,
@@ -424,6 +425,173 @@ async def test_a_page_of_100000_dead_letters_is_quick(nursery, tmp_path, where):
         assert len(page["dead_letters"]) == (100 if "99900" in path else 500)
     shown = await ok(leader, "GET", "/api/dead-letters/job-012345")
     assert shown["error_message"] == "failure 12345"
+    # The statistics (so the dashboard and /metrics) count them all, not those in memory.
+    stats = await ok(leader, "GET", "/api/stats")
+    assert stats["dead_letters"] == count
+    assert stats["dead_letters_kept"] == (1000 if where == "journal" else count)
+
+
+def fill_journal(path: Any, count: int, now: float) -> None:
+    """``count`` dead letters of ``api.x`` written to the journal in ``path`` (the leader
+    stopped), the oldest first."""
+    journal = SqliteJournal(path, sync="normal")
+    journal.open()
+    rows = [
+        (f"old-{i:06d}", "api.x", cbor2.dumps({"i": i}), None, None, 5, "ValueError",
+         f"failure {i}", None, now - (count - i) * 1e-3, 100, None)
+        for i in range(count)
+    ]  # fmt: skip
+    assert journal._db is not None
+    with journal._db:
+        journal._db.execute("BEGIN")
+        journal._db.executemany(_INSERT_DEAD, rows)
+    journal.close()
+
+
+async def dead_letter_totals(leader: Leader) -> dict[str, float]:
+    """What each view says is the number of dead letters (the statistics are those of a
+    new snapshot: the leader's readers share one a second)."""
+    await trio.sleep(1.05)
+    listing = await ok(leader, "GET", "/api/dead-letters?limit=1")
+    stats = await ok(leader, "GET", "/api/stats")
+    metrics = (await call(leader, "GET", "/metrics")).body.decode()
+    [gauge] = [line for line in metrics.splitlines() if line.startswith("actors_dead_letters ")]
+    journal = leader.journal
+    assert journal is not None
+    async with leader._db_lock:  # (the file's own count, to check the kept one)
+        in_file = journal.count_dead_letters()
+    return {
+        "/api/dead-letters": listing["total"],
+        "/api/stats": stats["dead_letters"],
+        "/metrics": float(gauge.split()[1]),
+        "dashboard": leader.stats_snapshot()["dead_letters"],  # (what its feed shows)
+        "file": in_file,
+    }
+
+
+async def test_every_view_counts_every_dead_letter_of_the_journal(nursery, tmp_path):
+    # 2,000 dead letters in the journal, 1,000 kept in memory: every view says 2,000
+    # (the journal's exact count), and follows dead letters, retries and purges.
+    fill_journal(tmp_path, 2000, time.time())
+    with trio.fail_after(60):
+        leader = await start(nursery, Steer(), memory=False, data_dir=str(tmp_path))
+
+        async def same(expected: int) -> None:
+            totals = await dead_letter_totals(leader)
+            assert set(totals.values()) == {expected}, totals
+
+        await same(2000)
+        stats = await ok(leader, "GET", "/api/stats")
+        assert stats["dead_letters_kept"] == 1000  # (the newest, in memory)
+        await dead_letters(leader, 3)
+        await same(2003)
+        retried = await ok(leader, "POST", "/api/dead-letters/old-000000/retry")
+        assert retried == {"retried": 1, "refused": [], "remaining": 2002}
+        await same(2002)  # (it ran again, and worked)
+        assert await ok(leader, "DELETE", "/api/dead-letters/old-000001") == {"purged": 1}
+        await same(2001)
+        assert await ok(leader, "DELETE", "/api/dead-letters") == {"purged": 2001}
+        await same(0)
+        assert len(leader.broker.dead_letters) == 0
+        await dead_letters(leader, 2, prefix="again")
+        await same(2)
+
+
+async def test_a_purge_of_all_agrees_with_memory_about_what_died_meanwhile(nursery, tmp_path):
+    # Dead letters that die while the purge writes what was pending are purged from
+    # memory and from the file alike; those that die after it stay in both.
+    with trio.fail_after(30):
+        leader = await start(nursery, Steer(), memory=False, data_dir=str(tmp_path))
+        await dead_letters(leader, 3)
+        journal = leader.journal
+        assert journal is not None
+        broker = leader.broker
+        commit_once = leader._commit_once
+        meanwhile = trio.Event()
+
+        async def commit_then_one_more(journal: SqliteJournal) -> bool:
+            written = await commit_once(journal)
+            if not meanwhile.is_set():  # (while the purge's own commit ran: one more died)
+                record = {"job_id": "meanwhile", "subject": "api.x", "payload": 1,
+                          "headers": {}, "attempts": 1, "error_type": "E",
+                          "error_message": "m", "traceback": None, "dead_at": time.time()}  # fmt: skip
+                broker.retries.keep_dead_letter(record, 10)
+                journal.dead_letter(broker_job("meanwhile"), record, trio.current_time())
+                meanwhile.set()
+            return written
+
+        leader._commit_once = commit_then_one_more  # type: ignore[method-assign]
+        try:
+            purged = await ok(leader, "DELETE", "/api/dead-letters")
+        finally:
+            leader._commit_once = commit_once  # type: ignore[method-assign]
+        assert meanwhile.is_set()
+        assert purged == {"purged": 4}
+        assert len(broker.dead_letters) == 0
+        await dead_letters(leader, 1, prefix="after")
+        assert (await ok(leader, "GET", "/api/dead-letters"))["total"] == 1
+        assert [d["job_id"] for d in broker.dead_letters] == ["after0"]
+        async with leader._db_lock:
+            assert journal.count_dead_letters() == journal.dead_letter_count == 1
+
+
+def broker_job(job_id: str) -> Any:
+    from actors.leader._jobs import JobRecord
+
+    return JobRecord(job_id, "api.x", 1, {}, 1, 1, 0.0, size=10)
+
+
+async def test_where_workers_run_is_shown_to_admins_only(nursery):
+    with trio.fail_after(30):
+        leader = await start(nursery, Steer(), token=SERVER, auth=users())
+        [admin_view] = (await ok(leader, "GET", "/api/workers", token=OPS))["workers"]
+        assert admin_view["host"] and admin_view["pid"] and admin_view["peer"]
+        [user_view] = (await ok(leader, "GET", "/api/workers", token=WEB))["workers"]
+        assert (user_view["host"], user_view["pid"], user_view["peer"]) == (None, None, None)
+        assert {k: v for k, v in user_view.items() if k not in ("host", "pid", "peer")} == {
+            k: v for k, v in admin_view.items() if k not in ("host", "pid", "peer", "last_heard")
+        } | {"last_heard": user_view["last_heard"]}
+
+
+async def test_job_lookups_of_other_identities_leave_the_admins_their_queries(nursery, tmp_path):
+    with trio.fail_after(30):
+        leader = await start(
+            nursery, Steer(), memory=False, data_dir=str(tmp_path), token=SERVER, auth=users()
+        )
+        admin = LeaderAdmin(leader)
+        assert leader.authenticator is not None
+        web = leader.authenticator.principals["web"]
+        ops = leader.authenticator.principals["ops"]
+        release = trio.Event()
+        read = leader._blocking
+
+        async def held_read(fn: Any, *args: Any) -> Any:
+            await release.wait()
+            return await read(fn, *args)
+
+        leader._blocking = held_read  # type: ignore[method-assign]
+        try:
+            async with trio.open_nursery() as lookups:
+                for i in range(MAX_USER_QUERIES):
+                    lookups.start_soon(lookup, admin, f"unknown-{i}", web)
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(AdminError) as info:  # (the users' slots are taken)
+                    await admin.job("one-more", web)
+                assert info.value.status == 429 and "job lookups" in info.value.message
+                assert leader._admin_queries == 0  # (not the admins')
+                lookups.start_soon(lookup, admin, "unknown-ops", ops)
+                await trio.testing.wait_all_tasks_blocked()
+                assert leader._admin_queries == 1
+                release.set()
+        finally:
+            leader._blocking = read  # type: ignore[method-assign]
+        assert leader._admin_queries == 0 and admin._user_queries == 0
+
+
+async def lookup(admin: LeaderAdmin, job_id: str, principal: Any) -> None:
+    with pytest.raises(AdminError) as info:
+        await admin.job(job_id, principal)
+    assert info.value.status == 404
 
 
 # --------------------------------------------------------------------------- who may
@@ -738,7 +906,9 @@ async def test_groups_are_listed_and_scaled_through_the_scaler(nursery):
             "conflict"
         )
         assert scaler.calls == [("steer", 3), ("none", 1), ("broken", 1)]
-        # A group its cluster runs with no instance is not waited for by /readyz.
+        # A group its cluster runs with no instance is not waited for by /readyz (the
+        # cluster says how many each is to run, as its scaler does on every change).
+        leader.set_group_instances("idle", 0)
         leader.set_group_state("idle", "starting")
         leader.set_group_state("broken", "starting")
         reply = await request(leader.http_url, "/readyz")
@@ -792,6 +962,7 @@ async def test_a_cluster_scales_its_groups_over_http():
             await wait_until(_count(workers, 3), timeout=10)
             groups = (await request(url, "/api/groups")).json()
             assert groups["managed"] and groups["groups"][0]["instances"] == 3
+            assert groups["groups"][0]["scale_error"] is None
             assert "group echo: scaling from 1 to 3 instances" in out
             await wait_until(lambda: "group echo: 3 instances" in out, timeout=10)
             reply = await request(
@@ -804,7 +975,12 @@ async def test_a_cluster_scales_its_groups_over_http():
             assert reply.status == 200
             await wait_until(_count(workers, 0), timeout=10)
             await wait_until(lambda: "group echo: 0 instances" in out, timeout=10)
-            assert (await request(url, "/readyz")).status == 200
+            assert (await request(url, "/readyz")).status == 200  # (it is to run none)
+
+            async def wanted() -> Any:
+                return (await request(url, "/api/stats")).json()["groups"]["echo"]["instances"]
+
+            await wait_until(_count(wanted, 0), timeout=5)  # (what the cluster told its leader)
             reply = await request(
                 url,
                 "/api/groups/nope",
@@ -825,7 +1001,7 @@ def _count(probe: Any, expected: int) -> Any:
 
 async def test_the_group_scaler_refuses_what_it_cannot_do():
     said: list[str] = []
-    group = type("G", (), {"desired": 1, "name": "g"})()
+    group = type("G", (), {"desired": 1, "name": "g", "failure": None})()
     failed: dict[str, str] = {}
     scaler = GroupScaler({"g": group}, failed, said.append)  # type: ignore[dict-item]
     with pytest.raises(RuntimeError, match="not running its groups"):

@@ -415,6 +415,7 @@ class RecordingJournal:
     """A :class:`~actors.leader._journal.JobJournal` that lists the calls it gets."""
 
     refusal = None
+    dead_letter_count = 0
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, ...]] = []
@@ -436,6 +437,9 @@ class RecordingJournal:
 
     def forget_dead_letters(self, job_ids):
         self.seen.append(("forget", *sorted(job_ids)))
+
+    def purge_dead_letters_later(self):
+        self.seen.append(("purge",))
 
 
 def test_the_journal_is_told_of_every_change_and_answers_wait_for_it():

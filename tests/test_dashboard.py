@@ -13,14 +13,21 @@
 - The permission: every identity may subscribe to exactly ``$sys.dashboard``; ``$sys.>``,
   ``$>`` and the other ``$`` patterns stay refused to non-admins; ``>`` never delivers
   ``$sys.dashboard`` (not even to an admin: only exact subscriptions are fed).
-- HTTP: ``/`` is the dashboard under a strict policy, told the leader's WebSocket URL and
-  whether it needs a token; its files are an allow-list; a leader serving HTTP with no
-  ``ws://`` listener gets one.
+- HTTP: ``/`` is the dashboard under a strict policy (connections to its own server
+  only), told whether it needs a token; its files are an allow-list, public; no listener
+  is added for it.
+- ``/ws`` on the HTTP port (``actors/leader/_feed.py``): a feed connection that gets the
+  snapshots and may do nothing else (Submit, Publish, Cancel, Query, other subscriptions,
+  a worker's Hello: ``not_permitted``), read-only or not; with the Host and Origin checks
+  of HTTP (a foreign origin 403, DNS rebinding 403, its own origin by any name beyond
+  loopback with users), the leader's tokens, its admission bounds (503) and frame limit,
+  a text message or a silent peer closed.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -33,8 +40,12 @@ import cbor2
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 
+import protocol
+import runtime
 from actors import AuthConfig, Leader, User
+from actors.client import Client
 from actors.cluster import run_cluster
 from actors.cluster._config import config_from_args
 from actors.leader._dashboard import (
@@ -49,17 +60,21 @@ from actors.leader._dashboard import (
     History,
     build_snapshot,
 )
+from actors.leader._feed import FEED_MAX_FRAME, FEED_MAX_MESSAGE, FORCED_CLOSE_WAIT, AsgiWire
 from actors.leader._http import DASHBOARD_DIR, HttpApp, example_files
+from actors.leader._leader import FEED_ONLY
 from actors.leader._links import ClientLink, GroupStats, WorkerLink
 from actors.leader._stats import count_result
 from protocol import (
     Assign,
+    Cancel,
     Deliver,
     Encoded,
     Error,
     ErrorCode,
     Hello,
     Publish,
+    Query,
     Result,
     Session,
     Submit,
@@ -67,10 +82,11 @@ from protocol import (
     Unsubscribe,
     Welcome,
 )
+from runtime import HandshakeError
 from runtime._connection import Connection
 from runtime._transports import running
 from runtime._wire import StreamWire
-from tests.helpers import RawPeer, Stopwatch
+from tests.helpers import RawPeer, Stopwatch, wait_until
 from tests.test_http import request
 
 ADMIN = "a" * 12 + "-admin-token-0001"
@@ -414,6 +430,28 @@ async def test_every_identity_may_watch_the_dashboard_and_no_other_system_subjec
             assert codes == {(7, ErrorCode.NOT_PERMITTED), (8, ErrorCode.NOT_PERMITTED)}
 
 
+async def test_only_admins_are_told_where_the_workers_run(autojump_clock):
+    async with feed_leader(auth=users()) as (_leader, connect):
+        worker = await connect(
+            Hello(
+                mid=0, role="worker", name="w1", group="g", patterns=("any.thing",),
+                versions=(1, 2), token=EVERYTHING, meta={"host": "box-7", "pid": 4242},
+            )
+        )  # fmt: skip
+        assert worker is not None
+        watchers = {}
+        for token in (ADMIN, VIEWER):
+            watchers[token] = await connect(client(token))
+            await subscribe(watchers[token], 1, DASHBOARD_SUBJECT)
+        for _ in range(2):  # (the full snapshot, then an update)
+            seen = {}
+            for token, peer in watchers.items():
+                [entry] = value((await next_deliver(peer)).payload)["workers"]["workers"]
+                seen[token] = (entry["name"], entry["host"], entry["pid"], entry["peer"])
+            assert seen[ADMIN] == ("w1", "box-7", 4242, "peer")
+            assert seen[VIEWER] == ("w1", None, None, None)
+
+
 async def test_a_wildcard_never_delivers_the_dashboard(autojump_clock):
     async with feed_leader(auth=users()) as (_leader, connect):
         everything = await connect(client(EVERYTHING))  # may subscribe to > (not an admin)
@@ -453,7 +491,8 @@ async def test_the_dashboard_subscription_survives_a_change_of_users(autojump_cl
 async def start_http(nursery: trio.Nursery, **settings: Any) -> Leader:
     settings.setdefault("memory", True)
     settings.setdefault("listen", ["tcp://127.0.0.1:0"])
-    leader = Leader(http="127.0.0.1:0", **settings)
+    settings.setdefault("http", "127.0.0.1:0")
+    leader = Leader(**settings)
     await nursery.start(leader.run)
     assert leader.http_url is not None
     return leader
@@ -463,17 +502,18 @@ async def test_the_dashboard_is_served_at_the_root_under_a_strict_policy(nursery
     leader = await start_http(nursery)
     http = leader.http_url
     assert http is not None
-    ws = next(url for url in leader.urls if url.startswith("ws://"))
+    host = http.removeprefix("http://")
     page = await request(http, "/")
     assert page.status == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'self';" in csp
     assert "style-src 'self';" in csp and "unsafe" not in csp
-    assert f"connect-src 'self' {ws.rstrip('/')};" in csp  # its API, the leader's WebSocket
+    # its API and /ws on this server, by the name it was asked by: nothing else
+    assert f"connect-src 'self' ws://{host} wss://{host};" in csp
     assert "frame-ancestors 'none'" in csp
     assert page.headers["x-content-type-options"] == "nosniff"
     body = page.body.decode()
-    assert f'<meta name="actors-leader" content="{ws}">' in body
+    assert "actors-leader" not in body  # (no listener to be told of: it uses /ws)
     assert '<meta name="actors-auth" content="none">' in body
     assert '<script type="module" src="/dashboard/dashboard.js"></script>' in body
     assert "<script>" not in body and "<style" not in body and " style=" not in body
@@ -498,10 +538,20 @@ async def test_the_dashboard_is_served_at_the_root_under_a_strict_policy(nursery
         "/index.html",
     ):
         assert (await request(http, path)).status == 404, path
-    foreign = await request(http, "/", headers={"Origin": "http://evil.example"})
+    # Public code, as the client's: its files load whatever the Origin (a module script
+    # is fetched with one), nothing else does.
+    for path in ("/", "/dashboard/dashboard.js"):
+        foreign = await request(http, path, headers={"Origin": "http://evil.example"})
+        assert foreign.status == 200 and "access-control-allow-origin" not in foreign.headers
+    foreign = await request(http, "/api/stats", headers={"Origin": "http://evil.example"})
     assert foreign.status == 403
     posted = await request(http, "/", method="POST", body=b"")
     assert posted.status == 405
+    posted = await request(http, "/", method="POST", body=b"", headers={"Origin": "http://e.x"})
+    assert posted.status == 403  # (public for GET and HEAD only)
+    # A Host that could not be a policy's source is left out of it ('self' stays).
+    odd = await request(http, "/", headers={"Host": "127.0.0.1:1; script-src *"})
+    assert "connect-src 'self';" in odd.headers["content-security-policy"]
 
 
 async def test_the_page_is_told_that_the_leader_asks_for_a_token(nursery):
@@ -536,39 +586,387 @@ async def test_no_dashboard_files_serve_nothing_at_the_root(nursery):
     assert "/" in HttpApp(leader, examples_dir=None).routes
 
 
-async def test_http_without_a_websocket_listener_gets_one_for_the_page(nursery, caplog):
+async def test_no_listener_is_added_for_the_page(nursery, caplog):
     caplog.set_level(logging.INFO, logger="actors.leader")
     leader = await start_http(nursery)
-    assert leader.dashboard_listener == "ws://127.0.0.1:0"
-    [tcp, ws] = leader.urls
-    assert tcp.startswith("tcp://") and re.fullmatch(r"ws://127\.0\.0\.1:\d+/", ws)
-    assert any(
-        "for the dashboard's page" in r.getMessage() and ws in r.getMessage()
-        for r in caplog.records
-    )
-    # One given: none added; no HTTP: none added.
-    given = Leader(listen=["ws://127.0.0.1:0"], http="127.0.0.1:0", memory=True)
-    assert given.listen == ["ws://127.0.0.1:0"] and given.dashboard_listener is None
-    assert Leader(listen=["tcp://127.0.0.1:0"], memory=True).listen == ["tcp://127.0.0.1:0"]
-    six = Leader(listen=["tcp://[::1]:0"], http="[::1]:0", memory=True)
-    assert six.listen == ["tcp://[::1]:0", "ws://[::1]:0"]
-    tls = Leader(listen=["wss://127.0.0.1:0"], http="127.0.0.1:0", memory=True)
-    assert tls.dashboard_listener is None
-    # Beyond loopback only where HTTP may be (users or insecure): the same host.
+    assert leader.listen == ["tcp://127.0.0.1:0"]
+    [tcp] = leader.urls
+    assert tcp.startswith("tcp://")
+    assert not any("dashboard" in r.getMessage() for r in caplog.records)
     wide = Leader(listen=["tcp://127.0.0.1:0"], http="0.0.0.0:0", memory=True, insecure=True)
-    assert wide.listen[-1] == "ws://0.0.0.0:0"
+    assert wide.listen == ["tcp://127.0.0.1:0"]  # (the protocol stays on loopback)
+    assert not hasattr(wide, "dashboard_listener")
 
 
-async def test_the_cluster_prints_the_added_websocket_listener():
+# --------------------------------------------------------------------------- /ws: the feed
+
+
+def feed_url(leader: Leader) -> str:
+    assert leader.http_url is not None
+    return leader.http_url.replace("http://", "ws://", 1) + "/ws"
+
+
+@asynccontextmanager
+async def websocket(
+    leader: Leader, *, path: str = "/ws", origin: str | None = None, host: str | None = None
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A WebSocket to the leader's HTTP port as a browser opens one (``Origin``; ``Host``
+    as given); trio-websocket's ``ConnectionRejected`` when the upgrade is refused."""
+    assert leader.http_url is not None
+    address = leader.http_url.removeprefix("http://")
+    name, port = address.rsplit(":", 1)
+    headers = [] if origin is None else [(b"Origin", origin.encode())]
+    stream = await trio.open_tcp_stream(name, int(port))
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(
+                nursery, stream, host or address, path, extra_headers=headers
+            )
+            yield ws
+            await ws.aclose()
+    except BaseExceptionGroup as group:  # (the rejection, from trio-websocket's reader)
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def refused(leader: Leader, **kw: Any) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of a refused upgrade."""
+    with pytest.raises(trio_websocket.ConnectionRejected) as caught:
+        async with websocket(leader, **kw):
+            pass
+    rejection = caught.value
+    headers = {name.lower(): value for name, value in rejection.headers}
+    assert headers[b"content-type"] == b"application/json"
+    return rejection.status_code, json.loads(rejection.body or b"{}")
+
+
+async def ws_send(ws: trio_websocket.WebSocketConnection, *messages: Any) -> None:
+    for message in messages:
+        await ws.send_message(protocol.encode(message))
+
+
+async def ws_receive(ws: trio_websocket.WebSocketConnection) -> Any:
+    (message,) = protocol.FrameDecoder().feed(await ws.get_message())
+    return message
+
+
+async def closed_with(ws: trio_websocket.WebSocketConnection) -> Any:
+    """The reason ``ws`` closed with (what comes before is dropped)."""
+    while True:
+        try:
+            await ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            return exc.reason
+
+
+async def feed_deliver(conn: runtime.Connection) -> Deliver:
+    while True:
+        message = await conn.receive()
+        if isinstance(message, Deliver):
+            return message
+        assert not isinstance(message, Error), message
+
+
+async def test_the_feed_on_the_http_port_delivers_the_snapshots(nursery):
+    leader = await start_http(nursery, name="feeder")
+    for role in ("client", "observer"):
+        hello = Hello(mid=0, role=role, name=f"page-{role}")
+        async with runtime.open_connection(feed_url(leader), hello=hello) as conn:
+            assert conn.welcome is not None and conn.welcome.node == "feeder"
+            assert conn.welcome.max_frame == FEED_MAX_FRAME  # (a feed's peer sends little)
+            conn.send_nowait(Subscribe(mid=conn.next_mid(), sid=7, pattern=DASHBOARD_SUBJECT))
+            first = await feed_deliver(conn)
+            assert first.sid == 7 and first.subject == DASHBOARD_SUBJECT
+            snapshot = value(first.payload)
+            assert snapshot["node"] == "feeder" and snapshot["history"]["full"] is True
+            assert snapshot["totals"]["connections"] >= 1
+            later = await feed_deliver(conn)
+            assert value(later.payload)["history"]["full"] is False
+    # The project's Python client, as any program may use it there.
+    async with Client.connect(feed_url(leader)) as client:
+        async with client.subscribe(DASHBOARD_SUBJECT) as sub:
+            message = await sub.__anext__()
+            assert value(message.payload)["node"] == "feeder"
+
+
+async def test_the_feed_does_nothing_else(nursery, caplog):
+    leader = await start_http(nursery)
+    hello = Hello(mid=0, role="client", name="nosy")
+    async with runtime.open_connection(feed_url(leader), hello=hello) as conn:
+        asked = [
+            Submit(mid=conn.next_mid(), job_id="j1", subject="any.thing", payload=1),
+            Publish(mid=conn.next_mid(), subject="any.thing", payload=1),
+            Cancel(mid=conn.next_mid(), job_id="j1"),
+            Query(mid=conn.next_mid(), what="stats"),
+            Query(mid=conn.next_mid(), what="purge_dead_letters"),
+            Subscribe(mid=conn.next_mid(), sid=1, pattern=">"),
+            Subscribe(mid=conn.next_mid(), sid=2, pattern="$sys.>"),
+            Subscribe(mid=conn.next_mid(), sid=3, pattern="any.thing"),
+        ]
+        conn.send_many_nowait(asked)
+        answers = [await conn.receive() for _ in asked]
+        for msg, answer in zip(asked, answers, strict=True):
+            assert type(answer) is Error and answer.cid == msg.mid, (msg, answer)
+            assert answer.code == ErrorCode.NOT_PERMITTED
+            assert answer.message.startswith(FEED_ONLY), answer.message
+        assert "no Submit here" in answers[0].message
+        assert "'any.thing'" in answers[7].message
+        # Nothing was done, and the connection stays: it may still watch.
+        assert leader.broker.stats()["jobs_active"] == 0
+        assert not leader.broker.pubsub._entries  # (no subscription)
+        conn.send_nowait(Subscribe(mid=conn.next_mid(), sid=5, pattern=DASHBOARD_SUBJECT))
+        assert (await feed_deliver(conn)).sid == 5
+    # A worker (or a leader) is told where to go.
+    for role in ("worker", "leader"):
+        hello = Hello(
+            mid=0, role=role, name="w", patterns=("any.thing",) if role == "worker" else ()
+        )
+        with pytest.raises(HandshakeError) as caught:
+            async with runtime.open_connection(feed_url(leader), hello=hello):
+                pass
+        assert caught.value.code == ErrorCode.NOT_PERMITTED
+        assert "listen URLs" in caught.value.message
+    assert not leader.broker.workers
+
+
+async def test_a_read_only_leader_still_feeds(nursery):
+    leader = await start_http(nursery, http_read_only=True)
+    assert (await request(leader.http_url, "/api/dead-letters", method="DELETE")).status == 403
+    async with Client.connect(feed_url(leader)) as client:
+        async with client.subscribe(DASHBOARD_SUBJECT) as sub:
+            assert value((await sub.__anext__()).payload)["read_only"] is True
+        with pytest.raises(Exception, match="feed only"):
+            await client.purge_dead_letters()
+
+
+async def test_the_feed_takes_the_leaders_tokens(nursery):
+    leader = await start_http(nursery, auth=users())
+    with pytest.raises(HandshakeError) as caught:
+        async with runtime.open_connection(feed_url(leader), hello=client()):
+            pass
+    assert caught.value.code == ErrorCode.AUTH_FAILED
+    with pytest.raises(HandshakeError) as caught:
+        async with runtime.open_connection(feed_url(leader), hello=client("not-a-token-at-all")):
+            pass
+    assert caught.value.code == ErrorCode.AUTH_FAILED
+    # A viewer, whom no subscription of its own allows $: the dashboard's feed.
+    async with runtime.open_connection(feed_url(leader), hello=client(VIEWER)) as conn:
+        conn.send_nowait(Subscribe(mid=conn.next_mid(), sid=1, pattern=DASHBOARD_SUBJECT))
+        assert (await feed_deliver(conn)).sid == 1
+        # An admin may do no more here than anyone.
+    async with runtime.open_connection(feed_url(leader), hello=client(ADMIN)) as conn:
+        conn.send_nowait(Subscribe(mid=conn.next_mid(), sid=1, pattern="$dlq.>"))
+        answer = await conn.receive()
+        assert type(answer) is Error and answer.code == ErrorCode.NOT_PERMITTED
+
+
+async def test_the_feed_checks_the_origin_and_the_host(nursery):
+    leader = await start_http(nursery, allowed_origins=["https://app.example"])
+    assert leader.http_url is not None
+    address = leader.http_url.removeprefix("http://")
+    port = address.rsplit(":", 1)[1]
+    status, body = await refused(leader, origin="https://evil.example")
+    assert status == 403 and body["error"] == "forbidden_origin"
+    assert "https://evil.example" in body["message"]
+    # DNS rebinding: the page's own origin, by a name that is not loopback's.
+    status, body = await refused(
+        leader, origin=f"http://evil.example:{port}", host=f"evil.example:{port}"
+    )
+    assert status == 403 and body["error"] == "forbidden_host"
+    status, body = await refused(leader, path="/elsewhere")
+    assert status == 404 and "/ws" in body["message"]
+    # Its own origin (by any loopback name), an allowed one, or none (not a browser).
+    for origin, host in (
+        (f"http://localhost:{port}", f"localhost:{port}"),
+        (f"http://127.0.0.1:{port}", address),
+        ("https://app.example", address),
+        (None, address),
+    ):
+        async with websocket(leader, origin=origin, host=host) as ws:
+            await ws_send(ws, client(), Subscribe(mid=1, sid=1, pattern=DASHBOARD_SUBJECT))
+            assert type(await ws_receive(ws)) is Welcome
+            assert type(await ws_receive(ws)) is Deliver
+
+
+async def test_the_feed_is_bounded_like_a_listener(nursery):
+    leader = await start_http(
+        nursery, max_connections_per_address=2, handshake_timeout=0.5, heartbeat=None
+    )
+    async with websocket(leader) as first, websocket(leader) as second:
+        # Over the bound: 503 with Retry-After, as a ws:// listener answers.
+        with pytest.raises(trio_websocket.ConnectionRejected) as caught:
+            async with websocket(leader):
+                pass
+        assert caught.value.status_code == 503
+        assert (b"retry-after", b"1") in [(n.lower(), v) for n, v in caught.value.headers]
+        with pytest.raises(HandshakeError) as busy:
+            async with runtime.open_connection(feed_url(leader), hello=client()):
+                pass
+        assert busy.value.code == ErrorCode.BUSY
+        # Silent: no Hello within the handshake timeout, told so and closed (their slots
+        # freed: others may connect).
+        for silent in (first, second):
+            with trio.fail_after(5):
+                timeout = await ws_receive(silent)
+            assert type(timeout) is Error and timeout.code == ErrorCode.TIMEOUT
+            await silent.aclose()
+    await wait_until(lambda: leader.connections == 0, timeout=5)
+    # A text message is no frame: a protocol error closes that connection.
+    async with websocket(leader) as texting:
+        await ws_send(texting, client())
+        assert type(await ws_receive(texting)) is Welcome
+        await texting.send_message("hello")
+        error = await ws_receive(texting)
+        assert type(error) is Error and error.code == ErrorCode.BAD_FRAME
+        assert "text WebSocket message" in error.message
+    # One over the frame limit: closed by hypercorn with 1009 (message too big).
+    async with websocket(leader) as big:
+        await ws_send(big, client())
+        assert type(await ws_receive(big)) is Welcome
+        await big.send_message(b"\0" * (FEED_MAX_MESSAGE + 1))
+        with trio.fail_after(5):
+            reason = await closed_with(big)
+        assert reason.code == 1009
+    await wait_until(lambda: leader.connections == 0, timeout=5)
+    async with runtime.open_connection(feed_url(leader), hello=client()) as conn:
+        assert conn.welcome is not None  # (every slot is free again)
+
+
+async def test_its_own_origin_by_any_name_beyond_loopback(nursery):
+    # (a leader serving HTTP on every address, reached by a name: the page, its feed and
+    # its API calls are the page's own origin)
+    leader = await start_http(nursery, http="0.0.0.0:0", auth=users())
+    assert leader.http_url is not None
+    port = leader.http_url.rsplit(":", 1)[1]
+    host = f"dash.example:{port}"
+    page = await request(leader.http_url, "/", headers={"Host": host})
+    assert page.status == 200
+    assert f"ws://{host} wss://{host};" in page.headers["content-security-policy"]
+    own = {"Host": host, "Origin": f"http://{host}", "Authorization": f"Bearer {ADMIN}"}
+    reply = await request(leader.http_url, "/api/dead-letters/retry", method="POST", headers=own)
+    assert reply.status == 200, reply.body
+    assert (await request(leader.http_url, "/api/stats", headers=own)).status == 200
+    # (behind a TLS proxy the page's origin is https://: the same host)
+    proxied = {**own, "Origin": f"https://{host}"}
+    assert (await request(leader.http_url, "/api/stats", headers=proxied)).status == 200
+    foreign = {**own, "Origin": f"http://other.example:{port}"}
+    reply = await request(leader.http_url, "/api/stats", headers=foreign)
+    assert reply.status == 403 and reply.json()["error"] == "forbidden_origin"
+    async with websocket(leader, origin=f"http://{host}", host=host) as ws:
+        await ws_send(ws, client(VIEWER), Subscribe(mid=1, sid=1, pattern=DASHBOARD_SUBJECT))
+        assert type(await ws_receive(ws)) is Welcome
+        assert type(await ws_receive(ws)) is Deliver
+    status, _ = await refused(leader, origin=f"http://other.example:{port}", host=host)
+    assert status == 403
+
+
+async def test_without_users_beyond_loopback_its_own_origin_is_an_address(nursery):
+    # (insecure: no token stops a page of a name rebound to this address, so a name is
+    # not taken as the page's own origin; an address is, and allowed_origins)
+    leader = await start_http(nursery, http="0.0.0.0:0", insecure=True)
+    assert leader.http_url is not None
+    port = leader.http_url.rsplit(":", 1)[1]
+    for name, status in (("dash.example", 403), ("127.0.0.1", 200), ("[::1]", 200)):
+        host = f"{name}:{port}"
+        headers = {"Host": host, "Origin": f"http://{host}"}
+        reply = await request(leader.http_url, "/api/stats", headers=headers)
+        assert reply.status == status, (name, reply.body)
+        if status == 403:
+            assert "by IP address only" in reply.json()["message"]
+            code, _ = await refused(leader, origin=f"http://{host}", host=host)
+            assert code == 403
+    page = await request(leader.http_url, "/", headers={"Host": f"dash.example:{port}"})
+    assert page.status == 200  # (the page itself is public)
+
+
+async def test_the_cluster_feeds_its_groups_instance_counts():
     config = config_from_args(
-        listen=["tcp://127.0.0.1:0"], in_process=True, memory=True, http="127.0.0.1:0"
+        listen=["tcp://127.0.0.1:0"],
+        workers=["echo=tests.workers:Echo=2"],
+        in_process=True,
+        memory=True,
+        http="127.0.0.1:0",
     )
     out = io.StringIO()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(run_cluster, config, 1.0, out=out))
-            lines = out.getvalue().splitlines()
-            assert any(
-                re.fullmatch(r"leader listening on ws://127\.0\.0\.1:\d+/", x) for x in lines
-            )
+            [line] = [x for x in out.getvalue().splitlines() if x.startswith("http listening")]
+            url = line.split()[-1].replace("http://", "ws://") + "/ws"
+            async with Client.connect(url) as watcher:
+                async with watcher.subscribe(DASHBOARD_SUBJECT) as sub:
+                    snapshot = value((await sub.__anext__()).payload)
+            group = snapshot["stats"]["groups"]["echo"]
+            assert group["instances"] == 2 and group["workers"] == 2
             nursery.cancel_scope.cancel()
+
+
+class FakeAsgi:
+    """The server's side of an ASGI ``websocket`` (what hypercorn does), in memory."""
+
+    def __init__(self, *, blocked: bool = False) -> None:
+        self.inbound, self._receive = trio.open_memory_channel[dict[str, Any]](100)
+        self.sent: list[dict[str, Any]] = []
+        self.blocked = blocked  # (its send never returns: a socket nobody reads)
+
+    async def receive(self) -> dict[str, Any]:
+        return await self._receive.receive()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.blocked:
+            await trio.sleep_forever()
+        self.sent.append(message)
+
+
+async def test_the_asgi_wire_is_bounded_and_strict(autojump_clock):
+    server = FakeAsgi()
+    wire = AsgiWire(server.receive, server.send, max_buffered=100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wire.pump)
+        await server.inbound.send({"type": "websocket.receive", "bytes": b"a" * 60})
+        await server.inbound.send({"type": "websocket.receive", "text": "hi"})
+        await server.inbound.send({"type": "websocket.other"})  # (ignored)
+        assert await wire.receive() == b"a" * 60
+        with pytest.raises(protocol.MalformedFrame, match="text WebSocket message"):
+            await wire.receive()
+        # Unread past the bound: the wire is broken (what it held is dropped).
+        for _ in range(3):
+            await server.inbound.send({"type": "websocket.receive", "bytes": b"b" * 40})
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(trio.BrokenResourceError, match="over 100 bytes"):
+            await wire.receive()
+        await wire.send_frames([b"x", b"y"])
+        assert server.sent == [
+            {"type": "websocket.send", "bytes": b"x"},
+            {"type": "websocket.send", "bytes": b"y"},
+        ]
+        await wire.aclose()
+        await wire.aclose()  # (once)
+        assert server.sent[-1] == {"type": "websocket.close", "code": 1000}
+        assert len(server.sent) == 3
+        with pytest.raises(trio.BrokenResourceError):
+            await wire.send_frames([b"z"])
+        with pytest.raises(trio.BrokenResourceError):
+            await wire.receive()  # (broken it stays)
+        # Closed, it still takes what comes (discarded) until the peer is gone.
+        for _ in range(50):
+            await server.inbound.send({"type": "websocket.receive", "bytes": b"c" * 90})
+        await server.inbound.send({"type": "websocket.disconnect", "code": 1000})
+    assert wire.disconnected.is_set()
+
+
+async def test_a_forced_close_of_the_asgi_wire_waits_a_bounded_time(autojump_clock):
+    server = FakeAsgi(blocked=True)
+    wire = AsgiWire(server.receive, server.send, max_buffered=100)
+    clock = Stopwatch()
+    with trio.CancelScope() as scope:
+        scope.cancel()  # (even when cancelled: it tries to say goodbye, briefly)
+        await wire.aclose_forcefully()
+    assert clock() == FORCED_CLOSE_WAIT and wire.closed
+    await server.inbound.send({"type": "websocket.disconnect"})
+    with trio.fail_after(1):
+        await wire.pump()
+    assert await wire.receive() is None

@@ -10,7 +10,10 @@ its own (its own trio loop), with Python workers:
   from the dead letters and the job done), a job lookup shows why a job failed;
 - a screenshot is kept (in ``$ACTORS_ARTIFACTS`` when set, else the test's directory);
 - with 100,000 dead letters in the journal and 1,000 workers connected, the first render
-  takes less than 3 s, snapshots stay small, and paging is quick.
+  takes less than 3 s, snapshots stay small, and paging is quick;
+- opened from elsewhere, by a name that is not loopback's (``--http 0.0.0.0``, users): the
+  page, its feed (``/ws`` on the HTTP port) and its API calls are its own origin; retry
+  all says what it did, and why letters were refused.
 """
 
 from __future__ import annotations
@@ -167,6 +170,28 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
+#: The name the pages are opened by in :func:`named_browser` (resolved to 127.0.0.1 by
+#: Chromium itself: what a person on another machine would type).
+REMOTE_NAME = "dash.example"
+
+
+@pytest.fixture
+def named_browser() -> Iterator[Any]:
+    """Chromium in which :data:`REMOTE_NAME` resolves to this machine."""
+    reason = _chromium_reason()
+    if reason is not None:
+        pytest.skip(f"no browser for the dashboard's tests: {reason}")
+    from playwright.sync_api import sync_playwright
+
+    rules = f"--host-resolver-rules=MAP {REMOTE_NAME} 127.0.0.1"
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, rules])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
 @pytest.fixture
 def artifacts(tmp_path: Path) -> Path:
     """Where screenshots are kept: ``$ACTORS_ARTIFACTS`` (CI keeps it), else the test's
@@ -255,6 +280,17 @@ def test_the_dashboard_shows_what_the_api_reports_and_retries_a_dead_letter(brow
             )
             expect(row.locator("td").nth(2)).to_have_text(count)
         expect(page.locator("#t-workers_online")).to_have_text(as_count(stats_workers(server)))
+
+        # A group's instance count, as its cluster says it (and the API's groups show it).
+        async def want_three() -> None:
+            server.leader.set_group_instances("squares", 3)
+
+        server.run(want_three)
+        squares = page.locator("#groups tbody tr").filter(
+            has=page.locator("td:first-child", has_text="squares")
+        )
+        expect(squares.locator("td").nth(2)).to_have_text("2 / 3")
+        expect(squares.locator("td").nth(11).locator("input")).to_have_value("3")
         # The counts, as /api/stats reports them.
         stats = api(server, "/api/stats")
         done = sum(s["done"] for s in stats["subjects"].values())
@@ -501,6 +537,79 @@ def test_the_dashboard_stays_responsive_with_100k_dead_letters_and_1000_workers(
         print(f"a snapshot of {size:,} bytes, rendered in {render_ms} ms")
         assert render_ms < 100, render_ms
         page.screenshot(path=str(artifacts / "dashboard-at-scale.png"))
+        assert problems == [], problems
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- from elsewhere
+
+
+def test_the_dashboard_works_from_another_machine(named_browser, artifacts):
+    admin = "a" * 12 + "-admin-token-0001"
+    auth = AuthConfig(
+        users=(
+            User(
+                name="ops", tokens=(admin,), admin=True,
+                subscribe=[">"], submit=[">"], publish=[">"], serve=[">"],
+            ),
+        )
+    )  # fmt: skip
+    server = LeaderThread(memory=True, http="0.0.0.0:0", auth=auth, max_attempts=1)
+    try:
+        Picky.broken = True
+        server.start(
+            partial(run_worker, Picky(), server.tcp, name="picky-1", group="picky", token=admin)
+        )
+
+        async def fail() -> list[str]:
+            async with Client.connect(server.tcp, token=admin) as client:
+                return [await client.enqueue("dash.picky", {"n": i}) for i in range(3)]
+
+        server.run(fail)
+
+        def dead_letters() -> int:
+            request = urllib.request.Request(
+                f"{server.http}/api/dead-letters", headers={"Authorization": f"Bearer {admin}"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(json.loads(response.read())["total"])
+
+        wait_for(lambda: dead_letters() == 3)
+        port = server.http.rsplit(":", 1)[1]
+        problems: list[str] = []
+        page = open_dashboard(named_browser, f"http://{REMOTE_NAME}:{port}/", problems)
+        page.fill("#token", admin)
+        page.click("#login button")
+        # Its feed, on the HTTP port, by that name:
+        expect(page.locator("#status")).to_have_text(f"connected to ws://{REMOTE_NAME}:{port}/ws")
+        page.wait_for_selector("body[data-snapshots]", state="attached")
+        expect(page.locator("#t-dead_letters")).to_have_text("3")
+        expect(page.locator("#dead-letters tbody tr")).to_have_count(3)
+        # Its API calls (POST, with the page's Origin): retry all, which says what it did.
+        page.on("dialog", lambda dialog: dialog.accept())
+        Picky.broken = False
+        page.click("#dead-retry-all")
+        expect(page.locator("#notice")).to_have_text("retried 3, none refused, 0 left")
+        wait_for(lambda: dead_letters() == 0)
+        expect(page.locator("#dead-letters tbody tr")).to_have_count(0)
+        # Refusals are counted and their reasons shown (an answer the API may give).
+        refusal = {
+            "retried": 1,
+            "refused": ["the leader's queue is full (10 jobs)"] * 2,
+            "remaining": 2,
+        }
+        page.route(
+            "**/api/dead-letters/retry",
+            lambda route: route.fulfill(
+                status=200, content_type="application/json", body=json.dumps(refusal)
+            ),
+        )
+        page.click("#dead-retry-all")
+        expect(page.locator("#notice")).to_have_text(
+            "retried 1, 2 refused (the leader's queue is full (10 jobs)), 2 left"
+        )
+        page.screenshot(path=str(artifacts / "dashboard-by-name.png"))
         assert problems == [], problems
     finally:
         server.stop()

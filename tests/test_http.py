@@ -13,11 +13,14 @@ from typing import Any
 import h11
 import pytest
 import trio
+import trio.testing
 
+from actors.client import Client
 from actors.cluster import run_cluster
 from actors.cluster._config import config_from_args, config_from_mapping
 from actors.cluster._run import build_parser, main
 from actors.leader import Leader
+from actors.leader import _leader as leader_module
 from actors.leader._auth import AuthFailure
 from actors.leader._http import (
     CLIENT_JS_DIR,
@@ -30,7 +33,11 @@ from actors.leader._http import (
     serve_http,
 )
 from actors.worker._runner import run_worker
-from tests.helpers import wait_until
+from protocol import Hello, Session, Welcome
+from runtime._connection import Connection
+from runtime._transports import running
+from runtime._wire import StreamWire
+from tests.helpers import RawPeer, wait_until
 from tests.workers import Echo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +156,130 @@ async def test_readyz_says_a_group_with_no_worker_left_is_not_ready(nursery):
     reply = await request(leader.http_url, "/readyz")
     assert reply.status == 503
     assert reply.json()["groups_not_ready"] == {"gone": "no worker connected"}
+
+
+async def test_readyz_waits_for_the_instances_its_cluster_wants(nursery):
+    leader = await start(nursery)
+    leader.set_group_instances("echo", 2)
+    leader.set_group_instances("idle", 0)  # (run with no instance: waits for none)
+    reply = await request(leader.http_url, "/readyz")
+    assert reply.status == 503
+    assert reply.json()["groups_not_ready"] == {"echo": "0 of 2 instances online"}
+    assert reply.json()["groups"] == 2
+    async with trio.open_nursery() as workers:
+        await workers.start(partial(run_worker, Echo(), leader.urls[0], name="a", group="echo"))
+        await wait_until(lambda: leader.stats()["groups"]["echo"]["workers"] == 1, timeout=5)
+        reply = await request(leader.http_url, "/readyz")
+        assert reply.status == 503
+        assert reply.json()["groups_not_ready"] == {"echo": "1 of 2 instances online"}
+        await workers.start(partial(run_worker, Echo(), leader.urls[0], name="b", group="echo"))
+        await wait_until(lambda: leader.stats()["groups"]["echo"]["workers"] == 2, timeout=5)
+        assert (await request(leader.http_url, "/readyz")).status == 200
+        assert leader.stats()["groups"]["echo"]["instances"] == 2  # (shown with the group)
+        # Scaled down: one is enough. A group that failed is never ready.
+        leader.set_group_instances("echo", 1)
+        assert (await request(leader.http_url, "/readyz")).status == 200
+        leader.set_group_state("echo", "failed: it crashed 5 times at start")
+        reply = await request(leader.http_url, "/readyz")
+        assert reply.status == 503
+        assert reply.json()["groups_not_ready"] == {"echo": "failed: it crashed 5 times at start"}
+        leader.set_group_state("echo", None)
+        leader.set_group_instances("echo", None)  # (forgotten: one worker online will do)
+        assert (await request(leader.http_url, "/readyz")).status == 200
+        workers.cancel_scope.cancel()
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="instances"):
+            leader.set_group_instances("echo", bad)  # type: ignore[arg-type]
+
+
+async def test_a_stale_worker_is_not_online_for_readyz(autojump_clock):
+    # (a worker that said Hello, then nothing: stale past 1.5 heartbeats, dead past 3)
+    leader = Leader(listen=[], memory=True, heartbeat=1.0)
+    leader.set_group_instances("g", 1)
+    local, remote = trio.testing.memory_stream_pair()
+    conn = Connection(StreamWire(local), Session(side="server", heartbeat=1.0), "memory://w", "tcp")
+
+    async def serve() -> None:
+        async with running(conn):
+            await leader._handle_connection(conn)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        peer = RawPeer(remote)
+        await peer.send(
+            Hello(mid=0, role="worker", name="w", group="g", patterns=("x",), versions=(1, 2))
+        )
+        assert type(await peer.receive()) is Welcome
+        start = trio.current_time()
+        assert leader.readiness(start)[0] is True
+        ready, body = leader.readiness(start + 1.6)
+        assert ready is False
+        assert body["groups_not_ready"] == {"g": "0 of 1 instances online (1 stale)"}
+        leader.set_group_instances("g", None)
+        ready, body = leader.readiness(start + 1.6)
+        assert body["groups_not_ready"] == {"g": "no worker online (1 stale)"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_readyz_builds_no_statistics_and_is_reused_for_half_a_second(nursery, monkeypatch):
+    leader = await start(nursery)
+    leader.set_group_state("g", "starting")
+
+    def no_stats() -> None:
+        raise AssertionError("/readyz built the statistics")
+
+    monkeypatch.setattr(leader, "stats", no_stats)
+    monkeypatch.setattr(leader, "stats_snapshot", no_stats)
+    counted = 0
+    count = leader._groups_not_ready
+
+    def counting(now: float) -> Any:
+        nonlocal counted
+        counted += 1
+        return count(now)
+
+    monkeypatch.setattr(leader, "_groups_not_ready", counting)
+    replies = []
+
+    async def ask() -> None:
+        replies.append(await request(leader.http_url, "/readyz"))
+
+    with trio.move_on_after(0.4):  # (the first answer's half second)
+        async with trio.open_nursery() as flood:
+            for _ in range(50):
+                flood.start_soon(ask)
+    assert replies and all(r.status == 503 for r in replies)
+    assert counted == 1, counted
+    now = trio.current_time() + 10.0
+    first = leader.readiness(now)
+    assert counted == 2
+    assert leader.readiness(now + 0.49) == first and counted == 2
+    leader.readiness(now + 0.5)
+    assert counted == 3
+    # What the cluster says counts at once (its answer is not reused).
+    leader.set_group_state("g", None)
+    assert leader.readiness(now + 0.6)[0] is True and counted == 4
+
+
+async def test_the_statistics_are_built_once_an_interval_for_every_reader(nursery, monkeypatch):
+    # (an interval of a minute, so that every reader below asks within one)
+    monkeypatch.setattr(leader_module, "STATS_INTERVAL", 60.0)
+    leader = await start(nursery)
+    assert leader.stats_builds == 0
+    for i in range(3):  # the protocol's stats Query, from three connections
+        async with Client.connect(leader.urls[0], name=f"c{i}") as client:
+            assert (await client.stats())["node"] == leader.name
+    for path in ("/api/stats", "/api/stats", "/metrics", "/metrics", "/api/groups"):
+        assert (await request(leader.http_url, path)).status == 200, path
+    url = leader.http_url.replace("http://", "ws://") + "/ws"
+    async with Client.connect(url) as watcher:  # the dashboard's feed
+        async with watcher.subscribe("$sys.dashboard") as sub:
+            await sub.__anext__()
+    assert leader.stats_builds == 1
+    shared = leader.stats_snapshot()
+    assert leader.stats_snapshot() is shared  # (one dict for all: read, never changed)
+    assert leader.stats_snapshot(trio.current_time() + 60.0) is not shared
+    assert leader.stats_builds == 2
 
 
 async def test_readyz_says_a_journal_that_refuses_writes_is_not_ready(nursery, tmp_path):
@@ -302,6 +433,15 @@ async def test_a_loopback_server_answers_loopback_host_names_only(nursery):
         reply = await request(url, "/healthz", headers={"Host": host})
         assert reply.status == 403, host
         assert reply.json()["error"] == "forbidden_host"
+    # DNS rebinding, whose page is its own origin by its name: still refused for its Host
+    # (what sends it is the page's own origin, so it must not be taken for this server's).
+    rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+    for method, path in (("GET", "/api/stats"), ("POST", "/api/dead-letters/retry"), ("GET", "/")):
+        reply = await request(url, path, method=method, headers=rebound, body=b"")
+        assert reply.status == 403 and reply.json()["error"] == "forbidden_host", path
+    # Its own origin, by a loopback name: served.
+    own = {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}
+    assert (await request(url, "/api/stats", headers=own)).status == 200
 
 
 async def test_request_sizes_are_bounded(nursery):
@@ -452,13 +592,10 @@ async def test_the_cluster_serves_http_and_prints_its_url():
             [line] = [line for line in lines if line.startswith("http listening on ")]
             url = line.removeprefix("http listening on ")
             assert url.startswith("http://127.0.0.1:")
-            # (after the leader's listen lines: its tcp listener, and the ws listener added
-            # for the dashboard since the cluster has none)
+            # (after the leader's listen line: its tcp listener only; the dashboard's
+            # WebSocket is on the HTTP port, no listener is added for it)
             before = lines[: lines.index(line)]
-            assert [b.split("://")[0] for b in before] == [
-                "leader listening on tcp",
-                "leader listening on ws",
-            ]
+            assert [b.split("://")[0] for b in before] == ["leader listening on tcp"]
             assert (await request(url, "/healthz")).status == 200
             reply = await request(url, "/readyz")
             assert reply.status == 200, reply.body
@@ -492,7 +629,8 @@ async def test_the_cluster_is_not_ready_while_its_groups_start(monkeypatch):
             assert url is not None
             reply = await request(url, "/readyz")
             assert reply.status == 503
-            assert reply.json()["groups_not_ready"] == {"slow": "starting"}
+            # (its cluster wants one instance of it: none is online yet)
+            assert reply.json()["groups_not_ready"] == {"slow": "starting: 0 of 1 instances online"}
             await wait_until(lambda: "cluster ready" in out.getvalue(), timeout=10)
             reply = await request(url, "/readyz")
             assert reply.status == 200, reply.body

@@ -297,6 +297,76 @@ def test_a_retried_dead_letter_is_forgotten(journal):
     assert journal.count_dead_letters() == 1
 
 
+def counted(j: SqliteJournal) -> int:
+    """The journal's own count of its dead letters, checked against the file's."""
+    assert j.dead_letter_count == j.count_dead_letters()
+    return j.dead_letter_count
+
+
+def test_the_dead_letter_count_is_exact_without_counting_each_time(tmp_path):
+    # Counted once when it opens, then changed by every write, prune and purge: dead
+    # letters written, those that replace one under their id, forgotten ones (written
+    # or not), pending ones forgotten, purges of everything.
+    record = {"attempts": 1, "error_type": "E", "error_message": "m", "traceback": None}
+    j = opened(tmp_path, dead_letter_retention=3600.0)
+    try:
+        assert counted(j) == 0
+        for i in range(5):
+            j.dead_letter(job(f"d{i}"), record, 1.0)
+        assert j.pending_dead_letters == 5 and j.dead_letter_count == 0  # (not written yet)
+        commit(j)
+        assert counted(j) == 5 and j.pending_dead_letters == 0
+        j.dead_letter(job("d0"), record, 2.0)  # the same id dead again: its row replaced
+        j.forget_dead_letters(["d1", "nothing"])  # (one that is not there: no change)
+        j.dead_letter(job("x"), record, 2.0)
+        j.forget_dead_letters(["x"])  # forgotten before it was written
+        commit(j)
+        assert counted(j) == 4
+        j.dead_letter(job("old"), record, -5000.0)
+        commit(j)
+        assert counted(j) == 5
+        assert j.prune(T0 + 100.0) == 1 and counted(j) == 4  # past the retention
+        assert j.purge_dead_letters() == 4 and counted(j) == 0
+        for i in range(3):
+            j.dead_letter(job(f"e{i}"), record, 3.0)
+        commit(j)
+    finally:
+        j.close()
+    again = opened(tmp_path)
+    try:
+        assert counted(again) == 3  # (counted at open)
+    finally:
+        again.close()
+
+
+def test_a_purge_later_takes_what_is_written_and_pending_and_keeps_what_dies_after(journal):
+    record = {"attempts": 1, "error_type": "E", "error_message": "m", "traceback": None}
+    for i in range(3):
+        journal.dead_letter(job(f"w{i}"), record, 1.0)
+    commit(journal)
+    journal.dead_letter(job("pending"), record, 2.0)
+    journal.forget_dead_letters(["w0"])
+    journal.purge_dead_letters_later()
+    assert journal.dirty and journal.pending_dead_letters == 0
+    journal.dead_letter(job("after"), record, 3.0)  # died after the purge: it stays
+    batch = journal.take()
+    assert batch.purge_dead and batch.forget == [] and len(batch) == 2
+    journal.write(batch)
+    assert [r["job_id"] for r in journal.list_dead_letters(10)] == ["after"]
+    assert counted(journal) == 1
+    assert not journal.take().purge_dead  # (once)
+    # A write that fails changes no count (rolled back; it is tried again whole).
+    journal.purge_dead_letters_later()
+    failing = journal.take()
+    failing.dead.append(("bad", object()))  # (a row SQLite cannot take)
+    with pytest.raises(JournalError):
+        journal.write(failing)
+    assert counted(journal) == 1
+    failing.dead.pop()
+    journal.write(failing)
+    assert counted(journal) == 0
+
+
 # --------------------------------------------------------------------------- pruning
 
 

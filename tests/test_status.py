@@ -312,6 +312,19 @@ async def test_top_refreshes_in_a_terminal_until_q_or_ctrl_c(nursery, quit_with)
                 except OSError:
                     pass
                 await trio.sleep(0.05)
+            # what it wrote last may still wait in the terminal after it exited: read it
+            # all (EIO once the terminal is drained and closed)
+            for _ in range(100):
+                try:
+                    chunk = os.read(terminal, 65536)
+                except BlockingIOError:
+                    await trio.sleep(0.05)
+                    continue
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
         assert process.returncode == 0, bytes(seen)
         assert b"Traceback" not in seen
         assert b"\x1b[?1049l" in seen  # (the terminal's own screen given back)

@@ -8,8 +8,12 @@ that speak frames by hand: one answers the leader's Pings, one says Hello and fa
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import socket
+import time
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
@@ -19,6 +23,7 @@ import trio
 import trio.testing
 
 from actors.leader import Leader
+from actors.leader._api import answer
 from actors.leader._links import (
     MAX_META_HOST,
     WorkerLink,
@@ -27,14 +32,19 @@ from actors.leader._links import (
 )
 from actors.leader._workers import (
     DEPARTED_TTL,
+    MAX_DEPARTED_SUBJECTS,
     MAX_DEPARTED_WORKERS,
+    MAX_LISTED_SUBJECT_BYTES,
     MAX_LISTED_SUBJECTS,
+    MAX_SUBJECT_CHARS,
     MAX_WORKER_PAGE,
     DepartedWorkers,
+    listed_subjects,
+    worker_list,
     worker_state,
 )
 from actors.worker import WorkerRunner
-from protocol import Error, Hello, Ping, Pong, Welcome
+from protocol import MAX_SUBJECT_LENGTH, Error, Hello, Ping, Pong, Welcome
 from tests.helpers import RawPeer, Stopwatch
 from tests.workers import Echo
 
@@ -108,17 +118,13 @@ def test_departed_workers_are_bounded_and_the_oldest_go_first():
     assert names[0] == f"w{MAX_DEPARTED_WORKERS + 4}" and names[-1] == "w5"
 
 
-def test_departed_workers_age_out_and_one_per_name_and_group():
+def test_departed_workers_age_out_and_a_return_forgets_its_departure():
     departed = DepartedWorkers(capacity=10, ttl=600.0)
     departed.add(fake_worker("a", "g"), 0.0, 1000.0)
     departed.add(fake_worker("a", "other"), 1.0, 1001.0)
-    departed.add(fake_worker("a", "g"), 2.0, 1002.0)  # left again: replaces its entry
-    assert [(d.group, d.left_at) for d in departed.newest_first(2.0)] == [
-        ("g", 1002.0),
-        ("other", 1001.0),
-    ]
     departed.forget("g", "a")  # it connected again
     assert [d.group for d in departed.newest_first(2.0)] == ["other"]
+    departed.forget("g", "a")  # (nothing more of it: nothing happens)
     assert len(departed.newest_first(601.0)) == 1
     assert departed.newest_first(601.5) == []  # (1.0 + 600 has passed)
     with pytest.raises(ValueError, match="capacity and ttl"):
@@ -128,14 +134,195 @@ def test_departed_workers_age_out_and_one_per_name_and_group():
     assert len(off) == 0
 
 
-def test_a_departed_worker_keeps_a_bounded_list_of_subjects():
+def test_workers_sharing_a_name_and_group_each_have_their_departure():
+    # Two processes started alike (same name, same group): each connection that ends is
+    # remembered on its own, and a return forgets one departure (the latest), not both.
+    departed = DepartedWorkers(capacity=10, ttl=600.0)
+    first = fake_worker("twin", "g", peer="10.0.0.1:1000")
+    second = fake_worker("twin", "g", peer="10.0.0.2:2000")
+    departed.add(first, 0.0, 1000.0)
+    departed.add(second, 1.0, 1001.0)
+    assert [d.peer for d in departed.newest_first(1.0)] == ["10.0.0.2:2000", "10.0.0.1:1000"]
+    departed.forget("g", "twin")  # one of them came back
+    assert [d.peer for d in departed.newest_first(1.0)] == ["10.0.0.1:1000"]
+    departed.add(second, 2.0, 1002.0)  # it left again
+    departed.forget("g", "twin")
+    departed.forget("g", "twin")
+    assert departed.newest_first(2.0) == []
+    # Evicted departures leave no trace in the index by name (the oldest go first).
+    small = DepartedWorkers(capacity=2, ttl=600.0)
+    for i in range(5):
+        small.add(fake_worker("twin", "g", peer=f"10.0.0.{i}:1"), float(i), 1000.0 + i)
+    assert [d.peer for d in small.newest_first(5.0)] == ["10.0.0.4:1", "10.0.0.3:1"]
+    small.forget("g", "twin")
+    small.forget("g", "twin")
+    small.forget("g", "twin")
+    assert len(small) == 0 and small._by_name == {}
+    small.add(fake_worker("twin", "g"), 5.0, 1005.0)
+    assert small.newest_first(700.0) == [] and small._by_name == {}  # (aged out)
+
+
+async def test_a_live_twin_and_a_departed_one_are_both_listed():
+    leader = Leader(memory=True)
+    now = trio.current_time()
+    stays = fake_worker("twin", "g", peer="10.0.0.1:1")
+    leaves = fake_worker("twin", "g", peer="10.0.0.2:2")
+    for worker in (stays, leaves):
+        leader.broker.worker_joined(worker, now)
+    leader.broker.worker_left(leaves, now)
+    leader.departed_workers.add(leaves, now, 1000.0)
+    listing = leader.worker_list()
+    assert [(w["state"], w["peer"]) for w in listing["workers"]] == [
+        ("online", "10.0.0.1:1"),
+        ("offline", "10.0.0.2:2"),
+    ]
+
+
+def test_a_departed_worker_keeps_a_few_cut_subjects():
     patterns = tuple(f"s.{i}" for i in range(1024))
     departed = DepartedWorkers()
     departed.add(fake_worker("many", "g", patterns=patterns), 0.0, 1.0)
     [entry] = [d.entry() for d in departed.newest_first(0.0)]
-    assert entry["subjects"] == list(patterns[:MAX_LISTED_SUBJECTS])
+    assert (
+        entry["subjects"] == list(patterns[:MAX_DEPARTED_SUBJECTS]) and MAX_DEPARTED_SUBJECTS == 5
+    )
     assert entry["subjects_total"] == 1024
     assert entry["state"] == "offline" and entry["left_at"] == 1.0 and entry["in_flight"] == 0
+
+
+def hostile_patterns(tag: str, count: int = 1024) -> tuple[str, ...]:
+    """As many patterns as a worker may serve, each of MAX_SUBJECT_LENGTH characters."""
+    return tuple(f"{tag}.p{k:04d}." + "x" * (MAX_SUBJECT_LENGTH - 16) for k in range(count))
+
+
+def test_departed_workers_keep_a_few_megabytes_whatever_their_workers_served():
+    # 1,000 departures of workers with 1,024 patterns of 4,096 characters each (and
+    # names of 256): the records hold what a listing shows, not what the workers served.
+    # (Each worker's first patterns are its own: a record that kept them would count.)
+    others = hostile_patterns("shared", 1024 - 8)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        departed = DepartedWorkers()
+        for w in range(MAX_DEPARTED_WORKERS):
+            link = fake_worker(
+                "n" * 250 + f"{w:06d}",
+                "g" * 256,
+                patterns=hostile_patterns(f"w{w:04d}", 8) + others,
+                meta={"host": "h" * 255, "pid": 1},
+                peer="[2001:db8::1]:65535",
+            )
+            departed.add(link, 0.0, 0.0)
+            del link
+        gc.collect()
+        retained, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(departed) == MAX_DEPARTED_WORKERS
+    assert retained < 5 * 2**20, f"{retained / 2**20:.1f} MiB"  # (was 396 MiB)
+    [entry] = [d.entry() for d in departed.newest_first(0.0)[:1]]
+    assert len(entry["subjects"]) == MAX_DEPARTED_SUBJECTS
+    assert all(len(s) == MAX_SUBJECT_CHARS + 1 and s.endswith("…") for s in entry["subjects"])
+    assert entry["subjects_total"] == 1024
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "a." + "x" * (MAX_SUBJECT_LENGTH - 2),  # long, plain
+        "a." + '"' * 300,  # escaped: two bytes each
+        "a." + "\x01" * 300,  # control characters: six bytes each in JSON
+        "a." + "é" * 300,  # two bytes of UTF-8 each
+        "a." + "\U0001f600" * 300,  # four
+    ],
+)
+def test_listed_subjects_are_cut_and_within_their_bytes(pattern):
+    listed = listed_subjects([pattern] * 1024)
+    assert 0 < len(listed) <= MAX_LISTED_SUBJECTS
+    assert all(s == pattern[:MAX_SUBJECT_CHARS] + "…" for s in listed)
+    size = len(json.dumps(list(listed), ensure_ascii=False, separators=(",", ":")).encode())
+    assert size <= MAX_LISTED_SUBJECT_BYTES
+    short = [f"s.{i}" for i in range(100)]
+    assert (
+        listed_subjects(short) == tuple(short[:MAX_LISTED_SUBJECTS]) and MAX_LISTED_SUBJECTS == 20
+    )
+    assert listed_subjects(()) == ()
+
+
+async def test_a_page_of_a_thousand_hostile_workers_is_a_few_megabytes_built_quickly():
+    leader = Leader(memory=True)
+    now = trio.current_time()
+    patterns = hostile_patterns("w", 100)
+    for w in range(MAX_WORKER_PAGE):
+        leader.broker.worker_joined(
+            fake_worker(
+                "n" * 250 + f"{w:06d}",
+                "g" * 256,
+                patterns=patterns,
+                meta={"host": "h" * 255, "pid": 2**31},
+                peer="[2001:db8::1]:65535",
+            ),
+            now,
+        )
+    started = time.perf_counter()
+    body = answer(200, leader.worker_list(limit=MAX_WORKER_PAGE)).body
+    seconds = time.perf_counter() - started
+    page = json.loads(body)
+    assert len(page["workers"]) == MAX_WORKER_PAGE
+    assert len(body) < 4 * 2**20, f"{len(body) / 2**20:.1f} MiB"  # (was 390 MiB)
+    assert seconds < 0.1, f"{seconds:.3f} s"  # (about 25 ms here)
+    entry = page["workers"][0]
+    assert entry["subjects_total"] == 100 and 0 < len(entry["subjects"]) <= MAX_LISTED_SUBJECTS
+
+
+async def test_a_groups_patterns_in_the_statistics_are_a_few_cut_and_all_counted():
+    # The statistics list a group's first patterns (cut) and count them all, kept as
+    # workers join and leave: no pass over every worker's patterns, no megabytes.
+    leader = Leader(memory=True)
+    broker = leader.broker
+    now = trio.current_time()
+
+    def patterns(tag: str) -> tuple[str, ...]:  # (1,024 of 300 characters)
+        return tuple(f"{tag}.p{k:04d}." + "x" * 288 for k in range(1024))
+
+    workers = [fake_worker(f"w{w}", "many", patterns=patterns(f"w{w:04d}")) for w in range(50)]
+    for worker in workers:
+        broker.worker_joined(worker, now)
+    shared = fake_worker("s", "many", patterns=patterns("w0000")[:10])
+    broker.worker_joined(shared, now)
+    started = time.perf_counter()
+    group = leader.stats()["groups"]["many"]
+    seconds = time.perf_counter() - started
+    assert group["patterns_total"] == 50 * 1024
+    assert len(group["patterns"]) == MAX_LISTED_SUBJECTS
+    assert all(len(p) == MAX_SUBJECT_CHARS + 1 for p in group["patterns"])
+    assert len(json.dumps(group)) < 8 * 1024 and seconds < 0.5
+    broker.worker_left(workers[0], now)  # (its first ten patterns are still served)
+    assert leader.stats()["groups"]["many"]["patterns_total"] == 49 * 1024 + 10
+    broker.worker_left(shared, now)
+    for worker in workers[1:]:
+        broker.worker_left(worker, now)
+    left = leader.stats()["groups"]["many"]
+    assert left["patterns"] == [] and left["patterns_total"] == 0
+    assert broker.group_stats["many"].patterns == {}
+
+
+async def test_where_workers_run_is_for_admins():
+    leader = Leader(memory=True)
+    now = trio.current_time()
+    leader.broker.worker_joined(
+        fake_worker("w", "g", meta={"host": "box", "pid": 7}, peer="10.1.2.3:4567"), now
+    )
+    gone = fake_worker("v", "g", meta={"host": "box2", "pid": 8}, peer="10.1.2.4:1")
+    leader.departed_workers.add(gone, now, 1000.0)
+    shown = worker_list(leader)["workers"]
+    assert [(w["host"], w["pid"], w["peer"]) for w in shown] == [
+        ("box", 7, "10.1.2.3:4567"),
+        ("box2", 8, "10.1.2.4:1"),
+    ]
+    hidden = worker_list(leader, show_hosts=False)["workers"]
+    assert [(w["host"], w["pid"], w["peer"]) for w in hidden] == [(None, None, None)] * 2
+    assert [w["name"] for w in hidden] == ["w", "v"]
 
 
 def test_stale_is_more_than_one_and_a_half_heartbeats_of_silence():

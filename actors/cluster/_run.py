@@ -33,13 +33,17 @@ with a message on stderr; a leader that cannot listen exits 1.
 (:data:`DEFAULT_HTTP`, ``127.0.0.1:7780``, when ``--http`` names none; ``:0`` picks a free
 loopback port): ``/healthz``, ``/readyz``, the live dashboard at ``/``, ``/metrics``, the
 JSON API under ``/api`` (see ``actors/leader/_api.py``) and the JavaScript client at
-``/actors.js``; it prints ``http listening on URL``. A cluster without a ``ws://``
-listener gets one on the HTTP host (a free port, printed), for the dashboard's updates. Until its groups have a worker
-connected, ``/readyz`` says each is ``starting``. Through the API an admin changes a
-group's instance count (``PUT /api/groups/NAME``, 0 to 1,000): the cluster starts the new
-instances, or drains and stops the highest-numbered ones, in the background, and says
-``group NAME: N instances``. ``--http-read-only`` (``[leader] http_read_only = true``)
-serves GET and HEAD only: nothing changes over HTTP.
+``/actors.js``; it prints ``http listening on URL``. The dashboard's page gets its
+updates over a WebSocket on the HTTP port itself. Until its groups have a worker
+connected, ``/readyz`` says each is ``starting``; then it waits for as many online workers
+as each group is to run. Through the API an admin changes a group's instance count
+(``PUT /api/groups/NAME``, 0 to 1,000; 409 while the group starts, after it failed, or
+while the cluster stops): the cluster starts the new instances, or drains and stops the
+highest-numbered ones, in the background, and says ``group NAME: N instances``; a scaling
+that fails is said (``group NAME: not scaled to N: why; it runs M``), shown by
+``GET /api/groups`` (``scale_error``) and the group is to run what it runs.
+``--http-read-only`` (``[leader] http_read_only = true``) serves GET and HEAD only:
+nothing changes over HTTP.
 
 The leader's statistics (per subject and per group: done, failed, redelivered, dead, in
 flight, latency) are printed when the cluster stops, and with ``--stats S`` every S seconds
@@ -72,7 +76,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import attrs
 import trio
 
-from runtime import parse_url
+from runtime import ActorError, parse_url
 
 from .._checks import ConfigError
 from ..leader._admin import MAX_INSTANCES
@@ -94,6 +98,8 @@ DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_HTTP = "127.0.0.1:7780"
 #: Seconds between looks at the leader's statistics while waiting for the workers.
 READY_POLL_INTERVAL = 0.05
+#: Characters of a failed scaling's reason kept at most (for ``GET /api/groups``).
+MAX_SCALE_ERROR = 500
 
 logger = logging.getLogger("actors.cluster")
 
@@ -288,10 +294,12 @@ def _journal_line(leader: Any) -> str:
         return "journal: none (--memory): accepted jobs are lost when the leader stops"
     line = f"journal: {leader.journal_path} (sync={leader.journal.sync})"
     recovered = leader.recovered or {}
-    if recovered.get("jobs") or recovered.get("results") or recovered.get("dead_letters"):
+    # (all the dead letters it holds: the newest of them are read back into memory)
+    dead = leader.journal.dead_letter_count
+    if recovered.get("jobs") or recovered.get("results") or dead:
         line += (
             f"; recovered {recovered['jobs']} unfinished jobs, {recovered['results']} results,"
-            f" {recovered['dead_letters']} dead letters in {recovered['seconds']:g} s"
+            f" {dead} dead letters in {recovered['seconds']:g} s"
         )
     return line
 
@@ -453,12 +461,16 @@ async def _run_cluster(
                 failed,
                 say,
                 stopping=lambda: groups_scope.cancel_called,
+                set_instances=leader.set_group_instances,
             )
             leader.scaler = scaler
+            for group in groups:  # (/readyz waits for as many online)
+                leader.set_group_instances(group.name, group.desired)
 
             def group_failed(group: WorkerGroup, reason: str) -> None:
                 nonlocal status
                 failed[group.name] = reason
+                starting.discard(group.name)  # (its state is its failure from now on)
                 leader.set_group_state(group.name, f"failed: {reason}")
                 say(f"group {group.name} failed: {reason}")
                 if fail_fast and not groups_scope.cancel_called:
@@ -471,6 +483,7 @@ async def _run_cluster(
                     scaler.nursery = group_nursery
                     for group, group_config in zip(groups, config.groups, strict=True):
                         await group_nursery.start(_run_group, group, group_failed)
+                        scaler.started(group.name)
                         line = group.describe()
                         if group_config.retry is not None:
                             line = f"{line[:-1]}, {group_config.retry.describe()})"
@@ -511,23 +524,41 @@ class GroupScaler:
     (in :attr:`nursery`, among the groups' tasks) then scales the group to the latest
     count asked, one change at a time (:meth:`WorkerGroup.scale`: new instances start,
     the highest-numbered ones drain and stop); a count asked while one is made is taken
-    next, those in between skipped. :meth:`groups` says the count each group is to have.
+    next, those in between skipped. :meth:`groups` says the count each group is to have,
+    and ``set_instances(name, n)`` is told of every change of it (the cluster's
+    :meth:`Leader.set_group_instances <actors.leader.Leader.set_group_instances>`).
+
+    Error handling: a scaling that fails (an instance that cannot start, the group giving
+    up or stopping meanwhile: anything but a cancellation) never reaches the groups'
+    nursery: the API answered already. It is said (``group NAME: not scaled to N: ...``),
+    kept for :meth:`scale_errors` until the next scaling of the group succeeds, and the
+    count the group is to have becomes the count it runs.
 
     Raises (from a call):
       LookupError: the cluster runs no such group.
       ValueError: a count that is not an int from 0 to :data:`MAX_INSTANCES`.
-      RuntimeError: the group failed (restart the cluster to run it again), or the
-        cluster stops.
+      RuntimeError: the group is not running: it has not started yet, it failed (restart
+        the cluster to run it again), or the cluster stops.
     """
 
     members: Mapping[str, WorkerGroup]
     failed: Mapping[str, str]
     say: Callable[[str], None]
     stopping: Callable[[], bool] = lambda: False
+    #: Told the count a group is to have whenever it changes.
+    set_instances: Callable[[str, int], None] = lambda name, instances: None
     #: Where the scaling tasks run (None: not yet, or no more).
     nursery: trio.Nursery | None = None
     _wanted: dict[str, int] = attrs.field(init=False, factory=dict)
+    # the count each group was last scaled to (or started with)
+    _made: dict[str, int] = attrs.field(init=False, factory=dict)
+    _running: set[str] = attrs.field(init=False, factory=set)
     _scaling: set[str] = attrs.field(init=False, factory=set)
+    _errors: dict[str, str] = attrs.field(init=False, factory=dict)
+
+    def started(self, name: str) -> None:
+        """Group ``name`` runs (its instances started): it may be scaled from now on."""
+        self._running.add(name)
 
     async def __call__(self, name: str, instances: int) -> int:
         group = self.members.get(name)
@@ -535,17 +566,21 @@ class GroupScaler:
             raise LookupError(f"the cluster runs no group {name!r}")
         if type(instances) is not int or not 0 <= instances <= MAX_INSTANCES:
             raise ValueError(f"instances must be an int from 0 to {MAX_INSTANCES}")
-        if name in self.failed:
+        reason = self.failed.get(name) or group.failure
+        if reason is not None:  # (given up: its instances may still be draining)
             raise RuntimeError(
-                f"group {name} failed ({self.failed[name]}): restart the cluster to run it again"
+                f"group {name} failed ({reason}): restart the cluster to run it again"
             )
         nursery = self.nursery
         if nursery is None or self.stopping():
             raise RuntimeError("the cluster is not running its groups (it starts or stops)")
+        if name not in self._running:
+            raise RuntimeError(f"group {name} is starting: scale it once it runs")
         before = self._wanted.get(name, group.desired)
         self._wanted[name] = instances
         if before != instances:
             self.say(f"group {name}: scaling from {before} to {instances} instances")
+            self.set_instances(name, instances)
         if name not in self._scaling:
             self._scaling.add(name)
             nursery.start_soon(self._scale, name, group)
@@ -556,15 +591,40 @@ class GroupScaler:
         """The instances each group is to have, by name."""
         return {name: self._wanted.get(name, g.desired) for name, g in self.members.items()}
 
+    def scale_errors(self) -> dict[str, str]:
+        """Why the last scaling of a group failed, by name (for the groups whose last
+        scaling did)."""
+        return dict(self._errors)
+
     async def _scale(self, name: str, group: WorkerGroup) -> None:
+        made = self._made
         try:
-            while (target := self._wanted[name]) != group.desired:
-                await group.scale(target)
+            while (target := self._wanted[name]) != made.setdefault(name, group.desired):
+                try:
+                    await group.scale(target)
+                except Exception as exc:  # (see the class's text: a side task of the API's)
+                    self._failed_scale(name, group, target, exc)
+                    continue  # (a count asked meanwhile is tried; else it stops here)
+                made[name] = target
+                self._errors.pop(name, None)
                 self.say(f"group {name}: {target} instance{'s' if target != 1 else ''}")
-        except (RuntimeError, OSError) as exc:  # (it stopped running; a process did not start)
-            self.say(f"group {name}: not scaled to {self._wanted[name]}: {exc}")
         finally:
             self._scaling.discard(name)
+
+    def _failed_scale(self, name: str, group: WorkerGroup, target: int, exc: Exception) -> None:
+        """Say why ``group`` was not scaled to ``target``; unless another count was asked
+        meanwhile, it is to run what it runs."""
+        running = len(group.states())  # (none once it stopped)
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        error = error[:MAX_SCALE_ERROR]
+        self._errors[name] = f"not scaled to {target}: {error}"
+        self.say(f"group {name}: not scaled to {target}: {error}; it runs {running}")
+        if not isinstance(exc, RuntimeError | OSError | ActorError):  # (a bug: its traceback)
+            logger.error("group %s: scaling to %d failed", name, target, exc_info=exc)
+        self._made[name] = running
+        if self._wanted[name] == target and target != running:
+            self._wanted[name] = running
+            self.set_instances(name, running)
 
 
 def _secrets(auth: AuthConfig | None) -> frozenset[bytes]:
@@ -730,22 +790,28 @@ async def _clear_starting(leader: Any, starting: set[str]) -> None:
 
 def _forget_starting(leader: Any, starting: set[str]) -> None:
     """Forget the ``starting`` state of the groups of ``starting`` that have a worker
-    connected (and take them out of it, with those whose state changed: a failed group's
-    state is its failure, kept)."""
-    groups = leader.stats()["groups"]
+    connected, and take them out of it (a group that failed is taken out when it fails:
+    its state is its failure, kept)."""
+    connected = _connected(leader)
     for name in list(starting):
-        group = groups.get(name, {})
-        if group.get("state") != "starting":
-            starting.discard(name)
-        elif group["workers"] > 0:
+        if connected.get(name, 0) > 0:
             leader.set_group_state(name, None)
             starting.discard(name)
+
+
+def _connected(leader: Any) -> dict[str, int]:
+    """The leader's connected workers, by group: O(workers), polled while the groups
+    start (the statistics would cost O(subjects) every time)."""
+    counts: dict[str, int] = {}
+    for worker in leader.broker.workers:
+        counts[worker.group] = counts.get(worker.group, 0) + 1
+    return counts
 
 
 def _not_ready(
     leader: Any, groups: list[WorkerGroup], failed: dict[str, str]
 ) -> list[tuple[str, int, int]]:
-    connected = {name: g["workers"] for name, g in leader.stats()["groups"].items()}
+    connected = _connected(leader)
     return [
         (group.name, connected.get(group.name, 0), group.desired)
         for group in groups

@@ -51,12 +51,17 @@ T = TypeVar("T")
 #: not run, :class:`ValueError` for a count it refuses, :class:`RuntimeError` for a group
 #: that cannot change now (it failed, or the cluster stops). A scaler may also have a
 #: ``groups()`` method: the groups it runs and the instances each is to have (shown by
-#: :meth:`LeaderAdmin.groups`).
+#: :meth:`LeaderAdmin.groups`), and a ``scale_errors()`` one: why the last scaling of a
+#: group failed, by name.
 Scaler = Callable[[str, int], Awaitable[int]]
 
 #: Journal queries (dead letters, job lookups) answered at once, protocol and HTTP
 #: together; more are refused ``busy``.
 MAX_ADMIN_QUERIES = 4
+#: Job lookups of identities that are not admins read the journal at most this many at
+#: once, apart from :data:`MAX_ADMIN_QUERIES` (more: 429): any token may look a job up,
+#: and must not keep the admins' dead-letter operations waiting.
+MAX_USER_QUERIES = 2
 #: Dead letters requeued per journal read by a retry of them all.
 RETRY_PAGE = 100
 #: Dead letters one retry of them all requeues at most (it says how many remain: ask again).
@@ -76,12 +81,6 @@ MAX_SUMMARY_TEXT = 500
 MAX_SHOWN_ITEMS = 10_000
 #: A worker group's instances, at most, as an operator may set them.
 MAX_INSTANCES = 1000
-#: Seconds a statistics snapshot is reused for (it costs O(subjects) to build).
-STATS_INTERVAL = 1.0
-#: Subjects in a statistics snapshot at most (the busiest; ``subjects_omitted`` counts the rest).
-MAX_STATS_SUBJECTS = 1000
-#: Groups' subject patterns listed per group at most.
-MAX_GROUP_PATTERNS = 100
 #: The states of an unfinished job.
 ACTIVE_STATES = frozenset({"queued", "running", "retrying"})
 
@@ -99,6 +98,8 @@ class Leader(Protocol):
     _batching: bool
 
     def stats(self) -> dict[str, Any]: ...
+
+    def stats_snapshot(self, now: float | None = None) -> dict[str, Any]: ...
 
     async def _commit_once(self, journal: SqliteJournal) -> bool: ...
 
@@ -348,61 +349,52 @@ def leader_batch(leader: Leader) -> Iterator[float]:
 
 
 class LeaderAdmin:
-    """The operations of the module's text on ``leader`` (one per leader: it keeps the
-    statistics snapshot it reuses for :data:`STATS_INTERVAL`)."""
+    """The operations of the module's text on ``leader`` (one per leader: it counts the
+    job lookups of identities that are not admins, see :data:`MAX_USER_QUERIES`)."""
 
     def __init__(self, leader: Leader) -> None:
         self.leader = leader
-        self._stats: dict[str, Any] | None = None
-        self._stats_at = -math.inf
+        self._user_queries = 0  # (see MAX_USER_QUERIES)
 
     # ----------------------------------------------------------------- reading
 
     def stats(self) -> dict[str, Any]:
-        """:meth:`Leader.stats`, built at most once per :data:`STATS_INTERVAL` and with
-        the :data:`MAX_STATS_SUBJECTS` busiest subjects (``subjects_omitted``: how many
-        more there are)."""
-        now = trio.current_time()
-        if self._stats is None or now - self._stats_at >= STATS_INTERVAL:
-            stats = self.leader.stats()
-            subjects = stats["subjects"]
-            omitted = max(0, len(subjects) - MAX_STATS_SUBJECTS)
-            if omitted:
-                busiest = sorted(
-                    subjects,
-                    key=lambda s: (
-                        subjects[s]["queued"] + subjects[s]["in_flight"],
-                        subjects[s]["submitted"],
-                    ),
-                    reverse=True,
-                )[:MAX_STATS_SUBJECTS]
-                stats["subjects"] = {name: subjects[name] for name in busiest}
-            stats["subjects_omitted"] = omitted
-            self._stats, self._stats_at = stats, now
-        return self._stats
+        """The leader's shared statistics snapshot (:meth:`Leader.stats_snapshot
+        <actors.leader.Leader.stats_snapshot>`: built at most once a second for every
+        reader, the busiest subjects; ``subjects_omitted``: how many more there are).
+        Read it, never change it."""
+        return self.leader.stats_snapshot()
 
     def groups(self, *, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         """A page of the worker groups (by name): those the leader has seen, and those its
         scaler runs. Each: ``name``, ``state`` (what the cluster says, such as
-        ``starting`` or ``failed: ...``; else ``running`` with a worker connected,
-        ``idle`` without), ``instances`` (how many it is to have, when the leader manages
-        it, else None), ``workers`` (connected), ``in_flight``, ``done``, ``failed``,
-        ``redelivered``, ``dead``, ``latency_p50``, ``latency_p99``, ``patterns`` (the
-        first :data:`MAX_GROUP_PATTERNS`)."""
+        ``starting`` or ``failed: ...``; else ``running`` with a worker online, ``stale``
+        when its connected workers are all stale, ``idle`` without any), ``instances``
+        (how many it is to have, when the leader manages it, else None), ``workers``
+        (connected), ``workers_stale`` (of those, silent for more than 1.5 heartbeats),
+        ``in_flight``, ``done``, ``failed``, ``redelivered``, ``dead``, ``latency_p50``,
+        ``latency_p99``, ``patterns`` (the first its workers serve, cut as the statistics
+        list them), ``patterns_total`` (how many) and ``scale_error`` (why its last
+        scaling failed, while it is the last; else None)."""
         stats = self.stats()["groups"]
         wanted = self._wanted()
+        errors = self._scale_errors()
         names = sorted(set(stats) | set(wanted))
         page = []
         for name in names[offset : offset + limit]:
             group = stats.get(name, {})
             workers = group.get("workers", 0)
-            state = group.get("state") or ("running" if workers else "idle")
+            stale = group.get("workers_stale", 0)
+            state = group.get("state") or (
+                "idle" if not workers else "stale" if stale >= workers else "running"
+            )
             page.append(
                 {
                     "name": name,
                     "state": state,
                     "instances": wanted.get(name),
                     "workers": workers,
+                    "workers_stale": stale,
                     "in_flight": group.get("in_flight", 0),
                     "done": group.get("done", 0),
                     "failed": group.get("failed", 0),
@@ -410,7 +402,9 @@ class LeaderAdmin:
                     "dead": group.get("dead", 0),
                     "latency_p50": group.get("latency_p50"),
                     "latency_p99": group.get("latency_p99"),
-                    "patterns": list(group.get("patterns", ()))[:MAX_GROUP_PATTERNS],
+                    "patterns": list(group.get("patterns", ())),
+                    "patterns_total": group.get("patterns_total", 0),
+                    "scale_error": errors.get(name),
                 }
             )
         return {
@@ -423,6 +417,10 @@ class LeaderAdmin:
 
     def _wanted(self) -> dict[str, int]:
         listing = getattr(self.leader.scaler, "groups", None)
+        return dict(listing()) if callable(listing) else {}
+
+    def _scale_errors(self) -> dict[str, str]:
+        listing = getattr(self.leader.scaler, "scale_errors", None)
         return dict(listing()) if callable(listing) else {}
 
     async def job(self, job_id: str, principal: Principal | None = None) -> dict[str, Any]:
@@ -450,7 +448,11 @@ class LeaderAdmin:
         journal = leader.journal
         if journal is not None:
             row, letter = await self._journal(
-                lambda j: (j.view_job(job_id, MAX_DECODED), j.view_dead_letter(job_id, MAX_DECODED))
+                lambda j: (
+                    j.view_job(job_id, MAX_DECODED),
+                    j.view_dead_letter(job_id, MAX_DECODED),
+                ),
+                admin=is_admin(principal),
             )
             again = broker.describe_job(job_id, trio.current_time())  # (it may have moved on)
             if again is not None and again["state"] in ACTIVE_STATES:
@@ -505,7 +507,8 @@ class LeaderAdmin:
             letters, total = await self._journal(
                 lambda j: (
                     j.list_dead_letters(limit, offset, subject),
-                    j.count_dead_letters(subject),
+                    # (the journal's exact count, as the statistics say it: no count(*))
+                    j.dead_letter_count if subject is None else j.count_dead_letters(subject),
                 )
             )
         else:
@@ -587,7 +590,7 @@ class LeaderAdmin:
         journal = leader.journal
         if journal is not None:
             found, total = await self._journal(
-                lambda j: (j.get_dead_letters(job_id, 1), j.count_dead_letters())
+                lambda j: (j.get_dead_letters(job_id, 1), j.dead_letter_count)
             )
             record = found[0] if found else None
         else:
@@ -647,7 +650,7 @@ class LeaderAdmin:
                 break  # (every one refused: the queue is full, or they all run again)
             await trio.lowlevel.checkpoint()
         if journal is not None:
-            remaining = await self._journal(lambda j: j.count_dead_letters())
+            remaining = await self._journal(lambda j: j.dead_letter_count)
         else:
             remaining = len(broker.dead_letters)
         return {"retried": retried, "refused": refused, "remaining": remaining}
@@ -682,12 +685,25 @@ class LeaderAdmin:
         """
         require_admin(principal, "purge dead letters")
         leader = self.leader
+        broker = leader.broker
         journal = leader.journal
-        if journal is not None:
-            purged = await self._journal(lambda j: j.purge_dead_letters())
-            leader.broker.forget_dead_letters(None)
-        else:
-            purged = leader.broker.forget_dead_letters(None)
+        if journal is None:
+            with leader_batch(leader):
+                purged = broker.forget_dead_letters(None)
+            return {"purged": purged}
+        with self._slot(admin=True):
+            async with leader._db_lock:
+                if not await leader._commit_once(journal):
+                    raise AdminError(
+                        503, "busy", journal.refusal or "the journal cannot be written",
+                        retry_after=1.0,
+                    )  # fmt: skip
+                # Those written, and those dead since (during that write), are forgotten
+                # in memory and in the file at one moment: what dies after stays in both.
+                purged = journal.dead_letter_count + journal.pending_dead_letters
+                with leader_batch(leader):
+                    broker.forget_dead_letters(None)
+        await self._written()
         return {"purged": purged}
 
     async def cancel(
@@ -760,19 +776,39 @@ class LeaderAdmin:
 
     # ----------------------------------------------------------------- journal
 
-    async def _journal(self, read: Callable[[SqliteJournal], T]) -> T:
+    async def _journal(self, read: Callable[[SqliteJournal], T], *, admin: bool = True) -> T:
         """``read`` of the journal (see :func:`read_journal`), counted among the
-        :data:`MAX_ADMIN_QUERIES`."""
+        :data:`MAX_ADMIN_QUERIES` (``admin``), else the :data:`MAX_USER_QUERIES`."""
         leader = self.leader
         journal = leader.journal
         assert journal is not None
-        if leader._admin_queries >= MAX_ADMIN_QUERIES:
-            raise AdminError(429, "busy", "too many journal queries at once", retry_after=1.0)
-        leader._admin_queries += 1
-        try:
+        with self._slot(admin=admin):
             return await read_journal(leader, journal, read)
+
+    @contextlib.contextmanager
+    def _slot(self, *, admin: bool) -> Iterator[None]:
+        """Count a journal query among the admins' (shared with the protocol's) or the
+        other identities' (this leader's HTTP job lookups).
+
+        Raises:
+          AdminError: 429: as many run already.
+        """
+        leader = self.leader
+        if admin:
+            if leader._admin_queries >= MAX_ADMIN_QUERIES:
+                raise AdminError(429, "busy", "too many journal queries at once", retry_after=1.0)
+            leader._admin_queries += 1
+        else:
+            if self._user_queries >= MAX_USER_QUERIES:
+                raise AdminError(429, "busy", "too many job lookups at once", retry_after=1.0)
+            self._user_queries += 1
+        try:
+            yield
         finally:
-            leader._admin_queries -= 1
+            if admin:
+                leader._admin_queries -= 1
+            else:
+                self._user_queries -= 1
 
     async def _written(self) -> None:
         """Return once the journal has written what the broker just did.

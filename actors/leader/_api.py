@@ -34,8 +34,10 @@ body sent to a route that takes none.
 
 Who may do what: with users, every route needs ``Authorization: Bearer <token>`` of any
 identity (401); dead letters and scaling are for admins (403); a job is seen and cancelled
-by its owner or an admin (to others it does not exist: 404). Without users (the HTTP
-server is on loopback then), anyone may do anything. ``http_read_only`` answers every
+by its owner or an admin (to others it does not exist: 404); where workers run (their
+``host``, ``pid`` and ``peer`` address) is shown to admins only (null for the others).
+Without users (the HTTP server is on loopback then), anyone may do anything, and sees
+everything. ``http_read_only`` answers every
 method but GET and HEAD 403 ``read_only``. The document served says so: it declares the
 bearer scheme only when the leader has users.
 """
@@ -49,8 +51,9 @@ from urllib.parse import parse_qsl
 
 from protocol import MAX_NAME_LENGTH, MAX_SUBJECT_LENGTH
 
-from ._admin import MAX_INSTANCES, AdminError, LeaderAdmin, json_safe
+from ._admin import MAX_INSTANCES, AdminError, LeaderAdmin, is_admin, json_safe
 from ._http import HttpApp, HttpError, Request, Response
+from ._workers import MAX_LISTED_SUBJECTS, MAX_SUBJECT_CHARS, worker_list
 
 if TYPE_CHECKING:
     from ._leader import Leader
@@ -265,7 +268,13 @@ class Api:
                 "state": choice(*WORKER_STATES),
             },
         )
-        return answer(200, self.leader.worker_list(**{"offset": 0, "limit": 100, **args}))
+        # (where workers run, their hosts, pids and addresses, is for admins only)
+        listing = worker_list(
+            self.leader,
+            **{"offset": 0, "limit": 100, **args},
+            show_hosts=is_admin(request.principal),
+        )
+        return answer(200, listing)
 
     async def job(self, request: Request) -> Response:
         """``GET /api/jobs/{job_id}``."""
@@ -455,7 +464,11 @@ _SCHEMAS: dict[str, Any] = {
             "in_flight": _COUNT,
             "workers": _COUNT,
             "results_stored": _COUNT,
-            "dead_letters": _COUNT,
+            "dead_letters": {
+                **_COUNT,
+                "description": "how many there are (with a journal: all it holds)",
+            },
+            "dead_letters_kept": {**_COUNT, "description": "of those, the newest kept in memory"},
             "retained": _COUNT,
             "connections": _COUNT,
             "subjects_omitted": _COUNT,
@@ -502,19 +515,25 @@ _SCHEMAS: dict[str, Any] = {
         {
             "name": {"type": "string"},
             "group": {"type": "string"},
-            "subjects": {"type": "array", "items": {"type": "string"}},
+            "subjects": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": MAX_SUBJECT_CHARS + 1},
+                "maxItems": MAX_LISTED_SUBJECTS,
+                "description": f"its first patterns ({MAX_LISTED_SUBJECTS} at most, within"
+                f" 2 KiB), each cut to {MAX_SUBJECT_CHARS} characters (a cut one ends with …)",
+            },
             "window": _COUNT,
             "in_flight": _COUNT,
-            "host": _nullable("string"),
-            "pid": _nullable("integer"),
-            "peer": _nullable("string"),
+            "host": _nullable("string", description="as its Hello said; for admins only"),
+            "pid": _nullable("integer", description="as its Hello said; for admins only"),
+            "peer": _nullable("string", description="its address, host:port; for admins only"),
             "connected_at": {"type": "number"},
             "last_heard": _nullable("number"),
             "state": {"type": "string", "enum": list(WORKER_STATES)},
             "left_at": _TIME,
         },
         closed=False,
-        subjects_total=_COUNT,
+        subjects_total={**_COUNT, "description": "how many patterns it serves"},
     ),
     "WorkerPage": _object(
         {
@@ -628,8 +647,16 @@ _SCHEMAS: dict[str, Any] = {
     "Group": _object(
         {
             "name": {"type": "string"},
-            "state": {"type": "string", "description": "running, idle, starting, failed: ..."},
-            "instances": _nullable("integer", description="how many it is to run, if managed"),
+            "state": {
+                "type": "string",
+                "description": "running, stale (every worker connected is), idle, starting,"
+                " failed: ...",
+            },
+            "instances": _nullable(
+                "integer",
+                description="how many it is to run, if managed (after a failed scaling: how"
+                " many it runs)",
+            ),
             "workers": _COUNT,
             "in_flight": _COUNT,
             "done": _COUNT,
@@ -638,7 +665,14 @@ _SCHEMAS: dict[str, Any] = {
             "dead": _COUNT,
             "latency_p50": _nullable("number"),
             "latency_p99": _nullable("number"),
-            "patterns": {"type": "array", "items": {"type": "string"}},
+            "patterns": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "the first its workers serve (20 at most), cut as a worker's",
+            },
+            "patterns_total": {**_COUNT, "description": "how many its workers serve"},
+            "scale_error": _nullable("string", description="why its last scaling failed"),
+            "workers_stale": {**_COUNT, "description": "of its workers, those silent too long"},
         }
     ),
     "GroupPage": _object(

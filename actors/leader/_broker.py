@@ -300,8 +300,10 @@ class Broker:
         self._routes_version += 1
         worker.window = worker.granted = min(worker.window, self.config.max_window)
         worker.stats = self._group_stats(worker.group)
+        served = worker.stats.patterns
         for pattern in worker.patterns:
             self.worker_index.add(pattern, worker)
+            served[pattern] = served.get(pattern, 0) + 1
         if worker.mode == GroupMode.BROADCAST:
             return
         # Each queue's subject is asked once of the worker's own patterns (not of the
@@ -344,8 +346,13 @@ class Broker:
         departed = self._departed
         grace = self.config.restart_grace
         self._routes_version += 1
+        served = worker.stats.patterns
         for pattern in worker.patterns:
             self.worker_index.remove(pattern, worker)
+            if served[pattern] > 1:
+                served[pattern] -= 1
+            else:
+                del served[pattern]
             if grace and coming_back and worker.mode != GroupMode.BROADCAST:
                 if departed.pop(pattern, None) is None:
                     if len(departed) >= MAX_DEPARTED:
@@ -1671,24 +1678,42 @@ class Broker:
         return None
 
     def forget_dead_letters(self, job_ids: set[str] | None) -> int:
-        """Forget the dead letters of ``job_ids`` (every one when None) kept in memory and,
-        by id, in the journal (the leader purges a journal's whole table itself). Returns
+        """Forget the dead letters of ``job_ids`` (every one when None) kept in memory and
+        in the journal (in its next write: all of them at once when None, those written
+        and those pending, so that memory and file agree on what died since). Returns
         how many of those kept in memory went."""
         count = self.retries.forget_dead_letters(job_ids)
-        if self.journal is not None and job_ids is not None:
-            self.journal.forget_dead_letters(job_ids)
+        if self.journal is not None:
+            if job_ids is None:
+                self.journal.purge_dead_letters_later()
+            else:
+                self.journal.forget_dead_letters(job_ids)
         return count
+
+    @property
+    def dead_letter_count(self) -> int:
+        """How many dead letters there are: with a journal, those it holds (all of them,
+        as of its last write: see :attr:`SqliteJournal.dead_letter_count
+        <actors.leader._journal.SqliteJournal.dead_letter_count>`), else those kept in
+        memory."""
+        if self.journal is not None:
+            return self.journal.dead_letter_count
+        return len(self.retries.dead_letters)
 
     # ------------------------------------------------------------------ statistics
 
-    def stats(self) -> dict[str, Any]:
-        """Counters per subject and per group, and totals (see :func:`broker_stats`)."""
+    def stats(self, *, subject_percentiles: bool = True) -> dict[str, Any]:
+        """Counters per subject and per group, and totals (see :func:`broker_stats`;
+        without ``subject_percentiles``, the caller estimates the latency percentiles of
+        the subjects it lists: :func:`~actors.leader._stats.add_subject_percentiles`)."""
         return broker_stats(
             self.workers,
             self.queues,
             self.group_stats,
             jobs_active=len(self.jobs),
             results_stored=len(self.finished),
-            dead_letters=len(self.retries.dead_letters),
+            dead_letters=self.dead_letter_count,
+            dead_letters_kept=len(self.retries.dead_letters),
             retained=len(self.retained),
+            subject_percentiles=subject_percentiles,
         )

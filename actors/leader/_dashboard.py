@@ -1,13 +1,15 @@
 """The dashboard's feed: the leader's state pushed on ``$sys.dashboard`` once a second.
 
 The dashboard page (``actors/leader/dashboard/``, served at ``/``) subscribes to
-:data:`DASHBOARD_SUBJECT` through the project's JavaScript client; any program may do the
+:data:`DASHBOARD_SUBJECT` through the project's JavaScript client, over the HTTP port's
+WebSocket (``/ws``, ``actors/leader/_feed.py``); any program may do the
 same (every authenticated identity may subscribe to exactly that subject, see
 ``Leader._subscription_problem``). :class:`DashboardFeed` sends each such subscription a
 *snapshot* (:func:`build_snapshot`) once a second, while there is one:
 
 - a snapshot is built at most once per :data:`SNAPSHOT_INTERVAL` for all subscribers, and
-  encoded once (every Deliver carries the same bytes);
+  encoded once (every Deliver carries the same bytes), from the statistics the leader
+  shares with its other readers (``Leader.stats_snapshot``: not built again for it);
 - it is bounded whatever the leader holds: the :data:`MAX_SNAPSHOT_SUBJECTS` busiest
   subjects, the :data:`MAX_SNAPSHOT_GROUPS` busiest groups, the first
   :data:`MAX_SNAPSHOT_WORKERS` workers (the page asks ``/api/workers`` for the others), at
@@ -34,6 +36,7 @@ message.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import math
 import time
@@ -85,7 +88,7 @@ class DashboardSource(Protocol):
     broker: Broker
     scaler: Any
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats_snapshot(self, now: float | None = None) -> dict[str, Any]: ...
 
     def worker_list(
         self,
@@ -94,6 +97,7 @@ class DashboardSource(Protocol):
         limit: int = 100,
         group: str | None = None,
         state: str | None = None,
+        show_hosts: bool = True,
     ) -> dict[str, Any]: ...
 
 
@@ -215,52 +219,76 @@ def _busiest(
     return {name: entries[name] for name in names}
 
 
+#: What a worker's entry says of where it runs: for admins only.
+HOST_FIELDS = ("host", "pid", "peer")
+
+
+def _without_hosts(listing: dict[str, Any]) -> dict[str, Any]:
+    """A page of workers (``worker_list``'s) with :data:`HOST_FIELDS` None."""
+    hidden = dict.fromkeys(HOST_FIELDS)
+    return dict(listing, workers=[{**w, **hidden} for w in listing["workers"]])
+
+
 def build_snapshot(
-    source: DashboardSource, history: History, *, read_only: bool, unix_now: float
+    source: DashboardSource,
+    history: History,
+    *,
+    read_only: bool,
+    unix_now: float,
+    now: float | None = None,
 ) -> dict[str, Any]:
     """The dashboard's view of ``source`` (its history left out: see
-    :meth:`DashboardFeed.payloads`).
+    :meth:`DashboardFeed.payload`), from the statistics every reader shares
+    (``source.stats_snapshot(now)``: its subjects the busiest first), which it copies
+    where it cuts them.
 
     Returns:
       ``{"at": unix time, "node": name, "read_only": bool, "scalable": bool,
-      "stats": ..., "workers": ..., "totals": ...}``: ``stats`` is ``source.stats()``
-      with the :data:`MAX_SNAPSHOT_SUBJECTS` busiest subjects (``subjects_omitted``: how
-      many others) and the :data:`MAX_SNAPSHOT_GROUPS` busiest groups
-      (``groups_omitted``), each group's ``patterns`` listed in part
-      (``patterns_total``); ``workers`` is the first page of ``source.worker_list``
-      (``total`` counts them all), each worker's ``subjects`` listed in part; ``totals``
-      sums what was cut (jobs, workers by state, subjects and groups in all).
+      "stats": ..., "workers": ..., "totals": ...}``: ``stats`` are the statistics with
+      the :data:`MAX_SNAPSHOT_SUBJECTS` busiest subjects (``subjects_omitted``: how many
+      others) and the :data:`MAX_SNAPSHOT_GROUPS` busiest groups (``groups_omitted``),
+      each group's ``patterns`` listed in part (``patterns_total``) and its
+      ``instances`` (how many its cluster wants) when known; ``workers`` is the first
+      page of ``source.worker_list`` (``total`` counts them all), each worker's
+      ``subjects`` listed in part, with where it runs (``host``, ``pid``, ``peer``: the
+      feed hides them from identities that are not admins, see
+      :meth:`DashboardFeed.payload`); ``totals`` sums what was cut (jobs, workers by
+      state, subjects and groups in all).
     """
-    stats = source.stats()
+    stats = dict(source.stats_snapshot(now))  # (shared with other readers: not changed)
     subjects: dict[str, dict[str, Any]] = stats["subjects"]
     groups: dict[str, dict[str, Any]] = stats["groups"]
+    subjects_total = len(subjects) + stats.get("subjects_omitted", 0)
+    sums = stats.get("subject_totals") or {
+        key: sum(s[key] for s in subjects.values())
+        for key in ("submitted", "done", "failed", "dead")
+    }
     totals: dict[str, Any] = {
         "jobs_active": stats["jobs_active"],
         "waiting": stats["waiting"],
         "in_flight": stats["in_flight"],
         "dead_letters": stats["dead_letters"],
         "connections": stats.get("connections", 0),
-        "subjects": len(subjects),
+        "subjects": subjects_total,
         "groups": len(groups),
-        "submitted": sum(s["submitted"] for s in subjects.values()),
-        "done": sum(s["done"] for s in subjects.values()),
-        "failed": sum(s["failed"] for s in subjects.values()),
-        "dead": sum(s["dead"] for s in subjects.values()),
+        "submitted": sums["submitted"],
+        "done": sums["done"],
+        "failed": sums["failed"],
+        "dead": sums["dead"],
         "workers_online": stats.get("workers_online", stats["workers"]),
         "workers_stale": stats.get("workers_stale", 0),
     }
-    stats["subjects"] = _busiest(
-        subjects,
-        MAX_SNAPSHOT_SUBJECTS,
-        lambda s: (s["queued"] + s["in_flight"], s["submitted"]),
-    )
-    stats["subjects_omitted"] = len(subjects) - len(stats["subjects"])
+    # (the busiest first already: waiting and in flight, then submitted)
+    stats["subjects"] = dict(itertools.islice(subjects.items(), MAX_SNAPSHOT_SUBJECTS))
+    stats["subjects_omitted"] = subjects_total - len(stats["subjects"])
+    stats.pop("subject_totals", None)
     kept_groups = _busiest(
         groups,
         MAX_SNAPSHOT_GROUPS,
         lambda g: (g["workers"], g["in_flight"], g["done"] + g["failed"]),
     )
-    for group in kept_groups.values():
+    for name, shared in kept_groups.items():
+        group = kept_groups[name] = dict(shared)
         group["patterns"], group["patterns_total"] = _patterns(list(group.get("patterns", ())))
         if isinstance(group.get("state"), str):
             group["state"] = _cut(group["state"], MAX_STATE_CHARS)
@@ -337,7 +365,7 @@ class DashboardFeed:
         # and with the newest sample only (each encoded when first needed).
         self._built_at = -math.inf
         self._snapshot: dict[str, Any] | None = None
-        self._payloads: dict[bool, Encoded] = {}
+        self._payloads: dict[tuple[bool, bool], Encoded] = {}
 
     @property
     def watching(self) -> int:
@@ -401,31 +429,39 @@ class DashboardFeed:
             old = [sid for sid, fed in watcher.sids.items() if fed]
             if new and now - watcher.full_at >= self.interval:
                 watcher.full_at = now
-                if self._deliver(link, new, self.payload(now, full=True)):
+                if self._deliver(link, new, self.payload(now, full=True, hosts=link.admin)):
                     for sid in new:
                         watcher.sids[sid] = True
                 sent = True
             if old and not newcomers_only and now - watcher.update_at >= self.interval:
                 watcher.update_at = now
-                self._deliver(link, old, self.payload(now, full=False))
+                self._deliver(link, old, self.payload(now, full=False, hosts=link.admin))
                 sent = True
         if sent:
             self.after_send()
 
-    def payload(self, now: float, *, full: bool) -> Encoded:
+    def payload(self, now: float, *, full: bool, hosts: bool = True) -> Encoded:
         """The snapshot, encoded (with the whole history if ``full``, else the newest
-        sample); built again when the last one is an interval old."""
+        sample; with where the workers run if ``hosts``, for admins: else their
+        ``host``, ``pid`` and ``peer`` are None); built again when the last one is an
+        interval old."""
         if self._snapshot is None or now - self._built_at >= self.interval:
             self._snapshot = build_snapshot(
-                self.source, self.history, read_only=self.read_only, unix_now=time.time()
+                self.source,
+                self.history,
+                read_only=self.read_only,
+                unix_now=time.time(),
+                now=now,
             )
             self._built_at = now
             self._payloads = {}
             self.builds += 1
-        payload = self._payloads.get(full)
+        payload = self._payloads.get((full, hosts))
         if payload is None:
             snapshot = dict(self._snapshot, history=self.history.series(newest_only=not full))
-            payload = self._payloads[full] = Encoded.of(snapshot)
+            if not hosts:
+                snapshot["workers"] = _without_hosts(snapshot["workers"])
+            payload = self._payloads[full, hosts] = Encoded.of(snapshot)
         return payload
 
     def _deliver(self, link: ClientLink, sids: list[int], payload: Encoded) -> bool:

@@ -6,9 +6,11 @@ is written here. Routes:
 
 ==========================  ============================================================
 ``GET /healthz``            200 ``{"status": "ok", "node": ...}``: the leader is up
-``GET /readyz``             200 when every group the leader knows has a worker connected
-                            and the journal (if any) is writable, else 503 saying what is
-                            not ready
+``GET /readyz``             200 when every group the leader knows has its instances
+                            online (as many as its cluster wants, else one) and the
+                            journal (if any) is writable, else 503 saying what is not
+                            ready (:meth:`Leader.readiness`: no statistics built, the
+                            answer reused for half a second)
 ``GET /actors.js``,         the files of ``clients/js`` (an allow-list made at start from
 ``GET /src/<name>.js``      its listing: nothing else is ever read), with ETag and 304
 ``GET /examples/<name>``    the browser examples (``examples/browser/*.html``, ``.js``,
@@ -17,10 +19,13 @@ is written here. Routes:
                             from this server, WebSockets only to the leader's ``ws://`` and
                             ``wss://`` listeners (see :meth:`HttpApp.content_security_policy`)
 ``GET /``,                  the dashboard (``actors/leader/dashboard/``: its page, script
-``GET /dashboard/<name>``   and stylesheet; an allow-list made at start), under the same
-                            policy, which also lets it ``fetch`` the API from this server;
-                            the page is told the leader's WebSocket URL, whether it needs a
-                            token, and links to the examples' pages
+``GET /dashboard/<name>``   and stylesheet; an allow-list made at start; public files, as
+                            the client's), under a policy that lets it connect to this
+                            server only (its API, and ``/ws``); the page is told whether
+                            it needs a token, and links to the examples' pages
+``/ws`` (WebSocket)         the dashboard's feed on this port (``actors/leader/_feed.py``):
+                            the leader's protocol, for subscribing to ``$sys.dashboard``
+                            only (:meth:`Leader.serve_feed`), under the checks below
 ==========================  ============================================================
 
 Anything else is 404; a known path with a method it does not take is 405 with ``Allow``.
@@ -33,13 +38,18 @@ so by the leader.
 Security, on every request, before any route runs:
 
 - every response says ``X-Content-Type-Options: nosniff``;
-- a request with an ``Origin`` the leader does not allow (:meth:`Leader.origin_allowed`:
-  ``allowed_origins``, and this server's own origin, which the leader adds once bound) is
-  refused 403, except a GET or HEAD of the JavaScript files (public code that pages of
-  other origins load; those of allowed origins get ``Access-Control-Allow-Origin``);
 - a server bound to a loopback address answers only requests whose ``Host`` names a
   loopback address, ``localhost`` or an allowed origin's host (403 otherwise: DNS
-  rebinding, where a page's own origin resolves to 127.0.0.1 and sends no ``Origin``);
+  rebinding, where a page's own origin resolves to 127.0.0.1);
+- then a request with an ``Origin`` is refused 403 unless that origin is allowed
+  (:meth:`Leader.origin_allowed`: ``allowed_origins``, and this server's own URL, which
+  the leader adds once bound) or is the one the request was sent to, ``http://`` or
+  ``https://`` and its ``Host`` (:meth:`HttpApp.same_origin`: the dashboard's page
+  browsed by any name or address; on loopback that Host passed the check above; beyond
+  loopback without users, ``insecure``, only an IP address, as a name there could be an
+  attacker's rebound to this server), except a GET or HEAD of the public files (the
+  JavaScript client and the dashboard's page and files: pages of other origins may load
+  them; those of allowed origins get ``Access-Control-Allow-Origin``);
 - at most :data:`MAX_HEADERS` headers (431), :data:`MAX_HEADER_BYTES` bytes of request line
   and headers (hypercorn's ``h11_max_incomplete_size``), :data:`MAX_BODY` bytes of body
   (413); idle connections close after :data:`KEEP_ALIVE_TIMEOUT` seconds, reads wait at
@@ -50,7 +60,11 @@ Security, on every request, before any route runs:
   added with ``authenticated=True`` (the API), is served only to a request that proves an
   identity (:meth:`HttpApp.authenticate`: ``Authorization: Bearer <token>``, checked by
   the leader's :class:`Authenticator` as a Hello's token is), else 401; a leader without
-  users needs none, as on its other listeners.
+  users needs none, as on its other listeners;
+- a WebSocket upgrade is served at ``/ws`` only (404 elsewhere), after the same ``Host``
+  and ``Origin`` checks (one without ``Origin``, not from a browser, is let in); its
+  peer proves an identity in its Hello, as on any listener, and read-only does not
+  apply (a feed changes nothing).
 """
 
 from __future__ import annotations
@@ -73,7 +87,7 @@ import attrs
 import trio
 
 from ._auth import AuthFailure, Principal
-from ._leader import is_loopback
+from ._leader import is_loopback, origin_key
 
 if TYPE_CHECKING:
     from ._leader import Leader
@@ -90,7 +104,8 @@ EXAMPLE_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
 }
-#: In an example page, the tag whose ``content`` is filled with the leader's WebSocket URL.
+#: In an example page, the tag whose ``content`` is filled with the leader's WebSocket URL
+#: (the dashboard has none: it connects to ``/ws`` on the server it came from).
 LEADER_META = b'<meta name="actors-leader" content="">'
 #: The dashboard's directory (its page served at ``/``, its files at ``/dashboard/<name>``).
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
@@ -116,8 +131,9 @@ READ_TIMEOUT = 10.0
 MAX_H2_STREAMS = 16
 #: Bytes of one served file at most (a bigger one is left out of the allow-list).
 MAX_FILE_BYTES = 4 * 2**20
-#: Groups a 503 from ``/readyz`` names at most (the count says how many in all).
-MAX_NOT_READY_LISTED = 100
+#: Seconds between two WebSocket pings of hypercorn's on ``/ws`` (the browser answers
+#: each: what keeps a feed that says nothing within the read timeout).
+WEBSOCKET_PING_INTERVAL = READ_TIMEOUT / 2
 #: The methods that change nothing: served without authentication.
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 #: The name of a file ``/src/`` serves.
@@ -125,6 +141,8 @@ _JS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\.js\Z")
 #: The name of a file ``/examples/`` serves.
 _EXAMPLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\.(html|js|css)\Z")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
+#: A ``Host`` header that may be written into a policy (a name or address, and a port).
+_HOST_HEADER = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?\Z")
 #: A ``{name}`` segment of a route's path.
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}\Z")
 #: Bytes of a request's path matched against the routes' templates at most (longer: 404).
@@ -239,6 +257,19 @@ class Response:
     content_type: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers it is sent with: ``nosniff``, its type and length (none for a 304),
+        then its own."""
+        headers = [(b"x-content-type-options", b"nosniff")]
+        if self.content_type is not None:
+            headers.append((b"content-type", self.content_type.encode("latin-1")))
+        if self.status != 304:
+            headers.append((b"content-length", str(len(self.body)).encode()))
+        headers.extend(
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in self.headers
+        )
+        return headers
+
 
 def json_response(status: int, value: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
     """``value`` as a JSON response (not to be cached)."""
@@ -251,6 +282,24 @@ def error_response(
 ) -> Response:
     """``{"error": error, "message": message}`` with ``status``."""
     return json_response(status, {"error": error, "message": message}, headers)
+
+
+def host_name(host: str) -> str:
+    """The name or address of a ``Host`` header's value, without its port and brackets."""
+    name = host.strip()
+    if name.startswith("["):
+        return name[1 : name.find("]")] if "]" in name else name
+    if name.count(":") == 1:
+        return name.partition(":")[0]
+    return name
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class BodyTooLarge(Exception):
@@ -441,9 +490,13 @@ class HttpApp:
             self.routes[path] = Route({"GET": self._example})
         self.dashboard = example_files(dashboard_dir, prefix="/dashboard/")
         for path in self.dashboard:
-            self.routes[path] = Route({"GET": self._dashboard_file})
+            self.routes[path] = Route({"GET": self._dashboard_file}, public=True)
         if "/dashboard/index.html" in self.dashboard:
-            self.routes["/"] = Route({"GET": self._dashboard_file})
+            self.routes["/"] = Route({"GET": self._dashboard_file}, public=True)
+        #: ``/ws``: the dashboard's feed (WebSocket upgrades; see ``_feed.py``).
+        from ._feed import FeedSocket  # (it names HttpApp: imported here, not at the top)
+
+        self.feed = FeedSocket(self)
         from ._metrics import metrics_handler  # (it loads prometheus_client, and imports this)
 
         self.add_route("/metrics", {"GET": metrics_handler(self)}, authenticated=True)
@@ -537,21 +590,13 @@ class HttpApp:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        elif kind == "websocket":  # (the leader's WebSockets are on its ws:// listeners)
-            await receive()
-            await send({"type": "websocket.close", "code": 1008})
+        elif kind == "websocket":
+            await self.feed(scope, receive, send)
 
     async def _send(
         self, send: Callable[[dict[str, Any]], Awaitable[None]], response: Response, head: bool
     ) -> None:
-        headers = [(b"x-content-type-options", b"nosniff")]
-        if response.content_type is not None:
-            headers.append((b"content-type", response.content_type.encode("latin-1")))
-        if response.status != 304:
-            headers.append((b"content-length", str(len(response.body)).encode()))
-        headers.extend(
-            (name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers
-        )
+        headers = response.raw_headers()
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         body = b"" if head or response.status == 304 else response.body
         await send({"type": "http.response.body", "body": body})
@@ -562,41 +607,18 @@ class HttpApp:
         """The response to an ``http`` request (its checks, then its route)."""
         method = scope["method"]
         path = scope["path"]
-        raw_headers = scope["headers"]
-        if len(raw_headers) > MAX_HEADERS:
-            return error_response(
-                431, "too_many_headers", f"at most {MAX_HEADERS} headers, not {len(raw_headers)}"
-            )
-        # (hypercorn's h11_max_incomplete_size binds only headers that come in pieces)
-        size = sum(len(name) + len(value) + 4 for name, value in raw_headers)
-        if size > MAX_HEADER_BYTES:
-            return error_response(
-                431, "headers_too_large", f"at most {MAX_HEADER_BYTES} bytes of headers, not {size}"
-            )
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in raw_headers:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        headers = self._headers(scope)
+        if isinstance(headers, Response):
+            return headers
         host = headers.get("host")
-        if host is not None and not self.host_allowed(host):
-            return error_response(
-                403, "forbidden_host", f"this server does not answer for Host {host!r:.100}"
-            )
         matched = self.match(scope)
         route, params = matched if matched is not None else (None, {})
         origin = headers.get("origin")
         safe = method in SAFE_METHODS
-        if (
-            origin is not None
-            and not (route is not None and route.public and safe)
-            and not self.leader.origin_allowed(origin)
-        ):
-            return error_response(
-                403,
-                "forbidden_origin",
-                f"requests from pages of {origin!r:.100} are not allowed (allowed_origins)",
-            )
+        if origin is not None and not (route is not None and route.public and safe):
+            refused = self.origin_refusal(origin, host)
+            if refused is not None:
+                return refused
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return error_response(
@@ -646,15 +668,101 @@ class HttpApp:
         loopback; then a loopback address, ``localhost``, or an allowed origin's host."""
         if not self.local_only:
             return True
-        name = host.strip()
-        if name.startswith("["):
-            name = name[1 : name.find("]")] if "]" in name else name
-        elif name.count(":") == 1:
-            name = name.partition(":")[0]
-        if is_loopback(name.rstrip(".")):
+        if is_loopback(host_name(host).rstrip(".")):
             return True
         allowed = self.leader.origin_allowed
         return allowed(f"http://{host}") or allowed(f"https://{host}")
+
+    def same_origin(self, origin: str, host: str | None) -> bool:
+        """Whether ``origin`` is the one a request was sent to: ``http://`` or
+        ``https://`` (behind a TLS proxy) and its ``Host`` (a page of this server,
+        browsed by whatever name or address reaches it). Asked once the ``Host`` passed
+        :meth:`host_allowed` (on loopback, a loopback name: no rebound page's origin is
+        ever its own); beyond loopback on a leader without users (``insecure``), for an
+        IP address only: a name there may be an attacker's, rebound to this address, and
+        nothing else would stop its page."""
+        if host is None:
+            return False
+        key = origin_key(origin)
+        if key != origin_key(f"http://{host}") and key != origin_key(f"https://{host}"):
+            return False
+        if self.local_only or self.leader.authenticator is not None:
+            return True
+        return _is_address(host_name(host))
+
+    def origin_refusal(self, origin: str, host: str | None) -> Response | None:
+        """The 403 answering a request from a page of ``origin`` (sent to ``host``), or
+        None when that origin is allowed or is the request's own (:meth:`same_origin`)."""
+        if self.leader.origin_allowed(origin) or self.same_origin(origin, host):
+            return None
+        hint = ""
+        if host is not None and origin_key(origin) in (
+            origin_key(f"http://{host}"),
+            origin_key(f"https://{host}"),
+        ):
+            hint = (
+                ": a leader without users serving beyond loopback takes its own origin by IP"
+                " address only (DNS rebinding); browse it by address, or allow this origin"
+            )
+        return error_response(
+            403,
+            "forbidden_origin",
+            f"requests from pages of {origin!r:.100} are not allowed (allowed_origins){hint}",
+        )
+
+    @staticmethod
+    def busy_response(message: str, retry_after: float | None) -> Response:
+        """503 ``busy`` saying ``message``, with ``Retry-After`` when it is known."""
+        retry = () if retry_after is None else (("retry-after", f"{retry_after:g}"),)
+        return error_response(503, "busy", message, retry)
+
+    def websocket_refusal(self, scope: Mapping[str, Any]) -> Response | None:
+        """Why a WebSocket upgrade is refused (its answer), or None: not at
+        :data:`FEED_PATH` (404), too many or too large headers (431), a ``Host`` this
+        server does not answer (403), an ``Origin`` that is neither allowed nor the
+        request's own (403). One without ``Origin`` (not from a browser) is let in."""
+        from ._feed import FEED_PATH
+
+        if scope.get("path") != FEED_PATH:
+            return error_response(
+                404,
+                "not_found",
+                f"no WebSocket at {str(scope.get('path'))!r:.200}: only at {FEED_PATH}",
+            )
+        headers = self._headers(scope)
+        if isinstance(headers, Response):
+            return headers
+        origin = headers.get("origin")
+        if origin is not None:
+            return self.origin_refusal(origin, headers.get("host"))
+        return None
+
+    def _headers(self, scope: Mapping[str, Any]) -> dict[str, str] | Response:
+        """A request's headers by lower-case name (repeated ones joined with ``", "``);
+        or the answer refusing it: too many or too large headers (431), a ``Host`` this
+        server does not answer (403, :meth:`host_allowed`)."""
+        raw_headers = scope["headers"]
+        if len(raw_headers) > MAX_HEADERS:
+            return error_response(
+                431, "too_many_headers", f"at most {MAX_HEADERS} headers, not {len(raw_headers)}"
+            )
+        # (hypercorn's h11_max_incomplete_size binds only headers that come in pieces)
+        size = sum(len(name) + len(value) + 4 for name, value in raw_headers)
+        if size > MAX_HEADER_BYTES:
+            return error_response(
+                431, "headers_too_large", f"at most {MAX_HEADER_BYTES} bytes of headers, not {size}"
+            )
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in raw_headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        host = headers.get("host")
+        if host is not None and not self.host_allowed(host):
+            return error_response(
+                403, "forbidden_host", f"this server does not answer for Host {host!r:.100}"
+            )
+        return headers
 
     def authenticate(self, scope: Mapping[str, Any]) -> Principal | None:
         """The identity a request proves with ``Authorization: Bearer <token>`` (checked by
@@ -691,38 +799,8 @@ class HttpApp:
     async def _healthz(self, request: Request) -> Response:
         return json_response(200, {"status": "ok", "node": self.leader.name})
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether the leader is ready (every group it knows, those it has seen and those
-        a cluster told it of with :meth:`Leader.set_group_state`, has a worker connected,
-        unless its cluster runs it with no instance; its journal, if any, takes writes),
-        and the body of ``/readyz`` saying so."""
-        stats = self.leader.stats()
-        groups = stats["groups"]
-        # (a group its cluster was told to run with no instance needs none connected)
-        listing = getattr(self.leader.scaler, "groups", None)
-        stopped = {name for name, n in listing().items() if n == 0} if callable(listing) else ()
-        not_ready = {
-            name: group.get("state") or "no worker connected"
-            for name, group in groups.items()
-            if group["workers"] < 1 and name not in stopped
-        }
-        journal = stats["journal"]
-        problem = None if journal is None else journal["refusal"]
-        ready = not not_ready and problem is None
-        body: dict[str, Any] = {
-            "status": "ready" if ready else "not ready",
-            "node": self.leader.name,
-            "groups": len(groups),
-            "groups_not_ready": dict(list(not_ready.items())[:MAX_NOT_READY_LISTED]),
-            "groups_not_ready_total": len(not_ready),
-            "journal": (
-                None if journal is None else {"writable": problem is None, "problem": problem}
-            ),
-        }
-        return ready, body
-
     async def _readyz(self, request: Request) -> Response:
-        ready, body = self.readiness()
+        ready, body = self.leader.readiness()
         return json_response(200 if ready else 503, body)
 
     async def _file(self, request: Request) -> Response:
@@ -747,21 +825,27 @@ class HttpApp:
         """The leader's bound ``ws://`` and ``wss://`` listen URLs."""
         return [url for url in self.leader.urls if url.startswith(("ws://", "wss://"))]
 
-    def content_security_policy(self, *, fetch_self: bool = False) -> str:
-        """The policy of the example pages: nothing from elsewhere, scripts and styles
-        from this server only (no inline ones), WebSockets to the leader's ``ws://`` and
-        ``wss://`` listeners only (any host for one bound to an unspecified address);
-        with ``fetch_self`` (the dashboard), requests to this server too (its API)."""
+    def content_security_policy(self, *, host: str | None = None) -> str:
+        """The policy of the pages this server serves: nothing from elsewhere, scripts and
+        styles from this server only (no inline ones), and connections: for the example
+        pages (no ``host``), WebSockets to the leader's ``ws://`` and ``wss://`` listeners
+        only (any host for one bound to an unspecified address); for the dashboard (the
+        ``Host`` it was asked by), this server only: its API and ``/ws`` (``'self'``, and
+        ``ws://HOST`` and ``wss://HOST``, for browsers whose ``'self'`` is not a
+        WebSocket's, when ``host`` is a plain name or address with a port)."""
         sources = []
-        for url in self.leader_ws_urls():
-            scheme, _, rest = url.partition("://")
-            authority = rest.split("/", 1)[0]
-            host, _, port = authority.rpartition(":")
-            if host in ("0.0.0.0", "[::]", "::"):
-                authority = f"*:{port}"
-            sources.append(f"{scheme}://{authority}")
-        if fetch_self:
-            sources.insert(0, "'self'")
+        if host is None:
+            for url in self.leader_ws_urls():
+                scheme, _, rest = url.partition("://")
+                authority = rest.split("/", 1)[0]
+                name, _, port = authority.rpartition(":")
+                if name in ("0.0.0.0", "[::]", "::"):
+                    authority = f"*:{port}"
+                sources.append(f"{scheme}://{authority}")
+        else:
+            sources.append("'self'")
+            if _HOST_HEADER.match(host):
+                sources += [f"ws://{host}", f"wss://{host}"]
         connect = " ".join(dict.fromkeys(sources)) or "'none'"
         return (
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
@@ -769,9 +853,9 @@ class HttpApp:
             " frame-ancestors 'none'"
         )
 
-    def _page_headers(self, *, fetch_self: bool = False) -> list[tuple[str, str]]:
+    def _page_headers(self, *, host: str | None = None) -> list[tuple[str, str]]:
         return [
-            ("content-security-policy", self.content_security_policy(fetch_self=fetch_self)),
+            ("content-security-policy", self.content_security_policy(host=host)),
             ("referrer-policy", "no-referrer"),
             ("cache-control", "no-cache"),
         ]
@@ -798,16 +882,17 @@ class HttpApp:
         data, etag = data_etag
         if path.endswith(".html"):
             data, etag = self._filled(data, etag)
-        headers = [("etag", etag), *self._page_headers(fetch_self=True)]
+        host = request.headers.get("host", "")
+        headers = [("etag", etag), *self._page_headers(host=host), ("vary", "Host")]
         if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(304, headers=tuple(headers))
         return Response(200, data, EXAMPLE_TYPES[Path(path).suffix], tuple(headers))
 
     def _filled(self, page: bytes, etag: str) -> tuple[bytes, str]:
         """``page`` (HTML) with what it is told of this leader, and its ETag: its default
-        WebSocket URL (:data:`LEADER_META`: the first ``ws://`` or ``wss://`` listener),
-        whether it asks for a token (:data:`AUTH_META`), the links to the examples' pages
-        (:data:`EXAMPLES_MARK`)."""
+        WebSocket URL (:data:`LEADER_META`, in the examples: the first ``ws://`` or
+        ``wss://`` listener), whether it asks for a token (:data:`AUTH_META`), the links
+        to the examples' pages (:data:`EXAMPLES_MARK`)."""
         data = page
         urls = self.leader_ws_urls()
         if urls and LEADER_META in data:
@@ -894,6 +979,12 @@ async def serve_http(
     config.h2_max_concurrent_streams = MAX_H2_STREAMS
     config.include_server_header = False
     config.graceful_timeout = 1.0
+    # /ws: a feed's peer sends small frames only; hypercorn pings it, so that a feed that
+    # has nothing to say is not closed by the read timeout (and a gone one is).
+    from ._feed import FEED_MAX_MESSAGE
+
+    config.websocket_max_message_size = FEED_MAX_MESSAGE
+    config.websocket_ping_interval = WEBSOCKET_PING_INTERVAL
     async with trio.open_nursery() as nursery:
         # (an ASGI callable: hypercorn types the scope and events as its TypedDicts)
         asgi: Any = app

@@ -174,6 +174,11 @@ class JobJournal(Protocol):
     ) -> None: ...
     def dead_letter(self, job: JobRecord, record: dict[str, Any], now: float) -> None: ...
     def forget_dead_letters(self, job_ids: Iterable[str]) -> None: ...
+    def purge_dead_letters_later(self) -> None: ...
+
+    #: How many dead letters it holds (as of its last write).
+    @property
+    def dead_letter_count(self) -> int: ...
 
 
 @attrs.define
@@ -221,9 +226,12 @@ class Batch:
     updates: list[list[Any]]
     dead: list[tuple[Any, ...]]
     forget: list[str]
+    #: every dead letter written before goes first (those of ``dead`` came after)
+    purge_dead: bool = False
 
     def __len__(self) -> int:
-        return len(self.inserts) + len(self.updates) + len(self.dead) + len(self.forget)
+        changes = len(self.inserts) + len(self.updates) + len(self.dead) + len(self.forget)
+        return changes + self.purge_dead
 
 
 def _blob(value: Any) -> bytes | None:
@@ -385,6 +393,8 @@ class SqliteJournal:
         self._updates: dict[str, list[Any]] = {}
         self._dead: dict[str, tuple[Any, ...]] = {}
         self._forget: dict[str, None] = {}
+        self._purge_dead = False
+        self._dead_letter_count = 0
 
     # ------------------------------------------------------------------ opening
 
@@ -475,6 +485,7 @@ class SqliteJournal:
             db.execute("ROLLBACK")
             raise
         self._prune_all(now_wall)
+        self._dead_letter_count = int(db.execute(_DEAD_COUNT).fetchone()[0])
         recovered = self._read(now_wall)
         self._measure()
         return recovered
@@ -652,7 +663,17 @@ class SqliteJournal:
     @property
     def dirty(self) -> bool:
         """Whether changes wait to be written."""
-        return bool(self._inserts or self._updates or self._dead or self._forget)
+        return bool(
+            self._inserts or self._updates or self._dead or self._forget or self._purge_dead
+        )
+
+    @property
+    def dead_letter_count(self) -> int:
+        """How many dead letters the file holds, as of the last write: counted once when
+        it opens, then kept exact by every write (those written, less those they replace
+        or delete), prune and purge; no ``count(*)`` per read. (Those pending join at the
+        next commit, a few milliseconds later.)"""
+        return self._dead_letter_count
 
     def accept(self, job: JobRecord, now: float) -> None:
         """``job`` was accepted at ``now`` (the broker's clock). QoS 0 jobs are not written
@@ -771,6 +792,21 @@ class SqliteJournal:
             self._dead.pop(job_id, None)
             self._forget[job_id] = None
 
+    @property
+    def pending_dead_letters(self) -> int:
+        """Dead letters journalled and not written yet."""
+        return len(self._dead)
+
+    def purge_dead_letters_later(self) -> None:
+        """Delete every dead letter there is now, in the next write: those written and
+        those pending (a dead letter journalled after this call stays). Unlike
+        :meth:`purge_dead_letters`, it runs on the loop, at the moment the broker forgets
+        those it keeps in memory: the file and the memory cannot disagree about what
+        died in between."""
+        self._dead = {}
+        self._forget = {}
+        self._purge_dead = True
+
     def take(self) -> Batch:
         """What is pending, for :meth:`write`; the journal starts a new batch."""
         batch = Batch(
@@ -778,11 +814,13 @@ class SqliteJournal:
             list(self._updates.values()),
             list(self._dead.values()),
             list(self._forget),
+            self._purge_dead,
         )
         self._inserts = {}
         self._updates = {}
         self._dead = {}
         self._forget = {}
+        self._purge_dead = False
         return batch
 
     # ------------------------------------------------------------------ writing (thread)
@@ -803,10 +841,16 @@ class SqliteJournal:
                     db.executemany(_INSERT, batch.inserts)
                 if batch.updates:
                     db.executemany(_UPDATE, [row[9:] for row in batch.updates])
-                if batch.forget:
-                    db.executemany(
-                        "DELETE FROM dead_letters WHERE job_id = ?", [(i,) for i in batch.forget]
-                    )
+                # (counted exactly: the rows deleted, a dead letter's earlier row under its
+                # id among them, then each one inserted)
+                removed = 0
+                if batch.purge_dead:
+                    removed += db.execute("DELETE FROM dead_letters").rowcount
+                gone = batch.forget + [row[0] for row in batch.dead]
+                if gone:
+                    removed += db.executemany(
+                        "DELETE FROM dead_letters WHERE job_id = ?", [(i,) for i in gone]
+                    ).rowcount
                 if batch.dead:
                     db.executemany(_INSERT_DEAD, batch.dead)
                 db.execute("COMMIT")
@@ -814,6 +858,7 @@ class SqliteJournal:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
+            self._dead_letter_count += len(batch.dead) - removed
             self.commits += 1
             self.rows_written += len(batch)
             self._measure()  # (past max_bytes, the next submits are refused)
@@ -840,6 +885,7 @@ class SqliteJournal:
                 (now_wall - self.dead_letter_retention, PRUNE_BATCH),
             )
             deleted += cursor.rowcount
+            self._dead_letter_count -= cursor.rowcount
             self._measure()
         except sqlite3.Error as exc:
             raise JournalError(explain(exc, self.path)) from exc
@@ -882,12 +928,15 @@ class SqliteJournal:
     # ------------------------------------------------------------------ dead letters (thread)
 
     def purge_dead_letters(self) -> int:
-        """Delete every dead letter (blocking); returns how many went."""
+        """Delete every dead letter written (blocking); returns how many went. (The
+        leader's own purges use :meth:`purge_dead_letters_later`.)"""
         db = self._checked_db()
         try:
-            return int(db.execute("DELETE FROM dead_letters").rowcount)
+            purged = int(db.execute("DELETE FROM dead_letters").rowcount)
         except sqlite3.Error as exc:
             raise JournalError(explain(exc, self.path)) from exc
+        self._dead_letter_count -= purged
+        return purged
 
     def list_dead_letters(
         self, limit: int, offset: int = 0, subject: str | None = None

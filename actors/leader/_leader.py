@@ -96,6 +96,12 @@ MAX_PATTERNS = 1024
 STATS_INTERVAL = 1.0
 #: Subjects listed in a statistics answer at most (the busiest).
 MAX_STATS_SUBJECTS = 1000
+#: Seconds a readiness answer (``/readyz``) is reused at most, whoever asks.
+READINESS_INTERVAL = 0.5
+#: Groups a readiness answer names at most (the count says how many are not ready).
+MAX_NOT_READY_LISTED = 100
+#: Groups a cluster may tell the leader of (their states, their instance counts).
+MAX_GROUP_FACTS = 10_000
 #: Seconds between two steps of pruning the journal when there is little to prune.
 PRUNE_INTERVAL = 1.0
 #: Bytes of write-ahead log past which the leader checkpoints it (in a thread).
@@ -109,6 +115,10 @@ DEFAULT_LISTEN = "tcp://127.0.0.1:7700"
 #: Seconds between two log lines about refused credentials or denied actions (of one
 #: identity); those in between are counted in the next line.
 DENIAL_LOG_INTERVAL = 1.0
+#: The roles a feed connection (the HTTP server's ``/ws``) may say Hello as.
+FEED_ROLES = frozenset({"client", "observer"})
+#: How a feed connection's refusals begin.
+FEED_ONLY = "this connection (the HTTP server's /ws) carries the dashboard's feed only"
 #: The Query kinds that act on dead letters: for admins only.
 ADMIN_QUERIES = {
     "dead_letters": "list dead letters",
@@ -126,6 +136,16 @@ def origin_key(origin: str) -> str:
         if key.startswith(scheme) and key.endswith(port):
             return key[: -len(port)]
     return key
+
+
+def _no_workers_group() -> dict[str, Any]:
+    """The statistics of a group no worker of which has joined (yet)."""
+    return {
+        "workers": 0, "in_flight": 0, "window": 0, "assigned": 0, "answered": 0,
+        "policy": None, "mode": None, "done": 0, "failed": 0, "redelivered": 0,
+        "dead": 0, "latency_avg": None, "latency_max": 0.0, "patterns": [],
+        "latency_p50": None, "latency_p99": None,
+    }  # fmt: skip
 
 
 def is_loopback(host: str) -> bool:
@@ -223,9 +243,11 @@ class LeaderConfig:
         picks a free one, see :attr:`Leader.http_url`): ``/healthz``, ``/readyz`` and the
         JavaScript client (``actors/leader/_http.py``), the API and the dashboard's page
         at ``/``. Beyond loopback, as ``listen``: only with ``auth`` or ``insecure``. Its
-        own origin is then allowed too. The page talks to the leader over a WebSocket: when
-        ``listen`` has no ``ws://`` or ``wss://`` URL, ``ws://HOST:0`` is added, HOST being
-        HTTP's (a free port; see :attr:`Leader.urls`, logged at start). None: no HTTP.
+        own origin is then allowed too (the example pages it serves may open WebSockets to
+        the ``ws://`` listeners). The dashboard's page gets its snapshots over a WebSocket on
+        the HTTP port itself (``/ws``): a *feed* connection, which may only subscribe to
+        ``$sys.dashboard`` (see :meth:`Leader.serve_feed`); no listener is added for it.
+        None: no HTTP.
       http_read_only: the HTTP server changes nothing: every request but GET and HEAD is
         answered 403 ``{"error": "read_only"}`` (the API's retry, purge, cancel and scale
         with them), whoever asks; statistics, workers, jobs and dead letters stay readable
@@ -385,8 +407,6 @@ class Leader:
                     )
         #: Where HTTP is served (host, port), and its URL once bound (None: no HTTP).
         self.http_address: tuple[str, int] | None = None
-        #: The ``ws://`` listen URL added for the dashboard's page (None: none added).
-        self.dashboard_listener: str | None = None
         self.http_url: str | None = None
         if config.http is not None:
             from ._http import parse_http_address  # (the HTTP side loads only when asked)
@@ -397,12 +417,6 @@ class Leader:
                     f"refusing to serve HTTP on {config.http} without authentication: configure"
                     " users, serve it on 127.0.0.1, or say --insecure (insecure=True)"
                 )
-            if not any(parse_url(url).scheme in ("ws", "wss") for url in self.listen):
-                # The dashboard's page needs a WebSocket to the leader: one on the HTTP
-                # server's host, on a free port (its URL is in self.urls once bound).
-                host = self.http_address[0]
-                self.listen.append(f"ws://[{host}]:0" if ":" in host else f"ws://{host}:0")
-                self.dashboard_listener = self.listen[-1]
         origins = {origin_key(o) for o in config.allowed_origins}
         self._any_origin = "*" in origins
         self._origins = frozenset(origins)
@@ -441,8 +455,14 @@ class Leader:
         self._dirty: dict[Connection, None] = {}
         self._instance = uuid.uuid4().hex[:8]
         self._doomed: dict[Connection, str] = {}
+        # The shared statistics (stats_snapshot) and when they were built.
         self._stats_cache: tuple[float, dict[str, Any] | None] = (float("-inf"), None)
+        #: Builds of :meth:`stats_snapshot` so far (at most one per STATS_INTERVAL).
+        self.stats_builds = 0
+        # What readiness() found of the groups, and when (None: to be found again).
+        self._readiness: tuple[float, int, dict[str, str], int] | None = None
         self._group_states: dict[str, str] = {}
+        self._group_instances: dict[str, int] = {}
         self.connections = 0
         #: Changes the instance count of a worker group this leader's process runs
         #: (``await scaler(group, instances)`` returns the count it keeps now; see
@@ -547,13 +567,6 @@ class Leader:
             )
             urls.append(bound)
         self.urls = urls
-        if self.dashboard_listener is not None:
-            log.info(
-                "leader %s: listening on %s for the dashboard's page (HTTP is served and no"
-                " ws:// listener was configured)",
-                self.name,
-                urls[self.listen.index(self.dashboard_listener)],
-            )
         await nursery.start(self.dashboard.run)
         if self.http_address is not None:
             from ._api import add_api_routes
@@ -571,27 +584,47 @@ class Leader:
 
     def set_group_state(self, group: str, state: str | None) -> None:
         """Say what a worker group the leader cannot see is doing (``starting``,
-        ``failed: ...``), for :meth:`stats`; None forgets it. A cluster calls this for its
-        groups, so that ``python -m actors status`` shows a group that never connected."""
+        ``failed: ...``), for :meth:`stats` and :meth:`readiness`; None forgets it. A
+        cluster calls this for its groups, so that ``python -m actors status`` shows a
+        group that never connected."""
         if state is None:
             self._group_states.pop(group, None)
-        elif group in self._group_states or len(self._group_states) < 10_000:
+        elif group in self._group_states or len(self._group_states) < MAX_GROUP_FACTS:
             self._group_states[group] = state
+        self._readiness = None  # (answered anew)
+
+    def set_group_instances(self, group: str, instances: int | None) -> None:
+        """Say how many instances of a worker group its cluster wants running: at start,
+        and whenever it scales the group (None forgets it). :meth:`readiness` then waits
+        for that many of the group's workers online (none for 0), not for one; the
+        group's statistics show it as ``instances``.
+
+        Raises:
+          ValueError: not an int from 0 up, nor None.
+        """
+        if instances is None:
+            self._group_instances.pop(group, None)
+        elif type(instances) is not int or instances < 0:
+            raise ValueError(f"instances must be an int from 0 up, got {instances!r:.40}")
+        elif group in self._group_instances or len(self._group_instances) < MAX_GROUP_FACTS:
+            self._group_instances[group] = instances
+        self._readiness = None
 
     def stats(self) -> dict[str, Any]:
-        """The broker's statistics plus connection counts."""
+        """The broker's statistics plus connection counts, built now: O(subjects +
+        workers). Readers that ask often share :meth:`stats_snapshot` instead."""
         stats = self.broker.stats()
         groups = stats["groups"]
         for name, state in self._group_states.items():
             group = groups.get(name)
             if group is None:
-                group = groups[name] = {
-                    "workers": 0, "in_flight": 0, "window": 0, "assigned": 0, "answered": 0,
-                    "policy": None, "mode": None, "done": 0, "failed": 0, "redelivered": 0,
-                    "dead": 0, "latency_avg": None, "latency_max": 0.0, "patterns": [],
-                    "latency_p50": None, "latency_p99": None,
-                }  # fmt: skip
+                group = groups[name] = _no_workers_group()
             group["state"] = state
+        for name, instances in self._group_instances.items():
+            group = groups.get(name)
+            if group is None:
+                group = groups[name] = _no_workers_group()
+            group["instances"] = instances
         stats["node"] = self.name
         stats["connections"] = self.connections
         journal = self.journal
@@ -621,6 +654,122 @@ class Leader:
         stats["workers_stale"] = sum(s["stale"] for s in states.values())
         return stats
 
+    def stats_snapshot(self, now: float | None = None) -> dict[str, Any]:
+        """The statistics that every reader shares (the protocol's stats Query,
+        ``/api/stats``, ``/metrics``, the dashboard's feed), built at most once per
+        :data:`STATS_INTERVAL` for all of them (``now``: trio's clock; by default the
+        current time).
+
+        It is :meth:`stats` with the :data:`MAX_STATS_SUBJECTS` busiest subjects, the
+        busiest first (jobs waiting and in flight, then submitted; ``subjects_omitted``
+        counts the others), and ``subject_totals``: submitted, done, failed and dead
+        summed over every subject. The same dict is handed to every reader until the
+        next build (:attr:`stats_builds` counts the builds): read it, never change it
+        (copy what you change).
+        """
+        if now is None:
+            now = trio.current_time()
+        built, stats = self._stats_cache
+        if stats is not None and 0 <= now - built < STATS_INTERVAL:
+            return stats
+        stats = self.stats()
+        subjects: dict[str, dict[str, Any]] = stats["subjects"]
+        # (one pass for the sums and the order: keys as tuples, compared in C)
+        submitted = done = failed = dead = 0
+        keyed: list[tuple[int, int, str]] = []
+        add = keyed.append
+        for name, s in subjects.items():
+            submitted += s["submitted"]
+            done += s["done"]
+            failed += s["failed"]
+            dead += s["dead"]
+            add((s["queued"] + s["in_flight"], s["submitted"], name))
+        keyed.sort(reverse=True)
+        del keyed[MAX_STATS_SUBJECTS:]
+        stats["subject_totals"] = {
+            "submitted": submitted, "done": done, "failed": failed, "dead": dead,
+        }  # fmt: skip
+        stats["subjects"] = {name: subjects[name] for _, _, name in keyed}
+        stats["subjects_omitted"] = len(subjects) - len(keyed)
+        self._stats_cache = (now, stats)
+        self.stats_builds += 1
+        return stats
+
+    def readiness(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+        """Whether the leader is ready, and the body of ``/readyz`` saying so, in
+        O(groups + workers) at most once per :data:`READINESS_INTERVAL` (``now``: trio's
+        clock; a worker joining or leaving, or a cluster saying what a group does, counts
+        again at once), without building the statistics.
+
+        Ready: the journal (if any) takes writes (asked each time), and every group the
+        leader knows (those its workers joined, those a cluster named with
+        :meth:`set_group_state` or :meth:`set_group_instances`) has its instances online:
+        as many online workers (connected and heard from: not stale) as
+        :meth:`set_group_instances` said, or, for a group without that count, at least
+        one; a group whose state is ``failed: ...`` never is. ``groups_not_ready`` says
+        why of each group that is not (its state, then how many of how many instances are
+        online, and how many are stale), at most :data:`MAX_NOT_READY_LISTED` of them
+        (``groups_not_ready_total``: how many).
+        """
+        if now is None:
+            now = trio.current_time()
+        cached = self._readiness
+        if cached is None or not 0 <= now - cached[0] < READINESS_INTERVAL:
+            cached = self._readiness = (now, *self._groups_not_ready(now))
+        _, groups, not_ready, not_ready_total = cached
+        journal = self.journal
+        refusal = None if journal is None else journal.refusal
+        ready = not not_ready_total and refusal is None
+        return ready, {
+            "status": "ready" if ready else "not ready",
+            "node": self.name,
+            "groups": groups,
+            "groups_not_ready": not_ready,
+            "groups_not_ready_total": not_ready_total,
+            "journal": (
+                None if journal is None else {"writable": refusal is None, "problem": refusal}
+            ),
+        }
+
+    def _groups_not_ready(self, now: float) -> tuple[int, dict[str, str], int]:
+        """The groups the leader knows, those of them not ready (the first
+        :data:`MAX_NOT_READY_LISTED`, with why) and how many those are (see
+        :meth:`readiness`)."""
+        counts = count_worker_states(self.broker.workers, now, self.heartbeat)
+        wanted = self._group_instances
+        states = self._group_states
+        names = dict.fromkeys(self.broker.group_stats)
+        names.update(dict.fromkeys(states))
+        names.update(dict.fromkeys(wanted))
+        not_ready: dict[str, str] = {}
+        total = 0
+        for name in names:
+            count = counts.get(name)
+            online, stale = (0, 0) if count is None else (count["online"], count["stale"])
+            state = states.get(name)
+            instances = wanted.get(name)
+            if state is not None and state.startswith("failed"):
+                problem: str | None = state
+            elif instances is not None:
+                problem = None
+                if online < instances:
+                    problem = f"{online} of {instances} instances online"
+                    if stale:
+                        problem += f" ({stale} stale)"
+                    if state is not None:
+                        problem = f"{state}: {problem}"
+            elif online:
+                problem = None
+            elif state is not None:
+                problem = f"{state} ({stale} stale)" if stale else state
+            else:
+                problem = f"no worker online ({stale} stale)" if stale else "no worker connected"
+            if problem is not None:
+                total += 1
+                if len(not_ready) < MAX_NOT_READY_LISTED:
+                    not_ready[name] = problem
+        return len(names), not_ready, total
+
     def worker_list(
         self,
         *,
@@ -628,10 +777,14 @@ class Leader:
         limit: int = 100,
         group: str | None = None,
         state: str | None = None,
+        show_hosts: bool = True,
     ) -> dict[str, Any]:
         """A page of the workers, connected (online or stale) and lately departed
-        (offline): see :func:`actors.leader._workers.worker_list`."""
-        return worker_list(self, offset=offset, limit=limit, group=group, state=state)
+        (offline): see :func:`actors.leader._workers.worker_list` (``show_hosts``: with
+        where they run, for admins)."""
+        return worker_list(
+            self, offset=offset, limit=limit, group=group, state=state, show_hosts=show_hosts
+        )
 
     # ------------------------------------------------------------------ timer
 
@@ -764,10 +917,10 @@ class Leader:
     def _query(self, client: ClientLink, msg: Query, now: float) -> None:
         """Answer a client's Query: a job's result (the broker's), or the statistics.
 
-        Statistics cost O(subjects) to build and encode: they are built at most once per
-        :data:`STATS_INTERVAL` for everyone, a connection is answered at most once per
-        interval (``busy`` before), and they list the :data:`MAX_STATS_SUBJECTS` busiest
-        subjects (``subjects_omitted`` counts the others)."""
+        Statistics cost O(subjects) to build and encode: they are the shared
+        :meth:`stats_snapshot` (built at most once per :data:`STATS_INTERVAL` for every
+        reader, listing the :data:`MAX_STATS_SUBJECTS` busiest subjects), and a connection
+        is answered at most once per interval (``busy`` before)."""
         if msg.what == "result":
             self.broker.query_result(client, msg, now)
             return
@@ -783,22 +936,7 @@ class Leader:
             refuse(ErrorCode.BUSY, "statistics asked for too often", retry_after=round(wait, 3))
             return
         client.stats_at = now
-        built, stats = self._stats_cache
-        if stats is None or now - built >= STATS_INTERVAL:
-            stats = self.stats()
-            subjects = stats["subjects"]
-            if len(subjects) > MAX_STATS_SUBJECTS:
-                busiest = sorted(
-                    subjects,
-                    key=lambda s: (
-                        subjects[s]["queued"] + subjects[s]["in_flight"],
-                        subjects[s]["submitted"],
-                    ),
-                    reverse=True,
-                )[:MAX_STATS_SUBJECTS]
-                stats["subjects"] = {name: subjects[name] for name in busiest}
-                stats["subjects_omitted"] = len(subjects) - MAX_STATS_SUBJECTS
-            self._stats_cache = (now, stats)
+        stats = self.stats_snapshot(now)
         try:
             client.send(
                 Result(mid=client.next_mid(), cid=msg.mid, job_id="stats", ok=True, payload=stats)
@@ -1096,14 +1234,28 @@ class Leader:
         suffix = f" ({more} more since the last such line)" if more else ""
         log.warning("leader %s: %s%s", self.name, text % args, suffix)
 
-    async def _handle_connection(self, conn: Connection) -> None:
+    async def serve_feed(self, conn: Connection) -> None:
+        """Serve a *feed* connection (the HTTP server's WebSocket, ``/ws``, hands it
+        here): one that may only watch the dashboard.
+
+        Its peer says Hello as a ``client`` or an ``observer`` (a ``worker`` is refused
+        ``not_permitted``), with the same token as on any listener, and may then only
+        Subscribe to, and Unsubscribe from, exactly ``$sys.dashboard``; anything else
+        (Submit, Publish, Cancel, Query, another Subscribe) is answered ``not_permitted``
+        saying so, and the connection stays. Whether the HTTP server is read-only does
+        not matter: a feed changes nothing. So the HTTP port never does more than
+        HTTP does.
+        """
+        await self._handle_connection(conn, feed=True)
+
+    async def _handle_connection(self, conn: Connection, *, feed: bool = False) -> None:
         self.connections += 1
         credentials: _Credentials | None = None
         try:
             batch = await conn.receive_some()
             hello = batch[0]
             assert isinstance(hello, Hello)  # the connection's Session guarantees it
-            accepted = self._accept(conn, hello)
+            accepted = self._accept(conn, hello, feed=feed)
             if accepted is None:
                 return
             principal, expires_at = accepted
@@ -1121,7 +1273,7 @@ class Leader:
                 if hello.role == "worker":
                     await self._serve_worker(conn, hello, batch[1:], credentials)
                 else:
-                    await self._serve_client(conn, hello, batch[1:], credentials)
+                    await self._serve_client(conn, hello, batch[1:], credentials, feed=feed)
             if scope.cancelled_caught:
                 code, why = credentials.ended or (
                     ErrorCode.AUTH_FAILED,
@@ -1139,10 +1291,10 @@ class Leader:
                     credentials.principal.connections -= 1
 
     def _accept(
-        self, conn: Connection, hello: Hello
+        self, conn: Connection, hello: Hello, *, feed: bool = False
     ) -> tuple[Principal | None, float | None] | None:
         """Welcome ``hello``'s peer and say who it is (and when its proof expires); or
-        refuse it (None)."""
+        refuse it (None). On a ``feed`` connection only clients and observers."""
 
         def refuse(code: str, message: str, **extra: Any) -> None:
             conn.close_soon(
@@ -1153,6 +1305,11 @@ class Leader:
             version = negotiate_version(hello.versions)
         except UnsupportedVersion as exc:
             return refuse(exc.code, exc.message)
+        if feed and hello.role not in FEED_ROLES:
+            return refuse(
+                ErrorCode.NOT_PERMITTED,
+                f"{FEED_ONLY}: a {hello.role} connects to one of the leader's listen URLs",
+            )
         principal: Principal | None = None
         expires_at: float | None = None
         authenticator = self.authenticator
@@ -1401,6 +1558,7 @@ class Leader:
         try:
             broker.worker_joined(link, trio.current_time())
             self.departed_workers.forget(link.group, link.name)
+            self._readiness = None  # (counted again)
         finally:
             self._flush()
         handlers = {
@@ -1426,6 +1584,7 @@ class Leader:
             try:
                 broker.worker_left(link, trio.current_time(), coming_back=coming_back)
                 self.departed_workers.add(link, trio.current_time(), time.time())
+                self._readiness = None
             finally:
                 self._flush()
             self._rearm()
@@ -1479,12 +1638,47 @@ class Leader:
             on_batch(batch)
         await conn.dispatch_to(on_batch)  # the reader task runs on_batch from now on
 
+    def _feed_handlers(self) -> dict[type, Any]:
+        """The handlers of a feed connection (see :meth:`serve_feed`): Subscribe to and
+        Unsubscribe from exactly ``$sys.dashboard``; the rest answered ``not_permitted``."""
+        broker = self.broker
+
+        def not_here(link: ClientLink, msg: Any, now: float) -> None:
+            link.refuse(
+                msg,
+                ErrorCode.NOT_PERMITTED,
+                f"{FEED_ONLY}: no {type(msg).__name__} here (connect to one of the leader's"
+                " listen URLs for that)",
+            )
+
+        def subscribe(link: ClientLink, msg: Subscribe, now: float) -> None:
+            if msg.pattern == DASHBOARD_SUBJECT:
+                self._subscribe(link, msg, now)  # (every identity may watch it)
+            else:
+                link.refuse(
+                    msg,
+                    ErrorCode.NOT_PERMITTED,
+                    f"{FEED_ONLY}: a subscription to {DASHBOARD_SUBJECT} only,"
+                    f" not to {msg.pattern!r:.100}",
+                )
+
+        return {
+            Submit: not_here,
+            Cancel: not_here,
+            Publish: not_here,
+            Query: not_here,
+            Subscribe: subscribe,
+            Unsubscribe: lambda c, m, now: broker.unsubscribe(c, m),
+        }
+
     async def _serve_client(
         self,
         conn: Connection,
         hello: Hello,
         batch: list[Any],
         credentials: _Credentials | None = None,
+        *,
+        feed: bool = False,
     ) -> None:
         broker = self.broker
         link = ClientLink(
@@ -1496,15 +1690,20 @@ class Leader:
         if credentials is not None:
             self._authorize(link, credentials.principal)
             credentials.link = link
-        handlers = {
-            Submit: broker.submit,
-            Cancel: broker.cancel,
-            Publish: broker.publish,
-            Subscribe: self._subscribe,
-            Unsubscribe: lambda c, m, now: broker.unsubscribe(c, m),
-            Query: self._query,
-        }
-        handlers = self._guarded(link, handlers)
+        if feed:
+            handlers = self._feed_handlers()
+        else:
+            handlers = self._guarded(
+                link,
+                {
+                    Submit: broker.submit,
+                    Cancel: broker.cancel,
+                    Publish: broker.publish,
+                    Subscribe: self._subscribe,
+                    Unsubscribe: lambda c, m, now: broker.unsubscribe(c, m),
+                    Query: self._query,
+                },
+            )
 
         try:
             await self._dispatch(

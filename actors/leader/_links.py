@@ -127,6 +127,13 @@ class GroupStats:
     latency_max: float = 0.0
     #: Finished jobs by latency bucket (see :func:`~actors.leader._stats.count_result`).
     latency_counts: list[int] = attrs.field(factory=latency_counts)
+    #: Its p50 and p99 as last estimated, and from how many finished jobs (see
+    #: :func:`~actors.leader._stats.latency_percentiles`).
+    percentiles: tuple[int, float | None, float | None] = (0, None, None)
+    #: The patterns its connected workers serve, with how many of them serve each (the
+    #: first served first): kept as workers join and leave, so that the statistics list
+    #: a few and count them all without a pass over every worker's patterns.
+    patterns: dict[str, int] = attrs.field(factory=dict)
 
 
 @attrs.define(eq=False)
@@ -228,6 +235,9 @@ class SubjectQueue:
     latency_max: float = 0.0
     #: Finished jobs by latency bucket (see :func:`~actors.leader._stats.count_result`).
     latency_counts: list[int] = attrs.field(factory=latency_counts)
+    #: Its p50 and p99 as last estimated, and from how many finished jobs (see
+    #: :func:`~actors.leader._stats.latency_percentiles`).
+    percentiles: tuple[int, float | None, float | None] = (0, None, None)
 
     @property
     def policy(self) -> str | None:

@@ -22,16 +22,17 @@ Exported (``subject`` and ``group`` are label values):
   ``actors_group_job_latency_seconds{group}`` (submit to result, the buckets of
   :data:`~actors.leader._stats.LATENCY_BUCKETS`).
 
-The labels are bounded: at most :data:`MAX_METRIC_SUBJECTS` subjects (the busiest: most
-submitted, then most queued and in flight) and :data:`MAX_METRIC_GROUPS` groups (those with
-workers first, then the busiest); ``actors_subjects_omitted`` and ``actors_groups_omitted``
-count the others.
+The labels are bounded: at most :data:`MAX_METRIC_SUBJECTS` subjects (the busiest, as the
+leader's shared statistics snapshot lists them, then the most submitted) and
+:data:`MAX_METRIC_GROUPS` groups (those with workers first, then the busiest);
+``actors_subjects_omitted`` and ``actors_groups_omitted`` count the others.
 
-What a scrape costs the leader: :meth:`LeaderCollector.snapshot` copies the numbers on its
-loop (O(subjects + groups + workers + jobs in flight), what :meth:`Leader.stats` costs:
-about 35 ms for 10,000 subjects); turning them into text (about 0.5 s for the 55,000
-lines of 1,000 subjects and 1,000 groups) runs in a worker thread, one scrape at a time,
-and a scrape within :data:`SCRAPE_INTERVAL` of the last one gets the same text.
+What a scrape costs the leader: :meth:`LeaderCollector.snapshot` reads the statistics
+snapshot the leader's readers share (:meth:`Leader.stats_snapshot`: built at most once a
+second, O(subjects + groups + workers + jobs in flight), about 10 ms for 10,000 subjects)
+and copies the exported histograms, on its loop; turning them into text (about 0.5 s for
+the 55,000 lines of 1,000 subjects and 1,000 groups) runs in a worker thread, one scrape
+at a time, and a scrape within :data:`SCRAPE_INTERVAL` of the last one gets the same text.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ class MetricsSnapshot:
     in another thread while the leader goes on).
 
     Attributes:
-      stats: :meth:`Leader.stats` (its ``subjects`` and ``groups`` all there, not only
-        those exported).
+      stats: :meth:`Leader.stats_snapshot` (shared: never changed; its ``groups`` all
+        there, its ``subjects`` the busiest, ``subjects_omitted`` counting the others).
       subjects: the subjects exported, by name (entries of ``stats["subjects"]``).
       groups: the groups exported, by name (entries of ``stats["groups"]``).
       subject_latency: of the subjects exported, their latency histogram's counts (one
@@ -196,13 +197,18 @@ def metric_families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
     yield group_in_flight
     yield group_latency
 
-    omitted_subjects = len(stats["subjects"]) - len(subjects)
+    # (the snapshot lists the busiest subjects already: those it left out are omitted too)
+    omitted_subjects = stats.get("subjects_omitted", 0) + len(stats["subjects"]) - len(subjects)
     omitted_groups = len(stats["groups"]) - len(groups)
     for name, text, value in (
         ("actors_connections", "Open protocol connections", stats["connections"]),
         ("actors_jobs_active", "Jobs accepted and not finished", stats["jobs_active"]),
         ("actors_jobs_waiting", "Jobs accepted and not held by a worker", stats["waiting"]),
-        ("actors_dead_letters", "Dead letters kept", stats["dead_letters"]),
+        (
+            "actors_dead_letters",
+            "Dead letters (with a journal: all it holds)",
+            stats["dead_letters"],
+        ),
         ("actors_subjects_omitted", "Subjects not exported (the least busy)", omitted_subjects),
         ("actors_groups_omitted", "Worker groups not exported (the least busy)", omitted_groups),
     ):
@@ -264,7 +270,7 @@ class LeaderCollector(Collector):
         """The numbers of a scrape, read now (on the leader's loop): those of the busiest
         subjects and groups, within the bounds."""
         leader = self.leader
-        stats = leader.stats()
+        stats = leader.stats_snapshot()  # (shared with the leader's other readers)
         subjects: dict[str, dict[str, Any]] = stats["subjects"]
         groups: dict[str, dict[str, Any]] = stats["groups"]
         listed = subjects
@@ -273,8 +279,8 @@ class LeaderCollector(Collector):
                 self.max_subjects,
                 subjects,
                 key=lambda s: (
-                    subjects[s]["submitted"],
                     subjects[s]["queued"] + subjects[s]["in_flight"],
+                    subjects[s]["submitted"],
                 ),
             )
             listed = {name: subjects[name] for name in busiest}

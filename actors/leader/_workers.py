@@ -9,21 +9,32 @@ operator sees a worker that went away instead of nothing.
 
 Read on demand: :func:`worker_list` costs O(workers + departed) and builds entries only for
 the page it returns.
+
+Bounded in bytes, not only in count: a worker may serve 1,024 patterns of 4,096
+characters, so neither a departed worker's record nor a page lists them all. A record
+keeps :data:`MAX_DEPARTED_SUBJECTS` of them (1,000 records: a few MB at most, whatever
+their workers served), a page lists :data:`MAX_LISTED_SUBJECTS` per worker within
+:data:`MAX_LISTED_SUBJECT_BYTES` of JSON; each pattern is cut to
+:data:`MAX_SUBJECT_CHARS` characters (``…`` ends a cut one) and ``subjects_total`` says
+how many the worker serves. A page of 1,000 workers with names, groups and hosts as long
+as allowed and hostile patterns is about 2.7 MB of JSON, built in about 30 ms; under 5 MB
+when every character of them needs an escape.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from ._links import WorkerLink
 
 #: Heartbeats of silence after which a connected worker counts as stale.
@@ -35,7 +46,14 @@ DEPARTED_TTL = 600.0
 #: Workers one :func:`worker_list` page holds at most.
 MAX_WORKER_PAGE = 1000
 #: Subject patterns listed per worker at most (``subjects_total`` says how many it serves).
-MAX_LISTED_SUBJECTS = 100
+MAX_LISTED_SUBJECTS = 20
+#: Bytes of JSON (quotes and escapes included) of one worker's listed patterns at most:
+#: the patterns past it are not listed.
+MAX_LISTED_SUBJECT_BYTES = 2048
+#: Characters of a pattern listed at most (a longer one is cut, and ends with ``…``).
+MAX_SUBJECT_CHARS = 256
+#: Subject patterns a departed worker's record keeps at most (cut as listed ones are).
+MAX_DEPARTED_SUBJECTS = 5
 #: The states a worker may be in.
 WORKER_STATES = ("online", "stale", "offline")
 
@@ -58,8 +76,9 @@ class DepartedWorker:
     #: when it left, on trio's clock (its age is measured on it)
     left_clock: float
 
-    def entry(self) -> dict[str, Any]:
-        """Its :func:`worker_list` entry."""
+    def entry(self, *, show_hosts: bool = True) -> dict[str, Any]:
+        """Its :func:`worker_list` entry (``host``, ``pid`` and ``peer`` None unless
+        ``show_hosts``)."""
         return {
             "name": self.name,
             "group": self.group,
@@ -67,9 +86,9 @@ class DepartedWorker:
             "subjects_total": self.subjects_total,
             "window": self.window,
             "in_flight": 0,
-            "host": self.host,
-            "pid": self.pid,
-            "peer": self.peer,
+            "host": self.host if show_hosts else None,
+            "pid": self.pid if show_hosts else None,
+            "peer": self.peer if show_hosts else None,
             "connected_at": self.connected_at,
             "last_heard": self.last_heard,
             "state": "offline",
@@ -79,8 +98,11 @@ class DepartedWorker:
 
 class DepartedWorkers:
     """The workers that left in the last :data:`DEPARTED_TTL` seconds, at most
-    :data:`MAX_DEPARTED_WORKERS` (the oldest go first), one per name and group: a worker
-    that connects again with the same name and group is no longer offline (:meth:`forget`).
+    :data:`MAX_DEPARTED_WORKERS` (the oldest go first), each departure a record of its
+    own, with :data:`MAX_DEPARTED_SUBJECTS` of its patterns. Workers may share a name and
+    group (two processes started alike): each connection that ends is remembered, and a
+    worker that connects with a name and group forgets the latest departure of that name
+    and group only (:meth:`forget`: it came back), not the others'.
 
     Args:
       capacity: workers remembered at most.
@@ -92,8 +114,11 @@ class DepartedWorkers:
             raise ValueError(f"capacity and ttl must be >= 0, got {capacity!r}, {ttl!r}")
         self.capacity = capacity
         self.ttl = ttl
-        # (group, name) -> its record, oldest departure first
-        self._entries: OrderedDict[tuple[str, str], DepartedWorker] = OrderedDict()
+        # departure number -> its record, oldest departure first
+        self._entries: OrderedDict[int, DepartedWorker] = OrderedDict()
+        # (group, name) -> the numbers of its departures remembered, oldest first
+        self._by_name: dict[tuple[str, str], deque[int]] = {}
+        self._departures = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -104,16 +129,15 @@ class DepartedWorkers:
         self.expire(now)
         if not self.capacity:
             return
-        key = (worker.group, worker.name)
-        self._entries.pop(key, None)
         while len(self._entries) >= self.capacity:
-            self._entries.popitem(last=False)
+            self._drop_oldest()
         meta = worker.meta
-        self._entries[key] = DepartedWorker(
+        number = self._departures
+        self._departures += 1
+        self._entries[number] = DepartedWorker(
             name=worker.name,
             group=worker.group,
-            # (a slice: what the listing shows, not all that a worker of many patterns served)
-            subjects=worker.patterns[:MAX_LISTED_SUBJECTS],
+            subjects=listed_subjects(worker.patterns, MAX_DEPARTED_SUBJECTS),
             subjects_total=len(worker.patterns),
             window=worker.window,
             host=meta.get("host"),
@@ -124,10 +148,17 @@ class DepartedWorkers:
             left_at=unix_now,
             left_clock=now,
         )
+        self._by_name.setdefault((worker.group, worker.name), deque()).append(number)
 
     def forget(self, group: str, name: str) -> None:
-        """A worker of this name and group connected again: it is not offline any more."""
-        self._entries.pop((group, name), None)
+        """A worker of this name and group connected: the latest departure of that name
+        and group is not offline any more (it came back)."""
+        key = (group, name)
+        numbers = self._by_name.get(key)
+        if numbers:
+            del self._entries[numbers.pop()]
+            if not numbers:
+                del self._by_name[key]
 
     def expire(self, now: float) -> None:
         """Forget the workers that left more than ``ttl`` seconds before ``now``."""
@@ -137,12 +168,49 @@ class DepartedWorkers:
             oldest = next(iter(entries.values()))
             if oldest.left_clock >= horizon:
                 break
-            entries.popitem(last=False)
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, record = self._entries.popitem(last=False)
+        key = (record.group, record.name)
+        numbers = self._by_name[key]
+        numbers.popleft()  # (the oldest departure of all is the oldest of its name)
+        if not numbers:
+            del self._by_name[key]
 
     def newest_first(self, now: float) -> list[DepartedWorker]:
         """Those remembered at ``now``, the last to leave first."""
         self.expire(now)
         return list(reversed(self._entries.values()))
+
+
+def listed_subjects(
+    patterns: Iterable[str],
+    count: int = MAX_LISTED_SUBJECTS,
+    max_bytes: int = MAX_LISTED_SUBJECT_BYTES,
+) -> tuple[str, ...]:
+    """The first ``count`` of ``patterns`` as a listing shows them: each cut to
+    :data:`MAX_SUBJECT_CHARS` characters (a cut one ends with ``…``), and no more of them
+    than fit in ``max_bytes`` of JSON (quotes, commas and escapes counted)."""
+    listed = []
+    spent = 1  # (the brackets; each pattern adds its comma)
+    for pattern in islice(patterns, count):
+        if len(pattern) > MAX_SUBJECT_CHARS:
+            pattern = pattern[:MAX_SUBJECT_CHARS] + "…"
+        if (
+            pattern.isascii()
+            and pattern.isprintable()
+            and '"' not in pattern
+            and "\\" not in pattern
+        ):
+            size = len(pattern) + 3
+        else:  # (escapes, UTF-8: up to 6 bytes a character; rare, so measured)
+            size = len(json.dumps(pattern, ensure_ascii=False).encode()) + 1
+        spent += size
+        if spent > max_bytes:
+            break
+        listed.append(pattern)
+    return tuple(listed)
 
 
 def _unix_time(clock_time: float, now: float, unix_now: float) -> float:
@@ -194,18 +262,20 @@ class WorkerSource(Protocol):
     def departed_workers(self) -> DepartedWorkers: ...
 
 
-def _live_entry(worker: WorkerLink, state: str, now: float, unix_now: float) -> dict[str, Any]:
+def _live_entry(
+    worker: WorkerLink, state: str, now: float, unix_now: float, show_hosts: bool
+) -> dict[str, Any]:
     meta = worker.meta
     return {
         "name": worker.name,
         "group": worker.group,
-        "subjects": list(worker.patterns[:MAX_LISTED_SUBJECTS]),
+        "subjects": list(listed_subjects(worker.patterns)),
         "subjects_total": len(worker.patterns),
         "window": worker.window,
         "in_flight": len(worker.inflight),
-        "host": meta.get("host"),
-        "pid": meta.get("pid"),
-        "peer": worker.peer,
+        "host": meta.get("host") if show_hosts else None,
+        "pid": meta.get("pid") if show_hosts else None,
+        "peer": worker.peer if show_hosts else None,
         "connected_at": worker.connected_at,
         "last_heard": _unix_time(worker.last_heard(), now, unix_now),
         "state": state,
@@ -220,6 +290,7 @@ def worker_list(
     limit: int = 100,
     group: str | None = None,
     state: str | None = None,
+    show_hosts: bool = True,
 ) -> dict[str, Any]:
     """A page of ``leader``'s workers: the connected ones by group and name, then those
     that left (:class:`DepartedWorkers`), the last to leave first.
@@ -230,14 +301,17 @@ def worker_list(
       limit: entries at most (capped at :data:`MAX_WORKER_PAGE`).
       group: only the workers of this group.
       state: only those in this state (``"online"``, ``"stale"`` or ``"offline"``).
+      show_hosts: whether the entries say where the workers run (``host``, ``pid``,
+        ``peer``): for admins; for other identities they are None.
 
     Returns:
       ``{"total": n, "offset": offset, "limit": limit, "workers": [...]}``: ``total``
       counts the entries that pass the filters; each entry has the worker's ``name``,
-      ``group``, ``subjects`` (its patterns, the first :data:`MAX_LISTED_SUBJECTS`;
-      ``subjects_total``: how many), ``window``, ``in_flight``, ``host`` and ``pid`` (as
-      its Hello said), ``peer`` (``host:port``), ``connected_at`` and ``last_heard`` (Unix
-      times), ``state`` and ``left_at`` (Unix time; None while connected).
+      ``group``, ``subjects`` (its first patterns, cut: see :func:`listed_subjects`;
+      ``subjects_total``: how many it serves), ``window``, ``in_flight``, ``host`` and
+      ``pid`` (as its Hello said), ``peer`` (``host:port``), ``connected_at`` and
+      ``last_heard`` (Unix times), ``state`` and ``left_at`` (Unix time; None while
+      connected).
 
     Raises:
       ValueError: a negative ``offset`` or ``limit``, or an unknown ``state``.
@@ -272,12 +346,14 @@ def worker_list(
             if group is None or d.group == group
         ]
     page: list[dict[str, Any]] = [
-        _live_entry(worker, worker_is, now, unix_now)
+        _live_entry(worker, worker_is, now, unix_now, show_hosts)
         for worker, worker_is in live[offset : offset + limit]
     ]
     if len(page) < limit:
         start = max(0, offset - len(live))
-        page.extend(d.entry() for d in departed[start : start + limit - len(page)])
+        page.extend(
+            d.entry(show_hosts=show_hosts) for d in departed[start : start + limit - len(page)]
+        )
     return {
         "total": len(live) + len(departed),
         "offset": offset,

@@ -469,18 +469,23 @@ class WorkerGroup:
             if self._supervisor is None:
                 raise RuntimeError(f"group {self.name!r} is not running")
             self._desired = instances
-            current = sorted(self._instances)
-            # The supervisor stops children one at a time; asking them all to drain first
-            # lets the drains run side by side.
-            for index in current[instances:]:
-                drain = self._instances[index].drain
-                if drain is not None:
-                    drain()
-            for index in reversed(current[instances:]):
-                await self._stop_instance(index)
-            free = (i for i in range(instances + len(current)) if i not in self._instances)
-            for _ in range(instances - len(current)):
-                await self._start_instance(next(free))
+            try:
+                current = sorted(self._instances)
+                # The supervisor stops children one at a time; asking them all to drain
+                # first lets the drains run side by side.
+                for index in current[instances:]:
+                    drain = self._instances[index].drain
+                    if drain is not None:
+                        drain()
+                for index in reversed(current[instances:]):
+                    await self._stop_instance(index)
+                free = (i for i in range(instances + len(current)) if i not in self._instances)
+                for _ in range(instances - len(current)):
+                    await self._start_instance(next(free))
+            except BaseException:
+                # (a scaling that failed half-way: the group wants what it has)
+                self._desired = len(self._instances)
+                raise
 
     # ------------------------------------------------------------------ instances
 

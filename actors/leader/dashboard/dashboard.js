@@ -1,7 +1,8 @@
 // The leader's dashboard. The leader pushes a snapshot on $sys.dashboard once a second,
-// received here through the project's own client (/actors.js) over its WebSocket; what a
-// person asks for (a page of workers or dead letters, a job, retry, cancel, scale) goes to
-// the HTTP API (/api/...). No build step, no dependency.
+// received here through the project's own client (/actors.js) over the WebSocket of the
+// server this page came from (/ws: a feed, which may only watch); what a person asks for
+// (a page of workers or dead letters, a job, retry, cancel, scale) goes to the HTTP API
+// (/api/...) of the same server. No build step, no dependency.
 //
 // Rendering: the DOM is updated in place (a row per key, a cell changed only when its text
 // did), and every value from the leader goes in as text (textContent, attributes), never
@@ -180,11 +181,9 @@ const cell = (row, i) => row.cells[i];
 
 // ------------------------------------------------------------------ the leader
 
-/** The leader's WebSocket URL, as the leader that served the page wrote it. */
+/** The dashboard's feed: /ws on the server (and by the name) this page came from. */
 function leaderUrl() {
-  const url = document.querySelector('meta[name="actors-leader"]')?.getAttribute("content") ?? "";
-  // A listener on every address (0.0.0.0, [::]): the host this page came from.
-  return url.replace(/^(wss?:\/\/)(0\.0\.0\.0|\[::\])(?=[:/]|$)/, (_, scheme) => scheme + location.hostname);
+  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`;
 }
 
 const needsToken = () => document.querySelector('meta[name="actors-auth"]')?.getAttribute("content") === "token";
@@ -241,10 +240,6 @@ async function connect() {
   $("login").hidden = true;
   $("forget-token").hidden = !token();
   const url = leaderUrl();
-  if (!url) {
-    status("this leader has no WebSocket listener", "failed");
-    return;
-  }
   status(`connecting to ${url}`, "connecting");
   try {
     page.client = await Client.connect(url, { name: "dashboard", token: token() ?? undefined });
@@ -442,7 +437,14 @@ function renderGroups(stats) {
     const state = g.state ?? (g.workers > 0 ? (stale ? `${stale} stale` : "up") : "no workers");
     textCut(cell(row, 1), state);
     cell(row, 1).className = g.workers > 0 ? (stale ? "stale" : "online") : "offline";
-    text(cell(row, 2), stale ? `${count(g.workers)} (${count(stale)} stale)` : count(g.workers));
+    // With the count its cluster wants (scaled through the API): "connected / wanted".
+    const wanted = typeof g.instances === "number" ? ` / ${count(g.instances)}` : "";
+    text(cell(row, 2), `${count(g.workers)}${wanted}${stale ? ` (${count(stale)} stale)` : ""}`);
+    const input = /** @type {HTMLInputElement|null} */ (cell(row, 11).querySelector("input"));
+    if (input && typeof g.instances === "number") {
+      input.placeholder = String(g.instances);
+      if (document.activeElement !== input) input.value = String(g.instances);
+    }
     text(cell(row, 3), `${count(g.in_flight)} / ${count(g.window)}`);
     text(cell(row, 4), count(g.done));
     text(cell(row, 5), count(g.failed));
@@ -639,11 +641,31 @@ async function retryDeadLetter(jobId, button) {
   }
 }
 
+/** Refused dead letters whose reasons the API lists at most (one each). */
+const REFUSED_LISTED = 10;
+
+/**
+ * What a retry of every dead letter did: how many were retried, refused (with their
+ * reasons, each once) and left.
+ * @param {any} answer {retried, refused: string[] (a reason per refused letter, ten at most), remaining}
+ */
+function retriedText(answer) {
+  const refused = Array.isArray(answer?.refused) ? answer.refused : [];
+  let line = `retried ${count(answer?.retried)}, `;
+  if (!refused.length) line += "none refused";
+  else {
+    const reasons = [...new Set(refused.map((r) => cut(String(r))))];
+    const more = refused.length >= REFUSED_LISTED ? " or more" : "";
+    line += `${count(refused.length)}${more} refused (${reasons.join("; ")})`;
+  }
+  return `${line}, ${count(answer?.remaining)} left`;
+}
+
 async function retryAll() {
   if (page.readOnly || !confirm("Retry every dead letter?")) return;
   try {
     const answer = await api("POST", "/api/dead-letters/retry");
-    notice(`retried ${count(answer?.retried)}, refused ${count(answer?.refused)}, left ${count(answer?.remaining)}`, "ok");
+    notice(retriedText(answer), answer?.refused?.length ? "error" : "ok");
   } catch (error) {
     notice(`retrying the dead letters failed: ${/** @type {Error} */ (error).message}`, "error");
   }
