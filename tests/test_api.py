@@ -198,6 +198,9 @@ async def test_a_job_is_seen_through_its_life(nursery):
             await wait_until(lambda: "busy" not in leader.broker.jobs, timeout=5)
             job = await ok(leader, "GET", "/api/jobs/busy")
             assert job["state"] == "done" and job["result"] == {"block": True}
+            # (finished: who ran it and when are kept with its result)
+            assert job["worker"] == "w0"
+            assert job["submitted_at"] <= job["started_at"] <= job["finished_at"] <= time.time()
             # Failed for good: dead, with the error and the traceback's end.
             with pytest.raises(Exception, match="boom"):
                 await client.submit("api.x", {"fail": True}, job_id="bad", timeout=10)
@@ -205,7 +208,8 @@ async def test_a_job_is_seen_through_its_life(nursery):
             assert job["state"] == "dead" and job["attempts"] == 2
             assert job["error"]["code"] == "ValueError" and "boom" in job["error"]["message"]
             assert "raise ValueError" in job["error"]["traceback"]
-            assert job["finished_at"] is not None
+            assert job["finished_at"] is not None and job["worker"] == "w0"
+            assert job["submitted_at"] <= job["started_at"] <= job["finished_at"]
             # A QoS 0 job that failed: failed, not dead.
             with pytest.raises(Exception, match="boom"):
                 await client.submit("api.x", {"fail": True}, qos=0, job_id="once", timeout=10)
@@ -248,8 +252,11 @@ async def test_a_journal_keeps_finished_jobs_with_their_times(nursery, tmp_path)
         job = await ok(leader, "GET", "/api/jobs/kept")
         assert job["state"] == "done" and job["result"] == {"v": "é"}
         assert job["submitted_at"] <= job["finished_at"] <= time.time()
+        assert job["worker"] == "w0" and job["started_at"] is not None  # (kept in memory)
         dead = await ok(leader, "GET", "/api/jobs/dead")
         assert dead["state"] == "dead" and dead["error"]["code"] == "ValueError"
+        assert dead["worker"] == "w0" and dead["started_at"] is not None
+        assert (await ok(leader, "GET", "/api/dead-letters/dead"))["worker"] == "w0"
         big = await ok(leader, "GET", "/api/jobs/big")  # (its result's first bytes read)
         assert big["truncated"] and big["result"]["cbor_bytes"] == 100_005
         # An expired job (in the journal only: it has no result).
@@ -276,6 +283,8 @@ async def test_cancel_ends_a_waiting_job_and_stops_a_running_one(nursery):
             assert done == {"job_id": "w", "state": "cancelled"}
             job = await ok(leader, "GET", "/api/jobs/w")
             assert job["state"] == "cancelled" and job["error"]["message"] == "not needed"
+            assert job["worker"] is None and job["started_at"] is None  # (never ran)
+            assert job["submitted_at"] <= job["finished_at"]
             assert await error(leader, "POST", "/api/jobs/w/cancel", 409) == "conflict"
             await client.enqueue("api.x", {"block": True}, job_id="r")
             await wait_until(lambda: "r" in steer.running, timeout=5)
@@ -327,6 +336,12 @@ async def test_dead_letters_are_listed_shown_retried_and_purged(nursery, tmp_pat
         assert shown["payload"] == {"fail": True, "i": 3} and shown["subject"] == "api.x"
         assert shown["error_type"] == "ValueError" and "raise ValueError" in shown["traceback"]
         assert shown["attempts"] == 1 and not shown["truncated"]
+        assert shown["worker"] == "w0"  # (the last worker that failed it)
+        job = await ok(leader, "GET", "/api/jobs/d3")
+        assert job["state"] == "dead" and job["worker"] == "w0"
+        # Cancelling it says where it is (as its lookup says: dead).
+        reply = await call(leader, "POST", "/api/jobs/d3/cancel")
+        assert reply.status == 409 and "in the dead letters" in reply.json()["message"]
         assert await error(leader, "GET", "/api/dead-letters/none", 404) == "not_found"
         # Retry one: it runs again (and fails again: a dead letter again).
         retried = await ok(leader, "POST", "/api/dead-letters/d3/retry")

@@ -582,3 +582,16 @@ async def test_cluster_replaces_workers_past_max_jobs():
 async def test_cluster_refuses_a_negative_stats_interval():
     result = await run("-m", "actors.cluster", "--stats", "-1")
     assert_clean_error(result, 2, "--stats: expected a number of seconds >= 0")
+
+
+def test_a_cluster_in_memory_says_how_many_dead_letters_it_keeps() -> None:
+    # (without a journal the oldest dead letters go past the cap: said at start)
+    from actors.cluster._run import _journal_line
+    from actors.leader import BrokerConfig, Leader, LeaderConfig
+
+    assert _journal_line(Leader(memory=True)) == (
+        "journal: none (--memory): accepted jobs are lost when the leader stops; the newest "
+        "1,000 dead letters are kept (older ones are dropped)"
+    )
+    leader = Leader(LeaderConfig(memory=True, broker=BrokerConfig(max_dead_letters=50)))
+    assert "the newest 50 dead letters are kept" in _journal_line(leader)

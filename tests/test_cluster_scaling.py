@@ -14,7 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from actors.cluster._run import GroupScaler, _run_group
+from actors._checks import ConfigError
+from actors.cluster._model import ClusterConfig, GroupConfig, LeaderTable
+from actors.cluster._run import LOCAL_MARGIN, Capacity, GroupScaler, _run_group, fit_groups
 from actors.leader import Leader
 from actors.leader._admin import AdminError, LeaderAdmin
 from actors.worker._group import WorkerGroup
@@ -174,6 +176,61 @@ async def test_what_cannot_be_scaled_now_is_refused_409():
         stopping = False
         assert (await admin.scale("g", 2)) == {"group": "g", "instances": 2}
     assert group.scaled == [2]
+
+
+async def test_scaling_past_the_connections_the_leader_admits_is_refused_409():
+    # (the groups' instances all connect from this host: past the leader's limit per
+    # address they would retry for ever, unseen)
+    a, b = StubGroup("a", 2), StubGroup("b", 1)
+    capacity = Capacity(5, "max_connections_per_address = 5")
+    scaler, said, wanted = scaler_of(a, b, capacity=capacity)
+    leader = Leader(memory=True)
+    leader.scaler = scaler
+    admin = LeaderAdmin(leader)
+    async with trio.open_nursery() as nursery:
+        scaler.nursery = nursery
+        assert (await admin.scale("a", 4)) == {"group": "a", "instances": 4}  # 4 + 1: fits
+        with pytest.raises(AdminError) as info:
+            await admin.scale("b", 2)  # 4 + 2
+        assert (info.value.status, info.value.code) == (409, "conflict")
+        assert info.value.message == (
+            "2 instances of group b would make 6 in all, and the leader admits 5 "
+            "connections from this host ([leader] max_connections_per_address = 5): set it "
+            "higher and restart the cluster"
+        )
+        assert (await admin.scale("a", 0)) == {"group": "a", "instances": 0}  # (down: fine)
+        assert (await admin.scale("b", 5)) == {"group": "b", "instances": 5}
+        await trio.testing.wait_all_tasks_blocked()
+    assert scaler.groups() == {"a": 0, "b": 5} and ("b", 2) not in wanted
+    assert not any("b" in line and "to 2" in line for line in said)
+
+
+def test_the_cluster_raises_the_leaders_limit_per_address_to_fit_its_groups():
+    groups = (GroupConfig("a", "x:Y", instances=300), GroupConfig("b", "x:Y", instances=5))
+    table, capacity = fit_groups(ClusterConfig(groups=groups))
+    assert table.max_connections_per_address == 305 + LOCAL_MARGIN
+    assert capacity == Capacity(561, "max_connections_per_address = 561")
+    assert table.leader_config().max_connections_per_address == 561
+    # Few instances: the default stays; max_connections, when lower, is the bound.
+    table, capacity = fit_groups(ClusterConfig(groups=groups[1:]))
+    assert table.max_connections_per_address == 256 + 5
+    table, capacity = fit_groups(
+        ClusterConfig(leader=LeaderTable(max_connections=400), groups=groups)
+    )
+    assert capacity == Capacity(400, "max_connections = 400")
+    # Set in the file: kept, and the groups must fit.
+    table, capacity = fit_groups(
+        ClusterConfig(leader=LeaderTable(max_connections_per_address=305), groups=groups)
+    )
+    assert (table.max_connections_per_address, capacity.connections) == (305, 305)
+    with pytest.raises(ConfigError) as info:
+        fit_groups(ClusterConfig(leader=LeaderTable(max_connections_per_address=2), groups=groups))
+    assert str(info.value) == (
+        "the groups have 305 instances in all, and the leader admits 2 connections from one "
+        "host ([leader] max_connections_per_address = 2): raise it, or run fewer instances"
+    )
+    with pytest.raises(ConfigError, match=r"admits 1024 .*max_connections = 1024"):
+        fit_groups(ClusterConfig(groups=(GroupConfig("a", "x:Y", instances=1000),) * 2))
 
 
 async def test_a_scale_asked_while_its_group_gives_up_does_not_crash_the_cluster():

@@ -28,6 +28,7 @@ from actors.leader._http import (
     HttpApp,
     Request,
     Response,
+    host_valid,
     json_response,
     parse_http_address,
     serve_http,
@@ -144,7 +145,8 @@ async def test_readyz_waits_for_a_worker_of_every_group(nursery):
     assert reply.json()["status"] == "ready"
 
 
-async def test_readyz_says_a_group_with_no_worker_left_is_not_ready(nursery):
+async def test_readyz_does_not_wait_for_a_group_only_seen_once_its_worker_left(nursery):
+    # (an ad-hoc worker, no cluster declared its group: info, never "not ready")
     leader = await start(nursery)
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as inner:
@@ -154,8 +156,11 @@ async def test_readyz_says_a_group_with_no_worker_left_is_not_ready(nursery):
             scope.cancel()
     await wait_until(lambda: leader.stats()["groups"]["gone"]["workers"] == 0, timeout=5)
     reply = await request(leader.http_url, "/readyz")
-    assert reply.status == 503
-    assert reply.json()["groups_not_ready"] == {"gone": "no worker connected"}
+    assert reply.status == 200, reply.body
+    body = reply.json()
+    assert body["groups_not_ready"] == {} and body["groups"] == 0
+    assert body["groups_undeclared"] == {"gone": "no worker connected"}
+    assert body["groups_undeclared_total"] == 1
 
 
 async def test_readyz_waits_for_the_instances_its_cluster_wants(nursery):
@@ -215,9 +220,10 @@ async def test_a_stale_worker_is_not_online_for_readyz(autojump_clock):
         ready, body = leader.readiness(start + 1.6)
         assert ready is False
         assert body["groups_not_ready"] == {"g": "0 of 1 instances online (1 stale)"}
-        leader.set_group_instances("g", None)
+        leader.set_group_instances("g", None)  # (no longer declared: not waited for)
         ready, body = leader.readiness(start + 1.6)
-        assert body["groups_not_ready"] == {"g": "no worker online (1 stale)"}
+        assert ready is True and body["groups_not_ready"] == {}
+        assert body["groups_undeclared"] == {"g": "no worker online (1 stale)"}
         nursery.cancel_scope.cancel()
 
 
@@ -442,6 +448,54 @@ async def test_a_loopback_server_answers_loopback_host_names_only(nursery):
     # Its own origin, by a loopback name: served.
     own = {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}
     assert (await request(url, "/api/stats", headers=own)).status == 200
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:{port}@evil.example",  # (user info: the name is evil.example's)
+        "user@127.0.0.1:{port}",
+        "127.0.0.1:{port}/x",
+        "127.0.0.1 :{port}",
+        "127.0.0.1:{port}:1",
+        "127.0.0.1:123456",
+        "127.0.0.1:{port}, evil.example",  # (two Host headers, joined)
+        "[::1",
+        "[::1]x",
+        "[::g]:80",
+        "[127.0.0.1]",
+        "",
+        "127.0.0.1;x",
+        "%31%32%37.0.0.1",
+        "a" * 254,
+    ],
+)
+async def test_a_host_that_is_not_host_and_port_is_refused(nursery, host):
+    leader = await start(nursery)
+    url = leader.http_url
+    port = url.rpartition(":")[2]
+    reply = await request(url, "/api/stats", headers={"Host": host.format(port=port)})
+    assert reply.status == 400, (host, reply.status)
+    assert reply.json()["error"] == "bad_host"
+
+
+def test_host_syntax_is_strict():
+    # (what an HTTP client library will not even send, checked on the function)
+    for good in ("a", "a.b-c_d", "10.0.0.1:8080", "[::1]", "[::1]:1", "x:", "[::ffff:1.2.3.4]"):
+        assert host_valid(good), good
+    for bad in ("localhost\x00", "é.example", "a\tb", "[fe80::1%1]", "a:b", "a:1:2", "[::1]]"):
+        assert not host_valid(bad), bad
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.0.0.1:{port}", "localhost:", "[::1]:{port}", "LOCALHOST:1"]
+)
+async def test_a_host_of_host_and_port_is_read(nursery, host):
+    leader = await start(nursery)
+    url = leader.http_url
+    port = url.rpartition(":")[2]
+    reply = await request(url, "/healthz", headers={"Host": host.format(port=port)})
+    assert reply.status == 200, (host, reply.body)
 
 
 async def test_request_sizes_are_bounded(nursery):

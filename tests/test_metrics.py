@@ -20,6 +20,7 @@ from actors.leader._http import HttpApp
 from actors.leader._links import GroupStats, SubjectQueue
 from actors.leader._metrics import MAX_METRIC_SUBJECTS, SCRAPE_INTERVAL, metrics_registry
 from actors.leader._stats import LATENCY_BUCKETS, count_result, latency_quantile
+from actors.leader._workers import DEPARTED_TTL
 from actors.worker import WorkerRunner
 from protocol import Hello, Welcome
 from runtime import Backoff
@@ -273,10 +274,19 @@ async def test_a_silent_worker_is_stale_and_not_up(
         assert value(m, "actors_workers", group="g", state="stale") == 1
         assert value(m, "actors_workers_up", group="g") == 0
         assert leader.stats()["workers_stale"] == 1
+        assert value(m, "actors_workers", group="g", state="offline") == 0
         await trio.sleep(3.0)  # declared dead and gone
         m = scrape(leader)
         assert value(m, "actors_workers", group="g", state="stale") == 0
         assert value(m, "actors_workers_up", group="g") == 0
+        # Offline (as /api/workers says) while its departure is remembered: ten minutes.
+        assert value(m, "actors_workers", group="g", state="offline") == 1
+        assert leader.worker_list(state="offline")["total"] == 1
+        await trio.sleep(DEPARTED_TTL)
+        m = scrape(leader)
+        assert ("actors_workers", frozenset({("group", "g"), ("state", "offline")})) not in m or (
+            value(m, "actors_workers", group="g", state="offline") == 0
+        )
 
 
 async def test_a_group_a_cluster_announced_shows_no_workers_up():

@@ -142,7 +142,7 @@ async def test_status_shows_a_real_leaders_workers_subjects_and_counts(shell, nu
     assert "2 online, 0 stale, 0 offline" in out
     # GROUP STATE ONLINE STALE OFFLINE WINDOW IN-FLIGHT DONE DONE/S FAILED DEAD P50 P99
     group = row(out, "mail")
-    assert group[1:8] == ["serving", "2", "0", "0", "16", "0", "5"]
+    assert group[1:8] == ["running", "2", "0", "0", "16", "0", "5"]
     assert group[9:11] == ["0", "1"]  # failed, dead (a dead letter counts as dead)
     # SUBJECT WORKERS QUEUED IN-FLIGHT SUBMITTED IN/S DONE DONE/S FAILED DEAD P50 P99
     subject = row(out, "mail.send")
@@ -453,7 +453,7 @@ async def test_status_shows_stale_and_offline_workers_and_dead_letters(shell, nu
     assert "1 online, 1 stale, 1 offline" in out
     assert "jobs 7 active (5 waiting, 2 in flight) · dead letters 2" in out
     group = row(out, "img")
-    assert group[1:8] == ["serving", "1", "1", "1", "8", "2", "30"]
+    assert group[1:8] == ["running", "1", "1", "1", "8", "2", "30"]
     assert group[-2:] == ["12.5", "250.0"]  # p50, p99 in ms
     subject = row(out, "img.resize")
     assert subject[1:6] == ["2", "5", "2", "40", "-"]  # workers, queued, in flight, submitted, in/s
@@ -833,3 +833,50 @@ def test_a_narrow_terminal_drops_the_less_needed_columns_and_never_cuts_numbers(
     cells = next(line.split() for line in narrow.splitlines() if line.startswith("a.very."))
     assert cells[0].endswith("…") and cells[1] == "123456789"  # the name cut, the count whole
     assert all(len(line) <= 60 for line in narrow.splitlines())
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        {"workers": 2, "workers_stale": 0},
+        {"workers": 2, "workers_stale": 1},
+        {"workers": 1, "workers_stale": 1},  # (its only worker stopped answering)
+        {"workers": 2, "workers_stale": 2},
+        {"workers": 0, "workers_stale": 0},  # (its workers left)
+        {"workers": 0, "workers_stale": 0, "state": "starting"},
+        {"workers": 1, "workers_stale": 1, "state": "failed: g-0 failed to start"},
+    ],
+)
+def test_the_group_states_shown_are_the_apis(group: dict[str, Any]) -> None:
+    # The STATE column of status and top says what GET /api/groups says, in its words.
+    from actors.leader._admin import LeaderAdmin
+
+    leader = Leader(memory=True)
+    stats = {"subjects": {}, "groups": {"g": group}}
+    leader.stats_snapshot = lambda: stats  # type: ignore[method-assign]
+    [api] = LeaderAdmin(leader).groups()["groups"]
+    out = _text(render(_snapshot(stats=stats)))
+    assert row(out, "g")[1] == api["state"].split()[0]
+    assert row(out, "g")[1] in ("running", "stale", "idle", "starting", "failed:")
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "ws"])
+async def test_status_pointed_at_a_protocol_listener_says_so_in_one_line(shell, nursery, scheme):
+    leader = Leader(listen=[f"{scheme}://127.0.0.1:0"], http="127.0.0.1:0", memory=True)
+    await nursery.start(leader.run)
+    url = "http://" + leader.urls[0].partition("://")[2].rstrip("/")
+    with trio.fail_after(20):
+        status, out, err = await shell("status", "--http", url, "--sample", "0")
+    assert status == 2 and out == ""
+    assert err.startswith(f"python -m actors: error: {url}/healthz: ") and err.count("\n") == 1
+    assert "not the leader's HTTP address" in err or "is this the leader's HTTP address" in err
+    assert err.isprintable() or err[:-1].isprintable(), err  # (no raw protocol bytes)
+    assert "\\x" not in err, err
+
+
+async def test_a_server_that_closes_without_answering_is_named(shell, nursery):
+    server = await fake(nursery, **{"/healthz": b""})
+    with trio.fail_after(20):
+        status, out, err = await shell("status", "--http", server.url, "--sample", "0")
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert "closed the connection without an HTTP answer" in err, err

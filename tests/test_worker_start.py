@@ -14,6 +14,7 @@ The group tests run in process on a virtual clock; the others run real processes
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -336,3 +337,48 @@ async def test_the_workers_failure_lines_reach_the_clusters_stderr() -> None:
 
 def test_start_failed_says_the_remote_error() -> None:
     assert str(StartFailed("OSError", "no disk")) == "OSError: no disk"
+
+
+async def test_a_worker_the_leader_keeps_refusing_says_why_once(
+    nursery: trio.Nursery, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # (the leader answers ``busy`` while over its connection limits: the worker retries,
+    # and says why once it lasts, once, not once per attempt, nor never)
+    from actors.worker._runner import REFUSED_PATIENCE, run_worker
+    from tests.test_reconnect import ScriptedServer, start
+
+    server = ScriptedServer(["busy"] * 8 + ["welcome"])
+    url = await start(nursery, server)
+    with trio.fail_after(600):
+        await nursery.start(functools.partial(run_worker, workers.Echo(), url, name="w-0"))
+    assert len(server.hellos) == 9
+    refused = [t for t, _ in server.hellos[:8]]
+    assert refused[-1] - refused[0] > REFUSED_PATIENCE
+    said = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "actors.worker" and "refused" in r.getMessage()
+    ]
+    assert len(said) == 1
+    assert re.fullmatch(
+        rf"worker w-0: {re.escape(url)} has refused the connection for \d+ s \(busy: 'busy'\);"
+        " trying again until it admits it",
+        said[0],
+    )
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_worker_refused_for_moments_says_nothing(
+    nursery: trio.Nursery, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # (a crowd of workers starting at once is refused for moments: not worth a line each)
+    from actors.worker._runner import REFUSED_PATIENCE, run_worker
+    from tests.test_reconnect import ScriptedServer, start
+
+    server = ScriptedServer(["busy", "busy"], retry_after=0.25)
+    url = await start(nursery, server)
+    with trio.fail_after(600):
+        await nursery.start(functools.partial(run_worker, workers.Echo(), url, name="w-0"))
+    assert server.hellos[-1][0] - server.hellos[0][0] < REFUSED_PATIENCE
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]
+    nursery.cancel_scope.cancel()

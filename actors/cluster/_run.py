@@ -76,7 +76,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import attrs
 import trio
 
-from runtime import ActorError, parse_url
+from runtime import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, ActorError, parse_url
 
 from .._checks import ConfigError
 from ..leader._admin import MAX_INSTANCES
@@ -85,7 +85,7 @@ from ..leader._leader import is_loopback
 from ..worker._group import GroupFailed, WorkerGroup
 from ..worker._loader import load_worker_class
 from ._config import GROUP_USER_PREFIX, config_from_args, load_auth
-from ._model import ClusterConfig
+from ._model import ClusterConfig, LeaderTable
 from ._stats_text import stats_lines
 
 if TYPE_CHECKING:
@@ -100,6 +100,10 @@ DEFAULT_HTTP = "127.0.0.1:7780"
 READY_POLL_INTERVAL = 0.05
 #: Characters of a failed scaling's reason kept at most (for ``GET /api/groups``).
 MAX_SCALE_ERROR = 500
+#: Connections from the leader's own host left to others (clients, workers started by
+#: hand) beside the cluster's groups', when the cluster sets the leader's
+#: ``max_connections_per_address`` itself (see :func:`fit_groups`).
+LOCAL_MARGIN = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
 
 logger = logging.getLogger("actors.cluster")
 
@@ -290,8 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _journal_line(leader: Any) -> str:
     """What the cluster says of its journal at start."""
-    if leader.journal is None:
-        return "journal: none (--memory): accepted jobs are lost when the leader stops"
+    if leader.journal is None:  # (dead letters then live in memory only: a bounded ring)
+        kept = leader.broker.config.max_dead_letters
+        return (
+            "journal: none (--memory): accepted jobs are lost when the leader stops; the "
+            f"newest {kept:,} dead letters are kept (older ones are dropped)"
+        )
     line = f"journal: {leader.journal_path} (sync={leader.journal.sync})"
     recovered = leader.recovered or {}
     # (all the dead letters it holds: the newest of them are read back into memory)
@@ -395,10 +403,9 @@ async def _run_cluster(
             '(tls_verify_clients = "required"), and the cluster has none to give them; add a '
             "tcp://127.0.0.1 listener: the groups use it"
         )
+    table, capacity = fit_groups(config)
     try:
-        leader = Leader(
-            attrs.evolve(config.leader, auth=_with_groups(auth, identities)).leader_config()
-        )
+        leader = Leader(attrs.evolve(table, auth=_with_groups(auth, identities)).leader_config())
     except ValueError as exc:  # no auth beyond loopback, an unreadable certificate, ...
         raise ConfigError(str(exc)) from None
     for group_config in config.groups:
@@ -462,6 +469,7 @@ async def _run_cluster(
                 say,
                 stopping=lambda: groups_scope.cancel_called,
                 set_instances=leader.set_group_instances,
+                capacity=capacity,
             )
             leader.scaler = scaler
             for group in groups:  # (/readyz waits for as many online)
@@ -515,6 +523,53 @@ async def _run_cluster(
     return status
 
 
+@attrs.frozen
+class Capacity:
+    """How many of a cluster's groups' instances its leader admits in all: they all
+    connect from this host, so they count against one peer address's connections
+    (``max_connections_per_address``) and one listener's (``max_connections``).
+
+    Attributes:
+      connections: the lower of the two.
+      limit: which setting that is, as the file writes it (for messages).
+    """
+
+    connections: int
+    limit: str
+
+
+def fit_groups(config: ClusterConfig) -> tuple[LeaderTable, Capacity]:
+    """The ``[leader]`` settings the cluster runs its leader with, and its groups' capacity.
+
+    Unless the configuration sets ``max_connections_per_address``, the cluster raises it
+    from the leader's default to its groups' instances in all plus :data:`LOCAL_MARGIN`
+    (connections left to the host's other clients, or to scaling the groups up); it never
+    lowers it.
+
+    Raises:
+      ConfigError: the groups' instances are more than the leader would admit (the
+        instances over it would never connect).
+    """
+    table = config.leader
+    total = sum(group.instances for group in config.groups)
+    if table.max_connections_per_address is None:
+        per_address = max(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, total + LOCAL_MARGIN)
+        table = attrs.evolve(table, max_connections_per_address=per_address)
+    per_address = table.max_connections_per_address
+    assert per_address is not None
+    if per_address <= table.max_connections:
+        capacity = Capacity(per_address, f"max_connections_per_address = {per_address}")
+    else:
+        capacity = Capacity(table.max_connections, f"max_connections = {table.max_connections}")
+    if total > capacity.connections:
+        raise ConfigError(
+            f"the groups have {total} instances in all, and the leader admits "
+            f"{capacity.connections} connections from one host ([leader] {capacity.limit}): "
+            "raise it, or run fewer instances"
+        )
+    return table, capacity
+
+
 @attrs.define(eq=False)
 class GroupScaler:
     """Changes the instance counts of a cluster's groups, for its leader
@@ -534,11 +589,16 @@ class GroupScaler:
     kept for :meth:`scale_errors` until the next scaling of the group succeeds, and the
     count the group is to have becomes the count it runs.
 
+    ``capacity`` (None: no bound but :data:`MAX_INSTANCES`) bounds the instances of all
+    the groups together (see :func:`fit_groups`): more would never connect, so a scaling
+    up past it is refused.
+
     Raises (from a call):
       LookupError: the cluster runs no such group.
       ValueError: a count that is not an int from 0 to :data:`MAX_INSTANCES`.
       RuntimeError: the group is not running: it has not started yet, it failed (restart
-        the cluster to run it again), or the cluster stops.
+        the cluster to run it again), or the cluster stops; or a count up that would take
+        the groups past ``capacity`` (the API's 409).
     """
 
     members: Mapping[str, WorkerGroup]
@@ -547,6 +607,8 @@ class GroupScaler:
     stopping: Callable[[], bool] = lambda: False
     #: Told the count a group is to have whenever it changes.
     set_instances: Callable[[str, int], None] = lambda name, instances: None
+    #: The connections the leader admits from the groups in all (None: no bound).
+    capacity: Capacity | None = None
     #: Where the scaling tasks run (None: not yet, or no more).
     nursery: trio.Nursery | None = None
     _wanted: dict[str, int] = attrs.field(init=False, factory=dict)
@@ -577,6 +639,15 @@ class GroupScaler:
         if name not in self._running:
             raise RuntimeError(f"group {name} is starting: scale it once it runs")
         before = self._wanted.get(name, group.desired)
+        capacity = self.capacity
+        if capacity is not None and instances > before:
+            total = sum(self.groups().values()) - before + instances
+            if total > capacity.connections:
+                raise RuntimeError(
+                    f"{instances} instances of group {name} would make {total} in all, and "
+                    f"the leader admits {capacity.connections} connections from this host "
+                    f"([leader] {capacity.limit}): set it higher and restart the cluster"
+                )
         self._wanted[name] = instances
         if before != instances:
             self.say(f"group {name}: scaling from {before} to {instances} instances")
@@ -656,6 +727,9 @@ def group_identities(config: ClusterConfig) -> dict[str, User]:
             tokens=(secrets.token_urlsafe(32),),
             serve=subjects,
             publish=subjects,
+            # (its instances, as many as it may be scaled to: the leader's limits per
+            # address bound them, see fit_groups)
+            max_connections=MAX_INSTANCES,
         )
     return users
 

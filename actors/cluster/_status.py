@@ -248,7 +248,7 @@ class HttpApi:
 
         Raises:
           Unreachable: no answer within ``timeout`` seconds, or no connection.
-          BadAnswer: an answer over ``max_bytes``, or a body that is not JSON.
+          BadAnswer: an answer over ``max_bytes``, not HTTP, or a body that is not JSON.
           Busy: still 429 after the retries.
           TokenUnavailable: the token's provider failed (its variable unset, its file
             gone).
@@ -317,6 +317,18 @@ class HttpApi:
                 ) from None
             except ssl.SSLError as exc:
                 raise Unreachable(f"{url}: TLS failed: {exc.reason or exc}") from None
+            except http.client.RemoteDisconnected:  # (before BadStatusLine: it is one)
+                raise Unreachable(
+                    f"{url}: the server closed the connection without an HTTP answer: is "
+                    "this the leader's HTTP address (--http), not a protocol listener?"
+                ) from None
+            except (http.client.BadStatusLine, http.client.LineTooLong):
+                # (the leader's tcp:// listener answers a request with a protocol Error
+                # frame: binary, never shown)
+                raise BadAnswer(
+                    f"{url}: what answers does not speak HTTP: this is not the leader's "
+                    "HTTP address (--http), maybe one of its protocol listeners (tcp://)"
+                ) from None
             except (OSError, http.client.HTTPException) as exc:
                 said = str(exc) or type(exc).__name__
                 raise Unreachable(f"{url}: {_clean(said, 200)}") from None
@@ -684,7 +696,7 @@ def _groups_table(snapshot: Snapshot, rates: Rates | None, limits: Limits) -> li
         silent = _int(g.get("workers_stale"))  # (the leader's count; else from the page)
         if silent is None:
             silent = stale.get(name, 0)
-        state = g.get("state") or ("serving" if connected else "no worker")
+        state = group_state(g.get("state"), connected, silent)
         rate = rates.groups_done.get(name) if rates else None
         rows.append([
             _cell(name), _cell(state), _count(max(0, connected - silent), "green"),
@@ -695,6 +707,15 @@ def _groups_table(snapshot: Snapshot, rates: Rates | None, limits: Limits) -> li
         ])  # fmt: skip
     table = _table("GROUPS", columns, rows, limits.width)
     return [table, *_more(len(names) - limits.groups, "groups")]
+
+
+def group_state(said: Any, workers: int, stale: int) -> str:
+    """A group's state as ``GET /api/groups`` words it (``LeaderAdmin.groups``), from its
+    statistics: what the cluster says (``starting``, ``failed: ...``), else ``idle`` with
+    no worker connected, ``stale`` when those connected are all stale, else ``running``."""
+    if isinstance(said, str) and said:
+        return said
+    return "idle" if workers <= 0 else "stale" if stale >= workers else "running"
 
 
 def _subjects_table(

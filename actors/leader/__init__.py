@@ -17,7 +17,11 @@ module             concept
 ``_pubsub``        the pub/sub router: subscriptions, fan-out, retained replay
 ``_retained``      retained messages, bounded
 ``_sizes``         what a forwarded message will cost in bytes
-``_stats``         counters per subject and group
+``_stats``         counters per subject and group, latency histograms
+``_workers``       workers online, stale and offline (the departed, bounded)
+``_metrics``       ``/metrics``: the statistics in Prometheus text
+``_dashboard``     the dashboard's feed: snapshots on ``$sys.dashboard``, history
+``_feed``          ``/ws`` on the HTTP port: the feed's connections, subscribe only
 =================  ==========================================================
 """
 

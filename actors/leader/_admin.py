@@ -458,18 +458,19 @@ class LeaderAdmin:
             if again is not None and again["state"] in ACTIVE_STATES:
                 return self._visible(_job_from_broker(again), again["identity"], principal, job_id)
             if row is not None and row["finished_at"] is not None:
-                return self._visible(_job_from_row(row), row["identity"], principal, job_id)
+                view = _with_known(_job_from_row(row), again)
+                return self._visible(view, row["identity"], principal, job_id)
             if letter is not None:
-                return self._visible(
-                    _job_from_dead_letter(letter), letter.get("identity"), principal, job_id
-                )
+                letter.setdefault("worker", _kept_worker(broker.dead_letters, job_id))
+                view = _with_known(_job_from_dead_letter(letter), again)
+                return self._visible(view, letter.get("identity"), principal, job_id)
             info = again
         else:
             letter = None
             if info is None or not info["ok"]:
                 letter = _find(broker.dead_letters, job_id)
             if letter is not None:
-                view = _job_from_dead_letter(letter)
+                view = _with_known(_job_from_dead_letter(letter), info)
                 if info is not None:
                     view["attempts"] = info["attempts"]
                 return self._visible(view, letter.get("identity"), principal, job_id)
@@ -543,6 +544,7 @@ class LeaderAdmin:
                 raise _no_dead_letter(job_id)
             payload, payload_cut = show_payload(record["payload"], record["payload_bytes"] or 0)
             traceback_chars = record.get("traceback_chars")
+            record["worker"] = _kept_worker(self.leader.broker.dead_letters, job_id)
         else:
             record = _find(self.leader.broker.dead_letters, job_id)
             if record is None:
@@ -564,6 +566,7 @@ class LeaderAdmin:
             "error_message": error["message"],
             "traceback": error["traceback"],
             "dead_at": record.get("dead_at"),
+            "worker": record.get("worker"),
             "identity": record.get("identity"),
             "headers": dict(record.get("headers") or {}),
             "payload": payload,
@@ -577,7 +580,8 @@ class LeaderAdmin:
     ) -> dict[str, Any]:
         """Requeue dead letter ``job_id`` as a new job under its id (attempts reset);
         answers ``{"retried": 1, "refused": [], "remaining": n}`` once the journal has
-        written it. For admins.
+        written it, ``n`` being how many dead letters there were (all of them, of every
+        subject) less this one: a count to show, not a page to ask for. For admins.
 
         Raises:
           AdminError: 403 for a non-admin; 404 when there is no such dead letter; 409
@@ -614,8 +618,12 @@ class LeaderAdmin:
         :data:`RETRY_PAGE` at a time, up to ``max_jobs`` of them (or until a whole page is
         refused: the queue is full); answers ``{"retried", "refused": [up to ten
         reasons], "remaining"}`` once the journal has written them. (A requeued job that
-        fails for good again while it runs is a new dead letter: not retried again.) For
-        admins.
+        fails for good again while it runs is a new dead letter: not retried again.)
+        ``remaining`` is how many dead letters there are when it answers: those it did
+        not reach (past ``max_jobs``, or refused) and those that died after it started,
+        including retried jobs that failed again. Ask again when ``retried`` was
+        ``max_jobs`` (it stopped short); ``remaining`` above 0 alone means some died
+        again, and another pass would retry those. For admins.
 
         Raises:
           AdminError: 403 for a non-admin; 429/503 as above.
@@ -725,6 +733,13 @@ class LeaderAdmin:
             info = broker.describe_job(job_id, trio.current_time())
             if info is None or not may_see(principal, info["identity"]):
                 raise _no_job(job_id)
+            if info["state"] == "dead":
+                raise AdminError(
+                    409,
+                    "conflict",
+                    f"job {job_id} has finished (dead): it is in the dead letters, retry it"
+                    " from there",
+                )
             raise AdminError(409, "conflict", f"job {job_id} has finished ({info['state']})")
         if not may_see(principal, job.identity):
             raise _no_job(job_id)
@@ -855,6 +870,29 @@ def _find(letters: Reversible[Mapping[str, Any]], job_id: str) -> dict[str, Any]
     return None
 
 
+#: What a job's view takes from the broker's record of its end when the journal's row or
+#: dead letter does not say it (the journal keeps neither its worker nor when it started).
+_KNOWN_FIELDS = ("worker", "submitted_at", "started_at", "finished_at")
+
+
+def _with_known(view: dict[str, Any], info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``view`` with the fields of :data:`_KNOWN_FIELDS` it lacks taken from ``info``
+    (:meth:`Broker.describe_job <actors.leader._broker.Broker.describe_job>` of the same
+    job, finished: its stored result) when it has them."""
+    if info is not None and info["state"] not in ACTIVE_STATES:
+        for key in _KNOWN_FIELDS:
+            if view[key] is None:
+                view[key] = info[key]
+    return view
+
+
+def _kept_worker(letters: Reversible[Mapping[str, Any]], job_id: str) -> str | None:
+    """The worker of dead letter ``job_id`` as kept in memory (the journal does not keep
+    it), None when it is not kept there."""
+    record = _find(letters, job_id)
+    return None if record is None else record.get("worker")
+
+
 def _job_from_broker(info: Mapping[str, Any]) -> dict[str, Any]:
     result, result_cut = show_payload(info["result"])
     error: dict[str, Any] | None = None
@@ -932,7 +970,7 @@ def _job_from_dead_letter(letter: Mapping[str, Any]) -> dict[str, Any]:
         "state": "dead",
         "attempts": letter["attempts"],
         "max_attempts": letter.get("max_attempts"),
-        "worker": None,
+        "worker": letter.get("worker"),
         "submitted_at": None,
         "started_at": None,
         "retry_at": None,

@@ -25,7 +25,7 @@ The leader adds these routes to its :class:`~actors.leader._http.HttpApp` (see
 ====================================  ==================================================
 
 Every answer is JSON; an error is ``{"error": code, "message": text}`` with its status
-(400 bad parameters or body, 401 no or a wrong token, 403 not allowed, a foreign
+(400 bad parameters or body, or a ``Host`` that is not ``host[:port]``, 401 no or a wrong token, 403 not allowed, a foreign
 ``Origin`` or the read-only mode, 404 nothing there, 405 another method, 409 not in a
 state that allows it, 413 a body over 16 KiB, 415 a body that is not JSON, 429 too many
 journal queries at once, 503 the journal cannot be read or written; 431 and 500 as the
@@ -51,7 +51,7 @@ from urllib.parse import parse_qsl
 
 from protocol import MAX_NAME_LENGTH, MAX_SUBJECT_LENGTH
 
-from ._admin import MAX_INSTANCES, AdminError, LeaderAdmin, is_admin, json_safe
+from ._admin import MAX_INSTANCES, MAX_RETRY_ALL, AdminError, LeaderAdmin, is_admin, json_safe
 from ._http import HttpApp, HttpError, Request, Response
 from ._workers import MAX_LISTED_SUBJECTS, MAX_SUBJECT_CHARS, worker_list
 
@@ -569,7 +569,11 @@ _SCHEMAS: dict[str, Any] = {
             },
             "attempts": _COUNT,
             "max_attempts": _nullable("integer"),
-            "worker": _nullable("string", description="the worker running it"),
+            "worker": _nullable(
+                "string",
+                description="the worker running it; of a finished job, the one whose answer,"
+                " failed attempt or cancellation ended it (while the leader keeps it)",
+            ),
             "submitted_at": _TIME,
             "started_at": _TIME,
             "retry_at": _TIME,
@@ -625,6 +629,11 @@ _SCHEMAS: dict[str, Any] = {
             "error_message": {"type": "string"},
             "traceback": _nullable("string"),
             "dead_at": _TIME,
+            "worker": _nullable(
+                "string",
+                description="the worker whose attempt failed last (null when none ran it, or"
+                " the leader no longer keeps it in memory)",
+            ),
             "identity": _nullable("string", description="who submitted the job"),
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
             "payload": {"description": "the job's payload, shown as a job's result is"},
@@ -640,7 +649,14 @@ _SCHEMAS: dict[str, Any] = {
                 "maxItems": 10,
                 "description": "why some could not be (ten at most)",
             },
-            "remaining": _COUNT,
+            "remaining": {
+                **_COUNT,
+                "description": "dead letters there are when it answers (of every subject):"
+                " those not retried, and those that died since it started (retried jobs that"
+                " failed again included). Retry-all stopped short when retried equals its"
+                f" limit ({MAX_RETRY_ALL:,}): ask again then, not merely while remaining is"
+                " above 0",
+            },
         }
     ),
     "Purged": _object({"purged": _COUNT}),
@@ -762,7 +778,11 @@ def _operation(
             "content": {"application/json": {"schema": _ref("Error")}},
         }
     responses["default"] = {
-        "description": "another error (431 headers too large, 500)",
+        "description": "another error (400 a Host header that is not host[:port], 431 too"
+        " many or too large headers, 500). A request"
+        " the HTTP server itself cannot read (a malformed request line or header, headers"
+        " still incomplete past 64 KiB) is answered 400 or 431 by that server before the"
+        " leader sees it: with no body",
         "content": {"application/json": {"schema": _ref("Error")}},
     }
     operation: dict[str, Any] = {"summary": summary, "responses": responses}

@@ -21,7 +21,7 @@ import difflib
 import logging
 import random
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -51,7 +51,7 @@ from protocol import (
 from runtime import Backoff, DedupCache, MessageTooLarge
 
 from ._jobs import CancelledResult as CancelledResult  # (re-exported)
-from ._jobs import JobRecord, JobState, StoredResult, Submitter
+from ._jobs import DeadResult, JobRecord, JobState, StoredResult, Submitter
 from ._journal import JobJournal, Recovered
 from ._links import ClientLink, GroupStats, PatternSet, SubjectQueue, WorkerLink
 from ._pubsub import PubSubRouter
@@ -62,9 +62,19 @@ from ._routing import MAX_POLICY_LOOKS, PolicyCheckTooCostly, SubjectPolicies, p
 from ._sizes import FORWARD_RESERVE, JOB_OVERHEAD, SURELY_FITS, payload_size
 from ._stats import broker_stats, count_result
 
+#: The fields of a StoredResult its makers give (those after it _finish fills in).
+_STORED_OWN_FIELDS = StoredResult._fields.index("identity")
 #: Groups whose statistics are kept at most; past it, those of a group with no worker
 #: connected are dropped, oldest first.
 MAX_GROUP_STATS = 10_000
+#: Groups with no worker connected whose statistics are kept at most (those the leader
+#: keeps for good, :attr:`Broker.keeps_group`, aside); past it, the one whose last worker
+#: left first is forgotten.
+MAX_IDLE_GROUPS = 1000
+#: Seconds the statistics of a group are kept after its last worker left (as long as the
+#: leader remembers a departed worker: ``actors.leader._workers.DEPARTED_TTL``), unless
+#: the leader keeps the group for good (:attr:`Broker.keeps_group`).
+IDLE_GROUP_TTL = 600.0
 #: Subjects whose queue (and statistics) are kept at most; past it, the queues of subjects
 #: with nothing waiting are dropped, oldest first.
 MAX_SUBJECT_QUEUES = 10_000
@@ -248,6 +258,13 @@ class Broker:
         self._suggest_tokens = float(SUGGESTIONS_PER_SECOND)
         self._suggest_at = 0.0
         self.group_stats: dict[str, GroupStats] = {}
+        #: Groups (of group_stats) with no worker connected, with when their last worker
+        #: left (trio's clock), the first to have been left first.
+        self.idle_groups: dict[str, float] = {}
+        #: Whether the statistics of a group with no worker connected are kept for good
+        #: (a leader says so of the groups its cluster declared); others are forgotten
+        #: (see :meth:`forget_idle_groups`).
+        self.keeps_group: Callable[[str], bool] = lambda group: False
         # Bytes of the accepted, unfinished jobs (those of self.jobs): the byte limits
         # count a job from its acceptance to its end, queued or held by a worker.
         self.job_bytes = 0
@@ -300,6 +317,8 @@ class Broker:
         self._routes_version += 1
         worker.window = worker.granted = min(worker.window, self.config.max_window)
         worker.stats = self._group_stats(worker.group)
+        worker.stats.connected += 1
+        self.idle_groups.pop(worker.group, None)
         served = worker.stats.patterns
         for pattern in worker.patterns:
             self.worker_index.add(pattern, worker)
@@ -324,13 +343,44 @@ class Broker:
         stats = self.group_stats.get(group)
         if stats is None:
             if len(self.group_stats) >= MAX_GROUP_STATS:
-                live = {w.group for w in self.workers}
-                for name in [g for g in self.group_stats if g not in live][
+                for name in [g for g, s in self.group_stats.items() if not s.connected][
                     : len(self.group_stats) // 10 + 1
                 ]:
                     del self.group_stats[name]
+                    self.idle_groups.pop(name, None)
             stats = self.group_stats[group] = GroupStats()
         return stats
+
+    def group_idle(self, group: str, now: float) -> None:
+        """Note that ``group`` has no worker connected since ``now`` (trio's clock): its
+        statistics are forgotten after :data:`IDLE_GROUP_TTL` seconds, or sooner when more
+        than :data:`MAX_IDLE_GROUPS` groups have no worker (the longest idle first), unless
+        :attr:`keeps_group` says to keep them. Nothing for a group with workers or
+        without statistics."""
+        stats = self.group_stats.get(group)
+        if stats is None or stats.connected:
+            return
+        idle = self.idle_groups
+        idle.pop(group, None)
+        idle[group] = now
+        while len(idle) > MAX_IDLE_GROUPS:
+            self._forget_group(next(iter(idle)))
+
+    def forget_idle_groups(self, now: float) -> None:
+        """Forget the statistics of the groups with no worker connected for
+        :data:`IDLE_GROUP_TTL` seconds by ``now`` (trio's clock), those of
+        :attr:`keeps_group` aside: O(groups forgotten)."""
+        idle = self.idle_groups
+        while idle:
+            name, since = next(iter(idle.items()))
+            if now - since < IDLE_GROUP_TTL:
+                break
+            self._forget_group(name)
+
+    def _forget_group(self, name: str) -> None:
+        del self.idle_groups[name]
+        if not self.keeps_group(name):
+            self.group_stats.pop(name, None)
 
     def worker_left(self, worker: WorkerLink, now: float, *, coming_back: bool = True) -> None:
         """A worker went away: whatever it held is redelivered (each counts as an attempt).
@@ -346,6 +396,10 @@ class Broker:
         departed = self._departed
         grace = self.config.restart_grace
         self._routes_version += 1
+        worker.stats.connected -= 1
+        if not worker.stats.connected:
+            self.group_idle(worker.group, now)
+        self.forget_idle_groups(now)
         served = worker.stats.patterns
         for pattern in worker.patterns:
             self.worker_index.remove(pattern, worker)
@@ -755,8 +809,8 @@ class Broker:
         the result of one finished within the dedup window; None when neither.
 
         Returns a dict: ``job_id``, ``subject``, ``state`` (``queued``, ``running`` or
-        ``retrying``, a job submitted with a delay being ``queued``; ``done``, ``failed``
-        or ``cancelled``), ``attempts``, ``max_attempts`` (None for a finished job),
+        ``retrying``, a job submitted with a delay being ``queued``; ``done``, ``failed``,
+        ``dead`` or ``cancelled``), ``attempts``, ``max_attempts`` (None for a finished job),
         ``worker`` (the name of the one running it), ``submitted_at``, ``started_at`` (of
         its attempt that runs or ran last), ``retry_at`` (when it is next queued),
         ``finished_at`` (all wall-clock times, None when unknown), ``cancelling`` (the
@@ -799,19 +853,26 @@ class Broker:
             return None
         if type(stored) is CancelledResult:
             shown = "cancelled"
+        elif type(stored) is DeadResult:
+            shown = "dead"
         else:
             shown = "done" if stored.ok else "failed"
+        submitted_at, started_at, finished_at = (
+            stored.submitted_at,
+            stored.started_at,
+            stored.finished_at,
+        )
         return {
             "job_id": job_id,
             "subject": stored.subject,
             "state": shown,
             "attempts": stored.attempts,
             "max_attempts": None,
-            "worker": None,
-            "submitted_at": None,
-            "started_at": None,
+            "worker": stored.worker,
+            "submitted_at": None if submitted_at is None else submitted_at + offset,
+            "started_at": None if started_at is None else started_at + offset,
             "retry_at": None,
-            "finished_at": None,
+            "finished_at": None if finished_at is None else finished_at + offset,
             "cancelling": None,
             "ok": stored.ok,
             "result": stored.payload,
@@ -1003,7 +1064,7 @@ class Broker:
         self._finish(
             job,
             JobState.DEAD,
-            StoredResult(
+            DeadResult(
                 False,
                 None,
                 record["error_type"],
@@ -1345,6 +1406,7 @@ class Broker:
                     self._leave_waiting(job)
                 if job.worker is not None and job.worker is not worker:
                     self._release_other(job)
+                    job.worker = worker  # (its answer ends the job: the job says it ran it)
                 latency = now - job.submitted_at
                 result = msg.payload
                 size = (9 if result is None else payload_size(result)) + JOB_OVERHEAD
@@ -1483,6 +1545,7 @@ class Broker:
         job.move(state)
         if self.journal is not None:
             self.journal.finish(job, state, stored, now)
+        ran_by = job.worker
         job.worker = None
         job.payload = None  # (entries of the expiry queues may keep the record a while)
         self.jobs.pop(job.job_id, None)
@@ -1500,8 +1563,17 @@ class Broker:
             owner.jobs -= 1
             owner.job_bytes -= job_size
         if stored is not None:
-            if job.identity is not None:
-                stored = stored._replace(identity=job.identity)
+            # (who ran it and when, with its owner: one tuple, built here for every end)
+            stored = stored._make(
+                (
+                    *stored[:_STORED_OWN_FIELDS],
+                    stored.identity if job.identity is None else job.identity,
+                    getattr(ran_by, "name", None),
+                    job.submitted_at,
+                    job.assigned_at if job.attempt else None,
+                    now,
+                )
+            )
             self.finished.add(
                 job.job_id, now, stored, job.size + JOB_OVERHEAD if size is None else size
             )

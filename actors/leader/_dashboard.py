@@ -319,9 +319,8 @@ class _Watcher:
 
     #: its subscriptions' sids, and whether each was sent the whole history yet
     sids: dict[int, bool] = attrs.field(factory=dict)
-    #: when (trio's clock) it was last sent a whole history, or an update
+    #: when (trio's clock) it was last sent a whole history
     full_at: float = -math.inf
-    update_at: float = -math.inf
 
 
 class DashboardFeed:
@@ -418,7 +417,15 @@ class DashboardFeed:
         """Send every subscription its snapshot: the whole history to those that have not
         had it (at most once an interval per connection), the newest sample to the others
         (unless ``newcomers_only``). Connections with no such subscription left are
-        forgotten."""
+        forgotten.
+
+        A round (not ``newcomers_only``: :meth:`run` makes one an interval) builds a
+        snapshot of its own, so each update is new to every subscriber: one that came in
+        between rounds got a snapshot then, never the same one again. Its updates are not
+        held back by when the last ones went (a round a little late, as they all are, would
+        put off the next one by a whole interval)."""
+        if not newcomers_only:
+            self._snapshot = None  # (this round's own)
         sent = False
         for link, watcher in list(self._watchers.items()):
             self._prune(link, watcher)
@@ -433,8 +440,7 @@ class DashboardFeed:
                     for sid in new:
                         watcher.sids[sid] = True
                 sent = True
-            if old and not newcomers_only and now - watcher.update_at >= self.interval:
-                watcher.update_at = now
+            if old and not newcomers_only:
                 self._deliver(link, old, self.payload(now, full=False, hosts=link.admin))
                 sent = True
         if sent:

@@ -143,6 +143,10 @@ _EXAMPLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\.(html|js|css)\Z")
 _HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\Z")
 #: A ``Host`` header that may be written into a policy (a name or address, and a port).
 _HOST_HEADER = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?\Z")
+#: A ``Host`` header this server reads at all (RFC 9110 ``uri-host [ ":" port ]``, taken
+#: strictly): a name or IPv4 address (letters, digits, ``.``, ``-``, ``_``), or an IPv6
+#: address in brackets; then maybe ``:`` and up to 5 digits. Anything else is 400.
+_HOST_SYNTAX = re.compile(r"(?:[A-Za-z0-9._-]{1,253}|\[([0-9A-Fa-f:.]{2,45})\])(?::[0-9]{0,5})?\Z")
 #: A ``{name}`` segment of a route's path.
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}\Z")
 #: Bytes of a request's path matched against the routes' templates at most (longer: 404).
@@ -292,6 +296,23 @@ def host_name(host: str) -> str:
     if name.count(":") == 1:
         return name.partition(":")[0]
     return name
+
+
+def host_valid(host: str) -> bool:
+    """Whether a ``Host`` header's value is ``host [":" port]`` and nothing else (see
+    :data:`_HOST_SYNTAX`; an IPv6 address in brackets must be one): no user info
+    (``127.0.0.1:80@evil.example``), path, space, or second value."""
+    matched = _HOST_SYNTAX.match(host)
+    if matched is None:
+        return False
+    address = matched.group(1)
+    if address is None:
+        return True
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_address(name: str) -> bool:
@@ -739,8 +760,9 @@ class HttpApp:
 
     def _headers(self, scope: Mapping[str, Any]) -> dict[str, str] | Response:
         """A request's headers by lower-case name (repeated ones joined with ``", "``);
-        or the answer refusing it: too many or too large headers (431), a ``Host`` this
-        server does not answer (403, :meth:`host_allowed`)."""
+        or the answer refusing it: too many or too large headers (431), a ``Host`` that is
+        not ``host[:port]`` (400, :func:`host_valid`; two Host headers are not either), a
+        ``Host`` this server does not answer (403, :meth:`host_allowed`)."""
         raw_headers = scope["headers"]
         if len(raw_headers) > MAX_HEADERS:
             return error_response(
@@ -758,6 +780,10 @@ class HttpApp:
             value = raw_value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         host = headers.get("host")
+        if host is not None and not host_valid(host):
+            return error_response(
+                400, "bad_host", f"not a Host header (host[:port]): {host!r:.100}"
+            )
         if host is not None and not self.host_allowed(host):
             return error_response(
                 403, "forbidden_host", f"this server does not answer for Host {host!r:.100}"

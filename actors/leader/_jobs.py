@@ -216,6 +216,14 @@ class StoredResult(NamedTuple):
     final: bool = False
     #: the identity that submitted the job (None without authentication)
     identity: str | None = None
+    #: the name of the worker whose answer (or failed attempt, or cancellation) ended it,
+    #: None when no worker ran it
+    worker: str | None = None
+    #: when it was submitted, its last attempt began (None: no attempt) and it finished,
+    #: on the leader's trio clock (None: not known, as after a restart)
+    submitted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 class CancelledResult(StoredResult):
@@ -223,5 +231,14 @@ class CancelledResult(StoredResult):
     and to later resubmissions and queries, carries ``error_code`` ``cancelled``. The
     type is the mark, so that a worker's failure (whatever its ``error_type``) never
     carries it, and the results of other jobs cost nothing more."""
+
+    __slots__ = ()
+
+
+class DeadResult(StoredResult):
+    """The stored result of a job that ran out of attempts (its dead letter was kept):
+    a failure that an operator's lookup shows as ``dead``, and that cannot be cancelled
+    (it is retried from the dead letters). The type is the mark, as with
+    :class:`CancelledResult`."""
 
     __slots__ = ()

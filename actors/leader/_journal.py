@@ -37,7 +37,7 @@ import cbor2
 
 from protocol import Encoded
 
-from ._jobs import CancelledResult, JobRecord, JobState, StoredResult
+from ._jobs import CancelledResult, DeadResult, JobRecord, JobState, StoredResult
 
 log = logging.getLogger("actors.leader.journal")
 
@@ -561,7 +561,13 @@ class SqliteJournal:
             size,
             identity,
         ) in rows:
-            kind = CancelledResult if state == JobState.CANCELLED.value else StoredResult
+            kind = (
+                CancelledResult
+                if state == JobState.CANCELLED.value
+                else DeadResult
+                if state == JobState.DEAD.value
+                else StoredResult
+            )
             stored = kind(
                 bool(ok),
                 _value(result),

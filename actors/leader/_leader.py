@@ -437,6 +437,7 @@ class Leader:
                 max_dead_letters=broker_config.max_dead_letters,
             )
         self.broker = Broker(config.broker, rng=rng, journal=self.journal)
+        self.broker.keeps_group = self.declared
         self._journal_wake = trio.Event()
         self._db_lock = trio.Lock()
         # A batch whose write failed, with the answers it holds, to write again first.
@@ -460,7 +461,7 @@ class Leader:
         #: Builds of :meth:`stats_snapshot` so far (at most one per STATS_INTERVAL).
         self.stats_builds = 0
         # What readiness() found of the groups, and when (None: to be found again).
-        self._readiness: tuple[float, int, dict[str, str], int] | None = None
+        self._readiness: tuple[float, int, dict[str, str], int, dict[str, str], int] | None = None
         self._group_states: dict[str, str] = {}
         self._group_instances: dict[str, int] = {}
         self.connections = 0
@@ -589,9 +590,28 @@ class Leader:
         group that never connected."""
         if state is None:
             self._group_states.pop(group, None)
+            self._undeclared(group)
         elif group in self._group_states or len(self._group_states) < MAX_GROUP_FACTS:
             self._group_states[group] = state
         self._readiness = None  # (answered anew)
+
+    def declared(self, group: str) -> bool:
+        """Whether a cluster declared ``group`` (named it with :meth:`set_group_state` or
+        :meth:`set_group_instances`): :meth:`readiness` waits for those groups only, and
+        their statistics are kept while they have no worker. A group the leader only saw
+        (ad-hoc workers) counts for neither, and is forgotten once its workers have been
+        gone for a while (see :meth:`Broker.group_idle
+        <actors.leader._broker.Broker.group_idle>`)."""
+        return group in self._group_instances or group in self._group_states
+
+    def _undeclared(self, group: str) -> None:
+        # (a group no longer declared, with no worker: forgotten in time like any other)
+        if not self.declared(group):
+            try:
+                now = trio.current_time()
+            except RuntimeError:  # (outside trio: from the clock's start)
+                now = 0.0
+            self.broker.group_idle(group, now)
 
     def set_group_instances(self, group: str, instances: int | None) -> None:
         """Say how many instances of a worker group its cluster wants running: at start,
@@ -604,6 +624,7 @@ class Leader:
         """
         if instances is None:
             self._group_instances.pop(group, None)
+            self._undeclared(group)
         elif type(instances) is not int or instances < 0:
             raise ValueError(f"instances must be an int from 0 up, got {instances!r:.40}")
         elif group in self._group_instances or len(self._group_instances) < MAX_GROUP_FACTS:
@@ -613,6 +634,12 @@ class Leader:
     def stats(self) -> dict[str, Any]:
         """The broker's statistics plus connection counts, built now: O(subjects +
         workers). Readers that ask often share :meth:`stats_snapshot` instead."""
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # (outside trio: no clock to measure silence by)
+            now = -math.inf
+        else:
+            self.broker.forget_idle_groups(now)
         stats = self.broker.stats()
         groups = stats["groups"]
         for name, state in self._group_states.items():
@@ -643,10 +670,6 @@ class Leader:
             }
         )
         stats["listen"] = list(self.urls)
-        try:
-            now = trio.current_time()
-        except RuntimeError:  # (outside trio: no clock to measure silence by)
-            now = -math.inf
         states = count_worker_states(self.broker.workers, now, self.heartbeat)
         for name, group in groups.items():
             group["workers_stale"] = states.get(name, {}).get("stale", 0)
@@ -701,22 +724,29 @@ class Leader:
         clock; a worker joining or leaving, or a cluster saying what a group does, counts
         again at once), without building the statistics.
 
-        Ready: the journal (if any) takes writes (asked each time), and every group the
-        leader knows (those its workers joined, those a cluster named with
-        :meth:`set_group_state` or :meth:`set_group_instances`) has its instances online:
-        as many online workers (connected and heard from: not stale) as
+        Ready: the journal (if any) takes writes (asked each time), and every group a
+        cluster declared (named with :meth:`set_group_state` or
+        :meth:`set_group_instances`; ``groups`` counts them) has its instances online: as
+        many online workers (connected and heard from: not stale) as
         :meth:`set_group_instances` said, or, for a group without that count, at least
         one; a group whose state is ``failed: ...`` never is. ``groups_not_ready`` says
-        why of each group that is not (its state, then how many of how many instances are
-        online, and how many are stale), at most :data:`MAX_NOT_READY_LISTED` of them
-        (``groups_not_ready_total``: how many).
+        why of each declared group that is not (its state, then how many of how many
+        instances are online, and how many are stale), at most
+        :data:`MAX_NOT_READY_LISTED` of them (``groups_not_ready_total``: how many). A
+        leader with no declared group is ready when its journal takes writes.
+
+        The groups the leader only saw (workers that joined with a group no cluster
+        declared, such as ``python -m actors.worker`` run by hand) never make it not
+        ready: ``groups_undeclared`` says how each is doing (``2 online``, ``no worker
+        online (1 stale)``, ``no worker connected``), at most
+        :data:`MAX_NOT_READY_LISTED` of them (``groups_undeclared_total``: how many).
         """
         if now is None:
             now = trio.current_time()
         cached = self._readiness
         if cached is None or not 0 <= now - cached[0] < READINESS_INTERVAL:
             cached = self._readiness = (now, *self._groups_not_ready(now))
-        _, groups, not_ready, not_ready_total = cached
+        _, groups, not_ready, not_ready_total, undeclared, undeclared_total = cached
         journal = self.journal
         refusal = None if journal is None else journal.refusal
         ready = not not_ready_total and refusal is None
@@ -726,21 +756,39 @@ class Leader:
             "groups": groups,
             "groups_not_ready": not_ready,
             "groups_not_ready_total": not_ready_total,
+            "groups_undeclared": undeclared,
+            "groups_undeclared_total": undeclared_total,
             "journal": (
                 None if journal is None else {"writable": refusal is None, "problem": refusal}
             ),
         }
 
-    def _groups_not_ready(self, now: float) -> tuple[int, dict[str, str], int]:
-        """The groups the leader knows, those of them not ready (the first
-        :data:`MAX_NOT_READY_LISTED`, with why) and how many those are (see
-        :meth:`readiness`)."""
+    def _groups_not_ready(self, now: float) -> tuple[int, dict[str, str], int, dict[str, str], int]:
+        """The groups declared, those of them not ready (the first
+        :data:`MAX_NOT_READY_LISTED`, with why) and how many those are; the groups only
+        seen, how they are doing (the first :data:`MAX_NOT_READY_LISTED`), and how many
+        those are (see :meth:`readiness`)."""
+        self.broker.forget_idle_groups(now)
         counts = count_worker_states(self.broker.workers, now, self.heartbeat)
         wanted = self._group_instances
         states = self._group_states
-        names = dict.fromkeys(self.broker.group_stats)
-        names.update(dict.fromkeys(states))
+        names = dict.fromkeys(states)
         names.update(dict.fromkeys(wanted))
+        undeclared: dict[str, str] = {}
+        undeclared_total = 0
+        for name in self.broker.group_stats:
+            if name in names:
+                continue
+            undeclared_total += 1
+            if len(undeclared) < MAX_NOT_READY_LISTED:
+                count = counts.get(name)
+                online, stale = (0, 0) if count is None else (count["online"], count["stale"])
+                if online:
+                    undeclared[name] = f"{online} online" + (f" ({stale} stale)" if stale else "")
+                elif stale:
+                    undeclared[name] = f"no worker online ({stale} stale)"
+                else:
+                    undeclared[name] = "no worker connected"
         not_ready: dict[str, str] = {}
         total = 0
         for name in names:
@@ -768,7 +816,7 @@ class Leader:
                 total += 1
                 if len(not_ready) < MAX_NOT_READY_LISTED:
                     not_ready[name] = problem
-        return len(names), not_ready, total
+        return len(names), not_ready, total, undeclared, undeclared_total
 
     def worker_list(
         self,

@@ -134,6 +134,9 @@ class GroupStats:
     #: first served first): kept as workers join and leave, so that the statistics list
     #: a few and count them all without a pass over every worker's patterns.
     patterns: dict[str, int] = attrs.field(factory=dict)
+    #: Its workers connected now (when none is left, the broker may forget the group:
+    #: see :meth:`Broker.forget_idle_groups <actors.leader._broker.Broker.forget_idle_groups>`).
+    connected: int = 0
 
 
 @attrs.define(eq=False)

@@ -13,7 +13,8 @@ Exported (``subject`` and ``group`` are label values):
   dead}_total{group}``;
 - gauges ``actors_jobs_queued{subject}``, ``actors_jobs_in_flight{subject}``,
   ``actors_workers{group,state}`` (``online``, ``stale``: connected but silent for more than
-  1.5 heartbeats), ``actors_workers_up{group}`` (online ones only: a worker that stopped
+  1.5 heartbeats, ``offline``: left in the last 10 minutes, as ``/api/workers`` lists
+  them), ``actors_workers_up{group}`` (online ones only: a worker that stopped
   answering heartbeats is not up), ``actors_group_jobs_in_flight{group}``,
   ``actors_connections``, ``actors_dead_letters``, ``actors_jobs_active``,
   ``actors_jobs_waiting``, and with a journal ``actors_journal_bytes`` and
@@ -103,6 +104,8 @@ class MetricsSnapshot:
         per bucket of :data:`~actors.leader._stats.LATENCY_BUCKETS`, then ``+Inf``) and
         sum.
       group_latency: the same for the groups exported that have counters.
+      offline: of the groups exported, how many of their workers left lately (those
+        :attr:`Leader.departed_workers` remembers: at most 1,000, for 10 minutes).
     """
 
     stats: dict[str, Any]
@@ -110,6 +113,7 @@ class MetricsSnapshot:
     groups: dict[str, dict[str, Any]]
     subject_latency: dict[str, tuple[list[int], float]]
     group_latency: dict[str, tuple[list[int], float]]
+    offline: dict[str, int] = attrs.field(factory=dict)
 
 
 def _latency(counters: Counters) -> tuple[list[int], float]:
@@ -168,7 +172,8 @@ def metric_families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
         yield counter
     workers = GaugeMetricFamily(
         "actors_workers",
-        "Connected workers, by group and state (stale: silent for over 1.5 heartbeats)",
+        "Workers by group and state (stale: connected, silent for over 1.5 heartbeats;"
+        " offline: left in the last 10 minutes)",
         labels=["group", "state"],
     )
     up = GaugeMetricFamily(
@@ -187,6 +192,7 @@ def metric_families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
         online = g["workers"] - stale
         workers.add_metric([name, "online"], online)
         workers.add_metric([name, "stale"], stale)
+        workers.add_metric([name, "offline"], snapshot.offline.get(name, 0))
         up.add_metric([name], online)
         group_in_flight.add_metric([name], g["in_flight"])
         histogram = snapshot.group_latency.get(name)
@@ -294,6 +300,7 @@ class LeaderCollector(Collector):
             listed_groups = {name: groups[name] for name in busiest}
         queues = leader.broker.queues
         group_stats = leader.broker.group_stats
+        departed = leader.departed_workers.by_group(trio.current_time())
         return MetricsSnapshot(
             stats=stats,
             subjects=listed,
@@ -302,6 +309,7 @@ class LeaderCollector(Collector):
             group_latency={
                 name: _latency(group_stats[name]) for name in listed_groups if name in group_stats
             },
+            offline={name: departed[name] for name in listed_groups if name in departed},
         )
 
     def collect(self) -> Iterator[Metric]:

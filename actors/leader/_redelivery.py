@@ -314,6 +314,8 @@ class RetryScheduler:
             "error_type": error_type,
             "error_message": error_message,
             "traceback": job.last_traceback,
+            # (the worker whose attempt failed last, when one ran it)
+            "worker": getattr(job.worker, "name", None),
         }
         if job.identity is not None:
             record["identity"] = job.identity

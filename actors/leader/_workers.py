@@ -178,6 +178,14 @@ class DepartedWorkers:
         if not numbers:
             del self._by_name[key]
 
+    def by_group(self, now: float) -> dict[str, int]:
+        """How many are remembered at ``now``, by group: O(those remembered)."""
+        self.expire(now)
+        counts: dict[str, int] = {}
+        for departed in self._entries.values():
+            counts[departed.group] = counts.get(departed.group, 0) + 1
+        return counts
+
     def newest_first(self, now: float) -> list[DepartedWorker]:
         """Those remembered at ``now``, the last to leave first."""
         self.expire(now)

@@ -129,6 +129,9 @@ STEP_JOBS = True
 #: (``auth_failed`` is retried with a token provider, which may give a new token: see
 #: :mod:`actors._credentials`.)
 FATAL_CODES = FATAL_HANDSHAKE_CODES | {ErrorCode.CONFLICT}
+#: Seconds the leader refuses a worker's connections (``busy``: over its connection
+#: limits) before the worker says so (once, until it is welcomed again).
+REFUSED_PATIENCE = 5.0
 logger = logging.getLogger("actors.worker")
 
 
@@ -281,6 +284,10 @@ class WorkerRunner:
                     nursery.start_soon(self._stop_on, stop)
                 started = False
                 refused: HandshakeError | None = None
+                # Since when the leader refuses the connection (None: it welcomed the last
+                # one), and the refusals said since (each once, not once per retry).
+                refused_since: float | None = None
+                said: set[str] = set()
 
                 async def session(conn: Connection) -> None:
                     nonlocal started
@@ -295,12 +302,38 @@ class WorkerRunner:
                         self._conn = None
 
                 def on_state(event: ReconnectEvent) -> None:
+                    nonlocal refused_since
+                    if event.state == "connected":
+                        refused_since = None
+                        said.clear()
                     if event.state != "disconnected" or event.error is None:
                         return
                     error = event.error
                     if isinstance(error, TLSHandshakeFailed) and not started:
                         raise error  # (a certificate not trusted: retrying cannot help)
-                    if not isinstance(error, HandshakeError):  # (refusals: said elsewhere)
+                    if isinstance(error, HandshakeError):
+                        # Final refusals are raised; a retried one (``busy``: over the
+                        # leader's connection limits) is said once it lasts (not the
+                        # moments of a crowd of workers starting at once), once.
+                        now = trio.current_time()
+                        if refused_since is None:
+                            refused_since = now
+                        if (
+                            error.code not in FATAL_CODES
+                            and error.code not in said
+                            and now - refused_since >= REFUSED_PATIENCE
+                        ):
+                            said.add(error.code)
+                            logger.warning(
+                                "worker %s: %s has refused the connection for %.0f s (%s: "
+                                "%r); trying again until it admits it",
+                                self.name,
+                                self.url,
+                                now - refused_since,
+                                error.code,
+                                error.message[:300],  # (%r: the leader's words, escaped)
+                            )
+                    else:
                         logger.warning(
                             "worker %s: cannot %s %s: %s (trying again)",
                             self.name,
