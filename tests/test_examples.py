@@ -191,6 +191,7 @@ async def test_flaky_example_retries_then_dead_letters():
                 "attempts": 3,
                 "error_type": "ValueError",
                 "error_message": "cannot process {'order': 7} (attempt 3)",
+                "worker": "poison",  # (the worker that failed it last)
             }
             stats = leader.stats()
             assert stats["subjects"][flaky.FLAKY_SUBJECT]["redelivered"] == 2

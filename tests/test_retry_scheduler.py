@@ -193,6 +193,7 @@ def test_a_dead_letter_records_the_job_and_its_last_error() -> None:
         "error_type": "ValueError",
         "error_message": "bad",
         "traceback": "Traceback ...",
+        "worker": "w",  # (the one that failed it last)
     }
     assert list(s.dead_letters) == [record]
     assert s.dead_letter_bytes == 50 + len("ValueError") + len("bad") + len("Traceback ...")
