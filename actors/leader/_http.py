@@ -197,31 +197,39 @@ def url_of(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def _allowed(folder: str | os.PathLike[str], name: re.Pattern[str], prefix: str) -> dict[str, Path]:
+    """``prefix + <file name>`` -> path, for the regular files (not links) of ``folder``
+    whose names match ``name`` and whose size is at most :data:`MAX_FILE_BYTES`; empty
+    when the folder cannot be read."""
+    files: dict[str, Path] = {}
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return files
+    for entry in entries:
+        try:
+            if (
+                name.match(entry.name)
+                and entry.is_file(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_size <= MAX_FILE_BYTES
+            ):
+                files[prefix + entry.name] = Path(entry.path)
+        except OSError:
+            continue
+    return files
+
+
 def client_files(directory: str | os.PathLike[str] | None) -> dict[str, Path]:
     """The allow-list of JavaScript files: ``/actors.js`` and ``/src/<name>.js`` by URL
     path, for the regular files (not links) of ``directory`` with such names; empty when
     it is missing (an installed package without the client's sources)."""
-    files: dict[str, Path] = {}
     if directory is None:
-        return files
+        return {}
     root = Path(directory)
-    for folder, prefix in ((root, "/"), (root / "src", "/src/")):
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
-            if prefix == "/" and entry.name != "actors.js":
-                continue
-            try:
-                if (
-                    _JS_NAME.match(entry.name)
-                    and entry.is_file(follow_symlinks=False)
-                    and entry.stat(follow_symlinks=False).st_size <= MAX_FILE_BYTES
-                ):
-                    files[prefix + entry.name] = Path(entry.path)
-            except OSError:
-                continue
+    files = {
+        path: file for path, file in _allowed(root, _JS_NAME, "/").items() if path == "/actors.js"
+    }
+    files.update(_allowed(root / "src", _JS_NAME, "/src/"))
     return files
 
 
@@ -232,24 +240,9 @@ def example_files(
     ``/dashboard/``): ``/examples/<name>`` by URL path, for the regular files (not links)
     of ``directory`` named ``<name>.html``, ``.js`` or ``.css`` (letters, digits, ``_``
     and ``-``); empty when it is missing (an installed package)."""
-    files: dict[str, Path] = {}
     if directory is None:
-        return files
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return files
-    for entry in entries:
-        try:
-            if (
-                _EXAMPLE_NAME.match(entry.name)
-                and entry.is_file(follow_symlinks=False)
-                and entry.stat(follow_symlinks=False).st_size <= MAX_FILE_BYTES
-            ):
-                files[prefix + entry.name] = Path(entry.path)
-        except OSError:
-            continue
-    return files
+        return {}
+    return _allowed(directory, _EXAMPLE_NAME, prefix)
 
 
 @attrs.frozen

@@ -335,6 +335,32 @@ def explain(error: BaseException, path: Path | str) -> str:
     return f"journal {path}: {text}: {advice}"
 
 
+def _dead_summary(
+    job_id: str,
+    subject: str,
+    attempts: int,
+    error_type: str | None,
+    error_message: str | None,
+    dead_at: float,
+    size: int,
+    identity: str | None,
+) -> dict[str, Any]:
+    """A dead letter without its payload, headers and traceback (the ``identity`` key
+    only when it has one)."""
+    record: dict[str, Any] = {
+        "job_id": job_id,
+        "subject": subject,
+        "attempts": attempts,
+        "error_type": error_type,
+        "error_message": error_message,
+        "dead_at": dead_at,
+        "size": size,
+    }
+    if identity is not None:
+        record["identity"] = identity
+    return record
+
+
 class SqliteJournal:
     """The journal of a leader, in ``<data_dir>/journal.sqlite3``.
 
@@ -605,17 +631,9 @@ class SqliteJournal:
             size,
             identity,
         ) = row
-        record: dict[str, Any] = {
-            "job_id": job_id,
-            "subject": subject,
-            "attempts": attempts,
-            "error_type": error_type,
-            "error_message": error_message,
-            "dead_at": dead_at,
-            "size": size,
-        }
-        if identity is not None:
-            record["identity"] = identity
+        record = _dead_summary(
+            job_id, subject, attempts, error_type, error_message, dead_at, size, identity
+        )
         if whole:
             record["payload"] = _value(payload)
             record["headers"] = cbor2.loads(headers) if headers else {}
@@ -960,21 +978,7 @@ class SqliteJournal:
             rows = db.execute(sql, args).fetchall()
         except (sqlite3.Error, OverflowError) as exc:
             raise JournalError(explain(exc, self.path)) from exc
-        letters = []
-        for job_id, subject_, attempts, error_type, error_message, dead_at, size, identity in rows:
-            record = {
-                "job_id": job_id,
-                "subject": subject_,
-                "attempts": attempts,
-                "error_type": error_type,
-                "error_message": error_message,
-                "dead_at": dead_at,
-                "size": size,
-            }
-            if identity is not None:
-                record["identity"] = identity
-            letters.append(record)
-        return letters
+        return [_dead_summary(*row) for row in rows]
 
     def count_dead_letters(self, subject: str | None = None) -> int:
         """How many dead letters the journal holds (of ``subject`` only, when given;
