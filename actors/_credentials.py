@@ -24,7 +24,7 @@ import inspect
 import logging
 import os
 import ssl
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -40,8 +40,9 @@ from runtime import (
     run_reconnecting,
 )
 from runtime._reconnect import BackoffPolicy
+from runtime._url import split_urls
 
-from ._checks import ConfigError
+from ._checks import ConfigError, check_url
 from ._tls import TLSConfigError, client_ssl_context
 
 T = TypeVar("T")
@@ -144,7 +145,7 @@ class _FinalRefusal(Exception):
 
 
 async def reconnecting(
-    url: str,
+    url: str | Sequence[str],
     session_fn: Callable[[Connection], Awaitable[T]],
     *,
     token: TokenSource,
@@ -181,7 +182,8 @@ async def reconnecting(
         )  # fmt: skip
     provider = token
     used: str | None = None  # the token of the last attempt
-    refused: tuple[str | None, HandshakeError] | None = None  # it, if the leader refused it
+    # It, if the leader refused it: with the refusal and that leader's URL.
+    refused: tuple[str | None, HandshakeError, str | None] | None = None
     welcomed = False
 
     patience = float(kwargs.get("connect_timeout", 10))
@@ -199,11 +201,11 @@ async def reconnecting(
             logger.warning("%s: %s; trying again after the reconnect delay", who, exc)
             raise
         if refused is not None:
-            token_refused, error = refused
+            token_refused, error, refused_by = refused
             if not welcomed and value == token_refused:
                 raise _FinalRefusal(error)  # a wrong token: as final as a static one
             logger.warning(
-                "%s: %s refused the token (%s); %s", who, url, error.message,
+                "%s: %s refused the token (%s); %s", who, refused_by or url, error.message,
                 "trying the provider's new one" if value != token_refused
                 else "the provider gives the same one: trying it again (a rotation under way?)",
             )  # fmt: skip
@@ -219,7 +221,7 @@ async def reconnecting(
             error = event.error
             refused = None
             if isinstance(error, HandshakeError) and error.code == ErrorCode.AUTH_FAILED:
-                refused = (used, error)
+                refused = (used, error, event.url)
         if on_state is not None:
             on_state(event)
 
@@ -278,9 +280,27 @@ def add_credential_options(parser: argparse.ArgumentParser) -> None:
 _TLS_OPTIONS = {"ca": "--tls-ca", "cert": "--tls-cert", "key": "--tls-key"}
 
 
+def check_leader_urls(value: str, *, at: str) -> str:
+    """Check the value of a command line's leader URL option: one URL, or several
+    separated by commas (tried in turn, see :func:`runtime.run_reconnecting`).
+
+    Returns:
+      ``value``.
+
+    Raises:
+      ConfigError: naming the option and the first URL that is wrong (or empty).
+    """
+    urls = split_urls(value)
+    for url in urls:
+        if not url and len(urls) > 1:
+            raise ConfigError(f"{at}: an empty URL in {value!r} (a comma too many?)")
+        check_url(url, at=at)
+    return value
+
+
 def credentials_from_args(args: argparse.Namespace, *, url: str) -> Credentials:
     """The token and TLS context the options of :func:`add_credential_options` name, for
-    connecting to ``url``.
+    connecting to ``url`` (or to each of several, comma-separated).
 
     The token comes from ``--token-env NAME``, ``--token-file PATH`` or, without either,
     from ``$ACTORS_TOKEN`` when it is set; it is read now (to fail early) and again on each
@@ -289,7 +309,7 @@ def credentials_from_args(args: argparse.Namespace, *, url: str) -> Credentials:
     Raises:
       ConfigError: the variable is not set or empty, the file cannot be read or its first
         line is empty, a TLS file is wrong (naming the option and the file), or TLS
-        options for a URL that does not use TLS.
+        options for a URL that does not use TLS (with several, for any of them).
     """
     token: EnvToken | FileToken | None = None
     if args.token_env is not None:
@@ -318,11 +338,12 @@ def credentials_from_args(args: argparse.Namespace, *, url: str) -> Credentials:
     given = ", ".join(_TLS_OPTIONS[name] for name, path in files.items() if path)
     if files["key"] and not files["cert"]:
         raise ConfigError("--tls-key: given without --tls-cert (a client certificate needs both)")
-    if not parse_url(url).secure:
-        raise ConfigError(
-            f"{given}: {url} does not use TLS: connect to a tls:// or wss:// URL, or leave"
-            " the TLS options out"
-        )
+    for each in split_urls(url):
+        if not parse_url(each).secure:
+            raise ConfigError(
+                f"{given}: {each} does not use TLS: connect to a tls:// or wss:// URL, or"
+                " leave the TLS options out"
+            )
     try:
         context = client_ssl_context(**files)
     except TLSConfigError as exc:

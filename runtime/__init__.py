@@ -2,6 +2,10 @@ from ._actor import DEFAULT_SHUTDOWN_GRACE as DEFAULT_SHUTDOWN_GRACE
 from ._actor import Actor as Actor
 from ._actor import ActorSystem as ActorSystem
 from ._actor import open_actor_system as open_actor_system
+from ._asyncio_bridge import BRIDGE_CLOSE_TIMEOUT as BRIDGE_CLOSE_TIMEOUT
+from ._asyncio_bridge import AsyncioBridge as AsyncioBridge
+from ._asyncio_bridge import open_asyncio_bridge as open_asyncio_bridge
+from ._asyncio_bridge import run_trio_guest as run_trio_guest
 from ._backoff import Backoff as Backoff
 from ._child import DEFAULT_RESTART_BACKOFF as DEFAULT_RESTART_BACKOFF
 from ._child import ChildInfo as ChildInfo

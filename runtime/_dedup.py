@@ -124,6 +124,12 @@ class DedupCache(Generic[K, V]):
         entry = self._entries.get(key)
         return default if entry is None else entry[1]
 
+    def peek(self, key: K, default: Any = None) -> V | Any:
+        """The value stored with ``key`` (expired or not: no time is given, nothing is
+        purged), or ``default``."""
+        entry = self._entries.get(key)
+        return default if entry is None else entry[1]
+
     def discard(self, key: K) -> None:
         """Forget ``key`` if present."""
         entry = self._entries.pop(key, None)

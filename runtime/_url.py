@@ -13,6 +13,7 @@ scheme     transport                                   encrypted
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Sequence
 
 import attrs
 
@@ -103,3 +104,48 @@ def parse_url(url: str) -> Url:
     else:
         path = ""
     return Url(scheme=scheme, host=host, port=port, path=path)
+
+
+def split_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
+    """The URLs of several servers to try in turn, from ``"tcp://a:7700,tcp://b:7700"``
+    or a list or tuple of URLs (each of which may hold several, comma-separated too).
+
+    Each URL is stripped of surrounding white space; none is checked (see
+    :func:`check_urls`). A URL with a comma in it (a WebSocket path) cannot be listed.
+
+    Raises:
+      TypeError: ``urls`` is not a ``str``, or a list or tuple of them.
+    """
+    if isinstance(urls, str):
+        return tuple(part.strip() for part in urls.split(","))
+    if not isinstance(urls, list | tuple):
+        raise TypeError(
+            f"transport URLs must be a str or a list or tuple of str, got {type(urls).__name__}"
+        )
+    split: list[str] = []
+    for url in urls:
+        if not isinstance(url, str):
+            raise TypeError(f"a transport URL must be a str, got {type(url).__name__}")
+        split += split_urls(url)
+    return tuple(split)
+
+
+def check_urls(urls: str | Sequence[str]) -> tuple[str, ...]:
+    """Split ``urls`` as :func:`split_urls` does and check each with :func:`parse_url`.
+
+    Returns:
+      The URLs, in their order (at least one).
+
+    Raises:
+      TypeError: as :func:`split_urls`.
+      ValueError: no URL, an empty one (a comma too many), or one that is not a transport
+        URL: the message names it.
+    """
+    split = split_urls(urls)
+    if not split:
+        raise ValueError("no transport URL given")
+    for url in split:
+        if not url and len(split) > 1:  # (a lone one is said as parse_url says it)
+            raise ValueError(f"an empty transport URL in {urls!r} (a comma too many?)")
+        parse_url(url)
+    return split

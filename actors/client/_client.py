@@ -49,7 +49,7 @@ import random
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -86,6 +86,7 @@ from runtime import (
     SendBufferFull,
 )
 from runtime._transports import reraise_alone
+from runtime._url import split_urls
 
 from .._credentials import TokenSource, reconnecting
 from ._call import Call, until_settled
@@ -195,7 +196,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         name: str = "client",
         ssl_context: ssl.SSLContext | None = None,
@@ -204,7 +205,8 @@ class Client:
         rng: random.Random | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        self.url = url
+        #: The leader's URL, or the leaders' (comma-separated), as given.
+        self.url = url if isinstance(url, str) else ",".join(split_urls(url))
         self.name = name
         self.ssl_context = ssl_context
         self.token = token
@@ -234,6 +236,9 @@ class Client:
         self._failure: ClientError | None = None
         # Why the last attempt to connect failed (for connect()'s timeout message).
         self._connect_error: BaseException | None = None
+        # The leaders whose last attempt before the first connection failed for a reason
+        # retrying cannot cure: connect() raises once it is all of them.
+        self._hopeless: set[str | None] = set()
         # Cancels of abandoned jobs waiting to be sent, and the event that wakes their sender.
         self._cancels: collections.deque[Cancel] = collections.deque()
         self._cancels_queued = trio.Event()
@@ -257,7 +262,7 @@ class Client:
     @asynccontextmanager
     async def connect(
         cls,
-        url: str,
+        url: str | Sequence[str],
         *,
         name: str = "client",
         ssl_context: ssl.SSLContext | None = None,
@@ -271,8 +276,16 @@ class Client:
         (a connection lost in the handshake, ``busy``...) are retried until
         ``connect_timeout``. Once connected, a lost connection is retried for ever.
 
+        Several leaders sharing one job store may be given: a comma-separated ``str``
+        (``"tcp://127.0.0.1:7700,tcp://127.0.0.1:7701"``) or a list or tuple of URLs. The
+        client connects to the first; when a connection fails or is lost it tries the
+        next at once, and so on round the list (see :func:`runtime.run_reconnecting`),
+        so a client whose leader died goes on with another. The first connection then
+        fails fast only once every leader failed for a reason retrying cannot cure (the
+        error is the last one's).
+
         Args:
-          url: the leader (``tcp://``, ``tls://``, ``ws://``, ``wss://``).
+          url: the leader (``tcp://``, ``tls://``, ``ws://``, ``wss://``), or several.
           name: this client's name, in the leader's statistics and logs.
           ssl_context: for ``tls://`` and ``wss://``: the system's trust when None (see
             :func:`actors.client_ssl_context` for a CA of your own, or a client
@@ -299,8 +312,8 @@ class Client:
           ConnectTimeout: no connection within ``connect_timeout`` (the message gives the
             last attempt's error).
           ConnectionLost: the leader refused the connection for good
-            (``unsupported_version``...), or the host name cannot be resolved. (The five
-            above are ConnectionLost too.)
+            (``unsupported_version``...), or the host name cannot be resolved, or a URL
+            is not a transport URL (naming it). (The five above are ConnectionLost too.)
 
         Exceptions come out as themselves, not in an exception group.
 
@@ -396,7 +409,11 @@ class Client:
             # cure (later reconnects wait and retry whatever the failure).
             self._connect_error = event.error
             failure = connect_failure(self.url, event.error)
-            if failure is not None:
+            if failure is None:
+                self._hopeless.discard(event.url)  # (it may answer the next time)
+                return
+            self._hopeless.add(event.url)
+            if len(self._hopeless) >= len(set(split_urls(self.url))):
                 self._give_up(failure)
 
     def _timed_out(self) -> ConnectionLost:

@@ -8,6 +8,15 @@ The TOML shape (every key but ``[[groups]]`` name/worker is optional)::
                               #       heartbeat, max_connections
     data_dir = "/var/lib/actors"  # the journal (default: per user); or memory = true
     sync = "full"             # or "normal"; also max_journal_bytes, dead_letter_retention
+    store = "nats://127.0.0.1:4222,nats://h2:4222"  # or: keep the jobs in a shared NATS
+                              #   JetStream store (no journal; not with data_dir or
+                              #   memory): leaders with the same store serve the same jobs
+    store_replicas = 3        # the streams' and the bucket's replicas: 1, 3 or 5 (default 1)
+    store_prefix = "actors"   # subjects' first token, the streams' and bucket's names
+    store_creds = "nats.creds"  # a NATS credentials file; also store_tls_ca, and
+                              #   store_tls_cert with store_tls_key (TLS to NATS)
+    store_ack_wait = 30       # seconds before another leader takes a silent one's jobs
+    store_results_ttl = 3600  # seconds a result is kept (the store's dedup window)
     insecure = false          # listen beyond loopback without [auth] (not advised)
     allowed_origins = ["https://app.example"]  # Origin values a browser may send ("*": any)
     handshake_timeout = 10.0  # seconds a connection has to say Hello
@@ -68,8 +77,8 @@ import is reported at load time, before anything starts; so are the tokens (from
 environment variables and files) and the certificate files. No message or log line ever
 shows a token.
 
-Files named in the configuration (``token_file``, ``tls_*``, ``data_dir``) are relative to
-the working directory; ``~`` is expanded.
+Files named in the configuration (``token_file``, ``tls_*``, ``data_dir``, ``store_creds``,
+``store_tls_*``) are relative to the working directory; ``~`` is expanded.
 """
 
 from __future__ import annotations
@@ -80,7 +89,7 @@ import math
 import os
 import tomllib
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -110,6 +119,7 @@ from .._checks import (
     check_subjects,
 )
 from ..leader._auth import MIN_TOKEN_LENGTH, parse_dn
+from ..leader._jetstream import StoreConfig, check_store_config, parse_store
 from ..leader._journal import SYNC_MODES
 from ..leader._routing import SubjectPolicies
 from ..worker._loader import load_worker_class
@@ -291,7 +301,7 @@ def config_from_mapping(
 
 def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderTable:
     where = f"{source}: [leader]"
-    _check_keys(data, _LEADER_KEYS, where=where)
+    _check_keys(data, (*_LEADER_KEYS, "store", *_STORE_KEYS), where=where)
     if data.get("memory") is True and "data_dir" in data:
         raise ConfigError(
             f"{where}: 'memory = true' and 'data_dir': choose one (memory keeps no journal)"
@@ -336,7 +346,17 @@ def _leader_from_mapping(data: Mapping[str, Any], *, source: str) -> LeaderTable
             values[key] = seconds or math.inf
         else:  # the [leader.retry] table
             values[key] = _retry_from_mapping(value, where=f"{source}: [leader.retry]")
-    return LeaderTable(**values)
+    table = LeaderTable(**values)
+    store = _store_from_mapping(data, where=where)
+    if store is None:
+        return table
+    for key in ("memory", "data_dir"):
+        if key in data and data[key] is not False:
+            shown = "'memory = true'" if key == "memory" else "'data_dir'"
+            raise ConfigError(
+                f"{where}: 'store' and {shown}: choose one: the shared store keeps the jobs"
+            )
+    return with_store(table, store)
 
 
 def _retry_from_mapping(data: Any, *, where: str) -> RetryConfig:
@@ -768,6 +788,149 @@ def _limits_from_mapping(data: Mapping[str, Any], *, where: str) -> dict[str, An
     return values
 
 
+# --------------------------------------------------------------------------- shared store
+
+
+#: The ``[leader]`` keys of the shared store (beside ``store``, its URLs), each with the
+#: :class:`~actors.leader._jetstream.StoreConfig` field it sets.
+_STORE_KEYS = {
+    "store_replicas": "replicas",
+    "store_prefix": "prefix",
+    "store_creds": "creds",
+    "store_tls_ca": "tls_ca",
+    "store_tls_cert": "tls_cert",
+    "store_tls_key": "tls_key",
+    "store_ack_wait": "ack_wait",
+    "store_results_ttl": "results_ttl",
+}
+#: What an error about a file of the store names: actors._tls's argument -> the key.
+_STORE_TLS_KEYS = {"ca": "store_tls_ca", "cert": "store_tls_cert", "key": "store_tls_key"}
+#: A server for checking one setting alone (check_store_config wants a whole StoreConfig).
+_ANY_SERVER = "nats://127.0.0.1:4222"
+#: Bytes of a NATS credentials file read at most to check it (one holds a JWT and a seed).
+MAX_CREDS_FILE = 64 * 1024
+
+
+def with_store(leader: LeaderTable, store: StoreConfig | None) -> LeaderTable:
+    """``leader`` keeping its jobs in ``store`` (None: in its journal, or in memory);
+    :meth:`LeaderTable.leader_config` then gives the leader's ``store``."""
+    return attrs.evolve(leader, store=store)
+
+
+def store_of(leader: LeaderTable) -> StoreConfig | None:
+    """The shared job store of ``leader`` (None: its journal, or memory, keeps the jobs)."""
+    return leader.store
+
+
+def _store_from_mapping(data: Mapping[str, Any], *, where: str) -> StoreConfig | None:
+    """The shared store of a ``[leader]`` table: ``store`` (the NATS URLs) and the
+    ``store_*`` keys, each checked; None without ``store``."""
+    settings: dict[str, Any] = {}
+    for key, field in _STORE_KEYS.items():
+        if key in data:
+            settings[field] = check_store_setting(field, data[key], at=f"{where} key {key!r}")
+    if "store" not in data:
+        for key in _STORE_KEYS:
+            if key in data:
+                raise ConfigError(
+                    f"{where} key {key!r}: needs 'store', the NATS servers to keep the jobs "
+                    'in (store = "nats://127.0.0.1:4222")'
+                )
+        return None
+    check_store_files(settings, name=lambda key: f"{where} key {key!r}")
+    url = data["store"]
+    at = f"{where} key 'store'"
+    if not isinstance(url, str):
+        raise ConfigError(
+            f'{at}: expected the NATS servers in a string ("nats://host:4222,nats://host2:4222'
+            f'"), got {_show(url)}'
+        )
+    try:
+        return parse_store(url, **settings)
+    except ValueError as exc:  # (its text names --store: the file's key is named instead)
+        problem = str(exc).removeprefix(f"--store {url!r}: ").removeprefix("--store ")
+        raise ConfigError(f"{at}: {problem}") from None
+
+
+def check_store_setting(field: str, value: Any, *, at: str) -> Any:
+    """Check one setting of the shared store (a :class:`StoreConfig` field other than
+    ``servers``) as the file or the command line gives it; files get ``~`` expanded and
+    the credentials file is read (see :func:`check_store_files` for the TLS files).
+
+    Returns:
+      The value for the :class:`StoreConfig` field.
+
+    Raises:
+      ConfigError: naming ``at`` and what is expected.
+    """
+    if field in ("creds", "tls_ca", "tls_cert", "tls_key"):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(
+                f"{at}: expected a file path (a non-empty string), got {_show(value)}"
+            )
+        path = os.path.expanduser(value)
+        if field == "creds":
+            _check_creds_file(path, at=at)
+        return path
+    if field == "replicas":
+        value = _check_int(value, at=at, minimum=1)
+    elif field == "prefix":
+        if not isinstance(value, str):
+            raise ConfigError(f"{at}: expected a string, got {_show(value)}")
+    else:  # ack_wait, results_ttl: seconds
+        value = _check_number(value, at=at, minimum=0.0, exclusive=True)
+    try:  # (the store's own rules, on this setting alone)
+        check_store_config(StoreConfig(servers=(_ANY_SERVER,), **{field: value}))
+    except ValueError as exc:
+        raise ConfigError(f"{at}: {exc}") from None
+    return value
+
+
+def _check_creds_file(path: str, *, at: str) -> None:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_CREDS_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"{at}: cannot read {path!r}: {exc.strerror}") from None
+    if not data.strip():
+        raise ConfigError(f"{at}: {path!r} is empty: expected a NATS credentials file")
+    if len(data) > MAX_CREDS_FILE:
+        raise ConfigError(
+            f"{at}: {path!r} is over {MAX_CREDS_FILE // 1024} KiB: not a NATS credentials file"
+        )
+
+
+def check_store_files(settings: Mapping[str, Any], *, name: Callable[[str], str]) -> None:
+    """Check the TLS files of a shared store's ``settings`` (:class:`StoreConfig` fields)
+    together: a client certificate comes with its key, and every file loads.
+
+    Args:
+      name: the place of a ``[leader]`` key, for messages (``"cluster.toml: [leader] key
+        'store_tls_cert'"``).
+
+    Raises:
+      ConfigError: the key, the file and the problem.
+    """
+    cert, key = settings.get("tls_cert"), settings.get("tls_key")
+    if (cert is None) != (key is None):
+        given, missing = ("store_tls_cert", "store_tls_key")[:: 1 if cert is not None else -1]
+        raise ConfigError(
+            f"{name(given)}: needs {missing!r} too: a client certificate to NATS comes with "
+            "its private key"
+        )
+    if cert is None and settings.get("tls_ca") is None:
+        return
+    from .._tls import TLSConfigError, client_ssl_context
+
+    try:
+        client_ssl_context(ca=settings.get("tls_ca"), cert=cert, key=key)
+    except TLSConfigError as exc:
+        where = name(_STORE_TLS_KEYS.get(exc.option, "store_tls_cert"))
+        raise ConfigError(
+            f"{where}: {exc.problem}" if exc.path is None else f"{where}: {exc.path}: {exc.problem}"
+        ) from None
+
+
 # --------------------------------------------------------------------------- TLS, origins
 
 
@@ -952,6 +1115,9 @@ def config_from_args(
     tls_client_ca: str | None = None,
     http: str | None = None,
     http_read_only: bool = False,
+    store: str | None = None,
+    store_replicas: int | None = None,
+    store_prefix: str | None = None,
 ) -> ClusterConfig:
     """Build the cluster configuration from the ``python -m actors.cluster`` options.
 
@@ -964,6 +1130,11 @@ def config_from_args(
     added to the file's ``allowed_origins``; ``tls_cert``, ``tls_key`` and
     ``tls_client_ca`` replace the file's; ``http`` replaces its HTTP address;
     ``http_read_only`` makes its HTTP read-only (a file's ``true`` stays).
+    ``store`` (NATS URLs: ``"nats://h1:4222,nats://h2:4222"``) keeps the jobs in a shared
+    JetStream store instead of the journal, replacing the file's ``store`` (its other
+    ``store_*`` settings stay) and its journal settings; ``memory`` or ``data_dir``
+    replace a file's store (and ``store`` with either: an error). ``store_replicas`` and
+    ``store_prefix`` replace the store's settings (with no store: an error).
 
     Raises:
       ConfigError: any option or the file is wrong.
@@ -976,10 +1147,16 @@ def config_from_args(
         leader = attrs.evolve(leader, listen=check_listen_urls(list(listen), at="--listen"))
     if memory and data_dir:
         raise ConfigError("--memory and --data-dir: choose one (--memory keeps no journal)")
+    if store is not None and (memory or data_dir):
+        other = "--memory" if memory else "--data-dir"
+        raise ConfigError(f"--store and {other}: choose one: the shared store keeps the jobs")
+    if (memory or data_dir) and store_of(leader) is not None:  # (the command line's choice)
+        leader = with_store(leader, None)
     if data_dir:
         leader = attrs.evolve(leader, data_dir=os.path.expanduser(data_dir), memory=False)
     elif memory:
         leader = attrs.evolve(leader, memory=True)
+    leader = _store_options(leader, store, replicas=store_replicas, prefix=store_prefix)
     if sync is not None:
         leader = attrs.evolve(leader, sync=_check_choice(sync, SYNC_MODES, at="--sync"))
     if insecure:
@@ -1021,7 +1198,7 @@ def config_from_args(
         groups.append(group)
     if in_process:
         groups = [attrs.evolve(group, in_process=True) for group in groups]
-    limits: dict[str, int] = {}
+    limits: dict[str, Any] = {}
     if max_memory is not None:
         limits["max_memory"] = check_size(max_memory, at="--max-memory")
     if max_jobs is not None:
@@ -1033,6 +1210,34 @@ def config_from_args(
     return ClusterConfig(
         leader=leader, groups=tuple(groups), source=source, path=config_path or None
     )
+
+
+def _store_options(
+    leader: LeaderTable, url: str | None, *, replicas: int | None, prefix: str | None
+) -> LeaderTable:
+    """``leader`` with the store options of the command line (``--store``,
+    ``--store-replicas``, ``--store-prefix``) applied."""
+    store = store_of(leader)
+    if url is not None:
+        try:
+            servers = parse_store(url).servers
+        except ValueError as exc:  # (its text names --store and the URL)
+            raise ConfigError(str(exc)) from None
+        store = StoreConfig(servers) if store is None else attrs.evolve(store, servers=servers)
+        # (no journal settings of the file are left for the leader to mistake)
+        leader = attrs.evolve(leader, data_dir=None, memory=None)
+    for option, field, value in (
+        ("--store-replicas", "replicas", replicas),
+        ("--store-prefix", "prefix", prefix),
+    ):
+        if value is None:
+            continue
+        if store is None:
+            raise ConfigError(
+                f"{option}: needs a shared store: --store nats://host:4222 (or [leader] store)"
+            )
+        store = attrs.evolve(store, **{field: check_store_setting(field, value, at=option)})
+    return leader if store is store_of(leader) else with_store(leader, store)
 
 
 # --------------------------------------------------------------------------- value checks

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import runtime
 
     from ..leader import AuthConfig
+    from ..leader._jetstream import StoreConfig
     from ..leader._redelivery import GroupRetry
 
 # The defaults below are the leader's own (one home: actors.leader's config classes).
@@ -114,6 +115,7 @@ _OPTIONAL_LIMITS = (
     "sync",
     "max_journal_bytes",
     "dead_letter_retention",
+    "store",
     "auth",
     "handshake_timeout",
 )
@@ -169,6 +171,8 @@ class LeaderTable:
     sync: str | None = None
     max_journal_bytes: int | None = None
     dead_letter_retention: float | None = None
+    # A shared job store on NATS JetStream instead of the journal (see LeaderConfig).
+    store: StoreConfig | None = None
     # Security (see LeaderConfig). ``auth`` is the file's top-level [auth] table.
     auth: AuthConfig | None = None
     insecure: bool = False

@@ -15,6 +15,15 @@ every group's instances inside this process instead of one process each. ``--max
 and ``--max-memory SIZE`` set every group's recycling limits (a worker past either is
 replaced by a fresh one; a file sets them per group).
 
+``--store nats://host:4222[,host2:4222...]`` (or ``[leader] store``) keeps the jobs in a
+shared NATS JetStream store instead of the leader's journal: every leader started with the
+same store (and ``--store-prefix``, default ``actors``) serves the same jobs
+(``docs/scale-out.md``); ``--store-replicas`` sets its streams' replicas. The cluster then
+runs Trio as a guest on an asyncio loop (:func:`runtime.run_trio_guest`), where nats-py
+runs, and prints ``store: NATS JetStream URL (R1, stream ACTORS_JOBS)`` instead of its
+journal. A store that cannot be used at start (no JetStream, a refused server version,
+streams with other replicas) exits 2 with the reason on stderr.
+
 The leader starts first; the groups connect to its first listen address. The program prints
 ``leader listening on URL`` for every address, a line per group, then ``cluster ready`` once
 every group's instances have connected to the leader, or after ``--start-timeout`` seconds
@@ -76,15 +85,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 import attrs
 import trio
 
-from runtime import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, ActorError, parse_url
+from runtime import DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, ActorError, parse_url, run_trio_guest
 
 from .._checks import ConfigError
 from ..leader._admin import MAX_INSTANCES
+from ..leader._jetstream import StoreConfig, StoreError
 from ..leader._journal import JournalError
 from ..leader._leader import is_loopback
 from ..worker._group import GroupFailed, WorkerGroup
 from ..worker._loader import load_worker_class
-from ._config import GROUP_USER_PREFIX, config_from_args, load_auth
+from ._config import GROUP_USER_PREFIX, config_from_args, load_auth, store_of
 from ._model import ClusterConfig, LeaderTable
 from ._stats_text import stats_lines
 
@@ -147,6 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="full (default): an accepted job survives power loss; normal: it survives a"
         " crash of the process only, and accepting is cheaper",
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep the jobs in a shared NATS JetStream store instead of a journal:"
+        " nats://host:4222[,host2:4222...] (leaders with the same store serve the same jobs;"
+        " replaces [leader] store; not with --memory or --data-dir)",
+    )
+    parser.add_argument(
+        "--store-replicas",
+        type=int,
+        metavar="N",
+        help="the store's streams' replicas: 1, 3 or 5 (default 1; [leader] store_replicas)",
+    )
+    parser.add_argument(
+        "--store-prefix",
+        metavar="NAME",
+        help="the store's subject prefix and stream names (default actors; leaders that share"
+        " jobs share it; [leader] store_prefix)",
     )
     parser.add_argument(
         "--in-process", action="store_true", help="run every group's workers in this process"
@@ -267,18 +296,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_client_ca=args.tls_client_ca,
             http=args.http,
             http_read_only=args.http_read_only,
+            store=args.store,
+            store_replicas=args.store_replicas,
+            store_prefix=args.store_prefix,
         )
     except ConfigError as exc:
         print(f"{PROG}: error: {exc.message}", file=sys.stderr)
         return 2
     status = 1
+    cluster = partial(
+        run_cluster, config, args.drain_grace, stats_every=args.stats,
+        start_timeout=args.start_timeout, fail_fast=args.fail_fast,
+    )  # fmt: skip
     try:
-        status = trio.run(
-            partial(
-                run_cluster, config, args.drain_grace, stats_every=args.stats,
-                start_timeout=args.start_timeout, fail_fast=args.fail_fast,
-            )
-        )  # fmt: skip
+        if store_of(config.leader) is not None:
+            # Trio as a guest on asyncio's loop: the leader's nats-py calls cross to it
+            # without a thread in between (see runtime.open_asyncio_bridge).
+            status = run_trio_guest(cluster)
+        else:
+            status = trio.run(cluster)
     except* ListenError as group:  # e.g. the listen address is in use
         print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
     except* ConfigError as group:  # the leader refused its settings (no auth beyond loopback)
@@ -287,13 +323,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except* JournalError as group:  # another leader holds the data dir, a read-only file...
         print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
         status = 2
+    except* StoreError as group:  # no JetStream there, a refused server version...
+        print(f"{PROG}: error: {_one_line(_first(group))}", file=sys.stderr)
+        status = 2
     except* OSError as group:  # a worker process that cannot be started, say
         print(f"{PROG}: error: {_first(group)}", file=sys.stderr)
     return status
 
 
+def _one_line(error: BaseException) -> str:
+    """``error``'s message on one line (a server's answer quoted in it may have several)."""
+    return " ".join(str(error).split())
+
+
+def _store_line(store: StoreConfig) -> str:
+    """What the cluster says of its shared store at start."""
+    return (
+        f"store: NATS JetStream {', '.join(store.servers)} (R{store.replicas}, stream "
+        f"{store.jobs_stream})"
+    )
+
+
 def _journal_line(leader: Any) -> str:
-    """What the cluster says of its journal at start."""
+    """What the cluster says of where its jobs are kept, at start: the shared store, or
+    the journal."""
+    if leader.config.store is not None:
+        return _store_line(leader.config.store)
     if leader.journal is None:  # (dead letters then live in memory only: a bounded ring)
         kept = leader.broker.config.max_dead_letters
         return (
@@ -423,9 +478,9 @@ async def _run_cluster(
         async with trio.open_nursery() as leader_nursery:
             try:
                 urls: list[str] = await leader_nursery.start(leader.run)
-            except* OSError as group:  # from inside the leader's nursery: a group
+            except* OSError as errors:  # from inside the leader's nursery: a group
                 where = ", ".join(leader.listen)
-                raise ListenError(f"cannot listen on {where}: {_first(group)}") from None
+                raise ListenError(f"cannot listen on {where}: {_first(errors)}") from None
             for url in urls:
                 say(f"leader listening on {url}")
             if leader.http_url is not None:
@@ -553,8 +608,12 @@ def fit_groups(config: ClusterConfig) -> tuple[LeaderTable, Capacity]:
     table = config.leader
     total = sum(group.instances for group in config.groups)
     if table.max_connections_per_address is None:
-        per_address = max(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, total + LOCAL_MARGIN)
-        table = attrs.evolve(table, max_connections_per_address=per_address)
+        table = attrs.evolve(
+            table,
+            max_connections_per_address=max(
+                DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, total + LOCAL_MARGIN
+            ),
+        )
     per_address = table.max_connections_per_address
     assert per_address is not None
     if per_address <= table.max_connections:

@@ -22,11 +22,12 @@
     python -m actors subscribe 'events.>'                          # until Ctrl-C
 
 Every command takes ``--url`` (default: the ``ACTORS_URL`` environment variable, else
-``tcp://127.0.0.1:7700``) and ``--connect-timeout``; and, for a leader that asks for a
-token, ``--token-env NAME`` (the token is in environment variable NAME; without it,
-``$ACTORS_TOKEN`` when set) or ``--token-file PATH`` (its first line) -- never the token
-itself, which any user of the host could read off the command line; for a ``tls://`` or
-``wss://`` leader, ``--tls-ca FILE`` (a CA to trust instead of the system's),
+``tcp://127.0.0.1:7700``; several leaders sharing one job store may be given,
+comma-separated, and are tried in turn) and ``--connect-timeout``; and, for a leader
+that asks for a token, ``--token-env NAME`` (the token is in environment variable NAME;
+without it, ``$ACTORS_TOKEN`` when set) or ``--token-file PATH`` (its first line) -- never
+the token itself, which any user of the host could read off the command line; for a
+``tls://`` or ``wss://`` leader, ``--tls-ca FILE`` (a CA to trust instead of the system's),
 ``--tls-cert FILE`` and ``--tls-key FILE`` (a client certificate).
 
 ``submit`` prints the results on stdout as JSON lines, one per job, **in input order** (at
@@ -91,8 +92,8 @@ from protocol import (
     is_valid_subject,
 )
 
-from .._checks import ConfigError, check_url
-from .._credentials import add_credential_options, credentials_from_args
+from .._checks import ConfigError
+from .._credentials import add_credential_options, check_leader_urls, credentials_from_args
 from ._status import (
     add_http_option,
     add_top_parser,
@@ -191,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument(
         "--url", default=os.environ.get(URL_VARIABLE) or DEFAULT_URL,
-        help=f"the leader to connect to (the default comes from ${URL_VARIABLE} when set)",
+        help="the leader to connect to, or several comma-separated, tried in turn (the"
+        f" default comes from ${URL_VARIABLE} when set)",
     )  # fmt: skip
     connection.add_argument(
         "--connect-timeout",
@@ -417,7 +419,7 @@ def _first(error: BaseException) -> BaseException:
 
 
 def _check_common(args: argparse.Namespace) -> None:
-    check_url(args.url, at="--url")
+    check_leader_urls(args.url, at="--url")
     if not args.connect_timeout > 0:
         raise ConfigError(f"--connect-timeout: expected a number > 0, got {args.connect_timeout}")
     args.credentials = credentials_from_args(args, url=args.url)

@@ -278,6 +278,15 @@ class Broker:
             max_dead_letters=self.config.max_dead_letters,
             max_dead_letter_bytes=self.config.max_dead_letter_bytes,
         )
+        #: Told of each failed attempt of a leased job (see :meth:`lease`): ``(job, delay,
+        #: dead letter)``: retry it after ``delay`` seconds, or (``delay`` None) dead-letter
+        #: it with that record. Set by the leader of a shared store.
+        self.lease_failed: Callable[[JobRecord, float | None, dict[str, Any] | None], None] = (
+            _no_lease_failed
+        )
+        #: Submits a dead letter again to a shared store (returns why not, or None); set
+        #: by the leader of a shared store (None: requeued here).
+        self.requeue_shared: Callable[[Mapping[str, Any]], str | None] | None = None
         # Finished jobs per second, over the last second or so (for busy's retry_after).
         self._done_window_start = 0.0
         self._done_in_window = 0
@@ -1004,6 +1013,9 @@ class Broker:
             return
         queue = self._queue(job.subject)
         group = job.worker.stats if job.worker is not None else None
+        if job.leased:  # (the shared store retries it, on any leader, or dead-letters it)
+            self._lease_ended(job, queue, group, delay, now)
+            return
         if job.qos == 0:
             count_result(queue, False, now - job.submitted_at)
             if group is not None:
@@ -1039,6 +1051,117 @@ class Broker:
         self.retries.wait_retry(job, now)  # (the limits count it still: it is not finished)
         if self.journal is not None:
             self.journal.retry(job)
+
+    def _lease_ended(
+        self,
+        job: JobRecord,
+        queue: SubjectQueue,
+        group: GroupStats | None,
+        delay: float | None,
+        now: float,
+    ) -> None:
+        """A failed attempt of a leased job: it ends here (no result is stored: the shared
+        store's message is what outlives it), and :attr:`lease_failed` is told whether to
+        retry it, when (its backoff, or the Nack's delay), or to dead-letter it."""
+        limit, backoff = self.retries.policy(job)
+        record = None
+        if job.attempt >= limit:
+            queue.dead += 1
+            if group is not None:
+                group.dead += 1
+            record = self.retries.dead_letter(job)  # (kept here too: this leader's view)
+            record["dead_at"] = now + self.clock_offset
+            delay = None
+        else:
+            queue.redelivered += 1
+            if group is not None:
+                group.redelivered += 1
+            if delay is None:
+                delay = backoff.delay(job.attempt, self.rng)
+        job.waiters = []  # (its lessee hears of it here, not by a Result)
+        try:
+            self.lease_failed(job, delay, record)
+        finally:
+            self._finish(job, JobState.DONE, None, now)
+
+    def lease(
+        self,
+        lessee: ClientLink,
+        *,
+        job_id: str,
+        subject: str,
+        payload: Any,
+        headers: dict[str, str],
+        max_attempts: int | None,
+        attempt: int,
+        submitted_at: float,
+        expires_at: float | None,
+        identity: str | None,
+        now: float,
+    ) -> str | None:
+        """Take a job from a shared store (JetStream) to run here: queued at once for this
+        leader's workers, its result (or expiry) answered to ``lessee``, a failed attempt
+        handed to :attr:`lease_failed` instead of retried here. ``attempt``: the attempts
+        made before (on any leader). Returns why it cannot be taken (the leader's own
+        limits, or the id is held here already), or None."""
+        if job_id in self.jobs:
+            return f"job {job_id} is held here already"
+        job = self._admit(
+            job_id, subject, payload, headers, max_attempts, submitted_at, identity,
+            expires_at=expires_at, attempt=attempt, leased=True,
+        )  # fmt: skip
+        if type(job) is str:
+            return job
+        job.waiters.append((lessee, 0))
+        self._queue_again(job, now)
+        return None
+
+    def _admit(
+        self,
+        job_id: str,
+        subject: str,
+        payload: Any,
+        headers: dict[str, str],
+        max_attempts: int | None,
+        submitted_at: float,
+        identity: str | None,
+        *,
+        expires_at: float | None = None,
+        attempt: int = 0,
+        leased: bool = False,
+    ) -> JobRecord | str:
+        """A QoS 1 job coming from elsewhere than a submit (a dead letter retried, a
+        shared store's message), within the leader's limits; or why not."""
+        size = job_size(payload, subject, headers)
+        config = self.config
+        if len(self.jobs) >= config.max_queued or self.job_bytes + size > config.max_queued_bytes:
+            return f"the leader's queue is full ({len(self.jobs)} jobs)"
+        self.finished.discard(job_id)
+        return JobRecord(
+            job_id=job_id,
+            subject=subject,
+            payload=payload,
+            headers=headers,
+            qos=1,
+            max_attempts=max_attempts or config.max_attempts,
+            submitted_at=submitted_at,
+            expires_at=expires_at,
+            submitted_max_attempts=max_attempts,
+            attempt=attempt,
+            size=size,
+            queue=self._queue(subject),
+            identity=identity,
+            leased=leased,
+        )
+
+    def _queue_again(self, job: JobRecord, now: float) -> None:
+        """Count an admitted job in and queue it (see :meth:`_admit`)."""
+        queue = job.queue
+        assert queue is not None
+        self._count_in(job, queue)
+        queue.submitted += 1
+        job.wait_deadline = self.retries.wait_deadline(job, now)
+        self._enqueue(job, now)
 
     def _cancelled(self, job: JobRecord, reason: str, now: float) -> None:
         """End ``job`` as cancelled by a client: its waiters get a failure marked
@@ -1714,39 +1837,24 @@ class Broker:
         job_id = record["job_id"]
         if job_id in self.jobs:
             return f"job {job_id} is running again already"
+        if self.requeue_shared is not None:  # (into the shared store, for any leader)
+            refusal = self.requeue_shared(record)
+            if refusal is None and forget:
+                self.forget_dead_letters({job_id})
+            return refusal
         if self.journal is not None and self.journal.refusal is not None:
             return self.journal.refusal
-        subject = record["subject"]
-        payload = record.get("payload")
-        headers = dict(record.get("headers") or {})
-        size = job_size(payload, subject, headers)
-        config = self.config
-        if len(self.jobs) >= config.max_queued or self.job_bytes + size > config.max_queued_bytes:
-            return f"the leader's queue is full ({len(self.jobs)} jobs)"
-        max_attempts = record.get("max_attempts")
-        queue = self._queue(subject)
-        job = JobRecord(
-            job_id=job_id,
-            subject=subject,
-            payload=payload,
-            headers=headers,
-            qos=1,
-            max_attempts=max_attempts or config.max_attempts,
-            submitted_at=now,
-            submitted_max_attempts=max_attempts,
-            size=size,
-            queue=queue,
-            identity=record.get("identity"),
-        )
-        self.finished.discard(job_id)
+        job = self._admit(
+            job_id, record["subject"], record.get("payload"), dict(record.get("headers") or {}),
+            record.get("max_attempts"), now, record.get("identity"),
+        )  # fmt: skip
+        if type(job) is str:
+            return job
         if self.journal is not None:
             self.journal.accept(job, now)
-        self._count_in(job, queue)
-        queue.submitted += 1
         if forget:
             self.forget_dead_letters({job_id})
-        job.wait_deadline = self.retries.wait_deadline(job, now)
-        self._enqueue(job, now)
+        self._queue_again(job, now)
         return None
 
     def forget_dead_letters(self, job_ids: set[str] | None) -> int:
@@ -1789,3 +1897,7 @@ class Broker:
             retained=len(self.retained),
             subject_percentiles=subject_percentiles,
         )
+
+
+def _no_lease_failed(job: JobRecord, delay: float | None, record: dict[str, Any] | None) -> None:
+    raise RuntimeError(f"job {job.job_id} is leased, and no shared store takes it back")

@@ -184,6 +184,10 @@ class JobRecord:
     #: The identity that submitted it (None without authentication): who may resubmit,
     #: read or cancel it, besides admins.
     identity: str | None = None
+    #: Taken from a shared store (JetStream) that owns its retries: a failed attempt ends
+    #: it here and is handed to the broker's ``lease_failed`` (see
+    #: :meth:`Broker.lease <actors.leader._broker.Broker.lease>`).
+    leased: bool = False
 
     def move(self, new: JobState) -> None:
         """Change state along an allowed transition."""

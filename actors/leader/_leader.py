@@ -9,6 +9,7 @@ until the broker's next deadline (ack timeouts, backoff) and is re-armed after e
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import logging
@@ -18,8 +19,9 @@ import ssl
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -75,6 +77,7 @@ from ._admin import (
 from ._auth import AuthConfig, Authenticator, AuthFailure, Principal, token_digest
 from ._broker import Broker, BrokerConfig, send_to
 from ._dashboard import DASHBOARD_SUBJECT, DashboardFeed
+from ._jetstream import StoreConfig, StoreError
 from ._journal import (
     PRUNE_BATCH,
     SYNC_MODES,
@@ -86,6 +89,9 @@ from ._journal import (
 from ._links import ClientLink, Link, WorkerLink, peer_address
 from ._sizes import payload_size
 from ._workers import DepartedWorkers, count_worker_states, worker_list
+
+if TYPE_CHECKING:
+    from ._shared import SharedJobs
 
 #: Messages of one received batch handled before what they queued is written out, so
 #: that the next process in the pipeline starts working sooner.
@@ -268,6 +274,10 @@ class LeaderConfig:
         answered ``busy`` with the reason (finished jobs are pruned after the dedup window).
       dead_letter_retention: seconds a dead letter is kept in the journal unless purged
         or retried.
+      store: a shared job store on NATS JetStream (see
+        :class:`~actors.leader._jetstream.StoreConfig`, ``parse_store("nats://...")``):
+        the leader keeps no journal of its own; any number of leaders with the same store
+        serve the same jobs (``docs/scale-out.md``). None: the journal (or ``memory``).
     """
 
     name: str = "leader"
@@ -295,6 +305,7 @@ class LeaderConfig:
     sync: str = attrs.field(default="full")
     max_journal_bytes: int = 4 * 2**30
     dead_letter_retention: float = 7 * 86400.0
+    store: StoreConfig | None = None
 
     @sync.validator
     def _check_sync(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -425,7 +436,7 @@ class Leader:
         self._auth_unlogged = 0
         #: The journal of accepted jobs (None with ``memory``).
         self.journal: SqliteJournal | None = None
-        if not config.memory:
+        if not config.memory and config.store is None:
             broker_config = config.broker
             self.journal = SqliteJournal(
                 config.data_dir or default_data_dir(name),
@@ -438,6 +449,12 @@ class Leader:
             )
         self.broker = Broker(config.broker, rng=rng, journal=self.journal)
         self.broker.keeps_group = self.declared
+        #: The shared job store's side of this leader (None without ``store``).
+        self.shared: SharedJobs | None = None
+        if config.store is not None:
+            from ._shared import SharedJobs  # (nats-py loads only for a shared store)
+
+            self.shared = SharedJobs(self.broker, config.store, name, batch=self.batch)
         self._journal_wake = trio.Event()
         self._db_lock = trio.Lock()
         # A batch whose write failed, with the answers it holds, to write again first.
@@ -496,9 +513,18 @@ class Leader:
         try:
             if journal is not None:
                 await self._recover(journal)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                await self._serve(nursery, task_status)
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await self._serve(nursery, task_status)
+            except BaseExceptionGroup as group:
+                # (the shared store could not be used at start: said as itself)
+                refused = group.subgroup(StoreError)
+                if refused is not None and group.split(StoreError)[1] is None:
+                    while isinstance(refused, BaseExceptionGroup):
+                        refused = refused.exceptions[0]
+                    raise refused from None
+                raise
         finally:
             if journal is not None:
                 with trio.CancelScope(shield=True):
@@ -544,6 +570,8 @@ class Leader:
     async def _serve(self, nursery: trio.Nursery, task_status: trio.TaskStatus[list[str]]) -> None:
         if self.journal is not None:
             await nursery.start(self._journal_loop, self.journal)
+        if self.shared is not None:
+            await nursery.start(self.shared.run)
         await nursery.start(self._timer_loop)
         urls = []
         for url in self.listen:
@@ -669,6 +697,8 @@ class Leader:
                 "recovered": self.recovered,
             }
         )
+        if self.shared is not None:
+            stats["store"] = self.shared.stats()
         stats["listen"] = list(self.urls)
         states = count_worker_states(self.broker.workers, now, self.heartbeat)
         for name, group in groups.items():
@@ -749,7 +779,9 @@ class Leader:
         _, groups, not_ready, not_ready_total, undeclared, undeclared_total = cached
         journal = self.journal
         refusal = None if journal is None else journal.refusal
-        ready = not not_ready_total and refusal is None
+        shared = self.shared
+        store_up = shared is None or shared.store.connected
+        ready = not not_ready_total and refusal is None and store_up
         return ready, {
             "status": "ready" if ready else "not ready",
             "node": self.name,
@@ -760,6 +792,11 @@ class Leader:
             "groups_undeclared_total": undeclared_total,
             "journal": (
                 None if journal is None else {"writable": refusal is None, "problem": refusal}
+            ),
+            "store": (
+                None
+                if shared is None
+                else {"connected": store_up, "servers": list(shared.config.servers)}
             ),
         }
 
@@ -970,7 +1007,10 @@ class Leader:
         reader, listing the :data:`MAX_STATS_SUBJECTS` busiest subjects), and a connection
         is answered at most once per interval (``busy`` before)."""
         if msg.what == "result":
-            self.broker.query_result(client, msg, now)
+            if self.shared is not None and msg.job_id not in self.broker.jobs:
+                self.shared.query(client, msg, now)
+            else:
+                self.broker.query_result(client, msg, now)
             return
         if msg.what != "stats":
             self._dead_letter_query(client, msg, now)
@@ -1155,6 +1195,20 @@ class Leader:
         journal = self.journal
         if journal is not None and (journal.dirty or self.broker.holding):
             self._journal_wake.set()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Handle what comes from elsewhere than a peer's connection (the shared store's
+        messages) as a batch: what it sends is flushed once per connection at the end."""
+        if self._batching:  # (inside a batch already: its end flushes)
+            yield
+            return
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._flush()
+            self._end_batch()
 
     def _end_batch(self) -> None:
         self._rearm()
@@ -1744,8 +1798,8 @@ class Leader:
             handlers = self._guarded(
                 link,
                 {
-                    Submit: broker.submit,
-                    Cancel: broker.cancel,
+                    Submit: broker.submit if self.shared is None else self._shared_submit,
+                    Cancel: broker.cancel if self.shared is None else self._shared_cancel,
                     Publish: broker.publish,
                     Subscribe: self._subscribe,
                     Unsubscribe: lambda c, m, now: broker.unsubscribe(c, m),
@@ -1759,3 +1813,24 @@ class Leader:
             )
         finally:
             broker.client_left(link)
+            if self.shared is not None:
+                self.shared.client_left(link)
+
+    def _shared_submit(self, client: ClientLink, msg: Submit, now: float) -> None:
+        """A submit on a leader with a shared store: QoS 1 jobs go to the store."""
+        shared = self.shared
+        assert shared is not None
+        if shared.takes(msg):
+            shared.submit(client, msg, now)
+        else:
+            self.broker.submit(client, msg, now)
+
+    def _shared_cancel(self, client: ClientLink, msg: Cancel, now: float) -> None:
+        """A cancel on a leader with a shared store: every leader hears of it."""
+        shared = self.shared
+        assert shared is not None
+        job = self.broker.jobs.get(msg.job_id)
+        if job is not None and not job.leased:  # (a QoS 0 job of this leader)
+            self.broker.cancel(client, msg, now)
+        else:
+            shared.cancel(client, msg, now)

@@ -32,7 +32,7 @@ peer waits):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -234,6 +234,9 @@ class PubSubRouter:
         self._worker_turns: dict[str, int] = {}
         # Per connection that had retained messages replayed: (allowance left, as of when).
         self._replays: dict[ClientLink, tuple[float, float]] = {}
+        #: Given every message published here (``subject, payload, headers``), after it is
+        #: routed here: the leaders of a shared store pass it on to each other (None: no).
+        self.forward: Callable[[str, Any, dict[str, str]], None] | None = None
 
     # ------------------------------------------------------------------ publish
 
@@ -258,6 +261,8 @@ class PubSubRouter:
         if msg.retain:
             self.retained.put(msg.subject, msg.payload, msg.headers, size)
         self.route(msg.subject, msg.payload, msg.headers)
+        if self.forward is not None and msg.subject[0] != "$":
+            self.forward(msg.subject, msg.payload, msg.headers)
         if msg.qos == 1:
             client.send(Ack(mid=client.next_mid(), cid=msg.mid))
 

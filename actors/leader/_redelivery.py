@@ -290,10 +290,11 @@ class RetryScheduler:
 
     # ------------------------------------------------------------------ dead letters
 
-    def dead_letter(self, job: JobRecord) -> dict[str, Any]:
+    def dead_letter(self, job: JobRecord, *, keep: bool = True) -> dict[str, Any]:
         """The dead letter of ``job``, out of attempts: the record the broker publishes on
         ``$dlq.<subject>``, kept here within the count and byte limits (the oldest make
-        room; one over the byte limit on its own is not kept, and evicts none)."""
+        room; one over the byte limit on its own is not kept, and evicts none); with
+        ``keep`` false, only built (a shared store keeps it)."""
         error_type, error_message = job.last_error or ("Error", "")
         log.warning(
             "job %s (%s) dead-lettered on %s%s after %d attempts: %s: %s",
@@ -319,6 +320,8 @@ class RetryScheduler:
         }
         if job.identity is not None:
             record["identity"] = job.identity
+        if not keep:
+            return record
         size = job.size + len(error_type) + len(error_message) + len(job.last_traceback or "")
         self.keep_dead_letter(record, size)
         return record

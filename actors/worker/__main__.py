@@ -5,6 +5,10 @@ attach a worker to a leader by hand::
 
     python -m actors.worker --url tcp://127.0.0.1:7700 examples.square:Square
 
+``--url`` may list several leaders sharing one job store, comma-separated
+(``--url tcp://127.0.0.1:7700,tcp://127.0.0.1:7701``): the worker connects to the first and
+moves on to the next whenever it cannot connect or loses the connection.
+
 The worker connects (and reconnects, with backoff) to the leader and serves jobs. SIGTERM or
 SIGINT (Ctrl-C) makes it drain: it takes no more work, finishes the jobs in hand within the
 drain grace, and exits 0. A second Ctrl-C exits at once (status 1); a second SIGTERM changes
@@ -56,9 +60,8 @@ from .._checks import (
     ConfigError,
     check_size,
     check_subjects,
-    check_url,
 )
-from .._credentials import add_credential_options, credentials_from_args
+from .._credentials import add_credential_options, check_leader_urls, credentials_from_args
 from ._loader import load_worker_class
 
 #: Where a worker connects when ``--url`` is not given.
@@ -79,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect one worker to a leader and serve jobs until SIGTERM / Ctrl-C.",
     )
     parser.add_argument("worker", metavar="module:Class", help="the Worker subclass to run")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"the leader (default {DEFAULT_URL})")
+    parser.add_argument(
+        "--url", default=DEFAULT_URL,
+        help=f"the leader, or several comma-separated, tried in turn (default {DEFAULT_URL})",
+    )  # fmt: skip
     parser.add_argument("--name", help="this worker's name (default: chosen by the leader)")
     parser.add_argument("--group", help="the group it belongs to (default: its own)")
     parser.add_argument(
@@ -130,7 +136,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, A
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_url(args.url, at="--url")
+        check_leader_urls(args.url, at="--url")
         args.credentials = credentials_from_args(args, url=args.url)
         if args.mode not in MODE_CHOICES:
             raise ConfigError(

@@ -68,6 +68,7 @@ from runtime import (
     process_child,
 )
 from runtime._child import Recycle
+from runtime._url import split_urls
 
 from .._checks import format_size, parse_size
 from ._failures import error_text
@@ -205,7 +206,9 @@ class WorkerGroup:
       name: the group's name; instances are named ``<name>-0``, ``<name>-1``, ...
       worker: the worker class, or its ``"module:Class"`` name.
       instances: how many to keep running (0 allowed; see :meth:`scale`).
-      url: the leader to connect to.
+      url: the leader to connect to, or several sharing one job store (a
+        comma-separated ``str``, or a list or tuple of URLs) tried in turn (see
+        :func:`~actors.run_worker`).
       mode: ``round_robin`` (each job to one instance) or ``broadcast``.
       policy: ``round_robin``, ``least_loaded`` or ``sticky``: how the leader picks an
         instance for a job. A subject has one policy, whichever group serves it: while
@@ -259,7 +262,7 @@ class WorkerGroup:
         name: str,
         worker: str | type,
         instances: int,
-        url: str,
+        url: str | Sequence[str],
         *,
         mode: str = GroupMode.ROUND_ROBIN,
         policy: str = RoutingPolicy.ROUND_ROBIN,
@@ -304,7 +307,7 @@ class WorkerGroup:
                 f"max_start_failures must be a positive int or None, got {max_start_failures!r}"
             )
         self.name = name
-        self.url = url
+        self.url = url if isinstance(url, str) else ",".join(split_urls(url))
         self.mode = mode
         self.policy = policy
         self.subjects = subjects
@@ -706,7 +709,8 @@ class WorkerGroup:
         return argv
 
     def _uses_tls(self) -> bool:
-        return self.url.partition("://")[0] in _TLS_SCHEMES
+        # (Any: a list that mixes TLS and not fails at the worker's start, naming the URL.)
+        return any(url.partition("://")[0] in _TLS_SCHEMES for url in split_urls(self.url))
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         """In process: the client context that checks the leader's certificate with

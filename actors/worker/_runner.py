@@ -91,6 +91,7 @@ from runtime import (
     SendBufferFull,
     TLSHandshakeFailed,
 )
+from runtime._url import split_urls
 
 from .._credentials import TokenSource, reconnecting
 from ._failures import Failure, FailureLog, check_never_retry, error_text, failure_of
@@ -145,13 +146,14 @@ class WorkerRunner:
     ``step_jobs`` (default :data:`STEP_JOBS`): whether a slot steps a job's coroutine
     itself, to learn whether it waits (see :func:`~actors.worker._handlers.stepped`), or
     awaits it plainly. ``token``: a ``str``, or a token provider called for every
-    connection attempt (as for :meth:`actors.Client.connect`).
+    connection attempt (as for :meth:`actors.Client.connect`). ``url``: the leader, or
+    several tried in turn (as for :func:`run_worker`).
     """
 
     def __init__(
         self,
         worker: Worker,
-        url: str,
+        url: str | Sequence[str],
         *,
         name: str | None = None,
         group: str | None = None,
@@ -171,7 +173,8 @@ class WorkerRunner:
         step_jobs: bool | None = None,
     ) -> None:
         self.worker = worker
-        self.url = url
+        #: The leader's URL, or the leaders' (comma-separated), as given.
+        self.url = url if isinstance(url, str) else ",".join(split_urls(url))
         self.subjects = tuple(subjects if subjects is not None else worker.subjects)
         for pattern in self.subjects:
             if not is_valid_pattern(pattern):
@@ -328,7 +331,7 @@ class WorkerRunner:
                                 "worker %s: %s has refused the connection for %.0f s (%s: "
                                 "%r); trying again until it admits it",
                                 self.name,
-                                self.url,
+                                event.url or self.url,
                                 now - refused_since,
                                 error.code,
                                 error.message[:300],  # (%r: the leader's words, escaped)
@@ -338,7 +341,7 @@ class WorkerRunner:
                             "worker %s: cannot %s %s: %s (trying again)",
                             self.name,
                             "reach" if not started else "reconnect to",
-                            self.url,
+                            event.url or self.url,
                             error,
                         )
 
@@ -883,7 +886,7 @@ def _outcome_item(
 
 async def run_worker(
     worker: Worker,
-    url: str,
+    url: str | Sequence[str],
     *,
     name: str | None = None,
     group: str | None = None,
@@ -901,7 +904,10 @@ async def run_worker(
 ) -> str | None:
     """Connect ``worker`` to the leader at ``url`` and serve jobs.
 
-    Reconnects with backoff whenever the leader goes away. ``task_status.started()`` is
+    Reconnects with backoff whenever the leader goes away. ``url`` may name several
+    leaders sharing one job store (a comma-separated ``str``, or a list or tuple of
+    URLs): the worker connects to the first and, when it cannot or loses the connection,
+    tries the next at once, round the list (see :func:`runtime.run_reconnecting`). ``task_status.started()`` is
     called after the first Welcome. Returns after ``stop`` is set and the worker drained,
     or after it recycled itself (past ``max_memory`` or ``max_jobs``, which override the
     class's) and drained (see :meth:`WorkerRunner.run`); runs until cancelled otherwise.
@@ -916,7 +922,8 @@ async def run_worker(
       a drain that ``stop`` asked for.
 
     Raises:
-      ValueError: bad subjects, concurrency, policy, mode, max_memory or max_jobs.
+      ValueError: bad subjects, concurrency, policy, mode, max_memory or max_jobs; a URL
+        that is not a transport URL (naming it, before any attempt).
       runtime.HandshakeError: the leader refused the Hello for good: ``auth_failed`` for
         a static token (for a provider: before the first Welcome, when it gives again the
         token refused), ``not_permitted`` (subjects this identity may not serve),
