@@ -261,7 +261,12 @@ class JetStreamStore:
         Raises:
           StoreError: NATS cannot be reached, has no JetStream, or its version is refused.
         """
-        import nats  # (only a leader with a shared store needs nats-py)
+        try:
+            import nats  # (only a leader with a shared store needs nats-py)
+        except ImportError:
+            raise StoreError(
+                "a shared store needs nats-py: pip install 'trio-actors[nats]'"
+            ) from None
 
         config = self.config
         options: dict[str, Any] = {
