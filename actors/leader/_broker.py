@@ -1106,6 +1106,8 @@ class Broker:
         limits, or the id is held here already), or None."""
         if job_id in self.jobs:
             return f"job {job_id} is held here already"
+        if not self._queue(subject).candidates:
+            return f"no worker here serves {subject} now"
         job = self._admit(
             job_id, subject, payload, headers, max_attempts, submitted_at, identity,
             expires_at=expires_at, attempt=attempt, leased=True,
@@ -1115,6 +1117,18 @@ class Broker:
         job.waiters.append((lessee, 0))
         self._queue_again(job, now)
         return None
+
+    def withdraw(self, job_id: str) -> bool:
+        """Take back leased job ``job_id`` if it waits here for a worker (queued, none
+        holds it): it ends here, unanswered (its shared store gives it to another leader).
+        Returns whether it did."""
+        job = self.jobs.get(job_id)
+        if job is None or not job.leased or job.state is not JobState.QUEUED:
+            return False
+        job.waiters = []
+        self._remove_pending(job)
+        self._finish(job, JobState.CANCELLED, None, job.submitted_at)  # (unanswered: no time)
+        return True
 
     def _admit(
         self,

@@ -30,14 +30,18 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import re
 import ssl
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
 import cbor2
+
+from protocol import is_valid_subject
 
 log = logging.getLogger("actors.leader.jetstream")
 
@@ -50,6 +54,9 @@ MIN_VERSION = (2, 9, 0)
 API_TIMEOUT = 5.0
 #: Pull requests larger than this are cut (a fetch asks for at most this many messages).
 MAX_FETCH = 256
+#: Seconds a durable consumer nobody pulls from is kept (then JetStream deletes it: a
+#: pattern no worker serves any more stops counting as served, and stops overlapping).
+CONSUMER_IDLE = 3600.0
 #: Stored results larger than this go out as a key only in their notification (the
 #: waiting leader reads the result from the KV bucket).
 INLINE_RESULT = 64 * 1024
@@ -224,6 +231,186 @@ def decode(data: bytes) -> Any:
     return cbor2.loads(data)
 
 
+#: The states a stored result may have.
+RESULT_STATES = frozenset(("done", "dead", "cancelled", "expired"))
+#: The largest ``max_attempts`` a job message may carry.
+MAX_ATTEMPTS = 2**31
+_NUMBER = (int, float)
+
+
+@attrs.frozen
+class JobBody:
+    """A job as it is stored in the jobs stream (CBOR; short keys): what any leader needs
+    to run it and to answer for it.
+
+    Attributes:
+      job_id, subject, payload (its CBOR bytes), headers, max_attempts (None: the running
+      leader's), identity (its owner), origin (the token of the leader its client waited
+      at), submitted / expires / due (wall-clock seconds: when it was accepted, when it
+      expires, when it may run; None: never, at once).
+    """
+
+    job_id: str
+    subject: str
+    payload: bytes | None
+    headers: dict[str, str]
+    max_attempts: int | None
+    submitted: float
+    expires: float | None
+    due: float | None
+    identity: str | None
+    origin: str
+
+    def encode(self) -> bytes:
+        return encode(
+            {
+                "id": self.job_id, "s": self.subject, "p": self.payload,
+                "h": self.headers or None, "ma": self.max_attempts, "t": self.submitted,
+                "x": self.expires, "d": self.due, "i": self.identity, "o": self.origin,
+            }
+        )  # fmt: skip
+
+
+def _opt(value: Any, kinds: Any) -> bool:
+    return value is None or (isinstance(value, kinds) and type(value) is not bool)
+
+
+def decode_job(data: bytes) -> JobBody | None:
+    """The job of a message of the jobs stream, or None when it is not one a leader wrote
+    (anyone on the NATS account may publish there: every field is checked)."""
+    try:
+        body = decode(data)
+    except Exception:
+        return None
+    if type(body) is not dict:
+        return None
+    job_id, subject, payload = body.get("id"), body.get("s"), body.get("p")
+    headers, attempts, origin = body.get("h"), body.get("ma"), body.get("o")
+    times = body.get("t"), body.get("x"), body.get("d")
+    if not (
+        type(job_id) is str
+        and 0 < len(job_id) <= 1024
+        and is_valid_subject(subject)
+        and (payload is None or type(payload) is bytes)
+        and (
+            headers is None
+            or (
+                type(headers) is dict
+                and all(type(k) is str and type(v) is str for k, v in headers.items())
+            )
+        )
+        and (attempts is None or (type(attempts) is int and 0 < attempts <= MAX_ATTEMPTS))
+        and type(times[0]) in _NUMBER
+        and _opt(times[1], _NUMBER)
+        and _opt(times[2], _NUMBER)
+        and _opt(body.get("i"), str)
+        and (origin is None or type(origin) is str)
+    ):
+        return None
+    if not all(t is None or math.isfinite(t) for t in times):
+        return None
+    return JobBody(
+        job_id, subject, payload, headers or {}, attempts, float(times[0]),
+        None if times[1] is None else float(times[1]),
+        None if times[2] is None else float(times[2]),
+        body.get("i"), origin or "",
+    )  # fmt: skip
+
+
+def check_result(data: bytes) -> dict[str, Any] | None:
+    """A stored result record (see :meth:`~actors.leader._shared.SharedJobs._store`), or
+    None when ``data`` is not one a leader wrote."""
+    try:
+        record = decode(data)
+    except Exception:
+        return None
+    if type(record) is not dict or record.get("st") not in RESULT_STATES:
+        return None
+    if type(record.get("ok")) is not bool:
+        return None
+    payload = record.get("p")
+    if payload is not None and type(payload) is not bytes:
+        return None
+    for text in ("et", "em", "tb", "s", "i", "w"):
+        if not _opt(record.get(text), str):
+            return None
+    attempts = record.get("a")
+    if not (attempts is None or (type(attempts) is int and 0 <= attempts <= MAX_ATTEMPTS)):
+        return None
+    if type(record.get("f", False)) is not bool:
+        return None
+    return record
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """Whether some subject matches both patterns (``a.*`` and ``a.b`` do; ``a.b`` and
+    ``a.c`` do not)."""
+    left, right = a.split("."), b.split(".")
+    for x, y in zip(left, right, strict=False):
+        if x == ">" or y == ">":
+            return True
+        if x != y and x != "*" and y != "*":
+            return False
+    return len(left) == len(right)
+
+
+@attrs.frozen
+class Submitted:
+    """A job to store (see :meth:`JetStreamStore.submit_jobs`)."""
+
+    key: str
+    msg_id: str
+    subject: str
+    body: bytes
+    #: the claim's value: CBOR ``[identity, wall time]``
+    claim: bytes
+    force: bool = False
+
+
+def decode_claim(data: bytes | None) -> list[Any] | None:
+    """A claim's ``[identity, wall time]`` (None: no claim, or not one a leader wrote)."""
+    if data is None:
+        return None
+    try:
+        claim = decode(data)
+    except Exception:
+        return None
+    if (
+        type(claim) is list
+        and len(claim) == 2
+        and _opt(claim[0], str)
+        and type(claim[1]) in _NUMBER
+    ):
+        return claim
+    return None
+
+
+def _js_problem(answer: Any) -> int | None:
+    """None when ``answer`` (a JetStream API reply, or an exception) says all is well;
+    else its error code (0 when it has none)."""
+    if isinstance(answer, BaseException):
+        return 0
+    try:
+        reply = json.loads(answer.data)
+    except ValueError:
+        return 0
+    error = reply.get("error") if type(reply) is dict else None
+    if error is None:
+        return None
+    return int(error.get("err_code") or 0) if type(error) is dict else 0
+
+
+def _as_error(answer: Any, code: int, doing: str) -> BaseException:
+    if isinstance(answer, BaseException):
+        return answer
+    try:
+        text = json.loads(answer.data)["error"]["description"]
+    except Exception:
+        headers = getattr(answer, "headers", None) or {}
+        text = f"{headers.get('Status', '?')} {headers.get('Description', '')}".strip()
+    return StoreError(f"{doing}: {text} (JetStream error {code})")
+
+
 @attrs.define(eq=False)
 class Fetched:
     """A job message fetched from a consumer."""
@@ -247,10 +434,13 @@ class JetStreamStore:
         self.version: str = ""
         #: The largest message the server takes (its ``max_payload``).
         self.max_payload = 1024 * 1024
-        self._subs: dict[str, Any] = {}
+        self._subs: dict[str, _Puller] = {}
+        #: The AckWait of each pattern's consumer (another leader's, when it made it).
+        self.ack_waits: dict[str, float] = {}
         self._closing: set[asyncio.Future[None]] = set()  # unsubscribes under way
         self.requests: _Requests = None  # type: ignore[assignment]  # (once connected)
         self.on_disconnect: Callable[[], None] | None = None
+        self._away_since: float | None = None
         self.on_reconnect: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ connection
@@ -333,12 +523,19 @@ class JetStreamStore:
     async def _error(self, exc: Exception) -> None:
         log.warning("NATS: %s", exc or type(exc).__name__)
 
+    def away_for(self, now: float) -> float:
+        """Seconds (``time.monotonic()``) the connection has been down (0.0: it is up)."""
+        return 0.0 if self._away_since is None else now - self._away_since
+
     async def _disconnected(self) -> None:
+        if self._away_since is None:
+            self._away_since = time.monotonic()
         log.warning("NATS: disconnected; reconnecting")
         if self.on_disconnect is not None:
             self.on_disconnect()
 
     async def _reconnected(self) -> None:
+        self._away_since = None
         log.warning("NATS: reconnected to %s", self.nc.connected_url.netloc)
         if self.on_reconnect is not None:
             self.on_reconnect()
@@ -385,6 +582,16 @@ class JetStreamStore:
         try:
             self.kv = await self.js.key_value(config.results_bucket)
         except Exception:
+            self.kv = None
+        if self.kv is not None:
+            info = await self.js.stream_info(f"KV_{config.results_bucket}")
+            if info.config.num_replicas != config.replicas:
+                raise StoreError(
+                    f"the bucket {config.results_bucket} has {info.config.num_replicas}"
+                    f" replicas, this leader is configured for {config.replicas}: change the"
+                    " store's replicas (or the bucket, with the nats CLI) so that they agree"
+                )
+        else:
             try:
                 self.kv = await self.js.create_key_value(
                     bucket=config.results_bucket,
@@ -419,95 +626,190 @@ class JetStreamStore:
 
     # ------------------------------------------------------------ jobs in
 
-    async def publish_jobs(self, jobs: Sequence[tuple[str, str, bytes]]) -> list[Any]:
-        """Publish ``(message id, job subject, body)`` messages to the jobs stream (the
-        message id is the job's: a resubmission is dropped as a duplicate); each one's
-        answer in order: ``True`` stored, ``False`` a duplicate (stored before), or the
-        exception that says why not."""
-        config = self.config
-        answers = await self.requests.many(
+    def _kv(self, key: str) -> str:
+        return f"$KV.{self.config.results_bucket}.{key}"
+
+    async def submit_jobs(self, jobs: Sequence[Submitted]) -> list[Any]:
+        """Store jobs: for each, claim its id (``c<key>`` in the bucket, create-if-absent,
+        for the bucket's TTL: the dedup window longer than the stream's), then publish its
+        message (``Nats-Msg-Id`` = its id). Each one's answer, in order: ``("stored",
+        None)``; ``("duplicate", claim)`` (claimed before: ``claim`` is ``[identity,
+        wall time]`` of the first submit, or None when it cannot be read); or the
+        exception that says why not (nothing may have been stored, or the claim only).
+
+        A duplicate claimed less than the stream's duplicate window ago is published
+        again under the same message id: JetStream drops it if the first one was stored,
+        and stores it if its leader died between the claim and the publish. ``force``
+        (an operator's retry): the claim is overwritten and the message is new.
+        """
+        expect_none = {"Nats-Expected-Last-Subject-Sequence": "0"}
+        claims = await self.requests.many(
             [
-                (config.jobs_subject(subject), body, {"Nats-Msg-Id": msg_id})
-                for msg_id, subject, body in jobs
+                (self._kv("c" + job.key), job.claim, None if job.force else expect_none)
+                for job in jobs
             ]
         )
-        out: list[Any] = []
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                out.append(answer)
-                continue
-            try:
-                reply = json.loads(answer.data)
-            except ValueError:
-                headers = answer.headers or {}
-                out.append(StoreError(f"JetStream answered {headers.get('Status', '?')}"))
-                continue
-            error = reply.get("error")
-            if error is not None:
-                out.append(StoreError(f"JetStream refused the job: {error.get('description')}"))
+        answers: list[Any] = [None] * len(jobs)
+        duplicates: list[int] = []
+        for i, answer in enumerate(claims):
+            problem = _js_problem(answer)
+            if problem is None:
+                answers[i] = ("stored", None)
+            elif problem == 10071:
+                duplicates.append(i)
             else:
-                out.append(not reply.get("duplicate", False))
-        return out
+                answers[i] = _as_error(answer, problem, "claiming the job id")
+        if duplicates:
+            read = await self.read_keys(["c" + jobs[i].key for i in duplicates])
+            wall = time.time()
+            for i, data in zip(duplicates, read, strict=True):
+                claim = decode_claim(data)
+                # Published again (see above) when claimed lately, or when the claim cannot
+                # be read (a replica behind its leader, just after an election): lately.
+                if claim is None or wall - claim[1] < self.config.duplicate_window - 10:
+                    answers[i] = ("again", claim)
+                else:
+                    answers[i] = ("duplicate", claim)
+        publish = [i for i, answer in enumerate(answers) if answer[0] in ("stored", "again")]
+        config = self.config
+        stored = await self.requests.many(
+            [
+                (
+                    config.jobs_subject(jobs[i].subject),
+                    jobs[i].body,
+                    {"Nats-Msg-Id": jobs[i].msg_id},
+                )
+                for i in publish
+            ]
+        )
+        for i, answer in zip(publish, stored, strict=True):
+            kind, claim = answers[i]
+            problem = _js_problem(answer)
+            if kind == "again":
+                answers[i] = (
+                    ("duplicate", claim)
+                    if problem is None
+                    else _as_error(answer, problem, "storing the job again")
+                )
+            elif problem is not None:  # (claimed, not stored: the claim goes again)
+                answers[i] = _as_error(answer, problem, "storing the job")
+                await self._unclaim(jobs[i].key)
+        return answers
+
+    async def _unclaim(self, key: str) -> None:
+        try:
+            await self.kv.purge("c" + key)
+        except Exception as exc:
+            log.warning("a claim of a job not stored stays (its id waits): %s", exc)
 
     # ------------------------------------------------------------ jobs out
 
-    async def ensure_consumer(self, pattern: str) -> str | None:
-        """Make sure the durable consumer of worker ``pattern`` exists and is bound; returns
-        None, or why it cannot be (another pattern's consumer overlaps it)."""
-        if pattern in self._subs:
-            return None
+    async def ensure_consumer(self, pattern: str) -> tuple[str | None, float]:
+        """Make sure the durable consumer of worker ``pattern`` exists and is bound.
+        Returns why it cannot be (another pattern's consumer, in use, overlaps it), or
+        None; and the consumer's AckWait (another leader's, when it made it: it is not
+        changed here, so that leaders configured apart never shorten each other's)."""
         from nats.js import api
+        from nats.js.errors import NotFoundError
 
         config = self.config
         durable = consumer_name(pattern)
-        consumer = api.ConsumerConfig(
-            durable_name=durable,
-            filter_subject=config.jobs_subject(pattern),
-            ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_wait=config.ack_wait,
-            max_deliver=-1,
-            max_ack_pending=config.max_ack_pending,
-            max_waiting=4096,
-        )
+        if pattern in self._subs:
+            return None, self.ack_waits.get(pattern, config.ack_wait)
         try:
-            await self.js.add_consumer(config.jobs_stream, consumer)
-        except Exception as exc:
-            text = str(exc)
-            if "10100" in text or "overlap" in text or "unique" in text:
-                return (
-                    f"worker pattern {pattern!r} overlaps another pattern's consumer on the"
-                    f" shared work queue {config.jobs_stream}: on a shared store, the patterns"
-                    " workers serve must not overlap (serve a.b and a.c, or a.*, not both)"
-                )
-            return f"cannot create the consumer of {pattern!r}: {exc}"
+            info = await self.js.consumer_info(config.jobs_stream, durable)
+        except NotFoundError:
+            info = None
+        if info is None:
+            consumer = api.ConsumerConfig(
+                durable_name=durable,
+                filter_subject=config.jobs_subject(pattern),
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+                ack_wait=config.ack_wait,
+                max_deliver=-1,
+                max_ack_pending=config.max_ack_pending,
+                max_waiting=4096,
+                inactive_threshold=CONSUMER_IDLE,
+            )
+            try:
+                info = await self.js.add_consumer(config.jobs_stream, consumer)
+            except Exception as exc:
+                text = str(exc)
+                if not ("10100" in text or "overlap" in text or "unique" in text):
+                    return f"cannot create the consumer of {pattern!r}: {exc}", 0.0
+                idle = await self._drop_idle_overlapping(pattern)
+                try:
+                    info = await self.js.add_consumer(config.jobs_stream, consumer)
+                except Exception:
+                    problem = (
+                        f"worker pattern {pattern!r} overlaps the pattern(s) {idle or '?'} of"
+                        f" another consumer in use on the shared work queue"
+                        f" {config.jobs_stream}: on a shared store, the patterns workers serve"
+                        " must not overlap (serve a.b and a.c, or a.*, not both)"
+                    )
+                    return problem, 0.0
+        ack_wait = float(info.config.ack_wait or config.ack_wait)
+        if abs(ack_wait - config.ack_wait) > 0.001:
+            log.warning(
+                "the consumer of %r has an AckWait of %g s, this leader is configured for %g s:"
+                " it keeps the consumer's (change it for every leader with `nats consumer"
+                " edit`, and the leaders' store_ack_wait)",
+                pattern, ack_wait, config.ack_wait,
+            )  # fmt: skip
+        self.ack_waits[pattern] = ack_wait
         self._subs[pattern] = _Puller(
             self.nc, f"$JS.API.CONSUMER.MSG.NEXT.{config.jobs_stream}.{durable}"
         )
-        return None
+        return None, ack_wait
 
-    async def pull(
-        self, pattern: str, count: int, expires: float, deliver: Callable[[Fetched], None]
-    ) -> int:
+    async def _drop_idle_overlapping(self, pattern: str) -> list[str]:
+        """Delete the consumers whose patterns overlap ``pattern`` and that nobody uses
+        (no pull waiting, nothing held): those of patterns no worker serves any more.
+        Returns the patterns of the overlapping consumers still in use."""
+        config = self.config
+        cut = len(config.prefix) + 6
+        in_use = []
+        for info in await self.js.consumers_info(config.jobs_stream):
+            other = (info.config.filter_subject or "")[cut:]
+            if not other or not patterns_overlap(other, pattern):
+                continue
+            if info.num_waiting or info.num_ack_pending:
+                in_use.append(other)
+                continue
+            try:
+                await self.js.delete_consumer(config.jobs_stream, info.name)
+                log.warning("deleted the idle consumer of %r: it overlaps %r", other, pattern)
+            except Exception as exc:
+                log.warning("cannot delete the idle consumer of %r: %s", other, exc)
+        return in_use
+
+    async def pull(self, pattern: str, count: int, expires: float) -> int:
         """One pull request for up to ``count`` messages of worker ``pattern``'s consumer:
-        each is given to ``deliver`` (on the loop) as it comes, not once the batch is full.
-        Returns how many came, when ``count`` did, the server ended the request (no more
-        within ``expires`` seconds), or ``expires`` and a second passed."""
-        return await self._subs[pattern].pull(min(count, MAX_FETCH), expires, deliver)
+        each is given to the pattern's ``deliver`` (on the loop) as it comes, not once the
+        batch is full. Returns how many came, when ``count`` did, the server ended the
+        request (no more within ``expires`` seconds), or ``expires`` and a second passed."""
+        return await self._subs[pattern].pull(min(count, MAX_FETCH), expires)
+
+    def set_deliver(self, pattern: str, deliver: Callable[[Fetched], None]) -> None:
+        """Where the messages of ``pattern``'s pulls go (late ones too)."""
+        self._subs[pattern].deliver = deliver
 
     async def served_patterns(self) -> list[str]:
-        """The worker patterns with a consumer on the jobs stream (made by any leader)."""
+        """The worker patterns whose consumer is in use now (a pull waiting, or messages
+        held) by any leader."""
         infos = await self.js.consumers_info(self.config.jobs_stream)
-        cut = len(self.config.prefix) + 6
+        prefix = f"{self.config.prefix}.jobs."
         return [
-            info.config.filter_subject[cut:]
+            info.config.filter_subject[len(prefix) :]
             for info in infos
-            if info.config.filter_subject
-            and info.config.filter_subject.startswith(f"{self.config.prefix}.jobs.")
+            if (info.config.filter_subject or "").startswith(prefix)
+            and (info.num_waiting or info.num_ack_pending)
         ]
 
     def drop_consumer(self, pattern: str) -> None:
-        """Stop fetching for ``pattern`` (the durable consumer stays, for other leaders)."""
+        """Stop fetching for ``pattern`` (the durable consumer stays, for other leaders;
+        JetStream deletes it once nobody used it for :data:`CONSUMER_IDLE` seconds)."""
         puller = self._subs.pop(pattern, None)
         if puller is not None:
             task = asyncio.ensure_future(_quietly(puller.close()))
@@ -526,11 +828,11 @@ class JetStreamStore:
         """A delayed negative acknowledgement: redelivered after ``delay`` seconds."""
         return b'-NAK {"delay": %d}' % max(0, int(delay * 1e9))
 
-    # ------------------------------------------------------------ results
+    # ------------------------------------------------------------ the bucket
 
-    async def get_results(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The stored results of ``keys`` (None where there is none): direct gets of the
-        bucket's stream, sent together and answered on one inbox."""
+    async def read_keys(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` in the bucket (None where there is none): direct gets,
+        sent together and answered on one inbox."""
         bucket = self.config.results_bucket
         answers = await self.requests.many(
             [(f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key}", b"", None) for key in keys]
@@ -544,35 +846,35 @@ class JetStreamStore:
             if status == "404":
                 out.append(None)
             elif status:
-                raise StoreError(f"reading a result: {status} {headers.get('Description', '')}")
+                raise StoreError(f"reading the bucket: {status} {headers.get('Description', '')}")
             elif headers.get("KV-Operation") in ("DEL", "PURGE"):
                 out.append(None)
             else:
-                out.append(answer.data)
+                out.append(bytes(answer.data))
         return out
 
-    async def put_results(self, results: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
-        """Store ``(key, result)`` pairs if absent; for each, None when stored, else the
-        result stored before (the first one wins). An exception when the store fails."""
-        bucket = self.config.results_bucket
+    async def put_results(self, results: Sequence[tuple[str, bytes]]) -> list[Any]:
+        """Store ``(key, result)`` pairs if absent; for each: None when stored, the bytes
+        of the result stored before (the first one wins), or the exception that kept it
+        from being stored."""
         answers = await self.requests.many(
             [
-                (f"$KV.{bucket}.{key}", value, {"Nats-Expected-Last-Subject-Sequence": "0"})
+                (self._kv(key), value, {"Nats-Expected-Last-Subject-Sequence": "0"})
                 for key, value in results
             ]
         )
-        out: list[bytes | None] = []
+        out: list[Any] = []
         for (key, value), answer in zip(results, answers, strict=True):
-            if isinstance(answer, BaseException):
-                raise answer
-            reply = json.loads(answer.data)
-            error = reply.get("error")
-            if error is None:
+            problem = _js_problem(answer)
+            if problem is None:
                 out.append(None)
-            elif error.get("err_code") == 10071:  # (a result is there, or was deleted)
-                out.append(await self._put_again(key, value))
+            elif problem == 10071:  # (a result is there, or was deleted)
+                try:
+                    out.append(await self._put_again(key, value))
+                except Exception as exc:
+                    out.append(exc)
             else:
-                raise StoreError(f"storing a result: {error.get('description', error)}")
+                out.append(_as_error(answer, problem, "storing a result"))
         return out
 
     async def _put_again(self, key: str, value: bytes) -> bytes | None:
@@ -584,12 +886,17 @@ class JetStreamStore:
         except Exception as exc:
             if type(exc).__name__ != "KeyWrongLastSequenceError":
                 raise
-            try:
-                entry = await kv.get(key, validate_keys=False)
-            except Exception:
-                return value
+            entry = await kv.get(key, validate_keys=False)
             return bytes(entry.value or b"")
         return None
+
+    async def put_values(self, values: Sequence[tuple[str, bytes]]) -> None:
+        """Put ``(key, value)`` pairs in the bucket (whatever was there)."""
+        answers = await self.requests.many([(self._kv(k), v, None) for k, v in values])
+        for answer in answers:
+            problem = _js_problem(answer)
+            if problem is not None:
+                raise _as_error(answer, problem, "writing the bucket")
 
     async def delete_results(self, keys: Sequence[str]) -> None:
         """Forget the stored results of ``keys`` (jobs submitted again on purpose)."""
@@ -616,40 +923,6 @@ class JetStreamStore:
                 for job_id, subject, body in letters
             )
         )
-
-    async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
-        """The newest ``limit`` dead letters (decoded records), newest first."""
-        from nats.js.errors import NotFoundError
-
-        js = self.js
-        try:
-            info = await js.stream_info(self.config.dead_stream)
-        except NotFoundError:
-            return []
-        last, first = info.state.last_seq, info.state.first_seq
-        out: list[dict[str, Any]] = []
-        seq = last
-        while seq >= first and len(out) < limit:
-            try:
-                msg = await js.get_msg(self.config.dead_stream, seq)
-            except NotFoundError:
-                seq -= 1
-                continue
-            try:
-                out.append(decode(msg.data))
-            except Exception:
-                pass
-            seq -= 1
-        return out
-
-    async def dead_letter_count(self) -> int:
-        from nats.js.errors import NotFoundError
-
-        try:
-            info = await self.js.stream_info(self.config.dead_stream)
-        except NotFoundError:
-            return 0
-        return int(info.state.messages)
 
     # ------------------------------------------------------------ core subjects
 
@@ -683,14 +956,16 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
 class _Puller:
     """Pull requests of one consumer, answered on an inbox of its own: one at a time,
     each delivering its messages as they come (nats-py's ``fetch`` waits for a lingering
-    pull to fill its batch or time out, which holds a job for up to its timeout)."""
+    pull to fill its batch or time out, which holds a job for up to its timeout). A
+    message that comes after its pull was given up is delivered too (never dropped: it
+    would come back only after AckWait, counted as a delivery)."""
 
     def __init__(self, nc: Any, next_subject: str) -> None:
         self.nc = nc
         self.next_subject = next_subject
         self.inbox = nc.new_inbox()
         self.sub: Any = None
-        self._deliver: Callable[[Fetched], None] | None = None
+        self.deliver: Callable[[Fetched], None] | None = None
         self._left = 0
         self._done: asyncio.Event = asyncio.Event()
 
@@ -699,22 +974,20 @@ class _Puller:
         if headers and headers.get("Status"):  # the server ended the pull (408, 404, 409)
             self._done.set()
             return
-        deliver = self._deliver
-        if deliver is None:  # (a late one of a pull given up: redelivered after AckWait)
-            return
-        try:
-            meta = msg.metadata
-            deliver(Fetched(msg.reply, msg.data, meta.num_delivered, meta.sequence.stream))
-        except Exception:
-            log.exception("a message of the jobs stream could not be taken")
+        deliver = self.deliver
+        if deliver is not None:
+            try:
+                meta = msg.metadata
+                deliver(Fetched(msg.reply, msg.data, meta.num_delivered, meta.sequence.stream))
+            except Exception:
+                log.exception("a message of the jobs stream could not be taken")
         self._left -= 1
         if self._left <= 0:
             self._done.set()
 
-    async def pull(self, count: int, expires: float, deliver: Callable[[Fetched], None]) -> int:
+    async def pull(self, count: int, expires: float) -> int:
         if self.sub is None:
             self.sub = await self.nc.subscribe(self.inbox, cb=self._on_msg)
-        self._deliver = deliver
         self._left = count
         self._done = asyncio.Event()
         request = b'{"batch":%d,"expires":%d}' % (count, int(expires * 1e9))
@@ -723,9 +996,7 @@ class _Puller:
             await asyncio.wait_for(self._done.wait(), expires + 1.0)
         except TimeoutError:
             pass
-        finally:
-            self._deliver = None
-        return count - self._left
+        return count - max(self._left, 0)
 
     async def close(self) -> None:
         if self.sub is not None:
@@ -761,7 +1032,7 @@ class _Requests:
         pending = self.pending
         prefix = self.prefix + "."
         ids = self.ids
-        futures: list[Any] = []
+        futures: list[tuple[str, Any]] = []
         for subject, data, headers in requests:
             reply = prefix + str(next(ids))
             future = loop.create_future()
@@ -771,20 +1042,18 @@ class _Requests:
             except Exception as exc:
                 pending.pop(reply, None)
                 future = exc
-            futures.append(future)
-        waiting = [f for f in futures if isinstance(f, asyncio.Future)]
+            futures.append((reply, future))
+        waiting = [f for _r, f in futures if isinstance(f, asyncio.Future)]
         if waiting:
             await asyncio.wait(waiting, timeout=API_TIMEOUT)
         out: list[Any] = []
-        for future in futures:
+        for reply, future in futures:
             if not isinstance(future, asyncio.Future):
                 out.append(future)
             elif future.done():
                 out.append(future.result())
             else:
+                pending.pop(reply, None)
                 future.cancel()
                 out.append(TimeoutError(f"no answer from NATS within {API_TIMEOUT:g} s"))
-        if len(pending) > 100_000:  # (answers that never came: their futures go)
-            for reply in [r for r, f in pending.items() if f.done()]:
-                del pending[reply]
         return out

@@ -1007,7 +1007,8 @@ class Leader:
         reader, listing the :data:`MAX_STATS_SUBJECTS` busiest subjects), and a connection
         is answered at most once per interval (``busy`` before)."""
         if msg.what == "result":
-            if self.shared is not None and msg.job_id not in self.broker.jobs:
+            job = self.broker.jobs.get(msg.job_id or "")
+            if self.shared is not None and (job is None or job.leased):
                 self.shared.query(client, msg, now)
             else:
                 self.broker.query_result(client, msg, now)
