@@ -534,12 +534,14 @@ class SharedJobs:
             return
         wait = self.waits.get(pending.key)
         if wait is not None and not wait.stored:
-            wait.publishing = False
-            for call in self._drop_calls(pending.key, lambda call: not call.submit):
+            # (the calls that wait with it: the submits refused as it is, the result
+            # queries that came while it was being stored told it is not there)
+            for call in self._drop_calls(pending.key, lambda call: False):
                 call.client.send(
                     Error(
-                        mid=call.client.next_mid(), cid=call.mid, code=code, message=text,
-                        job_id=msg.job_id, retry_after=1.0 if code == ErrorCode.BUSY else None,
+                        mid=call.client.next_mid(), cid=call.mid, job_id=msg.job_id,
+                        code=code if call.submit else ErrorCode.NOT_FOUND, message=text,
+                        retry_after=1.0 if call.submit and code == ErrorCode.BUSY else None,
                     )
                 )  # fmt: skip
 
@@ -726,6 +728,15 @@ class SharedJobs:
                 return
             if self.calls >= MAX_WAITING:
                 self._busy(client, msg, f"{MAX_WAITING} calls wait for results at this leader")
+                return
+            if (
+                wait is not None
+                and wait.publishing
+                and any(
+                    call.client.identity == client.identity or client.admin for call in wait.calls
+                )
+            ):  # (being stored by a submit here, of its identity: it waits with it)
+                self._add_call(wait, client, msg.mid, submit=False)
                 return
         self._spawn(self._query, client, msg)
 
