@@ -279,3 +279,51 @@ async def test_a_dead_letter_retried_by_an_operator_runs_again_through_the_store
             )
             assert await client.result("retry-me", wait=True) == 1
             Flaky.fail_times = 2
+
+
+async def test_tls_urls_refuse_a_server_that_does_not_require_tls():
+    from actors.leader._jetstream import StoreError
+
+    require_local_nats()
+    config = parse_store("tls://127.0.0.1:4222", prefix="t" + secrets.token_hex(4))
+    leader = Leader(listen=["tcp://127.0.0.1:0"], store=config)
+    with trio.fail_after(20), pytest.raises(StoreError, match="does not require TLS"):
+        await leader.run()
+
+
+async def test_a_password_in_the_store_url_is_never_shown(store):
+    import attrs
+
+    # (the local nats-server has no users: it lets any in)
+    secret = attrs.evolve(store, servers=("nats://someone:s3cret@127.0.0.1:4222",))
+    leader = Leader(listen=["tcp://127.0.0.1:0"], store=secret)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(leader.run)
+            shown = repr(leader.stats()["store"]) + repr(leader.readiness()[1]["store"])
+            assert "s3cret" not in shown and "someone:***@" in shown
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_job_id_with_a_line_break_is_stored_and_answered(store):
+    with trio.fail_after(20):
+        async with leaders(store, (Echo(),)) as [(_leader, url)], Client.connect(url) as client:
+            assert (await client.submit("echo.nl", 7, job_id="a\nb"))["echo"] == 7
+            assert (await client.result("a\nb"))["echo"] == 7
+
+
+async def test_dead_letters_are_listed_at_every_leader_and_after_a_restart(store):
+    with trio.fail_after(30):
+        async with leaders(store, (Flaky(),), (), max_attempts=2) as [(_a, url_a), (b, _url_b)]:
+            Flaky.fail_times = 5
+            try:
+                async with Client.connect(url_a) as client:
+                    with pytest.raises(DeadLettered):
+                        await client.submit("flaky.dies", None, job_id="dies-once")
+            finally:
+                Flaky.fail_times = 2
+            await wait_until(
+                lambda: any(d["job_id"] == "dies-once" for d in b.broker.dead_letters), timeout=10
+            )
+        async with leaders(store, ()) as [(fresh, _url)]:  # (a leader started later)
+            assert [d["job_id"] for d in fresh.broker.dead_letters] == ["dies-once"]

@@ -339,7 +339,7 @@ def _one_line(error: BaseException) -> str:
 def _store_line(store: StoreConfig) -> str:
     """What the cluster says of its shared store at start."""
     return (
-        f"store: NATS JetStream {', '.join(store.servers)} (R{store.replicas}, stream "
+        f"store: NATS JetStream {', '.join(store.shown_servers)} (R{store.replicas}, stream "
         f"{store.jobs_stream})"
     )
 

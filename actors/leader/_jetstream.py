@@ -26,6 +26,7 @@ results to store), never once per job. The mapping onto JetStream (``docs/scale-
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import itertools
 import json
@@ -115,6 +116,11 @@ class StoreConfig:
     def results_bucket(self) -> str:
         return f"{self.prefix}_results"
 
+    @property
+    def shown_servers(self) -> list[str]:
+        """The servers as they may be shown (a password in a URL replaced by ``***``)."""
+        return [_shown(url) for url in self.servers]
+
     def jobs_subject(self, subject: str) -> str:
         return f"{self.prefix}.jobs.{subject}"
 
@@ -164,6 +170,16 @@ def parse_store(url: str, **settings: Any) -> StoreConfig:
     config = StoreConfig(servers=tuple(servers), **settings)
     check_store_config(config)
     return config
+
+
+def _shown(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 def check_store_config(config: StoreConfig) -> None:
@@ -385,6 +401,14 @@ def decode_claim(data: bytes | None) -> list[Any] | None:
     return None
 
 
+def _msg_id(msg_id: str) -> str:
+    """A message id as a header may carry it (a job id with a line break or a control
+    character, which a header cannot hold, as the hex of its UTF-8)."""
+    if msg_id.isprintable() and len(msg_id) <= 512:
+        return msg_id
+    return "x" + msg_id.encode().hex()
+
+
 def _js_problem(answer: Any) -> int | None:
     """None when ``answer`` (a JetStream API reply, or an exception) says all is well;
     else its error code (0 when it has none)."""
@@ -482,7 +506,7 @@ class JetStreamStore:
             self.nc = await nats.connect(**options)
         except Exception as exc:
             raise StoreError(
-                f"cannot connect to NATS at {', '.join(config.servers)}: {exc or type(exc).__name__}"
+                f"cannot connect to NATS at {', '.join(config.shown_servers)}: {exc or type(exc).__name__}"
             ) from None
         self.nc.options["max_reconnect_attempts"] = -1
         info = self.nc._server_info
@@ -491,6 +515,14 @@ class JetStreamStore:
         if problem is not None:
             await self.close()
             raise StoreError(problem)
+        if self._tls() is not None and not info.get("tls_required"):
+            where = _shown(self.nc.connected_url.geturl())
+            await self.close()
+            raise StoreError(
+                f"the nats-server at {where} does not require TLS, and this leader is"
+                " configured for TLS (tls:// URLs, or store_tls_*): the connection would be in"
+                " plain text. Configure TLS on the server (a tls {} block), or use nats:// URLs"
+            )
         if not info.get("jetstream"):
             where = self.nc.connected_url.netloc
             await self.close()
@@ -528,6 +560,8 @@ class JetStreamStore:
         return 0.0 if self._away_since is None else now - self._away_since
 
     async def _disconnected(self) -> None:
+        if self.nc is None:  # (closing)
+            return
         if self._away_since is None:
             self._away_since = time.monotonic()
         log.warning("NATS: disconnected; reconnecting")
@@ -585,6 +619,12 @@ class JetStreamStore:
             self.kv = None
         if self.kv is not None:
             info = await self.js.stream_info(f"KV_{config.results_bucket}")
+            if info.config.max_age and abs(info.config.max_age - config.results_ttl) > 1:
+                log.warning(
+                    "the bucket %s keeps results %g s, this leader is configured for %g s: the"
+                    " bucket's holds (change it for every leader with the nats CLI)",
+                    config.results_bucket, info.config.max_age, config.results_ttl,
+                )  # fmt: skip
             if info.config.num_replicas != config.replicas:
                 raise StoreError(
                     f"the bucket {config.results_bucket} has {info.config.num_replicas}"
@@ -677,7 +717,7 @@ class JetStreamStore:
                 (
                     config.jobs_subject(jobs[i].subject),
                     jobs[i].body,
-                    {"Nats-Msg-Id": jobs[i].msg_id},
+                    {"Nats-Msg-Id": _msg_id(jobs[i].msg_id)},
                 )
                 for i in publish
             ]
@@ -912,17 +952,39 @@ class JetStreamStore:
         await asyncio.gather(*(one(k) for k in keys))
 
     async def dead_letter(self, letters: Sequence[tuple[str, str, bytes]]) -> None:
-        """Store ``(job id, subject, record)`` dead letters in the dead-letter stream."""
+        """Store ``(message id, subject, record)`` dead letters in the dead-letter stream
+        (the message id is of this death: a job that dies again has another)."""
         js = self.js
         prefix = self.config.prefix
         await asyncio.gather(
             *(
-                js.publish(
-                    f"{prefix}.dead.{subject}", body, headers={"Nats-Msg-Id": "dead-" + job_id}
-                )
-                for job_id, subject, body in letters
+                js.publish(f"{prefix}.dead.{subject}", body, headers={"Nats-Msg-Id": msg_id})
+                for msg_id, subject, body in letters
             )
         )
+
+    async def newest_dead_letters(self, limit: int) -> list[bytes]:
+        """The bodies of the newest ``limit`` dead letters of the dead-letter stream,
+        oldest first (read together, by sequence)."""
+        name = self.config.dead_stream
+        info = await self.js.stream_info(name)
+        last, first = info.state.last_seq, info.state.first_seq
+        if not info.state.messages:
+            return []
+        seqs = list(range(max(first, last - limit + 1), last + 1))
+        answers = await self.requests.many(
+            [(f"$JS.API.STREAM.MSG.GET.{name}", b'{"seq":%d}' % seq, None) for seq in seqs]
+        )
+        out = []
+        for answer in answers:
+            if _js_problem(answer) is not None:
+                continue  # (deleted, or expired meanwhile)
+            try:
+                message = json.loads(answer.data)["message"]
+                out.append(base64.b64decode(message["data"]))
+            except Exception:
+                continue
+        return out
 
     # ------------------------------------------------------------ core subjects
 

@@ -796,7 +796,7 @@ class Leader:
             "store": (
                 None
                 if shared is None
-                else {"connected": store_up, "servers": list(shared.config.servers)}
+                else {"connected": store_up, "servers": shared.config.shown_servers}
             ),
         }
 

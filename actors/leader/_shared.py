@@ -269,8 +269,10 @@ class SharedJobs:
                     (f"{prefix}.progress.{self.token}", self._on_progress),
                     (f"{prefix}.cancel", self._on_cancel),
                     (f"{prefix}.pub.>", self._on_publish),
+                    (f"{prefix}.dead.>", self._on_dead),
                 ):
                     await bridge.run(store.subscribe, subject, bridge.to_trio(self._each(handler)))
+                await self._load_dead_letters()
                 reconnected = bridge.to_trio(self._on_reconnect)
                 store.on_reconnect = lambda: reconnected(None)
                 self.broker.lease_failed = self._lease_failed
@@ -279,7 +281,7 @@ class SharedJobs:
                 log.info(
                     "leader %s: jobs shared on NATS JetStream %s (nats-server %s, %d replicas,"
                     " stream %s)",
-                    self.name, ", ".join(self.config.servers), store.version,
+                    self.name, ", ".join(self.config.shown_servers), store.version,
                     self.config.replicas, self.config.jobs_stream,
                 )  # fmt: skip
                 async with trio.open_nursery() as nursery:
@@ -304,6 +306,30 @@ class SharedJobs:
                         await self._flush_out()
                     with trio.move_on_after(5):
                         await bridge.run(store.close)
+
+    async def _load_dead_letters(self) -> None:
+        """Keep the newest dead letters of the shared stream in memory, as a journal's
+        are read back at start (the dead-letter views and retries read them there)."""
+        assert self.bridge is not None
+        limit = self.broker.config.max_dead_letters
+        try:
+            bodies = await self.bridge.run(self.store.newest_dead_letters, limit)
+        except Exception as exc:
+            log.warning("reading the dead letters of the shared store failed: %s", exc)
+            return
+        for body in bodies:
+            record = _dead_record(body)
+            if record is not None:
+                self.broker.retries.keep_dead_letter(record, len(body))
+
+    def _on_dead(self, msg: Any) -> None:
+        """A dead letter stored by another leader: kept here too, and published on
+        ``$dlq.<subject>`` to this leader's subscribers."""
+        record = _dead_record(msg.data)
+        if record is None:
+            raise ValueError("not a dead letter")
+        self.broker.retries.keep_dead_letter(record, len(msg.data))
+        self.broker.pubsub.route("$dlq." + record["subject"], record, {})
 
     def _each(self, handler: Callable[[Any], None]) -> Callable[[list[Any]], None]:
         """A handler of a batch of NATS messages, one ``handler(msg)`` each, as one batch
@@ -335,7 +361,7 @@ class SharedJobs:
         """What the store side has done, for the leader's statistics."""
         return {
             "kind": "jetstream",
-            "servers": list(self.config.servers),
+            "servers": self.config.shown_servers,
             "server_version": self.store.version,
             "connected": self.store.connected,
             "replicas": self.config.replicas,
@@ -428,7 +454,7 @@ class SharedJobs:
         if self.store.away_for(time.monotonic()) > STORE_RETRY:
             self._busy(
                 client, msg,
-                f"the shared store is out of reach (NATS at {', '.join(self.config.servers)}):"
+                f"the shared store is out of reach (NATS at {', '.join(self.config.shown_servers)}):"
                 f" job {job_id} was not stored",
             )  # fmt: skip
             return
@@ -436,7 +462,7 @@ class SharedJobs:
             self._busy(
                 client, msg,
                 f"{MAX_UNPUBLISHED} submits wait to be stored: the shared store is not keeping"
-                f" up (NATS at {', '.join(self.config.servers)})",
+                f" up (NATS at {', '.join(self.config.shown_servers)})",
             )  # fmt: skip
             return
         wall = time.time()
@@ -664,7 +690,7 @@ class SharedJobs:
                 else:
                     self._refuse_pending(
                         pending, ErrorCode.BUSY,
-                        f"{why} (NATS at {', '.join(self.config.servers)}): job"
+                        f"{why} (NATS at {', '.join(self.config.shown_servers)}): job"
                         f" {pending.msg.job_id} was not stored",
                     )  # fmt: skip
         return kept
@@ -1223,7 +1249,8 @@ class SharedJobs:
         self.dead_lettered += 1
         if record.get("error_type") == "LeaderLost":  # (not through the broker: kept here)
             self.broker.retries.keep_dead_letter(dict(record), len(lease.job.payload or b"") + 256)
-        self._dead.append((lease.job.job_id, lease.job.subject, encode(record)))
+        death = f"dead-{lease.key}-{lease.deliveries}-{secrets.token_hex(3)}"
+        self._dead.append((death[:500], lease.job.subject, encode(record)))
         attempts = record.get("attempts", 0)
         self._store(
             lease,
@@ -1353,12 +1380,17 @@ class SharedJobs:
     # ------------------------------------------------------------------ publish/subscribe
 
     def _forward(self, subject: str, payload: Any, headers: dict[str, str]) -> None:
-        if len(self._core) >= MAX_UNSENT:  # (NATS is away: at most once, as pub/sub is)
+        data = _bytes(payload) or b""
+        if len(self._core) >= MAX_UNSENT or len(data) + RECORD_OVERHEAD > self.store.max_payload:
+            # (NATS is away, or it is over NATS's max_payload: the other leaders' subscribers
+            # miss it; at most once, as pub/sub is)
             self.forwards_dropped += 1
+            self._malformed(
+                f"a message to {subject} was not passed to the other leaders ({len(data)} bytes;"
+                f" NATS takes {self.store.max_payload})"
+            )
             return
-        self._core.append(
-            (f"{self.config.prefix}.pub.{subject}", _bytes(payload) or b"", headers or None)
-        )
+        self._core.append((f"{self.config.prefix}.pub.{subject}", data, headers or None))
         self._out_wake.set()
 
     def _on_publish(self, msg: Any) -> None:
@@ -1408,6 +1440,22 @@ def _value(data: bytes | None) -> Any:
         return decode(data)
     except Exception:
         return None
+
+
+def _dead_record(data: bytes) -> dict[str, Any] | None:
+    """A dead letter's record from the dead-letter stream (None: not one a leader wrote)."""
+    try:
+        record = decode(data)
+    except Exception:
+        return None
+    if (
+        type(record) is not dict
+        or type(record.get("job_id")) is not str
+        or not is_valid_subject(record.get("subject"))
+        or not all(type(k) is str for k in record)
+    ):
+        return None
+    return record
 
 
 def _count(data: bytes | None) -> int:
