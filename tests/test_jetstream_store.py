@@ -134,3 +134,13 @@ async def test_a_leader_whose_nats_does_not_answer_says_so():
     leader = Leader(listen=["tcp://127.0.0.1:0"], store=parse_store(f"nats://127.0.0.1:{port}"))
     with trio.fail_after(20), pytest.raises(StoreError, match="cannot connect to NATS"):
         await leader.run()
+
+
+def test_a_leader_takes_its_store_as_a_url_too():
+    leader = Leader(listen=["tcp://127.0.0.1:0"], store="nats://127.0.0.1:4222,nats://h2:4223")
+    assert leader.config.store == parse_store("nats://127.0.0.1:4222,nats://h2:4223")
+    assert leader.journal is None and leader.shared is not None
+    with pytest.raises(ValueError, match="not a NATS URL"):
+        Leader(listen=["tcp://127.0.0.1:0"], store="http://x:1")
+    with pytest.raises(TypeError, match="StoreConfig or a nats:// URL"):
+        Leader(listen=["tcp://127.0.0.1:0"], store=42)

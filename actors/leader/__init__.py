@@ -22,6 +22,8 @@ module             concept
 ``_metrics``       ``/metrics``: the statistics in Prometheus text
 ``_dashboard``     the dashboard's feed: snapshots on ``$sys.dashboard``, history
 ``_feed``          ``/ws`` on the HTTP port: the feed's connections, subscribe only
+``_jetstream``     the shared store on NATS JetStream: streams, consumers, bucket
+``_shared``        a leader's part in a cluster of leaders sharing that store
 =================  ==========================================================
 """
 
@@ -32,6 +34,9 @@ from ._auth import Token as Token
 from ._auth import User as User
 from ._broker import Broker as Broker
 from ._broker import BrokerConfig as BrokerConfig
+from ._jetstream import StoreConfig as StoreConfig
+from ._jetstream import StoreError as StoreError
+from ._jetstream import parse_store as parse_store
 from ._jobs import JobState as JobState
 from ._journal import JournalError as JournalError
 from ._journal import SqliteJournal as SqliteJournal

@@ -77,7 +77,7 @@ from ._admin import (
 from ._auth import AuthConfig, Authenticator, AuthFailure, Principal, token_digest
 from ._broker import Broker, BrokerConfig, send_to
 from ._dashboard import DASHBOARD_SUBJECT, DashboardFeed
-from ._jetstream import StoreConfig, StoreError
+from ._jetstream import StoreConfig, StoreError, parse_store
 from ._journal import (
     PRUNE_BATCH,
     SYNC_MODES,
@@ -274,8 +274,9 @@ class LeaderConfig:
         answered ``busy`` with the reason (finished jobs are pruned after the dedup window).
       dead_letter_retention: seconds a dead letter is kept in the journal unless purged
         or retried.
-      store: a shared job store on NATS JetStream (see
-        :class:`~actors.leader._jetstream.StoreConfig`, ``parse_store("nats://...")``):
+      store: a shared job store on NATS JetStream (a
+        :class:`~actors.leader._jetstream.StoreConfig`, ``parse_store("nats://...", ...)``,
+        or just its URL, ``"nats://h1:4222,nats://h2:4222"``):
         the leader keeps no journal of its own; any number of leaders with the same store
         serve the same jobs (``docs/scale-out.md``). None: the journal (or ``memory``).
     """
@@ -305,7 +306,7 @@ class LeaderConfig:
     sync: str = attrs.field(default="full")
     max_journal_bytes: int = 4 * 2**30
     dead_letter_retention: float = 7 * 86400.0
-    store: StoreConfig | None = None
+    store: StoreConfig | None = attrs.field(default=None, converter=lambda v: _store_of(v))
 
     @sync.validator
     def _check_sync(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -334,6 +335,18 @@ class LeaderConfig:
                     f"{key!r} is not a setting of the leader (see LeaderConfig, BrokerConfig)"
                 )
         return cls(**leader, broker=BrokerConfig(**broker))
+
+
+def _store_of(value: Any) -> StoreConfig | None:
+    """A leader's ``store``: a :class:`StoreConfig`, or its URL (``"nats://h:4222,..."``,
+    read by :func:`~actors.leader._jetstream.parse_store` with the defaults)."""
+    if value is None or isinstance(value, StoreConfig):
+        return value
+    if isinstance(value, str):
+        return parse_store(value)
+    raise TypeError(
+        f"a leader's store is a StoreConfig or a nats:// URL, not {type(value).__name__}"
+    )
 
 
 _LEADER_FIELDS = frozenset(attrs.fields_dict(LeaderConfig)) - {"broker"}
