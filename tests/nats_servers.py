@@ -555,3 +555,27 @@ def _host_port(url: str) -> tuple[str, int]:
     if not host:
         return rest, 4222
     return host.strip("[]"), int(port)
+
+
+def drop_store(servers: str, prefix: str) -> None:
+    """Delete what a shared job store of ``prefix`` left on the NATS at ``servers`` (its
+    jobs and dead-letter streams, its results bucket); quietly, as a test's clean-up (in a
+    thread from trio: ``trio.to_thread.run_sync(drop_store, ...)``)."""
+    import asyncio
+
+    import nats
+
+    async def drop() -> None:
+        nc = await nats.connect(servers.split(","), connect_timeout=2, max_reconnect_attempts=2)
+        try:
+            js = nc.jetstream(timeout=5)
+            for stream in (f"{prefix.upper()}_JOBS", f"{prefix.upper()}_DEAD"):
+                with contextlib.suppress(Exception):
+                    await js.delete_stream(stream)
+            with contextlib.suppress(Exception):
+                await js.delete_key_value(f"{prefix}_results")
+        finally:
+            await nc.close()
+
+    with contextlib.suppress(Exception):
+        asyncio.run(drop())

@@ -28,7 +28,7 @@ from actors import Client
 from runtime import Backoff
 from tests.data.durable_worker import SUBJECT
 from tests.helpers import Tally
-from tests.nats_servers import nats_cluster_or_skip, require_local_nats
+from tests.nats_servers import drop_store, nats_cluster_or_skip, require_local_nats
 from tests.test_durability_e2e import Proc, explained, free_port, runs_of, square
 
 pytestmark = [pytest.mark.e2e, pytest.mark.nats]
@@ -51,31 +51,6 @@ def _config(tmp_path: Path, servers: str, prefix: str, replicas: int = 1) -> Pat
         f"store_ack_wait = {ACK_WAIT}\n"
     )
     return path
-
-
-async def _drop_store(servers: str, prefix: str) -> None:
-    import asyncio
-
-    import nats
-
-    async def drop() -> None:
-        nc = await nats.connect(servers.split(","), connect_timeout=2, max_reconnect_attempts=2)
-        js = nc.jetstream()
-        for name in (f"{prefix.upper()}_JOBS", f"{prefix.upper()}_DEAD"):
-            try:
-                await js.delete_stream(name)
-            except Exception:
-                pass
-        try:
-            await js.delete_key_value(f"{prefix}_results")
-        except Exception:
-            pass
-        await nc.close()
-
-    try:
-        await trio.to_thread.run_sync(asyncio.run, drop())
-    except Exception:
-        pass
 
 
 async def _two_leaders_one_killed(
@@ -167,7 +142,7 @@ async def _two_leaders_one_killed(
     finally:
         for leader in leaders:
             leader.cleanup()
-        await _drop_store(servers, prefix)
+        await trio.to_thread.run_sync(drop_store, servers, prefix)
 
 
 async def test_kill_9_of_one_of_two_leaders_loses_no_job(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from actors.worker import WorkerRunner
 from runtime import Backoff
 from tests.helpers import wait_until
 
-from .nats_servers import LOCAL_NATS, require_local_nats
+from .nats_servers import LOCAL_NATS, drop_store, require_local_nats
 
 pytestmark = [pytest.mark.e2e, pytest.mark.nats]
 
@@ -52,28 +52,6 @@ class Flaky(Worker):
         return job.attempt
 
 
-async def _drop_store(config: StoreConfig) -> None:
-    import asyncio
-
-    import nats
-
-    async def drop() -> None:
-        nc = await nats.connect(list(config.servers))
-        js = nc.jetstream()
-        for name in (config.jobs_stream, config.dead_stream):
-            try:
-                await js.delete_stream(name)
-            except Exception:
-                pass
-        try:
-            await js.delete_key_value(config.results_bucket)
-        except Exception:
-            pass
-        await nc.close()
-
-    await trio.to_thread.run_sync(asyncio.run, drop())
-
-
 @pytest.fixture
 async def store():
     require_local_nats()
@@ -81,7 +59,7 @@ async def store():
     try:
         yield config
     finally:
-        await _drop_store(config)
+        await trio.to_thread.run_sync(drop_store, LOCAL_NATS, config.prefix)
 
 
 @asynccontextmanager

@@ -26,7 +26,7 @@ from actors.cluster._config import config_from_args, config_from_mapping, load_c
 from actors.cluster._run import _journal_line, build_parser
 from actors.leader import Leader, LeaderConfig
 from actors.leader._jetstream import StoreConfig, StoreError, parse_store
-from tests.nats_servers import LOCAL_NATS, require_local_nats
+from tests.nats_servers import LOCAL_NATS, drop_store, require_local_nats
 from tests.test_cli import assert_clean_error, run, start_cluster
 
 CREDS = "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.x\n------END NATS USER JWT------\n"
@@ -345,26 +345,6 @@ def test_a_cluster_on_a_store_runs_trio_as_asyncios_guest(monkeypatch, capsys):
 # --------------------------------------------------------------------------- end to end
 
 
-async def _delete_store(prefix: str) -> None:
-    import nats
-    from nats.js.errors import NotFoundError
-
-    nc = await nats.connect(LOCAL_NATS, connect_timeout=2, allow_reconnect=False)
-    try:
-        js = nc.jetstream(timeout=5)
-        for stream in (f"{prefix.upper()}_JOBS", f"{prefix.upper()}_DEAD"):
-            try:
-                await js.delete_stream(stream)
-            except NotFoundError:
-                pass
-        try:
-            await js.delete_key_value(f"{prefix}_results")
-        except NotFoundError:
-            pass
-    finally:
-        await nc.close()
-
-
 async def _store_state(prefix: str) -> tuple[int, int, bool]:
     """The jobs stream's messages ever stored and still held, and whether the results
     bucket holds a value."""
@@ -388,7 +368,7 @@ def store_prefix() -> Iterator[str]:
     require_local_nats()
     prefix = f"h4t_{secrets.token_hex(6)}"
     yield prefix
-    asyncio.run(_delete_store(prefix))
+    drop_store(LOCAL_NATS, prefix)
 
 
 @pytest.mark.e2e

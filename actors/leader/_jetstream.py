@@ -442,7 +442,6 @@ class Fetched:
     reply: str
     data: bytes
     deliveries: int
-    stream_seq: int
 
 
 class JetStreamStore:
@@ -463,7 +462,6 @@ class JetStreamStore:
         self.ack_waits: dict[str, float] = {}
         self._closing: set[asyncio.Future[None]] = set()  # unsubscribes under way
         self.requests: _Requests = None  # type: ignore[assignment]  # (once connected)
-        self.on_disconnect: Callable[[], None] | None = None
         self._away_since: float | None = None
         self.on_reconnect: Callable[[], None] | None = None
 
@@ -565,8 +563,6 @@ class JetStreamStore:
         if self._away_since is None:
             self._away_since = time.monotonic()
         log.warning("NATS: disconnected; reconnecting")
-        if self.on_disconnect is not None:
-            self.on_disconnect()
 
     async def _reconnected(self) -> None:
         self._away_since = None
@@ -1002,10 +998,9 @@ class JetStreamStore:
         async def handler(msg: Any) -> None:
             on_message(msg)
 
-        await self.nc.subscribe(subject, cb=handler, pending_msgs_limit=-1, pending_bytes_limit=-1)
-
-    async def flush(self) -> None:
-        await self.nc.flush(API_TIMEOUT)
+        # (nats-py's bounds: 512k messages, 128 MiB waiting for the handler, which only
+        # hands each to trio; past them nats-py drops, as core NATS does a slow consumer)
+        await self.nc.subscribe(subject, cb=handler)
 
 
 async def _quietly(awaitable: Awaitable[Any]) -> None:
@@ -1040,7 +1035,7 @@ class _Puller:
         if deliver is not None:
             try:
                 meta = msg.metadata
-                deliver(Fetched(msg.reply, msg.data, meta.num_delivered, meta.sequence.stream))
+                deliver(Fetched(msg.reply, msg.data, meta.num_delivered))
             except Exception:
                 log.exception("a message of the jobs stream could not be taken")
         self._left -= 1

@@ -68,6 +68,7 @@ from ._jetstream import (
     result_key,
 )
 from ._jobs import CancelledResult, DeadResult, JobRecord, StoredResult
+from ._journal import _blob  # (a payload as its CBOR bytes: the journal's)
 from ._links import ClientLink
 
 log = logging.getLogger("actors.leader.shared")
@@ -469,7 +470,7 @@ class SharedJobs:
         body = JobBody(
             job_id=job_id,
             subject=msg.subject,
-            payload=_bytes(msg.payload),
+            payload=_blob(msg.payload),
             headers=dict(msg.headers),
             max_attempts=msg.max_attempts,
             submitted=wall,
@@ -512,7 +513,7 @@ class SharedJobs:
             wait_for_worker=True,
         )
         body = JobBody(
-            job_id=msg.job_id, subject=msg.subject, payload=_bytes(msg.payload),
+            job_id=msg.job_id, subject=msg.subject, payload=_blob(msg.payload),
             headers=msg.headers, max_attempts=msg.max_attempts, submitted=time.time(),
             expires=None, due=None, identity=record.get("identity"), origin=self.token,
         ).encode()  # fmt: skip
@@ -1197,7 +1198,7 @@ class SharedJobs:
                 return
             st = "cancelled" if msg.error_code == ErrorCode.CANCELLED else "done"
             record = {
-                "ok": msg.ok, "p": _bytes(msg.payload), "et": msg.error_type,
+                "ok": msg.ok, "p": _blob(msg.payload), "et": msg.error_type,
                 "em": msg.error_message, "a": msg.attempts, "tb": msg.traceback,
                 "f": msg.final, "st": st,
             }  # fmt: skip
@@ -1380,7 +1381,7 @@ class SharedJobs:
     # ------------------------------------------------------------------ publish/subscribe
 
     def _forward(self, subject: str, payload: Any, headers: dict[str, str]) -> None:
-        data = _bytes(payload) or b""
+        data = _blob(payload) or b""
         if len(self._core) >= MAX_UNSENT or len(data) + RECORD_OVERHEAD > self.store.max_payload:
             # (NATS is away, or it is over NATS's max_payload: the other leaders' subscribers
             # miss it; at most once, as pub/sub is)
@@ -1422,15 +1423,6 @@ async def _send_all(
 ) -> None:
     await store.settle(acks)
     await store.publish_core(core)
-
-
-def _bytes(payload: Any) -> bytes | None:
-    """A payload as the CBOR bytes of its value (one from the wire is kept as it came)."""
-    if payload is None:
-        return None
-    if type(payload) is Encoded:
-        return payload.data
-    return encode(payload)
 
 
 def _value(data: bytes | None) -> Any:
